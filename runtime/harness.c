@@ -1,0 +1,93 @@
+/* Test and benchmark harness: links lib<name>.a, runs <name>_run on inputs read from a
+ * file, writes the outputs, and reports the guest clock's time of each run.
+ *
+ * Built per target by toolchain/harness (zig cc, static musl) with
+ *   -DEDGEC_HEADER='"<name>.h"' -DEDGEC_RUN=<name>_run -DEDGEC_PREFIX=<NAME>
+ * usage: harness RUNS INPUT.bin OUTPUT.bin NIN BYTES... NOUT BYTES... [ARENA_BYTES]
+ * The arena is followed by a guard zone; a model that writes past ARENA_SIZE is reported.
+ * ARENA_BYTES (for tests) gives the model a smaller arena than it asked for.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include EDGEC_HEADER
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define ARENA_SIZE CAT(EDGEC_PREFIX, _ARENA_SIZE)
+#define ARENA_ALIGN CAT(EDGEC_PREFIX, _ARENA_ALIGN)
+#define NUM_INPUTS CAT(EDGEC_PREFIX, _NUM_INPUTS)
+#define NUM_OUTPUTS CAT(EDGEC_PREFIX, _NUM_OUTPUTS)
+#define GUARD 256
+#define GUARD_BYTE 0xA5
+
+static unsigned char arena_storage[ARENA_SIZE + GUARD] __attribute__((aligned(ARENA_ALIGN)));
+
+static int fail(const char *msg) {
+    fprintf(stderr, "harness: %s\n", msg);
+    return 2;
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 6) return fail("usage: harness RUNS IN.bin OUT.bin NIN BYTES... NOUT BYTES... [ARENA_BYTES]");
+    long runs = atol(argv[1]);
+    int a = 4, nin = atoi(argv[a++]);
+    if (nin != NUM_INPUTS) return fail("input count does not match the model");
+    size_t in_bytes[NUM_INPUTS + 1], out_bytes[NUM_OUTPUTS + 1];
+    for (int i = 0; i < nin; i++) in_bytes[i] = (size_t)atol(argv[a++]);
+    int nout = atoi(argv[a++]);
+    if (nout != NUM_OUTPUTS) return fail("output count does not match the model");
+    for (int i = 0; i < nout; i++) out_bytes[i] = (size_t)atol(argv[a++]);
+    size_t arena_bytes = a < argc ? (size_t)atol(argv[a]) : (size_t)ARENA_SIZE;
+    if (arena_bytes > (size_t)ARENA_SIZE) return fail("ARENA_BYTES larger than the model's arena");
+
+    FILE *f = fopen(argv[2], "rb");
+    if (!f) return fail("cannot open input file");
+    const void *inputs[NUM_INPUTS + 1];
+    for (int i = 0; i < nin; i++) {
+        void *p = malloc(in_bytes[i] + 1);
+        if (!p || fread(p, 1, in_bytes[i], f) != in_bytes[i]) return fail("short input file");
+        inputs[i] = p;
+    }
+    fclose(f);
+    void *outputs[NUM_OUTPUTS + 1];
+    for (int i = 0; i < nout; i++) {
+        outputs[i] = malloc(out_bytes[i] + 1);
+        if (!outputs[i]) return fail("out of memory");
+    }
+
+    /* The guard zone starts right after the arena the model is given. */
+    unsigned char *arena = arena_storage;
+    memset(arena + arena_bytes, GUARD_BYTE, (size_t)ARENA_SIZE + GUARD - arena_bytes);
+    printf("times_ns:");
+    for (long r = 0; r < runs; r++) {
+        uint64_t t0 = now_ns();
+        int rc = EDGEC_RUN(inputs, outputs, arena);
+        uint64_t t1 = now_ns();
+        if (rc != 0) {
+            fprintf(stderr, "harness: run returned %d\n", rc);
+            return 3;
+        }
+        printf(" %llu", (unsigned long long)(t1 - t0));
+    }
+    printf("\n");
+    for (size_t i = arena_bytes; i < (size_t)ARENA_SIZE + GUARD; i++)
+        if (arena[i] != GUARD_BYTE) {
+            fprintf(stderr, "harness: model wrote past its arena (byte %zu of %zu)\n", i, arena_bytes);
+            return 4;
+        }
+    f = fopen(argv[3], "wb");
+    if (!f) return fail("cannot open output file");
+    for (int i = 0; i < nout; i++)
+        if (fwrite(outputs[i], 1, out_bytes[i], f) != out_bytes[i]) return fail("short write");
+    fclose(f);
+    return 0;
+}

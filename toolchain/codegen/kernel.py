@@ -1,0 +1,363 @@
+"""A small loop-nest vocabulary over llvmlite, in which every op writes its lowering.
+
+Ops describe *what* to compute with loops, loads, stores and arithmetic on `Expr`
+values (Python operators work on them); this module turns that into LLVM IR. Shapes
+are static, so indices that are Python ints fold at compile time and LLVM sees
+constant trip counts it can unroll and vectorize.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from llvmlite import ir
+
+from ..errors import CompileError
+
+F32 = ir.FloatType()
+F64 = ir.DoubleType()
+I1 = ir.IntType(1)
+I8 = ir.IntType(8)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+
+LLVM_TYPES = {"float32": F32, "float64": F64, "int8": I8, "uint8": I8, "int32": I32,
+              "int64": I64, "bool": I8}
+# Reassociation lets LLVM vectorize reductions; contraction gives FMAs. No nnan/ninf:
+# clamps and max/min must keep their meaning for NaN and infinity.
+FAST = ("reassoc", "contract", "nsz", "arcp")
+
+
+class Expr:
+    """A scalar value in the kernel being built: float, integer or boolean."""
+
+    __slots__ = ("k", "v")
+
+    def __init__(self, k: "Kernel", v: ir.Value):
+        self.k = k
+        self.v = v
+
+    @property
+    def is_float(self):
+        return isinstance(self.v.type, (ir.FloatType, ir.DoubleType))
+
+    @property
+    def is_bool(self):
+        return self.v.type == I1
+
+    def _other(self, x):
+        return self.k.lift(x, like=self)
+
+    def _bin(self, x, fop, iop, reverse=False):
+        a, b = self, self._other(x)
+        if reverse:
+            a, b = b, a
+        bld = self.k.b
+        if self.is_float:
+            return Expr(self.k, getattr(bld, fop)(a.v, b.v, flags=self.k.flags))
+        return Expr(self.k, getattr(bld, iop)(a.v, b.v))
+
+    def __add__(self, x): return self._bin(x, "fadd", "add")
+    def __radd__(self, x): return self._bin(x, "fadd", "add", True)
+    def __sub__(self, x): return self._bin(x, "fsub", "sub")
+    def __rsub__(self, x): return self._bin(x, "fsub", "sub", True)
+    def __mul__(self, x): return self._bin(x, "fmul", "mul")
+    def __rmul__(self, x): return self._bin(x, "fmul", "mul", True)
+    def __truediv__(self, x): return self._bin(x, "fdiv", "sdiv")
+    def __rtruediv__(self, x): return self._bin(x, "fdiv", "sdiv", True)
+    def __floordiv__(self, x): return self._bin(x, "fdiv", "sdiv")
+    def __mod__(self, x): return self._bin(x, "frem", "srem")
+
+    def __neg__(self):
+        if self.is_float:
+            return Expr(self.k, self.k.b.fneg(self.v, flags=self.k.flags))
+        return Expr(self.k, self.k.b.neg(self.v))
+
+    def _cmp(self, x, op):
+        b = self._other(x)
+        bld = self.k.b
+        if self.is_float:
+            return Expr(self.k, bld.fcmp_ordered(op, self.v, b.v))
+        return Expr(self.k, bld.icmp_signed(op, self.v, b.v))
+
+    def __lt__(self, x): return self._cmp(x, "<")
+    def __le__(self, x): return self._cmp(x, "<=")
+    def __gt__(self, x): return self._cmp(x, ">")
+    def __ge__(self, x): return self._cmp(x, ">=")
+    def eq(self, x): return self._cmp(x, "==")
+    def ne(self, x): return self._cmp(x, "!=")
+
+    def __and__(self, x): return Expr(self.k, self.k.b.and_(self.v, self._other(x).v))
+    def __or__(self, x): return Expr(self.k, self.k.b.or_(self.v, self._other(x).v))
+    def __xor__(self, x): return Expr(self.k, self.k.b.xor(self.v, self._other(x).v))
+    def __lshift__(self, x): return Expr(self.k, self.k.b.shl(self.v, self._other(x).v))
+    def __rshift__(self, x): return Expr(self.k, self.k.b.ashr(self.v, self._other(x).v))
+
+    def __invert__(self):
+        return Expr(self.k, self.k.b.not_(self.v))
+
+    def __bool__(self):
+        raise TypeError("an Expr has no Python truth value; use Kernel.select or Kernel.if_")
+
+
+class Var:
+    """A mutable scalar (an alloca that LLVM promotes to a register)."""
+
+    def __init__(self, k: "Kernel", init):
+        self.k = k
+        init = k.lift(init)
+        self.slot = k.alloca(init.v.type)
+        k.b.store(init.v, self.slot)
+
+    @property
+    def value(self) -> Expr:
+        return Expr(self.k, self.k.b.load(self.slot))
+
+    @value.setter
+    def value(self, x):
+        self.k.b.store(self.k.lift(x, like=self.value).v, self.slot)
+
+    def __iadd__(self, x):
+        self.value = self.value + x
+        return self
+
+
+class Tensor:
+    """A strided view of a buffer: shape and strides in elements, all static."""
+
+    def __init__(self, k: "Kernel", ptr: ir.Value, dtype: str, shape, strides=None, offset=0):
+        self.k = k
+        self.ptr = ptr
+        self.dtype = dtype
+        self.shape = tuple(int(s) for s in shape)
+        if strides is None:
+            strides, acc = [], 1
+            for d in reversed(self.shape):
+                strides.append(acc)
+                acc *= d
+            strides = tuple(reversed(strides))
+        self.strides = tuple(int(s) for s in strides)
+        self.offset = int(offset)
+        self.epilogue = []  # scalar functions applied to each value stored (fused activations)
+
+    @property
+    def rank(self):
+        return len(self.shape)
+
+    @property
+    def size(self):
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    # -- views -----------------------------------------------------------------
+    def view(self, shape, strides, offset=None) -> "Tensor":
+        t = Tensor(self.k, self.ptr, self.dtype, shape, strides, self.offset if offset is None else offset)
+        t.epilogue = self.epilogue
+        return t
+
+    def reshape(self, shape) -> "Tensor":
+        """Only for contiguous tensors, which all buffers are."""
+        t = Tensor(self.k, self.ptr, self.dtype, shape, None, self.offset)
+        t.epilogue = self.epilogue
+        return t
+
+    def broadcast_to(self, shape) -> "Tensor":
+        """Numpy broadcasting as strides: missing and size-1 dims read stride 0."""
+        shape = tuple(shape)
+        pad = len(shape) - self.rank
+        strides = [0] * pad + [0 if d == 1 and s != 1 else st
+                               for d, s, st in zip(self.shape, shape[pad:], self.strides)]
+        return self.view(shape, strides)
+
+    def transpose(self, perm) -> "Tensor":
+        return self.view([self.shape[p] for p in perm], [self.strides[p] for p in perm])
+
+    def flat(self) -> "Tensor":
+        return self.reshape((self.size,))
+
+    # -- access ------------------------------------------------------------------
+    def index(self, idx) -> Expr | int:
+        if not isinstance(idx, (tuple, list)):
+            idx = (idx,)
+        if len(idx) != self.rank:
+            raise CompileError(f"indexing rank-{self.rank} tensor with {len(idx)} indices")
+        const = self.offset
+        terms = []
+        for i, s in zip(idx, self.strides):
+            if s == 0:
+                continue
+            if isinstance(i, int):
+                const += i * s
+            else:
+                terms.append(i if s == 1 else i * s)
+        if not terms:
+            return const
+        total = terms[0]
+        for t in terms[1:]:
+            total = total + t
+        return total + const if const else total
+
+    def address(self, idx) -> ir.Value:
+        lin = self.k.lift(self.index(idx), like=I64)
+        return self.k.b.gep(self.ptr, [lin.v], inbounds=True)
+
+    def __getitem__(self, idx) -> Expr:
+        return Expr(self.k, self.k.b.load(self.address(idx)))
+
+    def __setitem__(self, idx, value):
+        v = self.k.lift(value, like=LLVM_TYPES[self.dtype])
+        for fn in self.epilogue:
+            v = fn(v)
+        self.k.b.store(v.v, self.address(idx))
+
+
+class Kernel:
+    """Builds one LLVM function. `b` is the llvmlite IRBuilder positioned where code goes."""
+
+    def __init__(self, fn: ir.Function):
+        self.fn = fn
+        entry = fn.append_basic_block("entry")
+        self.b = ir.IRBuilder(entry)
+        self.flags = FAST
+
+    # -- constants and conversions ---------------------------------------------------
+    def lift(self, x, like=None) -> Expr:
+        """Python number or Expr -> Expr; `like` (Expr or LLVM type) picks the type of numbers."""
+        if isinstance(x, Expr):
+            return x
+        ty = like.v.type if isinstance(like, Expr) else like
+        if ty is None:
+            ty = F32 if isinstance(x, float) else I64
+        if isinstance(ty, (ir.FloatType, ir.DoubleType)):
+            return Expr(self, ir.Constant(ty, float(x)))
+        if ty == I1:
+            return Expr(self, ir.Constant(I1, int(bool(x))))
+        return Expr(self, ir.Constant(ty, int(x)))
+
+    def f32(self, x) -> Expr:
+        return self.lift(float(x), like=F32) if not isinstance(x, Expr) else self.cast(x, F32)
+
+    def cast(self, x: Expr, ty, unsigned=False) -> Expr:
+        """Numeric conversion with C semantics (float->int truncates)."""
+        x = self.lift(x)
+        src, b = x.v.type, self.b
+        if src == ty:
+            return x
+        sf = isinstance(src, (ir.FloatType, ir.DoubleType))
+        df = isinstance(ty, (ir.FloatType, ir.DoubleType))
+        if sf and df:
+            return Expr(self, b.fpext(x.v, ty) if ty == F64 else b.fptrunc(x.v, ty))
+        if sf:
+            return Expr(self, b.fptoui(x.v, ty) if unsigned else b.fptosi(x.v, ty))
+        if df:
+            if src == I1 or unsigned:
+                return Expr(self, b.uitofp(x.v, ty))
+            return Expr(self, b.sitofp(x.v, ty))
+        if src.width < ty.width:
+            return Expr(self, b.zext(x.v, ty) if (unsigned or src == I1) else b.sext(x.v, ty))
+        return Expr(self, b.trunc(x.v, ty))
+
+    # -- control flow -------------------------------------------------------------------
+    @contextmanager
+    def loop(self, stop, start=0, step=1):
+        """for (i = start; i < stop; i += step) — all bounds static ints."""
+        if stop - start <= 0:
+            raise CompileError("empty loop")  # shapes with a zero dim are rejected earlier
+        if stop - start <= step:
+            yield start
+            return
+        b = self.b
+        pre = b.block
+        header = self.fn.append_basic_block("loop")
+        body = self.fn.append_basic_block("body")
+        done = self.fn.append_basic_block("done")
+        b.branch(header)
+        b.position_at_end(header)
+        i = b.phi(I64)
+        i.add_incoming(ir.Constant(I64, start), pre)
+        b.cbranch(b.icmp_signed("<", i, ir.Constant(I64, stop)), body, done)
+        b.position_at_end(body)
+        yield Expr(self, i)
+        nxt = b.add(i, ir.Constant(I64, step), flags=["nsw"])
+        i.add_incoming(nxt, b.block)
+        b.branch(header)
+        b.position_at_end(done)
+
+    @contextmanager
+    def loops(self, shape):
+        """A loop nest over `shape`, yielding the tuple of indices (outermost first)."""
+        with _nest(self, tuple(shape), ()) as idx:
+            yield idx
+
+    @contextmanager
+    def if_(self, cond: Expr):
+        if not isinstance(cond, Expr):
+            if cond:
+                yield
+                return
+            cond = self.lift(False, like=I1)  # statically dead: LLVM deletes the block
+        with self.b.if_then(cond.v):
+            yield
+
+    def alloca(self, ty) -> ir.Value:
+        """Allocas go first in the entry block, where SROA promotes them to registers."""
+        here = self.b.block
+        self.b.position_at_start(self.fn.entry_basic_block)
+        slot = self.b.alloca(ty)
+        self.b.position_at_end(here)
+        return slot
+
+    def var(self, init) -> Var:
+        return Var(self, init)
+
+    # -- arithmetic helpers ---------------------------------------------------------------
+    def select(self, cond, a, b) -> Expr:
+        if not isinstance(cond, Expr):
+            return self.lift(a if cond else b)
+        like = a if isinstance(a, Expr) else b if isinstance(b, Expr) else None
+        a, b = self.lift(a, like=like), self.lift(b, like=like)
+        return Expr(self, self.b.select(cond.v, a.v, b.v))
+
+    def max(self, a, b) -> Expr:
+        a = self.lift(a, like=b if isinstance(b, Expr) else None)
+        b = self.lift(b, like=a)
+        return self.select(a > b, a, b)
+
+    def min(self, a, b) -> Expr:
+        a = self.lift(a, like=b if isinstance(b, Expr) else None)
+        b = self.lift(b, like=a)
+        return self.select(a < b, a, b)
+
+    def abs(self, x: Expr) -> Expr:
+        return self.select(x < 0, -x, x)
+
+    def call_intrinsic(self, name: str, x: Expr) -> Expr:
+        """Intrinsics that every profile lowers to one instruction (sqrt, fabs, fma)."""
+        fn = self.fn.module.declare_intrinsic(name, [x.v.type])
+        return Expr(self, self.b.call(fn, [x.v]))
+
+    def sqrt(self, x: Expr) -> Expr:
+        return self.call_intrinsic("llvm.sqrt", self.lift(x, like=F32))
+
+    @contextmanager
+    def precise(self):
+        """Strict IEEE evaluation inside: range reductions that rely on rounding order."""
+        saved, self.flags = self.flags, ()
+        try:
+            yield
+        finally:
+            self.flags = saved
+
+    def finish(self):
+        self.b.ret_void()
+
+
+@contextmanager
+def _nest(k: Kernel, shape, prefix):
+    if not shape:
+        yield prefix
+        return
+    with k.loop(shape[0]) as i:
+        with _nest(k, shape[1:], prefix + (i,)) as idx:
+            yield idx

@@ -1,0 +1,177 @@
+"""ONNX front end: ModelProto -> Graph.
+
+Nodes are imported in topological order; each is canonicalized by its op and typed by
+its shape rule at once, and a node whose inputs are all constants is evaluated right
+away (shape arithmetic such as Shape -> Gather -> Concat -> Reshape must be known
+before the Reshape can be typed).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import CompileError
+from ..ir import DTYPES, Graph, TensorType, Value
+from ..ops import registry
+from ..passes.fold import fold_node
+
+SUPPORTED_OPSETS = range(7, 22)
+
+
+def onnx_dtype(elem_type: int) -> str:
+    try:
+        name = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except Exception:
+        name = f"onnx type {elem_type}"
+    if name not in DTYPES:
+        raise CompileError(f"unsupported element type {name}")
+    return name
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise CompileError(f"model file not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except CompileError:
+        raise
+    except Exception as e:  # protobuf DecodeError, missing external data file...
+        raise CompileError(f"cannot read ONNX model {path}: {type(e).__name__}: {e}") from None
+    return model
+
+
+def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, int] | None = None) -> Graph:
+    opset = _default_opset(model)
+    g = Graph(name)
+    env: dict[str, Value] = {}
+    onnx_graph = model.graph
+
+    for init in onnx_graph.initializer:
+        env[init.name] = g.const(init.name, _tensor(init))
+    for vi in onnx_graph.input:
+        if vi.name in env:  # an initializer listed as input keeps its default (old IR versions)
+            continue
+        v = Value(g.unique(vi.name), _value_type(vi, dims or {}))
+        g.inputs.append(v)
+        env[vi.name] = v
+
+    for i, proto in enumerate(onnx_graph.node):
+        node_name = proto.name or f"{proto.op_type}_{i}"
+        if proto.domain not in ("", "ai.onnx"):
+            raise CompileError(f"unsupported op domain '{proto.domain}'", node=node_name, op=proto.op_type)
+        attrs = {a.name: _attr(a, g) for a in proto.attribute}
+        if proto.op_type == "Constant":
+            env[proto.output[0]] = g.const(proto.output[0], _constant_value(attrs, node_name))
+            continue
+        op = registry.get(proto.op_type, node=node_name)
+        inputs = []
+        for x in proto.input:
+            if x == "":
+                inputs.append(None)
+            elif x in env:
+                inputs.append(env[x])
+            else:
+                raise CompileError(f"input '{x}' is not produced by any earlier node", node=node_name,
+                                   op=proto.op_type)
+        outputs = [Value(g.unique(o or f"{node_name}_unused{j}"), None) for j, o in enumerate(proto.output)]
+        node = g.add_node(proto.op_type, node_name, inputs, outputs, attrs)
+        try:
+            op.canonicalize(node, opset)
+            types = op.infer(node)
+        except CompileError as e:
+            if e.node is None:
+                raise CompileError(str(e), node=node.name, op=node.op) from None
+            raise
+        except (KeyError, IndexError, ValueError, TypeError) as e:
+            raise CompileError(f"malformed node: {type(e).__name__}: {e}", node=node.name, op=node.op) from None
+        if len(types) < len(node.outputs):
+            used = [o for o in proto.output[len(types):] if o]
+            if used:
+                raise CompileError(f"optional outputs {used} are not supported", node=node.name, op=node.op)
+        node.outputs = node.outputs[:len(types)]
+        for out, t in zip(node.outputs, types):
+            out.type = t
+        folded = fold_node(g, node)
+        for onnx_name, out in zip(proto.output, folded or node.outputs):
+            if onnx_name:
+                env[onnx_name] = out
+
+    for vi in onnx_graph.output:
+        if vi.name not in env:
+            raise CompileError(f"graph output '{vi.name}' is not produced by any node")
+        g.outputs.append(env[vi.name])
+    if not g.outputs:
+        raise CompileError("the model has no outputs")
+    return g
+
+
+def _default_opset(model) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            if imp.version not in SUPPORTED_OPSETS:
+                raise CompileError(f"opset {imp.version} is not supported (supported: 11..21)")
+            return imp.version
+    raise CompileError("the model imports no default-domain opset")
+
+
+def _tensor(t: onnx.TensorProto) -> np.ndarray:
+    try:
+        arr = numpy_helper.to_array(t)
+    except Exception as e:
+        raise CompileError(f"cannot read tensor '{t.name}': {e}") from None
+    if np.dtype(arr.dtype).name not in DTYPES:
+        raise CompileError(f"tensor '{t.name}' has unsupported element type {arr.dtype}")
+    return arr
+
+
+def _value_type(vi: onnx.ValueInfoProto, dims: dict[str, int]) -> TensorType:
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type"):
+        raise CompileError(f"input '{vi.name}' is not a tensor")
+    shape = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            shape.append(d.dim_value)
+        elif d.dim_param in dims:
+            shape.append(dims[d.dim_param])
+        else:
+            sym = d.dim_param or "?"
+            raise CompileError(f"input '{vi.name}' has a dynamic dimension '{sym}'; "
+                               f"fix it at build time with --dim {sym}=1")
+    return TensorType(onnx_dtype(tt.elem_type), tuple(shape))
+
+
+def _attr(a: onnx.AttributeProto, g: Graph):
+    T = onnx.AttributeProto
+    if a.type == T.FLOAT:
+        return float(a.f)
+    if a.type == T.INT:
+        return int(a.i)
+    if a.type == T.STRING:
+        return a.s.decode()
+    if a.type == T.TENSOR:
+        return _tensor(a.t)
+    if a.type == T.FLOATS:
+        return [float(x) for x in a.floats]
+    if a.type == T.INTS:
+        return [int(x) for x in a.ints]
+    if a.type == T.STRINGS:
+        return [s.decode() for s in a.strings]
+    if a.type == T.GRAPH:
+        raise CompileError(f"attribute '{a.name}' holds a subgraph (control flow is not supported)")
+    raise CompileError(f"attribute '{a.name}' has unsupported type {a.type}")
+
+
+def _constant_value(attrs, node_name) -> np.ndarray:
+    if "value" in attrs:
+        return attrs["value"]
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
+                       ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in attrs:
+            return np.array(attrs[key], dtype=dtype)
+    raise CompileError("Constant without a supported value attribute", node=node_name, op="Constant")

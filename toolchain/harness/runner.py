@@ -1,0 +1,106 @@
+"""Links the C harness against a built library for a target (zig cc, static musl) and runs
+it natively or under qemu-user with the profile's CPU, returning outputs and timings."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..targets import Profile
+
+RUNTIME = Path(__file__).resolve().parent.parent.parent / "runtime"
+
+
+class HarnessError(Exception):
+    """The program could not be built or run, or the guest failed; the message says how."""
+
+
+@dataclass
+class RunResult:
+    outputs: list
+    times_ns: list
+    stdout: str
+    stderr: str
+
+
+def zig_cc(profile: Profile) -> list[str]:
+    return [sys.executable, "-m", "ziglang", "cc", "-target", profile.zig_target,
+            f"-mcpu={profile.zig_cpu}", "-static", "-O2"]
+
+
+def link_harness(build_dir: Path, name: str, profile: Profile, out: Path | None = None) -> Path:
+    """harness.c + lib<name>.a -> a static executable for the target."""
+    build_dir = Path(build_dir)
+    out = Path(out) if out else build_dir / f"{name}_harness"
+    cmd = zig_cc(profile) + [
+        f"-I{build_dir}", f'-DEDGEC_HEADER="{name}.h"', f"-DEDGEC_RUN={name}_run",
+        f"-DEDGEC_PREFIX={name.upper()}", str(RUNTIME / "harness.c"),
+        str(build_dir / f"lib{name}.a"), "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise HarnessError(f"linking the harness for {profile.name} failed:\n{proc.stderr.strip()}")
+    return out
+
+
+def launcher(profile: Profile) -> list[str]:
+    """How to execute a target binary on this host: directly, or under qemu-user."""
+    if profile.runs_natively():
+        return []
+    qemu = shutil.which(profile.qemu)
+    if qemu is None:
+        raise HarnessError(f"{profile.qemu} is not installed; run: sudo apt-get install -y qemu-user")
+    return [qemu, "-cpu", profile.qemu_cpu]
+
+
+def run_program(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise HarnessError(f"timed out after {timeout:.0f} s: {' '.join(cmd)}") from None
+    if proc.returncode != 0:
+        if proc.returncode < 0 or proc.returncode >= 128:
+            signum = -proc.returncode if proc.returncode < 0 else proc.returncode - 128
+            try:
+                what = f"killed by signal {signal.Signals(signum).name}"
+            except ValueError:
+                what = f"exit code {proc.returncode}"
+        else:
+            what = f"exit code {proc.returncode}"
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
+        raise HarnessError(f"guest program failed ({what}): {' '.join(cmd)}\n{tail}")
+    return proc
+
+
+def run_model(exe: Path, profile: Profile, inputs: list[np.ndarray], output_specs: list[tuple],
+              runs: int = 1, arena_bytes: int | None = None, timeout: float = 300,
+              prefix: list[str] | None = None) -> RunResult:
+    """output_specs: [(dtype, shape)] in graph order. `prefix` replaces the launcher (e.g. a
+    qemu command line with an instruction-counting plugin)."""
+    with tempfile.TemporaryDirectory(prefix="edgec-run-") as tmp:
+        tmp = Path(tmp)
+        data = [np.ascontiguousarray(x) for x in inputs]
+        (tmp / "in.bin").write_bytes(b"".join(x.tobytes() for x in data))
+        sizes = [int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize for dt, shape in output_specs]
+        cmd = (launcher(profile) if prefix is None else prefix) + [
+            str(exe), str(runs), str(tmp / "in.bin"), str(tmp / "out.bin"),
+            str(len(data)), *[str(x.nbytes) for x in data], str(len(sizes)), *map(str, sizes)]
+        if arena_bytes is not None:
+            cmd.append(str(arena_bytes))
+        proc = run_program(cmd, timeout)
+        raw = (tmp / "out.bin").read_bytes()
+    outputs, pos = [], 0
+    for (dt, shape), size in zip(output_specs, sizes):
+        outputs.append(np.frombuffer(raw[pos:pos + size], dtype=dt).reshape(shape).copy())
+        pos += size
+    times = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("times_ns:"):
+            times = [int(t) for t in line.split()[1:]]
+    return RunResult(outputs, times, proc.stdout, proc.stderr)

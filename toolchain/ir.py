@@ -1,0 +1,230 @@
+"""Graph IR: typed values with static shapes, nodes in topological order, a verifier
+and a readable text form.
+
+A Value is produced by exactly one node, or is a graph input, or is a constant
+(it then carries its numpy data). Nodes reference Values directly, so rewriting a
+use is `node.inputs[i] = other`; `Graph.replace_all_uses` does it graph-wide.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import CompileError
+
+DTYPES = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "float64": np.float64,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "int32": np.int32,
+    "int64": np.int64,
+    "bool": np.bool_,
+}
+SHORT = {"float32": "f32", "float16": "f16", "float64": "f64", "int8": "i8", "uint8": "u8",
+         "int32": "i32", "int64": "i64", "bool": "i1"}
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise CompileError(f"unsupported element type {self.dtype}")
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(DTYPES[self.dtype]).itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.itemsize
+
+    def __str__(self):
+        return f"{SHORT[self.dtype]}[{','.join(map(str, self.shape))}]"
+
+    @staticmethod
+    def of(array: np.ndarray) -> "TensorType":
+        return TensorType(np.dtype(array.dtype).name, array.shape)
+
+
+class Value:
+    __slots__ = ("name", "type", "producer", "data")
+
+    def __init__(self, name: str, type: TensorType | None, producer: "Node | None" = None,
+                 data: np.ndarray | None = None):
+        self.name = name
+        self.type = type
+        self.producer = producer
+        self.data = data
+
+    @property
+    def is_const(self) -> bool:
+        return self.data is not None
+
+    def __repr__(self):
+        return f"%{self.name}"
+
+
+@dataclass(eq=False)
+class Node:
+    op: str
+    name: str
+    inputs: list[Value | None]
+    outputs: list[Value]
+    attrs: dict = field(default_factory=dict)
+
+    def __repr__(self):
+        return f"Node({self.op} {self.name})"
+
+
+class Graph:
+    def __init__(self, name: str):
+        self.name = name
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.nodes: list[Node] = []
+        self._names: set[str] = set()
+
+    # -- construction -------------------------------------------------------
+    def unique(self, base: str) -> str:
+        base = base or "v"
+        name, n = base, 1
+        while name in self._names:
+            name, n = f"{base}_{n}", n + 1
+        self._names.add(name)
+        return name
+
+    def value(self, name: str, type: TensorType | None = None) -> Value:
+        return Value(self.unique(name), type)
+
+    def const(self, name: str, data: np.ndarray) -> Value:
+        data = np.ascontiguousarray(data)
+        data.setflags(write=False)
+        return Value(self.unique(name), TensorType.of(data), data=data)
+
+    def add_node(self, op: str, name: str, inputs, outputs, attrs=None, index=None) -> Node:
+        node = Node(op, self.unique(name), list(inputs), list(outputs), dict(attrs or {}))
+        for out in node.outputs:
+            out.producer = node
+        if index is None:
+            self.nodes.append(node)
+        else:
+            self.nodes.insert(index, node)
+        return node
+
+    # -- queries --------------------------------------------------------------
+    def users(self) -> dict[int, list[Node]]:
+        """id(value) -> nodes that read it (with repetition)."""
+        table: dict[int, list[Node]] = {}
+        for node in self.nodes:
+            for v in node.inputs:
+                if v is not None:
+                    table.setdefault(id(v), []).append(node)
+        return table
+
+    def constants(self) -> list[Value]:
+        seen, out = set(), []
+        for node in self.nodes:
+            for v in node.inputs:
+                if v is not None and v.is_const and id(v) not in seen:
+                    seen.add(id(v))
+                    out.append(v)
+        for v in self.outputs:
+            if v.is_const and id(v) not in seen:
+                seen.add(id(v))
+                out.append(v)
+        return out
+
+    def replace_all_uses(self, old: Value, new: Value):
+        for node in self.nodes:
+            node.inputs = [new if v is old else v for v in node.inputs]
+        self.outputs = [new if v is old else v for v in self.outputs]
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for node in self.nodes:
+            counts[node.op] = counts.get(node.op, 0) + 1
+        return dict(sorted(counts.items()))
+
+    # -- verification ---------------------------------------------------------
+    def verify(self):
+        """Structural checks plus re-running each op's shape rule: a pass that breaks
+        the IR is caught right after it runs, not three passes later."""
+        from .ops import registry
+
+        defined = {id(v) for v in self.inputs}
+        names = set()
+        for node in self.nodes:
+            if node.name in names:
+                raise CompileError("duplicate node name", node=node.name, op=node.op)
+            names.add(node.name)
+            for v in node.inputs:
+                if v is None or v.is_const:
+                    continue
+                if id(v) not in defined:
+                    raise CompileError(f"input {v!r} used before it is defined", node=node.name, op=node.op)
+            expected = registry.get(node.op).infer(node)
+            for out, want in zip(node.outputs, expected):
+                if out.type != want:
+                    raise CompileError(f"output {out!r} has type {out.type}, shape rule says {want}",
+                                       node=node.name, op=node.op)
+                if out.producer is not node:
+                    raise CompileError(f"output {out!r} has a stale producer", node=node.name, op=node.op)
+                defined.add(id(out))
+        for v in self.outputs:
+            if not v.is_const and id(v) not in defined:
+                raise CompileError(f"graph output {v!r} is never computed")
+
+    # -- text form ------------------------------------------------------------
+    def __str__(self):
+        def operand(v):
+            if v is None:
+                return "_"
+            if v.is_const:
+                if v.type.size <= 8:
+                    return f"{v.type}{np.asarray(v.data).ravel().tolist()}"
+                return f"@{v.name}:{v.type}"
+            return f"%{v.name}"
+
+        def attr(a):
+            return ", ".join(f"{k}={_fmt_attr(x)}" for k, x in a.items())
+
+        ins = ", ".join(f"%{v.name}: {v.type}" for v in self.inputs)
+        outs = ", ".join(operand(v) for v in self.outputs)
+        lines = [f"graph {self.name}({ins}) {{"]
+        for node in self.nodes:
+            res = ", ".join(f"%{v.name}" for v in node.outputs)
+            types = ", ".join(str(v.type) for v in node.outputs)
+            a = f" {{{attr(node.attrs)}}}" if node.attrs else ""
+            lines.append(f"  {res} = {node.op}({', '.join(operand(v) for v in node.inputs)}){a} : {types}"
+                         f"  # {node.name}")
+        lines.append(f"  return {outs}")
+        lines.append("}")
+        return "\n".join(lines)
+
+    def fingerprint(self) -> str:
+        """Content hash of the graph text and all constant bytes."""
+        h = hashlib.sha256(str(self).encode())
+        for v in self.constants():
+            h.update(v.name.encode())
+            h.update(np.ascontiguousarray(v.data).tobytes())
+        return h.hexdigest()
+
+
+def _fmt_attr(x):
+    if isinstance(x, np.ndarray):
+        return f"array{list(x.shape)}" if x.size > 8 else str(x.ravel().tolist())
+    if isinstance(x, (list, tuple)) and x and isinstance(x[0], tuple):
+        return "[" + ", ".join(f"{o}" if not a else f"{o}{a}" for o, a in x) + "]"
+    return str(list(x) if isinstance(x, tuple) else x)

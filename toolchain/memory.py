@@ -1,0 +1,119 @@
+"""Static memory planning: every intermediate tensor gets a fixed offset in one arena.
+
+Views (Reshape & co.) share their input's buffer; elementwise ops may write over an
+input that dies at that node. Buffers are then placed greedily, largest first, at the
+lowest offset that does not overlap a buffer alive at the same time (the "greedy by
+size" strategy of TFLite Micro's planner). The lower bound reported beside the arena
+size is the largest total of buffers alive at one step: no planner can do better.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .ir import Graph, Value
+from .ops import registry
+
+
+@dataclass(frozen=True)
+class Storage:
+    kind: str  # "input" | "output" | "const" | "arena"
+    index: int = 0  # input/output position, or arena offset
+
+
+@dataclass
+class Buffer:
+    size: int
+    start: int
+    end: int
+    offset: int = -1
+    values: list = field(default_factory=list)
+
+
+@dataclass
+class MemoryPlan:
+    storage: dict  # id(Value) -> Storage
+    arena_size: int
+    alignment: int
+    lower_bound: int
+    buffers: list
+
+    def of(self, v: Value) -> Storage:
+        return self.storage[id(v)]
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def plan_memory(g: Graph, alignment: int) -> MemoryPlan:
+    root: dict[int, object] = {}  # id(value) -> Storage (fixed places) or Buffer
+    for i, v in enumerate(g.inputs):
+        root[id(v)] = Storage("input", i)
+    for j, v in enumerate(g.outputs):
+        root[id(v)] = Storage("output", j)
+    for v in g.constants():
+        root[id(v)] = Storage("const")
+
+    last_use = _last_uses(g)
+    buffers: list[Buffer] = []
+    for t, node in enumerate(g.nodes):
+        op = registry.get(node.op)
+        for out in node.outputs:
+            if id(out) in root:
+                continue
+            src = root.get(id(node.inputs[0])) if node.inputs and node.inputs[0] is not None else None
+            if op.view:
+                root[id(out)] = src
+                if isinstance(src, Buffer):
+                    src.values.append(out)
+                    src.end = max(src.end, last_use.get(id(out), t))
+            elif op.inplace and _can_overwrite(node, src, root, out, t):
+                src.values.append(out)
+                src.end = max(src.end, last_use.get(id(out), t))
+                root[id(out)] = src
+            else:
+                buf = Buffer(out.type.nbytes, t, last_use.get(id(out), t), values=[out])
+                buffers.append(buf)
+                root[id(out)] = buf
+
+    _place(buffers, alignment)
+    storage = {}
+    for key, r in root.items():
+        storage[key] = Storage("arena", r.offset) if isinstance(r, Buffer) else r
+    arena = _align(max((b.offset + b.size for b in buffers), default=0), alignment)
+    steps = max((b.end for b in buffers), default=-1) + 1
+    lower = max((sum(b.size for b in buffers if b.start <= t <= b.end) for t in range(steps)), default=0)
+    return MemoryPlan(storage, arena, alignment, lower, buffers)
+
+
+def _last_uses(g: Graph) -> dict[int, int]:
+    """id(value) -> index of the last node that reads it, following views to their source."""
+    last: dict[int, int] = {}
+    for t, node in enumerate(g.nodes):
+        for v in node.inputs:
+            if v is not None:
+                last[id(v)] = t
+    return last
+
+
+def _can_overwrite(node, src, root, out, t) -> bool:
+    """In place is safe when input 0's buffer dies here, is as big as the output, and no
+    other operand of this node reads the same buffer (it might read other positions)."""
+    if not isinstance(src, Buffer) or src.end != t or src.size != out.type.nbytes:
+        return False
+    others = [root.get(id(v)) for v in node.inputs[1:] if v is not None]
+    return all(o is not src for o in others)
+
+
+def _place(buffers: list[Buffer], alignment: int):
+    placed: list[Buffer] = []
+    for buf in sorted(buffers, key=lambda b: (-b.size, b.start)):
+        conflicts = sorted((p for p in placed if p.start <= buf.end and buf.start <= p.end),
+                           key=lambda p: p.offset)
+        offset = 0
+        for p in conflicts:
+            if offset + buf.size <= p.offset:
+                break
+            offset = max(offset, _align(p.offset + p.size, alignment))
+        buf.offset = offset
+        placed.append(buf)

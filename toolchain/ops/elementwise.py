@@ -1,0 +1,292 @@
+"""Elementwise ops: activations and math (unary), arithmetic with numpy broadcasting
+(binary/variadic), comparisons, Where and Cast.
+
+A unary op is a pair (numpy function, scalar lowering); the scalar lowering is also
+what `fuse_activations` applies at a producer's store.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..codegen import mathfns as m
+from ..codegen.kernel import LLVM_TYPES
+from ..errors import CompileError
+from ..ir import TensorType
+from . import Op, broadcast_shapes, const_input, register, registry
+
+
+def _erf_np(x):
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+def _gelu_np(x, approximate):
+    x64 = x.astype(np.float64)
+    if approximate == "tanh":
+        return 0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64 ** 3)))
+    return 0.5 * x64 * (1 + _erf_np(x64 / np.sqrt(2)))
+
+
+def _gelu(k, x, a):
+    if a.get("approximate", "none") == "tanh":
+        return 0.5 * x * (m.tanh(k, (x + x * x * x * 0.044715) * 0.7978845608028654) + 1.0)
+    return 0.5 * x * (m.erf(k, x * 0.7071067811865476) + 1.0)
+
+
+def _hard_sigmoid(k, x, alpha, beta):
+    return k.max(k.min(x * alpha + beta, 1.0), 0.0)
+
+
+# name: (numpy reference (x, attrs) -> array, scalar lowering (k, x, attrs) -> Expr, defaults)
+UNARY = {
+    "Relu": (lambda x, a: np.maximum(x, 0), lambda k, x, a: k.max(x, 0.0), {}),
+    "LeakyRelu": (lambda x, a: np.where(x >= 0, x, x * a["alpha"]),
+                  lambda k, x, a: k.select(x >= 0.0, x, x * a["alpha"]), {"alpha": 0.01}),
+    "Elu": (lambda x, a: np.where(x >= 0, x, a["alpha"] * (np.exp(x.astype(np.float64)) - 1)),
+            lambda k, x, a: k.select(x >= 0.0, x, (m.exp(k, x) - 1.0) * a["alpha"]), {"alpha": 1.0}),
+    "Clip": (lambda x, a: np.clip(x, a["min"], a["max"]),
+             lambda k, x, a: k.min(k.max(x, a["min"]), a["max"]), {"min": -np.inf, "max": np.inf}),
+    "Sigmoid": (lambda x, a: 1 / (1 + np.exp(-x.astype(np.float64))), lambda k, x, a: m.sigmoid(k, x), {}),
+    "HardSigmoid": (lambda x, a: np.clip(x * a["alpha"] + a["beta"], 0, 1),
+                    lambda k, x, a: _hard_sigmoid(k, x, a["alpha"], a["beta"]), {"alpha": 0.2, "beta": 0.5}),
+    "HardSwish": (lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1),
+                  lambda k, x, a: x * _hard_sigmoid(k, x, 1 / 6, 0.5), {}),
+    "Tanh": (lambda x, a: np.tanh(x), lambda k, x, a: m.tanh(k, x), {}),
+    "Erf": (lambda x, a: _erf_np(x), lambda k, x, a: m.erf(k, x), {}),
+    "Gelu": (lambda x, a: _gelu_np(x, a["approximate"]), _gelu, {"approximate": "none"}),
+    "Exp": (lambda x, a: np.exp(x.astype(np.float64)), lambda k, x, a: m.exp(k, x), {}),
+    "Log": (lambda x, a: np.log(x.astype(np.float64)), lambda k, x, a: m.log(k, x), {}),
+    "Sqrt": (lambda x, a: np.sqrt(x), lambda k, x, a: k.sqrt(x), {}),
+    "Neg": (lambda x, a: -x, lambda k, x, a: -x, {}),
+    "Abs": (lambda x, a: np.abs(x), lambda k, x, a: k.abs(x), {}),
+    "Reciprocal": (lambda x, a: 1 / x, lambda k, x, a: 1.0 / x, {}),
+    "Floor": (lambda x, a: np.floor(x), lambda k, x, a: m.floor(k, x), {}),
+    "Ceil": (lambda x, a: np.ceil(x), lambda k, x, a: m.ceil(k, x), {}),
+    "Softplus": (lambda x, a: np.log1p(np.exp(x.astype(np.float64))),
+                 lambda k, x, a: k.max(x, 0.0) + m.log(k, m.exp(k, -k.abs(x)) + 1.0), {}),
+}
+
+
+class Unary(Op):
+    fusable_epilogue = True
+    inplace = True
+
+    def canonicalize(self, node, opset):
+        ref, low, defaults = UNARY[node.op]
+        for key, val in defaults.items():
+            node.attrs.setdefault(key, val)
+        if node.op == "Clip":  # opset >= 11 passes min/max as optional inputs
+            lo = const_input(node, 1, "Clip min")
+            hi = const_input(node, 2, "Clip max")
+            if lo is not None:
+                node.attrs["min"] = float(lo)
+            if hi is not None:
+                node.attrs["max"] = float(hi)
+            node.inputs = node.inputs[:1]
+        for key in ("min", "max", "alpha", "beta"):
+            if key in node.attrs:
+                node.attrs[key] = float(node.attrs[key])
+
+    def infer(self, node):
+        t = node.inputs[0].type
+        if t.dtype != "float32" and node.op not in ("Relu", "Neg", "Abs", "Clip"):
+            raise CompileError(f"needs float32 input, got {t.dtype}", node=node.name, op=node.op)
+        return [t]
+
+    def reference(self, node, x):
+        return [np.asarray(UNARY[node.op][0](x, node.attrs)).astype(x.dtype)]
+
+    def scalar(self, k, x, attrs):
+        return UNARY[self.name][1](k, x, attrs)
+
+    def lower(self, k, node, ins, outs):
+        x, y = ins[0].flat(), outs[0].flat()
+        with k.loop(y.size) as i:
+            y[i] = self.scalar(k, x[i], node.attrs)
+
+
+register(*UNARY)(Unary)
+
+
+def _div(a, b):
+    if np.issubdtype(a.dtype, np.integer):
+        return np.trunc(a / b).astype(a.dtype)
+    return a / b
+
+
+def _pow_lower(k, a, b):
+    return m.pow(k, a, b)
+
+
+# name: (numpy, scalar lowering (k, a, b)). Variadic Max/Min/Sum/Mean reduce pairwise.
+BINARY = {
+    "Add": (np.add, lambda k, a, b: a + b),
+    "Sub": (np.subtract, lambda k, a, b: a - b),
+    "Mul": (np.multiply, lambda k, a, b: a * b),
+    "Div": (_div, lambda k, a, b: a / b),
+    "Pow": (lambda a, b: np.power(a.astype(np.float64), b).astype(a.dtype), _pow_lower),
+    "Max": (np.maximum, lambda k, a, b: k.max(a, b)),
+    "Min": (np.minimum, lambda k, a, b: k.min(a, b)),
+    "Sum": (np.add, lambda k, a, b: a + b),
+    "Mean": (np.add, lambda k, a, b: a + b),
+    "PRelu": (lambda x, s: np.where(x >= 0, x, x * s), lambda k, x, s: k.select(x >= 0.0, x, x * s)),
+}
+COMPARE = {
+    "Equal": (np.equal, lambda a, b: a.eq(b)),
+    "Less": (np.less, lambda a, b: a < b),
+    "LessOrEqual": (np.less_equal, lambda a, b: a <= b),
+    "Greater": (np.greater, lambda a, b: a > b),
+    "GreaterOrEqual": (np.greater_equal, lambda a, b: a >= b),
+}
+
+
+def _broadcast_loop(k, ins, out, body):
+    """out[idx] = body(*[x[idx] for x in ins]) with numpy broadcasting; same-shape
+    operands are walked as one flat loop, which vectorizes best."""
+    if all(t.shape == out.shape for t in ins):
+        ins, out = [t.flat() for t in ins], out.flat()
+        with k.loop(out.size) as i:
+            out[i] = body(*[t[i] for t in ins])
+        return
+    views = [t.broadcast_to(out.shape) for t in ins]
+    with k.loops(out.shape) as idx:
+        out[idx] = body(*[v[idx] for v in views])
+
+
+class Binary(Op):
+    fusable_epilogue = True
+    inplace = True
+
+    def infer(self, node):
+        types = [v.type for v in node.inputs]
+        if node.op != "Pow" and len({t.dtype for t in types}) > 1:
+            raise CompileError(f"mixed element types {[t.dtype for t in types]}", node=node.name, op=node.op)
+        return [TensorType(types[0].dtype, broadcast_shapes(node, *[t.shape for t in types]))]
+
+    def reference(self, node, *xs):
+        fn = BINARY[node.op][0]
+        acc = xs[0]
+        for x in xs[1:]:
+            acc = fn(acc, x)
+        if node.op == "Mean":
+            acc = acc / len(xs)
+        shape = self.infer(node)[0].shape
+        return [np.broadcast_to(np.asarray(acc), shape).astype(xs[0].dtype)]
+
+    def lower(self, k, node, ins, outs):
+        fn = BINARY[node.op][1]
+        if node.op == "Pow" and node.inputs[1].is_const and node.inputs[1].type.size == 1:
+            power = _pow_by_constant(float(node.inputs[1].data.ravel()[0]))
+            _broadcast_loop(k, ins[:1], outs[0], lambda a: power(k, a, None))
+            return
+        ins = [_as_dtype(k, t, ins[0].dtype) for t in ins]
+
+        def body(*vals):
+            acc = vals[0]
+            for v in vals[1:]:
+                acc = fn(k, acc, v)
+            if node.op == "Mean":
+                acc = acc * (1.0 / len(vals))
+            return acc
+
+        _broadcast_loop(k, ins, outs[0], body)
+
+
+def _as_dtype(k, t, dtype):
+    if t.dtype == dtype:
+        return t
+    raise CompileError(f"runtime operand of type {t.dtype} where {dtype} is needed")
+
+
+def _pow_by_constant(e: float):
+    """x**2 and friends are the common case (decomposed LayerNorm): exact multiplies."""
+    if e not in (1.0, 2.0, 3.0, 0.5, -1.0):
+        return lambda k, a, b: m.pow(k, a, k.lift(e, like=a))
+    if e == 1.0:
+        return lambda k, a, b: a
+    if e == 2.0:
+        return lambda k, a, b: a * a
+    if e == 3.0:
+        return lambda k, a, b: a * a * a
+    if e == 0.5:
+        return lambda k, a, b: k.sqrt(a)
+    if e == -1.0:
+        return lambda k, a, b: 1.0 / a
+    return _pow_lower
+
+
+register(*BINARY)(Binary)
+
+
+class Compare(Op):
+    def infer(self, node):
+        a, b = (v.type for v in node.inputs)
+        return [TensorType("bool", broadcast_shapes(node, a.shape, b.shape))]
+
+    def reference(self, node, a, b):
+        return [COMPARE[node.op][0](a, b)]
+
+    def lower(self, k, node, ins, outs):
+        fn = COMPARE[node.op][1]
+        _broadcast_loop(k, ins, outs[0], lambda a, b: k.cast(fn(a, b), LLVM_TYPES["bool"], unsigned=True))
+
+
+register(*COMPARE)(Compare)
+
+
+@register("Not")
+class Not(Op):
+    def infer(self, node):
+        return [node.inputs[0].type]
+
+    def reference(self, node, x):
+        return [np.logical_not(x)]
+
+    def lower(self, k, node, ins, outs):
+        _broadcast_loop(k, ins, outs[0], lambda a: a ^ 1)
+
+
+@register("Where")
+class Where(Op):
+    def infer(self, node):
+        c, a, b = (v.type for v in node.inputs)
+        return [TensorType(a.dtype, broadcast_shapes(node, c.shape, a.shape, b.shape))]
+
+    def reference(self, node, c, a, b):
+        return [np.where(c, a, b)]
+
+    def lower(self, k, node, ins, outs):
+        _broadcast_loop(k, ins, outs[0], lambda c, a, b: k.select(c.ne(0), a, b))
+
+
+@register("Cast")
+class Cast(Op):
+    def canonicalize(self, node, opset):
+        from ..frontend.onnx_import import onnx_dtype
+
+        node.attrs.pop("saturate", None)
+        if isinstance(node.attrs.get("to"), int):
+            node.attrs["to"] = onnx_dtype(node.attrs["to"])
+
+    def infer(self, node):
+        return [TensorType(node.attrs["to"], node.inputs[0].type.shape)]
+
+    def reference(self, node, x):
+        return [x.astype(node.attrs["to"])]
+
+    def lower(self, k, node, ins, outs):
+        to = LLVM_TYPES[node.attrs["to"]]
+        src = ins[0].dtype
+        if node.attrs["to"] == "bool":
+            def body(a):
+                return k.cast(a.ne(0.0 if src.startswith("float") else 0), to, unsigned=True)
+        else:
+            def body(a):
+                return k.cast(a, to, unsigned=src in ("uint8", "bool"))
+        _broadcast_loop(k, ins, outs[0], body)
+
+
+def unary_scalar(op: str):
+    """The scalar lowering of an activation, for producers that fuse it."""
+    return registry.get(op).scalar

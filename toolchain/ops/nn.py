@@ -1,0 +1,301 @@
+"""Neural-network ops with a reduction inside: convolution, GEMM/MatMul, softmax.
+
+Lowerings here are the straightforward loop nests (correct first); the fast
+kernels of the SIMD issue replace them behind the same Op interface.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..codegen import mathfns as m
+from ..errors import CompileError
+from ..ir import TensorType
+from . import Op, in_type, norm_axis, register
+
+
+def _err(node, msg):
+    return CompileError(msg, node=node.name, op=node.op)
+
+
+# -- convolution ------------------------------------------------------------------
+def resolve_auto_pad(node, in_spatial, kernel, strides, dilations):
+    """SAME_UPPER/SAME_LOWER/VALID -> explicit pads [begin..., end...]."""
+    mode = node.attrs.pop("auto_pad", "NOTSET")
+    if isinstance(mode, bytes):
+        mode = mode.decode()
+    rank = len(in_spatial)
+    if mode in ("NOTSET", ""):
+        return list(node.attrs.get("pads", [0] * (2 * rank)))
+    if mode == "VALID":
+        return [0] * (2 * rank)
+    if mode not in ("SAME_UPPER", "SAME_LOWER"):
+        raise _err(node, f"unknown auto_pad {mode}")
+    begin, end = [], []
+    for size, k, s, d in zip(in_spatial, kernel, strides, dilations):
+        out = -(-size // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small, big = total // 2, total - total // 2
+        begin.append(small if mode == "SAME_UPPER" else big)
+        end.append(big if mode == "SAME_UPPER" else small)
+    return begin + end
+
+
+def conv_out_size(size, k, s, d, pb, pe, ceil_mode=False):
+    span = size + pb + pe - ((k - 1) * d + 1)
+    return (-(-span // s) if ceil_mode else span // s) + 1
+
+
+def window_attrs(node, spatial_in, kernel):
+    """Canonical strides/dilations/pads for conv- and pool-like ops."""
+    rank = len(kernel)
+    node.attrs["kernel_shape"] = list(kernel)
+    node.attrs["strides"] = list(node.attrs.get("strides", [1] * rank))
+    node.attrs["dilations"] = list(node.attrs.get("dilations", [1] * rank))
+    node.attrs["pads"] = resolve_auto_pad(node, spatial_in, kernel, node.attrs["strides"], node.attrs["dilations"])
+
+
+def window_in_bounds(k, coords, sizes):
+    """Conjunction of 0 <= c < size over the coordinates that are runtime values."""
+    cond = True
+    for c, size in zip(coords, sizes):
+        if isinstance(c, int):
+            if not 0 <= c < size:
+                return False
+            continue
+        inside = (c >= 0) & (c < size)
+        cond = inside if cond is True else cond & inside
+    return cond
+
+
+@register("Conv")
+class Conv(Op):
+    fusable_epilogue = True
+
+    def canonicalize(self, node, opset):
+        x, w = in_type(node, 0), in_type(node, 1)
+        if x.dtype != "float32":
+            raise _err(node, f"only float32 convolution is supported, got {x.dtype}")
+        if len(x.shape) < 3:
+            raise _err(node, f"input must be N x C x spatial..., got rank {len(x.shape)}")
+        node.attrs.setdefault("group", 1)
+        window_attrs(node, x.shape[2:], w.shape[2:])
+
+    def infer(self, node):
+        x, w = in_type(node, 0), in_type(node, 1)
+        a = node.attrs
+        g = a["group"]
+        if x.shape[1] != w.shape[1] * g or w.shape[0] % g:
+            raise _err(node, f"channels {x.shape[1]} do not match weights {w.shape} with group={g}")
+        rank = len(x.shape) - 2
+        out = [conv_out_size(x.shape[2 + i], w.shape[2 + i], a["strides"][i], a["dilations"][i],
+                             a["pads"][i], a["pads"][rank + i]) for i in range(rank)]
+        if min(out) <= 0:
+            raise _err(node, f"output spatial size {out} is empty")
+        return [TensorType("float32", (x.shape[0], w.shape[0], *out))]
+
+    def reference(self, node, x, w, b=None):
+        a = node.attrs
+        rank = x.ndim - 2
+        pads = [(0, 0), (0, 0)] + [(a["pads"][i], a["pads"][rank + i]) for i in range(rank)]
+        xp = np.pad(x.astype(np.float64), pads)
+        (n, oc, *out) = self.infer(node)[0].shape
+        g = a["group"]
+        cg, ocg = w.shape[1], oc // g
+        y = np.zeros((n, oc, *out))
+        for kidx in itertools.product(*[range(s) for s in w.shape[2:]]):
+            sl = tuple(slice(kidx[i] * a["dilations"][i],
+                             kidx[i] * a["dilations"][i] + (out[i] - 1) * a["strides"][i] + 1,
+                             a["strides"][i]) for i in range(rank))
+            patch = xp[(slice(None), slice(None)) + sl]  # n, C, out...
+            for gi in range(g):
+                xs = patch[:, gi * cg:(gi + 1) * cg]
+                ws = w[(slice(gi * ocg, (gi + 1) * ocg), slice(None)) + kidx]  # ocg, cg
+                y[:, gi * ocg:(gi + 1) * ocg] += np.einsum("nc...,oc->no...", xs, ws)
+        if b is not None:
+            y += b.reshape((1, -1) + (1,) * rank)
+        return [y.astype(np.float32)]
+
+    def macs(self, node):
+        out = node.outputs[0].type
+        w = in_type(node, 1)
+        return out.size * int(np.prod(w.shape[1:]))
+
+    def lower(self, k, node, ins, outs):
+        x, w, y = ins[0], ins[1], outs[0]
+        bias = ins[2] if len(ins) > 2 else None
+        a = node.attrs
+        rank = x.rank - 2
+        g = a["group"]
+        cg, ocg = w.shape[1], y.shape[1] // g
+        with k.loops(y.shape) as (n, oc, *o):
+            acc = k.var(bias[oc] if bias is not None else 0.0)
+            ci0 = (oc // ocg) * cg if g > 1 else 0
+            with k.loop(cg) as ci:
+                with k.loops(w.shape[2:]) as kk:
+                    coords = [o[i] * a["strides"][i] - a["pads"][i] + kk[i] * a["dilations"][i]
+                              for i in range(rank)]
+                    with k.if_(window_in_bounds(k, coords, x.shape[2:])):
+                        acc += x[(n, ci0 + ci, *coords)] * w[(oc, ci, *kk)]
+            y[(n, oc, *o)] = acc.value
+
+
+# -- matrix products --------------------------------------------------------------------
+@register("Gemm")
+class Gemm(Op):
+    fusable_epilogue = True
+
+    def canonicalize(self, node, opset):
+        for key, default in (("alpha", 1.0), ("beta", 1.0), ("transA", 0), ("transB", 0)):
+            node.attrs.setdefault(key, default)
+
+    def _mnk(self, node):
+        a, b = in_type(node, 0).shape, in_type(node, 1).shape
+        if len(a) != 2 or len(b) != 2:
+            raise _err(node, f"Gemm needs 2-D operands, got {a} and {b}")
+        m_, ka = a[::-1] if node.attrs["transA"] else a
+        kb, n = b[::-1] if node.attrs["transB"] else b
+        if ka != kb:
+            raise _err(node, f"inner dimensions differ: {a} x {b}")
+        return m_, n, ka
+
+    def infer(self, node):
+        m_, n, _ = self._mnk(node)
+        return [TensorType(in_type(node, 0).dtype, (m_, n))]
+
+    def reference(self, node, a, b, c=None):
+        at = node.attrs
+        a = a.T if at["transA"] else a
+        b = b.T if at["transB"] else b
+        y = at["alpha"] * (a.astype(np.float64) @ b)
+        if c is not None:
+            y = y + at["beta"] * c
+        return [y.astype(np.float32)]
+
+    def macs(self, node):
+        m_, n, kk = self._mnk(node)
+        return m_ * n * kk
+
+    def lower(self, k, node, ins, outs):
+        at = node.attrs
+        a = ins[0].transpose((1, 0)) if at["transA"] else ins[0]
+        b = ins[1].transpose((1, 0)) if at["transB"] else ins[1]
+        c = ins[2].broadcast_to(outs[0].shape) if len(ins) > 2 and ins[2] is not None else None
+        y = outs[0]
+        with k.loops(y.shape) as (i, j):
+            acc = k.var(0.0)
+            with k.loop(a.shape[1]) as kk:
+                acc += a[i, kk] * b[kk, j]
+            r = acc.value
+            if at["alpha"] != 1.0:
+                r = r * at["alpha"]
+            if c is not None:
+                r = r + (c[i, j] if at["beta"] == 1.0 else c[i, j] * at["beta"])
+            y[i, j] = r
+
+
+def matmul_shapes(node, a, b):
+    """numpy.matmul's shape rule, including 1-D promotion and batch broadcasting."""
+    if not a or not b:
+        raise _err(node, "MatMul operands must have rank >= 1")
+    a2 = (1,) + a if len(a) == 1 else a
+    b2 = b + (1,) if len(b) == 1 else b
+    if a2[-1] != b2[-2]:
+        raise _err(node, f"inner dimensions differ: {a} x {b}")
+    try:
+        batch = np.broadcast_shapes(a2[:-2], b2[:-2])
+    except ValueError:
+        raise _err(node, f"batch dimensions of {a} and {b} do not broadcast") from None
+    out = tuple(batch) + (a2[-2], b2[-1])
+    if len(a) == 1:
+        out = out[:-2] + out[-1:]
+    if len(b) == 1:
+        out = out[:-1]
+    return a2, b2, tuple(batch), out
+
+
+@register("MatMul")
+class MatMul(Op):
+    fusable_epilogue = True
+
+    def infer(self, node):
+        return [TensorType(in_type(node, 0).dtype,
+                           matmul_shapes(node, in_type(node, 0).shape, in_type(node, 1).shape)[3])]
+
+    def reference(self, node, a, b):
+        return [np.matmul(a.astype(np.float64), b).astype(a.dtype)]
+
+    def macs(self, node):
+        a2, b2, batch, _ = matmul_shapes(node, in_type(node, 0).shape, in_type(node, 1).shape)
+        return int(np.prod(batch, dtype=np.int64)) * a2[-2] * a2[-1] * b2[-1]
+
+    def lower(self, k, node, ins, outs):
+        a2, b2, batch, _ = matmul_shapes(node, ins[0].shape, ins[1].shape)
+        a = ins[0].reshape(a2).broadcast_to(batch + a2[-2:])
+        b = ins[1].reshape(b2).broadcast_to(batch + b2[-2:])
+        y = outs[0].reshape(batch + (a2[-2], b2[-1]))
+        with k.loops(y.shape) as idx:
+            *bi, i, j = idx
+            acc = k.var(0.0)
+            with k.loop(a2[-1]) as kk:
+                acc += a[(*bi, i, kk)] * b[(*bi, kk, j)]
+            y[idx] = acc.value
+
+
+# -- softmax ------------------------------------------------------------------------------
+@register("Softmax", "LogSoftmax")
+class Softmax(Op):
+    def canonicalize(self, node, opset):
+        shape = in_type(node, 0).shape
+        axis = norm_axis(node.attrs.get("axis", -1 if opset >= 13 else 1), len(shape), node)
+        # Before opset 13 the input is coerced to 2-D at `axis`: normalize over all of axis..end.
+        node.attrs["axis"] = axis
+        node.attrs["coerce_2d"] = int(opset < 13)
+
+    def infer(self, node):
+        t = in_type(node, 0)
+        if t.dtype != "float32":
+            raise _err(node, "needs float32 input")
+        return [t]
+
+    def _rows(self, shape, node):
+        """(outer, n, inner): softmax runs over n, rows are outer x inner."""
+        ax = node.attrs["axis"]
+        outer = int(np.prod(shape[:ax], dtype=np.int64))
+        if node.attrs["coerce_2d"]:
+            return outer, int(np.prod(shape[ax:], dtype=np.int64)), 1
+        return outer, shape[ax], int(np.prod(shape[ax + 1:], dtype=np.int64))
+
+    def reference(self, node, x):
+        o, n, i = self._rows(x.shape, node)
+        x3 = x.reshape(o, n, i).astype(np.float64)
+        z = x3 - x3.max(axis=1, keepdims=True)
+        if node.op == "LogSoftmax":
+            y = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        else:
+            e = np.exp(z)
+            y = e / e.sum(axis=1, keepdims=True)
+        return [y.reshape(x.shape).astype(np.float32)]
+
+    def lower(self, k, node, ins, outs):
+        o, n, inner = self._rows(ins[0].shape, node)
+        x, y = ins[0].reshape((o, n, inner)), outs[0].reshape((o, n, inner))
+        with k.loops((o, inner)) as (a, c):
+            mx = k.var(x[a, 0, c])
+            with k.loop(n) as j:
+                mx.value = k.max(mx.value, x[a, j, c])
+            total = k.var(0.0)
+            with k.loop(n) as j:
+                e = m.exp(k, x[a, j, c] - mx.value)
+                if node.op == "Softmax":
+                    y[a, j, c] = e
+                total += e
+            if node.op == "Softmax":
+                inv = 1.0 / total.value
+                with k.loop(n) as j:
+                    y[a, j, c] = y[a, j, c] * inv
+            else:
+                shift = mx.value + m.log(k, total.value)
+                with k.loop(n) as j:
+                    y[a, j, c] = x[a, j, c] - shift

@@ -1,0 +1,232 @@
+"""Ops that move or reinterpret data: views (Reshape & co.), Transpose, Concat, and the
+shape arithmetic (Shape, Gather, ...) that constant folding removes before codegen.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CompileError
+from ..ir import TensorType
+from . import Op, const_input, in_type, norm_axis, register
+
+
+def _err(node, msg):
+    return CompileError(msg, node=node.name, op=node.op)
+
+
+class View(Op):
+    """Same bytes, new shape: the planner lets output and input share one buffer."""
+
+    view = True
+
+    def reference(self, node, x, *rest):
+        return [x.reshape(self.infer(node)[0].shape)]
+
+    def lower(self, k, node, ins, outs):
+        """Only reached when the buffer cannot be shared (e.g. a graph output): a copy."""
+        x, y = ins[0].flat(), outs[0].flat()
+        with k.loop(y.size) as i:
+            y[i] = x[i]
+
+
+@register("Reshape")
+class Reshape(View):
+    def canonicalize(self, node, opset):
+        shape = const_input(node, 1, "Reshape shape")
+        if shape is None:
+            raise _err(node, "missing shape input")
+        src = in_type(node).shape
+        allowzero = node.attrs.pop("allowzero", 0)
+        dims = [int(d) for d in shape]
+        dims = [src[i] if d == 0 and not allowzero else d for i, d in enumerate(dims)]
+        if dims.count(-1) > 1:
+            raise _err(node, f"shape {dims} has more than one -1")
+        if -1 in dims:
+            known = int(np.prod([d for d in dims if d != -1], dtype=np.int64))
+            total = int(np.prod(src, dtype=np.int64))
+            if known == 0 or total % known:
+                raise _err(node, f"cannot reshape {src} to {list(shape)}")
+            dims[dims.index(-1)] = total // known
+        node.attrs["shape"] = dims
+        node.inputs = node.inputs[:1]
+
+    def infer(self, node):
+        t = in_type(node)
+        dims = tuple(node.attrs["shape"])
+        if int(np.prod(dims, dtype=np.int64)) != t.size:
+            raise _err(node, f"cannot reshape {t.shape} ({t.size} elements) to {list(dims)}")
+        return [TensorType(t.dtype, dims)]
+
+
+@register("Flatten")
+class Flatten(View):
+    def canonicalize(self, node, opset):
+        rank = len(in_type(node).shape)
+        node.attrs["axis"] = norm_axis(node.attrs.get("axis", 1), rank + 1, node)
+
+    def infer(self, node):
+        t = in_type(node)
+        ax = node.attrs["axis"]
+        return [TensorType(t.dtype, (int(np.prod(t.shape[:ax], dtype=np.int64)),
+                                     int(np.prod(t.shape[ax:], dtype=np.int64))))]
+
+
+@register("Squeeze", "Unsqueeze")
+class SqueezeLike(View):
+    def canonicalize(self, node, opset):
+        axes = node.attrs.pop("axes", None)
+        if len(node.inputs) > 1:
+            axes = const_input(node, 1, f"{node.op} axes")
+            node.inputs = node.inputs[:1]
+        shape = in_type(node).shape
+        if node.op == "Squeeze":
+            if axes is None:
+                axes = [i for i, d in enumerate(shape) if d == 1]
+            axes = sorted(norm_axis(int(a), len(shape), node) for a in axes)
+            if any(shape[a] != 1 for a in axes):
+                raise _err(node, f"cannot squeeze axes {axes} of shape {shape}")
+        else:
+            if axes is None:
+                raise _err(node, "missing axes")
+            rank = len(shape) + len(axes)
+            axes = sorted(norm_axis(int(a), rank, node) for a in axes)
+        node.attrs["axes"] = axes
+
+    def infer(self, node):
+        t = in_type(node)
+        axes = node.attrs["axes"]
+        if node.op == "Squeeze":
+            dims = [d for i, d in enumerate(t.shape) if i not in axes]
+        else:
+            dims = list(t.shape)
+            for a in axes:
+                dims.insert(a, 1)
+        return [TensorType(t.dtype, tuple(dims))]
+
+
+@register("Identity", "Dropout")
+class Identity(View):
+    def canonicalize(self, node, opset):
+        if node.op == "Dropout":
+            node.attrs.clear()
+            node.inputs = node.inputs[:1]
+            if len(node.outputs) > 1:
+                raise _err(node, "Dropout's mask output is not supported for inference")
+
+    def infer(self, node):
+        return [in_type(node)]
+
+
+@register("Transpose")
+class Transpose(Op):
+    def canonicalize(self, node, opset):
+        rank = len(in_type(node).shape)
+        node.attrs["perm"] = [int(p) for p in node.attrs.get("perm", list(range(rank))[::-1])]
+        if sorted(node.attrs["perm"]) != list(range(rank)):
+            raise _err(node, f"perm {node.attrs['perm']} is not a permutation of {rank} axes")
+
+    def infer(self, node):
+        t = in_type(node)
+        return [TensorType(t.dtype, tuple(t.shape[p] for p in node.attrs["perm"]))]
+
+    def reference(self, node, x):
+        return [np.ascontiguousarray(np.transpose(x, node.attrs["perm"]))]
+
+    def lower(self, k, node, ins, outs):
+        x = ins[0].transpose(node.attrs["perm"])
+        with k.loops(outs[0].shape) as idx:
+            outs[0][idx] = x[idx]
+
+
+@register("Concat")
+class Concat(Op):
+    def canonicalize(self, node, opset):
+        node.attrs["axis"] = norm_axis(node.attrs["axis"], len(in_type(node).shape), node)
+
+    def infer(self, node):
+        ax = node.attrs["axis"]
+        types = [v.type for v in node.inputs]
+        first = types[0]
+        for t in types[1:]:
+            if t.dtype != first.dtype or len(t.shape) != len(first.shape) or any(
+                    a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != ax):
+                raise _err(node, f"cannot concatenate {first} with {t} on axis {ax}")
+        shape = list(first.shape)
+        shape[ax] = sum(t.shape[ax] for t in types)
+        return [TensorType(first.dtype, tuple(shape))]
+
+    def reference(self, node, *xs):
+        return [np.concatenate(xs, axis=node.attrs["axis"])]
+
+    def lower(self, k, node, ins, outs):
+        ax, start = node.attrs["axis"], 0
+        y = outs[0]
+        for x in ins:
+            if x.size:
+                dst = y.view(x.shape, y.strides, y.offset + start * y.strides[ax])
+                with k.loops(x.shape) as idx:
+                    dst[idx] = x[idx]
+            start += x.shape[ax]
+
+
+@register("Shape")
+class Shape(Op):
+    """Always folds: shapes are static."""
+
+    def canonicalize(self, node, opset):
+        rank = len(in_type(node).shape)
+        start = node.attrs.pop("start", 0)
+        end = node.attrs.pop("end", rank)
+        node.attrs["dims"] = list(in_type(node).shape[slice(start, end)])
+
+    def infer(self, node):
+        return [TensorType("int64", (len(node.attrs["dims"]),))]
+
+    def reference(self, node, x):
+        return [np.array(node.attrs["dims"], dtype=np.int64)]
+
+    def lower(self, k, node, ins, outs):
+        for i, d in enumerate(node.attrs["dims"]):
+            outs[0][i] = k.lift(d, like=k.lift(0))
+
+
+@register("Gather")
+class Gather(Op):
+    def canonicalize(self, node, opset):
+        node.attrs["axis"] = norm_axis(node.attrs.get("axis", 0), len(in_type(node).shape), node)
+
+    def infer(self, node):
+        data, idx = in_type(node, 0), in_type(node, 1)
+        ax = node.attrs["axis"]
+        if idx.dtype not in ("int32", "int64"):
+            raise _err(node, f"indices must be int32/int64, got {idx.dtype}")
+        return [TensorType(data.dtype, data.shape[:ax] + idx.shape + data.shape[ax + 1:])]
+
+    def reference(self, node, data, idx):
+        return [np.take(data, idx.astype(np.int64), axis=node.attrs["axis"])]
+
+    def lower(self, k, node, ins, outs):
+        data, idx, y = ins[0], ins[1], outs[0]
+        ax = node.attrs["axis"]
+        n = data.shape[ax]
+        with k.loops(y.shape) as out_idx:
+            pos = out_idx[ax:ax + idx.rank]
+            i = k.cast(idx[tuple(pos)], k.lift(0).v.type)
+            i = k.select(i < 0, i + n, i)  # negative indices count from the end
+            src = out_idx[:ax] + (i,) + out_idx[ax + idx.rank:]
+            y[out_idx] = data[src]
+
+
+@register("Copy")
+class Copy(Op):
+    """Internal (not ONNX): an explicit copy into a graph output buffer."""
+
+    foldable = False
+
+    def infer(self, node):
+        return [in_type(node)]
+
+    def reference(self, node, x):
+        return [x.copy()]
+
+    lower = View.lower

@@ -1,0 +1,45 @@
+"""Constant folding: a node whose inputs are all known is evaluated with its numpy
+reference and replaced by constants."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CompileError
+from ..ir import Graph, Node, TensorType
+from ..ops import registry
+
+
+def fold_node(g: Graph, node: Node):
+    """Fold `node` if it can be; returns the constant outputs (the node is removed) or None."""
+    op = registry.get(node.op, node=node.name)
+    if not op.foldable or node.attrs.get("epilogue"):
+        return None
+    if not all(v is None or v.is_const for v in node.inputs):
+        return None
+    args = [v.data if v is not None else None for v in node.inputs]
+    while args and args[-1] is None:
+        args.pop()
+    try:
+        results = op.reference(node, *args)
+    except CompileError:
+        raise
+    except Exception as e:
+        raise CompileError(f"constant evaluation failed: {type(e).__name__}: {e}", node=node.name, op=node.op)
+    consts = []
+    for out, data in zip(node.outputs, results):
+        data = np.asarray(data)
+        if TensorType.of(data) != out.type:
+            data = data.astype(out.type.dtype).reshape(out.type.shape)
+        c = g.const(out.name + "_c", data)
+        g.replace_all_uses(out, c)
+        consts.append(c)
+    g.nodes.remove(node)
+    return consts
+
+
+def fold_constants(g: Graph) -> bool:
+    changed = False
+    for node in list(g.nodes):
+        if fold_node(g, node) is not None:
+            changed = True
+    return changed

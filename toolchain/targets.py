@@ -1,0 +1,77 @@
+"""Target profiles are data: one TOML file per target in targets/. Code asks the profile
+(triple, cpu, features, vector width, how to link and run) and never tests target names."""
+from __future__ import annotations
+
+import platform
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CompileError
+
+TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    triple: str
+    cpu: str
+    features: str
+    abi: str
+    vector_bits: int
+    vector_registers: int
+    arena_align: int
+    elf_machine: str
+    elf_flags: dict
+    zig_target: str
+    zig_cpu: str
+    qemu: str
+    qemu_cpu: str
+    native_arch: str
+    native_cpu_flags: tuple
+    budgets: dict = field(default_factory=dict)
+
+    @property
+    def vector_bytes(self) -> int:
+        return self.vector_bits // 8
+
+    def runs_natively(self) -> bool:
+        """True when this host executes the target's instructions itself."""
+        if not self.native_arch or platform.machine() != self.native_arch:
+            return False
+        try:
+            flags = set(Path("/proc/cpuinfo").read_text().split())
+        except OSError:
+            return False
+        return all(f in flags for f in self.native_cpu_flags)
+
+
+def _load(path: Path) -> Profile:
+    d = tomllib.loads(path.read_text())
+    try:
+        return Profile(
+            name=d["name"], description=d["description"], triple=d["triple"], cpu=d["cpu"],
+            features=d.get("features", ""), abi=d.get("abi", ""), vector_bits=d["vector_bits"],
+            vector_registers=d["vector_registers"], arena_align=d["arena_align"],
+            elf_machine=d["elf"]["machine"], elf_flags=d["elf"].get("flags", {}),
+            zig_target=d["link"]["zig_target"], zig_cpu=d["link"]["zig_cpu"],
+            qemu=d["run"]["qemu"], qemu_cpu=d["run"]["qemu_cpu"],
+            native_arch=d["run"].get("native_arch", ""),
+            native_cpu_flags=tuple(d["run"].get("native_cpu_flags", [])),
+            budgets=d.get("budgets", {}),
+        )
+    except KeyError as e:
+        raise CompileError(f"target profile {path.name} lacks field {e}") from None
+
+
+def all_profiles() -> dict[str, Profile]:
+    return {p.name: p for p in map(_load, sorted(TARGETS_DIR.glob("*.toml")))}
+
+
+def get_profile(name: str) -> Profile:
+    profiles = all_profiles()
+    if name not in profiles:
+        raise CompileError(f"unknown target '{name}' (known targets: {', '.join(profiles)})")
+    return profiles[name]
