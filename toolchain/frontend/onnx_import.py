@@ -88,7 +88,7 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
                 raise CompileError(str(e), node=node.name, op=node.op) from None
             raise
         except (KeyError, IndexError, ValueError, TypeError) as e:
-            raise CompileError(f"malformed node: {type(e).__name__}: {e}", node=node.name, op=node.op) from None
+            raise CompileError(f"malformed node: {type(e).__name__}: {e}", node=node.name, op=node.op) from e
         if len(types) < len(node.outputs):
             used = [o for o in proto.output[len(types):] if o]
             if used:

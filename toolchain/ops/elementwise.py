@@ -80,9 +80,9 @@ class Unary(Op):
             lo = const_input(node, 1, "Clip min")
             hi = const_input(node, 2, "Clip max")
             if lo is not None:
-                node.attrs["min"] = float(lo)
+                node.attrs["min"] = float(np.asarray(lo).reshape(-1)[0])
             if hi is not None:
-                node.attrs["max"] = float(hi)
+                node.attrs["max"] = float(np.asarray(hi).reshape(-1)[0])
             node.inputs = node.inputs[:1]
         for key in ("min", "max", "alpha", "beta"):
             if key in node.attrs:

@@ -1,0 +1,26 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers import ALL_TARGETS  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption("--target", action="append", default=None,
+                     help="restrict target-parametrized tests to these targets (repeatable)")
+
+
+def pytest_generate_tests(metafunc):
+    if "target" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("--target") or ALL_TARGETS
+        metafunc.parametrize("target", chosen)
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("edgec")

@@ -1,0 +1,77 @@
+"""Shared test helpers: build an ONNX model for a target, run it on that target's
+instruction set (natively or under qemu-user) and compare with onnxruntime."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from toolchain.compiler import build
+from toolchain.harness.runner import link_harness, run_model
+from toolchain.targets import get_profile
+
+RTOL, ATOL = 1e-3, 1e-4
+ALL_TARGETS = ["x86-64-v3", "cortex-a76", "cortex-a53", "rv64gc", "rv64gcv"]
+
+
+def make_model(nodes, inputs: dict, outputs: dict, inits: dict | None = None, opset=13) -> onnx.ModelProto:
+    """inputs/outputs: name -> (dtype np, shape) ; inits: name -> array."""
+    def vi(name, spec):
+        dt, shape = spec
+        return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dt)), shape)
+    g = helper.make_graph(nodes, "test", [vi(k, v) for k, v in inputs.items()],
+                          [vi(k, v) for k, v in outputs.items()],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in (inits or {}).items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def onnxruntime_outputs(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def compile_and_run(model: onnx.ModelProto | Path, target: str, feeds: dict, workdir: Path,
+                    name: str = "model", runs: int = 1, arena_bytes=None):
+    """Build with the real CLI path, link the harness, run; returns (outputs, build result, run result)."""
+    if isinstance(model, onnx.ModelProto):
+        data = model.SerializeToString()
+        path = workdir / f"{hashlib.sha1(data).hexdigest()[:12]}.onnx"
+        path.write_bytes(data)
+    else:
+        path = Path(model)
+    out = workdir / f"build-{target}-{path.stem}"
+    res = build(path, target, name, out)
+    profile = get_profile(target)
+    exe = link_harness(out, name, profile)
+    specs = [(o["dtype"], tuple(o["shape"])) for o in res.manifest["outputs"]]
+    ordered = [feeds[i["name"]] for i in res.manifest["inputs"]]
+    run = run_model(exe, profile, ordered, specs, runs=runs, arena_bytes=arena_bytes)
+    return run.outputs, res, run
+
+
+def assert_close(got, want, rtol=RTOL, atol=ATOL, what=""):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    if got.dtype.kind in "biu" or want.dtype.kind in "biu":
+        np.testing.assert_array_equal(got, want.astype(got.dtype), err_msg=what)
+        return
+    err = np.abs(got.astype(np.float64) - want)
+    bad = err > atol + rtol * np.abs(want)
+    if bad.any():
+        i = np.unravel_index(np.argmax(err - rtol * np.abs(want)), err.shape)
+        raise AssertionError(f"{what}: {bad.sum()} of {bad.size} elements differ; worst at {i}: "
+                             f"got {got[i]}, want {want[i]} (max abs err {err.max():.3g})")
+
+
+def check_against_onnxruntime(model, feeds, target, workdir, **kw):
+    want = onnxruntime_outputs(model if isinstance(model, onnx.ModelProto) else onnx.load(str(model)), feeds)
+    got, res, run = compile_and_run(model, target, feeds, workdir, **kw)
+    for j, (g_, w) in enumerate(zip(got, want)):
+        assert_close(g_, w, what=f"{target} output {j}")
+    return res, run

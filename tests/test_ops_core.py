@@ -1,0 +1,138 @@
+"""Elementwise, convolution, matrix and softmax ops against onnxruntime (natively on x86-64-v3;
+the cross-target run of every op family is in test_targets.py)."""
+import numpy as np
+import pytest
+from onnx import helper
+
+from helpers import check_against_onnxruntime, make_model
+
+T = "x86-64-v3"
+F = np.float32
+rng = np.random.default_rng(0)
+
+
+def randn(*shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(F)
+
+
+UNARY_CASES = [
+    ("Relu", {}, 3), ("LeakyRelu", {"alpha": 0.2}, 3), ("Elu", {"alpha": 0.5}, 3),
+    ("Sigmoid", {}, 10), ("HardSigmoid", {}, 5), ("HardSwish", {}, 5), ("Tanh", {}, 5),
+    ("Erf", {}, 3), ("Exp", {}, 10), ("Neg", {}, 1), ("Abs", {}, 1), ("Floor", {}, 5),
+    ("Ceil", {}, 5), ("Softplus", {}, 5), ("Reciprocal", {}, 1),
+]
+
+
+@pytest.mark.parametrize("op,attrs,scale", UNARY_CASES, ids=[c[0] for c in UNARY_CASES])
+def test_unary(op, attrs, scale, workdir):
+    x = randn(2, 3, 17, scale=scale)
+    m = make_model([helper.make_node(op, ["x"], ["y"], **attrs)], {"x": (F, x.shape)}, {"y": (F, x.shape)},
+                   opset=14 if op == "HardSwish" else 13)
+    check_against_onnxruntime(m, {"x": x}, T, workdir)
+
+
+@pytest.mark.parametrize("op", ["Log", "Sqrt"])
+def test_unary_positive(op, workdir):
+    x = np.abs(randn(4, 33, scale=20)) + 1e-3
+    m = make_model([helper.make_node(op, ["x"], ["y"])], {"x": (F, x.shape)}, {"y": (F, x.shape)})
+    check_against_onnxruntime(m, {"x": x}, T, workdir)
+
+
+def test_gelu_opset20_both_forms(workdir):
+    x = randn(64, scale=4)
+    for approx in ("none", "tanh"):
+        m = make_model([helper.make_node("Gelu", ["x"], ["y"], approximate=approx)],
+                       {"x": (F, x.shape)}, {"y": (F, x.shape)}, opset=20)
+        check_against_onnxruntime(m, {"x": x}, T, workdir)
+
+
+def test_clip_with_constant_bounds(workdir):
+    x = randn(50, scale=10)
+    m = make_model([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], {"x": (F, x.shape)},
+                   {"y": (F, x.shape)}, {"lo": np.array(0, F), "hi": np.array(6, F)})
+    check_against_onnxruntime(m, {"x": x}, T, workdir)
+
+
+BROADCASTS = {"same": ((2, 3, 4), (2, 3, 4)), "trailing": ((2, 3, 4), (4,)), "both": ((2, 1, 4), (3, 1))}
+# PRelu's slope broadcasts one way only (unidirectional), so it has no "both" case.
+BINARY_CASES = [(op, kind) for op in ["Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "PRelu"]
+                for kind in BROADCASTS if not (op == "PRelu" and kind == "both")]
+
+
+@pytest.mark.parametrize("op,kind", BINARY_CASES, ids=[f"{o}-{k}" for o, k in BINARY_CASES])
+def test_binary_broadcast(op, kind, workdir):
+    shapes = BROADCASTS[kind]
+    a, b = randn(*shapes[0]), randn(*shapes[1])
+    if op == "Pow":
+        a = np.abs(a) + 0.1
+    if op == "Div":
+        b = np.where(np.abs(b) < 0.1, 0.5, b).astype(F)
+    out = np.broadcast_shapes(a.shape, b.shape)
+    m = make_model([helper.make_node(op, ["a", "b"], ["y"])], {"a": (F, a.shape), "b": (F, b.shape)},
+                   {"y": (F, out)})
+    check_against_onnxruntime(m, {"a": a, "b": b}, T, workdir)
+
+
+def test_pow_by_constant_exponents(workdir):
+    x = np.abs(randn(40)) + 0.1
+    for e in (2.0, 0.5, 3.0, -1.0, 1.7):
+        m = make_model([helper.make_node("Pow", ["x", "e"], ["y"])], {"x": (F, x.shape)}, {"y": (F, x.shape)},
+                       {"e": np.array(e, F)})
+        check_against_onnxruntime(m, {"x": x}, T, workdir)
+
+
+def test_where_and_compare(workdir):
+    a, b = randn(3, 8), randn(3, 8)
+    nodes = [helper.make_node("Greater", ["a", "b"], ["c"]), helper.make_node("Where", ["c", "a", "b"], ["y"])]
+    m = make_model(nodes, {"a": (F, a.shape), "b": (F, b.shape)}, {"y": (F, a.shape)})
+    check_against_onnxruntime(m, {"a": a, "b": b}, T, workdir)
+
+
+CONV_CASES = {
+    "basic": dict(x=(1, 3, 9, 9), w=(4, 3, 3, 3), attrs={}),
+    "pads_strides": dict(x=(1, 3, 10, 9), w=(5, 3, 3, 3), attrs=dict(pads=[1, 2, 1, 0], strides=[2, 2])),
+    "dilation": dict(x=(1, 2, 12, 12), w=(3, 2, 3, 3), attrs=dict(dilations=[2, 2], pads=[2, 2, 2, 2])),
+    "depthwise": dict(x=(1, 6, 8, 8), w=(6, 1, 3, 3), attrs=dict(group=6, pads=[1, 1, 1, 1])),
+    "groups": dict(x=(2, 4, 7, 7), w=(6, 2, 3, 3), attrs=dict(group=2)),
+    "same_upper": dict(x=(1, 2, 7, 8), w=(3, 2, 4, 3), attrs=dict(auto_pad="SAME_UPPER", strides=[2, 2])),
+    "same_lower": dict(x=(1, 2, 7, 8), w=(3, 2, 4, 3), attrs=dict(auto_pad="SAME_LOWER", strides=[2, 1])),
+    "valid_1d": dict(x=(1, 3, 20), w=(4, 3, 5), attrs=dict(auto_pad="VALID", strides=[3])),
+    "pointwise": dict(x=(1, 16, 5, 5), w=(8, 16, 1, 1), attrs={}),
+}
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv(case, workdir):
+    c = CONV_CASES[case]
+    x, w, b = randn(*c["x"]), randn(*c["w"], scale=0.3), randn(c["w"][0])
+    m = make_model([helper.make_node("Conv", ["x", "w", "b"], ["y"], **c["attrs"])], {"x": (F, x.shape)},
+                   {"y": (F, None)}, {"w": w, "b": b})
+    check_against_onnxruntime(m, {"x": x}, T, workdir)
+
+
+@pytest.mark.parametrize("ta,tb", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_gemm(ta, tb, workdir):
+    a = randn(*((7, 5) if ta else (5, 7)))
+    b = randn(*((6, 7) if tb else (7, 6)))
+    c = randn(6)
+    m = make_model([helper.make_node("Gemm", ["a", "b", "c"], ["y"], transA=ta, transB=tb, alpha=0.5, beta=2.0)],
+                   {"a": (F, a.shape)}, {"y": (F, (5, 6))}, {"b": b, "c": c})
+    check_against_onnxruntime(m, {"a": a}, T, workdir)
+
+
+@pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((2, 1, 3, 4), (3, 4, 2)),
+                                   ((4,), (4, 3)), ((2, 3, 4), (4,))])
+def test_matmul(sa, sb, workdir):
+    a, b = randn(*sa), randn(*sb)
+    out = np.matmul(a, b).shape
+    m = make_model([helper.make_node("MatMul", ["a", "b"], ["y"])], {"a": (F, sa), "b": (F, sb)}, {"y": (F, out)})
+    check_against_onnxruntime(m, {"a": a, "b": b}, T, workdir)
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("axis,opset", [(-1, 13), (1, 13), (0, 13), (1, 11)])
+def test_softmax(op, axis, opset, workdir):
+    x = randn(2, 3, 5, scale=3)
+    m = make_model([helper.make_node(op, ["x"], ["y"], axis=axis)], {"x": (F, x.shape)}, {"y": (F, x.shape)},
+                   opset=opset)
+    check_against_onnxruntime(m, {"x": x}, T, workdir)
