@@ -14,6 +14,7 @@ from toolchain.compiler import build
 from toolchain.harness.runner import link_harness, run_model
 from toolchain.targets import get_profile
 
+ROOT = Path(__file__).resolve().parent.parent
 RTOL, ATOL = 1e-3, 1e-4
 ALL_TARGETS = ["x86-64-v3", "cortex-a76", "cortex-a53", "rv64gc", "rv64gcv"]
 

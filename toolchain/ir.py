@@ -174,7 +174,11 @@ class Graph:
                     continue
                 if id(v) not in defined:
                     raise CompileError(f"input {v!r} used before it is defined", node=node.name, op=node.op)
-            expected = registry.get(node.op).infer(node)
+            try:
+                expected = registry.get(node.op).infer(node)
+            except (IndexError, KeyError, TypeError, ValueError, AttributeError) as e:
+                raise CompileError(f"malformed node ({type(e).__name__}: {e})", node=node.name,
+                                   op=node.op) from None
             for out, want in zip(node.outputs, expected):
                 if out.type != want:
                     raise CompileError(f"output {out!r} has type {out.type}, shape rule says {want}",

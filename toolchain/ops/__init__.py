@@ -25,6 +25,9 @@ class Op:
     view = False
     # Evaluated on constants at compile time when all its inputs are known.
     foldable = True
+    # The result depends only on the input types (static shapes), never on their values,
+    # so it folds to a constant even when its inputs are computed at run time.
+    shape_only = False
 
     def canonicalize(self, node: Node, opset: int):
         """Fill in ONNX defaults and resolve convenience attributes (e.g. auto_pad) so
@@ -55,7 +58,7 @@ class Registry:
     def get(self, name: str, node: str | None = None) -> Op:
         op = self._ops.get(name)
         if op is None:
-            raise CompileError(f"unsupported op '{name}' (supported: {', '.join(sorted(self._ops))})",
+            raise CompileError(f"unsupported op '{name}' (`edgec ops` lists the {len(self._ops)} supported ops)",
                                node=node, op=name)
         return op
 
@@ -111,4 +114,5 @@ def in_type(node: Node, i: int = 0) -> TensorType:
     return node.inputs[i].type
 
 
-from . import elementwise, nn, shape  # noqa: E402,F401  (registration side effects)
+from . import (conv_transpose, elementwise, movement, nn, normalization, pooling, reduce, resize,  # noqa
+               shape)  # noqa: E402,F401  (registration side effects)

@@ -14,9 +14,9 @@ def fold_node(g: Graph, node: Node):
     op = registry.get(node.op, node=node.name)
     if not op.foldable or node.attrs.get("epilogue"):
         return None
-    if not all(v is None or v.is_const for v in node.inputs):
+    if not op.shape_only and not all(v is None or v.is_const for v in node.inputs):
         return None
-    args = [v.data if v is not None else None for v in node.inputs]
+    args = [v.data if v is not None and v.is_const else None for v in node.inputs]
     while args and args[-1] is None:
         args.pop()
     try:
