@@ -320,14 +320,16 @@ class Kernel:
         return Expr(self, self.b.select(cond.v, a.v, b.v))
 
     def max(self, a, b) -> Expr:
+        """A NaN in `a` propagates (numpy's maximum; Relu/Clip of NaN is NaN)."""
         a = self.lift(a, like=b if isinstance(b, Expr) else None)
         b = self.lift(b, like=a)
-        return self.select(a > b, a, b)
+        return self.select(a < b, b, a)
 
     def min(self, a, b) -> Expr:
+        """A NaN in `a` propagates."""
         a = self.lift(a, like=b if isinstance(b, Expr) else None)
         b = self.lift(b, like=a)
-        return self.select(a < b, a, b)
+        return self.select(b < a, b, a)
 
     def abs(self, x: Expr) -> Expr:
         return self.select(x < 0, -x, x)
