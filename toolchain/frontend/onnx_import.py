@@ -114,7 +114,8 @@ def _default_opset(model) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             if imp.version not in SUPPORTED_OPSETS:
-                raise CompileError(f"opset {imp.version} is not supported (supported: 11..21)")
+                raise CompileError(f"opset {imp.version} is not supported (supported: "
+                                   f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1})")
             return imp.version
     raise CompileError("the model imports no default-domain opset")
 
