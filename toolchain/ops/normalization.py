@@ -1,0 +1,221 @@
+"""Normalization: BatchNormalization (inference), LayerNormalization,
+InstanceNormalization and LRN. BatchNormalization after a Conv/Gemm is folded into
+its weights by passes.fuse.fold_batchnorm; the lowering here is for the rest."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..codegen import mathfns as m
+from ..errors import CompileError
+from ..ir import TensorType
+from . import Op, in_type, norm_axis, register
+
+
+def _err(node, msg):
+    return CompileError(msg, node=node.name, op=node.op)
+
+
+def _float_input(node):
+    t = in_type(node)
+    if t.dtype != "float32":
+        raise _err(node, "needs float32 input")
+    return t
+
+
+def _check_channel_params(node, first, channels):
+    for i in range(first, len(node.inputs)):
+        v = node.inputs[i]
+        if v is not None and v.type.shape != (channels,):
+            raise _err(node, f"input {i} has shape {v.type.shape}, expected ({channels},)")
+
+
+@register("BatchNormalization")
+class BatchNormalization(Op):
+    fusable_epilogue = True
+    inplace = True
+
+    def canonicalize(self, node, opset):
+        node.attrs["epsilon"] = float(node.attrs.get("epsilon", 1e-5))
+        if node.attrs.pop("training_mode", 0):
+            raise _err(node, "training_mode=1 is not an inference graph")
+        node.attrs.pop("momentum", None)
+        node.attrs.pop("spatial", None)
+        node.attrs.pop("is_test", None)
+        node.attrs.pop("consumed_inputs", None)
+
+    def infer(self, node):
+        t = _float_input(node)
+        if len(t.shape) < 2 or len(node.inputs) != 5:
+            raise _err(node, "needs X (N x C x ...), scale, B, mean and var")
+        _check_channel_params(node, 1, t.shape[1])
+        return [t]
+
+    def reference(self, node, x, scale, b, mean, var):
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        f = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + node.attrs["epsilon"])
+        y = (x - mean.reshape(shape)) * f.reshape(shape) + b.reshape(shape)
+        return [y.astype(x.dtype)]
+
+    def lower(self, k, node, ins, outs):
+        x, scale, b, mean, var = ins
+        n_, c_ = x.shape[:2]
+        inner = int(np.prod(x.shape[2:], dtype=np.int64))
+        x3, y3 = x.reshape((n_, c_, inner)), outs[0].reshape((n_, c_, inner))
+        with k.loops((n_, c_)) as (n, c):
+            f = scale[c] / k.sqrt(var[c] + node.attrs["epsilon"])
+            shift = b[c] - mean[c] * f
+            with k.loop(inner) as i:
+                y3[n, c, i] = x3[n, c, i] * f + shift
+
+
+def _normalize_rows(k, x, y, eps, affine):
+    """y[r, j] = affine((x[r, j] - mean_r) / sqrt(var_r + eps), r, j) for x viewed as
+    (rows, *norm_shape), j a multi-index. Two passes (mean, then the variance of the
+    centred values) keep float32 accurate."""
+    norm_shape = x.shape[1:]
+    count = float(np.prod(norm_shape, dtype=np.int64))
+    with k.loop(x.shape[0]) as r:
+        total = k.var(0.0)
+        with k.loops(norm_shape) as j:
+            total += x[(r, *j)]
+        mean = total.value * (1.0 / count)
+        sq = k.var(0.0)
+        with k.loops(norm_shape) as j:
+            d = x[(r, *j)] - mean
+            sq += d * d
+        inv = 1.0 / k.sqrt(sq.value * (1.0 / count) + eps)
+        with k.loops(norm_shape) as j:
+            y[(r, *j)] = affine((x[(r, *j)] - mean) * inv, r, j)
+
+
+def _normalize_reference(x, axes, eps):
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=axes, keepdims=True)
+    var = ((x64 - mean) ** 2).mean(axis=axes, keepdims=True)
+    return (x64 - mean) / np.sqrt(var + eps)
+
+
+@register("LayerNormalization")
+class LayerNormalization(Op):
+    fusable_epilogue = True
+
+    def canonicalize(self, node, opset):
+        t = in_type(node)
+        node.attrs["axis"] = norm_axis(node.attrs.get("axis", -1), len(t.shape), node)
+        node.attrs["epsilon"] = float(node.attrs.get("epsilon", 1e-5))
+        node.attrs.pop("stash_type", None)
+
+    def infer(self, node):
+        t = _float_input(node)
+        norm_shape = t.shape[node.attrs["axis"]:]
+        for i in (1, 2):
+            if i < len(node.inputs) and node.inputs[i] is not None:
+                try:
+                    np.broadcast_shapes(node.inputs[i].type.shape, norm_shape)
+                except ValueError:
+                    raise _err(node, f"input {i} of shape {node.inputs[i].type.shape} does not broadcast "
+                                     f"to the normalized shape {norm_shape}") from None
+        return [t]  # Mean and InvStdDev outputs are not produced (training only)
+
+    def reference(self, node, x, scale=None, b=None):
+        axes = tuple(range(node.attrs["axis"], x.ndim))
+        y = _normalize_reference(x, axes, node.attrs["epsilon"])
+        if scale is not None:
+            y = y * scale
+        if b is not None:
+            y = y + b
+        return [y.astype(x.dtype)]
+
+    def lower(self, k, node, ins, outs):
+        ax = node.attrs["axis"]
+        shape = ins[0].shape
+        rows, norm_shape = int(np.prod(shape[:ax], dtype=np.int64)), shape[ax:]
+        scale = ins[1].broadcast_to(norm_shape) if len(ins) > 1 and ins[1] is not None else None
+        bias = ins[2].broadcast_to(norm_shape) if len(ins) > 2 and ins[2] is not None else None
+
+        def affine(v, r, j):
+            v = v * scale[j] if scale is not None else v
+            return v + bias[j] if bias is not None else v
+
+        _normalize_rows(k, ins[0].reshape((rows, *norm_shape)), outs[0].reshape((rows, *norm_shape)),
+                        node.attrs["epsilon"], affine)
+
+
+@register("InstanceNormalization")
+class InstanceNormalization(Op):
+    fusable_epilogue = True
+
+    def canonicalize(self, node, opset):
+        node.attrs["epsilon"] = float(node.attrs.get("epsilon", 1e-5))
+
+    def infer(self, node):
+        t = _float_input(node)
+        if len(t.shape) < 3 or len(node.inputs) != 3:
+            raise _err(node, "needs X (N x C x spatial...), scale and B")
+        _check_channel_params(node, 1, t.shape[1])
+        return [t]
+
+    def reference(self, node, x, scale, b):
+        y = _normalize_reference(x, tuple(range(2, x.ndim)), node.attrs["epsilon"])
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return [(y * scale.reshape(shape) + b.reshape(shape)).astype(x.dtype)]
+
+    def lower(self, k, node, ins, outs):
+        n_, c_ = ins[0].shape[:2]
+        inner = int(np.prod(ins[0].shape[2:], dtype=np.int64))
+        x = ins[0].reshape((n_ * c_, inner))
+        y = outs[0].reshape((n_ * c_, inner))
+        scale, bias = ins[1], ins[2]
+
+        def affine(v, r, j):  # row r = n * C + c
+            return v * scale[r % c_] + bias[r % c_]
+
+        _normalize_rows(k, x, y, node.attrs["epsilon"], affine)
+
+
+@register("LRN")
+class LRN(Op):
+    """Local response normalization across channels (AlexNet-era models)."""
+
+    fusable_epilogue = True
+
+    def canonicalize(self, node, opset):
+        if "size" not in node.attrs:
+            raise _err(node, "needs size")
+        node.attrs["size"] = int(node.attrs["size"])
+        for key, default in (("alpha", 1e-4), ("beta", 0.75), ("bias", 1.0)):
+            node.attrs[key] = float(node.attrs.get(key, default))
+
+    def infer(self, node):
+        t = _float_input(node)
+        if len(t.shape) < 3:
+            raise _err(node, f"needs N x C x spatial input, got {t.shape}")
+        return [t]
+
+    def _window(self, node):
+        size = node.attrs["size"]
+        return (size - 1) // 2, size - 1 - (size - 1) // 2  # channels before, after
+
+    def reference(self, node, x):
+        a = node.attrs
+        before, after = self._window(node)
+        sq = np.pad(x.astype(np.float64) ** 2, [(0, 0), (before, after)] + [(0, 0)] * (x.ndim - 2))
+        c_ = x.shape[1]
+        total = sum(sq[:, i:i + c_] for i in range(a["size"]))
+        return [(x / (a["bias"] + a["alpha"] / a["size"] * total) ** a["beta"]).astype(x.dtype)]
+
+    def lower(self, k, node, ins, outs):
+        a = node.attrs
+        before, after = self._window(node)
+        n_, c_ = ins[0].shape[:2]
+        inner = int(np.prod(ins[0].shape[2:], dtype=np.int64))
+        x, y = ins[0].reshape((n_, c_, inner)), outs[0].reshape((n_, c_, inner))
+        with k.loops((n_, c_, inner)) as (n, c, i):
+            total = k.var(0.0)
+            with k.loop(before + after + 1) as w:
+                cc = c + w - before
+                with k.if_((cc >= 0) & (cc < c_)):
+                    v = x[n, cc, i]
+                    total += v * v
+            base = total.value * (a["alpha"] / a["size"]) + a["bias"]
+            y[n, c, i] = x[n, c, i] / m.exp(k, m.log(k, base) * a["beta"])

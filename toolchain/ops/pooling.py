@@ -1,0 +1,155 @@
+"""Pooling: MaxPool, AveragePool (N-d windows with pads, strides, dilations, ceil_mode)
+and their global forms."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..errors import CompileError
+from ..ir import TensorType
+from . import Op, in_type, register
+from .nn import window_attrs, window_in_bounds
+
+
+def _err(node, msg):
+    return CompileError(msg, node=node.name, op=node.op)
+
+
+def pool_out_size(size, k, s, d, pb, pe, ceil_mode):
+    """ONNX's rule: with ceil_mode the last window must still start inside the input
+    or its left padding (a window that begins in the right padding is dropped)."""
+    span = size + pb + pe - ((k - 1) * d + 1)
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + pb:
+        out -= 1
+    return out
+
+
+def _windows(node, x_shape):
+    """Per spatial dim: (kernel, stride, dilation, pad_begin, pad_end, out)."""
+    a = node.attrs
+    rank = len(a["kernel_shape"])
+    return [(a["kernel_shape"][i], a["strides"][i], a["dilations"][i], a["pads"][i], a["pads"][i + rank],
+             pool_out_size(x_shape[2 + i], a["kernel_shape"][i], a["strides"][i], a["dilations"][i],
+                           a["pads"][i], a["pads"][i + rank], a["ceil_mode"]))
+            for i in range(rank)]
+
+
+class _Pool(Op):
+    fusable_epilogue = True
+    is_max = False
+
+    def canonicalize(self, node, opset):
+        x = in_type(node).shape
+        if "kernel_shape" not in node.attrs:
+            raise _err(node, "needs kernel_shape")
+        if len(x) < 3 or len(node.attrs["kernel_shape"]) != len(x) - 2:
+            raise _err(node, f"kernel_shape {node.attrs['kernel_shape']} does not fit input {x}")
+        window_attrs(node, x[2:], node.attrs["kernel_shape"])
+        node.attrs["ceil_mode"] = int(node.attrs.get("ceil_mode", 0))
+        node.attrs["count_include_pad"] = int(node.attrs.get("count_include_pad", 0))
+        node.attrs.pop("storage_order", None)
+
+    def infer(self, node):
+        t = in_type(node)
+        if t.dtype != "float32":
+            raise _err(node, "needs float32 input")
+        out = [w[-1] for w in _windows(node, t.shape)]
+        if min(out) <= 0:
+            raise _err(node, f"window larger than the padded input {t.shape}")
+        return [TensorType(t.dtype, t.shape[:2] + tuple(out))]
+
+    def reference(self, node, x):
+        wins = _windows(node, x.shape)
+        fill = -np.inf if self.is_max else 0.0
+        pads = [(0, 0), (0, 0)]
+        for size, (k, s, d, pb, pe, out) in zip(x.shape[2:], wins):
+            pads.append((pb, max(pe, (out - 1) * s + (k - 1) * d + 1 - size - pb)))
+        xp = np.pad(x.astype(np.float64), pads, constant_values=fill)
+        real = np.pad(np.ones(x.shape[2:]), pads[2:])  # 1 where the input is, 0 in padding
+        declared = np.pad(np.ones([s + pb + pe for s, (_, _, _, pb, pe, _) in zip(x.shape[2:], wins)]),
+                          [(0, p[1] - w[4]) for p, w in zip(pads[2:], wins)])  # input + explicit pads
+        acc = np.full(x.shape[:2] + tuple(w[-1] for w in wins), fill)
+        count = np.zeros(acc.shape[2:])
+        weights = declared if node.attrs["count_include_pad"] else real
+        for offs in itertools.product(*[range(w[0]) for w in wins]):
+            sl = tuple(slice(o * d, o * d + (out - 1) * s + 1, s) for o, (_, s, d, _, _, out) in zip(offs, wins))
+            win = xp[(slice(None), slice(None)) + sl]
+            acc = np.maximum(acc, win) if self.is_max else acc + win
+            count += weights[sl]
+        if not self.is_max:
+            acc = acc / count
+        return [acc.astype(x.dtype)]
+
+    def lower(self, k, node, ins, outs):
+        x, y = ins[0], outs[0]
+        wins = _windows(node, x.shape)
+        include_pad = node.attrs["count_include_pad"]
+        with k.loops(y.shape) as (n, c, *o):
+            acc = k.var(float("-inf") if self.is_max else 0.0)
+            count = None if self.is_max else k.var(0.0)
+            with k.loops([w[0] for w in wins]) as kk:
+                coords = [o[i] * s - pb + kk[i] * d for i, (_, s, d, pb, _, _) in enumerate(wins)]
+                with k.if_(window_in_bounds(k, coords, x.shape[2:])):
+                    v = x[(n, c, *coords)]
+                    if self.is_max:
+                        acc.value = k.max(v, acc.value)
+                    else:
+                        acc += v
+                        if not include_pad:
+                            count += 1.0
+                if include_pad:
+                    extent = [x.shape[2 + i] + wins[i][3] + wins[i][4] for i in range(len(wins))]
+                    padded = [cc + w[3] for cc, w in zip(coords, wins)]
+                    with k.if_(window_in_bounds(k, padded, extent)):
+                        count += 1.0
+            y[(n, c, *o)] = acc.value if self.is_max else acc.value / count.value
+
+
+@register("MaxPool")
+class MaxPool(_Pool):
+    is_max = True
+
+    def canonicalize(self, node, opset):
+        super().canonicalize(node, opset)
+        node.attrs["count_include_pad"] = 0  # an AveragePool attribute; meaningless here
+
+
+@register("AveragePool")
+class AveragePool(_Pool):
+    def canonicalize(self, node, opset):
+        super().canonicalize(node, opset)
+        if node.attrs["dilations"] != [1] * len(node.attrs["kernel_shape"]) and opset < 19:
+            raise _err(node, "dilations need opset 19")
+
+
+@register("GlobalAveragePool", "GlobalMaxPool")
+class GlobalPool(Op):
+    fusable_epilogue = True
+
+    def infer(self, node):
+        t = in_type(node)
+        if len(t.shape) < 3:
+            raise _err(node, f"needs an N x C x spatial input, got {t.shape}")
+        return [TensorType(t.dtype, t.shape[:2] + (1,) * (len(t.shape) - 2))]
+
+    def reference(self, node, x):
+        axes = tuple(range(2, x.ndim))
+        f = np.max if node.op == "GlobalMaxPool" else np.mean
+        return [f(x.astype(np.float64), axis=axes, keepdims=True).astype(x.dtype)]
+
+    def lower(self, k, node, ins, outs):
+        n_, c_ = ins[0].shape[:2]
+        spatial = int(np.prod(ins[0].shape[2:], dtype=np.int64))
+        x = ins[0].reshape((n_, c_, spatial))
+        y = outs[0].reshape((n_, c_))
+        is_max = node.op == "GlobalMaxPool"
+        with k.loops((n_, c_)) as (n, c):
+            acc = k.var(x[n, c, 0] if is_max else 0.0)
+            with k.loop(spatial) as i:
+                if is_max:
+                    acc.value = k.max(x[n, c, i], acc.value)
+                else:
+                    acc += x[n, c, i]
+            y[n, c] = acc.value if is_max else acc.value * (1.0 / spatial)

@@ -1,0 +1,92 @@
+"""Reductions: ReduceMean/Sum/Max/Min/Prod/L1/L2/SumSquare/LogSumExp over constant axes,
+with keepdims and noop_with_empty_axes. Axes are an attribute before opset 18 (13 for
+ReduceSum) and an input after; canonicalize turns both into one sorted list."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..codegen import mathfns as m
+from ..errors import CompileError
+from ..ir import TensorType
+from . import Op, const_input, in_type, norm_axis, register
+
+# op: (initial value, accumulate(k, acc, x), finish(k, acc, count), numpy reference)
+_KINDS = {
+    "ReduceSum": (0.0, lambda k, a, x: a + x, lambda k, a, n: a, lambda x, ax: x.sum(axis=ax, keepdims=True)),
+    "ReduceMean": (0.0, lambda k, a, x: a + x, lambda k, a, n: a * (1.0 / n),
+                   lambda x, ax: x.mean(axis=ax, keepdims=True)),
+    "ReduceMax": (float("-inf"), lambda k, a, x: k.max(x, a), lambda k, a, n: a,
+                  lambda x, ax: x.max(axis=ax, keepdims=True)),
+    "ReduceMin": (float("inf"), lambda k, a, x: k.min(x, a), lambda k, a, n: a,
+                  lambda x, ax: x.min(axis=ax, keepdims=True)),
+    "ReduceProd": (1.0, lambda k, a, x: a * x, lambda k, a, n: a, lambda x, ax: x.prod(axis=ax, keepdims=True)),
+    "ReduceL1": (0.0, lambda k, a, x: a + k.abs(x), lambda k, a, n: a,
+                 lambda x, ax: np.abs(x).sum(axis=ax, keepdims=True)),
+    "ReduceL2": (0.0, lambda k, a, x: a + x * x, lambda k, a, n: k.sqrt(a),
+                 lambda x, ax: np.sqrt((x * x).sum(axis=ax, keepdims=True))),
+    "ReduceSumSquare": (0.0, lambda k, a, x: a + x * x, lambda k, a, n: a,
+                        lambda x, ax: (x * x).sum(axis=ax, keepdims=True)),
+    "ReduceLogSumExp": (0.0, lambda k, a, x: a + m.exp(k, x), lambda k, a, n: m.log(k, a),
+                        lambda x, ax: np.log(np.exp(x).sum(axis=ax, keepdims=True))),
+}
+# the opset from which `axes` is an input rather than an attribute
+_AXES_INPUT_FROM = {"ReduceSum": 13}
+
+
+@register(*_KINDS)
+class Reduce(Op):
+    fusable_epilogue = True
+
+    def canonicalize(self, node, opset):
+        rank = len(in_type(node).shape)
+        if opset >= _AXES_INPUT_FROM.get(node.op, 18):
+            axes = const_input(node, 1, "axes")
+            node.inputs = node.inputs[:1]
+        else:
+            axes = node.attrs.get("axes")
+        node.attrs.pop("axes", None)
+        keepdims = int(node.attrs.pop("keepdims", 1))
+        noop = int(node.attrs.pop("noop_with_empty_axes", 0))
+        if axes is None or len(axes) == 0:
+            axes = [] if noop else list(range(rank))
+        axes = sorted({norm_axis(int(a), rank, node) for a in np.asarray(axes).reshape(-1)})
+        node.attrs["axes"] = axes
+        node.attrs["keepdims"] = keepdims
+
+    def _shapes(self, node, shape):
+        """(shape with reduced dims kept as 1, output shape)."""
+        axes = node.attrs["axes"]
+        kept = tuple(1 if i in axes else d for i, d in enumerate(shape))
+        out = kept if node.attrs["keepdims"] else tuple(d for i, d in enumerate(shape) if i not in axes)
+        return kept, out
+
+    def infer(self, node):
+        t = in_type(node)
+        if t.dtype != "float32":
+            raise CompileError("needs float32 input", node=node.name, op=node.op)
+        return [TensorType(t.dtype, self._shapes(node, t.shape)[1])]
+
+    def reference(self, node, x):
+        axes = tuple(node.attrs["axes"])
+        out = self._shapes(node, x.shape)[1]
+        if not axes:
+            return [x.copy()]
+        r = _KINDS[node.op][3](x.astype(np.float64), axes)
+        return [r.reshape(out).astype(x.dtype)]
+
+    def lower(self, k, node, ins, outs):
+        init, step, finish, _ = _KINDS[node.op]
+        x = ins[0]
+        axes = node.attrs["axes"]
+        kept, _ = self._shapes(node, x.shape)
+        y = outs[0].reshape(kept)
+        reduced = [x.shape[a] for a in axes]
+        count = int(np.prod(reduced, dtype=np.int64))
+        with k.loops(kept) as idx:
+            acc = k.var(init)
+            with k.loops(reduced) as r:
+                full = list(idx)
+                for a, ri in zip(axes, r):
+                    full[a] = ri
+                acc.value = step(k, acc.value, x[tuple(full)])
+            y[tuple(idx)] = finish(k, acc.value, count)
