@@ -18,7 +18,7 @@ from ..ir import DTYPES, Graph, TensorType, Value
 from ..ops import registry
 from ..passes.fold import fold_node
 
-SUPPORTED_OPSETS = range(7, 22)
+SUPPORTED_OPSETS = range(6, 22)  # 6: the opset of older exporters (legacy broadcast)
 
 
 def onnx_dtype(elem_type: int) -> str:
@@ -60,6 +60,8 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         g.inputs.append(v)
         env[vi.name] = v
 
+    # names something reads: an optional output nobody reads may be left unproduced
+    read = {x for n in onnx_graph.node for x in n.input} | {o.name for o in onnx_graph.output}
     for i, proto in enumerate(onnx_graph.node):
         node_name = proto.name or f"{proto.op_type}_{i}"
         if proto.domain not in ("", "ai.onnx"):
@@ -90,7 +92,7 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         except (KeyError, IndexError, ValueError, TypeError) as e:
             raise CompileError(f"malformed node: {type(e).__name__}: {e}", node=node.name, op=node.op) from e
         if len(types) < len(node.outputs):
-            used = [o for o in proto.output[len(types):] if o]
+            used = [o for o in proto.output[len(types):] if o in read]
             if used:
                 raise CompileError(f"optional outputs {used} are not supported", node=node.name, op=node.op)
         node.outputs = node.outputs[:len(types)]

@@ -13,8 +13,8 @@ import numpy as np
 from ..codegen import mathfns as m
 from ..codegen.kernel import LLVM_TYPES
 from ..errors import CompileError
-from ..ir import TensorType
-from . import Op, broadcast_shapes, const_input, register, registry
+from ..ir import TensorType, Value
+from . import Op, broadcast_shapes, const_input, in_type, register, registry
 
 
 def _erf_np(x):
@@ -63,6 +63,18 @@ UNARY = {
     "Reciprocal": (lambda x, a: 1 / x, lambda k, x, a: 1.0 / x, {}),
     "Floor": (lambda x, a: np.floor(x), lambda k, x, a: m.floor(k, x), {}),
     "Ceil": (lambda x, a: np.ceil(x), lambda k, x, a: m.ceil(k, x), {}),
+    "Selu": (lambda x, a: a["gamma"] * np.where(x > 0, x, a["alpha"] * (np.exp(x.astype(np.float64)) - 1)),
+             lambda k, x, a: k.select(x > 0.0, x, (m.exp(k, x) - 1.0) * a["alpha"]) * a["gamma"],
+             {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}),
+    "Sign": (lambda x, a: np.sign(x), lambda k, x, a: k.select(x > 0.0, 1.0, k.select(x < 0.0, -1.0, x)), {}),
+    "Shrink": (lambda x, a: np.where(x < -a["lambd"], x + a["bias"], np.where(x > a["lambd"], x - a["bias"], 0)),
+               lambda k, x, a: k.select(x < -a["lambd"], x + a["bias"], k.select(x > a["lambd"], x - a["bias"], 0.0)),
+               {"lambd": 0.5, "bias": 0.0}),
+    "ThresholdedRelu": (lambda x, a: np.where(x > a["alpha"], x, 0), lambda k, x, a: k.select(x > a["alpha"], x, 0.0),
+                        {"alpha": 1.0}),
+    "Softsign": (lambda x, a: x / (1 + np.abs(x)), lambda k, x, a: x / (k.abs(x) + 1.0), {}),
+    "Mish": (lambda x, a: x * np.tanh(np.log1p(np.exp(x.astype(np.float64)))),
+             lambda k, x, a: x * m.tanh(k, k.max(x, 0.0) + m.log(k, m.exp(k, -k.abs(x)) + 1.0)), {}),
     "Softplus": (lambda x, a: np.log1p(np.exp(x.astype(np.float64))),
                  lambda k, x, a: k.max(x, 0.0) + m.log(k, m.exp(k, -k.abs(x)) + 1.0), {}),
 }
@@ -84,7 +96,7 @@ class Unary(Op):
             if hi is not None:
                 node.attrs["max"] = float(np.asarray(hi).reshape(-1)[0])
             node.inputs = node.inputs[:1]
-        for key in ("min", "max", "alpha", "beta"):
+        for key in ("min", "max", "alpha", "beta", "gamma", "lambd", "bias"):
             if key in node.attrs:
                 node.attrs[key] = float(node.attrs[key])
 
@@ -157,6 +169,26 @@ def _broadcast_loop(k, ins, out, body):
 class Binary(Op):
     fusable_epilogue = True
     inplace = True
+
+    def canonicalize(self, node, opset):
+        """Before opset 7, B broadcast only with broadcast=1, its dims aligned to A's
+        starting at `axis` (not at the end): give B trailing 1s to get numpy's rule."""
+        legacy, axis = node.attrs.pop("broadcast", 0), node.attrs.pop("axis", None)
+        node.attrs.pop("consumed_inputs", None)
+        a = in_type(node, 0).shape
+        b = in_type(node, 1).shape if len(node.inputs) > 1 else ()
+        if node.op == "PRelu" and opset < 7 and len(a) > 1 and b == (a[1],):
+            legacy, axis = 1, 1  # the slope was per channel
+        if not legacy or axis is None or len(node.inputs) != 2:
+            return
+        trailing = len(a) - (axis % max(len(a), 1)) - len(b)
+        if trailing <= 0:
+            return
+        v = node.inputs[1]
+        if not v.is_const:
+            raise CompileError("legacy broadcast with axis needs a constant B", node=node.name, op=node.op)
+        data = v.data.reshape(b + (1,) * trailing)
+        node.inputs[1] = Value(f"{v.name}_aligned", TensorType.of(data), data=data)
 
     def infer(self, node):
         types = [v.type for v in node.inputs]

@@ -109,9 +109,7 @@ class Identity(View):
     def canonicalize(self, node, opset):
         if node.op == "Dropout":
             node.attrs.clear()
-            node.inputs = node.inputs[:1]
-            if len(node.outputs) > 1:
-                raise _err(node, "Dropout's mask output is not supported for inference")
+            node.inputs = node.inputs[:1]  # the mask output, if read, is refused at import
 
     def infer(self, node):
         return [in_type(node)]
