@@ -60,3 +60,33 @@ def test(c, target=None, slow=False):
     if not slow:
         args += ["-m", "not slow"]
     sys.exit(subprocess.call(args))
+
+
+@task(help={"target": "target profile (repeatable; default: every target of ci/matrix.toml)",
+            "model": "ONNX file (repeatable; default: every model of ci/matrix.toml)",
+            "json": "write the figures to this JSON file", "runs": "timed runs per measurement"},
+      iterable=["target", "model"])
+def bench(c, target=None, model=None, json=None, runs=20):
+    """Latency table: instructions per inference and per MAC (QEMU plugin), median and p99
+    time (emulated, or native next to onnxruntime), correctness against onnxruntime."""
+    ensure_qemu()
+    args = [PY, "-m", "toolchain.bench", "--runs", str(runs)]
+    for t in target or []:
+        args += ["--target", t]
+    for m in model or []:
+        args += ["--model", m]
+    if json:
+        args += ["--json", json]
+    sys.exit(subprocess.call(args))
+
+
+@task(help={"json": "write the figures to this JSON file"})
+def ci(c, json=None):
+    """The whole matrix (ci/matrix.toml): every target x every model, built, run on the
+    target's instruction set, compared with onnxruntime; a summary table; non-zero exit
+    if any cell fails."""
+    ensure_qemu()
+    args = [PY, "-m", "toolchain.bench", "--runs", "5"]
+    if json:
+        args += ["--json", json]
+    sys.exit(subprocess.call(args))

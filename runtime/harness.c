@@ -6,6 +6,10 @@
  * usage: harness RUNS INPUT.bin OUTPUT.bin NIN BYTES... NOUT BYTES... [ARENA_BYTES]
  * The arena is followed by a guard zone; a model that writes past ARENA_SIZE is reported.
  * ARENA_BYTES (for tests) gives the model a smaller arena than it asked for.
+ * The inputs are checked unchanged after the runs: the model may write only to its
+ * outputs and its arena. With EDGEC_UNTIMED=1 in the environment the clock is not read
+ * and nothing is printed per run, so every run executes exactly the same instructions
+ * (for counting them under QEMU).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -58,6 +62,15 @@ int main(int argc, char **argv) {
         inputs[i] = p;
     }
     fclose(f);
+    const void *saved[NUM_INPUTS + 1];
+    for (int i = 0; i < nin; i++) {
+        void *p = malloc(in_bytes[i] + 1);
+        if (!p) return fail("out of memory");
+        memcpy(p, inputs[i], in_bytes[i]);
+        saved[i] = p;
+    }
+    const char *untimed_env = getenv("EDGEC_UNTIMED");
+    int timed = !(untimed_env && untimed_env[0] == '1');
     void *outputs[NUM_OUTPUTS + 1];
     for (int i = 0; i < nout; i++) {
         outputs[i] = malloc(out_bytes[i] + 1);
@@ -67,18 +80,23 @@ int main(int argc, char **argv) {
     /* The guard zone starts right after the arena the model is given. */
     unsigned char *arena = arena_storage;
     memset(arena + arena_bytes, GUARD_BYTE, (size_t)ARENA_SIZE + GUARD - arena_bytes);
-    printf("times_ns:");
+    if (timed) printf("times_ns:");
     for (long r = 0; r < runs; r++) {
-        uint64_t t0 = now_ns();
+        uint64_t t0 = timed ? now_ns() : 0;
         int rc = EDGEC_RUN(inputs, outputs, arena);
-        uint64_t t1 = now_ns();
+        uint64_t t1 = timed ? now_ns() : 0;
         if (rc != 0) {
             fprintf(stderr, "harness: run returned %d\n", rc);
             return 3;
         }
-        printf(" %llu", (unsigned long long)(t1 - t0));
+        if (timed) printf(" %llu", (unsigned long long)(t1 - t0));
     }
-    printf("\n");
+    if (timed) printf("\n");
+    for (int i = 0; i < nin; i++)
+        if (memcmp(saved[i], inputs[i], in_bytes[i]) != 0) {
+            fprintf(stderr, "harness: the model wrote to input %d\n", i);
+            return 5;
+        }
     for (size_t i = arena_bytes; i < (size_t)ARENA_SIZE + GUARD; i++)
         if (arena[i] != GUARD_BYTE) {
             fprintf(stderr, "harness: model wrote past its arena (byte %zu of %zu)\n", i, arena_bytes);

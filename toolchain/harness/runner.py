@@ -59,9 +59,25 @@ def launcher(profile: Profile) -> list[str]:
     return [qemu, "-cpu", profile.qemu_cpu]
 
 
-def run_program(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+ADDR_NO_RANDOMIZE = 0x0040000
+
+
+def _no_aslr():
+    """In the child before exec: no address-space randomization. Under qemu-user the
+    host's layout shifts where the guest's heap and mappings land, which changes the
+    paths musl's memcpy/memset take by a few instructions from run to run."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.personality(ctypes.c_ulong(libc.personality(ctypes.c_ulong(0xFFFFFFFF)) | ADDR_NO_RANDOMIZE))
+
+
+def run_program(cmd: list[str], timeout: float, env: dict | None = None,
+                fixed_layout: bool = False) -> subprocess.CompletedProcess:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **env} if env else None,
+                              preexec_fn=_no_aslr if fixed_layout else None)
     except subprocess.TimeoutExpired as e:
         raise HarnessError(f"timed out after {timeout:.0f} s: {' '.join(cmd)}") from None
     if proc.returncode != 0:
@@ -80,9 +96,11 @@ def run_program(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
 
 def run_model(exe: Path, profile: Profile, inputs: list[np.ndarray], output_specs: list[tuple],
               runs: int = 1, arena_bytes: int | None = None, timeout: float = 300,
-              prefix: list[str] | None = None) -> RunResult:
+              prefix: list[str] | None = None, env: dict | None = None,
+              fixed_layout: bool = False) -> RunResult:
     """output_specs: [(dtype, shape)] in graph order. `prefix` replaces the launcher (e.g. a
-    qemu command line with an instruction-counting plugin)."""
+    qemu command line with an instruction-counting plugin); `env` adds to the guest's
+    environment."""
     with tempfile.TemporaryDirectory(prefix="edgec-run-") as tmp:
         tmp = Path(tmp)
         data = [np.ascontiguousarray(x) for x in inputs]
@@ -93,7 +111,7 @@ def run_model(exe: Path, profile: Profile, inputs: list[np.ndarray], output_spec
             str(len(data)), *[str(x.nbytes) for x in data], str(len(sizes)), *map(str, sizes)]
         if arena_bytes is not None:
             cmd.append(str(arena_bytes))
-        proc = run_program(cmd, timeout)
+        proc = run_program(cmd, timeout, env, fixed_layout)
         raw = (tmp / "out.bin").read_bytes()
     outputs, pos = [], 0
     for (dt, shape), size in zip(output_specs, sizes):

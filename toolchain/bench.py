@@ -1,0 +1,239 @@
+"""Benchmarks and the test matrix: build a model for a target, run it on the target's
+instruction set, compare with onnxruntime, count guest instructions per inference with
+the QEMU plugin, and time it (emulated, or native where the host has the ISA, next to
+onnxruntime measured alternately in the same run).
+
+    invoke bench --target cortex-a76 [--model M] [--json PATH]
+    invoke ci                                   # every target x every model of ci/matrix.toml
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .compiler import PROJECT_ROOT, build
+from .harness.plugin import count_instructions
+from .harness.runner import link_harness, run_model
+from .targets import get_profile
+
+MATRIX = PROJECT_ROOT / "ci" / "matrix.toml"
+RTOL, ATOL = 1e-3, 1e-4
+
+
+def matrix() -> tuple[list[str], list[Path]]:
+    data = tomllib.loads(MATRIX.read_text())
+    return data["targets"], [PROJECT_ROOT / m for m in data["models"]]
+
+
+@dataclass
+class ErrorReport:
+    max_abs: float
+    max_rel: float
+    worst_index: tuple
+    got: float
+    want: float
+    ok: bool
+
+    def __str__(self):
+        return (f"max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g}, worst at {self.worst_index} "
+                f"(got {self.got:.6g}, want {self.want:.6g})")
+
+
+def error_report(got, want, rtol=RTOL, atol=ATOL) -> ErrorReport:
+    """How far `got` is from `want`: the worst element by the allclose criterion."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return ErrorReport(float("inf"), float("inf"), (), float("nan"), float("nan"), False)
+    if got.size == 0:
+        return ErrorReport(0.0, 0.0, (), 0.0, 0.0, True)
+    err = np.abs(got - want)
+    same = (got == want) | (np.isnan(got) & np.isnan(want))
+    err = np.where(same, 0.0, err)
+    excess = err - rtol * np.abs(want)
+    i = np.unravel_index(int(np.argmax(np.where(np.isnan(excess), np.inf, excess))), err.shape)
+    rel = err / np.maximum(np.abs(want), np.finfo(np.float32).tiny)
+    ok = bool(np.all((err <= atol + rtol * np.abs(want)) | same))
+    return ErrorReport(float(err.max()), float(rel.max()), tuple(int(j) for j in i), float(got[i]),
+                       float(want[i]), ok)
+
+
+def seeded_inputs(model: onnx.ModelProto, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    inits = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
+    return feeds
+
+
+def onnxruntime_session(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class Result:
+    model: str
+    target: str
+    ok: bool = False
+    error: str = ""
+    max_abs_err: float = float("nan")
+    max_rel_err: float = float("nan")
+    worst: str = ""
+    macs: int = 0
+    insns_per_inference: int = 0
+    insns_per_mac: float = float("nan")
+    median_ns: float = float("nan")
+    p99_ns: float = float("nan")
+    timing: str = ""  # "native" or "emulated"
+    ort_median_ns: float = float("nan")
+    ratio_vs_ort: float = float("nan")
+    arena_bytes: int = 0
+    code_bytes: int = 0
+    weight_bytes: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def bench(model_path: Path, target: str, workdir: Path, runs: int = 20, count: bool = True,
+          compare: bool = True) -> Result:
+    """Build, check against onnxruntime, count instructions, time. Failures are recorded
+    in the result (the matrix goes on), not raised."""
+    model_path = Path(model_path)
+    res = Result(model_path.stem, target)
+    try:
+        _bench_into(res, model_path, target, workdir, runs, count, compare)
+    except Exception as e:  # noqa: BLE001  (one failing cell must not stop the matrix)
+        res.ok, res.error = False, f"{type(e).__name__}: {e}".splitlines()[0][:300]
+    return res
+
+
+def _bench_into(res, model_path, target, workdir, runs, count, compare):
+    profile = get_profile(target)
+    model = onnx.load(str(model_path))
+    out = Path(workdir) / f"{target}-{model_path.stem}"
+    built = build(model_path, target, "model", out)
+    man = built.manifest
+    res.macs, res.arena_bytes = man["macs"], man["arena"]["size"]
+    res.code_bytes, res.weight_bytes = man["code_bytes"], man["weight_bytes"]
+    exe = link_harness(out, "model", profile)
+    feeds = seeded_inputs(model)
+    inputs = [feeds[i["name"]] for i in man["inputs"]]
+    specs = [(o["dtype"], tuple(o["shape"])) for o in man["outputs"]]
+    session = onnxruntime_session(model) if compare or profile.runs_natively() else None
+
+    run = run_model(exe, profile, inputs, specs, runs=runs)
+    res.ok = True
+    if compare:
+        want = session.run(None, feeds)
+        reports = [error_report(g, w) for g, w in zip(run.outputs, want)]
+        worst = max(reports, key=lambda r: r.max_abs)
+        res.ok = all(r.ok for r in reports)
+        res.max_abs_err, res.max_rel_err, res.worst = worst.max_abs, worst.max_rel, str(worst)
+        if not res.ok:
+            res.error = f"mismatch vs onnxruntime: {worst}"
+    if count:
+        c = count_instructions(exe, profile, inputs, specs, runs=3)
+        res.insns_per_inference = c.per_inference
+        res.insns_per_mac = c.per_inference / res.macs if res.macs else float("nan")
+    if profile.runs_natively():
+        res.timing = "native"
+        ours, theirs = _alternate(exe, profile, inputs, specs, session, feeds, runs)
+        res.ort_median_ns = float(np.median(theirs))
+        res.ratio_vs_ort = float(np.median(ours)) / res.ort_median_ns
+    else:
+        res.timing = "emulated"
+        ours = run.times_ns
+    res.median_ns = float(np.median(ours))
+    res.p99_ns = float(np.percentile(ours, 99))
+
+
+def _alternate(exe, profile, inputs, specs, session, feeds, runs, rounds=5):
+    """Our library and onnxruntime measured in alternating rounds, so that a change in
+    machine load hits both alike. Both single-threaded; ours timed inside the harness."""
+    ours, theirs = [], []
+    session.run(None, feeds)
+    for _ in range(rounds):
+        ours += run_model(exe, profile, inputs, specs, runs=runs).times_ns[1:]  # first run warms caches
+        for _ in range(runs):
+            t0 = time.perf_counter_ns()
+            session.run(None, feeds)
+            theirs.append(time.perf_counter_ns() - t0)
+    return ours, theirs
+
+
+def _fmt_ns(ns):
+    if ns != ns:
+        return "-"
+    return f"{ns / 1e6:.2f} ms" if ns >= 1e6 else f"{ns / 1e3:.1f} us"
+
+
+def table(results: list[Result]) -> str:
+    head = (f"{'model':26} {'target':11} {'ok':4} {'max abs err':>11} {'insns/inf':>12} {'insns/MAC':>9} "
+            f"{'median':>10} {'p99':>10} {'timing':8} {'vs ORT':>7} {'arena':>8} {'code':>8}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(
+            f"{r.model:26} {r.target:11} {'yes' if r.ok else 'NO':4} {r.max_abs_err:11.2g} "
+            f"{r.insns_per_inference:12,d} {r.insns_per_mac:9.3f} {_fmt_ns(r.median_ns):>10} "
+            f"{_fmt_ns(r.p99_ns):>10} {r.timing:8} "
+            f"{('%.2f' % r.ratio_vs_ort) if r.ratio_vs_ort == r.ratio_vs_ort else '-':>7} "
+            f"{r.arena_bytes:8d} {r.code_bytes:8d}")
+        if r.error:
+            lines.append(f"    {r.error}")
+    return "\n".join(lines)
+
+
+def write_json(results: list[Result], path: Path):
+    Path(path).write_text(json.dumps([asdict(r) for r in results], indent=2, default=str) + "\n")
+
+
+def run(targets: list[str], models: list[Path], json_path: str | None = None, runs: int = 20,
+        count: bool = True) -> int:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="edgec-bench-") as tmp:
+        for target in targets:
+            for model in models:
+                r = bench(model, target, Path(tmp), runs=runs, count=count)
+                print(f"  {r.model} on {r.target}: {'ok' if r.ok else 'FAILED'}", file=sys.stderr, flush=True)
+                results.append(r)
+    print(table(results))
+    if json_path:
+        write_json(results, Path(json_path))
+        print(f"wrote {json_path}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="edgec-bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--target", action="append", help="target profile (repeatable; default: the matrix)")
+    ap.add_argument("--model", action="append", help="ONNX file (repeatable; default: the matrix)")
+    ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--no-count", action="store_true", help="skip instruction counting")
+    args = ap.parse_args(argv)
+    targets, models = matrix()
+    return run(args.target or targets, [Path(m) for m in args.model] if args.model else models, args.json,
+               args.runs, not args.no_count)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
