@@ -12,10 +12,12 @@ PY = sys.executable
 @task(help={"target": "target profile (invoke targets lists them)",
             "model": "ONNX file (default: the bundled keyword-spotting DS-CNN)",
             "name": "symbol prefix and file stem", "out": "output directory (default build/<target>)",
-            "dump_ir": "print the IR after every pass", "dim": "bind a symbolic dimension, NAME=N"})
-def build(c, target, model=None, name="model", out=None, dump_ir=False, dim=None):
-    """Compile a model to <out>/<name>.o, lib<name>.a, <name>.h and <name>.json."""
-    args = [PY, "-m", "toolchain", "build", "--target", target, "--name", name]
+            "dump_ir": "print the IR after every pass", "dim": "bind a symbolic dimension, NAME=N",
+            "emit": "object (default: <name>.o, lib<name>.a) or c (portable C99 <name>.c)"})
+def build(c, target, model=None, name="model", out=None, dump_ir=False, dim=None, emit="object"):
+    """Compile a model to <out>/<name>.o, lib<name>.a (or <name>.c), <name>.h, <name>.json,
+    <name>.cmake and <name>.mk."""
+    args = [PY, "-m", "toolchain", "build", "--target", target, "--name", name, "--emit", emit]
     if model:
         args += ["--model", model]
     if out:
@@ -27,6 +29,24 @@ def build(c, target, model=None, name="model", out=None, dump_ir=False, dim=None
     rc = subprocess.call(args)
     if rc:
         sys.exit(rc)
+
+
+@task(help={"target": "target profile whose CPU the firmware runs on (e.g. cortex-a76)",
+            "model": "ONNX file (default: the bundled keyword-spotting DS-CNN)",
+            "path": "object, c or both (default): which build of the model to link",
+            "out": "work directory (default build/firmware-<target>)",
+            "corrupt_expected": "falsify one expected value: must report FAIL and exit non-zero"})
+def firmware(c, target, model=None, path="both", out=None, corrupt_expected=False):
+    """Build the bare-metal example firmware (firmware/) and boot it on full-system QEMU:
+    prints PASS with the max error and exits 0, or FAIL and exits non-zero."""
+    args = [PY, "-m", "toolchain.firmware", "--target", target, "--path", path]
+    if model:
+        args += ["--model", model]
+    if out:
+        args += ["--out", out]
+    if corrupt_expected:
+        args.append("--corrupt-expected")
+    sys.exit(subprocess.call(args))
 
 
 @task
@@ -89,4 +109,20 @@ def ci(c, json=None):
     args = [PY, "-m", "toolchain.bench", "--runs", "5"]
     if json:
         args += ["--json", json]
+    sys.exit(subprocess.call(args))
+
+
+@task(help={"target": "target profile", "model": "ONNX file (rebuilds; default: the existing build)",
+            "name": "symbol prefix / file stem", "out": "build directory (default build/<target>)",
+            "json": "write the report as JSON", "html": "write a bar chart of the largest symbols",
+            "diff": "compare two build directories: --diff OLD,NEW"})
+def size(c, target=None, model=None, name="model", out=None, json=None, html=None, diff=None):
+    """Flash, RAM, stack and the largest symbols of a build, read from its ELF object."""
+    args = [PY, "-m", "toolchain", "size", "--name", name]
+    for flag, value in (("--target", target), ("--model", model), ("--out", out), ("--json", json),
+                        ("--html", html)):
+        if value:
+            args += [flag, value]
+    if diff:
+        args += ["--diff", *diff.split(",")]
     sys.exit(subprocess.call(args))

@@ -16,7 +16,10 @@ from .codegen.module import build_module, module_text
 from .emit import ar_archive, c_header, manifest_json, write_atomically
 from .errors import CompileError
 from .frontend.onnx_import import import_model, load_model
+from .integration import cmake_file, make_fragment
 from .inspect.elf import ObjectInfo, check_self_contained, read_object
+from .inspect.size import check_budgets, totals
+from .inspect.stack import call_graph, stack_usage
 from .ir import Graph
 from .memory import MemoryPlan, plan_memory
 from .ops import registry
@@ -34,6 +37,8 @@ class Compiled:
     object: bytes
     info: ObjectInfo
     llvm_ir: str
+    stack: dict = None  # entry symbol -> worst-case stack bytes (None: not known)
+    c_source: str = ""  # the C path's <name>.c (emit="c"); its object is the check build
 
 
 @dataclass
@@ -53,10 +58,31 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
     run_pipeline(g, dump=dump)
     plan = plan_memory(g, profile.arena_align)
     module = build_module(g, plan, name, profile.triple)
-    obj, optimized = compile_ir(module_text(module), profile)
+    obj, optimized, frames = compile_ir(module_text(module), profile)
     info = read_object(obj)
     check_self_contained(info, profile, name)
-    return Compiled(g, plan, obj, info, optimized)
+    stack = stack_usage(frames, call_graph(optimized), [f"{name}_run"], profile.return_address_bytes)
+    return Compiled(g, plan, obj, info, optimized, stack)
+
+
+def compile_graph_c(g: Graph, profile: Profile, name: str, dump: TextIO | None = None) -> Compiled:
+    """Passes, memory plan, portable C; the C is compiled once for the profile with the strict
+    flags, and that object gets the same self-containment check as the LLVM path's."""
+    from .codegen.c_module import c_source, compile_c
+
+    run_pipeline(g, dump=dump)
+    plan = plan_memory(g, profile.arena_align)
+    source = c_source(g, plan, name, profile.name)
+    frames: dict = {}
+    obj = compile_c(source, profile, frames=frames)
+    info = read_object(obj)
+    check_self_contained(info, profile, name)
+    # <name>_run calls each node's function, which call nothing (helpers are inline)
+    entry = f"{name}_run"
+    graph = {s.name: set() for s in info.symbols if s.kind == "STT_FUNC"}
+    graph[entry] = set(graph) - {entry}
+    stack = stack_usage(frames, graph, [entry], profile.return_address_bytes)
+    return Compiled(g, plan, obj, info, llvm_ir="", stack=stack, c_source=source)
 
 
 def compile_onnx(model: onnx.ModelProto, target: str, name: str = "model", dims=None,
@@ -67,15 +93,30 @@ def compile_onnx(model: onnx.ModelProto, target: str, name: str = "model", dims=
 
 
 def build(model_path: str | Path | None, target: str, name: str = "model", out: str | Path | None = None,
-          dims: dict[str, int] | None = None, dump: TextIO | None = None) -> BuildResult:
+          dims: dict[str, int] | None = None, dump: TextIO | None = None, emit: str = "object",
+          budgets: dict | None = None) -> BuildResult:
+    """emit="object": <name>.o and lib<name>.a (LLVM); emit="c": <name>.c (portable C99).
+    Both also write <name>.h, <name>.json and the CMake/Make fragments.
+    budgets: {"flash_bytes": n, "ram_bytes": n} over the target profile's own; a build over
+    budget fails and writes nothing."""
     check_name(name)
+    if emit not in ("object", "c"):
+        raise CompileError(f"--emit must be 'object' or 'c', got '{emit}'")
     profile = get_profile(target)
     model_path = Path(model_path) if model_path else DEFAULT_MODEL
     out = Path(out) if out else PROJECT_ROOT / "build" / target
     model = load_model(model_path)
-    compiled = compile_graph(import_model(model, name, dims), profile, name, dump)
+    compile_fn = compile_graph_c if emit == "c" else compile_graph
+    compiled = compile_fn(import_model(model, name, dims), profile, name, dump)
     options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__}
+    if emit == "c":
+        options["emit"] = "c"
     manifest = make_manifest(compiled, profile, name, model_path, options)
+    check_budgets({**manifest, "arena_bytes": manifest["arena"]["size"],
+                   "symbols": compiled.info.by_size()},
+                  {**profile.budgets, **{k: v for k, v in (budgets or {}).items() if v is not None}})
+    if emit == "c":
+        return _write_c_build(compiled, manifest, name, out)
     files = {
         out / f"{name}.o": compiled.object,
         out / f"lib{name}.a": ar_archive([(f"{name[:13]}.o", compiled.object,
@@ -83,9 +124,24 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
                                              if s.binding == "STB_GLOBAL"])]),
         out / f"{name}.h": c_header(name, manifest).encode(),
         out / f"{name}.json": manifest_json(manifest),
+        out / f"{name}.cmake": cmake_file(name, "object").encode(),
+        out / f"{name}.mk": make_fragment(name, "object").encode(),
     }
     write_atomically(files)
-    kinds = ["object", "library", "header", "manifest"]
+    kinds = ["object", "library", "header", "manifest", "cmake", "make"]
+    return BuildResult(dict(zip(kinds, files)), manifest, compiled)
+
+
+def _write_c_build(compiled: Compiled, manifest: dict, name: str, out: Path) -> BuildResult:
+    files = {
+        out / f"{name}.c": compiled.c_source.encode(),
+        out / f"{name}.h": c_header(name, manifest).encode(),
+        out / f"{name}.json": manifest_json(manifest),
+        out / f"{name}.cmake": cmake_file(name, "c").encode(),
+        out / f"{name}.mk": make_fragment(name, "c").encode(),
+    }
+    write_atomically(files)
+    kinds = ["source", "header", "manifest", "cmake", "make"]
     return BuildResult(dict(zip(kinds, files)), manifest, compiled)
 
 
@@ -102,7 +158,8 @@ def _file_hash(path: Path) -> str:
 def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, options: dict) -> dict:
     g = c.graph
     weight_bytes = sum(v.type.nbytes for v in g.constants())
-    code_bytes = c.info.section_total(".text")
+    t = totals(c.info.sections)
+    stack = c.stack or {}
     return {
         "name": name,
         "model": model_path.name,
@@ -111,9 +168,12 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
         "inputs": [_tensor_info(v) for v in g.inputs],
         "outputs": [_tensor_info(v) for v in g.outputs],
         "arena": {"size": c.plan.arena_size, "align": c.plan.alignment, "lower_bound": c.plan.lower_bound},
-        "code_bytes": code_bytes,
+        "code_bytes": t["text"],
         "weight_bytes": weight_bytes,
-        "rodata_bytes": c.info.section_total(".rodata"),
+        "rodata_bytes": t["rodata"],
+        "stack_bytes": stack,
+        "flash_bytes": t["text"] + t["rodata"] + t["data"],
+        "ram_bytes": t["data"] + t["bss"] + c.plan.arena_size + max(stack.values(), default=0),
         "ops": g.op_counts(),
         "macs": sum(registry.get(n.op).macs(n) for n in g.nodes),
         "hashes": {

@@ -32,6 +32,8 @@ class Profile:
     native_arch: str
     native_cpu_flags: tuple
     budgets: dict = field(default_factory=dict)
+    # bytes a call instruction pushes (x86's return address); 0 where it goes to a register
+    return_address_bytes: int = 0
 
     @property
     def vector_bytes(self) -> int:
@@ -61,6 +63,7 @@ def _load(path: Path) -> Profile:
             native_arch=d["run"].get("native_arch", ""),
             native_cpu_flags=tuple(d["run"].get("native_cpu_flags", [])),
             budgets=d.get("budgets", {}),
+            return_address_bytes=d["elf"].get("return_address_bytes", 0),
         )
     except KeyError as e:
         raise CompileError(f"target profile {path.name} lacks field {e}") from None

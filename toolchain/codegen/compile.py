@@ -2,9 +2,13 @@
 triple/cpu/features so NEON, AVX2 and RVV instructions are allowed)."""
 from __future__ import annotations
 
+import os
+import tempfile
+
 import llvmlite.binding as llvm
 
 from ..errors import CompileError
+from ..inspect.stack import parse_frame_reports
 from ..targets import Profile
 
 _ready = False
@@ -25,8 +29,9 @@ def target_machine(profile: Profile):
                                         reloc="pic", codemodel="small", abiname=profile.abi)
 
 
-def compile_ir(text: str, profile: Profile) -> tuple[bytes, str]:
-    """Returns (object bytes, optimized IR text)."""
+def compile_ir(text: str, profile: Profile) -> tuple[bytes, str, dict]:
+    """Returns (object bytes, optimized IR text, {function: stack frame bytes}); the frame
+    sizes are the backend's own reports for functions marked "warn-stack-size"="0"."""
     tm = target_machine(profile)
     try:
         mod = llvm.parse_assembly(text)
@@ -41,4 +46,20 @@ def compile_ir(text: str, profile: Profile) -> tuple[bytes, str]:
     pto.loop_unrolling = True
     pb = llvm.create_pass_builder(tm, pto)
     pb.getModulePassManager().run(mod, pb)
-    return tm.emit_object(mod), str(mod)
+    obj, diagnostics = _capturing_stderr(lambda: tm.emit_object(mod))
+    return obj, str(mod), parse_frame_reports(diagnostics)
+
+
+def _capturing_stderr(fn):
+    """Run fn with file descriptor 2 redirected: LLVM's default diagnostic handler writes
+    there from C++, out of Python's reach. Returns (fn(), what was written)."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            result = fn()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        return result, tmp.read().decode(errors="replace")

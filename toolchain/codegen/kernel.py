@@ -300,6 +300,10 @@ class Kernel:
         with self.b.if_then(cond.v):
             yield
 
+    def bitcast(self, x: Expr, ty) -> Expr:
+        """The same bits read as another type of the same width (float <-> int)."""
+        return Expr(self, self.b.bitcast(x.v, ty))
+
     def alloca(self, ty) -> ir.Value:
         """Allocas go first in the entry block, where SROA promotes them to registers."""
         here = self.b.block

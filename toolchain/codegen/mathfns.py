@@ -28,11 +28,11 @@ def _poly(x: Expr, coeffs) -> Expr:
 
 
 def _bits(x: Expr) -> Expr:
-    return Expr(x.k, x.k.b.bitcast(x.v, I32))
+    return x.k.bitcast(x, I32)
 
 
 def _float(i: Expr) -> Expr:
-    return Expr(i.k, i.k.b.bitcast(i.v, F32))
+    return i.k.bitcast(i, F32)
 
 
 def floor(k: Kernel, x: Expr) -> Expr:

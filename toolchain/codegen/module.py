@@ -110,6 +110,12 @@ def _run_function(module, g, plan, name, weights, kernels):
 
 def module_text(module: ir.Module) -> str:
     """IR text with every function marked "no-builtins": without it LLVM's loop-idiom pass
-    turns copy and fill loops into calls to memcpy/memset, which firmware may not have."""
+    turns copy and fill loops into calls to memcpy/memset, which firmware may not have.
+    And "warn-stack-size"="0": the backend then reports every function's frame size, from
+    which toolchain.inspect.stack works out the worst-case stack of the entry point. And
+    noredzone (as kernels and firmware are built): x86-64's red zone lets leaf functions
+    use 128 bytes below the stack pointer that no frame size shows, and that interrupt
+    handlers on a bare-metal stack would overwrite."""
     text = str(module)
-    return re.sub(r"^(define [^\n]*?)\s*\n\{", r'\1 "no-builtins"\n{', text, flags=re.M)
+    return re.sub(r"^(define [^\n]*?)\s*\n\{", r'\1 noredzone "no-builtins" "warn-stack-size"="0"\n{', text,
+                  flags=re.M)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
+from elftools.elf.descriptions import describe_reloc_type
 from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
 
 from ..errors import CompileError
 from ..targets import Profile
@@ -29,6 +31,15 @@ class ObjectInfo:
     sections: dict  # name -> bytes (allocated sections only)
     symbols: list
     undefined: list
+    writable: list = None  # allocated sections with SHF_WRITE
+    relocations: list = None  # relocation type names used
+
+
+    def by_size(self) -> list[dict]:
+        """Functions and data objects, largest first (local labels and mapping symbols such
+        as $x/$d or .LCPI carry no size of their own and are left out)."""
+        return sorted(({"name": s.name, "size": s.size, "section": s.section} for s in self.symbols
+                       if s.kind in ("STT_FUNC", "STT_OBJECT")), key=lambda s: (-s["size"], s["name"]))
 
     def section_total(self, *prefixes) -> int:
         return sum(n for s, n in self.sections.items() if s.startswith(prefixes))
@@ -36,12 +47,15 @@ class ObjectInfo:
 
 def read_object(data: bytes) -> ObjectInfo:
     elf = ELFFile(io.BytesIO(data))
-    sections = {}
-    names = {}
+    sections, names, writable, relocs = {}, {}, [], set()
     for i, sec in enumerate(elf.iter_sections()):
         names[i] = sec.name
         if sec["sh_flags"] & 0x2:  # SHF_ALLOC: occupies memory on the device
             sections[sec.name] = sections.get(sec.name, 0) + sec["sh_size"]
+            if sec["sh_flags"] & 0x1 and sec["sh_size"]:  # SHF_WRITE
+                writable.append(sec.name)
+        if isinstance(sec, RelocationSection):
+            relocs.update(describe_reloc_type(r["r_info_type"], elf) for r in sec.iter_relocations())
     symbols, undefined = [], []
     symtab = elf.get_section_by_name(".symtab")
     for sym in symtab.iter_symbols() if symtab else []:
@@ -54,19 +68,79 @@ def read_object(data: bytes) -> ObjectInfo:
             continue
         sec = names.get(shndx, str(shndx)) if isinstance(shndx, int) else shndx
         symbols.append(Symbol(sym.name, sym["st_size"], sec, sym["st_info"]["bind"], kind))
-    return ObjectInfo(elf["e_machine"], elf.elfclass, elf["e_flags"], sections, symbols, undefined)
+    return ObjectInfo(elf["e_machine"], elf.elfclass, elf["e_flags"], sections, symbols, undefined, writable,
+                      sorted(relocs))
+
+
+# Relocations that only a dynamic loader resolves (GOT, PLT slots, copies, TLS): a
+# firmware link has none of that machinery.
+DYNAMIC_RELOCATIONS = ("GOT", "GLOB_DAT", "JUMP_SLOT", "COPY", "RELATIVE", "TLS", "TPREL", "DTP")
+RISCV_FLOAT_ABI = {"soft": 0x0, "single": 0x2, "double": 0x4, "quad": 0x6}
+
+
+def check_elf_header(info: ObjectInfo, profile: Profile):
+    """Machine, class and ABI flags as the target profile says."""
+    if info.machine != profile.elf_machine:
+        raise CompileError(f"object machine is {info.machine}, target {profile.name} needs {profile.elf_machine}")
+    if info.elfclass != 64:
+        raise CompileError(f"object is ELF{info.elfclass}, target {profile.name} needs ELF64")
+    want = profile.elf_flags
+    if "float_abi" in want:
+        got = info.flags & 0x6
+        if got != RISCV_FLOAT_ABI[want["float_abi"]]:
+            have = next(k for k, v in RISCV_FLOAT_ABI.items() if v == got)
+            raise CompileError(f"object float ABI is {have}, target {profile.name} needs {want['float_abi']}")
+    if "rvc" in want and bool(info.flags & 0x1) != want["rvc"]:
+        raise CompileError(f"object RVC flag is {bool(info.flags & 0x1)}, target {profile.name} "
+                           f"needs {want['rvc']}")
 
 
 def check_self_contained(info: ObjectInfo, profile: Profile, prefix: str):
     """The promises of every build; any violation stops the build with a clear message."""
-    if info.machine != profile.elf_machine:
-        raise CompileError(f"object machine is {info.machine}, target {profile.name} needs {profile.elf_machine}")
+    check_elf_header(info, profile)
     if info.undefined:
         raise CompileError(f"object needs external symbols {sorted(info.undefined)}; "
                            f"generated code must not call libc or libm")
     exported = [s.name for s in info.symbols if s.binding != "STB_LOCAL" and not s.name.startswith(prefix + "_")]
     if exported:
         raise CompileError(f"object exports symbols outside the '{prefix}_' prefix: {sorted(exported)}")
-    writable = [n for n in info.sections if n.startswith((".data", ".bss")) and info.sections[n]]
-    if writable:
-        raise CompileError(f"object has writable data sections {writable}; all state must live in the arena")
+    if info.writable:
+        raise CompileError(f"object has writable data sections {info.writable}; weights belong in read-only "
+                           f"data and all state in the arena")
+    dynamic = [r for r in info.relocations or [] if any(k in r for k in DYNAMIC_RELOCATIONS)]
+    if dynamic:
+        raise CompileError(f"object has relocations that need a dynamic loader: {dynamic}")
+
+
+def archive_members(data: bytes) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each object in a GNU/SysV `ar` archive (symbol index skipped)."""
+    if not data.startswith(b"!<arch>\n"):
+        raise CompileError("not an ar archive (bad magic)")
+    pos, members, long_names = 8, [], b""
+    while pos + 60 <= len(data):
+        header = data[pos:pos + 60]
+        name, size = header[:16].decode().strip(), int(header[48:58].decode().strip() or 0)
+        body = data[pos + 60:pos + 60 + size]
+        if name == "//":
+            long_names = body
+        elif name not in ("/", "/SYM64/"):
+            if name.startswith("/") and name[1:].isdigit():
+                start = int(name[1:])
+                name = long_names[start:long_names.index(b"\n", start)].decode()
+            members.append((name.rstrip("/"), body))
+        pos += 60 + size + (size % 2)
+    return members
+
+
+def check_library(data: bytes, profile: Profile, prefix: str):
+    """Every member of lib<name>.a keeps the promises of check_self_contained."""
+    members = archive_members(data)
+    if not members:
+        raise CompileError("library has no object members")
+    for name, body in members:
+        try:
+            check_self_contained(read_object(body), profile, prefix)
+        except CompileError as e:
+            raise CompileError(f"library member {name}: {e}") from None
+        except Exception as e:  # not ELF at all
+            raise CompileError(f"library member {name} is not a readable ELF object: {e}") from None

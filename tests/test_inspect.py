@@ -1,0 +1,241 @@
+"""Size, symbols, stack and budgets read from the artifacts, checked against independent
+readings: the ELF section headers and symbol table parsed by hand here (struct, not
+pyelftools), and the frame of a function whose size is known."""
+import json
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from helpers import ROOT, make_model
+from toolchain.codegen.compile import compile_ir
+from toolchain.compiler import build
+from toolchain.emit import ar_archive
+from toolchain.errors import CompileError
+from toolchain.inspect.elf import check_library, check_self_contained, read_object
+from toolchain.inspect.size import diff, html_chart, size_report
+from toolchain.inspect.stack import call_graph, stack_usage
+from toolchain.targets import get_profile
+
+F = np.float32
+rng = np.random.default_rng(5)
+SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
+
+
+def mlp(path, width=32):
+    m = make_model([helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1),
+                    helper.make_node("Tanh", ["h"], ["y"])],
+                   {"x": (F, (1, 16))}, {"y": (F, (1, width))},
+                   {"w": rng.standard_normal((width, 16)).astype(F), "b": rng.standard_normal(width).astype(F)})
+    onnx.save(m, str(path))
+    return path
+
+
+def raw_sections(data: bytes):
+    """(name, flags, size) of every section, from the ELF64 little-endian headers."""
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    heads = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    strtab_off = heads[shstrndx][4]
+
+    def name(off):
+        end = data.index(b"\0", strtab_off + off)
+        return data[strtab_off + off:end].decode()
+
+    return [(name(h[0]), h[2], h[5]) for h in heads]
+
+
+def raw_symbols(data: bytes):
+    """{name: size} of named symbols defined in the object, from .symtab by hand."""
+    sections = raw_sections(data)
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, = struct.unpack_from("<H", data, 0x3A)
+    heads = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(len(sections))]
+    symtab = next(h for (n, _, _), h in zip(sections, heads) if n == ".symtab")
+    strtab = heads[symtab[6]]  # sh_link
+    out = {}
+    for off in range(symtab[4], symtab[4] + symtab[5], 24):
+        st_name, st_info, _, st_shndx, _, st_size = struct.unpack_from("<IBBHQQ", data, off)
+        if st_name and st_shndx and st_info & 0xF in (1, 2):  # OBJECT, FUNC
+            end = data.index(b"\0", strtab[4] + st_name)
+            out[data[strtab[4] + st_name:end].decode()] = st_size
+    return out
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    d = tmp_path_factory.mktemp("size")
+    model = mlp(d / "m.onnx")
+    return d, model, {}
+
+
+def built(builds, target):
+    d, model, cache = builds
+    if target not in cache:
+        build(model, target, "net", d / target)
+        cache[target] = d / target
+    return cache[target]
+
+
+def test_report_agrees_with_section_headers(builds, target):
+    out = built(builds, target)
+    report = size_report(out, "net")
+    data = (out / "net.o").read_bytes()
+    alloc = [(n, f, s) for n, f, s in raw_sections(data) if f & SHF_ALLOC]
+    text = sum(s for n, f, s in alloc if f & SHF_EXECINSTR)
+    writable = sum(s for n, f, s in alloc if f & SHF_WRITE)
+    readonly = sum(s for n, f, s in alloc if not f & (SHF_WRITE | SHF_EXECINSTR))
+    assert report.sections == {n: s for n, _, s in alloc}
+    assert report.code_bytes == text
+    assert report.flash_bytes == text + readonly + writable
+    assert writable == 0  # weights are read-only, state lives in the arena
+    man = json.loads((out / "net.json").read_text())
+    assert report.ram_bytes == man["arena"]["size"] + report.stack_bytes["net_run"]
+    assert {s["name"]: s["size"] for s in report.symbols} == raw_symbols(data)
+    # the weights are there, as read-only symbols of the size the model says
+    assert sum(s["size"] for s in report.symbols if s["name"].startswith("net_w")) == man["weight_bytes"]
+
+
+def test_stack_reported_for_every_entry(builds, target):
+    report = size_report(built(builds, target), "net")
+    assert set(report.stack_bytes) == {"net_run"}
+    assert 0 < report.stack_bytes["net_run"] < 64 * 1024
+
+
+BIG_FRAME_IR = """
+define void @big(ptr %p, i64 %i) noredzone "warn-stack-size"="0" {
+  %a = alloca [1000 x i32], align 16
+  %q = getelementptr [1000 x i32], ptr %a, i64 0, i64 %i
+  store volatile i32 1, ptr %q
+  call void @small(ptr %a, i64 %i)
+  ret void
+}
+define internal void @small(ptr %p, i64 %i) noinline noredzone "warn-stack-size"="0" {
+  %a = alloca [64 x i32], align 16
+  %q = getelementptr [64 x i32], ptr %a, i64 0, i64 %i
+  store volatile i32 1, ptr %q
+  %v = load volatile i32, ptr %q
+  store i32 %v, ptr %p
+  ret void
+}
+"""
+
+
+def test_stack_of_a_known_large_frame(target):
+    """4000 bytes of locals in `big`, 256 in `small` which it calls: the worst case of
+    `big` holds both, and not much more than their sum."""
+    profile = get_profile(target)
+    obj, optimized, frames = compile_ir(BIG_FRAME_IR, profile)
+    stack = stack_usage(frames, call_graph(optimized), ["big", "small"], profile.return_address_bytes)
+    assert 256 <= stack["small"] <= 256 + 64
+    assert 4000 + stack["small"] <= stack["big"] <= 4000 + stack["small"] + 64
+
+
+def test_recursion_is_refused():
+    with pytest.raises(CompileError, match="recursion"):
+        stack_usage({"f": 16, "g": 16}, {"f": {"g"}, "g": {"f"}}, ["f"])
+
+
+def test_injected_undefined_symbol_is_caught():
+    ir = """declare float @expf(float)
+define float @net_run(float %x) { %y = call float @expf(float %x)
+  ret float %y }"""
+    profile = get_profile("cortex-a76")
+    obj, _, _ = compile_ir(ir, profile)
+    with pytest.raises(CompileError, match="expf"):
+        check_self_contained(read_object(obj), profile, "net")
+
+
+def test_symbol_outside_prefix_is_caught():
+    obj, _, _ = compile_ir("define i32 @helper() { ret i32 0 }", get_profile("rv64gc"))
+    with pytest.raises(CompileError, match="outside the 'net_' prefix.*helper"):
+        check_self_contained(read_object(obj), get_profile("rv64gc"), "net")
+
+
+def test_writable_data_is_caught():
+    obj, _, _ = compile_ir("@net_state = global i32 0\ndefine i32 @net_run() { ret i32 0 }",
+                           get_profile("x86-64-v3"))
+    with pytest.raises(CompileError, match="writable data"):
+        check_self_contained(read_object(obj), get_profile("x86-64-v3"), "net")
+
+
+def test_wrong_machine_library_is_caught(builds):
+    x86 = (built(builds, "x86-64-v3") / "net.o").read_bytes()
+    lib = ar_archive([("net.o", x86, ["net_run"])])
+    with pytest.raises(CompileError, match="library member net.o: object machine is EM_X86_64.*EM_AARCH64"):
+        check_library(lib, get_profile("cortex-a76"), "net")
+
+
+def test_wrong_float_abi_is_caught(builds):
+    """An object for the hard-float ABI checked against a soft-float profile."""
+    import dataclasses
+    obj = read_object((built(builds, "rv64gc") / "net.o").read_bytes())
+    soft = dataclasses.replace(get_profile("rv64gc"), elf_flags={"float_abi": "soft", "rvc": True})
+    with pytest.raises(CompileError, match="float ABI is double.*needs soft"):
+        check_self_contained(obj, soft, "net")
+
+
+def test_size_command_catches_a_tampered_library(builds, tmp_path):
+    import shutil
+    out = tmp_path / "b"
+    shutil.copytree(built(builds, "cortex-a76"), out)
+    obj, _, _ = compile_ir("declare void @malloc(i64)\ndefine void @net_run() { call void @malloc(i64 4)\n"
+                           "  ret void }", get_profile("cortex-a76"))
+    (out / "libnet.a").write_bytes(ar_archive([("net.o", obj, ["net_run"])]))
+    proc = subprocess.run([sys.executable, "-m", "toolchain", "size", "--target", "cortex-a76", "--name", "net",
+                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0 and "malloc" in proc.stderr
+
+
+@pytest.mark.parametrize("budget", ["flash", "ram"])
+def test_budget_below_the_figure_fails_and_writes_nothing(builds, tmp_path, budget):
+    d, model, _ = builds
+    man = json.loads((built(builds, "cortex-a76") / "net.json").read_text())
+    figure = man[f"{budget}_bytes"]
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "toolchain", "build", "--target", "cortex-a76", "--model",
+                           str(model), "--name", "net", "--out", str(out), f"--{budget}-budget", str(figure - 1)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1
+    assert f"{'flash' if budget == 'flash' else 'RAM'} budget exceeded: {figure:,} bytes" in proc.stderr
+    assert "largest contributors" in proc.stderr
+    assert not out.exists()
+    ok = subprocess.run([sys.executable, "-m", "toolchain", "build", "--target", "cortex-a76", "--model",
+                         str(model), "--name", "net", "--out", str(out), f"--{budget}-budget", str(figure)],
+                        capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_profile_budget_applies(builds, tmp_path, monkeypatch):
+    import dataclasses
+    import toolchain.compiler as compiler
+    tight = dataclasses.replace(get_profile("rv64gcv"), budgets={"flash_bytes": 100})
+    monkeypatch.setattr(compiler, "get_profile", lambda name: tight)
+    with pytest.raises(CompileError, match="flash budget exceeded"):
+        build(builds[1], "rv64gcv", "net", tmp_path / "o")
+
+
+def test_json_html_and_diff(builds, tmp_path):
+    d, _, _ = builds
+    small = built(builds, "x86-64-v3")
+    wide = tmp_path / "wide"
+    build(mlp(tmp_path / "w.onnx", width=96), "x86-64-v3", "net", wide)
+    proc = subprocess.run([sys.executable, "-m", "toolchain", "size", "--target", "x86-64-v3", "--name", "net",
+                           "--out", str(wide), "--json", str(tmp_path / "s.json"), "--html", str(tmp_path / "s.html")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    js = json.loads((tmp_path / "s.json").read_text())
+    for key in ("sections", "flash_bytes", "ram_bytes", "arena_bytes", "stack_bytes", "undefined", "symbols"):
+        assert key in js
+    assert js["undefined"] == [] and {"name", "size", "section"} <= set(js["symbols"][0])
+    page = (tmp_path / "s.html").read_text()
+    assert "<table>" in page and js["symbols"][0]["name"] in page
+    text = diff(size_report(small, "net"), size_report(wide, "net"))
+    weights_growth = (96 - 32) * 16 * 4
+    assert f"+{weights_growth:,}" in text.replace(" ", "") or f"{weights_growth:+,d}" in text
+    assert "[flash]" in text and "[weight]" in text
+    assert html_chart(size_report(small, "net")).startswith("<!doctype html>")
