@@ -48,6 +48,11 @@ class _Np:
 class _Resize(Op):
     fusable_epilogue = True
 
+    def _mode(self, node):
+        mode = node.attrs["mode"] = _text(node.attrs.get("mode"), "nearest")
+        if mode not in ("nearest", "linear"):
+            raise _err(node, f"mode '{mode}' is not supported (nearest, linear)")
+
     def _settle(self, node, scales, sizes):
         x = in_type(node).shape
         a = node.attrs
@@ -170,9 +175,7 @@ def _round_kernel(k, x, mode):
 class Resize(_Resize):
     def canonicalize(self, node, opset):
         a = node.attrs
-        a["mode"] = _text(a.get("mode"), "nearest")
-        if a["mode"] not in ("nearest", "linear"):
-            raise _err(node, f"mode '{a['mode']}' is not supported (nearest, linear)")
+        self._mode(node)
         a["coord"] = _text(a.pop("coordinate_transformation_mode", None),
                            "asymmetric" if opset < 11 else "half_pixel")
         if a["coord"] not in TRANSFORMS:
@@ -197,9 +200,7 @@ class Upsample(_Resize):
 
     def canonicalize(self, node, opset):
         a = node.attrs
-        a["mode"] = _text(a.get("mode"), "nearest")
-        if a["mode"] not in ("nearest", "linear"):
-            raise _err(node, f"mode '{a['mode']}' is not supported (nearest, linear)")
+        self._mode(node)
         a["coord"], a["nearest_mode"] = "asymmetric", "floor"
         scales = a.pop("scales", None)
         if scales is None:
