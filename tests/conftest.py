@@ -24,3 +24,15 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("edgec")
+
+
+@pytest.fixture
+def harness(workdir):
+    """Build a model for a target and run it there (natively or under QEMU):
+    harness(model, target, feeds, runs=1, arena_bytes=None) -> (outputs, build, run)."""
+    from helpers import compile_and_run
+
+    def run(model, target, feeds, **kw):
+        return compile_and_run(model, target, feeds, workdir, **kw)
+
+    return run

@@ -55,15 +55,15 @@ def test_instruction_count_scales_with_work(where, workdir):
     assert 1.6 <= ratio <= 2.4
 
 
-def test_arena_too_small_is_a_clear_failure(workdir):
+def test_arena_too_small_is_a_clear_failure(harness):
     x = rng.standard_normal((1, 64)).astype(F)
     m = make_model([helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Exp", ["h"], ["e"]),
                     helper.make_node("Add", ["e", "x"], ["y"])], {"x": (F, (1, 64))}, {"y": (F, (1, 64))})
-    exe, profile, inputs, specs, res = built(m, "cortex-a76", workdir, {"x": x})
+    _, res, _ = harness(m, "cortex-a76", {"x": x})
     arena = res.manifest["arena"]["size"]
     assert arena > 0
     with pytest.raises(HarnessError, match="wrote past its arena"):
-        run_model(exe, profile, inputs, specs, arena_bytes=arena // 4)
+        harness(m, "cortex-a76", {"x": x}, arena_bytes=arena // 4)
 
 
 C_PROGRAMS = {
