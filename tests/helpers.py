@@ -62,12 +62,16 @@ def assert_close(got, want, rtol=RTOL, atol=ATOL, what=""):
     if got.dtype.kind in "biu" or want.dtype.kind in "biu":
         np.testing.assert_array_equal(got, want.astype(got.dtype), err_msg=what)
         return
-    err = np.abs(got.astype(np.float64) - want)
-    bad = err > atol + rtol * np.abs(want)
+    g64, w64 = got.astype(np.float64), want.astype(np.float64)
+    same = (g64 == w64) | (np.isnan(g64) & np.isnan(w64))  # equal infinities, NaN for NaN
+    with np.errstate(invalid="ignore"):
+        err = np.where(same, 0.0, np.abs(g64 - w64))
+        # a NaN error, or an infinity not matched exactly, is a failure
+        bad = ~same & (~(err <= atol + rtol * np.abs(w64)) | np.isinf(g64) | np.isinf(w64))
     if bad.any():
-        i = np.unravel_index(np.argmax(err - rtol * np.abs(want)), err.shape)
+        i = np.unravel_index(np.argmax(np.where(bad, np.nan_to_num(err, nan=np.inf) + 1, 0)), err.shape)
         raise AssertionError(f"{what}: {bad.sum()} of {bad.size} elements differ; worst at {i}: "
-                             f"got {got[i]}, want {want[i]} (max abs err {err.max():.3g})")
+                             f"got {got[i]}, want {want[i]} (max abs err {np.max(np.nan_to_num(err, nan=np.inf)):.3g})")
 
 
 def check_against_onnxruntime(model, feeds, target, workdir, **kw):
