@@ -1,0 +1,83 @@
+"""Bare-metal proof: the example firmware (firmware/) runs the bundled model with no OS, no
+libc and no heap on QEMU's full-system aarch64 `virt` board with a Cortex-A76, linked once
+against lib<name>.a from the object path and once built from the C path, and compares with
+onnxruntime's outputs; a falsified expectation must fail with a non-zero exit status."""
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT
+from toolchain import firmware
+from toolchain.errors import CompileError
+from toolchain.inspect.elf import read_object
+from toolchain.targets import get_profile
+
+TARGET = "cortex-a76"
+
+
+@pytest.fixture(scope="module")
+def qemu_system():
+    board = firmware.board_for(get_profile(TARGET))
+    assert shutil.which(board["qemu"]), f"install {board['apt_package']}: apt-get install -y {board['apt_package']}"
+
+
+@pytest.mark.parametrize("path", ["object", "c"])
+def test_firmware_boots_and_passes(path, qemu_system, tmp_path):
+    (v,) = firmware.run(None, TARGET, tmp_path, paths=(path,))
+    assert v.returncode == 0, v.output
+    line = next(ln for ln in v.output.splitlines() if ln.startswith(("PASS", "FAIL")))
+    assert line.startswith("PASS max_abs_err=") and " mismatches=0/" in line, line
+    assert float(line.split("max_abs_err=")[1].split()[0]) <= 1e-3
+
+
+def test_image_has_no_libc_no_heap_nothing_undefined(qemu_system, tmp_path):
+    image = firmware.build_image(firmware.DEFAULT_MODEL, get_profile(TARGET), "c", tmp_path)
+    info = read_object(image.read_bytes())
+    names = {s.name for s in info.symbols}
+    assert info.undefined == []
+    assert not names & {"malloc", "free", "calloc", "sbrk", "_sbrk", "printf", "memcpy", "memset"}
+    assert "model_run" in names and "_start" in names
+
+
+@pytest.mark.parametrize("path", ["object", "c"])
+def test_mismatch_fails_with_nonzero_exit(path, qemu_system, tmp_path):
+    (v,) = firmware.run(None, TARGET, tmp_path, paths=(path,), corrupt=True)
+    assert v.returncode == 1, v.output
+    assert any(ln.startswith("FAIL max_abs_err=") for ln in v.output.splitlines()), v.output
+
+
+def test_command_line_reports_both_paths(qemu_system, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "toolchain.firmware", "--target", TARGET, "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [ln.split()[0] for ln in lines] == ["object", "c"]
+    assert all("PASS max_abs_err=" in ln for ln in lines)
+    bad = subprocess.run([sys.executable, "-m", "toolchain.firmware", "--target", TARGET, "--out", str(tmp_path),
+                          "--path", "c", "--corrupt-expected"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 1 and "FAIL" in bad.stdout
+
+
+def test_target_without_a_board_is_refused():
+    with pytest.raises(CompileError, match="no bare-metal board for target rv64gc"):
+        firmware.board_for(get_profile("rv64gc"))
+
+
+def test_integer_and_boolean_outputs(qemu_system, tmp_path):
+    """Outputs of every element kind the checker knows (int32, uint8, bool, float) compare exactly."""
+    from test_c_backend import int_model
+
+    model, _ = int_model()
+    path = tmp_path / "int.onnx"
+    path.write_bytes(model.SerializeToString())
+    for v in firmware.run(path, TARGET, tmp_path):
+        assert v.returncode == 0 and "PASS max_abs_err=0.000000e+00" in v.output, (v.path, v.output)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_path", sorted((ROOT / "tests" / "models").glob("*.onnx")), ids=lambda p: p.stem)
+def test_real_models_boot_on_both_paths(model_path, qemu_system, tmp_path):
+    for v in firmware.run(model_path, TARGET, tmp_path):
+        assert v.passed, (v.path, v.output)

@@ -1,0 +1,345 @@
+"""Graph + memory plan -> one portable C99 file, the C twin of module.py: weights as
+aligned `static const` arrays, one static function per node (the op's own lowering, run
+on CKernel), and the exported `<name>_run` with the contract of `<name>.h`.
+
+The file includes only <stdint.h> and <stddef.h> and calls nothing: the few helpers it
+needs (bit reinterpretation, saturating float->int, sqrt) are defined inside it, with
+one-instruction forms where the compiler offers them and plain C everywhere else.
+"""
+from __future__ import annotations
+
+import re
+from functools import partial
+
+import numpy as np
+
+from .. import __version__
+from ..errors import CompileError
+from ..ir import Graph
+from ..memory import MemoryPlan
+from ..ops import registry
+from .c_kernel import CKernel, CTensor, c_type, float_literal, int_literal
+from .kernel import F32, F64, LLVM_TYPES
+from .module import WEIGHT_ALIGN, symbol
+
+PRELUDE = """\
+#include <stdint.h>
+#include <stddef.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define EDGEC_ALIGN(n) __attribute__((aligned(n)))
+#else
+#define EDGEC_ALIGN(n)
+#endif
+
+/* Loops that copy or fill must stay loops: compilers otherwise turn them into calls to
+   memcpy/memset, which firmware may not have.
+   Kernels stay out of line: arena bytes change type from node to node, and a call is a
+   boundary no type-based alias analysis reorders memory accesses across. */
+#if defined(__clang__)
+#define EDGEC_KERNEL static __attribute__((no_builtin, noinline))
+#elif defined(__GNUC__)
+#define EDGEC_KERNEL static __attribute__((optimize("no-tree-loop-distribute-patterns"), noinline))
+#else
+#define EDGEC_KERNEL static
+#endif
+"""
+
+# name -> (helpers it needs, C definition). Only the helpers the code uses are emitted.
+HELPERS = {
+    "edgec_bits_f32": ((), """\
+static inline int32_t edgec_bits_f32(float x) {
+    union { float f; int32_t i; } u;
+    u.f = x;
+    return u.i;
+}"""),
+    "edgec_f32_bits": ((), """\
+static inline float edgec_f32_bits(int32_t i) {
+    union { float f; int32_t i; } u;
+    u.i = i;
+    return u.f;
+}"""),
+    "edgec_bits_f64": ((), """\
+static inline int64_t edgec_bits_f64(double x) {
+    union { double f; int64_t i; } u;
+    u.f = x;
+    return u.i;
+}"""),
+    "edgec_f64_bits": ((), """\
+static inline double edgec_f64_bits(int64_t i) {
+    union { double f; int64_t i; } u;
+    u.i = i;
+    return u.f;
+}"""),
+    # float -> int: C leaves out-of-range values (and NaN) undefined; these saturate
+    # (NaN gives the low bound), where LLVM's conversion gives a poison value that the
+    # ops select away. Clamping first keeps the conversion itself unconditional, so
+    # vectorizers emit min/max and a plain conversion, not a masked conversion (which
+    # qemu 7.2's RISC-V vector emulation cannot translate).
+    "edgec_f2i32": ((), """\
+static inline int32_t edgec_f2i32(float x) {
+    float c = x >= -0x1p31f ? x : -0x1p31f;
+    return (int32_t)(c < 0x1.fffffep30f ? c : 0x1.fffffep30f);
+}"""),
+    "edgec_f2i64": ((), """\
+static inline int64_t edgec_f2i64(float x) {
+    float c = x >= -0x1p63f ? x : -0x1p63f;
+    return (int64_t)(c < 0x1.fffffep62f ? c : 0x1.fffffep62f);
+}"""),
+    "edgec_f2u32": ((), """\
+static inline int32_t edgec_f2u32(float x) {
+    float c = x > 0.0f ? x : 0.0f;
+    return (int32_t)(uint32_t)(c < 0x1.fffffep31f ? c : 0x1.fffffep31f);
+}"""),
+    "edgec_f2u64": ((), """\
+static inline int64_t edgec_f2u64(float x) {
+    float c = x > 0.0f ? x : 0.0f;
+    return (int64_t)(uint64_t)(c < 0x1.fffffep63f ? c : 0x1.fffffep63f);
+}"""),
+    "edgec_d2i32": ((), """\
+static inline int32_t edgec_d2i32(double x) {
+    double c = x >= -0x1p31 ? x : -0x1p31;
+    return (int32_t)(c < 0x1.fffffffcp30 ? c : 0x1.fffffffcp30);
+}"""),
+    "edgec_d2i64": ((), """\
+static inline int64_t edgec_d2i64(double x) {
+    double c = x >= -0x1p63 ? x : -0x1p63;
+    return (int64_t)(c < 0x1.fffffffffffffp62 ? c : 0x1.fffffffffffffp62);
+}"""),
+    "edgec_d2u32": ((), """\
+static inline int32_t edgec_d2u32(double x) {
+    double c = x > 0.0 ? x : 0.0;
+    return (int32_t)(uint32_t)(c < 0x1.fffffffep31 ? c : 0x1.fffffffep31);
+}"""),
+    "edgec_d2u64": ((), """\
+static inline int64_t edgec_d2u64(double x) {
+    double c = x > 0.0 ? x : 0.0;
+    return (int64_t)(uint64_t)(c < 0x1.fffffffffffffp63 ? c : 0x1.fffffffffffffp63);
+}"""),
+    # Correctly rounded sqrt. The hardware instruction where the compiler can name it
+    # (clang's builtin vectorizes; GCC's __builtin_sqrtf may call libm's sqrtf for errno),
+    # else fdlibm's bit-by-bit integer square root. -DEDGEC_PORTABLE forces plain C.
+    "edgec_sqrtf": ((), """\
+#if !defined(EDGEC_PORTABLE) && defined(__clang__) && defined(__has_builtin)
+#if __has_builtin(__builtin_elementwise_sqrt)
+#define EDGEC_SQRTF_BUILTIN 1
+#endif
+#endif
+#if defined(EDGEC_SQRTF_BUILTIN)
+static inline float edgec_sqrtf(float x) { return __builtin_elementwise_sqrt(x); }
+#elif !defined(EDGEC_PORTABLE) && defined(__GNUC__) && defined(__x86_64__)
+static inline float edgec_sqrtf(float x) { float r; __asm__("sqrtss %1, %0" : "=x"(r) : "x"(x)); return r; }
+#elif !defined(EDGEC_PORTABLE) && defined(__GNUC__) && defined(__aarch64__)
+static inline float edgec_sqrtf(float x) { float r; __asm__("fsqrt %s0, %s1" : "=w"(r) : "w"(x)); return r; }
+#elif !defined(EDGEC_PORTABLE) && defined(__GNUC__) && defined(__riscv_flen) && __riscv_flen >= 32
+static inline float edgec_sqrtf(float x) { float r; __asm__("fsqrt.s %0, %1" : "=f"(r) : "f"(x)); return r; }
+#else
+static inline float edgec_sqrtf(float x) {
+    union { float f; int32_t i; } u;
+    int32_t ix, m, s, q, r, t, i;
+    u.f = x;
+    ix = u.i;
+    if ((ix & 0x7f800000) == 0x7f800000) return x * x + x; /* inf, NaN; sqrt(-inf) = NaN */
+    if ((ix & 0x7fffffff) == 0) return x;                  /* +-0 */
+    if (ix < 0) return (x - x) / (x - x);                  /* negative: NaN */
+    m = (ix >> 23) & 0xff;
+    if (m == 0) {                                          /* subnormal: normalize */
+        for (i = 0; (ix & 0x00800000) == 0; i++) ix += ix;
+        m -= i - 1;
+    }
+    m -= 127;
+    ix = (ix & 0x007fffff) | 0x00800000;
+    if (m & 1) ix += ix;
+    m = m < 0 ? -((1 - m) / 2) : m / 2;                    /* floor(m / 2) */
+    ix += ix;
+    q = s = 0;
+    r = 0x01000000;
+    while (r != 0) {
+        t = s + r;
+        if (t <= ix) {
+            s = t + r;
+            ix -= t;
+            q += r;
+        }
+        ix += ix;
+        r /= 2;
+    }
+    if (ix != 0) q += q & 1;                               /* round to nearest even */
+    u.i = (q / 2 + 0x3f000000) + m * 0x800000;
+    return u.f;
+}
+#endif"""),
+}
+
+
+def c_source(g: Graph, plan: MemoryPlan, name: str, target: str) -> str:
+    weights = {id(v): (f"{name}_w{i}", v) for i, v in enumerate(g.constants())}
+    kernels = [_node_function(g, plan, name, node) for node in g.nodes]
+    body = "\n\n".join([*(_weight_array(sym, v.data) for sym, v in weights.values()),
+                        *(code for _, code in kernels),
+                        _run_function(g, plan, name, weights, [fn for fn, _ in kernels])])
+    head = (f"/* {name}.c: generated by edgec {__version__} for target {target}. Do not edit.\n"
+            f"   Portable C99: includes only <stdint.h> and <stddef.h>, calls no libc or libm.\n"
+            f"   Compile in an ISO mode (-std=c99) or with -ffp-contract=off to keep the\n"
+            f"   rounding of the LLVM path. */\n")
+    return head + PRELUDE + "\n" + _helpers(body) + body + "\n"
+
+
+def _helpers(body: str) -> str:
+    needed: list[str] = []
+
+    def need(h):
+        if h in needed:
+            return
+        for dep in HELPERS[h][0]:
+            need(dep)
+        needed.append(h)
+
+    for h in HELPERS:
+        if f"{h}(" in body:
+            need(h)
+    return "".join(HELPERS[h][1] + "\n\n" for h in needed)
+
+
+# -- weights --------------------------------------------------------------------------------
+def _weight_array(sym: str, data: np.ndarray) -> str:
+    ty = LLVM_TYPES.get(str(data.dtype))
+    if ty is None:
+        raise CompileError(f"the C backend cannot store a {data.dtype} constant")
+    flat = data.reshape(-1)
+    if ty in (F32, F64) and not np.isfinite(flat).all():
+        return _bits_array(sym, flat, ty)
+    if ty in (F32, F64):
+        items = [float_literal(float(x), ty) for x in flat.tolist()]
+    else:
+        items = [int_literal(int(x), ty) for x in flat.astype(np.int64).tolist()]
+    return _array(f"static const {c_type(ty)} {sym}", items)
+
+
+def _bits_array(sym: str, flat: np.ndarray, ty) -> str:
+    """Non-finite floats have no C99 constant: store the bits in a union and read the floats
+    (union type punning is defined in C99 TC3)."""
+    ity, ct = ("uint32_t", "float") if ty == F32 else ("uint64_t", "double")
+    bits = flat.view(np.uint32 if ty == F32 else np.uint64).tolist()
+    items = [f"UINT{ity[4:6]}_C({b})" for b in bits]
+    decl = _array(f"static const union {{ {ity} bits[{max(len(items), 1)}]; {ct} v[{max(len(items), 1)}]; }} "
+                  f"{sym}_u", items, braces=2)
+    return decl + f"\n#define {sym} ({sym}_u.v)"
+
+
+def _array(decl: str, items: list[str], braces: int = 1) -> str:
+    items = items or ["0"]
+    rows = [", ".join(items[i:i + 8]) for i in range(0, len(items), 8)]
+    inner = ",\n    ".join(rows)
+    dims = "" if braces == 2 else f"[{len(items)}]"
+    return (f"{decl}{dims} EDGEC_ALIGN({WEIGHT_ALIGN}) = {'{' * braces}\n    {inner}\n{'}' * braces};")
+
+
+# -- kernels ----------------------------------------------------------------------------------
+def _node_function(g, plan, name, node) -> tuple[str, str]:
+    ins = [v for v in node.inputs if v is not None]
+    fn = f"{name}_{symbol(node.op)}_{symbol(node.name)}"
+    places = [plan.of(v) for v in ins]
+    in_place = any(plan.of(o) in places and plan.of(o).kind != "const" for o in node.outputs)
+    restrict = "" if in_place else " restrict"  # distinct buffers: lets compilers vectorize
+    k = CKernel(fn)
+    params, tensors = [], []
+    for i, v in enumerate(ins + node.outputs):
+        const = "const " if i < len(ins) else ""
+        params.append(f"{const}{c_type(LLVM_TYPES[v.type.dtype])} *{restrict} p{i}")
+        tensors.append(CTensor(k, f"p{i}", v.type.dtype, v.type.shape))
+    in_tensors = iter(tensors[:len(ins)])
+    in_views = [next(in_tensors) if v is not None else None for v in node.inputs]
+    outs = tensors[len(ins):]
+    for op_name, attrs in node.attrs.get("epilogue", []):
+        outs[0].epilogue.append(partial(_apply, k, registry.get(op_name).scalar, attrs))
+    try:
+        registry.get(node.op).lower(k, node, in_views, outs)
+    except CompileError as e:
+        if e.node is None:
+            raise CompileError(str(e), node=node.name, op=node.op) from None
+        raise
+    lines = [f"/* {node.op} '{node.name}' */", f"EDGEC_KERNEL void {fn}({', '.join(params)}) {{"]
+    lines += [f"    (void)p{i};" for i in range(len(params))]
+    lines += k.render_body()
+    lines.append("}")
+    return fn, "\n".join(lines)
+
+
+def _apply(k, scalar, attrs, v):
+    return scalar(k, v, attrs)
+
+
+def _run_function(g, plan, name, weights, kernels) -> str:
+    proto = f"int {name}_run(const void *const *inputs, void *const *outputs, void *arena)"
+    lines = [f"{proto};", "", f"{proto} {{", "    unsigned char *a = (unsigned char *)arena;",
+             "    (void)inputs;", "    (void)outputs;", "    (void)a;"]
+
+    def pointer(v, writable):
+        st = plan.of(v)
+        ct = c_type(LLVM_TYPES[v.type.dtype])
+        cast = f"({ct} *)" if writable else f"(const {ct} *)"
+        if st.kind == "input":
+            return f"{cast}inputs[{st.index}]"
+        if st.kind == "output":
+            return f"{cast}outputs[{st.index}]"
+        if st.kind == "arena":
+            return f"{cast}(void *)(a + {st.index})"
+        return weights[id(v)][0]
+
+    for node, fn in zip(g.nodes, kernels):
+        args = [pointer(v, False) for v in node.inputs if v is not None]
+        args += [pointer(v, True) for v in node.outputs]
+        lines.append(f"    {fn}({', '.join(args)});")
+    lines += ["    return 0;", "}"]
+    return "\n".join(lines)
+
+
+# -- checking ---------------------------------------------------------------------------------
+STRICT_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+
+
+FRAME_REPORT = re.compile(r"stack frame size \((\d+)\) exceeds limit \(\d+\) in (?:function )?'([^']+)'")
+
+
+def compile_c(source: str, profile, cc: list[str] | None = None, flags=(), opt="-O2",
+              frames: dict | None = None) -> bytes:
+    """The generated C -> a relocatable object for the profile (zig cc by default), with the
+    strict flags the C path promises to pass. Raises CompileError with the compiler's output.
+    `frames`, if given, receives {function: stack frame bytes} from clang's frame reports."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    if cc is None:
+        cc = [sys.executable, "-m", "ziglang", "cc", "-target", profile.zig_target,
+              f"-mcpu={profile.zig_cpu}"]
+    with tempfile.TemporaryDirectory(prefix="edgec-c-") as tmp:
+        src, obj = Path(tmp) / "model.c", Path(tmp) / "model.o"
+        src.write_text(source)
+        report = ["-Wframe-larger-than=0", "-Wno-error=frame-larger-than"] if frames is not None else []
+        proc = subprocess.run([*cc, *STRICT_FLAGS, opt, *report, *flags, "-c", str(src), "-o", str(obj)],
+                              capture_output=True, text=True)
+        if frames is not None:
+            frames.update({fn: int(n) for n, fn in FRAME_REPORT.findall(proc.stderr)})
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
+            raise CompileError(f"internal error: the generated C does not compile cleanly:\n{tail}")
+        return obj.read_bytes()
+
+
+def build_c_library(build_dir, name: str, profile, cc: list[str] | None = None, flags=()) -> "Path":
+    """<build_dir>/<name>.c -> lib<name>.a beside it (the C path's twin of the object
+    path's library, e.g. for the test harness and the firmware)."""
+    from pathlib import Path
+
+    from ..emit import ar_archive
+    from ..inspect.elf import read_object
+
+    build_dir = Path(build_dir)
+    obj = compile_c((build_dir / f"{name}.c").read_text(), profile, cc, flags)
+    syms = [s.name for s in read_object(obj).symbols if s.binding == "STB_GLOBAL"]
+    lib = build_dir / f"lib{name}.a"
+    lib.write_bytes(ar_archive([(f"{name[:13]}.o", obj, syms)]))
+    return lib
