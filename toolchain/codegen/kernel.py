@@ -215,6 +215,10 @@ class Tensor:
 class Kernel:
     """Builds one LLVM function. `b` is the llvmlite IRBuilder positioned where code goes."""
 
+    # float32 lanes of the target's vector registers (from the profile): lowerings size
+    # their register tiles by it. 1 means scalar code.
+    vector_lanes = 4
+
     def __init__(self, fn: ir.Function):
         self.fn = fn
         entry = fn.append_basic_block("entry")
@@ -345,6 +349,17 @@ class Kernel:
 
     def sqrt(self, x: Expr) -> Expr:
         return self.call_intrinsic("llvm.sqrt", self.lift(x, like=F32))
+
+    @contextmanager
+    def in_order(self):
+        """Keep contraction (FMA) but not reassociation inside: a loop whose accumulators
+        are already laid out across vector lanes by the lowering (register tiles) must not
+        be vectorized a second time across its iterations."""
+        saved, self.flags = self.flags, tuple(f for f in self.flags if f != "reassoc")
+        try:
+            yield
+        finally:
+            self.flags = saved
 
     @contextmanager
     def precise(self):

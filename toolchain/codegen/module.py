@@ -20,11 +20,12 @@ def symbol(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-def build_module(g: Graph, plan: MemoryPlan, name: str, triple: str) -> ir.Module:
+def build_module(g: Graph, plan: MemoryPlan, name: str, triple: str, vector_bits: int = 128) -> ir.Module:
     module = ir.Module(name=name)
     module.triple = triple
     weights = {id(v): _weight_global(module, f"{name}_w{i}", v.data) for i, v in enumerate(g.constants())}
-    kernels = [_node_function(module, g, plan, name, node) for node in g.nodes]
+    lanes = max(1, vector_bits // 32)
+    kernels = [_node_function(module, g, plan, name, node, lanes) for node in g.nodes]
     _run_function(module, g, plan, name, weights, kernels)
     return module
 
@@ -45,7 +46,7 @@ def _ptr_type(v):
     return LLVM_TYPES[v.type.dtype].as_pointer()
 
 
-def _node_function(module, g, plan, name, node):
+def _node_function(module, g, plan, name, node, lanes):
     ins = [v for v in node.inputs if v is not None]
     fnty = ir.FunctionType(ir.VoidType(), [_ptr_type(v) for v in ins + node.outputs])
     fn = ir.Function(module, fnty, name=f"{name}_{symbol(node.op)}_{symbol(node.name)}")
@@ -57,6 +58,7 @@ def _node_function(module, g, plan, name, node):
         for arg in fn.args:
             arg.add_attribute("noalias")
     k = Kernel(fn)
+    k.vector_lanes = lanes
     tensors = [Tensor(k, arg, v.type.dtype, v.type.shape) for arg, v in zip(fn.args, ins + node.outputs)]
     in_tensors = iter(tensors[:len(ins)])
     in_views = [next(in_tensors) if v is not None else None for v in node.inputs]

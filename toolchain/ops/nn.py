@@ -11,7 +11,7 @@ import numpy as np
 
 from ..codegen import mathfns as m
 from ..errors import CompileError
-from ..ir import TensorType
+from ..ir import TensorType, Value
 from . import Op, in_type, norm_axis, register
 
 
@@ -127,6 +127,8 @@ class Conv(Op):
         bias = ins[2] if len(ins) > 2 else None
         a = node.attrs
         rank = x.rank - 2
+        if _conv_is_pointwise(node, w):
+            return _lower_pointwise_conv(k, x, w, bias, y)
         g = a["group"]
         cg, ocg = w.shape[1], y.shape[1] // g
         with k.loops(y.shape) as (n, oc, *o):
@@ -141,7 +143,64 @@ class Conv(Op):
             y[(n, oc, *o)] = acc.value
 
 
+def _conv_is_pointwise(node, w):
+    a = node.attrs
+    return (a["group"] == 1 and all(d == 1 for d in w.shape[2:]) and all(st == 1 for st in a["strides"])
+            and not any(a["pads"]))
+
+
+def _lower_pointwise_conv(k, x, w, bias, y):
+    """1x1 convolution, stride 1, no padding: per image, a matrix product
+    W (out_ch x in_ch) @ X (in_ch x pixels), pixels contiguous: the GEMM register tiles."""
+    n_, c_ = x.shape[:2]
+    pixels = x.size // (n_ * c_)
+    oc_ = y.shape[1]
+    x3, y3, w2 = x.reshape((n_, c_, pixels)), y.reshape((n_, oc_, pixels)), w.reshape((oc_, c_))
+    with k.loop(n_) as n:
+        tiled_matmul(k, oc_, pixels, c_, lambda o, ci: w2[o, ci], lambda ci, p: x3[n, ci, p],
+                     lambda o, p: bias[o] if bias is not None else 0.0,
+                     lambda o, p, v: y3.__setitem__((n, o, p), v))
+
+
 # -- matrix products --------------------------------------------------------------------
+def tiled_matmul(k, m_, n, kdim, a, b, init, store):
+    """y[i, j] = store(i, j, init(i, j) + sum_kk a(i, kk) * b(kk, j)), computed in register
+    tiles of MR rows x NR columns: MR*NR accumulators live across the whole kk loop, each
+    b(kk, j..j+NR) row segment is loaded once per kk and reused by the MR rows, each a(i, kk)
+    once and reused by NR columns. With b contiguous along j, LLVM's SLP vectorizer turns a
+    tile row into vector loads and FMAs. NR is two vector registers wide (from the profile);
+    edges get smaller tiles of the same code. Every y element is stored once (epilogues)."""
+    nr = 2 * k.vector_lanes
+    mr = 4 if m_ >= 4 else m_
+
+    def tile(i0, rows, j0, cols):
+        acc = [[k.var(init(i0 + r, j0 + c)) for c in range(cols)] for r in range(rows)]
+        with k.in_order(), k.loop(kdim) as kk:
+            bs = [b(kk, j0 + c) for c in range(cols)]
+            for r in range(rows):
+                av = a(i0 + r, kk)
+                for c in range(cols):
+                    acc[r][c] += av * bs[c]
+        for r in range(rows):
+            for c in range(cols):
+                store(i0 + r, j0 + c, acc[r][c].value)
+
+    def columns(i0, rows):
+        full = n - n % nr
+        if full:
+            with k.loop(full, step=nr) as j0:
+                tile(i0, rows, j0, nr)
+        if n % nr:
+            tile(i0, rows, full, n % nr)
+
+    full_rows = m_ - m_ % mr
+    if full_rows:
+        with k.loop(full_rows, step=mr) as i0:
+            columns(i0, mr)
+    if m_ % mr:
+        columns(full_rows, m_ % mr)
+
+
 @register("Gemm")
 class Gemm(Op):
     fusable_epilogue = True
@@ -149,6 +208,13 @@ class Gemm(Op):
     def canonicalize(self, node, opset):
         for key, default in (("alpha", 1.0), ("beta", 1.0), ("transA", 0), ("transB", 0)):
             node.attrs.setdefault(key, default)
+        w = node.inputs[1]
+        if node.attrs["transB"] and w.is_const:
+            # weights stored (N, K), as exporters write them: transpose them once, at compile
+            # time, so the kernel reads rows of B contiguously along N (see tiled_matmul)
+            data = np.ascontiguousarray(w.data.T)
+            node.inputs[1] = Value(f"{w.name}_t", TensorType.of(data), data=data)
+            node.attrs["transB"] = 0
 
     def _mnk(self, node):
         a, b = in_type(node, 0).shape, in_type(node, 1).shape
@@ -183,16 +249,20 @@ class Gemm(Op):
         b = ins[1].transpose((1, 0)) if at["transB"] else ins[1]
         c = ins[2].broadcast_to(outs[0].shape) if len(ins) > 2 and ins[2] is not None else None
         y = outs[0]
-        with k.loops(y.shape) as (i, j):
-            acc = k.var(0.0)
-            with k.loop(a.shape[1]) as kk:
-                acc += a[i, kk] * b[kk, j]
-            r = acc.value
-            if at["alpha"] != 1.0:
-                r = r * at["alpha"]
-            if c is not None:
-                r = r + (c[i, j] if at["beta"] == 1.0 else c[i, j] * at["beta"])
-            y[i, j] = r
+        alpha, beta = at["alpha"], at["beta"]
+
+        def init(i, j):
+            return 0.0 if c is None or alpha != 1.0 else (c[i, j] if beta == 1.0 else c[i, j] * beta)
+
+        def store(i, j, v):
+            if alpha != 1.0:
+                v = v * alpha
+                if c is not None:
+                    v = v + c[i, j] * beta
+            y[i, j] = v
+
+        tiled_matmul(k, y.shape[0], y.shape[1], a.shape[1], lambda i, kk: a[i, kk], lambda kk, j: b[kk, j],
+                     init, store)
 
 
 def matmul_shapes(node, a, b):
@@ -235,12 +305,9 @@ class MatMul(Op):
         a = ins[0].reshape(a2).broadcast_to(batch + a2[-2:])
         b = ins[1].reshape(b2).broadcast_to(batch + b2[-2:])
         y = outs[0].reshape(batch + (a2[-2], b2[-1]))
-        with k.loops(y.shape) as idx:
-            *bi, i, j = idx
-            acc = k.var(0.0)
-            with k.loop(a2[-1]) as kk:
-                acc += a[(*bi, i, kk)] * b[(*bi, kk, j)]
-            y[idx] = acc.value
+        with k.loops(batch) as bi:
+            tiled_matmul(k, a2[-2], b2[-1], a2[-1], lambda i, kk: a[(*bi, i, kk)], lambda kk, j: b[(*bi, kk, j)],
+                         lambda i, j: 0.0, lambda i, j, v: y.__setitem__((*bi, i, j), v))
 
 
 # -- softmax ------------------------------------------------------------------------------
