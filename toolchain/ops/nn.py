@@ -129,18 +129,85 @@ class Conv(Op):
         rank = x.rank - 2
         if _conv_is_pointwise(node, w):
             return _lower_pointwise_conv(k, x, w, bias, y)
-        g = a["group"]
-        cg, ocg = w.shape[1], y.shape[1] // g
+        if rank == 2:
+            return _lower_tiled_conv2d(k, a, x, w, bias, y)
         with k.loops(y.shape) as (n, oc, *o):
-            acc = k.var(bias[oc] if bias is not None else 0.0)
-            ci0 = (oc // ocg) * cg if g > 1 else 0
-            with k.loop(cg) as ci:
-                with k.loops(w.shape[2:]) as kk:
-                    coords = [o[i] * a["strides"][i] - a["pads"][i] + kk[i] * a["dilations"][i]
-                              for i in range(rank)]
-                    with k.if_(window_in_bounds(k, coords, x.shape[2:])):
-                        acc += x[(n, ci0 + ci, *coords)] * w[(oc, ci, *kk)]
-            y[(n, oc, *o)] = acc.value
+            _conv_point(k, a, x, w, bias, y, n, oc, o)
+
+
+def _conv_point(k, a, x, w, bias, y, n, oc, o):
+    """One output element with every bounds check: the general N-d form, and the border
+    columns of the tiled 2-D form."""
+    rank = x.rank - 2
+    g = a["group"]
+    cg, ocg = w.shape[1], y.shape[1] // g
+    acc = k.var(bias[oc] if bias is not None else 0.0)
+    ci0 = (oc // ocg) * cg if g > 1 else 0
+    with k.loop(cg) as ci:
+        with k.loops(w.shape[2:]) as kk:
+            coords = [o[i] * a["strides"][i] - a["pads"][i] + kk[i] * a["dilations"][i] for i in range(rank)]
+            with k.if_(window_in_bounds(k, coords, x.shape[2:])):
+                acc += x[(n, ci0 + ci, *coords)] * w[(oc, ci, *kk)]
+    y[(n, oc, *o)] = acc.value
+
+
+def _interior_columns(a, in_w, kw, out_w):
+    """[lo, hi): output columns whose whole kernel window lies inside the input row, so
+    their loads need no checks (padding only touches the columns outside)."""
+    s, d, p = a["strides"][1], a["dilations"][1], a["pads"][1]
+    lo = -(-p // s)
+    hi = (in_w - 1 + p - (kw - 1) * d) // s + 1
+    lo, hi = max(0, min(lo, out_w)), max(0, min(hi, out_w))
+    return (lo, hi) if hi > lo else (0, 0)
+
+
+def _lower_tiled_conv2d(k, a, x, w, bias, y):
+    """2-D convolution (any groups, strides, dilations, pads) in register tiles: MR output
+    channels x NR output columns accumulate over (input channel, kernel row, kernel column);
+    each input row segment is loaded once per tap and reused by the MR channels, each weight
+    once and reused by the NR columns. A kernel row that falls in the padding is skipped as
+    a whole; columns whose window crosses the left or right padding take the checked
+    per-element path, so the tiles carry no per-element bounds checks."""
+    n_, oc_, oh_, ow_ = y.shape
+    h_, w_in = x.shape[2:]
+    g = a["group"]
+    cg, ocg = w.shape[1], oc_ // g
+    kh_, kw_ = w.shape[2:]
+    (sh, sw), (dh, dw), (ph, pw) = a["strides"], a["dilations"], a["pads"][:2]
+    mr = next(m for m in (4, 2, 1) if ocg % m == 0)
+    nr = 2 * k.vector_lanes
+    lo, hi = _interior_columns(a, w_in, kw_, ow_)
+    full = lo + (hi - lo) // nr * nr
+
+    def tile(n, oc0, oh, ow0, cols):
+        ci0 = (oc0 // ocg) * cg if g > 1 else 0
+        acc = [[k.var(bias[oc0 + r] if bias is not None else 0.0) for _ in range(cols)] for r in range(mr)]
+        with k.in_order(), k.loop(cg) as ci:
+            for kh in range(kh_):
+                ih = oh * sh - ph + kh * dh
+                with k.if_(window_in_bounds(k, [ih], [h_])):
+                    for kw in range(kw_):
+                        xs = [x[n, ci0 + ci, ih, (ow0 + c) * sw - pw + kw * dw] for c in range(cols)]
+                        for r in range(mr):
+                            wv = w[oc0 + r, ci, kh, kw]
+                            for c in range(cols):
+                                acc[r][c] += wv * xs[c]
+        for r in range(mr):
+            for c in range(cols):
+                y[n, oc0 + r, oh, ow0 + c] = acc[r][c].value
+
+    with k.loops((n_, oh_)) as (n, oh):
+        with k.loop(oc_, step=mr) as oc0:
+            if full > lo:
+                with k.loop(full, start=lo, step=nr) as ow0:
+                    tile(n, oc0, oh, ow0, nr)
+            if hi > full:
+                tile(n, oc0, oh, full, hi - full)
+        edges = list(range(0, lo)) + list(range(hi, ow_))
+        if edges:
+            with k.loop(oc_) as oc:
+                for ow in edges:
+                    _conv_point(k, a, x, w, bias, y, n, oc, [oh, ow])
 
 
 def _conv_is_pointwise(node, w):
