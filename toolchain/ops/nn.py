@@ -166,8 +166,9 @@ def _lower_tiled_conv2d(k, a, x, w, bias, y):
     channels x NR output columns accumulate over (input channel, kernel row, kernel column);
     each input row segment is loaded once per tap and reused by the MR channels, each weight
     once and reused by the NR columns. A kernel row that falls in the padding is skipped as
-    a whole; columns whose window crosses the left or right padding take the checked
-    per-element path, so the tiles carry no per-element bounds checks."""
+    a whole. Interior columns (whole window inside the row) run in a loop of full tiles;
+    the border columns are tiles at fixed positions, where the taps that fall in the
+    padding are known at compile time and left out. No per-element bounds checks remain."""
     n_, oc_, oh_, ow_ = y.shape
     h_, w_in = x.shape[2:]
     g = a["group"]
@@ -187,27 +188,29 @@ def _lower_tiled_conv2d(k, a, x, w, bias, y):
                 ih = oh * sh - ph + kh * dh
                 with k.if_(window_in_bounds(k, [ih], [h_])):
                     for kw in range(kw_):
-                        xs = [x[n, ci0 + ci, ih, (ow0 + c) * sw - pw + kw * dw] for c in range(cols)]
+                        iws = [(ow0 + c) * sw - pw + kw * dw for c in range(cols)]
+                        xs = [None if isinstance(iw, int) and not 0 <= iw < w_in else x[n, ci0 + ci, ih, iw]
+                              for iw in iws]  # a border tile's padding taps drop out here
                         for r in range(mr):
+                            if all(v is None for v in xs):
+                                continue
                             wv = w[oc0 + r, ci, kh, kw]
                             for c in range(cols):
-                                acc[r][c] += wv * xs[c]
+                                if xs[c] is not None:
+                                    acc[r][c] += wv * xs[c]
         for r in range(mr):
             for c in range(cols):
                 y[n, oc0 + r, oh, ow0 + c] = acc[r][c].value
 
+    fixed = [(start, min(nr, end - start)) for begin, end in ((0, lo), (full, ow_))
+             for start in range(begin, end, nr)]
     with k.loops((n_, oh_)) as (n, oh):
         with k.loop(oc_, step=mr) as oc0:
             if full > lo:
                 with k.loop(full, start=lo, step=nr) as ow0:
                     tile(n, oc0, oh, ow0, nr)
-            if hi > full:
-                tile(n, oc0, oh, full, hi - full)
-        edges = list(range(0, lo)) + list(range(hi, ow_))
-        if edges:
-            with k.loop(oc_) as oc:
-                for ow in edges:
-                    _conv_point(k, a, x, w, bias, y, n, oc, [oh, ow])
+            for start, cols in fixed:
+                tile(n, oc0, oh, start, cols)
 
 
 def _conv_is_pointwise(node, w):
