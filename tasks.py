@@ -84,9 +84,10 @@ def test(c, target=None, slow=False):
 
 @task(help={"target": "target profile (repeatable; default: every target of ci/matrix.toml)",
             "model": "ONNX file (repeatable; default: every model of ci/matrix.toml)",
-            "json": "write the figures to this JSON file", "runs": "timed runs per measurement"},
+            "json": "write the figures to this JSON file", "runs": "timed runs per measurement",
+            "layers": "also the single-layer cases (GEMM 256^3 and 512^3, 3x3, depthwise, 1x1 conv)"},
       iterable=["target", "model"])
-def bench(c, target=None, model=None, json=None, runs=20):
+def bench(c, target=None, model=None, json=None, runs=20, layers=False):
     """Latency table: instructions per inference and per MAC (QEMU plugin), median and p99
     time (emulated, or native next to onnxruntime), correctness against onnxruntime."""
     ensure_qemu()
@@ -97,6 +98,8 @@ def bench(c, target=None, model=None, json=None, runs=20):
         args += ["--model", m]
     if json:
         args += ["--json", json]
+    if layers:
+        args.append("--layers")
     sys.exit(subprocess.call(args))
 
 

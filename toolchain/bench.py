@@ -184,6 +184,18 @@ def _fmt_ns(ns):
     return f"{ns / 1e6:.2f} ms" if ns >= 1e6 else f"{ns / 1e3:.1f} us"
 
 
+def peak_gflops() -> tuple[float, str]:
+    """The host core's single-precision peak for x86-64-v3 code: 2 FMA units x 8 lanes x
+    2 flops per cycle at the clock /proc/cpuinfo reports (the nominal clock: turbo makes the
+    real peak higher, so the percentage is an upper estimate)."""
+    try:
+        mhz = max(float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("cpu MHz"))
+    except (OSError, ValueError):
+        return float("nan"), "unknown clock"
+    return 2 * 8 * 2 * mhz / 1000, f"{mhz:.0f} MHz from /proc/cpuinfo"
+
+
 def table(results: list[Result]) -> str:
     head = (f"{'model':26} {'target':11} {'ok':4} {'max abs err':>11} {'insns/inf':>12} {'insns/MAC':>9} "
             f"{'median':>10} {'p99':>10} {'timing':8} {'vs ORT':>7} {'arena':>8} {'code':>8}")
@@ -197,6 +209,14 @@ def table(results: list[Result]) -> str:
             f"{r.arena_bytes:8d} {r.code_bytes:8d}")
         if r.error:
             lines.append(f"    {r.error}")
+    peak, clock = peak_gflops()
+    for r in results:
+        if r.timing == "native" and r.macs and r.median_ns == r.median_ns:
+            gflops = 2 * r.macs / r.median_ns
+            r.extra["gflops"], r.extra["pct_of_peak"] = gflops, 100 * gflops / peak
+            if r.macs >= 10 ** 8:
+                lines.append(f"{r.model} on {r.target}: {gflops:.1f} GFLOP/s = {100 * gflops / peak:.0f}% of the "
+                             f"{peak:.0f} GFLOP/s peak ({clock})")
     return "\n".join(lines)
 
 
@@ -229,10 +249,18 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--no-count", action="store_true", help="skip instruction counting")
+    ap.add_argument("--layers", action="store_true",
+                    help="also the single-layer cases of benchmarks/layers.py (GEMM 256^3/512^3, convolutions)")
     args = ap.parse_args(argv)
     targets, models = matrix()
-    return run(args.target or targets, [Path(m) for m in args.model] if args.model else models, args.json,
-               args.runs, not args.no_count)
+    models = [Path(m) for m in args.model] if args.model else models
+    with tempfile.TemporaryDirectory(prefix="edgec-layers-") as tmp:
+        if args.layers:
+            sys.path.insert(0, str(PROJECT_ROOT))
+            from benchmarks.layers import write
+
+            models = models + write(Path(tmp))
+        return run(args.target or targets, models, args.json, args.runs, not args.no_count)
 
 
 if __name__ == "__main__":
