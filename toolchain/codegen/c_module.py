@@ -9,7 +9,6 @@ one-instruction forms where the compiler offers them and plain C everywhere else
 from __future__ import annotations
 
 import re
-from functools import partial
 
 import numpy as np
 
@@ -17,10 +16,9 @@ from .. import __version__
 from ..errors import CompileError
 from ..ir import Graph
 from ..memory import MemoryPlan
-from ..ops import registry
 from .c_kernel import CKernel, CTensor, c_type, float_literal, int_literal
 from .kernel import F32, F64, LLVM_TYPES
-from .module import WEIGHT_ALIGN, symbol
+from .module import WEIGHT_ALIGN, lower_node, symbol
 
 PRELUDE = """\
 #include <stdint.h>
@@ -248,26 +246,12 @@ def _node_function(g, plan, name, node) -> tuple[str, str]:
         const = "const " if i < len(ins) else ""
         params.append(f"{const}{c_type(LLVM_TYPES[v.type.dtype])} *{restrict} p{i}")
         tensors.append(CTensor(k, f"p{i}", v.type.dtype, v.type.shape))
-    in_tensors = iter(tensors[:len(ins)])
-    in_views = [next(in_tensors) if v is not None else None for v in node.inputs]
-    outs = tensors[len(ins):]
-    for op_name, attrs in node.attrs.get("epilogue", []):
-        outs[0].epilogue.append(partial(_apply, k, registry.get(op_name).scalar, attrs))
-    try:
-        registry.get(node.op).lower(k, node, in_views, outs)
-    except CompileError as e:
-        if e.node is None:
-            raise CompileError(str(e), node=node.name, op=node.op) from None
-        raise
+    lower_node(k, node, tensors)
     lines = [f"/* {node.op} '{node.name}' */", f"EDGEC_KERNEL void {fn}({', '.join(params)}) {{"]
     lines += [f"    (void)p{i};" for i in range(len(params))]
     lines += k.render_body()
     lines.append("}")
     return fn, "\n".join(lines)
-
-
-def _apply(k, scalar, attrs, v):
-    return scalar(k, v, attrs)
 
 
 def _run_function(g, plan, name, weights, kernels) -> str:

@@ -60,9 +60,20 @@ def _node_function(module, g, plan, name, node, lanes):
     k = Kernel(fn)
     k.vector_lanes = lanes
     tensors = [Tensor(k, arg, v.type.dtype, v.type.shape) for arg, v in zip(fn.args, ins + node.outputs)]
-    in_tensors = iter(tensors[:len(ins)])
-    in_views = [next(in_tensors) if v is not None else None for v in node.inputs]
-    outs = tensors[len(ins):]
+    lower_node(k, node, tensors)
+    k.finish()
+    return fn
+
+
+def lower_node(k, node, tensors):
+    """Hand the op its operand views (None where an optional input is omitted) and its
+    outputs with the fused epilogue attached, and let it write the code; an error names
+    the node. `tensors`: the present inputs, then the outputs. Shared by the LLVM and C
+    paths, so an op lowers the same way into both."""
+    n_in = sum(v is not None for v in node.inputs)
+    present = iter(tensors[:n_in])
+    in_views = [next(present) if v is not None else None for v in node.inputs]
+    outs = tensors[n_in:]
     for op_name, attrs in node.attrs.get("epilogue", []):
         outs[0].epilogue.append(partial(_apply, k, registry.get(op_name).scalar, attrs))
     try:
@@ -71,8 +82,6 @@ def _node_function(module, g, plan, name, node, lanes):
         if e.node is None:
             raise CompileError(str(e), node=node.name, op=node.op) from None
         raise
-    k.finish()
-    return fn
 
 
 def _apply(k, scalar, attrs, v):
