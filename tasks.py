@@ -56,17 +56,19 @@ def targets(c):
 
 
 def ensure_qemu():
-    """qemu-user runs the non-native targets; install it or say exactly how."""
-    if shutil.which("qemu-aarch64") and shutil.which("qemu-riscv64"):
+    """qemu-user runs the non-native targets and qemu-system-arm boots the firmware image;
+    install them or say exactly how."""
+    if all(shutil.which(b) for b in ("qemu-aarch64", "qemu-riscv64", "qemu-system-aarch64")):
         return
-    how = "sudo apt-get update && sudo apt-get install -y qemu-user"
+    packages = ["qemu-user", "qemu-system-arm"]
+    how = f"sudo apt-get update && sudo apt-get install -y {' '.join(packages)}"
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
     if sudo and not shutil.which("sudo"):
-        sys.exit(f"qemu-user is missing; run: {how}")
-    print("installing qemu-user with apt-get")
+        sys.exit(f"qemu is missing; run: {how}")
+    print(f"installing {' '.join(packages)} with apt-get")
     if (subprocess.call(sudo + ["apt-get", "update", "-qq"]) != 0
-            or subprocess.call(sudo + ["apt-get", "install", "-y", "-qq", "qemu-user"]) != 0):
-        sys.exit(f"could not install qemu-user; run: {how}")
+            or subprocess.call(sudo + ["apt-get", "install", "-y", "-qq", *packages]) != 0):
+        sys.exit(f"could not install qemu; run: {how}")
 
 
 @task(help={"target": "run only this target's tests (default: all targets)",
