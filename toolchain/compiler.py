@@ -57,7 +57,7 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
     """Passes, memory plan, LLVM, object, self-containment check. Nothing touches disk."""
     run_pipeline(g, dump=dump)
     plan = plan_memory(g, profile.arena_align)
-    module = build_module(g, plan, name, profile.triple, profile.vector_bits)
+    module = build_module(g, plan, name, profile.triple, profile.vector_unit)
     obj, optimized, frames = compile_ir(module_text(module), profile)
     info = read_object(obj)
     check_self_contained(info, profile, name)

@@ -34,6 +34,14 @@ class Profile:
     budgets: dict = field(default_factory=dict)
     # bytes a call instruction pushes (x86's return address); 0 where it goes to a register
     return_address_bytes: int = 0
+    # an FMA can multiply by one lane of another vector register (see VectorUnit)
+    vector_fma_by_lane: bool = False
+
+    @property
+    def vector_unit(self):
+        from .codegen.kernel import VectorUnit
+        return VectorUnit(lanes=max(1, self.vector_bits // 32), registers=self.vector_registers,
+                          fma_by_lane=self.vector_fma_by_lane)
 
     @property
     def vector_bytes(self) -> int:
@@ -56,7 +64,8 @@ def _load(path: Path) -> Profile:
         return Profile(
             name=d["name"], description=d["description"], triple=d["triple"], cpu=d["cpu"],
             features=d.get("features", ""), abi=d.get("abi", ""), vector_bits=d["vector_bits"],
-            vector_registers=d["vector_registers"], arena_align=d["arena_align"],
+            vector_registers=d["vector_registers"], vector_fma_by_lane=d.get("vector_fma_by_lane", False),
+            arena_align=d["arena_align"],
             elf_machine=d["elf"]["machine"], elf_flags=d["elf"].get("flags", {}),
             zig_target=d["link"]["zig_target"], zig_cpu=d["link"]["zig_cpu"],
             qemu=d["run"]["qemu"], qemu_cpu=d["run"]["qemu_cpu"],

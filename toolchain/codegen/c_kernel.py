@@ -179,6 +179,45 @@ class CVar:
         return self
 
 
+class CLanes:
+    """A short vector in C99, which has no vector type: its lanes as scalar temporaries,
+    with Expr's arithmetic lane by lane (the C compiler's vectorizer finds them again)."""
+
+    def __init__(self, items):
+        self.items = list(items)
+
+    def _map(self, x, fn):
+        xs = x.items if isinstance(x, CLanes) else [x] * len(self.items)
+        return CLanes(fn(a, b) for a, b in zip(self.items, xs))
+
+    def __add__(self, x): return self._map(x, lambda a, b: a + b)
+    def __radd__(self, x): return self._map(x, lambda a, b: b + a)
+    def __sub__(self, x): return self._map(x, lambda a, b: a - b)
+    def __mul__(self, x): return self._map(x, lambda a, b: a * b)
+    def __rmul__(self, x): return self._map(x, lambda a, b: b * a)
+
+
+class CLanesVar:
+    """A mutable short vector: one C local per lane."""
+
+    def __init__(self, k: "CKernel", init: CLanes):
+        self.vars = [CVar(k, x) for x in init.items]
+
+    @property
+    def value(self) -> CLanes:
+        return CLanes(v.value for v in self.vars)
+
+    @value.setter
+    def value(self, x):
+        xs = x.items if isinstance(x, CLanes) else [x] * len(self.vars)
+        for v, item in zip(self.vars, xs):
+            v.value = item
+
+    def __iadd__(self, x):
+        self.value = self.value + x
+        return self
+
+
 class CTensor(Tensor):
     """A strided view of a C pointer parameter; views stay CTensors."""
 
@@ -338,8 +377,28 @@ class CKernel(Kernel):
         with self.block(f"if ({cond.v.code})", cond.v.deps):
             yield
 
-    def var(self, init) -> CVar:
-        return CVar(self, init)
+    def var(self, init):
+        return CLanesVar(self, init) if isinstance(init, CLanes) else CVar(self, init)
+
+    # -- short vectors (kernel.py's vocabulary, as lanes) ---------------------------------------
+    def splat(self, x, n):
+        x = self.lift(x, like=F32)
+        return x if n == 1 else CLanes([x] * n)
+
+    def lane_splat(self, v, i):
+        return CLanes([v.items[i]] * len(v.items)) if isinstance(v, CLanes) else v
+
+    def vload(self, t, idx, n, valid=None):
+        idx = tuple(idx)
+        valid = range(n) if valid is None else valid
+        if n > 1 and len(valid) == n and t.strides[-1] == 0:
+            return self.splat(t[idx], n)
+        items = [t[idx[:-1] + (idx[-1] + i,)] if i in valid else self.lift(0.0, like=LLVM_TYPES[t.dtype])
+                 for i in range(n)]
+        return items[0] if n == 1 else CLanes(items)
+
+    def lanes(self, v):
+        return v.items if isinstance(v, CLanes) else [v]
 
     # -- arithmetic helpers -------------------------------------------------------------------
     def select(self, cond, a, b) -> CExpr:

@@ -8,6 +8,7 @@ constant trip counts it can unroll and vectorize.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from llvmlite import ir
 
@@ -38,7 +39,9 @@ class Expr:
 
     @property
     def is_float(self):
-        return isinstance(self.v.type, (ir.FloatType, ir.DoubleType))
+        ty = self.v.type
+        ty = ty.element if isinstance(ty, ir.VectorType) else ty
+        return isinstance(ty, (ir.FloatType, ir.DoubleType))
 
     @property
     def is_bool(self):
@@ -212,12 +215,27 @@ class Tensor:
         self.k.b.store(v.v, self.address(idx))
 
 
+@dataclass(frozen=True)
+class VectorUnit:
+    """What a lowering needs to know of the target's SIMD unit, from its profile: float32
+    lanes per register (1: scalar code), how many registers there are (register tiles
+    are sized to fit), and whether an FMA can take one lane of another register as its
+    multiplier (NEON's `fmla v.4s, v.4s, v.s[i]`): then a vector load feeds several
+    FMAs, where other ISAs broadcast a scalar load (x86 `vbroadcastss`, RVV `vfmacc.vf`)."""
+
+    lanes: int = 4
+    registers: int = 16
+    fma_by_lane: bool = False
+
+
 class Kernel:
     """Builds one LLVM function. `b` is the llvmlite IRBuilder positioned where code goes."""
 
-    # float32 lanes of the target's vector registers (from the profile): lowerings size
-    # their register tiles by it. 1 means scalar code.
-    vector_lanes = 4
+    vector = VectorUnit()
+
+    @property
+    def vector_lanes(self):
+        return self.vector.lanes
 
     def __init__(self, fn: ir.Function):
         self.fn = fn
@@ -233,6 +251,8 @@ class Kernel:
         ty = like.v.type if isinstance(like, Expr) else like
         if ty is None:
             ty = F32 if isinstance(x, float) else I64
+        if isinstance(ty, ir.VectorType):
+            return Expr(self, ir.Constant(ty, [self.lift(x, like=ty.element).v] * ty.count))
         if isinstance(ty, (ir.FloatType, ir.DoubleType)):
             return Expr(self, ir.Constant(ty, float(x)))
         if ty == I1:
@@ -318,6 +338,55 @@ class Kernel:
 
     def var(self, init) -> Var:
         return Var(self, init)
+
+    # -- short vectors ------------------------------------------------------------------------
+    # Register tiles written with explicit vectors, so the code the lowering means is the
+    # code LLVM gets (the SLP vectorizer, left to find it, shuffles overlapping loads).
+    # A vector of n lanes is an Expr; with n == 1 it is the scalar itself, so the same
+    # lowering gives scalar code for a target without SIMD. Arithmetic is Expr's.
+    def splat(self, x, n) -> Expr:
+        """x in every lane."""
+        x = self.lift(x, like=F32)
+        if n == 1:
+            return x
+        vec = self.b.insert_element(ir.Constant(ir.VectorType(x.v.type, n), None), x.v, ir.Constant(I32, 0))
+        return Expr(self, self.b.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(I32, n), [0] * n)))
+
+    def lane_splat(self, v: Expr, i) -> Expr:
+        """Lane i of v in every lane (NEON folds it into `fmla ... v.s[i]`)."""
+        if not isinstance(v.v.type, ir.VectorType):
+            return v
+        n = v.v.type.count
+        return Expr(self, self.b.shuffle_vector(v.v, v.v, ir.Constant(ir.VectorType(I32, n), [i] * n)))
+
+    def vload(self, t: "Tensor", idx, n, valid=None) -> Expr:
+        """t[idx], t[idx + 1 along the last axis], ... (n lanes). `valid`: the lanes that
+        may be read, a range known at compile time; the others are 0.0 and not touched
+        (a tile at a padded border). A strided last axis is read lane by lane."""
+        idx = tuple(idx)
+        lanes = range(n) if valid is None else valid
+        if n == 1:
+            return t[idx] if 0 in lanes else self.lift(0.0, like=LLVM_TYPES[t.dtype])
+        elem = LLVM_TYPES[t.dtype]
+        vty = ir.VectorType(elem, n)
+        if len(lanes) == n and t.strides[-1] == 0:
+            return self.splat(t[idx], n)
+        if len(lanes) == n and t.strides[-1] == 1:
+            ptr = self.b.bitcast(t.address(idx), vty.as_pointer())
+            load = self.b.load(ptr)
+            load.align = 4
+            return Expr(self, load)
+        vec = ir.Constant(vty, [ir.Constant(elem, 0.0)] * n)
+        for i in lanes:
+            at = idx[:-1] + (idx[-1] + i,)
+            vec = self.b.insert_element(vec, t[at].v, ir.Constant(I32, i))
+        return Expr(self, vec)
+
+    def lanes(self, v: Expr) -> list[Expr]:
+        """The scalars of v, lane 0 first."""
+        if not isinstance(v.v.type, ir.VectorType):
+            return [v]
+        return [Expr(self, self.b.extract_element(v.v, ir.Constant(I32, i))) for i in range(v.v.type.count)]
 
     # -- arithmetic helpers ---------------------------------------------------------------
     def select(self, cond, a, b) -> Expr:

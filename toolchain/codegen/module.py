@@ -11,7 +11,7 @@ from ..errors import CompileError
 from ..ir import Graph
 from ..memory import MemoryPlan
 from ..ops import registry
-from .kernel import I8, I32, I64, LLVM_TYPES, Kernel, Tensor
+from .kernel import I8, I32, I64, LLVM_TYPES, Kernel, Tensor, VectorUnit
 
 WEIGHT_ALIGN = 64
 
@@ -20,12 +20,11 @@ def symbol(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-def build_module(g: Graph, plan: MemoryPlan, name: str, triple: str, vector_bits: int = 128) -> ir.Module:
+def build_module(g: Graph, plan: MemoryPlan, name: str, triple: str, vector: VectorUnit = VectorUnit()) -> ir.Module:
     module = ir.Module(name=name)
     module.triple = triple
     weights = {id(v): _weight_global(module, f"{name}_w{i}", v.data) for i, v in enumerate(g.constants())}
-    lanes = max(1, vector_bits // 32)
-    kernels = [_node_function(module, g, plan, name, node, lanes) for node in g.nodes]
+    kernels = [_node_function(module, g, plan, name, node, vector) for node in g.nodes]
     _run_function(module, g, plan, name, weights, kernels)
     return module
 
@@ -46,7 +45,7 @@ def _ptr_type(v):
     return LLVM_TYPES[v.type.dtype].as_pointer()
 
 
-def _node_function(module, g, plan, name, node, lanes):
+def _node_function(module, g, plan, name, node, vector):
     ins = [v for v in node.inputs if v is not None]
     fnty = ir.FunctionType(ir.VoidType(), [_ptr_type(v) for v in ins + node.outputs])
     fn = ir.Function(module, fnty, name=f"{name}_{symbol(node.op)}_{symbol(node.name)}")
@@ -58,7 +57,7 @@ def _node_function(module, g, plan, name, node, lanes):
         for arg in fn.args:
             arg.add_attribute("noalias")
     k = Kernel(fn)
-    k.vector_lanes = lanes
+    k.vector = vector
     tensors = [Tensor(k, arg, v.type.dtype, v.type.shape) for arg, v in zip(fn.args, ins + node.outputs)]
     lower_node(k, node, tensors)
     k.finish()

@@ -163,54 +163,85 @@ def _interior_columns(a, in_w, kw, out_w):
 
 def _lower_tiled_conv2d(k, a, x, w, bias, y):
     """2-D convolution (any groups, strides, dilations, pads) in register tiles: MR output
-    channels x NR output columns accumulate over (input channel, kernel row, kernel column);
-    each input row segment is loaded once per tap and reused by the MR channels, each weight
-    once and reused by the NR columns. A kernel row that falls in the padding is skipped as
-    a whole. Interior columns (whole window inside the row) run in a loop of full tiles;
-    the border columns are tiles at fixed positions, where the taps that fall in the
-    padding are known at compile time and left out. No per-element bounds checks remain."""
+    channels x NV vectors of output columns (sized from the profile by register_tile)
+    accumulate over (input channel, kernel row, kernel column); each input row segment is
+    loaded once per tap as a vector and reused by the MR channels, each weight broadcast
+    once and reused by all columns. A kernel row in the padding is skipped as a whole.
+    Interior columns (whole window inside the row) run in a loop of full tiles; the border
+    columns are tiles at fixed positions, where the lanes whose tap falls in the padding
+    are known at compile time: they read nothing and add nothing. No per-element checks."""
     n_, oc_, oh_, ow_ = y.shape
     h_, w_in = x.shape[2:]
     g = a["group"]
     cg, ocg = w.shape[1], oc_ // g
     kh_, kw_ = w.shape[2:]
     (sh, sw), (dh, dw), (ph, pw) = a["strides"], a["dilations"], a["pads"][:2]
-    mr = next(m for m in (4, 2, 1) if ocg % m == 0)
-    nr = 2 * k.vector_lanes
+    best_rows, nv = register_tile(k.vector, by_lane=False)
+    mr = best_rows if g == 1 else max(m for m in range(1, best_rows + 1) if ocg % m == 0)
+    mr = min(mr, oc_)
+    nr = nv * k.vector_lanes
     lo, hi = _interior_columns(a, w_in, kw_, ow_)
-    full = lo + (hi - lo) // nr * nr
+    # x seen from kernel column kw: element [.., ow] is the input that output column ow reads
+    xt = x.strides[3]
+    taps = [x.view(x.shape[:3] + (ow_,), x.strides[:3] + (xt * sw,), x.offset + (kw * dw - pw) * xt)
+            for kw in range(kw_)]
 
-    def tile(n, oc0, oh, ow0, cols):
+    def lanes_inside(ow0, wd, kw):
+        if not isinstance(ow0, int):
+            return range(wd)  # interior tile
+        return [ln for ln in range(wd) if 0 <= (ow0 + ln) * sw - pw + kw * dw < w_in]
+
+    def tile(n, oc0, rows, oh, ow0, widths):
         ci0 = (oc0 // ocg) * cg if g > 1 else 0
-        acc = [[k.var(bias[oc0 + r] if bias is not None else 0.0) for _ in range(cols)] for r in range(mr)]
+        offs = [sum(widths[:c]) for c in range(len(widths))]
+        acc = [[k.var(k.splat(bias[oc0 + r] if bias is not None else 0.0, wd)) for wd in widths]
+               for r in range(rows)]
         with k.in_order(), k.loop(cg) as ci:
             for kh in range(kh_):
                 ih = oh * sh - ph + kh * dh
                 with k.if_(window_in_bounds(k, [ih], [h_])):
                     for kw in range(kw_):
-                        iws = [(ow0 + c) * sw - pw + kw * dw for c in range(cols)]
-                        xs = [None if isinstance(iw, int) and not 0 <= iw < w_in else x[n, ci0 + ci, ih, iw]
-                              for iw in iws]  # a border tile's padding taps drop out here
-                        for r in range(mr):
-                            if all(v is None for v in xs):
-                                continue
+                        xs = []
+                        for off, wd in zip(offs, widths):
+                            valid = lanes_inside(ow0 + off if isinstance(ow0, int) else ow0, wd, kw)
+                            xs.append(k.vload(taps[kw], (n, ci0 + ci, ih, ow0 + off), wd, valid) if valid else None)
+                        if all(v is None for v in xs):
+                            continue
+                        for r in range(rows):
                             wv = w[oc0 + r, ci, kh, kw]
-                            for c in range(cols):
-                                if xs[c] is not None:
-                                    acc[r][c] += wv * xs[c]
-        for r in range(mr):
-            for c in range(cols):
-                y[n, oc0 + r, oh, ow0 + c] = acc[r][c].value
+                            splat = {}
+                            for c, xv in enumerate(xs):
+                                if xv is not None:
+                                    wd = widths[c]
+                                    if wd not in splat:
+                                        splat[wd] = k.splat(wv, wd)
+                                    acc[r][c] += splat[wd] * xv
+        for r in range(rows):
+            for c, off in enumerate(offs):
+                for ln, v in enumerate(k.lanes(acc[r][c].value)):
+                    y[n, oc0 + r, oh, ow0 + off + ln] = v
 
-    fixed = [(start, min(nr, end - start)) for begin, end in ((0, lo), (full, ow_))
-             for start in range(begin, end, nr)]
+    # columns: fixed tiles over the left border (rounded up to whole tiles), a loop of
+    # full interior tiles, fixed tiles over what is left (the right border among it)
+    left = min(ow_, -(-lo // nr) * nr)
+    count = max(0, (hi - left) // nr)
+    right = left + count * nr
+    fixed = [(start, vector_chunks(min(nr, left - start), k.vector_lanes)) for start in range(0, left, nr)]
+    fixed += [(start, vector_chunks(min(nr, ow_ - start), k.vector_lanes)) for start in range(right, ow_, nr)]
+
+    def row_of_tiles(n, oc0, rows, oh):
+        if count:
+            with k.loop(right, start=left, step=nr) as ow0:
+                tile(n, oc0, rows, oh, ow0, [k.vector_lanes] * nv)
+        for start, widths in fixed:
+            tile(n, oc0, rows, oh, start, widths)
+
+    full = oc_ - oc_ % mr
     with k.loops((n_, oh_)) as (n, oh):
-        with k.loop(oc_, step=mr) as oc0:
-            if full > lo:
-                with k.loop(full, start=lo, step=nr) as ow0:
-                    tile(n, oc0, oh, ow0, nr)
-            for start, cols in fixed:
-                tile(n, oc0, oh, start, cols)
+        with k.loop(full, step=mr) as oc0:
+            row_of_tiles(n, oc0, mr, oh)
+        if full < oc_:
+            row_of_tiles(n, full, oc_ - full, oh)
 
 
 def _conv_is_pointwise(node, w):
@@ -227,41 +258,106 @@ def _lower_pointwise_conv(k, x, w, bias, y):
     oc_ = y.shape[1]
     x3, y3, w2 = x.reshape((n_, c_, pixels)), y.reshape((n_, oc_, pixels)), w.reshape((oc_, c_))
     with k.loop(n_) as n:
-        tiled_matmul(k, oc_, pixels, c_, lambda o, ci: w2[o, ci], lambda ci, p: x3[n, ci, p],
-                     lambda o, p: bias[o] if bias is not None else 0.0,
+        tiled_matmul(k, oc_, pixels, c_, lambda o, ci: (w2, (o, ci)), lambda ci, p: (x3, (n, ci, p)),
+                     lambda o, p, w: k.splat(bias[o] if bias is not None else 0.0, w),
                      lambda o, p, v: y3.__setitem__((n, o, p), v))
 
 
 # -- matrix products --------------------------------------------------------------------
-def tiled_matmul(k, m_, n, kdim, a, b, init, store):
-    """y[i, j] = store(i, j, init(i, j) + sum_kk a(i, kk) * b(kk, j)), computed in register
-    tiles of MR rows x NR columns: MR*NR accumulators live across the whole kk loop, each
-    b(kk, j..j+NR) row segment is loaded once per kk and reused by the MR rows, each a(i, kk)
-    once and reused by NR columns. With b contiguous along j, LLVM's SLP vectorizer turns a
-    tile row into vector loads and FMAs. NR is two vector registers wide (from the profile);
-    edges get smaller tiles of the same code. Every y element is stored once (epilogues)."""
-    nr = 2 * k.vector_lanes
-    mr = 4 if m_ >= 4 else m_
+def vector_chunks(n, lanes):
+    """Widths that cover n columns with the fewest vectors: full registers, then halves,
+    quarters... down to a scalar (no masked lanes at an edge)."""
+    out, w = [], lanes
+    while n:
+        while w > n:
+            w //= 2
+        out.append(w)
+        n -= w
+    return out
 
-    def tile(i0, rows, j0, cols):
-        acc = [[k.var(init(i0 + r, j0 + c)) for c in range(cols)] for r in range(rows)]
-        with k.in_order(), k.loop(kdim) as kk:
-            bs = [b(kk, j0 + c) for c in range(cols)]
-            for r in range(rows):
-                av = a(i0 + r, kk)
-                for c in range(cols):
-                    acc[r][c] += av * bs[c]
+
+def register_tile(vec, by_lane, max_rows=8, max_vectors=4):
+    """(rows, vectors) of the accumulator tile that needs the fewest instructions per FMA
+    and fits the register file with one register to spare: per step, `rows` loads or
+    broadcasts of the left operand, `vectors` loads of the right one, rows*vectors FMAs.
+    With FMA by lane, one vector load of a row brings `lanes` steps of the left operand,
+    and its register stays live across them."""
+    best = None
+    for nv in range(1, max_vectors + 1):
+        for mr in (1, 2, 3, 4, 6, 8):
+            if mr > max_rows:
+                continue
+            live = mr * nv + nv + (mr if by_lane else 1)
+            if live > vec.registers - 1:
+                continue
+            steps = vec.lanes if by_lane else 1
+            insns = (mr + steps * nv + steps * mr * nv) / (steps * mr * nv)
+            key = (insns, -mr * nv)
+            if best is None or key < best[0]:
+                best = (key, mr, nv)
+    return best[1], best[2]
+
+
+def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store):
+    """y[i, j] = store(i, j, init[i, j] + sum_kk a[i, kk] * b[kk, j]) in register tiles of
+    MR rows x NV vectors of columns (sized from the profile by register_tile): the MR*NV
+    accumulators stay in registers across the whole kk loop, each b row segment is loaded
+    once per kk and reused by the MR rows, each a value once and reused by all columns.
+    a_at(i, kk) / b_at(kk, j) give (tensor, index): b's last axis runs along j (vector
+    loads), a's along kk; init(i, j, w) gives the w start values from (i, j) as a vector.
+    Where the target has FMA by lane and a is contiguous along kk, a
+    row's next `lanes` values come in one vector load and each FMA takes its lane.
+    Reductions run in order (no reassociation). Every y element is stored once (epilogues)."""
+    vec = k.vector
+    t_a, _ = a_at(0, 0)
+    by_lane = vec.fma_by_lane and vec.lanes > 1 and t_a.strides[-1] == 1 and kdim >= vec.lanes
+    mr, nv = register_tile(vec, by_lane)
+    mr = min(mr, m_)
+    nr = nv * vec.lanes
+
+    def load_b(kk, j0, widths):
+        out, off = [], 0
+        for w in widths:
+            t, idx = b_at(kk, j0 + off)
+            out.append(k.vload(t, idx, w))
+            off += w
+        return out
+
+    def step(acc, rows, i0, j0, widths, kk, a_vals):
+        bs = load_b(kk, j0, widths)
         for r in range(rows):
-            for c in range(cols):
-                store(i0 + r, j0 + c, acc[r][c].value)
+            for c, w in enumerate(widths):
+                acc[r][c] += a_vals(r, w) * bs[c]
+
+    def tile(i0, rows, j0, widths):
+        offs = [sum(widths[:c]) for c in range(len(widths))]
+        acc = [[k.var(init(i0 + r, j0 + off, w)) for off, w in zip(offs, widths)] for r in range(rows)]
+        with k.in_order():
+            lanes = vec.lanes
+            main = kdim - kdim % lanes if by_lane else 0
+            if main:
+                with k.loop(main, step=lanes) as kk:
+                    rows_v = [k.vload(*a_at(i0 + r, kk), lanes) for r in range(rows)]
+                    for u in range(lanes):
+                        step(acc, rows, i0, j0, widths, kk + u,
+                             lambda r, w: k.lane_splat(rows_v[r], u) if w == lanes
+                             else k.splat(k.lanes(rows_v[r])[u], w))
+            if kdim > main:
+                with k.loop(kdim, start=main) as kk:
+                    scal = [k.vload(*a_at(i0 + r, kk), 1) for r in range(rows)]
+                    step(acc, rows, i0, j0, widths, kk, lambda r, w: k.splat(scal[r], w))
+        for r in range(rows):
+            for c, off in enumerate(offs):
+                for lane, v in enumerate(k.lanes(acc[r][c].value)):
+                    store(i0 + r, j0 + off + lane, v)
 
     def columns(i0, rows):
         full = n - n % nr
         if full:
             with k.loop(full, step=nr) as j0:
-                tile(i0, rows, j0, nr)
+                tile(i0, rows, j0, [vec.lanes] * nv)
         if n % nr:
-            tile(i0, rows, full, n % nr)
+            tile(i0, rows, full, vector_chunks(n % nr, vec.lanes))
 
     full_rows = m_ - m_ % mr
     if full_rows:
@@ -321,8 +417,11 @@ class Gemm(Op):
         y = outs[0]
         alpha, beta = at["alpha"], at["beta"]
 
-        def init(i, j):
-            return 0.0 if c is None or alpha != 1.0 else (c[i, j] if beta == 1.0 else c[i, j] * beta)
+        def init(i, j, w):
+            if c is None or alpha != 1.0:
+                return k.splat(0.0, w)
+            start = k.vload(c, (i, j), w)
+            return start if beta == 1.0 else start * beta
 
         def store(i, j, v):
             if alpha != 1.0:
@@ -331,7 +430,7 @@ class Gemm(Op):
                     v = v + c[i, j] * beta
             y[i, j] = v
 
-        tiled_matmul(k, y.shape[0], y.shape[1], a.shape[1], lambda i, kk: a[i, kk], lambda kk, j: b[kk, j],
+        tiled_matmul(k, y.shape[0], y.shape[1], a.shape[1], lambda i, kk: (a, (i, kk)), lambda kk, j: (b, (kk, j)),
                      init, store)
 
 
@@ -376,8 +475,8 @@ class MatMul(Op):
         b = ins[1].reshape(b2).broadcast_to(batch + b2[-2:])
         y = outs[0].reshape(batch + (a2[-2], b2[-1]))
         with k.loops(batch) as bi:
-            tiled_matmul(k, a2[-2], b2[-1], a2[-1], lambda i, kk: a[(*bi, i, kk)], lambda kk, j: b[(*bi, kk, j)],
-                         lambda i, j: 0.0, lambda i, j, v: y.__setitem__((*bi, i, j), v))
+            tiled_matmul(k, a2[-2], b2[-1], a2[-1], lambda i, kk: (a, (*bi, i, kk)), lambda kk, j: (b, (*bi, kk, j)),
+                         lambda i, j, w: k.splat(0.0, w), lambda i, j, v: y.__setitem__((*bi, i, j), v))
 
 
 # -- softmax ------------------------------------------------------------------------------
