@@ -155,3 +155,14 @@ def test_bench_reports_the_figures(tmp_path):
     row = json.loads((tmp_path / "b.json").read_text())[0]
     for key in ("model", "target", "insns_per_inference", "insns_per_mac", "median_ns", "p99_ns"):
         assert key in row
+
+
+@pytest.mark.skipif(not get_profile("x86-64-v3").runs_natively(), reason="the clock probe is x86-64 code")
+def test_measured_clock_is_the_cores_and_scales_with_the_chain():
+    """The % of peak rests on this figure: it must be a plausible core clock, and the same
+    whether the chain is short or long (a probe that measured loop overhead would not be)."""
+    from toolchain.bench import measure_clock_mhz
+
+    short, long_ = measure_clock_mhz(50, 2_000_000), measure_clock_mhz(200, 500_000)
+    assert 500 < short < 7000 and 500 < long_ < 7000
+    assert abs(short - long_) / long_ < 0.25

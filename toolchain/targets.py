@@ -36,12 +36,14 @@ class Profile:
     return_address_bytes: int = 0
     # an FMA can multiply by one lane of another vector register (see VectorUnit)
     vector_fma_by_lane: bool = False
+    # registers per vector value (RVV's LMUL): tiles use values this many registers wide
+    vector_lmul: int = 1
 
     @property
     def vector_unit(self):
         from .codegen.kernel import VectorUnit
-        return VectorUnit(lanes=max(1, self.vector_bits // 32), registers=self.vector_registers,
-                          fma_by_lane=self.vector_fma_by_lane)
+        return VectorUnit(lanes=max(1, self.vector_bits * self.vector_lmul // 32),
+                          registers=self.vector_registers // self.vector_lmul, fma_by_lane=self.vector_fma_by_lane)
 
     @property
     def vector_bytes(self) -> int:
@@ -65,6 +67,7 @@ def _load(path: Path) -> Profile:
             name=d["name"], description=d["description"], triple=d["triple"], cpu=d["cpu"],
             features=d.get("features", ""), abi=d.get("abi", ""), vector_bits=d["vector_bits"],
             vector_registers=d["vector_registers"], vector_fma_by_lane=d.get("vector_fma_by_lane", False),
+            vector_lmul=d.get("vector_lmul", 1),
             arena_align=d["arena_align"],
             elf_machine=d["elf"]["machine"], elf_flags=d["elf"].get("flags", {}),
             zig_target=d["link"]["zig_target"], zig_cpu=d["link"]["zig_cpu"],

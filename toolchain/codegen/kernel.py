@@ -376,11 +376,27 @@ class Kernel:
             load = self.b.load(ptr)
             load.align = 4
             return Expr(self, load)
+        step = t.strides[-1]
+        if len(lanes) == n and 1 < step <= 4:
+            # every step-th element of one contiguous span (no byte past the last lane is
+            # read): NEON makes it ld2/ld3/ld4 or uzp, x86 a few shuffles, not n inserts
+            span = ir.VectorType(elem, (n - 1) * step + 1)
+            load = self.b.load(self.b.bitcast(t.address(idx), span.as_pointer()))
+            load.align = 4
+            pick = ir.Constant(ir.VectorType(I32, n), [i * step for i in range(n)])
+            return Expr(self, self.b.shuffle_vector(load, ir.Constant(span, None), pick))
         vec = ir.Constant(vty, [ir.Constant(elem, 0.0)] * n)
         for i in lanes:
             at = idx[:-1] + (idx[-1] + i,)
             vec = self.b.insert_element(vec, t[at].v, ir.Constant(I32, i))
         return Expr(self, vec)
+
+    def constant(self, data) -> "Tensor":
+        """Read-only data made at compile time, beside the model's weights: weights packed
+        into the order a register tile reads them. (The node's own weight operand, left
+        unread, is then dropped by LLVM: internal function, dead argument, dead global.)"""
+        gv = self.rodata(data)
+        return Tensor(self, gv.bitcast(LLVM_TYPES[str(data.dtype)].as_pointer()), str(data.dtype), data.shape)
 
     def lanes(self, v: Expr) -> list[Expr]:
         """The scalars of v, lane 0 first."""

@@ -2,6 +2,7 @@
 internal function per node, and the exported `<name>_run` entry point of the C contract."""
 from __future__ import annotations
 
+import itertools
 import re
 from functools import partial
 
@@ -58,6 +59,8 @@ def _node_function(module, g, plan, name, node, vector):
             arg.add_attribute("noalias")
     k = Kernel(fn)
     k.vector = vector
+    packed = itertools.count()
+    k.rodata = lambda data: _weight_global(module, f"{fn.name}_packed{next(packed)}", data)
     tensors = [Tensor(k, arg, v.type.dtype, v.type.shape) for arg, v in zip(fn.args, ins + node.outputs)]
     lower_node(k, node, tensors)
     k.finish()

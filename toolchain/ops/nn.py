@@ -1,7 +1,9 @@
 """Neural-network ops with a reduction inside: convolution, GEMM/MatMul, softmax.
 
-Lowerings here are the straightforward loop nests (correct first); the fast
-kernels of the SIMD issue replace them behind the same Op interface.
+GEMM/MatMul, 1x1 and 2-D convolutions lower to register tiles of explicit short vectors
+(kernel.py), shaped from the target's vector unit (lanes, registers, FMA by lane): the
+accumulators stay in registers across the whole reduction. Other shapes (N-d convolution)
+take the plain loop nest.
 """
 from __future__ import annotations
 
@@ -130,7 +132,7 @@ class Conv(Op):
         if _conv_is_pointwise(node, w):
             return _lower_pointwise_conv(k, x, w, bias, y)
         if rank == 2:
-            return _lower_tiled_conv2d(k, a, x, w, bias, y)
+            return _lower_tiled_conv2d(k, a, x, w, bias, y, node.inputs[1])
         with k.loops(y.shape) as (n, oc, *o):
             _conv_point(k, a, x, w, bias, y, n, oc, o)
 
@@ -161,7 +163,7 @@ def _interior_columns(a, in_w, kw, out_w):
     return (lo, hi) if hi > lo else (0, 0)
 
 
-def _lower_tiled_conv2d(k, a, x, w, bias, y):
+def _lower_tiled_conv2d(k, a, x, w, bias, y, w_value):
     """2-D convolution (any groups, strides, dilations, pads) in register tiles: MR output
     channels x NV vectors of output columns (sized from the profile by register_tile)
     accumulate over (input channel, kernel row, kernel column); each input row segment is
@@ -176,7 +178,13 @@ def _lower_tiled_conv2d(k, a, x, w, bias, y):
     cg, ocg = w.shape[1], oc_ // g
     kh_, kw_ = w.shape[2:]
     (sh, sw), (dh, dw), (ph, pw) = a["strides"], a["dilations"], a["pads"][:2]
-    best_rows, nv = register_tile(k.vector, by_lane=False)
+    lanes = k.vector_lanes
+    wp = None
+    if k.vector.fma_by_lane and lanes > 1 and w_value.is_const and ocg % lanes == 0:
+        # lanes output channels' weight for one tap in one vector; each FMA takes its lane
+        kern = w_value.data.reshape(oc_ // lanes, lanes, cg, kh_, kw_).transpose(0, 2, 3, 4, 1)
+        wp = k.constant(np.ascontiguousarray(kern))
+    best_rows, nv = register_tile(k.vector, "packed" if wp is not None else "splat")
     mr = best_rows if g == 1 else max(m for m in range(1, best_rows + 1) if ocg % m == 0)
     mr = min(mr, oc_)
     nr = nv * k.vector_lanes
@@ -207,15 +215,22 @@ def _lower_tiled_conv2d(k, a, x, w, bias, y):
                             xs.append(k.vload(taps[kw], (n, ci0 + ci, ih, ow0 + off), wd, valid) if valid else None)
                         if all(v is None for v in xs):
                             continue
+                        if wp is not None:
+                            wvecs = [k.vload(wp, (oc0 // lanes + q, ci, kh, kw, 0), lanes) for q in range(rows // lanes)]
                         for r in range(rows):
-                            wv = w[oc0 + r, ci, kh, kw]
                             splat = {}
                             for c, xv in enumerate(xs):
-                                if xv is not None:
-                                    wd = widths[c]
-                                    if wd not in splat:
-                                        splat[wd] = k.splat(wv, wd)
-                                    acc[r][c] += splat[wd] * xv
+                                if xv is None:
+                                    continue
+                                wd = widths[c]
+                                if wd not in splat:
+                                    if wp is None:
+                                        splat[wd] = k.splat(w[oc0 + r, ci, kh, kw], wd)
+                                    elif wd == lanes:
+                                        splat[wd] = k.lane_splat(wvecs[r // lanes], r % lanes)
+                                    else:
+                                        splat[wd] = k.splat(k.lanes(wvecs[r // lanes])[r % lanes], wd)
+                                acc[r][c] += splat[wd] * xv
         for r in range(rows):
             for c, off in enumerate(offs):
                 for ln, v in enumerate(k.lanes(acc[r][c].value)):
@@ -276,23 +291,23 @@ def vector_chunks(n, lanes):
     return out
 
 
-def register_tile(vec, by_lane, max_rows=8, max_vectors=4):
+def register_tile(vec, left="splat", max_rows=8, max_vectors=4):
     """(rows, vectors) of the accumulator tile that needs the fewest instructions per FMA
-    and fits the register file with one register to spare: per step, `rows` loads or
-    broadcasts of the left operand, `vectors` loads of the right one, rows*vectors FMAs.
-    With FMA by lane, one vector load of a row brings `lanes` steps of the left operand,
-    and its register stays live across them."""
+    and fits the register file with one register to spare. Per step: the left operand's
+    loads, `vectors` loads of the right one, rows*vectors FMAs. How the left operand comes
+    (`left`): "splat", one broadcast load per row (one register); "rows", with FMA by lane,
+    one vector load brings a row's next `lanes` steps (a register per row); "packed", with
+    FMA by lane, one vector load brings `lanes` rows' weights, packed so at compile time."""
     best = None
     for nv in range(1, max_vectors + 1):
         for mr in (1, 2, 3, 4, 6, 8):
-            if mr > max_rows:
+            if mr > max_rows or (left == "packed" and mr % vec.lanes):
                 continue
-            live = mr * nv + nv + (mr if by_lane else 1)
-            if live > vec.registers - 1:
+            loads, regs = {"splat": (mr, 1), "rows": (mr / vec.lanes, mr),
+                           "packed": (mr / vec.lanes, mr // vec.lanes)}[left]
+            if mr * nv + nv + regs > vec.registers - 1:
                 continue
-            steps = vec.lanes if by_lane else 1
-            insns = (mr + steps * nv + steps * mr * nv) / (steps * mr * nv)
-            key = (insns, -mr * nv)
+            key = ((loads + nv + mr * nv) / (mr * nv), -mr * nv)
             if best is None or key < best[0]:
                 best = (key, mr, nv)
     return best[1], best[2]
@@ -311,7 +326,7 @@ def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store):
     vec = k.vector
     t_a, _ = a_at(0, 0)
     by_lane = vec.fma_by_lane and vec.lanes > 1 and t_a.strides[-1] == 1 and kdim >= vec.lanes
-    mr, nv = register_tile(vec, by_lane)
+    mr, nv = register_tile(vec, "rows" if by_lane else "splat")
     mr = min(mr, m_)
     nr = nv * vec.lanes
 
