@@ -385,8 +385,8 @@ class CKernel(Kernel):
         x = self.lift(x, like=F32)
         return x if n == 1 else CLanes([x] * n)
 
-    def lane_splat(self, v, i):
-        return CLanes([v.items[i]] * len(v.items)) if isinstance(v, CLanes) else v
+    def lane_splat(self, v, i, n):
+        return self.splat(self.lanes(v)[i], n)
 
     def vload(self, t, idx, n, valid=None):
         idx = tuple(idx)

@@ -352,11 +352,12 @@ class Kernel:
         vec = self.b.insert_element(ir.Constant(ir.VectorType(x.v.type, n), None), x.v, ir.Constant(I32, 0))
         return Expr(self, self.b.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(I32, n), [0] * n)))
 
-    def lane_splat(self, v: Expr, i) -> Expr:
-        """Lane i of v in every lane (NEON folds it into `fmla ... v.s[i]`)."""
+    def lane_splat(self, v: Expr, i, n) -> Expr:
+        """Lane i of v in n lanes (NEON folds it into `fmla ... v.s[i]`)."""
         if not isinstance(v.v.type, ir.VectorType):
-            return v
-        n = v.v.type.count
+            return self.splat(v, n)
+        if n == 1:
+            return self.lanes(v)[i]
         return Expr(self, self.b.shuffle_vector(v.v, v.v, ir.Constant(ir.VectorType(I32, n), [i] * n)))
 
     def vload(self, t: "Tensor", idx, n, valid=None) -> Expr:
@@ -368,11 +369,10 @@ class Kernel:
         if n == 1:
             return t[idx] if 0 in lanes else self.lift(0.0, like=LLVM_TYPES[t.dtype])
         elem = LLVM_TYPES[t.dtype]
-        vty = ir.VectorType(elem, n)
         if len(lanes) == n and t.strides[-1] == 0:
             return self.splat(t[idx], n)
         if len(lanes) == n and t.strides[-1] == 1:
-            ptr = self.b.bitcast(t.address(idx), vty.as_pointer())
+            ptr = self.b.bitcast(t.address(idx), ir.VectorType(elem, n).as_pointer())
             load = self.b.load(ptr)
             load.align = 4
             return Expr(self, load)
@@ -385,7 +385,7 @@ class Kernel:
             load.align = 4
             pick = ir.Constant(ir.VectorType(I32, n), [i * step for i in range(n)])
             return Expr(self, self.b.shuffle_vector(load, ir.Constant(span, None), pick))
-        vec = ir.Constant(vty, [ir.Constant(elem, 0.0)] * n)
+        vec = ir.Constant(ir.VectorType(elem, n), [ir.Constant(elem, 0.0)] * n)
         for i in lanes:
             at = idx[:-1] + (idx[-1] + i,)
             vec = self.b.insert_element(vec, t[at].v, ir.Constant(I32, i))

@@ -187,7 +187,7 @@ def _lower_tiled_conv2d(k, a, x, w, bias, y, w_value):
     best_rows, nv = register_tile(k.vector, "packed" if wp is not None else "splat")
     mr = best_rows if g == 1 else max(m for m in range(1, best_rows + 1) if ocg % m == 0)
     mr = min(mr, oc_)
-    nr = nv * k.vector_lanes
+    nr = nv * lanes
     lo, hi = _interior_columns(a, w_in, kw_, ow_)
     # x seen from kernel column kw: element [.., ow] is the input that output column ow reads
     xt = x.strides[3]
@@ -195,13 +195,14 @@ def _lower_tiled_conv2d(k, a, x, w, bias, y, w_value):
             for kw in range(kw_)]
 
     def lanes_inside(ow0, wd, kw):
+        """The lanes whose input column lies in the row: all of them in an interior tile."""
         if not isinstance(ow0, int):
-            return range(wd)  # interior tile
+            return range(wd)
         return [ln for ln in range(wd) if 0 <= (ow0 + ln) * sw - pw + kw * dw < w_in]
 
     def tile(n, oc0, rows, oh, ow0, widths):
         ci0 = (oc0 // ocg) * cg if g > 1 else 0
-        offs = [sum(widths[:c]) for c in range(len(widths))]
+        offs = chunk_offsets(widths)
         acc = [[k.var(k.splat(bias[oc0 + r] if bias is not None else 0.0, wd)) for wd in widths]
                for r in range(rows)]
         with k.in_order(), k.loop(cg) as ci:
@@ -211,7 +212,7 @@ def _lower_tiled_conv2d(k, a, x, w, bias, y, w_value):
                     for kw in range(kw_):
                         xs = []
                         for off, wd in zip(offs, widths):
-                            valid = lanes_inside(ow0 + off if isinstance(ow0, int) else ow0, wd, kw)
+                            valid = lanes_inside(ow0 + off, wd, kw)
                             xs.append(k.vload(taps[kw], (n, ci0 + ci, ih, ow0 + off), wd, valid) if valid else None)
                         if all(v is None for v in xs):
                             continue
@@ -224,17 +225,10 @@ def _lower_tiled_conv2d(k, a, x, w, bias, y, w_value):
                                     continue
                                 wd = widths[c]
                                 if wd not in splat:
-                                    if wp is None:
-                                        splat[wd] = k.splat(w[oc0 + r, ci, kh, kw], wd)
-                                    elif wd == lanes:
-                                        splat[wd] = k.lane_splat(wvecs[r // lanes], r % lanes)
-                                    else:
-                                        splat[wd] = k.splat(k.lanes(wvecs[r // lanes])[r % lanes], wd)
+                                    splat[wd] = (k.splat(w[oc0 + r, ci, kh, kw], wd) if wp is None
+                                                 else k.lane_splat(wvecs[r // lanes], r % lanes, wd))
                                 acc[r][c] += splat[wd] * xv
-        for r in range(rows):
-            for c, off in enumerate(offs):
-                for ln, v in enumerate(k.lanes(acc[r][c].value)):
-                    y[n, oc0 + r, oh, ow0 + off + ln] = v
+        store_tile(k, acc, offs, lambda r, col, v: y.__setitem__((n, oc0 + r, oh, ow0 + col), v))
 
     # columns: fixed tiles over the left border (rounded up to whole tiles), a loop of
     # full interior tiles, fixed tiles over what is left (the right border among it)
@@ -291,6 +285,19 @@ def vector_chunks(n, lanes):
     return out
 
 
+def chunk_offsets(widths):
+    """Where each chunk of a tile row starts."""
+    return list(itertools.accumulate(widths[:-1], initial=0))
+
+
+def store_tile(k, acc, offs, put):
+    """put(row, column, value) for every lane of the accumulators acc[row][chunk]."""
+    for r, row in enumerate(acc):
+        for off, var in zip(offs, row):
+            for ln, v in enumerate(k.lanes(var.value)):
+                put(r, off + ln, v)
+
+
 def register_tile(vec, left="splat", max_rows=8, max_vectors=4):
     """(rows, vectors) of the accumulator tile that needs the fewest instructions per FMA
     and fits the register file with one register to spare. Per step: the left operand's
@@ -330,22 +337,14 @@ def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store):
     mr = min(mr, m_)
     nr = nv * vec.lanes
 
-    def load_b(kk, j0, widths):
-        out, off = [], 0
-        for w in widths:
-            t, idx = b_at(kk, j0 + off)
-            out.append(k.vload(t, idx, w))
-            off += w
-        return out
-
-    def step(acc, rows, i0, j0, widths, kk, a_vals):
-        bs = load_b(kk, j0, widths)
+    def step(acc, rows, j0, widths, offs, kk, a_vals):
+        bs = [k.vload(*b_at(kk, j0 + off), w) for off, w in zip(offs, widths)]
         for r in range(rows):
             for c, w in enumerate(widths):
                 acc[r][c] += a_vals(r, w) * bs[c]
 
     def tile(i0, rows, j0, widths):
-        offs = [sum(widths[:c]) for c in range(len(widths))]
+        offs = chunk_offsets(widths)
         acc = [[k.var(init(i0 + r, j0 + off, w)) for off, w in zip(offs, widths)] for r in range(rows)]
         with k.in_order():
             lanes = vec.lanes
@@ -354,17 +353,12 @@ def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store):
                 with k.loop(main, step=lanes) as kk:
                     rows_v = [k.vload(*a_at(i0 + r, kk), lanes) for r in range(rows)]
                     for u in range(lanes):
-                        step(acc, rows, i0, j0, widths, kk + u,
-                             lambda r, w: k.lane_splat(rows_v[r], u) if w == lanes
-                             else k.splat(k.lanes(rows_v[r])[u], w))
+                        step(acc, rows, j0, widths, offs, kk + u, lambda r, w: k.lane_splat(rows_v[r], u, w))
             if kdim > main:
                 with k.loop(kdim, start=main) as kk:
                     scal = [k.vload(*a_at(i0 + r, kk), 1) for r in range(rows)]
-                    step(acc, rows, i0, j0, widths, kk, lambda r, w: k.splat(scal[r], w))
-        for r in range(rows):
-            for c, off in enumerate(offs):
-                for lane, v in enumerate(k.lanes(acc[r][c].value)):
-                    store(i0 + r, j0 + off + lane, v)
+                    step(acc, rows, j0, widths, offs, kk, lambda r, w: k.splat(scal[r], w))
+        store_tile(k, acc, offs, lambda r, col, v: store(i0 + r, j0 + col, v))
 
     def columns(i0, rows):
         full = n - n % nr
