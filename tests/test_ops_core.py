@@ -110,6 +110,30 @@ def test_conv(case, workdir):
     check_against_onnxruntime(m, {"x": x}, T, workdir)
 
 
+# The register tiles differ per target (rows of channels or of output rows, vector widths,
+# how borders load), so these shapes run on every target: depthwise tiles of several output
+# rows with a remainder, narrow and wide rows, strides, dilations, asymmetric pads, a channel
+# multiplier, and border vectors loaded from a shifted address.
+TILE_CASES = [
+    dict(x=(1, 4, 25, 5), w=(4, 1, 3, 3), attrs=dict(group=4, pads=[1, 1, 1, 1])),
+    dict(x=(1, 3, 11, 37), w=(3, 1, 3, 3), attrs=dict(group=3, strides=[2, 2], pads=[1, 1, 0, 1])),
+    dict(x=(1, 2, 13, 21), w=(2, 1, 5, 5), attrs=dict(group=2, dilations=[2, 1], pads=[4, 2, 3, 2])),
+    dict(x=(1, 3, 9, 10), w=(6, 1, 3, 3), attrs=dict(group=3, pads=[1, 1, 1, 1])),
+    dict(x=(1, 2, 6, 29), w=(5, 2, 5, 5), attrs=dict(pads=[2, 2, 2, 2])),
+]
+
+
+def test_conv_tiles_on_target(target, workdir):
+    nodes, inputs, outputs, inits, feeds = [], {}, {}, {}, {}
+    for i, c in enumerate(TILE_CASES):
+        feeds[f"x{i}"] = randn(*c["x"])
+        inputs[f"x{i}"] = (F, c["x"])
+        outputs[f"y{i}"] = (F, None)
+        inits[f"w{i}"], inits[f"b{i}"] = randn(*c["w"], scale=0.3), randn(c["w"][0])
+        nodes.append(helper.make_node("Conv", [f"x{i}", f"w{i}", f"b{i}"], [f"y{i}"], **c["attrs"]))
+    check_against_onnxruntime(make_model(nodes, inputs, outputs, inits), feeds, target, workdir)
+
+
 @pytest.mark.parametrize("ta,tb", [(0, 0), (1, 0), (0, 1), (1, 1)])
 def test_gemm(ta, tb, workdir):
     a = randn(*((7, 5) if ta else (5, 7)))

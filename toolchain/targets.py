@@ -36,6 +36,10 @@ class Profile:
     return_address_bytes: int = 0
     # an FMA can multiply by one lane of another vector register (see VectorUnit)
     vector_fma_by_lane: bool = False
+    # an FMA can take its multiplier from a scalar float register (RVV's vfmacc.vf)
+    vector_fma_scalar_operand: bool = False
+    # an FMA can read one vector operand from memory (x86's vfmadd231ps ymm, ymm, [mem])
+    vector_fma_memory_operand: bool = False
     # registers per vector value (RVV's LMUL): tiles use values this many registers wide
     vector_lmul: int = 1
 
@@ -43,7 +47,9 @@ class Profile:
     def vector_unit(self):
         from .codegen.kernel import VectorUnit
         return VectorUnit(lanes=max(1, self.vector_bits * self.vector_lmul // 32),
-                          registers=self.vector_registers // self.vector_lmul, fma_by_lane=self.vector_fma_by_lane)
+                          registers=self.vector_registers // self.vector_lmul, fma_by_lane=self.vector_fma_by_lane,
+                          fma_scalar_operand=self.vector_fma_scalar_operand,
+                          fma_memory_operand=self.vector_fma_memory_operand)
 
     @property
     def vector_bytes(self) -> int:
@@ -67,6 +73,8 @@ def _load(path: Path) -> Profile:
             name=d["name"], description=d["description"], triple=d["triple"], cpu=d["cpu"],
             features=d.get("features", ""), abi=d.get("abi", ""), vector_bits=d["vector_bits"],
             vector_registers=d["vector_registers"], vector_fma_by_lane=d.get("vector_fma_by_lane", False),
+            vector_fma_scalar_operand=d.get("vector_fma_scalar_operand", False),
+            vector_fma_memory_operand=d.get("vector_fma_memory_operand", False),
             vector_lmul=d.get("vector_lmul", 1),
             arena_align=d["arena_align"],
             elf_machine=d["elf"]["machine"], elf_flags=d["elf"].get("flags", {}),

@@ -388,7 +388,7 @@ class CKernel(Kernel):
     def lane_splat(self, v, i, n):
         return self.splat(self.lanes(v)[i], n)
 
-    def vload(self, t, idx, n, valid=None):
+    def vload(self, t, idx, n, valid=None, readable=None):
         idx = tuple(idx)
         valid = range(n) if valid is None else valid
         if n > 1 and len(valid) == n and t.strides[-1] == 0:

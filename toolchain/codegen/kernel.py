@@ -215,17 +215,31 @@ class Tensor:
         self.k.b.store(v.v, self.address(idx))
 
 
+def _shift_into(lanes, n, readable):
+    """An offset s such that n lanes loaded from s hold every lane of `lanes` (contiguous)
+    and read only offsets in `readable`; None if there is none."""
+    if readable is None or not lanes or list(lanes) != list(range(lanes[0], lanes[-1] + 1)):
+        return None
+    s = min(lanes[0], readable.stop - n)
+    return s if s >= readable.start and s + n > lanes[-1] else None
+
+
 @dataclass(frozen=True)
 class VectorUnit:
     """What a lowering needs to know of the target's SIMD unit, from its profile: float32
     lanes per register (1: scalar code), how many registers there are (register tiles
     are sized to fit), and whether an FMA can take one lane of another register as its
     multiplier (NEON's `fmla v.4s, v.4s, v.s[i]`): then a vector load feeds several
-    FMAs, where other ISAs broadcast a scalar load (x86 `vbroadcastss`, RVV `vfmacc.vf`)."""
+    FMAs, where other ISAs broadcast a scalar load (x86 `vbroadcastss`, RVV `vfmacc.vf`).
+    `fma_scalar_operand`: that multiplier can stay in a scalar float register (RVV), so
+    broadcast values cost no vector register. `fma_memory_operand`: an FMA can read a
+    vector from memory (x86), so a load used once costs no instruction of its own."""
 
     lanes: int = 4
     registers: int = 16
     fma_by_lane: bool = False
+    fma_scalar_operand: bool = False
+    fma_memory_operand: bool = False
 
 
 class Kernel:
@@ -360,10 +374,13 @@ class Kernel:
             return self.lanes(v)[i]
         return Expr(self, self.b.shuffle_vector(v.v, v.v, ir.Constant(ir.VectorType(I32, n), [i] * n)))
 
-    def vload(self, t: "Tensor", idx, n, valid=None) -> Expr:
+    def vload(self, t: "Tensor", idx, n, valid=None, readable=None) -> Expr:
         """t[idx], t[idx + 1 along the last axis], ... (n lanes). `valid`: the lanes that
         may be read, a range known at compile time; the others are 0.0 and not touched
-        (a tile at a padded border). A strided last axis is read lane by lane."""
+        (a tile at a padded border). `readable`: the lane offsets (may lie outside 0..n)
+        that are in bounds, if wider than `valid`: then a border vector is one full load
+        from a shifted address and a shuffle that moves it into place and zeroes the
+        invalid lanes, not a load per lane. A strided last axis is read lane by lane."""
         idx = tuple(idx)
         lanes = range(n) if valid is None else valid
         if n == 1:
@@ -372,10 +389,13 @@ class Kernel:
         if len(lanes) == n and t.strides[-1] == 0:
             return self.splat(t[idx], n)
         if len(lanes) == n and t.strides[-1] == 1:
-            ptr = self.b.bitcast(t.address(idx), ir.VectorType(elem, n).as_pointer())
-            load = self.b.load(ptr)
-            load.align = 4
-            return Expr(self, load)
+            return self._load_vector(t, idx, n)
+        shift = _shift_into(lanes, n, readable) if t.strides[-1] == 1 else None
+        if shift is not None:
+            whole = self._load_vector(t, idx[:-1] + (idx[-1] + shift,), n).v
+            zero = ir.Constant(ir.VectorType(elem, n), [ir.Constant(elem, 0.0)] * n)
+            pick = [i - shift if i in lanes else n for i in range(n)]
+            return Expr(self, self.b.shuffle_vector(whole, zero, ir.Constant(ir.VectorType(I32, n), pick)))
         step = t.strides[-1]
         if len(lanes) == n and 1 < step <= 4:
             # every step-th element of one contiguous span (no byte past the last lane is
@@ -390,6 +410,12 @@ class Kernel:
             at = idx[:-1] + (idx[-1] + i,)
             vec = self.b.insert_element(vec, t[at].v, ir.Constant(I32, i))
         return Expr(self, vec)
+
+    def _load_vector(self, t, idx, n) -> Expr:
+        ptr = self.b.bitcast(t.address(idx), ir.VectorType(LLVM_TYPES[t.dtype], n).as_pointer())
+        load = self.b.load(ptr)
+        load.align = 4
+        return Expr(self, load)
 
     def constant(self, data) -> "Tensor":
         """Read-only data made at compile time, beside the model's weights: weights packed

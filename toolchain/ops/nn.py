@@ -165,28 +165,42 @@ def _interior_columns(a, in_w, kw, out_w):
 
 def _lower_tiled_conv2d(k, a, x, w, bias, y, w_value):
     """2-D convolution (any groups, strides, dilations, pads) in register tiles: MR output
-    channels x NV vectors of output columns (sized from the profile by register_tile)
-    accumulate over (input channel, kernel row, kernel column); each input row segment is
-    loaded once per tap as a vector and reused by the MR channels, each weight broadcast
-    once and reused by all columns. A kernel row in the padding is skipped as a whole.
-    Interior columns (whole window inside the row) run in a loop of full tiles; the border
-    columns are tiles at fixed positions, where the lanes whose tap falls in the padding
-    are known at compile time: they read nothing and add nothing. No per-element checks."""
+    channels x OR output rows x NV vectors of output columns, accumulating over (input
+    channel, kernel row, kernel column). An input row segment is loaded once per kernel
+    column and feeds the MR channels and every output row of the tile whose window holds
+    that row; each weight is broadcast once per use. A kernel row in the padding is
+    skipped as a whole. Tiles of several channels (MR, sized by register_tile) serve the
+    ordinary convolution; a depthwise one (one input channel per output channel) has no
+    channels to share its loads with, so it shares them across output rows instead (OR,
+    sized by depthwise_tile). Interior columns (whole window inside the row) run in a loop
+    of full tiles; the border columns are tiles at fixed positions, where the lanes whose
+    tap falls in the padding are known at compile time: they read nothing and add nothing.
+    No per-element checks. Each accumulator sums its taps in (channel, kh, kw) order."""
     n_, oc_, oh_, ow_ = y.shape
     h_, w_in = x.shape[2:]
     g = a["group"]
     cg, ocg = w.shape[1], oc_ // g
     kh_, kw_ = w.shape[2:]
     (sh, sw), (dh, dw), (ph, pw) = a["strides"], a["dilations"], a["pads"][:2]
-    lanes = k.vector_lanes
-    wp = None
-    if k.vector.fma_by_lane and lanes > 1 and w_value.is_const and ocg % lanes == 0:
-        # lanes output channels' weight for one tap in one vector; each FMA takes its lane
-        kern = w_value.data.reshape(oc_ // lanes, lanes, cg, kh_, kw_).transpose(0, 2, 3, 4, 1)
-        wp = k.constant(np.ascontiguousarray(kern))
-    best_rows, nv = register_tile(k.vector, "packed" if wp is not None else "splat")
-    mr = best_rows if g == 1 else max(m for m in range(1, best_rows + 1) if ocg % m == 0)
-    mr = min(mr, oc_)
+    vec, lanes = k.vector, k.vector_lanes
+    by_lane = vec.fma_by_lane and lanes > 1 and w_value.is_const
+    wp = wdw = None
+    if cg == 1 and ocg == 1:
+        out_rows, nv = depthwise_tile(vec, kh_, kw_, sh, dh, oh_, len(vector_chunks(ow_, lanes)))
+        mr = 1
+        if by_lane:
+            # one channel's taps in ceil(taps/lanes) vectors, held across the tile
+            taps = np.zeros((oc_, -(-kh_ * kw_ // lanes) * lanes), np.float32)
+            taps[:, :kh_ * kw_] = w_value.data.reshape(oc_, -1)
+            wdw = k.constant(taps.reshape(oc_, -1, lanes))
+    else:
+        if by_lane and ocg % lanes == 0:
+            # lanes output channels' weight for one tap in one vector; each FMA takes its lane
+            kern = w_value.data.reshape(oc_ // lanes, lanes, cg, kh_, kw_).transpose(0, 2, 3, 4, 1)
+            wp = k.constant(np.ascontiguousarray(kern))
+        best_rows, nv = register_tile(vec, "packed" if wp is not None else "splat")
+        mr = best_rows if g == 1 else max(m for m in range(1, best_rows + 1) if ocg % m == 0)
+        mr, out_rows = min(mr, oc_), 1
     nr = nv * lanes
     lo, hi = _interior_columns(a, w_in, kw_, ow_)
     # x seen from kernel column kw: element [.., ow] is the input that output column ow reads
@@ -195,62 +209,132 @@ def _lower_tiled_conv2d(k, a, x, w, bias, y, w_value):
             for kw in range(kw_)]
 
     def lanes_inside(ow0, wd, kw):
-        """The lanes whose input column lies in the row: all of them in an interior tile."""
+        """The lanes whose input column lies in the row (all of them in an interior tile),
+        and with stride 1 the lane offsets that may be read (the whole row)."""
         if not isinstance(ow0, int):
-            return range(wd)
-        return [ln for ln in range(wd) if 0 <= (ow0 + ln) * sw - pw + kw * dw < w_in]
+            return range(wd), None
+        valid = [ln for ln in range(wd) if 0 <= (ow0 + ln) * sw - pw + kw * dw < w_in]
+        first = pw - kw * dw - ow0  # lane offset of input column 0
+        return valid, range(first, first + w_in) if sw == 1 else None
 
-    def tile(n, oc0, rows, oh, ow0, widths):
+    def multipliers(oc0, rows, ci, orows):
+        """weight(r, kh, kw, width) for this tile and input channel. Taps used by several
+        output rows are loaded here, ahead of every row's use (a value made inside one
+        row's bounds check cannot serve the next)."""
+        if wdw is not None:
+            held = [k.vload(wdw, (oc0, q, 0), lanes) for q in range(wdw.shape[1])]
+            return lambda r, kh, kw, wd: k.lane_splat(held[(kh * kw_ + kw) // lanes], (kh * kw_ + kw) % lanes, wd)
+        if orows > 1:
+            held = {(r, kh, kw): w[oc0 + r, ci, kh, kw]
+                    for r in range(rows) for kh in range(kh_) for kw in range(kw_)}
+            return lambda r, kh, kw, wd: k.splat(held[r, kh, kw], wd)
+        return None
+
+    def tile(n, oc0, rows, oh0, orows, ow0, widths):
         ci0 = (oc0 // ocg) * cg if g > 1 else 0
         offs = chunk_offsets(widths)
-        acc = [[k.var(k.splat(bias[oc0 + r] if bias is not None else 0.0, wd)) for wd in widths]
-               for r in range(rows)]
+        acc = [[[k.var(k.splat(bias[oc0 + r] if bias is not None else 0.0, wd)) for wd in widths]
+                for r in range(rows)] for _ in range(orows)]
         with k.in_order(), k.loop(cg) as ci:
-            for kh in range(kh_):
-                ih = oh * sh - ph + kh * dh
+            weight = multipliers(oc0, rows, ci, orows)
+            for ih_rel in range((orows - 1) * sh + (kh_ - 1) * dh + 1):
+                # (output row, kernel row) pairs that read input row ih_rel of the tile
+                users = [(o, (ih_rel - o * sh) // dh) for o in range(orows)
+                         if 0 <= ih_rel - o * sh <= (kh_ - 1) * dh and (ih_rel - o * sh) % dh == 0]
+                if not users:
+                    continue
+                ih = oh0 * sh - ph + ih_rel
                 with k.if_(window_in_bounds(k, [ih], [h_])):
                     for kw in range(kw_):
                         xs = []
                         for off, wd in zip(offs, widths):
-                            valid = lanes_inside(ow0 + off, wd, kw)
-                            xs.append(k.vload(taps[kw], (n, ci0 + ci, ih, ow0 + off), wd, valid) if valid else None)
+                            valid, readable = lanes_inside(ow0 + off, wd, kw)
+                            xs.append(k.vload(taps[kw], (n, ci0 + ci, ih, ow0 + off), wd, valid, readable)
+                                      if valid else None)
                         if all(v is None for v in xs):
                             continue
-                        if wp is not None:
-                            wvecs = [k.vload(wp, (oc0 // lanes + q, ci, kh, kw, 0), lanes) for q in range(rows // lanes)]
-                        for r in range(rows):
-                            splat = {}
-                            for c, xv in enumerate(xs):
-                                if xv is None:
-                                    continue
-                                wd = widths[c]
-                                if wd not in splat:
-                                    splat[wd] = (k.splat(w[oc0 + r, ci, kh, kw], wd) if wp is None
-                                                 else k.lane_splat(wvecs[r // lanes], r % lanes, wd))
-                                acc[r][c] += splat[wd] * xv
-        store_tile(k, acc, offs, lambda r, col, v: y.__setitem__((n, oc0 + r, oh, ow0 + col), v))
+                        for o, kh in users:
+                            tap_weight = weight or _one_tap(k, w, wp, oc0, rows, ci, kh, kw)
+                            for r in range(rows):
+                                for c, xv in enumerate(xs):
+                                    if xv is not None:
+                                        acc[o][r][c] += tap_weight(r, kh, kw, widths[c]) * xv
+        for o in range(orows):
+            store_tile(k, acc[o], offs, lambda r, col, v: y.__setitem__((n, oc0 + r, oh0 + o, ow0 + col), v))
 
     # columns: fixed tiles over the left border (rounded up to whole tiles), a loop of
     # full interior tiles, fixed tiles over what is left (the right border among it)
     left = min(ow_, -(-lo // nr) * nr)
     count = max(0, (hi - left) // nr)
     right = left + count * nr
-    fixed = [(start, vector_chunks(min(nr, left - start), k.vector_lanes)) for start in range(0, left, nr)]
-    fixed += [(start, vector_chunks(min(nr, ow_ - start), k.vector_lanes)) for start in range(right, ow_, nr)]
+    fixed = [(start, vector_chunks(min(nr, left - start), lanes)) for start in range(0, left, nr)]
+    fixed += [(start, vector_chunks(min(nr, ow_ - start), lanes)) for start in range(right, ow_, nr)]
 
-    def row_of_tiles(n, oc0, rows, oh):
+    def row_of_tiles(n, oc0, rows, oh0, orows):
         if count:
             with k.loop(right, start=left, step=nr) as ow0:
-                tile(n, oc0, rows, oh, ow0, [k.vector_lanes] * nv)
+                tile(n, oc0, rows, oh0, orows, ow0, [lanes] * nv)
         for start, widths in fixed:
-            tile(n, oc0, rows, oh, start, widths)
+            tile(n, oc0, rows, oh0, orows, start, widths)
+
+    def rows_of_tiles(n, oc0, rows):
+        full = oh_ - oh_ % out_rows
+        with k.loop(full, step=out_rows) as oh0:
+            row_of_tiles(n, oc0, rows, oh0, out_rows)
+        if full < oh_:
+            row_of_tiles(n, oc0, rows, full, oh_ - full)
 
     full = oc_ - oc_ % mr
-    with k.loops((n_, oh_)) as (n, oh):
+    with k.loop(n_) as n:
         with k.loop(full, step=mr) as oc0:
-            row_of_tiles(n, oc0, mr, oh)
+            rows_of_tiles(n, oc0, mr)
         if full < oc_:
-            row_of_tiles(n, full, oc_ - full, oh)
+            rows_of_tiles(n, full, oc_ - full)
+
+
+def _one_tap(k, w, wp, oc0, rows, ci, kh, kw):
+    """weight(r, kh, kw, width) for one tap, loaded where it is used: the `rows` channels'
+    packed weight vectors (FMA by lane), or one broadcast per channel."""
+    if wp is not None:
+        vecs = [k.vload(wp, (oc0 // k.vector_lanes + q, ci, kh, kw, 0), k.vector_lanes)
+                for q in range(rows // k.vector_lanes)]
+        return lambda r, kh_, kw_, wd: k.lane_splat(vecs[r // k.vector_lanes], r % k.vector_lanes, wd)
+    splats = {}
+
+    def weight(r, kh_, kw_, wd):
+        if (r, wd) not in splats:
+            splats[r, wd] = k.splat(w[oc0 + r, ci, kh, kw], wd)
+        return splats[r, wd]
+    return weight
+
+
+def depthwise_tile(vec, kh, kw, sh, dh, out_h, max_vectors, max_rows=6):
+    """(output rows, vectors) of a depthwise tile (one channel) with the fewest
+    instructions per FMA that fits the register file with one register to spare. With
+    several output rows an input row segment, loaded once, feeds each output row whose
+    window holds it, and the kh*kw weights stay in registers across the tile (taps/lanes
+    vectors with FMA by lane; none where the FMA takes a scalar register). Where an FMA
+    reads memory, a load used once costs nothing: one output row then loads nothing.
+    A depthwise accumulator gets only kh*kw FMAs, so its start value and store count, and
+    so does each input row's bounds check."""
+    taps = kh * kw
+    if vec.fma_by_lane and vec.lanes > 1:
+        w_loads = w_regs = -(-taps // vec.lanes)
+    else:
+        w_loads, w_regs = taps, 0 if vec.fma_scalar_operand else taps
+    best = None
+    for nv in range(1, max(1, min(max_vectors, 4)) + 1):
+        for rows in range(1, min(max_rows, out_h) + 1):
+            rows_in = (rows - 1) * sh + (kh - 1) * dh + 1
+            fmas = rows * nv * taps
+            loads = 0 if rows == 1 and vec.fma_memory_operand else rows_in * kw * nv
+            if rows * nv + (kw * nv + w_regs if rows > 1 else nv + 1) > vec.registers - 1:
+                continue
+            cost = fmas + loads + w_loads + 2 * rows * nv + 2 * rows_in
+            key = (cost / fmas, -rows * nv)
+            if best is None or key < best[0]:
+                best = (key, rows, nv)
+    return best[1], best[2]
 
 
 def _conv_is_pointwise(node, w):
