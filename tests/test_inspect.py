@@ -96,14 +96,20 @@ def test_report_agrees_with_section_headers(builds, target):
     man = json.loads((out / "net.json").read_text())
     assert report.ram_bytes == man["arena"]["size"] + report.stack_bytes["net_run"]
     assert {s["name"]: s["size"] for s in report.symbols} == raw_symbols(data)
-    # the weights are there, as read-only symbols of the size the model says
-    assert sum(s["size"] for s in report.symbols if s["name"].startswith("net_w")) == man["weight_bytes"]
+    # the weights are there, read-only: as symbols (as the model gave them, or packed for a
+    # kernel's tile), or folded by LLVM into literal pools where every load of them is at a
+    # constant address (this small model: all of them)
+    weights = sum(s["size"] for s in report.symbols if s["name"].startswith("net_w") or "_packed" in s["name"])
+    assert weights <= man["weight_bytes"] <= readonly
 
 
 def test_stack_reported_for_every_entry(builds, target):
     report = size_report(built(builds, target), "net")
     assert set(report.stack_bytes) == {"net_run"}
-    assert 0 < report.stack_bytes["net_run"] < 64 * 1024
+    # 0 is a real answer: a leaf that keeps everything in registers needs no frame where the
+    # return address stays in a register (AArch64, RISC-V); test_stack_of_a_known_large_frame
+    # checks the figure itself
+    assert 0 <= report.stack_bytes["net_run"] < 64 * 1024
 
 
 BIG_FRAME_IR = """
@@ -235,7 +241,8 @@ def test_json_html_and_diff(builds, tmp_path):
     page = (tmp_path / "s.html").read_text()
     assert "<table>" in page and js["symbols"][0]["name"] in page
     text = diff(size_report(small, "net"), size_report(wide, "net"))
-    weights_growth = (96 - 32) * 16 * 4
-    assert f"+{weights_growth:,}" in text.replace(" ", "") or f"{weights_growth:+,d}" in text
-    assert "[flash]" in text and "[weight]" in text
+    weights_growth = (96 - 32) * (16 + 1) * 4  # 64 more rows of w and of b
+    weight_line = next(line for line in text.splitlines() if line.endswith("[weight]"))
+    assert weight_line.split()[0] == f"{weights_growth:+,d}"
+    assert "[flash]" in text
     assert html_chart(size_report(small, "net")).startswith("<!doctype html>")

@@ -274,6 +274,7 @@ class CKernel(Kernel):
         self.stack = [self.root]
         self.decls: list[tuple[str, str]] = []  # (c type, name) of Vars
         self.counter = 0
+        self.packed: list[tuple[str, object]] = []  # (symbol, array) made by constant()
 
     # -- emission -----------------------------------------------------------------------
     def fresh(self, prefix: str) -> str:
@@ -387,6 +388,13 @@ class CKernel(Kernel):
 
     def lane_splat(self, v, i, n):
         return self.splat(self.lanes(v)[i], n)
+
+    def constant(self, data) -> CTensor:
+        """Read-only data made at compile time (weights packed for a tile): a static const
+        array that the module writes before this kernel's function."""
+        sym = f"{self.name}_packed{len(self.packed)}"
+        self.packed.append((sym, data))
+        return CTensor(self, sym, str(data.dtype), data.shape)
 
     def vload(self, t, idx, n, valid=None, readable=None):
         idx = tuple(idx)

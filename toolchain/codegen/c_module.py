@@ -247,7 +247,8 @@ def _node_function(g, plan, name, node) -> tuple[str, str]:
         params.append(f"{const}{c_type(LLVM_TYPES[v.type.dtype])} *{restrict} p{i}")
         tensors.append(CTensor(k, f"p{i}", v.type.dtype, v.type.shape))
     lower_node(k, node, tensors)
-    lines = [f"/* {node.op} '{node.name}' */", f"EDGEC_KERNEL void {fn}({', '.join(params)}) {{"]
+    lines = [_weight_array(sym, data) for sym, data in k.packed]
+    lines += [f"/* {node.op} '{node.name}' */", f"EDGEC_KERNEL void {fn}({', '.join(params)}) {{"]
     lines += [f"    (void)p{i};" for i in range(len(params))]
     lines += k.render_body()
     lines.append("}")

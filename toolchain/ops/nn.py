@@ -190,9 +190,7 @@ def _lower_tiled_conv2d(k, a, x, w, bias, y, w_value):
         mr = 1
         if by_lane:
             # one channel's taps in ceil(taps/lanes) vectors, held across the tile
-            taps = np.zeros((oc_, -(-kh_ * kw_ // lanes) * lanes), np.float32)
-            taps[:, :kh_ * kw_] = w_value.data.reshape(oc_, -1)
-            wdw = k.constant(taps.reshape(oc_, -1, lanes))
+            wdw = k.constant(np.ascontiguousarray(w_value.data.reshape(-1)))
     else:
         if by_lane and ocg % lanes == 0:
             # lanes output channels' weight for one tap in one vector; each FMA takes its lane
@@ -222,7 +220,8 @@ def _lower_tiled_conv2d(k, a, x, w, bias, y, w_value):
         output rows are loaded here, ahead of every row's use (a value made inside one
         row's bounds check cannot serve the next)."""
         if wdw is not None:
-            held = [k.vload(wdw, (oc0, q, 0), lanes) for q in range(wdw.shape[1])]
+            taps = kh_ * kw_  # the last vector reads only the channel's own taps
+            held = [k.vload(wdw, (oc0 * taps + q,), lanes, range(min(lanes, taps - q))) for q in range(0, taps, lanes)]
             return lambda r, kh, kw, wd: k.lane_splat(held[(kh * kw_ + kw) // lanes], (kh * kw_ + kw) % lanes, wd)
         if orows > 1:
             held = {(r, kh, kw): w[oc0 + r, ci, kh, kw]
@@ -404,7 +403,7 @@ def register_tile(vec, left="splat", max_rows=8, max_vectors=4):
     return best[1], best[2]
 
 
-def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store):
+def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store, b_const=None):
     """y[i, j] = store(i, j, init[i, j] + sum_kk a[i, kk] * b[kk, j]) in register tiles of
     MR rows x NV vectors of columns (sized from the profile by register_tile): the MR*NV
     accumulators stay in registers across the whole kk loop, each b row segment is loaded
@@ -413,22 +412,39 @@ def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store):
     loads), a's along kk; init(i, j, w) gives the w start values from (i, j) as a vector.
     Where the target has FMA by lane and a is contiguous along kk, a
     row's next `lanes` values come in one vector load and each FMA takes its lane.
+    b_const: b's values when known at compile time (weights); they are then packed into
+    panels of one tile's columns, kk-major, so a tile streams its b operand from one
+    contiguous run (paired and post-incremented loads, one cache line after the next)
+    instead of one row of b per kk.
     Reductions run in order (no reassociation). Every y element is stored once (epilogues)."""
     vec = k.vector
     t_a, _ = a_at(0, 0)
     by_lane = vec.fma_by_lane and vec.lanes > 1 and t_a.strides[-1] == 1 and kdim >= vec.lanes
-    mr, nv = register_tile(vec, "rows" if by_lane else "splat")
-    mr = min(mr, m_)
+    mr, nv = register_tile(vec, "rows" if by_lane else "splat", max_rows=min(8, m_))
     nr = nv * vec.lanes
+    full = n - n % nr
+    if b_const is not None:
+        b_const = np.asarray(b_const, np.float32).reshape(kdim, n)
+        panels = k.constant(np.ascontiguousarray(b_const[:, :full].reshape(kdim, -1, nr).transpose(1, 0, 2))) \
+            if full else None
+        tail = k.constant(np.ascontiguousarray(b_const[:, full:])) if n % nr else None
 
-    def step(acc, rows, j0, widths, offs, kk, a_vals):
-        bs = [k.vload(*b_at(kk, j0 + off), w) for off, w in zip(offs, widths)]
+    def b_row(j0, widths, offs):
+        """b_row(kk) -> the tile's b values at kk, one vector per chunk."""
+        if b_const is None:
+            return lambda kk: [k.vload(*b_at(kk, j0 + off), w) for off, w in zip(offs, widths)]
+        if isinstance(j0, int) and j0 == full:
+            return lambda kk: [k.vload(tail, (kk, off), w) for off, w in zip(offs, widths)]
+        return lambda kk: [k.vload(panels, (j0 // nr, kk, off), w) for off, w in zip(offs, widths)]
+
+    def step(acc, rows, widths, bs, a_vals):
         for r in range(rows):
             for c, w in enumerate(widths):
                 acc[r][c] += a_vals(r, w) * bs[c]
 
     def tile(i0, rows, j0, widths):
         offs = chunk_offsets(widths)
+        b_at_kk = b_row(j0, widths, offs)
         acc = [[k.var(init(i0 + r, j0 + off, w)) for off, w in zip(offs, widths)] for r in range(rows)]
         with k.in_order():
             lanes = vec.lanes
@@ -437,15 +453,14 @@ def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store):
                 with k.loop(main, step=lanes) as kk:
                     rows_v = [k.vload(*a_at(i0 + r, kk), lanes) for r in range(rows)]
                     for u in range(lanes):
-                        step(acc, rows, j0, widths, offs, kk + u, lambda r, w: k.lane_splat(rows_v[r], u, w))
+                        step(acc, rows, widths, b_at_kk(kk + u), lambda r, w: k.lane_splat(rows_v[r], u, w))
             if kdim > main:
                 with k.loop(kdim, start=main) as kk:
                     scal = [k.vload(*a_at(i0 + r, kk), 1) for r in range(rows)]
-                    step(acc, rows, j0, widths, offs, kk, lambda r, w: k.splat(scal[r], w))
+                    step(acc, rows, widths, b_at_kk(kk), lambda r, w: k.splat(scal[r], w))
         store_tile(k, acc, offs, lambda r, col, v: store(i0 + r, j0 + col, v))
 
     def columns(i0, rows):
-        full = n - n % nr
         if full:
             with k.loop(full, step=nr) as j0:
                 tile(i0, rows, j0, [vec.lanes] * nv)
@@ -523,8 +538,10 @@ class Gemm(Op):
                     v = v + c[i, j] * beta
             y[i, j] = v
 
+        b_value = node.inputs[1]
+        b_const = (b_value.data.T if at["transB"] else b_value.data) if b_value.is_const else None
         tiled_matmul(k, y.shape[0], y.shape[1], a.shape[1], lambda i, kk: (a, (i, kk)), lambda kk, j: (b, (kk, j)),
-                     init, store)
+                     init, store, b_const)
 
 
 def matmul_shapes(node, a, b):
@@ -567,9 +584,12 @@ class MatMul(Op):
         a = ins[0].reshape(a2).broadcast_to(batch + a2[-2:])
         b = ins[1].reshape(b2).broadcast_to(batch + b2[-2:])
         y = outs[0].reshape(batch + (a2[-2], b2[-1]))
+        b_value = node.inputs[1]
+        # one matrix shared by the whole batch, known at compile time: packed panels
+        b_const = b_value.data if b_value.is_const and len(b_value.data.shape) <= 2 else None
         with k.loops(batch) as bi:
             tiled_matmul(k, a2[-2], b2[-1], a2[-1], lambda i, kk: (a, (*bi, i, kk)), lambda kk, j: (b, (*bi, kk, j)),
-                         lambda i, j, w: k.splat(0.0, w), lambda i, j, v: y.__setitem__((*bi, i, j), v))
+                         lambda i, j, w: k.splat(0.0, w), lambda i, j, v: y.__setitem__((*bi, i, j), v), b_const)
 
 
 # -- softmax ------------------------------------------------------------------------------
