@@ -391,27 +391,26 @@ class Kernel:
         if len(lanes) == n and t.strides[-1] == 1:
             return self._load_vector(t, idx, n)
         shift = _shift_into(lanes, n, readable) if t.strides[-1] == 1 else None
+        zero = self.lift(0.0, like=ir.VectorType(elem, n)).v
         if shift is not None:
             whole = self._load_vector(t, idx[:-1] + (idx[-1] + shift,), n).v
-            zero = ir.Constant(ir.VectorType(elem, n), [ir.Constant(elem, 0.0)] * n)
             pick = [i - shift if i in lanes else n for i in range(n)]
             return Expr(self, self.b.shuffle_vector(whole, zero, ir.Constant(ir.VectorType(I32, n), pick)))
         step = t.strides[-1]
         if len(lanes) == n and 1 < step <= 4:
             # every step-th element of one contiguous span (no byte past the last lane is
             # read): NEON makes it ld2/ld3/ld4 or uzp, x86 a few shuffles, not n inserts
-            span = ir.VectorType(elem, (n - 1) * step + 1)
-            load = self.b.load(self.b.bitcast(t.address(idx), span.as_pointer()))
-            load.align = 4
+            span = self._load_vector(t, idx, (n - 1) * step + 1).v
             pick = ir.Constant(ir.VectorType(I32, n), [i * step for i in range(n)])
-            return Expr(self, self.b.shuffle_vector(load, ir.Constant(span, None), pick))
-        vec = ir.Constant(ir.VectorType(elem, n), [ir.Constant(elem, 0.0)] * n)
+            return Expr(self, self.b.shuffle_vector(span, ir.Constant(span.type, None), pick))
+        vec = zero
         for i in lanes:
             at = idx[:-1] + (idx[-1] + i,)
             vec = self.b.insert_element(vec, t[at].v, ir.Constant(I32, i))
         return Expr(self, vec)
 
     def _load_vector(self, t, idx, n) -> Expr:
+        """n consecutive elements from t[idx] in one load (alignment: one element)."""
         ptr = self.b.bitcast(t.address(idx), ir.VectorType(LLVM_TYPES[t.dtype], n).as_pointer())
         load = self.b.load(ptr)
         load.align = 4

@@ -220,8 +220,9 @@ def _lower_tiled_conv2d(k, a, x, w, bias, y, w_value):
         output rows are loaded here, ahead of every row's use (a value made inside one
         row's bounds check cannot serve the next)."""
         if wdw is not None:
-            taps = kh_ * kw_  # the last vector reads only the channel's own taps
-            held = [k.vload(wdw, (oc0 * taps + q,), lanes, range(min(lanes, taps - q))) for q in range(0, taps, lanes)]
+            n_taps = kh_ * kw_  # the last vector reads only the channel's own taps
+            held = [k.vload(wdw, (oc0 * n_taps + q,), lanes, range(min(lanes, n_taps - q)))
+                    for q in range(0, n_taps, lanes)]
             return lambda r, kh, kw, wd: k.lane_splat(held[(kh * kw_ + kw) // lanes], (kh * kw_ + kw) % lanes, wd)
         if orows > 1:
             held = {(r, kh, kw): w[oc0 + r, ci, kh, kw]
