@@ -113,13 +113,20 @@ def test_conv(case, workdir):
 # The register tiles differ per target (rows of channels or of output rows, vector widths,
 # how borders load), so these shapes run on every target: depthwise tiles of several output
 # rows with a remainder, narrow and wide rows, strides, dilations, asymmetric pads, a channel
-# multiplier, and border vectors loaded from a shifted address.
+# multiplier, and border vectors loaded from a shifted address. The last three take vectors
+# along output channels where the target has no FMA by lane (x86, RVV): KWS's first layer
+# (one input channel, 25x5 output), a strided one with a remainder of channel vectors and an
+# interior loop of pixel tiles, and a dilated one without bias.
 TILE_CASES = [
     dict(x=(1, 4, 25, 5), w=(4, 1, 3, 3), attrs=dict(group=4, pads=[1, 1, 1, 1])),
     dict(x=(1, 3, 11, 37), w=(3, 1, 3, 3), attrs=dict(group=3, strides=[2, 2], pads=[1, 1, 0, 1])),
     dict(x=(1, 2, 13, 21), w=(2, 1, 5, 5), attrs=dict(group=2, dilations=[2, 1], pads=[4, 2, 3, 2])),
     dict(x=(1, 3, 9, 10), w=(6, 1, 3, 3), attrs=dict(group=3, pads=[1, 1, 1, 1])),
     dict(x=(1, 2, 6, 29), w=(5, 2, 5, 5), attrs=dict(pads=[2, 2, 2, 2])),
+    dict(x=(1, 1, 49, 10), w=(64, 1, 10, 4), attrs=dict(strides=[2, 2], pads=[4, 1, 5, 1])),
+    dict(x=(1, 4, 13, 40), w=(40, 4, 3, 3), attrs=dict(strides=[2, 2], pads=[1, 1, 1, 1])),
+    dict(x=(1, 2, 12, 9), w=(16, 2, 4, 4), attrs=dict(dilations=[2, 1], strides=[1, 2], pads=[3, 1, 2, 2]),
+         bias=False),
 ]
 
 
@@ -129,8 +136,11 @@ def test_conv_tiles_on_target(target, workdir):
         feeds[f"x{i}"] = randn(*c["x"])
         inputs[f"x{i}"] = (F, c["x"])
         outputs[f"y{i}"] = (F, None)
-        inits[f"w{i}"], inits[f"b{i}"] = randn(*c["w"], scale=0.3), randn(c["w"][0])
-        nodes.append(helper.make_node("Conv", [f"x{i}", f"w{i}", f"b{i}"], [f"y{i}"], **c["attrs"]))
+        inits[f"w{i}"] = randn(*c["w"], scale=0.3)
+        if c.get("bias", True):
+            inits[f"b{i}"] = randn(c["w"][0])
+        operands = [f"x{i}", f"w{i}"] + ([f"b{i}"] if c.get("bias", True) else [])
+        nodes.append(helper.make_node("Conv", operands, [f"y{i}"], **c["attrs"]))
     check_against_onnxruntime(make_model(nodes, inputs, outputs, inits), feeds, target, workdir)
 
 

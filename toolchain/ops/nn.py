@@ -131,6 +131,8 @@ class Conv(Op):
         rank = x.rank - 2
         if _conv_is_pointwise(node, w):
             return _lower_pointwise_conv(k, x, w, bias, y)
+        if rank == 2 and _channel_vectors_suit(k.vector, a, w.shape, y.shape, node.inputs[1]):
+            return _lower_channel_vector_conv2d(k, a, x, bias, y, node.inputs[1].data)
         if rank == 2:
             return _lower_tiled_conv2d(k, a, x, w, bias, y, node.inputs[1])
         with k.loops(y.shape) as (n, oc, *o):
@@ -290,6 +292,122 @@ def _lower_tiled_conv2d(k, a, x, w, bias, y, w_value):
             rows_of_tiles(n, oc0, mr)
         if full < oc_:
             rows_of_tiles(n, full, oc_ - full)
+
+
+def _channel_vectors_suit(vec, a, w_shape, y_shape, w_value) -> bool:
+    """Whether a 2-D convolution is better tiled with its vectors along output channels
+    (_lower_channel_vector_conv2d) than along output columns (_lower_tiled_conv2d).
+    Vectors along columns lose lanes where an output row is narrow (a row of 5 in 8
+    lanes is a 4-lane vector and a scalar), and with a stride each input vector is
+    gathered from a span and shuffled. Vectors along channels read the packed weights
+    whole at any row width and stride, and the input is one broadcast scalar per pixel,
+    shared by the tile's channel vectors (so there must be two or more). Where the FMA
+    takes its multiplier by lane, the column tile's weights cost 1/lanes loads, which pays
+    for both (cortex-a76, KWS's 25x5 first layer: 0.39 insns/MAC in columns, 0.43 in
+    channels); without it (x86: 0.83 -> 0.29) the channel tile wins. It stores lane by
+    lane, so each output needs enough taps to hide that."""
+    lanes = vec.lanes
+    _, oc_, _, ow_ = y_shape
+    taps = int(np.prod(w_shape[1:]))
+    if (a["group"] != 1 or lanes == 1 or vec.fma_by_lane or not w_value.is_const or oc_ % lanes
+            or oc_ < 2 * lanes or taps < 4 * lanes):
+        return False
+    used = ow_ / (len(vector_chunks(ow_, lanes)) * lanes)
+    return used < 0.75 or a["strides"][1] > 1
+
+
+def channel_tile(vec, n_vectors, width, max_pixels=8, max_vectors=4):
+    """(pixels, vectors) of a channel-vector convolution tile: the fewest instructions per
+    FMA over one output row and all channel vectors (the last tiles of each may be
+    smaller), fitting the register file with one register to spare. Per tap a tile loads
+    `vectors` weight vectors and broadcasts one input value per pixel."""
+    splat_regs = 0 if vec.fma_scalar_operand else 1
+    best = None
+    for nv in range(1, min(max_vectors, n_vectors) + 1):
+        for px in range(1, min(max_pixels, width) + 1):
+            if px * nv + nv + splat_regs > vec.registers - 1:
+                continue
+            insns = fmas = 0
+            for v in _blocks(n_vectors, nv):
+                for p in _blocks(width, px):
+                    insns += p + v + p * v
+                    fmas += p * v
+            key = (insns / fmas, -px * nv)
+            if best is None or key < best[0]:
+                best = (key, px, nv)
+    return best[1], best[2]
+
+
+def _blocks(n, size):
+    """The sizes of consecutive blocks of at most `size` covering n."""
+    return [size] * (n // size) + ([n % size] if n % size else [])
+
+
+def _lower_channel_vector_conv2d(k, a, x, bias, y, w_data):
+    """2-D convolution (group 1) in register tiles of PX output pixels (consecutive columns
+    of one output row) x NV vectors of output channels. The weights are packed at compile
+    time as [in channel][kh][kw][out channel], so a tap's weights for a tile are NV whole
+    vector loads; each input value is broadcast once and feeds the NV vectors. Neither the
+    row width nor the stride shapes a vector: this is the tile for narrow output rows
+    (keyword spotting's 25x5 maps) and strided convolutions. Kernel rows in the padding are
+    skipped as a whole; in the border tiles, fixed at compile time, a pixel whose tap falls
+    in the padding reads nothing. Each accumulator sums its taps in (channel, kh, kw)
+    order; results are stored lane by lane (channels lie a plane apart in NCHW)."""
+    n_, oc_, oh_, ow_ = y.shape
+    h_, w_in = x.shape[2:]
+    _, cg, kh_, kw_ = w_data.shape
+    (sh, sw), (dh, dw), (ph, pw) = a["strides"], a["dilations"], a["pads"][:2]
+    lanes = k.vector_lanes
+    wt = k.constant(np.ascontiguousarray(w_data.transpose(1, 2, 3, 0)))
+    n_vectors = oc_ // lanes
+    px, nv = channel_tile(k.vector, n_vectors, ow_)
+    xt = x.strides[3]
+    taps = [x.view(x.shape[:3] + (ow_,), x.strides[:3] + (xt * sw,), x.offset + (kw * dw - pw) * xt)
+            for kw in range(kw_)]
+
+    def inside(ow, kw):
+        return not isinstance(ow, int) or 0 <= ow * sw - pw + kw * dw < w_in
+
+    def tile(n, oc0, vectors, oh, ow0, pixels):
+        offs = [v * lanes for v in range(vectors)]
+        acc = [[k.var(k.vload(bias, (oc0 + off,), lanes) if bias is not None else k.splat(0.0, lanes))
+                for off in offs] for _ in range(pixels)]
+        with k.in_order(), k.loop(cg) as ci, k.loop(kh_) as kh:
+            ih = oh * sh - ph + kh * dh
+            with k.if_(window_in_bounds(k, [ih], [h_])):
+                for kw in range(kw_):
+                    used = [p for p in range(pixels) if inside(ow0 + p, kw)]
+                    if not used:
+                        continue
+                    ws = [k.vload(wt, (ci, kh, kw, oc0 + off), lanes) for off in offs]
+                    for p in used:
+                        xv = k.splat(taps[kw][n, ci, ih, ow0 + p], lanes)
+                        for c, wv in enumerate(ws):
+                            acc[p][c] += xv * wv
+        store_tile(k, acc, offs, lambda p, col, v: y.__setitem__((n, oc0 + col, oh, ow0 + p), v))
+
+    # columns as in _lower_tiled_conv2d: fixed border tiles around a loop of interior ones
+    lo, hi = _interior_columns(a, w_in, kw_, ow_)
+    left = min(ow_, -(-lo // px) * px)
+    count = max(0, (hi - left) // px)
+    right = left + count * px
+    fixed = [(s, min(px, left - s)) for s in range(0, left, px)]
+    fixed += [(s, min(px, ow_ - s)) for s in range(right, ow_, px)]
+
+    def channel_block(n, oc0, vectors):
+        with k.loop(oh_) as oh:
+            if count:
+                with k.loop(right, start=left, step=px) as ow0:
+                    tile(n, oc0, vectors, oh, ow0, px)
+            for start, pixels in fixed:
+                tile(n, oc0, vectors, oh, start, pixels)
+
+    full = (n_vectors - n_vectors % nv) * lanes
+    with k.loop(n_) as n:
+        with k.loop(full, step=nv * lanes) as oc0:
+            channel_block(n, oc0, nv)
+        if full < oc_:
+            channel_block(n, full, n_vectors % nv)
 
 
 def _one_tap(k, w, wp, oc0, rows, ci, kh, kw):
