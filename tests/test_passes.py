@@ -11,7 +11,7 @@ from toolchain.interpreter import interpret
 from toolchain.memory import plan_memory
 from toolchain.passes import PIPELINE, run_pipeline
 from toolchain.passes.cleanup import eliminate_common_subexpressions, eliminate_dead_code
-from toolchain.passes.fuse import fold_batchnorm, fuse_activations
+from toolchain.passes.fuse import fold_batchnorm, fuse_activations, fuse_residuals
 
 F = np.float32
 rng = np.random.default_rng(7)
@@ -77,6 +77,70 @@ def test_activation_with_two_readers_is_not_fused():
     g = import_model(m)
     fuse_activations(g)
     assert g.op_counts() == {"MatMul": 1, "Relu": 1, "Add": 1}
+
+
+def residual_block_model():
+    """A ResNet block with a projection shortcut computed before the block's second conv."""
+    c = 4
+    return make_model(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("Conv", ["x", "ws", "bs"], ["s"]),
+         helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="second"),
+         helper.make_node("Add", ["c2", "s"], ["a"]),
+         helper.make_node("Relu", ["a"], ["y"])],
+        {"x": (F, (1, c, 7, 9))}, {"y": (F, (1, c, 7, 9))},
+        {"w1": randn(c, c, 3, 3), "b1": randn(c), "w2": randn(c, c, 3, 3), "b2": randn(c),
+         "ws": randn(c, c, 1, 1), "bs": randn(c)})
+
+
+def skip_minus_matmul_model():
+    """The computed value on the right of a Sub: the operand order must survive fusion."""
+    return make_model([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                       helper.make_node("Sub", ["x", "h"], ["y"])],
+                      {"x": (F, (3, 5))}, {"y": (F, (3, 5))}, {"w": randn(5, 5)})
+
+
+@pytest.mark.parametrize("make,fused,steps", [(residual_block_model, "second", ["Add", "Relu"]),
+                                              (skip_minus_matmul_model, None, ["Sub"])])
+def test_fuse_residual_into_producer(make, fused, steps):
+    m = make()
+    g = import_model(m)
+    fuse_activations(g)
+    assert fuse_residuals(g)
+    g.verify()
+    assert not {"Add", "Sub"} & set(g.op_counts())
+    node = next(n for n in g.nodes if n.attrs.get("epilogue") and (fused is None or n.name == fused))
+    assert [op for op, _ in node.attrs["epilogue"]] == steps
+    x = randn(*[d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim])
+    assert_close(interpret(g, [x])[0], onnxruntime_outputs(m, {"x": x})[0], what="after fuse-residuals")
+
+
+@pytest.mark.parametrize("make", [residual_block_model, skip_minus_matmul_model])
+def test_fused_residual_runs_on_target(make, target, workdir):
+    m = make()
+    x = randn(*[d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim])
+    res, _ = check_against_onnxruntime(m, {"x": x}, target, workdir)
+    assert not {"Add", "Sub"} & set(res.manifest["ops"])
+
+
+def test_residual_fusion_never_grows_the_arena():
+    without = [(name, fn) for name, fn in PIPELINE if name != "fuse-residuals"]
+    fused = run_pipeline(import_model(residual_block_model()))
+    plain = run_pipeline(import_model(residual_block_model()), passes=without)
+    assert "Add" in plain.op_counts() and "Add" not in fused.op_counts()
+    assert plan_memory(fused, 64).arena_size <= plan_memory(plain, 64).arena_size
+
+
+def test_residual_computed_after_the_producer_is_not_fused():
+    """Running the Conv after the Exp would keep the Conv's input alive longer."""
+    m = make_model([helper.make_node("Conv", ["x", "w"], ["c"]),
+                    helper.make_node("Exp", ["x"], ["e"]),
+                    helper.make_node("Add", ["c", "e"], ["y"])],
+                   {"x": (F, (1, 2, 4, 4))}, {"y": (F, (1, 2, 4, 4))}, {"w": randn(2, 2, 1, 1)})
+    g = import_model(m)
+    assert not fuse_residuals(g)
+    assert g.op_counts() == {"Add": 1, "Conv": 1, "Exp": 1}
 
 
 def test_cse_merges_identical_nodes_and_constants():

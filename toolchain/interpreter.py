@@ -7,7 +7,7 @@ import numpy as np
 
 from .errors import CompileError
 from .ir import Graph
-from .ops import registry
+from .ops import own_inputs, registry
 from .passes.fuse import apply_epilogue_reference
 
 
@@ -27,11 +27,11 @@ def interpret(g: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         return v.data if v.is_const else env[id(v)]
 
     for node in g.nodes:
-        args = [get(v) for v in node.inputs]
+        args = [get(v) for v in own_inputs(node)]
         while args and args[-1] is None:
             args.pop()
         results = list(registry.get(node.op).reference(node, *args))
-        results = apply_epilogue_reference(node, results)
+        results = apply_epilogue_reference(node, results, [get(v) for v in node.inputs])
         for out, r in zip(node.outputs, results):
             env[id(out)] = np.asarray(r).astype(out.type.dtype).reshape(out.type.shape)
     return [get(v) for v in g.outputs]

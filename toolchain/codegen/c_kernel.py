@@ -239,10 +239,16 @@ class CTensor(Tensor):
         ref, deps = self.address(idx)
         return self.k.let(ref, LLVM_TYPES[self.dtype], deps)
 
+    def store_vector(self, idx, v):
+        """Lane by lane: C has no vectors (the C compiler finds them)."""
+        for ln, x in enumerate(self.k.lanes(v)):
+            self[tuple(idx[:-1]) + (idx[-1] + ln,)] = x
+
     def __setitem__(self, idx, value):
         v = self.k.lift(value, like=LLVM_TYPES[self.dtype])
+        at = self.index(idx) if self.epilogue else None  # element offset, for binary steps
         for fn in self.epilogue:
-            v = fn(v)
+            v = fn(v, at)
         ref, deps = self.address(idx)
         self.k.emit(f"{ref} = {v.v.code};", deps | v.v.deps)
 
@@ -407,6 +413,9 @@ class CKernel(Kernel):
 
     def lanes(self, v):
         return v.items if isinstance(v, CLanes) else [v]
+
+    def pack(self, scalars):
+        return scalars[0] if len(scalars) == 1 else CLanes(list(scalars))
 
     # -- arithmetic helpers -------------------------------------------------------------------
     def select(self, cond, a, b) -> CExpr:

@@ -208,10 +208,25 @@ class Tensor:
     def __getitem__(self, idx) -> Expr:
         return Expr(self.k, self.k.b.load(self.address(idx)))
 
+    def store_vector(self, idx, v: Expr):
+        """The lanes of v at idx, idx + 1, ... along the last axis, with the epilogue applied
+        to the whole vector where every step works on vectors (else lane by lane)."""
+        n = v.v.type.count if isinstance(v.v.type, ir.VectorType) else 1
+        if n == 1 or self.strides[-1] != 1 or not all(getattr(fn, "vector_safe", False) for fn in self.epilogue):
+            for ln, x in enumerate(self.k.lanes(v)):
+                self[tuple(idx[:-1]) + (idx[-1] + ln,)] = x
+            return
+        at = self.index(idx)
+        for fn in self.epilogue:
+            v = fn(v, at)
+        ptr = self.k.b.bitcast(self.address(idx), v.v.type.as_pointer())
+        self.k.b.store(v.v, ptr).align = 4
+
     def __setitem__(self, idx, value):
         v = self.k.lift(value, like=LLVM_TYPES[self.dtype])
+        at = self.index(idx) if self.epilogue else None  # element offset, for binary steps
         for fn in self.epilogue:
-            v = fn(v)
+            v = fn(v, at)
         self.k.b.store(v.v, self.address(idx))
 
 
@@ -422,6 +437,15 @@ class Kernel:
         unread, is then dropped by LLVM: internal function, dead argument, dead global.)"""
         gv = self.rodata(data)
         return Tensor(self, gv.bitcast(LLVM_TYPES[str(data.dtype)].as_pointer()), str(data.dtype), data.shape)
+
+    def pack(self, scalars) -> Expr:
+        """A vector of these scalars, lane 0 first (one scalar: itself)."""
+        if len(scalars) == 1:
+            return scalars[0]
+        vec = ir.Constant(ir.VectorType(scalars[0].v.type, len(scalars)), None)
+        for i, x in enumerate(scalars):
+            vec = self.b.insert_element(vec, x.v, ir.Constant(I32, i))
+        return Expr(self, vec)
 
     def lanes(self, v: Expr) -> list[Expr]:
         """The scalars of v, lane 0 first."""

@@ -11,7 +11,7 @@ from llvmlite import ir
 from ..errors import CompileError
 from ..ir import Graph
 from ..memory import MemoryPlan
-from ..ops import registry
+from ..ops import own_inputs, registry
 from .kernel import I8, I32, I64, LLVM_TYPES, Kernel, Tensor, VectorUnit
 
 WEIGHT_ALIGN = 64
@@ -71,23 +71,35 @@ def lower_node(k, node, tensors):
     """Hand the op its operand views (None where an optional input is omitted) and its
     outputs with the fused epilogue attached, and let it write the code; an error names
     the node. `tensors`: the present inputs, then the outputs. Shared by the LLVM and C
-    paths, so an op lowers the same way into both."""
+    paths, so an op lowers the same way into both. A binary epilogue step reads its
+    operand (same shape as the output) at the stored element's offset."""
     n_in = sum(v is not None for v in node.inputs)
     present = iter(tensors[:n_in])
     in_views = [next(present) if v is not None else None for v in node.inputs]
     outs = tensors[n_in:]
     for op_name, attrs in node.attrs.get("epilogue", []):
-        outs[0].epilogue.append(partial(_apply, k, registry.get(op_name).scalar, attrs))
+        op = registry.get(op_name)
+        if "operand" in attrs:
+            step = partial(_combine, k, op.combine, in_views[attrs["operand"]].flat(), attrs["operand_first"])
+        else:
+            step = partial(_apply, k, op.scalar, attrs)
+        step.vector_safe = op.vector_safe
+        outs[0].epilogue.append(step)
     try:
-        registry.get(node.op).lower(k, node, in_views, outs)
+        registry.get(node.op).lower(k, node, in_views[:len(own_inputs(node))], outs)
     except CompileError as e:
         if e.node is None:
             raise CompileError(str(e), node=node.name, op=node.op) from None
         raise
 
 
-def _apply(k, scalar, attrs, v):
+def _apply(k, scalar, attrs, v, at):
     return scalar(k, v, attrs)
+
+
+def _combine(k, combine, operand, operand_first, v, at):
+    other = k.vload(operand, (at,), v.v.type.count) if isinstance(v.v.type, ir.VectorType) else operand[at]
+    return combine(k, other, v) if operand_first else combine(k, v, other)
 
 
 def _run_function(module, g, plan, name, weights, kernels):

@@ -19,6 +19,13 @@ class Op:
     # Writes every output element exactly once with its final value, so a following
     # elementwise activation can be applied at the store (see passes.fuse_activations).
     fusable_epilogue = False
+    # How many inputs the op itself reads, when that number is fixed: inputs after these are
+    # operands of fused binary epilogues (a residual Add folded into a Conv's store; see
+    # passes.fuse_residuals). None: the op cannot take such operands.
+    own_inputs: int | None = None
+    # As a fused epilogue step, its scalar lowering also works on short vectors (plain
+    # arithmetic, compares and selects; no bit tricks), so a tile stores whole vectors.
+    vector_safe = False
     # The output may take over input 0's buffer when input 0 dies here.
     inplace = False
     # The output is input 0's bytes under another shape: no code, the buffer is shared.
@@ -108,6 +115,12 @@ def broadcast_shapes(node: Node, *shapes) -> tuple[int, ...]:
     except ValueError:
         raise CompileError(f"shapes {' and '.join(map(str, shapes))} do not broadcast",
                            node=node.name, op=node.op) from None
+
+
+def own_inputs(node: Node) -> list:
+    """The inputs the op itself reads (without fused epilogue operands)."""
+    n = registry.get(node.op).own_inputs
+    return node.inputs if n is None else node.inputs[:n]
 
 
 def in_type(node: Node, i: int = 0) -> TensorType:

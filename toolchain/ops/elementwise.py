@@ -80,9 +80,18 @@ UNARY = {
 }
 
 
+# activations whose scalar lowering is plain arithmetic and selects: valid on vectors too
+VECTOR_SAFE = {"Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Neg", "Abs", "Reciprocal",
+               "ThresholdedRelu", "Softsign", "Shrink", "Sign"}
+
+
 class Unary(Op):
     fusable_epilogue = True
     inplace = True
+
+    @property
+    def vector_safe(self):
+        return self.name in VECTOR_SAFE
 
     def canonicalize(self, node, opset):
         ref, low, defaults = UNARY[node.op]
@@ -170,6 +179,10 @@ class Binary(Op):
     fusable_epilogue = True
     inplace = True
 
+    @property
+    def vector_safe(self):
+        return self.name != "Pow"
+
     def canonicalize(self, node, opset):
         """Before opset 7, B broadcast only with broadcast=1, its dims aligned to A's
         starting at `axis` (not at the end): give B trailing 1s to get numpy's rule."""
@@ -196,6 +209,11 @@ class Binary(Op):
             raise CompileError(f"mixed element types {[t.dtype for t in types]}", node=node.name, op=node.op)
         return [TensorType(types[0].dtype, broadcast_shapes(node, *[t.shape for t in types]))]
 
+    def combine(self, k, a, b):
+        """The two-operand scalar lowering, for a producer that fuses this op into its store."""
+        r = BINARY[self.name][1](k, a, b)
+        return r * 0.5 if self.name == "Mean" else r
+
     def reference(self, node, *xs):
         fn = BINARY[node.op][0]
         acc = xs[0]
@@ -203,7 +221,7 @@ class Binary(Op):
             acc = fn(acc, x)
         if node.op == "Mean":
             acc = acc / len(xs)
-        shape = self.infer(node)[0].shape
+        shape = np.broadcast_shapes(*(np.shape(x) for x in xs))
         return [np.broadcast_to(np.asarray(acc), shape).astype(xs[0].dtype)]
 
     def lower(self, k, node, ins, outs):

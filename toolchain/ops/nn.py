@@ -74,6 +74,7 @@ def window_in_bounds(k, coords, sizes):
 @register("Conv")
 class Conv(Op):
     fusable_epilogue = True
+    own_inputs = 3
 
     def canonicalize(self, node, opset):
         x, w = in_type(node, 0), in_type(node, 1)
@@ -262,7 +263,7 @@ def _lower_tiled_conv2d(k, a, x, w, bias, y, w_value):
                                     if xv is not None:
                                         acc[o][r][c] += tap_weight(r, kh, kw, widths[c]) * xv
         for o in range(orows):
-            store_tile(k, acc[o], offs, lambda r, col, v: y.__setitem__((n, oc0 + r, oh0 + o, ow0 + col), v))
+            store_tile(k, acc[o], offs, put_vector=lambda r, col, v: y.store_vector((n, oc0 + r, oh0 + o, ow0 + col), v))
 
     # columns: fixed tiles over the left border (rounded up to whole tiles), a loop of
     # full interior tiles, fixed tiles over what is left (the right border among it)
@@ -352,7 +353,7 @@ def _lower_channel_vector_conv2d(k, a, x, bias, y, w_data):
     (keyword spotting's 25x5 maps) and strided convolutions. Kernel rows in the padding are
     skipped as a whole; in the border tiles, fixed at compile time, a pixel whose tap falls
     in the padding reads nothing. Each accumulator sums its taps in (channel, kh, kw)
-    order; results are stored lane by lane (channels lie a plane apart in NCHW)."""
+    order. Channels lie a plane apart in NCHW, so the tile is transposed at its store."""
     n_, oc_, oh_, ow_ = y.shape
     h_, w_in = x.shape[2:]
     _, cg, kh_, kw_ = w_data.shape
@@ -384,7 +385,12 @@ def _lower_channel_vector_conv2d(k, a, x, bias, y, w_data):
                         xv = k.splat(taps[kw][n, ci, ih, ow0 + p], lanes)
                         for c, wv in enumerate(ws):
                             acc[p][c] += xv * wv
-        store_tile(k, acc, offs, lambda p, col, v: y.__setitem__((n, oc0 + col, oh, ow0 + p), v))
+        # transposed: one vector per channel across the tile's pixels (contiguous in its
+        # row), so a fused epilogue (a residual Add's operand) runs on vectors too
+        for c, off in enumerate(offs):
+            by_pixel = [k.lanes(acc[p][c].value) for p in range(pixels)]
+            for ln in range(lanes):
+                y.store_vector((n, oc0 + off + ln, oh, ow0), k.pack([by_pixel[p][ln] for p in range(pixels)]))
 
     # columns as in _lower_tiled_conv2d: fixed border tiles around a loop of interior ones
     lo, hi = _interior_columns(a, w_in, kw_, ow_)
@@ -471,7 +477,8 @@ def _lower_pointwise_conv(k, x, w, bias, y):
     with k.loop(n_) as n:
         tiled_matmul(k, oc_, pixels, c_, lambda o, ci: (w2, (o, ci)), lambda ci, p: (x3, (n, ci, p)),
                      lambda o, p, w: k.splat(bias[o] if bias is not None else 0.0, w),
-                     lambda o, p, v: y3.__setitem__((n, o, p), v))
+                     lambda o, p, v: y3.__setitem__((n, o, p), v),
+                     store_vector=lambda o, p, v: y3.store_vector((n, o, p), v))
 
 
 # -- matrix products --------------------------------------------------------------------
@@ -492,10 +499,14 @@ def chunk_offsets(widths):
     return list(itertools.accumulate(widths[:-1], initial=0))
 
 
-def store_tile(k, acc, offs, put):
-    """put(row, column, value) for every lane of the accumulators acc[row][chunk]."""
+def store_tile(k, acc, offs, put=None, put_vector=None):
+    """put(row, column, value) for every lane of the accumulators acc[row][chunk], or
+    put_vector(row, column, vector) for every chunk (a row's chunks lie along memory)."""
     for r, row in enumerate(acc):
         for off, var in zip(offs, row):
+            if put_vector is not None:
+                put_vector(r, off, var.value)
+                continue
             for ln, v in enumerate(k.lanes(var.value)):
                 put(r, off + ln, v)
 
@@ -522,7 +533,7 @@ def register_tile(vec, left="splat", max_rows=8, max_vectors=4):
     return best[1], best[2]
 
 
-def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store, b_const=None):
+def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store, b_const=None, store_vector=None):
     """y[i, j] = store(i, j, init[i, j] + sum_kk a[i, kk] * b[kk, j]) in register tiles of
     MR rows x NV vectors of columns (sized from the profile by register_tile): the MR*NV
     accumulators stay in registers across the whole kk loop, each b row segment is loaded
@@ -535,6 +546,8 @@ def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store, b_const=None):
     panels of one tile's columns, kk-major, so a tile streams its b operand from one
     contiguous run (paired and post-incremented loads, one cache line after the next)
     instead of one row of b per kk.
+    store_vector(i, j, v): stores a whole vector of y[i, j:], where y's rows are contiguous
+    (a fused epilogue then runs on vectors); without it, store() takes lane by lane.
     Reductions run in order (no reassociation). Every y element is stored once (epilogues)."""
     vec = k.vector
     t_a, _ = a_at(0, 0)
@@ -577,7 +590,10 @@ def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store, b_const=None):
                 with k.loop(kdim, start=main) as kk:
                     scal = [k.vload(*a_at(i0 + r, kk), 1) for r in range(rows)]
                     step(acc, rows, widths, b_at_kk(kk), lambda r, w: k.splat(scal[r], w))
-        store_tile(k, acc, offs, lambda r, col, v: store(i0 + r, j0 + col, v))
+        if store_vector is not None:
+            store_tile(k, acc, offs, put_vector=lambda r, col, v: store_vector(i0 + r, j0 + col, v))
+        else:
+            store_tile(k, acc, offs, lambda r, col, v: store(i0 + r, j0 + col, v))
 
     def columns(i0, rows):
         if full:
@@ -597,6 +613,7 @@ def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store, b_const=None):
 @register("Gemm")
 class Gemm(Op):
     fusable_epilogue = True
+    own_inputs = 3
 
     def canonicalize(self, node, opset):
         for key, default in (("alpha", 1.0), ("beta", 1.0), ("transA", 0), ("transB", 0)):
@@ -660,7 +677,7 @@ class Gemm(Op):
         b_value = node.inputs[1]
         b_const = (b_value.data.T if at["transB"] else b_value.data) if b_value.is_const else None
         tiled_matmul(k, y.shape[0], y.shape[1], a.shape[1], lambda i, kk: (a, (i, kk)), lambda kk, j: (b, (kk, j)),
-                     init, store, b_const)
+                     init, store, b_const, (lambda i, j, v: y.store_vector((i, j), v)) if alpha == 1.0 else None)
 
 
 def matmul_shapes(node, a, b):
@@ -686,6 +703,7 @@ def matmul_shapes(node, a, b):
 @register("MatMul")
 class MatMul(Op):
     fusable_epilogue = True
+    own_inputs = 2
 
     def infer(self, node):
         return [TensorType(in_type(node, 0).dtype,
@@ -708,7 +726,8 @@ class MatMul(Op):
         b_const = b_value.data if b_value.is_const and len(b_value.data.shape) <= 2 else None
         with k.loops(batch) as bi:
             tiled_matmul(k, a2[-2], b2[-1], a2[-1], lambda i, kk: (a, (*bi, i, kk)), lambda kk, j: (b, (*bi, kk, j)),
-                         lambda i, j, w: k.splat(0.0, w), lambda i, j, v: y.__setitem__((*bi, i, j), v), b_const)
+                         lambda i, j, w: k.splat(0.0, w), lambda i, j, v: y.__setitem__((*bi, i, j), v), b_const,
+                         lambda i, j, v: y.store_vector((*bi, i, j), v))
 
 
 # -- softmax ------------------------------------------------------------------------------

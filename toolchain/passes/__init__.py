@@ -7,7 +7,7 @@ from ..errors import CompileError
 from ..ir import Graph
 from .cleanup import eliminate_common_subexpressions, eliminate_dead_code
 from .fold import fold_constants
-from .fuse import fold_batchnorm, fuse_activations
+from .fuse import fold_batchnorm, fuse_activations, fuse_residuals
 from .legalize import materialize_outputs
 
 
@@ -29,6 +29,7 @@ PIPELINE: list[tuple[str, Callable[[Graph], bool]]] = [
     ("eliminate-common-subexpressions", eliminate_common_subexpressions),
     ("fold-batchnorm", fold_batchnorm),
     ("fuse-activations", fuse_activations),
+    ("fuse-residuals", fuse_residuals),
     ("fold-constants", fold_constants),
     ("eliminate-dead-code", eliminate_dead_code),
     ("materialize-outputs", materialize_outputs),

@@ -81,10 +81,53 @@ def fuse_activations(g: Graph) -> bool:
     return changed
 
 
-def apply_epilogue_reference(node: Node, results):
-    """numpy side of a fused epilogue, for the reference interpreter."""
+def fuse_residuals(g: Graph) -> bool:
+    """Producer -> binary elementwise op with a second operand of the same shape (the
+    residual Add of a ResNet block, with its activation already fused)  ==>  producer that
+    reads the operand at its store and writes the final value. The operand becomes an
+    extra input after the producer's own (Op.own_inputs). Saves a pass over the block's
+    output, and the buffer between them: only where the operand is computed before the
+    producer runs. (Moving the producer later would keep its inputs alive longer, and the
+    arena could grow.)"""
+    changed = False
+    users = g.users()
+    order = {id(n): i for i, n in enumerate(g.nodes)}
+    for node in list(g.nodes):
+        if not hasattr(registry.get(node.op), "combine") or len(node.inputs) != 2:
+            continue
+        t = node.outputs[0].type
+        for side in (0, 1):
+            prod, other = node.inputs[side].producer, node.inputs[1 - side]
+            if (prod is None or registry.get(prod.op).own_inputs is None or other is node.inputs[side]
+                    or _sole_user(g, users, node.inputs[side]) is not node or t.dtype != "float32"
+                    or prod.outputs[0].type != t or other.type != t
+                    or (other.producer is not None and order[id(other.producer)] > order[id(prod)])):
+                continue
+            own = registry.get(prod.op).own_inputs
+            prod.inputs = prod.inputs + [None] * (own - len(prod.inputs)) + [other]
+            step = {k: v for k, v in node.attrs.items() if k != "epilogue"}
+            step.update(operand=len(prod.inputs) - 1, operand_first=side == 1)
+            prod.attrs["epilogue"] = (list(prod.attrs.get("epilogue", [])) + [(node.op, step)]
+                                      + list(node.attrs.get("epilogue", [])))
+            prod.outputs = [node.outputs[0]]
+            node.outputs[0].producer = prod
+            g.nodes.remove(node)
+            changed = True
+            users = g.users()
+            break
+    return changed
+
+
+def apply_epilogue_reference(node: Node, results, operands):
+    """numpy side of a fused epilogue, for the reference interpreter. `operands`: the
+    node's input arrays (a binary step reads its operand there)."""
     for op_name, attrs in node.attrs.get("epilogue", []):
-        results[0] = registry.get(op_name).reference(_shadow(op_name, attrs), results[0])[0]
+        op = registry.get(op_name)
+        if "operand" in attrs:
+            pair = (operands[attrs["operand"]], results[0])[::1 if attrs["operand_first"] else -1]
+            results[0] = op.reference(_shadow(op_name, attrs), *pair)[0]
+        else:
+            results[0] = op.reference(_shadow(op_name, attrs), results[0])[0]
     return results
 
 
