@@ -83,7 +83,7 @@ def lower_node(k, node, tensors):
             step = partial(_combine, k, op.combine, in_views[attrs["operand"]].flat(), attrs["operand_first"])
         else:
             step = partial(_apply, k, op.scalar, attrs)
-        step.vector_safe = op.vector_safe
+        step.vector_safe, step.reads_operand = op.vector_safe, "operand" in attrs
         outs[0].epilogue.append(step)
     try:
         registry.get(node.op).lower(k, node, in_views[:len(own_inputs(node))], outs)
