@@ -241,8 +241,7 @@ class CTensor(Tensor):
 
     def store_vector(self, idx, v):
         """Lane by lane: C has no vectors (the C compiler finds them)."""
-        for ln, x in enumerate(self.k.lanes(v)):
-            self[tuple(idx[:-1]) + (idx[-1] + ln,)] = x
+        self.store_lanes(idx, v)
 
     def __setitem__(self, idx, value):
         v = self.k.lift(value, like=LLVM_TYPES[self.dtype])

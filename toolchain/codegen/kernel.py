@@ -217,14 +217,17 @@ class Tensor:
         n = v.v.type.count if isinstance(v.v.type, ir.VectorType) else 1
         if (n == 1 or self.strides[-1] != 1 or not any(getattr(fn, "reads_operand", False) for fn in self.epilogue)
                 or not all(getattr(fn, "vector_safe", False) for fn in self.epilogue)):
-            for ln, x in enumerate(self.k.lanes(v)):
-                self[tuple(idx[:-1]) + (idx[-1] + ln,)] = x
-            return
+            return self.store_lanes(idx, v)
         at = self.index(idx)
         for fn in self.epilogue:
             v = fn(v, at)
         ptr = self.k.b.bitcast(self.address(idx), v.v.type.as_pointer())
         self.k.b.store(v.v, ptr).align = 4
+
+    def store_lanes(self, idx, v: Expr):
+        """The lanes of v at idx, idx + 1, ... along the last axis, one scalar store each."""
+        for ln, x in enumerate(self.k.lanes(v)):
+            self[tuple(idx[:-1]) + (idx[-1] + ln,)] = x
 
     def __setitem__(self, idx, value):
         v = self.k.lift(value, like=LLVM_TYPES[self.dtype])

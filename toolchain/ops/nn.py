@@ -166,6 +166,28 @@ def _interior_columns(a, in_w, kw, out_w):
     return (lo, hi) if hi > lo else (0, 0)
 
 
+def _column_taps(x, a, kw_, ow_):
+    """x seen from each kernel column kw: element [n, c, ih, ow] is the input that output
+    column ow reads there (stride and kernel-column offset folded into the view)."""
+    xt = x.strides[3]
+    sw, dw, pw = a["strides"][1], a["dilations"][1], a["pads"][1]
+    return [x.view(x.shape[:3] + (ow_,), x.strides[:3] + (xt * sw,), x.offset + (kw * dw - pw) * xt)
+            for kw in range(kw_)]
+
+
+def _column_tiles(a, w_in, kw_, ow_, step):
+    """How a row of ow_ output columns splits into tiles `step` wide: (left, right) bounds
+    a loop of interior tiles (whole window inside the row: no checks), and `fixed` lists
+    (start, width) of the tiles at fixed positions over the left border (rounded up to
+    whole tiles) and over what is left on the right."""
+    lo, hi = _interior_columns(a, w_in, kw_, ow_)
+    left = min(ow_, -(-lo // step) * step)
+    right = left + max(0, (hi - left) // step) * step
+    fixed = [(s, min(step, left - s)) for s in range(0, left, step)]
+    fixed += [(s, min(step, ow_ - s)) for s in range(right, ow_, step)]
+    return left, right, fixed
+
+
 def _lower_tiled_conv2d(k, a, x, w, bias, y, w_value):
     """2-D convolution (any groups, strides, dilations, pads) in register tiles: MR output
     channels x OR output rows x NV vectors of output columns, accumulating over (input
@@ -203,11 +225,7 @@ def _lower_tiled_conv2d(k, a, x, w, bias, y, w_value):
         mr = best_rows if g == 1 else max(m for m in range(1, best_rows + 1) if ocg % m == 0)
         mr, out_rows = min(mr, oc_), 1
     nr = nv * lanes
-    lo, hi = _interior_columns(a, w_in, kw_, ow_)
-    # x seen from kernel column kw: element [.., ow] is the input that output column ow reads
-    xt = x.strides[3]
-    taps = [x.view(x.shape[:3] + (ow_,), x.strides[:3] + (xt * sw,), x.offset + (kw * dw - pw) * xt)
-            for kw in range(kw_)]
+    taps = _column_taps(x, a, kw_, ow_)
 
     def lanes_inside(ow0, wd, kw):
         """The lanes whose input column lies in the row (all of them in an interior tile),
@@ -263,22 +281,16 @@ def _lower_tiled_conv2d(k, a, x, w, bias, y, w_value):
                                     if xv is not None:
                                         acc[o][r][c] += tap_weight(r, kh, kw, widths[c]) * xv
         for o in range(orows):
-            store_tile(k, acc[o], offs, put_vector=lambda r, col, v: y.store_vector((n, oc0 + r, oh0 + o, ow0 + col), v))
+            store_tile(acc[o], offs, lambda r, col, v: y.store_vector((n, oc0 + r, oh0 + o, ow0 + col), v))
 
-    # columns: fixed tiles over the left border (rounded up to whole tiles), a loop of
-    # full interior tiles, fixed tiles over what is left (the right border among it)
-    left = min(ow_, -(-lo // nr) * nr)
-    count = max(0, (hi - left) // nr)
-    right = left + count * nr
-    fixed = [(start, vector_chunks(min(nr, left - start), lanes)) for start in range(0, left, nr)]
-    fixed += [(start, vector_chunks(min(nr, ow_ - start), lanes)) for start in range(right, ow_, nr)]
+    left, right, fixed = _column_tiles(a, w_in, kw_, ow_, nr)
 
     def row_of_tiles(n, oc0, rows, oh0, orows):
-        if count:
+        if right > left:
             with k.loop(right, start=left, step=nr) as ow0:
                 tile(n, oc0, rows, oh0, orows, ow0, [lanes] * nv)
-        for start, widths in fixed:
-            tile(n, oc0, rows, oh0, orows, start, widths)
+        for start, width in fixed:
+            tile(n, oc0, rows, oh0, orows, start, vector_chunks(width, lanes))
 
     def rows_of_tiles(n, oc0, rows):
         full = oh_ - oh_ % out_rows
@@ -305,8 +317,8 @@ def _channel_vectors_suit(vec, a, w_shape, y_shape, w_value) -> bool:
     shared by the tile's channel vectors (so there must be two or more). Where the FMA
     takes its multiplier by lane, the column tile's weights cost 1/lanes loads, which pays
     for both (cortex-a76, KWS's 25x5 first layer: 0.39 insns/MAC in columns, 0.43 in
-    channels); without it (x86: 0.83 -> 0.29) the channel tile wins. It stores lane by
-    lane, so each output needs enough taps to hide that."""
+    channels); without it (x86: 0.83 -> 0.29) the channel tile wins. Its store transposes
+    the tile (channels lie a plane apart), so each output needs enough taps to hide that."""
     lanes = vec.lanes
     _, oc_, _, ow_ = y_shape
     taps = int(np.prod(w_shape[1:]))
@@ -362,9 +374,7 @@ def _lower_channel_vector_conv2d(k, a, x, bias, y, w_data):
     wt = k.constant(np.ascontiguousarray(w_data.transpose(1, 2, 3, 0)))
     n_vectors = oc_ // lanes
     px, nv = channel_tile(k.vector, n_vectors, ow_)
-    xt = x.strides[3]
-    taps = [x.view(x.shape[:3] + (ow_,), x.strides[:3] + (xt * sw,), x.offset + (kw * dw - pw) * xt)
-            for kw in range(kw_)]
+    taps = _column_taps(x, a, kw_, ow_)
 
     def inside(ow, kw):
         return not isinstance(ow, int) or 0 <= ow * sw - pw + kw * dw < w_in
@@ -392,17 +402,11 @@ def _lower_channel_vector_conv2d(k, a, x, bias, y, w_data):
             for ln in range(lanes):
                 y.store_vector((n, oc0 + off + ln, oh, ow0), k.pack([by_pixel[p][ln] for p in range(pixels)]))
 
-    # columns as in _lower_tiled_conv2d: fixed border tiles around a loop of interior ones
-    lo, hi = _interior_columns(a, w_in, kw_, ow_)
-    left = min(ow_, -(-lo // px) * px)
-    count = max(0, (hi - left) // px)
-    right = left + count * px
-    fixed = [(s, min(px, left - s)) for s in range(0, left, px)]
-    fixed += [(s, min(px, ow_ - s)) for s in range(right, ow_, px)]
+    left, right, fixed = _column_tiles(a, w_in, kw_, ow_, px)
 
     def channel_block(n, oc0, vectors):
         with k.loop(oh_) as oh:
-            if count:
+            if right > left:
                 with k.loop(right, start=left, step=px) as ow0:
                     tile(n, oc0, vectors, oh, ow0, px)
             for start, pixels in fixed:
@@ -477,8 +481,7 @@ def _lower_pointwise_conv(k, x, w, bias, y):
     with k.loop(n_) as n:
         tiled_matmul(k, oc_, pixels, c_, lambda o, ci: (w2, (o, ci)), lambda ci, p: (x3, (n, ci, p)),
                      lambda o, p, w: k.splat(bias[o] if bias is not None else 0.0, w),
-                     lambda o, p, v: y3.__setitem__((n, o, p), v),
-                     store_vector=lambda o, p, v: y3.store_vector((n, o, p), v))
+                     lambda o, p, v: y3.store_vector((n, o, p), v))
 
 
 # -- matrix products --------------------------------------------------------------------
@@ -499,16 +502,12 @@ def chunk_offsets(widths):
     return list(itertools.accumulate(widths[:-1], initial=0))
 
 
-def store_tile(k, acc, offs, put=None, put_vector=None):
-    """put(row, column, value) for every lane of the accumulators acc[row][chunk], or
-    put_vector(row, column, vector) for every chunk (a row's chunks lie along memory)."""
+def store_tile(acc, offs, put_vector):
+    """put_vector(row, column, vector) for every chunk of the accumulators acc[row][chunk]
+    (a row's chunks lie along memory)."""
     for r, row in enumerate(acc):
         for off, var in zip(offs, row):
-            if put_vector is not None:
-                put_vector(r, off, var.value)
-                continue
-            for ln, v in enumerate(k.lanes(var.value)):
-                put(r, off + ln, v)
+            put_vector(r, off, var.value)
 
 
 def register_tile(vec, left="splat", max_rows=8, max_vectors=4):
@@ -533,21 +532,21 @@ def register_tile(vec, left="splat", max_rows=8, max_vectors=4):
     return best[1], best[2]
 
 
-def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store, b_const=None, store_vector=None):
-    """y[i, j] = store(i, j, init[i, j] + sum_kk a[i, kk] * b[kk, j]) in register tiles of
+def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store, b_const=None):
+    """y[i, j:] = store(i, j, init[i, j:] + sum_kk a[i, kk] * b[kk, j:]) in register tiles of
     MR rows x NV vectors of columns (sized from the profile by register_tile): the MR*NV
     accumulators stay in registers across the whole kk loop, each b row segment is loaded
     once per kk and reused by the MR rows, each a value once and reused by all columns.
     a_at(i, kk) / b_at(kk, j) give (tensor, index): b's last axis runs along j (vector
-    loads), a's along kk; init(i, j, w) gives the w start values from (i, j) as a vector.
+    loads), a's along kk; init(i, j, w) gives the w start values from (i, j) as a vector,
+    and store(i, j, v) takes a vector of results from (i, j) on (Tensor.store_vector, so a
+    fused epilogue may run on whole vectors).
     Where the target has FMA by lane and a is contiguous along kk, a
     row's next `lanes` values come in one vector load and each FMA takes its lane.
     b_const: b's values when known at compile time (weights); they are then packed into
     panels of one tile's columns, kk-major, so a tile streams its b operand from one
     contiguous run (paired and post-incremented loads, one cache line after the next)
     instead of one row of b per kk.
-    store_vector(i, j, v): stores a whole vector of y[i, j:], where y's rows are contiguous
-    (a fused epilogue then runs on vectors); without it, store() takes lane by lane.
     Reductions run in order (no reassociation). Every y element is stored once (epilogues)."""
     vec = k.vector
     t_a, _ = a_at(0, 0)
@@ -590,10 +589,7 @@ def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store, b_const=None, store_ve
                 with k.loop(kdim, start=main) as kk:
                     scal = [k.vload(*a_at(i0 + r, kk), 1) for r in range(rows)]
                     step(acc, rows, widths, b_at_kk(kk), lambda r, w: k.splat(scal[r], w))
-        if store_vector is not None:
-            store_tile(k, acc, offs, put_vector=lambda r, col, v: store_vector(i0 + r, j0 + col, v))
-        else:
-            store_tile(k, acc, offs, lambda r, col, v: store(i0 + r, j0 + col, v))
+        store_tile(acc, offs, lambda r, col, v: store(i0 + r, j0 + col, v))
 
     def columns(i0, rows):
         if full:
@@ -668,16 +664,16 @@ class Gemm(Op):
             return start if beta == 1.0 else start * beta
 
         def store(i, j, v):
-            if alpha != 1.0:
-                v = v * alpha
-                if c is not None:
-                    v = v + c[i, j] * beta
-            y[i, j] = v
+            if alpha == 1.0:  # c, if any, was the start value
+                return y.store_vector((i, j), v)
+            for ln, x in enumerate(k.lanes(v)):
+                x = x * alpha
+                y[i, j + ln] = x + c[i, j + ln] * beta if c is not None else x
 
         b_value = node.inputs[1]
         b_const = (b_value.data.T if at["transB"] else b_value.data) if b_value.is_const else None
         tiled_matmul(k, y.shape[0], y.shape[1], a.shape[1], lambda i, kk: (a, (i, kk)), lambda kk, j: (b, (kk, j)),
-                     init, store, b_const, (lambda i, j, v: y.store_vector((i, j), v)) if alpha == 1.0 else None)
+                     init, store, b_const)
 
 
 def matmul_shapes(node, a, b):
@@ -726,8 +722,7 @@ class MatMul(Op):
         b_const = b_value.data if b_value.is_const and len(b_value.data.shape) <= 2 else None
         with k.loops(batch) as bi:
             tiled_matmul(k, a2[-2], b2[-1], a2[-1], lambda i, kk: (a, (*bi, i, kk)), lambda kk, j: (b, (*bi, kk, j)),
-                         lambda i, j, w: k.splat(0.0, w), lambda i, j, v: y.__setitem__((*bi, i, j), v), b_const,
-                         lambda i, j, v: y.store_vector((*bi, i, j), v))
+                         lambda i, j, w: k.splat(0.0, w), lambda i, j, v: y.store_vector((*bi, i, j), v), b_const)
 
 
 # -- softmax ------------------------------------------------------------------------------
