@@ -127,6 +127,7 @@ TILE_CASES = [
     dict(x=(1, 4, 13, 40), w=(40, 4, 3, 3), attrs=dict(strides=[2, 2], pads=[1, 1, 1, 1])),
     dict(x=(1, 2, 12, 9), w=(16, 2, 4, 4), attrs=dict(dilations=[2, 1], strides=[1, 2], pads=[3, 1, 2, 2]),
          bias=False),
+    dict(x=(1, 8, 7, 10), w=(32, 8, 3, 3), attrs=dict(pads=[1, 1, 1, 1])),
 ]
 
 

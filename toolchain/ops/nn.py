@@ -311,34 +311,60 @@ def _channel_vectors_suit(vec, a, w_shape, y_shape, w_value) -> bool:
     """Whether a 2-D convolution is better tiled with its vectors along output channels
     (_lower_channel_vector_conv2d) than along output columns (_lower_tiled_conv2d).
     Vectors along columns lose lanes where an output row is narrow (a row of 5 in 8
-    lanes is a 4-lane vector and a scalar), and with a stride each input vector is
-    gathered from a span and shuffled. Vectors along channels read the packed weights
-    whole at any row width and stride, and the input is one broadcast scalar per pixel,
-    shared by the tile's channel vectors (so there must be two or more). Where the FMA
-    takes its multiplier by lane, the column tile's weights cost 1/lanes loads, which pays
-    for both (cortex-a76, KWS's 25x5 first layer: 0.39 insns/MAC in columns, 0.43 in
-    channels); without it (x86: 0.83 -> 0.29) the channel tile wins. Its store transposes
-    the tile (channels lie a plane apart), so each output needs enough taps to hide that."""
+    lanes is a 4-lane vector and a scalar) or shorter than the tile (an 8-wide row fills
+    one of x86's two tile vectors), and with a stride each input vector is gathered from
+    a span and shuffled. Vectors along channels read the packed weights whole at any row
+    width and stride, and the input is one broadcast scalar per pixel, shared by the
+    tile's channel vectors (so there must be two or more). So: the tile with fewer
+    instructions per MAC by the two cost models, channels always under a stride. Where
+    the FMA takes its multiplier by lane, the column tile's weights cost 1/lanes loads,
+    which pays for both (cortex-a76, KWS's 25x5 first layer: 0.39 insns/MAC in columns,
+    0.43 in channels); without it (x86: 0.83 -> 0.29) the channel tile wins. Its store
+    transposes the tile (channels lie a plane apart), so each output needs enough taps
+    to hide that."""
     lanes = vec.lanes
     _, oc_, _, ow_ = y_shape
     taps = int(np.prod(w_shape[1:]))
     if (a["group"] != 1 or lanes == 1 or vec.fma_by_lane or not w_value.is_const or oc_ % lanes
             or oc_ < 2 * lanes or taps < 4 * lanes):
         return False
-    used = ow_ / (len(vector_chunks(ow_, lanes)) * lanes)
-    return used < 0.75 or a["strides"][1] > 1
+    _, _, channel_cost = channel_tile(vec, oc_ // lanes, ow_)
+    return a["strides"][1] > 1 or channel_cost < _column_tile_cost(vec, oc_, ow_)
+
+
+def _column_tile_cost(vec, oc_, ow_):
+    """Instructions per MAC of _lower_tiled_conv2d's tiles (broadcast weights) over all
+    output channels and one output row: per tap, a tile of MR channels x NV chunks loads
+    NV input vectors, broadcasts MR weights and does MR x NV FMAs. A row narrower than
+    the tile, or not a multiple of the lanes, leaves lanes or vectors idle."""
+    mr, nv = register_tile(vec, "splat")
+    chunks = vector_chunks(ow_, vec.lanes)
+    insns = macs = 0
+    for rows in _blocks(oc_, mr):
+        for c0 in range(0, len(chunks), nv):
+            tile = chunks[c0:c0 + nv]
+            insns += rows + len(tile) + rows * len(tile)
+            macs += rows * sum(tile)
+    return insns / macs
 
 
 def channel_tile(vec, n_vectors, width, max_pixels=8, max_vectors=4):
-    """(pixels, vectors) of a channel-vector convolution tile: the fewest instructions per
-    FMA over one output row and all channel vectors (the last tiles of each may be
-    smaller), fitting the register file with one register to spare. Per tap a tile loads
-    `vectors` weight vectors and broadcasts one input value per pixel."""
+    """(pixels, vectors, instructions per MAC) of a channel-vector convolution tile: the
+    fewest instructions per FMA over one output row and all channel vectors (the last
+    tiles of each may be smaller), fitting the register file with two registers to
+    spare. Per tap a tile loads `vectors` weight vectors and broadcasts one input value
+    per pixel. A row's kernel columns are unrolled, and at stride 1 pixel p's input at
+    column kw+1 is pixel p+1's at kw: LLVM shares that broadcast and keeps it live across
+    the row, so where the broadcast takes a vector register it takes one per pixel.
+    Counting one in all, ResNet-8's 64-channel 3x3 chose 6 pixels x 2 vectors on x86 and
+    spilled 94 times (66 GFLOP/s against 115 at 4 x 2); 3 x 3, leaving one register,
+    still spilled 8 times (94 GFLOP/s). With a scalar FMA operand (RVV) the inputs stay
+    in scalar registers."""
     splat_regs = 0 if vec.fma_scalar_operand else 1
     best = None
     for nv in range(1, min(max_vectors, n_vectors) + 1):
         for px in range(1, min(max_pixels, width) + 1):
-            if px * nv + nv + splat_regs > vec.registers - 1:
+            if px * nv + nv + px * splat_regs > vec.registers - 2:
                 continue
             insns = fmas = 0
             for v in _blocks(n_vectors, nv):
@@ -348,7 +374,8 @@ def channel_tile(vec, n_vectors, width, max_pixels=8, max_vectors=4):
             key = (insns / fmas, -px * nv)
             if best is None or key < best[0]:
                 best = (key, px, nv)
-    return best[1], best[2]
+    (per_fma, _), px, nv = best
+    return px, nv, per_fma / vec.lanes
 
 
 def _blocks(n, size):
@@ -373,7 +400,7 @@ def _lower_channel_vector_conv2d(k, a, x, bias, y, w_data):
     lanes = k.vector_lanes
     wt = k.constant(np.ascontiguousarray(w_data.transpose(1, 2, 3, 0)))
     n_vectors = oc_ // lanes
-    px, nv = channel_tile(k.vector, n_vectors, ow_)
+    px, nv, _ = channel_tile(k.vector, n_vectors, ow_)
     taps = _column_taps(x, a, kw_, ow_)
 
     def inside(ow, kw):
