@@ -116,7 +116,11 @@ def test_conv(case, workdir):
 # multiplier, and border vectors loaded from a shifted address. The last three take vectors
 # along output channels where the target has no FMA by lane (x86, RVV): KWS's first layer
 # (one input channel, 25x5 output), a strided one with a remainder of channel vectors and an
-# interior loop of pixel tiles, and a dilated one without bias.
+# interior loop of pixel tiles, and a dilated one without bias; then a stride-1 one whose
+# 10-wide rows leave column vectors idle (border tiles on both sides). Last, a pointwise one
+# whose 35-pixel rows are no whole number of vectors: with FMA by lane (NEON) its weights are
+# packed so one vector serves input channels a vector apart. And a pointwise one on a 3x3
+# plane, whose vectors run along output channels on every target.
 TILE_CASES = [
     dict(x=(1, 4, 25, 5), w=(4, 1, 3, 3), attrs=dict(group=4, pads=[1, 1, 1, 1])),
     dict(x=(1, 3, 11, 37), w=(3, 1, 3, 3), attrs=dict(group=3, strides=[2, 2], pads=[1, 1, 0, 1])),
@@ -128,6 +132,8 @@ TILE_CASES = [
     dict(x=(1, 2, 12, 9), w=(16, 2, 4, 4), attrs=dict(dilations=[2, 1], strides=[1, 2], pads=[3, 1, 2, 2]),
          bias=False),
     dict(x=(1, 8, 7, 10), w=(32, 8, 3, 3), attrs=dict(pads=[1, 1, 1, 1])),
+    dict(x=(1, 32, 5, 7), w=(10, 32, 1, 1), attrs={}),
+    dict(x=(1, 96, 3, 3), w=(40, 96, 1, 1), attrs={}, bias=False),
 ]
 
 

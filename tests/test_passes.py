@@ -101,7 +101,20 @@ def skip_minus_matmul_model():
                       {"x": (F, (3, 5))}, {"y": (F, (3, 5))}, {"w": randn(5, 5)})
 
 
+def small_plane_bottleneck_model():
+    """A residual Add into a pointwise conv on a 3x3 plane, whose vectors run along output
+    channels: its epilogue reads the operand lane by lane, a plane apart."""
+    return make_model(
+        [helper.make_node("Conv", ["x", "ws"], ["s"], pads=[1, 1, 1, 1]),
+         helper.make_node("Conv", ["x", "wp", "bp"], ["p"], name="pointwise"),
+         helper.make_node("Add", ["s", "p"], ["a"]),
+         helper.make_node("Relu", ["a"], ["y"])],
+        {"x": (F, (1, 128, 3, 3))}, {"y": (F, (1, 32, 3, 3))},
+        {"ws": randn(32, 128, 3, 3) * 0.1, "wp": randn(32, 128, 1, 1) * 0.1, "bp": randn(32)})
+
+
 @pytest.mark.parametrize("make,fused,steps", [(residual_block_model, "second", ["Add", "Relu"]),
+                                              (small_plane_bottleneck_model, "pointwise", ["Add", "Relu"]),
                                               (skip_minus_matmul_model, None, ["Sub"])])
 def test_fuse_residual_into_producer(make, fused, steps):
     m = make()
@@ -116,7 +129,7 @@ def test_fuse_residual_into_producer(make, fused, steps):
     assert_close(interpret(g, [x])[0], onnxruntime_outputs(m, {"x": x})[0], what="after fuse-residuals")
 
 
-@pytest.mark.parametrize("make", [residual_block_model, skip_minus_matmul_model])
+@pytest.mark.parametrize("make", [residual_block_model, small_plane_bottleneck_model, skip_minus_matmul_model])
 def test_fused_residual_runs_on_target(make, target, workdir):
     m = make()
     x = randn(*[d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim])

@@ -131,7 +131,7 @@ class Conv(Op):
         a = node.attrs
         rank = x.rank - 2
         if _conv_is_pointwise(node, w):
-            return _lower_pointwise_conv(k, x, w, bias, y)
+            return _lower_pointwise_conv(k, x, w, bias, y, node.inputs[1])
         if rank == 2 and _channel_vectors_suit(k.vector, a, w.shape, y.shape, node.inputs[1]):
             return _lower_channel_vector_conv2d(k, a, x, bias, y, node.inputs[1].data)
         if rank == 2:
@@ -329,21 +329,23 @@ def _channel_vectors_suit(vec, a, w_shape, y_shape, w_value) -> bool:
             or oc_ < 2 * lanes or taps < 4 * lanes):
         return False
     _, _, channel_cost = channel_tile(vec, oc_ // lanes, ow_)
-    return a["strides"][1] > 1 or channel_cost < _column_tile_cost(vec, oc_, ow_)
+    return a["strides"][1] > 1 or channel_cost < matmul_tile_cost(vec, oc_, ow_)
 
 
-def _column_tile_cost(vec, oc_, ow_):
-    """Instructions per MAC of _lower_tiled_conv2d's tiles (broadcast weights) over all
-    output channels and one output row: per tap, a tile of MR channels x NV chunks loads
-    NV input vectors, broadcasts MR weights and does MR x NV FMAs. A row narrower than
-    the tile, or not a multiple of the lanes, leaves lanes or vectors idle."""
-    mr, nv = register_tile(vec, "splat")
-    chunks = vector_chunks(ow_, vec.lanes)
+def matmul_tile_cost(vec, m_, n, left="splat"):
+    """Instructions per MAC of tiled_matmul's tiles (register_tile's MR rows x NV vectors
+    of columns) over an m_ x n output, per step along the reduction: the left operand's
+    loads, NV loads of the right one, MR x NV FMAs. Columns not a multiple of the lanes,
+    or fewer than a tile, leave lanes or vectors idle. The convolution's column tiles
+    have the same shape (output channels x output columns, per tap)."""
+    mr, nv = register_tile(vec, left, max_rows=min(8, m_))
+    chunks = vector_chunks(n, vec.lanes)
     insns = macs = 0
-    for rows in _blocks(oc_, mr):
+    for rows in _blocks(m_, mr):
+        left_loads = rows / vec.lanes if left == "rows" else rows
         for c0 in range(0, len(chunks), nv):
             tile = chunks[c0:c0 + nv]
-            insns += rows + len(tile) + rows * len(tile)
+            insns += left_loads + len(tile) + rows * len(tile)
             macs += rows * sum(tile)
     return insns / macs
 
@@ -498,17 +500,50 @@ def _conv_is_pointwise(node, w):
             and not any(a["pads"]))
 
 
-def _lower_pointwise_conv(k, x, w, bias, y):
+def _lower_pointwise_conv(k, x, w, bias, y, w_value):
     """1x1 convolution, stride 1, no padding: per image, a matrix product
     W (out_ch x in_ch) @ X (in_ch x pixels), pixels contiguous: the GEMM register tiles."""
     n_, c_ = x.shape[:2]
     pixels = x.size // (n_ * c_)
     oc_ = y.shape[1]
     x3, y3, w2 = x.reshape((n_, c_, pixels)), y.reshape((n_, oc_, pixels)), w.reshape((oc_, c_))
+    if w_value.is_const and _pointwise_by_channels(k.vector, oc_, pixels, c_):
+        return _lower_pointwise_by_channels(k, x3, w2, bias, y3, w_value.data.reshape(oc_, c_))
     with k.loop(n_) as n:
         tiled_matmul(k, oc_, pixels, c_, lambda o, ci: (w2, (o, ci)), lambda ci, p: (x3, (n, ci, p)),
                      lambda o, p, w: k.splat(bias[o] if bias is not None else 0.0, w),
-                     lambda o, p, v: y3.store_vector((n, o, p), v))
+                     lambda o, p, v: y3.store_vector((n, o, p), v),
+                     a_const=w_value.data.reshape(oc_, c_) if w_value.is_const else None)
+
+
+def _pointwise_by_channels(vec, oc_, pixels, c_):
+    """Whether a pointwise convolution's vectors should run along output channels rather
+    than pixels: where a plane has few pixels (MobileNet's last 3x3 maps: 9 pixels are two
+    4-lane vectors and a scalar per row of the tile), by the two tile cost models. Along
+    pixels the weights may come by lane (NEON); along channels every input value is a
+    broadcast, since an input channel's pixels lie a plane apart, and each output is
+    stored on its own: counted as 3 instructions (RVV takes a lane out by a slide and a
+    move); at 1, KWS's 125-pixel planes went along channels on rv64gcv and took 21% more
+    instructions than along pixels."""
+    by_lane = vec.fma_by_lane and vec.lanes > 1 and c_ >= vec.lanes
+    along_pixels = matmul_tile_cost(vec, oc_, pixels, "rows" if by_lane else "splat") + 1 / (vec.lanes * c_)
+    along_channels = matmul_tile_cost(vec, pixels, oc_) + 3 / c_  # lane out, address, store
+    return along_channels < along_pixels
+
+
+def _lower_pointwise_by_channels(k, x3, w2, bias, y3, w_data):
+    """The pointwise product transposed: Y^T (pixels x out_ch) = X^T @ W^T, vectors along
+    output channels, W^T packed into tiled_matmul's panels. Each output vector holds
+    channels a plane apart, so it is stored lane by lane (an epilogue runs per lane)."""
+    n_, c_, pixels = x3.shape
+    oc_ = y3.shape[1]
+    xt = x3.view((n_, pixels, c_), (x3.strides[0], 1, pixels))
+    yt = y3.view((n_, pixels, oc_), (y3.strides[0], 1, pixels))
+    wt = w2.view((c_, oc_), (1, c_))
+    with k.loop(n_) as n:
+        tiled_matmul(k, pixels, oc_, c_, lambda p, ci: (xt, (n, p, ci)), lambda ci, o: (wt, (ci, o)),
+                     lambda p, o, wd: k.vload(bias, (o,), wd) if bias is not None else k.splat(0.0, wd),
+                     lambda p, o, v: yt.store_vector((n, p, o), v), b_const=w_data.T)
 
 
 # -- matrix products --------------------------------------------------------------------
@@ -559,7 +594,15 @@ def register_tile(vec, left="splat", max_rows=8, max_vectors=4):
     return best[1], best[2]
 
 
-def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store, b_const=None):
+def _row_distance(at):
+    """Elements from row kk=0 to row kk=1 of an operand given as at(kk, j) -> (tensor,
+    index); index entries that are the same loop variable in both cancel."""
+    t, i0 = at(0, 0)
+    _, i1 = at(1, 0)
+    return sum((b - a) * s for a, b, s in zip(i0, i1, t.strides) if a is not b)
+
+
+def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store, b_const=None, a_const=None):
     """y[i, j:] = store(i, j, init[i, j:] + sum_kk a[i, kk] * b[kk, j:]) in register tiles of
     MR rows x NV vectors of columns (sized from the profile by register_tile): the MR*NV
     accumulators stay in registers across the whole kk loop, each b row segment is loaded
@@ -574,12 +617,27 @@ def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store, b_const=None):
     panels of one tile's columns, kk-major, so a tile streams its b operand from one
     contiguous run (paired and post-incremented loads, one cache line after the next)
     instead of one row of b per kk.
-    Reductions run in order (no reassociation). Every y element is stored once (epilogues)."""
+    a_const: a's values when known at compile time. Where a row of b is not a whole number
+    of vectors long (KWS's 125-pixel planes), the rows kk..kk+3 that one by-lane vector of
+    a serves lie at offsets no load instruction can encode (NEON's scaled offsets are
+    multiples of 16 bytes), so each needs an address of its own: 8 of 103 instructions of
+    KWS's pointwise loop on cortex-a76. Then a is packed so that one vector holds kk,
+    kk+lanes, kk+2 lanes, ... ("spread"): those rows lie lanes rows apart, a multiple of
+    the vector size, and one address serves the step.
+    Reductions run in order (no reassociation), except where spread: kk in that order.
+    Every y element is stored once (epilogues)."""
     vec = k.vector
     t_a, _ = a_at(0, 0)
-    by_lane = vec.fma_by_lane and vec.lanes > 1 and t_a.strides[-1] == 1 and kdim >= vec.lanes
+    lanes = vec.lanes
+    by_lane = vec.fma_by_lane and lanes > 1 and t_a.strides[-1] == 1 and kdim >= lanes
+    spread = (by_lane and a_const is not None and b_const is None and kdim % (lanes * lanes) == 0
+              and _row_distance(b_at) % lanes != 0)
+    if spread:
+        # a_spread[i, j, blk * lanes + u] = a[i, blk * lanes^2 + j + lanes * u]
+        a_spread = k.constant(np.ascontiguousarray(
+            np.asarray(a_const, np.float32).reshape(m_, -1, lanes, lanes).transpose(0, 3, 1, 2).reshape(m_, lanes, -1)))
     mr, nv = register_tile(vec, "rows" if by_lane else "splat", max_rows=min(8, m_))
-    nr = nv * vec.lanes
+    nr = nv * lanes
     full = n - n % nr
     if b_const is not None:
         b_const = np.asarray(b_const, np.float32).reshape(kdim, n)
@@ -605,9 +663,14 @@ def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store, b_const=None):
         b_at_kk = b_row(j0, widths, offs)
         acc = [[k.var(init(i0 + r, j0 + off, w)) for off, w in zip(offs, widths)] for r in range(rows)]
         with k.in_order():
-            lanes = vec.lanes
             main = kdim - kdim % lanes if by_lane else 0
-            if main:
+            if spread:
+                with k.loop(lanes) as j, k.loop(kdim // (lanes * lanes)) as blk:
+                    rows_v = [k.vload(a_spread, (i0 + r, j, blk * lanes), lanes) for r in range(rows)]
+                    for u in range(lanes):
+                        step(acc, rows, widths, b_at_kk(blk * (lanes * lanes) + j + lanes * u),
+                             lambda r, w: k.lane_splat(rows_v[r], u, w))
+            elif main:
                 with k.loop(main, step=lanes) as kk:
                     rows_v = [k.vload(*a_at(i0 + r, kk), lanes) for r in range(rows)]
                     for u in range(lanes):
