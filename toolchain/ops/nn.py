@@ -342,7 +342,7 @@ def matmul_tile_cost(vec, m_, n, left="splat"):
     chunks = vector_chunks(n, vec.lanes)
     insns = macs = 0
     for rows in _blocks(m_, mr):
-        left_loads = rows / vec.lanes if left == "rows" else rows
+        left_loads, _ = _left_operand(vec, left, rows)
         for c0 in range(0, len(chunks), nv):
             tile = chunks[c0:c0 + nv]
             insns += left_loads + len(tile) + rows * len(tile)
@@ -507,13 +507,14 @@ def _lower_pointwise_conv(k, x, w, bias, y, w_value):
     pixels = x.size // (n_ * c_)
     oc_ = y.shape[1]
     x3, y3, w2 = x.reshape((n_, c_, pixels)), y.reshape((n_, oc_, pixels)), w.reshape((oc_, c_))
-    if w_value.is_const and _pointwise_by_channels(k.vector, oc_, pixels, c_):
-        return _lower_pointwise_by_channels(k, x3, w2, bias, y3, w_value.data.reshape(oc_, c_))
+    w_data = w_value.data.reshape(oc_, c_) if w_value.is_const else None
+    if w_data is not None and _pointwise_by_channels(k.vector, oc_, pixels, c_):
+        return _lower_pointwise_by_channels(k, x3, w2, bias, y3, w_data)
     with k.loop(n_) as n:
         tiled_matmul(k, oc_, pixels, c_, lambda o, ci: (w2, (o, ci)), lambda ci, p: (x3, (n, ci, p)),
                      lambda o, p, w: k.splat(bias[o] if bias is not None else 0.0, w),
                      lambda o, p, v: y3.store_vector((n, o, p), v),
-                     a_const=w_value.data.reshape(oc_, c_) if w_value.is_const else None)
+                     a_const=w_data)
 
 
 def _pointwise_by_channels(vec, oc_, pixels, c_):
@@ -525,8 +526,7 @@ def _pointwise_by_channels(vec, oc_, pixels, c_):
     stored on its own: counted as 3 instructions (RVV takes a lane out by a slide and a
     move); at 1, KWS's 125-pixel planes went along channels on rv64gcv and took 21% more
     instructions than along pixels."""
-    by_lane = vec.fma_by_lane and vec.lanes > 1 and c_ >= vec.lanes
-    along_pixels = matmul_tile_cost(vec, oc_, pixels, "rows" if by_lane else "splat") + 1 / (vec.lanes * c_)
+    along_pixels = matmul_tile_cost(vec, oc_, pixels, "rows" if a_by_lane(vec, c_) else "splat") + 1 / (vec.lanes * c_)
     along_channels = matmul_tile_cost(vec, pixels, oc_) + 3 / c_  # lane out, address, store
     return along_channels < along_pixels
 
@@ -584,8 +584,7 @@ def register_tile(vec, left="splat", max_rows=8, max_vectors=4):
         for mr in (1, 2, 3, 4, 6, 8):
             if mr > max_rows or (left == "packed" and mr % vec.lanes):
                 continue
-            loads, regs = {"splat": (mr, 1), "rows": (mr / vec.lanes, mr),
-                           "packed": (mr / vec.lanes, mr // vec.lanes)}[left]
+            loads, regs = _left_operand(vec, left, mr)
             if mr * nv + nv + regs > vec.registers - 1:
                 continue
             key = ((loads + nv + mr * nv) / (mr * nv), -mr * nv)
@@ -600,6 +599,19 @@ def _row_distance(at):
     t, i0 = at(0, 0)
     _, i1 = at(1, 0)
     return sum((b - a) * s for a, b, s in zip(i0, i1, t.strides) if a is not b)
+
+
+def _left_operand(vec, left, rows):
+    """(loads per step, registers) of `rows` rows of the left operand, as register_tile
+    describes each way it comes."""
+    return {"splat": (rows, 1), "rows": (rows / vec.lanes, rows),
+            "packed": (rows / vec.lanes, rows // vec.lanes)}[left]
+
+
+def a_by_lane(vec, kdim, a_contiguous=True) -> bool:
+    """Whether tiled_matmul takes a's values by lane: FMA by lane, and a row of a runs
+    along kk in memory for at least one vector."""
+    return vec.fma_by_lane and vec.lanes > 1 and a_contiguous and kdim >= vec.lanes
 
 
 def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store, b_const=None, a_const=None):
@@ -629,7 +641,7 @@ def tiled_matmul(k, m_, n, kdim, a_at, b_at, init, store, b_const=None, a_const=
     vec = k.vector
     t_a, _ = a_at(0, 0)
     lanes = vec.lanes
-    by_lane = vec.fma_by_lane and lanes > 1 and t_a.strides[-1] == 1 and kdim >= lanes
+    by_lane = a_by_lane(vec, kdim, t_a.strides[-1] == 1)
     spread = (by_lane and a_const is not None and b_const is None and kdim % (lanes * lanes) == 0
               and _row_distance(b_at) % lanes != 0)
     if spread:
