@@ -7,16 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from toolchain.compiler import build
+from toolchain.harness.oracle import ATOL, RTOL, onnxruntime_outputs  # noqa: F401  (tests import them here)
 from toolchain.harness.runner import link_harness, run_model
-from toolchain.targets import get_profile
+from toolchain.targets import get_profile, runnable_targets
 
 ROOT = Path(__file__).resolve().parent.parent
-RTOL, ATOL = 1e-3, 1e-4
-ALL_TARGETS = ["x86-64-v3", "cortex-a76", "cortex-a53", "rv64gc", "rv64gcv"]
+ALL_TARGETS = runnable_targets("user")  # every profile in targets/ that runs here
 
 
 def make_model(nodes, inputs: dict, outputs: dict, inits: dict | None = None, opset=13) -> onnx.ModelProto:
@@ -28,13 +27,6 @@ def make_model(nodes, inputs: dict, outputs: dict, inits: dict | None = None, op
                           [vi(k, v) for k, v in outputs.items()],
                           [numpy_helper.from_array(np.asarray(v), k) for k, v in (inits or {}).items()])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def onnxruntime_outputs(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
 
 
 def compile_and_run(model: onnx.ModelProto | Path, target: str, feeds: dict, workdir: Path,

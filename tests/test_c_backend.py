@@ -7,7 +7,6 @@ import hashlib
 import re
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -17,9 +16,10 @@ from onnx import TensorProto, helper
 from helpers import ROOT, assert_close, make_model, onnxruntime_outputs
 from test_models import MODELS, NAMES, feeds_for
 from toolchain.cli import main as cli_main
-from toolchain.codegen.c_module import STRICT_FLAGS, build_c_library, compile_c
+from toolchain.backends.c import compile_c
+from toolchain.harness.clib import build_c_library
 from toolchain.compiler import build
-from toolchain.errors import CompileError
+from toolchain.errors import CompileError, InvalidModelError
 from toolchain.harness.runner import link_harness, run_model
 from toolchain.inspect.elf import check_self_contained, read_object
 from toolchain.targets import all_profiles, get_profile
@@ -320,7 +320,7 @@ def test_strict_compile_failure_is_a_compile_error():
 
 def test_unknown_emit_is_rejected(workdir):
     model, _ = vision_model()
-    with pytest.raises(CompileError, match="--emit must be 'object' or 'c'"):
+    with pytest.raises(InvalidModelError, match="--emit must be one of object, c, got 'asm'"):
         build(save(model, workdir), T, "model", workdir / "bad", emit="asm")
 
 

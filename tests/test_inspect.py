@@ -12,13 +12,13 @@ import pytest
 from onnx import helper
 
 from helpers import ROOT, make_model
-from toolchain.codegen.compile import compile_ir
+from toolchain.backends.llvm import call_graph, compile_ir
 from toolchain.compiler import build
 from toolchain.emit import ar_archive
-from toolchain.errors import CompileError
+from toolchain.errors import CompileError, InternalError
 from toolchain.inspect.elf import check_library, check_self_contained, read_object
 from toolchain.inspect.size import diff, html_chart, size_report
-from toolchain.inspect.stack import call_graph, stack_usage
+from toolchain.inspect.stack import stack_usage
 from toolchain.targets import get_profile
 
 F = np.float32
@@ -180,9 +180,18 @@ def test_wrong_float_abi_is_caught(builds):
     """An object for the hard-float ABI checked against a soft-float profile."""
     import dataclasses
     obj = read_object((built(builds, "rv64gc") / "net.o").read_bytes())
-    soft = dataclasses.replace(get_profile("rv64gc"), elf_flags={"float_abi": "soft", "rvc": True})
-    with pytest.raises(CompileError, match="float ABI is double.*needs soft"):
+    soft = dataclasses.replace(get_profile("rv64gc"), elf_flags=[
+        {"mask": 0x6, "value": 0x0, "meaning": "soft-float ABI"}, {"mask": 0x1, "value": 0x1, "meaning": "RVC"}])
+    with pytest.raises(InternalError, match=r"lack soft-float ABI \(flags & 0x6 is 0x4"):
         check_self_contained(obj, soft, "net")
+
+
+def test_wrong_elf_class_is_caught(builds):
+    """An ELF64 object checked against a 32-bit profile of the same machine."""
+    import dataclasses
+    obj = read_object((built(builds, "cortex-a76") / "net.o").read_bytes())
+    with pytest.raises(InternalError, match="object is ELF64, target cortex-a76 needs ELF32"):
+        check_self_contained(obj, dataclasses.replace(get_profile("cortex-a76"), elf_class=32), "net")
 
 
 def test_size_command_catches_a_tampered_library(builds, tmp_path):

@@ -1,6 +1,6 @@
 """The inline transcendentals against numpy in float64, over their whole useful input
 range, on the host and on an emulated target (FMA contraction and vector widths differ).
-The bounds are the documented maximum errors of toolchain/codegen/mathfns.py, in units
+The bounds are the documented maximum errors of toolchain/kernel/mathfns.py, in units
 in the last place of the float32 result."""
 import math
 

@@ -1,7 +1,10 @@
 """edgec: an ahead-of-time compiler from ONNX models to allocation-free static libraries.
 
-front end (frontend/) -> graph IR (ir.py) -> passes (passes/) -> memory plan (memory.py)
--> LLVM code generation (codegen/) -> emission (emit.py) -> inspection (inspect/)
--> proof under QEMU (harness/).
+The layers, each importing only those before it (docs/architecture.md):
+errors, contract, version -> ir -> targets -> schedules -> kernel (vocabulary, tiled loop
+nests) -> ops -> passes -> frontend -> memory -> backends -> emit -> inspect -> compiler
+(the driver) -> harness, bench, firmware, cli.
 """
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["__version__"]

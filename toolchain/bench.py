@@ -9,7 +9,6 @@ onnxruntime measured alternately in the same run).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,17 +20,17 @@ import numpy as np
 import onnx
 
 from .compiler import PROJECT_ROOT, build
+from .harness.oracle import ATOL, RTOL, onnxruntime_session
 from .harness.plugin import count_instructions
 from .harness.runner import link_harness, run_model
-from .targets import get_profile
+from .targets import get_profile, runnable_targets
 
 MATRIX = PROJECT_ROOT / "ci" / "matrix.toml"
-RTOL, ATOL = 1e-3, 1e-4
 
 
 def matrix() -> tuple[list[str], list[Path]]:
     data = tomllib.loads(MATRIX.read_text())
-    return data["targets"], [PROJECT_ROOT / m for m in data["models"]]
+    return runnable_targets("user"), [PROJECT_ROOT / m for m in data["models"]]
 
 
 @dataclass
@@ -77,15 +76,6 @@ def seeded_inputs(model: onnx.ModelProto, seed: int = 0) -> dict:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
         feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
     return feeds
-
-
-def onnxruntime_session(model: onnx.ModelProto):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 @dataclass

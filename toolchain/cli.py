@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import CompileError
+from .errors import CompileError, InvalidModelError
 
 
 def _dims(specs):
@@ -12,7 +12,7 @@ def _dims(specs):
     for spec in specs or []:
         key, _, val = spec.partition("=")
         if not key or not val.isdigit() or int(val) <= 0:
-            raise CompileError(f"--dim wants NAME=POSITIVE_INT, got '{spec}'")
+            raise InvalidModelError(f"--dim wants NAME=POSITIVE_INT, got '{spec}'")
         dims[key] = int(val)
     return dims
 
@@ -55,7 +55,7 @@ def cmd_size(args):
         print(diff(old, new))
         return
     if not args.target:
-        raise CompileError("size needs --target (or --diff OLD_DIR NEW_DIR)")
+        raise InvalidModelError("size needs --target (or --diff OLD_DIR NEW_DIR)")
     out = Path(args.out) if args.out else PROJECT_ROOT / "build" / args.target
     if args.model or not (out / f"{args.name}.o").is_file():
         cmd_build(args)

@@ -3,28 +3,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import onnx
 
-from . import __version__
-from .codegen.compile import compile_ir
-from .codegen.module import build_module, module_text
+from .backends import get_backend
+from .contract import entry_symbols, is_valid_name
 from .emit import ar_archive, c_header, manifest_json, write_atomically
-from .errors import CompileError
+from .errors import InvalidModelError
 from .frontend.onnx_import import import_model, load_model
 from .integration import cmake_file, make_fragment
 from .inspect.elf import ObjectInfo, check_self_contained, read_object
 from .inspect.size import check_budgets, totals
-from .inspect.stack import call_graph, stack_usage
+from .inspect.stack import stack_usage
 from .ir import Graph
 from .memory import MemoryPlan, plan_memory
 from .ops import registry
 from .passes import run_pipeline
 from .targets import Profile, get_profile
+from .version import __version__
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = PROJECT_ROOT / "models" / "kws_dscnn.onnx"
@@ -39,6 +38,7 @@ class Compiled:
     llvm_ir: str
     stack: dict = None  # entry symbol -> worst-case stack bytes (None: not known)
     c_source: str = ""  # the C path's <name>.c (emit="c"); its object is the check build
+    emit: str = "object"
 
 
 @dataclass
@@ -49,47 +49,29 @@ class BuildResult:
 
 
 def check_name(name: str):
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
-        raise CompileError(f"--name '{name}' must be a C identifier (letters, digits, _; at most 63)")
+    if not is_valid_name(name):
+        raise InvalidModelError(f"--name '{name}' must be a C identifier (letters, digits, _; at most 63)")
 
 
-def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = None) -> Compiled:
-    """Passes, memory plan, LLVM, object, self-containment check. Nothing touches disk."""
-    run_pipeline(g, dump=dump)
+def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = None,
+                  emit: str = "object") -> Compiled:
+    """Passes (schedules chosen for the backend's vector unit), memory plan, the backend's
+    object, self-containment check, worst-case stack. Nothing touches disk."""
+    backend = get_backend(emit)
+    run_pipeline(g, dump=dump, vector=backend.vector_unit(profile))
     plan = plan_memory(g, profile.arena_align)
-    module = build_module(g, plan, name, profile.triple, profile.vector_unit)
-    obj, optimized, frames = compile_ir(module_text(module), profile)
-    info = read_object(obj)
+    out = backend.generate(g, plan, name, profile)
+    info = read_object(out.object)
     check_self_contained(info, profile, name)
-    stack = stack_usage(frames, call_graph(optimized), [f"{name}_run"], profile.return_address_bytes)
-    return Compiled(g, plan, obj, info, optimized, stack)
-
-
-def compile_graph_c(g: Graph, profile: Profile, name: str, dump: TextIO | None = None) -> Compiled:
-    """Passes, memory plan, portable C; the C is compiled once for the profile with the strict
-    flags, and that object gets the same self-containment check as the LLVM path's."""
-    from .codegen.c_module import c_source, compile_c
-
-    run_pipeline(g, dump=dump)
-    plan = plan_memory(g, profile.arena_align)
-    source = c_source(g, plan, name, profile.name)
-    frames: dict = {}
-    obj = compile_c(source, profile, frames=frames)
-    info = read_object(obj)
-    check_self_contained(info, profile, name)
-    # <name>_run calls each node's function, which call nothing (helpers are inline)
-    entry = f"{name}_run"
-    graph = {s.name: set() for s in info.symbols if s.kind == "STT_FUNC"}
-    graph[entry] = set(graph) - {entry}
-    stack = stack_usage(frames, graph, [entry], profile.return_address_bytes)
-    return Compiled(g, plan, obj, info, llvm_ir="", stack=stack, c_source=source)
+    stack = stack_usage(out.frames, out.calls, entry_symbols(name), profile.return_address_bytes)
+    return Compiled(g, plan, out.object, info, out.llvm_ir, stack, out.c_source, emit)
 
 
 def compile_onnx(model: onnx.ModelProto, target: str, name: str = "model", dims=None,
-                 dump: TextIO | None = None) -> Compiled:
+                 dump: TextIO | None = None, emit: str = "object") -> Compiled:
     check_name(name)
     profile = get_profile(target)
-    return compile_graph(import_model(model, name, dims), profile, name, dump)
+    return compile_graph(import_model(model, name, dims), profile, name, dump, emit)
 
 
 def build(model_path: str | Path | None, target: str, name: str = "model", out: str | Path | None = None,
@@ -100,49 +82,39 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     budgets: {"flash_bytes": n, "ram_bytes": n} over the target profile's own; a build over
     budget fails and writes nothing."""
     check_name(name)
-    if emit not in ("object", "c"):
-        raise CompileError(f"--emit must be 'object' or 'c', got '{emit}'")
+    get_backend(emit)
     profile = get_profile(target)
     model_path = Path(model_path) if model_path else DEFAULT_MODEL
     out = Path(out) if out else PROJECT_ROOT / "build" / target
     model = load_model(model_path)
-    compile_fn = compile_graph_c if emit == "c" else compile_graph
-    compiled = compile_fn(import_model(model, name, dims), profile, name, dump)
-    options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__}
-    if emit == "c":
-        options["emit"] = "c"
+    compiled = compile_graph(import_model(model, name, dims), profile, name, dump, emit)
+    options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__,
+               **({"emit": emit} if emit != "object" else {})}
     manifest = make_manifest(compiled, profile, name, model_path, options)
     check_budgets({**manifest, "arena_bytes": manifest["arena"]["size"],
                    "symbols": compiled.info.by_size()},
                   {**profile.budgets, **{k: v for k, v in (budgets or {}).items() if v is not None}})
-    if emit == "c":
-        return _write_c_build(compiled, manifest, name, out)
-    files = {
-        out / f"{name}.o": compiled.object,
-        out / f"lib{name}.a": ar_archive([(f"{name[:13]}.o", compiled.object,
-                                            [s.name for s in compiled.info.symbols
-                                             if s.binding == "STB_GLOBAL"])]),
-        out / f"{name}.h": c_header(name, manifest).encode(),
-        out / f"{name}.json": manifest_json(manifest),
-        out / f"{name}.cmake": cmake_file(name, "object").encode(),
-        out / f"{name}.mk": make_fragment(name, "object").encode(),
-    }
+    kinds = [*get_backend(emit).ships, "header", "manifest", "cmake", "make"]
+    files = {out / ARTIFACTS[kind][0](name): ARTIFACTS[kind][1](compiled, name, manifest) for kind in kinds}
     write_atomically(files)
-    kinds = ["object", "library", "header", "manifest", "cmake", "make"]
     return BuildResult(dict(zip(kinds, files)), manifest, compiled)
 
 
-def _write_c_build(compiled: Compiled, manifest: dict, name: str, out: Path) -> BuildResult:
-    files = {
-        out / f"{name}.c": compiled.c_source.encode(),
-        out / f"{name}.h": c_header(name, manifest).encode(),
-        out / f"{name}.json": manifest_json(manifest),
-        out / f"{name}.cmake": cmake_file(name, "c").encode(),
-        out / f"{name}.mk": make_fragment(name, "c").encode(),
-    }
-    write_atomically(files)
-    kinds = ["source", "header", "manifest", "cmake", "make"]
-    return BuildResult(dict(zip(kinds, files)), manifest, compiled)
+def _library(c: Compiled, name: str) -> bytes:
+    globals_ = [s.name for s in c.info.symbols if s.binding == "STB_GLOBAL"]
+    return ar_archive([(f"{name[:13]}.o", c.object, globals_)])
+
+
+# artifact kind -> (file name, contents of a build)
+ARTIFACTS = {
+    "object": (lambda n: f"{n}.o", lambda c, n, m: c.object),
+    "library": (lambda n: f"lib{n}.a", lambda c, n, m: _library(c, n)),
+    "source": (lambda n: f"{n}.c", lambda c, n, m: c.c_source.encode()),
+    "header": (lambda n: f"{n}.h", lambda c, n, m: c_header(n, m).encode()),
+    "manifest": (lambda n: f"{n}.json", lambda c, n, m: manifest_json(m)),
+    "cmake": (lambda n: f"{n}.cmake", lambda c, n, m: cmake_file(n, c.emit).encode()),
+    "make": (lambda n: f"{n}.mk", lambda c, n, m: make_fragment(n, c.emit).encode()),
+}
 
 
 def _tensor_info(v):
@@ -175,6 +147,7 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
         "flash_bytes": t["text"] + t["rodata"] + t["data"],
         "ram_bytes": t["data"] + t["bss"] + c.plan.arena_size + max(stack.values(), default=0),
         "ops": g.op_counts(),
+        "schedules": {n.name: str(n.schedule) for n in g.nodes if n.schedule is not None},
         "macs": sum(registry.get(n.op).macs(n) for n in g.nodes),
         "hashes": {
             "model_sha256": _file_hash(model_path),

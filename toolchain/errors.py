@@ -1,4 +1,14 @@
-"""The one exception type users see: every failure names the node, op or limit."""
+"""The exceptions users see: every failure names the node, op or limit.
+
+One base class (the CLI prints any of them as one `edgec: error:` line and exits 1) and
+a kind per cause, so callers and tests classify failures by type, never by message text:
+
+- UnsupportedError: a valid model uses something this compiler does not do (yet).
+- InvalidModelError: the model (or a command-line value) is wrong; onnxruntime would
+  refuse it too.
+- BudgetError: the build does not fit a flash/RAM budget.
+- InternalError: the compiler broke a promise of its own (a bug to report).
+"""
 
 
 class CompileError(Exception):
@@ -11,3 +21,25 @@ class CompileError(Exception):
         super().__init__(where + message)
         self.node = node
         self.op = op
+
+    def at(self, node: str, op: str) -> "CompileError":
+        """The same error, of the same kind, attributed to a node (when it names none yet)."""
+        if self.node is not None:
+            return self
+        return type(self)(str(self), node=node, op=op)
+
+
+class UnsupportedError(CompileError):
+    """A feature of a valid model that this compiler does not support."""
+
+
+class InvalidModelError(CompileError):
+    """The input is wrong: a malformed model, inconsistent shapes, a bad option value."""
+
+
+class BudgetError(CompileError):
+    """The build does not fit the flash or RAM budget."""
+
+
+class InternalError(CompileError):
+    """The compiler produced something it promised not to: a bug."""

@@ -21,17 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .codegen.c_kernel import float_literal, int_literal
-from .codegen.c_module import build_c_library
-from .codegen.kernel import LLVM_TYPES
+from .harness.clib import build_c_library
+from .harness.oracle import ATOL, RTOL, onnxruntime_outputs
+from .kernel.c import float_literal, int_literal
+from .kernel.llvm import LLVM_TYPES
 from .compiler import DEFAULT_MODEL, PROJECT_ROOT, build
-from .errors import CompileError
+from .errors import CompileError, UnsupportedError
 from .inspect.elf import read_object
 from .targets import Profile, get_profile
 
 FIRMWARE = PROJECT_ROOT / "firmware"
 NAME = "model"  # main.c includes model.h and calls model_run
-RTOL, ATOL = 1e-3, 1e-4  # as the test suite's comparisons with onnxruntime
 KINDS = {"float32": "FW_F32", "int64": "FW_I64", "int32": "FW_I32", "int8": "FW_I8", "uint8": "FW_U8",
          "bool": "FW_U8"}
 C_ELEM = {"float32": "float", "int64": "int64_t", "int32": "int32_t", "int8": "int8_t", "uint8": "uint8_t",
@@ -57,7 +57,7 @@ class Verdict:
 def board_for(profile: Profile) -> dict:
     boards = tomllib.loads((FIRMWARE / "boards.toml").read_text())
     if profile.elf_machine not in boards:
-        raise CompileError(f"no bare-metal board for target {profile.name} ({profile.elf_machine}); "
+        raise UnsupportedError(f"no bare-metal board for target {profile.name} ({profile.elf_machine}); "
                            f"firmware/boards.toml has {', '.join(boards)}")
     return boards[profile.elf_machine]
 
@@ -65,7 +65,6 @@ def board_for(profile: Profile) -> dict:
 def test_vectors(manifest: dict, model_path: Path, seed: int = 0):
     """Random inputs of the model's types and onnxruntime's outputs for them."""
     import onnx
-    import onnxruntime as ort
 
     rng = np.random.default_rng(seed)
     inputs = []
@@ -75,11 +74,8 @@ def test_vectors(manifest: dict, model_path: Path, seed: int = 0):
         else:
             inputs.append(rng.integers(0, 3, t["shape"]).astype(t["dtype"]))
     model = onnx.load(str(model_path))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feeds = {t["name"]: x for t, x in zip(manifest["inputs"], inputs)}
-    return inputs, sess.run(None, feeds)
+    return inputs, onnxruntime_outputs(model, feeds)
 
 
 def data_header(manifest: dict, inputs, expected, corrupt: bool = False) -> str:
@@ -121,8 +117,7 @@ def _array(decl: str, x: np.ndarray) -> str:
 
 def compiler(profile: Profile, board: dict) -> list[str]:
     """zig cc for the board's freestanding triple and the profile's CPU: no OS, no libc."""
-    return [sys.executable, "-m", "ziglang", "cc", "-target", board["zig_target"],
-            f"-mcpu={profile.zig_cpu}", "-ffreestanding", "-nostdlib"]
+    return profile.zig_cc(board["zig_target"]) + ["-ffreestanding", "-nostdlib"]
 
 
 def _run(cmd: list[str], what: str):

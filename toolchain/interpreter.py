@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import CompileError
+from .errors import InvalidModelError
 from .ir import Graph
-from .ops import own_inputs, registry
-from .passes.fuse import apply_epilogue_reference
+from .ops import apply_epilogue_reference, own_inputs, registry
 
 
 def interpret(g: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
     if len(inputs) != len(g.inputs):
-        raise CompileError(f"expected {len(g.inputs)} inputs, got {len(inputs)}")
+        raise InvalidModelError(f"expected {len(g.inputs)} inputs, got {len(inputs)}")
     env = {}
     for v, x in zip(g.inputs, inputs):
         x = np.asarray(x)
         if x.shape != v.type.shape:
-            raise CompileError(f"input {v.name}: shape {x.shape}, expected {v.type.shape}")
+            raise InvalidModelError(f"input {v.name}: shape {x.shape}, expected {v.type.shape}")
         env[id(v)] = x.astype(v.type.dtype)
 
     def get(v):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import CompileError
+from .errors import InternalError, UnsupportedError
 
 DTYPES = {
     "float32": np.float32,
@@ -35,7 +35,7 @@ class TensorType:
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
-            raise CompileError(f"unsupported element type {self.dtype}")
+            raise UnsupportedError(f"unsupported element type {self.dtype}")
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
 
     @property
@@ -76,6 +76,24 @@ class Value:
         return f"%{self.name}"
 
 
+@dataclass(frozen=True)
+class EpilogueStep:
+    """One elementwise op applied at a producer's store (fused by passes.fuse): its op and
+    attributes, and for a binary op the producer input holding its other operand, and
+    whether that operand comes first (x - y is not y - x)."""
+
+    op: str
+    attrs: tuple = ()  # sorted (name, value) pairs
+    operand: int | None = None
+    operand_first: bool = False
+
+    def __str__(self):
+        args = [f"{k}={_fmt_attr(v)}" for k, v in self.attrs]
+        if self.operand is not None:
+            args.append(f"operand={self.operand}{' first' if self.operand_first else ''}")
+        return f"{self.op}({', '.join(args)})" if args else self.op
+
+
 @dataclass(eq=False)
 class Node:
     op: str
@@ -83,6 +101,8 @@ class Node:
     inputs: list[Value | None]
     outputs: list[Value]
     attrs: dict = field(default_factory=dict)
+    epilogue: tuple[EpilogueStep, ...] = ()  # fused elementwise steps, applied in order at the store
+    schedule: object = None  # a toolchain.schedules.Schedule, once chosen for a vector unit
 
     def __repr__(self):
         return f"Node({self.op} {self.name})"
@@ -159,36 +179,26 @@ class Graph:
 
     # -- verification ---------------------------------------------------------
     def verify(self):
-        """Structural checks plus re-running each op's shape rule: a pass that breaks
-        the IR is caught right after it runs, not three passes later."""
-        from .ops import registry
-
+        """Structural checks: unique node names, every input defined before it is read,
+        outputs attached to their producer. (passes.verify adds each op's shape rule.)"""
         defined = {id(v) for v in self.inputs}
         names = set()
         for node in self.nodes:
             if node.name in names:
-                raise CompileError("duplicate node name", node=node.name, op=node.op)
+                raise InternalError("duplicate node name", node=node.name, op=node.op)
             names.add(node.name)
             for v in node.inputs:
                 if v is None or v.is_const:
                     continue
                 if id(v) not in defined:
-                    raise CompileError(f"input {v!r} used before it is defined", node=node.name, op=node.op)
-            try:
-                expected = registry.get(node.op).infer(node)
-            except (IndexError, KeyError, TypeError, ValueError, AttributeError) as e:
-                raise CompileError(f"malformed node ({type(e).__name__}: {e})", node=node.name,
-                                   op=node.op) from None
-            for out, want in zip(node.outputs, expected):
-                if out.type != want:
-                    raise CompileError(f"output {out!r} has type {out.type}, shape rule says {want}",
-                                       node=node.name, op=node.op)
+                    raise InternalError(f"input {v!r} used before it is defined", node=node.name, op=node.op)
+            for out in node.outputs:
                 if out.producer is not node:
-                    raise CompileError(f"output {out!r} has a stale producer", node=node.name, op=node.op)
+                    raise InternalError(f"output {out!r} has a stale producer", node=node.name, op=node.op)
                 defined.add(id(out))
         for v in self.outputs:
             if not v.is_const and id(v) not in defined:
-                raise CompileError(f"graph output {v!r} is never computed")
+                raise InternalError(f"graph output {v!r} is never computed")
 
     # -- text form ------------------------------------------------------------
     def __str__(self):
@@ -211,8 +221,10 @@ class Graph:
             res = ", ".join(f"%{v.name}" for v in node.outputs)
             types = ", ".join(str(v.type) for v in node.outputs)
             a = f" {{{attr(node.attrs)}}}" if node.attrs else ""
-            lines.append(f"  {res} = {node.op}({', '.join(operand(v) for v in node.inputs)}){a} : {types}"
-                         f"  # {node.name}")
+            fused = f" then {' then '.join(map(str, node.epilogue))}" if node.epilogue else ""
+            sched = f"  [{node.schedule}]" if node.schedule is not None else ""
+            lines.append(f"  {res} = {node.op}({', '.join(operand(v) for v in node.inputs)}){a}{fused} : {types}"
+                         f"  # {node.name}{sched}")
         lines.append(f"  return {outs}")
         lines.append("}")
         return "\n".join(lines)

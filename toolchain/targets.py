@@ -1,59 +1,112 @@
 """Target profiles are data: one TOML file per target in targets/. Code asks the profile
-(triple, cpu, features, vector width, how to link and run) and never tests target names."""
+(triple, cpu, features, vector unit, ELF facts, how to link and run) and never tests
+target names.
+
+The loader is derived from the Profile's fields: each field says where it lives in the
+TOML file (`toml="section.key"`), so a new profile key is one field here.
+"""
 from __future__ import annotations
 
+import dataclasses
 import platform
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CompileError
+from .errors import InvalidModelError
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+RUN_MODES = ("user", "system", "none")  # qemu-user (or natively), a QEMU board, not runnable here
 
 
 @dataclass(frozen=True)
+class VectorUnit:
+    """What a lowering needs to know of the target's SIMD unit, from its profile: float32
+    lanes per register (1: scalar code), how many registers there are (register tiles
+    are sized to fit), and whether an FMA can take one lane of another register as its
+    multiplier (NEON's `fmla v.4s, v.4s, v.s[i]`): then a vector load feeds several
+    FMAs, where other ISAs broadcast a scalar load (x86 `vbroadcastss`, RVV `vfmacc.vf`).
+    `fma_scalar_operand`: that multiplier can stay in a scalar float register (RVV), so
+    broadcast values cost no vector register. `fma_memory_operand`: an FMA can read a
+    vector from memory (x86), so a load used once costs no instruction of its own.
+    `name` says whose unit it is (a profile, or a backend's own such as portable C)."""
+
+    lanes: int = 4
+    registers: int = 16
+    fma_by_lane: bool = False
+    fma_scalar_operand: bool = False
+    fma_memory_operand: bool = False
+    name: str = "generic"
+
+
+@dataclass(frozen=True)
+class ElfFlagCheck:
+    """One promise about e_flags: (flags & mask) == value, and what that means."""
+
+    mask: int
+    value: int
+    meaning: str
+
+
+def _at(key, default=dataclasses.MISSING, **kw):
+    """A profile field read from `key` ("section.name") of the TOML file."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"toml": key}, **kw)
+    return field(default=default, metadata={"toml": key}, **kw)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Profile:
-    name: str
-    description: str
-    triple: str
-    cpu: str
-    features: str
-    abi: str
-    vector_bits: int
-    vector_registers: int
-    arena_align: int
-    elf_machine: str
-    elf_flags: dict
-    zig_target: str
-    zig_cpu: str
-    qemu: str
-    qemu_cpu: str
-    native_arch: str
-    native_cpu_flags: tuple
-    budgets: dict = field(default_factory=dict)
-    # bytes a call instruction pushes (x86's return address); 0 where it goes to a register
-    return_address_bytes: int = 0
+    name: str = _at("name")
+    description: str = _at("description")
+    triple: str = _at("triple")
+    cpu: str = _at("cpu")
+    vector_bits: int = _at("vector_bits")
+    vector_registers: int = _at("vector_registers")
+    arena_align: int = _at("arena_align")
+    features: str = _at("features", "")
+    abi: str = _at("abi", "")
     # an FMA can multiply by one lane of another vector register (see VectorUnit)
-    vector_fma_by_lane: bool = False
+    vector_fma_by_lane: bool = _at("vector_fma_by_lane", False)
     # an FMA can take its multiplier from a scalar float register (RVV's vfmacc.vf)
-    vector_fma_scalar_operand: bool = False
+    vector_fma_scalar_operand: bool = _at("vector_fma_scalar_operand", False)
     # an FMA can read one vector operand from memory (x86's vfmadd231ps ymm, ymm, [mem])
-    vector_fma_memory_operand: bool = False
+    vector_fma_memory_operand: bool = _at("vector_fma_memory_operand", False)
     # registers per vector value (RVV's LMUL): tiles use values this many registers wide
-    vector_lmul: int = 1
+    vector_lmul: int = _at("vector_lmul", 1)
+    # width of index arithmetic in generated code: the pointer width
+    index_bits: int = _at("index_bits", 64)
+    elf_machine: str = _at("elf.machine")
+    elf_class: int = _at("elf.class", 64)
+    elf_flags: list = _at("elf.flags", [])  # [{mask, value, meaning}]: see elf_flag_checks
+    # bytes a call instruction pushes (x86's return address); 0 where it goes to a register
+    return_address_bytes: int = _at("elf.return_address_bytes", 0)
+    zig_target: str = _at("link.zig_target")
+    zig_cpu: str = _at("link.zig_cpu")
+    run_mode: str = _at("run.mode", "user")
+    qemu: str = _at("run.qemu", "")
+    qemu_cpu: str = _at("run.qemu_cpu", "")
+    native_arch: str = _at("run.native_arch", "")
+    native_cpu_flags: list = _at("run.native_cpu_flags", [])
+    budgets: dict = _at("budgets", {})
 
     @property
-    def vector_unit(self):
-        from .codegen.kernel import VectorUnit
+    def vector_unit(self) -> VectorUnit:
         return VectorUnit(lanes=max(1, self.vector_bits * self.vector_lmul // 32),
                           registers=self.vector_registers // self.vector_lmul, fma_by_lane=self.vector_fma_by_lane,
                           fma_scalar_operand=self.vector_fma_scalar_operand,
-                          fma_memory_operand=self.vector_fma_memory_operand)
+                          fma_memory_operand=self.vector_fma_memory_operand, name=self.name)
 
     @property
-    def vector_bytes(self) -> int:
-        return self.vector_bits // 8
+    def elf_flag_checks(self) -> list[ElfFlagCheck]:
+        return [ElfFlagCheck(int(f["mask"]), int(f["value"]), f.get("meaning", f"flags & {f['mask']:#x}"))
+                for f in self.elf_flags]
+
+    def zig_cc(self, zig_target: str | None = None) -> list[str]:
+        """The hermetic C compiler for this CPU (zig cc), for the profile's own OS target or
+        another one (a bare-metal board's)."""
+        return zig("cc", "-target", zig_target or self.zig_target, f"-mcpu={self.zig_cpu}")
 
     def runs_natively(self) -> bool:
         """True when this host executes the target's instructions itself."""
@@ -66,35 +119,53 @@ class Profile:
         return all(f in flags for f in self.native_cpu_flags)
 
 
-def _load(path: Path) -> Profile:
-    d = tomllib.loads(path.read_text())
+def zig(*args: str) -> list[str]:
+    """The command line of the hermetic toolchain (the ziglang package): zig cc, zig ar."""
+    return [sys.executable, "-m", "ziglang", *args]
+
+
+def _lookup(d: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return dataclasses.MISSING
+        d = d[part]
+    return d
+
+
+def load_profile(path: Path) -> Profile:
     try:
-        return Profile(
-            name=d["name"], description=d["description"], triple=d["triple"], cpu=d["cpu"],
-            features=d.get("features", ""), abi=d.get("abi", ""), vector_bits=d["vector_bits"],
-            vector_registers=d["vector_registers"], vector_fma_by_lane=d.get("vector_fma_by_lane", False),
-            vector_fma_scalar_operand=d.get("vector_fma_scalar_operand", False),
-            vector_fma_memory_operand=d.get("vector_fma_memory_operand", False),
-            vector_lmul=d.get("vector_lmul", 1),
-            arena_align=d["arena_align"],
-            elf_machine=d["elf"]["machine"], elf_flags=d["elf"].get("flags", {}),
-            zig_target=d["link"]["zig_target"], zig_cpu=d["link"]["zig_cpu"],
-            qemu=d["run"]["qemu"], qemu_cpu=d["run"]["qemu_cpu"],
-            native_arch=d["run"].get("native_arch", ""),
-            native_cpu_flags=tuple(d["run"].get("native_cpu_flags", [])),
-            budgets=d.get("budgets", {}),
-            return_address_bytes=d["elf"].get("return_address_bytes", 0),
-        )
-    except KeyError as e:
-        raise CompileError(f"target profile {path.name} lacks field {e}") from None
+        d = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise InvalidModelError(f"cannot read target profile {path}: {e}") from None
+    values, missing = {}, []
+    for f in dataclasses.fields(Profile):
+        value = _lookup(d, f.metadata["toml"])
+        if value is not dataclasses.MISSING:
+            values[f.name] = value
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            missing.append(f.metadata["toml"])
+    if missing:
+        raise InvalidModelError(f"target profile {Path(path).name} lacks {', '.join(missing)}")
+    profile = Profile(**values)
+    if profile.run_mode not in RUN_MODES:
+        raise InvalidModelError(f"target profile {Path(path).name}: run.mode must be one of {RUN_MODES}")
+    return profile
 
 
 def all_profiles() -> dict[str, Profile]:
-    return {p.name: p for p in map(_load, sorted(TARGETS_DIR.glob("*.toml")))}
+    return {p.name: p for p in map(load_profile, sorted(TARGETS_DIR.glob("*.toml")))}
 
 
 def get_profile(name: str) -> Profile:
+    """A profile by name, or by the path of a profile file (a target of the user's own)."""
+    if name.endswith(".toml") and Path(name).is_file():
+        return load_profile(Path(name))
     profiles = all_profiles()
     if name not in profiles:
-        raise CompileError(f"unknown target '{name}' (known targets: {', '.join(profiles)})")
+        raise InvalidModelError(f"unknown target '{name}' (known targets: {', '.join(profiles)})")
     return profiles[name]
+
+
+def runnable_targets(mode: str = "user") -> list[str]:
+    """Names of the profiles that run in this mode: the test and CI matrix read this."""
+    return [p.name for p in all_profiles().values() if p.run_mode == mode]

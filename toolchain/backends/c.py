@@ -1,6 +1,8 @@
-"""Graph + memory plan -> one portable C99 file, the C twin of module.py: weights as
-aligned `static const` arrays, one static function per node (the op's own lowering, run
-on CKernel), and the exported `<name>_run` with the contract of `<name>.h`.
+"""The C backend: graph + memory plan -> one portable C99 file, the C twin of llvm.py:
+weights as aligned `static const` arrays, one static function per node (the op's own
+lowering, run on CKernel), and the exported entry point with the contract of `<name>.h`.
+The file is then compiled for the profile with the strict flags, and that object gets
+the same checks as the object path's.
 
 The file includes only <stdint.h> and <stddef.h> and calls nothing: the few helpers it
 needs (bit reinterpretation, saturating float->int, sqrt) are defined inside it, with
@@ -8,17 +10,46 @@ one-instruction forms where the compiler offers them and plain C everywhere else
 """
 from __future__ import annotations
 
-import re
+import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..errors import CompileError
+from ..contract import run_prototype, run_symbol, symbol
+from ..errors import InternalError, UnsupportedError
 from ..ir import Graph
+from ..kernel.c import CKernel, CTensor, c_type, float_literal, int_literal
+from ..kernel.llvm import F32, F64, LLVM_TYPES
 from ..memory import MemoryPlan
-from .c_kernel import CKernel, CTensor, c_type, float_literal, int_literal
-from .kernel import F32, F64, LLVM_TYPES
-from .module import WEIGHT_ALIGN, lower_node, symbol
+from ..targets import Profile, VectorUnit
+from ..version import __version__
+from .common import Generated, lower_node
+from .llvm import WEIGHT_ALIGN, parse_frame_reports
+
+# C has no vector types: the lowering writes 4-lane tiles as scalars, which the C
+# compiler's vectorizer finds again. Schedules for the C path are chosen for this unit.
+PORTABLE_C = VectorUnit(lanes=4, registers=16, name="portable-c")
+
+
+class CBackend:
+    """emit "c": <name>.c (portable C99), compiled once for the profile as the check build."""
+
+    name = "c"
+    ships = ("source",)  # artifact kinds of the build besides header, manifest and fragments
+
+    def vector_unit(self, profile: Profile) -> VectorUnit:
+        return PORTABLE_C
+
+    def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile) -> Generated:
+        source = c_source(g, plan, name, profile.name)
+        frames: dict = {}
+        obj = compile_c(source, profile, frames=frames)
+        # the entry calls each node's function, which call nothing (helpers are inline)
+        functions = [f"{name}_{symbol(node.op)}_{symbol(node.name)}" for node in g.nodes]
+        calls = {fn: set() for fn in functions}
+        calls[run_symbol(name)] = set(functions)
+        return Generated(obj, frames, calls, c_source=source)
 
 PRELUDE = """\
 #include <stdint.h>
@@ -203,7 +234,7 @@ def _helpers(body: str) -> str:
 def _weight_array(sym: str, data: np.ndarray) -> str:
     ty = LLVM_TYPES.get(str(data.dtype))
     if ty is None:
-        raise CompileError(f"the C backend cannot store a {data.dtype} constant")
+        raise UnsupportedError(f"the C backend cannot store a {data.dtype} constant")
     flat = data.reshape(-1)
     if ty in (F32, F64) and not np.isfinite(flat).all():
         return _bits_array(sym, flat, ty)
@@ -241,6 +272,7 @@ def _node_function(g, plan, name, node) -> tuple[str, str]:
     in_place = any(plan.of(o) in places and plan.of(o).kind != "const" for o in node.outputs)
     restrict = "" if in_place else " restrict"  # distinct buffers: lets compilers vectorize
     k = CKernel(fn)
+    k.vector = PORTABLE_C
     params, tensors = [], []
     for i, v in enumerate(ins + node.outputs):
         const = "const " if i < len(ins) else ""
@@ -256,7 +288,7 @@ def _node_function(g, plan, name, node) -> tuple[str, str]:
 
 
 def _run_function(g, plan, name, weights, kernels) -> str:
-    proto = f"int {name}_run(const void *const *inputs, void *const *outputs, void *arena)"
+    proto = run_prototype(name)
     lines = [f"{proto};", "", f"{proto} {{", "    unsigned char *a = (unsigned char *)arena;",
              "    (void)inputs;", "    (void)outputs;", "    (void)a;"]
 
@@ -284,22 +316,13 @@ def _run_function(g, plan, name, weights, kernels) -> str:
 STRICT_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 
 
-FRAME_REPORT = re.compile(r"stack frame size \((\d+)\) exceeds limit \(\d+\) in (?:function )?'([^']+)'")
-
-
 def compile_c(source: str, profile, cc: list[str] | None = None, flags=(), opt="-O2",
               frames: dict | None = None) -> bytes:
     """The generated C -> a relocatable object for the profile (zig cc by default), with the
-    strict flags the C path promises to pass. Raises CompileError with the compiler's output.
+    strict flags the C path promises to pass. Raises InternalError with the compiler's output.
     `frames`, if given, receives {function: stack frame bytes} from clang's frame reports."""
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
-
     if cc is None:
-        cc = [sys.executable, "-m", "ziglang", "cc", "-target", profile.zig_target,
-              f"-mcpu={profile.zig_cpu}"]
+        cc = profile.zig_cc()
     with tempfile.TemporaryDirectory(prefix="edgec-c-") as tmp:
         src, obj = Path(tmp) / "model.c", Path(tmp) / "model.o"
         src.write_text(source)
@@ -307,24 +330,8 @@ def compile_c(source: str, profile, cc: list[str] | None = None, flags=(), opt="
         proc = subprocess.run([*cc, *STRICT_FLAGS, opt, *report, *flags, "-c", str(src), "-o", str(obj)],
                               capture_output=True, text=True)
         if frames is not None:
-            frames.update({fn: int(n) for n, fn in FRAME_REPORT.findall(proc.stderr)})
+            frames.update(parse_frame_reports(proc.stderr))
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
-            raise CompileError(f"internal error: the generated C does not compile cleanly:\n{tail}")
+            raise InternalError(f"the generated C does not compile cleanly:\n{tail}")
         return obj.read_bytes()
-
-
-def build_c_library(build_dir, name: str, profile, cc: list[str] | None = None, flags=()) -> "Path":
-    """<build_dir>/<name>.c -> lib<name>.a beside it (the C path's twin of the object
-    path's library, e.g. for the test harness and the firmware)."""
-    from pathlib import Path
-
-    from ..emit import ar_archive
-    from ..inspect.elf import read_object
-
-    build_dir = Path(build_dir)
-    obj = compile_c((build_dir / f"{name}.c").read_text(), profile, cc, flags)
-    syms = [s.name for s in read_object(obj).symbols if s.binding == "STB_GLOBAL"]
-    lib = build_dir / f"lib{name}.a"
-    lib.write_bytes(ar_archive([(f"{name[:13]}.o", obj, syms)]))
-    return lib

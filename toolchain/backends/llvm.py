@@ -1,32 +1,50 @@
-"""Graph + memory plan -> one LLVM module: weights as internal read-only globals, one
-internal function per node, and the exported `<name>_run` entry point of the C contract."""
+"""The object backend: graph + memory plan -> one LLVM module (weights as internal
+read-only globals, one internal function per node, the exported entry point of the C
+contract) -> a relocatable object for the profile (llvmlite, O3, the profile's
+triple/cpu/features so NEON, AVX2 and RVV instructions are allowed)."""
 from __future__ import annotations
 
 import itertools
+import os
 import re
-from functools import partial
+import tempfile
 
+import llvmlite.binding as llvm
 from llvmlite import ir
 
-from ..errors import CompileError
+from ..contract import run_symbol, symbol
+from ..errors import InternalError
 from ..ir import Graph
+from ..kernel.llvm import I8, I32, LLVM_TYPES, Kernel, Tensor
 from ..memory import MemoryPlan
-from ..ops import own_inputs, registry
-from .kernel import I8, I32, I64, LLVM_TYPES, Kernel, Tensor, VectorUnit
+from ..targets import Profile, VectorUnit
+from .common import Generated, lower_node
 
 WEIGHT_ALIGN = 64
 
 
-def symbol(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+class LLVMBackend:
+    """emit "object": <name>.o and lib<name>.a from LLVM."""
+
+    name = "object"
+    ships = ("object", "library")  # artifact kinds of the build besides header, manifest and fragments
+
+    def vector_unit(self, profile: Profile) -> VectorUnit:
+        return profile.vector_unit
+
+    def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile) -> Generated:
+        module = build_module(g, plan, name, profile)
+        obj, optimized, frames = compile_ir(module_text(module), profile)
+        return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
 
 
-def build_module(g: Graph, plan: MemoryPlan, name: str, triple: str, vector: VectorUnit = VectorUnit()) -> ir.Module:
+def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile) -> ir.Module:
     module = ir.Module(name=name)
-    module.triple = triple
+    module.triple = profile.triple
+    index = ir.IntType(profile.index_bits)
     weights = {id(v): _weight_global(module, f"{name}_w{i}", v.data) for i, v in enumerate(g.constants())}
-    kernels = [_node_function(module, g, plan, name, node, vector) for node in g.nodes]
-    _run_function(module, g, plan, name, weights, kernels)
+    kernels = [_node_function(module, g, plan, name, node, profile.vector_unit, index) for node in g.nodes]
+    _run_function(module, g, plan, name, weights, kernels, index)
     return module
 
 
@@ -46,7 +64,7 @@ def _ptr_type(v):
     return LLVM_TYPES[v.type.dtype].as_pointer()
 
 
-def _node_function(module, g, plan, name, node, vector):
+def _node_function(module, g, plan, name, node, vector, index):
     ins = [v for v in node.inputs if v is not None]
     fnty = ir.FunctionType(ir.VoidType(), [_ptr_type(v) for v in ins + node.outputs])
     fn = ir.Function(module, fnty, name=f"{name}_{symbol(node.op)}_{symbol(node.name)}")
@@ -58,7 +76,7 @@ def _node_function(module, g, plan, name, node, vector):
         for arg in fn.args:
             arg.add_attribute("noalias")
     k = Kernel(fn)
-    k.vector = vector
+    k.vector, k.index = vector, index
     packed = itertools.count()
     k.rodata = lambda data: _weight_global(module, f"{fn.name}_packed{next(packed)}", data)
     tensors = [Tensor(k, arg, v.type.dtype, v.type.shape) for arg, v in zip(fn.args, ins + node.outputs)]
@@ -67,45 +85,10 @@ def _node_function(module, g, plan, name, node, vector):
     return fn
 
 
-def lower_node(k, node, tensors):
-    """Hand the op its operand views (None where an optional input is omitted) and its
-    outputs with the fused epilogue attached, and let it write the code; an error names
-    the node. `tensors`: the present inputs, then the outputs. Shared by the LLVM and C
-    paths, so an op lowers the same way into both. A binary epilogue step reads its
-    operand (same shape as the output) at the stored element's offset."""
-    n_in = sum(v is not None for v in node.inputs)
-    present = iter(tensors[:n_in])
-    in_views = [next(present) if v is not None else None for v in node.inputs]
-    outs = tensors[n_in:]
-    for op_name, attrs in node.attrs.get("epilogue", []):
-        op = registry.get(op_name)
-        if "operand" in attrs:
-            step = partial(_combine, k, op.combine, in_views[attrs["operand"]].flat(), attrs["operand_first"])
-        else:
-            step = partial(_apply, k, op.scalar, attrs)
-        step.vector_safe, step.reads_operand = op.vector_safe, "operand" in attrs
-        outs[0].epilogue.append(step)
-    try:
-        registry.get(node.op).lower(k, node, in_views[:len(own_inputs(node))], outs)
-    except CompileError as e:
-        if e.node is None:
-            raise CompileError(str(e), node=node.name, op=node.op) from None
-        raise
-
-
-def _apply(k, scalar, attrs, v, at):
-    return scalar(k, v, attrs)
-
-
-def _combine(k, combine, operand, operand_first, v, at):
-    other = k.vload(operand, (at,), v.v.type.count) if isinstance(v.v.type, ir.VectorType) else operand[at]
-    return combine(k, other, v) if operand_first else combine(k, v, other)
-
-
-def _run_function(module, g, plan, name, weights, kernels):
+def _run_function(module, g, plan, name, weights, kernels, index):
     ptr = I8.as_pointer()
     fnty = ir.FunctionType(I32, [ptr.as_pointer(), ptr.as_pointer(), ptr])
-    fn = ir.Function(module, fnty, name=f"{name}_run")
+    fn = ir.Function(module, fnty, name=run_symbol(name))
     fn.attributes.add("nounwind")
     inputs, outputs, arena = fn.args
     inputs.name, outputs.name, arena.name = "inputs", "outputs", "arena"
@@ -119,9 +102,9 @@ def _run_function(module, g, plan, name, weights, kernels):
         if key not in cache:
             if st.kind in ("input", "output"):
                 table = inputs if st.kind == "input" else outputs
-                raw = b.load(b.gep(table, [ir.Constant(I64, st.index)], inbounds=True))
+                raw = b.load(b.gep(table, [ir.Constant(index, st.index)], inbounds=True))
             elif st.kind == "arena":
-                raw = b.gep(arena, [ir.Constant(I64, st.index)], inbounds=True)
+                raw = b.gep(arena, [ir.Constant(index, st.index)], inbounds=True)
             else:
                 raw = weights[id(v)]
             cache[key] = raw
@@ -144,3 +127,82 @@ def module_text(module: ir.Module) -> str:
     text = str(module)
     return re.sub(r"^(define [^\n]*?)\s*\n\{", r'\1 noredzone "no-builtins" "warn-stack-size"="0"\n{', text,
                   flags=re.M)
+
+
+_ready = False
+
+
+def _init():
+    global _ready
+    if not _ready:
+        llvm.initialize_all_targets()
+        llvm.initialize_all_asmprinters()
+        _ready = True
+
+
+def target_machine(profile: Profile):
+    _init()
+    target = llvm.Target.from_triple(profile.triple)
+    return target.create_target_machine(cpu=profile.cpu, features=profile.features, opt=3,
+                                        reloc="pic", codemodel="small", abiname=profile.abi)
+
+
+def compile_ir(text: str, profile: Profile) -> tuple[bytes, str, dict]:
+    """Returns (object bytes, optimized IR text, {function: stack frame bytes}); the frame
+    sizes are the backend's own reports for functions marked "warn-stack-size"="0"."""
+    tm = target_machine(profile)
+    try:
+        mod = llvm.parse_assembly(text)
+        mod.verify()
+    except RuntimeError as e:
+        raise InternalError(f"generated LLVM IR is invalid: {e}") from None
+    mod.triple = profile.triple
+    mod.data_layout = str(tm.target_data)
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    pto.loop_unrolling = True
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+    obj, diagnostics = _capturing_stderr(lambda: tm.emit_object(mod))
+    return obj, str(mod), parse_frame_reports(diagnostics)
+
+
+def _capturing_stderr(fn):
+    """Run fn with file descriptor 2 redirected: LLVM's default diagnostic handler writes
+    there from C++, out of Python's reach. Returns (fn(), what was written)."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            result = fn()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        return result, tmp.read().decode(errors="replace")
+
+
+FRAME_REPORT = re.compile(r"stack frame size \((\d+)\) exceeds limit \(\d+\) in (?:function )?'([^']+)'")
+
+
+def parse_frame_reports(text: str) -> dict[str, int]:
+    """LLVM's (or clang's -Wframe-larger-than=0) diagnostics -> {function: frame bytes}."""
+    return {fn: int(n) for n, fn in FRAME_REPORT.findall(text)}
+
+
+def call_graph(llvm_ir: str) -> dict[str, set]:
+    """{function: callees} from LLVM IR text (direct calls; intrinsics excluded). Calls
+    come from the optimized IR, which code generation does not add to or take from."""
+    graph, current = {}, None
+    for line in llvm_ir.splitlines():
+        m = re.match(r"define [^@]*@\"?([\w.$]+)\"?\(", line)
+        if m:
+            current = graph.setdefault(m.group(1), set())
+        elif line.startswith("}"):
+            current = None
+        elif current is not None:
+            for callee in re.findall(r"\bcall [^@]*@\"?([\w.$]+)\"?\(", line):
+                if not callee.startswith("llvm."):
+                    current.add(callee)
+    return graph

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import CompileError
+from ..errors import CompileError, InvalidModelError, UnsupportedError
 from ..ir import DTYPES, Graph, TensorType, Value
 from ..ops import registry
 from ..passes.fold import fold_node
@@ -27,21 +27,21 @@ def onnx_dtype(elem_type: int) -> str:
     except Exception:
         name = f"onnx type {elem_type}"
     if name not in DTYPES:
-        raise CompileError(f"unsupported element type {name}")
+        raise UnsupportedError(f"unsupported element type {name}")
     return name
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
     path = Path(path)
     if not path.is_file():
-        raise CompileError(f"model file not found: {path}")
+        raise InvalidModelError(f"model file not found: {path}")
     try:
         model = onnx.load(str(path), load_external_data=False)
         onnx.load_external_data_for_model(model, str(path.parent))
     except CompileError:
         raise
     except Exception as e:  # protobuf DecodeError, missing external data file...
-        raise CompileError(f"cannot read ONNX model {path}: {type(e).__name__}: {e}") from None
+        raise InvalidModelError(f"cannot read ONNX model {path}: {type(e).__name__}: {e}") from None
     return model
 
 
@@ -65,12 +65,15 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
     for i, proto in enumerate(onnx_graph.node):
         node_name = proto.name or f"{proto.op_type}_{i}"
         if proto.domain not in ("", "ai.onnx"):
-            raise CompileError(f"unsupported op domain '{proto.domain}'", node=node_name, op=proto.op_type)
+            raise UnsupportedError(f"unsupported op domain '{proto.domain}'", node=node_name, op=proto.op_type)
         attrs = {a.name: _attr(a, g) for a in proto.attribute}
         if proto.op_type == "Constant":
             env[proto.output[0]] = g.const(proto.output[0], _constant_value(attrs, node_name))
             continue
-        op = registry.get(proto.op_type, node=node_name)
+        op = registry.onnx(proto.op_type, node=node_name)
+        for key in op.dtype_attrs:
+            if isinstance(attrs.get(key), int):
+                attrs[key] = onnx_dtype(attrs[key])
         inputs = []
         for x in proto.input:
             if x == "":
@@ -78,23 +81,21 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
             elif x in env:
                 inputs.append(env[x])
             else:
-                raise CompileError(f"input '{x}' is not produced by any earlier node", node=node_name,
-                                   op=proto.op_type)
+                raise InvalidModelError(f"input '{x}' is not produced by any earlier node", node=node_name,
+                                        op=proto.op_type)
         outputs = [Value(g.unique(o or f"{node_name}_unused{j}"), None) for j, o in enumerate(proto.output)]
         node = g.add_node(proto.op_type, node_name, inputs, outputs, attrs)
         try:
             op.canonicalize(node, opset)
             types = op.infer(node)
         except CompileError as e:
-            if e.node is None:
-                raise CompileError(str(e), node=node.name, op=node.op) from None
-            raise
+            raise e.at(node.name, node.op) from None
         except (KeyError, IndexError, ValueError, TypeError) as e:
-            raise CompileError(f"malformed node: {type(e).__name__}: {e}", node=node.name, op=node.op) from e
+            raise InvalidModelError(f"malformed node: {type(e).__name__}: {e}", node=node.name, op=node.op) from e
         if len(types) < len(node.outputs):
             used = [o for o in proto.output[len(types):] if o in read]
             if used:
-                raise CompileError(f"optional outputs {used} are not supported", node=node.name, op=node.op)
+                raise UnsupportedError(f"optional outputs {used} are not supported", node=node.name, op=node.op)
         node.outputs = node.outputs[:len(types)]
         for out, t in zip(node.outputs, types):
             out.type = t
@@ -105,10 +106,10 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
 
     for vi in onnx_graph.output:
         if vi.name not in env:
-            raise CompileError(f"graph output '{vi.name}' is not produced by any node")
+            raise InvalidModelError(f"graph output '{vi.name}' is not produced by any node")
         g.outputs.append(env[vi.name])
     if not g.outputs:
-        raise CompileError("the model has no outputs")
+        raise InvalidModelError("the model has no outputs")
     return g
 
 
@@ -116,26 +117,26 @@ def _default_opset(model) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             if imp.version not in SUPPORTED_OPSETS:
-                raise CompileError(f"opset {imp.version} is not supported (supported: "
+                raise UnsupportedError(f"opset {imp.version} is not supported (supported: "
                                    f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1})")
             return imp.version
-    raise CompileError("the model imports no default-domain opset")
+    raise InvalidModelError("the model imports no default-domain opset")
 
 
 def _tensor(t: onnx.TensorProto) -> np.ndarray:
     try:
         arr = numpy_helper.to_array(t)
     except Exception as e:
-        raise CompileError(f"cannot read tensor '{t.name}': {e}") from None
+        raise InvalidModelError(f"cannot read tensor '{t.name}': {e}") from None
     if np.dtype(arr.dtype).name not in DTYPES:
-        raise CompileError(f"tensor '{t.name}' has unsupported element type {arr.dtype}")
+        raise UnsupportedError(f"tensor '{t.name}' has unsupported element type {arr.dtype}")
     return arr
 
 
 def _value_type(vi: onnx.ValueInfoProto, dims: dict[str, int]) -> TensorType:
     tt = vi.type.tensor_type
     if not vi.type.HasField("tensor_type"):
-        raise CompileError(f"input '{vi.name}' is not a tensor")
+        raise UnsupportedError(f"input '{vi.name}' is not a tensor")
     shape = []
     for d in tt.shape.dim:
         if d.HasField("dim_value") and d.dim_value > 0:
@@ -144,7 +145,7 @@ def _value_type(vi: onnx.ValueInfoProto, dims: dict[str, int]) -> TensorType:
             shape.append(dims[d.dim_param])
         else:
             sym = d.dim_param or "?"
-            raise CompileError(f"input '{vi.name}' has a dynamic dimension '{sym}'; "
+            raise UnsupportedError(f"input '{vi.name}' has a dynamic dimension '{sym}'; "
                                f"fix it at build time with --dim {sym}=1")
     return TensorType(onnx_dtype(tt.elem_type), tuple(shape))
 
@@ -166,8 +167,8 @@ def _attr(a: onnx.AttributeProto, g: Graph):
     if a.type == T.STRINGS:
         return [s.decode() for s in a.strings]
     if a.type == T.GRAPH:
-        raise CompileError(f"attribute '{a.name}' holds a subgraph (control flow is not supported)")
-    raise CompileError(f"attribute '{a.name}' has unsupported type {a.type}")
+        raise UnsupportedError(f"attribute '{a.name}' holds a subgraph (control flow is not supported)")
+    raise UnsupportedError(f"attribute '{a.name}' has unsupported type {a.type}")
 
 
 def _constant_value(attrs, node_name) -> np.ndarray:
@@ -177,4 +178,4 @@ def _constant_value(attrs, node_name) -> np.ndarray:
                        ("value_int", np.int64), ("value_ints", np.int64)):
         if key in attrs:
             return np.array(attrs[key], dtype=dtype)
-    raise CompileError("Constant without a supported value attribute", node=node_name, op="Constant")
+    raise UnsupportedError("Constant without a supported value attribute", node=node_name, op="Constant")

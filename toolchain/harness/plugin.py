@@ -13,12 +13,11 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..targets import Profile
+from ..targets import Profile, zig
 from .runner import RUNTIME, HarnessError, run_model
 
 PLUGIN_SOURCE = RUNTIME / "insn_count_plugin.c"
@@ -38,7 +37,7 @@ def host_cc() -> list[str]:
     for cand in (os.environ.get("CC"), "gcc", "cc"):
         if cand and shutil.which(cand.split()[0]):
             return cand.split()
-    return [sys.executable, "-m", "ziglang", "cc"]
+    return zig("cc")
 
 
 def build_plugin() -> Path:

@@ -6,13 +6,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..contract import macro_prefix, run_symbol
 from ..targets import Profile
 
 RUNTIME = Path(__file__).resolve().parent.parent.parent / "runtime"
@@ -31,8 +31,7 @@ class RunResult:
 
 
 def zig_cc(profile: Profile) -> list[str]:
-    return [sys.executable, "-m", "ziglang", "cc", "-target", profile.zig_target,
-            f"-mcpu={profile.zig_cpu}", "-static", "-O2"]
+    return profile.zig_cc() + ["-static", "-O2"]
 
 
 def link_harness(build_dir: Path, name: str, profile: Profile, out: Path | None = None) -> Path:
@@ -40,8 +39,8 @@ def link_harness(build_dir: Path, name: str, profile: Profile, out: Path | None 
     build_dir = Path(build_dir)
     out = Path(out) if out else build_dir / f"{name}_harness"
     cmd = zig_cc(profile) + [
-        f"-I{build_dir}", f'-DEDGEC_HEADER="{name}.h"', f"-DEDGEC_RUN={name}_run",
-        f"-DEDGEC_PREFIX={name.upper()}", str(RUNTIME / "harness.c"),
+        f"-I{build_dir}", f'-DEDGEC_HEADER="{name}.h"', f"-DEDGEC_RUN={run_symbol(name)}",
+        f"-DEDGEC_PREFIX={macro_prefix(name)}", str(RUNTIME / "harness.c"),
         str(build_dir / f"lib{name}.a"), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -78,7 +77,7 @@ def run_program(cmd: list[str], timeout: float, env: dict | None = None,
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, **env} if env else None,
                               preexec_fn=_no_aslr if fixed_layout else None)
-    except subprocess.TimeoutExpired as e:
+    except subprocess.TimeoutExpired:
         raise HarnessError(f"timed out after {timeout:.0f} s: {' '.join(cmd)}") from None
     if proc.returncode != 0:
         if proc.returncode < 0 or proc.returncode >= 128:

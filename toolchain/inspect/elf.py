@@ -10,7 +10,7 @@ from elftools.elf.descriptions import describe_reloc_type
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
-from ..errors import CompileError
+from ..errors import CompileError, InternalError, InvalidModelError
 from ..targets import Profile
 
 
@@ -40,9 +40,6 @@ class ObjectInfo:
         as $x/$d or .LCPI carry no size of their own and are left out)."""
         return sorted(({"name": s.name, "size": s.size, "section": s.section} for s in self.symbols
                        if s.kind in ("STT_FUNC", "STT_OBJECT")), key=lambda s: (-s["size"], s["name"]))
-
-    def section_total(self, *prefixes) -> int:
-        return sum(n for s, n in self.sections.items() if s.startswith(prefixes))
 
 
 def read_object(data: bytes) -> ObjectInfo:
@@ -75,47 +72,43 @@ def read_object(data: bytes) -> ObjectInfo:
 # Relocations that only a dynamic loader resolves (GOT, PLT slots, copies, TLS): a
 # firmware link has none of that machinery.
 DYNAMIC_RELOCATIONS = ("GOT", "GLOB_DAT", "JUMP_SLOT", "COPY", "RELATIVE", "TLS", "TPREL", "DTP")
-RISCV_FLOAT_ABI = {"soft": 0x0, "single": 0x2, "double": 0x4, "quad": 0x6}
 
 
 def check_elf_header(info: ObjectInfo, profile: Profile):
-    """Machine, class and ABI flags as the target profile says."""
+    """Machine, class and e_flags as the target profile says (each flag promise is a
+    mask/value pair of the profile: RISC-V's float ABI and RVC bits, ARM's EABI version
+    and hard-float bit)."""
     if info.machine != profile.elf_machine:
-        raise CompileError(f"object machine is {info.machine}, target {profile.name} needs {profile.elf_machine}")
-    if info.elfclass != 64:
-        raise CompileError(f"object is ELF{info.elfclass}, target {profile.name} needs ELF64")
-    want = profile.elf_flags
-    if "float_abi" in want:
-        got = info.flags & 0x6
-        if got != RISCV_FLOAT_ABI[want["float_abi"]]:
-            have = next(k for k, v in RISCV_FLOAT_ABI.items() if v == got)
-            raise CompileError(f"object float ABI is {have}, target {profile.name} needs {want['float_abi']}")
-    if "rvc" in want and bool(info.flags & 0x1) != want["rvc"]:
-        raise CompileError(f"object RVC flag is {bool(info.flags & 0x1)}, target {profile.name} "
-                           f"needs {want['rvc']}")
+        raise InternalError(f"object machine is {info.machine}, target {profile.name} needs {profile.elf_machine}")
+    if info.elfclass != profile.elf_class:
+        raise InternalError(f"object is ELF{info.elfclass}, target {profile.name} needs ELF{profile.elf_class}")
+    for check in profile.elf_flag_checks:
+        if info.flags & check.mask != check.value:
+            raise InternalError(f"object e_flags {info.flags:#x} lack {check.meaning} (flags & {check.mask:#x} "
+                                f"is {info.flags & check.mask:#x}, target {profile.name} needs {check.value:#x})")
 
 
 def check_self_contained(info: ObjectInfo, profile: Profile, prefix: str):
     """The promises of every build; any violation stops the build with a clear message."""
     check_elf_header(info, profile)
     if info.undefined:
-        raise CompileError(f"object needs external symbols {sorted(info.undefined)}; "
+        raise InternalError(f"object needs external symbols {sorted(info.undefined)}; "
                            f"generated code must not call libc or libm")
     exported = [s.name for s in info.symbols if s.binding != "STB_LOCAL" and not s.name.startswith(prefix + "_")]
     if exported:
-        raise CompileError(f"object exports symbols outside the '{prefix}_' prefix: {sorted(exported)}")
+        raise InternalError(f"object exports symbols outside the '{prefix}_' prefix: {sorted(exported)}")
     if info.writable:
-        raise CompileError(f"object has writable data sections {info.writable}; weights belong in read-only "
+        raise InternalError(f"object has writable data sections {info.writable}; weights belong in read-only "
                            f"data and all state in the arena")
     dynamic = [r for r in info.relocations or [] if any(k in r for k in DYNAMIC_RELOCATIONS)]
     if dynamic:
-        raise CompileError(f"object has relocations that need a dynamic loader: {dynamic}")
+        raise InternalError(f"object has relocations that need a dynamic loader: {dynamic}")
 
 
 def archive_members(data: bytes) -> list[tuple[str, bytes]]:
     """(name, bytes) of each object in a GNU/SysV `ar` archive (symbol index skipped)."""
     if not data.startswith(b"!<arch>\n"):
-        raise CompileError("not an ar archive (bad magic)")
+        raise InvalidModelError("not an ar archive (bad magic)")
     pos, members, long_names = 8, [], b""
     while pos + 60 <= len(data):
         header = data[pos:pos + 60]
@@ -136,11 +129,11 @@ def check_library(data: bytes, profile: Profile, prefix: str):
     """Every member of lib<name>.a keeps the promises of check_self_contained."""
     members = archive_members(data)
     if not members:
-        raise CompileError("library has no object members")
+        raise InvalidModelError("library has no object members")
     for name, body in members:
         try:
             check_self_contained(read_object(body), profile, prefix)
         except CompileError as e:
-            raise CompileError(f"library member {name}: {e}") from None
+            raise type(e)(f"library member {name}: {e}") from None
         except Exception as e:  # not ELF at all
-            raise CompileError(f"library member {name} is not a readable ELF object: {e}") from None
+            raise InvalidModelError(f"library member {name} is not a readable ELF object: {e}") from None

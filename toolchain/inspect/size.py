@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import CompileError
+from ..errors import BudgetError, InvalidModelError
 from ..targets import get_profile
 from .elf import check_library, check_self_contained, read_object
 
@@ -58,7 +58,7 @@ def size_report(build_dir: Path, name: str) -> SizeReport:
     obj, manifest = build_dir / f"{name}.o", build_dir / f"{name}.json"
     for p in (obj, manifest):
         if not p.is_file():
-            raise CompileError(f"{p} not found: build first (invoke build --target T --name {name})")
+            raise InvalidModelError(f"{p} not found: build first (invoke build --target T --name {name})")
     info = read_object(obj.read_bytes())
     man = json.loads(manifest.read_text())
     profile = get_profile(man["target"]["name"])
@@ -84,7 +84,7 @@ def table(r: SizeReport, top: int = 10) -> str:
               f"  {'code':22} {r.code_bytes:10,d}", f"  {'weights':22} {r.weight_bytes:10,d}",
               f"{'RAM (data+bss+arena+stack)':24} {r.ram_bytes:10,d}", f"  {'arena':22} {r.arena_bytes:10,d}"]
     lines += [f"  {'stack ' + e:22} {n:10,d}" for e, n in r.stack_bytes.items()]
-    lines += ["", f"largest symbols:", f"{'symbol':44} {'section':16} {'bytes':>10}"]
+    lines += ["", "largest symbols:", f"{'symbol':44} {'section':16} {'bytes':>10}"]
     lines += [f"{s['name'][:44]:44} {s['section'][:16]:16} {s['size']:10,d}" for s in r.symbols[:top]]
     lines += ["", f"undefined symbols: {', '.join(r.undefined) if r.undefined else 'none'}"]
     return "\n".join(lines)
@@ -138,5 +138,5 @@ def check_budgets(report: dict, budgets: dict, top: int = 5):
         else:
             contrib = [f"arena {report['arena_bytes']:,} B"] + [f"stack of {e} {n:,} B"
                                                                  for e, n in report["stack_bytes"].items()]
-        raise CompileError(f"{what} budget exceeded: {report[key]:,} bytes > {what} budget {limit:,} bytes "
+        raise BudgetError(f"{what} budget exceeded: {report[key]:,} bytes > {what} budget {limit:,} bytes "
                            f"(by {report[key] - limit:,}); largest contributors: {', '.join(contrib)}")

@@ -21,8 +21,8 @@ from contextlib import contextmanager
 import numpy as np
 from llvmlite import ir
 
-from ..errors import CompileError
-from .kernel import F32, F64, I1, I8, I32, I64, LLVM_TYPES, Expr, Kernel, Tensor
+from ..errors import InternalError, UnsupportedError
+from .llvm import F32, F64, I1, I8, I32, I64, LLVM_TYPES, Expr, Kernel, Tensor
 
 C_TYPES = {F32: "float", F64: "double", I1: "int", I8: "int8_t", I32: "int32_t", I64: "int64_t"}
 UNSIGNED = {I8: "uint8_t", I32: "uint32_t", I64: "uint64_t"}
@@ -34,7 +34,7 @@ def c_type(ty) -> str:
     try:
         return C_TYPES[ty]
     except KeyError:
-        raise CompileError(f"the C backend has no type for {ty}") from None
+        raise UnsupportedError(f"the C backend has no type for {ty}") from None
 
 
 def is_float_type(ty) -> bool:
@@ -108,7 +108,7 @@ class CExpr(Expr):
             return b
         op = C_BINOPS.get(fop if self.is_float else iop)
         if op is None:
-            raise CompileError("the C backend cannot compute a float remainder without libm")
+            raise UnsupportedError("the C backend cannot compute a float remainder without libm")
         code = f"{a.v.code} {op} {b.v.code}"
         return self._make(code if is_float_type(ty) or ty in (I64, I1) else f"({c_type(ty)})({code})",
                           ty, b)
@@ -354,14 +354,14 @@ class CKernel(Kernel):
         names = {(F32, I32): "edgec_bits_f32", (I32, F32): "edgec_f32_bits",
                  (F64, I64): "edgec_bits_f64", (I64, F64): "edgec_f64_bits"}
         if (src, ty) not in names:
-            raise CompileError(f"the C backend cannot reinterpret {src} as {ty}")
+            raise UnsupportedError(f"the C backend cannot reinterpret {src} as {ty}")
         return self.let(f"{names[src, ty]}({x.v.code})", ty, x.v.deps)
 
     # -- control flow ------------------------------------------------------------------------
     @contextmanager
     def loop(self, stop, start=0, step=1):
         if stop - start <= 0:
-            raise CompileError("empty loop")
+            raise InternalError("empty loop")
         if stop - start <= step:
             yield start
             return
@@ -432,7 +432,7 @@ class CKernel(Kernel):
             return self.let(f"edgec_sqrt{'f' if ty == F32 else ''}({x.v.code})", ty, x.v.deps)
         if name == "llvm.fabs":
             return self.abs(x)
-        raise CompileError(f"the C backend has no portable form of intrinsic {name}")
+        raise UnsupportedError(f"the C backend has no portable form of intrinsic {name}")
 
     def finish(self):
         pass

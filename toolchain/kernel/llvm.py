@@ -1,4 +1,4 @@
-"""A small loop-nest vocabulary over llvmlite, in which every op writes its lowering.
+"""The kernel vocabulary over llvmlite: a small loop-nest language, in which every op writes its lowering.
 
 Ops describe *what* to compute with loops, loads, stores and arithmetic on `Expr`
 values (Python operators work on them); this module turns that into LLVM IR. Shapes
@@ -8,11 +8,11 @@ constant trip counts it can unroll and vectorize.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from llvmlite import ir
 
-from ..errors import CompileError
+from ..errors import InternalError
+from ..targets import VectorUnit
 
 F32 = ir.FloatType()
 F64 = ir.DoubleType()
@@ -42,10 +42,6 @@ class Expr:
         ty = self.v.type
         ty = ty.element if isinstance(ty, ir.VectorType) else ty
         return isinstance(ty, (ir.FloatType, ir.DoubleType))
-
-    @property
-    def is_bool(self):
-        return self.v.type == I1
 
     def _other(self, x):
         return self.k.lift(x, like=self)
@@ -184,7 +180,7 @@ class Tensor:
         if not isinstance(idx, (tuple, list)):
             idx = (idx,)
         if len(idx) != self.rank:
-            raise CompileError(f"indexing rank-{self.rank} tensor with {len(idx)} indices")
+            raise InternalError(f"indexing rank-{self.rank} tensor with {len(idx)} indices")
         const = self.offset
         terms = []
         for i, s in zip(idx, self.strides):
@@ -202,7 +198,7 @@ class Tensor:
         return total + const if const else total
 
     def address(self, idx) -> ir.Value:
-        lin = self.k.lift(self.index(idx), like=I64)
+        lin = self.k.lift(self.index(idx), like=self.k.index)
         return self.k.b.gep(self.ptr, [lin.v], inbounds=True)
 
     def __getitem__(self, idx) -> Expr:
@@ -246,28 +242,11 @@ def _shift_into(lanes, n, readable):
     return s if s >= readable.start and s + n > lanes[-1] else None
 
 
-@dataclass(frozen=True)
-class VectorUnit:
-    """What a lowering needs to know of the target's SIMD unit, from its profile: float32
-    lanes per register (1: scalar code), how many registers there are (register tiles
-    are sized to fit), and whether an FMA can take one lane of another register as its
-    multiplier (NEON's `fmla v.4s, v.4s, v.s[i]`): then a vector load feeds several
-    FMAs, where other ISAs broadcast a scalar load (x86 `vbroadcastss`, RVV `vfmacc.vf`).
-    `fma_scalar_operand`: that multiplier can stay in a scalar float register (RVV), so
-    broadcast values cost no vector register. `fma_memory_operand`: an FMA can read a
-    vector from memory (x86), so a load used once costs no instruction of its own."""
-
-    lanes: int = 4
-    registers: int = 16
-    fma_by_lane: bool = False
-    fma_scalar_operand: bool = False
-    fma_memory_operand: bool = False
-
-
 class Kernel:
     """Builds one LLVM function. `b` is the llvmlite IRBuilder positioned where code goes."""
 
     vector = VectorUnit()
+    index = I64  # type of loop counters and element offsets: the target's pointer width
 
     @property
     def vector_lanes(self):
@@ -286,7 +265,7 @@ class Kernel:
             return x
         ty = like.v.type if isinstance(like, Expr) else like
         if ty is None:
-            ty = F32 if isinstance(x, float) else I64
+            ty = F32 if isinstance(x, float) else self.index
         if isinstance(ty, ir.VectorType):
             return Expr(self, ir.Constant(ty, [self.lift(x, like=ty.element).v] * ty.count))
         if isinstance(ty, (ir.FloatType, ir.DoubleType)):
@@ -294,9 +273,6 @@ class Kernel:
         if ty == I1:
             return Expr(self, ir.Constant(I1, int(bool(x))))
         return Expr(self, ir.Constant(ty, int(x)))
-
-    def f32(self, x) -> Expr:
-        return self.lift(float(x), like=F32) if not isinstance(x, Expr) else self.cast(x, F32)
 
     def cast(self, x: Expr, ty, unsigned=False) -> Expr:
         """Numeric conversion with C semantics (float->int truncates)."""
@@ -323,7 +299,7 @@ class Kernel:
     def loop(self, stop, start=0, step=1):
         """for (i = start; i < stop; i += step) — all bounds static ints."""
         if stop - start <= 0:
-            raise CompileError("empty loop")  # shapes with a zero dim are rejected earlier
+            raise InternalError("empty loop")  # shapes with a zero dim are rejected earlier
         if stop - start <= step:
             yield start
             return
@@ -334,12 +310,12 @@ class Kernel:
         done = self.fn.append_basic_block("done")
         b.branch(header)
         b.position_at_end(header)
-        i = b.phi(I64)
-        i.add_incoming(ir.Constant(I64, start), pre)
-        b.cbranch(b.icmp_signed("<", i, ir.Constant(I64, stop)), body, done)
+        i = b.phi(self.index)
+        i.add_incoming(ir.Constant(self.index, start), pre)
+        b.cbranch(b.icmp_signed("<", i, ir.Constant(self.index, stop)), body, done)
         b.position_at_end(body)
         yield Expr(self, i)
-        nxt = b.add(i, ir.Constant(I64, step), flags=["nsw"])
+        nxt = b.add(i, ir.Constant(self.index, step), flags=["nsw"])
         i.add_incoming(nxt, b.block)
         b.branch(header)
         b.position_at_end(done)

@@ -11,7 +11,7 @@ NaN propagates; exp overflows to inf and underflows to 0 (no denormal results).
 """
 from __future__ import annotations
 
-from .kernel import F32, I32, Expr, Kernel
+from .llvm import F32, I32, Expr, Kernel
 
 LOG2E = 1.44269504088896341
 EXP_HI = 88.3762626647949
@@ -45,14 +45,6 @@ def floor(k: Kernel, x: Expr) -> Expr:
 
 def ceil(k: Kernel, x: Expr) -> Expr:
     return -floor(k, -x)
-
-
-def round_half_even(k: Kernel, x: Expr) -> Expr:
-    f = floor(k, x)
-    diff = x - f
-    f_is_even = (k.cast(f, I32) & 1).eq(0)
-    up = k.select(diff > 0.5, f + 1.0, f)
-    return k.select(diff.eq(0.5), k.select(f_is_even, f, f + 1.0), up)
 
 
 def exp(k: Kernel, x: Expr) -> Expr:

@@ -7,13 +7,9 @@ import itertools
 
 import numpy as np
 
-from ..errors import CompileError
 from ..ir import TensorType
-from . import Op, in_type, register
+from .base import Op, in_type, invalid, register
 
-
-def _err(node, msg):
-    return CompileError(msg, node=node.name, op=node.op)
 
 
 def _full_size(size, k, s, d, op):
@@ -29,7 +25,7 @@ class ConvTranspose(Op):
         x, w = in_type(node, 0).shape, in_type(node, 1).shape
         rank = len(x) - 2
         if rank < 1 or len(w) != rank + 2:
-            raise _err(node, f"input {x} and weight {w} ranks do not fit")
+            raise invalid(node, f"input {x} and weight {w} ranks do not fit")
         a = node.attrs
         a["group"] = int(a.get("group", 1))
         a["kernel_shape"] = list(a.get("kernel_shape", w[2:]))
@@ -73,15 +69,15 @@ class ConvTranspose(Op):
         x, w = in_type(node, 0), in_type(node, 1)
         g = node.attrs["group"]
         if x.dtype != "float32" or x.shape[1] != w.shape[0] or x.shape[1] % g:
-            raise _err(node, f"input {x} and weight {w} do not fit (group {g})")
+            raise invalid(node, f"input {x} and weight {w} do not fit (group {g})")
         if list(w.shape[2:]) != node.attrs["kernel_shape"]:
-            raise _err(node, f"kernel_shape {node.attrs['kernel_shape']} != weight {w.shape}")
+            raise invalid(node, f"kernel_shape {node.attrs['kernel_shape']} != weight {w.shape}")
         out_ch = w.shape[1] * g
         if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].type.shape != (out_ch,):
-            raise _err(node, f"bias shape {node.inputs[2].type.shape} != ({out_ch},)")
+            raise invalid(node, f"bias shape {node.inputs[2].type.shape} != ({out_ch},)")
         dims = self._geometry(node)
         if min(d[-1] for d in dims) <= 0:
-            raise _err(node, "pads leave an empty output")
+            raise invalid(node, "pads leave an empty output")
         return [TensorType(x.dtype, (x.shape[0], out_ch) + tuple(d[-1] for d in dims))]
 
     def macs(self, node):

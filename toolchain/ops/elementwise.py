@@ -7,14 +7,15 @@ what `fuse_activations` applies at a producer's store.
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 import numpy as np
 
-from ..codegen import mathfns as m
-from ..codegen.kernel import LLVM_TYPES
-from ..errors import CompileError
+from ..kernel import mathfns as m
+from ..kernel.llvm import LLVM_TYPES
+from ..errors import UnsupportedError
 from ..ir import TensorType, Value
-from . import Op, broadcast_shapes, const_input, in_type, register, registry
+from .base import Op, broadcast_shapes, const_input, in_type, invalid, register, unsupported
 
 
 def _erf_np(x):
@@ -38,64 +39,77 @@ def _hard_sigmoid(k, x, alpha, beta):
     return k.max(k.min(x * alpha + beta, 1.0), 0.0)
 
 
-# name: (numpy reference (x, attrs) -> array, scalar lowering (k, x, attrs) -> Expr, defaults)
+NUMERIC = ("float32", "float64", "float16", "int8", "uint8", "int32", "int64")
+
+
+class UnaryFacts(NamedTuple):
+    """Everything about one unary op: numpy reference (x, attrs) -> array, scalar lowering
+    (k, x, attrs) -> Expr (also applied at a producer's store when fused), attribute
+    defaults, accepted input dtypes, and whether the scalar lowering is plain arithmetic
+    and selects, valid on short vectors too."""
+
+    reference: Callable
+    scalar: Callable
+    defaults: dict = {}
+    dtypes: tuple = ("float32",)
+    vector_safe: bool = False
+
+
+F = UnaryFacts
 UNARY = {
-    "Relu": (lambda x, a: np.maximum(x, 0), lambda k, x, a: k.max(x, 0.0), {}),
-    "LeakyRelu": (lambda x, a: np.where(x >= 0, x, x * a["alpha"]),
-                  lambda k, x, a: k.select(x >= 0.0, x, x * a["alpha"]), {"alpha": 0.01}),
-    "Elu": (lambda x, a: np.where(x >= 0, x, a["alpha"] * (np.exp(x.astype(np.float64)) - 1)),
-            lambda k, x, a: k.select(x >= 0.0, x, (m.exp(k, x) - 1.0) * a["alpha"]), {"alpha": 1.0}),
-    "Clip": (lambda x, a: np.clip(x, a["min"], a["max"]),
-             lambda k, x, a: k.min(k.max(x, a["min"]), a["max"]), {"min": -np.inf, "max": np.inf}),
-    "Sigmoid": (lambda x, a: 1 / (1 + np.exp(-x.astype(np.float64))), lambda k, x, a: m.sigmoid(k, x), {}),
-    "HardSigmoid": (lambda x, a: np.clip(x * a["alpha"] + a["beta"], 0, 1),
-                    lambda k, x, a: _hard_sigmoid(k, x, a["alpha"], a["beta"]), {"alpha": 0.2, "beta": 0.5}),
-    "HardSwish": (lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1),
-                  lambda k, x, a: x * _hard_sigmoid(k, x, 1 / 6, 0.5), {}),
-    "Tanh": (lambda x, a: np.tanh(x), lambda k, x, a: m.tanh(k, x), {}),
-    "Erf": (lambda x, a: _erf_np(x), lambda k, x, a: m.erf(k, x), {}),
-    "Gelu": (lambda x, a: _gelu_np(x, a["approximate"]), _gelu, {"approximate": "none"}),
-    "Exp": (lambda x, a: np.exp(x.astype(np.float64)), lambda k, x, a: m.exp(k, x), {}),
-    "Log": (lambda x, a: np.log(x.astype(np.float64)), lambda k, x, a: m.log(k, x), {}),
-    "Sqrt": (lambda x, a: np.sqrt(x), lambda k, x, a: k.sqrt(x), {}),
-    "Neg": (lambda x, a: -x, lambda k, x, a: -x, {}),
-    "Abs": (lambda x, a: np.abs(x), lambda k, x, a: k.abs(x), {}),
-    "Reciprocal": (lambda x, a: 1 / x, lambda k, x, a: 1.0 / x, {}),
-    "Floor": (lambda x, a: np.floor(x), lambda k, x, a: m.floor(k, x), {}),
-    "Ceil": (lambda x, a: np.ceil(x), lambda k, x, a: m.ceil(k, x), {}),
-    "Selu": (lambda x, a: a["gamma"] * np.where(x > 0, x, a["alpha"] * (np.exp(x.astype(np.float64)) - 1)),
-             lambda k, x, a: k.select(x > 0.0, x, (m.exp(k, x) - 1.0) * a["alpha"]) * a["gamma"],
-             {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}),
-    "Sign": (lambda x, a: np.sign(x), lambda k, x, a: k.select(x > 0.0, 1.0, k.select(x < 0.0, -1.0, x)), {}),
-    "Shrink": (lambda x, a: np.where(x < -a["lambd"], x + a["bias"], np.where(x > a["lambd"], x - a["bias"], 0)),
-               lambda k, x, a: k.select(x < -a["lambd"], x + a["bias"], k.select(x > a["lambd"], x - a["bias"], 0.0)),
-               {"lambd": 0.5, "bias": 0.0}),
-    "ThresholdedRelu": (lambda x, a: np.where(x > a["alpha"], x, 0), lambda k, x, a: k.select(x > a["alpha"], x, 0.0),
-                        {"alpha": 1.0}),
-    "Softsign": (lambda x, a: x / (1 + np.abs(x)), lambda k, x, a: x / (k.abs(x) + 1.0), {}),
-    "Mish": (lambda x, a: x * np.tanh(np.log1p(np.exp(x.astype(np.float64)))),
-             lambda k, x, a: x * m.tanh(k, k.max(x, 0.0) + m.log(k, m.exp(k, -k.abs(x)) + 1.0)), {}),
-    "Softplus": (lambda x, a: np.log1p(np.exp(x.astype(np.float64))),
-                 lambda k, x, a: k.max(x, 0.0) + m.log(k, m.exp(k, -k.abs(x)) + 1.0), {}),
+    "Relu": F(lambda x, a: np.maximum(x, 0), lambda k, x, a: k.max(x, 0.0), dtypes=NUMERIC, vector_safe=True),
+    "LeakyRelu": F(lambda x, a: np.where(x >= 0, x, x * a["alpha"]),
+                   lambda k, x, a: k.select(x >= 0.0, x, x * a["alpha"]), {"alpha": 0.01}, vector_safe=True),
+    "Elu": F(lambda x, a: np.where(x >= 0, x, a["alpha"] * (np.exp(x.astype(np.float64)) - 1)),
+             lambda k, x, a: k.select(x >= 0.0, x, (m.exp(k, x) - 1.0) * a["alpha"]), {"alpha": 1.0}),
+    "Clip": F(lambda x, a: np.clip(x, a["min"], a["max"]), lambda k, x, a: k.min(k.max(x, a["min"]), a["max"]),
+              {"min": -np.inf, "max": np.inf}, NUMERIC, True),
+    "Sigmoid": F(lambda x, a: 1 / (1 + np.exp(-x.astype(np.float64))), lambda k, x, a: m.sigmoid(k, x)),
+    "HardSigmoid": F(lambda x, a: np.clip(x * a["alpha"] + a["beta"], 0, 1),
+                     lambda k, x, a: _hard_sigmoid(k, x, a["alpha"], a["beta"]), {"alpha": 0.2, "beta": 0.5},
+                     vector_safe=True),
+    "HardSwish": F(lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1), lambda k, x, a: x * _hard_sigmoid(k, x, 1 / 6, 0.5),
+                   vector_safe=True),
+    "Tanh": F(lambda x, a: np.tanh(x), lambda k, x, a: m.tanh(k, x)),
+    "Erf": F(lambda x, a: _erf_np(x), lambda k, x, a: m.erf(k, x)),
+    "Gelu": F(lambda x, a: _gelu_np(x, a["approximate"]), _gelu, {"approximate": "none"}),
+    "Exp": F(lambda x, a: np.exp(x.astype(np.float64)), lambda k, x, a: m.exp(k, x)),
+    "Log": F(lambda x, a: np.log(x.astype(np.float64)), lambda k, x, a: m.log(k, x)),
+    "Sqrt": F(lambda x, a: np.sqrt(x), lambda k, x, a: k.sqrt(x)),
+    "Neg": F(lambda x, a: -x, lambda k, x, a: -x, dtypes=NUMERIC, vector_safe=True),
+    "Abs": F(lambda x, a: np.abs(x), lambda k, x, a: k.abs(x), dtypes=NUMERIC, vector_safe=True),
+    "Reciprocal": F(lambda x, a: 1 / x, lambda k, x, a: 1.0 / x, vector_safe=True),
+    "Floor": F(lambda x, a: np.floor(x), lambda k, x, a: m.floor(k, x)),
+    "Ceil": F(lambda x, a: np.ceil(x), lambda k, x, a: m.ceil(k, x)),
+    "Selu": F(lambda x, a: a["gamma"] * np.where(x > 0, x, a["alpha"] * (np.exp(x.astype(np.float64)) - 1)),
+              lambda k, x, a: k.select(x > 0.0, x, (m.exp(k, x) - 1.0) * a["alpha"]) * a["gamma"],
+              {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}),
+    "Sign": F(lambda x, a: np.sign(x), lambda k, x, a: k.select(x > 0.0, 1.0, k.select(x < 0.0, -1.0, x)),
+              vector_safe=True),
+    "Shrink": F(lambda x, a: np.where(x < -a["lambd"], x + a["bias"], np.where(x > a["lambd"], x - a["bias"], 0)),
+                lambda k, x, a: k.select(x < -a["lambd"], x + a["bias"], k.select(x > a["lambd"], x - a["bias"], 0.0)),
+                {"lambd": 0.5, "bias": 0.0}, vector_safe=True),
+    "ThresholdedRelu": F(lambda x, a: np.where(x > a["alpha"], x, 0), lambda k, x, a: k.select(x > a["alpha"], x, 0.0),
+                         {"alpha": 1.0}, vector_safe=True),
+    "Softsign": F(lambda x, a: x / (1 + np.abs(x)), lambda k, x, a: x / (k.abs(x) + 1.0), vector_safe=True),
+    "Mish": F(lambda x, a: x * np.tanh(np.log1p(np.exp(x.astype(np.float64)))),
+              lambda k, x, a: x * m.tanh(k, k.max(x, 0.0) + m.log(k, m.exp(k, -k.abs(x)) + 1.0))),
+    "Softplus": F(lambda x, a: np.log1p(np.exp(x.astype(np.float64))),
+                  lambda k, x, a: k.max(x, 0.0) + m.log(k, m.exp(k, -k.abs(x)) + 1.0)),
 }
-
-
-# activations whose scalar lowering is plain arithmetic and selects: valid on vectors too
-VECTOR_SAFE = {"Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Neg", "Abs", "Reciprocal",
-               "ThresholdedRelu", "Softsign", "Shrink", "Sign"}
 
 
 class Unary(Op):
     fusable_epilogue = True
+    unary_epilogue = True
     inplace = True
 
     @property
     def vector_safe(self):
-        return self.name in VECTOR_SAFE
+        return UNARY[self.name].vector_safe
 
     def canonicalize(self, node, opset):
-        ref, low, defaults = UNARY[node.op]
-        for key, val in defaults.items():
+        for key, val in UNARY[node.op].defaults.items():
             node.attrs.setdefault(key, val)
         if node.op == "Clip":  # opset >= 11 passes min/max as optional inputs
             lo = const_input(node, 1, "Clip min")
@@ -111,15 +125,15 @@ class Unary(Op):
 
     def infer(self, node):
         t = node.inputs[0].type
-        if t.dtype != "float32" and node.op not in ("Relu", "Neg", "Abs", "Clip"):
-            raise CompileError(f"needs float32 input, got {t.dtype}", node=node.name, op=node.op)
+        if t.dtype not in UNARY[node.op].dtypes:
+            raise unsupported(node, f"needs {' or '.join(UNARY[node.op].dtypes)} input, got {t.dtype}")
         return [t]
 
     def reference(self, node, x):
-        return [np.asarray(UNARY[node.op][0](x, node.attrs)).astype(x.dtype)]
+        return [np.asarray(UNARY[node.op].reference(x, node.attrs)).astype(x.dtype)]
 
     def scalar(self, k, x, attrs):
-        return UNARY[self.name][1](k, x, attrs)
+        return UNARY[self.name].scalar(k, x, attrs)
 
     def lower(self, k, node, ins, outs):
         x, y = ins[0].flat(), outs[0].flat()
@@ -177,6 +191,7 @@ def _broadcast_loop(k, ins, out, body):
 
 class Binary(Op):
     fusable_epilogue = True
+    binary_epilogue = True
     inplace = True
 
     @property
@@ -199,14 +214,14 @@ class Binary(Op):
             return
         v = node.inputs[1]
         if not v.is_const:
-            raise CompileError("legacy broadcast with axis needs a constant B", node=node.name, op=node.op)
+            raise unsupported(node, "legacy broadcast with axis needs a constant B")
         data = v.data.reshape(b + (1,) * trailing)
         node.inputs[1] = Value(f"{v.name}_aligned", TensorType.of(data), data=data)
 
     def infer(self, node):
         types = [v.type for v in node.inputs]
         if node.op != "Pow" and len({t.dtype for t in types}) > 1:
-            raise CompileError(f"mixed element types {[t.dtype for t in types]}", node=node.name, op=node.op)
+            raise invalid(node, f"mixed element types {[t.dtype for t in types]}")
         return [TensorType(types[0].dtype, broadcast_shapes(node, *[t.shape for t in types]))]
 
     def combine(self, k, a, b):
@@ -246,7 +261,7 @@ class Binary(Op):
 def _as_dtype(k, t, dtype):
     if t.dtype == dtype:
         return t
-    raise CompileError(f"runtime operand of type {t.dtype} where {dtype} is needed")
+    raise UnsupportedError(f"runtime operand of type {t.dtype} where {dtype} is needed")
 
 
 def _pow_by_constant(e: float):
@@ -312,12 +327,10 @@ class Where(Op):
 
 @register("Cast")
 class Cast(Op):
-    def canonicalize(self, node, opset):
-        from ..frontend.onnx_import import onnx_dtype
+    dtype_attrs = ("to",)
 
+    def canonicalize(self, node, opset):
         node.attrs.pop("saturate", None)
-        if isinstance(node.attrs.get("to"), int):
-            node.attrs["to"] = onnx_dtype(node.attrs["to"])
 
     def infer(self, node):
         return [TensorType(node.attrs["to"], node.inputs[0].type.shape)]
@@ -335,8 +348,3 @@ class Cast(Op):
             def body(a):
                 return k.cast(a, to, unsigned=src in ("uint8", "bool"))
         _broadcast_loop(k, ins, outs[0], body)
-
-
-def unary_scalar(op: str):
-    """The scalar lowering of an activation, for producers that fuse it."""
-    return registry.get(op).scalar

@@ -4,15 +4,10 @@ Most lower to one strided copy: the source is a view (offset, strides) of the in
 from __future__ import annotations
 
 import numpy as np
-from onnx import numpy_helper
 
-from ..errors import CompileError
 from ..ir import TensorType
-from . import Op, broadcast_shapes, const_input, in_type, norm_axis, register
+from .base import Op, broadcast_shapes, const_input, in_type, invalid, norm_axis, register, unsupported
 
-
-def _err(node, msg):
-    return CompileError(msg, node=node.name, op=node.op)
 
 
 def _copy(k, src, dst):
@@ -39,7 +34,7 @@ class Split(Op):
         node.attrs.pop("num_outputs", None)
         sizes = _ints(sizes)
         if len(sizes) != n or sum(sizes) != shape[ax] or min(sizes) < 0:
-            raise _err(node, f"split sizes {sizes} do not divide axis {ax} of {shape} into {n} outputs")
+            raise invalid(node, f"split sizes {sizes} do not divide axis {ax} of {shape} into {n} outputs")
         node.attrs["split"] = sizes
 
     def infer(self, node):
@@ -71,17 +66,17 @@ class Slice(Op):
             starts, ends = node.attrs.pop("starts", None), node.attrs.pop("ends", None)
             axes, steps = node.attrs.pop("axes", None), None
         if starts is None or ends is None:
-            raise _err(node, "needs starts and ends")
+            raise invalid(node, "needs starts and ends")
         starts, ends = _ints(starts), _ints(ends)
         axes = _ints(axes) if axes is not None else list(range(len(starts)))
         steps = _ints(steps) if steps is not None else [1] * len(starts)
         if not len(starts) == len(ends) == len(axes) == len(steps):
-            raise _err(node, "starts, ends, axes and steps differ in length")
+            raise invalid(node, "starts, ends, axes and steps differ in length")
         begin, step, count = [0] * len(shape), [1] * len(shape), list(shape)
         for s, e, a, st in zip(starts, ends, axes, steps):
             a = norm_axis(a, len(shape), node)
             if st == 0:
-                raise _err(node, "step 0")
+                raise invalid(node, "step 0")
             lo, hi, st = slice(s, e, st).indices(shape[a])  # numpy's clamping rules
             begin[a], step[a], count[a] = lo, st, len(range(lo, hi, st))
         node.inputs = node.inputs[:1]
@@ -114,18 +109,18 @@ class Pad(Op):
         else:
             pads, value, axes = node.attrs.pop("pads", None), node.attrs.pop("value", 0.0), None
         if pads is None:
-            raise _err(node, "needs pads")
+            raise invalid(node, "needs pads")
         pads = _ints(pads)
         axes = [norm_axis(a, rank, node) for a in _ints(axes)] if axes is not None else list(range(rank))
         if len(pads) != 2 * len(axes):
-            raise _err(node, f"{len(pads)} pads for {len(axes)} axes")
+            raise invalid(node, f"{len(pads)} pads for {len(axes)} axes")
         full = [0] * (2 * rank)
         for i, a in enumerate(axes):
             full[a], full[a + rank] = pads[i], pads[i + len(axes)]
         mode = node.attrs.get("mode", "constant")
         mode = mode.decode() if isinstance(mode, bytes) else mode
         if mode not in ("constant", "reflect", "edge", "wrap"):
-            raise _err(node, f"unsupported mode '{mode}'")
+            raise unsupported(node, f"unsupported mode '{mode}'")
         node.attrs.update(pads=full, mode=mode,
                           value=float(np.asarray(value).reshape(-1)[0]) if value is not None and
                           np.asarray(value).size else 0.0)
@@ -136,10 +131,10 @@ class Pad(Op):
         r, p = len(t.shape), node.attrs["pads"]
         out = tuple(d + p[i] + p[i + r] for i, d in enumerate(t.shape))
         if min(out, default=1) < 0:
-            raise _err(node, f"pads {p} crop {t.shape} below zero")
+            raise invalid(node, f"pads {p} crop {t.shape} below zero")
         if node.attrs["mode"] != "constant" and any(
                 d == 0 and (p[i] or p[i + r]) for i, d in enumerate(t.shape)):
-            raise _err(node, f"{node.attrs['mode']} padding of an empty axis")
+            raise invalid(node, f"{node.attrs['mode']} padding of an empty axis")
         return [TensorType(t.dtype, out)]
 
     def reference(self, node, x):
@@ -179,7 +174,7 @@ class Expand(Op):
     def canonicalize(self, node, opset):
         shape = const_input(node, 1, "Expand shape")
         if shape is None:
-            raise _err(node, "needs a shape")
+            raise invalid(node, "needs a shape")
         node.attrs["shape"] = _ints(shape)
         node.inputs = node.inputs[:1]
 
@@ -199,7 +194,7 @@ class Tile(Op):
     def canonicalize(self, node, opset):
         reps = const_input(node, 1, "repeats")
         if reps is None or len(reps) != len(in_type(node).shape):
-            raise _err(node, "needs one repeat count per axis")
+            raise invalid(node, "needs one repeat count per axis")
         node.attrs["repeats"] = _ints(reps)
         node.inputs = node.inputs[:1]
 
@@ -222,7 +217,7 @@ class _Rearrange(Op):
     def canonicalize(self, node, opset):
         t = in_type(node)
         if len(t.shape) != 4:
-            raise _err(node, f"needs a 4-D NCHW input, got {t.shape}")
+            raise invalid(node, f"needs a 4-D NCHW input, got {t.shape}")
         mode = node.attrs.get("mode", "DCR")
         node.attrs["mode"] = mode.decode() if isinstance(mode, bytes) else mode
         node.attrs["blocksize"] = int(node.attrs["blocksize"])
@@ -233,12 +228,12 @@ class _Rearrange(Op):
         b = node.attrs["blocksize"]
         if node.op == "DepthToSpace":
             if c % (b * b):
-                raise _err(node, f"channels {c} not divisible by blocksize^2 = {b * b}")
+                raise invalid(node, f"channels {c} not divisible by blocksize^2 = {b * b}")
             if node.attrs["mode"] == "DCR":
                 return (n, b, b, c // (b * b), h, w), (0, 3, 4, 1, 5, 2), (n, c // (b * b), h * b, w * b)
             return (n, c // (b * b), b, b, h, w), (0, 1, 4, 2, 5, 3), (n, c // (b * b), h * b, w * b)
         if h % b or w % b:
-            raise _err(node, f"spatial {h}x{w} not divisible by blocksize {b}")
+            raise invalid(node, f"spatial {h}x{w} not divisible by blocksize {b}")
         return (n, c, h // b, b, w // b, b), (0, 3, 5, 1, 2, 4), (n, c * b * b, h // b, w // b)
 
     def infer(self, node):
@@ -264,9 +259,8 @@ class ConstantOfShape(Op):
     def canonicalize(self, node, opset):
         shape = const_input(node, 0, "ConstantOfShape shape")
         node.attrs["shape"] = _ints(shape) if shape is not None else []
-        value = node.attrs.get("value")
-        arr = numpy_helper.to_array(value) if value is not None and not isinstance(value, np.ndarray) else value
-        node.attrs["value"] = np.zeros(1, np.float32) if arr is None else np.asarray(arr).reshape(1)
+        value = node.attrs.get("value")  # the front end gives tensor attributes as arrays
+        node.attrs["value"] = np.zeros(1, np.float32) if value is None else np.asarray(value).reshape(1)
 
     def infer(self, node):
         return [TensorType(node.attrs["value"].dtype.name, tuple(node.attrs["shape"]))]
@@ -285,7 +279,7 @@ class Range(Op):
     def canonicalize(self, node, opset):
         start, limit, delta = (const_input(node, i, n) for i, n in enumerate(("start", "limit", "delta")))
         if start is None or limit is None or delta is None:
-            raise _err(node, "needs start, limit and delta")
+            raise invalid(node, "needs start, limit and delta")
         start, limit, delta = (np.asarray(v).reshape(-1)[0] for v in (start, limit, delta))
         node.attrs["count"] = max(int(np.ceil((limit - start) / delta)), 0)
 

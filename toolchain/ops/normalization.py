@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..codegen import mathfns as m
-from ..errors import CompileError
-from ..ir import TensorType
-from . import Op, in_type, norm_axis, register
+from ..kernel import mathfns as m
+from .base import Op, in_type, invalid, norm_axis, register, unsupported
 
-
-def _err(node, msg):
-    return CompileError(msg, node=node.name, op=node.op)
 
 
 def _float_input(node):
     t = in_type(node)
     if t.dtype != "float32":
-        raise _err(node, "needs float32 input")
+        raise unsupported(node, "needs float32 input")
     return t
 
 
@@ -26,7 +21,7 @@ def _check_channel_params(node, first, channels):
     for i in range(first, len(node.inputs)):
         v = node.inputs[i]
         if v is not None and v.type.shape != (channels,):
-            raise _err(node, f"input {i} has shape {v.type.shape}, expected ({channels},)")
+            raise invalid(node, f"input {i} has shape {v.type.shape}, expected ({channels},)")
 
 
 @register("BatchNormalization")
@@ -37,7 +32,7 @@ class BatchNormalization(Op):
     def canonicalize(self, node, opset):
         node.attrs["epsilon"] = float(node.attrs.get("epsilon", 1e-5))
         if node.attrs.pop("training_mode", 0):
-            raise _err(node, "training_mode=1 is not an inference graph")
+            raise unsupported(node, "training_mode=1 is not an inference graph")
         node.attrs.pop("momentum", None)
         node.attrs.pop("spatial", None)
         node.attrs.pop("is_test", None)
@@ -46,7 +41,7 @@ class BatchNormalization(Op):
     def infer(self, node):
         t = _float_input(node)
         if len(t.shape) < 2 or len(node.inputs) != 5:
-            raise _err(node, "needs X (N x C x ...), scale, B, mean and var")
+            raise invalid(node, "needs X (N x C x ...), scale, B, mean and var")
         _check_channel_params(node, 1, t.shape[1])
         return [t]
 
@@ -113,7 +108,7 @@ class LayerNormalization(Op):
                 try:
                     np.broadcast_shapes(node.inputs[i].type.shape, norm_shape)
                 except ValueError:
-                    raise _err(node, f"input {i} of shape {node.inputs[i].type.shape} does not broadcast "
+                    raise invalid(node, f"input {i} of shape {node.inputs[i].type.shape} does not broadcast "
                                      f"to the normalized shape {norm_shape}") from None
         return [t]  # Mean and InvStdDev outputs are not produced (training only)
 
@@ -151,7 +146,7 @@ class InstanceNormalization(Op):
     def infer(self, node):
         t = _float_input(node)
         if len(t.shape) < 3 or len(node.inputs) != 3:
-            raise _err(node, "needs X (N x C x spatial...), scale and B")
+            raise invalid(node, "needs X (N x C x spatial...), scale and B")
         _check_channel_params(node, 1, t.shape[1])
         return [t]
 
@@ -181,7 +176,7 @@ class LRN(Op):
 
     def canonicalize(self, node, opset):
         if "size" not in node.attrs:
-            raise _err(node, "needs size")
+            raise invalid(node, "needs size")
         node.attrs["size"] = int(node.attrs["size"])
         for key, default in (("alpha", 1e-4), ("beta", 0.75), ("bias", 1.0)):
             node.attrs[key] = float(node.attrs.get(key, default))
@@ -189,7 +184,7 @@ class LRN(Op):
     def infer(self, node):
         t = _float_input(node)
         if len(t.shape) < 3:
-            raise _err(node, f"needs N x C x spatial input, got {t.shape}")
+            raise invalid(node, f"needs N x C x spatial input, got {t.shape}")
         return [t]
 
     def _window(self, node):

@@ -6,14 +6,11 @@ import itertools
 
 import numpy as np
 
-from ..errors import CompileError
 from ..ir import TensorType
-from . import Op, in_type, register
-from .nn import window_attrs, window_in_bounds
+from .base import Op, in_type, invalid, register, unsupported
+from ..kernel.tiled_conv import window_in_bounds
+from .nn import window_attrs
 
-
-def _err(node, msg):
-    return CompileError(msg, node=node.name, op=node.op)
 
 
 def pool_out_size(size, k, s, d, pb, pe, ceil_mode):
@@ -43,9 +40,9 @@ class _Pool(Op):
     def canonicalize(self, node, opset):
         x = in_type(node).shape
         if "kernel_shape" not in node.attrs:
-            raise _err(node, "needs kernel_shape")
+            raise invalid(node, "needs kernel_shape")
         if len(x) < 3 or len(node.attrs["kernel_shape"]) != len(x) - 2:
-            raise _err(node, f"kernel_shape {node.attrs['kernel_shape']} does not fit input {x}")
+            raise invalid(node, f"kernel_shape {node.attrs['kernel_shape']} does not fit input {x}")
         window_attrs(node, x[2:], node.attrs["kernel_shape"])
         node.attrs["ceil_mode"] = int(node.attrs.get("ceil_mode", 0))
         node.attrs["count_include_pad"] = int(node.attrs.get("count_include_pad", 0))
@@ -54,10 +51,10 @@ class _Pool(Op):
     def infer(self, node):
         t = in_type(node)
         if t.dtype != "float32":
-            raise _err(node, "needs float32 input")
+            raise unsupported(node, "needs float32 input")
         out = [w[-1] for w in _windows(node, t.shape)]
         if min(out) <= 0:
-            raise _err(node, f"window larger than the padded input {t.shape}")
+            raise invalid(node, f"window larger than the padded input {t.shape}")
         return [TensorType(t.dtype, t.shape[:2] + tuple(out))]
 
     def reference(self, node, x):
@@ -121,7 +118,7 @@ class AveragePool(_Pool):
     def canonicalize(self, node, opset):
         super().canonicalize(node, opset)
         if node.attrs["dilations"] != [1] * len(node.attrs["kernel_shape"]) and opset < 19:
-            raise _err(node, "dilations need opset 19")
+            raise invalid(node, "dilations need opset 19")
 
 
 @register("GlobalAveragePool", "GlobalMaxPool")
@@ -131,7 +128,7 @@ class GlobalPool(Op):
     def infer(self, node):
         t = in_type(node)
         if len(t.shape) < 3:
-            raise _err(node, f"needs an N x C x spatial input, got {t.shape}")
+            raise invalid(node, f"needs an N x C x spatial input, got {t.shape}")
         return [TensorType(t.dtype, t.shape[:2] + (1,) * (len(t.shape) - 2))]
 
     def reference(self, node, x):

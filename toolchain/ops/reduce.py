@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..codegen import mathfns as m
-from ..errors import CompileError
+from ..kernel import mathfns as m
 from ..ir import TensorType
-from . import Op, const_input, in_type, norm_axis, register
+from .base import Op, const_input, in_type, norm_axis, register, unsupported
 
 # op: (initial value, accumulate(k, acc, x), finish(k, acc, count), numpy reference)
 _KINDS = {
@@ -63,7 +62,7 @@ class Reduce(Op):
     def infer(self, node):
         t = in_type(node)
         if t.dtype != "float32":
-            raise CompileError("needs float32 input", node=node.name, op=node.op)
+            raise unsupported(node, "needs float32 input")
         return [TensorType(t.dtype, self._shapes(node, t.shape)[1])]
 
     def reference(self, node, x):

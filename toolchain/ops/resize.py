@@ -7,18 +7,14 @@ import itertools
 
 import numpy as np
 
-from ..codegen import mathfns as m
-from ..codegen.kernel import F32, I64
-from ..errors import CompileError
+from ..kernel import mathfns as m
+from ..kernel.llvm import F32
 from ..ir import TensorType
-from . import Op, const_input, in_type, register
+from .base import Op, const_input, in_type, invalid, register, unsupported
 
 TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
 NEAREST = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
-
-def _err(node, msg):
-    return CompileError(msg, node=node.name, op=node.op)
 
 
 def _text(v, default):
@@ -51,15 +47,15 @@ class _Resize(Op):
     def _mode(self, node):
         mode = node.attrs["mode"] = _text(node.attrs.get("mode"), "nearest")
         if mode not in ("nearest", "linear"):
-            raise _err(node, f"mode '{mode}' is not supported (nearest, linear)")
+            raise unsupported(node, f"mode '{mode}' is not supported (nearest, linear)")
 
     def _settle(self, node, scales, sizes):
         x = in_type(node).shape
         a = node.attrs
         if a.pop("antialias", 0):
-            raise _err(node, "antialias is not supported")
+            raise unsupported(node, "antialias is not supported")
         if _text(a.pop("keep_aspect_ratio_policy", None), "stretch") != "stretch":
-            raise _err(node, "only keep_aspect_ratio_policy=stretch is supported")
+            raise unsupported(node, "only keep_aspect_ratio_policy=stretch is supported")
         axes = a.pop("axes", None)
         axes = [int(i) % len(x) for i in axes] if axes is not None else list(range(len(x)))
         full_scales, out = [1.0] * len(x), list(x)
@@ -72,15 +68,15 @@ class _Resize(Op):
                 full_scales[ax] = float(s)
                 out[ax] = int(np.floor(x[ax] * float(s)))
         else:
-            raise _err(node, "needs constant scales or sizes")
+            raise unsupported(node, "needs constant scales or sizes")
         a["scales"], a["out_shape"] = full_scales, out
 
     def infer(self, node):
         t = in_type(node)
         if t.dtype != "float32":
-            raise _err(node, "needs float32 input")
+            raise unsupported(node, "needs float32 input")
         if min(node.attrs["out_shape"]) <= 0:
-            raise _err(node, f"empty output shape {node.attrs['out_shape']}")
+            raise invalid(node, f"empty output shape {node.attrs['out_shape']}")
         return [TensorType(t.dtype, tuple(node.attrs["out_shape"]))]
 
     def _moved_axes(self, node, shape):
@@ -118,11 +114,11 @@ class _Resize(Op):
                     src = _source(a["mode"], a["coord"], lib.float(idx[ax]), a["scales"][ax], n, out, lib)
                 if a["mode"] == "nearest":
                     r = _round_kernel(k, src, a["nearest_mode"])
-                    corners.append([(k.min(k.max(k.cast(r, I64), 0), n - 1), None)])
+                    corners.append([(k.min(k.max(k.cast(r, k.index), 0), n - 1), None)])
                 else:
                     src = k.min(k.max(src, 0.0), float(n - 1))
                     f = m.floor(k, src)
-                    i0 = k.cast(f, I64)
+                    i0 = k.cast(f, k.index)
                     i1 = k.min(i0 + 1, n - 1)
                     wt = src - f
                     corners.append([(i0, 1.0 - wt), (i1, wt)])
@@ -179,11 +175,11 @@ class Resize(_Resize):
         a["coord"] = _text(a.pop("coordinate_transformation_mode", None),
                            "asymmetric" if opset < 11 else "half_pixel")
         if a["coord"] not in TRANSFORMS:
-            raise _err(node, f"coordinate_transformation_mode '{a['coord']}' is not supported "
+            raise unsupported(node, f"coordinate_transformation_mode '{a['coord']}' is not supported "
                              f"({', '.join(TRANSFORMS)})")
         a["nearest_mode"] = _text(a.get("nearest_mode"), "round_prefer_floor" if opset >= 11 else "floor")
         if a["nearest_mode"] not in NEAREST:
-            raise _err(node, f"nearest_mode '{a['nearest_mode']}' is not supported")
+            raise unsupported(node, f"nearest_mode '{a['nearest_mode']}' is not supported")
         for key in ("cubic_coeff_a", "exclude_outside", "extrapolation_value"):
             a.pop(key, None)
         if opset < 11:

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CompileError
 from ..ir import TensorType
-from . import Op, const_input, in_type, norm_axis, register
+from .base import COPY, Op, const_input, in_type, invalid, norm_axis, register
 
-
-def _err(node, msg):
-    return CompileError(msg, node=node.name, op=node.op)
 
 
 class View(Op):
@@ -34,18 +30,18 @@ class Reshape(View):
     def canonicalize(self, node, opset):
         shape = const_input(node, 1, "Reshape shape")
         if shape is None:
-            raise _err(node, "missing shape input")
+            raise invalid(node, "missing shape input")
         src = in_type(node).shape
         allowzero = node.attrs.pop("allowzero", 0)
         dims = [int(d) for d in shape]
         dims = [src[i] if d == 0 and not allowzero else d for i, d in enumerate(dims)]
         if dims.count(-1) > 1:
-            raise _err(node, f"shape {dims} has more than one -1")
+            raise invalid(node, f"shape {dims} has more than one -1")
         if -1 in dims:
             known = int(np.prod([d for d in dims if d != -1], dtype=np.int64))
             total = int(np.prod(src, dtype=np.int64))
             if known == 0 or total % known:
-                raise _err(node, f"cannot reshape {src} to {list(shape)}")
+                raise invalid(node, f"cannot reshape {src} to {list(shape)}")
             dims[dims.index(-1)] = total // known
         node.attrs["shape"] = dims
         node.inputs = node.inputs[:1]
@@ -54,7 +50,7 @@ class Reshape(View):
         t = in_type(node)
         dims = tuple(node.attrs["shape"])
         if int(np.prod(dims, dtype=np.int64)) != t.size:
-            raise _err(node, f"cannot reshape {t.shape} ({t.size} elements) to {list(dims)}")
+            raise invalid(node, f"cannot reshape {t.shape} ({t.size} elements) to {list(dims)}")
         return [TensorType(t.dtype, dims)]
 
 
@@ -84,10 +80,10 @@ class SqueezeLike(View):
                 axes = [i for i, d in enumerate(shape) if d == 1]
             axes = sorted(norm_axis(int(a), len(shape), node) for a in axes)
             if any(shape[a] != 1 for a in axes):
-                raise _err(node, f"cannot squeeze axes {axes} of shape {shape}")
+                raise invalid(node, f"cannot squeeze axes {axes} of shape {shape}")
         else:
             if axes is None:
-                raise _err(node, "missing axes")
+                raise invalid(node, "missing axes")
             rank = len(shape) + len(axes)
             axes = sorted(norm_axis(int(a), rank, node) for a in axes)
         node.attrs["axes"] = axes
@@ -121,7 +117,7 @@ class Transpose(Op):
         rank = len(in_type(node).shape)
         node.attrs["perm"] = [int(p) for p in node.attrs.get("perm", list(range(rank))[::-1])]
         if sorted(node.attrs["perm"]) != list(range(rank)):
-            raise _err(node, f"perm {node.attrs['perm']} is not a permutation of {rank} axes")
+            raise invalid(node, f"perm {node.attrs['perm']} is not a permutation of {rank} axes")
 
     def infer(self, node):
         t = in_type(node)
@@ -148,7 +144,7 @@ class Concat(Op):
         for t in types[1:]:
             if t.dtype != first.dtype or len(t.shape) != len(first.shape) or any(
                     a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != ax):
-                raise _err(node, f"cannot concatenate {first} with {t} on axis {ax}")
+                raise invalid(node, f"cannot concatenate {first} with {t} on axis {ax}")
         shape = list(first.shape)
         shape[ax] = sum(t.shape[ax] for t in types)
         return [TensorType(first.dtype, tuple(shape))]
@@ -199,7 +195,7 @@ class Gather(Op):
         data, idx = in_type(node, 0), in_type(node, 1)
         ax = node.attrs["axis"]
         if idx.dtype not in ("int32", "int64"):
-            raise _err(node, f"indices must be int32/int64, got {idx.dtype}")
+            raise invalid(node, f"indices must be int32/int64, got {idx.dtype}")
         return [TensorType(data.dtype, data.shape[:ax] + idx.shape + data.shape[ax + 1:])]
 
     def reference(self, node, data, idx):
@@ -217,7 +213,7 @@ class Gather(Op):
             y[out_idx] = data[src]
 
 
-@register("Copy")
+@register(COPY, internal=True)
 class Copy(Op):
     """Internal (not ONNX): an explicit copy into a graph output buffer."""
 

@@ -50,7 +50,8 @@ def eliminate_common_subexpressions(g: Graph) -> bool:
             consts.setdefault(key, v)
     seen: dict = {}
     for node in list(g.nodes):
-        key = (node.op, tuple(id(v) if v is not None else None for v in node.inputs), _attr_key(node.attrs))
+        key = (node.op, tuple(id(v) if v is not None else None for v in node.inputs), _attr_key(node.attrs),
+               tuple((s.op, _attr_key(s.attrs), s.operand, s.operand_first) for s in node.epilogue))
         twin = seen.get(key)
         if twin is None:
             seen[key] = node

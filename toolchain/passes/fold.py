@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CompileError
+from ..errors import CompileError, InvalidModelError
 from ..ir import Graph, Node, TensorType
 from ..ops import registry
 
@@ -12,7 +12,7 @@ from ..ops import registry
 def fold_node(g: Graph, node: Node):
     """Fold `node` if it can be; returns the constant outputs (the node is removed) or None."""
     op = registry.get(node.op, node=node.name)
-    if not op.foldable or node.attrs.get("epilogue"):
+    if not op.foldable or node.epilogue:
         return None
     if not op.shape_only and not all(v is None or v.is_const for v in node.inputs):
         return None
@@ -24,7 +24,7 @@ def fold_node(g: Graph, node: Node):
     except CompileError:
         raise
     except Exception as e:
-        raise CompileError(f"constant evaluation failed: {type(e).__name__}: {e}", node=node.name, op=node.op)
+        raise InvalidModelError(f"constant evaluation failed: {type(e).__name__}: {e}", node=node.name, op=node.op)
     consts = []
     for out, data in zip(node.outputs, results):
         data = np.asarray(data)

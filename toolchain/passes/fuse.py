@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Node
+from ..ir import EpilogueStep, Graph, Node
 from ..ops import registry
 
 
@@ -27,7 +27,7 @@ def fold_batchnorm(g: Graph) -> bool:
         prod = bn.inputs[0].producer
         if prod is None or prod.op not in ("Conv", "Gemm") or _sole_user(g, users, bn.inputs[0]) is not bn:
             continue
-        if prod.attrs.get("epilogue") or not all(v is None or v.is_const for v in prod.inputs[1:]):
+        if prod.epilogue or not all(v is None or v.is_const for v in prod.inputs[1:]):
             continue
         if prod.op == "Gemm" and (prod.attrs["alpha"] != 1.0 or prod.attrs["beta"] != 1.0):
             continue
@@ -68,11 +68,11 @@ def fuse_activations(g: Graph) -> bool:
         if not registry.get(node.op).fusable_epilogue:
             continue
         act = _sole_user(g, users, node.outputs[0])
-        if act is None or not hasattr(registry.get(act.op), "scalar") or len(act.inputs) != 1:
+        if act is None or not registry.get(act.op).unary_epilogue or len(act.inputs) != 1:
             continue
         if act.outputs[0].type.dtype != "float32":
             continue
-        node.attrs["epilogue"] = list(node.attrs.get("epilogue", [])) + [(act.op, dict(act.attrs))]
+        node.epilogue += (EpilogueStep(act.op, tuple(sorted(act.attrs.items()))),)
         node.outputs = [act.outputs[0]]
         act.outputs[0].producer = node
         g.nodes.remove(act)
@@ -93,7 +93,7 @@ def fuse_residuals(g: Graph) -> bool:
     users = g.users()
     order = {id(n): i for i, n in enumerate(g.nodes)}
     for node in list(g.nodes):
-        if not hasattr(registry.get(node.op), "combine") or len(node.inputs) != 2:
+        if not registry.get(node.op).binary_epilogue or len(node.inputs) != 2:
             continue
         t = node.outputs[0].type
         for side in (0, 1):
@@ -105,10 +105,9 @@ def fuse_residuals(g: Graph) -> bool:
                 continue
             own = registry.get(prod.op).own_inputs
             prod.inputs = prod.inputs + [None] * (own - len(prod.inputs)) + [other]
-            step = {k: v for k, v in node.attrs.items() if k != "epilogue"}
-            step.update(operand=len(prod.inputs) - 1, operand_first=side == 1)
-            prod.attrs["epilogue"] = (list(prod.attrs.get("epilogue", [])) + [(node.op, step)]
-                                      + list(node.attrs.get("epilogue", [])))
+            step = EpilogueStep(node.op, tuple(sorted(node.attrs.items())), operand=len(prod.inputs) - 1,
+                                operand_first=side == 1)
+            prod.epilogue = prod.epilogue + (step,) + node.epilogue
             prod.outputs = [node.outputs[0]]
             node.outputs[0].producer = prod
             g.nodes.remove(node)
@@ -116,23 +115,3 @@ def fuse_residuals(g: Graph) -> bool:
             users = g.users()
             break
     return changed
-
-
-def apply_epilogue_reference(node: Node, results, operands):
-    """numpy side of a fused epilogue, for the reference interpreter. `operands`: the
-    node's input arrays (a binary step reads its operand there)."""
-    for op_name, attrs in node.attrs.get("epilogue", []):
-        op = registry.get(op_name)
-        if "operand" in attrs:
-            pair = (operands[attrs["operand"]], results[0])[::1 if attrs["operand_first"] else -1]
-            results[0] = op.reference(_shadow(op_name, attrs), *pair)[0]
-        else:
-            results[0] = op.reference(_shadow(op_name, attrs), results[0])[0]
-    return results
-
-
-class _shadow:
-    """Just enough of a Node for an activation's reference function."""
-
-    def __init__(self, op, attrs):
-        self.op, self.attrs, self.name = op, attrs, op

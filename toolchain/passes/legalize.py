@@ -3,11 +3,11 @@ writes straight into the caller's output buffer."""
 from __future__ import annotations
 
 from ..ir import Graph
-from ..ops import registry
+from ..ops import COPY, registry
 
 
 def materialize_outputs(g: Graph) -> bool:
-    """Constants, graph inputs, views and repeated outputs are copied by a Copy node."""
+    """Constants, graph inputs, views and repeated outputs are copied by an internal copy node."""
     changed = False
     seen = set()
     for i, v in enumerate(g.outputs):
@@ -16,7 +16,7 @@ def materialize_outputs(g: Graph) -> bool:
         seen.add(id(v))
         if needs_copy:
             out = g.value(v.name + "_out", v.type)
-            g.add_node("Copy", "copy_" + v.name, [v], [out])
+            g.add_node(COPY, "copy_" + v.name, [v], [out])
             g.outputs[i] = out
             changed = True
     return changed

@@ -1,0 +1,186 @@
+"""The op base class, the registry and the helpers op modules share. One op, one place: each op class holds its attribute
+normalization, shape rule, numpy reference semantics, schedule choice and lowering side
+by side.
+
+    @register("Relu")
+    class Relu(Op): ...
+
+Families live in the modules imported at the bottom; adding an op touches one file.
+Ops the compiler makes for itself (an output copy) are registered as internal: they live
+outside the ONNX namespace, so no model can name them and `edgec ops` does not list them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InvalidModelError, UnsupportedError
+from ..ir import Node, TensorType
+
+COPY = "edgec.Copy"  # the internal op that writes a value into a graph output buffer
+
+
+class Op:
+    name = "?"
+    # Writes every output element exactly once with its final value, so a following
+    # elementwise op can be applied at the store (see passes.fuse_activations).
+    fusable_epilogue = False
+    # How many inputs the op itself reads, when that number is fixed: inputs after these are
+    # operands of fused binary epilogues (a residual Add folded into a Conv's store; see
+    # passes.fuse_residuals). None: the op cannot take such operands.
+    own_inputs: int | None = None
+    # Can be a fused epilogue step: a one-input op with `scalar` (an activation), or a
+    # two-input op with `combine` (a residual Add).
+    unary_epilogue = False
+    binary_epilogue = False
+    # As a fused epilogue step, its scalar lowering also works on short vectors (plain
+    # arithmetic, compares and selects; no bit tricks), so a tile stores whole vectors.
+    vector_safe = False
+    # The output may take over input 0's buffer when input 0 dies here.
+    inplace = False
+    # The output is input 0's bytes under another shape: no code, the buffer is shared.
+    view = False
+    # Evaluated on constants at compile time when all its inputs are known.
+    foldable = True
+    # The result depends only on the input types (static shapes), never on their values,
+    # so it folds to a constant even when its inputs are computed at run time.
+    shape_only = False
+    # Attributes that hold an ONNX element type code (Cast's `to`): the front end decodes
+    # them into dtype names before canonicalize.
+    dtype_attrs: tuple[str, ...] = ()
+
+    def canonicalize(self, node: Node, opset: int):
+        """Fill in ONNX defaults and resolve convenience attributes (e.g. auto_pad) so
+        the shape rule, reference and lowering see one explicit form. Runs once, at
+        import, with the model's default-domain opset."""
+
+    def infer(self, node: Node) -> list[TensorType]:
+        raise NotImplementedError
+
+    def reference(self, node: Node, *inputs: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def schedule(self, node: Node, vec):
+        """The tiling of this node on a vector unit (toolchain.schedules), or None for an
+        op lowered as a plain loop nest. Pure: shapes and the unit's facts only."""
+        return None
+
+    def lower(self, k, node: Node, ins, outs):
+        raise UnsupportedError("has no lowering", node=node.name, op=node.op)
+
+    def scalar(self, k, x, attrs):
+        """unary_epilogue ops: the lowering of one element (also applied at a producer's store)."""
+        raise NotImplementedError
+
+    def combine(self, k, a, b):
+        """binary_epilogue ops: the lowering of one pair of elements."""
+        raise NotImplementedError
+
+    def macs(self, node: Node) -> int:
+        """Multiply-accumulates per inference, for the manifest and benchmarks."""
+        return 0
+
+
+class Registry:
+    def __init__(self):
+        self._ops: dict[str, Op] = {}
+        self._internal: set[str] = set()
+
+    def add(self, op: Op, internal=False):
+        self._ops[op.name] = op
+        if internal:
+            self._internal.add(op.name)
+
+    def get(self, name: str, node: str | None = None) -> Op:
+        """Any op of the IR, internal ones included."""
+        op = self._ops.get(name)
+        if op is None:
+            raise UnsupportedError(f"unsupported op '{name}' (`edgec ops` lists the {len(self.names())} "
+                                   f"supported ops)", node=node, op=name)
+        return op
+
+    def onnx(self, name: str, node: str | None = None) -> Op:
+        """An op a model may name: internal ops are not ONNX ops."""
+        if name in self._internal:
+            raise UnsupportedError(f"unsupported op '{name}'", node=node, op=name)
+        return self.get(name, node)
+
+    def __contains__(self, name):
+        return name in self._ops and name not in self._internal
+
+    def names(self):
+        """The ONNX ops supported."""
+        return sorted(n for n in self._ops if n not in self._internal)
+
+
+registry = Registry()
+
+
+def register(*names: str, internal=False):
+    """Class decorator: one instance per name (several ONNX names may share a class)."""
+
+    def deco(cls):
+        for n in names:
+            op = cls()
+            op.name = n
+            registry.add(op, internal)
+        return cls
+
+    return deco
+
+
+# -- helpers shared by op modules ------------------------------------------------
+def invalid(node: Node, msg: str) -> InvalidModelError:
+    """The model is wrong at this node (onnxruntime refuses it too)."""
+    return InvalidModelError(msg, node=node.name, op=node.op)
+
+
+def unsupported(node: Node, msg: str) -> UnsupportedError:
+    """A valid use of this op that the compiler does not support."""
+    return UnsupportedError(msg, node=node.name, op=node.op)
+
+
+def const_input(node: Node, i: int, what: str) -> np.ndarray | None:
+    """An input that must be known at compile time (a shape, axes, pads...)."""
+    if i >= len(node.inputs) or node.inputs[i] is None:
+        return None
+    v = node.inputs[i]
+    if not v.is_const:
+        raise unsupported(node, f"{what} (input {i}) must be a compile-time constant")
+    return v.data
+
+
+def norm_axis(axis: int, rank: int, node: Node) -> int:
+    if not -rank <= axis < max(rank, 1):
+        raise invalid(node, f"axis {axis} out of range for rank {rank}")
+    return axis % max(rank, 1)
+
+
+def broadcast_shapes(node: Node, *shapes) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise invalid(node, f"shapes {' and '.join(map(str, shapes))} do not broadcast") from None
+
+
+def own_inputs(node: Node) -> list:
+    """The inputs the op itself reads (without fused epilogue operands)."""
+    n = registry.get(node.op).own_inputs
+    return node.inputs if n is None else node.inputs[:n]
+
+
+def in_type(node: Node, i: int = 0) -> TensorType:
+    return node.inputs[i].type
+
+
+def apply_epilogue_reference(node: Node, results, operands):
+    """numpy side of a fused epilogue, for the reference interpreter and constant folding.
+    `operands`: the node's input arrays (a binary step reads its operand there)."""
+    for step in node.epilogue:
+        op = registry.get(step.op)
+        shadow = Node(step.op, step.op, [], [], dict(step.attrs))
+        if step.operand is not None:
+            pair = (operands[step.operand], results[0])[::1 if step.operand_first else -1]
+            results[0] = op.reference(shadow, *pair)[0]
+        else:
+            results[0] = op.reference(shadow, results[0])[0]
+    return results
