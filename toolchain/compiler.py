@@ -105,6 +105,10 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     profile = get_profile(target)
     model_path = Path(model_path) if model_path else DEFAULT_MODEL
     out = Path(out) if out else PROJECT_ROOT / "build" / target
+    from .cache import BuildHook  # a hit writes the cached artifacts and compiles nothing
+    hook = BuildHook.open(model_path, profile, name, dims, emit, budgets) if dump is None else None
+    if hook is not None and (hit := hook.restore(out)) is not None:
+        return hit
     model = load_model(model_path)
     compile_fn = compile_graph_c if emit == "c" else compile_graph
     compiled = compile_fn(import_model(model, name, dims), profile, name, dump)
@@ -116,7 +120,8 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
                    "symbols": compiled.info.by_size()},
                   {**profile.budgets, **{k: v for k, v in (budgets or {}).items() if v is not None}})
     if emit == "c":
-        return _write_c_build(compiled, manifest, name, out)
+        res = _write_c_build(compiled, manifest, name, out)
+        return hook.store(res) if hook is not None else res
     files = {
         out / f"{name}.o": compiled.object,
         out / f"lib{name}.a": ar_archive([(f"{name[:13]}.o", compiled.object,
@@ -129,7 +134,8 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     }
     write_atomically(files)
     kinds = ["object", "library", "header", "manifest", "cmake", "make"]
-    return BuildResult(dict(zip(kinds, files)), manifest, compiled)
+    res = BuildResult(dict(zip(kinds, files)), manifest, compiled)
+    return hook.store(res) if hook is not None else res
 
 
 def _write_c_build(compiled: Compiled, manifest: dict, name: str, out: Path) -> BuildResult:
