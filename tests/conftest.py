@@ -21,6 +21,16 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("target", chosen)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_compile_cache(tmp_path_factory):
+    """build() consults the compile cache (toolchain/cache.py): the suite, and the CLI
+    subprocesses it starts, get a cache of their own and never read or fill the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EDGEC_CACHE_DIR", str(tmp_path_factory.mktemp("edgec-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("edgec")
