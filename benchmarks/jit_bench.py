@@ -10,13 +10,14 @@ time. Printed per model (bundled KWS DS-CNN, ResNet-8):
                       itself, and the process's wall time (interpreter + imports included)
   CLI cold / disk hit `python -m toolchain build` wall time, empty cache vs filled
   per call            CompiledModel.__call__ and the bare entry call (fastest batch each), and the
-                      difference (the overhead: checks, copies in and out, the lock)
+                      median paired difference (the overhead: checks, copies in and out, the lock)
 
 The cache lives in a temporary directory: the user's cache is not touched.
 """
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,23 @@ cm = toolchain.compile_model(sys.argv[1])
 t2 = time.perf_counter()
 print(f"{t1 - t0:.6f}", f"{t2 - t1:.6f}", cm.event["source"])
 """
+
+
+def paired(call, bare, n: int) -> tuple[float, float, float]:
+    """Medians of call, of bare, and of their difference call by call, the two alternating
+    one call at a time: on a shared machine the model's own time drifts by more than the
+    overhead, and a paired difference cancels the drift."""
+    tc, tb, d = [], [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        t1 = time.perf_counter()
+        bare()
+        t2 = time.perf_counter()
+        tc.append(t1 - t0)
+        tb.append(t2 - t1)
+        d.append((t1 - t0) - (t2 - t1))
+    return statistics.median(tc), statistics.median(tb), statistics.median(d)
 
 
 def best_times(fns, n: int, repeat: int = 15) -> list[float]:
@@ -107,9 +125,10 @@ def main():
             hit_cli = time.perf_counter() - t
             print(f"  python -m toolchain build: cold  {fmt(cold_cli)}, disk hit {fmt(hit_cli)}")
             x = [np.random.default_rng(0).standard_normal(s).astype(d) for _, d, s in cm.inputs]
-            n = 50 if "resnet" in model.name else 100
-            call, bare = best_times([lambda: cm(*x), lambda: cm._fn(cm._ins, cm._outs, cm._arena)], n)
-            print(f"  per call: __call__ {fmt(call)}, bare entry call {fmt(bare)}, overhead {fmt(call - bare)}")
+            n = 2000
+            call, bare, over = paired(lambda: cm(*x), lambda: cm._fn(cm._ins, cm._outs, cm._arena), n)
+            print(f"  per call (medians of {n}, alternating): __call__ {fmt(call)}, bare entry call {fmt(bare)}, "
+                  f"paired overhead {fmt(over)}")
             print()
         imp = subprocess.run([sys.executable, "-c", "import time; t=time.perf_counter(); import onnx; "
                               "print(time.perf_counter()-t)"], env=env, capture_output=True, text=True, check=True)
