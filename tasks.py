@@ -55,6 +55,13 @@ def targets(c):
     subprocess.call([PY, "-m", "toolchain", "targets"])
 
 
+@task(help={"stats": "print entries, bytes and the size bound (the default)",
+            "clear": "remove every entry"})
+def cache(c, stats=False, clear=False):
+    """The compile cache ($EDGEC_CACHE_DIR, default ~/.cache/edgec; EDGEC_CACHE=0 disables it)."""
+    sys.exit(subprocess.call([PY, "-m", "toolchain.cache", "--clear" if clear else "--stats"]))
+
+
 def ensure_qemu():
     """qemu-user runs the non-native targets and qemu-system-arm boots the firmware image;
     install them or say exactly how."""

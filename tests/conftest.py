@@ -21,6 +21,19 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("target", chosen)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_compile_cache(tmp_path_factory):
+    """build() consults the compile cache (toolchain/cache.py). The suite, and the CLI
+    subprocesses it starts, never read or fill the user's; and the cache is off (every
+    build compiles, so BuildResult.compiled is always there) except where a test turns it
+    on with a directory of its own (tests/test_jit.py)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EDGEC_CACHE_DIR", str(tmp_path_factory.mktemp("edgec-cache")))
+    mp.setenv("EDGEC_CACHE", "0")
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("edgec")

@@ -20,10 +20,10 @@ LAYERS = [
     ["frontend"],
     ["memory"],
     ["backends"],
-    ["emit", "integration"],
+    ["emit", "integration", "cache"],
     ["inspect"],
     ["compiler"],
-    ["harness", "jit", "cache"],
+    ["harness", "inprocess"],
     ["bench", "firmware", "cli", "__main__", ""],
 ]
 MAX_LINES = 600

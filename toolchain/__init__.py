@@ -2,9 +2,18 @@
 
 The layers, each importing only those before it (docs/architecture.md):
 errors, contract, version -> ir -> targets -> schedules -> kernel (vocabulary, tiled loop
-nests) -> ops -> passes -> frontend -> memory -> backends -> emit -> inspect -> compiler
-(the driver) -> harness, bench, firmware, cli.
+nests) -> ops -> passes -> frontend -> memory -> backends -> emit, cache -> inspect ->
+compiler (the driver) -> harness, inprocess (compile_model, jit) -> bench, firmware, cli.
 """
 from .version import __version__
 
-__all__ = ["__version__"]
+__all__ = ["compile_model", "jit", "CompiledModel", "__version__"]
+
+
+def __getattr__(name):
+    """compile_model, jit and CompiledModel load on first use: `import toolchain` stays
+    cheap (no onnx, numpy or LLVM) for the CLI and for tools that only read __version__."""
+    if name in ("compile_model", "jit", "CompiledModel"):
+        from . import inprocess
+        return getattr(inprocess, name)
+    raise AttributeError(f"module 'toolchain' has no attribute '{name}'")

@@ -10,6 +10,7 @@ from typing import TextIO
 import onnx
 
 from .backends import get_backend
+from .cache import BuildHook
 from .contract import entry_symbols, is_valid_name
 from .emit import ar_archive, c_header, manifest_json, write_atomically
 from .errors import InvalidModelError
@@ -45,7 +46,7 @@ class Compiled:
 class BuildResult:
     paths: dict  # kind -> Path
     manifest: dict
-    compiled: Compiled
+    compiled: Compiled | None  # None when the artifacts came from the compile cache
 
 
 def check_name(name: str):
@@ -86,6 +87,9 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     profile = get_profile(target)
     model_path = Path(model_path) if model_path else DEFAULT_MODEL
     out = Path(out) if out else PROJECT_ROOT / "build" / target
+    hook = BuildHook.open(model_path, profile, name, dims, emit, budgets) if dump is None else None
+    if hook is not None and (hit := hook.restore(out)) is not None:
+        return BuildResult(*hit, compiled=None)  # a cache hit: the artifacts, nothing compiled
     model = load_model(model_path)
     compiled = compile_graph(import_model(model, name, dims), profile, name, dump, emit)
     options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__,
@@ -97,7 +101,8 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     kinds = [*get_backend(emit).ships, "header", "manifest", "cmake", "make"]
     files = {out / ARTIFACTS[kind][0](name): ARTIFACTS[kind][1](compiled, name, manifest) for kind in kinds}
     write_atomically(files)
-    return BuildResult(dict(zip(kinds, files)), manifest, compiled)
+    res = BuildResult(dict(zip(kinds, files)), manifest, compiled)
+    return hook.store(res) if hook is not None else res
 
 
 def _library(c: Compiled, name: str) -> bytes:
