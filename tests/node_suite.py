@@ -279,8 +279,8 @@ def run_suite(names, target="x86-64-v3", jobs=2, with_ort=True, cache=None, prog
     while todo:
         shutil.rmtree(running, ignore_errors=True)
         broken = False
-        with cf.ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker,
-                                    max_tasks_per_child=200) as pool:
+        # no max_tasks_per_child: with it, Python 3.11's pool can hang when it replaces a worker
+        with cf.ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker) as pool:
             futs = {pool.submit(run_one, root, n, target, with_ort): n for n in todo}
             for f in cf.as_completed(futs):
                 n = futs[f]

@@ -18,7 +18,22 @@ from ..ir import DTYPES, Graph, TensorType, Value
 from ..ops import registry
 from ..passes.fold import fold_node
 
-SUPPORTED_OPSETS = range(6, 22)  # 6: the opset of older exporters (legacy broadcast)
+# 6: the opset of older exporters (legacy broadcast), up to the newest the installed onnx
+# defines. An op keeps the semantics it has had since opset 21 or earlier; what changed in
+# later opsets for the ops in the registry (checked with onnx.defs.get_schema(op, v) for
+# v = 22..28, onnx 1.23):
+#   - 22 (AveragePool, Conv, ConvTranspose, Dropout, Elu, GlobalAveragePool, GlobalMaxPool,
+#     HardSigmoid, HardSwish, InstanceNormalization, MaxPool, Mish, Selu, Softplus,
+#     Softsign, ThresholdedRelu) and 23/24/25 (Cast, ConstantOfShape, Flatten, Identity,
+#     Pad, Reshape, Shape, Squeeze, Transpose, Unsqueeze): new element types only
+#     (bfloat16, float8, float4, int4, int2), which the importer rejects by type;
+#   - Cast-24: attribute round_mode, which only affects casts to float8e8m0 (rejected);
+#   - Range-27: attribute stash_type (float16/bfloat16 accumulate in float32 by default);
+#   - ReduceLogSumExp-28: integer types dropped (no change for float);
+#   - DepthToSpace-28: same signature and text;
+#   - SpaceToDepth-28: attribute mode, "CRD" a new block order: rejected below
+#     (_check_newer_semantics) until the op class handles it.
+SUPPORTED_OPSETS = range(6, onnx.defs.onnx_opset_version() + 1)
 
 
 def onnx_dtype(elem_type: int) -> str:
@@ -67,6 +82,7 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         if proto.domain not in ("", "ai.onnx"):
             raise CompileError(f"unsupported op domain '{proto.domain}'", node=node_name, op=proto.op_type)
         attrs = {a.name: _attr(a, g) for a in proto.attribute}
+        _check_newer_semantics(proto.op_type, attrs, node_name)
         if proto.op_type == "Constant":
             env[proto.output[0]] = g.const(proto.output[0], _constant_value(attrs, node_name))
             continue
@@ -109,7 +125,14 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         g.outputs.append(env[vi.name])
     if not g.outputs:
         raise CompileError("the model has no outputs")
+    g.output_names = [vi.name for vi in onnx_graph.output]
     return g
+
+
+def _check_newer_semantics(op_type: str, attrs: dict, node_name: str):
+    """Attribute forms added after opset 21 that the op classes do not implement."""
+    if op_type == "SpaceToDepth" and attrs.get("mode", "DCR") != "DCR":
+        raise CompileError(f"mode '{attrs['mode']}' is not supported (only DCR)", node=node_name, op=op_type)
 
 
 def _default_opset(model) -> int:
@@ -119,6 +142,9 @@ def _default_opset(model) -> int:
                 raise CompileError(f"opset {imp.version} is not supported (supported: "
                                    f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1})")
             return imp.version
+    others = sorted(imp.domain for imp in model.opset_import)
+    if others:  # e.g. ai.onnx.preview.training only
+        raise CompileError(f"unsupported op domain '{others[0]}' (the model imports no default-domain opset)")
     raise CompileError("the model imports no default-domain opset")
 
 
