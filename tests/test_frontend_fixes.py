@@ -161,3 +161,20 @@ def test_initializer_names_survive_as_values():
     m = make_model([helper.make_node("Add", ["x", "b"], ["y"])], {"x": (np.float32, (2,))},
                    {"y": (np.float32, (2,)), "b": (np.float32, (2,))}, {"b": np.ones(2, np.float32)})
     assert _names(m) == ["y", "b"]
+
+
+@pytest.mark.parametrize("mode,ratio", [(None, None), (True, 0.5), (False, 0.5), (True, 0.0)])
+def test_dropout_in_training_mode_is_unsupported(mode, ratio, workdir):
+    """onnx's test_training_dropout*: was computed as Identity (a wrong result); with a
+    ratio of 0 training mode is Identity."""
+    inputs, inits = ["x"], {}
+    if mode is not None:
+        inputs += ["ratio", "training"]
+        inits = {"ratio": np.array(ratio, np.float32), "training": np.array(mode)}
+    m = make_model([helper.make_node("Dropout", inputs, ["y"])], {"x": (np.float32, (2, 3))},
+                   {"y": (np.float32, (2, 3))}, inits)
+    if mode and ratio:
+        with pytest.raises(CompileError, match="training_mode is not supported"):
+            import_model(m)
+    else:
+        check(m, {"x": np.ones((2, 3), np.float32)}, workdir)

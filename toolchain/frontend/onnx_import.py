@@ -83,6 +83,7 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
             raise CompileError(f"unsupported op domain '{proto.domain}'", node=node_name, op=proto.op_type)
         attrs = {a.name: _attr(a, g) for a in proto.attribute}
         _check_newer_semantics(proto.op_type, attrs, node_name)
+        _check_inference_only(proto, env, node_name)
         if proto.op_type == "Constant":
             env[proto.output[0]] = g.const(proto.output[0], _constant_value(attrs, node_name))
             continue
@@ -127,6 +128,18 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         raise CompileError("the model has no outputs")
     g.output_names = [vi.name for vi in onnx_graph.output]
     return g
+
+
+def _check_inference_only(proto, env: dict, node_name: str):
+    """Dropout is imported as Identity: in training mode (input 2 true, or not known at
+    compile time) with a ratio that is not a constant 0 it is random, so it is refused
+    instead of silently computed as Identity."""
+    if proto.op_type == "Dropout" and len(proto.input) > 2 and proto.input[2]:
+        mode = env.get(proto.input[2])
+        ratio = env.get(proto.input[1]) if proto.input[1] else None  # default 0.5
+        zero_ratio = ratio is not None and ratio.is_const and not np.asarray(ratio.data).any()
+        if not zero_ratio and (mode is None or not mode.is_const or bool(np.asarray(mode.data).any())):
+            raise CompileError("training_mode is not supported (inference only)", node=node_name, op="Dropout")
 
 
 def _check_newer_semantics(op_type: str, attrs: dict, node_name: str):
