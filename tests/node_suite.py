@@ -1,12 +1,15 @@
 """The onnx package's own per-operator test cases (onnx.backend.test.case.node) as a
 conformance suite: every case whose inputs and outputs are plain tensors of a numeric or
-bool dtype is built for a target with the real driver, run on its first data set (on a
-native host the object is called in process through a shared object; --harness links the C
-harness and runs it as a program, as under qemu-user for other targets), and compared with the case's expected outputs (rtol 1e-3, atol 1e-4;
-integers and bool exactly). onnxruntime is measured on the same cases, same tolerances.
+bool dtype is built for a target with the real driver, run on its first data set, and
+compared with the case's expected outputs (rtol 1e-3, atol 1e-4; integers and bool
+exactly). onnxruntime is measured on the same cases, same tolerances. On a host that runs
+the target's instructions the object is linked into a shared object and called in process
+(with the harness's arena guard and input checks; no 0.2 s harness link per case);
+--harness, or any emulated target, links the C harness and runs it as a program.
 
     python tests/node_suite.py [--target T] [--jobs N] [--only REGEX] [--sample K] [--json OUT]
-                               [--no-ort] [--write-passing FILE] [--cache DIR]
+                               [--no-ort] [--harness] [--write-passing FILE] [--cache DIR]
+                               [--report OLD.json] [--top N]
 
 Each case ends as one of
   pass         outputs match
