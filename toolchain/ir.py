@@ -113,6 +113,9 @@ class Graph:
         self.name = name
         self.inputs: list[Value] = []
         self.outputs: list[Value] = []
+        # the model's own names for its outputs (set by the importer): the last pass,
+        # materialize_outputs, gives the output values exactly these names
+        self.output_names: list[str] | None = None
         self.nodes: list[Node] = []
         self._names: set[str] = set()
 
@@ -129,7 +132,10 @@ class Graph:
         return Value(self.unique(name), type)
 
     def const(self, name: str, data: np.ndarray) -> Value:
-        data = np.ascontiguousarray(data)
+        # np.ascontiguousarray would promote a 0-d array to shape (1,): a scalar stays 0-d
+        data = np.asarray(data)
+        if not data.flags.c_contiguous:
+            data = np.ascontiguousarray(data)
         data.setflags(write=False)
         return Value(self.unique(name), TensorType.of(data), data=data)
 

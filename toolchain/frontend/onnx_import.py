@@ -18,7 +18,22 @@ from ..ir import DTYPES, Graph, TensorType, Value
 from ..ops import registry
 from ..passes.fold import fold_node
 
-SUPPORTED_OPSETS = range(6, 22)  # 6: the opset of older exporters (legacy broadcast)
+# 6: the opset of older exporters (legacy broadcast), up to the newest the installed onnx
+# defines. An op keeps the semantics it has had since opset 21 or earlier; what changed in
+# later opsets for the ops in the registry (checked with onnx.defs.get_schema(op, v) for
+# v = 22..28, onnx 1.23):
+#   - 22 (AveragePool, Conv, ConvTranspose, Dropout, Elu, GlobalAveragePool, GlobalMaxPool,
+#     HardSigmoid, HardSwish, InstanceNormalization, MaxPool, Mish, Selu, Softplus,
+#     Softsign, ThresholdedRelu) and 23/24/25 (Cast, ConstantOfShape, Flatten, Identity,
+#     Pad, Reshape, Shape, Squeeze, Transpose, Unsqueeze): new element types only
+#     (bfloat16, float8, float4, int4, int2), which the importer rejects by type;
+#   - Cast-24: attribute round_mode, which only affects casts to float8e8m0 (rejected);
+#   - Range-27: attribute stash_type (float16/bfloat16 accumulate in float32 by default);
+#   - ReduceLogSumExp-28: integer types dropped (no change for float);
+#   - DepthToSpace-28: same signature and text;
+#   - SpaceToDepth-28: attribute mode, "CRD" a new block order: rejected below
+#     (_check_newer_semantics) until the op class handles it.
+SUPPORTED_OPSETS = range(6, onnx.defs.onnx_opset_version() + 1)
 
 
 def onnx_dtype(elem_type: int) -> str:
@@ -67,6 +82,8 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         if proto.domain not in ("", "ai.onnx"):
             raise UnsupportedError(f"unsupported op domain '{proto.domain}'", node=node_name, op=proto.op_type)
         attrs = {a.name: _attr(a, g) for a in proto.attribute}
+        _check_newer_semantics(proto.op_type, attrs, node_name)
+        _check_inference_only(proto, env, node_name)
         if proto.op_type == "Constant":
             env[proto.output[0]] = g.const(proto.output[0], _constant_value(attrs, node_name))
             continue
@@ -110,7 +127,26 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         g.outputs.append(env[vi.name])
     if not g.outputs:
         raise InvalidModelError("the model has no outputs")
+    g.output_names = [vi.name for vi in onnx_graph.output]
     return g
+
+
+def _check_inference_only(proto, env: dict, node_name: str):
+    """Dropout is imported as Identity: in training mode (input 2 true, or not known at
+    compile time) with a ratio that is not a constant 0 it is random, so it is refused
+    instead of silently computed as Identity."""
+    if proto.op_type == "Dropout" and len(proto.input) > 2 and proto.input[2]:
+        mode = env.get(proto.input[2])
+        ratio = env.get(proto.input[1]) if proto.input[1] else None  # default 0.5
+        zero_ratio = ratio is not None and ratio.is_const and not np.asarray(ratio.data).any()
+        if not zero_ratio and (mode is None or not mode.is_const or bool(np.asarray(mode.data).any())):
+            raise UnsupportedError("training_mode is not supported (inference only)", node=node_name, op="Dropout")
+
+
+def _check_newer_semantics(op_type: str, attrs: dict, node_name: str):
+    """Attribute forms added after opset 21 that the op classes do not implement."""
+    if op_type == "SpaceToDepth" and attrs.get("mode", "DCR") != "DCR":
+        raise UnsupportedError(f"mode '{attrs['mode']}' is not supported (only DCR)", node=node_name, op=op_type)
 
 
 def _default_opset(model) -> int:
@@ -120,6 +156,9 @@ def _default_opset(model) -> int:
                 raise UnsupportedError(f"opset {imp.version} is not supported (supported: "
                                    f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1})")
             return imp.version
+    others = sorted(imp.domain for imp in model.opset_import)
+    if others:  # e.g. ai.onnx.preview.training only
+        raise UnsupportedError(f"unsupported op domain '{others[0]}' (the model imports no default-domain opset)")
     raise InvalidModelError("the model imports no default-domain opset")
 
 
