@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -13,7 +15,7 @@ import onnx
 from . import __version__
 from .codegen.compile import compile_ir
 from .codegen.module import build_module, module_text
-from .emit import ar_archive, c_header, manifest_json, write_atomically
+from .emit import ar_archive, build_id, c_header, manifest_json, replace_outputs
 from .errors import CompileError
 from .frontend.onnx_import import import_model, load_model
 from .integration import cmake_file, make_fragment
@@ -98,51 +100,120 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     """emit="object": <name>.o and lib<name>.a (LLVM); emit="c": <name>.c (portable C99).
     Both also write <name>.h, <name>.json and the CMake/Make fragments.
     budgets: {"flash_bytes": n, "ram_bytes": n} over the target profile's own; a build over
-    budget fails and writes nothing."""
+    budget fails and writes nothing. The output directory is checked before compiling, and
+    the files of the build replace the previous ones of the same name as one set."""
     check_name(name)
     if emit not in ("object", "c"):
         raise CompileError(f"--emit must be 'object' or 'c', got '{emit}'")
     profile = get_profile(target)
     model_path = Path(model_path) if model_path else DEFAULT_MODEL
     out = Path(out) if out else PROJECT_ROOT / "build" / target
+    check_out_dir(out, owned_files(name))
     model = load_model(model_path)
+    utf8_names(model)
     compile_fn = compile_graph_c if emit == "c" else compile_graph
     compiled = compile_fn(import_model(model, name, dims), profile, name, dump)
     options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__}
     if emit == "c":
         options["emit"] = "c"
     manifest = make_manifest(compiled, profile, name, model_path, options)
+    manifest["build_id"] = build_id(manifest)
     check_budgets({**manifest, "arena_bytes": manifest["arena"]["size"],
                    "symbols": compiled.info.by_size()},
                   {**profile.budgets, **{k: v for k, v in (budgets or {}).items() if v is not None}})
     if emit == "c":
-        return _write_c_build(compiled, manifest, name, out)
-    files = {
-        out / f"{name}.o": compiled.object,
-        out / f"lib{name}.a": ar_archive([(f"{name[:13]}.o", compiled.object,
-                                            [s.name for s in compiled.info.symbols
-                                             if s.binding == "STB_GLOBAL"])]),
-        out / f"{name}.h": c_header(name, manifest).encode(),
-        out / f"{name}.json": manifest_json(manifest),
-        out / f"{name}.cmake": cmake_file(name, "object").encode(),
-        out / f"{name}.mk": make_fragment(name, "object").encode(),
-    }
-    write_atomically(files)
-    kinds = ["object", "library", "header", "manifest", "cmake", "make"]
-    return BuildResult(dict(zip(kinds, files)), manifest, compiled)
+        kinds = {"source": (f"{name}.c", compiled.c_source.encode())}
+    else:
+        library = ar_archive([(f"{name[:13]}.o", compiled.object,
+                               [s.name for s in compiled.info.symbols if s.binding == "STB_GLOBAL"])])
+        kinds = {"object": (f"{name}.o", compiled.object), "library": (f"lib{name}.a", library)}
+    kinds.update({
+        "header": (f"{name}.h", c_header(name, manifest).encode()),
+        "manifest": (f"{name}.json", manifest_json(manifest)),
+        "cmake": (f"{name}.cmake", cmake_file(name, emit).encode()),
+        "make": (f"{name}.mk", make_fragment(name, emit).encode()),
+    })
+    try:
+        replace_outputs(out, name, dict(kinds.values()), owned_files(name))
+    except OSError as e:
+        raise CompileError(f"cannot write the build to '{out}': {e.strerror or e}") from None
+    return BuildResult({kind: out / f for kind, (f, _) in kinds.items()}, manifest, compiled)
 
 
-def _write_c_build(compiled: Compiled, manifest: dict, name: str, out: Path) -> BuildResult:
-    files = {
-        out / f"{name}.c": compiled.c_source.encode(),
-        out / f"{name}.h": c_header(name, manifest).encode(),
-        out / f"{name}.json": manifest_json(manifest),
-        out / f"{name}.cmake": cmake_file(name, "c").encode(),
-        out / f"{name}.mk": make_fragment(name, "c").encode(),
-    }
-    write_atomically(files)
-    kinds = ["source", "header", "manifest", "cmake", "make"]
-    return BuildResult(dict(zip(kinds, files)), manifest, compiled)
+def owned_files(name: str) -> set[str]:
+    """Every file a build of this name writes with either --emit (the other kind's are
+    removed when the kind changes)."""
+    return {f"{name}.o", f"lib{name}.a", f"{name}.c", f"{name}.h", f"{name}.json", f"{name}.cmake",
+            f"{name}.mk"}
+
+
+def check_out_dir(out: Path, owned=()):
+    """Fail before compiling when the output directory cannot take the build: a file where
+    it or one of its parents should be, a directory where an artifact should be, or no
+    permission (probed by creating and removing a temporary directory, which also catches
+    read-only file systems and /proc for root)."""
+    probe = out
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "is not a directory" if probe == out else f"cannot be created: '{probe}' is not a directory"
+        raise CompileError(f"--out '{out}' {what}")
+    if probe == out:
+        for f in sorted(owned):
+            if (out / f).is_dir() and not (out / f).is_symlink():
+                raise CompileError(f"--out '{out}': '{f}' is a directory, where the build writes a file")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".edgec-probe-", dir=probe))
+    except OSError as e:
+        raise CompileError(f"--out '{out}' is not writable: {e.strerror or e}") from None
+
+
+def utf8_names(msg) -> None:
+    """ONNX string fields must be UTF-8; protobuf hands back bytes where they are not. Decode
+    them, invalid bytes as \\xNN (so messages and the manifest stay text), in place, in every
+    (sub)message of the model; fail if that makes one name equal to another."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    fixed: dict[str, bytes] = {}
+    seen: set[str] = set()
+
+    def repeated(field) -> bool:  # protobuf >= 6 dropped .label for .is_repeated
+        if hasattr(field, "is_repeated"):
+            return field.is_repeated
+        return field.label == FieldDescriptor.LABEL_REPEATED
+
+    def walk(m):
+        for field, value in m.ListFields():
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                if repeated(field):
+                    if field.message_type.GetOptions().map_entry:
+                        continue
+                    for sub in value:
+                        walk(sub)
+                else:
+                    walk(value)
+            elif field.type == FieldDescriptor.TYPE_STRING:
+                if repeated(field):
+                    for i, v in enumerate(value):
+                        if isinstance(v, bytes):
+                            value[i] = text(v)
+                        else:
+                            seen.add(v)
+                elif isinstance(value, bytes):
+                    setattr(m, field.name, text(value))
+                else:
+                    seen.add(value)
+
+    def text(raw: bytes) -> str:
+        t = raw.decode("utf-8", "backslashreplace")
+        if fixed.setdefault(t, raw) != raw:
+            raise CompileError(f"two names decode to the same text '{t}' (invalid UTF-8 in the model)")
+        return t
+
+    walk(msg)
+    clash = seen & set(fixed)
+    if clash:
+        raise CompileError(f"name '{sorted(clash)[0]}' is also the text of an invalid UTF-8 name in the model")
 
 
 def _tensor_info(v):
