@@ -54,10 +54,11 @@ def _write_report(flag: str, path, text: str):
 
 
 def cmd_build(args):
+    dims = _dims(args.dim)  # before the (slow) imports: a usage error is instant
     from .compiler import build
 
     dump = sys.stderr if args.dump_ir else None
-    res = build(args.model, args.target, args.name, args.out, _dims(args.dim), dump, emit=args.emit,
+    res = build(args.model, args.target, args.name, args.out, dims, dump, emit=args.emit,
                 budgets={"flash_bytes": args.flash_budget, "ram_bytes": args.ram_budget})
     m = res.manifest
     print(f"built {m['model']} for {m['target']['name']} -> {res.paths['header'].parent}")
@@ -83,21 +84,22 @@ def cmd_targets(args):
 def cmd_size(args):
     from pathlib import Path
 
-    from .compiler import PROJECT_ROOT
+    # the argument checks come before the (slow) imports
+    for flag, path in (("--json", args.json), ("--html", args.html)):
+        if path:
+            _writable_file(flag, path)
+    if not args.diff and not args.target:
+        raise CompileError("size needs --target (or --diff OLD_DIR NEW_DIR)")
+    out = Path(args.out) if args.out else Path(__file__).resolve().parent.parent / "build" / str(args.target)
+    if not args.diff and out.exists() and not out.is_dir():
+        raise CompileError(f"--out '{out}' is not a directory")
+
     from .inspect.size import diff, html_chart, size_report, table
 
     if args.diff:
         old, new = (size_report(Path(d), args.name) for d in args.diff)
         print(diff(old, new))
         return
-    if not args.target:
-        raise CompileError("size needs --target (or --diff OLD_DIR NEW_DIR)")
-    out = Path(args.out) if args.out else PROJECT_ROOT / "build" / args.target
-    if out.exists() and not out.is_dir():
-        raise CompileError(f"--out '{out}' is not a directory")
-    for flag, path in (("--json", args.json), ("--html", args.html)):
-        if path:
-            _writable_file(flag, path)
     if args.model or not (out / f"{args.name}.o").is_file():
         cmd_build(args)
     report = size_report(out, args.name)
