@@ -202,6 +202,15 @@ def test_bad_model_path_in_message_stays_one_line(tmp_path):
     assert_one_line_error(proc, "not found", "no\\nsuch.onnx")
 
 
+def test_hostile_node_name_in_an_error_stays_one_line(tmp_path):
+    bad = make_model([helper.make_node("Hardmax", ["x"], ["y"], name="evil\nedgec: error: forged\r\x1b[2J")],
+                     {"x": (F, (1, 8))}, {"y": (F, (1, 8))})
+    onnx.save(bad, str(tmp_path / "bad.onnx"))
+    proc = edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "bad.onnx"), "--out", str(tmp_path / "o"))
+    assert_one_line_error(proc, "Hardmax", "evil\\nedgec: error: forged\\r\\x1b[2J")
+    assert not (tmp_path / "o").exists()
+
+
 # -- size reports ------------------------------------------------------------------------
 def test_size_json_into_missing_directory_and_errors(tmp_path):
     model = relu_model(tmp_path / "m.onnx")
