@@ -10,11 +10,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import helper
-
 from helpers import ROOT, make_model
+from onnx import helper
 
 F = np.float32
 T = "x86-64-v3"  # runs natively: these tests are about text, not instruction sets

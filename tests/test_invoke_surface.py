@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
-
 from helpers import ROOT, make_model
+from onnx import helper
 
 F = np.float32
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -292,3 +291,23 @@ def test_failure_writing_a_new_directory_leaves_nothing(tmp_path, monkeypatch):
         compiler.build(model, "x86-64-v3", "model", out)
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"], "directories or temporaries left"
+
+
+def test_temporaries_of_a_killed_build_are_swept(tmp_path):
+    """A SIGKILLed build cannot clean up; the next build of the same name removes what it left
+    (its process is gone), and leaves a live build's private directory alone."""
+    from toolchain.compiler import build
+
+    model = relu_model(tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    build(model, "x86-64-v3", "model", out)
+    dead = out / ".model.tmp-999999999-abcd"  # pid beyond any pid_max
+    (dead / ".previous").mkdir(parents=True)
+    (dead / "model.h").write_text("half")
+    live = out / f".model.tmp-{os.getpid()}-efgh"
+    live.mkdir()
+    beside = tmp_path / "fresh.tmp-999999999-ijkl"
+    beside.mkdir()
+    build(model, "x86-64-v3", "model", out, emit="c")
+    build(model, "x86-64-v3", "model", tmp_path / "fresh")
+    assert not dead.exists() and live.exists() and not beside.exists()

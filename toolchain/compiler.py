@@ -18,10 +18,10 @@ from .codegen.module import build_module, module_text
 from .emit import ar_archive, build_id, c_header, manifest_json, replace_outputs
 from .errors import CompileError
 from .frontend.onnx_import import import_model, load_model
-from .integration import cmake_file, make_fragment
 from .inspect.elf import ObjectInfo, check_self_contained, read_object
 from .inspect.size import check_budgets, totals
 from .inspect.stack import call_graph, stack_usage
+from .integration import cmake_file, make_fragment
 from .ir import Graph
 from .memory import MemoryPlan, plan_memory
 from .ops import registry
@@ -213,7 +213,7 @@ def utf8_names(msg) -> None:
     walk(msg)
     clash = seen & set(fixed)
     if clash:
-        raise CompileError(f"name '{sorted(clash)[0]}' is also the text of an invalid UTF-8 name in the model")
+        raise CompileError(f"name '{min(clash)}' is also the text of an invalid UTF-8 name in the model")
 
 
 def _tensor_info(v):

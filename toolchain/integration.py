@@ -49,10 +49,10 @@ def make_fragment(name: str, kind: str) -> str:
         f"#   app: main.o $({up}_LIB)   # compile with $({up}_CFLAGS), link $({up}_LIB)",
         f"{p}_SP := $(subst ,, )",
         f"{p}_ESC = $(subst $({p}_SP),\\$({p}_SP),$1)",
-        f"{p}_FIND = $(if $(wildcard $(call {p}_ESC,$1)),$1,$(if $(word 2,$1),"
-        f"$(call {p}_FIND,$(wordlist 2,$(words $1),$1))))",
-        f"{p}_MK := $(subst $({p}_SP),|edgec|,$(or $(call {p}_FIND,$(MAKEFILE_LIST)),"
-        f"$(lastword $(MAKEFILE_LIST))))",
+        (f"{p}_FIND = $(if $(wildcard $(call {p}_ESC,$1)),$1,$(if $(word 2,$1),"
+         f"$(call {p}_FIND,$(wordlist 2,$(words $1),$1))))"),
+        (f"{p}_MK := $(subst $({p}_SP),|edgec|,$(or $(call {p}_FIND,$(MAKEFILE_LIST)),"
+         f"$(lastword $(MAKEFILE_LIST))))"),
         f"{up}_DIR := $(call {p}_ESC,$(subst |edgec|, ,$(patsubst %/,%,$(dir $({p}_MK)))))",
         f"{up}_CFLAGS := -I$({up}_DIR)",
         f"{up}_LIB := $({up}_DIR)/lib{name}.a",
