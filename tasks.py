@@ -9,50 +9,62 @@ from invoke import task
 PY = sys.executable
 
 
-@task(help={"target": "target profile (invoke targets lists them)",
+def _exec(args):
+    """Become the command (os.execv): it is the process invoke was, so Ctrl-C, SIGTERM and
+    the exit code reach it directly, and nothing outlives a killed `invoke`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(args[0], args)
+
+
+# Every task's arguments are options with defaults (none is positional): invoke would
+# otherwise take `--help` as the value of a required positional (`invoke build --help`
+# ran a build of target "--help"). Missing required options are reported by the command.
+@task(help={"target": "target profile (invoke targets lists them); required",
             "model": "ONNX file (default: the bundled keyword-spotting DS-CNN)",
             "name": "symbol prefix and file stem", "out": "output directory (default build/<target>)",
-            "dump_ir": "print the IR after every pass", "dim": "bind a symbolic dimension, NAME=N",
-            "emit": "object (default: <name>.o, lib<name>.a) or c (portable C99 <name>.c)"})
-def build(c, target, model=None, name="model", out=None, dump_ir=False, dim=None, emit="object"):
+            "dump_ir": "print the IR after every pass", "dim": "bind a symbolic dimension, NAME=N (repeatable)",
+            "emit": "object (default: <name>.o, lib<name>.a) or c (portable C99 <name>.c)",
+            "flash_budget": "fail if flash (text+rodata+data) exceeds BYTES",
+            "ram_budget": "fail if RAM (data+bss+arena+stack) exceeds BYTES"},
+      iterable=["dim"])
+def build(c, target=None, model=None, name=None, out=None, dump_ir=False, dim=None, emit=None,
+          flash_budget=None, ram_budget=None):
     """Compile a model to <out>/<name>.o, lib<name>.a (or <name>.c), <name>.h, <name>.json,
-    <name>.cmake and <name>.mk."""
-    args = [PY, "-m", "toolchain", "build", "--target", target, "--name", name, "--emit", emit]
-    if model:
-        args += ["--model", model]
-    if out:
-        args += ["--out", out]
+    <name>.cmake and <name>.mk (runs `python -m toolchain build`, the edgec CLI)."""
+    args = [PY, "-m", "toolchain", "build"]
+    for flag, value in (("--target", target), ("--model", model), ("--name", name), ("--out", out),
+                        ("--emit", emit), ("--flash-budget", flash_budget), ("--ram-budget", ram_budget)):
+        if value is not None:
+            args += [flag, str(value)]
+    for d in dim or []:
+        args += ["--dim", d]
     if dump_ir:
         args.append("--dump-ir")
-    if dim:
-        args += ["--dim", dim]
-    rc = subprocess.call(args)
-    if rc:
-        sys.exit(rc)
+    _exec(args)
 
 
-@task(help={"target": "target profile whose CPU the firmware runs on (e.g. cortex-a76)",
+@task(help={"target": "target profile whose CPU the firmware runs on (e.g. cortex-a76); required",
             "model": "ONNX file (default: the bundled keyword-spotting DS-CNN)",
             "path": "object, c or both (default): which build of the model to link",
             "out": "work directory (default build/firmware-<target>)",
             "corrupt_expected": "falsify one expected value: must report FAIL and exit non-zero"})
-def firmware(c, target, model=None, path="both", out=None, corrupt_expected=False):
+def firmware(c, target=None, model=None, path=None, out=None, corrupt_expected=False):
     """Build the bare-metal example firmware (firmware/) and boot it on full-system QEMU:
     prints PASS with the max error and exits 0, or FAIL and exits non-zero."""
-    args = [PY, "-m", "toolchain.firmware", "--target", target, "--path", path]
-    if model:
-        args += ["--model", model]
-    if out:
-        args += ["--out", out]
+    args = [PY, "-m", "toolchain.firmware"]
+    for flag, value in (("--target", target), ("--path", path), ("--model", model), ("--out", out)):
+        if value is not None:
+            args += [flag, str(value)]
     if corrupt_expected:
         args.append("--corrupt-expected")
-    sys.exit(subprocess.call(args))
+    _exec(args)
 
 
 @task
 def targets(c):
     """List the target profiles."""
-    subprocess.call([PY, "-m", "toolchain", "targets"])
+    _exec([PY, "-m", "toolchain", "targets"])
 
 
 @task(help={"stats": "print entries, bytes and the size bound (the default)",
@@ -88,7 +100,7 @@ def test(c, target=None, slow=False):
         args += ["--target", target]
     if not slow:
         args += ["-m", "not slow"]
-    sys.exit(subprocess.call(args))
+    _exec(args)
 
 
 @task(help={"target": "target profile (repeatable; default: every target of ci/matrix.toml)",
@@ -109,7 +121,7 @@ def bench(c, target=None, model=None, json=None, runs=20, layers=False):
         args += ["--json", json]
     if layers:
         args.append("--layers")
-    sys.exit(subprocess.call(args))
+    _exec(args)
 
 
 @task(help={"json": "write the figures to this JSON file"})
@@ -121,20 +133,23 @@ def ci(c, json=None):
     args = [PY, "-m", "toolchain.bench", "--runs", "5"]
     if json:
         args += ["--json", json]
-    sys.exit(subprocess.call(args))
+    _exec(args)
 
 
 @task(help={"target": "target profile", "model": "ONNX file (rebuilds; default: the existing build)",
             "name": "symbol prefix / file stem", "out": "build directory (default build/<target>)",
             "json": "write the report as JSON", "html": "write a bar chart of the largest symbols",
             "diff": "compare two build directories: --diff OLD,NEW"})
-def size(c, target=None, model=None, name="model", out=None, json=None, html=None, diff=None):
+def size(c, target=None, model=None, name=None, out=None, json=None, html=None, diff=None):
     """Flash, RAM, stack and the largest symbols of a build, read from its ELF object."""
-    args = [PY, "-m", "toolchain", "size", "--name", name]
-    for flag, value in (("--target", target), ("--model", model), ("--out", out), ("--json", json),
-                        ("--html", html)):
-        if value:
-            args += [flag, value]
-    if diff:
-        args += ["--diff", *diff.split(",")]
-    sys.exit(subprocess.call(args))
+    args = [PY, "-m", "toolchain", "size"]
+    for flag, value in (("--target", target), ("--model", model), ("--name", name), ("--out", out),
+                        ("--json", json), ("--html", html)):
+        if value is not None:
+            args += [flag, str(value)]
+    if diff is not None:
+        old, sep, new = str(diff).partition(",")
+        if not sep or not old or not new or "," in new:
+            sys.exit(f"edgec: error: --diff wants OLD_DIR,NEW_DIR, got '{diff}'")
+        args += ["--diff", old, new]
+    _exec(args)

@@ -1,4 +1,6 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,17 +23,14 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("target", chosen)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def private_compile_cache(tmp_path_factory):
+def pytest_configure(config):
     """build() consults the compile cache (toolchain/cache.py). The suite, and the CLI
     subprocesses it starts, never read or fill the user's; and the cache is off (every
     build compiles, so BuildResult.compiled is always there) except where a test turns it
-    on with a directory of its own (tests/test_jit.py)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EDGEC_CACHE_DIR", str(tmp_path_factory.mktemp("edgec-cache")))
-    mp.setenv("EDGEC_CACHE", "0")
-    yield
-    mp.undo()
+    on with a directory of its own (tests/test_jit.py). Set here, before test modules are
+    imported, so environments they copy at import carry it too."""
+    os.environ["EDGEC_CACHE"] = "0"
+    os.environ["EDGEC_CACHE_DIR"] = tempfile.mkdtemp(prefix="edgec-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -180,16 +180,21 @@ def test_build_cache_hit_writes_identical_files_without_compiling(tmp_path, monk
     assert second.manifest == first.manifest
     assert {k: p.name for k, p in second.paths.items()} == {k: p.name for k, p in first.paths.items()}
 
-    # the same bytes under another file name: a hit, and the manifest names the new file,
-    # exactly as an uncached build of that file does
-    other = tmp_path / "elsewhere" / "renamed.onnx"
+    # the same file in another directory: a hit (no paths in the key), byte-identical to an
+    # uncached build of it; under another file name: a miss (the manifest and header name
+    # the file)
+    other = tmp_path / "elsewhere" / src.name
     other.parent.mkdir()
     shutil.copy(src, other)
     hit = build(other, T, "net", tmp_path / "c")
-    assert cache.compile_count == before + 1 and hit.manifest["model"] == "renamed.onnx"
+    assert cache.compile_count == before + 1 and hit.compiled is None
+    renamed = tmp_path / "elsewhere" / "renamed.onnx"
+    shutil.copy(src, renamed)
+    assert build(renamed, T, "net", tmp_path / "r").manifest["model"] == "renamed.onnx"
+    assert cache.compile_count == before + 2
     monkeypatch.setenv("EDGEC_CACHE", "0")
     build(other, T, "net", tmp_path / "d")
-    assert cache.compile_count == before + 2
+    assert cache.compile_count == before + 3
     assert files_of(tmp_path / "c") == files_of(tmp_path / "d")
 
 
@@ -242,18 +247,22 @@ def test_key_changes_with_every_field_and_only_with_them(tmp_path, monkeypatch):
         return cache.BuildHook.open(path, prof, name, {"N": 2} if dims is None else dims, emit, budgets).key
 
     base = key()
-    # a different path to identical bytes, and a different time, give the same key
-    copy = tmp_path / "sub" / "copy.onnx"
+    # a different directory holding identical bytes, and a different time, give the same key
+    copy = tmp_path / "sub" / "dense.onnx"
     copy.parent.mkdir()
     shutil.copy(src, copy)
     os.utime(copy, (1_000_000, 1_000_000))
     assert key(copy) == base
     assert key() == base
 
-    other_weights = tmp_path / "w.onnx"
+    other_weights = tmp_path / "w" / "dense.onnx"
+    other_weights.parent.mkdir()
     dense(other_weights, n="N", scale=2.0)
+    renamed = tmp_path / "renamed.onnx"
+    shutil.copy(src, renamed)
     changed = {
         "model bytes": key(other_weights),
+        "model file name (the manifest and header name it)": key(renamed),
         "bound shape": key(dims={"N": 3}),
         "extra dim option": key(dims={"N": 2, "M": 1}),
         "target": key(prof=get_profile("cortex-a76")),
@@ -289,9 +298,9 @@ def test_key_changes_with_every_field_and_only_with_them(tmp_path, monkeypatch):
     for what, k in changed.items():
         assert k != base, what
     assert len(set(changed.values())) == len(changed)
-    # nothing path- or time-like went into the fields
+    # nothing path- or time-like went into the fields: the file's base name only
     text = repr(fields)
-    assert str(tmp_path) not in text and "dense.onnx" not in text
+    assert str(tmp_path) not in text and fields["model_file"] == "dense.onnx"
 
 
 # ---------------------------------------------------------------- robustness of the disk cache

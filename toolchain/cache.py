@@ -36,6 +36,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .frontend.onnx_import import utf8_names
+
 MAGIC = b"EDGEC-CACHE v1\n"
 FORMAT_DIR = "v1"
 DEFAULT_MAX_BYTES = 512 << 20
@@ -162,11 +164,13 @@ def profile_digest(profile) -> str:
 
 
 def key_fields(model_sha256: str, inputs: list[dict], profile, name: str, emit: str = "object",
-               dims: dict | None = None, budgets: dict | None = None) -> dict:
+               dims: dict | None = None, budgets: dict | None = None, model_file: str = "") -> dict:
     llvmlite_v, llvm_v = _llvm_versions()
     from .version import __version__
     return {
         "model_sha256": model_sha256,
+        # the file's base name (not its directory): the manifest and header name it
+        "model_file": model_file,
         "inputs": inputs,
         "target": profile.name,
         "profile_sha256": profile_digest(profile),
@@ -423,19 +427,6 @@ def clear() -> int:
 
 # ---------------------------------------------------------------- the hook in compiler.build
 
-def _patch_model_name(files: dict, manifest_name: str, old: str, new: str) -> dict | None:
-    """The manifest names the model file ("model": "<basename>"); the key does not (the same
-    bytes under another name are the same build), so a hit under another name rewrites that
-    one field. None if the manifest does not have it where expected: then it is a miss."""
-    if old == new:
-        return files
-    blob = files.get(manifest_name, b"")
-    needle = f'\n  "model": {json.dumps(old)},\n'.encode()
-    if blob.count(needle) != 1:
-        return None
-    return {**files, manifest_name: blob.replace(needle, f'\n  "model": {json.dumps(new)},\n'.encode())}
-
-
 @dataclass
 class BuildHook:
     """What compiler.build asks the cache: restore() before compiling, store() after."""
@@ -455,22 +446,20 @@ class BuildHook:
             path = Path(model_path)
             data = path.read_bytes()
             proto = onnx.ModelProto.FromString(data)
+            utf8_names(proto)  # names as text, as the importer sees them
             digest = model_digest(data, proto, path.parent)
-            fields = key_fields(digest, bound_inputs(proto, dims or {}), profile, name, emit, dims, budgets)
+            fields = key_fields(digest, bound_inputs(proto, dims or {}), profile, name, emit, dims, budgets,
+                                path.name)
+            key = make_key(fields)
         except Exception:  # noqa: BLE001
             return None
-        hook = cls(make_key(fields), fields, path.name, name)
+        hook = cls(key, fields, path.name, name)
         hook.times["load+key"] = time.perf_counter() - t0
         return hook
 
     def lookup(self) -> Entry | None:
         t0 = time.perf_counter()
         entry = get(self.key, self.fields["model_sha256"])
-        if entry is not None:
-            files = _patch_model_name(entry.files, f"{self.name}.json", entry.meta["model_name"], self.model_name)
-            if files is None:
-                return None
-            entry = Entry(entry.key, entry.meta, files, entry.source)
         self.times["lookup"] = time.perf_counter() - t0
         return entry
 
@@ -482,7 +471,7 @@ class BuildHook:
             self.started = time.perf_counter()
             return None
         t0 = time.perf_counter()
-        paths = write_files(out, entry.files)
+        paths = write_files(out, entry.files, self.name)
         self.times["write"] = time.perf_counter() - t0
         self.record(entry.source)
         kinds = entry.meta["kinds"]
@@ -529,23 +518,12 @@ def describe_event(ev: dict) -> list[str]:
     return lines
 
 
-def write_files(out: Path, files: dict) -> dict:
-    """All artifacts or none, like build: temporaries first, then renames."""
+def write_files(out: Path, files: dict, stem: str) -> dict:
+    """The entry's artifacts as one set, exactly as build writes its own (emit.replace_outputs)."""
+    from .emit import owned_files, replace_outputs
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    temps = []
-    try:
-        for n, data in files.items():
-            fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{n}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            temps.append((tmp, out / n))
-        for tmp, dest in temps:
-            os.replace(tmp, dest)
-    finally:
-        for tmp, _ in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    replace_outputs(out, stem, files, owned_files(stem))
     return {n: out / n for n in files}
 
 

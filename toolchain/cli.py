@@ -2,26 +2,63 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import signal
 import sys
 
 from .errors import CompileError, InvalidModelError
+
+MAX_DIM = 2**31 - 1  # a symbolic dimension bound at build time; ONNX's own are int64
 
 
 def _dims(specs):
     dims = {}
     for spec in specs or []:
         key, _, val = spec.partition("=")
-        if not key or not val.isdigit() or int(val) <= 0:
-            raise InvalidModelError(f"--dim wants NAME=POSITIVE_INT, got '{spec}'")
+        if not key or not re.fullmatch(r"[0-9]{1,20}", val):
+            raise InvalidModelError(f"--dim wants NAME=N with N a positive integer, got '{spec}'")
+        if not 1 <= int(val) <= MAX_DIM:
+            raise InvalidModelError(f"--dim {key}={val} is out of range (1..{MAX_DIM})")
+        if key in dims and dims[key] != int(val):
+            raise InvalidModelError(f"--dim {key} given twice ({dims[key]} and {val})")
         dims[key] = int(val)
     return dims
 
 
+def _writable_file(flag: str, path):
+    """A report file: its parent directories are created; a directory or a file where a
+    directory should be is a one-line error, checked before any work."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidModelError(f"{flag} '{path}' is a directory")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InvalidModelError(f"{flag} '{path}': '{parent}' is not a directory")
+    return path
+
+
+def _write_report(flag: str, path, text: str):
+    from .emit import replace_outputs
+
+    path = _writable_file(flag, path)
+    try:
+        replace_outputs(path.parent, path.name, {path.name: text.encode()})
+    except OSError as e:
+        raise InvalidModelError(f"cannot write {flag} '{path}': {e.strerror or e}") from None
+    print(f"wrote {path}")
+
+
 def cmd_build(args):
+    dims = _dims(args.dim)  # before the (slow) imports: a usage error is instant
     from .compiler import build
 
     dump = sys.stderr if args.dump_ir else None
-    res = build(args.model, args.target, args.name, args.out, _dims(args.dim), dump, emit=args.emit,
+    res = build(args.model, args.target, args.name, args.out, dims, dump, emit=args.emit,
                 budgets={"flash_bytes": args.flash_budget, "ram_bytes": args.ram_budget})
     m = res.manifest
     print(f"built {m['model']} for {m['target']['name']} -> {res.paths['header'].parent}")
@@ -47,26 +84,30 @@ def cmd_targets(args):
 def cmd_size(args):
     from pathlib import Path
 
-    from .compiler import PROJECT_ROOT
+    # the argument checks come before the (slow) imports
+    for flag, path in (("--json", args.json), ("--html", args.html)):
+        if path:
+            _writable_file(flag, path)
+    if not args.diff and not args.target:
+        raise InvalidModelError("size needs --target (or --diff OLD_DIR NEW_DIR)")
+    out = Path(args.out) if args.out else Path(__file__).resolve().parent.parent / "build" / str(args.target)
+    if not args.diff and out.exists() and not out.is_dir():
+        raise InvalidModelError(f"--out '{out}' is not a directory")
+
     from .inspect.size import diff, html_chart, size_report, table
 
     if args.diff:
         old, new = (size_report(Path(d), args.name) for d in args.diff)
         print(diff(old, new))
         return
-    if not args.target:
-        raise InvalidModelError("size needs --target (or --diff OLD_DIR NEW_DIR)")
-    out = Path(args.out) if args.out else PROJECT_ROOT / "build" / args.target
     if args.model or not (out / f"{args.name}.o").is_file():
         cmd_build(args)
     report = size_report(out, args.name)
     print(table(report))
     if args.json:
-        Path(args.json).write_text(report.to_json())
-        print(f"wrote {args.json}")
+        _write_report("--json", args.json, report.to_json())
     if args.html:
-        Path(args.html).write_text(html_chart(report))
-        print(f"wrote {args.html}")
+        _write_report("--html", args.html, html_chart(report))
 
 
 def cmd_ops(args):
@@ -75,9 +116,27 @@ def cmd_ops(args):
     print(" ".join(registry.names()))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line too: `edgec: error: ...` (exit 2); --help still prints help."""
+
+    def error(self, message):
+        raise _UsageError(f"{self.prog.removeprefix('edgec').strip() or 'usage'}: {message}")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def one_line(text: str) -> str:
+    """A message as one printable line: control characters (newlines included) are escaped,
+    invalid UTF-8 from file names shows as \\xNN."""
+    text = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def parser():
-    ap = argparse.ArgumentParser(prog="edgec", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = _Parser(prog="edgec", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     b = sub.add_parser("build", help="compile an ONNX model to object, library, header, manifest")
     b.add_argument("--target", required=True)
     b.add_argument("--model", help="ONNX file (default: the bundled keyword-spotting DS-CNN)")
@@ -85,8 +144,8 @@ def parser():
     b.add_argument("--out", help="output directory (default: build/<target>)")
     b.add_argument("--dim", action="append", metavar="NAME=N", help="bind a symbolic input dimension")
     b.add_argument("--dump-ir", action="store_true", help="print the IR after every pass to stderr")
-    b.add_argument("--flash-budget", type=int, metavar="BYTES", help="fail if flash (text+rodata+data) exceeds this")
-    b.add_argument("--ram-budget", type=int, metavar="BYTES", help="fail if RAM (data+bss+arena+stack) exceeds this")
+    b.add_argument("--flash-budget", type=_budget, metavar="BYTES", help="fail if flash (text+rodata+data) exceeds this")
+    b.add_argument("--ram-budget", type=_budget, metavar="BYTES", help="fail if RAM (data+bss+arena+stack) exceeds this")
     b.add_argument("--emit", choices=["object", "c"], default="object",
                    help="object: <name>.o + lib<name>.a (default); c: portable C99 <name>.c")
     b.set_defaults(fn=cmd_build)
@@ -104,14 +163,60 @@ def parser():
     return ap
 
 
+def _budget(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,19}", text.strip()):
+        raise argparse.ArgumentTypeError(f"wants a number of bytes, got '{text}'")
+    return int(text)
+
+
+class _Terminated(BaseException):
+    pass
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    """Every failure is one line on stderr, `edgec: error: ...`, and a non-zero exit: build
+    errors (1), usage errors (2), file system errors (1), an interrupt or SIGTERM (130/143:
+    the temporaries are removed on the way out, the previous artifacts stay), anything
+    unexpected (70, with EDGEC_TRACEBACK=1 showing the traceback)."""
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)  # unwind (finally: clauses) instead of dying
     try:
+        args = parser().parse_args(argv)
         args.fn(args)
+    except _UsageError as e:
+        return _fail(f"{e} (see edgec --help)", 2)
     except CompileError as e:
-        print(f"edgec: error: {e}", file=sys.stderr)
-        return 1
+        return _fail(str(e), 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except _Terminated:
+        return _fail("terminated", 143)
+    except OSError as e:
+        where = f"'{e.filename}': " if e.filename else ""
+        return _fail(f"{where}{e.strerror or e}", 1)
+    except RecursionError:
+        return _fail("the model is nested too deeply to compile", 1)
+    except MemoryError:
+        return _fail("out of memory", 1)
+    except Exception as e:  # a bug: still one line, and a way to see the rest
+        if os.environ.get("EDGEC_TRACEBACK"):
+            raise
+        return _fail(f"internal error: {type(e).__name__}: {e} (set EDGEC_TRACEBACK=1 for the traceback; "
+                     f"please report it)", 70)
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+    print(f"edgec: error: {one_line(message)}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ import onnx
 from .backends import get_backend
 from .cache import BuildHook
 from .contract import entry_symbols, is_valid_name
-from .emit import ar_archive, c_header, manifest_json, write_atomically
+from .emit import ar_archive, build_id, c_header, check_out_dir, manifest_json, owned_files, replace_outputs
 from .errors import InvalidModelError
 from .frontend.onnx_import import import_model, load_model
-from .integration import cmake_file, make_fragment
 from .inspect.elf import ObjectInfo, check_self_contained, read_object
 from .inspect.size import check_budgets, totals
 from .inspect.stack import stack_usage
+from .integration import cmake_file, make_fragment
 from .ir import Graph
 from .memory import MemoryPlan, plan_memory
 from .ops import registry
@@ -81,12 +81,14 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     """emit="object": <name>.o and lib<name>.a (LLVM); emit="c": <name>.c (portable C99).
     Both also write <name>.h, <name>.json and the CMake/Make fragments.
     budgets: {"flash_bytes": n, "ram_bytes": n} over the target profile's own; a build over
-    budget fails and writes nothing."""
+    budget fails and writes nothing. The output directory is checked before compiling, and
+    the files of the build replace the previous ones of the same name as one set."""
     check_name(name)
     get_backend(emit)
     profile = get_profile(target)
     model_path = Path(model_path) if model_path else DEFAULT_MODEL
     out = Path(out) if out else PROJECT_ROOT / "build" / target
+    check_out_dir(out, owned_files(name))
     hook = BuildHook.open(model_path, profile, name, dims, emit, budgets) if dump is None else None
     if hook is not None and (hit := hook.restore(out)) is not None:
         return BuildResult(*hit, compiled=None)  # a cache hit: the artifacts, nothing compiled
@@ -95,13 +97,17 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__,
                **({"emit": emit} if emit != "object" else {})}
     manifest = make_manifest(compiled, profile, name, model_path, options)
+    manifest["build_id"] = build_id(manifest)
     check_budgets({**manifest, "arena_bytes": manifest["arena"]["size"],
                    "symbols": compiled.info.by_size()},
                   {**profile.budgets, **{k: v for k, v in (budgets or {}).items() if v is not None}})
     kinds = [*get_backend(emit).ships, "header", "manifest", "cmake", "make"]
-    files = {out / ARTIFACTS[kind][0](name): ARTIFACTS[kind][1](compiled, name, manifest) for kind in kinds}
-    write_atomically(files)
-    res = BuildResult(dict(zip(kinds, files)), manifest, compiled)
+    files = {ARTIFACTS[kind][0](name): ARTIFACTS[kind][1](compiled, name, manifest) for kind in kinds}
+    try:
+        replace_outputs(out, name, files, owned_files(name))
+    except OSError as e:
+        raise InvalidModelError(f"cannot write the build to '{out}': {e.strerror or e}") from None
+    res = BuildResult({kind: out / f for kind, f in zip(kinds, files)}, manifest, compiled)
     return hook.store(res) if hook is not None else res
 
 

@@ -1,5 +1,5 @@
-"""The C contract of a build, in one place: the entry symbols, their prototypes and the
-header macro names. Both backends, the header writer, the stack report and the harness
+"""The C contract of a build, in one place: the entry symbols, their prototypes, the
+header macro names, and how text from a model is made safe inside generated C. Both backends, the header writer, the stack report and the harness
 spell them from here.
 
     int <name>_run(const void *const *inputs, void *const *outputs, void *arena);
@@ -35,6 +35,51 @@ def is_valid_name(name: str) -> bool:
     return re.fullmatch(NAME_PATTERN, name) is not None
 
 
+def node_symbols(name: str, nodes) -> list[str]:
+    """The function symbol of each node, `<name>_<op>_<node>` with non-identifier
+    characters as `_`; two nodes whose names differ only there get a numbered suffix, so
+    the symbols stay distinct."""
+    used, out = set(), []
+    for node in nodes:
+        base = f"{name}_{symbol(node.op)}_{symbol(node.name)}"
+        sym, n = base, 1
+        while sym in used:
+            sym, n = f"{base}_{n}", n + 1
+        used.add(sym)
+        out.append(sym)
+    return out
+
+
 def symbol(text: str) -> str:
     """Any text (an op or node name) as the tail of a C/ELF identifier."""
     return re.sub(r"[^A-Za-z0-9_]", "_", text)
+
+
+def c_comment_text(s) -> str:
+    """Text safe inside a C block comment in any C dialect: printable ASCII is kept, except
+    that `*/` (closes the comment), `/*` (-Wcomment), `??` (trigraphs: `??/` is a line
+    splice) and a trailing backslash are broken up; every other character (newline, other
+    controls, non-ASCII, a byte of invalid UTF-8) becomes `\\xNN` / `\\uNNNN`. bytes are
+    decoded as UTF-8 first, invalid bytes kept as `\\xNN`."""
+    if isinstance(s, bytes):
+        s = s.decode("utf-8", "surrogateescape")
+    out = []
+    for ch in str(s):
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:  # an undecodable byte (surrogateescape)
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif 0x20 <= o < 0x7F and ch != "\\":
+            out.append(ch)
+        elif ch == "\\":
+            out.append("\\x5c")
+        elif o < 0x100:
+            out.append(f"\\x{o:02x}")
+        elif o < 0x10000:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(f"\\U{o:08x}")
+    text = "".join(out)
+    # break the sequences a comment must not contain; repeat until none is left
+    while "*/" in text or "/*" in text or "??" in text:
+        text = text.replace("*/", "* /").replace("/*", "/ *").replace("??", "? ?")
+    return text

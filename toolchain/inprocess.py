@@ -157,7 +157,7 @@ class CompiledModel:
     def export(self, out_dir) -> dict:
         """Writes exactly the files `build` writes (the same bytes, all or none); returns
         {kind: path} like BuildResult.paths."""
-        paths = cache.write_files(Path(out_dir), self.files)
+        paths = cache.write_files(Path(out_dir), self.files, self.name)
         return {self.kinds[n]: p for n, p in paths.items()}
 
     def explain(self) -> str:
@@ -208,7 +208,8 @@ def compile_model(model, target: str | None = None, *, dims: dict | None = None,
     path, data, proto, model_name = _resolve_model(model)
     model_name = model_name or f"{name}.onnx"
     digest = cache.model_digest(data, proto, path.parent if path else None)
-    fields = cache.key_fields(digest, cache.bound_inputs(proto, dims or {}), profile, name, "object", dims, None)
+    fields = cache.key_fields(digest, cache.bound_inputs(proto, dims or {}), profile, name, "object", dims, None,
+                              model_name)
     key = cache.make_key(fields)
     t_key = time.perf_counter() - t0
 

@@ -12,7 +12,7 @@ import tempfile
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from ..contract import run_symbol, symbol
+from ..contract import node_symbols, run_symbol
 from ..errors import InternalError
 from ..ir import Graph
 from ..kernel.llvm import I8, I32, LLVM_TYPES, Kernel, Tensor
@@ -43,7 +43,8 @@ def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile) -> ir.
     module.triple = profile.triple
     index = ir.IntType(profile.index_bits)
     weights = {id(v): _weight_global(module, f"{name}_w{i}", v.data) for i, v in enumerate(g.constants())}
-    kernels = [_node_function(module, g, plan, name, node, profile.vector_unit, index) for node in g.nodes]
+    kernels = [_node_function(module, g, plan, sym, node, profile.vector_unit, index)
+               for node, sym in zip(g.nodes, node_symbols(name, g.nodes))]
     _run_function(module, g, plan, name, weights, kernels, index)
     return module
 
@@ -64,10 +65,10 @@ def _ptr_type(v):
     return LLVM_TYPES[v.type.dtype].as_pointer()
 
 
-def _node_function(module, g, plan, name, node, vector, index):
+def _node_function(module, g, plan, sym, node, vector, index):
     ins = [v for v in node.inputs if v is not None]
     fnty = ir.FunctionType(ir.VoidType(), [_ptr_type(v) for v in ins + node.outputs])
-    fn = ir.Function(module, fnty, name=f"{name}_{symbol(node.op)}_{symbol(node.name)}")
+    fn = ir.Function(module, fnty, name=sym)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     places = [plan.of(v) for v in ins]

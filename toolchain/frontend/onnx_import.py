@@ -61,6 +61,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
 
 
 def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, int] | None = None) -> Graph:
+    utf8_names(model)
     opset = _default_opset(model)
     g = Graph(name)
     env: dict[str, Value] = {}
@@ -218,3 +219,51 @@ def _constant_value(attrs, node_name) -> np.ndarray:
         if key in attrs:
             return np.array(attrs[key], dtype=dtype)
     raise UnsupportedError("Constant without a supported value attribute", node=node_name, op="Constant")
+
+
+def utf8_names(msg) -> None:
+    """ONNX string fields must be UTF-8; protobuf hands back bytes where they are not. Decode
+    them, invalid bytes as \\xNN (so messages and the manifest stay text), in place, in every
+    (sub)message of the model; fail if that makes one name equal to another."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    fixed: dict[str, bytes] = {}
+    seen: set[str] = set()
+
+    def repeated(field) -> bool:  # protobuf >= 6 dropped .label for .is_repeated
+        if hasattr(field, "is_repeated"):
+            return field.is_repeated
+        return field.label == FieldDescriptor.LABEL_REPEATED
+
+    def walk(m):
+        for field, value in m.ListFields():
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                if repeated(field):
+                    if field.message_type.GetOptions().map_entry:
+                        continue
+                    for sub in value:
+                        walk(sub)
+                else:
+                    walk(value)
+            elif field.type == FieldDescriptor.TYPE_STRING:
+                if repeated(field):
+                    for i, v in enumerate(value):
+                        if isinstance(v, bytes):
+                            value[i] = text(v)
+                        else:
+                            seen.add(v)
+                elif isinstance(value, bytes):
+                    setattr(m, field.name, text(value))
+                else:
+                    seen.add(value)
+
+    def text(raw: bytes) -> str:
+        t = raw.decode("utf-8", "backslashreplace")
+        if fixed.setdefault(t, raw) != raw:
+            raise InvalidModelError(f"two names decode to the same text '{t}' (invalid UTF-8 in the model)")
+        return t
+
+    walk(msg)
+    clash = seen & set(fixed)
+    if clash:
+        raise InvalidModelError(f"name '{min(clash)}' is also the text of an invalid UTF-8 name in the model")
