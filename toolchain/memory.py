@@ -1,7 +1,9 @@
 """Static memory planning: every intermediate tensor gets a fixed offset in one arena.
 
 Views (Reshape & co.) share their input's buffer; elementwise ops may write over an
-input that dies at that node. Buffers are then placed greedily, largest first, at the
+input that dies at that node. An op may ask for scratch buffers
+of its own (Op.workspace): each is a buffer alive only during its node, so the workspaces
+of different nodes may share bytes. Buffers are then placed greedily, largest first, at the
 lowest offset that does not overlap a buffer alive at the same time (the "greedy by
 size" strategy of TFLite Micro's planner). The lower bound reported beside the arena
 size is the largest total of buffers alive at one step: no planner can do better.
@@ -36,9 +38,14 @@ class MemoryPlan:
     alignment: int
     lower_bound: int
     buffers: list
+    workspaces: dict = field(default_factory=dict)  # id(Node) -> [Storage] (arena), Op.workspace order
 
     def of(self, v: Value) -> Storage:
         return self.storage[id(v)]
+
+    def workspace_of(self, node) -> list:
+        """The node's scratch buffers in the arena, in the order its op's workspace() lists them."""
+        return self.workspaces.get(id(node), [])
 
 
 def _align(n: int, a: int) -> int:
@@ -56,8 +63,11 @@ def plan_memory(g: Graph, alignment: int) -> MemoryPlan:
 
     last_use = _last_uses(g)
     buffers: list[Buffer] = []
+    scratch: dict[int, list[Buffer]] = {}
     for t, node in enumerate(g.nodes):
         op = registry.get(node.op)
+        scratch[id(node)] = [Buffer(w.nbytes, t, t) for w in op.workspace(node)]
+        buffers += scratch[id(node)]
         for out in node.outputs:
             if id(out) in root:
                 continue
@@ -83,7 +93,8 @@ def plan_memory(g: Graph, alignment: int) -> MemoryPlan:
     arena = _align(max((b.offset + b.size for b in buffers), default=0), alignment)
     steps = max((b.end for b in buffers), default=-1) + 1
     lower = max((sum(b.size for b in buffers if b.start <= t <= b.end) for t in range(steps)), default=0)
-    return MemoryPlan(storage, arena, alignment, lower, buffers)
+    workspaces = {key: [Storage("arena", b.offset) for b in bufs] for key, bufs in scratch.items() if bufs}
+    return MemoryPlan(storage, arena, alignment, lower, buffers, workspaces)
 
 
 def _last_uses(g: Graph) -> dict[int, int]:

@@ -22,6 +22,7 @@ from ..ir import Graph
 from ..kernel.c import CKernel, CTensor, c_type, float_literal, int_literal
 from ..kernel.llvm import F32, F64, LLVM_TYPES
 from ..memory import MemoryPlan
+from ..ops import registry
 from ..targets import Profile, VectorUnit
 from ..version import __version__
 from .common import Generated, lower_node
@@ -273,10 +274,11 @@ def _node_function(g, plan, fn, node) -> tuple[str, str]:
     k = CKernel(fn)
     k.vector = PORTABLE_C
     params, tensors = [], []
-    for i, v in enumerate(ins + node.outputs):
+    scratch = registry.get(node.op).workspace(node)  # after the outputs (Op.workspace)
+    for i, t in enumerate([v.type for v in ins + node.outputs] + scratch):
         const = "const " if i < len(ins) else ""
-        params.append(f"{const}{c_type(LLVM_TYPES[v.type.dtype])} *{restrict} p{i}")
-        tensors.append(CTensor(k, f"p{i}", v.type.dtype, v.type.shape))
+        params.append(f"{const}{c_type(LLVM_TYPES[t.dtype])} *{restrict} p{i}")
+        tensors.append(CTensor(k, f"p{i}", t.dtype, t.shape))
     lower_node(k, node, tensors)
     lines = [_weight_array(sym, data) for sym, data in k.packed]
     lines += [f"/* {node.op} '{c_comment_text(node.name)}' */", f"EDGEC_KERNEL void {fn}({', '.join(params)}) {{"]
@@ -306,6 +308,8 @@ def _run_function(g, plan, name, weights, kernels) -> str:
     for node, fn in zip(g.nodes, kernels):
         args = [pointer(v, False) for v in node.inputs if v is not None]
         args += [pointer(v, True) for v in node.outputs]
+        for st, t in zip(plan.workspace_of(node), registry.get(node.op).workspace(node)):
+            args.append(f"({c_type(LLVM_TYPES[t.dtype])} *)(void *)(a + {st.index})")
         lines.append(f"    {fn}({', '.join(args)});")
     lines += ["    return 0;", "}"]
     return "\n".join(lines)

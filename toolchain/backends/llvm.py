@@ -17,6 +17,7 @@ from ..errors import InternalError
 from ..ir import Graph
 from ..kernel.llvm import I8, I32, LLVM_TYPES, Kernel, Tensor
 from ..memory import MemoryPlan
+from ..ops import registry
 from ..targets import Profile, VectorUnit
 from .common import Generated, lower_node
 
@@ -67,7 +68,9 @@ def _ptr_type(v):
 
 def _node_function(module, g, plan, sym, node, vector, index):
     ins = [v for v in node.inputs if v is not None]
-    fnty = ir.FunctionType(ir.VoidType(), [_ptr_type(v) for v in ins + node.outputs])
+    scratch = registry.get(node.op).workspace(node)  # after the outputs (Op.workspace)
+    fnty = ir.FunctionType(ir.VoidType(), [_ptr_type(v) for v in ins + node.outputs] +
+                           [LLVM_TYPES[t.dtype].as_pointer() for t in scratch])
     fn = ir.Function(module, fnty, name=sym)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
@@ -80,7 +83,8 @@ def _node_function(module, g, plan, sym, node, vector, index):
     k.vector, k.index = vector, index
     packed = itertools.count()
     k.rodata = lambda data: _weight_global(module, f"{fn.name}_packed{next(packed)}", data)
-    tensors = [Tensor(k, arg, v.type.dtype, v.type.shape) for arg, v in zip(fn.args, ins + node.outputs)]
+    types = [v.type for v in ins + node.outputs] + scratch
+    tensors = [Tensor(k, arg, t.dtype, t.shape) for arg, t in zip(fn.args, types)]
     lower_node(k, node, tensors)
     k.finish()
     return fn
@@ -113,6 +117,9 @@ def _run_function(module, g, plan, name, weights, kernels, index):
 
     for node, kernel in zip(g.nodes, kernels):
         args = [pointer(v) for v in node.inputs if v is not None] + [pointer(v) for v in node.outputs]
+        for st, t in zip(plan.workspace_of(node), registry.get(node.op).workspace(node)):
+            raw = b.gep(arena, [ir.Constant(index, st.index)], inbounds=True)
+            args.append(b.bitcast(raw, LLVM_TYPES[t.dtype].as_pointer()))
         b.call(kernel, args)
     b.ret(ir.Constant(I32, 0))
 

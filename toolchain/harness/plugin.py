@@ -21,7 +21,7 @@ from ..targets import Profile, zig
 from .runner import RUNTIME, HarnessError, run_model
 
 PLUGIN_SOURCE = RUNTIME / "insn_count_plugin.c"
-CACHE = Path(os.environ.get("EDGEC_CACHE", Path(__file__).resolve().parents[2] / "build" / ".plugins"))
+CACHE = Path(os.environ.get("EDGEC_PLUGIN_DIR", Path(__file__).resolve().parents[2] / "build" / ".plugins"))
 
 
 @dataclass

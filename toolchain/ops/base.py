@@ -64,6 +64,12 @@ class Op:
         op lowered as a plain loop nest. Pure: shapes and the unit's facts only."""
         return None
 
+    def workspace(self, node: Node) -> list[TensorType]:
+        """Scratch buffers the lowering needs besides its inputs and outputs (intermediate
+        results, state carried across a loop). The memory planner places them in the arena,
+        alive only while this node runs; lower() receives them as tensors after the outputs."""
+        return []
+
     def lower(self, k, node: Node, ins, outs):
         raise UnsupportedError("has no lowering", node=node.name, op=node.op)
 
