@@ -10,6 +10,9 @@
  * outputs and its arena. With EDGEC_UNTIMED=1 in the environment the clock is not read
  * and nothing is printed per run, so every run executes exactly the same instructions
  * (for counting them under QEMU).
+ * A build with a bounded batch (-DEDGEC_RUN_DIMS=<name>_run_dims) runs that entry point
+ * with the dimensions in EDGEC_DIMS (comma-separated) when it is set; the input and output
+ * sizes on the command line are then those of that batch.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -80,10 +83,22 @@ int main(int argc, char **argv) {
     /* The guard zone starts right after the arena the model is given. */
     unsigned char *arena = arena_storage;
     memset(arena + arena_bytes, GUARD_BYTE, (size_t)ARENA_SIZE + GUARD - arena_bytes);
+#ifdef EDGEC_RUN_DIMS
+    int32_t dims[16] = {0};
+    const char *dims_env = getenv("EDGEC_DIMS");
+    for (int d = 0; dims_env && *dims_env && d < 16; d++) {
+        dims[d] = (int32_t)strtol(dims_env, (char **)&dims_env, 10);
+        if (*dims_env == ',') dims_env++;
+    }
+#endif
     if (timed) printf("times_ns:");
     for (long r = 0; r < runs; r++) {
         uint64_t t0 = timed ? now_ns() : 0;
+#ifdef EDGEC_RUN_DIMS
+        int rc = getenv("EDGEC_DIMS") ? EDGEC_RUN_DIMS(inputs, outputs, arena, dims) : EDGEC_RUN(inputs, outputs, arena);
+#else
         int rc = EDGEC_RUN(inputs, outputs, arena);
+#endif
         uint64_t t1 = timed ? now_ns() : 0;
         if (rc != 0) {
             fprintf(stderr, "harness: run returned %d\n", rc);

@@ -12,17 +12,24 @@ from .errors import CompileError, InvalidModelError
 MAX_DIM = 2**31 - 1  # a symbolic dimension bound at build time; ONNX's own are int64
 
 
+MAX_BOUND = 65536  # a bounded dimension (NAME<=N) is a loop count in the entry point
+
+
 def _dims(specs):
+    """--dim NAME=N binds a symbolic dimension; --dim NAME<=N bounds it (1..N at run time)."""
     dims = {}
     for spec in specs or []:
-        key, _, val = spec.partition("=")
-        if not key or not re.fullmatch(r"[0-9]{1,20}", val):
-            raise InvalidModelError(f"--dim wants NAME=N with N a positive integer, got '{spec}'")
-        if not 1 <= int(val) <= MAX_DIM:
-            raise InvalidModelError(f"--dim {key}={val} is out of range (1..{MAX_DIM})")
-        if key in dims and dims[key] != int(val):
-            raise InvalidModelError(f"--dim {key} given twice ({dims[key]} and {val})")
-        dims[key] = int(val)
+        m = re.fullmatch(r"(.+?)(<=|=)([0-9]{1,20})", spec)
+        if not m:
+            raise InvalidModelError(f"--dim wants NAME=N or NAME<=N with N a positive integer, got '{spec}'")
+        key, how, val = m.group(1), m.group(2), int(m.group(3))
+        top = MAX_BOUND if how == "<=" else MAX_DIM
+        if not 1 <= val <= top:
+            raise InvalidModelError(f"--dim {key}{how}{val} is out of range (1..{top})")
+        new = (1, val) if how == "<=" else val
+        if key in dims and dims[key] != new:
+            raise InvalidModelError(f"--dim {key} given twice ({spec} and an earlier one)")
+        dims[key] = new
     return dims
 
 
@@ -142,7 +149,8 @@ def parser():
     b.add_argument("--model", help="ONNX file (default: the bundled keyword-spotting DS-CNN)")
     b.add_argument("--name", default="model", help="symbol prefix and file stem (default: model)")
     b.add_argument("--out", help="output directory (default: build/<target>)")
-    b.add_argument("--dim", action="append", metavar="NAME=N", help="bind a symbolic input dimension")
+    b.add_argument("--dim", action="append", metavar="NAME=N", help="bind a symbolic input dimension (NAME=N) or bound a batch dimension (NAME<=N: one library "
+                            "for every size up to N, <name>_run_dims)")
     b.add_argument("--dump-ir", action="store_true", help="print the IR after every pass to stderr")
     b.add_argument("--flash-budget", type=_budget, metavar="BYTES", help="fail if flash (text+rodata+data) exceeds this")
     b.add_argument("--ram-budget", type=_budget, metavar="BYTES", help="fail if RAM (data+bss+arena+stack) exceeds this")

@@ -14,7 +14,8 @@ from .cache import BuildHook
 from .contract import entry_symbols, is_valid_name
 from .emit import ar_archive, build_id, c_header, check_out_dir, manifest_json, owned_files, replace_outputs
 from .errors import InvalidModelError
-from .frontend.onnx_import import import_model, load_model
+from .frontend.batching import import_batched
+from .frontend.onnx_import import load_model
 from .inspect.elf import ObjectInfo, check_self_contained, read_object
 from .inspect.size import check_budgets, totals
 from .inspect.stack import stack_usage
@@ -64,7 +65,7 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
     out = backend.generate(g, plan, name, profile)
     info = read_object(out.object)
     check_self_contained(info, profile, name)
-    stack = stack_usage(out.frames, out.calls, entry_symbols(name), profile.return_address_bytes)
+    stack = stack_usage(out.frames, out.calls, entry_symbols(name, g.batch is not None), profile.return_address_bytes)
     return Compiled(g, plan, out.object, info, out.llvm_ir, stack, out.c_source, emit)
 
 
@@ -72,7 +73,7 @@ def compile_onnx(model: onnx.ModelProto, target: str, name: str = "model", dims=
                  dump: TextIO | None = None, emit: str = "object") -> Compiled:
     check_name(name)
     profile = get_profile(target)
-    return compile_graph(import_model(model, name, dims), profile, name, dump, emit)
+    return compile_graph(import_batched(model, name, dims), profile, name, dump, emit)
 
 
 def build(model_path: str | Path | None, target: str, name: str = "model", out: str | Path | None = None,
@@ -93,7 +94,7 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     if hook is not None and (hit := hook.restore(out)) is not None:
         return BuildResult(*hit, compiled=None)  # a cache hit: the artifacts, nothing compiled
     model = load_model(model_path)
-    compiled = compile_graph(import_model(model, name, dims), profile, name, dump, emit)
+    compiled = compile_graph(import_batched(model, name, dims), profile, name, dump, emit)
     options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__,
                **({"emit": emit} if emit != "object" else {})}
     manifest = make_manifest(compiled, profile, name, model_path, options)
@@ -128,9 +129,21 @@ ARTIFACTS = {
 }
 
 
-def _tensor_info(v):
-    return {"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.shape),
+def _tensor_info(v, batch=None, carries=False):
+    """A graph input or output; with a bounded batch, its shape and sizes at the bound and
+    the name of the batch dimension it carries on axis 0."""
+    info = {"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.shape),
             "elems": v.type.size, "bytes": v.type.nbytes}
+    if batch is not None and carries:
+        info.update(shape=[batch.hi, *v.type.shape[1:]], elems=v.type.size * batch.hi,
+                    bytes=v.type.nbytes * batch.hi, item_bytes=v.type.nbytes, batch_dim=batch.dim)
+    return info
+
+
+def _io_info(g, kind: str) -> list:
+    values = getattr(g, kind)
+    carries = getattr(g.batch, kind) if g.batch else (False,) * len(values)
+    return [_tensor_info(v, g.batch, c) for v, c in zip(values, carries)]
 
 
 def _file_hash(path: Path) -> str:
@@ -148,8 +161,9 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
         "model": model_path.name,
         "target": {"name": profile.name, "triple": profile.triple, "cpu": profile.cpu,
                    "features": profile.features},
-        "inputs": [_tensor_info(v) for v in g.inputs],
-        "outputs": [_tensor_info(v) for v in g.outputs],
+        "inputs": _io_info(g, "inputs"),
+        "outputs": _io_info(g, "outputs"),
+        **({"bounded_dims": {g.batch.dim: {"min": g.batch.lo, "max": g.batch.hi, "axis": 0}}} if g.batch else {}),
         "arena": {"size": c.plan.arena_size, "align": c.plan.alignment, "lower_bound": c.plan.lower_bound},
         "code_bytes": t["text"],
         "weight_bytes": weight_bytes,

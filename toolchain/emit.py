@@ -15,7 +15,7 @@ import struct
 import tempfile
 from pathlib import Path
 
-from .contract import c_comment_text, macro_prefix, run_prototype
+from .contract import ERR_DIM_OUT_OF_RANGE, c_comment_text, macro_prefix, run_dims_prototype, run_prototype
 from .errors import InvalidModelError
 
 
@@ -84,6 +84,7 @@ def c_header(name: str, manifest: dict) -> str:
         f"#ifndef {guard}",
         f"#define {guard}",
         "",
+        *(["#include <stdint.h>  /* int32_t dims[] */", ""] if manifest.get("bounded_dims") else []),
         "#ifdef __cplusplus",
         'extern "C" {',
         "#endif",
@@ -94,6 +95,13 @@ def c_header(name: str, manifest: dict) -> str:
         f"#define {up}_NUM_INPUTS   {len(manifest['inputs'])}",
         f"#define {up}_NUM_OUTPUTS  {len(manifest['outputs'])}",
     ]
+    bounded = manifest.get("bounded_dims", {})
+    for i, (dim, b) in enumerate(bounded.items()):
+        lines += [f"#define {up}_NUM_DIMS     {len(bounded)}  /* run-time dimensions: dims[] of {up.lower()}_run_dims */",
+                  f"#define {up}_DIM_{dim.upper()}_INDEX {i}  /* dims[{i}]: '{c_comment_text(dim)}', axis 0 */",
+                  f"#define {up}_DIM_{dim.upper()}_MIN {b['min']}",
+                  f"#define {up}_DIM_{dim.upper()}_MAX {b['max']}",
+                  f"#define {up}_ERR_DIM      {ERR_DIM_OUT_OF_RANGE}  /* returned for a dimension outside its bounds */"]
     for kind in ("inputs", "outputs"):
         for i, t in enumerate(manifest[kind]):
             macro = f"{up}_{kind[:-1].upper()}{i}"
@@ -106,6 +114,9 @@ def c_header(name: str, manifest: dict) -> str:
                 f"#define {macro}_DTYPE \"{c_comment_text(dtype)}\"",
                 f"#define {macro}_DTYPE_ID {onnx_dtype_id(dtype)}  /* ONNX TensorProto.DataType */",
             ]
+            if "item_bytes" in t:
+                lines += [f"#define {macro}_ITEM_BYTES {int(t['item_bytes'])}u  /* per item of "
+                          f"'{c_comment_text(t['batch_dim'])}'; ELEMS and BYTES are at its bound */"]
     lines += [
         "",
         "/* Runs one inference. inputs[i] and outputs[j] are dense row-major arrays in the",
@@ -115,6 +126,13 @@ def c_header(name: str, manifest: dict) -> str:
         "   and the arena size are fixed at compile time, so there is no run-time failure to",
         "   report; callers should still treat any non-zero value as an error). */",
         f"{run_prototype(name)};",
+        *([
+            "",
+            "/* The same for a batch of dims[0] items (MIN..MAX of the bounded dimension): the",
+            "   tensors that carry it hold dims[0] items back to back. Returns ERR_DIM without",
+            "   touching outputs or arena when dims[0] is out of bounds. model_run is this at MAX. */",
+            f"{run_dims_prototype(name)};",
+        ] if bounded else []),
         "",
         "#ifdef __cplusplus",
         "}",

@@ -12,7 +12,7 @@ import tempfile
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from ..contract import node_symbols, run_symbol
+from ..contract import ERR_DIM_OUT_OF_RANGE, item_symbol, node_symbols, run_dims_symbol, run_symbol
 from ..errors import InternalError
 from ..ir import Graph
 from ..kernel.llvm import I8, I32, LLVM_TYPES, Kernel, Tensor
@@ -46,7 +46,9 @@ def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile) -> ir.
     weights = {id(v): _weight_global(module, f"{name}_w{i}", v.data) for i, v in enumerate(g.constants())}
     kernels = [_node_function(module, g, plan, sym, node, profile.vector_unit, index)
                for node, sym in zip(g.nodes, node_symbols(name, g.nodes))]
-    _run_function(module, g, plan, name, weights, kernels, index)
+    run = _run_function(module, g, plan, name, weights, kernels, index)
+    if g.batch is not None:
+        _batch_entries(module, g, name, run, index)
     return module
 
 
@@ -93,7 +95,9 @@ def _node_function(module, g, plan, sym, node, vector, index):
 def _run_function(module, g, plan, name, weights, kernels, index):
     ptr = I8.as_pointer()
     fnty = ir.FunctionType(I32, [ptr.as_pointer(), ptr.as_pointer(), ptr])
-    fn = ir.Function(module, fnty, name=run_symbol(name))
+    fn = ir.Function(module, fnty, name=item_symbol(name) if g.batch else run_symbol(name))
+    if g.batch:
+        fn.linkage = "internal"
     fn.attributes.add("nounwind")
     inputs, outputs, arena = fn.args
     inputs.name, outputs.name, arena.name = "inputs", "outputs", "arena"
@@ -122,6 +126,49 @@ def _run_function(module, g, plan, name, weights, kernels, index):
             args.append(b.bitcast(raw, LLVM_TYPES[t.dtype].as_pointer()))
         b.call(kernel, args)
     b.ret(ir.Constant(I32, 0))
+    return fn
+
+
+def _batch_entries(module, g, name, item, index):
+    """<name>_run_dims: checks the batch size against its bounds, then runs the per-item
+    function once per item with the inputs and outputs that carry the batch advanced by
+    one item's bytes (the others passed as they are); <name>_run: the same at the bound."""
+    ptr = I8.as_pointer()
+    fnty = ir.FunctionType(I32, [ptr.as_pointer(), ptr.as_pointer(), ptr, I32.as_pointer()])
+    fn = ir.Function(module, fnty, name=run_dims_symbol(name))
+    fn.attributes.add("nounwind")
+    inputs, outputs, arena, dims = fn.args
+    inputs.name, outputs.name, arena.name, dims.name = "inputs", "outputs", "arena", "dims"
+    entry, loop, done, bad = (fn.append_basic_block(n) for n in ("entry", "loop", "done", "bad"))
+    b = ir.IRBuilder(entry)
+    bb = g.batch
+    n = b.load(dims)
+    ok = b.and_(b.icmp_signed(">=", n, ir.Constant(I32, bb.lo)), b.icmp_signed("<=", n, ir.Constant(I32, bb.hi)))
+    tables = [(b.alloca(ptr, len(vals)), table, vals, carries)
+              for table, vals, carries in ((inputs, g.inputs, bb.inputs), (outputs, g.outputs, bb.outputs))]
+    b.cbranch(ok, loop, bad)
+    b = ir.IRBuilder(loop)
+    i = b.phi(index)
+    i.add_incoming(ir.Constant(index, 0), entry)
+    for local, table, vals, carries in tables:
+        for k, (v, c) in enumerate(zip(vals, carries)):
+            p = b.load(b.gep(table, [ir.Constant(index, k)], inbounds=True))
+            if c:
+                p = b.gep(p, [b.mul(i, ir.Constant(index, v.type.nbytes))], inbounds=True)
+            b.store(p, b.gep(local, [ir.Constant(index, k)], inbounds=True))
+    b.call(item, [tables[0][0], tables[1][0], arena])
+    nxt = b.add(i, ir.Constant(index, 1))
+    i.add_incoming(nxt, loop)
+    b.cbranch(b.icmp_signed("<", nxt, b.sext(n, index) if index.width > 32 else n), loop, done)
+    ir.IRBuilder(done).ret(ir.Constant(I32, 0))
+    ir.IRBuilder(bad).ret(ir.Constant(I32, ERR_DIM_OUT_OF_RANGE))
+
+    run = ir.Function(module, ir.FunctionType(I32, fnty.args[:3]), name=run_symbol(name))
+    run.attributes.add("nounwind")
+    b = ir.IRBuilder(run.append_basic_block("entry"))
+    bound = b.alloca(I32)
+    b.store(ir.Constant(I32, bb.hi), bound)
+    b.ret(b.call(fn, [*run.args, bound]))
 
 
 def module_text(module: ir.Module) -> str:
