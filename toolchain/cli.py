@@ -117,6 +117,21 @@ def cmd_size(args):
         _write_report("--html", args.html, html_chart(report))
 
 
+def cmd_compare(args):
+    dims = _dims(args.dim)
+    if args.json:
+        _writable_file("--json", args.json)
+    from .compare import compare, load_inputs, outputs_ok, report, to_json
+
+    inputs = load_inputs(args.input) if args.input else None
+    diffs = compare(args.model, args.target, inputs, dims)
+    print(report(diffs))
+    if args.json:
+        _write_report("--json", args.json, to_json(diffs))
+    if not outputs_ok(diffs):
+        raise CompileError(f"the outputs on {args.target} differ from onnxruntime beyond tolerance")
+
+
 def cmd_ops(args):
     from .ops import registry
 
@@ -166,6 +181,13 @@ def parser():
     z.add_argument("--html", metavar="PATH", help="write a bar chart of the largest symbols")
     z.add_argument("--diff", nargs=2, metavar=("OLD_DIR", "NEW_DIR"), help="compare two builds symbol by symbol")
     z.set_defaults(fn=cmd_size, dim=None, dump_ir=False, flash_budget=None, ram_budget=None, emit="object")
+    c = sub.add_parser("compare", help="per-layer differences on the target against onnxruntime")
+    c.add_argument("--target", required=True)
+    c.add_argument("--model", help="ONNX file (default: the bundled keyword-spotting DS-CNN)")
+    c.add_argument("--input", metavar="FILE.npz", help="input arrays by input name (default: seeded normal)")
+    c.add_argument("--dim", action="append", metavar="NAME=N", help="bind a symbolic input dimension")
+    c.add_argument("--json", metavar="PATH", help="write the per-tensor figures as JSON")
+    c.set_defaults(fn=cmd_compare)
     sub.add_parser("targets", help="list target profiles").set_defaults(fn=cmd_targets)
     sub.add_parser("ops", help="list supported ops").set_defaults(fn=cmd_ops)
     return ap
