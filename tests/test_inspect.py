@@ -12,7 +12,7 @@ import pytest
 from onnx import helper
 
 from helpers import ROOT, make_model
-from toolchain.backends.llvm import call_graph, compile_ir
+from toolchain.backends.llvm import call_graph, compile_ir, dynamic_allocas
 from toolchain.compiler import build
 from toolchain.emit import ar_archive
 from toolchain.errors import CompileError, InternalError
@@ -110,6 +110,23 @@ def test_stack_reported_for_every_entry(builds, target):
     # return address stays in a register (AArch64, RISC-V); test_stack_of_a_known_large_frame
     # checks the figure itself
     assert 0 <= report.stack_bytes["net_run"] < 64 * 1024
+    # the header states the same figure for firmware to reserve
+    header = (built(builds, target) / "net.h").read_text()
+    assert f"#define NET_STACK_SIZE   {report.stack_bytes['net_run']}u " in header
+
+
+def test_a_run_time_sized_stack_buffer_is_found_by_function():
+    ir_text = """
+define void @fixed(i64 %n) {
+  %a = alloca [4 x float], align 16
+  ret void
+}
+define void @sized(i64 %n) {
+  %a = alloca float, i64 %n, align 16
+  ret void
+}
+"""
+    assert dynamic_allocas(ir_text) == ["sized"]
 
 
 BIG_FRAME_IR = """

@@ -15,7 +15,7 @@ import struct
 import tempfile
 from pathlib import Path
 
-from .contract import ERR_DIM_OUT_OF_RANGE, c_comment_text, macro_prefix, run_dims_prototype, run_prototype
+from .contract import ERR_DIM_OUT_OF_RANGE, c_comment_text, macro_prefix, run_dims_prototype, run_prototype, run_symbol
 from .errors import InvalidModelError
 
 
@@ -92,6 +92,9 @@ def c_header(name: str, manifest: dict) -> str:
         f"#define {up}_BUILD_ID     \"{build_id(manifest)}\"  /* from the content hashes of {name}.json */",
         f"#define {up}_ARENA_SIZE   {arena_size}u  /* bytes the caller provides */",
         f"#define {up}_ARENA_ALIGN  {arena['align']}u  /* arena alignment in bytes */",
+        *([f"#define {up}_STACK_SIZE   {int(stack)}u  /* worst-case stack of {run_symbol(name)} in bytes "
+           "(the size report's figure); reserve it plus the caller's own frames */"]
+          if (stack := manifest.get("stack_bytes", {}).get(run_symbol(name))) is not None else []),
         f"#define {up}_NUM_INPUTS   {len(manifest['inputs'])}",
         f"#define {up}_NUM_OUTPUTS  {len(manifest['outputs'])}",
     ]

@@ -36,6 +36,9 @@ class LLVMBackend:
     def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile) -> Generated:
         module = build_module(g, plan, name, profile)
         obj, optimized, frames = compile_ir(module_text(module), profile)
+        for fn in dynamic_allocas(optimized):
+            raise InternalError(f"function '{fn}' allocates stack of a run-time size: its worst-case stack "
+                                "cannot be bounded")
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
 
 
@@ -244,6 +247,19 @@ FRAME_REPORT = re.compile(r"stack frame size \((\d+)\) exceeds limit \(\d+\) in 
 def parse_frame_reports(text: str) -> dict[str, int]:
     """LLVM's (or clang's -Wframe-larger-than=0) diagnostics -> {function: frame bytes}."""
     return {fn: int(n) for n, fn in FRAME_REPORT.findall(text)}
+
+
+def dynamic_allocas(llvm_ir: str) -> list[str]:
+    """Functions with an alloca whose element count is not a constant (a frame size the
+    code generator cannot know), from LLVM IR text."""
+    found, current = [], None
+    for line in llvm_ir.splitlines():
+        m = re.match(r"define [^@]*@\"?([\w.$]+)\"?\(", line)
+        if m:
+            current = m.group(1)
+        elif current and re.search(r"= alloca [^,]+, i\d+ %", line) and current not in found:
+            found.append(current)
+    return found
 
 
 def call_graph(llvm_ir: str) -> dict[str, set]:
