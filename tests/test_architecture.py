@@ -22,7 +22,7 @@ LAYERS = [
     ["backends"],
     ["emit", "integration", "cache"],
     ["inspect"],
-    ["compiler"],
+    ["compiler", "library"],
     ["harness", "inprocess"],
     ["bench", "compare", "firmware", "cli", "__main__", ""],
 ]

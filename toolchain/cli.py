@@ -62,6 +62,10 @@ def _write_report(flag: str, path, text: str):
 
 def cmd_build(args):
     dims = _dims(args.dim)  # before the (slow) imports: a usage error is instant
+    models = args.model if isinstance(args.model, list) else [args.model] if args.model else []
+    if len(models) > 1:
+        return _build_library(args, models, dims)
+    args.model = models[0] if models else None
     from .compiler import build
 
     dump = sys.stderr if args.dump_ir else None
@@ -77,6 +81,24 @@ def cmd_build(args):
           f"{m['macs']} MACs/inference")
     print(f"  flash     {m['flash_bytes']} bytes; RAM {m['ram_bytes']} bytes "
           f"(arena + stack {max(m['stack_bytes'].values(), default=0)})")
+    return res
+
+
+def _build_library(args, specs, dims):
+    if dims or args.emit != "object" or args.dump_ir:
+        raise InvalidModelError("a library of several models takes no --dim, --emit c or --dump-ir")
+    from .library import build_library, parse_model_specs
+
+    res = build_library(parse_model_specs(specs), args.target, args.name, args.out,
+                        budgets={"flash_bytes": args.flash_budget, "ram_bytes": args.ram_budget})
+    m = res["manifest"]
+    print(f"built {', '.join(m['models'])} into one library for {m['target']['name']}")
+    for path in res["paths"].values():
+        print(f"  {path}")
+    for n, mm in m["models"].items():
+        print(f"  {n:12} arena {mm['arena']['size']} bytes, stack {mm['stack_bytes'][n + '_run']} bytes, "
+              f"{mm['macs']} MACs")
+    print(f"  shared arena {m['shared_arena']['size']} bytes; flash {m['flash_bytes']} bytes; RAM {m['ram_bytes']} bytes")
     return res
 
 
@@ -161,7 +183,9 @@ def parser():
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     b = sub.add_parser("build", help="compile an ONNX model to object, library, header, manifest")
     b.add_argument("--target", required=True)
-    b.add_argument("--model", help="ONNX file (default: the bundled keyword-spotting DS-CNN)")
+    b.add_argument("--model", action="append",
+                   help="ONNX file (default: the bundled keyword-spotting DS-CNN); several as FILE:NAME "
+                        "build one library of them (--name names the library)")
     b.add_argument("--name", default="model", help="symbol prefix and file stem (default: model)")
     b.add_argument("--out", help="output directory (default: build/<target>)")
     b.add_argument("--dim", action="append", metavar="NAME=N", help="bind a symbolic input dimension (NAME=N) or bound a batch dimension (NAME<=N: one library "
