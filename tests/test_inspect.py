@@ -272,3 +272,16 @@ def test_json_html_and_diff(builds, tmp_path):
     assert weight_line.split()[0] == f"{weights_growth:+,d}"
     assert "[flash]" in text
     assert html_chart(size_report(small, "net")).startswith("<!doctype html>")
+
+
+def test_weights_live_in_their_own_read_only_section(tmp_path):
+    """`.rodata.<name>.weights` on both paths, so a linker script can place them."""
+    from toolchain.compiler import compile_onnx
+
+    model = make_model([helper.make_node("Gemm", ["x", "w"], ["y"])], {"x": (np.float32, [1, 64])},
+                       {"y": (np.float32, [1, 300])}, {"w": np.random.default_rng(0).standard_normal((64, 300))
+                                                       .astype(np.float32)})
+    for emit in ("object", "c"):
+        c = compile_onnx(model, "cortex-a76", name="net", emit=emit)
+        assert c.info.sections.get(".rodata.net.weights", 0) >= 64 * 300 * 4, (emit, c.info.sections)
+        assert not c.info.writable

@@ -51,6 +51,12 @@ def entry_symbols(name: str, bounded: bool = False) -> list[str]:
     return [run_symbol(name), run_dims_symbol(name)] if bounded else [run_symbol(name)]
 
 
+def weights_section(name: str) -> str:
+    """The ELF section holding a build's weights (read-only), so a firmware linker script
+    can place them (external flash, a chosen bank): `*(.rodata.<name>.weights)`."""
+    return f".rodata.{name}.weights"
+
+
 def macro_prefix(name: str) -> str:
     return name.upper()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import (ERR_DIM_OUT_OF_RANGE, RUN_PARAMS, c_comment_text, item_symbol, node_symbols, run_dims_prototype,
-                        run_dims_symbol, run_prototype, run_symbol)
+                        run_dims_symbol, run_prototype, run_symbol, weights_section)
 from ..errors import InternalError, UnsupportedError
 from ..ir import Graph
 from ..kernel.c import CKernel, CTensor, c_type, float_literal, int_literal
@@ -217,7 +217,9 @@ def c_source(g: Graph, plan: MemoryPlan, name: str, target: str) -> str:
             f"   Portable C99: includes only <stdint.h> and <stddef.h>, calls no libc or libm.\n"
             f"   Compile in an ISO mode (-std=c99) or with -ffp-contract=off to keep the\n"
             f"   rounding of the LLVM path. */\n")
-    return head + PRELUDE + "\n" + _helpers(body) + body + "\n"
+    section = (f"#if defined(__GNUC__) || defined(__clang__)\n#define EDGEC_WEIGHTS __attribute__((section(\""
+               f"{weights_section(name)}\")))\n#else\n#define EDGEC_WEIGHTS\n#endif\n\n")
+    return head + PRELUDE + "\n" + section + _helpers(body) + body + "\n"
 
 
 def _helpers(body: str) -> str:
@@ -267,7 +269,7 @@ def _array(decl: str, items: list[str], braces: int = 1) -> str:
     rows = [", ".join(items[i:i + 8]) for i in range(0, len(items), 8)]
     inner = ",\n    ".join(rows)
     dims = "" if braces == 2 else f"[{len(items)}]"
-    return (f"{decl}{dims} EDGEC_ALIGN({WEIGHT_ALIGN}) = {'{' * braces}\n    {inner}\n{'}' * braces};")
+    return (f"{decl}{dims} EDGEC_ALIGN({WEIGHT_ALIGN}) EDGEC_WEIGHTS = {'{' * braces}\n    {inner}\n{'}' * braces};")
 
 
 # -- kernels ----------------------------------------------------------------------------------

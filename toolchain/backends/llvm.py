@@ -12,7 +12,7 @@ import tempfile
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from ..contract import ERR_DIM_OUT_OF_RANGE, item_symbol, node_symbols, run_dims_symbol, run_symbol
+from ..contract import ERR_DIM_OUT_OF_RANGE, item_symbol, node_symbols, run_dims_symbol, run_symbol, weights_section
 from ..errors import InternalError
 from ..ir import Graph
 from ..kernel.llvm import I8, I32, LLVM_TYPES, Kernel, Tensor
@@ -63,6 +63,7 @@ def _weight_global(module, sym, data):
     gv.linkage = "internal"
     gv.unnamed_addr = True
     gv.align = WEIGHT_ALIGN
+    gv.section = weights_section(module.name)
     gv.initializer = ir.Constant(arr, raw or bytearray(1))
     return gv
 
