@@ -28,15 +28,17 @@ def _exec(args):
             "dim": "bind a symbolic dimension, NAME=N, or bound a batch, NAME<=N (repeatable)",
             "emit": "object (default: <name>.o, lib<name>.a) or c (portable C99 <name>.c)",
             "flash_budget": "fail if flash (text+rodata+data) exceeds BYTES",
-            "ram_budget": "fail if RAM (data+bss+arena+stack) exceeds BYTES"},
+            "ram_budget": "fail if RAM (data+bss+arena+stack) exceeds BYTES",
+            "weights": "internal (default) or external: weights in <name>_weights.bin, <name>_run_ext"},
       iterable=["dim", "model"])
 def build(c, target=None, model=None, name=None, out=None, dump_ir=False, dim=None, emit=None,
-          flash_budget=None, ram_budget=None):
+          flash_budget=None, ram_budget=None, weights=None):
     """Compile a model to <out>/<name>.o, lib<name>.a (or <name>.c), <name>.h, <name>.json,
     <name>.cmake and <name>.mk (runs `python -m toolchain build`, the edgec CLI)."""
     args = [PY, "-m", "toolchain", "build"]
     for flag, value in (("--target", target), ("--name", name), ("--out", out),
-                        ("--emit", emit), ("--flash-budget", flash_budget), ("--ram-budget", ram_budget)):
+                        ("--emit", emit), ("--flash-budget", flash_budget), ("--ram-budget", ram_budget),
+                        ("--weights", weights)):
         if value is not None:
             args += [flag, str(value)]
     for m in model or []:

@@ -60,7 +60,7 @@ def test_two_models_share_one_arena_and_match_onnxruntime(where, tmp_path):
     (["--model", f"{KWS}:kws", "--model", f"{AD}"], "each is FILE:NAME"),
     (["--model", f"{KWS}:kws", "--model", f"{AD}:kws"], "model names must differ"),
     (["--model", f"{KWS}:kws", "--model", f"{AD}:ad", "--name", "kws"], "must differ from the model names"),
-    (["--model", f"{KWS}:kws", "--model", f"{AD}:ad", "--emit", "c"], "takes no --dim, --emit c"),
+    (["--model", f"{KWS}:kws", "--model", f"{AD}:ad", "--emit", "c"], "takes no --dim, --emit c, --weights"),
     (["--model", f"{KWS}:kws", "--model", f"{AD}:9ad"], "must be a C identifier"),
 ])
 def test_bad_library_requests_are_one_line_errors(argv, message, tmp_path, capsys):

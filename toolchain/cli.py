@@ -70,7 +70,8 @@ def cmd_build(args):
 
     dump = sys.stderr if args.dump_ir else None
     res = build(args.model, args.target, args.name, args.out, dims, dump, emit=args.emit,
-                budgets={"flash_bytes": args.flash_budget, "ram_bytes": args.ram_budget})
+                budgets={"flash_bytes": args.flash_budget, "ram_bytes": args.ram_budget},
+                weights=getattr(args, "weights", "internal"))
     m = res.manifest
     print(f"built {m['model']} for {m['target']['name']} -> {res.paths['header'].parent}")
     for kind, path in res.paths.items():
@@ -85,8 +86,8 @@ def cmd_build(args):
 
 
 def _build_library(args, specs, dims):
-    if dims or args.emit != "object" or args.dump_ir:
-        raise InvalidModelError("a library of several models takes no --dim, --emit c or --dump-ir")
+    if dims or args.emit != "object" or args.dump_ir or args.weights != "internal":
+        raise InvalidModelError("a library of several models takes no --dim, --emit c, --weights or --dump-ir")
     from .library import build_library, parse_model_specs
 
     res = build_library(parse_model_specs(specs), args.target, args.name, args.out,
@@ -195,6 +196,9 @@ def parser():
     b.add_argument("--ram-budget", type=_budget, metavar="BYTES", help="fail if RAM (data+bss+arena+stack) exceeds this")
     b.add_argument("--emit", choices=["object", "c"], default="object",
                    help="object: <name>.o + lib<name>.a (default); c: portable C99 <name>.c")
+    b.add_argument("--weights", choices=["internal", "external"], default="internal",
+                   help="internal: in the object's .rodata.<name>.weights (default); external: in "
+                        "<name>_weights.bin, passed to <name>_run_ext (external flash, a file system)")
     b.set_defaults(fn=cmd_build)
     z = sub.add_parser("size", help="flash/RAM/stack report of a build (builds it if needed)")
     z.add_argument("--target")

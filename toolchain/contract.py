@@ -32,6 +32,15 @@ DIMS_PARAM = "const int32_t *dims"
 ERR_DIM_OUT_OF_RANGE = 1
 
 
+def run_ext_symbol(name: str) -> str:
+    """The entry point of a build whose weights live outside the object (--weights external)."""
+    return f"{name}_run_ext"
+
+
+def run_ext_prototype(name: str) -> str:
+    return f"{RUN_RETURNS} {run_ext_symbol(name)}(const void *weights, {RUN_PARAMS})"
+
+
 def run_dims_symbol(name: str) -> str:
     """The entry point taking the run-time value of each bounded dimension."""
     return f"{name}_run_dims"
@@ -46,8 +55,10 @@ def item_symbol(name: str) -> str:
     return f"{name}_run_item"
 
 
-def entry_symbols(name: str, bounded: bool = False) -> list[str]:
+def entry_symbols(name: str, bounded: bool = False, external: bool = False) -> list[str]:
     """Every exported function of the contract (the stack report covers each)."""
+    if external:
+        return [run_ext_symbol(name)]
     return [run_symbol(name), run_dims_symbol(name)] if bounded else [run_symbol(name)]
 
 

@@ -15,7 +15,8 @@ import struct
 import tempfile
 from pathlib import Path
 
-from .contract import ERR_DIM_OUT_OF_RANGE, c_comment_text, macro_prefix, run_dims_prototype, run_prototype, run_symbol
+from .contract import (ERR_DIM_OUT_OF_RANGE, c_comment_text, macro_prefix, run_dims_prototype, run_ext_prototype,
+                       run_ext_symbol, run_prototype, run_symbol)
 from .errors import InvalidModelError
 
 
@@ -84,7 +85,7 @@ def c_header(name: str, manifest: dict) -> str:
         f"#ifndef {guard}",
         f"#define {guard}",
         "",
-        *(["#include <stdint.h>  /* int32_t dims[] */", ""] if manifest.get("bounded_dims") else []),
+        *(["#include <stdint.h>", ""] if manifest.get("bounded_dims") or manifest.get("weights") else []),
         "#ifdef __cplusplus",
         'extern "C" {',
         "#endif",
@@ -95,6 +96,11 @@ def c_header(name: str, manifest: dict) -> str:
         *([f"#define {up}_STACK_SIZE   {int(stack)}u  /* worst-case stack of {run_symbol(name)} in bytes "
            "(the size report's figure); reserve it plus the caller's own frames */"]
           if (stack := manifest.get("stack_bytes", {}).get(run_symbol(name))) is not None else []),
+        *([f"#define {up}_WEIGHTS_SIZE  {w['size']}u  /* bytes of {c_comment_text(w['file'])}, which "
+           f"{run_ext_symbol(name)} reads */",
+           f"#define {up}_WEIGHTS_ALIGN {w['align']}u  /* the address given to {run_ext_symbol(name)} is aligned so */",
+           f"#define {up}_WEIGHTS_FNV1A64 UINT64_C(0x{w['fnv1a64']})  /* FNV-1a 64 of the file, to check a copy */"]
+          if (w := manifest.get("weights")) else []),
         f"#define {up}_NUM_INPUTS   {len(manifest['inputs'])}",
         f"#define {up}_NUM_OUTPUTS  {len(manifest['outputs'])}",
     ]
@@ -128,7 +134,11 @@ def c_header(name: str, manifest: dict) -> str:
         "   Return codes: 0 = success (the only value this build returns: the model's shapes",
         "   and the arena size are fixed at compile time, so there is no run-time failure to",
         "   report; callers should still treat any non-zero value as an error). */",
-        f"{run_prototype(name)};",
+        *([f"{run_prototype(name)};"] if not manifest.get("weights") else [
+            "/* The weights are not in the library: `weights` is the address of the bytes of",
+            f"   {c_comment_text(manifest['weights']['file'])} (in external flash, or loaded from a file), "
+            "WEIGHTS_ALIGN aligned. */",
+            f"{run_ext_prototype(name)};"]),
         *([
             "",
             "/* The same for a batch of dims[0] items (MIN..MAX of the bounded dimension): the",
@@ -272,7 +282,7 @@ def owned_files(name: str) -> set[str]:
     """Every file a build of this name writes with either --emit (the other kind's are
     removed when the kind changes)."""
     return {f"{name}.o", f"lib{name}.a", f"{name}.c", f"{name}.h", f"{name}.json", f"{name}.cmake",
-            f"{name}.mk"}
+            f"{name}.mk", f"{name}_weights.bin"}
 
 
 def check_out_dir(out: Path, owned=()):

@@ -43,7 +43,10 @@ class CBackend:
     def vector_unit(self, profile: Profile) -> VectorUnit:
         return PORTABLE_C
 
-    def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile) -> Generated:
+    def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile,
+                 weights: str = "internal") -> Generated:
+        if weights != "internal":
+            raise UnsupportedError("--weights external is not supported with --emit c yet")
         source = c_source(g, plan, name, profile.name)
         frames: dict = {}
         obj = compile_c(source, profile, frames=frames)

@@ -12,8 +12,9 @@ import tempfile
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from ..contract import ERR_DIM_OUT_OF_RANGE, item_symbol, node_symbols, run_dims_symbol, run_symbol, weights_section
-from ..errors import InternalError
+from ..contract import (ERR_DIM_OUT_OF_RANGE, item_symbol, node_symbols, run_dims_symbol, run_ext_symbol, run_symbol,
+                        weights_section)
+from ..errors import InternalError, UnsupportedError
 from ..ir import Graph
 from ..kernel.llvm import I8, I32, LLVM_TYPES, Kernel, Tensor
 from ..memory import MemoryPlan
@@ -33,23 +34,55 @@ class LLVMBackend:
     def vector_unit(self, profile: Profile) -> VectorUnit:
         return profile.vector_unit
 
-    def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile) -> Generated:
-        module = build_module(g, plan, name, profile)
+    def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile,
+                 weights: str = "internal") -> Generated:
+        """weights "external": no weight bytes in the object; they go to <name>_weights.bin
+        (Generated.files) and <name>_run_ext takes their address."""
+        blob = WeightBlob() if weights == "external" else None
+        module = build_module(g, plan, name, profile, blob)
         obj, optimized, frames = compile_ir(module_text(module), profile)
         for fn in dynamic_allocas(optimized):
             raise InternalError(f"function '{fn}' allocates stack of a run-time size: its worst-case stack "
                                 "cannot be bounded")
-        return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
+        files = {"weights": blob.data()} if blob is not None else {}
+        return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized, files=files)
 
 
-def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile) -> ir.Module:
+class WeightBlob:
+    """Weights kept out of the object (--weights external): each array at a WEIGHT_ALIGN
+    offset in one file, in the order code generation asks for them."""
+
+    def __init__(self):
+        self.parts: list[tuple[int, bytes]] = []
+        self.size = 0
+
+    def add(self, data) -> int:
+        offset = -(-self.size // WEIGHT_ALIGN) * WEIGHT_ALIGN
+        raw = data.tobytes()
+        self.parts.append((offset, raw))
+        self.size = offset + len(raw)
+        return offset
+
+    def data(self) -> bytes:
+        out = bytearray(max(self.size, 1))
+        for offset, raw in self.parts:
+            out[offset:offset + len(raw)] = raw
+        return bytes(out)
+
+
+def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile, blob: "WeightBlob | None" = None) -> ir.Module:
     module = ir.Module(name=name)
     module.triple = profile.triple
     index = ir.IntType(profile.index_bits)
-    weights = {id(v): _weight_global(module, f"{name}_w{i}", v.data) for i, v in enumerate(g.constants())}
-    kernels = [_node_function(module, g, plan, sym, node, profile.vector_unit, index)
+    if blob is None:
+        weights = {id(v): _weight_global(module, f"{name}_w{i}", v.data) for i, v in enumerate(g.constants())}
+    else:
+        if g.batch is not None:
+            raise UnsupportedError("--weights external with a bounded dimension is not supported yet")
+        weights = {id(v): blob.add(v.data) for v in g.constants()}  # offsets into the blob
+    kernels = [_node_function(module, g, plan, sym, node, profile.vector_unit, index, blob)
                for node, sym in zip(g.nodes, node_symbols(name, g.nodes))]
-    run = _run_function(module, g, plan, name, weights, kernels, index)
+    run = _run_function(module, g, plan, name, weights, kernels, index, blob is not None)
     if g.batch is not None:
         _batch_entries(module, g, name, run, index)
     return module
@@ -68,15 +101,22 @@ def _weight_global(module, sym, data):
     return gv
 
 
+def _blob_address(b, fn, offset, ty, index):
+    """A pointer `offset` bytes into the function's last argument (the external weights),
+    computed where the lowering asks for its constant: before the loop nest that reads it."""
+    return b.bitcast(b.gep(fn.args[-1], [ir.Constant(index, offset)], inbounds=True), ty)
+
+
 def _ptr_type(v):
     return LLVM_TYPES[v.type.dtype].as_pointer()
 
 
-def _node_function(module, g, plan, sym, node, vector, index):
+def _node_function(module, g, plan, sym, node, vector, index, blob=None):
     ins = [v for v in node.inputs if v is not None]
     scratch = registry.get(node.op).workspace(node)  # after the outputs (Op.workspace)
     fnty = ir.FunctionType(ir.VoidType(), [_ptr_type(v) for v in ins + node.outputs] +
-                           [LLVM_TYPES[t.dtype].as_pointer() for t in scratch])
+                           [LLVM_TYPES[t.dtype].as_pointer() for t in scratch] +
+                           ([I8.as_pointer()] if blob is not None else []))  # external weights: the blob
     fn = ir.Function(module, fnty, name=sym)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
@@ -88,7 +128,10 @@ def _node_function(module, g, plan, sym, node, vector, index):
     k = Kernel(fn)
     k.vector, k.index = vector, index
     packed = itertools.count()
-    k.rodata = lambda data: _weight_global(module, f"{fn.name}_packed{next(packed)}", data)
+    if blob is None:
+        k.rodata = lambda data, ty: _weight_global(module, f"{fn.name}_packed{next(packed)}", data).bitcast(ty)
+    else:
+        k.rodata = lambda data, ty: _blob_address(k.b, fn, blob.add(data), ty, index)
     types = [v.type for v in ins + node.outputs] + scratch
     tensors = [Tensor(k, arg, t.dtype, t.shape) for arg, t in zip(fn.args, types)]
     lower_node(k, node, tensors)
@@ -96,14 +139,18 @@ def _node_function(module, g, plan, sym, node, vector, index):
     return fn
 
 
-def _run_function(module, g, plan, name, weights, kernels, index):
+def _run_function(module, g, plan, name, weights, kernels, index, external=False):
+    """<name>_run; with external weights <name>_run_ext, whose first argument is the
+    blob (`weights` then maps each constant to its offset there)."""
     ptr = I8.as_pointer()
-    fnty = ir.FunctionType(I32, [ptr.as_pointer(), ptr.as_pointer(), ptr])
-    fn = ir.Function(module, fnty, name=item_symbol(name) if g.batch else run_symbol(name))
+    fnty = ir.FunctionType(I32, [ptr] * external + [ptr.as_pointer(), ptr.as_pointer(), ptr])
+    sym = item_symbol(name) if g.batch else run_ext_symbol(name) if external else run_symbol(name)
+    fn = ir.Function(module, fnty, name=sym)
     if g.batch:
         fn.linkage = "internal"
     fn.attributes.add("nounwind")
-    inputs, outputs, arena = fn.args
+    blob = fn.args[0] if external else None
+    inputs, outputs, arena = fn.args[external:]
     inputs.name, outputs.name, arena.name = "inputs", "outputs", "arena"
     arena.attributes.align = plan.alignment
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -118,6 +165,8 @@ def _run_function(module, g, plan, name, weights, kernels, index):
                 raw = b.load(b.gep(table, [ir.Constant(index, st.index)], inbounds=True))
             elif st.kind == "arena":
                 raw = b.gep(arena, [ir.Constant(index, st.index)], inbounds=True)
+            elif blob is not None:
+                raw = b.gep(blob, [ir.Constant(index, weights[id(v)])], inbounds=True)
             else:
                 raw = weights[id(v)]
             cache[key] = raw
@@ -128,7 +177,7 @@ def _run_function(module, g, plan, name, weights, kernels, index):
         for st, t in zip(plan.workspace_of(node), registry.get(node.op).workspace(node)):
             raw = b.gep(arena, [ir.Constant(index, st.index)], inbounds=True)
             args.append(b.bitcast(raw, LLVM_TYPES[t.dtype].as_pointer()))
-        b.call(kernel, args)
+        b.call(kernel, args + ([blob] if blob is not None else []))
     b.ret(ir.Constant(I32, 0))
     return fn
 
