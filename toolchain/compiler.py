@@ -21,7 +21,7 @@ from .inspect.size import check_budgets, totals
 from .inspect.stack import stack_usage
 from .integration import cmake_file, make_fragment
 from .ir import Graph
-from .memory import MemoryPlan, plan_memory
+from .memory import MemoryPlan, buffer_alignment, plan_memory
 from .ops import registry
 from .passes import run_pipeline
 from .targets import Profile, get_profile
@@ -61,8 +61,9 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
     """Passes (schedules chosen for the backend's vector unit), memory plan, the backend's
     object, self-containment check, worst-case stack. Nothing touches disk."""
     backend = get_backend(emit)
-    run_pipeline(g, dump=dump, vector=backend.vector_unit(profile))
-    plan = plan_memory(g, profile.arena_align)
+    vector = backend.vector_unit(profile)
+    run_pipeline(g, dump=dump, vector=vector)
+    plan = plan_memory(g, profile.arena_align, buffer_alignment(4 * vector.lanes))
     if weights not in WEIGHT_PLACEMENTS:
         raise InvalidModelError(f"--weights must be one of {', '.join(WEIGHT_PLACEMENTS)}, got '{weights}'")
     out = backend.generate(g, plan, name, profile, weights=weights)

@@ -52,7 +52,16 @@ def _align(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
 
-def plan_memory(g: Graph, alignment: int) -> MemoryPlan:
+def buffer_alignment(vector_bytes: int) -> int:
+    """How far each buffer is aligned inside the arena: as much as its kernels use, one
+    vector register (never less than 16 bytes), not the arena's own alignment (a cache
+    line): rounding every buffer up to 64 bytes costs arena above the lower bound."""
+    return max(16, vector_bytes)
+
+
+def plan_memory(g: Graph, alignment: int, buffer_align: int | None = None) -> MemoryPlan:
+    """alignment: of the arena itself; buffer_align: of each buffer in it (default: the same)."""
+    buffer_align = buffer_align or alignment
     root: dict[int, object] = {}  # id(value) -> Storage (fixed places) or Buffer
     for i, v in enumerate(g.inputs):
         root[id(v)] = Storage("input", i)
@@ -86,11 +95,11 @@ def plan_memory(g: Graph, alignment: int) -> MemoryPlan:
                 buffers.append(buf)
                 root[id(out)] = buf
 
-    _place(buffers, alignment)
+    _place(buffers, buffer_align)
     storage = {}
     for key, r in root.items():
         storage[key] = Storage("arena", r.offset) if isinstance(r, Buffer) else r
-    arena = _align(max((b.offset + b.size for b in buffers), default=0), alignment)
+    arena = _align(max((b.offset + b.size for b in buffers), default=0), buffer_align)
     steps = max((b.end for b in buffers), default=-1) + 1
     lower = max((sum(b.size for b in buffers if b.start <= t <= b.end) for t in range(steps)), default=0)
     workspaces = {key: [Storage("arena", b.offset) for b in bufs] for key, bufs in scratch.items() if bufs}
