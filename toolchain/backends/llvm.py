@@ -81,6 +81,7 @@ def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile, blob: 
             raise UnsupportedError("--weights external with a bounded dimension is not supported yet")
         weights = {id(v): blob.add(v.data) for v in g.constants()}  # offsets into the blob
     kernels = [_node_function(module, g, plan, sym, node, profile.vector_unit, index, blob)
+               if id(node) not in plan.elided else None  # a join: its output is already in place
                for node, sym in zip(g.nodes, node_symbols(name, g.nodes))]
     run = _run_function(module, g, plan, name, weights, kernels, index, blob is not None)
     if g.batch is not None:
@@ -173,6 +174,8 @@ def _run_function(module, g, plan, name, weights, kernels, index, external=False
         return b.bitcast(cache[key], _ptr_type(v))
 
     for node, kernel in zip(g.nodes, kernels):
+        if kernel is None:
+            continue
         args = [pointer(v) for v in node.inputs if v is not None] + [pointer(v) for v in node.outputs]
         for st, t in zip(plan.workspace_of(node), registry.get(node.op).workspace(node)):
             raw = b.gep(arena, [ir.Constant(index, st.index)], inbounds=True)
