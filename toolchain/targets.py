@@ -77,14 +77,19 @@ class Profile:
     vector_lmul: int = _at("vector_lmul", 1)
     # width of index arithmetic in generated code: the pointer width
     index_bits: int = _at("index_bits", 64)
+    # the core has double-precision floating point; where not, objects must hold no f64 instruction
+    fp64: bool = _at("fp64", True)
     elf_machine: str = _at("elf.machine")
     elf_class: int = _at("elf.class", 64)
     elf_flags: list = _at("elf.flags", [])  # [{mask, value, meaning}]: see elf_flag_checks
+    # e_flags bits the object writer leaves to the compiler driver (ARM's hard-float bit)
+    elf_add_flags: int = _at("elf.add_flags", 0)
     # bytes a call instruction pushes (x86's return address); 0 where it goes to a register
     return_address_bytes: int = _at("elf.return_address_bytes", 0)
     zig_target: str = _at("link.zig_target")
     zig_cpu: str = _at("link.zig_cpu")
     run_mode: str = _at("run.mode", "user")
+    board: str = _at("run.board", "")  # run.mode = "system": the board in firmware/boards.toml
     qemu: str = _at("run.qemu", "")
     qemu_cpu: str = _at("run.qemu_cpu", "")
     native_arch: str = _at("run.native_arch", "")
