@@ -23,6 +23,15 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("target", chosen)
 
 
+def pytest_collection_modifyitems(config, items):
+    """--target restricts the system-mode (QEMU board) cases too."""
+    chosen = config.getoption("--target")
+    if not chosen:
+        return
+    items[:] = [i for i in items if not hasattr(i, "callspec") or "system_target" not in i.callspec.params
+                or i.callspec.params["system_target"] in chosen]
+
+
 def pytest_configure(config):
     """build() consults the compile cache (toolchain/cache.py). The suite, and the CLI
     subprocesses it starts, never read or fill the user's; and the cache is off (every

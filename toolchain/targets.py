@@ -88,6 +88,8 @@ class Profile:
     return_address_bytes: int = _at("elf.return_address_bytes", 0)
     zig_target: str = _at("link.zig_target")
     zig_cpu: str = _at("link.zig_cpu")
+    # extra flags for every zig cc of this target (C path, harness, firmware)
+    cflags: list = _at("link.cflags", [])
     run_mode: str = _at("run.mode", "user")
     board: str = _at("run.board", "")  # run.mode = "system": the board in firmware/boards.toml
     qemu: str = _at("run.qemu", "")
@@ -111,7 +113,7 @@ class Profile:
     def zig_cc(self, zig_target: str | None = None) -> list[str]:
         """The hermetic C compiler for this CPU (zig cc), for the profile's own OS target or
         another one (a bare-metal board's)."""
-        return zig("cc", "-target", zig_target or self.zig_target, f"-mcpu={self.zig_cpu}")
+        return zig("cc", "-target", zig_target or self.zig_target, f"-mcpu={self.zig_cpu}", *self.cflags)
 
     def runs_natively(self) -> bool:
         """True when this host executes the target's instructions itself."""

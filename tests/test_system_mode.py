@@ -1,0 +1,59 @@
+"""System mode: the Cortex-M profiles (run.mode = "system") run on QEMU's MPS2/MPS3 boards.
+Each real model is built for each board's profile; one over the part's flash/RAM budget
+must be refused with the figures named, one that fits is linked into the bare-metal
+harness (runtime/system_harness.c, inputs embedded at link time), booted, and its
+outputs compared with onnxruntime's. The default suite runs the pairs listed in DEFAULT
+(every system target on the small models; every model that fits on cortex-m4 and
+cortex-m55, the benchmark pair); --slow runs them all."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+import pytest
+
+from helpers import ROOT, check_against_onnxruntime
+from test_models import feeds_for
+from toolchain.errors import BudgetError
+from toolchain.harness.runner import HarnessError
+from toolchain.harness.system import link_system_harness, run_system
+from toolchain.compiler import DEFAULT_MODEL, build
+from toolchain.targets import get_profile, runnable_targets
+
+MODELS = [DEFAULT_MODEL] + sorted((ROOT / "tests" / "models").glob("*.onnx"))
+SMALL = {"kws_dscnn", "gru", "lstm"}
+DEFAULT = {("cortex-m4", m) for m in ("kws_dscnn", "gru", "lstm", "lstm_bidir", "transformer_encoder")} | {
+    ("cortex-m55", m.stem) for m in MODELS}
+
+
+def _cases():
+    for target in runnable_targets("system"):
+        for model in MODELS:
+            marks = [] if model.stem in SMALL or (target, model.stem) in DEFAULT else [pytest.mark.slow]
+            yield pytest.param(target, model, id=f"{target}-{model.stem}", marks=marks)
+
+
+@pytest.mark.parametrize("system_target,model_path", list(_cases()))
+def test_model_on_the_board_matches_onnxruntime(system_target, model_path, workdir):
+    model = onnx.load(str(model_path))
+    start = time.perf_counter()
+    try:
+        res, _ = check_against_onnxruntime(model_path, feeds_for(model), system_target, workdir)
+    except BudgetError as e:  # the part cannot hold it: refused with the figures
+        assert "budget exceeded" in str(e) and " bytes > " in str(e) and "largest contributors" in str(e)
+        print(f"{model_path.stem} on {system_target}: refused: {e}")
+        return
+    man = res.manifest
+    print(f"{model_path.stem} on {system_target}: build+link+boot {time.perf_counter() - start:.1f} s, "
+          f"arena {man['arena']['size']} B, code {man['code_bytes']} B, weights {man['weight_bytes']} B")
+
+
+def test_output_of_the_wrong_size_is_reported(tmp_path):
+    """The host checks every output's byte count against what the guest printed."""
+    profile = get_profile("cortex-m4")
+    res = build(DEFAULT_MODEL, "cortex-m4", "model", tmp_path)
+    x = np.zeros(res.manifest["inputs"][0]["shape"], np.float32)
+    image = link_system_harness(tmp_path, "model", profile, [x], [res.manifest["outputs"][0]["bytes"]])
+    with pytest.raises(HarnessError, match="expected 4800 bytes from the guest, got 48"):
+        run_system(image, profile, [("float32", (1200,))])
