@@ -57,3 +57,20 @@ def test_output_of_the_wrong_size_is_reported(tmp_path):
     image = link_system_harness(tmp_path, "model", profile, [x], [res.manifest["outputs"][0]["bytes"]])
     with pytest.raises(HarnessError, match="expected 4800 bytes from the guest, got 48"):
         run_system(image, profile, [("float32", (1200,))])
+
+
+def test_instruction_counts_on_the_board_are_exactly_repeatable(tmp_path):
+    """The QEMU plugin counts a board's instructions (system mode): N runs minus 1 run is a
+    whole number of inferences, and the same image counted twice gives the same figure."""
+    from toolchain.harness.plugin import count_instructions
+
+    profile = get_profile("cortex-m4")
+    res = build(ROOT / "tests" / "models" / "gru.onnx", "cortex-m4", "model", tmp_path)
+    man = res.manifest
+    x = np.random.default_rng(0).standard_normal(man["inputs"][0]["shape"]).astype(np.float32)
+    image = link_system_harness(tmp_path, "model", profile, [x], [o["bytes"] for o in man["outputs"]])
+    specs = [(o["dtype"], tuple(o["shape"])) for o in man["outputs"]]
+    first = count_instructions(image, profile, [x], specs, runs=3)
+    again = count_instructions(image, profile, [x], specs, runs=3)
+    assert first.per_inference == again.per_inference > man["macs"]  # scalar FPU: more than 1 insn per MAC
+    assert first.total_n - first.total_1 == 2 * first.per_inference
