@@ -74,3 +74,41 @@ def test_instruction_counts_on_the_board_are_exactly_repeatable(tmp_path):
     again = count_instructions(image, profile, [x], specs, runs=3)
     assert first.per_inference == again.per_inference > man["macs"]  # scalar FPU: more than 1 insn per MAC
     assert first.total_n - first.total_1 == 2 * first.per_inference
+
+
+README_MAIN = r"""
+#include "model.h"
+#include "platform.h"
+static float in[MODEL_INPUT0_ELEMS], out[MODEL_OUTPUT0_ELEMS];
+static _Alignas(MODEL_ARENA_ALIGN) unsigned char arena[MODEL_ARENA_SIZE];
+int main(void) {
+    const void *ins[] = {in};
+    void *outs[] = {out};
+    if (model_run(ins, outs, arena) != 0) return 1;
+    fw_puts(out[0] == out[0] ? "model ran\n" : "NaN\n");
+    return 0;
+}
+"""
+
+
+def _readme_block(marker: str) -> list[str]:
+    """The README's shell commands starting with `marker` (continuation lines joined)."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    return [line.split() for line in text.splitlines() if line.startswith(marker)]
+
+
+def test_the_readme_recipe_links_a_bare_metal_project(tmp_path):
+    """build/cortex-m4/ + firmware/cortex-m/ + a user's main.c, linked with the README's zig
+    command line verbatim (run from a project directory holding firmware/ and build/), boots."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(ROOT / "firmware", tmp_path / "firmware")
+    build(DEFAULT_MODEL, "cortex-m4", "model", tmp_path / "build" / "cortex-m4")
+    (tmp_path / "main.c").write_text(README_MAIN)
+    (cc,) = _readme_block("python -m ziglang cc -target thumb")
+    (qemu,) = _readme_block("qemu-system-arm -M mps2-an386")
+    subprocess.run([sys.executable, *cc[1:]], cwd=tmp_path, check=True, capture_output=True)
+    proc = subprocess.run(qemu, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "model ran" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
