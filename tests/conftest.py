@@ -24,12 +24,26 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(config, items):
-    """--target restricts the system-mode (QEMU board) cases too."""
+    """--target restricts the system-mode (QEMU board) cases too; and the user-mode
+    target-parametrized tests (qemu-user harness) are not run for a system-mode profile
+    named by --target: its cases are the system_target ones (tests/test_system_mode.py)."""
     chosen = config.getoption("--target")
     if not chosen:
         return
-    items[:] = [i for i in items if not hasattr(i, "callspec") or "system_target" not in i.callspec.params
-                or i.callspec.params["system_target"] in chosen]
+    from toolchain.targets import runnable_targets
+
+    system = set(runnable_targets("system"))
+
+    def keep(item):
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "system_target" in params:
+            return params["system_target"] in chosen
+        return params.get("target") not in system
+
+    dropped = [i for i in items if not keep(i)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if keep(i)]
 
 
 def pytest_configure(config):

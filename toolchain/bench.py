@@ -32,7 +32,7 @@ MATRIX = PROJECT_ROOT / "ci" / "matrix.toml"
 
 def matrix() -> tuple[list[str], list[Path]]:
     data = tomllib.loads(MATRIX.read_text())
-    return runnable_targets("user"), [PROJECT_ROOT / m for m in data["models"]]
+    return runnable_targets("user") + runnable_targets("system"), [PROJECT_ROOT / m for m in data["models"]]
 
 
 @dataclass
