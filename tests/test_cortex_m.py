@@ -109,3 +109,25 @@ def test_every_model_builds_or_is_refused_by_the_budget(model, profile, tmp_path
         return
     info = read_object(res.paths["object"].read_bytes())
     check_self_contained(info, get_profile(profile), "model")
+
+
+MATH_OPS = ["Sigmoid", "Tanh", "Erf", "Gelu", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Elu",
+            "Selu", "Softsign", "Softplus", "Mish", "HardSigmoid", "Pow"]
+
+
+def test_math_functions_are_single_precision_and_right_on_the_m4(workdir):
+    """Every inline math function (toolchain/kernel/mathfns.py: exp, log, tanh, erf, pow, ...)
+    compiles to single-precision code for the M4 (the build's check decodes the object) and
+    matches onnxruntime on the MPS2 board."""
+    import numpy as np
+    from onnx import helper
+
+    from helpers import check_against_onnxruntime, make_model
+
+    nodes = [helper.make_node(op, ["x", "p"] if op == "Pow" else ["x"], [f"y_{op}"]) for op in MATH_OPS]
+    outputs = {f"y_{op}": (np.float32, (4, 16)) for op in MATH_OPS}
+    model = make_model(nodes, {"x": (np.float32, (4, 16))}, outputs,
+                       {"p": np.full((4, 16), 1.7, np.float32)}, opset=20)
+    x = np.random.default_rng(0).uniform(0.05, 3.0, (4, 16)).astype(np.float32)
+    res, _ = check_against_onnxruntime(model, {"x": x}, "cortex-m4", workdir)
+    assert read_object(res.paths["object"].read_bytes()).f64_instructions == []
