@@ -83,7 +83,7 @@ def test_real_models_boot_on_both_paths(model_path, qemu_system, tmp_path):
         assert v.passed, (v.path, v.output)
 
 
-@pytest.mark.parametrize("path", ["object", "c"])
+@pytest.mark.parametrize("path", ["object", pytest.param("c", marks=pytest.mark.slow)])
 def test_cortex_m55_firmware_boots_on_the_mps3_board(path, tmp_path):
     """The same firmware on a Cortex-M55 (MPS3 AN547, Helium): semihosting output and exit."""
     (v,) = firmware.run(None, "cortex-m55", tmp_path, paths=(path,))
