@@ -112,3 +112,22 @@ def test_the_readme_recipe_links_a_bare_metal_project(tmp_path):
     subprocess.run([sys.executable, *cc[1:]], cwd=tmp_path, check=True, capture_output=True)
     proc = subprocess.run(qemu, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "model ran" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_a_fault_is_reported_not_hung(tmp_path):
+    """The startup's fault handler prints the exception, CFSR and PC and exits 3."""
+    import subprocess
+
+    from toolchain.harness.system import FIRMWARE, board_cc, board_for, boot
+
+    profile = get_profile("cortex-m4")
+    board = board_for(profile)
+    bdir = FIRMWARE / board["dir"]
+    (tmp_path / "main.c").write_text("int main(void) { return *(volatile int *)0xF0000000u; }\n")
+    image = tmp_path / "fault.elf"
+    subprocess.run(board_cc(profile, board) + ["-O2", f"-I{bdir}", "-T", str(bdir / board["linker_script"]),
+                   *[str(bdir / s) for s in board["sources"]], str(FIRMWARE / "print.c"),
+                   str(tmp_path / "main.c"), "-o", str(image)], check=True, capture_output=True)
+    proc = boot(image, profile, timeout=60)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "FAIL fault exception=3 cfsr=0x" in proc.stdout + proc.stderr  # HardFault (escalated bus fault)
