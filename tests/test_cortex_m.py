@@ -33,6 +33,16 @@ def test_profiles_run_on_qemu_boards():
     assert get_profile("cortex-m4").vector_unit.lanes == 1
 
 
+def test_a_system_profile_without_a_board_is_refused(tmp_path):
+    from toolchain.errors import InvalidModelError
+    from toolchain.targets import TARGETS_DIR, load_profile
+
+    text = (TARGETS_DIR / "cortex-m4.toml").read_text().replace('board = "mps2-an386"', "")
+    (tmp_path / "m.toml").write_text(text)
+    with pytest.raises(InvalidModelError, match=r'm.toml: run.mode = "system" needs run.board'):
+        load_profile(tmp_path / "m.toml")
+
+
 @pytest.fixture(scope="module")
 def kws_builds(tmp_path_factory):
     return {t: build(DEFAULT_MODEL, t, "model", tmp_path_factory.mktemp(t)) for t in CORTEX_M}

@@ -156,6 +156,9 @@ def load_profile(path: Path) -> Profile:
     profile = Profile(**values)
     if profile.run_mode not in RUN_MODES:
         raise InvalidModelError(f"target profile {Path(path).name}: run.mode must be one of {RUN_MODES}")
+    if profile.run_mode == "system" and not profile.board:
+        raise InvalidModelError(f"target profile {Path(path).name}: run.mode = \"system\" needs run.board "
+                                f"(a board of firmware/boards.toml)")
     return profile
 
 
