@@ -14,7 +14,7 @@ single-precision FPUs too; they are not reported.
 from __future__ import annotations
 
 TAG_CPU_NAME, TAG_FP_ARCH, TAG_ABI_HARDFP_USE, TAG_ABI_VFP_ARGS = 5, 10, 27, 28
-STRING_TAGS = {4, 5, 32, 65, 67}  # Tag_CPU_raw_name, Tag_CPU_name, Tag_compatibility(ish), ...
+STRING_TAGS = {4, 5, 67}  # Tag_CPU_raw_name, Tag_CPU_name, Tag_conformance; above 32 odd tags are strings
 
 
 def _uleb(data: bytes, pos: int) -> tuple[int, int]:
@@ -45,7 +45,7 @@ def parse_attributes(data: bytes) -> dict:
                 p = sub + 5
                 while p < sub + size:
                     tag, p = _uleb(data, p)
-                    if tag in STRING_TAGS:
+                    if tag in STRING_TAGS or (tag > 32 and tag % 2):
                         stop = data.index(b"\0", p)
                         attrs[tag], p = data[p:stop].decode(errors="replace"), stop + 1
                     elif tag == 32:  # Tag_compatibility: flag then string
