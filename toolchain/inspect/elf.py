@@ -122,7 +122,7 @@ def check_self_contained(info: ObjectInfo, profile: Profile, prefix: str | tuple
     exported = [s.name for s in info.symbols
                 if s.binding != "STB_LOCAL" and not s.name.startswith(tuple(p + "_" for p in prefixes))]
     if exported:
-        raise InternalError(f"object exports symbols outside the {' / '.join(p + '_' for p in prefixes)} "
+        raise InternalError(f"object exports symbols outside the {' / '.join(repr(p + '_') for p in prefixes)} "
                             f"prefix: {sorted(exported)}")
     if info.writable:
         raise InternalError(f"object has writable data sections {info.writable}; weights belong in read-only "
