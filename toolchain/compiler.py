@@ -55,13 +55,17 @@ def check_name(name: str):
 
 
 def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = None,
-                  emit: str = "object") -> Compiled:
+                  emit: str = "object", separate_nodes: bool = False) -> Compiled:
     """Passes (schedules chosen for the backend's vector unit), memory plan, the backend's
-    object, self-containment check, worst-case stack. Nothing touches disk."""
+    object, self-containment check, worst-case stack. Nothing touches disk.
+    separate_nodes (object path only): every node in a function of its own, never inlined,
+    for per-node profiling (toolchain.profile); never used for a shipped build."""
     backend = get_backend(emit)
+    if separate_nodes and backend.name != "object":
+        raise InvalidModelError(f"separate_nodes needs the object backend, not '{emit}'")
     run_pipeline(g, dump=dump, vector=backend.vector_unit(profile))
     plan = plan_memory(g, profile.arena_align)
-    out = backend.generate(g, plan, name, profile)
+    out = backend.generate(g, plan, name, profile, **({"separate_nodes": True} if separate_nodes else {}))
     info = read_object(out.object)
     check_self_contained(info, profile, name)
     stack = stack_usage(out.frames, out.calls, entry_symbols(name), profile.return_address_bytes)

@@ -33,19 +33,27 @@ class LLVMBackend:
     def vector_unit(self, profile: Profile) -> VectorUnit:
         return profile.vector_unit
 
-    def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile) -> Generated:
-        module = build_module(g, plan, name, profile)
+    def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile,
+                 separate_nodes: bool = False) -> Generated:
+        """separate_nodes: keep every node in its own function (noinline), so its code has
+        an address range of its own (the profiling build of toolchain.profile; a shipped
+        build never sets it, and its object does not change with the option present)."""
+        module = build_module(g, plan, name, profile, separate_nodes)
         obj, optimized, frames = compile_ir(module_text(module), profile)
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
 
 
-def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile) -> ir.Module:
+def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile,
+                 separate_nodes: bool = False) -> ir.Module:
     module = ir.Module(name=name)
     module.triple = profile.triple
     index = ir.IntType(profile.index_bits)
     weights = {id(v): _weight_global(module, f"{name}_w{i}", v.data) for i, v in enumerate(g.constants())}
     kernels = [_node_function(module, g, plan, sym, node, profile.vector_unit, index)
                for node, sym in zip(g.nodes, node_symbols(name, g.nodes))]
+    if separate_nodes:
+        for fn in kernels:
+            fn.attributes.add("noinline")
     _run_function(module, g, plan, name, weights, kernels, index)
     return module
 
