@@ -45,16 +45,26 @@ class LLVMBackend:
 
 def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile,
                  separate_nodes: bool = False) -> ir.Module:
+    """separate_nodes: the run function calls, for each node, a function of the node's
+    symbol that is never inlined and computes the node's pointers from (inputs, outputs,
+    arena) exactly as the run function does (arena offsets as constants, the arena's
+    alignment, weights as globals), its kernel inlined into it: the kernel's code sees the
+    same context as in the shipped build, where every kernel is inlined into the run
+    function."""
     module = ir.Module(name=name)
     module.triple = profile.triple
     index = ir.IntType(profile.index_bits)
     weights = {id(v): _weight_global(module, f"{name}_w{i}", v.data) for i, v in enumerate(g.constants())}
-    kernels = [_node_function(module, g, plan, sym, node, profile.vector_unit, index)
-               for node, sym in zip(g.nodes, node_symbols(name, g.nodes))]
+    symbols = node_symbols(name, g.nodes)
+    kernels = [_node_function(module, g, plan, sym + ("_body" if separate_nodes else ""), node,
+                              profile.vector_unit, index)
+               for node, sym in zip(g.nodes, symbols)]
     if separate_nodes:
-        for fn in kernels:
-            fn.attributes.add("noinline")
-    _run_function(module, g, plan, name, weights, kernels, index)
+        for kernel in kernels:
+            kernel.attributes.add("alwaysinline")
+        kernels = [_node_wrapper(module, plan, sym, node, kernel, weights, index)
+                   for node, sym, kernel in zip(g.nodes, symbols, kernels)]
+    _run_function(module, g, plan, name, weights, kernels, index, separate_nodes)
     return module
 
 
@@ -98,15 +108,48 @@ def _node_function(module, g, plan, sym, node, vector, index):
     return fn
 
 
-def _run_function(module, g, plan, name, weights, kernels, index):
+def _entry_type():
     ptr = I8.as_pointer()
-    fnty = ir.FunctionType(I32, [ptr.as_pointer(), ptr.as_pointer(), ptr])
-    fn = ir.Function(module, fnty, name=run_symbol(name))
-    fn.attributes.add("nounwind")
+    return ir.FunctionType(I32, [ptr.as_pointer(), ptr.as_pointer(), ptr])
+
+
+def _entry_args(fn, plan):
     inputs, outputs, arena = fn.args
     inputs.name, outputs.name, arena.name = "inputs", "outputs", "arena"
     arena.attributes.align = plan.alignment
+    return inputs, outputs, arena
+
+
+def _run_function(module, g, plan, name, weights, kernels, index, separate_nodes=False):
+    fn = ir.Function(module, _entry_type(), name=run_symbol(name))
+    fn.attributes.add("nounwind")
+    inputs, outputs, arena = _entry_args(fn, plan)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    if separate_nodes:
+        for kernel in kernels:
+            b.call(kernel, [inputs, outputs, arena])
+    else:
+        _call_nodes(b, g.nodes, kernels, plan, weights, index, inputs, outputs, arena)
+    b.ret(ir.Constant(I32, 0))
+
+
+def _node_wrapper(module, plan, sym, node, kernel, weights, index):
+    """The profiling build's function for one node: the run function's signature, the
+    node's pointers computed as the run function computes them, its kernel inlined."""
+    fn = ir.Function(module, _entry_type(), name=sym)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    inputs, outputs, arena = _entry_args(fn, plan)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    _call_nodes(b, [node], [kernel], plan, weights, index, inputs, outputs, arena)
+    b.ret(ir.Constant(I32, 0))
+    return fn
+
+
+def _call_nodes(b, nodes, kernels, plan, weights, index, inputs, outputs, arena):
+    """Calls each node's kernel with its operands' pointers: graph inputs and outputs from
+    the caller's tables, arena buffers at their planned offsets, weights as globals."""
     cache = {}
 
     def pointer(v):
@@ -123,13 +166,12 @@ def _run_function(module, g, plan, name, weights, kernels, index):
             cache[key] = raw
         return b.bitcast(cache[key], _ptr_type(v))
 
-    for node, kernel in zip(g.nodes, kernels):
+    for node, kernel in zip(nodes, kernels):
         args = [pointer(v) for v in node.inputs if v is not None] + [pointer(v) for v in node.outputs]
         for st, t in zip(plan.workspace_of(node), registry.get(node.op).workspace(node)):
             raw = b.gep(arena, [ir.Constant(index, st.index)], inbounds=True)
             args.append(b.bitcast(raw, LLVM_TYPES[t.dtype].as_pointer()))
         b.call(kernel, args)
-    b.ret(ir.Constant(I32, 0))
 
 
 def module_text(module: ir.Module) -> str:
