@@ -59,6 +59,7 @@ class Profile:
     macs: int
     total_insns: int  # per inference, profiling build: nodes + other
     other_insns: int  # outside every node function (run function, harness loop)
+    whole_run_insns: int  # per inference, the profiling build, whole-program counter (= total_insns)
     shipped_insns: int | None  # per inference, the shipped build, whole-program counter
     deviation: float | None  # (total - shipped) / shipped
     nodes: list = field(default_factory=list)  # NodeProfile, in graph order
@@ -146,12 +147,13 @@ def measure(p: Prepared, runs: int = 3) -> Profile:
         macs = int(registry.get(node.op).macs(node))
         nodes.append(NodeProfile(node.name, node.op, list(node.sources), sym, macs, insns,
                                  insns / macs if macs else None, insns / total if total else 0.0))
+    whole = count_instructions(p.exe, p.profile, p.inputs, p.specs, runs=runs).per_inference
     shipped = deviation = None
     if p.shipped_exe is not None:
         shipped = count_instructions(p.shipped_exe, p.profile, p.inputs, p.specs, runs=runs).per_inference
         deviation = (total - shipped) / shipped if shipped else None
-    return Profile(p.model.name, p.target, runs, sum(n.macs for n in nodes), total, counted.other, shipped,
-                   deviation, nodes)
+    return Profile(p.model.name, p.target, runs, sum(n.macs for n in nodes), total, counted.other, whole,
+                   shipped, deviation, nodes)
 
 
 def profile_model(model_path, target: str, runs: int = 3, check_shipped: bool = True) -> Profile:
@@ -183,9 +185,12 @@ def table(p: Profile, width: int = 40) -> str:
     lines.append(f"{OTHER:{width}} {'':18} {'':>11} {p.other_insns:12,d} {'':>9} {100 * share:5.1f}%")
     lines.append(f"{'total':{width}} {'':18} {p.macs:11,d} {p.total_insns:12,d} "
                  f"{(f'{p.total_insns / p.macs:.2f}' if p.macs else '-'):>9} 100.0%")
+    lines += ["", f"whole-program count of the profiling build: {p.whole_run_insns:,}"
+                  f"{' (= the sum)' if p.whole_run_insns == p.total_insns else ' (DIFFERS from the sum)'}"]
     if p.shipped_insns is not None:
-        lines += ["", f"shipped build, whole-program count: {p.shipped_insns:,} instructions per inference; "
-                      f"per-node sum differs by {100 * p.deviation:+.2f}% (the calls between nodes)"]
+        lines += [f"whole-program count of the shipped build:   {p.shipped_insns:,} (the sum is "
+                  f"{100 * p.deviation:+.2f}%: calls between nodes, and the shipped build's nodes compiled "
+                  f"inlined into one function)"]
     return "\n".join(lines)
 
 
