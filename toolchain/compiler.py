@@ -55,17 +55,19 @@ def check_name(name: str):
 
 
 def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = None,
-                  emit: str = "object", separate_nodes: bool = False) -> Compiled:
+                  emit: str = "object", separate_nodes: bool = False, node_lines: bool = False) -> Compiled:
     """Passes (schedules chosen for the backend's vector unit), memory plan, the backend's
     object, self-containment check, worst-case stack. Nothing touches disk.
-    separate_nodes (object path only): every node in a function of its own, never inlined,
-    for per-node profiling (toolchain.profile); never used for a shipped build."""
+    separate_nodes, node_lines (object path only): the profiling builds of toolchain.profile
+    (every node in a function of its own, never inlined; or the shipped code with a line
+    table naming each instruction's node); never used for a shipped build."""
     backend = get_backend(emit)
-    if separate_nodes and backend.name != "object":
-        raise InvalidModelError(f"separate_nodes needs the object backend, not '{emit}'")
+    if (separate_nodes or node_lines) and backend.name != "object":
+        raise InvalidModelError(f"profiling builds need the object backend, not '{emit}'")
     run_pipeline(g, dump=dump, vector=backend.vector_unit(profile))
     plan = plan_memory(g, profile.arena_align)
-    out = backend.generate(g, plan, name, profile, **({"separate_nodes": True} if separate_nodes else {}))
+    options = {k: True for k, v in (("separate_nodes", separate_nodes), ("node_lines", node_lines)) if v}
+    out = backend.generate(g, plan, name, profile, **options)
     info = read_object(out.object)
     check_self_contained(info, profile, name)
     stack = stack_usage(out.frames, out.calls, entry_symbols(name), profile.return_address_bytes)

@@ -28,7 +28,8 @@ from elftools.elf.elffile import ELFFile
 from .bench import seeded_inputs
 from .compiler import ARTIFACTS, DEFAULT_MODEL, build, compile_graph, make_manifest
 from .contract import node_symbols
-from .errors import InvalidModelError, UnsupportedError
+from .backends.debuglines import NODE_LINES_FILE
+from .errors import InternalError, InvalidModelError, UnsupportedError
 from .frontend.onnx_import import import_model, load_model
 from .harness.plugin import count_instructions, count_ranges
 from .harness.runner import link_harness
@@ -55,6 +56,7 @@ class NodeProfile:
 class Profile:
     model: str
     target: str
+    mode: str  # "functions" (a build with every node in its own function) or "lines" (the shipped code)
     runs: int
     macs: int
     total_insns: int  # per inference, profiling build: nodes + other
@@ -73,14 +75,16 @@ class Profile:
 
 @dataclass
 class Prepared:
-    """The two linked harnesses and what the report needs from the build."""
+    """The linked harnesses and what the report needs from the build."""
 
     model: Path
     target: str
+    mode: str  # "functions" or "lines"
     profile: object  # targets.Profile
     graph: object
     symbols: list  # node function symbol per node
-    ranges: list  # (start, end) per node, None where the node has no code
+    ranges: list  # [(start, end)] counted by the plugin
+    owners: list  # node index of each range
     exe: Path  # profiling build
     shipped_exe: Path | None
     inputs: list
@@ -88,31 +92,81 @@ class Prepared:
     workdir: object  # a TemporaryDirectory, kept alive with the executables
 
 
-def function_ranges(exe: Path, symbols: list[str]) -> list[tuple[int, int] | None]:
-    """[start, end) of each named function in a linked executable (None: not there)."""
-    with open(exe, "rb") as f:
-        elf = ELFFile(io.BytesIO(f.read()))
+MODES = ("functions", "lines")
+
+
+def function_ranges(exe: Path, symbols: list[str]) -> tuple[list, list]:
+    """[start, end) of each named function in a linked executable, and the index (in
+    `symbols`) each belongs to; a function that is not there (no code) has no range."""
+    elf = _elf(exe)
     table = elf.get_section_by_name(".symtab")
     if table is None:
-        raise InvalidModelError(f"{exe} has no symbol table: cannot locate the node functions")
+        raise InternalError(f"{exe} has no symbol table: cannot locate the node functions")
     found = {}
     for sym in table.iter_symbols():
         if sym["st_info"]["type"] == "STT_FUNC" and sym["st_size"]:
             found.setdefault(sym.name, (sym["st_value"], sym["st_value"] + sym["st_size"]))
-    return [found.get(s) for s in symbols]
+    owned = [(found[s], i) for i, s in enumerate(symbols) if s in found]
+    return [r for r, _ in owned], [i for _, i in owned]
 
 
-def prepare(model_path, target: str, name: str = "model", check_shipped: bool = True) -> Prepared:
-    """Compile the profiling build (and the shipped build, for the cross-check), link both."""
+def line_ranges(exe: Path, n_nodes: int) -> tuple[list, list]:
+    """Address ranges of the node lines (backends/debuglines.py) in a linked executable's
+    .debug_line, merged where adjacent, with the node each belongs to. An instruction at
+    line 0 (LLVM's "no single source": merged or moved code) belongs to the node of the
+    nearest row before it in its sequence."""
+    dwarf = _elf(exe).get_dwarf_info()
+    pieces = []
+    for cu in dwarf.iter_CUs():
+        name = cu.get_top_DIE().attributes.get("DW_AT_name")
+        if name is None or name.value.decode(errors="replace") != NODE_LINES_FILE:
+            continue
+        last = 0
+        rows = [e.state for e in dwarf.line_program_for_CU(cu).get_entries() if e.state is not None]
+        for row, following in zip(rows, rows[1:]):
+            if row.end_sequence:
+                last = 0
+                continue
+            last = row.line or last
+            if 1 <= last <= n_nodes and following.address > row.address:
+                pieces.append((row.address, following.address, last - 1))
+    if not pieces:
+        raise InternalError(f"{exe} has no line table for the nodes ({NODE_LINES_FILE})")
+    merged = []
+    for start, end, owner in sorted(pieces):
+        if merged and merged[-1][1] == start and merged[-1][2] == owner:
+            merged[-1][1] = end
+        else:
+            merged.append([start, end, owner])
+    return [(a, b) for a, b, _ in merged], [o for _, _, o in merged]
+
+
+def _elf(path: Path) -> ELFFile:
+    return ELFFile(io.BytesIO(Path(path).read_bytes()))
+
+
+def _text(obj: bytes) -> list:
+    return [(s.name, s.data()) for s in ELFFile(io.BytesIO(obj)).iter_sections() if s.name.startswith(".text")]
+
+
+def prepare(model_path, target: str, name: str = "model", check_shipped: bool = True,
+            mode: str = "functions") -> Prepared:
+    """Compile the profiling build (and the shipped build, for the cross-check), link both.
+    mode "functions": every node in a never-inlined function of its own, located by the
+    symbol table. mode "lines": the shipped build's own code (checked byte for byte) with
+    a line table naming each instruction's node."""
+    if mode not in MODES:
+        raise InvalidModelError(f"--mode must be one of {', '.join(MODES)}, got '{mode}'")
     profile = get_profile(target)
     if profile.run_mode != "user":
         raise UnsupportedError(f"target {profile.name} does not run under qemu-user here "
                                f"(run.mode = {profile.run_mode}): no profile")
     model_path = Path(model_path) if model_path else DEFAULT_MODEL
     model = load_model(model_path)
-    compiled = compile_graph(import_model(model, name), profile, name, separate_nodes=True)
+    compiled = compile_graph(import_model(model, name), profile, name, separate_nodes=mode == "functions",
+                             node_lines=mode == "lines")
     manifest = make_manifest(compiled, profile, name, model_path, {"target": target, "name": name,
-                                                                   "profiling": True})
+                                                                   "profiling": mode})
     tmp = tempfile.TemporaryDirectory(prefix="edgec-profile-")
     work = Path(tmp.name) / "profiling"
     work.mkdir()
@@ -121,29 +175,34 @@ def prepare(model_path, target: str, name: str = "model", check_shipped: bool = 
         (work / file_name(name)).write_bytes(contents(compiled, name, manifest))
     exe = link_harness(work, name, profile)
     symbols = node_symbols(name, compiled.graph.nodes)
-    ranges = function_ranges(exe, symbols)
+    if mode == "functions":
+        ranges, owners = function_ranges(exe, symbols)
+    else:
+        ranges, owners = line_ranges(exe, len(symbols))
     shipped_exe = None
-    if check_shipped:
+    if check_shipped or mode == "lines":
         shipped = Path(tmp.name) / "shipped"
-        build(model_path, target, name, shipped)
+        res = build(model_path, target, name, shipped)
+        if mode == "lines" and _text(res.paths["object"].read_bytes()) != _text(compiled.object):
+            raise InternalError("the line-table build's code differs from the shipped build's")
         shipped_exe = link_harness(shipped, name, profile)
     feeds = seeded_inputs(model)
     inputs = [feeds[i["name"]] for i in manifest["inputs"]]
     specs = [(o["dtype"], tuple(o["shape"])) for o in manifest["outputs"]]
-    return Prepared(model_path, profile.name, profile, compiled.graph, symbols, ranges, exe, shipped_exe,
-                    inputs, specs, tmp)
+    return Prepared(model_path, profile.name, mode, profile, compiled.graph, symbols, ranges, owners, exe,
+                    shipped_exe, inputs, specs, tmp)
 
 
 def measure(p: Prepared, runs: int = 3) -> Profile:
     """Run the profiling build under the range plugin (and the shipped build under the
     whole-program counter) and attribute one inference's instructions to the nodes."""
-    present = [r for r in p.ranges if r is not None]
-    counted = count_ranges(p.exe, p.profile, p.inputs, p.specs, present, runs=runs)
-    per_range = iter(counted.per_range)
+    counted = count_ranges(p.exe, p.profile, p.inputs, p.specs, p.ranges, runs=runs)
+    per_node = [0] * len(p.graph.nodes)
+    for owner, n in zip(p.owners, counted.per_range):
+        per_node[owner] += n
     total = counted.per_inference
     nodes = []
-    for node, sym, rng in zip(p.graph.nodes, p.symbols, p.ranges):
-        insns = next(per_range) if rng is not None else 0
+    for node, sym, insns in zip(p.graph.nodes, p.symbols, per_node):
         macs = int(registry.get(node.op).macs(node))
         nodes.append(NodeProfile(node.name, node.op, list(node.sources), sym, macs, insns,
                                  insns / macs if macs else None, insns / total if total else 0.0))
@@ -152,12 +211,13 @@ def measure(p: Prepared, runs: int = 3) -> Profile:
     if p.shipped_exe is not None:
         shipped = count_instructions(p.shipped_exe, p.profile, p.inputs, p.specs, runs=runs).per_inference
         deviation = (total - shipped) / shipped if shipped else None
-    return Profile(p.model.name, p.target, runs, sum(n.macs for n in nodes), total, counted.other, whole,
-                   shipped, deviation, nodes)
+    return Profile(p.model.name, p.target, p.mode, runs, sum(n.macs for n in nodes), total, counted.other,
+                   whole, shipped, deviation, nodes)
 
 
-def profile_model(model_path, target: str, runs: int = 3, check_shipped: bool = True) -> Profile:
-    return measure(prepare(model_path, target, check_shipped=check_shipped), runs)
+def profile_model(model_path, target: str, runs: int = 3, check_shipped: bool = True,
+                  mode: str = "functions") -> Profile:
+    return measure(prepare(model_path, target, check_shipped=check_shipped, mode=mode), runs)
 
 
 # -- reports ------------------------------------------------------------------------------
@@ -173,9 +233,9 @@ def _sources(n: NodeProfile) -> str:
 
 def table(p: Profile, width: int = 40) -> str:
     """The terminal table, most expensive node first."""
-    lines = [f"{p.model} on {p.target}: {p.total_insns:,} instructions per inference, {p.macs:,} MACs"
+    lines = [f"{p.model} on {p.target} ({p.mode}): {p.total_insns:,} instructions per inference, {p.macs:,} MACs"
              f" ({p.total_insns / p.macs:.2f} insns/MAC)" if p.macs else
-             f"{p.model} on {p.target}: {p.total_insns:,} instructions per inference", "",
+             f"{p.model} on {p.target} ({p.mode}): {p.total_insns:,} instructions per inference", "",
              f"{'node':{width}} {'op':18} {'MACs':>11} {'insns':>12} {'insns/MAC':>9} {'share':>6}  fused ONNX nodes"]
     for n in p.by_cost():
         fused = _sources(n) if n.sources != [n.name] else ""
@@ -188,9 +248,10 @@ def table(p: Profile, width: int = 40) -> str:
     lines += ["", f"whole-program count of the profiling build: {p.whole_run_insns:,}"
                   f"{' (= the sum)' if p.whole_run_insns == p.total_insns else ' (DIFFERS from the sum)'}"]
     if p.shipped_insns is not None:
+        why = ("the same code" if p.mode == "lines" else
+               "calls between nodes, and the shipped build compiles its nodes inlined into one function")
         lines += [f"whole-program count of the shipped build:   {p.shipped_insns:,} (the sum is "
-                  f"{100 * p.deviation:+.2f}%: calls between nodes, and the shipped build's nodes compiled "
-                  f"inlined into one function)"]
+                  f"{100 * p.deviation:+.2f}%; mode {p.mode}: {why})"]
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ from ..memory import MemoryPlan
 from ..ops import registry
 from ..targets import Profile, VectorUnit
 from .common import Generated, lower_node
+from .debuglines import with_node_lines
 
 WEIGHT_ALIGN = 64
 
@@ -34,12 +35,18 @@ class LLVMBackend:
         return profile.vector_unit
 
     def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile,
-                 separate_nodes: bool = False) -> Generated:
-        """separate_nodes: keep every node in its own function (noinline), so its code has
-        an address range of its own (the profiling build of toolchain.profile; a shipped
-        build never sets it, and its object does not change with the option present)."""
+                 separate_nodes: bool = False, node_lines: bool = False) -> Generated:
+        """The profiling builds of toolchain.profile (a shipped build sets neither, and its
+        object does not change with the options present): separate_nodes keeps every node
+        in its own function (noinline), so its code has an address range of its own;
+        node_lines adds line-table debug info naming each instruction's node
+        (backends/debuglines.py) to the shipped build's code."""
         module = build_module(g, plan, name, profile, separate_nodes)
-        obj, optimized, frames = compile_ir(module_text(module), profile)
+        text = module_text(module)
+        if node_lines:
+            symbols = node_symbols(name, g.nodes)
+            text = with_node_lines(text, {s: i + 1 for i, s in enumerate(symbols)}, len(symbols) + 1)
+        obj, optimized, frames = compile_ir(text, profile)
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
 
 
