@@ -1,10 +1,11 @@
 """invoke profile: per-node instruction counts of the final graph under QEMU.
 
 The counts are checked against facts the profiler does not produce itself: the
-whole-program counter (runtime/insn_count_plugin.c) run on the same executable, the
-shipped build's count, the ONNX graph's own nodes (for the fused-source names) and the
-manifest's MACs. One KWS build for cortex-a76 is shared by the module; the CLI runs add
-one more for cortex-a76 (repeatability across builds) and one for x86-64-v3 (the diff)."""
+whole-program counter (runtime/insn_count_plugin.c) run on the same executable and on
+the shipped build, the ONNX graph's own nodes (for the fused-source names) and the
+manifest's MACs. KWS builds for cortex-a76 (mode functions, mode lines) are shared by
+the module; the CLI runs add one more for cortex-a76 (repeatability across builds) and
+one for x86-64-v3 (the diff)."""
 import json
 import subprocess
 import sys
@@ -40,6 +41,13 @@ def kws():
 
 
 @pytest.fixture(scope="module")
+def kws_lines():
+    from toolchain.profile import measure, prepare
+
+    return measure(prepare(KWS, "cortex-a76", mode="lines"))
+
+
+@pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory):
     """`edgec profile` with --json/--html on cortex-a76 and with --json on x86-64-v3."""
     d = tmp_path_factory.mktemp("profile")
@@ -64,6 +72,42 @@ def test_node_counts_add_up_to_the_whole_run_counter(kws):
     assert all(n.insns > 0 for n in r.nodes if n.macs)
     pointwise = [n.insns for n in r.nodes if n.op == "Conv" and n.macs == 512_000]
     assert len(pointwise) == 4 and max(pointwise) - min(pointwise) <= max(pointwise) // 1000
+
+
+def test_lines_mode_counts_the_shipped_code_exactly(kws_lines, kws):
+    """mode lines profiles the shipped code itself: the per-node sum is the shipped build's
+    whole-program count (`invoke bench`'s figure), to the instruction."""
+    r = kws_lines
+    assert r.mode == "lines"
+    assert sum(n.insns for n in r.nodes) + r.other_insns == r.total_insns == r.whole_run_insns
+    assert r.total_insns == r.shipped_insns
+    assert r.shipped_insns == kws[1].shipped_insns  # the same shipped build as the functions mode saw
+    assert all(n.insns > 0 for n in r.nodes if n.macs)
+    print("\nKWS cortex-a76 per node, functions mode vs lines mode (the shipped code):")
+    for f, l in zip(kws[1].nodes, r.nodes):
+        assert f.name == l.name
+        print(f"  {f.name:32} {f.insns:9,d} {l.insns:9,d}  {100 * (f.insns - l.insns) / max(l.insns, 1):+6.1f}%")
+
+
+def test_line_table_build_has_the_shipped_code():
+    """Compile only, on another target: the line table changes no byte of .text."""
+    import io
+
+    from elftools.elf.elffile import ELFFile
+
+    from toolchain.compiler import compile_graph
+    from toolchain.frontend.onnx_import import import_model, load_model
+    from toolchain.targets import get_profile
+
+    def text(**kw):
+        c = compile_graph(import_model(load_model(KWS), "model"), get_profile("x86-64-v3"), "model", **kw)
+        sections = list(ELFFile(io.BytesIO(c.object)).iter_sections())
+        return [(x.name, x.data()) for x in sections if x.name.startswith(".text")], [x.name for x in sections]
+
+    shipped, shipped_sections = text()
+    lines, lines_sections = text(node_lines=True)
+    assert lines == shipped and shipped
+    assert ".debug_line" in lines_sections and ".debug_line" not in shipped_sections
 
 
 def test_macs_match_the_manifest(kws, tmp_path):
@@ -170,6 +214,8 @@ def test_bad_arguments(tmp_path):
     one_line_error(edgec("profile"), "needs --target")
     one_line_error(edgec("profile", "--target", "no-such-cpu"), "no-such-cpu")
     one_line_error(edgec("profile", "--target", "cortex-a76", "--json", str(tmp_path)), "is a directory")
+    one_line_error(edgec("profile", "--target", "cortex-a76", "--mode", "guess"), "--mode")
+    one_line_error(edgec("profile", "--target", "cortex-a76", "--runs", "1"), "--runs")
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "other.json").write_text('{"name": "model"}')
     one_line_error(edgec("profile", "--diff", str(tmp_path / "bad.json"), str(tmp_path / "bad.json")),

@@ -1,18 +1,24 @@
 """Per-node instruction profiles: where one inference's guest instructions go, node by
 node of the final graph (after fusion), on the target's instruction set under QEMU.
 
-    invoke profile --target cortex-a76 [--model M] [--json F] [--html F]
-    invoke profile --diff OLD.json NEW.json
+    invoke profile --target cortex-a76 [--model M] [--json F] [--html F] [--mode functions|lines]
+    invoke profile --diff OLD.json,NEW.json          (edgec profile --diff OLD.json NEW.json)
 
-How: the model is compiled a second time with every node in a function of its own that
-is never inlined (compile_graph(separate_nodes=True); the shipped build is not touched),
-linked into the test harness, and each node function's address range is read from the
-executable's symbol table (pyelftools). runtime/insn_profile_plugin.c counts executed
-instructions per range, once with N inferences and once with 1, so start-up cancels and
-the figures are exact and repeatable; instructions outside every node function (the run
-function's calls, the harness loop) are a line of their own. The shipped build is counted
-by the whole-program plugin (runtime/insn_count_plugin.c, as `invoke bench` does) and the
-per-node sum is checked against it: the calls between nodes are the only difference.
+Two profiling builds, the shipped build untouched by both:
+- mode "functions" (default): every node in a function of its own that is never inlined
+  (compile_graph(separate_nodes=True)); the linked harness's symbol table gives each
+  node's address range. The code differs from the shipped build's, which inlines every
+  node into the run function: the per-node sum is within a few per cent of the shipped
+  count (printed with every profile).
+- mode "lines": the shipped build's own code (its .text is checked byte for byte against
+  the shipped object) with a line table naming each instruction's node
+  (compile_graph(node_lines=True), backends/debuglines.py); the ranges come from the
+  linked harness's .debug_line. The per-node sum is the shipped count exactly.
+runtime/insn_profile_plugin.c counts executed instructions per range, once with N
+inferences and once with 1, so start-up cancels and the figures are exact and
+repeatable; instructions outside every node (the run function's own, the harness loop)
+are a line of their own. The whole-program plugin (runtime/insn_count_plugin.c, as
+`invoke bench` uses it) counts the same executable and the shipped build, for the checks.
 """
 from __future__ import annotations
 
