@@ -293,7 +293,7 @@ def html_page(p: Profile) -> str:
 </head><body>
 <h1>{html.escape(p.model)} on {html.escape(p.target)}</h1>
 <p>{p.total_insns:,} guest instructions per inference{per_mac}, {p.macs:,} MACs; {len(p.nodes)} nodes after fusion,
-counted under QEMU ({p.runs} runs minus 1).</p>
+counted under QEMU ({p.runs} runs minus 1); mode {html.escape(p.mode)}.</p>
 {check}
 <table id="profile"><tr><th>node</th><th>op</th><th>fused ONNX nodes</th><th>MACs</th><th>insns</th>
 <th>insns/MAC</th><th>share</th><th>chart</th></tr>
@@ -338,7 +338,8 @@ def diff(old: dict, new: dict) -> str:
         return f"{100 * (n - o) / o:+7.1f}%" if o else "      - "
 
     changes = sorted(names, key=lambda n: (-abs(b.get(n, {}).get("insns", 0) - a.get(n, {}).get("insns", 0)), n))
-    lines = [f"{old['model']} on {old['target']}  ->  {new['model']} on {new['target']}", "",
+    lines = [f"{old['model']} on {old['target']} ({old.get('mode', '?')})  ->  "
+             f"{new['model']} on {new['target']} ({new.get('mode', '?')})", "",
              f"{'change':>13} {'':8} {'old':>12} {'new':>12} {'old/MAC':>7} {'new/MAC':>7}  node"]
     for n in changes:
         o, w = a.get(n, {}).get("insns", 0), b.get(n, {}).get("insns", 0)
