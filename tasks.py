@@ -21,26 +21,49 @@ def _exec(args):
 # otherwise take `--help` as the value of a required positional (`invoke build --help`
 # ran a build of target "--help"). Missing required options are reported by the command.
 @task(help={"target": "target profile (invoke targets lists them); required",
-            "model": "ONNX file (default: the bundled keyword-spotting DS-CNN)",
+            "model": "ONNX file (default: the bundled keyword-spotting DS-CNN); repeat as FILE:NAME for "
+                     "one library of several models",
             "name": "symbol prefix and file stem", "out": "output directory (default build/<target>)",
-            "dump_ir": "print the IR after every pass", "dim": "bind a symbolic dimension, NAME=N (repeatable)",
+            "dump_ir": "print the IR after every pass",
+            "dim": "bind a symbolic dimension, NAME=N, or bound a batch, NAME<=N (repeatable)",
             "emit": "object (default: <name>.o, lib<name>.a) or c (portable C99 <name>.c)",
             "flash_budget": "fail if flash (text+rodata+data) exceeds BYTES",
-            "ram_budget": "fail if RAM (data+bss+arena+stack) exceeds BYTES"},
-      iterable=["dim"])
+            "ram_budget": "fail if RAM (data+bss+arena+stack) exceeds BYTES",
+            "weights": "internal (default) or external: weights in <name>_weights.bin, <name>_run_ext"},
+      iterable=["dim", "model"])
 def build(c, target=None, model=None, name=None, out=None, dump_ir=False, dim=None, emit=None,
-          flash_budget=None, ram_budget=None):
+          flash_budget=None, ram_budget=None, weights=None):
     """Compile a model to <out>/<name>.o, lib<name>.a (or <name>.c), <name>.h, <name>.json,
     <name>.cmake and <name>.mk (runs `python -m toolchain build`, the edgec CLI)."""
     args = [PY, "-m", "toolchain", "build"]
-    for flag, value in (("--target", target), ("--model", model), ("--name", name), ("--out", out),
-                        ("--emit", emit), ("--flash-budget", flash_budget), ("--ram-budget", ram_budget)):
+    for flag, value in (("--target", target), ("--name", name), ("--out", out),
+                        ("--emit", emit), ("--flash-budget", flash_budget), ("--ram-budget", ram_budget),
+                        ("--weights", weights)):
         if value is not None:
             args += [flag, str(value)]
+    for m in model or []:
+        args += ["--model", m]
     for d in dim or []:
         args += ["--dim", d]
     if dump_ir:
         args.append("--dump-ir")
+    _exec(args)
+
+
+@task(help={"target": "target profile (required)", "model": "ONNX file (default: the bundled DS-CNN)",
+            "input": "an .npz of input arrays by name (default: seeded normal)",
+            "dim": "bind a symbolic dimension, NAME=N (repeatable)", "json": "write the figures as JSON"},
+      iterable=["dim"])
+def compare(c, target=None, model=None, input=None, dim=None, json=None):
+    """Per-layer differences on the target against onnxruntime (every intermediate tensor:
+    max abs/rel error, cosine), the first node out of tolerance; non-zero exit if the outputs differ."""
+    ensure_qemu()
+    args = [PY, "-m", "toolchain", "compare"]
+    for flag, value in (("--target", target), ("--model", model), ("--input", input), ("--json", json)):
+        if value is not None:
+            args += [flag, str(value)]
+    for d in dim or []:
+        args += ["--dim", d]
     _exec(args)
 
 

@@ -10,6 +10,11 @@
  * outputs and its arena. With EDGEC_UNTIMED=1 in the environment the clock is not read
  * and nothing is printed per run, so every run executes exactly the same instructions
  * (for counting them under QEMU).
+ * A build with a bounded batch (-DEDGEC_RUN_DIMS=<name>_run_dims) runs that entry point
+ * with the dimensions in EDGEC_DIMS (comma-separated) when it is set; the input and output
+ * sizes on the command line are then those of that batch.
+ * A build with external weights (-DEDGEC_RUN_EXT=<name>_run_ext) reads them from the file
+ * named by EDGEC_WEIGHTS into an aligned buffer and passes its address.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -80,10 +85,32 @@ int main(int argc, char **argv) {
     /* The guard zone starts right after the arena the model is given. */
     unsigned char *arena = arena_storage;
     memset(arena + arena_bytes, GUARD_BYTE, (size_t)ARENA_SIZE + GUARD - arena_bytes);
+#ifdef EDGEC_RUN_EXT
+    const char *weights_path = getenv("EDGEC_WEIGHTS");
+    size_t weights_size = CAT(EDGEC_PREFIX, _WEIGHTS_SIZE);
+    void *weights = aligned_alloc(CAT(EDGEC_PREFIX, _WEIGHTS_ALIGN), (weights_size + 63) / 64 * 64);
+    FILE *wf = weights_path ? fopen(weights_path, "rb") : NULL;
+    if (!weights || !wf || fread(weights, 1, weights_size, wf) != weights_size) return fail("cannot read EDGEC_WEIGHTS");
+    fclose(wf);
+#endif
+#ifdef EDGEC_RUN_DIMS
+    int32_t dims[16] = {0};
+    const char *dims_env = getenv("EDGEC_DIMS");
+    for (int d = 0; dims_env && *dims_env && d < 16; d++) {
+        dims[d] = (int32_t)strtol(dims_env, (char **)&dims_env, 10);
+        if (*dims_env == ',') dims_env++;
+    }
+#endif
     if (timed) printf("times_ns:");
     for (long r = 0; r < runs; r++) {
         uint64_t t0 = timed ? now_ns() : 0;
+#if defined(EDGEC_RUN_EXT)
+        int rc = EDGEC_RUN_EXT(weights, inputs, outputs, arena);
+#elif defined(EDGEC_RUN_DIMS)
+        int rc = getenv("EDGEC_DIMS") ? EDGEC_RUN_DIMS(inputs, outputs, arena, dims) : EDGEC_RUN(inputs, outputs, arena);
+#else
         int rc = EDGEC_RUN(inputs, outputs, arena);
+#endif
         uint64_t t1 = timed ? now_ns() : 0;
         if (rc != 0) {
             fprintf(stderr, "harness: run returned %d\n", rc);

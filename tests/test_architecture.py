@@ -22,9 +22,9 @@ LAYERS = [
     ["backends"],
     ["emit", "integration", "cache"],
     ["inspect"],
-    ["compiler"],
+    ["compiler", "library"],
     ["harness", "inprocess"],
-    ["bench", "firmware", "profile", "cli", "__main__", ""],
+    ["bench", "compare", "firmware", "profile", "cli", "__main__", ""],
 ]
 MAX_LINES = 600
 

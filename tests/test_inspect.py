@@ -12,7 +12,7 @@ import pytest
 from onnx import helper
 
 from helpers import ROOT, make_model
-from toolchain.backends.llvm import call_graph, compile_ir
+from toolchain.backends.llvm import call_graph, compile_ir, dynamic_allocas
 from toolchain.compiler import build
 from toolchain.emit import ar_archive
 from toolchain.errors import CompileError, InternalError
@@ -110,6 +110,23 @@ def test_stack_reported_for_every_entry(builds, target):
     # return address stays in a register (AArch64, RISC-V); test_stack_of_a_known_large_frame
     # checks the figure itself
     assert 0 <= report.stack_bytes["net_run"] < 64 * 1024
+    # the header states the same figure for firmware to reserve
+    header = (built(builds, target) / "net.h").read_text()
+    assert f"#define NET_STACK_SIZE   {report.stack_bytes['net_run']}u " in header
+
+
+def test_a_run_time_sized_stack_buffer_is_found_by_function():
+    ir_text = """
+define void @fixed(i64 %n) {
+  %a = alloca [4 x float], align 16
+  ret void
+}
+define void @sized(i64 %n) {
+  %a = alloca float, i64 %n, align 16
+  ret void
+}
+"""
+    assert dynamic_allocas(ir_text) == ["sized"]
 
 
 BIG_FRAME_IR = """
@@ -255,3 +272,49 @@ def test_json_html_and_diff(builds, tmp_path):
     assert weight_line.split()[0] == f"{weights_growth:+,d}"
     assert "[flash]" in text
     assert html_chart(size_report(small, "net")).startswith("<!doctype html>")
+
+
+def test_weights_live_in_their_own_read_only_section(tmp_path):
+    """`.rodata.<name>.weights` on both paths, so a linker script can place them."""
+    from toolchain.compiler import compile_onnx
+
+    model = make_model([helper.make_node("Gemm", ["x", "w"], ["y"])], {"x": (np.float32, [1, 64])},
+                       {"y": (np.float32, [1, 300])}, {"w": np.random.default_rng(0).standard_normal((64, 300))
+                                                       .astype(np.float32)})
+    for emit in ("object", "c"):
+        c = compile_onnx(model, "cortex-a76", name="net", emit=emit)
+        assert c.info.sections.get(".rodata.net.weights", 0) >= 64 * 300 * 4, (emit, c.info.sections)
+        assert not c.info.writable
+
+
+@pytest.mark.parametrize("where", ["x86-64-v3", "cortex-a76", "rv64gcv"])
+def test_external_weights_match_the_default_build_bit_for_bit(where, tmp_path):
+    """--weights external: the object holds no weight bytes, <name>_weights.bin does, and
+    <name>_run_ext given its address computes exactly what the default build computes."""
+    from toolchain.compiler import build, fnv1a64
+    from toolchain.harness.runner import link_harness, run_model
+    from toolchain.targets import get_profile
+
+    model = ROOT / "models" / "kws_dscnn.onnx"
+    profile = get_profile(where)
+    x = np.random.default_rng(3).standard_normal((1, 1, 49, 10)).astype(np.float32)
+    outs = {}
+    for weights in ("internal", "external"):
+        out = tmp_path / weights
+        res = build(model, where, "model", out, weights=weights)
+        exe = link_harness(out, "model", profile)
+        env = {"EDGEC_WEIGHTS": str(out / "model_weights.bin")} if weights == "external" else None
+        specs = [(o["dtype"], tuple(o["shape"])) for o in res.manifest["outputs"]]
+        outs[weights] = run_model(exe, profile, [x], specs, env=env).outputs[0]
+    assert outs["internal"].tobytes() == outs["external"].tobytes()
+    blob = (tmp_path / "external" / "model_weights.bin").read_bytes()
+    obj = (tmp_path / "external" / "model.o").read_bytes()
+    for const in res.compiled.graph.constants():  # every weight of the compiled graph
+        head = const.data.tobytes()[:64]
+        if len(head) == 64:
+            assert head in blob and head not in obj, const.name
+    assert not any(s.startswith(".rodata.model.weights") for s in read_object(obj).sections)
+    header = (tmp_path / "external" / "model.h").read_text()
+    assert f"#define MODEL_WEIGHTS_SIZE  {len(blob)}u" in header
+    assert f"UINT64_C(0x{fnv1a64(blob):016x})" in header
+    assert "int model_run_ext(const void *weights," in header and "int model_run(" not in header

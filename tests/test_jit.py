@@ -409,3 +409,18 @@ def test_cache_disabled_compiles_every_time(monkeypatch, private_cache):
     toolchain.compile_model(m)
     assert cache.compile_count == before + 2
     assert not private_cache.exists() or not list(private_cache.rglob("*.entry"))
+
+
+def test_the_matrix_run_twice_compiles_nothing_the_second_time(capsys):
+    """`invoke ci` (toolchain.bench.run) over unchanged inputs: the second run takes every
+    build from the disk cache and says so."""
+    from toolchain import bench
+
+    models = [KWS]
+    assert bench.run([T, "cortex-a76"], models, runs=3, count=False) == 0
+    first = capsys.readouterr().out
+    cache._memory.clear()  # as a new process would start
+    assert bench.run([T, "cortex-a76"], models, runs=3, count=False) == 0
+    second = capsys.readouterr().out
+    assert "compiled 2 of 2 builds (0 from the compile cache)" in first
+    assert "compiled nothing: all 2 builds came from the compile cache" in second

@@ -119,6 +119,7 @@ def _bench_into(res, model_path, target, workdir, runs, count, compare):
     model = onnx.load(str(model_path))
     out = Path(workdir) / f"{target}-{model_path.stem}"
     built = build(model_path, target, "model", out)
+    res.extra["compiled"] = built.compiled is not None  # False: the compile cache had it
     man = built.manifest
     res.macs, res.arena_bytes = man["macs"], man["arena"]["size"]
     res.code_bytes, res.weight_bytes = man["code_bytes"], man["weight_bytes"]
@@ -267,10 +268,21 @@ def run(targets: list[str], models: list[Path], json_path: str | None = None, ru
                 print(f"  {r.model} on {r.target}: {'ok' if r.ok else 'FAILED'}", file=sys.stderr, flush=True)
                 results.append(r)
     print(table(results))
+    print(compile_summary(results))
     if json_path:
         write_json(results, Path(json_path))
         print(f"wrote {json_path}")
     return 0 if all(r.ok for r in results) else 1
+
+
+def compile_summary(results: list[Result]) -> str:
+    """Whether the matrix compiled anything: a second run over unchanged inputs takes
+    every build from the compile cache (toolchain/cache.py)."""
+    built = [r for r in results if "compiled" in r.extra]
+    compiled = sum(r.extra["compiled"] for r in built)
+    if built and compiled == 0:
+        return f"compiled nothing: all {len(built)} builds came from the compile cache"
+    return f"compiled {compiled} of {len(built)} builds ({len(built) - compiled} from the compile cache)"
 
 
 def main(argv=None) -> int:

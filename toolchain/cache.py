@@ -164,7 +164,8 @@ def profile_digest(profile) -> str:
 
 
 def key_fields(model_sha256: str, inputs: list[dict], profile, name: str, emit: str = "object",
-               dims: dict | None = None, budgets: dict | None = None, model_file: str = "") -> dict:
+               dims: dict | None = None, budgets: dict | None = None, model_file: str = "",
+               weights: str = "internal") -> dict:
     llvmlite_v, llvm_v = _llvm_versions()
     from .version import __version__
     return {
@@ -175,7 +176,8 @@ def key_fields(model_sha256: str, inputs: list[dict], profile, name: str, emit: 
         "target": profile.name,
         "profile_sha256": profile_digest(profile),
         "options": {"name": name, "emit": emit, "dims": dict(sorted((dims or {}).items())),
-                    "budgets": {k: v for k, v in sorted((budgets or {}).items()) if v is not None}},
+                    "budgets": {k: v for k, v in sorted((budgets or {}).items()) if v is not None},
+                    **({"weights": weights} if weights != "internal" else {})},
         "compiler": __version__,
         "compiler_source_sha256": compiler_source_digest(),
         "llvmlite": llvmlite_v,
@@ -438,7 +440,7 @@ class BuildHook:
     started: float = 0.0
 
     @classmethod
-    def open(cls, model_path, profile, name, dims, emit, budgets) -> BuildHook | None:
+    def open(cls, model_path, profile, name, dims, emit, budgets, weights="internal") -> BuildHook | None:
         """None when the model cannot even be read: build then reports that itself."""
         t0 = time.perf_counter()
         try:
@@ -449,7 +451,7 @@ class BuildHook:
             utf8_names(proto)  # names as text, as the importer sees them
             digest = model_digest(data, proto, path.parent)
             fields = key_fields(digest, bound_inputs(proto, dims or {}), profile, name, emit, dims, budgets,
-                                path.name)
+                                path.name, weights)
             key = make_key(fields)
         except Exception:  # noqa: BLE001
             return None

@@ -12,17 +12,24 @@ from .errors import CompileError, InvalidModelError
 MAX_DIM = 2**31 - 1  # a symbolic dimension bound at build time; ONNX's own are int64
 
 
+MAX_BOUND = 65536  # a bounded dimension (NAME<=N) is a loop count in the entry point
+
+
 def _dims(specs):
+    """--dim NAME=N binds a symbolic dimension; --dim NAME<=N bounds it (1..N at run time)."""
     dims = {}
     for spec in specs or []:
-        key, _, val = spec.partition("=")
-        if not key or not re.fullmatch(r"[0-9]{1,20}", val):
-            raise InvalidModelError(f"--dim wants NAME=N with N a positive integer, got '{spec}'")
-        if not 1 <= int(val) <= MAX_DIM:
-            raise InvalidModelError(f"--dim {key}={val} is out of range (1..{MAX_DIM})")
-        if key in dims and dims[key] != int(val):
-            raise InvalidModelError(f"--dim {key} given twice ({dims[key]} and {val})")
-        dims[key] = int(val)
+        m = re.fullmatch(r"(.+?)(<=|=)([0-9]{1,20})", spec)
+        if not m:
+            raise InvalidModelError(f"--dim wants NAME=N or NAME<=N with N a positive integer, got '{spec}'")
+        key, how, val = m.group(1), m.group(2), int(m.group(3))
+        top = MAX_BOUND if how == "<=" else MAX_DIM
+        if not 1 <= val <= top:
+            raise InvalidModelError(f"--dim {key}{how}{val} is out of range (1..{top})")
+        new = (1, val) if how == "<=" else val
+        if key in dims and dims[key] != new:
+            raise InvalidModelError(f"--dim {key} given twice ({spec} and an earlier one)")
+        dims[key] = new
     return dims
 
 
@@ -55,11 +62,16 @@ def _write_report(flag: str, path, text: str):
 
 def cmd_build(args):
     dims = _dims(args.dim)  # before the (slow) imports: a usage error is instant
+    models = args.model if isinstance(args.model, list) else [args.model] if args.model else []
+    if len(models) > 1:
+        return _build_library(args, models, dims)
+    args.model = models[0] if models else None
     from .compiler import build
 
     dump = sys.stderr if args.dump_ir else None
     res = build(args.model, args.target, args.name, args.out, dims, dump, emit=args.emit,
-                budgets={"flash_bytes": args.flash_budget, "ram_bytes": args.ram_budget})
+                budgets={"flash_bytes": args.flash_budget, "ram_bytes": args.ram_budget},
+                weights=getattr(args, "weights", "internal"))
     m = res.manifest
     print(f"built {m['model']} for {m['target']['name']} -> {res.paths['header'].parent}")
     for kind, path in res.paths.items():
@@ -70,6 +82,24 @@ def cmd_build(args):
           f"{m['macs']} MACs/inference")
     print(f"  flash     {m['flash_bytes']} bytes; RAM {m['ram_bytes']} bytes "
           f"(arena + stack {max(m['stack_bytes'].values(), default=0)})")
+    return res
+
+
+def _build_library(args, specs, dims):
+    if dims or args.emit != "object" or args.dump_ir or args.weights != "internal":
+        raise InvalidModelError("a library of several models takes no --dim, --emit c, --weights or --dump-ir")
+    from .library import build_library, parse_model_specs
+
+    res = build_library(parse_model_specs(specs), args.target, args.name, args.out,
+                        budgets={"flash_bytes": args.flash_budget, "ram_bytes": args.ram_budget})
+    m = res["manifest"]
+    print(f"built {', '.join(m['models'])} into one library for {m['target']['name']}")
+    for path in res["paths"].values():
+        print(f"  {path}")
+    for n, mm in m["models"].items():
+        print(f"  {n:12} arena {mm['arena']['size']} bytes, stack {mm['stack_bytes'][n + '_run']} bytes, "
+              f"{mm['macs']} MACs")
+    print(f"  shared arena {m['shared_arena']['size']} bytes; flash {m['flash_bytes']} bytes; RAM {m['ram_bytes']} bytes")
     return res
 
 
@@ -141,6 +171,21 @@ def cmd_profile(args):
         _write_report("--html", args.html, html_page(report))
 
 
+def cmd_compare(args):
+    dims = _dims(args.dim)
+    if args.json:
+        _writable_file("--json", args.json)
+    from .compare import compare, load_inputs, outputs_ok, report, to_json
+
+    inputs = load_inputs(args.input) if args.input else None
+    diffs = compare(args.model, args.target, inputs, dims)
+    print(report(diffs))
+    if args.json:
+        _write_report("--json", args.json, to_json(diffs))
+    if not outputs_ok(diffs):
+        raise CompileError(f"the outputs on {args.target} differ from onnxruntime beyond tolerance")
+
+
 def cmd_ops(args):
     from .ops import registry
 
@@ -170,15 +215,21 @@ def parser():
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     b = sub.add_parser("build", help="compile an ONNX model to object, library, header, manifest")
     b.add_argument("--target", required=True)
-    b.add_argument("--model", help="ONNX file (default: the bundled keyword-spotting DS-CNN)")
+    b.add_argument("--model", action="append",
+                   help="ONNX file (default: the bundled keyword-spotting DS-CNN); several as FILE:NAME "
+                        "build one library of them (--name names the library)")
     b.add_argument("--name", default="model", help="symbol prefix and file stem (default: model)")
     b.add_argument("--out", help="output directory (default: build/<target>)")
-    b.add_argument("--dim", action="append", metavar="NAME=N", help="bind a symbolic input dimension")
+    b.add_argument("--dim", action="append", metavar="NAME=N", help="bind a symbolic input dimension (NAME=N) or bound a batch dimension (NAME<=N: one library "
+                            "for every size up to N, <name>_run_dims)")
     b.add_argument("--dump-ir", action="store_true", help="print the IR after every pass to stderr")
     b.add_argument("--flash-budget", type=_budget, metavar="BYTES", help="fail if flash (text+rodata+data) exceeds this")
     b.add_argument("--ram-budget", type=_budget, metavar="BYTES", help="fail if RAM (data+bss+arena+stack) exceeds this")
     b.add_argument("--emit", choices=["object", "c"], default="object",
                    help="object: <name>.o + lib<name>.a (default); c: portable C99 <name>.c")
+    b.add_argument("--weights", choices=["internal", "external"], default="internal",
+                   help="internal: in the object's .rodata.<name>.weights (default); external: in "
+                        "<name>_weights.bin, passed to <name>_run_ext (external flash, a file system)")
     b.set_defaults(fn=cmd_build)
     z = sub.add_parser("size", help="flash/RAM/stack report of a build (builds it if needed)")
     z.add_argument("--target")
@@ -200,6 +251,13 @@ def parser():
     pr.add_argument("--runs", type=int, default=3, help="inferences in the long run (default 3; minus 1 run)")
     pr.add_argument("--diff", nargs=2, metavar=("OLD_JSON", "NEW_JSON"), help="compare two --json profiles per node")
     pr.set_defaults(fn=cmd_profile)
+    c = sub.add_parser("compare", help="per-layer differences on the target against onnxruntime")
+    c.add_argument("--target", required=True)
+    c.add_argument("--model", help="ONNX file (default: the bundled keyword-spotting DS-CNN)")
+    c.add_argument("--input", metavar="FILE.npz", help="input arrays by input name (default: seeded normal)")
+    c.add_argument("--dim", action="append", metavar="NAME=N", help="bind a symbolic input dimension")
+    c.add_argument("--json", metavar="PATH", help="write the per-tensor figures as JSON")
+    c.set_defaults(fn=cmd_compare)
     sub.add_parser("targets", help="list target profiles").set_defaults(fn=cmd_targets)
     sub.add_parser("ops", help="list supported ops").set_defaults(fn=cmd_ops)
     return ap

@@ -14,7 +14,8 @@ from .cache import BuildHook
 from .contract import entry_symbols, is_valid_name
 from .emit import ar_archive, build_id, c_header, check_out_dir, manifest_json, owned_files, replace_outputs
 from .errors import InvalidModelError
-from .frontend.onnx_import import import_model, load_model
+from .frontend.batching import import_batched
+from .frontend.onnx_import import load_model
 from .inspect.elf import ObjectInfo, check_self_contained, read_object
 from .inspect.size import check_budgets, totals
 from .inspect.stack import stack_usage
@@ -40,6 +41,7 @@ class Compiled:
     stack: dict = None  # entry symbol -> worst-case stack bytes (None: not known)
     c_source: str = ""  # the C path's <name>.c (emit="c"); its object is the check build
     emit: str = "object"
+    files: dict = None  # extra artifacts by kind (the external weights' blob)
 
 
 @dataclass
@@ -55,7 +57,8 @@ def check_name(name: str):
 
 
 def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = None,
-                  emit: str = "object", separate_nodes: bool = False, node_lines: bool = False) -> Compiled:
+                  emit: str = "object", weights: str = "internal", separate_nodes: bool = False,
+                  node_lines: bool = False) -> Compiled:
     """Passes (schedules chosen for the backend's vector unit), memory plan, the backend's
     object, self-containment check, worst-case stack. Nothing touches disk.
     separate_nodes, node_lines (object path only): the profiling builds of toolchain.profile
@@ -66,48 +69,56 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
         raise InvalidModelError(f"profiling builds need the object backend, not '{emit}'")
     run_pipeline(g, dump=dump, vector=backend.vector_unit(profile))
     plan = plan_memory(g, profile.arena_align)
+    if weights not in WEIGHT_PLACEMENTS:
+        raise InvalidModelError(f"--weights must be one of {', '.join(WEIGHT_PLACEMENTS)}, got '{weights}'")
     options = {k: True for k, v in (("separate_nodes", separate_nodes), ("node_lines", node_lines)) if v}
-    out = backend.generate(g, plan, name, profile, **options)
+    out = backend.generate(g, plan, name, profile, weights=weights, **options)
     info = read_object(out.object)
     check_self_contained(info, profile, name)
-    stack = stack_usage(out.frames, out.calls, entry_symbols(name), profile.return_address_bytes)
-    return Compiled(g, plan, out.object, info, out.llvm_ir, stack, out.c_source, emit)
+    entries = entry_symbols(name, g.batch is not None, weights == "external")
+    stack = stack_usage(out.frames, out.calls, entries, profile.return_address_bytes)
+    return Compiled(g, plan, out.object, info, out.llvm_ir, stack, out.c_source, emit, dict(out.files))
+
+
+WEIGHT_PLACEMENTS = ("internal", "external")
 
 
 def compile_onnx(model: onnx.ModelProto, target: str, name: str = "model", dims=None,
-                 dump: TextIO | None = None, emit: str = "object") -> Compiled:
+                 dump: TextIO | None = None, emit: str = "object", weights: str = "internal") -> Compiled:
     check_name(name)
     profile = get_profile(target)
-    return compile_graph(import_model(model, name, dims), profile, name, dump, emit)
+    return compile_graph(import_batched(model, name, dims), profile, name, dump, emit, weights)
 
 
 def build(model_path: str | Path | None, target: str, name: str = "model", out: str | Path | None = None,
           dims: dict[str, int] | None = None, dump: TextIO | None = None, emit: str = "object",
-          budgets: dict | None = None) -> BuildResult:
+          budgets: dict | None = None, weights: str = "internal") -> BuildResult:
     """emit="object": <name>.o and lib<name>.a (LLVM); emit="c": <name>.c (portable C99).
     Both also write <name>.h, <name>.json and the CMake/Make fragments.
     budgets: {"flash_bytes": n, "ram_bytes": n} over the target profile's own; a build over
     budget fails and writes nothing. The output directory is checked before compiling, and
-    the files of the build replace the previous ones of the same name as one set."""
+    the files of the build replace the previous ones of the same name as one set.
+    weights="external": no weight bytes in the object; <name>_weights.bin holds them and
+    <name>_run_ext takes their address (for weights in external flash or a file system)."""
     check_name(name)
     get_backend(emit)
     profile = get_profile(target)
     model_path = Path(model_path) if model_path else DEFAULT_MODEL
     out = Path(out) if out else PROJECT_ROOT / "build" / target
     check_out_dir(out, owned_files(name))
-    hook = BuildHook.open(model_path, profile, name, dims, emit, budgets) if dump is None else None
+    hook = BuildHook.open(model_path, profile, name, dims, emit, budgets, weights) if dump is None else None
     if hook is not None and (hit := hook.restore(out)) is not None:
         return BuildResult(*hit, compiled=None)  # a cache hit: the artifacts, nothing compiled
     model = load_model(model_path)
-    compiled = compile_graph(import_model(model, name, dims), profile, name, dump, emit)
+    compiled = compile_graph(import_batched(model, name, dims), profile, name, dump, emit, weights)
     options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__,
-               **({"emit": emit} if emit != "object" else {})}
+               **({"emit": emit} if emit != "object" else {}), **({"weights": weights} if weights != "internal" else {})}
     manifest = make_manifest(compiled, profile, name, model_path, options)
     manifest["build_id"] = build_id(manifest)
     check_budgets({**manifest, "arena_bytes": manifest["arena"]["size"],
                    "symbols": compiled.info.by_size()},
                   {**profile.budgets, **{k: v for k, v in (budgets or {}).items() if v is not None}})
-    kinds = [*get_backend(emit).ships, "header", "manifest", "cmake", "make"]
+    kinds = [*get_backend(emit).ships, *compiled.files, "header", "manifest", "cmake", "make"]
     files = {ARTIFACTS[kind][0](name): ARTIFACTS[kind][1](compiled, name, manifest) for kind in kinds}
     try:
         replace_outputs(out, name, files, owned_files(name))
@@ -127,6 +138,7 @@ ARTIFACTS = {
     "object": (lambda n: f"{n}.o", lambda c, n, m: c.object),
     "library": (lambda n: f"lib{n}.a", lambda c, n, m: _library(c, n)),
     "source": (lambda n: f"{n}.c", lambda c, n, m: c.c_source.encode()),
+    "weights": (lambda n: f"{n}_weights.bin", lambda c, n, m: c.files["weights"]),
     "header": (lambda n: f"{n}.h", lambda c, n, m: c_header(n, m).encode()),
     "manifest": (lambda n: f"{n}.json", lambda c, n, m: manifest_json(m)),
     "cmake": (lambda n: f"{n}.cmake", lambda c, n, m: cmake_file(n, c.emit).encode()),
@@ -134,9 +146,34 @@ ARTIFACTS = {
 }
 
 
-def _tensor_info(v):
-    return {"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.shape),
+def _tensor_info(v, batch=None, carries=False):
+    """A graph input or output; with a bounded batch, its shape and sizes at the bound and
+    the name of the batch dimension it carries on axis 0."""
+    info = {"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.shape),
             "elems": v.type.size, "bytes": v.type.nbytes}
+    if batch is not None and carries:
+        info.update(shape=[batch.hi, *v.type.shape[1:]], elems=v.type.size * batch.hi,
+                    bytes=v.type.nbytes * batch.hi, item_bytes=v.type.nbytes, batch_dim=batch.dim)
+    return info
+
+
+def _external_weights(blob: bytes, name: str) -> dict:
+    return {"placement": "external", "file": f"{name}_weights.bin", "size": len(blob), "align": 64,
+            "fnv1a64": f"{fnv1a64(blob):016x}"}
+
+
+def fnv1a64(data: bytes) -> int:
+    """FNV-1a, 64 bits: a checksum a firmware computes in a few lines of C (the header gives it)."""
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def _io_info(g, kind: str) -> list:
+    values = getattr(g, kind)
+    carries = getattr(g.batch, kind) if g.batch else (False,) * len(values)
+    return [_tensor_info(v, g.batch, c) for v, c in zip(values, carries)]
 
 
 def _file_hash(path: Path) -> str:
@@ -154,11 +191,13 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
         "model": model_path.name,
         "target": {"name": profile.name, "triple": profile.triple, "cpu": profile.cpu,
                    "features": profile.features},
-        "inputs": [_tensor_info(v) for v in g.inputs],
-        "outputs": [_tensor_info(v) for v in g.outputs],
+        "inputs": _io_info(g, "inputs"),
+        "outputs": _io_info(g, "outputs"),
+        **({"bounded_dims": {g.batch.dim: {"min": g.batch.lo, "max": g.batch.hi, "axis": 0}}} if g.batch else {}),
         "arena": {"size": c.plan.arena_size, "align": c.plan.alignment, "lower_bound": c.plan.lower_bound},
         "code_bytes": t["text"],
         "weight_bytes": weight_bytes,
+        **({"weights": _external_weights(c.files["weights"], name)} if (c.files or {}).get("weights") else {}),
         "rodata_bytes": t["rodata"],
         "stack_bytes": stack,
         "flash_bytes": t["text"] + t["rodata"] + t["data"],

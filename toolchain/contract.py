@@ -3,6 +3,11 @@ header macro names, and how text from a model is made safe inside generated C. B
 spell them from here.
 
     int <name>_run(const void *const *inputs, void *const *outputs, void *arena);
+
+and with a bounded batch (--dim N<=8), also
+
+    int <name>_run_dims(const void *const *inputs, void *const *outputs, void *arena,
+                        const int32_t *dims);
 """
 from __future__ import annotations
 
@@ -22,9 +27,45 @@ def run_prototype(name: str) -> str:
     return f"{RUN_RETURNS} {run_symbol(name)}({RUN_PARAMS})"
 
 
-def entry_symbols(name: str) -> list[str]:
+DIMS_PARAM = "const int32_t *dims"
+# <name>_run_dims returns this when a run-time dimension is outside its bounds (nothing written)
+ERR_DIM_OUT_OF_RANGE = 1
+
+
+def run_ext_symbol(name: str) -> str:
+    """The entry point of a build whose weights live outside the object (--weights external)."""
+    return f"{name}_run_ext"
+
+
+def run_ext_prototype(name: str) -> str:
+    return f"{RUN_RETURNS} {run_ext_symbol(name)}(const void *weights, {RUN_PARAMS})"
+
+
+def run_dims_symbol(name: str) -> str:
+    """The entry point taking the run-time value of each bounded dimension."""
+    return f"{name}_run_dims"
+
+
+def run_dims_prototype(name: str) -> str:
+    return f"{RUN_RETURNS} {run_dims_symbol(name)}({RUN_PARAMS}, {DIMS_PARAM})"
+
+
+def item_symbol(name: str) -> str:
+    """The internal function running one item of a bounded batch."""
+    return f"{name}_run_item"
+
+
+def entry_symbols(name: str, bounded: bool = False, external: bool = False) -> list[str]:
     """Every exported function of the contract (the stack report covers each)."""
-    return [run_symbol(name)]
+    if external:
+        return [run_ext_symbol(name)]
+    return [run_symbol(name), run_dims_symbol(name)] if bounded else [run_symbol(name)]
+
+
+def weights_section(name: str) -> str:
+    """The ELF section holding a build's weights (read-only), so a firmware linker script
+    can place them (external flash, a chosen bank): `*(.rodata.<name>.weights)`."""
+    return f".rodata.{name}.weights"
 
 
 def macro_prefix(name: str) -> str:

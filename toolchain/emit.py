@@ -15,7 +15,8 @@ import struct
 import tempfile
 from pathlib import Path
 
-from .contract import c_comment_text, macro_prefix, run_prototype
+from .contract import (ERR_DIM_OUT_OF_RANGE, c_comment_text, macro_prefix, run_dims_prototype, run_ext_prototype,
+                       run_ext_symbol, run_prototype, run_symbol)
 from .errors import InvalidModelError
 
 
@@ -84,6 +85,7 @@ def c_header(name: str, manifest: dict) -> str:
         f"#ifndef {guard}",
         f"#define {guard}",
         "",
+        *(["#include <stdint.h>", ""] if manifest.get("bounded_dims") or manifest.get("weights") else []),
         "#ifdef __cplusplus",
         'extern "C" {',
         "#endif",
@@ -91,9 +93,24 @@ def c_header(name: str, manifest: dict) -> str:
         f"#define {up}_BUILD_ID     \"{build_id(manifest)}\"  /* from the content hashes of {name}.json */",
         f"#define {up}_ARENA_SIZE   {arena_size}u  /* bytes the caller provides */",
         f"#define {up}_ARENA_ALIGN  {arena['align']}u  /* arena alignment in bytes */",
+        *([f"#define {up}_STACK_SIZE   {int(stack)}u  /* worst-case stack of {run_symbol(name)} in bytes "
+           "(the size report's figure); reserve it plus the caller's own frames */"]
+          if (stack := manifest.get("stack_bytes", {}).get(run_symbol(name))) is not None else []),
+        *([f"#define {up}_WEIGHTS_SIZE  {w['size']}u  /* bytes of {c_comment_text(w['file'])}, which "
+           f"{run_ext_symbol(name)} reads */",
+           f"#define {up}_WEIGHTS_ALIGN {w['align']}u  /* the address given to {run_ext_symbol(name)} is aligned so */",
+           f"#define {up}_WEIGHTS_FNV1A64 UINT64_C(0x{w['fnv1a64']})  /* FNV-1a 64 of the file, to check a copy */"]
+          if (w := manifest.get("weights")) else []),
         f"#define {up}_NUM_INPUTS   {len(manifest['inputs'])}",
         f"#define {up}_NUM_OUTPUTS  {len(manifest['outputs'])}",
     ]
+    bounded = manifest.get("bounded_dims", {})
+    for i, (dim, b) in enumerate(bounded.items()):
+        lines += [f"#define {up}_NUM_DIMS     {len(bounded)}  /* run-time dimensions: dims[] of {up.lower()}_run_dims */",
+                  f"#define {up}_DIM_{dim.upper()}_INDEX {i}  /* dims[{i}]: '{c_comment_text(dim)}', axis 0 */",
+                  f"#define {up}_DIM_{dim.upper()}_MIN {b['min']}",
+                  f"#define {up}_DIM_{dim.upper()}_MAX {b['max']}",
+                  f"#define {up}_ERR_DIM      {ERR_DIM_OUT_OF_RANGE}  /* returned for a dimension outside its bounds */"]
     for kind in ("inputs", "outputs"):
         for i, t in enumerate(manifest[kind]):
             macro = f"{up}_{kind[:-1].upper()}{i}"
@@ -106,6 +123,9 @@ def c_header(name: str, manifest: dict) -> str:
                 f"#define {macro}_DTYPE \"{c_comment_text(dtype)}\"",
                 f"#define {macro}_DTYPE_ID {onnx_dtype_id(dtype)}  /* ONNX TensorProto.DataType */",
             ]
+            if "item_bytes" in t:
+                lines += [f"#define {macro}_ITEM_BYTES {int(t['item_bytes'])}u  /* per item of "
+                          f"'{c_comment_text(t['batch_dim'])}'; ELEMS and BYTES are at its bound */"]
     lines += [
         "",
         "/* Runs one inference. inputs[i] and outputs[j] are dense row-major arrays in the",
@@ -114,7 +134,18 @@ def c_header(name: str, manifest: dict) -> str:
         "   Return codes: 0 = success (the only value this build returns: the model's shapes",
         "   and the arena size are fixed at compile time, so there is no run-time failure to",
         "   report; callers should still treat any non-zero value as an error). */",
-        f"{run_prototype(name)};",
+        *([f"{run_prototype(name)};"] if not manifest.get("weights") else [
+            "/* The weights are not in the library: `weights` is the address of the bytes of",
+            f"   {c_comment_text(manifest['weights']['file'])} (in external flash, or loaded from a file), "
+            "WEIGHTS_ALIGN aligned. */",
+            f"{run_ext_prototype(name)};"]),
+        *([
+            "",
+            "/* The same for a batch of dims[0] items (MIN..MAX of the bounded dimension): the",
+            "   tensors that carry it hold dims[0] items back to back. Returns ERR_DIM without",
+            "   touching outputs or arena when dims[0] is out of bounds. model_run is this at MAX. */",
+            f"{run_dims_prototype(name)};",
+        ] if bounded else []),
         "",
         "#ifdef __cplusplus",
         "}",
@@ -251,7 +282,7 @@ def owned_files(name: str) -> set[str]:
     """Every file a build of this name writes with either --emit (the other kind's are
     removed when the kind changes)."""
     return {f"{name}.o", f"lib{name}.a", f"{name}.c", f"{name}.h", f"{name}.json", f"{name}.cmake",
-            f"{name}.mk"}
+            f"{name}.mk", f"{name}_weights.bin"}
 
 
 def check_out_dir(out: Path, owned=()):

@@ -28,6 +28,8 @@ from .errors import CompileError
 
 _RUN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p),
                         ctypes.c_void_p)
+_RUN_DIMS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p),
+                             ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32))
 _engines: dict = {}  # cache key -> (engine, entry function): one loaded copy of each object
 _engine_lock = threading.Lock()
 
@@ -64,7 +66,7 @@ def host_profile():
     return max(native, key=lambda p: len(p.native_cpu_flags))
 
 
-def _load_object(obj: bytes, symbol: str):
+def _load_object(obj: bytes, symbol: str, proto=_RUN):
     """MCJIT over an empty module plus the object: the engine relocates and maps the object's
     own sections; nothing is recompiled."""
     import llvmlite.binding as llvm
@@ -78,7 +80,7 @@ def _load_object(obj: bytes, symbol: str):
     addr = engine.get_function_address(symbol)
     if not addr:
         raise CompileError(f"the object defines no '{symbol}'")
-    return engine, _RUN(addr)
+    return engine, proto(addr)
 
 
 class CompiledModel:
@@ -112,6 +114,11 @@ class CompiledModel:
         self._ins = (ctypes.c_void_p * max(1, len(self.inputs)))(*[b.ctypes.data for b in self._in_bufs])
         self._outs = (ctypes.c_void_p * max(1, len(self.outputs)))(*[b.ctypes.data for b in self._out_bufs])
         self._checks = [(b, dtype, shape) for b, (_, dtype, shape) in zip(self._in_bufs, self.inputs)]
+        # a bounded batch (dims={"N": (1, 8)}): buffers at the bound, calls with any size in it
+        self.bounded = self.manifest.get("bounded_dims", {})
+        self._carries = ["batch_dim" in t for t in self.manifest["inputs"]]
+        self._out_carries = ["batch_dim" in t for t in self.manifest["outputs"]]
+        self._dims = (ctypes.c_int32 * max(1, len(self.bounded)))()
         self._lock = threading.Lock()
         self._fn = None
         self._native = profile.runs_natively()
@@ -119,7 +126,8 @@ class CompiledModel:
             t0 = time.perf_counter()
             with _engine_lock:
                 if self.key not in _engines:
-                    _engines[self.key] = _load_object(self.object, f"{name}_run")
+                    _engines[self.key] = (_load_object(self.object, f"{name}_run_dims", _RUN_DIMS) if self.bounded
+                                          else _load_object(self.object, f"{name}_run"))
                 self._fn = _engines[self.key][1]
             self.event["times"]["jit load"] = time.perf_counter() - t0
 
@@ -134,6 +142,8 @@ class CompiledModel:
             raise CompileError(f"target '{self.target}' does not run on this host "
                                f"({platform.machine()}); export() the artifacts and run them there")
         checks = self._checks
+        if self.bounded and len(arrays) == len(checks):
+            return self._call_batch(arrays)
         if len(arrays) != len(checks):
             raise CompileError(f"model '{self.name}' takes {len(checks)} input(s) "
                                f"({', '.join(repr(n) for n, _, _ in self.inputs)}), got {len(arrays)}")
@@ -146,6 +156,32 @@ class CompiledModel:
             outs = [b.copy() for b in self._out_bufs]
         if rc != 0:
             raise CompileError(f"{self.name}_run returned {rc}")
+        return outs
+
+    def _call_batch(self, arrays):
+        """One call of <name>_run_dims: the batch size is read off the inputs that carry it."""
+        (dim, bound), = self.bounded.items()
+        n = None
+        for (name, dtype, shape), carries, a in zip(self.inputs, self._carries, arrays):
+            want = (dim, *shape[1:]) if carries else shape
+            if (not isinstance(a, np.ndarray) or a.dtype != dtype or len(a.shape) != len(shape)
+                    or (a.shape[1:] != shape[1:] if carries else a.shape != shape)):
+                raise CompileError(_mismatch(name, dtype, want, a))
+            if carries and n is None:
+                n, first = a.shape[0], name
+            elif carries and a.shape[0] != n:
+                raise CompileError(f"input '{name}': '{dim}' = {a.shape[0]}, but input '{first}' has {n}")
+        if not bound["min"] <= n <= bound["max"]:
+            raise CompileError(f"'{dim}' = {n} is outside {bound['min']}..{bound['max']}, the bound this "
+                               f"model was built for")
+        with self._lock:
+            for buf, carries, a in zip(self._in_bufs, self._carries, arrays):
+                (buf[:n] if carries else buf)[...] = a
+            self._dims[0] = n
+            rc = self._fn(self._ins, self._outs, self._arena, self._dims)
+            outs = [(b[:n] if c else b).copy() for b, c in zip(self._out_bufs, self._out_carries)]
+        if rc != 0:
+            raise CompileError(f"{self.name}_run_dims returned {rc}")
         return outs
 
     def _first_mismatch(self, arrays) -> str:

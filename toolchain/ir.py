@@ -114,9 +114,28 @@ class Node:
         return f"Node({self.op} {self.name})"
 
 
+@dataclass(frozen=True)
+class BatchBound:
+    """A bounded batch dimension (--dim N<=8): the graph is the code for one item (axis 0
+    of 1), which the entry point runs once per item for any size in lo..hi. `inputs` and
+    `outputs` say which graph inputs and outputs carry the batch on axis 0; the others are
+    shared by every item."""
+
+    dim: str
+    lo: int
+    hi: int
+    inputs: tuple[bool, ...]
+    outputs: tuple[bool, ...]
+
+    def scaled(self, shape: tuple, carries: bool, n: int | None = None) -> tuple:
+        """The shape of a per-item tensor for a batch of n (default: the bound)."""
+        return (n or self.hi, *shape[1:]) if carries else tuple(shape)
+
+
 class Graph:
     def __init__(self, name: str):
         self.name = name
+        self.batch: BatchBound | None = None  # set by the front end for a bounded batch
         self.inputs: list[Value] = []
         self.outputs: list[Value] = []
         # the model's own names for its outputs (set by the importer): the last pass,
@@ -229,6 +248,10 @@ class Graph:
         ins = ", ".join(f"%{v.name}: {v.type}" for v in self.inputs)
         outs = ", ".join(operand(v) for v in self.outputs)
         lines = [f"graph {self.name}({ins}) {{"]
+        if self.batch is not None:
+            b = self.batch
+            lines.append(f"  // one item of batch '{b.dim}' in {b.lo}..{b.hi}; carried by inputs "
+                         f"{[i for i, c in enumerate(b.inputs) if c]}, outputs {[i for i, c in enumerate(b.outputs) if c]}")
         for node in self.nodes:
             res = ", ".join(f"%{v.name}" for v in node.outputs)
             types = ", ".join(str(v.type) for v in node.outputs)

@@ -12,8 +12,9 @@ import tempfile
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from ..contract import node_symbols, run_symbol
-from ..errors import InternalError
+from ..contract import (ERR_DIM_OUT_OF_RANGE, item_symbol, node_symbols, run_dims_symbol, run_ext_symbol, run_symbol,
+                        weights_section)
+from ..errors import InternalError, UnsupportedError
 from ..ir import Graph
 from ..kernel.llvm import I8, I32, LLVM_TYPES, Kernel, Tensor
 from ..memory import MemoryPlan
@@ -35,22 +36,51 @@ class LLVMBackend:
         return profile.vector_unit
 
     def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile,
-                 separate_nodes: bool = False, node_lines: bool = False) -> Generated:
-        """The profiling builds of toolchain.profile (a shipped build sets neither, and its
+                 weights: str = "internal", separate_nodes: bool = False, node_lines: bool = False) -> Generated:
+        """weights "external": no weight bytes in the object; they go to <name>_weights.bin
+        (Generated.files) and <name>_run_ext takes their address.
+        The profiling builds of toolchain.profile (a shipped build sets neither, and its
         object does not change with the options present): separate_nodes keeps every node
         in its own function (noinline), so its code has an address range of its own;
         node_lines adds line-table debug info naming each instruction's node
         (backends/debuglines.py) to the shipped build's code."""
-        module = build_module(g, plan, name, profile, separate_nodes)
+        blob = WeightBlob() if weights == "external" else None
+        module = build_module(g, plan, name, profile, blob, separate_nodes)
         text = module_text(module)
         if node_lines:
             symbols = node_symbols(name, g.nodes)
             text = with_node_lines(text, {s: i + 1 for i, s in enumerate(symbols)}, len(symbols) + 1)
         obj, optimized, frames = compile_ir(text, profile)
-        return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
+        for fn in dynamic_allocas(optimized):
+            raise InternalError(f"function '{fn}' allocates stack of a run-time size: its worst-case stack "
+                                "cannot be bounded")
+        files = {"weights": blob.data()} if blob is not None else {}
+        return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized, files=files)
 
 
-def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile,
+class WeightBlob:
+    """Weights kept out of the object (--weights external): each array at a WEIGHT_ALIGN
+    offset in one file, in the order code generation asks for them."""
+
+    def __init__(self):
+        self.parts: list[tuple[int, bytes]] = []
+        self.size = 0
+
+    def add(self, data) -> int:
+        offset = -(-self.size // WEIGHT_ALIGN) * WEIGHT_ALIGN
+        raw = data.tobytes()
+        self.parts.append((offset, raw))
+        self.size = offset + len(raw)
+        return offset
+
+    def data(self) -> bytes:
+        out = bytearray(max(self.size, 1))
+        for offset, raw in self.parts:
+            out[offset:offset + len(raw)] = raw
+        return bytes(out)
+
+
+def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile, blob: "WeightBlob | None" = None,
                  separate_nodes: bool = False) -> ir.Module:
     """separate_nodes: the run function calls, for each node, a function of the node's
     symbol that is never inlined and computes the node's pointers from (inputs, outputs,
@@ -58,20 +88,30 @@ def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile,
     alignment, weights as globals), its kernel inlined into it: the kernel's code sees the
     same context as in the shipped build, where every kernel is inlined into the run
     function."""
+    if separate_nodes and (blob is not None or g.batch is not None):
+        raise UnsupportedError("a profiling build with every node in a function of its own needs internal "
+                               "weights and static shapes")
     module = ir.Module(name=name)
     module.triple = profile.triple
     index = ir.IntType(profile.index_bits)
-    weights = {id(v): _weight_global(module, f"{name}_w{i}", v.data) for i, v in enumerate(g.constants())}
+    if blob is None:
+        weights = {id(v): _weight_global(module, f"{name}_w{i}", v.data) for i, v in enumerate(g.constants())}
+    else:
+        if g.batch is not None:
+            raise UnsupportedError("--weights external with a bounded dimension is not supported yet")
+        weights = {id(v): blob.add(v.data) for v in g.constants()}  # offsets into the blob
     symbols = node_symbols(name, g.nodes)
     kernels = [_node_function(module, g, plan, sym + ("_body" if separate_nodes else ""), node,
-                              profile.vector_unit, index)
+                              profile.vector_unit, index, blob)
                for node, sym in zip(g.nodes, symbols)]
     if separate_nodes:
         for kernel in kernels:
             kernel.attributes.add("alwaysinline")
         kernels = [_node_wrapper(module, plan, sym, node, kernel, weights, index)
                    for node, sym, kernel in zip(g.nodes, symbols, kernels)]
-    _run_function(module, g, plan, name, weights, kernels, index, separate_nodes)
+    run = _run_function(module, g, plan, name, weights, kernels, index, blob is not None, separate_nodes)
+    if g.batch is not None:
+        _batch_entries(module, g, name, run, index)
     return module
 
 
@@ -83,19 +123,27 @@ def _weight_global(module, sym, data):
     gv.linkage = "internal"
     gv.unnamed_addr = True
     gv.align = WEIGHT_ALIGN
+    gv.section = weights_section(module.name)
     gv.initializer = ir.Constant(arr, raw or bytearray(1))
     return gv
+
+
+def _blob_address(b, fn, offset, ty, index):
+    """A pointer `offset` bytes into the function's last argument (the external weights),
+    computed where the lowering asks for its constant: before the loop nest that reads it."""
+    return b.bitcast(b.gep(fn.args[-1], [ir.Constant(index, offset)], inbounds=True), ty)
 
 
 def _ptr_type(v):
     return LLVM_TYPES[v.type.dtype].as_pointer()
 
 
-def _node_function(module, g, plan, sym, node, vector, index):
+def _node_function(module, g, plan, sym, node, vector, index, blob=None):
     ins = [v for v in node.inputs if v is not None]
     scratch = registry.get(node.op).workspace(node)  # after the outputs (Op.workspace)
     fnty = ir.FunctionType(ir.VoidType(), [_ptr_type(v) for v in ins + node.outputs] +
-                           [LLVM_TYPES[t.dtype].as_pointer() for t in scratch])
+                           [LLVM_TYPES[t.dtype].as_pointer() for t in scratch] +
+                           ([I8.as_pointer()] if blob is not None else []))  # external weights: the blob
     fn = ir.Function(module, fnty, name=sym)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
@@ -107,7 +155,10 @@ def _node_function(module, g, plan, sym, node, vector, index):
     k = Kernel(fn)
     k.vector, k.index = vector, index
     packed = itertools.count()
-    k.rodata = lambda data: _weight_global(module, f"{fn.name}_packed{next(packed)}", data)
+    if blob is None:
+        k.rodata = lambda data, ty: _weight_global(module, f"{fn.name}_packed{next(packed)}", data).bitcast(ty)
+    else:
+        k.rodata = lambda data, ty: _blob_address(k.b, fn, blob.add(data), ty, index)
     types = [v.type for v in ins + node.outputs] + scratch
     tensors = [Tensor(k, arg, t.dtype, t.shape) for arg, t in zip(fn.args, types)]
     lower_node(k, node, tensors)
@@ -115,48 +166,52 @@ def _node_function(module, g, plan, sym, node, vector, index):
     return fn
 
 
-def _entry_type():
+def _run_function(module, g, plan, name, weights, kernels, index, external=False, separate_nodes=False):
+    """<name>_run; with external weights <name>_run_ext, whose first argument is the
+    blob (`weights` then maps each constant to its offset there). separate_nodes: the
+    kernels are the node wrappers (_node_wrapper), called with the run function's arguments."""
     ptr = I8.as_pointer()
-    return ir.FunctionType(I32, [ptr.as_pointer(), ptr.as_pointer(), ptr])
-
-
-def _entry_args(fn, plan):
-    inputs, outputs, arena = fn.args
+    fnty = ir.FunctionType(I32, [ptr] * external + [ptr.as_pointer(), ptr.as_pointer(), ptr])
+    sym = item_symbol(name) if g.batch else run_ext_symbol(name) if external else run_symbol(name)
+    fn = ir.Function(module, fnty, name=sym)
+    if g.batch:
+        fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    blob = fn.args[0] if external else None
+    inputs, outputs, arena = fn.args[external:]
     inputs.name, outputs.name, arena.name = "inputs", "outputs", "arena"
     arena.attributes.align = plan.alignment
-    return inputs, outputs, arena
-
-
-def _run_function(module, g, plan, name, weights, kernels, index, separate_nodes=False):
-    fn = ir.Function(module, _entry_type(), name=run_symbol(name))
-    fn.attributes.add("nounwind")
-    inputs, outputs, arena = _entry_args(fn, plan)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     if separate_nodes:
         for kernel in kernels:
             b.call(kernel, [inputs, outputs, arena])
     else:
-        _call_nodes(b, g.nodes, kernels, plan, weights, index, inputs, outputs, arena)
-    b.ret(ir.Constant(I32, 0))
-
-
-def _node_wrapper(module, plan, sym, node, kernel, weights, index):
-    """The profiling build's function for one node: the run function's signature, the
-    node's pointers computed as the run function computes them, its kernel inlined."""
-    fn = ir.Function(module, _entry_type(), name=sym)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    fn.attributes.add("noinline")
-    inputs, outputs, arena = _entry_args(fn, plan)
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    _call_nodes(b, [node], [kernel], plan, weights, index, inputs, outputs, arena)
+        _call_nodes(b, g.nodes, kernels, plan, weights, index, inputs, outputs, arena, blob)
     b.ret(ir.Constant(I32, 0))
     return fn
 
 
-def _call_nodes(b, nodes, kernels, plan, weights, index, inputs, outputs, arena):
+def _node_wrapper(module, plan, sym, node, kernel, weights, index):
+    """The profiling build's function for one node: the run function's arguments, the
+    node's pointers computed as the run function computes them, its kernel inlined."""
+    ptr = I8.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(I32, [ptr.as_pointer(), ptr.as_pointer(), ptr]), name=sym)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    inputs, outputs, arena = fn.args
+    inputs.name, outputs.name, arena.name = "inputs", "outputs", "arena"
+    arena.attributes.align = plan.alignment
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    _call_nodes(b, [node], [kernel], plan, weights, index, inputs, outputs, arena, None)
+    b.ret(ir.Constant(I32, 0))
+    return fn
+
+
+def _call_nodes(b, nodes, kernels, plan, weights, index, inputs, outputs, arena, blob):
     """Calls each node's kernel with its operands' pointers: graph inputs and outputs from
-    the caller's tables, arena buffers at their planned offsets, weights as globals."""
+    the caller's tables, arena buffers at their planned offsets, weights as globals (or
+    at their offsets in the external blob, passed last)."""
     cache = {}
 
     def pointer(v):
@@ -168,6 +223,8 @@ def _call_nodes(b, nodes, kernels, plan, weights, index, inputs, outputs, arena)
                 raw = b.load(b.gep(table, [ir.Constant(index, st.index)], inbounds=True))
             elif st.kind == "arena":
                 raw = b.gep(arena, [ir.Constant(index, st.index)], inbounds=True)
+            elif blob is not None:
+                raw = b.gep(blob, [ir.Constant(index, weights[id(v)])], inbounds=True)
             else:
                 raw = weights[id(v)]
             cache[key] = raw
@@ -178,7 +235,49 @@ def _call_nodes(b, nodes, kernels, plan, weights, index, inputs, outputs, arena)
         for st, t in zip(plan.workspace_of(node), registry.get(node.op).workspace(node)):
             raw = b.gep(arena, [ir.Constant(index, st.index)], inbounds=True)
             args.append(b.bitcast(raw, LLVM_TYPES[t.dtype].as_pointer()))
-        b.call(kernel, args)
+        b.call(kernel, args + ([blob] if blob is not None else []))
+
+
+def _batch_entries(module, g, name, item, index):
+    """<name>_run_dims: checks the batch size against its bounds, then runs the per-item
+    function once per item with the inputs and outputs that carry the batch advanced by
+    one item's bytes (the others passed as they are); <name>_run: the same at the bound."""
+    ptr = I8.as_pointer()
+    fnty = ir.FunctionType(I32, [ptr.as_pointer(), ptr.as_pointer(), ptr, I32.as_pointer()])
+    fn = ir.Function(module, fnty, name=run_dims_symbol(name))
+    fn.attributes.add("nounwind")
+    inputs, outputs, arena, dims = fn.args
+    inputs.name, outputs.name, arena.name, dims.name = "inputs", "outputs", "arena", "dims"
+    entry, loop, done, bad = (fn.append_basic_block(n) for n in ("entry", "loop", "done", "bad"))
+    b = ir.IRBuilder(entry)
+    bb = g.batch
+    n = b.load(dims)
+    ok = b.and_(b.icmp_signed(">=", n, ir.Constant(I32, bb.lo)), b.icmp_signed("<=", n, ir.Constant(I32, bb.hi)))
+    tables = [(b.alloca(ptr, len(vals)), table, vals, carries)
+              for table, vals, carries in ((inputs, g.inputs, bb.inputs), (outputs, g.outputs, bb.outputs))]
+    b.cbranch(ok, loop, bad)
+    b = ir.IRBuilder(loop)
+    i = b.phi(index)
+    i.add_incoming(ir.Constant(index, 0), entry)
+    for local, table, vals, carries in tables:
+        for k, (v, c) in enumerate(zip(vals, carries)):
+            p = b.load(b.gep(table, [ir.Constant(index, k)], inbounds=True))
+            if c:
+                p = b.gep(p, [b.mul(i, ir.Constant(index, v.type.nbytes))], inbounds=True)
+            b.store(p, b.gep(local, [ir.Constant(index, k)], inbounds=True))
+    b.call(item, [tables[0][0], tables[1][0], arena])
+    nxt = b.add(i, ir.Constant(index, 1))
+    i.add_incoming(nxt, loop)
+    b.cbranch(b.icmp_signed("<", nxt, b.sext(n, index) if index.width > 32 else n), loop, done)
+    ir.IRBuilder(done).ret(ir.Constant(I32, 0))
+    ir.IRBuilder(bad).ret(ir.Constant(I32, ERR_DIM_OUT_OF_RANGE))
+
+    run = ir.Function(module, ir.FunctionType(I32, fnty.args[:3]), name=run_symbol(name))
+    run.attributes.add("nounwind")
+    b = ir.IRBuilder(run.append_basic_block("entry"))
+    bound = b.alloca(I32)
+    b.store(ir.Constant(I32, bb.hi), bound)
+    b.ret(b.call(fn, [*run.args, bound]))
 
 
 def module_text(module: ir.Module) -> str:
@@ -254,6 +353,19 @@ FRAME_REPORT = re.compile(r"stack frame size \((\d+)\) exceeds limit \(\d+\) in 
 def parse_frame_reports(text: str) -> dict[str, int]:
     """LLVM's (or clang's -Wframe-larger-than=0) diagnostics -> {function: frame bytes}."""
     return {fn: int(n) for n, fn in FRAME_REPORT.findall(text)}
+
+
+def dynamic_allocas(llvm_ir: str) -> list[str]:
+    """Functions with an alloca whose element count is not a constant (a frame size the
+    code generator cannot know), from LLVM IR text."""
+    found, current = [], None
+    for line in llvm_ir.splitlines():
+        m = re.match(r"define [^@]*@\"?([\w.$]+)\"?\(", line)
+        if m:
+            current = m.group(1)
+        elif current and re.search(r"= alloca [^,]+, i\d+ %", line) and current not in found:
+            found.append(current)
+    return found
 
 
 def call_graph(llvm_ir: str) -> dict[str, set]:

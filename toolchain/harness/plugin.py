@@ -68,12 +68,13 @@ def qemu_command(profile: Profile) -> list[str]:
     return [qemu, "-cpu", profile.qemu_cpu]
 
 
-def count_once(exe: Path, profile: Profile, inputs, output_specs, runs: int, timeout: float = 600) -> int:
+def count_once(exe: Path, profile: Profile, inputs, output_specs, runs: int, timeout: float = 600,
+               env: dict | None = None) -> int:
     plugin = build_plugin()
     with tempfile.TemporaryDirectory(prefix="edgec-insn-") as tmp:
         report = Path(tmp) / "count.txt"
         prefix = qemu_command(profile) + ["-plugin", f"{plugin},out={report}"]
-        run_model(exe, profile, inputs, output_specs, runs=runs, prefix=prefix, env={"EDGEC_UNTIMED": "1"},
+        run_model(exe, profile, inputs, output_specs, runs=runs, prefix=prefix, env={**(env or {}), "EDGEC_UNTIMED": "1"},
                   timeout=timeout, fixed_layout=True)
         if not report.is_file():
             raise HarnessError(f"the instruction-count plugin wrote no report under {profile.qemu}")
@@ -83,11 +84,13 @@ def count_once(exe: Path, profile: Profile, inputs, output_specs, runs: int, tim
         return int(value)
 
 
-def count_instructions(exe: Path, profile: Profile, inputs, output_specs, runs: int = 5) -> InsnCount:
+def count_instructions(exe: Path, profile: Profile, inputs, output_specs, runs: int = 5,
+                       env: dict | None = None) -> InsnCount:
+    """env: added to the guest's environment (e.g. EDGEC_DIMS for a bounded batch)."""
     if runs < 2:
         raise ValueError("need at least 2 runs to cancel start-up")
-    one = count_once(exe, profile, inputs, output_specs, 1)
-    many = count_once(exe, profile, inputs, output_specs, runs)
+    one = count_once(exe, profile, inputs, output_specs, 1, env=env)
+    many = count_once(exe, profile, inputs, output_specs, runs, env=env)
     diff = many - one
     if diff <= 0 or diff % (runs - 1):
         raise HarnessError(f"instruction counts do not scale with runs: 1 run {one}, {runs} runs {many}")

@@ -2,6 +2,7 @@
 it natively or under qemu-user with the profile's CPU, returning outputs and timings."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import macro_prefix, run_symbol
+from ..contract import macro_prefix, run_dims_symbol, run_ext_symbol, run_symbol
 from ..targets import Profile
 
 RUNTIME = Path(__file__).resolve().parent.parent.parent / "runtime"
@@ -42,6 +43,12 @@ def link_harness(build_dir: Path, name: str, profile: Profile, out: Path | None 
         f"-I{build_dir}", f'-DEDGEC_HEADER="{name}.h"', f"-DEDGEC_RUN={run_symbol(name)}",
         f"-DEDGEC_PREFIX={macro_prefix(name)}", str(RUNTIME / "harness.c"),
         str(build_dir / f"lib{name}.a"), "-o", str(out)]
+    manifest = build_dir / f"{name}.json"
+    facts = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    if facts.get("bounded_dims"):
+        cmd.insert(-4, f"-DEDGEC_RUN_DIMS={run_dims_symbol(name)}")
+    if facts.get("weights"):  # external: the harness reads <name>_weights.bin from EDGEC_WEIGHTS
+        cmd.insert(-4, f"-DEDGEC_RUN_EXT={run_ext_symbol(name)}")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise HarnessError(f"linking the harness for {profile.name} failed:\n{proc.stderr.strip()}")

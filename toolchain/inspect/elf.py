@@ -88,15 +88,19 @@ def check_elf_header(info: ObjectInfo, profile: Profile):
                                 f"is {info.flags & check.mask:#x}, target {profile.name} needs {check.value:#x})")
 
 
-def check_self_contained(info: ObjectInfo, profile: Profile, prefix: str):
-    """The promises of every build; any violation stops the build with a clear message."""
+def check_self_contained(info: ObjectInfo, profile: Profile, prefix: str | tuple[str, ...]):
+    """The promises of every build; any violation stops the build with a clear message.
+    prefix: the build's symbol prefix (a tuple: a library of several models)."""
+    prefixes = (prefix,) if isinstance(prefix, str) else tuple(prefix)
     check_elf_header(info, profile)
     if info.undefined:
         raise InternalError(f"object needs external symbols {sorted(info.undefined)}; "
                            f"generated code must not call libc or libm")
-    exported = [s.name for s in info.symbols if s.binding != "STB_LOCAL" and not s.name.startswith(prefix + "_")]
+    exported = [s.name for s in info.symbols
+                if s.binding != "STB_LOCAL" and not s.name.startswith(tuple(p + "_" for p in prefixes))]
     if exported:
-        raise InternalError(f"object exports symbols outside the '{prefix}_' prefix: {sorted(exported)}")
+        raise InternalError(f"object exports symbols outside the {' / '.join(p + '_' for p in prefixes)} "
+                            f"prefix: {sorted(exported)}")
     if info.writable:
         raise InternalError(f"object has writable data sections {info.writable}; weights belong in read-only "
                            f"data and all state in the arena")

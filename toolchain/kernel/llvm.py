@@ -418,8 +418,8 @@ class Kernel:
         """Read-only data made at compile time, beside the model's weights: weights packed
         into the order a register tile reads them. (The node's own weight operand, left
         unread, is then dropped by LLVM: internal function, dead argument, dead global.)"""
-        gv = self.rodata(data)
-        return Tensor(self, gv.bitcast(LLVM_TYPES[str(data.dtype)].as_pointer()), str(data.dtype), data.shape)
+        ptr = self.rodata(data, LLVM_TYPES[str(data.dtype)].as_pointer())
+        return Tensor(self, ptr, str(data.dtype), data.shape)
 
     def pack(self, scalars) -> Expr:
         """A vector of these scalars, lane 0 first (one scalar: itself)."""

@@ -47,6 +47,9 @@ class Op:
     # Attributes that hold an ONNX element type code (Cast's `to`): the front end decodes
     # them into dtype names before canonicalize.
     dtype_attrs: tuple[str, ...] = ()
+    # Inputs read as sizes, shapes or indices (Reshape's shape), not as data: a bounded
+    # batch build (frontend/batching.py) lets a constant there depend on the batch size.
+    shape_operands: tuple[int, ...] = ()
 
     def canonicalize(self, node: Node, opset: int):
         """Fill in ONNX defaults and resolve convenience attributes (e.g. auto_pad) so
@@ -69,6 +72,14 @@ class Op:
         results, state carried across a loop). The memory planner places them in the arena,
         alive only while this node runs; lower() receives them as tensors after the outputs."""
         return []
+
+    def item_wise(self, node: Node) -> bool:
+        """Each index of axis 0 of the outputs depends only on the same index of axis 0 of
+        the inputs carrying the batch. With a bounded batch (--dim N<=8) the code for one
+        item then runs once per item (frontend/batching.py); shape checks there already
+        refuse ops that move or reduce along axis 0, so this answers only what shapes cannot
+        show (a Softmax over axis 0 keeps its shape). Unknown: no."""
+        return False
 
     def lower(self, k, node: Node, ins, outs):
         raise UnsupportedError("has no lowering", node=node.name, op=node.op)

@@ -21,6 +21,9 @@ def _full_size(size, k, s, d, op):
 class ConvTranspose(Op):
     fusable_epilogue = True
 
+    def item_wise(self, node):
+        return True
+
     def canonicalize(self, node, opset):
         x, w = in_type(node, 0).shape, in_type(node, 1).shape
         rank = len(x) - 2

@@ -104,6 +104,9 @@ class Unary(Op):
     unary_epilogue = True
     inplace = True
 
+    def item_wise(self, node):
+        return True
+
     @property
     def vector_safe(self):
         return UNARY[self.name].vector_safe
@@ -193,6 +196,9 @@ class Binary(Op):
     fusable_epilogue = True
     binary_epilogue = True
     inplace = True
+
+    def item_wise(self, node):
+        return True
 
     @property
     def vector_safe(self):
@@ -289,6 +295,9 @@ class Compare(Op):
         a, b = (v.type for v in node.inputs)
         return [TensorType("bool", broadcast_shapes(node, a.shape, b.shape))]
 
+    def item_wise(self, node):
+        return True
+
     def reference(self, node, a, b):
         return [COMPARE[node.op][0](a, b)]
 
@@ -305,6 +314,9 @@ class Not(Op):
     def infer(self, node):
         return [node.inputs[0].type]
 
+    def item_wise(self, node):
+        return True
+
     def reference(self, node, x):
         return [np.logical_not(x)]
 
@@ -318,6 +330,9 @@ class Where(Op):
         c, a, b = (v.type for v in node.inputs)
         return [TensorType(a.dtype, broadcast_shapes(node, c.shape, a.shape, b.shape))]
 
+    def item_wise(self, node):
+        return True
+
     def reference(self, node, c, a, b):
         return [np.where(c, a, b)]
 
@@ -328,6 +343,9 @@ class Where(Op):
 @register("Cast")
 class Cast(Op):
     dtype_attrs = ("to",)
+
+    def item_wise(self, node):
+        return True
 
     def canonicalize(self, node, opset):
         node.attrs.pop("saturate", None)

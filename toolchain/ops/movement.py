@@ -21,6 +21,8 @@ def _ints(a):
 
 @register("Split")
 class Split(Op):
+    shape_operands = (1,)
+
     def canonicalize(self, node, opset):
         shape = in_type(node).shape
         ax = node.attrs["axis"] = norm_axis(node.attrs.get("axis", 0), len(shape), node)
@@ -36,6 +38,9 @@ class Split(Op):
         if len(sizes) != n or sum(sizes) != shape[ax] or min(sizes) < 0:
             raise invalid(node, f"split sizes {sizes} do not divide axis {ax} of {shape} into {n} outputs")
         node.attrs["split"] = sizes
+
+    def item_wise(self, node):
+        return True
 
     def infer(self, node):
         t = in_type(node)
@@ -55,7 +60,12 @@ class Split(Op):
 
 @register("Slice")
 class Slice(Op):
+    shape_operands = (1, 2, 3, 4)
+
     fusable_epilogue = False
+
+    def item_wise(self, node):
+        return True
 
     def canonicalize(self, node, opset):
         shape = in_type(node).shape
@@ -98,7 +108,12 @@ class Slice(Op):
 
 @register("Pad")
 class Pad(Op):
+    shape_operands = (1, 3)
+
     fusable_epilogue = True
+
+    def item_wise(self, node):
+        return True
 
     def canonicalize(self, node, opset):
         rank = len(in_type(node).shape)
@@ -171,12 +186,17 @@ class Pad(Op):
 
 @register("Expand")
 class Expand(Op):
+    shape_operands = (1,)
+
     def canonicalize(self, node, opset):
         shape = const_input(node, 1, "Expand shape")
         if shape is None:
             raise invalid(node, "needs a shape")
         node.attrs["shape"] = _ints(shape)
         node.inputs = node.inputs[:1]
+
+    def item_wise(self, node):
+        return True
 
     def infer(self, node):
         t = in_type(node)
@@ -191,12 +211,17 @@ class Expand(Op):
 
 @register("Tile")
 class Tile(Op):
+    shape_operands = (1,)
+
     def canonicalize(self, node, opset):
         reps = const_input(node, 1, "repeats")
         if reps is None or len(reps) != len(in_type(node).shape):
             raise invalid(node, "needs one repeat count per axis")
         node.attrs["repeats"] = _ints(reps)
         node.inputs = node.inputs[:1]
+
+    def item_wise(self, node):
+        return True
 
     def infer(self, node):
         t = in_type(node)
@@ -255,6 +280,7 @@ register("DepthToSpace", "SpaceToDepth")(_Rearrange)
 @register("ConstantOfShape")
 class ConstantOfShape(Op):
     """Folds away when its shape is constant, which it must be with static shapes."""
+    shape_operands = (0,)
 
     def canonicalize(self, node, opset):
         shape = const_input(node, 0, "ConstantOfShape shape")

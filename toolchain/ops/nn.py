@@ -59,6 +59,9 @@ class Conv(Op):
     fusable_epilogue = True
     own_inputs = 3
 
+    def item_wise(self, node):
+        return True
+
     def canonicalize(self, node, opset):
         x, w = in_type(node, 0), in_type(node, 1)
         if x.dtype != "float32":
@@ -134,6 +137,9 @@ class Conv(Op):
 class Gemm(Op):
     fusable_epilogue = True
     own_inputs = 3
+
+    def item_wise(self, node):
+        return True
 
     def canonicalize(self, node, opset):
         for key, default in (("alpha", 1.0), ("beta", 1.0), ("transA", 0), ("transB", 0)):
@@ -231,6 +237,9 @@ class MatMul(Op):
     fusable_epilogue = True
     own_inputs = 2
 
+    def item_wise(self, node):
+        return True
+
     def infer(self, node):
         return [TensorType(in_type(node, 0).dtype,
                            matmul_shapes(node, in_type(node, 0).shape, in_type(node, 1).shape)[3])]
@@ -269,6 +278,9 @@ class Softmax(Op):
         # Before opset 13 the input is coerced to 2-D at `axis`: normalize over all of axis..end.
         node.attrs["axis"] = axis
         node.attrs["coerce_2d"] = int(opset < 13)
+
+    def item_wise(self, node):
+        return node.attrs["axis"] != 0
 
     def infer(self, node):
         t = in_type(node, 0)

@@ -29,6 +29,9 @@ class BatchNormalization(Op):
     fusable_epilogue = True
     inplace = True
 
+    def item_wise(self, node):
+        return True
+
     def canonicalize(self, node, opset):
         node.attrs["epsilon"] = float(node.attrs.get("epsilon", 1e-5))
         if node.attrs.pop("training_mode", 0):
@@ -94,6 +97,9 @@ def _normalize_reference(x, axes, eps):
 class LayerNormalization(Op):
     fusable_epilogue = True
 
+    def item_wise(self, node):
+        return node.attrs["axis"] != 0
+
     def canonicalize(self, node, opset):
         t = in_type(node)
         node.attrs["axis"] = norm_axis(node.attrs.get("axis", -1), len(t.shape), node)
@@ -140,6 +146,9 @@ class LayerNormalization(Op):
 class InstanceNormalization(Op):
     fusable_epilogue = True
 
+    def item_wise(self, node):
+        return True
+
     def canonicalize(self, node, opset):
         node.attrs["epsilon"] = float(node.attrs.get("epsilon", 1e-5))
 
@@ -173,6 +182,9 @@ class LRN(Op):
     """Local response normalization across channels (AlexNet-era models)."""
 
     fusable_epilogue = True
+
+    def item_wise(self, node):
+        return True
 
     def canonicalize(self, node, opset):
         if "size" not in node.attrs:

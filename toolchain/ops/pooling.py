@@ -37,6 +37,9 @@ class _Pool(Op):
     fusable_epilogue = True
     is_max = False
 
+    def item_wise(self, node):
+        return True
+
     def canonicalize(self, node, opset):
         x = in_type(node).shape
         if "kernel_shape" not in node.attrs:
@@ -124,6 +127,9 @@ class AveragePool(_Pool):
 @register("GlobalAveragePool", "GlobalMaxPool")
 class GlobalPool(Op):
     fusable_epilogue = True
+
+    def item_wise(self, node):
+        return True
 
     def infer(self, node):
         t = in_type(node)

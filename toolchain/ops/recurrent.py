@@ -71,6 +71,9 @@ def _dim(t, d):
 @register("RNN", "GRU", "LSTM")
 class Recurrent(Op):
     # -- attributes and shapes --------------------------------------------------------------
+    def item_wise(self, node):
+        return node.attrs["layout"] == 1  # batch-first: X is [batch, seq, input]
+
     def canonicalize(self, node, opset):
         a = node.attrs
         x = in_type(node, 0)

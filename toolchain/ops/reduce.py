@@ -36,6 +36,9 @@ _AXES_INPUT_FROM = {"ReduceSum": 13}
 class Reduce(Op):
     fusable_epilogue = True
 
+    def item_wise(self, node):
+        return True
+
     def canonicalize(self, node, opset):
         rank = len(in_type(node).shape)
         if opset >= _AXES_INPUT_FROM.get(node.op, 18):

@@ -42,7 +42,12 @@ class _Np:
 
 
 class _Resize(Op):
+    shape_operands = (1, 2, 3)
+
     fusable_epilogue = True
+
+    def item_wise(self, node):
+        return True
 
     def _mode(self, node):
         mode = node.attrs["mode"] = _text(node.attrs.get("mode"), "nearest")

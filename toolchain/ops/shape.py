@@ -15,6 +15,9 @@ class View(Op):
 
     view = True
 
+    def item_wise(self, node):
+        return True
+
     def reference(self, node, x, *rest):
         return [x.reshape(self.infer(node)[0].shape)]
 
@@ -27,6 +30,8 @@ class View(Op):
 
 @register("Reshape")
 class Reshape(View):
+    shape_operands = (1,)
+
     def canonicalize(self, node, opset):
         shape = const_input(node, 1, "Reshape shape")
         if shape is None:
@@ -69,6 +74,8 @@ class Flatten(View):
 
 @register("Squeeze", "Unsqueeze")
 class SqueezeLike(View):
+    shape_operands = (1,)
+
     def canonicalize(self, node, opset):
         axes = node.attrs.pop("axes", None)
         if len(node.inputs) > 1:
@@ -119,6 +126,9 @@ class Transpose(Op):
         if sorted(node.attrs["perm"]) != list(range(rank)):
             raise invalid(node, f"perm {node.attrs['perm']} is not a permutation of {rank} axes")
 
+    def item_wise(self, node):
+        return True
+
     def infer(self, node):
         t = in_type(node)
         return [TensorType(t.dtype, tuple(t.shape[p] for p in node.attrs["perm"]))]
@@ -136,6 +146,9 @@ class Transpose(Op):
 class Concat(Op):
     def canonicalize(self, node, opset):
         node.attrs["axis"] = norm_axis(node.attrs["axis"], len(in_type(node).shape), node)
+
+    def item_wise(self, node):
+        return True
 
     def infer(self, node):
         ax = node.attrs["axis"]
@@ -191,6 +204,9 @@ class Gather(Op):
     def canonicalize(self, node, opset):
         node.attrs["axis"] = norm_axis(node.attrs.get("axis", 0), len(in_type(node).shape), node)
 
+    def item_wise(self, node):
+        return True
+
     def infer(self, node):
         data, idx = in_type(node, 0), in_type(node, 1)
         ax = node.attrs["axis"]
@@ -218,6 +234,9 @@ class Copy(Op):
     """Internal (not ONNX): an explicit copy into a graph output buffer."""
 
     foldable = False
+
+    def item_wise(self, node):
+        return True
 
     def infer(self, node):
         return [in_type(node)]
