@@ -225,3 +225,15 @@ def test_bad_arguments(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "invoke", "profile", "--diff", "only-one.json"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0 and "OLD.json,NEW.json" in proc.stderr
+
+
+def test_line_table_code_check():
+    """Identical code passes; the same sizes with bytes in another order are reported (the
+    run must then execute exactly the shipped count); another size is an error."""
+    from toolchain.errors import InternalError
+    from toolchain.profile import _compare_code
+
+    assert _compare_code([(".text", b"abcd")], [(".text", b"abcd")]) == "identical"
+    assert _compare_code([(".text", b"abcd")], [(".text", b"abdc")]) == "same sizes, 2 of 4 bytes in another order"
+    with pytest.raises(InternalError):
+        _compare_code([(".text", b"abcd")], [(".text", b"abcde")])
