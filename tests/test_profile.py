@@ -75,7 +75,7 @@ def test_lines_mode_counts_the_shipped_code_exactly(kws_lines, kws):
     """mode lines profiles the shipped code itself: the per-node sum is the shipped build's
     whole-program count (`invoke bench`'s figure), to the instruction."""
     r = kws_lines
-    assert r.mode == "lines"
+    assert r.mode == "lines" and r.code == "identical"  # .text byte for byte the shipped object's
     assert sum(n.insns for n in r.nodes) + r.other_insns == r.total_insns == r.whole_run_insns
     assert r.total_insns == r.shipped_insns
     assert r.shipped_insns == kws[1].shipped_insns  # the same shipped build as the functions mode saw
@@ -84,27 +84,6 @@ def test_lines_mode_counts_the_shipped_code_exactly(kws_lines, kws):
     for f, l in zip(kws[1].nodes, r.nodes):
         assert f.name == l.name
         print(f"  {f.name:32} {f.insns:9,d} {l.insns:9,d}  {100 * (f.insns - l.insns) / max(l.insns, 1):+6.1f}%")
-
-
-def test_line_table_build_has_the_shipped_code():
-    """Compile only, on another target: the line table changes no byte of .text."""
-    import io
-
-    from elftools.elf.elffile import ELFFile
-
-    from toolchain.compiler import compile_graph
-    from toolchain.frontend.onnx_import import import_model, load_model
-    from toolchain.targets import get_profile
-
-    def text(**kw):
-        c = compile_graph(import_model(load_model(KWS), "model"), get_profile("x86-64-v3"), "model", **kw)
-        sections = list(ELFFile(io.BytesIO(c.object)).iter_sections())
-        return [(x.name, x.data()) for x in sections if x.name.startswith(".text")], [x.name for x in sections]
-
-    shipped, shipped_sections = text()
-    lines, lines_sections = text(node_lines=True)
-    assert lines == shipped and shipped
-    assert ".debug_line" in lines_sections and ".debug_line" not in shipped_sections
 
 
 def test_macs_match_the_manifest(kws):
