@@ -188,3 +188,14 @@ def test_cli_refuses_bad_bounds(spec, message, model_path, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
     assert message.replace("\\", "") in proc.stderr or __import__("re").search(message, proc.stderr)
     assert not (tmp_path / "o").exists()
+
+
+def test_an_input_without_the_batch_is_shared_by_every_item():
+    """x [N, 4] + b [4] (b a graph input without N): b is passed as it is to each item."""
+    model = make_model([helper.make_node("Add", ["x", "b"], ["s"]), helper.make_node("Relu", ["s"], ["y"])],
+                       {"x": (F, ["N", 4]), "b": (F, [4])}, {"y": (F, ["N", 4])})
+    cm = toolchain.compile_model(model, dims={"N": (1, 6)})
+    assert [("batch_dim" in t) for t in cm.manifest["inputs"]] == [True, False]
+    rng = np.random.default_rng(4)
+    x, b = rng.standard_normal((5, 4)).astype(F), rng.standard_normal(4).astype(F)
+    assert_close(cm(x, b)[0], np.maximum(x + b, 0), what="shared input")

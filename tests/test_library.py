@@ -3,6 +3,7 @@ header, a shared arena; a C program runs both from that one arena on the target.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -68,3 +69,15 @@ def test_bad_library_requests_are_one_line_errors(argv, message, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_size_report_of_a_library_shows_each_model_and_the_shared_arena(tmp_path, capsys):
+    out = tmp_path / "lib"
+    res = build_library([(KWS, "kws"), (AD, "ad")], "cortex-a76", "models", out)
+    assert cli.main(["size", "--target", "cortex-a76", "--name", "models", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    m = res["manifest"]
+    assert re.search(rf"^  arena +{m['shared_arena']['size']:,d}$", text, re.M), text
+    for n in ("kws", "ad"):
+        mm = m["models"][n]
+        assert f"{n:16} {mm['arena']['size']:10,d} {mm['stack_bytes'][n + '_run']:8,d} {mm['weight_bytes']:10,d}" in text

@@ -21,7 +21,7 @@ from .inspect.size import check_budgets, totals
 from .inspect.stack import stack_usage
 from .integration import cmake_file, make_fragment
 from .ir import Graph
-from .memory import MemoryPlan, plan_memory
+from .memory import MemoryPlan, buffer_alignment, plan_memory
 from .ops import registry
 from .passes import run_pipeline
 from .targets import Profile, get_profile
@@ -67,8 +67,9 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
     backend = get_backend(emit)
     if (separate_nodes or node_lines) and backend.name != "object":
         raise InvalidModelError(f"profiling builds need the object backend, not '{emit}'")
-    run_pipeline(g, dump=dump, vector=backend.vector_unit(profile))
-    plan = plan_memory(g, profile.arena_align)
+    vector = backend.vector_unit(profile)
+    run_pipeline(g, dump=dump, vector=vector)
+    plan = plan_memory(g, profile.arena_align, buffer_alignment(4 * vector.lanes))
     if weights not in WEIGHT_PLACEMENTS:
         raise InvalidModelError(f"--weights must be one of {', '.join(WEIGHT_PLACEMENTS)}, got '{weights}'")
     options = {k: True for k, v in (("separate_nodes", separate_nodes), ("node_lines", node_lines)) if v}

@@ -26,7 +26,7 @@ from .inspect.elf import check_self_contained, read_object
 from .inspect.size import check_budgets, totals
 from .inspect.stack import stack_usage
 from .integration import cmake_file, make_fragment
-from .memory import plan_memory
+from .memory import buffer_alignment, plan_memory
 from .passes import run_pipeline
 from .targets import get_profile
 from .version import __version__
@@ -66,7 +66,8 @@ def build_library(models: list[tuple[Path, str]], target: str, name: str, out=No
     for path, mname in models:
         g = import_batched(load_model(path), mname, None)
         run_pipeline(g, vector=profile.vector_unit)
-        parts.append((path, mname, g, plan_memory(g, profile.arena_align)))
+        parts.append((path, mname, g, plan_memory(g, profile.arena_align,
+                                                   buffer_alignment(4 * profile.vector_unit.lanes))))
     obj, optimized, frames = compile_ir(_linked_text(parts, profile), profile)
     for fn in dynamic_allocas(optimized):
         raise InternalError(f"function '{fn}' allocates stack of a run-time size")

@@ -7,6 +7,10 @@ of different nodes may share bytes. Buffers are then placed greedily, largest fi
 lowest offset that does not overlap a buffer alive at the same time (the "greedy by
 size" strategy of TFLite Micro's planner). The lower bound reported beside the arena
 size is the largest total of buffers alive at one step: no planner can do better.
+
+A Concat whose inputs are contiguous blocks of its output (only 1s before the axis) and
+die there is a join: each input's buffer becomes a slice of the output's, so the producers
+write the concatenated tensor directly and the Concat itself emits no code (plan.elided).
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ class MemoryPlan:
     lower_bound: int
     buffers: list
     workspaces: dict = field(default_factory=dict)  # id(Node) -> [Storage] (arena), Op.workspace order
+    elided: set = field(default_factory=set)  # id(Node) of joins: their output is already in place
 
     def of(self, v: Value) -> Storage:
         return self.storage[id(v)]
@@ -52,7 +57,16 @@ def _align(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
 
-def plan_memory(g: Graph, alignment: int) -> MemoryPlan:
+def buffer_alignment(vector_bytes: int) -> int:
+    """How far each buffer is aligned inside the arena: as much as its kernels use, one
+    vector register (never less than 16 bytes), not the arena's own alignment (a cache
+    line): rounding every buffer up to 64 bytes costs arena above the lower bound."""
+    return max(16, vector_bytes)
+
+
+def plan_memory(g: Graph, alignment: int, buffer_align: int | None = None) -> MemoryPlan:
+    """alignment: of the arena itself; buffer_align: of each buffer in it (default: the same)."""
+    buffer_align = buffer_align or alignment
     root: dict[int, object] = {}  # id(value) -> Storage (fixed places) or Buffer
     for i, v in enumerate(g.inputs):
         root[id(v)] = Storage("input", i)
@@ -86,15 +100,52 @@ def plan_memory(g: Graph, alignment: int) -> MemoryPlan:
                 buffers.append(buf)
                 root[id(out)] = buf
 
-    _place(buffers, alignment)
+    slices, elided = _joins(g, root, buffers)
+    _place(buffers, buffer_align)
     storage = {}
+
+    def offset(b):  # a slice of a join (of a join...) lies in the placed buffer holding it
+        if id(b) in slices:
+            whole, delta = slices[id(b)]
+            return offset(whole) + delta
+        return b.offset
+
     for key, r in root.items():
-        storage[key] = Storage("arena", r.offset) if isinstance(r, Buffer) else r
-    arena = _align(max((b.offset + b.size for b in buffers), default=0), alignment)
+        storage[key] = Storage("arena", offset(r)) if isinstance(r, Buffer) else r
+    arena = _align(max((b.offset + b.size for b in buffers), default=0), buffer_align)
     steps = max((b.end for b in buffers), default=-1) + 1
     lower = max((sum(b.size for b in buffers if b.start <= t <= b.end) for t in range(steps)), default=0)
-    workspaces = {key: [Storage("arena", b.offset) for b in bufs] for key, bufs in scratch.items() if bufs}
-    return MemoryPlan(storage, arena, alignment, lower, buffers, workspaces)
+    workspaces = {key: [Storage("arena", offset(b)) for b in bufs] for key, bufs in scratch.items() if bufs}
+    return MemoryPlan(storage, arena, alignment, lower, buffers, workspaces, elided)
+
+
+def _joins(g: Graph, root: dict, buffers: list) -> tuple[dict, set]:
+    """Concats done by placement: {id(input buffer): (output buffer, byte offset)} and the
+    ids of the nodes elided. An input qualifies when it has a buffer of its own exactly its
+    size that dies at the Concat (nothing reads or overwrites it later), used once there."""
+    slices, elided = {}, set()
+    for t, node in enumerate(g.nodes):
+        out = node.outputs[0]
+        whole = root.get(id(out))
+        if not registry.get(node.op).joins_inputs or not isinstance(whole, Buffer) or id(whole) in slices:
+            continue
+        axis = node.attrs["axis"]
+        if any(d != 1 for d in out.type.shape[:axis]) or node.epilogue:
+            continue
+        parts = [root.get(id(v)) for v in node.inputs]
+        if not all(isinstance(p, Buffer) and p is not whole and id(p) not in slices and p.end == t
+                   and p.size == v.type.nbytes and p.size > 0 for p, v in zip(parts, node.inputs)):
+            continue
+        if len({id(p) for p in parts}) != len(parts) or any(p.values and p.values[0] in g.outputs for p in parts):
+            continue
+        delta = 0
+        for p in parts:
+            slices[id(p)] = (whole, delta)
+            delta += p.size
+            buffers.remove(p)
+        whole.start = min([whole.start] + [p.start for p in parts])
+        elided.add(id(node))
+    return slices, elided
 
 
 def _last_uses(g: Graph) -> dict[int, int]:

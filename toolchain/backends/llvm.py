@@ -103,11 +103,10 @@ def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile, blob: 
     symbols = node_symbols(name, g.nodes)
     kernels = [_node_function(module, g, plan, sym + ("_body" if separate_nodes else ""), node,
                               profile.vector_unit, index, blob)
+               if id(node) not in plan.elided else None  # a join: its output is already in place
                for node, sym in zip(g.nodes, symbols)]
     if separate_nodes:
-        for kernel in kernels:
-            kernel.attributes.add("alwaysinline")
-        kernels = [_node_wrapper(module, plan, sym, node, kernel, weights, index)
+        kernels = [_node_wrapper(module, plan, sym, node, kernel, weights, index) if kernel is not None else None
                    for node, sym, kernel in zip(g.nodes, symbols, kernels)]
     run = _run_function(module, g, plan, name, weights, kernels, index, blob is not None, separate_nodes)
     if g.batch is not None:
@@ -184,7 +183,8 @@ def _run_function(module, g, plan, name, weights, kernels, index, external=False
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     if separate_nodes:
         for kernel in kernels:
-            b.call(kernel, [inputs, outputs, arena])
+            if kernel is not None:
+                b.call(kernel, [inputs, outputs, arena])
     else:
         _call_nodes(b, g.nodes, kernels, plan, weights, index, inputs, outputs, arena, blob)
     b.ret(ir.Constant(I32, 0))
@@ -199,6 +199,7 @@ def _node_wrapper(module, plan, sym, node, kernel, weights, index):
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     fn.attributes.add("noinline")
+    kernel.attributes.add("alwaysinline")
     inputs, outputs, arena = fn.args
     inputs.name, outputs.name, arena.name = "inputs", "outputs", "arena"
     arena.attributes.align = plan.alignment
@@ -231,6 +232,8 @@ def _call_nodes(b, nodes, kernels, plan, weights, index, inputs, outputs, arena,
         return b.bitcast(cache[key], _ptr_type(v))
 
     for node, kernel in zip(nodes, kernels):
+        if kernel is None:
+            continue
         args = [pointer(v) for v in node.inputs if v is not None] + [pointer(v) for v in node.outputs]
         for st, t in zip(plan.workspace_of(node), registry.get(node.op).workspace(node)):
             raw = b.gep(arena, [ir.Constant(index, st.index)], inbounds=True)

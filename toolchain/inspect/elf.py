@@ -129,7 +129,7 @@ def archive_members(data: bytes) -> list[tuple[str, bytes]]:
     return members
 
 
-def check_library(data: bytes, profile: Profile, prefix: str):
+def check_library(data: bytes, profile: Profile, prefix: str | tuple[str, ...]):
     """Every member of lib<name>.a keeps the promises of check_self_contained."""
     members = archive_members(data)
     if not members:

@@ -30,6 +30,7 @@ class SizeReport:
     stack_bytes: dict  # entry symbol -> bytes
     flash_bytes: int
     ram_bytes: int
+    models: dict = None  # a library of several models: name -> {"arena", "stack", "weights"} bytes
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -62,19 +63,23 @@ def size_report(build_dir: Path, name: str) -> SizeReport:
     info = read_object(obj.read_bytes())
     man = json.loads(manifest.read_text())
     profile = get_profile(man["target"]["name"])
-    check_self_contained(info, profile, name)
+    models = man.get("models")  # a library of several models (toolchain/library.py)
+    prefix = tuple(models) if models else name
+    check_self_contained(info, profile, prefix)
     library = build_dir / f"lib{name}.a"
     if library.is_file():
-        check_library(library.read_bytes(), profile, name)
+        check_library(library.read_bytes(), profile, prefix)
     t = totals(info.sections)
     stack = man.get("stack_bytes", {})
-    symbols = info.by_size()
+    arena = man["shared_arena"]["size"] if models else man["arena"]["size"]
+    per_model = {n: {"arena": m["arena"]["size"], "stack": max(m["stack_bytes"].values(), default=0),
+                     "weights": m["weight_bytes"]} for n, m in models.items()} if models else None
     return SizeReport(
-        name=name, target=man["target"]["name"], sections=dict(sorted(info.sections.items())), symbols=symbols,
-        undefined=sorted(info.undefined), code_bytes=t["text"], weight_bytes=man["weight_bytes"],
-        arena_bytes=man["arena"]["size"], stack_bytes=stack,
-        flash_bytes=t["text"] + t["rodata"] + t["data"],
-        ram_bytes=t["data"] + t["bss"] + man["arena"]["size"] + max(stack.values(), default=0))
+        name=name, target=man["target"]["name"], sections=dict(sorted(info.sections.items())), symbols=info.by_size(),
+        undefined=sorted(info.undefined), code_bytes=t["text"],
+        weight_bytes=sum(m["weights"] for m in per_model.values()) if models else man["weight_bytes"],
+        arena_bytes=arena, stack_bytes=stack, flash_bytes=t["text"] + t["rodata"] + t["data"],
+        ram_bytes=t["data"] + t["bss"] + arena + max(stack.values(), default=0), models=per_model)
 
 
 def table(r: SizeReport, top: int = 10) -> str:
@@ -84,6 +89,9 @@ def table(r: SizeReport, top: int = 10) -> str:
               f"  {'code':22} {r.code_bytes:10,d}", f"  {'weights':22} {r.weight_bytes:10,d}",
               f"{'RAM (data+bss+arena+stack)':24} {r.ram_bytes:10,d}", f"  {'arena':22} {r.arena_bytes:10,d}"]
     lines += [f"  {'stack ' + e:22} {n:10,d}" for e, n in r.stack_bytes.items()]
+    if r.models:
+        lines += ["", f"{'model':16} {'arena':>10} {'stack':>8} {'weights':>10}   (the arena above is shared)"]
+        lines += [f"{n:16} {m['arena']:10,d} {m['stack']:8,d} {m['weights']:10,d}" for n, m in r.models.items()]
     lines += ["", "largest symbols:", f"{'symbol':44} {'section':16} {'bytes':>10}"]
     lines += [f"{s['name'][:44]:44} {s['section'][:16]:16} {s['size']:10,d}" for s in r.symbols[:top]]
     lines += ["", f"undefined symbols: {', '.join(r.undefined) if r.undefined else 'none'}"]

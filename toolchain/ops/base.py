@@ -50,6 +50,10 @@ class Op:
     # Inputs read as sizes, shapes or indices (Reshape's shape), not as data: a bounded
     # batch build (frontend/batching.py) lets a constant there depend on the batch size.
     shape_operands: tuple[int, ...] = ()
+    # The output is the inputs laid end to end (Concat on an axis with only 1s before it):
+    # the memory planner may place the inputs there, so the producers write the output and
+    # this node does nothing (memory.py, "joins").
+    joins_inputs = False
 
     def canonicalize(self, node: Node, opset: int):
         """Fill in ONNX defaults and resolve convenience attributes (e.g. auto_pad) so

@@ -144,6 +144,8 @@ class Transpose(Op):
 
 @register("Concat")
 class Concat(Op):
+    joins_inputs = True
+
     def canonicalize(self, node, opset):
         node.attrs["axis"] = norm_axis(node.attrs["axis"], len(in_type(node).shape), node)
 
