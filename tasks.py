@@ -98,9 +98,10 @@ def cache(c, stats=False, clear=False):
 
 
 def ensure_qemu():
-    """qemu-user runs the non-native targets and qemu-system-arm boots the firmware image;
+    """qemu-user runs the non-native targets; qemu-system-arm boots the firmware images and runs
+    the Cortex-M (system-mode) targets;
     install them or say exactly how."""
-    if all(shutil.which(b) for b in ("qemu-aarch64", "qemu-riscv64", "qemu-system-aarch64")):
+    if all(shutil.which(b) for b in ("qemu-aarch64", "qemu-riscv64", "qemu-system-aarch64", "qemu-system-arm")):
         return
     packages = ["qemu-user", "qemu-system-arm"]
     how = f"sudo apt-get update && sudo apt-get install -y {' '.join(packages)}"

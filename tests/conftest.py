@@ -23,6 +23,29 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("target", chosen)
 
 
+def pytest_collection_modifyitems(config, items):
+    """--target restricts the system-mode (QEMU board) cases too; and the user-mode
+    target-parametrized tests (qemu-user harness) are not run for a system-mode profile
+    named by --target: its cases are the system_target ones (tests/test_system_mode.py)."""
+    chosen = config.getoption("--target")
+    if not chosen:
+        return
+    from toolchain.targets import runnable_targets
+
+    system = set(runnable_targets("system"))
+
+    def keep(item):
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "system_target" in params:
+            return params["system_target"] in chosen
+        return params.get("target") not in system
+
+    dropped = [i for i in items if not keep(i)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if keep(i)]
+
+
 def pytest_configure(config):
     """build() consults the compile cache (toolchain/cache.py). The suite, and the CLI
     subprocesses it starts, never read or fill the user's; and the cache is off (every

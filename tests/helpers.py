@@ -12,6 +12,7 @@ from onnx import helper, numpy_helper
 from toolchain.compiler import build
 from toolchain.harness.oracle import ATOL, RTOL, onnxruntime_outputs  # noqa: F401  (tests import them here)
 from toolchain.harness.runner import link_harness, run_model
+from toolchain.harness.system import link_system_harness, run_system
 from toolchain.targets import get_profile, runnable_targets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,9 +42,14 @@ def compile_and_run(model: onnx.ModelProto | Path, target: str, feeds: dict, wor
     out = workdir / f"build-{target}-{path.stem}"
     res = build(path, target, name, out)
     profile = get_profile(target)
-    exe = link_harness(out, name, profile)
     specs = [(o["dtype"], tuple(o["shape"])) for o in res.manifest["outputs"]]
     ordered = [feeds[i["name"]] for i in res.manifest["inputs"]]
+    if profile.run_mode == "system":  # a QEMU board: inputs are linked into the image
+        assert arena_bytes is None, "the system-mode harness always gives the model its full arena"
+        image = link_system_harness(out, name, profile, ordered, [o["bytes"] for o in res.manifest["outputs"]])
+        run = run_system(image, profile, specs, runs=runs)
+        return run.outputs, res, run
+    exe = link_harness(out, name, profile)
     run = run_model(exe, profile, ordered, specs, runs=runs, arena_bytes=arena_bytes)
     return run.outputs, res, run
 

@@ -81,3 +81,12 @@ def test_integer_and_boolean_outputs(qemu_system, tmp_path):
 def test_real_models_boot_on_both_paths(model_path, qemu_system, tmp_path):
     for v in firmware.run(model_path, TARGET, tmp_path):
         assert v.passed, (v.path, v.output)
+
+
+@pytest.mark.parametrize("path", ["object", pytest.param("c", marks=pytest.mark.slow)])
+def test_cortex_m55_firmware_boots_on_the_mps3_board(path, tmp_path):
+    """The same firmware on a Cortex-M55 (MPS3 AN547, Helium): semihosting output and exit."""
+    (v,) = firmware.run(None, "cortex-m55", tmp_path, paths=(path,))
+    assert v.returncode == 0 and "PASS max_abs_err=" in v.output, v.output
+    (bad,) = firmware.run(None, "cortex-m55", tmp_path / "bad", paths=(path,), corrupt=True)
+    assert bad.returncode == 1 and "FAIL max_abs_err=" in bad.output, bad.output

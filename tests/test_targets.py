@@ -53,15 +53,20 @@ def test_the_32_bit_build_runs_under_qemu_and_matches_onnxruntime(rv32_build):
 
 
 def test_the_test_matrix_is_read_from_targets():
-    on_disk = sorted(tomllib.loads(p.read_text())["name"] for p in (ROOT / "targets").glob("*.toml"))
-    assert sorted(ALL_TARGETS) == sorted(runnable_targets("user")) == on_disk
+    """Profiles run under qemu-user (the user-mode matrix) or on a QEMU board (system mode)."""
+    on_disk = {tomllib.loads(p.read_text())["name"]: tomllib.loads(p.read_text()).get("run", {}).get("mode", "user")
+               for p in (ROOT / "targets").glob("*.toml")}
+    assert sorted(ALL_TARGETS) == sorted(runnable_targets("user")) == sorted(n for n, m in on_disk.items()
+                                                                           if m == "user")
+    assert sorted(runnable_targets("system")) == sorted(n for n, m in on_disk.items() if m == "system")
+    assert sorted(runnable_targets("user") + runnable_targets("system")) == sorted(on_disk)
 
 
 def test_ci_matrix_reads_the_profiles():
     from toolchain.bench import matrix
 
     targets, models = matrix()
-    assert targets == runnable_targets("user") and all(m.is_file() for m in models)
+    assert targets == runnable_targets("user") + runnable_targets("system") and all(m.is_file() for m in models)
 
 
 def test_a_profile_missing_a_field_names_it(tmp_path):

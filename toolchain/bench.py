@@ -23,6 +23,8 @@ from .compiler import PROJECT_ROOT, build
 from .harness.oracle import ATOL, RTOL, onnxruntime_session
 from .harness.plugin import count_instructions
 from .harness.runner import link_harness, run_model
+from .harness.system import link_system_harness, run_system
+from .errors import BudgetError
 from .targets import get_profile, runnable_targets
 
 MATRIX = PROJECT_ROOT / "ci" / "matrix.toml"
@@ -30,7 +32,7 @@ MATRIX = PROJECT_ROOT / "ci" / "matrix.toml"
 
 def matrix() -> tuple[list[str], list[Path]]:
     data = tomllib.loads(MATRIX.read_text())
-    return runnable_targets("user"), [PROJECT_ROOT / m for m in data["models"]]
+    return runnable_targets("user") + runnable_targets("system"), [PROJECT_ROOT / m for m in data["models"]]
 
 
 @dataclass
@@ -98,6 +100,7 @@ class Result:
     arena_bytes: int = 0
     code_bytes: int = 0
     weight_bytes: int = 0
+    refused: str = ""  # over the target part's flash/RAM budget: the BudgetError's message
     extra: dict = field(default_factory=dict)
 
 
@@ -118,18 +121,25 @@ def _bench_into(res, model_path, target, workdir, runs, count, compare):
     profile = get_profile(target)
     model = onnx.load(str(model_path))
     out = Path(workdir) / f"{target}-{model_path.stem}"
-    built = build(model_path, target, "model", out)
+    try:
+        built = build(model_path, target, "model", out)
+    except BudgetError as e:  # the part cannot hold it: a verdict, not a failure
+        res.ok, res.refused = True, str(e)
+        return
     res.extra["compiled"] = built.compiled is not None  # False: the compile cache had it
     man = built.manifest
     res.macs, res.arena_bytes = man["macs"], man["arena"]["size"]
     res.code_bytes, res.weight_bytes = man["code_bytes"], man["weight_bytes"]
-    exe = link_harness(out, "model", profile)
     feeds = seeded_inputs(model)
     inputs = [feeds[i["name"]] for i in man["inputs"]]
     specs = [(o["dtype"], tuple(o["shape"])) for o in man["outputs"]]
     session = onnxruntime_session(model) if compare or profile.runs_natively() else None
-
-    run = run_model(exe, profile, inputs, specs, runs=runs)
+    if profile.run_mode == "system":  # a QEMU board: inputs linked in, no guest clock
+        exe = link_system_harness(out, "model", profile, inputs, [o["bytes"] for o in man["outputs"]])
+        run = run_system(exe, profile, specs, runs=1)
+    else:
+        exe = link_harness(out, "model", profile)
+        run = run_model(exe, profile, inputs, specs, runs=runs)
     res.ok = True
     if compare:
         want = session.run(None, feeds)
@@ -143,6 +153,9 @@ def _bench_into(res, model_path, target, workdir, runs, count, compare):
         c = count_instructions(exe, profile, inputs, specs, runs=3)
         res.insns_per_inference = c.per_inference
         res.insns_per_mac = c.per_inference / res.macs if res.macs else float("nan")
+    if profile.run_mode == "system":
+        res.timing = "none"  # emulated boards have no meaningful clock: the counts are the figure
+        return
     if profile.runs_natively():
         res.timing = "native"
         ours, theirs = _alternate(exe, profile, inputs, specs, session, feeds, runs)
@@ -241,6 +254,8 @@ def table(results: list[Result]) -> str:
             f"{r.arena_bytes:8d} {r.code_bytes:8d}")
         if r.error:
             lines.append(f"    {r.error}")
+        if r.refused:
+            lines[-1] = f"{r.model:26} {r.target:11} {'-':4} refused: {r.refused}"
     native = [r for r in results if r.timing == "native" and r.macs and r.median_ns == r.median_ns]
     if not native:
         return "\n".join(lines)
@@ -265,7 +280,7 @@ def run(targets: list[str], models: list[Path], json_path: str | None = None, ru
         for target in targets:
             for model in models:
                 r = bench(model, target, Path(tmp), runs=runs, count=count)
-                print(f"  {r.model} on {r.target}: {'ok' if r.ok else 'FAILED'}", file=sys.stderr, flush=True)
+                print(f"  {r.model} on {r.target}: {'refused' if r.refused else 'ok' if r.ok else 'FAILED'}", file=sys.stderr, flush=True)
                 results.append(r)
     print(table(results))
     print(compile_summary(results))

@@ -108,6 +108,8 @@ def cmd_targets(args):
 
     for p in all_profiles().values():
         run = "native" if p.runs_natively() else f"{p.qemu} -cpu {p.qemu_cpu}"
+        if p.run_mode == "system":
+            run = f"{p.qemu} -M {p.board} -cpu {p.qemu_cpu}"
         print(f"{p.name:12} {p.triple:28} cpu={p.cpu:14} {p.description}  [run: {run}]")
 
 

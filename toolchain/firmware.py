@@ -5,7 +5,8 @@ The model is built twice, through the object path (lib<name>.a from LLVM) and th
 C path (<name>.c compiled for the freestanding target); each is linked with the board's
 startup code, linker script and firmware/main.c, which runs the model on stored inputs
 and compares with onnxruntime's outputs. The board comes from firmware/boards.toml by the
-profile's ELF machine; the CPU comes from the profile. No OS, no libc, no heap.
+profile's run.board (Cortex-M: MPS2/MPS3) or else its ELF machine; the CPU comes from the
+profile. No OS, no libc, no heap.
 
     python -m toolchain.firmware --target cortex-a76 [--model M.onnx] [--path object|c|both]
 """
@@ -15,7 +16,6 @@ import argparse
 import shutil
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +23,11 @@ import numpy as np
 
 from .harness.clib import build_c_library
 from .harness.oracle import ATOL, RTOL, onnxruntime_outputs
+from .harness.system import board_cc, board_for
 from .kernel.c import float_literal, int_literal
 from .kernel.llvm import LLVM_TYPES
 from .compiler import DEFAULT_MODEL, PROJECT_ROOT, build
-from .errors import CompileError, UnsupportedError
+from .errors import CompileError
 from .inspect.elf import read_object
 from .targets import Profile, get_profile
 
@@ -52,14 +53,6 @@ class Verdict:
     @property
     def passed(self) -> bool:
         return self.returncode == 0 and "PASS" in self.output
-
-
-def board_for(profile: Profile) -> dict:
-    boards = tomllib.loads((FIRMWARE / "boards.toml").read_text())
-    if profile.elf_machine not in boards:
-        raise UnsupportedError(f"no bare-metal board for target {profile.name} ({profile.elf_machine}); "
-                           f"firmware/boards.toml has {', '.join(boards)}")
-    return boards[profile.elf_machine]
 
 
 def test_vectors(manifest: dict, model_path: Path, seed: int = 0):
@@ -117,7 +110,7 @@ def _array(decl: str, x: np.ndarray) -> str:
 
 def compiler(profile: Profile, board: dict) -> list[str]:
     """zig cc for the board's freestanding triple and the profile's CPU: no OS, no libc."""
-    return profile.zig_cc(board["zig_target"]) + ["-ffreestanding", "-nostdlib"]
+    return board_cc(profile, board)
 
 
 def _run(cmd: list[str], what: str):

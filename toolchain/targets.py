@@ -77,14 +77,21 @@ class Profile:
     vector_lmul: int = _at("vector_lmul", 1)
     # width of index arithmetic in generated code: the pointer width
     index_bits: int = _at("index_bits", 64)
+    # the core has double-precision floating point; where not, objects must hold no f64 instruction
+    fp64: bool = _at("fp64", True)
     elf_machine: str = _at("elf.machine")
     elf_class: int = _at("elf.class", 64)
     elf_flags: list = _at("elf.flags", [])  # [{mask, value, meaning}]: see elf_flag_checks
+    # e_flags bits the object writer leaves to the compiler driver (ARM's hard-float bit)
+    elf_add_flags: int = _at("elf.add_flags", 0)
     # bytes a call instruction pushes (x86's return address); 0 where it goes to a register
     return_address_bytes: int = _at("elf.return_address_bytes", 0)
     zig_target: str = _at("link.zig_target")
     zig_cpu: str = _at("link.zig_cpu")
+    # extra flags for every zig cc of this target (C path, harness, firmware)
+    cflags: list = _at("link.cflags", [])
     run_mode: str = _at("run.mode", "user")
+    board: str = _at("run.board", "")  # run.mode = "system": the board in firmware/boards.toml
     qemu: str = _at("run.qemu", "")
     qemu_cpu: str = _at("run.qemu_cpu", "")
     native_arch: str = _at("run.native_arch", "")
@@ -106,7 +113,7 @@ class Profile:
     def zig_cc(self, zig_target: str | None = None) -> list[str]:
         """The hermetic C compiler for this CPU (zig cc), for the profile's own OS target or
         another one (a bare-metal board's)."""
-        return zig("cc", "-target", zig_target or self.zig_target, f"-mcpu={self.zig_cpu}")
+        return zig("cc", "-target", zig_target or self.zig_target, f"-mcpu={self.zig_cpu}", *self.cflags)
 
     def runs_natively(self) -> bool:
         """True when this host executes the target's instructions itself."""
@@ -149,6 +156,9 @@ def load_profile(path: Path) -> Profile:
     profile = Profile(**values)
     if profile.run_mode not in RUN_MODES:
         raise InvalidModelError(f"target profile {Path(path).name}: run.mode must be one of {RUN_MODES}")
+    if profile.run_mode == "system" and not profile.board:
+        raise InvalidModelError(f"target profile {Path(path).name}: run.mode = \"system\" needs run.board "
+                                f"(a board of firmware/boards.toml)")
     return profile
 
 

@@ -332,7 +332,20 @@ def compile_ir(text: str, profile: Profile) -> tuple[bytes, str, dict]:
     pb = llvm.create_pass_builder(tm, pto)
     pb.getModulePassManager().run(mod, pb)
     obj, diagnostics = _capturing_stderr(lambda: tm.emit_object(mod))
-    return obj, str(mod), parse_frame_reports(diagnostics)
+    return with_elf_flags(obj, profile.elf_add_flags), str(mod), parse_frame_reports(diagnostics)
+
+
+def with_elf_flags(obj: bytes, flags: int) -> bytes:
+    """e_flags | flags. ARM's EF_ARM_ABI_FLOAT_HARD is set by the clang driver from
+    -mfloat-abi=hard, which llvmlite's target machine cannot be given; the code follows
+    the hard-float ABI by the eabihf triple (Tag_ABI_VFP_args = VFP registers in its
+    .ARM.attributes, which the self-containment check reads back)."""
+    if not flags:
+        return obj
+    offset = 0x24 if obj[4] == 1 else 0x30  # ELFCLASS32 / ELFCLASS64
+    order = "little" if obj[5] == 1 else "big"
+    value = int.from_bytes(obj[offset:offset + 4], order) | flags
+    return obj[:offset] + value.to_bytes(4, order) + obj[offset + 4:]
 
 
 def _capturing_stderr(fn):

@@ -7,7 +7,10 @@ Wall time under emulation says little about real hardware and is noisy; the numb
 guest instructions is exact and repeatable. The harness is run with N inferences and
 with 1, untimed (so every run executes the same instructions), and the difference
 divided by N - 1 is the cost of one inference with start-up and I/O cancelled out.
-Every target runs under qemu here, x86-64-v3 included (qemu-x86_64 -cpu max has AVX2).
+Every target runs under qemu here, x86-64-v3 included (qemu-x86_64 -cpu max has AVX2);
+system-mode targets (Cortex-M) on their QEMU board, where the count covers the whole
+machine (startup, semihosting calls, the model) and N runs minus 1 run again leaves N-1
+inferences.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from ..targets import Profile, zig
 from .runner import RUNTIME, HarnessError, run_model
+from .system import run_system
 
 PLUGIN_SOURCE = RUNTIME / "insn_count_plugin.c"
 PROFILE_PLUGIN_SOURCE = RUNTIME / "insn_profile_plugin.c"
@@ -73,9 +77,13 @@ def count_once(exe: Path, profile: Profile, inputs, output_specs, runs: int, tim
     plugin = build_plugin()
     with tempfile.TemporaryDirectory(prefix="edgec-insn-") as tmp:
         report = Path(tmp) / "count.txt"
-        prefix = qemu_command(profile) + ["-plugin", f"{plugin},out={report}"]
-        run_model(exe, profile, inputs, output_specs, runs=runs, prefix=prefix, env={**(env or {}), "EDGEC_UNTIMED": "1"},
-                  timeout=timeout, fixed_layout=True)
+        if profile.run_mode == "system":  # a QEMU board: the image carries its inputs
+            run_system(exe, profile, output_specs, runs=runs, timeout=timeout,
+                       qemu_extra=["-plugin", f"{plugin},out={report}"])
+        else:
+            prefix = qemu_command(profile) + ["-plugin", f"{plugin},out={report}"]
+            run_model(exe, profile, inputs, output_specs, runs=runs, prefix=prefix,
+                      env={**(env or {}), "EDGEC_UNTIMED": "1"}, timeout=timeout, fixed_layout=True)
         if not report.is_file():
             raise HarnessError(f"the instruction-count plugin wrote no report under {profile.qemu}")
         key, _, value = report.read_text().partition(":")

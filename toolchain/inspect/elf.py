@@ -12,6 +12,7 @@ from elftools.elf.relocation import RelocationSection
 
 from ..errors import CompileError, InternalError, InvalidModelError
 from ..targets import Profile
+from .arm import TAG_ABI_VFP_ARGS, f64_instructions, parse_attributes
 
 
 @dataclass
@@ -33,7 +34,8 @@ class ObjectInfo:
     undefined: list
     writable: list = None  # allocated sections with SHF_WRITE
     relocations: list = None  # relocation type names used
-
+    arm_attributes: dict = None  # ARM objects: file-scope build attributes {tag: value}
+    f64_instructions: list = None  # ARM objects: double-precision arithmetic [(section, offset, hex)]
 
     def by_size(self) -> list[dict]:
         """Functions and data objects, largest first (local labels and mapping symbols such
@@ -65,8 +67,12 @@ def read_object(data: bytes) -> ObjectInfo:
             continue
         sec = names.get(shndx, str(shndx)) if isinstance(shndx, int) else shndx
         symbols.append(Symbol(sym.name, sym["st_size"], sec, sym["st_info"]["bind"], kind))
+    arm_attrs = f64 = None
+    if elf["e_machine"] == "EM_ARM":
+        attrs = elf.get_section_by_name(".ARM.attributes")
+        arm_attrs, f64 = parse_attributes(attrs.data() if attrs else b""), f64_instructions(elf)
     return ObjectInfo(elf["e_machine"], elf.elfclass, elf["e_flags"], sections, symbols, undefined, writable,
-                      sorted(relocs))
+                      sorted(relocs), arm_attrs, f64)
 
 
 # Relocations that only a dynamic loader resolves (GOT, PLT slots, copies, TLS): a
@@ -86,6 +92,23 @@ def check_elf_header(info: ObjectInfo, profile: Profile):
         if info.flags & check.mask != check.value:
             raise InternalError(f"object e_flags {info.flags:#x} lack {check.meaning} (flags & {check.mask:#x} "
                                 f"is {info.flags & check.mask:#x}, target {profile.name} needs {check.value:#x})")
+    if info.arm_attributes is not None and info.flags & 0x400:  # EF_ARM_ABI_FLOAT_HARD: the code must agree
+        if info.arm_attributes.get(TAG_ABI_VFP_ARGS) != 1:
+            raise InternalError(f"object e_flags claim the hard-float ABI but its build attributes say "
+                                f"Tag_ABI_VFP_args={info.arm_attributes.get(TAG_ABI_VFP_ARGS, 0)} (1: VFP registers)")
+    if not profile.fp64:
+        check_single_precision(info, profile)
+
+
+def check_single_precision(info: ObjectInfo, profile: Profile):
+    """No double-precision instruction on a core whose FPU has none (it would trap)."""
+    if info.f64_instructions is None:
+        raise InternalError(f"cannot check {info.machine} code for double-precision instructions "
+                            f"(target {profile.name} has no double-precision FPU)")
+    if info.f64_instructions:
+        where = ", ".join(f"{sec}+{off:#x} ({enc})" for sec, off, enc in info.f64_instructions[:3])
+        raise InternalError(f"object has {len(info.f64_instructions)} double-precision floating-point "
+                            f"instruction(s), which target {profile.name}'s single-precision FPU lacks: {where}")
 
 
 def check_self_contained(info: ObjectInfo, profile: Profile, prefix: str | tuple[str, ...]):
