@@ -177,3 +177,27 @@ def size(c, target=None, model=None, name=None, out=None, json=None, html=None, 
             sys.exit(f"edgec: error: --diff wants OLD_DIR,NEW_DIR, got '{diff}'")
         args += ["--diff", old, new]
     _exec(args)
+
+
+@task(help={"target": "target profile (run under qemu-user, x86-64-v3 included); required unless --diff",
+            "model": "ONNX file (default: the bundled keyword-spotting DS-CNN)",
+            "json": "write the profile as JSON", "html": "write a self-contained page with a bar chart",
+            "runs": "inferences in the long run (the count is N runs minus 1 run; default 3)",
+            "mode": "functions (default: each node in a never-inlined function) or lines (the shipped "
+                    "code itself, nodes told apart by a line table)",
+            "diff": "compare two JSON profiles node by node: --diff OLD.json,NEW.json"})
+def profile(c, target=None, model=None, json=None, html=None, runs=None, mode=None, diff=None):
+    """Guest instructions per node of the final graph (after fusion), counted under QEMU:
+    MACs, insns/MAC, share; a table by cost, JSON, an HTML bar chart, or a diff of two JSONs."""
+    ensure_qemu()
+    args = [PY, "-m", "toolchain", "profile"]
+    for flag, value in (("--target", target), ("--model", model), ("--json", json), ("--html", html),
+                        ("--runs", runs), ("--mode", mode)):
+        if value is not None:
+            args += [flag, str(value)]
+    if diff is not None:
+        old, sep, new = str(diff).partition(",")
+        if not sep or not old or not new or "," in new:
+            sys.exit(f"edgec: error: --diff wants OLD.json,NEW.json, got '{diff}'")
+        args += ["--diff", old, new]
+    _exec(args)

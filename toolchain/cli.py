@@ -1,4 +1,4 @@
-"""Command line: `edgec build|targets|ops` (also `python -m toolchain`). invoke tasks call these."""
+"""Command line: `edgec build|size|profile|targets|ops` (also `python -m toolchain`). invoke tasks call these."""
 from __future__ import annotations
 
 import argparse
@@ -142,6 +142,37 @@ def cmd_size(args):
         _write_report("--html", args.html, html_chart(report))
 
 
+def cmd_profile(args):
+    from pathlib import Path
+
+    # the argument checks come before the (slow) imports and the build
+    for flag, path in (("--json", args.json), ("--html", args.html)):
+        if path:
+            _writable_file(flag, path)
+    if args.diff:
+        if args.target or args.model or args.json or args.html or args.mode:
+            raise InvalidModelError("profile --diff OLD.json NEW.json takes no other option")
+        from .profile import diff, load_json
+
+        old, new = (load_json(p) for p in args.diff)
+        print(diff(old, new))
+        return
+    if not args.target:
+        raise InvalidModelError("profile needs --target (or --diff OLD.json NEW.json)")
+    if args.model and not Path(args.model).is_file():
+        raise InvalidModelError(f"model file not found: {args.model}")
+    if args.runs < 2:
+        raise InvalidModelError(f"--runs must be at least 2 (N runs minus 1 cancels start-up), got {args.runs}")
+    from .profile import html_page, profile_model, table
+
+    report = profile_model(args.model, args.target, runs=args.runs, mode=args.mode or "functions")
+    print(table(report))
+    if args.json:
+        _write_report("--json", args.json, report.to_json())
+    if args.html:
+        _write_report("--html", args.html, html_page(report))
+
+
 def cmd_compare(args):
     dims = _dims(args.dim)
     if args.json:
@@ -211,6 +242,17 @@ def parser():
     z.add_argument("--html", metavar="PATH", help="write a bar chart of the largest symbols")
     z.add_argument("--diff", nargs=2, metavar=("OLD_DIR", "NEW_DIR"), help="compare two builds symbol by symbol")
     z.set_defaults(fn=cmd_size, dim=None, dump_ir=False, flash_budget=None, ram_budget=None, emit="object")
+    pr = sub.add_parser("profile", help="guest instructions per node of the final graph, under QEMU")
+    pr.add_argument("--target", help="target profile (run.mode = user)")
+    pr.add_argument("--model", help="ONNX file (default: the bundled keyword-spotting DS-CNN)")
+    pr.add_argument("--json", metavar="PATH", help="write the profile as JSON")
+    pr.add_argument("--html", metavar="PATH", help="write a self-contained page with a bar chart")
+    pr.add_argument("--mode", choices=["functions", "lines"],
+                    help="functions (default): every node in a never-inlined function of its own; "
+                         "lines: the shipped code itself, nodes told apart by a line table")
+    pr.add_argument("--runs", type=int, default=3, help="inferences in the long run (default 3; minus 1 run)")
+    pr.add_argument("--diff", nargs=2, metavar=("OLD_JSON", "NEW_JSON"), help="compare two --json profiles per node")
+    pr.set_defaults(fn=cmd_profile)
     c = sub.add_parser("compare", help="per-layer differences on the target against onnxruntime")
     c.add_argument("--target", required=True)
     c.add_argument("--model", help="ONNX file (default: the bundled keyword-spotting DS-CNN)")

@@ -57,16 +57,23 @@ def check_name(name: str):
 
 
 def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = None,
-                  emit: str = "object", weights: str = "internal") -> Compiled:
+                  emit: str = "object", weights: str = "internal", separate_nodes: bool = False,
+                  node_lines: bool = False) -> Compiled:
     """Passes (schedules chosen for the backend's vector unit), memory plan, the backend's
-    object, self-containment check, worst-case stack. Nothing touches disk."""
+    object, self-containment check, worst-case stack. Nothing touches disk.
+    separate_nodes, node_lines (object path only): the profiling builds of toolchain.profile
+    (every node in a function of its own, never inlined; or the shipped code with a line
+    table naming each instruction's node); never used for a shipped build."""
     backend = get_backend(emit)
+    if (separate_nodes or node_lines) and backend.name != "object":
+        raise InvalidModelError(f"profiling builds need the object backend, not '{emit}'")
     vector = backend.vector_unit(profile)
     run_pipeline(g, dump=dump, vector=vector)
     plan = plan_memory(g, profile.arena_align, buffer_alignment(4 * vector.lanes))
     if weights not in WEIGHT_PLACEMENTS:
         raise InvalidModelError(f"--weights must be one of {', '.join(WEIGHT_PLACEMENTS)}, got '{weights}'")
-    out = backend.generate(g, plan, name, profile, weights=weights)
+    options = {k: True for k, v in (("separate_nodes", separate_nodes), ("node_lines", node_lines)) if v}
+    out = backend.generate(g, plan, name, profile, weights=weights, **options)
     info = read_object(out.object)
     check_self_contained(info, profile, name)
     entries = entry_symbols(name, g.batch is not None, weights == "external")

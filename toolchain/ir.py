@@ -103,6 +103,12 @@ class Node:
     attrs: dict = field(default_factory=dict)
     epilogue: tuple[EpilogueStep, ...] = ()  # fused elementwise steps, applied in order at the store
     schedule: object = None  # a toolchain.schedules.Schedule, once chosen for a vector unit
+    # the ONNX nodes this node computes, by their names in the model: set at import, extended
+    # by every pass that merges a node into another (BatchNorm folding, activation and
+    # residual fusion, CSE); empty for a node the compiler inserted (an output copy). Not
+    # part of the text form or the fingerprint: it describes where code came from, not what
+    # it does.
+    sources: tuple[str, ...] = ()
 
     def __repr__(self):
         return f"Node({self.op} {self.name})"

@@ -21,6 +21,7 @@ from ..memory import MemoryPlan
 from ..ops import registry
 from ..targets import Profile, VectorUnit
 from .common import Generated, lower_node
+from .debuglines import with_node_lines
 
 WEIGHT_ALIGN = 64
 
@@ -35,12 +36,21 @@ class LLVMBackend:
         return profile.vector_unit
 
     def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile,
-                 weights: str = "internal") -> Generated:
+                 weights: str = "internal", separate_nodes: bool = False, node_lines: bool = False) -> Generated:
         """weights "external": no weight bytes in the object; they go to <name>_weights.bin
-        (Generated.files) and <name>_run_ext takes their address."""
+        (Generated.files) and <name>_run_ext takes their address.
+        The profiling builds of toolchain.profile (a shipped build sets neither, and its
+        object does not change with the options present): separate_nodes keeps every node
+        in its own function (noinline), so its code has an address range of its own;
+        node_lines adds line-table debug info naming each instruction's node
+        (backends/debuglines.py) to the shipped build's code."""
         blob = WeightBlob() if weights == "external" else None
-        module = build_module(g, plan, name, profile, blob)
-        obj, optimized, frames = compile_ir(module_text(module), profile)
+        module = build_module(g, plan, name, profile, blob, separate_nodes)
+        text = module_text(module)
+        if node_lines:
+            symbols = node_symbols(name, g.nodes)
+            text = with_node_lines(text, {s: i + 1 for i, s in enumerate(symbols)}, len(symbols) + 1)
+        obj, optimized, frames = compile_ir(text, profile)
         for fn in dynamic_allocas(optimized):
             raise InternalError(f"function '{fn}' allocates stack of a run-time size: its worst-case stack "
                                 "cannot be bounded")
@@ -70,7 +80,17 @@ class WeightBlob:
         return bytes(out)
 
 
-def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile, blob: "WeightBlob | None" = None) -> ir.Module:
+def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile, blob: "WeightBlob | None" = None,
+                 separate_nodes: bool = False) -> ir.Module:
+    """separate_nodes: the run function calls, for each node, a function of the node's
+    symbol that is never inlined and computes the node's pointers from (inputs, outputs,
+    arena) exactly as the run function does (arena offsets as constants, the arena's
+    alignment, weights as globals), its kernel inlined into it: the kernel's code sees the
+    same context as in the shipped build, where every kernel is inlined into the run
+    function."""
+    if separate_nodes and (blob is not None or g.batch is not None):
+        raise UnsupportedError("a profiling build with every node in a function of its own needs internal "
+                               "weights and static shapes")
     module = ir.Module(name=name)
     module.triple = profile.triple
     index = ir.IntType(profile.index_bits)
@@ -80,10 +100,15 @@ def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile, blob: 
         if g.batch is not None:
             raise UnsupportedError("--weights external with a bounded dimension is not supported yet")
         weights = {id(v): blob.add(v.data) for v in g.constants()}  # offsets into the blob
-    kernels = [_node_function(module, g, plan, sym, node, profile.vector_unit, index, blob)
+    symbols = node_symbols(name, g.nodes)
+    kernels = [_node_function(module, g, plan, sym + ("_body" if separate_nodes else ""), node,
+                              profile.vector_unit, index, blob)
                if id(node) not in plan.elided else None  # a join: its output is already in place
-               for node, sym in zip(g.nodes, node_symbols(name, g.nodes))]
-    run = _run_function(module, g, plan, name, weights, kernels, index, blob is not None)
+               for node, sym in zip(g.nodes, symbols)]
+    if separate_nodes:
+        kernels = [_node_wrapper(module, plan, sym, node, kernel, weights, index) if kernel is not None else None
+                   for node, sym, kernel in zip(g.nodes, symbols, kernels)]
+    run = _run_function(module, g, plan, name, weights, kernels, index, blob is not None, separate_nodes)
     if g.batch is not None:
         _batch_entries(module, g, name, run, index)
     return module
@@ -140,9 +165,10 @@ def _node_function(module, g, plan, sym, node, vector, index, blob=None):
     return fn
 
 
-def _run_function(module, g, plan, name, weights, kernels, index, external=False):
+def _run_function(module, g, plan, name, weights, kernels, index, external=False, separate_nodes=False):
     """<name>_run; with external weights <name>_run_ext, whose first argument is the
-    blob (`weights` then maps each constant to its offset there)."""
+    blob (`weights` then maps each constant to its offset there). separate_nodes: the
+    kernels are the node wrappers (_node_wrapper), called with the run function's arguments."""
     ptr = I8.as_pointer()
     fnty = ir.FunctionType(I32, [ptr] * external + [ptr.as_pointer(), ptr.as_pointer(), ptr])
     sym = item_symbol(name) if g.batch else run_ext_symbol(name) if external else run_symbol(name)
@@ -155,6 +181,38 @@ def _run_function(module, g, plan, name, weights, kernels, index, external=False
     inputs.name, outputs.name, arena.name = "inputs", "outputs", "arena"
     arena.attributes.align = plan.alignment
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    if separate_nodes:
+        for kernel in kernels:
+            if kernel is not None:
+                b.call(kernel, [inputs, outputs, arena])
+    else:
+        _call_nodes(b, g.nodes, kernels, plan, weights, index, inputs, outputs, arena, blob)
+    b.ret(ir.Constant(I32, 0))
+    return fn
+
+
+def _node_wrapper(module, plan, sym, node, kernel, weights, index):
+    """The profiling build's function for one node: the run function's arguments, the
+    node's pointers computed as the run function computes them, its kernel inlined."""
+    ptr = I8.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(I32, [ptr.as_pointer(), ptr.as_pointer(), ptr]), name=sym)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    kernel.attributes.add("alwaysinline")
+    inputs, outputs, arena = fn.args
+    inputs.name, outputs.name, arena.name = "inputs", "outputs", "arena"
+    arena.attributes.align = plan.alignment
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    _call_nodes(b, [node], [kernel], plan, weights, index, inputs, outputs, arena, None)
+    b.ret(ir.Constant(I32, 0))
+    return fn
+
+
+def _call_nodes(b, nodes, kernels, plan, weights, index, inputs, outputs, arena, blob):
+    """Calls each node's kernel with its operands' pointers: graph inputs and outputs from
+    the caller's tables, arena buffers at their planned offsets, weights as globals (or
+    at their offsets in the external blob, passed last)."""
     cache = {}
 
     def pointer(v):
@@ -173,7 +231,7 @@ def _run_function(module, g, plan, name, weights, kernels, index, external=False
             cache[key] = raw
         return b.bitcast(cache[key], _ptr_type(v))
 
-    for node, kernel in zip(g.nodes, kernels):
+    for node, kernel in zip(nodes, kernels):
         if kernel is None:
             continue
         args = [pointer(v) for v in node.inputs if v is not None] + [pointer(v) for v in node.outputs]
@@ -181,8 +239,6 @@ def _run_function(module, g, plan, name, weights, kernels, index, external=False
             raw = b.gep(arena, [ir.Constant(index, st.index)], inbounds=True)
             args.append(b.bitcast(raw, LLVM_TYPES[t.dtype].as_pointer()))
         b.call(kernel, args + ([blob] if blob is not None else []))
-    b.ret(ir.Constant(I32, 0))
-    return fn
 
 
 def _batch_entries(module, g, name, item, index):

@@ -103,6 +103,7 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
                                         op=proto.op_type)
         outputs = [Value(g.unique(o or f"{node_name}_unused{j}"), None) for j, o in enumerate(proto.output)]
         node = g.add_node(proto.op_type, node_name, inputs, outputs, attrs)
+        node.sources = (node_name,)
         try:
             op.canonicalize(node, opset)
             types = op.infer(node)

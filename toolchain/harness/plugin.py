@@ -1,5 +1,7 @@
-"""Guest instructions per inference, counted by the project's own QEMU TCG plugin
-(runtime/insn_count_plugin.c, built on the host the first time it is needed).
+"""Guest instructions per inference, counted by the project's own QEMU TCG plugins
+(runtime/insn_count_plugin.c: the whole program; runtime/insn_profile_plugin.c: per
+address range, i.e. per node function of a profiling build; built on the host the first
+time each is needed).
 
 Wall time under emulation says little about real hardware and is noisy; the number of
 guest instructions is exact and repeatable. The harness is run with N inferences and
@@ -25,6 +27,7 @@ from .runner import RUNTIME, HarnessError, run_model
 from .system import run_system
 
 PLUGIN_SOURCE = RUNTIME / "insn_count_plugin.c"
+PROFILE_PLUGIN_SOURCE = RUNTIME / "insn_profile_plugin.c"
 CACHE = Path(os.environ.get("EDGEC_PLUGIN_DIR", Path(__file__).resolve().parents[2] / "build" / ".plugins"))
 
 
@@ -44,19 +47,20 @@ def host_cc() -> list[str]:
     return zig("cc")
 
 
-def build_plugin() -> Path:
-    """Compile the plugin once per source version; returns the .so path."""
-    src = PLUGIN_SOURCE.read_bytes() + (RUNTIME / "qemu_plugin_api.h").read_bytes()
-    out = CACHE / f"insn_count-{hashlib.sha256(src).hexdigest()[:12]}.so"
+def build_plugin(source: Path = PLUGIN_SOURCE) -> Path:
+    """Compile a plugin once per source version; returns the .so path."""
+    src = source.read_bytes() + (RUNTIME / "qemu_plugin_api.h").read_bytes()
+    stem = source.stem.removesuffix("_plugin")
+    out = CACHE / f"{stem}-{hashlib.sha256(src).hexdigest()[:12]}.so"
     if out.is_file():
         return out
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".tmp{os.getpid()}")
     cmd = host_cc() + ["-shared", "-fPIC", "-O2", "-fvisibility=hidden", "-Wall", "-Wextra", "-Werror",
-                       f"-I{RUNTIME}", str(PLUGIN_SOURCE), "-o", str(tmp)]
+                       f"-I{RUNTIME}", str(source), "-o", str(tmp)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise HarnessError(f"building the QEMU plugin failed: {' '.join(cmd)}\n{proc.stderr.strip()}")
+        raise HarnessError(f"building the QEMU plugin {source.name} failed: {' '.join(cmd)}\n{proc.stderr.strip()}")
     os.replace(tmp, out)
     return out
 
@@ -99,3 +103,58 @@ def count_instructions(exe: Path, profile: Profile, inputs, output_specs, runs: 
     if diff <= 0 or diff % (runs - 1):
         raise HarnessError(f"instruction counts do not scale with runs: 1 run {one}, {runs} runs {many}")
     return InsnCount(diff // (runs - 1), many, one, runs)
+
+
+@dataclass
+class RangeCounts:
+    """Instructions per inference in each address range (in the order given) and outside
+    all of them; with the totals of the two runs they come from."""
+
+    per_range: list[int]
+    other: int
+    total_n: int
+    total_1: int
+    runs: int
+
+    @property
+    def per_inference(self) -> int:
+        return sum(self.per_range) + self.other
+
+
+def profile_once(exe: Path, profile: Profile, inputs, output_specs, runs: int, ranges: list[tuple[int, int]],
+                 timeout: float = 600) -> tuple[int, int, list[int]]:
+    """One run under the range-counting plugin: (total, outside every range, per range)."""
+    plugin = build_plugin(PROFILE_PLUGIN_SOURCE)
+    with tempfile.TemporaryDirectory(prefix="edgec-prof-") as tmp:
+        table, report = Path(tmp) / "ranges.txt", Path(tmp) / "profile.txt"
+        table.write_text("".join(f"{a:x} {b:x}\n" for a, b in ranges))
+        prefix = qemu_command(profile) + ["-plugin", f"{plugin},ranges={table},out={report}"]
+        run_model(exe, profile, inputs, output_specs, runs=runs, prefix=prefix, env={"EDGEC_UNTIMED": "1"},
+                  timeout=timeout, fixed_layout=True)
+        if not report.is_file():
+            raise HarnessError(f"the profiling plugin wrote no report under {profile.qemu}")
+        fields = {}
+        for line in report.read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields[key.strip()] = int(value)
+    try:
+        return fields["insns"], fields["other"], [fields[str(i)] for i in range(len(ranges))]
+    except KeyError as e:
+        raise HarnessError(f"the profiling plugin's report lacks {e}") from None
+
+
+def count_ranges(exe: Path, profile: Profile, inputs, output_specs, ranges: list[tuple[int, int]],
+                 runs: int = 3) -> RangeCounts:
+    """Per-range instructions of one inference: (N runs - 1 run) / (N - 1), as count_instructions."""
+    if runs < 2:
+        raise ValueError("need at least 2 runs to cancel start-up")
+    t1, o1, r1 = profile_once(exe, profile, inputs, output_specs, 1, ranges)
+    tn, on, rn = profile_once(exe, profile, inputs, output_specs, runs, ranges)
+    per = []
+    for i, (a, b) in enumerate(zip(r1, rn)):
+        if (b - a) % (runs - 1) or b < a:
+            raise HarnessError(f"range {i}'s count does not scale with runs: 1 run {a}, {runs} runs {b}")
+        per.append((b - a) // (runs - 1))
+    if (on - o1) % (runs - 1) or on < o1:
+        raise HarnessError(f"instructions outside the ranges do not scale with runs: 1 run {o1}, {runs} runs {on}")
+    return RangeCounts(per, (on - o1) // (runs - 1), tn, t1, runs)

@@ -58,6 +58,7 @@ def eliminate_common_subexpressions(g: Graph) -> bool:
             continue
         for mine, theirs in zip(node.outputs, twin.outputs):
             g.replace_all_uses(mine, theirs)
+        twin.sources += tuple(n for n in node.sources if n not in twin.sources)
         g.nodes.remove(node)
         changed = True
     return changed

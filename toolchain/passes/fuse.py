@@ -49,6 +49,7 @@ def fold_batchnorm(g: Graph) -> bool:
         new_inputs = [prod.inputs[0], g.const(prod.name + "_w_bn", w.astype(np.float32)),
                       g.const(prod.name + "_b_bn", bias.astype(np.float32))]
         prod.inputs = new_inputs
+        prod.sources += bn.sources
         out = bn.outputs[0]
         g.replace_all_uses(out, prod.outputs[0])
         g.nodes.remove(bn)
@@ -74,6 +75,7 @@ def fuse_activations(g: Graph) -> bool:
             continue
         node.epilogue += (EpilogueStep(act.op, tuple(sorted(act.attrs.items()))),)
         node.outputs = [act.outputs[0]]
+        node.sources += act.sources
         act.outputs[0].producer = node
         g.nodes.remove(act)
         changed = True
@@ -109,6 +111,7 @@ def fuse_residuals(g: Graph) -> bool:
                                 operand_first=side == 1)
             prod.epilogue = prod.epilogue + (step,) + node.epilogue
             prod.outputs = [node.outputs[0]]
+            prod.sources += node.sources
             node.outputs[0].producer = prod
             g.nodes.remove(node)
             changed = True
