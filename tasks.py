@@ -183,8 +183,8 @@ def size(c, target=None, model=None, name=None, out=None, json=None, html=None, 
             "model": "ONNX file (default: the bundled keyword-spotting DS-CNN)",
             "json": "write the profile as JSON", "html": "write a self-contained page with a bar chart",
             "runs": "inferences in the long run (the count is N runs minus 1 run; default 3)",
-            "mode": "functions (default: each node in a never-inlined function) or lines (the shipped "
-                    "code itself, nodes told apart by a line table)",
+            "mode": "lines (default: the shipped code itself, nodes told apart by a line table) or "
+                    "functions (each node in a never-inlined function)",
             "diff": "compare two JSON profiles node by node: --diff OLD.json,NEW.json"})
 def profile(c, target=None, model=None, json=None, html=None, runs=None, mode=None, diff=None):
     """Guest instructions per node of the final graph (after fusion), counted under QEMU:

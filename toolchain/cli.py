@@ -165,7 +165,7 @@ def cmd_profile(args):
         raise InvalidModelError(f"--runs must be at least 2 (N runs minus 1 cancels start-up), got {args.runs}")
     from .profile import html_page, profile_model, table
 
-    report = profile_model(args.model, args.target, runs=args.runs, mode=args.mode or "functions")
+    report = profile_model(args.model, args.target, runs=args.runs, mode=args.mode or "lines")
     print(table(report))
     if args.json:
         _write_report("--json", args.json, report.to_json())
@@ -248,8 +248,8 @@ def parser():
     pr.add_argument("--json", metavar="PATH", help="write the profile as JSON")
     pr.add_argument("--html", metavar="PATH", help="write a self-contained page with a bar chart")
     pr.add_argument("--mode", choices=["functions", "lines"],
-                    help="functions (default): every node in a never-inlined function of its own; "
-                         "lines: the shipped code itself, nodes told apart by a line table")
+                    help="lines (default): the shipped code itself, nodes told apart by a line table (the sum is "
+                         "the shipped count exactly); functions: every node in a never-inlined function of its own")
     pr.add_argument("--runs", type=int, default=3, help="inferences in the long run (default 3; minus 1 run)")
     pr.add_argument("--diff", nargs=2, metavar=("OLD_JSON", "NEW_JSON"), help="compare two --json profiles per node")
     pr.set_defaults(fn=cmd_profile)

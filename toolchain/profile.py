@@ -5,12 +5,12 @@ node of the final graph (after fusion), on the target's instruction set under QE
     invoke profile --diff OLD.json,NEW.json          (edgec profile --diff OLD.json NEW.json)
 
 Two profiling builds, the shipped build untouched by both:
-- mode "functions" (default): every node in a function of its own that is never inlined
+- mode "functions": every node in a function of its own that is never inlined
   (compile_graph(separate_nodes=True)); the linked harness's symbol table gives each
   node's address range. The code differs from the shipped build's, which inlines every
   node into the run function: the per-node sum is within a few per cent of the shipped
   count (printed with every profile).
-- mode "lines": the shipped build's own code (its .text is checked against the shipped
+- mode "lines" (default): the shipped build's own code (its .text is checked against the shipped
   object: identical, or the same sizes and, when run, exactly the shipped count) with a line table naming each instruction's node
   (compile_graph(node_lines=True), backends/debuglines.py); the ranges come from the
   linked harness's .debug_line. The per-node sum is the shipped count exactly.
@@ -158,7 +158,7 @@ def _text(obj: bytes) -> list:
 
 
 def prepare(model_path, target: str, name: str = "model", check_shipped: bool = True,
-            mode: str = "functions") -> Prepared:
+            mode: str = "lines") -> Prepared:
     """Compile the profiling build (and the shipped build, for the cross-check), link both.
     mode "functions": every node in a never-inlined function of its own, located by the
     symbol table. mode "lines": the shipped build's own code (checked byte for byte) with
@@ -244,7 +244,7 @@ def measure(p: Prepared, runs: int = 3) -> Profile:
 
 
 def profile_model(model_path, target: str, runs: int = 3, check_shipped: bool = True,
-                  mode: str = "functions") -> Profile:
+                  mode: str = "lines") -> Profile:
     return measure(prepare(model_path, target, check_shipped=check_shipped, mode=mode), runs)
 
 
