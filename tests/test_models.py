@@ -47,6 +47,11 @@ def expected_macs(model: onnx.ModelProto) -> int:
             total += int(np.prod(shapes[n.output[0]])) * (a[0] if trans_a else a[1])
         elif n.op_type == "MatMul":
             total += int(np.prod(shapes[n.output[0]])) * shapes[n.input[0]][-1]
+        elif n.op_type in ("RNN", "GRU", "LSTM"):  # W [D, gates*H, I], R [D, gates*H, H]
+            d, gh, i = shapes[n.input[1]]
+            x = shapes[n.input[0]]
+            steps_times_batch = x[0] * x[1]  # [T, B, I] or [B, T, I]
+            total += d * steps_times_batch * gh * (i + shapes[n.input[2]][2])
     return total
 
 
