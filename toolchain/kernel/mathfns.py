@@ -136,3 +136,14 @@ def pow(k: Kernel, a: Expr, b: Expr) -> Expr:
     res = k.select(zero_base, k.select(b > 0.0, 0.0, k.select(b.eq(0.0), 1.0, float("inf"))), res)
     return k.select(b.eq(0.0), 1.0, res)
 
+
+
+def round_half_even(k: Kernel, x: Expr) -> Expr:
+    """Round to nearest, ties to even (numpy's rint, C's nearbyint in the default mode), from
+    floor (RISC-V F has no rounding instruction): exact for every float, x - floor(x) being
+    exact. Run it under k.precise()."""
+    f = floor(k, x)
+    d = x - f
+    odd = (floor(k, f * 0.5) * 2.0).ne(f)
+    up = (d > 0.5) | (d.eq(0.5) & odd)
+    return f + k.select(up, 1.0, 0.0)
