@@ -24,7 +24,7 @@ LAYERS = [
     ["inspect"],
     ["compiler"],
     ["harness", "inprocess"],
-    ["bench", "firmware", "cli", "__main__", ""],
+    ["bench", "firmware", "quantize", "cli", "__main__", ""],
 ]
 MAX_LINES = 600
 

@@ -110,6 +110,12 @@ def cmd_size(args):
         _write_report("--html", args.html, html_chart(report))
 
 
+def cmd_quantize(args):
+    from .quantize import run
+
+    run(args.model, args.out, args.calibration, args.calibration_random)
+
+
 def cmd_ops(args):
     from .ops import registry
 
@@ -158,6 +164,13 @@ def parser():
     z.add_argument("--html", metavar="PATH", help="write a bar chart of the largest symbols")
     z.add_argument("--diff", nargs=2, metavar=("OLD_DIR", "NEW_DIR"), help="compare two builds symbol by symbol")
     z.set_defaults(fn=cmd_size, dim=None, dump_ir=False, flash_budget=None, ram_budget=None, emit="object")
+    q = sub.add_parser("quantize", help="float ONNX model -> QDQ int8 model (onnxruntime's quantize_static)")
+    q.add_argument("--model", required=True, help="float ONNX file")
+    q.add_argument("--out", required=True, help="where to write the QDQ model (.onnx)")
+    cal = q.add_mutually_exclusive_group(required=True)
+    cal.add_argument("--calibration", metavar="FILE.npz", help="calibration inputs, one array per model input")
+    cal.add_argument("--calibration-random", type=int, metavar="N", help="N seeded standard-normal samples")
+    q.set_defaults(fn=cmd_quantize)
     sub.add_parser("targets", help="list target profiles").set_defaults(fn=cmd_targets)
     sub.add_parser("ops", help="list supported ops").set_defaults(fn=cmd_ops)
     return ap
