@@ -1,0 +1,95 @@
+"""The int8 figures: each real model quantized by `edgec quantize` (onnxruntime's
+quantize_static, QDQ, 8 seeded random calibration samples), built for each target, run on
+the target's instruction set (natively or QEMU) on the calibration inputs, compared with
+onnxruntime running the same QDQ model:
+
+  identical   share of output elements equal to onnxruntime's
+  max LSB     largest difference in quantization steps of the output (the scale of the
+              DequantizeLinear producing it), or absolute ("abs") when it has none
+
+and the sizes next to the float32 build: weight bytes (flash) and arena bytes.
+
+    python scripts/int8_report.py [--target T ...] [--model M ...] [--samples K] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from toolchain.compiler import build  # noqa: E402
+from toolchain.harness.oracle import onnxruntime_session  # noqa: E402
+from toolchain.harness.runner import link_harness, run_model  # noqa: E402
+from toolchain.quantize import calibration_samples, lsb_agreement, output_steps, quantize  # noqa: E402
+from toolchain.targets import get_profile  # noqa: E402
+
+MODELS = [ROOT / "models" / "kws_dscnn.onnx"] + [ROOT / "tests" / "models" / f"{n}.onnx" for n in (
+    "mobilenet_v1_025_vww", "resnet8_cifar10", "fc_autoencoder", "transformer_encoder")]
+
+
+def run_build(path: Path, target: str, out: Path, feeds_list):
+    res = build(path, target, "model", out)
+    profile = get_profile(target)
+    exe = link_harness(out, "model", profile)
+    specs = [(o["dtype"], tuple(o["shape"])) for o in res.manifest["outputs"]]
+    outs = []
+    for feeds in feeds_list:
+        ordered = [feeds[i["name"]] for i in res.manifest["inputs"]]
+        outs.append(run_model(exe, profile, ordered, specs).outputs)
+    return res, outs
+
+
+def report(model_path: Path, targets, work: Path, samples: int = 4, calib: int = 8) -> list[dict]:
+    work.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(model_path))
+    cal = calibration_samples(model, random_n=calib)
+    qpath = quantize(model_path, work / f"{model_path.stem}.qdq.onnx", cal)
+    qmodel = onnx.load(str(qpath))
+    steps = output_steps(qmodel)
+    sess = onnxruntime_session(qmodel)
+    feeds_list = cal[:samples]
+    want = [sess.run(None, f) for f in feeds_list]
+    rows = []
+    for target in targets:
+        fres = build(model_path, target, "model", work / f"{target}-float")
+        qres, got = run_build(qpath, target, work / f"{target}-int8", feeds_list)
+        fallback = qres.manifest.get("float_fallback", [])
+        for j, step in enumerate(steps):
+            g = np.stack([o[j] for o in got])
+            w = np.stack([o[j] for o in want])
+            row = {"model": model_path.stem, "target": target, "output": j, **lsb_agreement(g, w, step),
+                   "weights_int8": qres.manifest["weight_bytes"], "weights_f32": fres.manifest["weight_bytes"],
+                   "arena_int8": qres.manifest["arena"]["size"], "arena_f32": fres.manifest["arena"]["size"],
+                   "ops": qres.manifest["ops"], "float_fallback": len(fallback)}
+            rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", action="append")
+    ap.add_argument("--model", action="append")
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--out", default=str(ROOT / "build" / "int8-report"))
+    args = ap.parse_args(argv)
+    targets = args.target or ["x86-64-v3", "cortex-a76"]
+    models = [Path(m) for m in args.model] if args.model else MODELS
+    print(f"{'model':22} {'target':11} out {'identical':>9} {'max diff':>12} {'weights i8/f32':>22} "
+          f"{'arena i8/f32':>24} fallback")
+    for m in models:
+        for r in report(m, targets, Path(args.out) / m.stem, args.samples):
+            diff = f"{r['max_lsb']:g} LSB" if "max_lsb" in r else f"{r['max_abs']:.3g} abs"
+            print(f"{r['model']:22} {r['target']:11} {r['output']:3} {r['identical']:9.2%} {diff:>12} "
+                  f"{r['weights_int8']:>8}/{r['weights_f32']:<8} ({r['weights_int8'] / r['weights_f32']:.2f}) "
+                  f"{r['arena_int8']:>8}/{r['arena_f32']:<8} ({r['arena_int8'] / r['arena_f32']:.2f}) "
+                  f"{r['float_fallback']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
