@@ -1,0 +1,204 @@
+"""Integer ops: a quantized Conv and MatMul with int8/uint8 inputs, int8 weights, int32
+accumulation and fixed-point requantization to an int8/uint8 output. They are made by the
+quantization pass (passes/quantize.py) from DequantizeLinear -> Conv/MatMul/Gemm ->
+[Relu/Clip] -> QuantizeLinear; no model names them (internal ops).
+
+Inputs: x (int8/uint8), w (int8, constant), bias (int32 [C], in units of x_scale *
+w_scale[c]), multiplier (int32 [C]), shift (int32 [C]); attributes x_zp, y_zp (the zero
+points), lo, hi (the output clamp: the type's range narrowed by a fused Relu/Clip), and the
+convolution's group, strides, pads, dilations, kernel_shape.
+
+    acc[c]  = bias[c] + sum (x - x_zp) * w                         (exact, int32)
+    y[c]    = clamp(requantize(acc[c], multiplier[c], shift[c]) + y_zp, lo, hi)
+
+Requantization multiplies by M[c] = x_scale * w_scale[c] / y_scale (computed in float32, as
+onnxruntime computes it), held as M = multiplier * 2^(shift - 31) with multiplier in
+[2^30, 2^31) (quantize_multiplier: exact, since a float32 has a 24-bit mantissa). The
+rounding is TFLite's and gemmlowp's reference (MultiplyByQuantizedMultiplier):
+
+    x      = acc * 2^max(shift, 0)
+    high   = SaturatingRoundingDoublingHighMul(x, multiplier)
+           = (x * multiplier + (x * multiplier >= 0 ? 2^30 : 1 - 2^30)) / 2^31, the division
+             truncating toward zero (int64 intermediate): round to nearest, ties away from 0;
+             the saturating case (both operands -2^31) cannot occur, multiplier > 0
+    result = RoundingDivideByPOT(high, max(-shift, 0))
+           = (high >> e) + ((high & mask) > (mask >> 1) + (high < 0) ? 1 : 0), mask = 2^e - 1:
+             an arithmetic shift rounding to nearest, ties away from zero
+
+so the result is acc * M rounded twice to nearest with ties away from zero. onnxruntime
+rounds float(acc) * M (a float32 product) once, ties to even: the two agree except where
+acc * M lies within a float32 rounding error of a half-integer, where they may differ by
+1 LSB (measured: scripts/int8_report.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import TensorType
+from ..kernel.llvm import I8, I32, I64
+from .base import Op, in_type, register
+from .nn import conv_out_size
+
+QCONV, QMATMUL = "edgec.QConv", "edgec.QMatMul"
+
+
+def quantize_multiplier(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel (multiplier, shift): m = multiplier * 2^(shift - 31), multiplier in
+    [2^30, 2^31) (0 and shift 0 for m == 0 or m below 2^-31)."""
+    mult, shift = [], []
+    for v in np.asarray(m, np.float64).ravel():
+        if v <= 0:
+            mult.append(0), shift.append(0)
+            continue
+        q, e = np.frexp(v)
+        qf = int(round(q * (1 << 31)))
+        if qf == 1 << 31:
+            qf, e = qf // 2, e + 1
+        if e < -31:
+            qf, e = 0, 0
+        mult.append(qf), shift.append(e)
+    return np.array(mult, np.int32), np.array(shift, np.int32)
+
+
+def requantize_np(acc, mult, shift):
+    """The numpy twin of requantize(): int64 arrays broadcasting together."""
+    acc, mult, shift = (np.asarray(a, np.int64) for a in (acc, mult, shift))
+    x = acc * (np.int64(1) << np.maximum(shift, 0))
+    ab = x * mult
+    v = ab + np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    high = np.sign(v) * (np.abs(v) >> 31)  # division by 2^31 truncating toward zero
+    e = np.maximum(-shift, 0)
+    mask = (np.int64(1) << e) - 1
+    rem = high & mask
+    threshold = (mask >> 1) + (high < 0)
+    return (high >> e) + (rem > threshold)
+
+
+def requantize(k, acc, mult, shift):
+    """acc (int32 Expr) times multiplier * 2^(shift - 31), gemmlowp's rounding (module doc)."""
+    zero = k.lift(0, like=I32)
+    x = acc << k.max(shift, zero)
+    ab = k.cast(x, I64) * k.cast(mult, I64)
+    nudge = k.select(ab >= k.lift(0, like=I64), k.lift(1 << 30, like=I64), k.lift(1 - (1 << 30), like=I64))
+    high = k.cast((ab + nudge) / k.lift(1 << 31, like=I64), I32)
+    e = k.max(-shift, zero)
+    mask = (k.lift(1, like=I32) << e) - 1
+    threshold = (mask >> 1) + k.select(high < zero, k.lift(1, like=I32), zero)
+    return (high >> e) + k.select((high & mask) > threshold, k.lift(1, like=I32), zero)
+
+
+def _finish(k, node, acc, mult, shift):
+    a = node.attrs
+    r = requantize(k, acc, mult, shift) + a["y_zp"]
+    r = k.min(k.max(r, k.lift(a["lo"], like=I32)), k.lift(a["hi"], like=I32))
+    return k.cast(r, I8)
+
+
+def _finish_np(node, acc, mult, shift):
+    a = node.attrs
+    r = requantize_np(acc, mult, shift) + a["y_zp"]
+    return np.clip(r, a["lo"], a["hi"]).astype(a["out"])
+
+
+class _Integer(Op):
+    foldable = False  # never has constant inputs only; and the reference is not a float op
+
+    def macs(self, node):
+        return 0
+
+
+@register(QCONV, internal=True)
+class QConv(_Integer):
+    """2-D convolution (N, C, H, W), any group, strides, dilations and pads."""
+
+    def infer(self, node):
+        x, w = in_type(node, 0), in_type(node, 1)
+        a = node.attrs
+        out = [conv_out_size(x.shape[2 + i], w.shape[2 + i], a["strides"][i], a["dilations"][i],
+                             a["pads"][i], a["pads"][2 + i]) for i in range(2)]
+        return [TensorType(a["out"], (x.shape[0], w.shape[0], *out))]
+
+    def macs(self, node):
+        return node.outputs[0].type.size * int(np.prod(in_type(node, 1).shape[1:]))
+
+    def reference(self, node, x, w, bias, mult, shift):
+        a = node.attrs
+        xs = x.astype(np.int64) - a["x_zp"]
+        pads = [(0, 0), (0, 0), (a["pads"][0], a["pads"][2]), (a["pads"][1], a["pads"][3])]
+        xp = np.pad(xs, pads)  # padding is the zero point: 0 after the subtraction
+        n, oc, oh, ow = self.infer(node)[0].shape
+        g = a["group"]
+        cg, ocg = w.shape[1], oc // g
+        acc = np.zeros((n, oc, oh, ow), np.int64) + bias.astype(np.int64).reshape(1, -1, 1, 1)
+        (sh, sw), (dh, dw) = a["strides"], a["dilations"]
+        for i in range(w.shape[2]):
+            for j in range(w.shape[3]):
+                patch = xp[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+                for gi in range(g):
+                    xs_g = patch[:, gi * cg:(gi + 1) * cg]
+                    ws = w[gi * ocg:(gi + 1) * ocg, :, i, j].astype(np.int64)
+                    acc[:, gi * ocg:(gi + 1) * ocg] += np.einsum("nchw,oc->nohw", xs_g, ws)
+        r = _finish_np(node, acc, mult.reshape(1, -1, 1, 1), shift.reshape(1, -1, 1, 1))
+        return [r]
+
+    def lower(self, k, node, ins, outs):
+        x, w, bias, mult, shift = ins[:5]
+        y = outs[0]
+        a = node.attrs
+        unsigned = in_type(node, 0).dtype == "uint8"
+        _, _, h, wd = x.shape
+        oc, cg, kh, kw = w.shape
+        ocg = oc // a["group"]
+        (sh, sw), (dh, dw), pads = a["strides"], a["dilations"], a["pads"]
+        padded = any(pads)
+        with k.loops(y.shape) as (n, o, oy, ox):
+            acc = k.var(bias[o])
+            c0 = 0 if a["group"] == 1 else (o // ocg) * cg
+            with k.loops((cg, kh, kw)) as (c, i, j):
+                iy = oy * sh + i * dh - pads[0]
+                ix = ox * sw + j * dw - pads[1]
+
+                def step():
+                    xv = k.cast(x[n, c0 + c, iy, ix], I32, unsigned=unsigned) - a["x_zp"]
+                    acc.value = acc.value + xv * k.cast(w[o, c, i, j], I32)
+
+                if padded:
+                    inside = (k.lift(iy) >= 0) & (k.lift(iy) < h) & (k.lift(ix) >= 0) & (k.lift(ix) < wd)
+                    with k.if_(inside):
+                        step()
+                else:
+                    step()
+            y[n, o, oy, ox] = _finish(k, node, acc.value, mult[o], shift[o])
+
+
+@register(QMATMUL, internal=True)
+class QMatMul(_Integer):
+    """x (..., M, K) times a constant w (K, N); the zero point of x is folded into the bias
+    at compile time by the pass (bias[n] -= x_zp * sum_k w[k, n]), so x_zp here is 0 unless
+    the op is made otherwise."""
+
+    def infer(self, node):
+        x, w = in_type(node, 0), in_type(node, 1)
+        return [TensorType(node.attrs["out"], x.shape[:-1] + (w.shape[1],))]
+
+    def macs(self, node):
+        return node.outputs[0].type.size * in_type(node, 1).shape[0]
+
+    def reference(self, node, x, w, bias, mult, shift):
+        acc = (x.astype(np.int64) - node.attrs["x_zp"]) @ w.astype(np.int64) + bias.astype(np.int64)
+        return [_finish_np(node, acc, mult, shift)]
+
+    def lower(self, k, node, ins, outs):
+        x, w, bias, mult, shift = ins[:5]
+        kk, nn = w.shape
+        rows = x.size // kk
+        x2, y2 = x.reshape((rows, kk)), outs[0].reshape((rows, nn))
+        unsigned = in_type(node, 0).dtype == "uint8"
+        with k.loops((rows, nn)) as (r, j):
+            acc = k.var(bias[j])
+            with k.loop(kk) as i:
+                xv = k.cast(x2[r, i], I32, unsigned=unsigned)
+                if node.attrs["x_zp"]:
+                    xv = xv - node.attrs["x_zp"]
+                acc.value = acc.value + xv * k.cast(w[i, j], I32)
+            y2[r, j] = _finish(k, node, acc.value, mult[j], shift[j])
