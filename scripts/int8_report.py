@@ -7,6 +7,12 @@ onnxruntime running the same QDQ model:
   max LSB     largest difference in quantization steps of the output (the scale of the
               DequantizeLinear producing it), or absolute ("abs") when it has none
 
+against onnxruntime twice: with all graph optimizations (the project's oracle; onnxruntime
+then runs its own integer kernels: QLinearConv, QGemm, QLinearAdd, QLinearSoftmax (a lookup
+table), QLinearAveragePool...) and with none (ORT_DISABLE_ALL: DequantizeLinear -> float op ->
+QuantizeLinear, the ONNX semantics of the QDQ graph). The two disagree with each other too
+(printed as "ort opt vs ort spec").
+
 and the sizes next to the float32 build: weight bytes (flash) and arena bytes.
 
     python scripts/int8_report.py [--target T ...] [--model M ...] [--samples K] [--out DIR]
@@ -25,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from toolchain.compiler import build  # noqa: E402
 from toolchain.harness.oracle import onnxruntime_session  # noqa: E402
+import onnxruntime as ort  # noqa: E402
 from toolchain.harness.runner import link_harness, run_model  # noqa: E402
 from toolchain.quantize import calibration_samples, lsb_agreement, output_steps, quantize  # noqa: E402
 from toolchain.targets import get_profile  # noqa: E402
@@ -53,8 +60,13 @@ def report(model_path: Path, targets, work: Path, samples: int = 4, calib: int =
     qmodel = onnx.load(str(qpath))
     steps = output_steps(qmodel)
     sess = onnxruntime_session(qmodel)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    spec = ort.InferenceSession(qmodel.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feeds_list = cal[:samples]
     want = [sess.run(None, f) for f in feeds_list]
+    want_spec = [spec.run(None, f) for f in feeds_list]
     rows = []
     for target in targets:
         fres = build(model_path, target, "model", work / f"{target}-float")
@@ -63,7 +75,13 @@ def report(model_path: Path, targets, work: Path, samples: int = 4, calib: int =
         for j, step in enumerate(steps):
             g = np.stack([o[j] for o in got])
             w = np.stack([o[j] for o in want])
+            ws = np.stack([o[j] for o in want_spec])
+            spec_row = lsb_agreement(g, ws, step)
+            ort_row = lsb_agreement(w, ws, step)
             row = {"model": model_path.stem, "target": target, "output": j, **lsb_agreement(g, w, step),
+                   "spec_identical": spec_row["identical"], "spec_max_lsb": spec_row.get("max_lsb"),
+                   "ort_identical": ort_row["identical"], "ort_max_lsb": ort_row.get("max_lsb"),
+                   "elements": int(g.size),
                    "weights_int8": qres.manifest["weight_bytes"], "weights_f32": fres.manifest["weight_bytes"],
                    "arena_int8": qres.manifest["arena"]["size"], "arena_f32": fres.manifest["arena"]["size"],
                    "ops": qres.manifest["ops"], "float_fallback": len(fallback)}
@@ -75,17 +93,19 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", action="append")
     ap.add_argument("--model", action="append")
-    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--out", default=str(ROOT / "build" / "int8-report"))
     args = ap.parse_args(argv)
     targets = args.target or ["x86-64-v3", "cortex-a76"]
     models = [Path(m) for m in args.model] if args.model else MODELS
-    print(f"{'model':22} {'target':11} out {'identical':>9} {'max diff':>12} {'weights i8/f32':>22} "
-          f"{'arena i8/f32':>24} fallback")
+    print(f"{'model':22} {'target':11} out elems | vs ORT opt: same, max | vs ORT spec: same, max | "
+          f"ORT opt vs spec | {'weights i8/f32':>22} {'arena i8/f32':>24} fallback nodes")
     for m in models:
         for r in report(m, targets, Path(args.out) / m.stem, args.samples):
             diff = f"{r['max_lsb']:g} LSB" if "max_lsb" in r else f"{r['max_abs']:.3g} abs"
-            print(f"{r['model']:22} {r['target']:11} {r['output']:3} {r['identical']:9.2%} {diff:>12} "
+            print(f"{r['model']:22} {r['target']:11} {r['output']:3} {r['elements']:5} | {r['identical']:8.2%} "
+                  f"{diff:>9} | {r['spec_identical']:8.2%} {r['spec_max_lsb']} LSB | {r['ort_identical']:7.2%} "
+                  f"{r['ort_max_lsb']} LSB | "
                   f"{r['weights_int8']:>8}/{r['weights_f32']:<8} ({r['weights_int8'] / r['weights_f32']:.2f}) "
                   f"{r['arena_int8']:>8}/{r['arena_f32']:<8} ({r['arena_int8'] / r['arena_f32']:.2f}) "
                   f"{r['float_fallback']}", flush=True)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..ir import Graph, Node
 from ..ops import registry
-from ..ops.integer import QCONV, QMATMUL, quantize_multiplier
+from ..ops.integer import QCONV, QMATMUL, quantize_multiplier, shifts
 from ..ops.quant import RANGES
 
 QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", QCONV, QMATMUL)
@@ -110,8 +110,8 @@ def _match(g: Graph, users, node: Node):
             hi = min(hi, int(np.clip(np.rint(np.float32(amax) / sy.ravel()[0]) + zy, lo, hi)))
     # M = x_scale * w_scale / y_scale in float32, as onnxruntime computes it
     m = (np.float32(sx.ravel()[0]) * sw) / np.float32(sy.ravel()[0])
-    mult, shift = quantize_multiplier(m.astype(np.float32))
-    return dict(xq=xq, zx=int(zx.ravel()[0]), w=wdata, bias=bias, mult=mult, shift=shift, zy=zy, lo=lo,
+    mult, exponent = quantize_multiplier(m.astype(np.float32))
+    return dict(xq=xq, zx=int(zx.ravel()[0]), w=wdata, bias=bias, mult=mult, exponent=exponent, zy=zy, lo=lo,
                 hi=hi, q=q, act=act, out=q.attrs["to"])
 
 
@@ -139,12 +139,19 @@ def integer_ops(g: Graph) -> bool:
             op = QMATMUL
             bias = bias - p["zx"] * p["w"].astype(np.int64).sum(axis=0)  # fold x's zero point
             attrs["x_zp"] = 0
-        if np.abs(bias).max(initial=0) >= 2 ** 31:
-            reasons[node.name] = "its bias does not fit int32 after folding the zero point"
+        # the accumulator's bound per output channel: sum |w| * max |x - x_zp| + |bias|
+        lo_x, hi_x = RANGES[p["xq"].type.dtype]
+        dev = max(abs(lo_x - attrs["x_zp"]), abs(hi_x - attrs["x_zp"]))
+        w_abs = np.abs(p["w"].astype(np.int64))
+        per_channel = w_abs.reshape(w_abs.shape[0], -1).sum(axis=1) if node.op == "Conv" else w_abs.sum(axis=0)
+        bound = per_channel * dev + np.abs(bias)
+        if bound.max(initial=0) >= 2 ** 31:
+            reasons[node.name] = "its accumulator could overflow int32"
             continue
+        left, right = shifts(p["exponent"], bound)
         consts = [g.const(node.name + suffix, data) for suffix, data in (
             ("_wq", np.ascontiguousarray(p["w"]).astype(np.int8)), ("_bq", bias.astype(np.int32)),
-            ("_mult", p["mult"]), ("_shift", p["shift"]))]
+            ("_mult", p["mult"]), ("_left", left), ("_right", right))]
         q = p["q"]
         new = Node(op, node.name, [p["xq"]] + consts, [q.outputs[0]], attrs)
         q.outputs[0].producer = new
