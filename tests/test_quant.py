@@ -357,3 +357,21 @@ def test_quantized_kws_matches_onnxruntime(kws_qdq, qtarget, workdir):
     assert res.manifest["ops"]["edgec.QConv"] == 9 and res.manifest["ops"]["edgec.QMatMul"] == 1
     assert {e["op"] for e in res.manifest["float_fallback"]} == {"GlobalAveragePool", "Softmax"}
     assert res.manifest["weight_bytes"] < 0.36 * 90416  # the float32 build's weights
+
+
+def test_invoke_quantize_with_a_calibration_file(tmp_path):
+    from test_invoke_surface import invoke
+
+    src = ROOT / "tests" / "models" / "fc_autoencoder.onnx"
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "cal.npz", input=rng.standard_normal((3, 1, 640)).astype(np.float32))
+    proc = invoke("quantize", "--model", str(src), "--out", str(tmp_path / "q.onnx"), "--calibration",
+                  str(tmp_path / "cal.npz"))
+    assert proc.returncode == 0, proc.stderr
+    assert "3 calibration samples" in proc.stdout and "output 'output': float vs int8 max |diff|" in proc.stdout
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "q.onnx")).graph.node)
+    np.savez(tmp_path / "bad.npz", other=np.zeros((2, 1, 640), np.float32))
+    proc = invoke("quantize", "--model", str(src), "--out", str(tmp_path / "q2.onnx"), "--calibration",
+                  str(tmp_path / "bad.npz"))
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "has no array 'input'" in proc.stderr and not (tmp_path / "q2.onnx").exists()
