@@ -143,8 +143,12 @@ class Unary(Op):
 
     def lower(self, k, node, ins, outs):
         x, y = ins[0].flat(), outs[0].flat()
+        attrs = node.attrs
+        if node.op == "Clip" and not ins[0].dtype.startswith("float"):  # no infinite integer bounds
+            info = np.iinfo(ins[0].dtype)
+            attrs = dict(attrs, min=max(attrs["min"], info.min), max=min(attrs["max"], info.max))
         with k.loop(y.size) as i:
-            y[i] = self.scalar(k, x[i], node.attrs)
+            y[i] = self.scalar(k, x[i], attrs)
 
 
 register(*UNARY)(Unary)
