@@ -15,7 +15,13 @@ QuantizeLinear, the ONNX semantics of the QDQ graph). The two disagree with each
 
 and the sizes next to the float32 build: weight bytes (flash) and arena bytes.
 
-    python scripts/int8_report.py [--target T ...] [--model M ...] [--samples K] [--out DIR]
+    python scripts/int8_report.py [--target T ...] [--model M ...] [--samples K] [--out DIR] [--layers]
+
+--layers adds, per model, each quantized tensor of the compiled graph (the output of every
+QuantizeLinear and integer op) against onnxruntime's (all optimizations) in isolation: the
+compiler's reference semantics of each node (toolchain.interpreter's per-op numpy, which the
+compiled code matches exactly; tests/test_quant.py) fed onnxruntime's own values of the node's
+inputs, so a difference is that layer's alone, in LSBs of its int8 output.
 """
 from __future__ import annotations
 
@@ -89,12 +95,51 @@ def report(model_path: Path, targets, work: Path, samples: int = 4, calib: int =
     return rows
 
 
+def layer_report(qpath: Path, feeds_list) -> list[tuple]:
+    """(op, tensor, identical share, max LSB) per quantized tensor that differs (module doc)."""
+    from onnx import helper
+
+    from toolchain.frontend.onnx_import import import_model
+    from toolchain.ops import own_inputs, registry
+    from toolchain.passes import PIPELINE, run_pipeline
+
+    m = onnx.load(str(qpath))
+    types = {t.name: t.data_type for t in m.graph.initializer}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(m)
+    for n in m.graph.node:
+        if n.op_type == "QuantizeLinear":
+            t = types.get(n.input[2], onnx.TensorProto.INT8) if len(n.input) > 2 else onnx.TensorProto.UINT8
+            probe.graph.output.append(helper.make_tensor_value_info(n.output[0], t, None))
+    sess = onnxruntime_session(probe)
+    g = import_model(m)
+    run_pipeline(g, passes=[p for p in PIPELINE if p[0] in ("infer-shapes", "integer-ops")])
+    stats = {}
+    for feeds in feeds_list:
+        ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+        env = {id(v): feeds[v.name] for v in g.inputs}
+        for node in g.nodes:
+            args = [None if v is None else v.data if v.is_const else env[id(v)] for v in own_inputs(node)]
+            while args and args[-1] is None:
+                args.pop()
+            for out, r in zip(node.outputs, registry.get(node.op).reference(node, *args)):
+                r = np.asarray(r).astype(out.type.dtype).reshape(out.type.shape)
+                if out.name in ref:
+                    d = np.abs(r.astype(np.int64) - ref[out.name].astype(np.int64))
+                    s = stats.setdefault((node.op, out.name), [0, 0, 0])
+                    s[0], s[1], s[2] = s[0] + int((d == 0).sum()), s[1] + d.size, max(s[2], int(d.max()))
+                    r = ref[out.name]  # go on from onnxruntime's value: each layer in isolation
+                env[id(out)] = r
+    return [(op, name, same / total, worst) for (op, name), (same, total, worst) in stats.items()]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", action="append")
     ap.add_argument("--model", action="append")
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--out", default=str(ROOT / "build" / "int8-report"))
+    ap.add_argument("--layers", action="store_true", help="per-layer comparison in LSBs (module doc)")
     args = ap.parse_args(argv)
     targets = args.target or ["x86-64-v3", "cortex-a76"]
     models = [Path(m) for m in args.model] if args.model else MODELS
@@ -109,6 +154,14 @@ def main(argv=None):
                   f"{r['weights_int8']:>8}/{r['weights_f32']:<8} ({r['weights_int8'] / r['weights_f32']:.2f}) "
                   f"{r['arena_int8']:>8}/{r['arena_f32']:<8} ({r['arena_int8'] / r['arena_f32']:.2f}) "
                   f"{r['float_fallback']}", flush=True)
+        if args.layers:
+            qpath = Path(args.out) / m.stem / f"{m.stem}.qdq.onnx"
+            feeds = calibration_samples(onnx.load(str(m)), random_n=8)[:args.samples]
+            rows = layer_report(qpath, feeds)
+            print(f"  {len(rows)} quantized tensors; those not identical to onnxruntime's:")
+            for op, name, same, worst in rows:
+                if same < 1:
+                    print(f"    {op:16} {name[:60]:60} {same:9.4%} identical, max {worst} LSB")
 
 
 if __name__ == "__main__":
