@@ -77,7 +77,7 @@ def _params(node, qtype: str):
     return kind, axis, block
 
 
-def _shaped(node, kind, axis, block, arr, rank):
+def _shaped(kind, axis, block, arr, rank):
     """A parameter array (numpy) reshaped to broadcast against x (blocked: repeated)."""
     arr = np.asarray(arr)
     if kind == "tensor":
@@ -87,7 +87,7 @@ def _shaped(node, kind, axis, block, arr, rank):
     return np.repeat(arr, block, axis=axis)
 
 
-def _views(k, node, ins, kind, axis, block, out_shape):
+def _views(ins, kind, axis, block, out_shape):
     """(x, scale, zero point or None, y shape) as kernel tensors broadcasting together: blocked
     parameters by splitting axis into (blocks, block_size)."""
     x, s = ins[0], ins[1]
@@ -109,7 +109,8 @@ class QuantizeLinear(Op):
     def canonicalize(self, node, opset):
         node.attrs.setdefault("axis", 1)
         node.attrs.setdefault("block_size", 0)
-        node.attrs.pop("precision", None)
+        if node.attrs.pop("precision", 0) not in (0, 1):  # opset 23: the type x / scale is computed in
+            raise unsupported(node, "unsupported precision (float32 division only)")
         if node.attrs.pop("saturate", 1) != 1:
             raise unsupported(node, "saturate=0 (only float8 outputs use it)")
         code = node.attrs.pop("output_dtype", 0)
@@ -136,8 +137,8 @@ class QuantizeLinear(Op):
     def reference(self, node, x, scale, zp=None):
         kind, axis, block = _params(node, node.attrs["to"])
         rank = x.ndim
-        s = _shaped(node, kind, axis, block, scale, rank).astype(np.float32)
-        z = 0 if zp is None else _shaped(node, kind, axis, block, zp, rank).astype(np.float64)
+        s = _shaped(kind, axis, block, scale, rank).astype(np.float32)
+        z = 0 if zp is None else _shaped(kind, axis, block, zp, rank).astype(np.float64)
         lo, hi = RANGES[node.attrs["to"]]
         with np.errstate(all="ignore"):
             q = np.rint((x.astype(np.float32) / s).astype(np.float32)).astype(np.float64) + z
@@ -145,7 +146,7 @@ class QuantizeLinear(Op):
 
     def lower(self, k, node, ins, outs):
         kind, axis, block = _params(node, node.attrs["to"])
-        x, params, shape = _views(k, node, ins, kind, axis, block, outs[0].shape)
+        x, params, shape = _views(ins, kind, axis, block, outs[0].shape)
         y = outs[0].reshape(shape)
         lo, hi = RANGES[node.attrs["to"]]
         unsigned = node.attrs["to"] == "uint8"
@@ -181,13 +182,13 @@ class DequantizeLinear(Op):
 
     def reference(self, node, x, scale, zp=None):
         kind, axis, block = _params(node, in_type(node, 0).dtype)
-        s = _shaped(node, kind, axis, block, scale, x.ndim).astype(np.float32)
-        z = 0 if zp is None else _shaped(node, kind, axis, block, zp, x.ndim).astype(np.int64)
+        s = _shaped(kind, axis, block, scale, x.ndim).astype(np.float32)
+        z = 0 if zp is None else _shaped(kind, axis, block, zp, x.ndim).astype(np.int64)
         return [((x.astype(np.int64) - z).astype(np.float32) * s).astype(np.float32)]
 
     def lower(self, k, node, ins, outs):
         kind, axis, block = _params(node, in_type(node, 0).dtype)
-        x, params, shape = _views(k, node, ins, kind, axis, block, outs[0].shape)
+        x, params, shape = _views(ins, kind, axis, block, outs[0].shape)
         y = outs[0].reshape(shape)
         unsigned = in_type(node, 0).dtype == "uint8"
 
