@@ -15,12 +15,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import ALL_TARGETS, ROOT, compile_and_run, onnxruntime_outputs
+from helpers import ALL_TARGETS, ROOT, onnxruntime_outputs
 from test_c_backend import run_c_path
 from toolchain.cli import main as cli_main
+from toolchain.compiler import build
+from toolchain.harness.runner import link_harness, run_model
+from toolchain.targets import get_profile
 from toolchain.errors import InvalidModelError
 from toolchain.frontend.onnx_import import import_model
 
+# the real model on the host and cortex-a76; the small models on every target (`target`)
 TARGETS = [t for t in ("x86-64-v3", "cortex-a76") if t in ALL_TARGETS]
 RNG = np.random.default_rng(18)
 
@@ -88,14 +92,13 @@ def qdq_expected(f):
             spec_dequantize(f["xu"], np.float32(0.5), 128), spec_dequantize(f["xw"], np.float32(0.5), 0)]
 
 
-@pytest.mark.parametrize("qtarget", TARGETS)
-def test_quantize_dequantize_match_the_spec_and_onnxruntime(qtarget, harness):
+def test_quantize_dequantize_match_the_spec_and_onnxruntime(target, harness):
     m, f = qdq_model(), qdq_feeds()
     want = qdq_expected(f)
     assert want[0].flat[:6].tolist() == [128, 130, 130, 128, 126, 126]  # ties to even: 0.5->0, 1.5->2, 2.5->2
     for w, o in zip(want, onnxruntime_outputs(m, f)):
         np.testing.assert_array_equal(w, o)
-    got, _, _ = harness(m, qtarget, f)
+    got, _, _ = harness(m, target, f)
     for j, (g, w) in enumerate(zip(got, want)):
         assert g.dtype == w.dtype, j
         np.testing.assert_array_equal(g, w, err_msg=f"output {j}")
@@ -269,7 +272,7 @@ def integer_model():
     return m, p
 
 
-def test_integer_ops_exact_against_fixed_point_and_within_1_lsb_of_onnxruntime(harness, workdir):
+def test_integer_ops_exact_against_fixed_point_and_within_1_lsb_of_onnxruntime(target, harness, workdir):
     m, p = integer_model()
     rng = np.random.default_rng(9)
     f = {"x": rng.normal(0, 2, (1, 4, 7, 7)).astype(np.float32), "v": rng.normal(0, 2, (1, 20)).astype(np.float32)}
@@ -293,15 +296,14 @@ def test_integer_ops_exact_against_fixed_point_and_within_1_lsb_of_onnxruntime(h
                                -128, 127)
     want = [want_conv, want_dw, want_fc, want_mm]
     ort = onnxruntime_outputs(m, f)
-    for target in TARGETS:
-        got, res, _ = harness(m, target, f)
-        assert res.manifest["ops"].get("edgec.QConv") == 2 and res.manifest["ops"].get("edgec.QMatMul") == 2
-        assert res.manifest["float_fallback"] == []
-        for j, (g, w, o) in enumerate(zip(got, want, ort)):
-            np.testing.assert_array_equal(g, w.astype(np.int8), err_msg=f"{target} output {j}")
-            d = np.abs(g.astype(int) - o.astype(int))
-            assert d.max() <= 1 and np.mean(d == 0) >= 0.99, (target, j, d.max(), np.mean(d == 0))
-    got, res = run_c_path(m, "x86-64-v3", f, workdir, tag="-int")
+    got, res, _ = harness(m, target, f)
+    assert res.manifest["ops"].get("edgec.QConv") == 2 and res.manifest["ops"].get("edgec.QMatMul") == 2
+    assert res.manifest["float_fallback"] == []
+    for j, (g, w, o) in enumerate(zip(got, want, ort)):
+        np.testing.assert_array_equal(g, w.astype(np.int8), err_msg=f"{target} output {j}")
+        d = np.abs(g.astype(int) - o.astype(int))
+        assert d.max() <= 1 and np.mean(d == 0) >= 0.99, (target, j, d.max(), np.mean(d == 0))
+    got, res = run_c_path(m, target, f, workdir, tag="-int")
     for j, (g, w) in enumerate(zip(got, want)):
         np.testing.assert_array_equal(g, w.astype(np.int8), err_msg=f"C output {j}")
 
@@ -345,10 +347,12 @@ def test_quantized_kws_matches_onnxruntime(kws_qdq, qtarget, workdir):
     rng = np.random.default_rng(3)
     scale = float(next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name == next(
         n.input[1] for n in m.graph.node if n.output[0] == m.graph.output[0].name)))
-    res = None
+    res = build(kws_qdq, qtarget, "model", workdir / f"kws-int8-{qtarget}")
+    profile = get_profile(qtarget)
+    exe = link_harness(workdir / f"kws-int8-{qtarget}", "model", profile)
     for i in range(3):
         f = {"input": rng.standard_normal((1, 1, 49, 10)).astype(np.float32)}
-        got, res, _ = compile_and_run(kws_qdq, qtarget, f, workdir)
+        got = run_model(exe, profile, [f["input"]], [("float32", (1, 12))]).outputs
         for want, exact in ((onnxruntime_outputs(m, f), False), (ort_without_optimizations(m, f), True)):
             d = np.abs(got[0].astype(np.float64) - want[0]) / scale
             assert d.max() <= 1.001, (i, exact, d.max())

@@ -139,11 +139,12 @@ def pow(k: Kernel, a: Expr, b: Expr) -> Expr:
 
 
 def round_half_even(k: Kernel, x: Expr) -> Expr:
-    """Round to nearest, ties to even (numpy's rint, C's nearbyint in the default mode), from
-    floor (RISC-V F has no rounding instruction): exact for every float, x - floor(x) being
-    exact. Run it under k.precise()."""
-    f = floor(k, x)
-    d = x - f
-    odd = (floor(k, f * 0.5) * 2.0).ne(f)
-    up = (d > 0.5) | (d.eq(0.5) & odd)
-    return f + k.select(up, 1.0, 0.0)
+    """Round to nearest, ties to even (numpy's rint, C's nearbyint in the default mode):
+    |x| + 2^23 - 2^23 rounds |x| < 2^23 to an integer in IEEE's default rounding (the ulp
+    there is 1), larger magnitudes are integers already; the sign goes back on. Exact for
+    every float, NaN and infinities pass. No float->int conversion (RISC-V F has no rounding
+    instruction, and qemu-riscv64 7.2 aborts on some vectorized vfcvt.rtz sequences). Run it
+    under k.precise(): reassociation would fold the two additions away."""
+    a = k.abs(x)
+    r = k.select(a < 8388608.0, (a + 8388608.0) - 8388608.0, a)
+    return k.select(x < 0.0, -r, r)

@@ -190,24 +190,25 @@ class QConv(_Integer):
 
 @register(QMATMUL, internal=True)
 class QMatMul(_Integer):
-    """x (..., M, K) times a constant w (K, N); the zero point of x is folded into the bias
-    at compile time by the pass (bias[n] -= x_zp * sum_k w[k, n]), so x_zp here is 0 unless
-    the op is made otherwise."""
+    """x (..., M, K) times w^T, w (N, K) constant (stored output-channel major, as a Conv's
+    weights: each output's K weights are contiguous). The zero point of x is folded into the
+    bias at compile time by the pass (bias[n] -= x_zp * sum_k w[n, k]), so x_zp here is 0
+    unless the op is made otherwise."""
 
     def infer(self, node):
         x, w = in_type(node, 0), in_type(node, 1)
-        return [TensorType(node.attrs["out"], x.shape[:-1] + (w.shape[1],))]
+        return [TensorType(node.attrs["out"], x.shape[:-1] + (w.shape[0],))]
 
     def macs(self, node):
-        return node.outputs[0].type.size * in_type(node, 1).shape[0]
+        return node.outputs[0].type.size * in_type(node, 1).shape[1]
 
     def reference(self, node, x, w, bias, mult, left, right):
-        acc = (x.astype(np.int64) - node.attrs["x_zp"]) @ w.astype(np.int64) + bias.astype(np.int64)
+        acc = (x.astype(np.int64) - node.attrs["x_zp"]) @ w.T.astype(np.int64) + bias.astype(np.int64)
         return [_finish_np(node, acc, mult, left, right)]
 
     def lower(self, k, node, ins, outs):
         x, w, bias, mult, left, right = ins[:6]
-        kk, nn = w.shape
+        nn, kk = w.shape
         rows = x.size // kk
         x2, y2 = x.reshape((rows, kk)), outs[0].reshape((rows, nn))
         unsigned = in_type(node, 0).dtype == "uint8"
@@ -217,5 +218,5 @@ class QMatMul(_Integer):
                 xv = k.cast(x2[r, i], I32, unsigned=unsigned)
                 if node.attrs["x_zp"]:
                     xv = xv - node.attrs["x_zp"]
-                acc.value = acc.value + xv * k.cast(w[i, j], I32)
+                acc.value = acc.value + xv * k.cast(w[j, i], I32)
             y2[r, j] = _finish(k, node, acc.value, mult[j], left[j], right[j])

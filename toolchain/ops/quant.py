@@ -88,20 +88,23 @@ def _shaped(kind, axis, block, arr, rank):
 
 
 def _views(ins, kind, axis, block, out_shape):
-    """(x, scale, zero point or None, y shape) as kernel tensors broadcasting together: blocked
-    parameters by splitting axis into (blocks, block_size)."""
+    """(x, [scale, zero point], loop shape) as kernel tensors broadcasting together, with x
+    flattened as far as the scaling allows: per tensor one flat loop, per axis (outer, axis,
+    inner), blocked (outer, blocks, block_size, inner). (A deeper nest of small dimensions
+    vectorizes into RVV segment loads, on which qemu-riscv64 7.2 aborts.)"""
     x, s = ins[0], ins[1]
-    zp = ins[2] if len(ins) > 2 and ins[2] is not None else None
-    rank = len(out_shape)
+    params = [t for t in (s, ins[2] if len(ins) > 2 else None) if t is not None]
+    size = x.size
     if kind == "tensor":
-        ps = [t.reshape((1,) * rank) if rank else t.reshape(()) for t in (s, zp) if t is not None]
-        return x, ps, out_shape
+        return x.reshape((size,)), [t.reshape((1,)) for t in params], (size,)
+    outer = int(np.prod(out_shape[:axis], dtype=np.int64))
+    inner = int(np.prod(out_shape[axis + 1:], dtype=np.int64))
     if kind == "axis":
-        shape = [1] * axis + [out_shape[axis]] + [1] * (rank - axis - 1)
-        return x, [t.reshape(shape) for t in (s, zp) if t is not None], out_shape
-    split = list(out_shape[:axis]) + [out_shape[axis] // block, block] + list(out_shape[axis + 1:])
-    pshape = list(out_shape[:axis]) + [out_shape[axis] // block, 1] + list(out_shape[axis + 1:])
-    return x.reshape(split), [t.reshape(pshape) for t in (s, zp) if t is not None], tuple(split)
+        shape = (outer, out_shape[axis], inner)
+        return x.reshape(shape), [t.reshape((1, out_shape[axis], 1)) for t in params], shape
+    blocks = out_shape[axis] // block
+    shape = (outer, blocks, block, inner)
+    return x.reshape(shape), [t.reshape((outer, blocks, 1, inner)) for t in params], shape
 
 
 @register("QuantizeLinear")

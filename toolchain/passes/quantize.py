@@ -137,14 +137,14 @@ def integer_ops(g: Graph) -> bool:
             attrs.update({key: node.attrs[key] for key in ("group", "strides", "pads", "dilations", "kernel_shape")})
         else:
             op = QMATMUL
-            bias = bias - p["zx"] * p["w"].astype(np.int64).sum(axis=0)  # fold x's zero point
+            p["w"] = p["w"].T  # (N, K): each output's weights contiguous
+            bias = bias - p["zx"] * p["w"].astype(np.int64).sum(axis=1)  # fold x's zero point
             attrs["x_zp"] = 0
         # the accumulator's bound per output channel: sum |w| * max |x - x_zp| + |bias|
         lo_x, hi_x = RANGES[p["xq"].type.dtype]
         dev = max(abs(lo_x - attrs["x_zp"]), abs(hi_x - attrs["x_zp"]))
         w_abs = np.abs(p["w"].astype(np.int64))
-        per_channel = w_abs.reshape(w_abs.shape[0], -1).sum(axis=1) if node.op == "Conv" else w_abs.sum(axis=0)
-        bound = per_channel * dev + np.abs(bias)
+        bound = w_abs.reshape(w_abs.shape[0], -1).sum(axis=1) * dev + np.abs(bias)
         if bound.max(initial=0) >= 2 ** 31:
             reasons[node.name] = "its accumulator could overflow int32"
             continue
