@@ -9,7 +9,9 @@ dimension `axis`) or blocked (opset 21: the rank of x, dimension `axis` split in
 `block_size`). Quantized types: int8 and uint8 (and int32 input for DequantizeLinear, whose
 zero point must then be 0). Scales are float32. The division is a true IEEE division (as
 the spec's formula, onnx's reference and onnxruntime compute it), never a multiplication by
-a reciprocal: the lowering runs in strict floating point.
+a reciprocal: the lowering runs in strict floating point. The rounding and the conversion to
+an integer are one float addition (x + 1.5 * 2^23 puts round-half-even(x) in the low mantissa
+bits, for the clamped |x| <= 383), no float->int instruction.
 """
 from __future__ import annotations
 
