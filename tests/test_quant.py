@@ -379,3 +379,38 @@ def test_invoke_quantize_with_a_calibration_file(tmp_path):
                   str(tmp_path / "bad.npz"))
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert "has no array 'input'" in proc.stderr and not (tmp_path / "q2.onnx").exists()
+
+
+def test_nodes_left_in_float_are_listed_with_the_reason():
+    """A Conv whose bias is a float initializer (no int32 DequantizeLinear) stays float; so does
+    the Softmax (no integer form); the integer Gemm is not listed."""
+    from toolchain.passes import run_pipeline
+
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw", "wz"], ["w"], axis=0),
+             helper.make_node("Conv", ["xd", "w", "b"], ["c"], name="conv_float_bias"),
+             helper.make_node("QuantizeLinear", ["c", "sx", "zx"], ["cq"]),
+             helper.make_node("DequantizeLinear", ["cq", "sx", "zx"], ["cd"]),
+             helper.make_node("Flatten", ["cd"], ["f"]),
+             helper.make_node("QuantizeLinear", ["f", "sx", "zx"], ["fq"]),
+             helper.make_node("DequantizeLinear", ["fq", "sx", "zx"], ["fd"]),
+             helper.make_node("DequantizeLinear", ["gq", "sg", "gz"], ["g"], axis=0),
+             helper.make_node("Gemm", ["fd", "g"], ["y"], name="fc", transB=1),
+             helper.make_node("QuantizeLinear", ["y", "sx", "zx"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "sx", "zx"], ["yd"]),
+             helper.make_node("Softmax", ["yd"], ["out"], name="softmax")]
+    inits = [init("sx", SX), init("zx", np.int8(ZX)),
+             init("wq", rng.integers(-127, 128, (2, 1, 3, 3)).astype(np.int8)),
+             init("sw", np.full(2, 0.01, np.float32)), init("wz", np.zeros(2, np.int8)),
+             init("b", np.zeros(2, np.float32)),
+             init("gq", rng.integers(-127, 128, (3, 8)).astype(np.int8)),
+             init("sg", np.full(3, 0.01, np.float32)), init("gz", np.zeros(3, np.int8))]
+    g = import_model(model(nodes, [vi("x", TensorProto.FLOAT, (1, 1, 4, 4))], [vi("out", TensorProto.FLOAT, (1, 3))],
+                           inits))
+    run_pipeline(g)
+    notes = {n["node"]: n for n in g.notes["float_fallback"]}
+    assert notes["conv_float_bias"]["reason"] == "its bias is not a constant int32 DequantizeLinear"
+    assert notes["softmax"]["reason"] == "no integer form"
+    assert "fc" not in notes and g.op_counts().get("edgec.QMatMul") == 1
