@@ -84,6 +84,21 @@ def firmware(c, target=None, model=None, path=None, out=None, corrupt_expected=F
     _exec(args)
 
 
+@task(help={"model": "float ONNX file; required", "out": "QDQ model to write; required",
+            "calibration": "calibration inputs (.npz: one array per model input, (N, *shape))",
+            "calibration_random": "calibrate on N seeded standard-normal samples instead"})
+def quantize(c, model=None, out=None, calibration=None, calibration_random=None):
+    """Quantize a float model to a QDQ int8 model with onnxruntime's quantize_static (per-channel
+    int8 weights, per-tensor int8 activations) and print each output's float-vs-int8 agreement
+    (runs `python -m toolchain quantize`, the edgec CLI)."""
+    args = [PY, "-m", "toolchain", "quantize"]
+    for flag, value in (("--model", model), ("--out", out), ("--calibration", calibration),
+                        ("--calibration-random", calibration_random)):
+        if value is not None:
+            args += [flag, str(value)]
+    _exec(args)
+
+
 @task
 def targets(c):
     """List the target profiles."""

@@ -24,7 +24,7 @@ LAYERS = [
     ["inspect"],
     ["compiler", "library"],
     ["harness", "inprocess"],
-    ["bench", "compare", "firmware", "profile", "cli", "__main__", ""],
+    ["bench", "compare", "firmware", "profile", "quantize", "cli", "__main__", ""],
 ]
 MAX_LINES = 600
 

@@ -187,6 +187,11 @@ def cmd_compare(args):
     if not outputs_ok(diffs):
         raise CompileError(f"the outputs on {args.target} differ from onnxruntime beyond tolerance")
 
+def cmd_quantize(args):
+    from .quantize import run
+
+    run(args.model, args.out, args.calibration, args.calibration_random)
+
 
 def cmd_ops(args):
     from .ops import registry
@@ -260,6 +265,14 @@ def parser():
     c.add_argument("--dim", action="append", metavar="NAME=N", help="bind a symbolic input dimension")
     c.add_argument("--json", metavar="PATH", help="write the per-tensor figures as JSON")
     c.set_defaults(fn=cmd_compare)
+
+    q = sub.add_parser("quantize", help="float ONNX model -> QDQ int8 model (onnxruntime's quantize_static)")
+    q.add_argument("--model", required=True, help="float ONNX file")
+    q.add_argument("--out", required=True, help="where to write the QDQ model (.onnx)")
+    cal = q.add_mutually_exclusive_group(required=True)
+    cal.add_argument("--calibration", metavar="FILE.npz", help="calibration inputs, one array per model input")
+    cal.add_argument("--calibration-random", type=int, metavar="N", help="N seeded standard-normal samples")
+    q.set_defaults(fn=cmd_quantize)
     sub.add_parser("targets", help="list target profiles").set_defaults(fn=cmd_targets)
     sub.add_parser("ops", help="list supported ops").set_defaults(fn=cmd_ops)
     return ap

@@ -206,6 +206,7 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
         "ops": g.op_counts(),
         "schedules": {n.name: str(n.schedule) for n in g.nodes if n.schedule is not None},
         "macs": sum(registry.get(n.op).macs(n) for n in g.nodes),
+        **({"float_fallback": g.notes["float_fallback"]} if "float_fallback" in g.notes else {}),
         "hashes": {
             "model_sha256": _file_hash(model_path),
             "graph_sha256": g.fingerprint(),

@@ -143,6 +143,9 @@ class Graph:
         self.output_names: list[str] | None = None
         self.nodes: list[Node] = []
         self._names: set[str] = set()
+        # what the passes decided that the manifest reports: "float_fallback" -> [{node, op,
+        # reason}] for the nodes of a quantized model left computing in float
+        self.notes: dict[str, list] = {}
 
     # -- construction -------------------------------------------------------
     def unique(self, base: str) -> str:

@@ -35,6 +35,11 @@ def _gelu(k, x, a):
     return 0.5 * x * (m.erf(k, x * 0.7071067811865476) + 1.0)
 
 
+def _round(k, x):
+    with k.precise():
+        return m.round_half_even(k, x)
+
+
 def _hard_sigmoid(k, x, alpha, beta):
     return k.max(k.min(x * alpha + beta, 1.0), 0.0)
 
@@ -80,6 +85,7 @@ UNARY = {
     "Abs": F(lambda x, a: np.abs(x), lambda k, x, a: k.abs(x), dtypes=NUMERIC, vector_safe=True),
     "Reciprocal": F(lambda x, a: 1 / x, lambda k, x, a: 1.0 / x, vector_safe=True),
     "Floor": F(lambda x, a: np.floor(x), lambda k, x, a: m.floor(k, x)),
+    "Round": F(lambda x, a: np.rint(x), lambda k, x, a: _round(k, x)),
     "Ceil": F(lambda x, a: np.ceil(x), lambda k, x, a: m.ceil(k, x)),
     "Selu": F(lambda x, a: a["gamma"] * np.where(x > 0, x, a["alpha"] * (np.exp(x.astype(np.float64)) - 1)),
               lambda k, x, a: k.select(x > 0.0, x, (m.exp(k, x) - 1.0) * a["alpha"]) * a["gamma"],
@@ -140,8 +146,12 @@ class Unary(Op):
 
     def lower(self, k, node, ins, outs):
         x, y = ins[0].flat(), outs[0].flat()
+        attrs = node.attrs
+        if node.op == "Clip" and not ins[0].dtype.startswith("float"):  # no infinite integer bounds
+            info = np.iinfo(ins[0].dtype)
+            attrs = dict(attrs, min=max(attrs["min"], info.min), max=min(attrs["max"], info.max))
         with k.loop(y.size) as i:
-            y[i] = self.scalar(k, x[i], node.attrs)
+            y[i] = self.scalar(k, x[i], attrs)
 
 
 register(*UNARY)(Unary)

@@ -12,11 +12,13 @@ from .cleanup import eliminate_common_subexpressions, eliminate_dead_code
 from .fold import fold_constants
 from .fuse import fold_batchnorm, fuse_activations, fuse_residuals
 from .legalize import materialize_outputs
+from .quantize import integer_ops
 from .schedule import choose_schedules
 from .verify import infer_shapes, verify
 
 PIPELINE: list[tuple[str, Callable[[Graph], bool]]] = [
     ("infer-shapes", infer_shapes),
+    ("integer-ops", integer_ops),
     ("fold-constants", fold_constants),
     ("eliminate-dead-code", eliminate_dead_code),
     ("eliminate-common-subexpressions", eliminate_common_subexpressions),

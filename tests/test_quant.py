@@ -1,0 +1,416 @@
+"""int8: QuantizeLinear / DequantizeLinear against the ONNX spec's formulas (numpy, written
+here) and onnxruntime; bad quantization parameters refused with the node named; the integer
+ops the quantization pass makes (DQ -> Conv/Gemm/MatMul -> [Relu/Clip] -> Q) against an
+independent fixed-point reference (exact accumulators computed here, gemmlowp's
+SaturatingRoundingDoublingHighMul + RoundingDivideByPOT in Python integers) and against
+onnxruntime (>= 99% identical, <= 1 LSB); `edgec quantize` on the bundled DS-CNN, built and
+run on the host and cortex-a76 against onnxruntime running the same QDQ model."""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from helpers import ALL_TARGETS, ROOT, onnxruntime_outputs
+from test_c_backend import run_c_path
+from toolchain.cli import main as cli_main
+from toolchain.compiler import build
+from toolchain.harness.runner import link_harness, run_model
+from toolchain.targets import get_profile
+from toolchain.errors import InvalidModelError
+from toolchain.frontend.onnx_import import import_model
+
+# the real model on the host and cortex-a76; the small models on every target (`target`)
+TARGETS = [t for t in ("x86-64-v3", "cortex-a76") if t in ALL_TARGETS]
+RNG = np.random.default_rng(18)
+
+
+# -- the spec's formulas ------------------------------------------------------------------
+def spec_quantize(x, scale, zp, dtype):
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(x.astype(np.float32) / scale) + zp, info.min, info.max).astype(dtype)
+
+
+def spec_dequantize(x, scale, zp):
+    return ((x.astype(np.int64) - zp).astype(np.float32) * scale).astype(np.float32)
+
+
+def init(name, a):
+    return numpy_helper.from_array(np.asarray(a), name)
+
+
+def vi(name, dtype, shape):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def model(nodes, inputs, outputs, inits, opset=13):
+    g = helper.make_graph(nodes, "q", inputs, outputs, inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+SHAPE = (2, 3, 4, 5)
+S_AXIS = np.array([0.25, 0.5, 1.0], np.float32)
+Z_AXIS = np.array([-3, 0, 5], np.int8)
+
+
+def qdq_model():
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zu"], ["q_u8"], name="q_u8"),
+        helper.make_node("QuantizeLinear", ["x", "sa", "za"], ["q_axis"], name="q_axis", axis=1),
+        helper.make_node("QuantizeLinear", ["x", "s"], ["q_nozp"], name="q_nozp"),
+        helper.make_node("DequantizeLinear", ["xi", "sa", "za"], ["dq_axis"], name="dq_axis", axis=1),
+        helper.make_node("DequantizeLinear", ["xu", "s", "zu"], ["dq_u8"], name="dq_u8"),
+        helper.make_node("DequantizeLinear", ["xw", "s"], ["dq_i32"], name="dq_i32")]
+    inputs = [vi("x", TensorProto.FLOAT, SHAPE), vi("xi", TensorProto.INT8, SHAPE),
+              vi("xu", TensorProto.UINT8, SHAPE), vi("xw", TensorProto.INT32, SHAPE)]
+    outputs = [vi("q_u8", TensorProto.UINT8, SHAPE), vi("q_axis", TensorProto.INT8, SHAPE),
+               vi("q_nozp", TensorProto.UINT8, SHAPE), vi("dq_axis", TensorProto.FLOAT, SHAPE),
+               vi("dq_u8", TensorProto.FLOAT, SHAPE), vi("dq_i32", TensorProto.FLOAT, SHAPE)]
+    inits = [init("s", np.float32(0.5)), init("zu", np.uint8(128)), init("sa", S_AXIS), init("za", Z_AXIS)]
+    return model(nodes, inputs, outputs, inits)
+
+
+def qdq_feeds():
+    # ties (x / scale = k + 1/2 exactly, both signs), saturation (+-1000), and ordinary values
+    ties = np.array([0.25, 0.75, 1.25, -0.25, -0.75, -1.25, 0.125, -0.375], np.float32)
+    x = RNG.normal(0, 20, SHAPE).astype(np.float32)
+    x.flat[:8] = ties
+    x.flat[8:10] = [1000.0, -1000.0]
+    return {"x": x, "xi": RNG.integers(-128, 128, SHAPE).astype(np.int8),
+            "xu": RNG.integers(0, 256, SHAPE).astype(np.uint8),
+            "xw": RNG.integers(-100000, 100000, SHAPE).astype(np.int32)}
+
+
+def qdq_expected(f):
+    sa, za = S_AXIS.reshape(1, 3, 1, 1), Z_AXIS.reshape(1, 3, 1, 1).astype(np.int64)
+    return [spec_quantize(f["x"], np.float32(0.5), 128, np.uint8), spec_quantize(f["x"], sa, za, np.int8),
+            spec_quantize(f["x"], np.float32(0.5), 0, np.uint8), spec_dequantize(f["xi"], sa, za),
+            spec_dequantize(f["xu"], np.float32(0.5), 128), spec_dequantize(f["xw"], np.float32(0.5), 0)]
+
+
+def test_quantize_dequantize_match_the_spec_and_onnxruntime(target, harness):
+    m, f = qdq_model(), qdq_feeds()
+    want = qdq_expected(f)
+    assert want[0].flat[:6].tolist() == [128, 130, 130, 128, 126, 126]  # ties to even: 0.5->0, 1.5->2, 2.5->2
+    for w, o in zip(want, onnxruntime_outputs(m, f)):
+        np.testing.assert_array_equal(w, o)
+    got, _, _ = harness(m, target, f)
+    for j, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == w.dtype, j
+        np.testing.assert_array_equal(g, w, err_msg=f"output {j}")
+
+
+def test_quantize_dequantize_on_the_c_path(workdir):
+    f = qdq_feeds()
+    got, _ = run_c_path(qdq_model(), "x86-64-v3", f, workdir, tag="-qdq")
+    for j, (g, w) in enumerate(zip(got, qdq_expected(f))):
+        np.testing.assert_array_equal(g, w, err_msg=f"output {j}")
+
+
+# -- bad parameters -----------------------------------------------------------------------
+def one_node(op, scale, zp=None, x_type=TensorProto.FLOAT, axis=None, shape=(1, 3, 2, 2)):
+    ins = ["x", "s"] + (["z"] if zp is not None else [])
+    kw = {} if axis is None else {"axis": axis}
+    node = helper.make_node(op, ins, ["y"], name="bad", **kw)
+    out_t = TensorProto.FLOAT if op == "DequantizeLinear" else helper.np_dtype_to_tensor_dtype(
+        np.asarray(zp).dtype if zp is not None else np.dtype(np.uint8))
+    inits = [init("s", scale)] + ([init("z", zp)] if zp is not None else [])
+    return model([node], [vi("x", x_type, shape)], [vi("y", out_t, shape)], inits)
+
+
+@pytest.mark.parametrize("op,scale,zp,x_type,axis,message", [
+    ("QuantizeLinear", np.float32(0.0), np.int8(0), TensorProto.FLOAT, None, "scale 0.0 is not a positive"),
+    ("QuantizeLinear", np.float32(-0.5), None, TensorProto.FLOAT, None, "scale -0.5 is not a positive"),
+    ("DequantizeLinear", np.array([0.1, -1, 0.2], np.float32), np.zeros(3, np.int8), TensorProto.INT8, 1,
+     "scale -1.0 is not a positive"),
+    ("DequantizeLinear", np.float32(np.inf), None, TensorProto.INT8, None, "scale inf is not a positive"),
+    ("QuantizeLinear", np.ones(2, np.float32), np.zeros(2, np.int8), TensorProto.FLOAT, 1,
+     "per-axis scale has 2 elements, axis 1 of the input has 3"),
+    ("DequantizeLinear", np.ones(3, np.float32), np.zeros(4, np.uint8), TensorProto.UINT8, 1,
+     r"zero point shape \(4,\) differs from scale shape \(3,\)"),
+    ("DequantizeLinear", np.float32(1), np.int32(300), TensorProto.UINT8, None,
+     r"zero point 300 out of range for uint8 \[0, 255\]"),
+    ("DequantizeLinear", np.float32(1), np.int32(-129), TensorProto.INT8, None,
+     r"zero point -129 out of range for int8"),
+    ("DequantizeLinear", np.float32(1), np.int32(3), TensorProto.INT32, None,
+     "the zero point of int32 input must be 0"),
+])
+def test_bad_quantization_parameters_are_refused_naming_the_node(op, scale, zp, x_type, axis, message):
+    m = one_node(op, scale, zp, x_type, axis)
+    with pytest.raises(InvalidModelError, match=rf"node 'bad' \({op}\): {message}"):
+        import_model(m)
+
+
+# -- integer ops --------------------------------------------------------------------------
+SX, ZX = np.float32(0.05), -7  # activations: int8, asymmetric
+SY = np.float32(0.11)
+
+
+def srdhm(a: int, b: int) -> int:
+    """gemmlowp SaturatingRoundingDoublingHighMul, in Python integers."""
+    if a == b == -2 ** 31:
+        return 2 ** 31 - 1
+    ab = a * b
+    nudge = (1 << 30) if ab >= 0 else 1 - (1 << 30)
+    return int((ab + nudge) / (1 << 31)) if abs(ab + nudge) < 2 ** 52 else (
+        (abs(ab + nudge) >> 31) * (1 if ab + nudge >= 0 else -1))
+
+
+def rdbpot(x: int, e: int) -> int:
+    """gemmlowp RoundingDivideByPOT."""
+    mask = (1 << e) - 1
+    rem, thr = x & mask, (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> e) + (1 if rem > thr else 0)
+
+
+def fixed_point(acc: int, m: float, bound: int) -> int:
+    """TFLite's QuantizeMultiplier, then SRDHM(acc << left, multiplier) and RDBPOT(right) with
+    left - right = the exponent and left the headroom |acc| <= bound leaves (ops/integer.py)."""
+    q, e = math.frexp(m)
+    qf = round(q * 2 ** 31)
+    if qf == 2 ** 31:
+        qf, e = qf // 2, e + 1
+    left = max(0, e, min(31 - bound.bit_length(), 31 + e))
+    return rdbpot(srdhm(acc << left, qf), left - e)
+
+
+def single_rounding(acc: int, m: float) -> int:
+    """acc * m rounded once to nearest, ties away from zero, exactly (Fractions)."""
+    v = Fraction(acc) * Fraction(m)
+    r = math.floor(abs(v) + Fraction(1, 2))
+    return r if v >= 0 else -r
+
+
+def requant_expected(acc, m_per_channel, bounds, axis, zy, lo, hi):
+    out = np.empty(acc.shape, np.int64)
+    for idx in np.ndindex(acc.shape):
+        c = idx[axis]
+        out[idx] = fixed_point(int(acc[idx]), float(m_per_channel[c]), int(bounds[c])) + zy
+        assert out[idx] - zy == single_rounding(int(acc[idx]), float(m_per_channel[c]))
+    return np.clip(out, lo, hi)
+
+
+def bounds(w, bias, dev, axis):
+    """Per output channel: sum |w| * dev + |bias|."""
+    wa = np.abs(w.astype(np.int64))
+    s = wa.reshape(wa.shape[0], -1).sum(axis=1) if axis == 0 else wa.sum(axis=0)
+    return s * dev + np.abs(np.asarray(bias, np.int64))
+
+
+def conv_acc(xq, w, bias, stride, pad, group):
+    """Exact int64 convolution of (x - zx) with w, plus bias (naive loops)."""
+    x = np.pad(xq.astype(np.int64) - ZX, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    n, _, h, wd = x.shape
+    oc, cg, kh, kw = w.shape
+    oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    acc = np.zeros((n, oc, oh, ow), np.int64)
+    for o in range(oc):
+        c0 = (o // (oc // group)) * cg
+        for i in range(oh):
+            for j in range(ow):
+                patch = x[:, c0:c0 + cg, i * stride:i * stride + kh, j * stride:j * stride + kw]
+                acc[:, o, i, j] = (patch * w[o].astype(np.int64)).sum(axis=(1, 2, 3)) + bias[o]
+    return acc
+
+
+def layer(name, x, wq, sw, bq, op, act=None, zy=3, **attrs):
+    """DQ(w) (and DQ(b)) initializers, the op, an optional activation, Q to an int8 output."""
+    nodes = [helper.make_node("DequantizeLinear", [f"{name}_wq", f"{name}_sw", f"{name}_wz"], [f"{name}_w"],
+                              axis=1 if op == "MatMul" else 0)]
+    inits = [init(f"{name}_wq", wq), init(f"{name}_sw", sw), init(f"{name}_wz", np.zeros(sw.shape, np.int8)),
+             init(f"{name}_zy", np.int8(zy))]
+    ins = [x, f"{name}_w"]
+    if bq is not None:
+        nodes.append(helper.make_node("DequantizeLinear", [f"{name}_bq", f"{name}_sb"], [f"{name}_b"], axis=0))
+        inits += [init(f"{name}_bq", bq), init(f"{name}_sb", (SX * sw).astype(np.float32))]
+        ins.append(f"{name}_b")
+    nodes.append(helper.make_node(op, ins, [f"{name}_f"], name=name, **attrs))
+    y = f"{name}_f"
+    if act is not None:
+        nodes.append(helper.make_node(act, [y] + list(act_inputs(name, act, inits)), [f"{name}_a"]))
+        y = f"{name}_a"
+    nodes.append(helper.make_node("QuantizeLinear", [y, "sy", f"{name}_zy"], [f"{name}_q"]))
+    return nodes, inits
+
+
+CLIP = (np.float32(-0.3), np.float32(0.6))
+
+
+def act_inputs(name, act, inits):
+    if act != "Clip":
+        return []
+    inits += [init(f"{name}_cmin", CLIP[0]), init(f"{name}_cmax", CLIP[1])]
+    return [f"{name}_cmin", f"{name}_cmax"]
+
+
+def integer_model():
+    rng = np.random.default_rng(5)
+    p = {"w1": rng.integers(-127, 128, (8, 4, 3, 3)), "sw1": rng.uniform(0.002, 0.02, 8),
+         "w2": rng.integers(-127, 128, (4, 1, 3, 3)), "sw2": rng.uniform(0.01, 0.05, 4),
+         "w3": rng.integers(-127, 128, (6, 20)), "sw3": rng.uniform(0.002, 0.02, 6),
+         "w4": rng.integers(-127, 128, (20, 7)), "sw4": rng.uniform(0.002, 0.02, 7)}
+    p = {k: v.astype(np.int8 if k[0] == "w" else np.float32) for k, v in p.items()}
+    p["b"] = [rng.integers(-3000, 3000, n).astype(np.int32) for n in (8, 4, 6)]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("QuantizeLinear", ["v", "sx", "zx"], ["vq"]),
+             helper.make_node("DequantizeLinear", ["vq", "sx", "zx"], ["vd"])]
+    inits = [init("sx", SX), init("zx", np.int8(ZX)), init("sy", SY)]
+    for n, i in (layer("conv", "xd", p["w1"], p["sw1"], p["b"][0], "Conv", "Relu", zy=-128, pads=[1, 1, 1, 1],
+                       strides=[2, 2]),
+                 layer("dw", "xd", p["w2"], p["sw2"], p["b"][1], "Conv", "Clip", zy=2, pads=[1, 1, 1, 1], group=4),
+                 layer("fc", "vd", p["w3"], p["sw3"], p["b"][2], "Gemm", zy=-5, transB=1),
+                 layer("mm", "vd", p["w4"], p["sw4"], None, "MatMul", zy=9)):
+        nodes += n
+        inits += i
+    m = model(nodes, [vi("x", TensorProto.FLOAT, (1, 4, 7, 7)), vi("v", TensorProto.FLOAT, (1, 20))],
+              [vi(f"{n}_q", TensorProto.INT8, None) for n in ("conv", "dw", "fc", "mm")], inits)
+    return m, p
+
+
+def test_integer_ops_exact_against_fixed_point_and_within_1_lsb_of_onnxruntime(target, harness, workdir):
+    m, p = integer_model()
+    rng = np.random.default_rng(9)
+    f = {"x": rng.normal(0, 2, (1, 4, 7, 7)).astype(np.float32), "v": rng.normal(0, 2, (1, 20)).astype(np.float32)}
+    xq = spec_quantize(f["x"], SX, ZX, np.int8)
+    vq = spec_quantize(f["v"], SX, ZX, np.int8)
+    m_conv = np.float32(SX * p["sw1"]) / SY
+    dev = 127 - ZX
+    want_conv = requant_expected(conv_acc(xq, p["w1"], p["b"][0], 2, 1, 1), m_conv,
+                                 bounds(p["w1"], p["b"][0], dev, 0), 1, -128, -128, 127)
+    lo, hi = (int(np.rint(c / SY)) + 2 for c in CLIP)
+    want_dw = requant_expected(conv_acc(xq, p["w2"], p["b"][1], 1, 1, 4), np.float32(SX * p["sw2"]) / SY,
+                               bounds(p["w2"], p["b"][1], dev, 0), 1, 2, lo, hi)
+    acc_fc = (vq.astype(np.int64) - ZX) @ p["w3"].T.astype(np.int64) + p["b"][2]
+    # the zero point of a MatMul's input is folded into its bias (bias - x_zp * sum_k w)
+    b_fc = p["b"][2] - ZX * p["w3"].astype(np.int64).sum(axis=1)
+    want_fc = requant_expected(acc_fc, np.float32(SX * p["sw3"]) / SY, bounds(p["w3"].T, b_fc, 128, 1), 1, -5,
+                               -128, 127)
+    acc_mm = (vq.astype(np.int64) - ZX) @ p["w4"].astype(np.int64)
+    b_mm = -ZX * p["w4"].astype(np.int64).sum(axis=0)
+    want_mm = requant_expected(acc_mm, np.float32(SX * p["sw4"]) / SY, bounds(p["w4"], b_mm, 128, 1), 1, 9,
+                               -128, 127)
+    want = [want_conv, want_dw, want_fc, want_mm]
+    ort = onnxruntime_outputs(m, f)
+    got, res, _ = harness(m, target, f)
+    assert res.manifest["ops"].get("edgec.QConv") == 2 and res.manifest["ops"].get("edgec.QMatMul") == 2
+    assert res.manifest["float_fallback"] == []
+    for j, (g, w, o) in enumerate(zip(got, want, ort)):
+        np.testing.assert_array_equal(g, w.astype(np.int8), err_msg=f"{target} output {j}")
+        d = np.abs(g.astype(int) - o.astype(int))
+        assert d.max() <= 1 and np.mean(d == 0) >= 0.99, (target, j, d.max(), np.mean(d == 0))
+    got, res = run_c_path(m, target, f, workdir, tag="-int")
+    for j, (g, w) in enumerate(zip(got, want)):
+        np.testing.assert_array_equal(g, w.astype(np.int8), err_msg=f"C output {j}")
+
+
+# -- edgec quantize on a real model -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def kws_qdq(tmp_path_factory):
+    d = tmp_path_factory.mktemp("quantize")
+    out = d / "kws.qdq.onnx"
+    assert cli_main(["quantize", "--model", str(ROOT / "models" / "kws_dscnn.onnx"), "--out", str(out),
+                     "--calibration-random", "4"]) == 0
+    return out
+
+
+def test_quantize_command_writes_a_qdq_model_and_reports_agreement(kws_qdq, capsys):
+    m = onnx.load(str(kws_qdq))
+    ops = {n.op_type for n in m.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    weights = [t for t in m.graph.initializer if t.data_type == TensorProto.INT8 and len(t.dims) == 4]
+    assert weights, "int8 convolution weights"
+    assert cli_main(["quantize", "--model", str(ROOT / "models" / "kws_dscnn.onnx"), "--out", "x.onnx"]) == 2
+    assert "one of the arguments --calibration --calibration-random is required" in capsys.readouterr().err
+
+
+def ort_without_optimizations(m, feeds):
+    """onnxruntime running the QDQ graph as written (DequantizeLinear -> float op ->
+    QuantizeLinear: its ONNX semantics). With all optimizations onnxruntime swaps in its own
+    integer kernels (QLinearSoftmax is a lookup table, QLinearGlobalAveragePool...), which
+    round differently from the graph and from each other."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.mark.parametrize("qtarget", TARGETS)
+def test_quantized_kws_matches_onnxruntime(kws_qdq, qtarget, workdir):
+    m = onnx.load(str(kws_qdq))
+    rng = np.random.default_rng(3)
+    scale = float(next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name == next(
+        n.input[1] for n in m.graph.node if n.output[0] == m.graph.output[0].name)))
+    res = build(kws_qdq, qtarget, "model", workdir / f"kws-int8-{qtarget}")
+    profile = get_profile(qtarget)
+    exe = link_harness(workdir / f"kws-int8-{qtarget}", "model", profile)
+    for i in range(3):
+        f = {"input": rng.standard_normal((1, 1, 49, 10)).astype(np.float32)}
+        got = run_model(exe, profile, [f["input"]], [("float32", (1, 12))]).outputs
+        for want, exact in ((onnxruntime_outputs(m, f), False), (ort_without_optimizations(m, f), True)):
+            d = np.abs(got[0].astype(np.float64) - want[0]) / scale
+            assert d.max() <= 1.001, (i, exact, d.max())
+            if exact:
+                assert np.mean(d < 1e-3) >= 0.99, (i, np.mean(d < 1e-3))
+    assert res.manifest["ops"]["edgec.QConv"] == 9 and res.manifest["ops"]["edgec.QMatMul"] == 1
+    assert {e["op"] for e in res.manifest["float_fallback"]} == {"GlobalAveragePool", "Softmax"}
+    assert res.manifest["weight_bytes"] < 0.36 * 90416  # the float32 build's weights
+
+
+def test_invoke_quantize_with_a_calibration_file(tmp_path):
+    from test_invoke_surface import invoke
+
+    src = ROOT / "tests" / "models" / "fc_autoencoder.onnx"
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "cal.npz", input=rng.standard_normal((3, 1, 640)).astype(np.float32))
+    proc = invoke("quantize", "--model", str(src), "--out", str(tmp_path / "q.onnx"), "--calibration",
+                  str(tmp_path / "cal.npz"))
+    assert proc.returncode == 0, proc.stderr
+    assert "3 calibration samples" in proc.stdout and "output 'output': float vs int8 max |diff|" in proc.stdout
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "q.onnx")).graph.node)
+    np.savez(tmp_path / "bad.npz", other=np.zeros((2, 1, 640), np.float32))
+    proc = invoke("quantize", "--model", str(src), "--out", str(tmp_path / "q2.onnx"), "--calibration",
+                  str(tmp_path / "bad.npz"))
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "has no array 'input'" in proc.stderr and not (tmp_path / "q2.onnx").exists()
+
+
+def test_nodes_left_in_float_are_listed_with_the_reason():
+    """A Conv whose bias is a float initializer (no int32 DequantizeLinear) stays float; so does
+    the Softmax (no integer form); the integer Gemm is not listed."""
+    from toolchain.passes import run_pipeline
+
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw", "wz"], ["w"], axis=0),
+             helper.make_node("Conv", ["xd", "w", "b"], ["c"], name="conv_float_bias"),
+             helper.make_node("QuantizeLinear", ["c", "sx", "zx"], ["cq"]),
+             helper.make_node("DequantizeLinear", ["cq", "sx", "zx"], ["cd"]),
+             helper.make_node("Flatten", ["cd"], ["f"]),
+             helper.make_node("QuantizeLinear", ["f", "sx", "zx"], ["fq"]),
+             helper.make_node("DequantizeLinear", ["fq", "sx", "zx"], ["fd"]),
+             helper.make_node("DequantizeLinear", ["gq", "sg", "gz"], ["g"], axis=0),
+             helper.make_node("Gemm", ["fd", "g"], ["y"], name="fc", transB=1),
+             helper.make_node("QuantizeLinear", ["y", "sx", "zx"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "sx", "zx"], ["yd"]),
+             helper.make_node("Softmax", ["yd"], ["out"], name="softmax")]
+    inits = [init("sx", SX), init("zx", np.int8(ZX)),
+             init("wq", rng.integers(-127, 128, (2, 1, 3, 3)).astype(np.int8)),
+             init("sw", np.full(2, 0.01, np.float32)), init("wz", np.zeros(2, np.int8)),
+             init("b", np.zeros(2, np.float32)),
+             init("gq", rng.integers(-127, 128, (3, 8)).astype(np.int8)),
+             init("sg", np.full(3, 0.01, np.float32)), init("gz", np.zeros(3, np.int8))]
+    g = import_model(model(nodes, [vi("x", TensorProto.FLOAT, (1, 1, 4, 4))], [vi("out", TensorProto.FLOAT, (1, 3))],
+                           inits))
+    run_pipeline(g)
+    notes = {n["node"]: n for n in g.notes["float_fallback"]}
+    assert notes["conv_float_bias"]["reason"] == "its bias is not a constant int32 DequantizeLinear"
+    assert notes["softmax"]["reason"] == "no integer form"
+    assert "fc" not in notes and g.op_counts().get("edgec.QMatMul") == 1

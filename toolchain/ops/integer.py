@@ -1,0 +1,222 @@
+"""Integer ops: a quantized Conv and MatMul with int8/uint8 inputs, int8 weights, int32
+accumulation and fixed-point requantization to an int8/uint8 output. They are made by the
+quantization pass (passes/quantize.py) from DequantizeLinear -> Conv/MatMul/Gemm ->
+[Relu/Clip] -> QuantizeLinear; no model names them (internal ops).
+
+Inputs: x (int8/uint8), w (int8, constant), bias (int32 [C], in units of x_scale *
+w_scale[c]), multiplier, left, right (int32 [C]); attributes x_zp, y_zp (the zero points),
+lo, hi (the output clamp: the type's range narrowed by a fused Relu/Clip), out (the output
+type), and the convolution's group, strides, pads, dilations, kernel_shape.
+
+    acc[c]  = bias[c] + sum (x - x_zp) * w                         (exact, int32)
+    y[c]    = clamp(requantize(acc[c], multiplier[c], left[c], right[c]) + y_zp, lo, hi)
+
+Requantization multiplies by M[c] = x_scale * w_scale[c] / y_scale (computed in float32, as
+onnxruntime computes it), held as M = multiplier * 2^(e - 31) with multiplier in
+[2^30, 2^31) (quantize_multiplier: exact, a float32 having a 24-bit mantissa), with
+TFLite's and gemmlowp's reference primitives:
+
+    high   = SaturatingRoundingDoublingHighMul(acc << left, multiplier)
+           = (a * multiplier + (a * multiplier >= 0 ? 2^30 : 1 - 2^30)) / 2^31, a = acc << left,
+             the division truncating toward zero (int64 intermediate): round to nearest, ties
+             away from zero; the saturating case (both operands -2^31) cannot occur, the
+             multiplier being positive
+    result = RoundingDivideByPOT(high, right)
+           = (high >> right) + ((high & mask) > (mask >> 1) + (high < 0) ? 1 : 0),
+             mask = 2^right - 1: an arithmetic shift rounding to nearest, ties away from zero
+
+with left - right = e. TFLite takes left = max(e, 0), right = max(-e, 0): with M < 1, the
+product is rounded to an integer by the high multiply, and that integer again by the shift,
+and the double rounding moves 0.1-0.3% of the outputs of a layer by 1 LSB against a single
+rounding (measured on the MLPerf Tiny models against onnxruntime, which rounds float(acc) * M
+once, ties to even; compounded over 10-30 layers, up to 8% of a model's outputs).
+Here left is as large as the accumulator's compile-time bound allows (|acc << left| < 2^31,
+the bound being sum |w| * max |x - x_zp| + |bias| per channel; right = left - e <= 31), so
+the high multiply keeps `right` fraction bits and the result is acc * M rounded once to
+nearest, ties away from zero, except where the discarded bits happen to make an exact tie
+(probability about 2^-right; right is typically 15-25). What remains against onnxruntime:
+exact ties (away from zero here, to even there) and float(acc) * M's float32 rounding there.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import TensorType
+from ..kernel.llvm import I8, I32, I64
+from .base import Op, in_type, register
+from .nn import conv_out_size
+
+QCONV, QMATMUL = "edgec.QConv", "edgec.QMatMul"
+
+
+def quantize_multiplier(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel (multiplier, exponent e): m = multiplier * 2^(e - 31), multiplier in
+    [2^30, 2^31) (0 and shift 0 for m == 0 or m below 2^-31)."""
+    mult, shift = [], []
+    for v in np.asarray(m, np.float64).ravel():
+        if v <= 0:
+            mult.append(0), shift.append(0)
+            continue
+        q, e = np.frexp(v)
+        qf = int(round(q * (1 << 31)))
+        if qf == 1 << 31:
+            qf, e = qf // 2, e + 1
+        if e < -31:
+            qf, e = 0, 0
+        mult.append(qf), shift.append(e)
+    return np.array(mult, np.int32), np.array(shift, np.int32)
+
+
+def shifts(exponent: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel (left, right), left - right = exponent: left as large as |acc| <= bound
+    allows (|acc << left| < 2^31), right <= 31 (module docstring)."""
+    left, right = [], []
+    for e, b in zip(np.asarray(exponent).ravel().tolist(), np.asarray(bound).ravel().tolist()):
+        room = 31 - int(b).bit_length()
+        lft = max(0, e, min(room, 31 + e))
+        left.append(lft), right.append(lft - e)
+    return np.array(left, np.int32), np.array(right, np.int32)
+
+
+def requantize_np(acc, mult, left, right):
+    """The numpy twin of requantize(): int64 arrays broadcasting together."""
+    acc, mult, left, right = (np.asarray(a, np.int64) for a in (acc, mult, left, right))
+    x = acc * (np.int64(1) << left)
+    ab = x * mult
+    v = ab + np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    high = np.sign(v) * (np.abs(v) >> 31)  # division by 2^31 truncating toward zero
+    e = right
+    mask = (np.int64(1) << e) - 1
+    rem = high & mask
+    threshold = (mask >> 1) + (high < 0)
+    return (high >> e) + (rem > threshold)
+
+
+def requantize(k, acc, mult, left, right):
+    """acc (int32 Expr) times multiplier * 2^(left - right - 31), gemmlowp's rounding (module doc)."""
+    zero = k.lift(0, like=I32)
+    x = acc << left
+    ab = k.cast(x, I64) * k.cast(mult, I64)
+    nudge = k.select(ab >= k.lift(0, like=I64), k.lift(1 << 30, like=I64), k.lift(1 - (1 << 30), like=I64))
+    high = k.cast((ab + nudge) / k.lift(1 << 31, like=I64), I32)
+    e = right
+    mask = (k.lift(1, like=I32) << e) - 1
+    threshold = (mask >> 1) + k.select(high < zero, k.lift(1, like=I32), zero)
+    return (high >> e) + k.select((high & mask) > threshold, k.lift(1, like=I32), zero)
+
+
+def _finish(k, node, acc, mult, left, right):
+    a = node.attrs
+    r = requantize(k, acc, mult, left, right) + a["y_zp"]
+    r = k.min(k.max(r, k.lift(a["lo"], like=I32)), k.lift(a["hi"], like=I32))
+    return k.cast(r, I8)
+
+
+def _finish_np(node, acc, mult, left, right):
+    a = node.attrs
+    r = requantize_np(acc, mult, left, right) + a["y_zp"]
+    return np.clip(r, a["lo"], a["hi"]).astype(a["out"])
+
+
+class _Integer(Op):
+    foldable = False  # never has constant inputs only; and the reference is not a float op
+
+    def macs(self, node):
+        return 0
+
+
+@register(QCONV, internal=True)
+class QConv(_Integer):
+    """2-D convolution (N, C, H, W), any group, strides, dilations and pads."""
+
+    def infer(self, node):
+        x, w = in_type(node, 0), in_type(node, 1)
+        a = node.attrs
+        out = [conv_out_size(x.shape[2 + i], w.shape[2 + i], a["strides"][i], a["dilations"][i],
+                             a["pads"][i], a["pads"][2 + i]) for i in range(2)]
+        return [TensorType(a["out"], (x.shape[0], w.shape[0], *out))]
+
+    def macs(self, node):
+        return node.outputs[0].type.size * int(np.prod(in_type(node, 1).shape[1:]))
+
+    def reference(self, node, x, w, bias, mult, left, right):
+        a = node.attrs
+        xs = x.astype(np.int64) - a["x_zp"]
+        pads = [(0, 0), (0, 0), (a["pads"][0], a["pads"][2]), (a["pads"][1], a["pads"][3])]
+        xp = np.pad(xs, pads)  # padding is the zero point: 0 after the subtraction
+        n, oc, oh, ow = self.infer(node)[0].shape
+        g = a["group"]
+        cg, ocg = w.shape[1], oc // g
+        acc = np.zeros((n, oc, oh, ow), np.int64) + bias.astype(np.int64).reshape(1, -1, 1, 1)
+        (sh, sw), (dh, dw) = a["strides"], a["dilations"]
+        for i in range(w.shape[2]):
+            for j in range(w.shape[3]):
+                patch = xp[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+                for gi in range(g):
+                    xs_g = patch[:, gi * cg:(gi + 1) * cg]
+                    ws = w[gi * ocg:(gi + 1) * ocg, :, i, j].astype(np.int64)
+                    acc[:, gi * ocg:(gi + 1) * ocg] += np.einsum("nchw,oc->nohw", xs_g, ws)
+        return [_finish_np(node, acc, *(p.reshape(1, -1, 1, 1) for p in (mult, left, right)))]
+
+    def lower(self, k, node, ins, outs):
+        x, w, bias, mult, left, right = ins[:6]
+        y = outs[0]
+        a = node.attrs
+        unsigned = in_type(node, 0).dtype == "uint8"
+        _, _, h, wd = x.shape
+        oc, cg, kh, kw = w.shape
+        ocg = oc // a["group"]
+        (sh, sw), (dh, dw), pads = a["strides"], a["dilations"], a["pads"]
+        padded = any(pads)
+        with k.loops(y.shape) as (n, o, oy, ox):
+            acc = k.var(bias[o])
+            c0 = 0 if a["group"] == 1 else (o // ocg) * cg
+            with k.loops((cg, kh, kw)) as (c, i, j):
+                iy = oy * sh + i * dh - pads[0]
+                ix = ox * sw + j * dw - pads[1]
+
+                def step():
+                    xv = k.cast(x[n, c0 + c, iy, ix], I32, unsigned=unsigned) - a["x_zp"]
+                    acc.value = acc.value + xv * k.cast(w[o, c, i, j], I32)
+
+                if padded:
+                    inside = (k.lift(iy) >= 0) & (k.lift(iy) < h) & (k.lift(ix) >= 0) & (k.lift(ix) < wd)
+                    with k.if_(inside):
+                        step()
+                else:
+                    step()
+            y[n, o, oy, ox] = _finish(k, node, acc.value, mult[o], left[o], right[o])
+
+
+@register(QMATMUL, internal=True)
+class QMatMul(_Integer):
+    """x (..., M, K) times w^T, w (N, K) constant (stored output-channel major, as a Conv's
+    weights: each output's K weights are contiguous). The zero point of x is folded into the
+    bias at compile time by the pass (bias[n] -= x_zp * sum_k w[n, k]), so x_zp here is 0
+    unless the op is made otherwise."""
+
+    def infer(self, node):
+        x, w = in_type(node, 0), in_type(node, 1)
+        return [TensorType(node.attrs["out"], x.shape[:-1] + (w.shape[0],))]
+
+    def macs(self, node):
+        return node.outputs[0].type.size * in_type(node, 1).shape[1]
+
+    def reference(self, node, x, w, bias, mult, left, right):
+        acc = (x.astype(np.int64) - node.attrs["x_zp"]) @ w.T.astype(np.int64) + bias.astype(np.int64)
+        return [_finish_np(node, acc, mult, left, right)]
+
+    def lower(self, k, node, ins, outs):
+        x, w, bias, mult, left, right = ins[:6]
+        nn, kk = w.shape
+        rows = x.size // kk
+        x2, y2 = x.reshape((rows, kk)), outs[0].reshape((rows, nn))
+        unsigned = in_type(node, 0).dtype == "uint8"
+        with k.loops((rows, nn)) as (r, j):
+            acc = k.var(bias[j])
+            with k.loop(kk) as i:
+                xv = k.cast(x2[r, i], I32, unsigned=unsigned)
+                if node.attrs["x_zp"]:
+                    xv = xv - node.attrs["x_zp"]
+                acc.value = acc.value + xv * k.cast(w[j, i], I32)
+            y2[r, j] = _finish(k, node, acc.value, mult[j], left[j], right[j])

@@ -1,0 +1,211 @@
+"""Quantization ops: QuantizeLinear and DequantizeLinear (ONNX opsets 10-21+), and the
+integer ops the quantization pass (passes/quantize.py) makes from DQ -> Conv/MatMul/Gemm -> Q.
+
+    QuantizeLinear    y = saturate(round_half_even(x / scale) + zero_point)
+    DequantizeLinear  y = (x - zero_point) * scale
+
+Scales are per tensor (a scalar or a 1-element tensor), per axis (1-D, the length of
+dimension `axis`) or blocked (opset 21: the rank of x, dimension `axis` split into blocks of
+`block_size`). Quantized types: int8 and uint8 (and int32 input for DequantizeLinear, whose
+zero point must then be 0). Scales are float32. The division is a true IEEE division (as
+the spec's formula, onnx's reference and onnxruntime compute it), never a multiplication by
+a reciprocal: the lowering runs in strict floating point. The rounding and the conversion to
+an integer are one float addition (x + 1.5 * 2^23 puts round-half-even(x) in the low mantissa
+bits, for the clamped |x| <= 383), no float->int instruction.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import TensorType
+from ..kernel.llvm import F32, I8, I32
+from .base import Op, in_type, invalid, norm_axis, register, unsupported
+from .elementwise import _broadcast_loop
+
+RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int32": (-2 ** 31, 2 ** 31 - 1)}
+ONNX_CODES = {2: "uint8", 3: "int8", 6: "int32"}  # TensorProto.DataType values we take
+MAGIC, MAGIC_BITS = 12582912.0, 0x4B400000  # 1.5 * 2^23 and its float32 bits
+
+
+def _params(node, qtype: str):
+    """Checks scale and zero point against x (input 0) and the quantized type; returns the
+    kind of scaling ("tensor", "axis" or "blocked"), the axis and the block size."""
+    x, s = in_type(node, 0), in_type(node, 1)
+    zp = node.inputs[2] if len(node.inputs) > 2 else None
+    if s.dtype != "float32":
+        raise unsupported(node, f"only float32 scales are supported, got {s.dtype}")
+    rank = len(x.shape)
+    block = node.attrs.get("block_size", 0)
+    if block < 0:
+        raise invalid(node, f"block_size {block} is negative")
+    per_tensor = s.size == 1 and len(s.shape) <= 1 and not block
+    kind, axis = "tensor", 0 if per_tensor else norm_axis(node.attrs["axis"], rank, node)
+    if per_tensor:
+        pass
+    elif block:
+        if len(s.shape) != rank or any(d != e for i, (d, e) in enumerate(zip(s.shape, x.shape)) if i != axis):
+            raise invalid(node, f"blocked scale shape {s.shape} does not match input {x.shape} on axis {axis}")
+        if s.shape[axis] != -(-x.shape[axis] // block):
+            raise invalid(node, f"blocked scale has {s.shape[axis]} blocks on axis {axis}, expected "
+                                f"ceil({x.shape[axis]}/{block})")
+        if x.shape[axis] % block:
+            raise unsupported(node, f"a last partial block (dim {x.shape[axis]}, block_size {block})")
+        kind = "blocked"
+    elif len(s.shape) == 1 and rank:
+        if s.shape[0] != x.shape[axis]:
+            raise invalid(node, f"per-axis scale has {s.shape[0]} elements, axis {axis} of the input has "
+                                f"{x.shape[axis]}")
+        kind = "axis"
+    else:
+        raise invalid(node, f"scale of shape {s.shape} is neither per tensor nor per axis of input {x.shape}")
+    if zp is not None:
+        if zp.type.shape != s.shape and not (kind == "tensor" and zp.type.size == 1):
+            raise invalid(node, f"zero point shape {zp.type.shape} differs from scale shape {s.shape}")
+        lo, hi = RANGES[qtype]
+        if zp.is_const:
+            data = zp.data.astype(np.int64)
+            if data.size and (data.min() < lo or data.max() > hi):
+                bad = data[(data < lo) | (data > hi)].ravel()[0]
+                raise invalid(node, f"zero point {bad} out of range for {qtype} [{lo}, {hi}]")
+            if qtype == "int32" and data.any():
+                raise invalid(node, "the zero point of int32 input must be 0")
+        if zp.type.dtype != qtype:
+            raise invalid(node, f"zero point type {zp.type.dtype} differs from the quantized type {qtype}")
+    if node.inputs[1].is_const:
+        sd = node.inputs[1].data
+        if not np.all(np.isfinite(sd)) or np.any(sd <= 0):
+            bad = sd[~(np.isfinite(sd) & (sd > 0))].ravel()[0]
+            raise invalid(node, f"scale {bad} is not a positive finite number")
+    return kind, axis, block
+
+
+def _shaped(kind, axis, block, arr, rank):
+    """A parameter array (numpy) reshaped to broadcast against x (blocked: repeated)."""
+    arr = np.asarray(arr)
+    if kind == "tensor":
+        return arr.reshape(())
+    if kind == "axis":
+        return arr.reshape([1] * axis + [-1] + [1] * (rank - axis - 1))
+    return np.repeat(arr, block, axis=axis)
+
+
+def _views(ins, kind, axis, block, out_shape):
+    """(x, [scale, zero point], loop shape) as kernel tensors broadcasting together, with x
+    flattened as far as the scaling allows: per tensor one flat loop, per axis (outer, axis,
+    inner), blocked (outer, blocks, block_size, inner). (A deeper nest of small dimensions
+    vectorizes into RVV segment loads, on which qemu-riscv64 7.2 aborts.)"""
+    x, s = ins[0], ins[1]
+    params = [t for t in (s, ins[2] if len(ins) > 2 else None) if t is not None]
+    size = x.size
+    if kind == "tensor":
+        return x.reshape((size,)), [t.reshape((1,)) for t in params], (size,)
+    outer = int(np.prod(out_shape[:axis], dtype=np.int64))
+    inner = int(np.prod(out_shape[axis + 1:], dtype=np.int64))
+    if kind == "axis":
+        shape = (outer, out_shape[axis], inner)
+        return x.reshape(shape), [t.reshape((1, out_shape[axis], 1)) for t in params], shape
+    blocks = out_shape[axis] // block
+    shape = (outer, blocks, block, inner)
+    return x.reshape(shape), [t.reshape((outer, blocks, 1, inner)) for t in params], shape
+
+
+@register("QuantizeLinear")
+class QuantizeLinear(Op):
+    def canonicalize(self, node, opset):
+        node.attrs.setdefault("axis", 1)
+        node.attrs.setdefault("block_size", 0)
+        if node.attrs.pop("precision", 0) not in (0, 1):  # opset 23: the type x / scale is computed in
+            raise unsupported(node, "unsupported precision (float32 division only)")
+        if node.attrs.pop("saturate", 1) != 1:
+            raise unsupported(node, "saturate=0 (only float8 outputs use it)")
+        code = node.attrs.pop("output_dtype", 0)
+        zp = node.inputs[2] if len(node.inputs) > 2 else None
+        if code:
+            if code not in ONNX_CODES or ONNX_CODES[code] == "int32":
+                raise unsupported(node, f"unsupported output type {ONNX_CODES.get(code, code)} (int8 and uint8 "
+                                        f"are supported)")
+            if zp is not None and zp.type.dtype != ONNX_CODES[code]:
+                raise invalid(node, f"output_dtype {ONNX_CODES[code]} differs from the zero point's "
+                                    f"{zp.type.dtype}")
+            node.attrs["to"] = ONNX_CODES[code]
+        else:
+            node.attrs["to"] = zp.type.dtype if zp is not None else "uint8"
+        if node.attrs["to"] not in ("int8", "uint8"):
+            raise unsupported(node, f"quantizing to {node.attrs['to']} (int8 and uint8 are supported)")
+        if in_type(node, 0).dtype != "float32":
+            raise unsupported(node, f"only float32 input is supported, got {in_type(node, 0).dtype}")
+
+    def infer(self, node):
+        _params(node, node.attrs["to"])
+        return [TensorType(node.attrs["to"], in_type(node, 0).shape)]
+
+    def reference(self, node, x, scale, zp=None):
+        kind, axis, block = _params(node, node.attrs["to"])
+        rank = x.ndim
+        s = _shaped(kind, axis, block, scale, rank).astype(np.float32)
+        z = 0 if zp is None else _shaped(kind, axis, block, zp, rank).astype(np.float64)
+        lo, hi = RANGES[node.attrs["to"]]
+        with np.errstate(all="ignore"):
+            q = np.rint((x.astype(np.float32) / s).astype(np.float32)).astype(np.float64) + z
+        return [np.clip(q, lo, hi).astype(node.attrs["to"])]
+
+    def lower(self, k, node, ins, outs):
+        kind, axis, block = _params(node, node.attrs["to"])
+        x, params, shape = _views(ins, kind, axis, block, outs[0].shape)
+        y = outs[0].reshape(shape)
+        lo, hi = RANGES[node.attrs["to"]]
+        unsigned = node.attrs["to"] == "uint8"
+
+        def body(xv, s, z=None):
+            # saturate(round(x / s) + zp) = round(clamp(x / s, lo - zp, hi - zp)) + zp (the
+            # bounds are integers, rounding is monotonic); v + 1.5 * 2^23 rounds v (|v| <= 383)
+            # to an integer, ties to even, and leaves it in the low mantissa bits: no float->int
+            # conversion instruction (qemu-riscv64 7.2 aborts on some vfcvt.rtz sequences)
+            zi = k.lift(0, like=I32) if z is None else k.cast(z, I32, unsigned=unsigned)
+            zf = k.cast(zi, F32)
+            v = k.min(k.max(xv / s, zf * -1.0 + float(lo)), zf * -1.0 + float(hi))
+            r = k.bitcast(v + MAGIC, I32) - MAGIC_BITS
+            return k.cast(r + zi, I8)
+
+        with k.precise():
+            _broadcast_loop(k, [x] + params, y, body)
+
+
+@register("DequantizeLinear")
+class DequantizeLinear(Op):
+    # Not folded at import: the quantization pass must see DQ(constant int8 weights) -> op -> Q.
+    # The pass folds the DQ nodes it leaves (the float fallback) itself.
+    foldable = False
+
+    def canonicalize(self, node, opset):
+        node.attrs.setdefault("axis", 1)
+        node.attrs.setdefault("block_size", 0)
+        if node.attrs.pop("output_dtype", 0) not in (0, 1):
+            raise unsupported(node, "only float32 output is supported")
+        if in_type(node, 0).dtype not in ("int8", "uint8", "int32"):
+            raise unsupported(node, f"dequantizing {in_type(node, 0).dtype} (int8, uint8 and int32 are supported)")
+
+    def infer(self, node):
+        _params(node, in_type(node, 0).dtype)
+        return [TensorType("float32", in_type(node, 0).shape)]
+
+    def reference(self, node, x, scale, zp=None):
+        kind, axis, block = _params(node, in_type(node, 0).dtype)
+        s = _shaped(kind, axis, block, scale, x.ndim).astype(np.float32)
+        z = 0 if zp is None else _shaped(kind, axis, block, zp, x.ndim).astype(np.int64)
+        return [((x.astype(np.int64) - z).astype(np.float32) * s).astype(np.float32)]
+
+    def lower(self, k, node, ins, outs):
+        kind, axis, block = _params(node, in_type(node, 0).dtype)
+        x, params, shape = _views(ins, kind, axis, block, outs[0].shape)
+        y = outs[0].reshape(shape)
+        unsigned = in_type(node, 0).dtype == "uint8"
+
+        def body(xv, s, z=None):
+            xi = k.cast(xv, I32, unsigned=unsigned)
+            if z is not None:
+                xi = xi - k.cast(z, I32, unsigned=unsigned)
+            return k.cast(xi, F32) * s
+
+        with k.precise():
+            _broadcast_loop(k, [x] + params, y, body)

@@ -1,0 +1,176 @@
+"""Quantized graphs (QDQ form): DequantizeLinear -> Conv/MatMul/Gemm -> [Relu/Clip] ->
+QuantizeLinear becomes one integer op (ops/integer.py: int8 inputs, int32 accumulation,
+fixed-point requantization), when
+
+  - the activation's DequantizeLinear has a constant per-tensor scale and zero point,
+  - the weights are a DequantizeLinear of a constant int8 initializer with zero zero points,
+    per tensor or per output channel,
+  - the bias, if any, is a DequantizeLinear of a constant int32 with zero zero point and
+    scale x_scale * w_scale (as quantizers write it),
+  - the result goes only, through an optional Relu/Clip, to a QuantizeLinear with constant
+    per-tensor scale and zero point,
+  - Conv is 2-D; Gemm has transA = 0, alpha = beta = 1; MatMul's second operand is 2-D.
+
+A fused Relu/Clip becomes the clamp of the quantized range (exact: rounding is monotonic).
+Then every DequantizeLinear of constants left is folded (the float fallback: the model's
+float ops read float weights), and every node of a quantized graph left computing in float
+is listed in g.notes["float_fallback"] with the reason, for the manifest.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Node
+from ..ops import registry
+from ..ops.integer import QCONV, QMATMUL, quantize_multiplier, shifts
+from ..ops.quant import RANGES
+
+QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", QCONV, QMATMUL)
+
+
+def _dq(v, const_input: bool):
+    """The DequantizeLinear producing v with constant scale/zero point (and constant input if
+    asked): (node, data or value, scale array, zero point array); else None."""
+    n = v.producer if v is not None else None
+    if n is None or n.op != "DequantizeLinear" or not all(x is None or x.is_const for x in n.inputs[1:]):
+        return None
+    if const_input and not n.inputs[0].is_const:
+        return None
+    zp = n.inputs[2].data if len(n.inputs) > 2 and n.inputs[2] is not None else np.zeros((), n.inputs[0].type.dtype)
+    return n, n.inputs[0], n.inputs[1].data.astype(np.float32), zp
+
+
+def _sole_user(g, users, v):
+    readers = users.get(id(v), [])
+    if len(readers) != 1 or any(o is v for o in g.outputs):
+        return None
+    return readers[0]
+
+
+def _match(g: Graph, users, node: Node):
+    """(why not) str, or the pieces of the integer op."""
+    if node.epilogue:
+        return "has a fused epilogue"
+    x = _dq(node.inputs[0], False)
+    if x is None:
+        return "its input is not a DequantizeLinear with constant parameters"
+    _, xq, sx, zx = x
+    if sx.size != 1 or xq.type.dtype not in ("int8", "uint8"):
+        return "its input is not per-tensor int8/uint8"
+    w = _dq(node.inputs[1], True)
+    if w is None or w[1].type.dtype != "int8" or np.any(w[3]):
+        return "its weights are not a constant symmetric int8 initializer"
+    wdq, wq, sw, _ = w
+    wdata = wq.data
+    oc_axis = {"Conv": 0, "MatMul": 1, "Gemm": 0 if node.attrs.get("transB") else 1}[node.op]
+    if node.op == "Conv":
+        if len(node.inputs[0].type.shape) != 4:
+            return "not a 2-D convolution"
+    elif node.op == "Gemm":
+        a = node.attrs
+        if a.get("transA") or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+            return "Gemm with transA or alpha/beta != 1"
+        if a.get("transB"):
+            wdata = wdata.T
+    elif len(wdata.shape) != 2:
+        return "MatMul with a batched second operand"
+    channels = wq.type.shape[oc_axis]
+    if sw.size != 1 and (sw.size != channels or wdq.attrs["axis"] % len(wq.type.shape) != oc_axis):
+        return "weight scales are not per output channel"
+    sw = np.broadcast_to(sw.ravel(), (channels,)).astype(np.float32)
+    bias = np.zeros(channels, np.int64)
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        b = _dq(node.inputs[2], True)
+        if b is None or b[1].type.dtype != "int32" or np.any(b[3]) or b[1].type.size != channels:
+            return "its bias is not a constant int32 DequantizeLinear"
+        sb = np.broadcast_to(b[2].ravel(), (channels,))
+        if not np.allclose(sb, np.float32(sx.ravel()[0]) * sw, rtol=1e-5, atol=0):
+            return "its bias scale is not x_scale * w_scale"
+        bias = b[1].data.ravel().astype(np.int64)
+    # the output: an optional Relu/Clip, then a QuantizeLinear
+    v, act = node.outputs[0], None
+    user = _sole_user(g, users, v)
+    if user is not None and user.op in ("Relu", "Clip") and user.outputs[0].type.dtype == "float32":
+        act, v = user, user.outputs[0]
+        user = _sole_user(g, users, v)
+    if user is None or user.op != "QuantizeLinear" or not all(i is None or i.is_const for i in user.inputs[1:]):
+        return "its result does not go only to a QuantizeLinear with constant parameters"
+    q = user
+    sy = q.inputs[1].data.astype(np.float32)
+    if sy.size != 1:
+        return "its QuantizeLinear is not per tensor"
+    zy = int(q.inputs[2].data.ravel()[0]) if len(q.inputs) > 2 and q.inputs[2] is not None else 0
+    lo, hi = RANGES[q.attrs["to"]]
+    if act is not None:
+        amin = 0.0 if act.op == "Relu" else act.attrs["min"]
+        amax = np.inf if act.op == "Relu" else act.attrs["max"]
+        if np.isfinite(amin):
+            lo = max(lo, int(np.clip(np.rint(np.float32(amin) / sy.ravel()[0]) + zy, lo, hi)))
+        if np.isfinite(amax):
+            hi = min(hi, int(np.clip(np.rint(np.float32(amax) / sy.ravel()[0]) + zy, lo, hi)))
+    # M = x_scale * w_scale / y_scale in float32, as onnxruntime computes it
+    m = (np.float32(sx.ravel()[0]) * sw) / np.float32(sy.ravel()[0])
+    mult, exponent = quantize_multiplier(m.astype(np.float32))
+    return dict(xq=xq, zx=int(zx.ravel()[0]), w=wdata, bias=bias, mult=mult, exponent=exponent, zy=zy, lo=lo,
+                hi=hi, q=q, act=act, out=q.attrs["to"])
+
+
+def integer_ops(g: Graph) -> bool:
+    """The rewrite described in the module docstring."""
+    quantized = any(n.op in ("QuantizeLinear", "DequantizeLinear") for n in g.nodes)
+    if not quantized:
+        return False
+    changed = False
+    reasons = {}
+    users = g.users()
+    for node in list(g.nodes):
+        if node.op not in ("Conv", "MatMul", "Gemm") or node not in g.nodes:
+            continue
+        p = _match(g, users, node)
+        if isinstance(p, str):
+            reasons[node.name] = p
+            continue
+        attrs = {"x_zp": p["zx"], "y_zp": p["zy"], "lo": p["lo"], "hi": p["hi"], "out": p["out"]}
+        bias = p["bias"]
+        if node.op == "Conv":
+            op = QCONV
+            attrs.update({key: node.attrs[key] for key in ("group", "strides", "pads", "dilations", "kernel_shape")})
+        else:
+            op = QMATMUL
+            p["w"] = p["w"].T  # (N, K): each output's weights contiguous
+            bias = bias - p["zx"] * p["w"].astype(np.int64).sum(axis=1)  # fold x's zero point
+            attrs["x_zp"] = 0
+        # the accumulator's bound per output channel: sum |w| * max |x - x_zp| + |bias|
+        lo_x, hi_x = RANGES[p["xq"].type.dtype]
+        dev = max(abs(lo_x - attrs["x_zp"]), abs(hi_x - attrs["x_zp"]))
+        w_abs = np.abs(p["w"].astype(np.int64))
+        bound = w_abs.reshape(w_abs.shape[0], -1).sum(axis=1) * dev + np.abs(bias)
+        if bound.max(initial=0) >= 2 ** 31:
+            reasons[node.name] = "its accumulator could overflow int32"
+            continue
+        left, right = shifts(p["exponent"], bound)
+        consts = [g.const(node.name + suffix, data) for suffix, data in (
+            ("_wq", np.ascontiguousarray(p["w"]).astype(np.int8)), ("_bq", bias.astype(np.int32)),
+            ("_mult", p["mult"]), ("_left", left), ("_right", right))]
+        q = p["q"]
+        new = Node(op, node.name, [p["xq"]] + consts, [q.outputs[0]], attrs)
+        q.outputs[0].producer = new
+        g.nodes[g.nodes.index(q)] = new
+        for dead in (node, p["act"]):
+            if dead is not None:
+                g.nodes.remove(dead)
+        changed = True
+        users = g.users()
+    for node in list(g.nodes):  # the float fallback reads float weights
+        if node.op == "DequantizeLinear" and all(v is None or v.is_const for v in node.inputs):
+            args = [v.data for v in node.inputs if v is not None]
+            data = registry.get(node.op).reference(node, *args)[0]
+            c = g.const(node.outputs[0].name + "_c", data)
+            g.replace_all_uses(node.outputs[0], c)
+            g.nodes.remove(node)
+            changed = True
+    g.notes["float_fallback"] = [
+        {"node": n.name, "op": n.op, "reason": reasons.get(n.name, "no integer form")}
+        for n in g.nodes if n.op not in QUANT_OPS and any(
+            o.type.dtype == "float32" for o in n.outputs) and not registry.get(n.op).view]
+    return changed
