@@ -425,6 +425,15 @@ class CKernel(Kernel):
         return self.let(f"{cond.v.code} ? {a.v.code} : {b.v.code}", a.v.type,
                         cond.v.deps | a.v.deps | b.v.deps)
 
+    def unsigned(self, op: str, a, b) -> CExpr:
+        a = self.lift(a, like=b if isinstance(b, Expr) else None)
+        b = self.lift(b, like=a)
+        ty = a.v.type
+        code = f"({UNSIGNED[ty]}){a.v.code} {op} ({UNSIGNED[ty]}){b.v.code}"
+        if op in ("<", "<=", ">", ">="):
+            return self.let(code, I1, a.v.deps | b.v.deps)
+        return self.let(f"({c_type(ty)})({code})", ty, a.v.deps | b.v.deps)
+
     def call_intrinsic(self, name: str, x) -> CExpr:
         x = self.lift(x)
         ty = x.v.type

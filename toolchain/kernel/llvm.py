@@ -459,6 +459,15 @@ class Kernel:
     def abs(self, x: Expr) -> Expr:
         return self.select(x < 0, -x, x)
 
+    def unsigned(self, op: str, a, b) -> Expr:
+        """Integers read as unsigned (uint8 data): op is one of / % >> < <= > >=.
+        Like LLVM's udiv/urem/lshr, a zero divisor or an over-wide shift is the caller's to avoid."""
+        a = self.lift(a, like=b if isinstance(b, Expr) else None)
+        b = self.lift(b, like=a)
+        if op in ("<", "<=", ">", ">="):
+            return Expr(self, self.b.icmp_unsigned(op, a.v, b.v))
+        return Expr(self, {"/": self.b.udiv, "%": self.b.urem, ">>": self.b.lshr}[op](a.v, b.v))
+
     def call_intrinsic(self, name: str, x: Expr) -> Expr:
         """Intrinsics that every profile lowers to one instruction (sqrt, fabs, fma)."""
         fn = self.fn.module.declare_intrinsic(name, [x.v.type])

@@ -11,7 +11,7 @@ NaN propagates; exp overflows to inf and underflows to 0 (no denormal results).
 """
 from __future__ import annotations
 
-from .llvm import F32, I32, Expr, Kernel
+from .llvm import F32, F64, I32, I64, Expr, Kernel
 
 LOG2E = 1.44269504088896341
 EXP_HI = 88.3762626647949
@@ -136,3 +136,44 @@ def pow(k: Kernel, a: Expr, b: Expr) -> Expr:
     res = k.select(zero_base, k.select(b > 0.0, 0.0, k.select(b.eq(0.0), 1.0, float("inf"))), res)
     return k.select(b.eq(0.0), 1.0, res)
 
+
+
+# -- rounding and remainders, for float32 and float64 alike ------------------------------------
+def _exact_above(x: Expr) -> float:
+    """The magnitude from which every value of x's type is an integer."""
+    return 4503599627370496.0 if x.v.type == F64 else 8388608.0
+
+
+def trunc(k: Kernel, x: Expr) -> Expr:
+    """Round toward zero: through an integer of the float's width; large values, infinities
+    and NaN are already integral (or NaN) and pass unchanged."""
+    t = k.cast(k.cast(x, I64 if x.v.type == F64 else I32), x.v.type)
+    return k.select(k.abs(x) < _exact_above(x), t, x)
+
+
+def round_even(k: Kernel, x: Expr) -> Expr:
+    """Round half to even (numpy.round, ONNX Round): adding and removing 2^23 (2^52) makes the
+    FPU round in its default mode, round-to-nearest-even; exact, under strict evaluation."""
+    big = _exact_above(x)
+    with k.precise():
+        a = k.abs(x)
+        r = (a + big) - big
+        r = k.select(x < 0.0, -r, r)
+        return k.select(a < big, r, x)
+
+
+def fmod(k: Kernel, a: Expr, b: Expr) -> Expr:
+    """C fmod: a - trunc(a/b)*b, with the sign of a. float32 operands are worked in float64,
+    where the product is exact for quotients below 2^29 (float64 operands: below 2^53 / |b|'s
+    precision); a quotient rounded to the wrong integer is corrected by one step of b.
+    fmod(x, 0) and fmod(inf, y) are NaN, fmod(x, inf) = x for finite x."""
+    ty = a.v.type
+    with k.precise():
+        x, y = k.cast(a, F64), k.cast(b, F64)
+        ay = k.abs(y)
+        r = x - trunc(k, x / y) * y
+        s = k.select(x < 0.0, k.lift(-1.0, like=x), 1.0)
+        r = k.select(r * s < 0.0, r + s * ay, r)  # the quotient was rounded up
+        r = k.select(k.abs(r) >= ay, r - s * ay, r)  # ... or down
+        r = k.select(ay.eq(float("inf")) & k.abs(x).ne(float("inf")), x, r)
+        return k.cast(r, ty)

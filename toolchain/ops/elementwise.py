@@ -40,6 +40,7 @@ def _hard_sigmoid(k, x, alpha, beta):
 
 
 NUMERIC = ("float32", "float64", "float16", "int8", "uint8", "int32", "int64")
+SIGNED = ("float32", "float64", "int8", "int32", "int64")
 
 
 class UnaryFacts(NamedTuple):
@@ -85,7 +86,8 @@ UNARY = {
               lambda k, x, a: k.select(x > 0.0, x, (m.exp(k, x) - 1.0) * a["alpha"]) * a["gamma"],
               {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}),
     "Sign": F(lambda x, a: np.sign(x), lambda k, x, a: k.select(x > 0.0, 1.0, k.select(x < 0.0, -1.0, x)),
-              vector_safe=True),
+              dtypes=SIGNED, vector_safe=True),
+    "Round": F(lambda x, a: np.round(x), lambda k, x, a: m.round_even(k, x), dtypes=("float32", "float64")),
     "Shrink": F(lambda x, a: np.where(x < -a["lambd"], x + a["bias"], np.where(x > a["lambd"], x - a["bias"], 0)),
                 lambda k, x, a: k.select(x < -a["lambd"], x + a["bias"], k.select(x > a["lambd"], x - a["bias"], 0.0)),
                 {"lambd": 0.5, "bias": 0.0}, vector_safe=True),
