@@ -163,17 +163,44 @@ def round_even(k: Kernel, x: Expr) -> Expr:
 
 
 def fmod(k: Kernel, a: Expr, b: Expr) -> Expr:
-    """C fmod: a - trunc(a/b)*b, with the sign of a. float32 operands are worked in float64,
-    where the product is exact for quotients below 2^29 (float64 operands: below 2^53 / |b|'s
-    precision); a quotient rounded to the wrong integer is corrected by one step of b.
-    fmod(x, 0) and fmod(inf, y) are NaN, fmod(x, inf) = x for finite x."""
-    ty = a.v.type
+    """C fmod, the sign of a; fmod(x, 0), fmod(inf, y) and NaNs give NaN, fmod(x, inf) = x.
+    float32: exact over the whole range, by integer long division of the mantissas
+    (|a| = ma 2^ea, |b| = mb 2^eb: the result is (ma 2^(ea-eb) mod mb) 2^eb, the power worked
+    32 bits at a time in 8 straight-line steps). float64: a - trunc(a/b) b, exact while the
+    quotient stays below about 2^53 / 2^(bits of b's mantissa), approximate beyond."""
+    if a.v.type == F64:
+        return _fmod_f64(k, a, b)
     with k.precise():
-        x, y = k.cast(a, F64), k.cast(b, F64)
+        ma, ea = _mantissa_exponent(k, a)
+        mb, eb = _mantissa_exponent(k, b)
+        m64 = k.cast(k.select(mb.eq(0), k.lift(1, like=mb), mb), I64)
+        r = k.unsigned("%", k.cast(ma, I64), m64)
+        d = k.max(ea - eb, 0)
+        for _ in range(8):  # exponents differ by at most 253
+            step = k.min(d, 32)
+            r = k.unsigned("%", r << k.cast(step, I64), m64)
+            d = d - step
+        scale = k.bitcast((k.cast(eb, I64) + (1023 - 150)) << 52, F64)  # 2^(eb - 150), a normal double
+        res = k.cast(k.cast(r, F64) * scale, F32)  # exact: r < 2^24
+        res = k.select(ea < eb, k.abs(a), res)
+        res = k.select(_bits(a) < 0, -res, res)  # the sign of a, -0 included
+        nan = ~(k.abs(a) < float("inf")) | ~b.eq(b) | b.eq(0.0)
+        return k.select(nan, float("nan"), res)
+
+
+def _mantissa_exponent(k: Kernel, x: Expr):
+    """|x| = m * 2^(e - 150) with integer m < 2^24 and e >= 1 (subnormals: e = 1)."""
+    bits = _bits(x) & 0x7FFFFFFF
+    e = bits >> 23
+    m = bits & 0x7FFFFF
+    return k.select(e.eq(0), m, m | 0x800000), k.max(e, 1)
+
+
+def _fmod_f64(k: Kernel, x: Expr, y: Expr) -> Expr:
+    with k.precise():
         ay = k.abs(y)
         r = x - trunc(k, x / y) * y
         s = k.select(x < 0.0, k.lift(-1.0, like=x), 1.0)
         r = k.select(r * s < 0.0, r + s * ay, r)  # the quotient was rounded up
         r = k.select(k.abs(r) >= ay, r - s * ay, r)  # ... or down
-        r = k.select(ay.eq(float("inf")) & k.abs(x).ne(float("inf")), x, r)
-        return k.cast(r, ty)
+        return k.select(ay.eq(float("inf")) & k.abs(x).ne(float("inf")), x, r)
