@@ -302,7 +302,8 @@ class CumSum(Op):
 
     def lower(self, k, node, ins, outs):
         x, y = ins[0], outs[0]
-        ax, n = node.attrs["axis"], x.shape[ax]
+        ax = node.attrs["axis"]
+        n = x.shape[ax]
         kept = x.shape[:ax] + (1,) + x.shape[ax + 1:]
         with k.loops(kept) as idx:
             acc = k.var(k.lift(0, like=x[idx]))
