@@ -92,12 +92,14 @@ def test_normalization(case, workdir):
 
 
 REDUCE_OPS = ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-              "ReduceSumSquare", "ReduceLogSumExp"]
+              "ReduceSumSquare", "ReduceLogSumExp", "ReduceLogSum"]
 
 
 @pytest.mark.parametrize("op", REDUCE_OPS)
 def test_reduce_axes_attribute_and_input(op, workdir):
     x = rng.standard_normal((2, 3, 4, 5)).astype(F) * (0.5 if op == "ReduceProd" else 1)
+    if op == "ReduceLogSum":
+        x = np.abs(x) + 0.1
     old = 11 if op == "ReduceSum" else 13
     check([helper.make_node(op, ["x"], ["y"], axes=[1, -1], keepdims=0)], x, workdir, opset=old)
     check([helper.make_node(op, ["x", "ax"], ["y"], keepdims=1)], x, workdir, {"ax": I(2)}, opset=18)

@@ -104,6 +104,11 @@ UNARY = {
     "Asinh": F(lambda x, a: np.arcsinh(x.astype(np.float64)), lambda k, x, a: m.asinh(k, x)),
     "Acosh": F(lambda x, a: np.arccosh(x.astype(np.float64)), lambda k, x, a: m.acosh(k, x)),
     "Atanh": F(lambda x, a: np.arctanh(x.astype(np.float64)), lambda k, x, a: m.atanh(k, x)),
+    "Celu": F(lambda x, a: np.maximum(x, 0) + np.minimum(0, a["alpha"] * (np.exp(x.astype(np.float64) / a["alpha"]) - 1)),
+              lambda k, x, a: k.select(x > 0.0, x, (m.exp(k, x * (1.0 / a["alpha"])) - 1.0) * a["alpha"]),
+              {"alpha": 1.0}),
+    "Swish": F(lambda x, a: x / (1 + np.exp(-a["alpha"] * x.astype(np.float64))),
+               lambda k, x, a: x * m.sigmoid(k, x * a["alpha"]), {"alpha": 1.0}),
     "Softsign": F(lambda x, a: x / (1 + np.abs(x)), lambda k, x, a: x / (k.abs(x) + 1.0), vector_safe=True),
     "Mish": F(lambda x, a: x * np.tanh(np.log1p(np.exp(x.astype(np.float64)))),
               lambda k, x, a: x * m.tanh(k, k.max(x, 0.0) + m.log(k, m.exp(k, -k.abs(x)) + 1.0))),
@@ -173,7 +178,8 @@ BINARY = {
     "Sub": (np.subtract, lambda k, a, b: a - b),
     "Mul": (np.multiply, lambda k, a, b: a * b),
     "Div": (_div, lambda k, a, b: a / b),
-    "Pow": (lambda a, b: np.power(a.astype(np.float64), b).astype(a.dtype), _pow_lower),
+    "Pow": (lambda a, b: np.trunc(np.power(a.astype(np.float64), b)).astype(a.dtype) if a.dtype.kind in "iu"
+            else np.power(a.astype(np.float64), b).astype(a.dtype), _pow_lower),
     "Max": (np.maximum, lambda k, a, b: k.max(a, b)),
     "Min": (np.minimum, lambda k, a, b: k.min(a, b)),
     "Sum": (np.add, lambda k, a, b: a + b),
@@ -233,6 +239,8 @@ class Binary(Op):
 
     def infer(self, node):
         types = [v.type for v in node.inputs]
+        if any(t.dtype == "float16" for t in types):
+            raise unsupported(node, "float16 is not supported")
         if node.op != "Pow" and len({t.dtype for t in types}) > 1:
             raise invalid(node, f"mixed element types {[t.dtype for t in types]}")
         return [TensorType(types[0].dtype, broadcast_shapes(node, *[t.shape for t in types]))]
@@ -254,6 +262,13 @@ class Binary(Op):
 
     def lower(self, k, node, ins, outs):
         fn = BINARY[node.op][1]
+        if node.op == "Pow" and ins[0].dtype not in ("float32", "float64"):
+            _broadcast_loop(k, ins, outs[0], lambda a, b: _int_pow(k, a, b, ins[1].dtype))
+            return
+        if node.op == "Pow" and ins[1].dtype != ins[0].dtype:  # an integer exponent: as a float
+            ty = LLVM_TYPES[ins[0].dtype]
+            _broadcast_loop(k, ins, outs[0], lambda a, b: m.pow(k, a, k.cast(b, ty, unsigned=ins[1].dtype == "uint8")))
+            return
         if node.op == "Pow" and node.inputs[1].is_const and node.inputs[1].type.size == 1:
             power = _pow_by_constant(float(node.inputs[1].data.ravel()[0]))
             _broadcast_loop(k, ins[:1], outs[0], lambda a: power(k, a, None))
@@ -269,6 +284,16 @@ class Binary(Op):
             return acc
 
         _broadcast_loop(k, ins, outs[0], body)
+
+
+def _int_pow(k, a, b, b_dtype):
+    """An integer base: the power in float32, then to the integer as C's (int)pow(a, b) does,
+    truncating; a result within float32's error of an integer is that integer."""
+    f32 = LLVM_TYPES["float32"]
+    r = m.pow(k, k.cast(a, f32), k.cast(b, f32, unsigned=b_dtype == "uint8"))
+    near = m.round_even(k, r)
+    r = k.select(k.abs(r - near) <= k.abs(near) * 4e-7, near, r)
+    return k.cast(r, a.v.type)
 
 
 def _as_dtype(k, t, dtype):
@@ -346,6 +371,8 @@ class Cast(Op):
         node.attrs.pop("saturate", None)
 
     def infer(self, node):
+        if "float16" in (node.attrs["to"], in_type(node).dtype):
+            raise unsupported(node, "float16 is not supported")
         return [TensorType(node.attrs["to"], node.inputs[0].type.shape)]
 
     def reference(self, node, x):
