@@ -114,6 +114,25 @@ def test_out_of_range_indices_stay_inside_the_buffers(workdir):
     np.testing.assert_array_equal(run_c_path(m, T, sfeeds, workdir, flags=UBSAN, tag="-se")[0][0], want)
 
 
+def test_gather_nd(workdir):
+    data = rng.standard_normal((2, 3, 4)).astype(F)
+    idx = np.array([[[0, 1], [1, -1]], [[1, 2], [0, 0]]], np.int64)
+    feeds = {"x": data, "i": idx}
+    check_against_onnxruntime(model("GatherND", feeds, (2, 2, 4)), feeds, T, workdir)
+    bidx = np.array([[[2, 3], [0, 1]], [[1, 0], [2, 2]]], np.int64)
+    feeds = {"x": data, "i": bidx}
+    check_against_onnxruntime(model("GatherND", feeds, (2, 2), batch_dims=1), feeds, T, workdir)
+
+
+@pytest.mark.parametrize("reduction", ["none", "add", "mul", "max", "min"])
+def test_scatter_nd(reduction, workdir):
+    data = rng.standard_normal((4, 3, 5)).astype(F)
+    idx = np.array([[0, 1], [3, -1], [2, 0]] + ([[0, 1]] if reduction != "none" else []), np.int64)
+    upd = rng.standard_normal((len(idx), 5)).astype(F)
+    feeds = {"x": data, "i": idx, "u": upd}
+    check_against_onnxruntime(model("ScatterND", feeds, data.shape, reduction=reduction), feeds, T, workdir)
+
+
 def mixed_model():
     x = rng.standard_normal((2, 5, 6)).astype(F)
     nodes = [
@@ -165,6 +184,12 @@ def test_mixed_model_c_path_under_ubsan(workdir):
     ("ScatterElements", {"x": X, "i": GI, "u": GI.astype(F)}, None, {"reduction": "avg"}, InvalidModelError,
      "reduction must be"),
     ("ScatterElements", {"x": X, "i": GI, "u": GI}, None, {}, InvalidModelError, "updates"),
+    ("GatherND", {"x": X, "i": GI[..., :4]}, None, {}, InvalidModelError, "do not fit"),
+    ("GatherND", {"x": X, "i": GI[:2, :, :2]}, None, {"batch_dims": 1}, InvalidModelError, "batch dims"),
+    ("ScatterND", {"x": X, "i": I(0, 1)[None], "u": X[0, 0, :4].copy()[None]}, None, {}, InvalidModelError,
+     "updates"),
+    ("ScatterND", {"x": X, "i": I(0)[None], "u": X[:1]}, None, {"reduction": "xor"}, InvalidModelError,
+     "reduction must be"),
 ])
 def test_bad_inputs(op, feeds, inits, attrs, kind, text):
     names = list(feeds) + list(inits or {})

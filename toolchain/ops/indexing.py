@@ -386,3 +386,94 @@ class EyeLike(Op):
         with k.loops(y.shape) as (i, j):
             one = k.lift(1, like=LLVM_TYPES[y.dtype])
             y[i, j] = k.select((_at(k, j) - _at(k, i)).eq(node.attrs["k"]), one, k.lift(0, like=one))
+
+
+def _tuple_index(k, node, indices, at, dims):
+    """The position indices[at + (0..m-1)] names in dims (negative counts from the end), and
+    whether it lies inside them."""
+    pos, inside = [], None
+    for t, n in enumerate(dims):
+        i = _index_at(k, node, indices, at + (t,), n)
+        ok = (i >= 0) & (i < n)
+        inside = ok if inside is None else inside & ok
+        pos.append(i)
+    return tuple(pos), inside
+
+
+@register("GatherND")
+class GatherND(Op):
+    """An index tuple out of range reads the nearest element (as GatherElements)."""
+
+    def canonicalize(self, node, opset):
+        node.attrs.setdefault("batch_dims", 0)
+
+    def infer(self, node):
+        data, idx = _check(node, 0, ANY, "data"), _check(node, 1, ("int64",), "indices")
+        b, m = node.attrs["batch_dims"], idx.shape[-1] if idx.shape else 0
+        if not idx.shape or not 0 <= b < min(len(idx.shape), len(data.shape)) or not 1 <= m <= len(data.shape) - b:
+            raise invalid(node, f"indices {list(idx.shape)} and batch_dims {b} do not fit data {list(data.shape)}")
+        if idx.shape[:b] != data.shape[:b]:
+            raise invalid(node, f"batch dims of indices {list(idx.shape[:b])} != data's {list(data.shape[:b])}")
+        return [TensorType(data.dtype, idx.shape[:-1] + data.shape[b + m:])]
+
+    def reference(self, node, data, idx):
+        b, m = node.attrs["batch_dims"], idx.shape[-1]
+        out = np.empty(self.infer(node)[0].shape, data.dtype)
+        dims = data.shape[b:b + m]
+        for o in np.ndindex(*idx.shape[:-1]):
+            pos = tuple(int(np.clip(i + d if i < 0 else i, 0, d - 1)) for i, d in zip(idx[o], dims))
+            out[o] = data[o[:b] + pos]
+        return [out]
+
+    def lower(self, k, node, ins, outs):
+        data, idx, y = ins[0], ins[1], outs[0]
+        b, m, q = node.attrs["batch_dims"], idx.shape[-1], idx.rank
+        dims = data.shape[b:b + m]
+        with k.loops(y.shape) as o:
+            pos, _ = _tuple_index(k, node, idx, tuple(o[:q - 1]), dims)
+            pos = tuple(k.min(k.max(i, 0), n - 1) for i, n in zip(pos, dims))
+            y[o] = data[tuple(o[:b]) + pos + tuple(o[q - 1:])]
+
+
+@register("ScatterND")
+class ScatterND(Op):
+    """An index tuple out of range is skipped (as ScatterElements)."""
+
+    def canonicalize(self, node, opset):
+        red = node.attrs.setdefault("reduction", "none")
+        if red not in _REDUCE:
+            raise invalid(node, f"reduction must be one of {', '.join(_REDUCE)}, got {red!r}")
+
+    def infer(self, node):
+        data, idx, upd = _check(node, 0, ANY, "data"), _check(node, 1, ("int64",), "indices"), in_type(node, 2)
+        m = idx.shape[-1] if idx.shape else 0
+        if not 1 <= m <= len(data.shape):
+            raise invalid(node, f"indices {list(idx.shape)} do not fit data {list(data.shape)}")
+        want = idx.shape[:-1] + data.shape[m:]
+        if upd.shape != want or upd.dtype != data.dtype:
+            raise invalid(node, f"updates {upd.dtype}{list(upd.shape)} must be {data.dtype}{list(want)}")
+        if data.dtype == "uint8" and node.attrs["reduction"] in ("max", "min"):
+            raise unsupported(node, "max/min reduction of uint8 is not supported")
+        return [data]
+
+    def reference(self, node, data, idx, upd):
+        fn, m = _REDUCE[node.attrs["reduction"]][0], idx.shape[-1]
+        out = data.copy()
+        for o in np.ndindex(*idx.shape[:-1]):
+            pos = tuple(int(i) + (d if i < 0 else 0) for i, d in zip(idx[o], data.shape))
+            if all(0 <= p < d for p, d in zip(pos, data.shape)):
+                out[pos] = upd[o] if fn is None else fn(out[pos], upd[o])
+        return [out]
+
+    def lower(self, k, node, ins, outs):
+        data, idx, upd, y = ins[0], ins[1], ins[2], outs[0]
+        m = idx.shape[-1]
+        combine = _REDUCE[node.attrs["reduction"]][1]
+        with k.loops(y.shape) as o:
+            y[o] = data[o]
+        with k.loops(idx.shape[:-1]) as o:
+            pos, inside = _tuple_index(k, node, idx, tuple(o), data.shape[:m])
+            with k.if_(inside):
+                with k.loops(data.shape[m:]) as rest:
+                    at = pos + tuple(rest)
+                    y[at] = combine(k, y[at], upd[tuple(o) + tuple(rest)])
