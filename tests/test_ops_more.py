@@ -82,6 +82,8 @@ NORM_CASES = {
                      {"s": BN["s"], "b": BN["b"]}),
     "lrn": ([helper.make_node("LRN", ["x"], ["y"], size=3, alpha=1e-2)], {}),
     "lrn5": ([helper.make_node("LRN", ["x"], ["y"], size=5, beta=0.5, bias=2.0)], {}),
+    "lpnorm-l2": ([helper.make_node("LpNormalization", ["x"], ["y"])], {}),
+    "lpnorm-l1-axis1": ([helper.make_node("LpNormalization", ["x"], ["y"], axis=1, p=1)], {}),
 }
 
 
@@ -285,3 +287,11 @@ def test_reference_interpreter_agrees_with_onnxruntime():
         assert_close(interpret(import_model(m), [X4])[0], onnxruntime_outputs(m, {"x": X4})[0],
                      what=nodes[0].op_type)
     assert onnx.checker.check_model(m) is None
+
+
+def test_lpnormalization_bad_p():
+    from toolchain.errors import InvalidModelError
+    m = make_model([helper.make_node("LpNormalization", ["x"], ["y"], p=3, name="lp")], {"x": (F, (2, 3))},
+                   {"y": (F, None)})
+    with pytest.raises(InvalidModelError, match=r"node 'lp' \(LpNormalization\): p must be 1 or 2"):
+        compile_onnx(m, T)
