@@ -14,7 +14,7 @@ import numpy as np
 from ..kernel import mathfns as m
 from ..kernel.llvm import LLVM_TYPES
 from ..errors import UnsupportedError
-from ..ir import TensorType, Value
+from ..ir import UNSIGNED_DTYPES, TensorType, Value
 from .base import Op, broadcast_shapes, const_input, in_type, invalid, register, unsupported
 
 
@@ -186,6 +186,12 @@ BINARY = {
     "Mean": (np.add, lambda k, a, b: a + b),
     "PRelu": (lambda x, s: np.where(x >= 0, x, x * s), lambda k, x, s: k.select(x >= 0.0, x, x * s)),
 }
+# unsigned integers: the ops whose result depends on reading the bits as unsigned
+UNSIGNED_BINARY = {
+    "Div": lambda k, a, b: k.unsigned("/", a, b),
+    "Max": lambda k, a, b: k.select(k.unsigned("<", a, b), b, a),
+    "Min": lambda k, a, b: k.select(k.unsigned("<", b, a), b, a),
+}
 COMPARE = {
     "Equal": (np.equal, lambda a, b: a.eq(b)),
     "Less": (np.less, lambda a, b: a < b),
@@ -263,17 +269,19 @@ class Binary(Op):
     def lower(self, k, node, ins, outs):
         fn = BINARY[node.op][1]
         if node.op == "Pow" and ins[0].dtype not in ("float32", "float64"):
-            _broadcast_loop(k, ins, outs[0], lambda a, b: _int_pow(k, a, b, ins[1].dtype))
+            _broadcast_loop(k, ins, outs[0], lambda a, b: _int_pow(k, a, b, ins[0].dtype, ins[1].dtype))
             return
         if node.op == "Pow" and ins[1].dtype != ins[0].dtype:  # an integer exponent: as a float
             ty = LLVM_TYPES[ins[0].dtype]
-            _broadcast_loop(k, ins, outs[0], lambda a, b: m.pow(k, a, k.cast(b, ty, unsigned=ins[1].dtype == "uint8")))
+            _broadcast_loop(k, ins, outs[0], lambda a, b: m.pow(k, a, k.cast(b, ty, unsigned=ins[1].dtype in UNSIGNED_DTYPES)))
             return
         if node.op == "Pow" and node.inputs[1].is_const and node.inputs[1].type.size == 1:
             power = _pow_by_constant(float(node.inputs[1].data.ravel()[0]))
             _broadcast_loop(k, ins[:1], outs[0], lambda a: power(k, a, None))
             return
         ins = [_as_dtype(k, t, ins[0].dtype) for t in ins]
+        if ins[0].dtype in UNSIGNED_DTYPES and node.op in UNSIGNED_BINARY:
+            fn = UNSIGNED_BINARY[node.op]
 
         def body(*vals):
             acc = vals[0]
@@ -286,11 +294,11 @@ class Binary(Op):
         _broadcast_loop(k, ins, outs[0], body)
 
 
-def _int_pow(k, a, b, b_dtype):
+def _int_pow(k, a, b, a_dtype, b_dtype):
     """An integer base: the power in float32, then to the integer as C's (int)pow(a, b) does,
     truncating; a result within float32's error of an integer is that integer."""
     f32 = LLVM_TYPES["float32"]
-    r = m.pow(k, k.cast(a, f32), k.cast(b, f32, unsigned=b_dtype == "uint8"))
+    r = m.pow(k, k.cast(a, f32, unsigned=a_dtype in UNSIGNED_DTYPES), k.cast(b, f32, unsigned=b_dtype in UNSIGNED_DTYPES))
     near = m.round_even(k, r)
     r = k.select(k.abs(r - near) <= k.abs(near) * 4e-7, near, r)
     return k.cast(r, a.v.type)
@@ -332,6 +340,9 @@ class Compare(Op):
 
     def lower(self, k, node, ins, outs):
         fn = COMPARE[node.op][1]
+        if ins[0].dtype in UNSIGNED_DTYPES and node.op != "Equal":
+            op = {"Less": "<", "LessOrEqual": "<=", "Greater": ">", "GreaterOrEqual": ">="}[node.op]
+            fn = lambda a, b: k.unsigned(op, a, b)  # noqa: E731
         _broadcast_loop(k, ins, outs[0], lambda a, b: k.cast(fn(a, b), LLVM_TYPES["bool"], unsigned=True))
 
 
@@ -386,5 +397,8 @@ class Cast(Op):
                 return k.cast(a.ne(0.0 if src.startswith("float") else 0), to, unsigned=True)
         else:
             def body(a):
-                return k.cast(a, to, unsigned=src in ("uint8", "bool"))
+                # from an integer: zero-extend unsigned sources; from a float: to an unsigned target
+                unsigned = node.attrs["to"] in UNSIGNED_DTYPES if src.startswith("float") else (
+                    src in UNSIGNED_DTYPES + ("bool",))
+                return k.cast(a, to, unsigned=unsigned)
         _broadcast_loop(k, ins, outs[0], body)

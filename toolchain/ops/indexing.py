@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import TensorType
+from ..ir import UNSIGNED_DTYPES, TensorType
 from ..kernel.llvm import I64, LLVM_TYPES
 from .base import Op, const_input, in_type, invalid, norm_axis, register, unsupported
 
-NUMERIC = ("float32", "float64", "int8", "uint8", "int32", "int64")
+NUMERIC = ("float32", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
 ANY = NUMERIC + ("bool",)
 INDEX = ("int32", "int64")
 
@@ -33,11 +33,11 @@ def _at(k, i):
 
 
 def _as_i64(k, x, dtype):
-    return k.cast(k.lift(x), I64, unsigned=dtype in ("uint8", "bool"))
+    return k.cast(k.lift(x), I64, unsigned=dtype in UNSIGNED_DTYPES + ("bool",))
 
 
 def _less(k, a, b, dtype):
-    return k.unsigned("<", a, b) if dtype == "uint8" else a < b
+    return k.unsigned("<", a, b) if dtype in UNSIGNED_DTYPES else a < b
 
 
 def _scalar_int(node, i, what):
@@ -246,8 +246,8 @@ class ScatterElements(Op):
                                 f"{list(idx.shape)} and data's type {data.dtype}")
         if len(idx.shape) != len(data.shape):
             raise invalid(node, f"indices rank {len(idx.shape)} != data rank {len(data.shape)}")
-        if data.dtype == "uint8" and node.attrs["reduction"] in ("max", "min"):
-            raise unsupported(node, "max/min reduction of uint8 is not supported")
+        if data.dtype in UNSIGNED_DTYPES and node.attrs["reduction"] in ("max", "min"):
+            raise unsupported(node, f"max/min reduction of {data.dtype} is not supported")
         return [data]
 
     def reference(self, node, data, idx, upd):
@@ -452,8 +452,8 @@ class ScatterND(Op):
         want = idx.shape[:-1] + data.shape[m:]
         if upd.shape != want or upd.dtype != data.dtype:
             raise invalid(node, f"updates {upd.dtype}{list(upd.shape)} must be {data.dtype}{list(want)}")
-        if data.dtype == "uint8" and node.attrs["reduction"] in ("max", "min"):
-            raise unsupported(node, "max/min reduction of uint8 is not supported")
+        if data.dtype in UNSIGNED_DTYPES and node.attrs["reduction"] in ("max", "min"):
+            raise unsupported(node, f"max/min reduction of {data.dtype} is not supported")
         return [data]
 
     def reference(self, node, data, idx, upd):

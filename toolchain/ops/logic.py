@@ -3,23 +3,23 @@ Mod (both fmod modes, integer and float semantics), IsInf/IsNaN, and CastLike.
 
 Integers follow numpy, which the ONNX spec's reference follows: a remainder by zero is 0
 (it is undefined in C and in LLVM, so the divisor is replaced before the division), a shift
-by the type's width or more gives 0. uint8 is worked with unsigned division, remainder,
-shifts and comparisons (the kernel vocabulary's `unsigned`).
+by the type's width or more gives 0. Unsigned types are worked with unsigned division,
+remainder, shifts and comparisons (the kernel vocabulary's `unsigned`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..ir import TensorType
+from ..ir import UNSIGNED_DTYPES, TensorType
 from ..kernel import mathfns as m
 from ..kernel.llvm import LLVM_TYPES
 from .base import Op, broadcast_shapes, in_type, invalid, register, unsupported
 from .elementwise import Binary, Cast, _broadcast_loop
 
-INTS = ("int8", "uint8", "int32", "int64")
+INTS = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
 FLOATS = ("float32", "float64")
-UNSIGNED = ("uint8",)
-BITS = {"int8": 8, "uint8": 8, "int32": 32, "int64": 64}
+UNSIGNED = UNSIGNED_DTYPES
+BITS = {"int8": 8, "uint8": 8, "int16": 16, "uint16": 16, "int32": 32, "uint32": 32, "int64": 64, "uint64": 64}
 
 
 def _same_dtype(node, allowed, what):
@@ -95,7 +95,7 @@ class BitwiseNot(Op):
 
 @register("BitShift")
 class BitShift(_Pairwise):
-    """Unsigned integers (uint8 is the one edgec has); from opset 28 signed ones too, shifted
+    """Unsigned integers; from opset 28 signed ones too, shifted
     right arithmetically. A shift amount outside [0, bits) gives what the sign fill alone
     makes: -1 for a right shift of a negative value, else 0."""
 
