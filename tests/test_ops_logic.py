@@ -279,3 +279,24 @@ def test_wide_integer_types_follow_numpy(dtype, workdir):
             if dtype == np.uint64 and name == "Cast back":
                 continue  # above 2^63 the float64 -> int64 conversion is out of range
             np.testing.assert_array_equal(g, w, err_msg=f"{np.dtype(dtype).name} {name}")
+
+
+@pytest.mark.parametrize("src,to,code", [(np.float32, np.int32, 6), (np.int64, np.float64, 11),
+                                         (np.uint16, np.int16, 5), (np.bool_, np.uint8, 2)])
+def test_bitcast_keeps_the_bits(src, to, code, workdir):
+    """Opset 26 (onnxruntime does not run it): numpy's view of the same bytes is the reference."""
+    x = np.concatenate([SPECIAL.astype(np.float64), rng.standard_normal(7) * 1e5])
+    x = x.astype(src) if src in (np.float32, np.bool_) else np.nan_to_num(x, posinf=7, neginf=-7).astype(np.int64).astype(src)
+    m = make_model([helper.make_node("BitCast", ["x"], ["y"], to=code)], {"x": (src, x.shape)}, {"y": (to, x.shape)},
+                   opset=26)
+    want = x.view(to)
+    np.testing.assert_array_equal(compile_and_run(m, T, {"x": x}, workdir)[0][0].view(np.uint8), want.view(np.uint8))
+    np.testing.assert_array_equal(run_c_path(m, T, {"x": x}, workdir, tag="-bitcast")[0][0].view(np.uint8),
+                                  want.view(np.uint8))
+
+
+def test_bitcast_to_another_width_is_invalid():
+    m = make_model([helper.make_node("BitCast", ["x"], ["y"], to=7, name="bad")], {"x": (np.float32, (3,))},
+                   {"y": (np.int64, (3,))}, opset=26)
+    with pytest.raises(InvalidModelError, match=r"node 'bad' \(BitCast\): 'to' must be a type as wide as float32"):
+        compile_onnx(m, T)

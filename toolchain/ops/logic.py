@@ -226,3 +226,27 @@ class CastLike(Cast):
         node.attrs["to"] = in_type(node, 1).dtype
         node.inputs = node.inputs[:1]
         super().canonicalize(node, opset)
+
+
+@register("BitCast")
+class BitCast(Op):
+    """The same bits read as another type of the same width (every profile is little-endian,
+    as the spec assumes)."""
+
+    dtype_attrs = ("to",)
+
+    def infer(self, node):
+        t, to = in_type(node), node.attrs.get("to")
+        if "float16" in (t.dtype, to):
+            raise unsupported(node, "float16 is not supported")
+        if not isinstance(to, str) or TensorType(to, ()).itemsize != t.itemsize:
+            raise invalid(node, f"'to' must be a type as wide as {t.dtype}, got {to}")
+        return [TensorType(to, t.shape)]
+
+    def reference(self, node, x):
+        return [np.ascontiguousarray(x).view(node.attrs["to"])]
+
+    def lower(self, k, node, ins, outs):
+        to = LLVM_TYPES[node.attrs["to"]]
+        same = LLVM_TYPES[ins[0].dtype] == to
+        _broadcast_loop(k, ins, outs[0], lambda a: a if same else k.bitcast(a, to))
