@@ -289,6 +289,16 @@ def test_reference_interpreter_agrees_with_onnxruntime():
     assert onnx.checker.check_model(m) is None
 
 
+def test_lpnormalization_zero_norm_is_zero(workdir):
+    x = rng.standard_normal((3, 4)).astype(F)
+    x[:, 1] = 0
+    x[2] = 0
+    for axis, p in ((0, 2), (1, 1)):
+        m = make_model([helper.make_node("LpNormalization", ["x"], ["y"], axis=axis, p=p)], {"x": (F, x.shape)},
+                       {"y": (F, x.shape)})
+        check_against_onnxruntime(m, {"x": x}, T, workdir)
+
+
 def test_lpnormalization_bad_p():
     from toolchain.errors import InvalidModelError
     m = make_model([helper.make_node("LpNormalization", ["x"], ["y"], p=3, name="lp")], {"x": (F, (2, 3))},

@@ -218,7 +218,7 @@ class LRN(Op):
 
 @register("LpNormalization")
 class LpNormalization(Op):
-    """x / ||x||_p along one axis (p = 1 or 2); a zero norm gives what the division gives."""
+    """x / ||x||_p along one axis (p = 1 or 2); where the norm is 0 (x is 0 there), 0."""
 
     def canonicalize(self, node, opset):
         node.attrs["axis"] = norm_axis(int(node.attrs.get("axis", -1)), len(in_type(node).shape), node)
@@ -237,7 +237,7 @@ class LpNormalization(Op):
         ax, p = node.attrs["axis"], node.attrs["p"]
         norm = np.abs(x64).sum(axis=ax, keepdims=True) if p == 1 else np.sqrt((x64 * x64).sum(axis=ax, keepdims=True))
         with np.errstate(divide="ignore", invalid="ignore"):
-            return [(x64 / norm).astype(x.dtype)]
+            return [np.where(norm == 0, 0.0, x64 / norm).astype(x.dtype)]
 
     def lower(self, k, node, ins, outs):
         x, y = ins[0], outs[0]
@@ -253,4 +253,4 @@ class LpNormalization(Op):
             norm = acc.value if p == 1 else k.sqrt(acc.value)
             with k.loop(x.shape[ax]) as j:
                 at[ax] = j
-                y[tuple(at)] = x[tuple(at)] / norm
+                y[tuple(at)] = k.select(norm.eq(0.0), 0.0, x[tuple(at)] / norm)
