@@ -52,12 +52,12 @@ def test_unknown_target_lists_known_ones(tmp_path):
 
 def test_unsupported_op_names_node_and_op(tmp_path):
     m = make_model([helper.make_node("Relu", ["x"], ["h"], name="first"),
-                    helper.make_node("Hardmax", ["h"], ["y"], name="the_culprit")],
+                    helper.make_node("Unique", ["h"], ["y"], name="the_culprit")],
                    {"x": (F, (2, 5))}, {"y": (F, (2, 5))})
     onnx.save(m, str(tmp_path / "m.onnx"))
     out = tmp_path / "out"
     proc = edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "m.onnx"), "--out", str(out))
-    assert_clean_failure(proc, out, "Hardmax", "the_culprit", "unsupported")
+    assert_clean_failure(proc, out, "Unique", "the_culprit", "unsupported")
 
 
 @pytest.mark.parametrize("content", [b"", b"not a protobuf at all \xff\xfe" * 10, b"\x08\x07\x12"])
@@ -118,7 +118,7 @@ def test_failed_build_keeps_previous_artifacts_intact(tmp_path):
     assert edgec("build", "--target", "x86-64-v3", "--model", str(small_model(tmp_path / "m.onnx")),
                  "--out", str(out)).returncode == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    bad = make_model([helper.make_node("Hardmax", ["x"], ["y"])], {"x": (F, (1, 8))}, {"y": (F, (1, 8))})
+    bad = make_model([helper.make_node("Unique", ["x"], ["y"])], {"x": (F, (1, 8))}, {"y": (F, (1, 8))})
     onnx.save(bad, str(tmp_path / "bad.onnx"))
     proc = edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "bad.onnx"), "--out", str(out))
     assert proc.returncode != 0

@@ -202,11 +202,11 @@ def test_bad_model_path_in_message_stays_one_line(tmp_path):
 
 
 def test_hostile_node_name_in_an_error_stays_one_line(tmp_path):
-    bad = make_model([helper.make_node("Hardmax", ["x"], ["y"], name="evil\nedgec: error: forged\r\x1b[2J")],
+    bad = make_model([helper.make_node("Unique", ["x"], ["y"], name="evil\nedgec: error: forged\r\x1b[2J")],
                      {"x": (F, (1, 8))}, {"y": (F, (1, 8))})
     onnx.save(bad, str(tmp_path / "bad.onnx"))
     proc = edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "bad.onnx"), "--out", str(tmp_path / "o"))
-    assert_one_line_error(proc, "Hardmax", "evil\\nedgec: error: forged\\r\\x1b[2J")
+    assert_one_line_error(proc, "Unique", "evil\\nedgec: error: forged\\r\\x1b[2J")
     assert not (tmp_path / "o").exists()
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from helpers import check_against_onnxruntime, make_model
+from helpers import assert_close, check_against_onnxruntime, compile_and_run, make_model
 
 T = "x86-64-v3"
 F = np.float32
@@ -19,7 +19,9 @@ UNARY_CASES = [
     ("Relu", {}, 3), ("LeakyRelu", {"alpha": 0.2}, 3), ("Elu", {"alpha": 0.5}, 3),
     ("Sigmoid", {}, 10), ("HardSigmoid", {}, 5), ("HardSwish", {}, 5), ("Tanh", {}, 5),
     ("Erf", {}, 3), ("Exp", {}, 10), ("Neg", {}, 1), ("Abs", {}, 1), ("Floor", {}, 5),
-    ("Ceil", {}, 5), ("Softplus", {}, 5), ("Reciprocal", {}, 1),
+    ("Ceil", {}, 5), ("Softplus", {}, 5), ("Reciprocal", {}, 1), ("Celu", {"alpha": 0.7}, 3),
+    ("Sin", {}, 10), ("Cos", {}, 10), ("Tan", {}, 3), ("Atan", {}, 10), ("Asin", {}, 0.3), ("Acos", {}, 0.3),
+    ("Sinh", {}, 5), ("Cosh", {}, 5), ("Asinh", {}, 10), ("Atanh", {}, 0.3), ("Round", {}, 5), ("Sign", {}, 1),
 ]
 
 
@@ -177,3 +179,23 @@ def test_softmax(op, axis, opset, workdir):
     m = make_model([helper.make_node(op, ["x"], ["y"], axis=axis)], {"x": (F, x.shape)}, {"y": (F, x.shape)},
                    opset=opset)
     check_against_onnxruntime(m, {"x": x}, T, workdir)
+
+
+def test_swish_opset24(workdir):
+    """x * sigmoid(alpha x); onnxruntime does not run opset 24: the ONNX reference evaluator does."""
+    from onnx.reference import ReferenceEvaluator
+    x = randn(3, 40, scale=6)
+    m = make_model([helper.make_node("Swish", ["x"], ["y"], alpha=0.6)], {"x": (F, x.shape)}, {"y": (F, x.shape)},
+                   opset=24)
+    assert_close(compile_and_run(m, T, {"x": x}, workdir)[0][0], ReferenceEvaluator(m).run(None, {"x": x})[0])
+
+
+@pytest.mark.parametrize("base,exp", [(np.int32, np.float32), (np.int64, np.int64), (np.float32, np.int32),
+                                      (np.float32, np.int64)])
+def test_pow_mixed_types(base, exp, workdir):
+    """An integer base truncates like C's (int)pow; an integer exponent is read as a float."""
+    x = np.array([[1, 2, 3, -2, 5, 7], [0, 1, -3, 4, 2, 3]], base)
+    e = np.array([3, 2, 5, 3, 0, 2], exp)
+    m = make_model([helper.make_node("Pow", ["x", "e"], ["y"])], {"x": (base, x.shape), "e": (exp, e.shape)},
+                   {"y": (base, x.shape)}, opset=15)
+    check_against_onnxruntime(m, {"x": x, "e": e}, T, workdir)

@@ -82,6 +82,8 @@ NORM_CASES = {
                      {"s": BN["s"], "b": BN["b"]}),
     "lrn": ([helper.make_node("LRN", ["x"], ["y"], size=3, alpha=1e-2)], {}),
     "lrn5": ([helper.make_node("LRN", ["x"], ["y"], size=5, beta=0.5, bias=2.0)], {}),
+    "lpnorm-l2": ([helper.make_node("LpNormalization", ["x"], ["y"])], {}),
+    "lpnorm-l1-axis1": ([helper.make_node("LpNormalization", ["x"], ["y"], axis=1, p=1)], {}),
 }
 
 
@@ -92,12 +94,14 @@ def test_normalization(case, workdir):
 
 
 REDUCE_OPS = ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-              "ReduceSumSquare", "ReduceLogSumExp"]
+              "ReduceSumSquare", "ReduceLogSumExp", "ReduceLogSum"]
 
 
 @pytest.mark.parametrize("op", REDUCE_OPS)
 def test_reduce_axes_attribute_and_input(op, workdir):
     x = rng.standard_normal((2, 3, 4, 5)).astype(F) * (0.5 if op == "ReduceProd" else 1)
+    if op == "ReduceLogSum":
+        x = np.abs(x) + 0.1
     old = 11 if op == "ReduceSum" else 13
     check([helper.make_node(op, ["x"], ["y"], axes=[1, -1], keepdims=0)], x, workdir, opset=old)
     check([helper.make_node(op, ["x", "ax"], ["y"], keepdims=1)], x, workdir, {"ax": I(2)}, opset=18)
@@ -283,3 +287,21 @@ def test_reference_interpreter_agrees_with_onnxruntime():
         assert_close(interpret(import_model(m), [X4])[0], onnxruntime_outputs(m, {"x": X4})[0],
                      what=nodes[0].op_type)
     assert onnx.checker.check_model(m) is None
+
+
+def test_lpnormalization_zero_norm_is_zero(workdir):
+    x = rng.standard_normal((3, 4)).astype(F)
+    x[:, 1] = 0
+    x[2] = 0
+    for axis, p in ((0, 2), (1, 1)):
+        m = make_model([helper.make_node("LpNormalization", ["x"], ["y"], axis=axis, p=p)], {"x": (F, x.shape)},
+                       {"y": (F, x.shape)})
+        check_against_onnxruntime(m, {"x": x}, T, workdir)
+
+
+def test_lpnormalization_bad_p():
+    from toolchain.errors import InvalidModelError
+    m = make_model([helper.make_node("LpNormalization", ["x"], ["y"], p=3, name="lp")], {"x": (F, (2, 3))},
+                   {"y": (F, None)})
+    with pytest.raises(InvalidModelError, match=r"node 'lp' \(LpNormalization\): p must be 1 or 2"):
+        compile_onnx(m, T)

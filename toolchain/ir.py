@@ -20,12 +20,19 @@ DTYPES = {
     "float64": np.float64,
     "int8": np.int8,
     "uint8": np.uint8,
+    "int16": np.int16,
+    "uint16": np.uint16,
     "int32": np.int32,
+    "uint32": np.uint32,
     "int64": np.int64,
+    "uint64": np.uint64,
     "bool": np.bool_,
 }
+# integer types whose values are read as unsigned (division, comparison, widening, shifts)
+UNSIGNED_DTYPES = ("uint8", "uint16", "uint32", "uint64")
 SHORT = {"float32": "f32", "float16": "f16", "float64": "f64", "int8": "i8", "uint8": "u8",
-         "int32": "i32", "int64": "i64", "bool": "i1"}
+         "int32": "i32", "int64": "i64", "bool": "i1",
+         "int16": "i16", "uint16": "u16", "uint32": "u32", "uint64": "u64"}
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ import numpy as np
 from llvmlite import ir
 
 from ..errors import InternalError, UnsupportedError
-from .llvm import F32, F64, I1, I8, I32, I64, LLVM_TYPES, Expr, Kernel, Tensor
+from .llvm import F32, F64, I1, I8, I16, I32, I64, LLVM_TYPES, Expr, Kernel, Tensor
 
-C_TYPES = {F32: "float", F64: "double", I1: "int", I8: "int8_t", I32: "int32_t", I64: "int64_t"}
-UNSIGNED = {I8: "uint8_t", I32: "uint32_t", I64: "uint64_t"}
+C_TYPES = {F32: "float", F64: "double", I1: "int", I8: "int8_t", I16: "int16_t", I32: "int32_t", I64: "int64_t"}
+UNSIGNED = {I8: "uint8_t", I16: "uint16_t", I32: "uint32_t", I64: "uint64_t"}
 C_BINOPS = {"fadd": "+", "add": "+", "fsub": "-", "sub": "-", "fmul": "*", "mul": "*",
             "fdiv": "/", "sdiv": "/", "srem": "%"}
 
@@ -424,6 +424,15 @@ class CKernel(Kernel):
         a, b = self.lift(a, like=like), self.lift(b, like=like)
         return self.let(f"{cond.v.code} ? {a.v.code} : {b.v.code}", a.v.type,
                         cond.v.deps | a.v.deps | b.v.deps)
+
+    def unsigned(self, op: str, a, b) -> CExpr:
+        a = self.lift(a, like=b if isinstance(b, Expr) else None)
+        b = self.lift(b, like=a)
+        ty = a.v.type
+        code = f"({UNSIGNED[ty]}){a.v.code} {op} ({UNSIGNED[ty]}){b.v.code}"
+        if op in ("<", "<=", ">", ">="):
+            return self.let(code, I1, a.v.deps | b.v.deps)
+        return self.let(f"({c_type(ty)})({code})", ty, a.v.deps | b.v.deps)
 
     def call_intrinsic(self, name: str, x) -> CExpr:
         x = self.lift(x)

@@ -18,11 +18,12 @@ F32 = ir.FloatType()
 F64 = ir.DoubleType()
 I1 = ir.IntType(1)
 I8 = ir.IntType(8)
+I16 = ir.IntType(16)
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 
-LLVM_TYPES = {"float32": F32, "float64": F64, "int8": I8, "uint8": I8, "int32": I32,
-              "int64": I64, "bool": I8}
+LLVM_TYPES = {"float32": F32, "float64": F64, "int8": I8, "uint8": I8, "int16": I16, "uint16": I16,
+              "int32": I32, "uint32": I32, "int64": I64, "uint64": I64, "bool": I8}
 # Reassociation lets LLVM vectorize reductions; contraction gives FMAs. No nnan/ninf:
 # clamps and max/min must keep their meaning for NaN and infinity.
 FAST = ("reassoc", "contract", "nsz", "arcp")
@@ -458,6 +459,15 @@ class Kernel:
 
     def abs(self, x: Expr) -> Expr:
         return self.select(x < 0, -x, x)
+
+    def unsigned(self, op: str, a, b) -> Expr:
+        """Integers read as unsigned (uint8..uint64 data): op is one of / % >> < <= > >=.
+        Like LLVM's udiv/urem/lshr, a zero divisor or an over-wide shift is the caller's to avoid."""
+        a = self.lift(a, like=b if isinstance(b, Expr) else None)
+        b = self.lift(b, like=a)
+        if op in ("<", "<=", ">", ">="):
+            return Expr(self, self.b.icmp_unsigned(op, a.v, b.v))
+        return Expr(self, {"/": self.b.udiv, "%": self.b.urem, ">>": self.b.lshr}[op](a.v, b.v))
 
     def call_intrinsic(self, name: str, x: Expr) -> Expr:
         """Intrinsics that every profile lowers to one instruction (sqrt, fabs, fma)."""

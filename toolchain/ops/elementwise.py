@@ -14,7 +14,7 @@ import numpy as np
 from ..kernel import mathfns as m
 from ..kernel.llvm import LLVM_TYPES
 from ..errors import UnsupportedError
-from ..ir import TensorType, Value
+from ..ir import UNSIGNED_DTYPES, TensorType, Value
 from .base import Op, broadcast_shapes, const_input, in_type, invalid, register, unsupported
 
 
@@ -35,16 +35,12 @@ def _gelu(k, x, a):
     return 0.5 * x * (m.erf(k, x * 0.7071067811865476) + 1.0)
 
 
-def _round(k, x):
-    with k.precise():
-        return m.round_half_even(k, x)
-
-
 def _hard_sigmoid(k, x, alpha, beta):
     return k.max(k.min(x * alpha + beta, 1.0), 0.0)
 
 
 NUMERIC = ("float32", "float64", "float16", "int8", "uint8", "int32", "int64")
+SIGNED = ("float32", "float64", "int8", "int32", "int64")
 
 
 class UnaryFacts(NamedTuple):
@@ -85,18 +81,34 @@ UNARY = {
     "Abs": F(lambda x, a: np.abs(x), lambda k, x, a: k.abs(x), dtypes=NUMERIC, vector_safe=True),
     "Reciprocal": F(lambda x, a: 1 / x, lambda k, x, a: 1.0 / x, vector_safe=True),
     "Floor": F(lambda x, a: np.floor(x), lambda k, x, a: m.floor(k, x)),
-    "Round": F(lambda x, a: np.rint(x), lambda k, x, a: _round(k, x)),
     "Ceil": F(lambda x, a: np.ceil(x), lambda k, x, a: m.ceil(k, x)),
     "Selu": F(lambda x, a: a["gamma"] * np.where(x > 0, x, a["alpha"] * (np.exp(x.astype(np.float64)) - 1)),
               lambda k, x, a: k.select(x > 0.0, x, (m.exp(k, x) - 1.0) * a["alpha"]) * a["gamma"],
               {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}),
     "Sign": F(lambda x, a: np.sign(x), lambda k, x, a: k.select(x > 0.0, 1.0, k.select(x < 0.0, -1.0, x)),
-              vector_safe=True),
+              dtypes=SIGNED, vector_safe=True),
+    "Round": F(lambda x, a: np.round(x), lambda k, x, a: m.round_even(k, x), dtypes=("float32", "float64")),
     "Shrink": F(lambda x, a: np.where(x < -a["lambd"], x + a["bias"], np.where(x > a["lambd"], x - a["bias"], 0)),
                 lambda k, x, a: k.select(x < -a["lambd"], x + a["bias"], k.select(x > a["lambd"], x - a["bias"], 0.0)),
                 {"lambd": 0.5, "bias": 0.0}, vector_safe=True),
     "ThresholdedRelu": F(lambda x, a: np.where(x > a["alpha"], x, 0), lambda k, x, a: k.select(x > a["alpha"], x, 0.0),
                          {"alpha": 1.0}, vector_safe=True),
+    "Sin": F(lambda x, a: np.sin(x.astype(np.float64)), lambda k, x, a: m.sin(k, x)),
+    "Cos": F(lambda x, a: np.cos(x.astype(np.float64)), lambda k, x, a: m.cos(k, x)),
+    "Tan": F(lambda x, a: np.tan(x.astype(np.float64)), lambda k, x, a: m.tan(k, x)),
+    "Asin": F(lambda x, a: np.arcsin(x.astype(np.float64)), lambda k, x, a: m.asin(k, x)),
+    "Acos": F(lambda x, a: np.arccos(x.astype(np.float64)), lambda k, x, a: m.acos(k, x)),
+    "Atan": F(lambda x, a: np.arctan(x.astype(np.float64)), lambda k, x, a: m.atan(k, x)),
+    "Sinh": F(lambda x, a: np.sinh(x.astype(np.float64)), lambda k, x, a: m.sinh(k, x)),
+    "Cosh": F(lambda x, a: np.cosh(x.astype(np.float64)), lambda k, x, a: m.cosh(k, x)),
+    "Asinh": F(lambda x, a: np.arcsinh(x.astype(np.float64)), lambda k, x, a: m.asinh(k, x)),
+    "Acosh": F(lambda x, a: np.arccosh(x.astype(np.float64)), lambda k, x, a: m.acosh(k, x)),
+    "Atanh": F(lambda x, a: np.arctanh(x.astype(np.float64)), lambda k, x, a: m.atanh(k, x)),
+    "Celu": F(lambda x, a: np.maximum(x, 0) + np.minimum(0, a["alpha"] * (np.exp(x.astype(np.float64) / a["alpha"]) - 1)),
+              lambda k, x, a: k.select(x > 0.0, x, (m.exp(k, x * (1.0 / a["alpha"])) - 1.0) * a["alpha"]),
+              {"alpha": 1.0}),
+    "Swish": F(lambda x, a: x / (1 + np.exp(-a["alpha"] * x.astype(np.float64))),
+               lambda k, x, a: x * m.sigmoid(k, x * a["alpha"]), {"alpha": 1.0}),
     "Softsign": F(lambda x, a: x / (1 + np.abs(x)), lambda k, x, a: x / (k.abs(x) + 1.0), vector_safe=True),
     "Mish": F(lambda x, a: x * np.tanh(np.log1p(np.exp(x.astype(np.float64)))),
               lambda k, x, a: x * m.tanh(k, k.max(x, 0.0) + m.log(k, m.exp(k, -k.abs(x)) + 1.0))),
@@ -173,12 +185,19 @@ BINARY = {
     "Sub": (np.subtract, lambda k, a, b: a - b),
     "Mul": (np.multiply, lambda k, a, b: a * b),
     "Div": (_div, lambda k, a, b: a / b),
-    "Pow": (lambda a, b: np.power(a.astype(np.float64), b).astype(a.dtype), _pow_lower),
+    "Pow": (lambda a, b: np.trunc(np.power(a.astype(np.float64), b)).astype(a.dtype) if a.dtype.kind in "iu"
+            else np.power(a.astype(np.float64), b).astype(a.dtype), _pow_lower),
     "Max": (np.maximum, lambda k, a, b: k.max(a, b)),
     "Min": (np.minimum, lambda k, a, b: k.min(a, b)),
     "Sum": (np.add, lambda k, a, b: a + b),
     "Mean": (np.add, lambda k, a, b: a + b),
     "PRelu": (lambda x, s: np.where(x >= 0, x, x * s), lambda k, x, s: k.select(x >= 0.0, x, x * s)),
+}
+# unsigned integers: the ops whose result depends on reading the bits as unsigned
+UNSIGNED_BINARY = {
+    "Div": lambda k, a, b: k.unsigned("/", a, b),
+    "Max": lambda k, a, b: k.select(k.unsigned("<", a, b), b, a),
+    "Min": lambda k, a, b: k.select(k.unsigned("<", b, a), b, a),
 }
 COMPARE = {
     "Equal": (np.equal, lambda a, b: a.eq(b)),
@@ -236,6 +255,8 @@ class Binary(Op):
 
     def infer(self, node):
         types = [v.type for v in node.inputs]
+        if any(t.dtype == "float16" for t in types):
+            raise unsupported(node, "float16 is not supported")
         if node.op != "Pow" and len({t.dtype for t in types}) > 1:
             raise invalid(node, f"mixed element types {[t.dtype for t in types]}")
         return [TensorType(types[0].dtype, broadcast_shapes(node, *[t.shape for t in types]))]
@@ -257,11 +278,20 @@ class Binary(Op):
 
     def lower(self, k, node, ins, outs):
         fn = BINARY[node.op][1]
+        if node.op == "Pow" and ins[0].dtype not in ("float32", "float64"):
+            _broadcast_loop(k, ins, outs[0], lambda a, b: _int_pow(k, a, b, ins[0].dtype, ins[1].dtype))
+            return
+        if node.op == "Pow" and ins[1].dtype != ins[0].dtype:  # an integer exponent: as a float
+            ty = LLVM_TYPES[ins[0].dtype]
+            _broadcast_loop(k, ins, outs[0], lambda a, b: m.pow(k, a, k.cast(b, ty, unsigned=ins[1].dtype in UNSIGNED_DTYPES)))
+            return
         if node.op == "Pow" and node.inputs[1].is_const and node.inputs[1].type.size == 1:
             power = _pow_by_constant(float(node.inputs[1].data.ravel()[0]))
             _broadcast_loop(k, ins[:1], outs[0], lambda a: power(k, a, None))
             return
         ins = [_as_dtype(k, t, ins[0].dtype) for t in ins]
+        if ins[0].dtype in UNSIGNED_DTYPES and node.op in UNSIGNED_BINARY:
+            fn = UNSIGNED_BINARY[node.op]
 
         def body(*vals):
             acc = vals[0]
@@ -272,6 +302,16 @@ class Binary(Op):
             return acc
 
         _broadcast_loop(k, ins, outs[0], body)
+
+
+def _int_pow(k, a, b, a_dtype, b_dtype):
+    """An integer base: the power in float32, then to the integer as C's (int)pow(a, b) does,
+    truncating; a result within float32's error of an integer is that integer."""
+    f32 = LLVM_TYPES["float32"]
+    r = m.pow(k, k.cast(a, f32, unsigned=a_dtype in UNSIGNED_DTYPES), k.cast(b, f32, unsigned=b_dtype in UNSIGNED_DTYPES))
+    near = m.round_even(k, r)
+    r = k.select(k.abs(r - near) <= k.abs(near) * 4e-7, near, r)
+    return k.cast(r, a.v.type)
 
 
 def _as_dtype(k, t, dtype):
@@ -313,6 +353,9 @@ class Compare(Op):
 
     def lower(self, k, node, ins, outs):
         fn = COMPARE[node.op][1]
+        if ins[0].dtype in UNSIGNED_DTYPES and node.op != "Equal":
+            op = {"Less": "<", "LessOrEqual": "<=", "Greater": ">", "GreaterOrEqual": ">="}[node.op]
+            fn = lambda a, b: k.unsigned(op, a, b)  # noqa: E731
         _broadcast_loop(k, ins, outs[0], lambda a, b: k.cast(fn(a, b), LLVM_TYPES["bool"], unsigned=True))
 
 
@@ -361,6 +404,8 @@ class Cast(Op):
         node.attrs.pop("saturate", None)
 
     def infer(self, node):
+        if "float16" in (node.attrs["to"], in_type(node).dtype):
+            raise unsupported(node, "float16 is not supported")
         return [TensorType(node.attrs["to"], node.inputs[0].type.shape)]
 
     def reference(self, node, x):
@@ -374,5 +419,8 @@ class Cast(Op):
                 return k.cast(a.ne(0.0 if src.startswith("float") else 0), to, unsigned=True)
         else:
             def body(a):
-                return k.cast(a, to, unsigned=src in ("uint8", "bool"))
+                # from an integer: zero-extend unsigned sources; from a float: to an unsigned target
+                unsigned = node.attrs["to"] in UNSIGNED_DTYPES if src.startswith("float") else (
+                    src in UNSIGNED_DTYPES + ("bool",))
+                return k.cast(a, to, unsigned=unsigned)
         _broadcast_loop(k, ins, outs[0], body)

@@ -226,3 +226,43 @@ class LRN(Op):
                     total += v * v
             base = total.value * (a["alpha"] / a["size"]) + a["bias"]
             y[n, c, i] = x[n, c, i] / m.exp(k, m.log(k, base) * a["beta"])
+
+
+@register("LpNormalization")
+class LpNormalization(Op):
+    """x / ||x||_p along one axis (p = 1 or 2); where the norm is 0 (x is 0 there), 0."""
+
+    def canonicalize(self, node, opset):
+        node.attrs["axis"] = norm_axis(int(node.attrs.get("axis", -1)), len(in_type(node).shape), node)
+        p = node.attrs.setdefault("p", 2)
+        if p not in (1, 2):
+            raise invalid(node, f"p must be 1 or 2, got {p}")
+
+    def infer(self, node):
+        t = in_type(node)
+        if t.dtype != "float32":
+            raise unsupported(node, f"needs float32 input, got {t.dtype}")
+        return [t]
+
+    def reference(self, node, x):
+        x64 = x.astype(np.float64)
+        ax, p = node.attrs["axis"], node.attrs["p"]
+        norm = np.abs(x64).sum(axis=ax, keepdims=True) if p == 1 else np.sqrt((x64 * x64).sum(axis=ax, keepdims=True))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return [np.where(norm == 0, 0.0, x64 / norm).astype(x.dtype)]
+
+    def lower(self, k, node, ins, outs):
+        x, y = ins[0], outs[0]
+        ax, p = node.attrs["axis"], node.attrs["p"]
+        kept = x.shape[:ax] + (1,) + x.shape[ax + 1:]
+        with k.loops(kept) as idx:
+            at = list(idx)
+            acc = k.var(0.0)
+            with k.loop(x.shape[ax]) as j:
+                at[ax] = j
+                v = x[tuple(at)]
+                acc.value = acc.value + (k.abs(v) if p == 1 else v * v)
+            norm = acc.value if p == 1 else k.sqrt(acc.value)
+            with k.loop(x.shape[ax]) as j:
+                at[ax] = j
+                y[tuple(at)] = k.select(norm.eq(0.0), 0.0, x[tuple(at)] / norm)

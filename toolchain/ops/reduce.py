@@ -25,6 +25,8 @@ _KINDS = {
                  lambda x, ax: np.sqrt((x * x).sum(axis=ax, keepdims=True))),
     "ReduceSumSquare": (0.0, lambda k, a, x: a + x * x, lambda k, a, n: a,
                         lambda x, ax: (x * x).sum(axis=ax, keepdims=True)),
+    "ReduceLogSum": (0.0, lambda k, a, x: a + x, lambda k, a, n: m.log(k, a),
+                     lambda x, ax: np.log(x.sum(axis=ax, keepdims=True))),
     "ReduceLogSumExp": (0.0, lambda k, a, x: a + m.exp(k, x), lambda k, a, n: m.log(k, a),
                         lambda x, ax: np.log(np.exp(x).sum(axis=ax, keepdims=True))),
 }

@@ -63,7 +63,10 @@ class Reshape(View):
 class Flatten(View):
     def canonicalize(self, node, opset):
         rank = len(in_type(node).shape)
-        node.attrs["axis"] = norm_axis(node.attrs.get("axis", 1), rank + 1, node)
+        axis = int(node.attrs.get("axis", 1))
+        if not -rank <= axis <= rank:  # [-r, r]: a negative axis counts from the end, -1 keeps the last dim
+            raise invalid(node, f"axis {axis} out of range for rank {rank}")
+        node.attrs["axis"] = axis % rank if axis < 0 else axis
 
     def infer(self, node):
         t = in_type(node)
