@@ -142,18 +142,6 @@ def pow(k: Kernel, a: Expr, b: Expr) -> Expr:
     return k.select(b.eq(0.0), 1.0, res)
 
 
-
-def round_half_even(k: Kernel, x: Expr) -> Expr:
-    """Round to nearest, ties to even (numpy's rint, C's nearbyint in the default mode):
-    |x| + 2^23 - 2^23 rounds |x| < 2^23 to an integer in IEEE's default rounding (the ulp
-    there is 1), larger magnitudes are integers already; the sign goes back on. Exact for
-    every float, NaN and infinities pass. No float->int conversion (RISC-V F has no rounding
-    instruction, and qemu-riscv64 7.2 aborts on some vectorized vfcvt.rtz sequences). Run it
-    under k.precise(): reassociation would fold the two additions away."""
-    a = k.abs(x)
-    r = k.select(a < 8388608.0, (a + 8388608.0) - 8388608.0, a)
-    return k.select(x < 0.0, -r, r)
-
 # -- rounding and remainders, for float32 and float64 alike ------------------------------------
 def _exact_above(x: Expr) -> float:
     """The magnitude from which every value of x's type is an integer."""
