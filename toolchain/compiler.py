@@ -20,7 +20,7 @@ from .inspect.size import check_budgets, totals
 from .inspect.stack import stack_usage
 from .integration import cmake_file, make_fragment
 from .ir import Graph
-from .memory import MemoryPlan, plan_memory
+from .memory import MemoryPlan, check_sizes, plan_memory
 from .ops import registry
 from .passes import run_pipeline
 from .targets import Profile, get_profile
@@ -59,8 +59,10 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
     """Passes (schedules chosen for the backend's vector unit), memory plan, the backend's
     object, self-containment check, worst-case stack. Nothing touches disk."""
     backend = get_backend(emit)
+    check_sizes(g, profile.index_bits)  # before any pass folds or tiles a tensor it cannot hold
     run_pipeline(g, dump=dump, vector=backend.vector_unit(profile))
     plan = plan_memory(g, profile.arena_align)
+    check_sizes(g, profile.index_bits, plan)
     out = backend.generate(g, plan, name, profile)
     info = read_object(out.object)
     check_self_contained(info, profile, name)
@@ -98,9 +100,11 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
                **({"emit": emit} if emit != "object" else {})}
     manifest = make_manifest(compiled, profile, name, model_path, options)
     manifest["build_id"] = build_id(manifest)
+    given = {k: v for k, v in (budgets or {}).items() if v is not None}
+    defaults = {k: f"target {profile.name}'s default; --{k.replace('_bytes', '')}-budget overrides"
+                for k in profile.budgets if k not in given}
     check_budgets({**manifest, "arena_bytes": manifest["arena"]["size"],
-                   "symbols": compiled.info.by_size()},
-                  {**profile.budgets, **{k: v for k, v in (budgets or {}).items() if v is not None}})
+                   "symbols": compiled.info.by_size()}, {**profile.budgets, **given}, origin=defaults)
     kinds = [*get_backend(emit).ships, "header", "manifest", "cmake", "make"]
     files = {ARTIFACTS[kind][0](name): ARTIFACTS[kind][1](compiled, name, manifest) for kind in kinds}
     try:
