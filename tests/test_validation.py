@@ -136,10 +136,19 @@ def test_duplicate_node_names_name_both_nodes(tmp_path):
     refused(tmp_path, m, InvalidModelError, "'same'", "(Relu)", "(Sigmoid)")
 
 
-def test_an_output_listed_twice_is_invalid(tmp_path):
-    m = unary()
+def test_an_output_listed_twice_is_valid_and_written_twice(tmp_path):
+    """onnxruntime and the checker accept it (the fuzzer's dup_output): no refusal, both written."""
+    from toolchain import compile_model
+    from toolchain.harness.oracle import onnxruntime_outputs
+
+    m = chain([("Relu", "a", ["x"], ["t"]), ("Sigmoid", "b", ["t"], ["y"])])
     m.graph.output.append(m.graph.output[0])
-    refused(tmp_path, m, InvalidModelError, "graph output 'y' is listed twice")
+    assert not checker_refuses(m)
+    x = np.random.default_rng(0).standard_normal((1, 3)).astype(F)
+    got, want = compile_model(m)(x), onnxruntime_outputs(m, {"x": x})
+    assert len(got) == len(want) == 2
+    for g_, w in zip(got, want):
+        np.testing.assert_allclose(g_, w, rtol=1e-5, atol=1e-6)
 
 
 # -- graph inputs -------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ UnsupportedError):
   is no ONNX operator at all (the compiler's internal `edgec.Copy`, or `Copy`) says so;
 - ops, op domains and element types this compiler does not support, all listed at once;
 - single assignment: a tensor written by two nodes, a node writing a graph input or an
-  initializer, two nodes (or two graph inputs, initializers, outputs) with one name;
+  initializer, two nodes (or two graph inputs, or initializers) with one name (an output
+  listed twice is fine: onnxruntime and the checker accept it, and both copies are written);
 - graph inputs: no shape at all (not a scalar: a scalar has a shape with no dimensions),
   zero-sized dimensions (empty tensors are not supported), dynamic dimensions not bound
   with --dim (and how to bind them);
@@ -160,11 +161,6 @@ def _check_names(graph: onnx.GraphProto, p: Problems):
             elif out in inits:
                 p.invalid(f"node '{name}' ({op}) writes '{out}', which is an initializer")
             writers.setdefault(out, (name, op))
-    outputs: set[str] = set()
-    for vi in graph.output:
-        if vi.name in outputs:
-            p.invalid(f"graph output '{vi.name}' is listed twice")
-        outputs.add(vi.name)
 
 
 def _check_inputs(graph: onnx.GraphProto, dims: dict, p: Problems):
