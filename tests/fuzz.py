@@ -222,7 +222,16 @@ def _pick(rng, seq):
 
 
 def mutate(model: onnx.ModelProto, rng) -> tuple[bytes, str]:
-    """The mutated model's file bytes and what was done."""
+    """The mutated model's file bytes and what was done (a mutation that does not apply to
+    the node drawn is drawn again)."""
+    for _ in range(20):
+        data, what = _mutate_once(model, rng)
+        if what != "unchanged":
+            break
+    return data, what
+
+
+def _mutate_once(model: onnx.ModelProto, rng) -> tuple[bytes, str]:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
