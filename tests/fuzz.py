@@ -111,6 +111,8 @@ def _add_op(b: GraphBuilder, x: str):
     rank = len(shape)
     choice = rng.choice(["unary", "binary", "conv", "pool", "gemm", "matmul", "concat", "reshape", "transpose",
                          "softmax", "bn", "reduce", "flatten", "clip"])
+    if rank == 0:  # a full reduction left a scalar: elementwise ops only
+        choice = rng.choice(["unary", "binary", "clip"])
     if choice == "unary":
         op = str(rng.choice(["Relu", "Sigmoid", "Tanh", "Abs", "Neg", "LeakyRelu", "Elu", "HardSigmoid"]))
         attrs = {"alpha": float(rng.choice([0.01, 0.2]))} if op in ("LeakyRelu", "Elu") else {}
@@ -149,7 +151,7 @@ def _add_op(b: GraphBuilder, x: str):
         ins = [x, w] + ([b.weights((n,))] if rng.random() < 0.7 else [])
         return b.try_node("Gemm", ins, transB=trans_b, alpha=float(rng.choice([1.0, 0.5])),
                           beta=float(rng.choice([1.0, 2.0])))
-    if choice == "matmul":
+    if choice == "matmul" and rank >= 1:
         return b.try_node("MatMul", [x, b.weights((shape[-1], int(rng.integers(1, 9))))])
     if choice == "concat":
         axis = int(rng.integers(-rank, rank))
@@ -479,7 +481,11 @@ def run(graphs=20, mutations=40, seed=0, minutes=None, bases="real", timeout=120
             if minutes is not None and time.monotonic() - started > minutes * 60:
                 log(f"time is up after {n} cases")
                 break
-            case = make_case(kind, seed, i, bases)
+            try:
+                case = make_case(kind, seed, i, bases)
+            except Exception as e:  # noqa: BLE001  (a bug of the generator, not of edgec)
+                log(f"generator error in {kind} {seed}/{i}: {_one_line(e)}")
+                case = None
             if case is None:
                 counts[f"{kind}: skipped"] += 1
                 continue

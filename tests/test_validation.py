@@ -253,3 +253,19 @@ def test_cli_refuses_in_one_line(tmp_path, model, needles):
     for n in needles:
         assert n in err, err
     assert not out.exists() or not any(out.iterdir())
+
+
+# -- element types against the op's type constraints (fuzzer findings: tracebacks in the LLVM builder) --
+def test_an_input_outside_the_type_constraint_is_invalid(tmp_path):
+    m = make_model([helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="fc")], {"x": (F, (1, 4))},
+                   {"y": (F, (1, 2))}, {"w": np.ones((4, 2), F), "c": np.ones(2, np.int32)})
+    assert ort_refuses(m)
+    refused(tmp_path, m, InvalidModelError, "node 'fc' (Gemm)", "'c' (C)", "tensor(int32)", "tensor(float)")
+
+
+def test_a_recurrent_state_of_another_dtype_is_invalid(tmp_path):
+    m = make_model([helper.make_node("LSTM", ["x", "w", "r", "", "", "h0"], ["", "y"], name="lstm", hidden_size=2)],
+                   {"x": (F, (3, 1, 4)), "h0": (np.float64, (1, 1, 2))}, {"y": (F, (1, 1, 2))},
+                   {"w": np.ones((1, 8, 4), F), "r": np.ones((1, 8, 2), F)})
+    assert ort_refuses(m)
+    refused(tmp_path, m, InvalidModelError, "node 'lstm' (LSTM)", "'h0' (initial_h)", "tensor(double)")

@@ -15,8 +15,10 @@ UnsupportedError):
 - graph inputs: no shape at all (not a scalar: a scalar has a shape with no dimensions),
   zero-sized dimensions (empty tensors are not supported), dynamic dimensions not bound
   with --dim (and how to bind them);
-- then onnx.checker.check_model (not full_check: shapes are the importer's business) for
-  the rest of the format.
+- every node input's element type against its schema's type constraints (an int32 LSTM
+  bias, a float16 initial state beside float32 X), with the types of intermediate tensors
+  from onnx's type inference; shapes are the importer's business;
+- then onnx.checker.check_model (not full_check) for the rest of the format.
 
 `check_declared_types` runs after import: a graph output whose declared dtype or shape
 disagrees with what the compiler inferred is refused (a symbolic or unknown declared
@@ -204,19 +206,77 @@ def _check_inputs(graph: onnx.GraphProto, dims: dict, p: Problems):
                           f"fix it at build time with {' '.join(f'--dim {n}=1' for n in names)}")
 
 
+def _value_types(model: onnx.ModelProto) -> dict[str, str]:
+    """Tensor name -> schema type string ("tensor(float)") of every tensor whose element type
+    is known: inputs, initializers, and what onnx's (lenient) type inference says of the rest.
+    Declared value_info and output types are left out: the inferred ones are wanted."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.value_info[:]
+    for vi in m.graph.output:
+        vi.ClearField("type")
+    try:
+        m = onnx.shape_inference.infer_shapes(m)
+    except Exception:  # noqa: BLE001  (inference gave up: known types only)
+        m = model
+    types = {}
+    for vi in [*m.graph.value_info, *m.graph.output, *m.graph.input]:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return {k: f"tensor({onnx.TensorProto.DataType.Name(v).lower()})" for k, v in types.items()
+            if v in onnx.TensorProto.DataType.values()}
+
+
+def _check_types(model: onnx.ModelProto, p: Problems):
+    """Each node input's type against its op schema's constraints, and inputs sharing one
+    type variable (T) against each other."""
+    types = _value_types(model)
+    opset = _opsets(model).get("", 0)
+    for i, proto in enumerate(model.graph.node):
+        name, op = proto.name or f"{proto.op_type}_{i}", proto.op_type
+        try:
+            schema = onnx.defs.get_schema(op, opset, "")
+        except Exception:  # noqa: BLE001  (not a default-domain op: reported elsewhere)
+            continue
+        if proto.domain not in DEFAULT_DOMAINS or not schema.inputs:
+            continue
+        allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+        bound: dict[str, tuple[str, str]] = {}
+        for k, x in enumerate(proto.input):
+            if not x or x not in types:
+                continue
+            param = schema.inputs[min(k, len(schema.inputs) - 1)]
+            if k >= len(schema.inputs) and param.option != onnx.defs.OpSchema.FormalParameterOption.Variadic:
+                continue
+            t, ts = types[x], param.type_str
+            if ts in allowed:
+                if t not in allowed[ts]:
+                    p.invalid(f"input '{x}' ({param.name}) is {t}; {op} takes {ts} in "
+                              f"{{{', '.join(sorted(a[7:-1] for a in allowed[ts]))}}}", name, op)
+                elif ts in bound and bound[ts][1] != t and (param.is_homogeneous or bound[ts][0] != param.name):
+                    p.invalid(f"input '{x}' ({param.name}) is {t} but '{bound[ts][2]}' is {bound[ts][1]}: "
+                              f"both are {ts}", name, op)
+                bound.setdefault(ts, (param.name, t, x))
+            elif ts.startswith("tensor(") and t != ts:
+                p.invalid(f"input '{x}' ({param.name}) is {t}; {op} takes {ts}", name, op)
+
+
 def validate_model(model: onnx.ModelProto, dims: dict | None = None):
     """Raise one CompileError listing every problem found, or return."""
     p = Problems()
     _check_nodes(model, p)
     _check_names(model.graph, p)
     _check_inputs(model.graph, dims or {}, p)
+    if not p.items:
+        _check_types(model, p)
     p.raise_all()
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         raise InvalidModelError(f"the ONNX checker refuses the model: {one_line(e)}") from None
     except ValueError:  # a model over protobuf's 2 GB cannot be checked in memory
-        pass
+        return
 
 
 def check_declared_types(declared: list[onnx.ValueInfoProto], inferred: list[TensorType]):
