@@ -60,7 +60,10 @@ class Reshape(View):
 class Flatten(View):
     def canonicalize(self, node, opset):
         rank = len(in_type(node).shape)
-        node.attrs["axis"] = norm_axis(node.attrs.get("axis", 1), rank + 1, node)
+        axis = node.attrs.get("axis", 1)  # in [-rank, rank]; a negative one counts from rank
+        if not -rank <= axis <= rank:
+            raise invalid(node, f"axis {axis} out of range [-{rank}, {rank}]")
+        node.attrs["axis"] = axis + rank if axis < 0 else axis
 
     def infer(self, node):
         t = in_type(node)
