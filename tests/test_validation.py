@@ -81,6 +81,13 @@ def test_schema_violations_are_invalid(tmp_path, attrs, needle):
     refused(tmp_path, m, InvalidModelError, "node 'conv1' (Conv)", needle)
 
 
+def test_a_flag_attribute_must_be_0_or_1(tmp_path):
+    """Fuzzer finding: keepdims=-1 kept the dims here and dropped them in onnxruntime (a mismatch)."""
+    m = make_model([helper.make_node("ReduceMean", ["x"], ["y"], name="mean", axes=[1], keepdims=-1)],
+                   {"x": (F, (2, 3))}, {"y": (F, None)})
+    refused(tmp_path, m, InvalidModelError, "node 'mean' (ReduceMean)", "keepdims", "-1")
+
+
 def test_an_attribute_of_another_op_is_invalid(tmp_path):
     refused(tmp_path, unary(alpha=0.1), InvalidModelError, "node 'n0' (Relu)", "alpha")
 

@@ -38,6 +38,11 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 IMPORTER_OPS = {"Constant"}  # ops the importer takes itself (no op class)
 ATTR = onnx.AttributeProto
 SUBGRAPH_ATTRS = (ATTR.GRAPH, ATTR.GRAPHS)
+# int attributes that are flags: any value but 0 or 1 is read differently by different
+# runtimes (onnxruntime's Reduce* keep dims only for keepdims == 1, numpy-minded code for != 0)
+FLAG_ATTRS = {"keepdims", "noop_with_empty_axes", "transA", "transB", "count_include_pad", "ceil_mode",
+              "allowzero", "select_last_index", "exclusive", "reverse", "input_forget", "linear_before_reset",
+              "layout", "storage_order", "training_mode", "is_causal"}
 
 
 def one_line(text: str) -> str:
@@ -121,6 +126,8 @@ def _check_nodes(model: onnx.ModelProto, p: Problems):
             p.unsupported(f"unsupported op '{op}'", name, op)
             unsupported_ops = True
         for a in proto.attribute:
+            if a.name in FLAG_ATTRS and a.type == ATTR.INT and a.i not in (0, 1):
+                p.invalid(f"attribute '{a.name}' is {a.i}; it is a flag, 0 or 1", name, op)
             elem = a.t.data_type if a.type == ATTR.TENSOR else a.i if a.type == ATTR.INT and a.name in ("to", "dtype") \
                 else None
             if elem is not None and dtype_name(elem) not in DTYPES:
