@@ -21,7 +21,7 @@ from .inspect.size import check_budgets, totals
 from .inspect.stack import stack_usage
 from .integration import cmake_file, make_fragment
 from .ir import Graph
-from .memory import MemoryPlan, buffer_alignment, plan_memory
+from .memory import MemoryPlan, buffer_alignment, check_sizes, plan_memory
 from .ops import registry
 from .passes import run_pipeline
 from .targets import Profile, get_profile
@@ -67,11 +67,13 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
     backend = get_backend(emit)
     if (separate_nodes or node_lines) and backend.name != "object":
         raise InvalidModelError(f"profiling builds need the object backend, not '{emit}'")
+    if weights not in WEIGHT_PLACEMENTS:
+        raise InvalidModelError(f"--weights must be one of {', '.join(WEIGHT_PLACEMENTS)}, got '{weights}'")
+    check_sizes(g, profile.index_bits)  # before any pass folds or tiles a tensor it cannot hold
     vector = backend.vector_unit(profile)
     run_pipeline(g, dump=dump, vector=vector)
     plan = plan_memory(g, profile.arena_align, buffer_alignment(4 * vector.lanes))
-    if weights not in WEIGHT_PLACEMENTS:
-        raise InvalidModelError(f"--weights must be one of {', '.join(WEIGHT_PLACEMENTS)}, got '{weights}'")
+    check_sizes(g, profile.index_bits, plan)
     options = {k: True for k, v in (("separate_nodes", separate_nodes), ("node_lines", node_lines)) if v}
     out = backend.generate(g, plan, name, profile, weights=weights, **options)
     info = read_object(out.object)
@@ -116,9 +118,11 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
                **({"emit": emit} if emit != "object" else {}), **({"weights": weights} if weights != "internal" else {})}
     manifest = make_manifest(compiled, profile, name, model_path, options)
     manifest["build_id"] = build_id(manifest)
+    given = {k: v for k, v in (budgets or {}).items() if v is not None}
+    defaults = {k: f"target {profile.name}'s default; --{k.replace('_bytes', '')}-budget overrides"
+                for k in profile.budgets if k not in given}
     check_budgets({**manifest, "arena_bytes": manifest["arena"]["size"],
-                   "symbols": compiled.info.by_size()},
-                  {**profile.budgets, **{k: v for k, v in (budgets or {}).items() if v is not None}})
+                   "symbols": compiled.info.by_size()}, {**profile.budgets, **given}, origin=defaults)
     kinds = [*get_backend(emit).ships, *compiled.files, "header", "manifest", "cmake", "make"]
     files = {ARTIFACTS[kind][0](name): ARTIFACTS[kind][1](compiled, name, manifest) for kind in kinds}
     try:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cache
-from .errors import CompileError
+from .errors import CompileError, InvalidModelError
 
 _RUN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p),
                         ctypes.c_void_p)
@@ -226,12 +226,12 @@ def _resolve_model(model):
         return None, data, model, None
     path = Path(model)
     if not path.is_file():
-        raise CompileError(f"model file not found: {path}")
+        raise InvalidModelError(f"model file not found: {path}")
     data = path.read_bytes()
     try:
         proto = onnx.ModelProto.FromString(data)
     except Exception as e:  # noqa: BLE001
-        raise CompileError(f"cannot read ONNX model {path}: {type(e).__name__}: {e}") from None
+        raise InvalidModelError(f"cannot read ONNX model {path}: {type(e).__name__}: {e}") from None
     return path, data, proto, path.name
 
 

@@ -8,6 +8,7 @@ use is `node.inputs[i] = other`; `Graph.replace_all_uses` does it graph-wide.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,7 +48,7 @@ class TensorType:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)  # exact: [2**31] * 3 is 2**93, not 0
 
     @property
     def itemsize(self) -> int:

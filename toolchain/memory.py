@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .errors import BudgetError
 from .ir import Graph, Value
 from .ops import registry
 
@@ -179,3 +180,27 @@ def _place(buffers: list[Buffer], alignment: int):
             offset = max(offset, _align(p.offset + p.size, alignment))
         buf.offset = offset
         placed.append(buf)
+
+
+def address_limit(index_bits: int) -> int:
+    """The largest object a target with this pointer width can hold: PTRDIFF_MAX (offsets
+    and index arithmetic in the generated code are signed, pointer-wide)."""
+    return (1 << (index_bits - 1)) - 1
+
+
+def check_sizes(g: Graph, index_bits: int, plan: MemoryPlan | None = None):
+    """Refuse (BudgetError) a tensor, or the arena, larger than the target can address,
+    before any code is generated: sizes are exact Python integers, so nothing has wrapped."""
+    limit = address_limit(index_bits)
+    where = f"the {index_bits}-bit target's limit of {limit:,} bytes per object"
+    seen, big = set(), []
+    values = [*g.inputs, *g.outputs, *g.constants()] + [o for n in g.nodes for o in n.outputs]
+    for v in values:
+        if id(v) not in seen and v.type is not None and v.type.nbytes > limit:
+            seen.add(id(v))
+            big.append(f"tensor '{v.name}' {v.type} is {v.type.nbytes:,} bytes")
+    if big:
+        more = f" (and {len(big) - 3} more)" if len(big) > 3 else ""
+        raise BudgetError(f"{'; '.join(big[:3])}{more}: over {where}")
+    if plan is not None and plan.arena_size > limit:
+        raise BudgetError(f"the arena needs {plan.arena_size:,} bytes: over {where}")

@@ -17,6 +17,7 @@ from ..errors import CompileError, InvalidModelError, UnsupportedError
 from ..ir import DTYPES, Graph, TensorType, Value
 from ..ops import registry
 from ..passes.fold import fold_node
+from .validate import check_declared_types, validate_model
 
 # 6: the opset of older exporters (legacy broadcast), up to the newest the installed onnx
 # defines. An op keeps the semantics it has had since opset 21 or earlier; what changed in
@@ -63,6 +64,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
 def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, int] | None = None) -> Graph:
     utf8_names(model)
     opset = _default_opset(model)
+    validate_model(model, dims)
     g = Graph(name)
     env: dict[str, Value] = {}
     onnx_graph = model.graph
@@ -129,6 +131,7 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         g.outputs.append(env[vi.name])
     if not g.outputs:
         raise InvalidModelError("the model has no outputs")
+    check_declared_types(list(onnx_graph.output), [v.type for v in g.outputs])
     g.output_names = [vi.name for vi in onnx_graph.output]
     return g
 

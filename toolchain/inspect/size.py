@@ -134,9 +134,10 @@ def diff(old: SizeReport, new: SizeReport) -> str:
     return "\n".join(lines)
 
 
-def check_budgets(report: dict, budgets: dict, top: int = 5):
+def check_budgets(report: dict, budgets: dict, top: int = 5, origin: dict | None = None):
     """report: {"flash_bytes", "ram_bytes", "symbols", "arena_bytes", "stack_bytes"}; budgets:
-    {"flash_bytes": n, "ram_bytes": n} (absent = unlimited). Raises naming the budget."""
+    {"flash_bytes": n, "ram_bytes": n} (absent = unlimited); origin: budget key -> where that
+    budget comes from (said in the message). Raises naming the budget."""
     for key, what in (("flash_bytes", "flash"), ("ram_bytes", "RAM")):
         limit = budgets.get(key)
         if limit is None or report[key] <= limit:
@@ -146,5 +147,6 @@ def check_budgets(report: dict, budgets: dict, top: int = 5):
         else:
             contrib = [f"arena {report['arena_bytes']:,} B"] + [f"stack of {e} {n:,} B"
                                                                  for e, n in report["stack_bytes"].items()]
-        raise BudgetError(f"{what} budget exceeded: {report[key]:,} bytes > {what} budget {limit:,} bytes "
+        source = f" ({origin[key]})" if origin and key in origin else ""
+        raise BudgetError(f"{what} budget exceeded: {report[key]:,} bytes > {what} budget {limit:,} bytes{source} "
                            f"(by {report[key] - limit:,}); largest contributors: {', '.join(contrib)}")

@@ -51,6 +51,13 @@ def window_attrs(node, spatial_in, kernel):
     node.attrs["kernel_shape"] = list(kernel)
     node.attrs["strides"] = list(node.attrs.get("strides", [1] * rank))
     node.attrs["dilations"] = list(node.attrs.get("dilations", [1] * rank))
+    for key, want in (("strides", rank), ("dilations", rank), ("pads", 2 * rank)):
+        if key in node.attrs and len(node.attrs[key]) != want:
+            raise invalid(node, f"{key} {list(node.attrs[key])} has {len(node.attrs[key])} values, "
+                                f"want {want} for {rank} spatial dimension(s)")
+    for key in ("strides", "dilations"):
+        if any(v < 1 for v in node.attrs[key]):
+            raise invalid(node, f"{key} {node.attrs[key]} must be positive")
     node.attrs["pads"] = resolve_auto_pad(node, spatial_in, kernel, node.attrs["strides"], node.attrs["dilations"])
 
 
@@ -69,6 +76,11 @@ class Conv(Op):
         if len(x.shape) < 3:
             raise invalid(node, f"input must be N x C x spatial..., got rank {len(x.shape)}")
         node.attrs.setdefault("group", 1)
+        if len(w.shape) != len(x.shape):
+            raise invalid(node, f"weight {list(w.shape)} must have the input's rank {len(x.shape)}")
+        if "kernel_shape" in node.attrs and list(node.attrs["kernel_shape"]) != list(w.shape[2:]):
+            raise invalid(node, f"kernel_shape {list(node.attrs['kernel_shape'])} disagrees with the "
+                                f"weight's spatial shape {list(w.shape[2:])} (weight {list(w.shape)})")
         window_attrs(node, x.shape[2:], w.shape[2:])
 
     def infer(self, node):

@@ -3,6 +3,8 @@ shape arithmetic (Shape, Gather, ...) that constant folding removes before codeg
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..ir import TensorType
@@ -43,8 +45,8 @@ class Reshape(View):
         if dims.count(-1) > 1:
             raise invalid(node, f"shape {dims} has more than one -1")
         if -1 in dims:
-            known = int(np.prod([d for d in dims if d != -1], dtype=np.int64))
-            total = int(np.prod(src, dtype=np.int64))
+            known = math.prod(d for d in dims if d != -1)
+            total = math.prod(src)
             if known == 0 or total % known:
                 raise invalid(node, f"cannot reshape {src} to {list(shape)}")
             dims[dims.index(-1)] = total // known
@@ -54,7 +56,7 @@ class Reshape(View):
     def infer(self, node):
         t = in_type(node)
         dims = tuple(node.attrs["shape"])
-        if int(np.prod(dims, dtype=np.int64)) != t.size:
+        if math.prod(dims) != t.size:
             raise invalid(node, f"cannot reshape {t.shape} ({t.size} elements) to {list(dims)}")
         return [TensorType(t.dtype, dims)]
 
@@ -71,8 +73,8 @@ class Flatten(View):
     def infer(self, node):
         t = in_type(node)
         ax = node.attrs["axis"]
-        return [TensorType(t.dtype, (int(np.prod(t.shape[:ax], dtype=np.int64)),
-                                     int(np.prod(t.shape[ax:], dtype=np.int64))))]
+        return [TensorType(t.dtype, (math.prod(t.shape[:ax]),
+                                     math.prod(t.shape[ax:])))]
 
 
 @register("Squeeze", "Unsqueeze")
