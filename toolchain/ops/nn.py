@@ -104,12 +104,38 @@ class Conv(Op):
                 y[:, gi * ocg:(gi + 1) * ocg] += np.einsum("nc...,oc->no...", xs, ws)
         if b is not None:
             y += b.reshape((1, -1) + (1,) * rank)
-        return [y.astype(np.float32)]
+        return [y.astype(x.dtype)]
 
     def macs(self, node):
         out = node.outputs[0].type
         w = in_type(node, 1)
         return out.size * int(np.prod(w.shape[1:]))
+
+    def vjp(self, b, node, cotangents):
+        """dx: ConvTranspose of dy with the same weights; dw: a Conv over the input with
+        batch and channels swapped (strides and dilations trade places), dy as its kernel."""
+        a, g = node.attrs, cotangents[0]
+        if a["group"] != 1:
+            raise unsupported(node, "no derivative rule for grouped convolution (group > 1) yet")
+        x, w = node.inputs[:2]
+        xs, ws, ys = x.type.shape, w.type.shape, node.outputs[0].type.shape
+        rank, s, d, p = len(xs) - 2, a["strides"], a["dilations"], a["pads"]
+        span = [(ys[2 + i] - 1) * s[i] + (ws[2 + i] - 1) * d[i] + 1 for i in range(rank)]
+        out_pad = [xs[2 + i] + p[i] + p[rank + i] - span[i] for i in range(rank)]
+        gx = b.op("ConvTranspose", [g, b.primal(w)], group=1, kernel_shape=list(ws[2:]), strides=list(s),
+                  dilations=list(d), output_padding=out_pad, pads=list(p))
+        end = [span[i] - xs[2 + i] - p[i] for i in range(rank)]  # the end padding dw's windows reach
+        if min(end) < 0:
+            raise unsupported(node, "no derivative rule when the last input rows are outside every window")
+        swap = [1, 0, *range(2, rank + 2)]
+        xt = b.op("Transpose", [b.primal(x)], perm=swap)
+        gt = b.op("Transpose", [g], perm=swap)
+        gw = b.op("Conv", [xt, gt], group=1, kernel_shape=list(ys[2:]), strides=list(d), dilations=list(s),
+                  pads=list(p[:rank]) + end)
+        grads = [gx, b.op("Transpose", [gw], perm=swap)]
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            grads.append(b.op("ReduceSum", [g], axes=[0, *range(2, rank + 2)], keepdims=0))
+        return grads
 
     def schedule(self, node, vec):
         a = node.attrs
@@ -179,11 +205,32 @@ class Gemm(Op):
         y = at["alpha"] * (a.astype(np.float64) @ b)
         if c is not None:
             y = y + at["beta"] * c
-        return [y.astype(np.float32)]
+        return [y.astype(a.dtype)]
 
     def macs(self, node):
         m_, n, kk = self._mnk(node)
         return m_ * n * kk
+
+    def vjp(self, b, node, cotangents):
+        """y = alpha a' b' + beta c: da' = alpha dy b'^T, db' = alpha a'^T dy, dc = beta dy
+        (summed over broadcast axes); each product is one Gemm with transposed operands."""
+        at, g = node.attrs, cotangents[0]
+        ta, tb, alpha = at["transA"], at["transB"], at["alpha"]
+        a, w = b.primal(node.inputs[0]), b.primal(node.inputs[1])
+        if not ta:
+            ga = b.op("Gemm", [g, w], alpha=alpha, beta=1.0, transA=0, transB=1 - tb)
+        else:
+            ga = b.op("Gemm", [w, g], alpha=alpha, beta=1.0, transA=tb, transB=1)
+        if not tb:
+            gw = b.op("Gemm", [a, g], alpha=alpha, beta=1.0, transA=1 - ta, transB=0)
+        else:
+            gw = b.op("Gemm", [g, a], alpha=alpha, beta=1.0, transA=1, transB=ta)
+        grads = [ga, gw]
+        c = node.inputs[2] if len(node.inputs) > 2 else None
+        if c is not None:
+            gc = g if at["beta"] == 1.0 else b.op("Mul", [g, b.scalar(at["beta"])])
+            grads.append(b.unbroadcast(gc, c.type.shape))
+        return grads
 
     def lower(self, k, node, ins, outs):
         at = node.attrs
@@ -251,6 +298,22 @@ class MatMul(Op):
         a2, b2, batch, _ = matmul_shapes(node, in_type(node, 0).shape, in_type(node, 1).shape)
         return int(np.prod(batch, dtype=np.int64)) * a2[-2] * a2[-1] * b2[-1]
 
+    def vjp(self, b, node, cotangents):
+        """da = dy b^T, db = a^T dy (1-D operands promoted as numpy does; summed over
+        broadcast batch axes)."""
+        x, w = node.inputs
+        a2, b2, batch, _ = matmul_shapes(node, x.type.shape, w.type.shape)
+        g = b.reshape(cotangents[0], batch + (a2[-2], b2[-1]))
+
+        def swapped(v, shape2):
+            perm = list(range(len(shape2)))
+            perm[-2:] = perm[-1], perm[-2]
+            return b.op("Transpose", [b.reshape(b.primal(v), shape2)], perm=perm)
+
+        ga = b.op("MatMul", [g, swapped(w, b2)])
+        gw = b.op("MatMul", [swapped(x, a2), g])
+        return [b.reshape(b.unbroadcast(ga, a2), x.type.shape), b.reshape(b.unbroadcast(gw, b2), w.type.shape)]
+
     def schedule(self, node, vec):
         a2, b2, _, _ = matmul_shapes(node, in_type(node, 0).shape, in_type(node, 1).shape)
         b = node.inputs[1]
@@ -288,6 +351,18 @@ class Softmax(Op):
             raise unsupported(node, "needs float32 input")
         return [t]
 
+    def vjp(self, b, node, cotangents):
+        """Softmax: dx = y (dy - sum(dy y)); LogSoftmax: dx = dy - exp(y) sum(dy), the sums
+        over the normalized axes."""
+        g, y = cotangents[0], b.primal(node.outputs[0])
+        ax, rank = node.attrs["axis"], len(node.outputs[0].type.shape)
+        axes = list(range(ax, rank)) if node.attrs["coerce_2d"] else [ax]
+        if node.op == "Softmax":
+            total = b.op("ReduceSum", [b.op("Mul", [g, y])], axes=axes, keepdims=1)
+            return [b.op("Mul", [y, b.op("Sub", [g, total])])]
+        total = b.op("ReduceSum", [g], axes=axes, keepdims=1)
+        return [b.op("Sub", [g, b.op("Mul", [b.op("Exp", [y]), total])])]
+
     def _rows(self, shape, node):
         """(outer, n, inner): softmax runs over n, rows are outer x inner."""
         ax = node.attrs["axis"]
@@ -305,7 +380,7 @@ class Softmax(Op):
         else:
             e = np.exp(z)
             y = e / e.sum(axis=1, keepdims=True)
-        return [y.reshape(x.shape).astype(np.float32)]
+        return [y.reshape(x.shape).astype(x.dtype)]
 
     def lower(self, k, node, ins, outs):
         o, n, inner = self._rows(ins[0].shape, node)

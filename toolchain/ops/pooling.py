@@ -142,6 +142,13 @@ class GlobalPool(Op):
         f = np.max if node.op == "GlobalMaxPool" else np.mean
         return [f(x.astype(np.float64), axis=axes, keepdims=True).astype(x.dtype)]
 
+    def vjp(self, b, node, cotangents):
+        if node.op != "GlobalAveragePool":
+            return super().vjp(b, node, cotangents)
+        x = node.inputs[0].type
+        spread = b.op("Expand", [cotangents[0]], shape=list(x.shape))
+        return [b.op("Mul", [spread, b.scalar(1.0 / int(np.prod(x.shape[2:], dtype=np.int64)))])]
+
     def lower(self, k, node, ins, outs):
         n_, c_ = ins[0].shape[:2]
         spatial = int(np.prod(ins[0].shape[2:], dtype=np.int64))
