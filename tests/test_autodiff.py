@@ -81,3 +81,64 @@ def with_consts(nodes):
 def test_vjp_matches_finite_differences(case):
     _, nodes, inputs, inits, positive, opset = case
     check_vjp(onnx_model(with_consts(nodes), inputs, inits, opset=opset), positive=positive)
+
+
+def mlp():
+    nodes = [node("Gemm", ["x", "W1", "b1"], ["h"], transB=1), node("Relu", ["h"], ["r"]),
+             node("Gemm", ["r", "W2", "b2"], ["z"], transB=1), node("Softmax", ["z"])]
+    return onnx_model(nodes, {"x": (3, 8)}, {"W1": w(16, 8), "b1": w(16), "W2": w(5, 16), "b2": w(5)})
+
+
+def cnn():
+    nodes = [node("Conv", ["x", "K1", "c1"], ["a"], pads=[1, 1, 1, 1]), node("Relu", ["a"], ["ar"]),
+             node("Conv", ["ar", "K2", "c2"], ["b"], strides=[2, 2], pads=[1, 1, 1, 1]), node("Tanh", ["b"], ["bt"]),
+             node("GlobalAveragePool", ["bt"], ["p"]), node("Flatten", ["p"], ["f"]),
+             node("Gemm", ["f", "W", "bias"], ["z"], transB=1), node("LogSoftmax", ["z"])]
+    return onnx_model(nodes, {"x": (2, 2, 6, 6)}, {"K1": w(4, 2, 3, 3) * 0.5, "c1": w(4), "K2": w(6, 4, 3, 3) * 0.3,
+                                                   "c2": w(6), "W": w(3, 6), "bias": w(3)})
+
+
+def autoencoder():
+    import onnx
+    from helpers import ROOT
+    return onnx.load(str(ROOT / "tests" / "models" / "fc_autoencoder.onnx"))
+
+
+@pytest.mark.parametrize("make", [mlp, cnn, autoencoder])
+def test_model_gradients_match_finite_differences(make):
+    prog = check_vjp(make(), directions=2)
+    assert prog.params  # every float initializer is differentiated
+
+
+def test_activity_only_what_reaches_a_differentiated_output():
+    """A product with a constant saves nothing (the constant's cotangent is never built);
+    an integer input's path gets no derivative nodes at all."""
+    k = helper.make_node("Constant", [], ["k"], value=helper.make_tensor("k", 1, [3], [1.0, 2.0, 3.0]))
+    m = onnx_model([k, node("Mul", ["a", "k"])], {"a": (2, 3)})
+    prog = reverse(import_model(m))
+    assert prog.residuals == [] and [n.op for n in prog.pullback.nodes] == ["Mul"]
+    nodes = [node("Exp", ["a"], ["e"]), node("Cast", ["n"], ["nf"], to=1), node("Add", ["e", "nf"])]
+    m = onnx_model(nodes, {"a": (2, 3)})
+    m.graph.input.append(helper.make_tensor_value_info("n", 6, [2, 3]))
+    prog = reverse(import_model(m))
+    assert prog.wrt_inputs == [0] and [v.name for v in prog.residuals] == ["e"]
+    assert sorted(n.op for n in prog.pullback.nodes) == ["Mul"]
+
+
+@pytest.mark.parametrize("nodes, match", [
+    ([node("Floor", ["a"], ["f"]), node("Add", ["f", "a"])], r"node 'Floor_0' \(Floor\): is not differentiable"),
+    ([node("Cast", ["a"], ["i"], to=6), node("Cast", ["i"], ["y"], to=1)], r"\(Cast\): is not differentiable"),
+    ([node("Erf", ["a"])], r"node 'Erf_0' \(Erf\): no derivative rule"),
+    ([node("LeakyRelu", ["a"], ["l"]), node("Relu", ["l"])], r"\(LeakyRelu\): no derivative rule"),
+    ([node("ReduceMax", ["a"], keepdims=0)], r"\(ReduceMax\): no derivative rule"),
+])
+def test_refusals_name_node_and_op(nodes, match):
+    m = onnx_model(nodes, {"a": (2, 3)})
+    with pytest.raises(UnsupportedError, match=match):
+        reverse(import_model(m))
+
+
+def test_grouped_conv_refused():
+    m = onnx_model([node("Conv", ["x", "W"], group=2)], {"x": (1, 4, 5, 5)}, {"W": w(4, 2, 3, 3)})
+    with pytest.raises(UnsupportedError, match=r"\(Conv\): no derivative rule for grouped convolution"):
+        reverse(import_model(m), ["W"])
