@@ -22,8 +22,10 @@ from .inspect.stack import stack_usage
 from .integration import cmake_file, make_fragment
 from .ir import Graph
 from .memory import MemoryPlan, plan_memory
+from .frontend.onnx_import import import_model
 from .ops import registry
 from .passes import run_pipeline
+from .passes.autodiff import bind_params, residual_layout, reverse
 from .targets import Profile, get_profile
 from .version import __version__
 
@@ -41,6 +43,7 @@ class Compiled:
     stack: dict = None  # entry symbol -> worst-case stack bytes (None: not known)
     c_source: str = ""  # the C path's <name>.c (emit="c"); its object is the check build
     emit: str = "object"
+    grad: dict = None  # a reverse-mode build: program, plan per graph, residual offsets and size
 
 
 @dataclass
@@ -69,6 +72,33 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
     return Compiled(g, plan, out.object, info, out.llvm_ir, stack, out.c_source, emit)
 
 
+GRAD_MODES = ("reverse",)
+
+
+def compile_grad_graph(g: Graph, params, profile: Profile, name: str, dump: TextIO | None = None,
+                       emit: str = "object") -> Compiled:
+    """Reverse mode: primal and pullback (passes.autodiff, parameters bound as read-only
+    weights), the pipeline and the planner on each, both in one object. The arena serves
+    either entry (the larger of the two plans); residuals live in a buffer of their own."""
+    backend = get_backend(emit)
+    prog = bind_params(reverse(g, params))
+    vector = backend.vector_unit(profile)
+    plans = {}
+    for part in ("primal", "pullback"):
+        graph = getattr(prog, part)
+        run_pipeline(graph, dump=dump, vector=vector)
+        plans[part] = plan_memory(graph, profile.arena_align)
+    offsets, size = residual_layout(prog.primal.outputs[prog.n_outputs:], profile.arena_align)
+    out = backend.generate_grad(prog, plans, offsets, name, profile)
+    info = read_object(out.object)
+    check_self_contained(info, profile, name)
+    stack = stack_usage(out.frames, out.calls, entry_symbols(name, grad=True), profile.return_address_bytes)
+    both = MemoryPlan({}, max(p.arena_size for p in plans.values()), profile.arena_align,
+                      max(p.lower_bound for p in plans.values()), [])
+    grad = {"program": prog, "plans": plans, "offsets": offsets, "residuals_size": size}
+    return Compiled(prog.primal, both, out.object, info, out.llvm_ir, stack, out.c_source, emit, grad)
+
+
 def compile_onnx(model: onnx.ModelProto, target: str, name: str = "model", dims=None,
                  dump: TextIO | None = None, emit: str = "object") -> Compiled:
     check_name(name)
@@ -78,25 +108,33 @@ def compile_onnx(model: onnx.ModelProto, target: str, name: str = "model", dims=
 
 def build(model_path: str | Path | None, target: str, name: str = "model", out: str | Path | None = None,
           dims: dict[str, int] | None = None, dump: TextIO | None = None, emit: str = "object",
-          budgets: dict | None = None) -> BuildResult:
+          budgets: dict | None = None, grad: str | None = None) -> BuildResult:
     """emit="object": <name>.o and lib<name>.a (LLVM); emit="c": <name>.c (portable C99).
     Both also write <name>.h, <name>.json and the CMake/Make fragments.
     budgets: {"flash_bytes": n, "ram_bytes": n} over the target profile's own; a build over
     budget fails and writes nothing. The output directory is checked before compiling, and
-    the files of the build replace the previous ones of the same name as one set."""
+    the files of the build replace the previous ones of the same name as one set.
+    grad="reverse": <name>_primal and <name>_pullback (every float input and initializer
+    differentiated) instead of <name>_run; such builds do not use the compile cache yet."""
     check_name(name)
+    if grad is not None and grad not in GRAD_MODES:
+        raise InvalidModelError(f"--grad must be one of {', '.join(GRAD_MODES)}, got '{grad}'")
     get_backend(emit)
     profile = get_profile(target)
     model_path = Path(model_path) if model_path else DEFAULT_MODEL
     out = Path(out) if out else PROJECT_ROOT / "build" / target
     check_out_dir(out, owned_files(name))
-    hook = BuildHook.open(model_path, profile, name, dims, emit, budgets) if dump is None else None
+    hook = BuildHook.open(model_path, profile, name, dims, emit, budgets) if dump is None and not grad else None
     if hook is not None and (hit := hook.restore(out)) is not None:
         return BuildResult(*hit, compiled=None)  # a cache hit: the artifacts, nothing compiled
     model = load_model(model_path)
-    compiled = compile_graph(import_batched(model, name, dims), profile, name, dump, emit)
+    if grad:
+        params = [t.name for t in model.graph.initializer]
+        compiled = compile_grad_graph(import_model(model, name, dims), params, profile, name, dump, emit)
+    else:
+        compiled = compile_graph(import_batched(model, name, dims), profile, name, dump, emit)
     options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__,
-               **({"emit": emit} if emit != "object" else {})}
+               **({"emit": emit} if emit != "object" else {}), **({"grad": grad} if grad else {})}
     manifest = make_manifest(compiled, profile, name, model_path, options)
     manifest["build_id"] = build_id(manifest)
     check_budgets({**manifest, "arena_bytes": manifest["arena"]["size"],
@@ -151,12 +189,33 @@ def _file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def _grad_info(c: Compiled) -> dict:
+    """The reverse-mode part of the manifest: the residual buffer's layout (the ABI between
+    the two entries), the parameters, which tensors take and give cotangents, each arena."""
+    prog, plans = c.grad["program"], c.grad["plans"]
+    res = prog.primal.outputs[prog.n_outputs:]
+    return {
+        "mode": "reverse",
+        "residuals": {"size": c.grad["residuals_size"], "align": c.plan.alignment,
+                      "values": [{"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.shape),
+                                  "offset": off, "bytes": v.type.nbytes} for v, off in zip(res, c.grad["offsets"])]},
+        "params": [{"name": p.name, "dtype": str(p.data.dtype), "shape": list(p.data.shape),
+                    "elems": int(p.data.size), "bytes": int(p.data.nbytes)} for p in prog.params],
+        "input_cotangents": [_tensor_info(prog.primal.inputs[i]) for i in prog.wrt_inputs],
+        "output_cotangents": [_tensor_info(prog.primal.outputs[j]) for j in prog.cot_outputs],
+        "arenas": {part: {"size": p.arena_size, "lower_bound": p.lower_bound} for part, p in plans.items()},
+        "ops": {part: getattr(prog, part).op_counts() for part in plans},
+        "macs": {part: sum(registry.get(n.op).macs(n) for n in getattr(prog, part).nodes) for part in plans},
+    }
+
+
 def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, options: dict) -> dict:
     g = c.graph
-    weight_bytes = sum(v.type.nbytes for v in g.constants())
+    graphs = [g] if c.grad is None else [g, c.grad["program"].pullback]
+    weight_bytes = sum({(v.type, v.data.tobytes()): v.type.nbytes for x in graphs for v in x.constants()}.values())
     t = totals(c.info.sections)
     stack = c.stack or {}
-    return {
+    manifest = {
         "name": name,
         "model": model_path.name,
         "target": {"name": profile.name, "triple": profile.triple, "cpu": profile.cpu,
@@ -181,3 +240,13 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
         },
         "compiler": {"name": "edgec", "version": __version__},
     }
+    if c.grad is not None:
+        n = c.grad["program"].n_outputs
+        manifest["outputs"] = manifest["outputs"][:n]
+        manifest["grad"] = _grad_info(c)
+        ops: dict = {}
+        for part in manifest["grad"]["ops"].values():
+            for op, count in part.items():
+                ops[op] = ops.get(op, 0) + count
+        manifest["ops"] = dict(sorted(ops.items()))
+    return manifest

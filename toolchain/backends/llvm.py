@@ -12,7 +12,8 @@ import tempfile
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from ..contract import ERR_DIM_OUT_OF_RANGE, item_symbol, node_symbols, run_dims_symbol, run_symbol
+from ..contract import (ERR_DIM_OUT_OF_RANGE, graph_symbol, item_symbol, node_symbols, primal_symbol, pullback_symbol,
+                        run_dims_symbol, run_symbol)
 from ..errors import InternalError
 from ..ir import Graph
 from ..kernel.llvm import I8, I32, LLVM_TYPES, Kernel, Tensor
@@ -39,6 +40,13 @@ class LLVMBackend:
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
 
 
+    def generate_grad(self, prog, plans, offsets, name: str, profile: Profile) -> Generated:
+        """A reverse-mode build: <name>_primal and <name>_pullback in one object."""
+        module = build_grad_module(prog, plans, offsets, name, profile)
+        obj, optimized, frames = compile_ir(module_text(module), profile)
+        return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
+
+
 def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile) -> ir.Module:
     module = ir.Module(name=name)
     module.triple = profile.triple
@@ -46,10 +54,71 @@ def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile) -> ir.
     weights = {id(v): _weight_global(module, f"{name}_w{i}", v.data) for i, v in enumerate(g.constants())}
     kernels = [_node_function(module, g, plan, sym, node, profile.vector_unit, index)
                for node, sym in zip(g.nodes, node_symbols(name, g.nodes))]
-    run = _run_function(module, g, plan, name, weights, kernels, index)
+    run = _run_function(module, g, plan, item_symbol(name) if g.batch else run_symbol(name), weights, kernels,
+                        index, internal=g.batch is not None)
     if g.batch is not None:
         _batch_entries(module, g, name, run, index)
     return module
+
+
+def build_grad_module(prog, plans, offsets, name: str, profile: Profile) -> ir.Module:
+    """Both graphs of a reverse-mode build, each as an internal run function (weights they
+    share stored once), and the two exported entries that route the residual buffer."""
+    module = ir.Module(name=name)
+    module.triple = profile.triple
+    index = ir.IntType(profile.index_bits)
+    weights, by_bytes = {}, {}
+    graphs = {"primal": prog.primal, "pullback": prog.pullback}
+    for g in graphs.values():
+        for v in g.constants():
+            key = (v.type, v.data.tobytes())
+            if key not in by_bytes:
+                by_bytes[key] = _weight_global(module, f"{name}_w{len(by_bytes)}", v.data)
+            weights[id(v)] = by_bytes[key]
+    runs = {}
+    for part, g in graphs.items():
+        kernels = [_node_function(module, g, plans[part], sym, node, profile.vector_unit, index)
+                   for node, sym in zip(g.nodes, node_symbols(f"{name}_{part}", g.nodes))]
+        runs[part] = _run_function(module, g, plans[part], graph_symbol(name, part), weights, kernels, index, True)
+    _grad_entries(module, prog, runs, offsets, name, index)
+    return module
+
+
+def _grad_entries(module, prog, runs, offsets, name, index):
+    """<name>_primal hands its graph the outputs then the residuals (at their offsets in
+    the residual buffer); <name>_pullback hands its graph the residuals then the output
+    cotangents, and takes back the input cotangents then the parameter cotangents."""
+    ptr = I8.as_pointer()
+    pp = ptr.as_pointer()
+
+    def table(b, entries):
+        local = b.alloca(ptr, max(len(entries), 1))
+        for k, p in enumerate(entries):
+            b.store(p, b.gep(local, [ir.Constant(index, k)], inbounds=True))
+        return local
+
+    def load(b, arr, k):
+        return b.load(b.gep(arr, [ir.Constant(index, k)], inbounds=True))
+
+    def residual(b, buf, k):
+        return b.gep(buf, [ir.Constant(index, offsets[k])], inbounds=True)
+
+    n, r = prog.n_outputs, len(offsets)
+    fn = ir.Function(module, ir.FunctionType(I32, [pp, pp, ptr, ptr]), name=primal_symbol(name))
+    fn.attributes.add("nounwind")
+    inputs, outputs, res, arena = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    outs = table(b, [load(b, outputs, j) for j in range(n)] + [residual(b, res, k) for k in range(r)])
+    b.ret(b.call(runs["primal"], [inputs, outs, arena]))
+
+    n_cot, n_in = len(prog.cot_outputs), len(prog.wrt_inputs)
+    fn = ir.Function(module, ir.FunctionType(I32, [ptr, pp, pp, pp, ptr]), name=pullback_symbol(name))
+    fn.attributes.add("nounwind")
+    res, ocot, icot, pcot, arena = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    ins = table(b, [residual(b, res, k) for k in range(r)] + [load(b, ocot, j) for j in range(n_cot)])
+    outs = table(b, [load(b, icot, i) for i in range(n_in)] + [load(b, pcot, p) for p in range(len(prog.params))])
+    b.ret(b.call(runs["pullback"], [ins, outs, arena]))
 
 
 def _weight_global(module, sym, data):
@@ -92,11 +161,11 @@ def _node_function(module, g, plan, sym, node, vector, index):
     return fn
 
 
-def _run_function(module, g, plan, name, weights, kernels, index):
+def _run_function(module, g, plan, symbol, weights, kernels, index, internal=False):
     ptr = I8.as_pointer()
     fnty = ir.FunctionType(I32, [ptr.as_pointer(), ptr.as_pointer(), ptr])
-    fn = ir.Function(module, fnty, name=item_symbol(name) if g.batch else run_symbol(name))
-    if g.batch:
+    fn = ir.Function(module, fnty, name=symbol)
+    if internal:
         fn.linkage = "internal"
     fn.attributes.add("nounwind")
     inputs, outputs, arena = fn.args

@@ -249,3 +249,14 @@ def bind_params(prog: GradProgram) -> GradProgram:
             g.inputs = [x for x in g.inputs if x is not v]
             setattr(p, attr, None)
     return prog
+
+
+def residual_layout(values, align: int) -> tuple[list, int]:
+    """Offsets of the residuals in the caller's residual buffer (each aligned to `align`,
+    in order) and the buffer's size (a multiple of `align`, never 0)."""
+    offsets, end = [], 0
+    for v in values:
+        end = -(-end // align) * align
+        offsets.append(end)
+        end += v.type.nbytes
+    return offsets, max(-(-end // align) * align, align)
