@@ -23,7 +23,7 @@ LAYERS = [
     ["emit", "integration", "cache"],
     ["inspect"],
     ["compiler"],
-    ["harness", "inprocess"],
+    ["harness", "inprocess", "inprocess_grad"],
     ["bench", "firmware", "cli", "__main__", ""],
 ]
 MAX_LINES = 600
