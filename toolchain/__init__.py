@@ -7,7 +7,7 @@ compiler (the driver) -> harness, inprocess (compile_model, jit) -> bench, firmw
 """
 from .version import __version__
 
-__all__ = ["compile_model", "jit", "CompiledModel", "__version__"]
+__all__ = ["compile_model", "compile_grad", "jit", "CompiledModel", "CompiledGrad", "__version__"]
 
 
 def __getattr__(name):
@@ -16,4 +16,7 @@ def __getattr__(name):
     if name in ("compile_model", "jit", "CompiledModel"):
         from . import inprocess
         return getattr(inprocess, name)
+    if name in ("compile_grad", "CompiledGrad"):  # reverse mode: primal and pullback
+        from . import inprocess_grad
+        return getattr(inprocess_grad, name)
     raise AttributeError(f"module 'toolchain' has no attribute '{name}'")

@@ -244,15 +244,10 @@ def _resolve_model(model):
     return path, data, proto, path.name
 
 
-def compile_model(model, target: str | None = None, *, dims: dict | None = None, name: str = "model",
-                  grad: str | None = None):
+def compile_model(model, target: str | None = None, *, dims: dict | None = None, name: str = "model") -> CompiledModel:
     """model: an ONNX file or an onnx.ModelProto (its artifacts then name it '<name>.onnx').
     target: a profile name; None is the host's own. dims binds symbolic input dimensions.
-    A cache hit (in-process or on disk) compiles nothing. grad="reverse": a CompiledGrad
-    (toolchain/inprocess_grad.py; compiled every time, not cached yet)."""
-    if grad is not None:
-        from .inprocess_grad import compile_grad
-        return compile_grad(model, target, dims=dims, name=name, grad=grad)
+    A cache hit (in-process or on disk) compiles nothing. (Reverse mode: toolchain.compile_grad.)"""
     t0 = time.perf_counter()
     profile = host_profile() if target is None else _get_profile(target)
     path, data, proto, model_name = _resolve_model(model)

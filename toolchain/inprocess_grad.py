@@ -1,4 +1,4 @@
-"""A reverse-mode build run in-process: `compile_model(m, grad="reverse")`.
+"""A reverse-mode build run in-process: `toolchain.compile_grad(m)`.
 
 The build's own `<name>.o` (through `compiler.build(..., grad="reverse")`) loaded into
 MCJIT like inprocess.CompiledModel, with both entries: `primal(*inputs)` returns the
