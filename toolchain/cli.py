@@ -66,7 +66,7 @@ def cmd_build(args):
 
     dump = sys.stderr if args.dump_ir else None
     res = build(args.model, args.target, args.name, args.out, dims, dump, emit=args.emit,
-                budgets={"flash_bytes": args.flash_budget, "ram_bytes": args.ram_budget})
+                budgets={"flash_bytes": args.flash_budget, "ram_bytes": args.ram_budget}, grad=args.grad)
     m = res.manifest
     print(f"built {m['model']} for {m['target']['name']} -> {res.paths['header'].parent}")
     for kind, path in res.paths.items():
@@ -77,6 +77,11 @@ def cmd_build(args):
           f"{m['macs']} MACs/inference")
     print(f"  flash     {m['flash_bytes']} bytes; RAM {m['ram_bytes']} bytes "
           f"(arena + stack {max(m['stack_bytes'].values(), default=0)})")
+    if "grad" in m:
+        g = m["grad"]
+        print(f"  reverse   residuals {g['residuals']['size']} bytes ({len(g['residuals']['values'])} values), "
+              f"arena primal {g['arenas']['primal']['size']} / pullback {g['arenas']['pullback']['size']} bytes, "
+              f"{len(g['params'])} params")
     return res
 
 
@@ -156,6 +161,8 @@ def parser():
     b.add_argument("--ram-budget", type=_budget, metavar="BYTES", help="fail if RAM (data+bss+arena+stack) exceeds this")
     b.add_argument("--emit", choices=["object", "c"], default="object",
                    help="object: <name>.o + lib<name>.a (default); c: portable C99 <name>.c")
+    b.add_argument("--grad", choices=["reverse"], help="reverse: <name>_primal and <name>_pullback (derivatives "
+                   "with respect to every float input and initializer) instead of <name>_run")
     b.set_defaults(fn=cmd_build)
     z = sub.add_parser("size", help="flash/RAM/stack report of a build (builds it if needed)")
     z.add_argument("--target")

@@ -222,6 +222,7 @@ def reverse(g: Graph, params=()) -> GradProgram:
                                                                                                 v.type.dtype)))
     pb.inputs = [rv for _, rv in b.saved.values()] + cot_in + list(pb_params.values())
     eliminate_dead_code(pb)
+    transpose_gemm_results(pb)
     used = {id(v) for n in pb.nodes for v in n.inputs if v is not None} | {id(v) for v in pb.outputs}
     residuals = [(pv, rv) for pv, rv in b.saved.values() if id(rv) in used]
     for p in plist:
@@ -234,6 +235,28 @@ def reverse(g: Graph, params=()) -> GradProgram:
     verify(pb)
     assert len(g.inputs) == n_model_inputs + len(plist)
     return GradProgram(g, pb, n_outputs, [pv for pv, _ in residuals], plist, wrt, cot_outputs)
+
+
+def transpose_gemm_results(g: Graph) -> bool:
+    """Transpose(Gemm(a, b)) with no bias -> Gemm(b, a) with the transpositions swapped
+    ((a'b')^T = b'^T a'^T). A parameter the importer stores transposed gets its cotangent
+    this way straight in the model's layout, without a transposed copy kept alive in the
+    arena until the end of the pullback."""
+    users = g.users()
+    changed = False
+    for t in list(g.nodes):
+        src = t.inputs[0].producer if t.op == "Transpose" and t.attrs["perm"] == [1, 0] else None
+        if (src is None or src.op != "Gemm" or (len(src.inputs) > 2 and src.inputs[2] is not None)
+                or len(users.get(id(src.outputs[0]), [])) != 1 or any(o is src.outputs[0] for o in g.outputs)):
+            continue
+        a = src.attrs
+        src.inputs = [src.inputs[1], src.inputs[0]]
+        src.attrs = {**a, "transA": 1 - a["transB"], "transB": 1 - a["transA"]}
+        src.outputs = [t.outputs[0]]
+        t.outputs[0].producer = src
+        g.nodes.remove(t)
+        changed = True
+    return changed
 
 
 def bind_params(prog: GradProgram) -> GradProgram:
