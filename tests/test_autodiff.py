@@ -169,3 +169,79 @@ def test_compiled_primal_and_pullback_match_float64(make):
         assert len(gin) + len(gpar) == len(grads)
         for got, want in zip(gin + gpar, grads):
             np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max()))
+
+
+def _driver(manifest) -> str:
+    """A C program for the target: reads the inputs and output cotangents from argv[1], runs
+    model_primal, fills the arena with NaN, runs model_pullback, writes the outputs, input
+    cotangents and parameter cotangents to argv[2]; exit 3 if a guard zone after the arena
+    or the residual buffer was written."""
+    g = manifest["grad"]
+    ins = [t["bytes"] for t in manifest["inputs"]] + [t["bytes"] for t in g["output_cotangents"]]
+    outs = [t["bytes"] for t in manifest["outputs"]] + [t["bytes"] for t in g["input_cotangents"]] + \
+        [p["bytes"] for p in g["params"]]
+    decl = [f"static _Alignas(16) unsigned char i{k}[{n}];" for k, n in enumerate(ins)]
+    decl += [f"static _Alignas(16) unsigned char o{k}[{n}];" for k, n in enumerate(outs)]
+    ni, no, nic = len(manifest["inputs"]), len(manifest["outputs"]), len(g["input_cotangents"])
+    table = lambda name, items: f"{name}[] = {{{', '.join(items) or '0'}}};"  # noqa: E731
+    return "\n".join([
+        "#include <stdio.h>", "#include <string.h>", '#include "model.h"',
+        "#define GUARD 64",
+        "static _Alignas(MODEL_ARENA_ALIGN) unsigned char arena[MODEL_ARENA_SIZE + GUARD];",
+        "static _Alignas(MODEL_RESIDUALS_ALIGN) unsigned char res[MODEL_RESIDUALS_SIZE + GUARD];",
+        *decl,
+        "static int intact(const unsigned char *p) { for (int k = 0; k < GUARD; k++) if (p[k] != 0xA5) return 0; "
+        "return 1; }",
+        "int main(int argc, char **argv) {",
+        "    FILE *f = fopen(argv[1], \"rb\");", "    if (!f || argc < 3) return 2;",
+        *[f"    if (fread(i{k}, 1, {n}, f) != {n}) return 2;" for k, n in enumerate(ins)],
+        "    fclose(f);",
+        "    memset(arena + MODEL_ARENA_SIZE, 0xA5, GUARD); memset(res + MODEL_RESIDUALS_SIZE, 0xA5, GUARD);",
+        "    const void *" + table("ins", [f"i{k}" for k in range(ni)]),
+        "    void *" + table("outs", [f"o{k}" for k in range(no)]),
+        "    if (model_primal(ins, outs, res, arena) != 0) return 4;",
+        "    memset(arena, 0xFF, MODEL_ARENA_SIZE);",
+        "    const void *" + table("cots", [f"i{k}" for k in range(ni, len(ins))]),
+        "    void *" + table("gin", [f"o{k}" for k in range(no, no + nic)]),
+        "    void *" + table("gpar", [f"o{k}" for k in range(no + nic, len(outs))]),
+        "    if (model_pullback(res, cots, gin, gpar, arena) != 0) return 4;",
+        "    if (!intact(arena + MODEL_ARENA_SIZE) || !intact(res + MODEL_RESIDUALS_SIZE)) return 3;",
+        "    f = fopen(argv[2], \"wb\");", "    if (!f) return 2;",
+        *[f"    fwrite(o{k}, 1, {n}, f);" for k, n in enumerate(outs)],
+        "    fclose(f);", "    return 0;", "}", ""])
+
+
+@pytest.mark.parametrize("emit", ["object", "c"])
+def test_cnn_gradients_on_cortex_a76_under_qemu(tmp_path, emit):
+    """The library as shipped (object path, and the portable C path built by zig cc),
+    linked into a C program for cortex-a76 and run under qemu-user."""
+    import subprocess
+
+    import onnx
+    from toolchain.compiler import build
+    from toolchain.harness.runner import launcher, run_program, zig_cc
+    from toolchain.targets import get_profile
+
+    profile = get_profile("cortex-a76")
+    m = cnn()
+    onnx.save(m, tmp_path / "cnn.onnx")
+    res = build(tmp_path / "cnn.onnx", "cortex-a76", "model", tmp_path / "out", emit=emit, grad="reverse")
+    man = res.manifest
+    (tmp_path / "main.c").write_text(_driver(man))
+    lib = [str(tmp_path / "out" / "libmodel.a")] if emit == "object" else [str(tmp_path / "out" / "model.c")]
+    exe = tmp_path / "main"
+    proc = subprocess.run(zig_cc(profile) + ["-std=c11", f"-I{tmp_path / 'out'}", str(tmp_path / "main.c"), *lib,
+                                             "-o", str(exe)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal(t["shape"]).astype(np.float32) for t in man["inputs"]]
+    _, ys, _, cts, grads = pullback64(m, [x.astype(np.float64) for x in xs])
+    (tmp_path / "in.bin").write_bytes(b"".join(a.tobytes() for a in xs + _float32(cts)))
+    run_program(launcher(profile) + [str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], timeout=120)
+    flat = np.frombuffer((tmp_path / "out.bin").read_bytes(), np.float32)
+    start = 0
+    for want in list(ys) + list(grads):
+        got = flat[start:start + want.size].reshape(want.shape)
+        start += want.size
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max()))
+    assert start == flat.size
