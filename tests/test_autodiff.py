@@ -245,3 +245,67 @@ def test_cnn_gradients_on_cortex_a76_under_qemu(tmp_path, emit):
         start += want.size
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max()))
     assert start == flat.size
+
+
+def _edgec(*args):
+    import subprocess
+    import sys
+    from helpers import ROOT
+    return subprocess.run([sys.executable, "-m", "toolchain", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_cli_grad_build_header_manifest_symbols(tmp_path):
+    """edgec build --grad reverse: the header's macros are the manifest's figures (read back
+    by a C program), the residual layout tiles the buffer, only the two entries are exported."""
+    import json
+    import subprocess
+
+    import onnx
+    onnx.save(mlp(), tmp_path / "mlp.onnx")
+    out = tmp_path / "out"
+    proc = _edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "mlp.onnx"), "--name", "net",
+                  "--out", str(out), "--grad", "reverse")
+    assert proc.returncode == 0, proc.stderr
+    assert "reverse   residuals" in proc.stdout
+    man = json.loads((out / "net.json").read_text())
+    g = man["grad"]
+    assert [p["name"] for p in g["params"]] == ["W1", "b1", "W2", "b2"]
+    assert [p["shape"] for p in g["params"]] == [[16, 8], [16], [5, 16], [5]]
+    end = 0
+    for v in g["residuals"]["values"]:
+        assert v["offset"] >= end and v["offset"] % g["residuals"]["align"] == 0
+        end = v["offset"] + v["bytes"]
+    assert end <= g["residuals"]["size"]
+    assert man["arena"]["size"] == max(a["size"] for a in g["arenas"].values())
+    prog = tmp_path / "p.c"
+    prog.write_text('#include <stdio.h>\n#include "net.h"\nint main(void) {\n'
+                    '  int (*p)(const void *const *, void *const *, void *, void *) = net_primal;\n'
+                    '  int (*q)(const void *, const void *const *, void *const *, void *const *, void *) = net_pullback;\n'
+                    '  (void)p; (void)q;\n'
+                    '  printf("%u %u %u %u %u %u %u\\n", NET_RESIDUALS_SIZE, NET_RESIDUALS_ALIGN, NET_NUM_PARAMS,\n'
+                    '         NET_PARAM0_ELEMS, NET_PARAM3_ELEMS, NET_ARENA_SIZE, NET_NUM_INPUT_COTANGENTS);\n'
+                    '  return 0;\n}\n')
+    exe = tmp_path / "p"
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", f"-I{out}", str(prog),
+                    str(out / "net.o"), "-o", str(exe)], check=True)
+    figures = list(map(int, subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()))
+    assert figures == [g["residuals"]["size"], g["residuals"]["align"], 4, 128, 5, man["arena"]["size"], 1]
+    syms = subprocess.run(["nm", "-g", "--defined-only", str(out / "net.o")], capture_output=True, text=True,
+                          check=True).stdout.split()
+    assert sorted(s for s in syms if s.startswith("net_")) == ["net_primal", "net_pullback"]
+    assert set(man["stack_bytes"]) == {"net_primal", "net_pullback"}
+
+
+def test_cli_grad_refusals(tmp_path):
+    import onnx
+    m = onnx_model([node("LeakyRelu", ["a"], ["l"], name="leaky"), node("Relu", ["l"], name="act")], {"a": (2, 3)})
+    m.graph.node[0].name, m.graph.node[1].name = "leaky", "act"
+    onnx.save(m, tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    proc = _edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "m.onnx"), "--out", str(out),
+                  "--grad", "reverse")
+    assert proc.returncode == 1 and not out.exists()
+    assert proc.stderr.strip().splitlines() == ["edgec: error: node 'leaky' (LeakyRelu): no derivative rule "
+                                                "(reverse mode)"]
+    proc = _edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "m.onnx"), "--grad", "forward")
+    assert proc.returncode == 2 and "--grad" in proc.stderr
