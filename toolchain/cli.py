@@ -66,7 +66,8 @@ def cmd_build(args):
 
     dump = sys.stderr if args.dump_ir else None
     res = build(args.model, args.target, args.name, args.out, dims, dump, emit=args.emit,
-                budgets={"flash_bytes": args.flash_budget, "ram_bytes": args.ram_budget}, grad=args.grad)
+                budgets={"flash_bytes": args.flash_budget, "ram_bytes": args.ram_budget},
+                grad=getattr(args, "grad", None))
     m = res.manifest
     print(f"built {m['model']} for {m['target']['name']} -> {res.paths['header'].parent}")
     for kind, path in res.paths.items():
