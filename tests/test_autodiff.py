@@ -309,3 +309,49 @@ def test_cli_grad_refusals(tmp_path):
                                                 "(reverse mode)"]
     proc = _edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "m.onnx"), "--grad", "forward")
     assert proc.returncode == 2 and "--grad" in proc.stderr
+
+
+def _numpy_sgd(params, x, target, lr, steps):
+    """The MLP's training step written out by hand in float64 numpy (no edgec code):
+    y = softmax(relu(x W1^T + b1) W2^T + b2), loss = mean((y - t)^2), p -= lr dloss/dp."""
+    W1, b1, W2, b2 = (p.astype(np.float64) for p in params)
+    x, target = x.astype(np.float64), target.astype(np.float64)
+    losses = []
+    for _ in range(steps):
+        h = x @ W1.T + b1
+        r = np.maximum(h, 0)
+        z = r @ W2.T + b2
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        y = e / e.sum(axis=1, keepdims=True)
+        losses.append(np.mean((y - target) ** 2))
+        dy = 2 * (y - target) / y.size
+        dz = y * (dy - (dy * y).sum(axis=1, keepdims=True))
+        dW2, db2, dr = dz.T @ r, dz.sum(0), dz @ W2
+        dh = dr * (h > 0)
+        dW1, db1 = dh.T @ x, dh.sum(0)
+        W1, b1, W2, b2 = W1 - lr * dW1, b1 - lr * db1, W2 - lr * dW2, b2 - lr * db2
+    return losses, [W1, b1, W2, b2]
+
+
+def test_train_step_sgd_mse_matches_numpy():
+    """model_train_step (x86-64-v3, in-process): 5 SGD steps of the MLP on an MSE loss, the
+    losses and the parameters after them against the hand-written float64 numpy steps."""
+    from onnx import numpy_helper
+
+    from toolchain import compile_train
+    m = mlp()
+    ct = compile_train(m)
+    params = ct.params_init()
+    inits = [numpy_helper.to_array(t) for t in m.graph.initializer]
+    for i, want in enumerate(inits):
+        np.testing.assert_array_equal(ct.param(params, i), want)  # params_init copies the trained values
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    target = rng.dirichlet(np.ones(5), size=3).astype(np.float32)
+    lr = 2.0
+    losses = [ct.train_step(params, [x], [target], lr) for _ in range(5)]
+    want_losses, want_params = _numpy_sgd(inits, x, target, lr, 5)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-4)
+    assert losses[-1] < losses[0]
+    for i, want in enumerate(want_params):
+        np.testing.assert_allclose(ct.param(params, i), want, rtol=1e-4, atol=1e-5)

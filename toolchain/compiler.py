@@ -26,6 +26,8 @@ from .frontend.onnx_import import import_model
 from .ops import registry
 from .passes import run_pipeline
 from .passes.autodiff import bind_params, residual_layout, reverse
+from .passes.train import init_graph, param_layout, train_graph
+from .memory import Storage
 from .targets import Profile, get_profile
 from .version import __version__
 
@@ -44,6 +46,7 @@ class Compiled:
     c_source: str = ""  # the C path's <name>.c (emit="c"); its object is the check build
     emit: str = "object"
     grad: dict = None  # a reverse-mode build: program, plan per graph, residual offsets and size
+    train: dict = None  # a training build: program, plans, parameter offsets and buffer size
 
 
 @dataclass
@@ -99,6 +102,35 @@ def compile_grad_graph(g: Graph, params, profile: Profile, name: str, dump: Text
     return Compiled(prog.primal, both, out.object, info, out.llvm_ir, stack, out.c_source, emit, grad)
 
 
+def compile_train_graph(g: Graph, params, profile: Profile, name: str, loss: str = "mse",
+                        dump: TextIO | None = None, emit: str = "object") -> Compiled:
+    """A training build (passes.train): the step graph, whose parameter updates are written
+    over the parameters' own bytes in the caller's buffer (the plan places each updated
+    parameter at its input), and the params-init graph."""
+    if emit != "object":
+        raise InvalidModelError("--train builds have only the object path yet (not --emit c)")
+    backend = get_backend(emit)
+    tp = train_graph(g, params, loss)
+    init = init_graph(tp.params, name)
+    vector = backend.vector_unit(profile)
+    graphs = {"train": tp.graph, "init": init}
+    plans = {}
+    for part, graph in graphs.items():
+        run_pipeline(graph, dump=dump, vector=vector)
+        plans[part] = plan_memory(graph, profile.arena_align)
+    first = tp.n_inputs + tp.n_targets
+    for k, v in enumerate(tp.graph.outputs[1:]):
+        plans["train"].storage[id(v)] = Storage("input", first + k)  # the update overwrites the parameter
+    offsets, size = param_layout(tp.params, profile.arena_align)
+    out = backend.generate_train(tp, init, plans, offsets, name, profile)
+    info = read_object(out.object)
+    check_self_contained(info, profile, name)
+    stack = stack_usage(out.frames, out.calls, entry_symbols(name, train=True), profile.return_address_bytes)
+    plan = plans["train"]
+    train = {"program": tp, "plans": plans, "offsets": offsets, "params_size": size, "loss": loss}
+    return Compiled(tp.graph, plan, out.object, info, out.llvm_ir, stack, out.c_source, emit, None, train)
+
+
 def compile_onnx(model: onnx.ModelProto, target: str, name: str = "model", dims=None,
                  dump: TextIO | None = None, emit: str = "object") -> Compiled:
     check_name(name)
@@ -108,14 +140,16 @@ def compile_onnx(model: onnx.ModelProto, target: str, name: str = "model", dims=
 
 def build(model_path: str | Path | None, target: str, name: str = "model", out: str | Path | None = None,
           dims: dict[str, int] | None = None, dump: TextIO | None = None, emit: str = "object",
-          budgets: dict | None = None, grad: str | None = None) -> BuildResult:
+          budgets: dict | None = None, grad: str | None = None, train: str | None = None) -> BuildResult:
     """emit="object": <name>.o and lib<name>.a (LLVM); emit="c": <name>.c (portable C99).
     Both also write <name>.h, <name>.json and the CMake/Make fragments.
     budgets: {"flash_bytes": n, "ram_bytes": n} over the target profile's own; a build over
     budget fails and writes nothing. The output directory is checked before compiling, and
     the files of the build replace the previous ones of the same name as one set.
     grad="reverse": <name>_primal and <name>_pullback (every float input and initializer
-    differentiated) instead of <name>_run; such builds do not use the compile cache yet."""
+    differentiated) instead of <name>_run; train="mse": <name>_train_step (SGD on that loss,
+    parameters in a caller-owned buffer) and <name>_params_init. Neither uses the compile
+    cache yet."""
     check_name(name)
     if grad is not None and grad not in GRAD_MODES:
         raise InvalidModelError(f"--grad must be one of {', '.join(GRAD_MODES)}, got '{grad}'")
@@ -124,17 +158,21 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     model_path = Path(model_path) if model_path else DEFAULT_MODEL
     out = Path(out) if out else PROJECT_ROOT / "build" / target
     check_out_dir(out, owned_files(name))
-    hook = BuildHook.open(model_path, profile, name, dims, emit, budgets) if dump is None and not grad else None
+    if grad and train:
+        raise InvalidModelError("--grad and --train are separate builds: choose one")
+    hook = BuildHook.open(model_path, profile, name, dims, emit, budgets) if dump is None and not (grad or train) else None
     if hook is not None and (hit := hook.restore(out)) is not None:
         return BuildResult(*hit, compiled=None)  # a cache hit: the artifacts, nothing compiled
     model = load_model(model_path)
-    if grad:
-        params = [t.name for t in model.graph.initializer]
+    params = [t.name for t in model.graph.initializer]
+    if train:
+        compiled = compile_train_graph(import_model(model, name, dims), params, profile, name, train, dump, emit)
+    elif grad:
         compiled = compile_grad_graph(import_model(model, name, dims), params, profile, name, dump, emit)
     else:
         compiled = compile_graph(import_batched(model, name, dims), profile, name, dump, emit)
     options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__,
-               **({"emit": emit} if emit != "object" else {}), **({"grad": grad} if grad else {})}
+               **({"emit": emit} if emit != "object" else {}), **({"grad": grad} if grad else {}), **({"train": train} if train else {})}
     manifest = make_manifest(compiled, profile, name, model_path, options)
     manifest["build_id"] = build_id(manifest)
     check_budgets({**manifest, "arena_bytes": manifest["arena"]["size"],
@@ -240,6 +278,18 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
         },
         "compiler": {"name": "edgec", "version": __version__},
     }
+    if c.train is not None:
+        tp = c.train["program"]
+        manifest["inputs"] = manifest["inputs"][:tp.n_inputs]
+        manifest["outputs"] = [_tensor_info(v) for v in tp.outputs]
+        manifest["train"] = {
+            "loss": c.train["loss"], "optimizer": "sgd", "opt_state_size": 0,
+            "params_size": c.train["params_size"], "params_align": c.plan.alignment,
+            "params": [{"name": p.name, "dtype": str(p.data.dtype), "shape": list(p.data.shape), "offset": off,
+                        "elems": int(p.data.size), "bytes": int(p.data.nbytes)}
+                       for p, off in zip(tp.params, c.train["offsets"])],
+            "targets": [_tensor_info(v) for v in tp.outputs],
+        }
     if c.grad is not None:
         n = c.grad["program"].n_outputs
         manifest["outputs"] = manifest["outputs"][:n]

@@ -75,13 +75,37 @@ def pullback_prototype(name: str) -> str:
     return f"{RUN_RETURNS} {pullback_symbol(name)}({PULLBACK_PARAMS})"
 
 
+TRAIN_STEP_PARAMS = ("void *params, void *opt_state, const void *const *inputs, const void *const *targets, "
+                     "float learning_rate, float *loss, void *arena")
+
+
+def train_step_symbol(name: str) -> str:
+    """A training build: one SGD step on the parameters in the caller's buffer."""
+    return f"{name}_train_step"
+
+
+def params_init_symbol(name: str) -> str:
+    """A training build: copies the model's trained parameter values into the caller's buffer."""
+    return f"{name}_params_init"
+
+
+def train_step_prototype(name: str) -> str:
+    return f"{RUN_RETURNS} {train_step_symbol(name)}({TRAIN_STEP_PARAMS})"
+
+
+def params_init_prototype(name: str) -> str:
+    return f"void {params_init_symbol(name)}(void *params)"
+
+
 def graph_symbol(name: str, part: str) -> str:
     """The internal function running one graph of a reverse-mode build (part: primal, pullback)."""
     return f"{name}_{part}_graph"
 
 
-def entry_symbols(name: str, bounded: bool = False, grad: bool = False) -> list[str]:
+def entry_symbols(name: str, bounded: bool = False, grad: bool = False, train: bool = False) -> list[str]:
     """Every exported function of the contract (the stack report covers each)."""
+    if train:
+        return [train_step_symbol(name), params_init_symbol(name)]
     if grad:
         return [primal_symbol(name), pullback_symbol(name)]
     return [run_symbol(name), run_dims_symbol(name)] if bounded else [run_symbol(name)]

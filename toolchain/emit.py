@@ -15,8 +15,8 @@ import struct
 import tempfile
 from pathlib import Path
 
-from .contract import (ERR_DIM_OUT_OF_RANGE, c_comment_text, macro_prefix, primal_prototype, pullback_prototype,
-                       run_dims_prototype, run_prototype)
+from .contract import (ERR_DIM_OUT_OF_RANGE, c_comment_text, macro_prefix, params_init_prototype, primal_prototype,
+                       pullback_prototype, run_dims_prototype, run_prototype, train_step_prototype)
 from .errors import InvalidModelError
 
 
@@ -118,6 +118,29 @@ def c_header(name: str, manifest: dict) -> str:
             if "item_bytes" in t:
                 lines += [f"#define {macro}_ITEM_BYTES {int(t['item_bytes'])}u  /* per item of "
                           f"'{c_comment_text(t['batch_dim'])}'; ELEMS and BYTES are at its bound */"]
+    train = manifest.get("train")
+    if train is not None:
+        lines += [f"#define {up}_PARAMS_SIZE  {int(train['params_size'])}u  /* bytes of the caller's parameter "
+                  f"buffer (layout in {name}.json) */",
+                  f"#define {up}_PARAMS_ALIGN {int(train['params_align'])}u",
+                  f"#define {up}_OPT_STATE_SIZE 0u  /* SGD keeps no state: opt_state may be NULL */",
+                  f"#define {up}_TRAIN_ARENA_SIZE {arena_size}u",
+                  f"#define {up}_NUM_PARAMS   {len(train['params'])}"]
+        for i, p in enumerate(train["params"]):
+            lines += [f"/* param {i}: '{c_comment_text(p['name'])}', {c_comment_text(p['dtype'])} "
+                      f"[{', '.join(map(str, p['shape']))}] */",
+                      f"#define {up}_PARAM{i}_ELEMS {int(p['elems'])}u",
+                      f"#define {up}_PARAM{i}_OFFSET {int(p['offset'])}u"]
+        lines += ["",
+                  f"/* Training ({c_comment_text(train['loss'])} loss, SGD). params_init writes the model's trained",
+                  "   values into params (PARAMS_SIZE bytes aligned to PARAMS_ALIGN). train_step runs",
+                  "   one step on one batch: inputs[i] as for inference, targets[j] shaped as output j;",
+                  "   writes the loss before the update into *loss and updates params in place",
+                  "   (p -= learning_rate * dloss/dp). Returns 0. */",
+                  f"{params_init_prototype(name)};",
+                  f"{train_step_prototype(name)};",
+                  "", "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {guard} */", ""]
+        return "\n".join(lines)
     grad = manifest.get("grad")
     if grad is not None:
         res = grad["residuals"]

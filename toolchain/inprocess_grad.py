@@ -117,3 +117,70 @@ def compile_grad(model, target: str | None = None, *, dims: dict | None = None, 
         files = {p.name: p.read_bytes() for p in res.paths.values()}
         kinds = {p.name: k for k, p in res.paths.items()}
     return CompiledGrad(files, kinds, name, profile)
+
+
+_TRAIN_STEP = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, _PP, _PP, ctypes.c_float,
+                               ctypes.POINTER(ctypes.c_float), ctypes.c_void_p)
+_PARAMS_INIT = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+class CompiledTrain:
+    """A training build loaded in-process: `params_init()` returns a fresh parameter buffer
+    (uint8, PARAMS_SIZE bytes, aligned), `train_step(params, inputs, targets, lr)` updates
+    it in place and returns the loss; `param(params, i)` views parameter i in it."""
+
+    def __init__(self, files: dict, kinds: dict, name: str, profile):
+        self.files, self.kinds, self.name, self.target = files, kinds, name, profile.name
+        self.manifest = json.loads(files[f"{name}.json"])
+        t = self.manifest["train"]
+        self.inputs, self.targets = _specs(self.manifest["inputs"]), _specs(t["targets"])
+        self.params = t["params"]
+        self.params_size, self.params_align = t["params_size"], t["params_align"]
+        self.arena = _aligned(self.manifest["arena"]["size"] or 1, self.manifest["arena"]["align"])
+        self._lock = threading.Lock()
+        self._fns = None
+        if profile.runs_natively():
+            self._engine, self._fns = _load_symbols(files[f"{name}.o"], [(f"{name}_train_step", _TRAIN_STEP),
+                                                                         (f"{name}_params_init", _PARAMS_INIT)])
+
+    def params_init(self) -> np.ndarray:
+        if self._fns is None:
+            raise CompileError(f"target '{self.target}' does not run on this host; export() the artifacts")
+        buf = _aligned(self.params_size, self.params_align)
+        self._fns[1](ctypes.c_void_p(buf.ctypes.data))
+        return buf
+
+    def param(self, params: np.ndarray, i: int) -> np.ndarray:
+        p = self.params[i]
+        return params[p["offset"]:p["offset"] + p["bytes"]].view(np.dtype(p["dtype"])).reshape(p["shape"])
+
+    def train_step(self, params: np.ndarray, inputs, targets, learning_rate: float) -> float:
+        if (not isinstance(params, np.ndarray) or params.dtype != np.uint8 or params.size != self.params_size
+                or params.ctypes.data % self.params_align or not params.flags.c_contiguous):
+            raise CompileError("params: expected the aligned uint8 buffer params_init() returns")
+        ins = CompiledGrad._check(self, self.inputs, list(inputs), "input")
+        tgs = CompiledGrad._check(self, self.targets, list(targets), "target")
+        loss = ctypes.c_float()
+        with self._lock:
+            rc = self._fns[0](ctypes.c_void_p(params.ctypes.data), None, _table(ins), _table(tgs),
+                              ctypes.c_float(learning_rate), ctypes.byref(loss), ctypes.c_void_p(self.arena.ctypes.data))
+        if rc != 0:
+            raise CompileError(f"{self.name}_train_step returned {rc}")
+        return loss.value
+
+
+def compile_train(model, target: str | None = None, *, dims: dict | None = None, name: str = "model",
+                  loss: str = "mse") -> CompiledTrain:
+    from .compiler import build
+
+    profile = host_profile() if target is None else _get_profile(target)
+    path, data, _, model_name = _resolve_model(model)
+    with tempfile.TemporaryDirectory(prefix="edgec-train-") as tmp:
+        if path is None:
+            path = Path(tmp) / "src" / (model_name or f"{name}.onnx")
+            path.parent.mkdir()
+            path.write_bytes(data)
+        res = build(path, profile.name, name, Path(tmp) / "out", dims=dims, train=loss)
+        files = {p.name: p.read_bytes() for p in res.paths.values()}
+        kinds = {p.name: k for k, p in res.paths.items()}
+    return CompiledTrain(files, kinds, name, profile)

@@ -12,8 +12,8 @@ import tempfile
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from ..contract import (ERR_DIM_OUT_OF_RANGE, graph_symbol, item_symbol, node_symbols, primal_symbol, pullback_symbol,
-                        run_dims_symbol, run_symbol)
+from ..contract import (ERR_DIM_OUT_OF_RANGE, graph_symbol, item_symbol, node_symbols, params_init_symbol,
+                        primal_symbol, pullback_symbol, run_dims_symbol, run_symbol, train_step_symbol)
 from ..errors import InternalError
 from ..ir import Graph
 from ..kernel.llvm import I8, I32, LLVM_TYPES, Kernel, Tensor
@@ -40,6 +40,12 @@ class LLVMBackend:
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
 
 
+    def generate_train(self, tp, init, plans, offsets, name: str, profile: Profile) -> Generated:
+        """A training build: <name>_train_step and <name>_params_init in one object."""
+        module = build_train_module(tp, init, plans, offsets, name, profile)
+        obj, optimized, frames = compile_ir(module_text(module), profile)
+        return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
+
     def generate_grad(self, prog, plans, offsets, name: str, profile: Profile) -> Generated:
         """A reverse-mode build: <name>_primal and <name>_pullback in one object."""
         module = build_grad_module(prog, plans, offsets, name, profile)
@@ -61,14 +67,10 @@ def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile) -> ir.
     return module
 
 
-def build_grad_module(prog, plans, offsets, name: str, profile: Profile) -> ir.Module:
-    """Both graphs of a reverse-mode build, each as an internal run function (weights they
-    share stored once), and the two exported entries that route the residual buffer."""
-    module = ir.Module(name=name)
-    module.triple = profile.triple
-    index = ir.IntType(profile.index_bits)
+def _graph_functions(module, graphs: dict, plans: dict, name: str, profile: Profile, index) -> dict:
+    """Each graph as an internal run function <name>_<part>_graph; constants equal in type
+    and bytes are stored once for all of them."""
     weights, by_bytes = {}, {}
-    graphs = {"primal": prog.primal, "pullback": prog.pullback}
     for g in graphs.values():
         for v in g.constants():
             key = (v.type, v.data.tobytes())
@@ -80,7 +82,59 @@ def build_grad_module(prog, plans, offsets, name: str, profile: Profile) -> ir.M
         kernels = [_node_function(module, g, plans[part], sym, node, profile.vector_unit, index)
                    for node, sym in zip(g.nodes, node_symbols(f"{name}_{part}", g.nodes))]
         runs[part] = _run_function(module, g, plans[part], graph_symbol(name, part), weights, kernels, index, True)
+    return runs
+
+
+def build_grad_module(prog, plans, offsets, name: str, profile: Profile) -> ir.Module:
+    """Both graphs of a reverse-mode build, and the two exported entries that route the
+    residual buffer."""
+    module = ir.Module(name=name)
+    module.triple = profile.triple
+    index = ir.IntType(profile.index_bits)
+    runs = _graph_functions(module, {"primal": prog.primal, "pullback": prog.pullback}, plans, name, profile, index)
     _grad_entries(module, prog, runs, offsets, name, index)
+    return module
+
+
+def build_train_module(tp, init, plans, offsets, name: str, profile: Profile) -> ir.Module:
+    """A training build: <name>_train_step around the train graph (parameters read and
+    updated in the caller's buffer at `offsets`, the learning rate passed by value) and
+    <name>_params_init around the graph that copies the trained values there."""
+    module = ir.Module(name=name)
+    module.triple = profile.triple
+    index = ir.IntType(profile.index_bits)
+    runs = _graph_functions(module, {"train": tp.graph, "init": init}, plans, name, profile, index)
+    ptr, f32 = I8.as_pointer(), ir.FloatType()
+    pp = ptr.as_pointer()
+
+    def table(b, entries):
+        local = b.alloca(ptr, max(len(entries), 1))
+        for k, p in enumerate(entries):
+            b.store(p, b.gep(local, [ir.Constant(index, k)], inbounds=True))
+        return local
+
+    def at(b, buf, off):
+        return b.gep(buf, [ir.Constant(index, off)], inbounds=True)
+
+    fn = ir.Function(module, ir.FunctionType(I32, [ptr, ptr, pp, pp, f32, f32.as_pointer(), ptr]),
+                     name=train_step_symbol(name))
+    fn.attributes.add("nounwind")
+    params, _, inputs, targets, lr, loss, arena = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    slot = b.alloca(f32)
+    b.store(lr, slot)
+    load = [b.load(b.gep(inputs, [ir.Constant(index, i)], inbounds=True)) for i in range(tp.n_inputs)]
+    load += [b.load(b.gep(targets, [ir.Constant(index, j)], inbounds=True)) for j in range(tp.n_targets)]
+    ins = table(b, load + [at(b, params, off) for off in offsets] + [b.bitcast(slot, ptr)])
+    outs = table(b, [b.bitcast(loss, ptr)] + [ir.Constant(ptr, None)] * len(offsets))
+    b.ret(b.call(runs["train"], [ins, outs, arena]))
+
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr]), name=params_init_symbol(name))
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    outs = table(b, [at(b, fn.args[0], off) for off in offsets])
+    b.call(runs["init"], [table(b, []), outs, ir.Constant(ptr, None)])
+    b.ret_void()
     return module
 
 
