@@ -27,22 +27,26 @@ def _exec(args):
             "emit": "object (default: <name>.o, lib<name>.a) or c (portable C99 <name>.c)",
             "flash_budget": "fail if flash (text+rodata+data) exceeds BYTES",
             "ram_budget": "fail if RAM (data+bss+arena+stack) exceeds BYTES",
-            "grad": "reverse: <name>_primal and <name>_pullback instead of <name>_run"},
+            "grad": "reverse: <name>_primal and <name>_pullback instead of <name>_run",
+            "train": "<name>_train_step (SGD) and <name>_params_init instead of <name>_run",
+            "loss": "training loss: mse (the default)"},
       iterable=["dim"])
 def build(c, target=None, model=None, name=None, out=None, dump_ir=False, dim=None, emit=None,
-          flash_budget=None, ram_budget=None, grad=None):
+          flash_budget=None, ram_budget=None, grad=None, train=False, loss=None):
     """Compile a model to <out>/<name>.o, lib<name>.a (or <name>.c), <name>.h, <name>.json,
     <name>.cmake and <name>.mk (runs `python -m toolchain build`, the edgec CLI)."""
     args = [PY, "-m", "toolchain", "build"]
     for flag, value in (("--target", target), ("--model", model), ("--name", name), ("--out", out),
                         ("--emit", emit), ("--flash-budget", flash_budget), ("--ram-budget", ram_budget),
-                        ("--grad", grad)):
+                        ("--grad", grad), ("--loss", loss)):
         if value is not None:
             args += [flag, str(value)]
     for d in dim or []:
         args += ["--dim", d]
     if dump_ir:
         args.append("--dump-ir")
+    if train:
+        args.append("--train")
     _exec(args)
 
 

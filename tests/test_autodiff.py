@@ -309,6 +309,25 @@ def test_cli_grad_refusals(tmp_path):
                                                 "(reverse mode)"]
     proc = _edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "m.onnx"), "--grad", "forward")
     assert proc.returncode == 2 and "--grad" in proc.stderr
+    onnx.save(onnx_model([node("Relu", ["a"])], {"a": (2, 3)}), tmp_path / "relu.onnx")
+    proc = _edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "relu.onnx"), "--out", str(out),
+                  "--train")
+    assert proc.returncode == 1 and "no float initializers to train" in proc.stderr and not out.exists()
+
+
+def test_cli_train_build(tmp_path):
+    import onnx
+    onnx.save(mlp(), tmp_path / "mlp.onnx")
+    out = tmp_path / "out"
+    proc = _edgec("build", "--target", "cortex-a76", "--model", str(tmp_path / "mlp.onnx"), "--out", str(out),
+                  "--train", "--loss", "mse")
+    assert proc.returncode == 0, proc.stderr
+    assert "train     mse loss, sgd: params buffer 960 bytes (4 params)" in proc.stdout
+    header = (out / "model.h").read_text()
+    assert "#define MODEL_PARAMS_SIZE  960u" in header and "int model_train_step(void *params, void *opt_state" in header
+    proc = _edgec("build", "--target", "cortex-a76", "--model", str(tmp_path / "mlp.onnx"), "--out", str(out),
+                  "--train", "--emit", "c")
+    assert proc.returncode == 1 and "only the object path" in proc.stderr
 
 
 def _numpy_sgd(params, x, target, lr, steps):

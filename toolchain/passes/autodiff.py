@@ -122,10 +122,11 @@ class Builder:
         return self.reshape(v, shape)
 
 
-def params_to_inputs(g: Graph, names) -> list:
+def params_to_inputs(g: Graph, names, gemm_layout: bool = False) -> list:
     """The float initializers named in `names` become graph inputs (after the model's own),
     in that order. One the importer stored transposed (Gemm's `<name>_t`) is read through a
-    Transpose, so its input and cotangent keep the model's layout."""
+    Transpose, so its input and cotangent keep the model's layout; with gemm_layout, Gemms
+    read it as transB=1 instead (no transposed copy at run time, where nothing folds it)."""
     consts: dict = {}
     for node in g.nodes:
         for v in node.inputs:
@@ -142,6 +143,12 @@ def params_to_inputs(g: Graph, names) -> list:
         inp = Value(g.unique(name), TensorType.of(data))
         for v in direct:
             g.replace_all_uses(v, inp)
+        users = [(n, i) for n in g.nodes for i, x in enumerate(n.inputs) if any(x is v for v in flipped)]
+        if gemm_layout and all(n.op == "Gemm" and i == 1 and not n.attrs["transB"] for n, i in users):
+            for n, _ in users:
+                n.inputs[1] = inp
+                n.attrs["transB"] = 1
+            flipped = []
         for v in flipped:
             t = Value(g.unique(f"{name}_t"), v.type)
             g.replace_all_uses(v, t)
@@ -151,14 +158,15 @@ def params_to_inputs(g: Graph, names) -> list:
     return params
 
 
-def reverse(g: Graph, params=()) -> GradProgram:
+def reverse(g: Graph, params=(), gemm_layout: bool = False) -> GradProgram:
     """Primal and pullback of `g` (changed in place into the primal) with respect to its
-    float inputs and the float initializers named in `params`."""
+    float inputs and the float initializers named in `params` (gemm_layout: see
+    params_to_inputs)."""
     if g.batch is not None:
         raise UnsupportedError("derivatives of a bounded-batch build (--dim N<=...) are not supported")
     wrt = [i for i, v in enumerate(g.inputs) if _is_float(v)]
     n_model_inputs = len(g.inputs)
-    plist = params_to_inputs(g, params)
+    plist = params_to_inputs(g, params, gemm_layout)
     diff = [g.inputs[i] for i in wrt] + [p.primal for p in plist]
 
     varied = {id(v) for v in diff}

@@ -38,7 +38,7 @@ class TrainProgram:
 def train_graph(g: Graph, params, loss: str = "mse") -> TrainProgram:
     if loss not in LOSSES:
         raise UnsupportedError(f"loss '{loss}' is not supported (supported: {', '.join(LOSSES)})")
-    prog = reverse(g, params)
+    prog = reverse(g, params, gemm_layout=True)
     if not prog.params:
         raise UnsupportedError("the model has no float initializers to train")
     t, n = prog.primal, prog.n_outputs
@@ -78,11 +78,28 @@ def train_graph(g: Graph, params, loss: str = "mse") -> TrainProgram:
     for p, grad in zip(prog.params, grads):
         step = b.op("Mul", [grad, lr])
         updated.append(b.op("Sub", [p.primal, step]))
+    _update_early(t, prog.params, len(prog.params))
     t.inputs = model_inputs + targets + [p.primal for p in prog.params] + [lr]
     t.outputs = [total] + updated
     t.output_names = None
     verify(t)
     return TrainProgram(t, len(model_inputs), len(targets), prog.params, [outputs[j] for j in prog.cot_outputs])
+
+
+def _update_early(t: Graph, params, count: int):
+    """Each parameter's update (the last 2 * count nodes, a Mul and a Sub per parameter)
+    moves up to just after both its gradient is complete and the last other node reading
+    the parameter: the gradient's buffer then dies at once instead of staying alive to
+    the end of the step, and no later node can read the overwritten parameter."""
+    updates = t.nodes[len(t.nodes) - 2 * count:]
+    for k, p in enumerate(params):
+        mul, sub = updates[2 * k], updates[2 * k + 1]
+        t.nodes.remove(mul)
+        t.nodes.remove(sub)
+        grad = mul.inputs[0]
+        last = max([i for i, n in enumerate(t.nodes) if any(v is p.primal for v in n.inputs)] +
+                   [t.nodes.index(grad.producer) if grad.producer is not None else -1])
+        t.nodes[last + 1:last + 1] = [mul, sub]
 
 
 def init_graph(params, name: str) -> Graph:
