@@ -64,16 +64,29 @@ OPS = [
     ("conv-dilation", [node("Conv", ["x", "w"], dilations=[2, 1], pads=[2, 1, 2, 1])],
      {"x": (1, 2, 6, 5), "w": (2, 2, 3, 3)}, {}, False, 17),
     ("conv1d", [node("Conv", ["x", "W"], strides=[2])], {"x": (2, 2, 9)}, {"W": w(3, 2, 3)}, False, 17),
+    ("conv-grouped", [node("Conv", ["x", "W", "B"], group=2, strides=[2, 1], pads=[1, 1, 1, 1])],
+     {"x": (2, 4, 5, 5)}, {"W": w(4, 2, 3, 3), "B": w(4)}, False, 17),
+    ("conv-depthwise", [node("Conv", ["x", "W"], group=3, pads=[1, 1, 1, 1])], {"x": (2, 3, 5, 4)},
+     {"W": w(3, 1, 3, 3)}, False, 17),
+    ("conv-depthwise-multiplier", [node("Conv", ["x", "w"], group=2, strides=[2, 2], pads=[1, 1, 1, 1])],
+     {"x": (1, 2, 6, 6), "w": (4, 1, 3, 3)}, {}, False, 17),
+    ("averagepool", [node("AveragePool", ["a"], kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 1, 1])],
+     {"a": (2, 3, 5, 4)}, {}, False, 17),
+    ("averagepool-include-pad", [node("AveragePool", ["a"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1],
+                                      count_include_pad=1)], {"a": (1, 2, 4, 6)}, {}, False, 17),
+    ("clip", [node("Clip", ["a", "lo", "hi"])], {"a": (3, 5)}, {}, False, 17),
     ("batchnorm", [node("BatchNormalization", ["x", "s", "b", "m", "v"])], {"x": (2, 3, 4)},
      {"s": w(3), "b": w(3), "m": w(3), "v": np.array([0.5, 1.0, 2.0], np.float32)}, False, 17),
 ]
-CONSTS = {"shape": np.array([3, 8], np.int64), "axes": np.array([1], np.int64)}
+CONSTS = {"shape": np.array([3, 8], np.int64), "axes": np.array([1], np.int64),
+          "lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32)}
 
 
 def with_consts(nodes):
     """Shape operands as Constant nodes (not initializers: they are not parameters)."""
     used = {i for n in nodes for i in n.input}
-    return [helper.make_node("Constant", [], [k], value=helper.make_tensor(k, 7, v.shape, v))
+    return [helper.make_node("Constant", [], [k], value=helper.make_tensor(k, 7 if v.dtype == np.int64 else 1,
+                                                                          v.shape, v.reshape(-1)))
             for k, v in CONSTS.items() if k in used] + nodes
 
 
@@ -138,9 +151,9 @@ def test_refusals_name_node_and_op(nodes, match):
         reverse(import_model(m))
 
 
-def test_grouped_conv_refused():
-    m = onnx_model([node("Conv", ["x", "W"], group=2)], {"x": (1, 4, 5, 5)}, {"W": w(4, 2, 3, 3)})
-    with pytest.raises(UnsupportedError, match=r"\(Conv\): no derivative rule for grouped convolution"):
+def test_conv_with_rows_outside_every_window_refused():
+    m = onnx_model([node("Conv", ["x", "W"], strides=[2, 2])], {"x": (1, 1, 8, 8)}, {"W": w(2, 1, 3, 3)})
+    with pytest.raises(UnsupportedError, match=r"\(Conv\): no derivative rule when the last input rows"):
         reverse(import_model(m), ["W"])
 
 

@@ -117,6 +117,10 @@ UNARY_VJP = {
     "Log": lambda b, n, g: b.op("Div", [g, _x(b, n)]),
     "Sqrt": lambda b, n, g: b.op("Mul", [b.op("Div", [g, _y(b, n)]), b.scalar(0.5)]),
     "Neg": lambda b, n, g: b.op("Neg", [g]),
+    # 1 inside (min, max), 0 outside: Sign(Relu(x - min)) * Sign(Relu(max - x))
+    "Clip": lambda b, n, g: b.op("Mul", [g, b.op("Mul", [
+        b.op("Sign", [b.op("Relu", [b.op("Sub", [_x(b, n), b.scalar(n.attrs["min"])])])]),
+        b.op("Sign", [b.op("Relu", [b.op("Sub", [b.scalar(n.attrs["max"]), _x(b, n)])])])])]),
 }
 # derivative zero almost everywhere: refused, not silently zero
 PIECEWISE_CONSTANT = ("Floor", "Ceil", "Sign")

@@ -115,14 +115,13 @@ class Conv(Op):
         """dx: ConvTranspose of dy with the same weights; dw: a Conv over the input with
         batch and channels swapped (strides and dilations trade places), dy as its kernel."""
         a, g = node.attrs, cotangents[0]
-        if a["group"] != 1:
-            raise unsupported(node, "no derivative rule for grouped convolution (group > 1) yet")
+        groups = a["group"]
         x, w = node.inputs[:2]
         xs, ws, ys = x.type.shape, w.type.shape, node.outputs[0].type.shape
         rank, s, d, p = len(xs) - 2, a["strides"], a["dilations"], a["pads"]
         span = [(ys[2 + i] - 1) * s[i] + (ws[2 + i] - 1) * d[i] + 1 for i in range(rank)]
         out_pad = [xs[2 + i] + p[i] + p[rank + i] - span[i] for i in range(rank)]
-        gx = b.op("ConvTranspose", [g, b.primal(w)], group=1, kernel_shape=list(ws[2:]), strides=list(s),
+        gx = b.op("ConvTranspose", [g, b.primal(w)], group=groups, kernel_shape=list(ws[2:]), strides=list(s),
                   dilations=list(d), output_padding=out_pad, pads=list(p))
         end = [span[i] - xs[2 + i] - p[i] for i in range(rank)]  # the end padding dw's windows reach
         if min(end) < 0:
@@ -130,12 +129,34 @@ class Conv(Op):
         swap = [1, 0, *range(2, rank + 2)]
         xt = b.op("Transpose", [b.primal(x)], perm=swap)
         gt = b.op("Transpose", [g], perm=swap)
-        gw = b.op("Conv", [xt, gt], group=1, kernel_shape=list(ys[2:]), strides=list(d), dilations=list(s),
-                  pads=list(p[:rank]) + end)
-        grads = [gx, b.op("Transpose", [gw], perm=swap)]
+        window = dict(kernel_shape=list(ys[2:]), strides=list(d), dilations=list(s), pads=list(p[:rank]) + end)
+        if groups == 1:
+            gw = b.op("Transpose", [b.op("Conv", [xt, gt], group=1, **window)], perm=swap)
+        else:
+            gw = self._grouped_weight_grad(b, xt, gt, xs, ws, groups, window)
+        grads = [gx, gw]
         if len(node.inputs) > 2 and node.inputs[2] is not None:
             grads.append(b.op("ReduceSum", [g], axes=[0, *range(2, rank + 2)], keepdims=0))
         return grads
+
+    @staticmethod
+    def _grouped_weight_grad(b, xt, gt, xs, ws, groups, window):
+        """dw of a grouped convolution as one grouped Conv of batch 1: input channel c*N+n
+        is item n's channel c, and each input channel c (of group c // cg) meets the m
+        output channels of its group, so out channel c*m+j is dw[(c // cg)*m + j, c % cg]."""
+        n, c = xs[0], xs[1]
+        o, cg = ws[0], ws[1]
+        m = o // groups
+        spatial = tuple(xs[2:])
+        xin = b.reshape(xt, (1, c * n) + spatial)
+        kernel = gt  # (O, N, oh, ow): row c*m+j must be dy's channel (c // cg)*m + j
+        if cg > 1:
+            idx = np.array([(ci // cg) * m + j for ci in range(c) for j in range(m)], np.int64)
+            kernel = b.op("Gather", [gt, b.g.const("channels", idx)], axis=0)
+        out = b.op("Conv", [xin, kernel], group=c, **window)  # (1, C*m, k...)
+        out = b.reshape(out, (groups, cg, m) + tuple(ws[2:]))
+        out = b.op("Transpose", [out], perm=[0, 2, 1, *range(3, 3 + len(ws) - 2)])
+        return b.reshape(out, ws)
 
     def schedule(self, node, vec):
         a = node.attrs
