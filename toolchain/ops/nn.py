@@ -124,10 +124,14 @@ class Conv(Op):
         gx = b.op("ConvTranspose", [g, b.primal(w)], group=groups, kernel_shape=list(ws[2:]), strides=list(s),
                   dilations=list(d), output_padding=out_pad, pads=list(p))
         end = [span[i] - xs[2 + i] - p[i] for i in range(rank)]  # the end padding dw's windows reach
-        if min(end) < 0:
-            raise unsupported(node, "no derivative rule when the last input rows are outside every window")
+        xv = b.primal(x)
+        if min(end) < 0:  # trailing input rows no window reaches: cropped off for dw
+            count = [*xs[:2], *(xs[2 + i] + min(end[i], 0) for i in range(rank))]
+            xv = b.op("Slice", [xv], begin=[0] * len(xs), step=[1] * len(xs), count=count)
+            xs = tuple(count)
+            end = [max(e, 0) for e in end]
         swap = [1, 0, *range(2, rank + 2)]
-        xt = b.op("Transpose", [b.primal(x)], perm=swap)
+        xt = b.op("Transpose", [xv], perm=swap)
         gt = b.op("Transpose", [g], perm=swap)
         window = dict(kernel_shape=list(ys[2:]), strides=list(d), dilations=list(s), pads=list(p[:rank]) + end)
         if groups == 1:
