@@ -59,8 +59,9 @@ def pullback64(m, xs, cts_seed=1):
     return prog, ys, res, cts, grads
 
 
-def check_vjp(m, seed=0, positive=False, directions=3):
-    """Each cotangent against directional central differences of <ct, f(x, params)>."""
+def check_vjp(m, seed=0, positive=False, directions=3, joint=False, eps=EPS):
+    """Each cotangent against directional central differences of <ct, f(x, params)>, per
+    tensor, or (joint) along random directions through all inputs and parameters at once."""
     rng = np.random.default_rng(seed)
     ref = import_model(m)
     xs = random_inputs(ref, rng, positive)
@@ -77,6 +78,24 @@ def check_vjp(m, seed=0, positive=False, directions=3):
         np.testing.assert_allclose(y, r, rtol=1e-12, atol=1e-12)  # the primal computes the model
     targets = [("input", i) for i in prog.wrt_inputs] + [("param", p.name) for p in prog.params]
     assert len(grads) == len(targets)
+    if joint:
+        for _ in range(directions):
+            ds = [rng.standard_normal(gr.shape) for gr in grads]
+
+            def moved(sign):
+                xs_, ps = list(xs), dict(inits)
+                for (kind, key), d in zip(targets, ds):
+                    if kind == "input":
+                        xs_[key] = xs[key] + sign * eps * d
+                    else:
+                        ps[key] = inits[key] + sign * eps * d
+                return objective(xs_, ps)
+
+            fd = (moved(1) - moved(-1)) / (2 * eps)
+            an = sum(float((gr * d).sum()) for gr, d in zip(grads, ds))
+            scale = max(1.0, sum(float(np.abs(gr * d).sum()) for gr, d in zip(grads, ds)))
+            assert abs(fd - an) <= RTOL * scale, f"joint direction: finite difference {fd}, vjp {an}"
+        return prog
     for (kind, key), grad in zip(targets, grads):
         base = xs[key] if kind == "input" else inits[key]
         assert grad.shape == base.shape, (key, grad.shape, base.shape)
@@ -86,11 +105,11 @@ def check_vjp(m, seed=0, positive=False, directions=3):
             def at(sign):
                 if kind == "input":
                     moved = list(xs)
-                    moved[key] = xs[key] + sign * EPS * d
+                    moved[key] = xs[key] + sign * eps * d
                     return objective(moved, inits)
-                return objective(xs, {**inits, key: inits[key] + sign * EPS * d})
+                return objective(xs, {**inits, key: inits[key] + sign * eps * d})
 
-            fd = (at(1) - at(-1)) / (2 * EPS)
+            fd = (at(1) - at(-1)) / (2 * eps)
             an = float((grad * d).sum())
             scale = max(1.0, float(np.abs(grad * d).sum()))
             assert abs(fd - an) <= RTOL * scale, f"{kind} {key}: finite difference {fd}, vjp {an}"
