@@ -29,16 +29,19 @@ def _exec(args):
             "emit": "object (default: <name>.o, lib<name>.a) or c (portable C99 <name>.c)",
             "flash_budget": "fail if flash (text+rodata+data) exceeds BYTES",
             "ram_budget": "fail if RAM (data+bss+arena+stack) exceeds BYTES",
-            "weights": "internal (default) or external: weights in <name>_weights.bin, <name>_run_ext"},
+            "weights": "internal (default) or external: weights in <name>_weights.bin, <name>_run_ext",
+            "grad": "reverse: <name>_primal and <name>_pullback instead of <name>_run",
+            "train": "<name>_train_step (SGD) and <name>_params_init instead of <name>_run",
+            "loss": "training loss: mse (the default)"},
       iterable=["dim", "model"])
 def build(c, target=None, model=None, name=None, out=None, dump_ir=False, dim=None, emit=None,
-          flash_budget=None, ram_budget=None, weights=None):
+          flash_budget=None, ram_budget=None, weights=None, grad=None, train=False, loss=None):
     """Compile a model to <out>/<name>.o, lib<name>.a (or <name>.c), <name>.h, <name>.json,
     <name>.cmake and <name>.mk (runs `python -m toolchain build`, the edgec CLI)."""
     args = [PY, "-m", "toolchain", "build"]
     for flag, value in (("--target", target), ("--name", name), ("--out", out),
                         ("--emit", emit), ("--flash-budget", flash_budget), ("--ram-budget", ram_budget),
-                        ("--weights", weights)):
+                        ("--weights", weights), ("--grad", grad), ("--loss", loss)):
         if value is not None:
             args += [flag, str(value)]
     for m in model or []:
@@ -47,6 +50,8 @@ def build(c, target=None, model=None, name=None, out=None, dump_ir=False, dim=No
         args += ["--dim", d]
     if dump_ir:
         args.append("--dump-ir")
+    if train:
+        args.append("--train")
     _exec(args)
 
 

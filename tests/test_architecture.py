@@ -23,7 +23,7 @@ LAYERS = [
     ["emit", "integration", "cache"],
     ["inspect"],
     ["compiler", "library"],
-    ["harness", "inprocess"],
+    ["harness", "inprocess", "inprocess_grad"],
     ["bench", "compare", "firmware", "profile", "quantize", "cli", "__main__", ""],
 ]
 MAX_LINES = 600

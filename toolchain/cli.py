@@ -71,7 +71,8 @@ def cmd_build(args):
     dump = sys.stderr if args.dump_ir else None
     res = build(args.model, args.target, args.name, args.out, dims, dump, emit=args.emit,
                 budgets={"flash_bytes": args.flash_budget, "ram_bytes": args.ram_budget},
-                weights=getattr(args, "weights", "internal"))
+                weights=getattr(args, "weights", "internal"), grad=getattr(args, "grad", None),
+                train=getattr(args, "loss", None) if getattr(args, "train", False) else None)
     m = res.manifest
     print(f"built {m['model']} for {m['target']['name']} -> {res.paths['header'].parent}")
     for kind, path in res.paths.items():
@@ -82,6 +83,15 @@ def cmd_build(args):
           f"{m['macs']} MACs/inference")
     print(f"  flash     {m['flash_bytes']} bytes; RAM {m['ram_bytes']} bytes "
           f"(arena + stack {max(m['stack_bytes'].values(), default=0)})")
+    if "grad" in m:
+        g = m["grad"]
+        print(f"  reverse   residuals {g['residuals']['size']} bytes ({len(g['residuals']['values'])} values), "
+              f"arena primal {g['arenas']['primal']['size']} / pullback {g['arenas']['pullback']['size']} bytes, "
+              f"{len(g['params'])} params")
+    if "train" in m:
+        t = m["train"]
+        print(f"  train     {t['loss']} loss, {t['optimizer']}: params buffer {t['params_size']} bytes "
+              f"({len(t['params'])} params), train arena {m['arena']['size']} bytes")
     return res
 
 
@@ -237,6 +247,11 @@ def parser():
     b.add_argument("--weights", choices=["internal", "external"], default="internal",
                    help="internal: in the object's .rodata.<name>.weights (default); external: in "
                         "<name>_weights.bin, passed to <name>_run_ext (external flash, a file system)")
+    b.add_argument("--grad", choices=["reverse"], help="reverse: <name>_primal and <name>_pullback (derivatives "
+                   "with respect to every float input and initializer) instead of <name>_run")
+    b.add_argument("--train", action="store_true", help="<name>_train_step (SGD on --loss, every float "
+                   "initializer trained, in a caller-owned buffer) and <name>_params_init instead of <name>_run")
+    b.add_argument("--loss", choices=["mse"], default="mse", help="the training loss (default: mse)")
     b.set_defaults(fn=cmd_build)
     z = sub.add_parser("size", help="flash/RAM/stack report of a build (builds it if needed)")
     z.add_argument("--target")

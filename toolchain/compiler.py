@@ -21,9 +21,13 @@ from .inspect.size import check_budgets, totals
 from .inspect.stack import stack_usage
 from .integration import cmake_file, make_fragment
 from .ir import Graph
+from .frontend.onnx_import import import_model
 from .memory import MemoryPlan, buffer_alignment, check_sizes, plan_memory
 from .ops import registry
 from .passes import run_pipeline
+from .passes.autodiff import bind_params, residual_layout, reverse
+from .passes.train import init_graph, param_layout, train_graph
+from .memory import Storage
 from .targets import Profile, get_profile
 from .version import __version__
 
@@ -42,6 +46,8 @@ class Compiled:
     c_source: str = ""  # the C path's <name>.c (emit="c"); its object is the check build
     emit: str = "object"
     files: dict = None  # extra artifacts by kind (the external weights' blob)
+    grad: dict = None  # a reverse-mode build: program, plan per graph, residual offsets and size
+    train: dict = None  # a training build: program, plans, parameter offsets and buffer size
 
 
 @dataclass
@@ -78,12 +84,68 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
     out = backend.generate(g, plan, name, profile, weights=weights, **options)
     info = read_object(out.object)
     check_self_contained(info, profile, name)
-    entries = entry_symbols(name, g.batch is not None, weights == "external")
+    entries = entry_symbols(name, g.batch is not None, external=weights == "external")
     stack = stack_usage(out.frames, out.calls, entries, profile.return_address_bytes)
     return Compiled(g, plan, out.object, info, out.llvm_ir, stack, out.c_source, emit, dict(out.files))
 
 
 WEIGHT_PLACEMENTS = ("internal", "external")
+
+
+GRAD_MODES = ("reverse",)
+
+
+def compile_grad_graph(g: Graph, params, profile: Profile, name: str, dump: TextIO | None = None,
+                       emit: str = "object") -> Compiled:
+    """Reverse mode: primal and pullback (passes.autodiff, parameters bound as read-only
+    weights), the pipeline and the planner on each, both in one object. The arena serves
+    either entry (the larger of the two plans); residuals live in a buffer of their own."""
+    backend = get_backend(emit)
+    prog = bind_params(reverse(g, params))
+    vector = backend.vector_unit(profile)
+    plans = {}
+    for part in ("primal", "pullback"):
+        graph = getattr(prog, part)
+        run_pipeline(graph, dump=dump, vector=vector)
+        plans[part] = plan_memory(graph, profile.arena_align)
+    offsets, size = residual_layout(prog.primal.outputs[prog.n_outputs:], profile.arena_align)
+    out = backend.generate_grad(prog, plans, offsets, name, profile)
+    info = read_object(out.object)
+    check_self_contained(info, profile, name)
+    stack = stack_usage(out.frames, out.calls, entry_symbols(name, grad=True), profile.return_address_bytes)
+    both = MemoryPlan({}, max(p.arena_size for p in plans.values()), profile.arena_align,
+                      max(p.lower_bound for p in plans.values()), [])
+    grad = {"program": prog, "plans": plans, "offsets": offsets, "residuals_size": size}
+    return Compiled(prog.primal, both, out.object, info, out.llvm_ir, stack, out.c_source, emit, grad=grad)
+
+
+def compile_train_graph(g: Graph, params, profile: Profile, name: str, loss: str = "mse",
+                        dump: TextIO | None = None, emit: str = "object") -> Compiled:
+    """A training build (passes.train): the step graph, whose parameter updates are written
+    over the parameters' own bytes in the caller's buffer (the plan places each updated
+    parameter at its input), and the params-init graph."""
+    if emit != "object":
+        raise InvalidModelError("--train builds have only the object path yet (not --emit c)")
+    backend = get_backend(emit)
+    tp = train_graph(g, params, loss)
+    init = init_graph(tp.params, name)
+    vector = backend.vector_unit(profile)
+    graphs = {"train": tp.graph, "init": init}
+    plans = {}
+    for part, graph in graphs.items():
+        run_pipeline(graph, dump=dump, vector=vector)
+        plans[part] = plan_memory(graph, profile.arena_align)
+    first = tp.n_inputs + tp.n_targets
+    for k, v in enumerate(tp.graph.outputs[1:]):
+        plans["train"].storage[id(v)] = Storage("input", first + k)  # the update overwrites the parameter
+    offsets, size = param_layout(tp.params, profile.arena_align)
+    out = backend.generate_train(tp, init, plans, offsets, name, profile)
+    info = read_object(out.object)
+    check_self_contained(info, profile, name)
+    stack = stack_usage(out.frames, out.calls, entry_symbols(name, train=True), profile.return_address_bytes)
+    plan = plans["train"]
+    train = {"program": tp, "plans": plans, "offsets": offsets, "params_size": size, "loss": loss}
+    return Compiled(tp.graph, plan, out.object, info, out.llvm_ir, stack, out.c_source, emit, train=train)
 
 
 def compile_onnx(model: onnx.ModelProto, target: str, name: str = "model", dims=None,
@@ -95,27 +157,46 @@ def compile_onnx(model: onnx.ModelProto, target: str, name: str = "model", dims=
 
 def build(model_path: str | Path | None, target: str, name: str = "model", out: str | Path | None = None,
           dims: dict[str, int] | None = None, dump: TextIO | None = None, emit: str = "object",
-          budgets: dict | None = None, weights: str = "internal") -> BuildResult:
+          budgets: dict | None = None, weights: str = "internal", grad: str | None = None,
+          train: str | None = None) -> BuildResult:
     """emit="object": <name>.o and lib<name>.a (LLVM); emit="c": <name>.c (portable C99).
     Both also write <name>.h, <name>.json and the CMake/Make fragments.
     budgets: {"flash_bytes": n, "ram_bytes": n} over the target profile's own; a build over
     budget fails and writes nothing. The output directory is checked before compiling, and
     the files of the build replace the previous ones of the same name as one set.
     weights="external": no weight bytes in the object; <name>_weights.bin holds them and
-    <name>_run_ext takes their address (for weights in external flash or a file system)."""
+    <name>_run_ext takes their address (for weights in external flash or a file system).
+    grad="reverse": <name>_primal and <name>_pullback (every float input and initializer
+    differentiated) instead of <name>_run; train="mse": <name>_train_step (SGD on that loss,
+    parameters in a caller-owned buffer) and <name>_params_init. Neither uses the compile
+    cache yet."""
     check_name(name)
+    if grad is not None and grad not in GRAD_MODES:
+        raise InvalidModelError(f"--grad must be one of {', '.join(GRAD_MODES)}, got '{grad}'")
     get_backend(emit)
     profile = get_profile(target)
     model_path = Path(model_path) if model_path else DEFAULT_MODEL
     out = Path(out) if out else PROJECT_ROOT / "build" / target
     check_out_dir(out, owned_files(name))
-    hook = BuildHook.open(model_path, profile, name, dims, emit, budgets, weights) if dump is None else None
+    if grad and train:
+        raise InvalidModelError("--grad and --train are separate builds: choose one")
+    if (grad or train) and weights != "internal":
+        raise InvalidModelError("--weights external is for inference builds, not --grad or --train")
+    hook = (BuildHook.open(model_path, profile, name, dims, emit, budgets, weights)
+            if dump is None and not (grad or train) else None)
     if hook is not None and (hit := hook.restore(out)) is not None:
         return BuildResult(*hit, compiled=None)  # a cache hit: the artifacts, nothing compiled
     model = load_model(model_path)
-    compiled = compile_graph(import_batched(model, name, dims), profile, name, dump, emit, weights)
+    params = [t.name for t in model.graph.initializer]
+    if train:
+        compiled = compile_train_graph(import_model(model, name, dims), params, profile, name, train, dump, emit)
+    elif grad:
+        compiled = compile_grad_graph(import_model(model, name, dims), params, profile, name, dump, emit)
+    else:
+        compiled = compile_graph(import_batched(model, name, dims), profile, name, dump, emit, weights)
     options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__,
-               **({"emit": emit} if emit != "object" else {}), **({"weights": weights} if weights != "internal" else {})}
+               **({"emit": emit} if emit != "object" else {}), **({"weights": weights} if weights != "internal" else {}),
+               **({"grad": grad} if grad else {}), **({"train": train} if train else {})}
     manifest = make_manifest(compiled, profile, name, model_path, options)
     manifest["build_id"] = build_id(manifest)
     given = {k: v for k, v in (budgets or {}).items() if v is not None}
@@ -123,7 +204,7 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
                 for k in profile.budgets if k not in given}
     check_budgets({**manifest, "arena_bytes": manifest["arena"]["size"],
                    "symbols": compiled.info.by_size()}, {**profile.budgets, **given}, origin=defaults)
-    kinds = [*get_backend(emit).ships, *compiled.files, "header", "manifest", "cmake", "make"]
+    kinds = [*get_backend(emit).ships, *(compiled.files or {}), "header", "manifest", "cmake", "make"]
     files = {ARTIFACTS[kind][0](name): ARTIFACTS[kind][1](compiled, name, manifest) for kind in kinds}
     try:
         replace_outputs(out, name, files, owned_files(name))
@@ -186,12 +267,33 @@ def _file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def _grad_info(c: Compiled) -> dict:
+    """The reverse-mode part of the manifest: the residual buffer's layout (the ABI between
+    the two entries), the parameters, which tensors take and give cotangents, each arena."""
+    prog, plans = c.grad["program"], c.grad["plans"]
+    res = prog.primal.outputs[prog.n_outputs:]
+    return {
+        "mode": "reverse",
+        "residuals": {"size": c.grad["residuals_size"], "align": c.plan.alignment,
+                      "values": [{"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.shape),
+                                  "offset": off, "bytes": v.type.nbytes} for v, off in zip(res, c.grad["offsets"])]},
+        "params": [{"name": p.name, "dtype": str(p.data.dtype), "shape": list(p.data.shape),
+                    "elems": int(p.data.size), "bytes": int(p.data.nbytes)} for p in prog.params],
+        "input_cotangents": [_tensor_info(prog.primal.inputs[i]) for i in prog.wrt_inputs],
+        "output_cotangents": [_tensor_info(prog.primal.outputs[j]) for j in prog.cot_outputs],
+        "arenas": {part: {"size": p.arena_size, "lower_bound": p.lower_bound} for part, p in plans.items()},
+        "ops": {part: getattr(prog, part).op_counts() for part in plans},
+        "macs": {part: sum(registry.get(n.op).macs(n) for n in getattr(prog, part).nodes) for part in plans},
+    }
+
+
 def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, options: dict) -> dict:
     g = c.graph
-    weight_bytes = sum(v.type.nbytes for v in g.constants())
+    graphs = [g] if c.grad is None else [g, c.grad["program"].pullback]
+    weight_bytes = sum({(v.type, v.data.tobytes()): v.type.nbytes for x in graphs for v in x.constants()}.values())
     t = totals(c.info.sections)
     stack = c.stack or {}
-    return {
+    manifest = {
         "name": name,
         "model": model_path.name,
         "target": {"name": profile.name, "triple": profile.triple, "cpu": profile.cpu,
@@ -218,3 +320,25 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
         },
         "compiler": {"name": "edgec", "version": __version__},
     }
+    if c.train is not None:
+        tp = c.train["program"]
+        manifest["inputs"] = manifest["inputs"][:tp.n_inputs]
+        manifest["outputs"] = [_tensor_info(v) for v in tp.outputs]
+        manifest["train"] = {
+            "loss": c.train["loss"], "optimizer": "sgd", "opt_state_size": 0,
+            "params_size": c.train["params_size"], "params_align": c.plan.alignment,
+            "params": [{"name": p.name, "dtype": str(p.data.dtype), "shape": list(p.data.shape), "offset": off,
+                        "elems": int(p.data.size), "bytes": int(p.data.nbytes)}
+                       for p, off in zip(tp.params, c.train["offsets"])],
+            "targets": [_tensor_info(v) for v in tp.outputs],
+        }
+    if c.grad is not None:
+        n = c.grad["program"].n_outputs
+        manifest["outputs"] = manifest["outputs"][:n]
+        manifest["grad"] = _grad_info(c)
+        ops: dict = {}
+        for part in manifest["grad"]["ops"].values():
+            for op, count in part.items():
+                ops[op] = ops.get(op, 0) + count
+        manifest["ops"] = dict(sorted(ops.items()))
+    return manifest

@@ -8,6 +8,12 @@ and with a bounded batch (--dim N<=8), also
 
     int <name>_run_dims(const void *const *inputs, void *const *outputs, void *arena,
                         const int32_t *dims);
+
+A reverse-mode build (--grad reverse) exports instead
+
+    int <name>_primal(const void *const *inputs, void *const *outputs, void *residuals, void *arena);
+    int <name>_pullback(const void *residuals, const void *const *output_cotangents,
+                        void *const *input_cotangents, void *const *param_cotangents, void *arena);
 """
 from __future__ import annotations
 
@@ -55,10 +61,65 @@ def item_symbol(name: str) -> str:
     return f"{name}_run_item"
 
 
-def entry_symbols(name: str, bounded: bool = False, external: bool = False) -> list[str]:
+PRIMAL_PARAMS = "const void *const *inputs, void *const *outputs, void *residuals, void *arena"
+PULLBACK_PARAMS = ("const void *residuals, const void *const *output_cotangents, void *const *input_cotangents, "
+                   "void *const *param_cotangents, void *arena")
+
+
+def primal_symbol(name: str) -> str:
+    """Reverse mode: the forward pass that also writes the residuals."""
+    return f"{name}_primal"
+
+
+def pullback_symbol(name: str) -> str:
+    """Reverse mode: residuals and output cotangents -> input and parameter cotangents."""
+    return f"{name}_pullback"
+
+
+def primal_prototype(name: str) -> str:
+    return f"{RUN_RETURNS} {primal_symbol(name)}({PRIMAL_PARAMS})"
+
+
+def pullback_prototype(name: str) -> str:
+    return f"{RUN_RETURNS} {pullback_symbol(name)}({PULLBACK_PARAMS})"
+
+
+TRAIN_STEP_PARAMS = ("void *params, void *opt_state, const void *const *inputs, const void *const *targets, "
+                     "float learning_rate, float *loss, void *arena")
+
+
+def train_step_symbol(name: str) -> str:
+    """A training build: one SGD step on the parameters in the caller's buffer."""
+    return f"{name}_train_step"
+
+
+def params_init_symbol(name: str) -> str:
+    """A training build: copies the model's trained parameter values into the caller's buffer."""
+    return f"{name}_params_init"
+
+
+def train_step_prototype(name: str) -> str:
+    return f"{RUN_RETURNS} {train_step_symbol(name)}({TRAIN_STEP_PARAMS})"
+
+
+def params_init_prototype(name: str) -> str:
+    return f"void {params_init_symbol(name)}(void *params)"
+
+
+def graph_symbol(name: str, part: str) -> str:
+    """The internal function running one graph of a reverse-mode build (part: primal, pullback)."""
+    return f"{name}_{part}_graph"
+
+
+def entry_symbols(name: str, bounded: bool = False, grad: bool = False, train: bool = False,
+                  external: bool = False) -> list[str]:
     """Every exported function of the contract (the stack report covers each)."""
     if external:
         return [run_ext_symbol(name)]
+    if train:
+        return [train_step_symbol(name), params_init_symbol(name)]
+    if grad:
+        return [primal_symbol(name), pullback_symbol(name)]
     return [run_symbol(name), run_dims_symbol(name)] if bounded else [run_symbol(name)]
 
 

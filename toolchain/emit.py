@@ -15,8 +15,9 @@ import struct
 import tempfile
 from pathlib import Path
 
-from .contract import (ERR_DIM_OUT_OF_RANGE, c_comment_text, macro_prefix, run_dims_prototype, run_ext_prototype,
-                       run_ext_symbol, run_prototype, run_symbol)
+from .contract import (ERR_DIM_OUT_OF_RANGE, c_comment_text, macro_prefix, params_init_prototype, primal_prototype,
+                       pullback_prototype, run_dims_prototype, run_ext_prototype, run_ext_symbol, run_prototype,
+                       run_symbol, train_step_prototype)
 from .errors import InvalidModelError
 
 
@@ -126,6 +127,54 @@ def c_header(name: str, manifest: dict) -> str:
             if "item_bytes" in t:
                 lines += [f"#define {macro}_ITEM_BYTES {int(t['item_bytes'])}u  /* per item of "
                           f"'{c_comment_text(t['batch_dim'])}'; ELEMS and BYTES are at its bound */"]
+    train = manifest.get("train")
+    if train is not None:
+        lines += [f"#define {up}_PARAMS_SIZE  {int(train['params_size'])}u  /* bytes of the caller's parameter "
+                  f"buffer (layout in {name}.json) */",
+                  f"#define {up}_PARAMS_ALIGN {int(train['params_align'])}u",
+                  f"#define {up}_OPT_STATE_SIZE 0u  /* SGD keeps no state: opt_state may be NULL */",
+                  f"#define {up}_TRAIN_ARENA_SIZE {arena_size}u",
+                  f"#define {up}_NUM_PARAMS   {len(train['params'])}"]
+        for i, p in enumerate(train["params"]):
+            lines += [f"/* param {i}: '{c_comment_text(p['name'])}', {c_comment_text(p['dtype'])} "
+                      f"[{', '.join(map(str, p['shape']))}] */",
+                      f"#define {up}_PARAM{i}_ELEMS {int(p['elems'])}u",
+                      f"#define {up}_PARAM{i}_OFFSET {int(p['offset'])}u"]
+        lines += ["",
+                  f"/* Training ({c_comment_text(train['loss'])} loss, SGD). params_init writes the model's trained",
+                  "   values into params (PARAMS_SIZE bytes aligned to PARAMS_ALIGN). train_step runs",
+                  "   one step on one batch: inputs[i] as for inference, targets[j] shaped as output j;",
+                  "   writes the loss before the update into *loss and updates params in place",
+                  "   (p -= learning_rate * dloss/dp). Returns 0. */",
+                  f"{params_init_prototype(name)};",
+                  f"{train_step_prototype(name)};",
+                  "", "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {guard} */", ""]
+        return "\n".join(lines)
+    grad = manifest.get("grad")
+    if grad is not None:
+        res = grad["residuals"]
+        lines += [f"#define {up}_RESIDUALS_SIZE {int(res['size'])}u  /* bytes of the residual buffer "
+                  f"(layout in {name}.json) */",
+                  f"#define {up}_RESIDUALS_ALIGN {int(res['align'])}u",
+                  f"#define {up}_NUM_PARAMS   {len(grad['params'])}"]
+        for i, p in enumerate(grad["params"]):
+            lines += [f"/* param {i}: '{c_comment_text(p['name'])}', {c_comment_text(p['dtype'])} "
+                      f"[{', '.join(map(str, p['shape']))}] */",
+                      f"#define {up}_PARAM{i}_ELEMS {int(p['elems'])}u",
+                      f"#define {up}_PARAM{i}_BYTES {int(p['bytes'])}u"]
+        lines += [f"#define {up}_NUM_INPUT_COTANGENTS {len(grad['input_cotangents'])}  /* the float inputs, in order */",
+                  f"#define {up}_NUM_OUTPUT_COTANGENTS {len(grad['output_cotangents'])}  /* the float outputs, in order */",
+                  "",
+                  "/* Reverse mode. primal: the inference, which also writes the residuals (the forward",
+                  "   values the pullback reads) into residuals (RESIDUALS_SIZE bytes aligned to",
+                  "   RESIDUALS_ALIGN). pullback: from those residuals and a cotangent per float output,",
+                  "   writes the cotangent of each float input and of each parameter (PARAM<i>_ELEMS",
+                  "   floats, the model's layout). It reads only residuals and cotangents, never what the",
+                  "   primal left in the arena: one primal may serve several pullbacks. Both return 0. */",
+                  f"{primal_prototype(name)};",
+                  f"{pullback_prototype(name)};",
+                  "", "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {guard} */", ""]
+        return "\n".join(lines)
     lines += [
         "",
         "/* Runs one inference. inputs[i] and outputs[j] are dense row-major arrays in the",

@@ -69,6 +69,12 @@ def host_profile():
 def _load_object(obj: bytes, symbol: str, proto=_RUN):
     """MCJIT over an empty module plus the object: the engine relocates and maps the object's
     own sections; nothing is recompiled."""
+    engine, (fn,) = _load_symbols(obj, [(symbol, proto)])
+    return engine, fn
+
+
+def _load_symbols(obj: bytes, wanted):
+    """The engine and one callable per (symbol, prototype)."""
     import llvmlite.binding as llvm
 
     llvm.initialize_native_target()
@@ -77,10 +83,13 @@ def _load_object(obj: bytes, symbol: str, proto=_RUN):
     engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
     engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
     engine.finalize_object()
-    addr = engine.get_function_address(symbol)
-    if not addr:
-        raise CompileError(f"the object defines no '{symbol}'")
-    return engine, proto(addr)
+    fns = []
+    for symbol, proto in wanted:
+        addr = engine.get_function_address(symbol)
+        if not addr:
+            raise CompileError(f"the object defines no '{symbol}'")
+        fns.append(proto(addr))
+    return engine, fns
 
 
 class CompiledModel:
@@ -238,7 +247,7 @@ def _resolve_model(model):
 def compile_model(model, target: str | None = None, *, dims: dict | None = None, name: str = "model") -> CompiledModel:
     """model: an ONNX file or an onnx.ModelProto (its artifacts then name it '<name>.onnx').
     target: a profile name; None is the host's own. dims binds symbolic input dimensions.
-    A cache hit (in-process or on disk) compiles nothing."""
+    A cache hit (in-process or on disk) compiles nothing. (Reverse mode: toolchain.compile_grad.)"""
     t0 = time.perf_counter()
     profile = host_profile() if target is None else _get_profile(target)
     path, data, proto, model_name = _resolve_model(model)

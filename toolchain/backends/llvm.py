@@ -12,8 +12,9 @@ import tempfile
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from ..contract import (ERR_DIM_OUT_OF_RANGE, item_symbol, node_symbols, run_dims_symbol, run_ext_symbol, run_symbol,
-                        weights_section)
+from ..contract import (ERR_DIM_OUT_OF_RANGE, graph_symbol, item_symbol, node_symbols, params_init_symbol,
+                        primal_symbol, pullback_symbol, run_dims_symbol, run_ext_symbol, run_symbol,
+                        train_step_symbol, weights_section)
 from ..errors import InternalError, UnsupportedError
 from ..ir import Graph
 from ..kernel.llvm import I8, I32, LLVM_TYPES, Kernel, Tensor
@@ -56,6 +57,18 @@ class LLVMBackend:
                                 "cannot be bounded")
         files = {"weights": blob.data()} if blob is not None else {}
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized, files=files)
+
+    def generate_train(self, tp, init, plans, offsets, name: str, profile: Profile) -> Generated:
+        """A training build: <name>_train_step and <name>_params_init in one object."""
+        module = build_train_module(tp, init, plans, offsets, name, profile)
+        obj, optimized, frames = compile_ir(module_text(module), profile)
+        return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
+
+    def generate_grad(self, prog, plans, offsets, name: str, profile: Profile) -> Generated:
+        """A reverse-mode build: <name>_primal and <name>_pullback in one object."""
+        module = build_grad_module(prog, plans, offsets, name, profile)
+        obj, optimized, frames = compile_ir(module_text(module), profile)
+        return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
 
 
 class WeightBlob:
@@ -114,6 +127,116 @@ def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile, blob: 
     return module
 
 
+def _graph_functions(module, graphs: dict, plans: dict, name: str, profile: Profile, index) -> dict:
+    """Each graph as an internal run function <name>_<part>_graph; constants equal in type
+    and bytes are stored once for all of them."""
+    weights, by_bytes = {}, {}
+    for g in graphs.values():
+        for v in g.constants():
+            key = (v.type, v.data.tobytes())
+            if key not in by_bytes:
+                by_bytes[key] = _weight_global(module, f"{name}_w{len(by_bytes)}", v.data)
+            weights[id(v)] = by_bytes[key]
+    runs = {}
+    for part, g in graphs.items():
+        kernels = [_node_function(module, g, plans[part], sym, node, profile.vector_unit, index)
+                   if id(node) not in plans[part].elided else None  # a join: already in place
+                   for node, sym in zip(g.nodes, node_symbols(f"{name}_{part}", g.nodes))]
+        runs[part] = _run_function(module, g, plans[part], name, weights, kernels, index,
+                                   symbol=graph_symbol(name, part), internal=True)
+    return runs
+
+
+def build_grad_module(prog, plans, offsets, name: str, profile: Profile) -> ir.Module:
+    """Both graphs of a reverse-mode build, and the two exported entries that route the
+    residual buffer."""
+    module = ir.Module(name=name)
+    module.triple = profile.triple
+    index = ir.IntType(profile.index_bits)
+    runs = _graph_functions(module, {"primal": prog.primal, "pullback": prog.pullback}, plans, name, profile, index)
+    _grad_entries(module, prog, runs, offsets, name, index)
+    return module
+
+
+def build_train_module(tp, init, plans, offsets, name: str, profile: Profile) -> ir.Module:
+    """A training build: <name>_train_step around the train graph (parameters read and
+    updated in the caller's buffer at `offsets`, the learning rate passed by value) and
+    <name>_params_init around the graph that copies the trained values there."""
+    module = ir.Module(name=name)
+    module.triple = profile.triple
+    index = ir.IntType(profile.index_bits)
+    runs = _graph_functions(module, {"train": tp.graph, "init": init}, plans, name, profile, index)
+    ptr, f32 = I8.as_pointer(), ir.FloatType()
+    pp = ptr.as_pointer()
+
+    def table(b, entries):
+        local = b.alloca(ptr, max(len(entries), 1))
+        for k, p in enumerate(entries):
+            b.store(p, b.gep(local, [ir.Constant(index, k)], inbounds=True))
+        return local
+
+    def at(b, buf, off):
+        return b.gep(buf, [ir.Constant(index, off)], inbounds=True)
+
+    fn = ir.Function(module, ir.FunctionType(I32, [ptr, ptr, pp, pp, f32, f32.as_pointer(), ptr]),
+                     name=train_step_symbol(name))
+    fn.attributes.add("nounwind")
+    params, _, inputs, targets, lr, loss, arena = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    slot = b.alloca(f32)
+    b.store(lr, slot)
+    load = [b.load(b.gep(inputs, [ir.Constant(index, i)], inbounds=True)) for i in range(tp.n_inputs)]
+    load += [b.load(b.gep(targets, [ir.Constant(index, j)], inbounds=True)) for j in range(tp.n_targets)]
+    ins = table(b, load + [at(b, params, off) for off in offsets] + [b.bitcast(slot, ptr)])
+    outs = table(b, [b.bitcast(loss, ptr)] + [ir.Constant(ptr, None)] * len(offsets))
+    b.ret(b.call(runs["train"], [ins, outs, arena]))
+
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr]), name=params_init_symbol(name))
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    outs = table(b, [at(b, fn.args[0], off) for off in offsets])
+    b.call(runs["init"], [table(b, []), outs, ir.Constant(ptr, None)])
+    b.ret_void()
+    return module
+
+
+def _grad_entries(module, prog, runs, offsets, name, index):
+    """<name>_primal hands its graph the outputs then the residuals (at their offsets in
+    the residual buffer); <name>_pullback hands its graph the residuals then the output
+    cotangents, and takes back the input cotangents then the parameter cotangents."""
+    ptr = I8.as_pointer()
+    pp = ptr.as_pointer()
+
+    def table(b, entries):
+        local = b.alloca(ptr, max(len(entries), 1))
+        for k, p in enumerate(entries):
+            b.store(p, b.gep(local, [ir.Constant(index, k)], inbounds=True))
+        return local
+
+    def load(b, arr, k):
+        return b.load(b.gep(arr, [ir.Constant(index, k)], inbounds=True))
+
+    def residual(b, buf, k):
+        return b.gep(buf, [ir.Constant(index, offsets[k])], inbounds=True)
+
+    n, r = prog.n_outputs, len(offsets)
+    fn = ir.Function(module, ir.FunctionType(I32, [pp, pp, ptr, ptr]), name=primal_symbol(name))
+    fn.attributes.add("nounwind")
+    inputs, outputs, res, arena = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    outs = table(b, [load(b, outputs, j) for j in range(n)] + [residual(b, res, k) for k in range(r)])
+    b.ret(b.call(runs["primal"], [inputs, outs, arena]))
+
+    n_cot, n_in = len(prog.cot_outputs), len(prog.wrt_inputs)
+    fn = ir.Function(module, ir.FunctionType(I32, [ptr, pp, pp, pp, ptr]), name=pullback_symbol(name))
+    fn.attributes.add("nounwind")
+    res, ocot, icot, pcot, arena = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    ins = table(b, [residual(b, res, k) for k in range(r)] + [load(b, ocot, j) for j in range(n_cot)])
+    outs = table(b, [load(b, icot, i) for i in range(n_in)] + [load(b, pcot, p) for p in range(len(prog.params))])
+    b.ret(b.call(runs["pullback"], [ins, outs, arena]))
+
+
 def _weight_global(module, sym, data):
     raw = bytearray(data.tobytes())
     arr = ir.ArrayType(I8, max(len(raw), 1))
@@ -165,15 +288,17 @@ def _node_function(module, g, plan, sym, node, vector, index, blob=None):
     return fn
 
 
-def _run_function(module, g, plan, name, weights, kernels, index, external=False, separate_nodes=False):
+def _run_function(module, g, plan, name, weights, kernels, index, external=False, separate_nodes=False,
+                  symbol=None, internal=False):
     """<name>_run; with external weights <name>_run_ext, whose first argument is the
     blob (`weights` then maps each constant to its offset there). separate_nodes: the
-    kernels are the node wrappers (_node_wrapper), called with the run function's arguments."""
+    kernels are the node wrappers (_node_wrapper), called with the run function's arguments.
+    symbol/internal: another name and internal linkage (the graphs of a reverse-mode build)."""
     ptr = I8.as_pointer()
     fnty = ir.FunctionType(I32, [ptr] * external + [ptr.as_pointer(), ptr.as_pointer(), ptr])
-    sym = item_symbol(name) if g.batch else run_ext_symbol(name) if external else run_symbol(name)
+    sym = symbol or (item_symbol(name) if g.batch else run_ext_symbol(name) if external else run_symbol(name))
     fn = ir.Function(module, fnty, name=sym)
-    if g.batch:
+    if g.batch or internal:
         fn.linkage = "internal"
     fn.attributes.add("nounwind")
     blob = fn.args[0] if external else None

@@ -100,6 +100,15 @@ class Op:
         """Multiply-accumulates per inference, for the manifest and benchmarks."""
         return 0
 
+    def vjp(self, b, node: Node, cotangents: list) -> list:
+        """Reverse-mode derivative rule: given the cotangents of the node's outputs (values
+        of the pullback graph; None for an output that has none), the cotangents of its
+        inputs (None for an input that gets none), as nodes of existing ops added through
+        `b` (passes.autodiff.Builder: b.op, b.primal for a forward value, b.unbroadcast,
+        b.reshape, b.scalar). Rules may build cotangents nobody needs: dead-code
+        elimination removes them, and the forward values only they read stay unsaved."""
+        raise unsupported(node, "no derivative rule (reverse mode)")
+
 
 class Registry:
     def __init__(self):
@@ -158,6 +167,11 @@ def invalid(node: Node, msg: str) -> InvalidModelError:
 def unsupported(node: Node, msg: str) -> UnsupportedError:
     """A valid use of this op that the compiler does not support."""
     return UnsupportedError(msg, node=node.name, op=node.op)
+
+
+def not_differentiable(node: Node, why: str) -> UnsupportedError:
+    """Differentiation reached an op whose derivative is zero or undefined everywhere."""
+    return UnsupportedError(f"is not differentiable ({why})", node=node.name, op=node.op)
 
 
 def const_input(node: Node, i: int, what: str) -> np.ndarray | None:

@@ -15,7 +15,7 @@ from ..kernel import mathfns as m
 from ..kernel.llvm import LLVM_TYPES
 from ..errors import UnsupportedError
 from ..ir import UNSIGNED_DTYPES, TensorType, Value
-from .base import Op, broadcast_shapes, const_input, in_type, invalid, register, unsupported
+from .base import Op, broadcast_shapes, const_input, in_type, invalid, not_differentiable, register, unsupported
 
 
 def _erf_np(x):
@@ -117,6 +117,33 @@ UNARY = {
 }
 
 
+def _x(b, node):
+    return b.primal(node.inputs[0])
+
+
+def _y(b, node):
+    return b.primal(node.outputs[0])
+
+
+# op -> (b, node, dy) -> dx: the reverse-mode rule of each differentiable unary op, written
+# with the op's own output where that is cheaper to keep than its input
+UNARY_VJP = {
+    "Relu": lambda b, n, g: b.op("Mul", [g, b.op("Sign", [_y(b, n)])]),
+    "Sigmoid": lambda b, n, g: b.op("Mul", [g, b.op("Mul", [_y(b, n), b.op("Sub", [b.scalar(1.0), _y(b, n)])])]),
+    "Tanh": lambda b, n, g: b.op("Mul", [g, b.op("Sub", [b.scalar(1.0), b.op("Mul", [_y(b, n), _y(b, n)])])]),
+    "Exp": lambda b, n, g: b.op("Mul", [g, _y(b, n)]),
+    "Log": lambda b, n, g: b.op("Div", [g, _x(b, n)]),
+    "Sqrt": lambda b, n, g: b.op("Mul", [b.op("Div", [g, _y(b, n)]), b.scalar(0.5)]),
+    "Neg": lambda b, n, g: b.op("Neg", [g]),
+    # 1 inside (min, max), 0 outside: Sign(Relu(x - min)) * Sign(Relu(max - x))
+    "Clip": lambda b, n, g: b.op("Mul", [g, b.op("Mul", [
+        b.op("Sign", [b.op("Relu", [b.op("Sub", [_x(b, n), b.scalar(n.attrs["min"])])])]),
+        b.op("Sign", [b.op("Relu", [b.op("Sub", [b.scalar(n.attrs["max"]), _x(b, n)])])])])]),
+}
+# derivative zero almost everywhere: refused, not silently zero
+PIECEWISE_CONSTANT = ("Floor", "Ceil", "Sign")
+
+
 class Unary(Op):
     fusable_epilogue = True
     unary_epilogue = True
@@ -155,6 +182,13 @@ class Unary(Op):
 
     def scalar(self, k, x, attrs):
         return UNARY[self.name].scalar(k, x, attrs)
+
+    def vjp(self, b, node, cotangents):
+        if node.op in PIECEWISE_CONSTANT:
+            raise not_differentiable(node, "piecewise constant: its derivative is zero almost everywhere")
+        if node.op not in UNARY_VJP:
+            return super().vjp(b, node, cotangents)
+        return [UNARY_VJP[node.op](b, node, cotangents[0])]
 
     def lower(self, k, node, ins, outs):
         x, y = ins[0].flat(), outs[0].flat()
@@ -265,6 +299,21 @@ class Binary(Op):
         """The two-operand scalar lowering, for a producer that fuses this op into its store."""
         r = BINARY[self.name][1](k, a, b)
         return r * 0.5 if self.name == "Mean" else r
+
+    def vjp(self, b, node, cotangents):
+        if node.op not in ("Add", "Sub", "Mul", "Div") or len(node.inputs) != 2:
+            return super().vjp(b, node, cotangents)
+        g, (x, y) = cotangents[0], node.inputs
+        if node.op == "Add":
+            gx, gy = g, g
+        elif node.op == "Sub":
+            gx, gy = g, b.op("Neg", [g])
+        elif node.op == "Mul":
+            gx, gy = b.op("Mul", [g, b.primal(y)]), b.op("Mul", [g, b.primal(x)])
+        else:  # d(x/y)/dy = -(x/y)/y
+            gx = b.op("Div", [g, b.primal(y)])
+            gy = b.op("Neg", [b.op("Div", [b.op("Mul", [g, b.primal(node.outputs[0])]), b.primal(y)])])
+        return [b.unbroadcast(gx, x.type.shape), b.unbroadcast(gy, y.type.shape)]
 
     def reference(self, node, *xs):
         fn = BINARY[node.op][0]
@@ -410,6 +459,11 @@ class Cast(Op):
 
     def reference(self, node, x):
         return [x.astype(node.attrs["to"])]
+
+    def vjp(self, b, node, cotangents):
+        if not node.attrs["to"].startswith("float") or not node.inputs[0].type.dtype.startswith("float"):
+            raise not_differentiable(node, f"a cast between {node.inputs[0].type.dtype} and {node.attrs['to']}")
+        return [b.op("Cast", [cotangents[0]], to=node.inputs[0].type.dtype)]
 
     def lower(self, k, node, ins, outs):
         to = LLVM_TYPES[node.attrs["to"]]

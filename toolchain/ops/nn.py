@@ -116,12 +116,63 @@ class Conv(Op):
                 y[:, gi * ocg:(gi + 1) * ocg] += np.einsum("nc...,oc->no...", xs, ws)
         if b is not None:
             y += b.reshape((1, -1) + (1,) * rank)
-        return [y.astype(np.float32)]
+        return [y.astype(x.dtype)]
 
     def macs(self, node):
         out = node.outputs[0].type
         w = in_type(node, 1)
         return out.size * int(np.prod(w.shape[1:]))
+
+    def vjp(self, b, node, cotangents):
+        """dx: ConvTranspose of dy with the same weights; dw: a Conv over the input with
+        batch and channels swapped (strides and dilations trade places), dy as its kernel."""
+        a, g = node.attrs, cotangents[0]
+        groups = a["group"]
+        x, w = node.inputs[:2]
+        xs, ws, ys = x.type.shape, w.type.shape, node.outputs[0].type.shape
+        rank, s, d, p = len(xs) - 2, a["strides"], a["dilations"], a["pads"]
+        span = [(ys[2 + i] - 1) * s[i] + (ws[2 + i] - 1) * d[i] + 1 for i in range(rank)]
+        out_pad = [xs[2 + i] + p[i] + p[rank + i] - span[i] for i in range(rank)]
+        gx = b.op("ConvTranspose", [g, b.primal(w)], group=groups, kernel_shape=list(ws[2:]), strides=list(s),
+                  dilations=list(d), output_padding=out_pad, pads=list(p))
+        end = [span[i] - xs[2 + i] - p[i] for i in range(rank)]  # the end padding dw's windows reach
+        xv = b.primal(x)
+        if min(end) < 0:  # trailing input rows no window reaches: cropped off for dw
+            count = [*xs[:2], *(xs[2 + i] + min(end[i], 0) for i in range(rank))]
+            xv = b.op("Slice", [xv], begin=[0] * len(xs), step=[1] * len(xs), count=count)
+            xs = tuple(count)
+            end = [max(e, 0) for e in end]
+        swap = [1, 0, *range(2, rank + 2)]
+        xt = b.op("Transpose", [xv], perm=swap)
+        gt = b.op("Transpose", [g], perm=swap)
+        window = dict(kernel_shape=list(ys[2:]), strides=list(d), dilations=list(s), pads=list(p[:rank]) + end)
+        if groups == 1:
+            gw = b.op("Transpose", [b.op("Conv", [xt, gt], group=1, **window)], perm=swap)
+        else:
+            gw = self._grouped_weight_grad(b, xt, gt, xs, ws, groups, window)
+        grads = [gx, gw]
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            grads.append(b.op("ReduceSum", [g], axes=[0, *range(2, rank + 2)], keepdims=0))
+        return grads
+
+    @staticmethod
+    def _grouped_weight_grad(b, xt, gt, xs, ws, groups, window):
+        """dw of a grouped convolution as one grouped Conv of batch 1: input channel c*N+n
+        is item n's channel c, and each input channel c (of group c // cg) meets the m
+        output channels of its group, so out channel c*m+j is dw[(c // cg)*m + j, c % cg]."""
+        n, c = xs[0], xs[1]
+        o, cg = ws[0], ws[1]
+        m = o // groups
+        spatial = tuple(xs[2:])
+        xin = b.reshape(xt, (1, c * n) + spatial)
+        kernel = gt  # (O, N, oh, ow): row c*m+j must be dy's channel (c // cg)*m + j
+        if cg > 1:
+            idx = np.array([(ci // cg) * m + j for ci in range(c) for j in range(m)], np.int64)
+            kernel = b.op("Gather", [gt, b.g.const("channels", idx)], axis=0)
+        out = b.op("Conv", [xin, kernel], group=c, **window)  # (1, C*m, k...)
+        out = b.reshape(out, (groups, cg, m) + tuple(ws[2:]))
+        out = b.op("Transpose", [out], perm=[0, 2, 1, *range(3, 3 + len(ws) - 2)])
+        return b.reshape(out, ws)
 
     def schedule(self, node, vec):
         a = node.attrs
@@ -191,11 +242,32 @@ class Gemm(Op):
         y = at["alpha"] * (a.astype(np.float64) @ b)
         if c is not None:
             y = y + at["beta"] * c
-        return [y.astype(np.float32)]
+        return [y.astype(a.dtype)]
 
     def macs(self, node):
         m_, n, kk = self._mnk(node)
         return m_ * n * kk
+
+    def vjp(self, b, node, cotangents):
+        """y = alpha a' b' + beta c: da' = alpha dy b'^T, db' = alpha a'^T dy, dc = beta dy
+        (summed over broadcast axes); each product is one Gemm with transposed operands."""
+        at, g = node.attrs, cotangents[0]
+        ta, tb, alpha = at["transA"], at["transB"], at["alpha"]
+        a, w = b.primal(node.inputs[0]), b.primal(node.inputs[1])
+        if not ta:
+            ga = b.op("Gemm", [g, w], alpha=alpha, beta=1.0, transA=0, transB=1 - tb)
+        else:
+            ga = b.op("Gemm", [w, g], alpha=alpha, beta=1.0, transA=tb, transB=1)
+        if not tb:
+            gw = b.op("Gemm", [a, g], alpha=alpha, beta=1.0, transA=1 - ta, transB=0)
+        else:
+            gw = b.op("Gemm", [g, a], alpha=alpha, beta=1.0, transA=1, transB=ta)
+        grads = [ga, gw]
+        c = node.inputs[2] if len(node.inputs) > 2 else None
+        if c is not None:
+            gc = g if at["beta"] == 1.0 else b.op("Mul", [g, b.scalar(at["beta"])])
+            grads.append(b.unbroadcast(gc, c.type.shape))
+        return grads
 
     def lower(self, k, node, ins, outs):
         at = node.attrs
@@ -263,6 +335,22 @@ class MatMul(Op):
         a2, b2, batch, _ = matmul_shapes(node, in_type(node, 0).shape, in_type(node, 1).shape)
         return int(np.prod(batch, dtype=np.int64)) * a2[-2] * a2[-1] * b2[-1]
 
+    def vjp(self, b, node, cotangents):
+        """da = dy b^T, db = a^T dy (1-D operands promoted as numpy does; summed over
+        broadcast batch axes)."""
+        x, w = node.inputs
+        a2, b2, batch, _ = matmul_shapes(node, x.type.shape, w.type.shape)
+        g = b.reshape(cotangents[0], batch + (a2[-2], b2[-1]))
+
+        def swapped(v, shape2):
+            perm = list(range(len(shape2)))
+            perm[-2:] = perm[-1], perm[-2]
+            return b.op("Transpose", [b.reshape(b.primal(v), shape2)], perm=perm)
+
+        ga = b.op("MatMul", [g, swapped(w, b2)])
+        gw = b.op("MatMul", [swapped(x, a2), g])
+        return [b.reshape(b.unbroadcast(ga, a2), x.type.shape), b.reshape(b.unbroadcast(gw, b2), w.type.shape)]
+
     def schedule(self, node, vec):
         a2, b2, _, _ = matmul_shapes(node, in_type(node, 0).shape, in_type(node, 1).shape)
         b = node.inputs[1]
@@ -300,6 +388,18 @@ class Softmax(Op):
             raise unsupported(node, "needs float32 input")
         return [t]
 
+    def vjp(self, b, node, cotangents):
+        """Softmax: dx = y (dy - sum(dy y)); LogSoftmax: dx = dy - exp(y) sum(dy), the sums
+        over the normalized axes."""
+        g, y = cotangents[0], b.primal(node.outputs[0])
+        ax, rank = node.attrs["axis"], len(node.outputs[0].type.shape)
+        axes = list(range(ax, rank)) if node.attrs["coerce_2d"] else [ax]
+        if node.op == "Softmax":
+            total = b.op("ReduceSum", [b.op("Mul", [g, y])], axes=axes, keepdims=1)
+            return [b.op("Mul", [y, b.op("Sub", [g, total])])]
+        total = b.op("ReduceSum", [g], axes=axes, keepdims=1)
+        return [b.op("Sub", [g, b.op("Mul", [b.op("Exp", [y]), total])])]
+
     def _rows(self, shape, node):
         """(outer, n, inner): softmax runs over n, rows are outer x inner."""
         ax = node.attrs["axis"]
@@ -317,7 +417,7 @@ class Softmax(Op):
         else:
             e = np.exp(z)
             y = e / e.sum(axis=1, keepdims=True)
-        return [y.reshape(x.shape).astype(np.float32)]
+        return [y.reshape(x.shape).astype(x.dtype)]
 
     def lower(self, k, node, ins, outs):
         o, n, inner = self._rows(ins[0].shape, node)

@@ -54,6 +54,22 @@ class BatchNormalization(Op):
         y = (x - mean.reshape(shape)) * f.reshape(shape) + b.reshape(shape)
         return [y.astype(x.dtype)]
 
+    def vjp(self, b, node, cotangents):
+        """Inference form, y = scale (x - mean) / sqrt(var + eps) + bias, differentiated in
+        every operand (per-channel sums over the batch and spatial axes)."""
+        g, (x, scale, _, mean, var) = cotangents[0], node.inputs[:5]
+        xs = x.type.shape
+        col, axes = (xs[1],) + (1,) * (len(xs) - 2), [0, *range(2, len(xs))]
+        ve = b.op("Add", [b.primal(var), b.scalar(node.attrs["epsilon"])])
+        inv = b.op("Div", [b.scalar(1.0), b.op("Sqrt", [ve])])
+        k = b.op("Mul", [b.primal(scale), inv])
+        gx = b.op("Mul", [g, b.reshape(k, col)])
+        gsum = b.op("ReduceSum", [g], axes=axes, keepdims=0)
+        xc = b.op("Sub", [b.primal(x), b.reshape(b.primal(mean), col)])
+        gxc = b.op("ReduceSum", [b.op("Mul", [g, xc])], axes=axes, keepdims=0)
+        gvar = b.op("Mul", [b.op("Mul", [gxc, b.primal(scale)]), b.op("Mul", [b.op("Div", [inv, ve]), b.scalar(-0.5)])])
+        return [gx, b.op("Mul", [gxc, inv]), gsum, b.op("Neg", [b.op("Mul", [gsum, k])]), gvar]
+
     def lower(self, k, node, ins, outs):
         x, scale, b, mean, var = ins
         n_, c_ = x.shape[:2]

@@ -123,6 +123,29 @@ class AveragePool(_Pool):
         if node.attrs["dilations"] != [1] * len(node.attrs["kernel_shape"]) and opset < 19:
             raise invalid(node, "dilations need opset 19")
 
+    def vjp(self, b, node, cotangents):
+        """Each window's cotangent divided by the window's divisor, spread back over the
+        window: a depthwise ConvTranspose with a kernel of ones."""
+        a = node.attrs
+        if a["ceil_mode"]:
+            raise unsupported(node, "no derivative rule with ceil_mode=1 yet")
+        xs, ys = node.inputs[0].type.shape, node.outputs[0].type.shape
+        k, s, d, p = a["kernel_shape"], a["strides"], a["dilations"], a["pads"]
+        rank = len(k)
+        divisor = np.ones(ys[2:])
+        for i in range(rank):  # separable: the product of the real elements per axis
+            starts = np.arange(ys[2 + i]) * s[i] - p[i]
+            taps = starts[:, None] + np.arange(k[i])[None, :] * d[i]
+            n = k[i] if a["count_include_pad"] else ((taps >= 0) & (taps < xs[2 + i])).sum(axis=1)
+            divisor = divisor * np.asarray(n, np.float64).reshape((-1,) + (1,) * (rank - 1 - i))
+        g = b.op("Mul", [cotangents[0], b.g.const("inv_count", (1.0 / divisor).astype(np.float32)
+                                                 .reshape((1, 1) + tuple(ys[2:])))])
+        span = [(ys[2 + i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 for i in range(rank)]
+        ones = b.g.const("ones", np.ones((xs[1], 1, *k), np.float32))
+        return [b.op("ConvTranspose", [g, ones], group=xs[1], kernel_shape=list(k), strides=list(s),
+                     dilations=list(d), output_padding=[xs[2 + i] + p[i] + p[rank + i] - span[i] for i in range(rank)],
+                     pads=list(p))]
+
 
 @register("GlobalAveragePool", "GlobalMaxPool")
 class GlobalPool(Op):
@@ -141,6 +164,13 @@ class GlobalPool(Op):
         axes = tuple(range(2, x.ndim))
         f = np.max if node.op == "GlobalMaxPool" else np.mean
         return [f(x.astype(np.float64), axis=axes, keepdims=True).astype(x.dtype)]
+
+    def vjp(self, b, node, cotangents):
+        if node.op != "GlobalAveragePool":
+            return super().vjp(b, node, cotangents)
+        x = node.inputs[0].type
+        spread = b.op("Expand", [cotangents[0]], shape=list(x.shape))
+        return [b.op("Mul", [spread, b.scalar(1.0 / int(np.prod(x.shape[2:], dtype=np.int64)))])]
 
     def lower(self, k, node, ins, outs):
         n_, c_ = ins[0].shape[:2]

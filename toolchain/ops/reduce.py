@@ -78,6 +78,17 @@ class Reduce(Op):
         r = _KINDS[node.op][3](x.astype(np.float64), axes)
         return [r.reshape(out).astype(x.dtype)]
 
+    def vjp(self, b, node, cotangents):
+        if node.op not in ("ReduceSum", "ReduceMean"):
+            return super().vjp(b, node, cotangents)
+        x = node.inputs[0].type
+        kept, _ = self._shapes(node, x.shape)
+        g = b.op("Expand", [b.reshape(cotangents[0], kept)], shape=list(x.shape))
+        if node.op == "ReduceMean":
+            count = int(np.prod([x.shape[a] for a in node.attrs["axes"]], dtype=np.int64))
+            g = b.op("Mul", [g, b.scalar(1.0 / count)])
+        return [g]
+
     def lower(self, k, node, ins, outs):
         init, step, finish, _ = _KINDS[node.op]
         x = ins[0]

@@ -23,6 +23,10 @@ class View(Op):
     def reference(self, node, x, *rest):
         return [x.reshape(self.infer(node)[0].shape)]
 
+    def vjp(self, b, node, cotangents):
+        """The same bytes under the input's shape."""
+        return [b.reshape(cotangents[0], node.inputs[0].type.shape)]
+
     def lower(self, k, node, ins, outs):
         """Only reached when the buffer cannot be shared (e.g. a graph output): a copy."""
         x, y = ins[0].flat(), outs[0].flat()
@@ -141,6 +145,9 @@ class Transpose(Op):
     def reference(self, node, x):
         return [np.ascontiguousarray(np.transpose(x, node.attrs["perm"]))]
 
+    def vjp(self, b, node, cotangents):
+        return [b.op("Transpose", [cotangents[0]], perm=[int(i) for i in np.argsort(node.attrs["perm"])])]
+
     def lower(self, k, node, ins, outs):
         x = ins[0].transpose(node.attrs["perm"])
         with k.loops(outs[0].shape) as idx:
@@ -171,6 +178,13 @@ class Concat(Op):
 
     def reference(self, node, *xs):
         return [np.concatenate(xs, axis=node.attrs["axis"])]
+
+    def vjp(self, b, node, cotangents):
+        ax = node.attrs["axis"]
+        sizes = [v.type.shape[ax] for v in node.inputs]
+        if len(sizes) == 1:
+            return [cotangents[0]]
+        return b.op("Split", [cotangents[0]], outputs=len(sizes), axis=ax, split=sizes)
 
     def lower(self, k, node, ins, outs):
         ax, start = node.attrs["axis"], 0

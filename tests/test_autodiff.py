@@ -1,0 +1,414 @@
+"""Reverse-mode derivatives (passes/autodiff.py and each op's vjp rule): the pullback
+against central finite differences of the float64 reference (tests/autodiff_helpers.py,
+directional differences, RTOL 1e-6 of the summed magnitude), then the compiled
+primal/pullback (float32, in-process and on cortex-a76 under QEMU) against that float64
+pullback, and the refusals."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from autodiff_helpers import check_vjp, onnx_model, pullback64
+from toolchain.errors import UnsupportedError
+from toolchain.frontend.onnx_import import import_model
+from toolchain.passes.autodiff import reverse
+
+R = np.random.default_rng(42)
+
+
+def node(op, ins, outs=("y",), **attrs):
+    return helper.make_node(op, list(ins), list(outs), **attrs)
+
+
+def w(*shape):
+    return R.standard_normal(shape).astype(np.float32)
+
+
+# (id, nodes, inputs, initializers, positive inputs, opset)
+OPS = [
+    ("gemm", [node("Gemm", ["a", "b", "c"])], {"a": (3, 4), "b": (4, 5), "c": (3, 5)}, {}, False, 17),
+    ("gemm-trans-alpha-beta", [node("Gemm", ["a", "b", "c"], transA=1, transB=1, alpha=0.7, beta=1.3)],
+     {"a": (4, 3), "b": (5, 4), "c": (5,)}, {}, False, 17),
+    ("gemm-transA", [node("Gemm", ["a", "b"], transA=1)], {"a": (4, 3), "b": (4, 5)}, {}, False, 17),
+    ("gemm-weights", [node("Gemm", ["a", "W", "B"], transB=1)], {"a": (2, 6)}, {"W": w(3, 6), "B": w(1, 3)},
+     False, 17),
+    ("matmul", [node("MatMul", ["a", "b"])], {"a": (2, 3, 4), "b": (4, 5)}, {}, False, 17),
+    ("matmul-vec", [node("MatMul", ["a", "b"])], {"a": (4,), "b": (4, 3)}, {}, False, 17),
+    ("matmul-batch-broadcast", [node("MatMul", ["a", "b"])], {"a": (2, 1, 3, 4), "b": (3, 4, 2)}, {}, False, 17),
+    ("add-broadcast", [node("Add", ["a", "b"])], {"a": (2, 3, 4), "b": (3, 1)}, {}, False, 17),
+    ("sub-broadcast", [node("Sub", ["a", "b"])], {"a": (1, 4), "b": (2, 3, 4)}, {}, False, 17),
+    ("mul-broadcast", [node("Mul", ["a", "b"])], {"a": (2, 3, 4), "b": (4,)}, {}, False, 17),
+    ("mul-self", [node("Mul", ["a", "a"])], {"a": (3, 4)}, {}, False, 17),
+    ("div-broadcast", [node("Div", ["a", "b"])], {"a": (2, 3), "b": (2, 1)}, {}, True, 17),
+    ("div-param", [node("Div", ["a", "s"])], {"a": (2, 3)}, {"s": np.array([1.5, 2.0, 0.8], np.float32)}, False, 17),
+    *[(op.lower(), [node(op, ["a"])], {"a": (3, 5)}, {}, op in ("Log", "Sqrt"), 17)
+      for op in ("Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Neg")],
+    ("softmax", [node("Softmax", ["a"], axis=1)], {"a": (2, 3, 4)}, {}, False, 17),
+    ("logsoftmax", [node("LogSoftmax", ["a"])], {"a": (3, 5)}, {}, False, 17),
+    ("softmax-opset11", [node("Softmax", ["a"], axis=1)], {"a": (2, 3, 4)}, {}, False, 11),
+    ("reshape", [node("Reshape", ["a", "shape"])], {"a": (2, 3, 4)}, {}, False, 17),
+    ("flatten", [node("Flatten", ["a"], axis=2)], {"a": (2, 3, 4)}, {}, False, 17),
+    ("squeeze-unsqueeze", [node("Unsqueeze", ["a", "axes"], ["u"]), node("Tanh", ["u"], ["t"]),
+                           node("Squeeze", ["t", "axes"])], {"a": (2, 3)}, {}, False, 17),
+    ("transpose", [node("Transpose", ["a"], perm=[1, 2, 0])], {"a": (2, 3, 4)}, {}, False, 17),
+    ("reducesum", [node("ReduceSum", ["a", "axes"], keepdims=0)], {"a": (2, 3, 4)}, {}, False, 17),
+    ("reducemean", [node("ReduceMean", ["a"], axes=[0, 2], keepdims=1)], {"a": (2, 3, 4)}, {}, False, 17),
+    ("reducemean-all", [node("ReduceMean", ["a"], keepdims=0)], {"a": (3, 4)}, {}, False, 17),
+    ("globalaveragepool", [node("GlobalAveragePool", ["a"])], {"a": (2, 3, 4, 5)}, {}, False, 17),
+    ("concat", [node("Concat", ["a", "b", "a"], axis=1)], {"a": (2, 3), "b": (2, 4)}, {}, False, 17),
+    ("conv", [node("Conv", ["x", "W", "B"], pads=[1, 1, 1, 1])], {"x": (2, 3, 5, 5)},
+     {"W": w(4, 3, 3, 3), "B": w(4)}, False, 17),
+    ("conv-stride2", [node("Conv", ["x", "W"], strides=[2, 2], pads=[1, 0, 1, 1])], {"x": (1, 2, 7, 6)},
+     {"W": w(3, 2, 3, 2)}, False, 17),
+    ("conv-dilation", [node("Conv", ["x", "w"], dilations=[2, 1], pads=[2, 1, 2, 1])],
+     {"x": (1, 2, 6, 5), "w": (2, 2, 3, 3)}, {}, False, 17),
+    ("conv1d", [node("Conv", ["x", "W"], strides=[2])], {"x": (2, 2, 9)}, {"W": w(3, 2, 3)}, False, 17),
+    ("conv-unreached-rows", [node("Conv", ["x", "W"], strides=[2, 3])], {"x": (2, 2, 8, 8)}, {"W": w(3, 2, 3, 1)},
+     False, 17),
+    ("conv-grouped-unreached-rows", [node("Conv", ["x", "w"], group=2, strides=[2, 2])], {"x": (1, 2, 6, 6),
+                                                                                         "w": (2, 1, 1, 1)}, {}, False, 17),
+    ("conv-grouped", [node("Conv", ["x", "W", "B"], group=2, strides=[2, 1], pads=[1, 1, 1, 1])],
+     {"x": (2, 4, 5, 5)}, {"W": w(4, 2, 3, 3), "B": w(4)}, False, 17),
+    ("conv-depthwise", [node("Conv", ["x", "W"], group=3, pads=[1, 1, 1, 1])], {"x": (2, 3, 5, 4)},
+     {"W": w(3, 1, 3, 3)}, False, 17),
+    ("conv-depthwise-multiplier", [node("Conv", ["x", "w"], group=2, strides=[2, 2], pads=[1, 1, 1, 1])],
+     {"x": (1, 2, 6, 6), "w": (4, 1, 3, 3)}, {}, False, 17),
+    ("averagepool", [node("AveragePool", ["a"], kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 1, 1])],
+     {"a": (2, 3, 5, 4)}, {}, False, 17),
+    ("averagepool-include-pad", [node("AveragePool", ["a"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1],
+                                      count_include_pad=1)], {"a": (1, 2, 4, 6)}, {}, False, 17),
+    ("clip", [node("Clip", ["a", "lo", "hi"])], {"a": (3, 5)}, {}, False, 17),
+    ("batchnorm", [node("BatchNormalization", ["x", "s", "b", "m", "v"])], {"x": (2, 3, 4)},
+     {"s": w(3), "b": w(3), "m": w(3), "v": np.array([0.5, 1.0, 2.0], np.float32)}, False, 17),
+]
+CONSTS = {"shape": np.array([3, 8], np.int64), "axes": np.array([1], np.int64),
+          "lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32)}
+
+
+def with_consts(nodes):
+    """Shape operands as Constant nodes (not initializers: they are not parameters)."""
+    used = {i for n in nodes for i in n.input}
+    return [helper.make_node("Constant", [], [k], value=helper.make_tensor(k, 7 if v.dtype == np.int64 else 1,
+                                                                          v.shape, v.reshape(-1)))
+            for k, v in CONSTS.items() if k in used] + nodes
+
+
+@pytest.mark.parametrize("case", OPS, ids=[c[0] for c in OPS])
+def test_vjp_matches_finite_differences(case):
+    _, nodes, inputs, inits, positive, opset = case
+    check_vjp(onnx_model(with_consts(nodes), inputs, inits, opset=opset), positive=positive)
+
+
+def _weights(seed):
+    rng = np.random.default_rng(seed)  # fixed per model, whatever else drew from R
+    return lambda *shape: rng.standard_normal(shape).astype(np.float32)
+
+
+def mlp():
+    w = _weights(11)
+    nodes = [node("Gemm", ["x", "W1", "b1"], ["h"], transB=1), node("Relu", ["h"], ["r"]),
+             node("Gemm", ["r", "W2", "b2"], ["z"], transB=1), node("Softmax", ["z"])]
+    return onnx_model(nodes, {"x": (3, 8)}, {"W1": w(16, 8), "b1": w(16), "W2": w(5, 16), "b2": w(5)})
+
+
+def cnn():
+    w = _weights(12)
+    nodes = [node("Conv", ["x", "K1", "c1"], ["a"], pads=[1, 1, 1, 1]), node("Relu", ["a"], ["ar"]),
+             node("Conv", ["ar", "K2", "c2"], ["b"], strides=[2, 2], pads=[1, 1, 1, 1]), node("Tanh", ["b"], ["bt"]),
+             node("GlobalAveragePool", ["bt"], ["p"]), node("Flatten", ["p"], ["f"]),
+             node("Gemm", ["f", "W", "bias"], ["z"], transB=1), node("LogSoftmax", ["z"])]
+    return onnx_model(nodes, {"x": (2, 2, 6, 6)}, {"K1": w(4, 2, 3, 3) * 0.5, "c1": w(4), "K2": w(6, 4, 3, 3) * 0.3,
+                                                   "c2": w(6), "W": w(3, 6), "bias": w(3)})
+
+
+def autoencoder():
+    import onnx
+    from helpers import ROOT
+    return onnx.load(str(ROOT / "tests" / "models" / "fc_autoencoder.onnx"))
+
+
+@pytest.mark.parametrize("make", [mlp, cnn, autoencoder])
+def test_model_gradients_match_finite_differences(make):
+    prog = check_vjp(make(), directions=2)
+    assert prog.params  # every float initializer is differentiated
+
+
+def _real(path):
+    import onnx
+    from helpers import ROOT
+    return lambda: onnx.load(str(ROOT / path))
+
+
+REAL = {"kws_dscnn": _real("models/kws_dscnn.onnx"), "resnet8": _real("tests/models/resnet8_cifar10.onnx"),
+        "mobilenet_vww": _real("tests/models/mobilenet_v1_025_vww.onnx")}
+
+
+@pytest.mark.parametrize("model", sorted(REAL))
+def test_real_model_gradients_match_finite_differences(model):
+    """Exported models nobody wrote for this (depthwise and strided convolutions, shortcuts,
+    average pooling): two random directions through every input and parameter at once.
+    Step 1e-7: with thousands of ReLU inputs a step of 1e-6 crosses a kink now and then (the
+    discrepancy then shrinks in proportion to the step, as measured on kws_dscnn)."""
+    prog = check_vjp(REAL[model](), directions=2, joint=True, eps=1e-7)
+    assert prog.params
+
+
+def test_activity_only_what_reaches_a_differentiated_output():
+    """A product with a constant saves nothing (the constant's cotangent is never built);
+    an integer input's path gets no derivative nodes at all."""
+    k = helper.make_node("Constant", [], ["k"], value=helper.make_tensor("k", 1, [3], [1.0, 2.0, 3.0]))
+    m = onnx_model([k, node("Mul", ["a", "k"])], {"a": (2, 3)})
+    prog = reverse(import_model(m))
+    assert prog.residuals == [] and [n.op for n in prog.pullback.nodes] == ["Mul"]
+    nodes = [node("Exp", ["a"], ["e"]), node("Cast", ["n"], ["nf"], to=1), node("Add", ["e", "nf"])]
+    m = onnx_model(nodes, {"a": (2, 3)})
+    m.graph.input.append(helper.make_tensor_value_info("n", 6, [2, 3]))
+    prog = reverse(import_model(m))
+    assert prog.wrt_inputs == [0] and [v.name for v in prog.residuals] == ["e"]
+    assert sorted(n.op for n in prog.pullback.nodes) == ["Mul"]
+
+
+@pytest.mark.parametrize("nodes, match", [
+    ([node("Floor", ["a"], ["f"]), node("Add", ["f", "a"])], r"node 'Floor_0' \(Floor\): is not differentiable"),
+    ([node("Cast", ["a"], ["i"], to=6), node("Cast", ["i"], ["y"], to=1)], r"\(Cast\): is not differentiable"),
+    ([node("Erf", ["a"])], r"node 'Erf_0' \(Erf\): no derivative rule"),
+    ([node("LeakyRelu", ["a"], ["l"]), node("Relu", ["l"])], r"\(LeakyRelu\): no derivative rule"),
+    ([node("ReduceMax", ["a"], keepdims=0)], r"\(ReduceMax\): no derivative rule"),
+])
+def test_refusals_name_node_and_op(nodes, match):
+    m = onnx_model(nodes, {"a": (2, 3)})
+    with pytest.raises(UnsupportedError, match=match):
+        reverse(import_model(m))
+
+
+def _float32(arrays):
+    return [np.asarray(a, np.float32) for a in arrays]
+
+
+@pytest.mark.parametrize("make", [mlp, cnn, autoencoder])
+def test_compiled_primal_and_pullback_match_float64(make):
+    """The shipped object (x86-64-v3, in-process) against the float64 pullback checked
+    above; one primal serves two pullbacks, and the pullback never reads what the primal
+    left in the arena (filled with NaN in between)."""
+    from toolchain import compile_grad
+    m = make()
+    cg = compile_grad(m)
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal(s).astype(np.float32) for _, _, s in cg.inputs]
+    outs, residuals = cg.primal(*xs)
+    assert residuals.nbytes == cg.manifest["grad"]["residuals"]["size"]
+    for seed in (1, 2):
+        _, ys, _, cts, grads = pullback64(m, [x.astype(np.float64) for x in xs], cts_seed=seed)
+        for y, r in zip(outs, ys):
+            np.testing.assert_allclose(y, r, rtol=1e-4, atol=1e-5)
+        cg.arena[...] = 0xFF  # NaN in every float the pullback might read by mistake
+        gin, gpar = cg.pullback(residuals, *_float32(cts))
+        assert len(gin) + len(gpar) == len(grads)
+        for got, want in zip(gin + gpar, grads):
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max()))
+
+
+def _driver(manifest) -> str:
+    """A C program for the target: reads the inputs and output cotangents from argv[1], runs
+    model_primal, fills the arena with NaN, runs model_pullback, writes the outputs, input
+    cotangents and parameter cotangents to argv[2]; exit 3 if a guard zone after the arena
+    or the residual buffer was written."""
+    g = manifest["grad"]
+    ins = [t["bytes"] for t in manifest["inputs"]] + [t["bytes"] for t in g["output_cotangents"]]
+    outs = [t["bytes"] for t in manifest["outputs"]] + [t["bytes"] for t in g["input_cotangents"]] + \
+        [p["bytes"] for p in g["params"]]
+    decl = [f"static _Alignas(16) unsigned char i{k}[{n}];" for k, n in enumerate(ins)]
+    decl += [f"static _Alignas(16) unsigned char o{k}[{n}];" for k, n in enumerate(outs)]
+    ni, no, nic = len(manifest["inputs"]), len(manifest["outputs"]), len(g["input_cotangents"])
+    table = lambda name, items: f"{name}[] = {{{', '.join(items) or '0'}}};"  # noqa: E731
+    return "\n".join([
+        "#include <stdio.h>", "#include <string.h>", '#include "model.h"',
+        "#define GUARD 64",
+        "static _Alignas(MODEL_ARENA_ALIGN) unsigned char arena[MODEL_ARENA_SIZE + GUARD];",
+        "static _Alignas(MODEL_RESIDUALS_ALIGN) unsigned char res[MODEL_RESIDUALS_SIZE + GUARD];",
+        *decl,
+        "static int intact(const unsigned char *p) { for (int k = 0; k < GUARD; k++) if (p[k] != 0xA5) return 0; "
+        "return 1; }",
+        "int main(int argc, char **argv) {",
+        "    FILE *f = fopen(argv[1], \"rb\");", "    if (!f || argc < 3) return 2;",
+        *[f"    if (fread(i{k}, 1, {n}, f) != {n}) return 2;" for k, n in enumerate(ins)],
+        "    fclose(f);",
+        "    memset(arena + MODEL_ARENA_SIZE, 0xA5, GUARD); memset(res + MODEL_RESIDUALS_SIZE, 0xA5, GUARD);",
+        "    const void *" + table("ins", [f"i{k}" for k in range(ni)]),
+        "    void *" + table("outs", [f"o{k}" for k in range(no)]),
+        "    if (model_primal(ins, outs, res, arena) != 0) return 4;",
+        "    memset(arena, 0xFF, MODEL_ARENA_SIZE);",
+        "    const void *" + table("cots", [f"i{k}" for k in range(ni, len(ins))]),
+        "    void *" + table("gin", [f"o{k}" for k in range(no, no + nic)]),
+        "    void *" + table("gpar", [f"o{k}" for k in range(no + nic, len(outs))]),
+        "    if (model_pullback(res, cots, gin, gpar, arena) != 0) return 4;",
+        "    if (!intact(arena + MODEL_ARENA_SIZE) || !intact(res + MODEL_RESIDUALS_SIZE)) return 3;",
+        "    f = fopen(argv[2], \"wb\");", "    if (!f) return 2;",
+        *[f"    fwrite(o{k}, 1, {n}, f);" for k, n in enumerate(outs)],
+        "    fclose(f);", "    return 0;", "}", ""])
+
+
+@pytest.mark.parametrize("emit", ["object", "c"])
+def test_cnn_gradients_on_cortex_a76_under_qemu(tmp_path, emit):
+    """The library as shipped (object path, and the portable C path built by zig cc),
+    linked into a C program for cortex-a76 and run under qemu-user."""
+    import subprocess
+
+    import onnx
+    from toolchain.compiler import build
+    from toolchain.harness.runner import launcher, run_program, zig_cc
+    from toolchain.targets import get_profile
+
+    profile = get_profile("cortex-a76")
+    m = cnn()
+    onnx.save(m, tmp_path / "cnn.onnx")
+    res = build(tmp_path / "cnn.onnx", "cortex-a76", "model", tmp_path / "out", emit=emit, grad="reverse")
+    man = res.manifest
+    (tmp_path / "main.c").write_text(_driver(man))
+    lib = [str(tmp_path / "out" / "libmodel.a")] if emit == "object" else [str(tmp_path / "out" / "model.c")]
+    exe = tmp_path / "main"
+    proc = subprocess.run(zig_cc(profile) + ["-std=c11", f"-I{tmp_path / 'out'}", str(tmp_path / "main.c"), *lib,
+                                             "-o", str(exe)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal(t["shape"]).astype(np.float32) for t in man["inputs"]]
+    _, ys, _, cts, grads = pullback64(m, [x.astype(np.float64) for x in xs])
+    (tmp_path / "in.bin").write_bytes(b"".join(a.tobytes() for a in xs + _float32(cts)))
+    run_program(launcher(profile) + [str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], timeout=120)
+    flat = np.frombuffer((tmp_path / "out.bin").read_bytes(), np.float32)
+    start = 0
+    for want in list(ys) + list(grads):
+        got = flat[start:start + want.size].reshape(want.shape)
+        start += want.size
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max()))
+    assert start == flat.size
+
+
+def _edgec(*args):
+    import subprocess
+    import sys
+    from helpers import ROOT
+    return subprocess.run([sys.executable, "-m", "toolchain", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_cli_grad_build_header_manifest_symbols(tmp_path):
+    """edgec build --grad reverse: the header's macros are the manifest's figures (read back
+    by a C program), the residual layout tiles the buffer, only the two entries are exported."""
+    import json
+    import subprocess
+
+    import onnx
+    onnx.save(mlp(), tmp_path / "mlp.onnx")
+    out = tmp_path / "out"
+    proc = _edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "mlp.onnx"), "--name", "net",
+                  "--out", str(out), "--grad", "reverse")
+    assert proc.returncode == 0, proc.stderr
+    assert "reverse   residuals" in proc.stdout
+    man = json.loads((out / "net.json").read_text())
+    g = man["grad"]
+    assert [p["name"] for p in g["params"]] == ["W1", "b1", "W2", "b2"]
+    assert [p["shape"] for p in g["params"]] == [[16, 8], [16], [5, 16], [5]]
+    end = 0
+    for v in g["residuals"]["values"]:
+        assert v["offset"] >= end and v["offset"] % g["residuals"]["align"] == 0
+        end = v["offset"] + v["bytes"]
+    assert end <= g["residuals"]["size"]
+    assert man["arena"]["size"] == max(a["size"] for a in g["arenas"].values())
+    prog = tmp_path / "p.c"
+    prog.write_text('#include <stdio.h>\n#include "net.h"\nint main(void) {\n'
+                    '  int (*p)(const void *const *, void *const *, void *, void *) = net_primal;\n'
+                    '  int (*q)(const void *, const void *const *, void *const *, void *const *, void *) = net_pullback;\n'
+                    '  (void)p; (void)q;\n'
+                    '  printf("%u %u %u %u %u %u %u\\n", NET_RESIDUALS_SIZE, NET_RESIDUALS_ALIGN, NET_NUM_PARAMS,\n'
+                    '         NET_PARAM0_ELEMS, NET_PARAM3_ELEMS, NET_ARENA_SIZE, NET_NUM_INPUT_COTANGENTS);\n'
+                    '  return 0;\n}\n')
+    exe = tmp_path / "p"
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", f"-I{out}", str(prog),
+                    str(out / "net.o"), "-o", str(exe)], check=True)
+    figures = list(map(int, subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()))
+    assert figures == [g["residuals"]["size"], g["residuals"]["align"], 4, 128, 5, man["arena"]["size"], 1]
+    syms = subprocess.run(["nm", "-g", "--defined-only", str(out / "net.o")], capture_output=True, text=True,
+                          check=True).stdout.split()
+    assert sorted(s for s in syms if s.startswith("net_")) == ["net_primal", "net_pullback"]
+    assert set(man["stack_bytes"]) == {"net_primal", "net_pullback"}
+
+
+def test_cli_grad_refusals(tmp_path):
+    import onnx
+    m = onnx_model([node("LeakyRelu", ["a"], ["l"], name="leaky"), node("Relu", ["l"], name="act")], {"a": (2, 3)})
+    m.graph.node[0].name, m.graph.node[1].name = "leaky", "act"
+    onnx.save(m, tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    proc = _edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "m.onnx"), "--out", str(out),
+                  "--grad", "reverse")
+    assert proc.returncode == 1 and not out.exists()
+    assert proc.stderr.strip().splitlines() == ["edgec: error: node 'leaky' (LeakyRelu): no derivative rule "
+                                                "(reverse mode)"]
+    proc = _edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "m.onnx"), "--grad", "forward")
+    assert proc.returncode == 2 and "--grad" in proc.stderr
+    onnx.save(onnx_model([node("Relu", ["a"])], {"a": (2, 3)}), tmp_path / "relu.onnx")
+    proc = _edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "relu.onnx"), "--out", str(out),
+                  "--train")
+    assert proc.returncode == 1 and "no float initializers to train" in proc.stderr and not out.exists()
+
+
+def test_cli_train_build(tmp_path):
+    import onnx
+    onnx.save(mlp(), tmp_path / "mlp.onnx")
+    out = tmp_path / "out"
+    proc = _edgec("build", "--target", "cortex-a76", "--model", str(tmp_path / "mlp.onnx"), "--out", str(out),
+                  "--train", "--loss", "mse")
+    assert proc.returncode == 0, proc.stderr
+    assert "train     mse loss, sgd: params buffer 960 bytes (4 params)" in proc.stdout
+    header = (out / "model.h").read_text()
+    assert "#define MODEL_PARAMS_SIZE  960u" in header and "int model_train_step(void *params, void *opt_state" in header
+    proc = _edgec("build", "--target", "cortex-a76", "--model", str(tmp_path / "mlp.onnx"), "--out", str(out),
+                  "--train", "--emit", "c")
+    assert proc.returncode == 1 and "only the object path" in proc.stderr
+
+
+def _numpy_sgd(params, x, target, lr, steps):
+    """The MLP's training step written out by hand in float64 numpy (no edgec code):
+    y = softmax(relu(x W1^T + b1) W2^T + b2), loss = mean((y - t)^2), p -= lr dloss/dp."""
+    W1, b1, W2, b2 = (p.astype(np.float64) for p in params)
+    x, target = x.astype(np.float64), target.astype(np.float64)
+    losses = []
+    for _ in range(steps):
+        h = x @ W1.T + b1
+        r = np.maximum(h, 0)
+        z = r @ W2.T + b2
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        y = e / e.sum(axis=1, keepdims=True)
+        losses.append(np.mean((y - target) ** 2))
+        dy = 2 * (y - target) / y.size
+        dz = y * (dy - (dy * y).sum(axis=1, keepdims=True))
+        dW2, db2, dr = dz.T @ r, dz.sum(0), dz @ W2
+        dh = dr * (h > 0)
+        dW1, db1 = dh.T @ x, dh.sum(0)
+        W1, b1, W2, b2 = W1 - lr * dW1, b1 - lr * db1, W2 - lr * dW2, b2 - lr * db2
+    return losses, [W1, b1, W2, b2]
+
+
+def test_train_step_sgd_mse_matches_numpy():
+    """model_train_step (x86-64-v3, in-process): 5 SGD steps of the MLP on an MSE loss, the
+    losses and the parameters after them against the hand-written float64 numpy steps."""
+    from onnx import numpy_helper
+
+    from toolchain import compile_train
+    m = mlp()
+    ct = compile_train(m)
+    params = ct.params_init()
+    inits = [numpy_helper.to_array(t) for t in m.graph.initializer]
+    for i, want in enumerate(inits):
+        np.testing.assert_array_equal(ct.param(params, i), want)  # params_init copies the trained values
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    target = rng.dirichlet(np.ones(5), size=3).astype(np.float32)
+    lr = 0.5
+    losses = [ct.train_step(params, [x], [target], lr) for _ in range(5)]
+    want_losses, want_params = _numpy_sgd(inits, x, target, lr, 5)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-4)
+    assert losses[-1] < losses[0]
+    for i, want in enumerate(want_params):
+        np.testing.assert_allclose(ct.param(params, i), want, rtol=1e-4, atol=1e-5)
