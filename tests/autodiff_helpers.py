@@ -4,6 +4,7 @@ interpreter in float64, parameters substituted by name)."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from toolchain.frontend.onnx_import import import_model
@@ -19,7 +20,13 @@ def onnx_model(nodes, inputs: dict, inits: dict | None = None, outputs=("y",), o
         nodes, "m", [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in inputs.items()],
         [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
         [numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in (inits or {}).items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    # declared output shapes from onnx's own shape inference (the front end requires them)
+    inferred = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(m).graph.output}
+    for i, o in enumerate(m.graph.output):
+        if inferred.get(o.name) is not None and inferred[o.name].type.tensor_type.HasField("shape"):
+            m.graph.output[i].CopyFrom(inferred[o.name])
+    return m
 
 
 def initializers(m) -> dict:

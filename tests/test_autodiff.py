@@ -164,6 +164,8 @@ def test_activity_only_what_reaches_a_differentiated_output():
     nodes = [node("Exp", ["a"], ["e"]), node("Cast", ["n"], ["nf"], to=1), node("Add", ["e", "nf"])]
     m = onnx_model(nodes, {"a": (2, 3)})
     m.graph.input.append(helper.make_tensor_value_info("n", 6, [2, 3]))
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("y", 1, [2, 3]))
     prog = reverse(import_model(m))
     assert prog.wrt_inputs == [0] and [v.name for v in prog.residuals] == ["e"]
     assert sorted(n.op for n in prog.pullback.nodes) == ["Mul"]
