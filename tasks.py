@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from invoke import task
 
@@ -52,6 +53,21 @@ def build(c, target=None, model=None, name=None, out=None, dump_ir=False, dim=No
         args.append("--dump-ir")
     if train:
         args.append("--train")
+    _exec(args)
+
+
+@task(help={"graphs": "random valid graphs to compile and compare (default 2000)",
+            "mutations": "structural corruptions of the real models (default 1000)",
+            "seed": "the run's seed (the same seed gives the same cases)",
+            "minutes": "stop starting new cases after this long (default 60)",
+            "json": "write the counts and findings here"})
+def fuzz(c, graphs=2000, mutations=1000, seed=0, minutes=60, json=None):
+    """The differential fuzzer, long run (tests/fuzz.py): random valid graphs and mutations of
+    the real models against onnxruntime; findings are saved under build/fuzz-findings/."""
+    args = [PY, str(Path(__file__).parent / "tests" / "fuzz.py"), "--graphs", str(graphs),
+            "--mutations", str(mutations), "--seed", str(seed), "--minutes", str(minutes)]
+    if json:
+        args += ["--json", json]
     _exec(args)
 
 

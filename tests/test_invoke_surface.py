@@ -18,7 +18,7 @@ from onnx import helper
 
 F = np.float32
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-TASKS = ["build", "firmware", "targets", "test", "bench", "ci", "size", "profile", "quantize", "compare"]
+TASKS = ["build", "firmware", "targets", "test", "bench", "ci", "size", "profile", "quantize", "compare", "fuzz"]
 
 
 def invoke(*args, timeout=120):
