@@ -103,7 +103,8 @@ def test_hard_float_flag_must_agree_with_the_build_attributes():
 def test_over_budget_is_refused_with_the_figures(tmp_path):
     """ResNet-8's 192 KiB arena and stack exceed the STM32F407's 192 KiB of RAM."""
     with pytest.raises(BudgetError, match=r"RAM budget exceeded: 197,\d{3} bytes > RAM budget 196,608 bytes "
-                                          r"\(by \d+\); largest contributors: arena 196,608 B"):
+                                          r"\(target cortex-m4's default; --ram-budget overrides\) \(by \d+\); "
+                                          r"largest contributors: arena 196,608 B"):
         build(ROOT / "tests" / "models" / "resnet8_cifar10.onnx", "cortex-m4", "model", tmp_path)
     assert not (tmp_path / "model.o").exists()
 

@@ -318,3 +318,29 @@ def test_external_weights_match_the_default_build_bit_for_bit(where, tmp_path):
     assert f"#define MODEL_WEIGHTS_SIZE  {len(blob)}u" in header
     assert f"UINT64_C(0x{fnv1a64(blob):016x})" in header
     assert "int model_run_ext(const void *weights," in header and "int model_run(" not in header
+
+
+@pytest.mark.parametrize("emit", ["object", "c"])
+def test_the_library_exports_its_build_id_equal_to_the_header(emit, tmp_path):
+    """<name>_build_id: firmware compares it with <NAME>_BUILD_ID at start-up."""
+    import io
+    import re
+
+    from elftools.elf.elffile import ELFFile
+
+    from toolchain.backends.c import compile_c
+
+    out = tmp_path / emit
+    res = build(ROOT / "models" / "kws_dscnn.onnx", "cortex-a76", "net", out, emit=emit)
+    obj = (out / "net.o").read_bytes() if emit == "object" else compile_c((out / "net.c").read_text(),
+                                                                          get_profile("cortex-a76"))
+    elf = ELFFile(io.BytesIO(obj))
+    (sym,) = [s for s in elf.get_section_by_name(".symtab").iter_symbols() if s.name == "net_build_id"]
+    assert sym["st_info"]["bind"] == "STB_GLOBAL"
+    section = elf.get_section(sym["st_shndx"])
+    value = section.data()[sym["st_value"]:sym["st_value"] + sym["st_size"]]
+    header = (out / "net.h").read_text()
+    macro = re.search(r'#define NET_BUILD_ID\s+"([0-9a-f]{32})"', header).group(1)
+    assert value == macro.encode() + b"\0" == res.manifest["build_id"].encode() + b"\0"
+    assert "extern const char net_build_id[];" in header
+    assert not section.header["sh_flags"] & 0x1  # SHF_WRITE: read-only

@@ -13,7 +13,7 @@ from .backends import get_backend
 from .cache import BuildHook
 from .contract import entry_symbols, is_valid_name
 from .emit import ar_archive, build_id, c_header, check_out_dir, manifest_json, owned_files, replace_outputs
-from .errors import InvalidModelError
+from .errors import InternalError, InvalidModelError
 from .frontend.batching import import_batched
 from .frontend.onnx_import import load_model
 from .inspect.elf import ObjectInfo, check_self_contained, read_object
@@ -64,12 +64,13 @@ def check_name(name: str):
 
 def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = None,
                   emit: str = "object", weights: str = "internal", separate_nodes: bool = False,
-                  node_lines: bool = False) -> Compiled:
+                  node_lines: bool = False, identity=None) -> Compiled:
     """Passes (schedules chosen for the backend's vector unit), memory plan, the backend's
     object, self-containment check, worst-case stack. Nothing touches disk.
     separate_nodes, node_lines (object path only): the profiling builds of toolchain.profile
     (every node in a function of its own, never inlined; or the shipped code with a line
-    table naming each instruction's node); never used for a shipped build."""
+    table naming each instruction's node); never used for a shipped build.
+    identity(graph) -> build id, once the passes have run: exported as <name>_build_id."""
     backend = get_backend(emit)
     if (separate_nodes or node_lines) and backend.name != "object":
         raise InvalidModelError(f"profiling builds need the object backend, not '{emit}'")
@@ -81,6 +82,8 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
     plan = plan_memory(g, profile.arena_align, buffer_alignment(4 * vector.lanes))
     check_sizes(g, profile.index_bits, plan)
     options = {k: True for k, v in (("separate_nodes", separate_nodes), ("node_lines", node_lines)) if v}
+    if identity is not None:
+        options["build_id"] = identity(g)
     out = backend.generate(g, plan, name, profile, weights=weights, **options)
     info = read_object(out.object)
     check_self_contained(info, profile, name)
@@ -192,13 +195,20 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
         compiled = compile_train_graph(import_model(model, name, dims), params, profile, name, train, dump, emit)
     elif grad:
         compiled = compile_grad_graph(import_model(model, name, dims), params, profile, name, dump, emit)
-    else:
-        compiled = compile_graph(import_batched(model, name, dims), profile, name, dump, emit, weights)
     options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__,
                **({"emit": emit} if emit != "object" else {}), **({"weights": weights} if weights != "internal" else {}),
                **({"grad": grad} if grad else {}), **({"train": train} if train else {})}
+    if not (train or grad):
+        def identity(g):  # the manifest's build id, known once the passes have run
+            return build_id({"hashes": _hashes(g, model_path, options), "compiler": {"version": __version__}})
+        compiled = compile_graph(import_batched(model, name, dims), profile, name, dump, emit, weights,
+                                 identity=identity)
     manifest = make_manifest(compiled, profile, name, model_path, options)
     manifest["build_id"] = build_id(manifest)
+    if not (train or grad) and identity(compiled.graph) != manifest["build_id"]:
+        raise InternalError("the build id in the object differs from the manifest's")
+    if not (train or grad):
+        manifest["exports_build_id"] = True  # <name>_build_id in the object (the header declares it)
     given = {k: v for k, v in (budgets or {}).items() if v is not None}
     defaults = {k: f"target {profile.name}'s default; --{k.replace('_bytes', '')}-budget overrides"
                 for k in profile.budgets if k not in given}
@@ -262,6 +272,11 @@ def _io_info(g, kind: str) -> list:
     return [_tensor_info(v, g.batch, c) for v, c in zip(values, carries)]
 
 
+def _hashes(g, model_path: Path, options: dict) -> dict:
+    return {"model_sha256": _file_hash(model_path), "graph_sha256": g.fingerprint(),
+            "options_sha256": hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()}
+
+
 def _file_hash(path: Path) -> str:
     h = hashlib.sha256(path.read_bytes())
     return h.hexdigest()
@@ -313,11 +328,7 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
         "schedules": {n.name: str(n.schedule) for n in g.nodes if n.schedule is not None},
         "macs": sum(registry.get(n.op).macs(n) for n in g.nodes),
         **({"float_fallback": g.notes["float_fallback"]} if "float_fallback" in g.notes else {}),
-        "hashes": {
-            "model_sha256": _file_hash(model_path),
-            "graph_sha256": g.fingerprint(),
-            "options_sha256": hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest(),
-        },
+        "hashes": _hashes(g, model_path, options),
         "compiler": {"name": "edgec", "version": __version__},
     }
     if c.train is not None:

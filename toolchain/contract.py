@@ -129,6 +129,12 @@ def weights_section(name: str) -> str:
     return f".rodata.{name}.weights"
 
 
+def build_id_symbol(name: str) -> str:
+    """An exported constant: the build id as a NUL-terminated string, equal to the header's
+    <NAME>_BUILD_ID, so firmware can check at start-up that header and library match."""
+    return f"{name}_build_id"
+
+
 def macro_prefix(name: str) -> str:
     return name.upper()
 

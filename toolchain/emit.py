@@ -15,7 +15,7 @@ import struct
 import tempfile
 from pathlib import Path
 
-from .contract import (ERR_DIM_OUT_OF_RANGE, c_comment_text, macro_prefix, params_init_prototype, primal_prototype,
+from .contract import (ERR_DIM_OUT_OF_RANGE, build_id_symbol, c_comment_text, macro_prefix, params_init_prototype, primal_prototype,
                        pullback_prototype, run_dims_prototype, run_ext_prototype, run_ext_symbol, run_prototype,
                        run_symbol, train_step_prototype)
 from .errors import InvalidModelError
@@ -92,6 +92,8 @@ def c_header(name: str, manifest: dict) -> str:
         "#endif",
         "",
         f"#define {up}_BUILD_ID     \"{build_id(manifest)}\"  /* from the content hashes of {name}.json */",
+        *([f"extern const char {build_id_symbol(name)}[];  /* the library's own copy of BUILD_ID: compare them at "
+           "start-up */"] if manifest.get("exports_build_id") else []),
         f"#define {up}_ARENA_SIZE   {arena_size}u  /* bytes the caller provides */",
         f"#define {up}_ARENA_ALIGN  {arena['align']}u  /* arena alignment in bytes */",
         *([f"#define {up}_STACK_SIZE   {int(stack)}u  /* worst-case stack of {run_symbol(name)} in bytes "

@@ -12,7 +12,7 @@ import tempfile
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from ..contract import (ERR_DIM_OUT_OF_RANGE, graph_symbol, item_symbol, node_symbols, params_init_symbol,
+from ..contract import (ERR_DIM_OUT_OF_RANGE, build_id_symbol, graph_symbol, item_symbol, node_symbols, params_init_symbol,
                         primal_symbol, pullback_symbol, run_dims_symbol, run_ext_symbol, run_symbol,
                         train_step_symbol, weights_section)
 from ..errors import InternalError, UnsupportedError
@@ -37,7 +37,8 @@ class LLVMBackend:
         return profile.vector_unit
 
     def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile,
-                 weights: str = "internal", separate_nodes: bool = False, node_lines: bool = False) -> Generated:
+                 weights: str = "internal", separate_nodes: bool = False, node_lines: bool = False,
+                 build_id: str | None = None) -> Generated:
         """weights "external": no weight bytes in the object; they go to <name>_weights.bin
         (Generated.files) and <name>_run_ext takes their address.
         The profiling builds of toolchain.profile (a shipped build sets neither, and its
@@ -47,6 +48,8 @@ class LLVMBackend:
         (backends/debuglines.py) to the shipped build's code."""
         blob = WeightBlob() if weights == "external" else None
         module = build_module(g, plan, name, profile, blob, separate_nodes)
+        if build_id is not None:
+            _build_id_constant(module, name, build_id)
         text = module_text(module)
         if node_lines:
             symbols = node_symbols(name, g.nodes)
@@ -235,6 +238,14 @@ def _grad_entries(module, prog, runs, offsets, name, index):
     ins = table(b, [residual(b, res, k) for k in range(r)] + [load(b, ocot, j) for j in range(n_cot)])
     outs = table(b, [load(b, icot, i) for i in range(n_in)] + [load(b, pcot, p) for p in range(len(prog.params))])
     b.ret(b.call(runs["pullback"], [ins, outs, arena]))
+
+
+def _build_id_constant(module, name, build_id: str):
+    """const char <name>_build_id[] = "<id>": exported, read-only."""
+    raw = bytearray(build_id.encode() + b"\0")
+    gv = ir.GlobalVariable(module, ir.ArrayType(I8, len(raw)), name=build_id_symbol(name))
+    gv.global_constant = True
+    gv.initializer = ir.Constant(ir.ArrayType(I8, len(raw)), raw)
 
 
 def _weight_global(module, sym, data):
