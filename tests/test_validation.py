@@ -277,3 +277,17 @@ def test_a_recurrent_state_of_another_dtype_is_invalid(tmp_path):
                    {"w": np.ones((1, 8, 4), F), "r": np.ones((1, 8, 2), F)})
     assert ort_refuses(m)
     refused(tmp_path, m, InvalidModelError, "node 'lstm' (LSTM)", "'h0' (initial_h)", "tensor(double)")
+
+
+def test_declared_intermediate_shapes_are_checked(tmp_path):
+    """value_info, like outputs: our shapes must agree with onnx's own shape inference on every
+    real model, and a declared intermediate shape that disagrees is refused naming the tensor."""
+    from toolchain.frontend.onnx_import import import_model
+
+    for path in [*sorted((ROOT / "tests" / "models").glob("*.onnx")), ROOT / "models" / "kws_dscnn.onnx"]:
+        m = onnx.shape_inference.infer_shapes(onnx.load(path))
+        assert len(m.graph.value_info) > 0
+        import_model(m)  # every declared intermediate agrees
+    m = chain([("Relu", "r", ["x"], ["h"]), ("Sigmoid", "s", ["h"], ["y"])])
+    m.graph.value_info.append(helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, [7, 7]))
+    refused(tmp_path, m, InvalidModelError, "tensor 'h' is declared with shape [7, 7], inferred")

@@ -132,6 +132,9 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
     if not g.outputs:
         raise InvalidModelError("the model has no outputs")
     check_declared_types(list(onnx_graph.output), [v.type for v in g.outputs])
+    # intermediate tensors' declared types (value_info) too, where the tensor still exists
+    known = [vi for vi in onnx_graph.value_info if vi.name in env and env[vi.name].type is not None]
+    check_declared_types(known, [env[vi.name].type for vi in known], what="tensor")
     g.output_names = [vi.name for vi in onnx_graph.output]
     return g
 

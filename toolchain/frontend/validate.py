@@ -286,20 +286,21 @@ def validate_model(model: onnx.ModelProto, dims: dict | None = None):
         return
 
 
-def check_declared_types(declared: list[onnx.ValueInfoProto], inferred: list[TensorType]):
-    """Declared graph outputs against the inferred types: every disagreement, in one error."""
+def check_declared_types(declared: list[onnx.ValueInfoProto], inferred: list[TensorType], what: str = "output"):
+    """Declared graph outputs (or value_info tensors: what="tensor") against the inferred
+    types: every disagreement, in one error."""
     p = Problems()
     for vi, t in zip(declared, inferred):
         if not vi.type.HasField("tensor_type"):
             continue
         tt = vi.type.tensor_type
         if tt.elem_type and dtype_name(tt.elem_type) != t.dtype:
-            p.invalid(f"output '{vi.name}' is declared {dtype_name(tt.elem_type)}, inferred {t.dtype}")
+            p.invalid(f"{what} '{vi.name}' is declared {dtype_name(tt.elem_type)}, inferred {t.dtype}")
         if not tt.HasField("shape"):
             continue
         want = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
         if len(want) != len(t.shape) or any(w is not None and w != s for w, s in zip(want, t.shape)):
             shown = [w if w is not None else (d.dim_param or "?") for w, d in zip(want, tt.shape.dim)]
-            p.invalid(f"output '{vi.name}' is declared with shape [{', '.join(map(str, shown))}], "
+            p.invalid(f"{what} '{vi.name}' is declared with shape [{', '.join(map(str, shown))}], "
                       f"inferred {list(t.shape)}")
     p.raise_all()
