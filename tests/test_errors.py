@@ -77,3 +77,20 @@ def test_attributing_an_error_to_a_node_keeps_its_kind():
     assert isinstance(e, UnsupportedError) and str(e) == "node 'conv1' (Conv): needs float32 input"
     named = InvalidModelError("x", node="a", op="B")
     assert named.at("c", "D") is named
+
+
+def test_names_with_control_characters_stay_on_one_line_in_the_python_api():
+    """Fuzzer finding (a corrupted op type and input name carrying newlines): the exception's
+    own message is one line, not only the CLI's rendering of it."""
+    from onnx import helper
+
+    from helpers import make_model
+    from toolchain.compiler import compile_onnx
+    from toolchain.errors import CompileError
+
+    m = make_model([helper.make_node("Bad\nOp", ["x"], ["y"], name="n\x04ode")],
+                   {"x": (np.float32, (1, 3))}, {"y": (np.float32, (1, 3))})
+    with pytest.raises(CompileError) as e:
+        compile_onnx(m, "x86-64-v3")
+    assert "\n" not in str(e.value) and "\x04" not in str(e.value)
+    assert "Bad\\nOp" in str(e.value)

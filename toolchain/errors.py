@@ -18,7 +18,10 @@ class CompileError(Exception):
         where = ""
         if node is not None or op is not None:
             where = f"node '{node}' ({op}): " if node is not None else f"op {op}: "
-        super().__init__(where + message)
+        text = where + message
+        if not isinstance(self, InternalError):  # names from a model stay on one line (\n -> "\\n")
+            text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+        super().__init__(text)
         self.node = node
         self.op = op
 
