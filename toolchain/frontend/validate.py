@@ -278,12 +278,21 @@ def validate_model(model: onnx.ModelProto, dims: dict | None = None):
     if not p.items:
         _check_types(model, p)
     p.raise_all()
+    # a graph output declared without a shape is valid ONNX to onnxruntime (and common from
+    # exporters) but the checker wants the field: it is present, empty, only while it checks
+    bare = [vi for vi in model.graph.output
+            if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape")]
+    for vi in bare:
+        vi.type.tensor_type.shape.SetInParent()
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         raise InvalidModelError(f"the ONNX checker refuses the model: {one_line(e)}") from None
     except ValueError:  # a model over protobuf's 2 GB cannot be checked in memory
         return
+    finally:
+        for vi in bare:
+            vi.type.tensor_type.ClearField("shape")
 
 
 def check_declared_types(declared: list[onnx.ValueInfoProto], inferred: list[TensorType], what: str = "output"):
