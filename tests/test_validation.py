@@ -291,3 +291,12 @@ def test_declared_intermediate_shapes_are_checked(tmp_path):
     m = chain([("Relu", "r", ["x"], ["h"]), ("Sigmoid", "s", ["h"], ["y"])])
     m.graph.value_info.append(helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, [7, 7]))
     refused(tmp_path, m, InvalidModelError, "tensor 'h' is declared with shape [7, 7], inferred")
+
+
+def test_negative_pads_are_invalid(tmp_path):
+    """Fuzzer finding (a Conv's pads changed to a negative value built; onnxruntime refuses)."""
+    w = np.ones((2, 1, 3, 3), F)
+    m = make_model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[-1, 0, 0, 0], name="c")],
+                   {"x": (F, (1, 1, 6, 6))}, {"y": (F, (1, 2, 3, 4))}, {"w": w})
+    assert ort_refuses(m)
+    refused(tmp_path, m, InvalidModelError, "node 'c' (Conv)", "must not be negative")

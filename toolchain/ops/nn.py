@@ -59,6 +59,8 @@ def window_attrs(node, spatial_in, kernel):
         if any(v < 1 for v in node.attrs[key]):
             raise invalid(node, f"{key} {node.attrs[key]} must be positive")
     node.attrs["pads"] = resolve_auto_pad(node, spatial_in, kernel, node.attrs["strides"], node.attrs["dilations"])
+    if any(v < 0 for v in node.attrs["pads"]):  # onnx's shape inference and onnxruntime refuse them too
+        raise invalid(node, f"pads {node.attrs['pads']} must not be negative")
 
 
 @register("Conv")
