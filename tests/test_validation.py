@@ -300,3 +300,12 @@ def test_negative_pads_are_invalid(tmp_path):
                    {"x": (F, (1, 1, 6, 6))}, {"y": (F, (1, 2, 3, 4))}, {"w": w})
     assert ort_refuses(m)
     refused(tmp_path, m, InvalidModelError, "node 'c' (Conv)", "must not be negative")
+
+
+def test_an_output_without_an_element_type_is_invalid(tmp_path):
+    """Fuzzer finding (a flipped byte left output 'h' of the bidirectional LSTM with element
+    type 0; it built, onnxruntime refuses to load it)."""
+    m = chain([("Relu", "r", ["x"], ["y"])])
+    m.graph.output[0].type.tensor_type.elem_type = 0
+    assert ort_refuses(m)
+    refused(tmp_path, m, InvalidModelError, "output 'y' declares no element type")

@@ -303,6 +303,8 @@ def check_declared_types(declared: list[onnx.ValueInfoProto], inferred: list[Ten
         if not vi.type.HasField("tensor_type"):
             continue
         tt = vi.type.tensor_type
+        if not tt.elem_type and what == "output":  # onnxruntime refuses such a model at load
+            p.invalid(f"output '{vi.name}' declares no element type (UNDEFINED, 0)")
         if tt.elem_type and dtype_name(tt.elem_type) != t.dtype:
             p.invalid(f"{what} '{vi.name}' is declared {dtype_name(tt.elem_type)}, inferred {t.dtype}")
         if not tt.HasField("shape"):
