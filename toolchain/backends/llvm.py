@@ -173,10 +173,7 @@ def build_train_module(tp, init, plans, offsets, name: str, profile: Profile) ->
     pp = ptr.as_pointer()
 
     def table(b, entries):
-        local = b.alloca(ptr, max(len(entries), 1))
-        for k, p in enumerate(entries):
-            b.store(p, b.gep(local, [ir.Constant(index, k)], inbounds=True))
-        return local
+        return _pointer_table(b, entries, index)
 
     def at(b, buf, off):
         return b.gep(buf, [ir.Constant(index, off)], inbounds=True)
@@ -203,6 +200,15 @@ def build_train_module(tp, init, plans, offsets, name: str, profile: Profile) ->
     return module
 
 
+def _pointer_table(b, entries, index):
+    """A stack array of i8* holding `entries`, as the run functions take their inputs/outputs."""
+    ptr = I8.as_pointer()
+    local = b.alloca(ptr, max(len(entries), 1))
+    for k, p in enumerate(entries):
+        b.store(p, b.gep(local, [ir.Constant(index, k)], inbounds=True))
+    return local
+
+
 def _grad_entries(module, prog, runs, offsets, name, index):
     """<name>_primal hands its graph the outputs then the residuals (at their offsets in
     the residual buffer); <name>_pullback hands its graph the residuals then the output
@@ -211,10 +217,7 @@ def _grad_entries(module, prog, runs, offsets, name, index):
     pp = ptr.as_pointer()
 
     def table(b, entries):
-        local = b.alloca(ptr, max(len(entries), 1))
-        for k, p in enumerate(entries):
-            b.store(p, b.gep(local, [ir.Constant(index, k)], inbounds=True))
-        return local
+        return _pointer_table(b, entries, index)
 
     def load(b, arr, k):
         return b.load(b.gep(arr, [ir.Constant(index, k)], inbounds=True))
