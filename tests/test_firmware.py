@@ -90,3 +90,40 @@ def test_cortex_m55_firmware_boots_on_the_mps3_board(path, tmp_path):
     assert v.returncode == 0 and "PASS max_abs_err=" in v.output, v.output
     (bad,) = firmware.run(None, "cortex-m55", tmp_path / "bad", paths=(path,), corrupt=True)
     assert bad.returncode == 1 and "FAIL max_abs_err=" in bad.output, bad.output
+
+
+def _reserved_stack(image) -> int:
+    from elftools.elf.elffile import ELFFile
+
+    with open(image, "rb") as f:
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        at = {n: symtab.get_symbol_by_name(n)[0]["st_value"] for n in ("__stack_bottom", "__stack_top")}
+    return at["__stack_top"] - at["__stack_bottom"]
+
+
+@pytest.mark.parametrize("board_target", ["cortex-a76", "cortex-m4"])
+def test_firmware_reserving_exactly_model_stack_size_runs_the_model(board_target, tmp_path):
+    """The image reserves MODEL_STACK_SIZE plus the firmware's own frames and no more; the
+    model runs in it, and the stack it really used (painted and scanned by main.c) is within
+    the header's bound."""
+    (v,) = firmware.run(None, board_target, tmp_path, paths=("object",))
+    header = (tmp_path / "object" / "model.h").read_text()
+    bound = int(header.split("#define MODEL_STACK_SIZE")[1].split()[0].rstrip("u"))
+    assert _reserved_stack(v.image) == (bound + firmware.FIRMWARE_FRAMES + 15) // 16 * 16
+    assert v.passed, v.output
+    used, printed_bound = map(int, v.output.split(" stack=")[1].split()[0].split("/"))
+    assert printed_bound == bound and 0 < used <= bound
+
+
+def test_firmware_with_too_little_stack_does_not_pass(tmp_path):
+    """The check can fail: with a quarter of the model's bound the run overflows its stack
+    and the firmware does not report PASS (a fault, or main.c's touched-bottom check)."""
+    profile = get_profile("cortex-m4")
+    res = firmware.build_image(firmware.DEFAULT_MODEL, profile, "object", tmp_path)
+    bound = int((tmp_path / "object" / "model.h").read_text().split("#define MODEL_STACK_SIZE")[1].split()[0]
+                .rstrip("u"))
+    image = firmware.build_image(firmware.DEFAULT_MODEL, profile, "object", tmp_path / "small",
+                                 stack_bytes=bound // 4)
+    assert _reserved_stack(image) < bound and res != image
+    rc, output = firmware.boot(image, profile)
+    assert rc != 0 and "PASS" not in output, output

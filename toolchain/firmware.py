@@ -8,6 +8,10 @@ and compares with onnxruntime's outputs. The board comes from firmware/boards.to
 profile's run.board (Cortex-M: MPS2/MPS3) or else its ELF machine; the CPU comes from the
 profile. No OS, no libc, no heap.
 
+The stack is reserved exactly: the image links with the model's worst-case stack
+(MODEL_STACK_SIZE, when the build knows it) plus FIRMWARE_FRAMES for main.c's own frames,
+and main.c reports the stack model_run really used, failing if it is over the bound.
+
     python -m toolchain.firmware --target cortex-a76 [--model M.onnx] [--path object|c|both]
 """
 from __future__ import annotations
@@ -27,12 +31,14 @@ from .harness.system import board_cc, board_for
 from .kernel.c import float_literal, int_literal
 from .kernel.llvm import LLVM_TYPES
 from .compiler import DEFAULT_MODEL, PROJECT_ROOT, build
+from .contract import run_symbol
 from .errors import CompileError
 from .inspect.elf import read_object
 from .targets import Profile, get_profile
 
 FIRMWARE = PROJECT_ROOT / "firmware"
 NAME = "model"  # main.c includes model.h and calls model_run
+FIRMWARE_FRAMES = 512  # bytes: main.c's frame, the startup code's and the printing helpers'
 KINDS = {"float32": "FW_F32", "int64": "FW_I64", "int32": "FW_I32", "int8": "FW_I8", "uint8": "FW_U8",
          "bool": "FW_U8"}
 C_ELEM = {"float32": "float", "int64": "int64_t", "int32": "int32_t", "int8": "int8_t", "uint8": "uint8_t",
@@ -120,8 +126,17 @@ def _run(cmd: list[str], what: str):
     return proc
 
 
-def build_image(model_path: Path, profile: Profile, path: str, out: Path, corrupt: bool = False) -> Path:
-    """One firmware image (ELF) for `path` ("object" or "c") in out/<path>/."""
+def stack_reservation(manifest: dict, name: str = NAME) -> int | None:
+    """Bytes of stack the image reserves: the model's bound plus the firmware's own frames
+    (None when the build has no bound: the linker script's default then)."""
+    bound = manifest.get("stack_bytes", {}).get(run_symbol(name))
+    return None if bound is None else int(bound) + FIRMWARE_FRAMES
+
+
+def build_image(model_path: Path, profile: Profile, path: str, out: Path, corrupt: bool = False,
+                stack_bytes: int | None = None) -> Path:
+    """One firmware image (ELF) for `path` ("object" or "c") in out/<path>/, its stack
+    `stack_bytes` (default: stack_reservation)."""
     board = board_for(profile)
     cc = compiler(profile, board)
     work = Path(out) / path
@@ -132,9 +147,14 @@ def build_image(model_path: Path, profile: Profile, path: str, out: Path, corrup
     (work / "fw_data.h").write_text(data_header(res.manifest, inputs, expected, corrupt))
     bdir = FIRMWARE / board["dir"]
     image = work / "firmware.elf"
+    script = bdir / board["linker_script"]
+    stack = stack_bytes or stack_reservation(res.manifest)
+    if stack:  # zig's linker takes no --defsym: a two-line script that sets it and includes the board's
+        script = work / "stack.ld"
+        script.write_text(f"STACK_SIZE = {(stack + 15) // 16 * 16};\nINCLUDE {bdir / board['linker_script']}\n")
     sources = [bdir / s for s in board["sources"]] + [FIRMWARE / "print.c", FIRMWARE / "main.c"]
     _run([*cc, "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", f"-I{work}", f"-I{bdir}",
-          '-DFW_DATA="fw_data.h"', "-T", str(bdir / board["linker_script"]), *map(str, sources),
+          '-DFW_DATA="fw_data.h"', "-T", str(script), *map(str, sources),
           str(work / f"lib{NAME}.a"), "-o", str(image)], f"linking the {path}-path firmware")
     _check_image(image)
     return image
