@@ -14,7 +14,8 @@
  * with the dimensions in EDGEC_DIMS (comma-separated) when it is set; the input and output
  * sizes on the command line are then those of that batch.
  * A build with external weights (-DEDGEC_RUN_EXT=<name>_run_ext) reads them from the file
- * named by EDGEC_WEIGHTS into an aligned buffer and passes its address.
+ * named by EDGEC_WEIGHTS into an aligned buffer, checks it with -DEDGEC_CHECK_WEIGHTS=<name>_check_weights
+ * (exit 3 when the bytes are not the build's) and passes its address.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -25,6 +26,8 @@
 
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
+#define STR_(a) #a
+#define STR(a) STR_(a)
 #define ARENA_SIZE CAT(EDGEC_PREFIX, _ARENA_SIZE)
 #define ARENA_ALIGN CAT(EDGEC_PREFIX, _ARENA_ALIGN)
 #define NUM_INPUTS CAT(EDGEC_PREFIX, _NUM_INPUTS)
@@ -92,6 +95,12 @@ int main(int argc, char **argv) {
     FILE *wf = weights_path ? fopen(weights_path, "rb") : NULL;
     if (!weights || !wf || fread(weights, 1, weights_size, wf) != weights_size) return fail("cannot read EDGEC_WEIGHTS");
     fclose(wf);
+    int check = EDGEC_CHECK_WEIGHTS(weights);
+    if (check != 0) {
+        fprintf(stderr, "harness: %s returned %d: EDGEC_WEIGHTS is not this build's weights\n",
+                STR(EDGEC_CHECK_WEIGHTS), check);
+        return 3;
+    }
 #endif
 #ifdef EDGEC_RUN_DIMS
     int32_t dims[16] = {0};

@@ -291,7 +291,7 @@ def test_weights_live_in_their_own_read_only_section(tmp_path):
 def test_external_weights_match_the_default_build_bit_for_bit(where, tmp_path):
     """--weights external: the object holds no weight bytes, <name>_weights.bin does, and
     <name>_run_ext given its address computes exactly what the default build computes."""
-    from toolchain.compiler import build, fnv1a64
+    from toolchain.compiler import build
     from toolchain.harness.runner import link_harness, run_model
     from toolchain.targets import get_profile
 
@@ -316,8 +316,63 @@ def test_external_weights_match_the_default_build_bit_for_bit(where, tmp_path):
     assert not any(s.startswith(".rodata.model.weights") for s in read_object(obj).sections)
     header = (tmp_path / "external" / "model.h").read_text()
     assert f"#define MODEL_WEIGHTS_SIZE  {len(blob)}u" in header
-    assert f"UINT64_C(0x{fnv1a64(blob):016x})" in header
+    assert f"UINT64_C(0x{_fnv1a64(blob):016x})" in header
     assert "int model_run_ext(const void *weights," in header and "int model_run(" not in header
+    assert "int model_check_weights(const void *weights);" in header and "#define MODEL_ERR_WEIGHTS  2" in header
+
+
+def _fnv1a64(data: bytes) -> int:
+    """FNV-1a 64 as its authors define it (offset basis and prime from the FNV reference)."""
+    h = 14695981039346656037
+    for b in data:
+        h = ((h ^ b) * 1099511628211) % 2**64
+    return h
+
+
+def test_fnv1a64_known_answer():
+    # the FNV reference's test vectors: "" and "a"
+    assert _fnv1a64(b"") == 0xCBF29CE484222325 and _fnv1a64(b"a") == 0xAF63DC4C8601EC8C
+
+
+def test_external_weights_are_checked(tmp_path):
+    """<name>_check_weights accepts the build's own blob and refuses one changed byte;
+    <name>_run_ext refuses a NULL or misaligned address with ERR_WEIGHTS, writing nothing."""
+    import ctypes
+
+    from toolchain.compiler import build
+    from toolchain.harness.runner import HarnessError, link_harness, run_model
+    from toolchain.targets import get_profile
+
+    profile = get_profile("x86-64-v3")
+    res = build(ROOT / "tests" / "models" / "fc_autoencoder.onnx", "x86-64-v3", "model", tmp_path,
+                weights="external")
+    blob = (tmp_path / "model_weights.bin").read_bytes()
+    so = tmp_path / "model.so"
+    subprocess.run([sys.executable, "-m", "ziglang", "cc", "-shared", "-o", str(so), str(tmp_path / "model.o")],
+                   check=True)
+    lib = ctypes.CDLL(str(so))
+    buf = ctypes.create_string_buffer(len(blob) + 128)
+    base = -ctypes.addressof(buf) % 64
+    ctypes.memmove(ctypes.addressof(buf) + base, blob, len(blob))
+    assert lib.model_check_weights(ctypes.c_void_p(ctypes.addressof(buf) + base)) == 0
+    buf[base + len(blob) // 2] = bytes([blob[len(blob) // 2] ^ 1])
+    assert lib.model_check_weights(ctypes.c_void_p(ctypes.addressof(buf) + base)) == 2
+    assert lib.model_check_weights(None) == 2
+    (inp,), (out,) = res.manifest["inputs"], res.manifest["outputs"]
+    x = (ctypes.c_float * int(np.prod(inp["shape"])))()
+    y = (ctypes.c_float * int(np.prod(out["shape"])))(*([7.0] * int(np.prod(out["shape"]))))
+    arena = ctypes.create_string_buffer(res.manifest["arena"]["size"] + 128)
+    ins, outs = (ctypes.c_void_p * 1)(ctypes.addressof(x)), (ctypes.c_void_p * 1)(ctypes.addressof(y))
+    aligned_arena = ctypes.c_void_p(ctypes.addressof(arena) + (-ctypes.addressof(arena) % 64))
+    for bad in (None, ctypes.c_void_p(ctypes.addressof(buf) + base + 4)):
+        assert lib.model_run_ext(bad, ins, outs, aligned_arena) == 2
+        assert list(y) == [7.0] * len(y)  # nothing written
+    corrupt = tmp_path / "corrupt.bin"
+    corrupt.write_bytes(blob[:-1] + bytes([blob[-1] ^ 0x80]))
+    exe = link_harness(tmp_path, "model", profile)
+    spec = [(out["dtype"], tuple(out["shape"]))]
+    with pytest.raises(HarnessError, match="model_check_weights returned 2"):
+        run_model(exe, profile, [np.zeros(inp["shape"], np.float32)], spec, env={"EDGEC_WEIGHTS": str(corrupt)})
 
 
 @pytest.mark.parametrize("emit", ["object", "c"])

@@ -11,7 +11,7 @@ import onnx
 
 from .backends import get_backend
 from .cache import BuildHook
-from .contract import entry_symbols, is_valid_name
+from .contract import entry_symbols, fnv1a64, is_valid_name
 from .emit import ar_archive, build_id, c_header, check_out_dir, manifest_json, owned_files, replace_outputs
 from .errors import InternalError, InvalidModelError
 from .frontend.batching import import_batched
@@ -256,14 +256,6 @@ def _tensor_info(v, batch=None, carries=False):
 def _external_weights(blob: bytes, name: str) -> dict:
     return {"placement": "external", "file": f"{name}_weights.bin", "size": len(blob), "align": 64,
             "fnv1a64": f"{fnv1a64(blob):016x}"}
-
-
-def fnv1a64(data: bytes) -> int:
-    """FNV-1a, 64 bits: a checksum a firmware computes in a few lines of C (the header gives it)."""
-    h = 0xCBF29CE484222325
-    for b in data:
-        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
 
 
 def _io_info(g, kind: str) -> list:

@@ -47,6 +47,28 @@ def run_ext_prototype(name: str) -> str:
     return f"{RUN_RETURNS} {run_ext_symbol(name)}(const void *weights, {RUN_PARAMS})"
 
 
+# <name>_run_ext returns this for a NULL or misaligned weights address, and
+# <name>_check_weights for bytes whose FNV-1a 64 is not the build's (nothing is written)
+ERR_WEIGHTS = 2
+
+
+def check_weights_symbol(name: str) -> str:
+    """Checks a copy of the external weights against the build's hash (once, at start-up)."""
+    return f"{name}_check_weights"
+
+
+def check_weights_prototype(name: str) -> str:
+    return f"{RUN_RETURNS} {check_weights_symbol(name)}(const void *weights)"
+
+
+def fnv1a64(data: bytes) -> int:
+    """FNV-1a, 64 bits: a checksum a firmware computes in a few lines of C (the header gives it)."""
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
 def run_dims_symbol(name: str) -> str:
     """The entry point taking the run-time value of each bounded dimension."""
     return f"{name}_run_dims"
@@ -115,7 +137,7 @@ def entry_symbols(name: str, bounded: bool = False, grad: bool = False, train: b
                   external: bool = False) -> list[str]:
     """Every exported function of the contract (the stack report covers each)."""
     if external:
-        return [run_ext_symbol(name)]
+        return [run_ext_symbol(name), check_weights_symbol(name)]
     if train:
         return [train_step_symbol(name), params_init_symbol(name)]
     if grad:

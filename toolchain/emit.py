@@ -15,8 +15,8 @@ import struct
 import tempfile
 from pathlib import Path
 
-from .contract import (ERR_DIM_OUT_OF_RANGE, build_id_symbol, c_comment_text, macro_prefix, params_init_prototype, primal_prototype,
-                       pullback_prototype, run_dims_prototype, run_ext_prototype, run_ext_symbol, run_prototype,
+from .contract import (ERR_DIM_OUT_OF_RANGE, ERR_WEIGHTS, build_id_symbol, c_comment_text, check_weights_prototype,
+                       check_weights_symbol, macro_prefix, params_init_prototype, primal_prototype, pullback_prototype, run_dims_prototype, run_ext_prototype, run_ext_symbol, run_prototype,
                        run_symbol, train_step_prototype)
 from .errors import InvalidModelError
 
@@ -102,7 +102,9 @@ def c_header(name: str, manifest: dict) -> str:
         *([f"#define {up}_WEIGHTS_SIZE  {w['size']}u  /* bytes of {c_comment_text(w['file'])}, which "
            f"{run_ext_symbol(name)} reads */",
            f"#define {up}_WEIGHTS_ALIGN {w['align']}u  /* the address given to {run_ext_symbol(name)} is aligned so */",
-           f"#define {up}_WEIGHTS_FNV1A64 UINT64_C(0x{w['fnv1a64']})  /* FNV-1a 64 of the file, to check a copy */"]
+           f"#define {up}_WEIGHTS_FNV1A64 UINT64_C(0x{w['fnv1a64']})  /* FNV-1a 64 of the file, to check a copy */",
+           f"#define {up}_ERR_WEIGHTS  {ERR_WEIGHTS}  /* weights NULL or misaligned ({run_ext_symbol(name)}), or "
+           f"not this build's ({check_weights_symbol(name)}) */"]
           if (w := manifest.get("weights")) else []),
         f"#define {up}_NUM_INPUTS   {len(manifest['inputs'])}",
         f"#define {up}_NUM_OUTPUTS  {len(manifest['outputs'])}",
@@ -189,7 +191,11 @@ def c_header(name: str, manifest: dict) -> str:
             "/* The weights are not in the library: `weights` is the address of the bytes of",
             f"   {c_comment_text(manifest['weights']['file'])} (in external flash, or loaded from a file), "
             "WEIGHTS_ALIGN aligned. */",
-            f"{run_ext_prototype(name)};"]),
+            f"{run_ext_prototype(name)};",
+            "/* Hashes the WEIGHTS_SIZE bytes at `weights` (FNV-1a 64) and returns 0 when they are",
+            "   this build's, ERR_WEIGHTS otherwise: call it once after loading or flashing them",
+            f"   ({run_ext_symbol(name)} only checks the address, not the bytes, on every call). */",
+            f"{check_weights_prototype(name)};"]),
         *([
             "",
             "/* The same for a batch of dims[0] items (MIN..MAX of the bounded dimension): the",

@@ -12,7 +12,7 @@ import tempfile
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from ..contract import (ERR_DIM_OUT_OF_RANGE, build_id_symbol, graph_symbol, item_symbol, node_symbols, params_init_symbol,
+from ..contract import (ERR_DIM_OUT_OF_RANGE, ERR_WEIGHTS, build_id_symbol, check_weights_symbol, fnv1a64, graph_symbol, item_symbol, node_symbols, params_init_symbol,
                         primal_symbol, pullback_symbol, run_dims_symbol, run_ext_symbol, run_symbol,
                         train_step_symbol, weights_section)
 from ..errors import InternalError, UnsupportedError
@@ -127,7 +127,35 @@ def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile, blob: 
     run = _run_function(module, g, plan, name, weights, kernels, index, blob is not None, separate_nodes)
     if g.batch is not None:
         _batch_entries(module, g, name, run, index)
+    if blob is not None:
+        _check_weights_function(module, name, blob.data(), index)
     return module
+
+
+def _check_weights_function(module, name: str, data: bytes, index):
+    """<name>_check_weights(weights): 0 when the bytes at `weights` hash (FNV-1a 64, as the
+    header's macro) to this build's, else ERR_WEIGHTS. A firmware calls it once after
+    loading or flashing the blob; <name>_run_ext does not rehash on every inference."""
+    i64 = ir.IntType(64)
+    fn = ir.Function(module, ir.FunctionType(I32, [I8.as_pointer()]), name=check_weights_symbol(name))
+    fn.attributes.add("nounwind")
+    (weights,) = fn.args
+    entry, loop, done = (fn.append_basic_block(n) for n in ("entry", "loop", "done"))
+    b = ir.IRBuilder(entry)
+    b.cbranch(b.icmp_unsigned("==", weights, ir.Constant(I8.as_pointer(), None)), done, loop)
+    b.position_at_end(loop)
+    i, h = b.phi(index, "i"), b.phi(i64, "h")
+    byte = b.load(b.gep(weights, [i]))
+    h2 = b.mul(b.xor(h, b.zext(byte, i64)), ir.Constant(i64, 0x100000001B3))
+    i2 = b.add(i, ir.Constant(index, 1))
+    i.add_incoming(ir.Constant(index, 0), entry), i.add_incoming(i2, loop)
+    h.add_incoming(ir.Constant(i64, 0xCBF29CE484222325), entry), h.add_incoming(h2, loop)
+    b.cbranch(b.icmp_unsigned("<", i2, ir.Constant(index, len(data))), loop, done)
+    b.position_at_end(done)
+    final = b.phi(i64, "hash")
+    final.add_incoming(ir.Constant(i64, 0), entry), final.add_incoming(h2, loop)
+    ok = b.icmp_unsigned("==", final, ir.Constant(i64, fnv1a64(data)))
+    b.ret(b.select(ok, ir.Constant(I32, 0), ir.Constant(I32, ERR_WEIGHTS)))
 
 
 def _graph_functions(module, graphs: dict, plans: dict, name: str, profile: Profile, index) -> dict:
@@ -320,6 +348,12 @@ def _run_function(module, g, plan, name, weights, kernels, index, external=False
     inputs.name, outputs.name, arena.name = "inputs", "outputs", "arena"
     arena.attributes.align = plan.alignment
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    if external:  # a NULL or misaligned weights address: ERR_WEIGHTS, nothing written
+        misaligned = b.and_(b.ptrtoint(blob, index), ir.Constant(index, WEIGHT_ALIGN - 1))
+        bad = b.or_(b.icmp_unsigned("==", blob, ir.Constant(ptr, None)),
+                    b.icmp_unsigned("!=", misaligned, ir.Constant(index, 0)))
+        with b.if_then(bad, likely=False):
+            b.ret(ir.Constant(I32, ERR_WEIGHTS))
     if separate_nodes:
         for kernel in kernels:
             if kernel is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import macro_prefix, run_dims_symbol, run_ext_symbol, run_symbol
+from ..contract import check_weights_symbol, macro_prefix, run_dims_symbol, run_ext_symbol, run_symbol
 from ..targets import Profile
 
 RUNTIME = Path(__file__).resolve().parent.parent.parent / "runtime"
@@ -48,7 +48,7 @@ def link_harness(build_dir: Path, name: str, profile: Profile, out: Path | None 
     if facts.get("bounded_dims"):
         cmd.insert(-4, f"-DEDGEC_RUN_DIMS={run_dims_symbol(name)}")
     if facts.get("weights"):  # external: the harness reads <name>_weights.bin from EDGEC_WEIGHTS
-        cmd.insert(-4, f"-DEDGEC_RUN_EXT={run_ext_symbol(name)}")
+        cmd[-4:-4] = [f"-DEDGEC_RUN_EXT={run_ext_symbol(name)}", f"-DEDGEC_CHECK_WEIGHTS={check_weights_symbol(name)}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise HarnessError(f"linking the harness for {profile.name} failed:\n{proc.stderr.strip()}")
