@@ -80,7 +80,14 @@ class WeightBlob:
 
     def __init__(self):
         self.parts: list[tuple[int, bytes]] = []
+        self.offsets: dict = {}  # id(constant) -> offset
         self.size = 0
+
+    def offset_of(self, v) -> int:
+        """The offset of a constant of the graph, added on first use."""
+        if id(v) not in self.offsets:
+            self.offsets[id(v)] = self.add(v.data)
+        return self.offsets[id(v)]
 
     def add(self, data) -> int:
         offset = -(-self.size // WEIGHT_ALIGN) * WEIGHT_ALIGN
@@ -115,7 +122,7 @@ def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile, blob: 
     else:
         if g.batch is not None:
             raise UnsupportedError("--weights external with a bounded dimension is not supported yet")
-        weights = {id(v): blob.add(v.data) for v in g.constants()}  # offsets into the blob
+        weights = blob  # offsets into it, each added when a kernel first reads it (_call_nodes)
     symbols = node_symbols(name, g.nodes)
     kernels = [_node_function(module, g, plan, sym + ("_body" if separate_nodes else ""), node,
                               profile.vector_unit, index, blob)
@@ -333,7 +340,7 @@ def _node_function(module, g, plan, sym, node, vector, index, blob=None):
 def _run_function(module, g, plan, name, weights, kernels, index, external=False, separate_nodes=False,
                   symbol=None, internal=False):
     """<name>_run; with external weights <name>_run_ext, whose first argument is the
-    blob (`weights` then maps each constant to its offset there). separate_nodes: the
+    blob (`weights` is then the WeightBlob, giving each constant's offset there). separate_nodes: the
     kernels are the node wrappers (_node_wrapper), called with the run function's arguments.
     symbol/internal: another name and internal linkage (the graphs of a reverse-mode build)."""
     ptr = I8.as_pointer()
@@ -398,7 +405,7 @@ def _call_nodes(b, nodes, kernels, plan, weights, index, inputs, outputs, arena,
             elif st.kind == "arena":
                 raw = b.gep(arena, [ir.Constant(index, st.index)], inbounds=True)
             elif blob is not None:
-                raw = b.gep(blob, [ir.Constant(index, weights[id(v)])], inbounds=True)
+                raw = b.gep(blob, [ir.Constant(index, weights.offset_of(v))], inbounds=True)
             else:
                 raw = weights[id(v)]
             cache[key] = raw
@@ -407,11 +414,23 @@ def _call_nodes(b, nodes, kernels, plan, weights, index, inputs, outputs, arena,
     for node, kernel in zip(nodes, kernels):
         if kernel is None:
             continue
-        args = [pointer(v) for v in node.inputs if v is not None] + [pointer(v) for v in node.outputs]
+        used = _used_arguments(kernel) if blob is not None else None
+        args = [pointer(v) if used is None or i in used or plan.of(v).kind != "const" else
+                ir.Constant(_ptr_type(v), None)  # a constant the kernel replaced by its packed copy
+                for i, v in enumerate(v for v in node.inputs if v is not None)]
+        args += [pointer(v) for v in node.outputs]
         for st, t in zip(plan.workspace_of(node), registry.get(node.op).workspace(node)):
             raw = b.gep(arena, [ir.Constant(index, st.index)], inbounds=True)
             args.append(b.bitcast(raw, LLVM_TYPES[t.dtype].as_pointer()))
         b.call(kernel, args + ([blob] if blob is not None else []))
+
+
+def _used_arguments(fn) -> set:
+    """Indices of the arguments a function's instructions read (a kernel that packed a
+    weight at compile time never reads the original, which then needs no blob bytes)."""
+    args = {id(a): i for i, a in enumerate(fn.args)}
+    return {args[id(op)] for block in fn.blocks for instr in block.instructions
+            for op in instr.operands if id(op) in args}
 
 
 def _batch_entries(module, g, name, item, index):
