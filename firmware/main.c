@@ -40,7 +40,10 @@ static inline uintptr_t fw_sp(void) {
     return sp;
 }
 
-static unsigned char arena[MODEL_ARENA_SIZE + 1] __attribute__((aligned(MODEL_ARENA_ALIGN)));
+/* In a section of its own, so a linker script can put it in a chosen RAM bank (the
+   Cortex-M scripts' ARENA region); not zeroed at start-up: the model needs no initial value. */
+static unsigned char arena[MODEL_ARENA_SIZE + 1]
+    __attribute__((section(".bss.model_arena"), aligned(MODEL_ARENA_ALIGN)));
 
 static double value(const void *p, enum fw_kind kind, size_t i) {
     switch (kind) {

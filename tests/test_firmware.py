@@ -127,3 +127,24 @@ def test_firmware_with_too_little_stack_does_not_pass(tmp_path):
     assert _reserved_stack(image) < bound and res != image
     rc, output = firmware.boot(image, profile)
     assert rc != 0 and "PASS" not in output, output
+
+
+def test_cortex_m_arena_has_a_section_of_its_own_in_the_arena_region(tmp_path):
+    """main.c's arena is in .bss.model_arena, which the Cortex-M linker scripts gather into
+    an output section `.arena` in the ARENA region (aliased to RAM; a firmware points it
+    at another bank): the symbol lies inside it and it is as large as MODEL_ARENA_SIZE."""
+    from elftools.elf.elffile import ELFFile
+
+    image = firmware.build_image(firmware.DEFAULT_MODEL, get_profile("cortex-m4"), "object", tmp_path)
+    size = int((tmp_path / "object" / "model.h").read_text().split("#define MODEL_ARENA_SIZE")[1].split()[0]
+               .rstrip("u"))
+    with open(image, "rb") as f:
+        elf = ELFFile(f)
+        sec = elf.get_section_by_name(".arena")
+        (arena,) = [s for s in elf.get_section_by_name(".symtab").iter_symbols() if s.name == "arena"]
+        start, end = sec["sh_addr"], sec["sh_addr"] + sec["sh_size"]
+        assert sec["sh_type"] == "SHT_NOBITS" and sec["sh_size"] >= size
+        assert start <= arena["st_value"] and arena["st_value"] + arena["st_size"] <= end
+        assert arena["st_value"] % 64 == 0
+        ram = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD" and s["p_vaddr"] <= start < s["p_vaddr"] + s["p_memsz"]]
+        assert ram and ram[0]["p_vaddr"] >= 0x20000000  # the board's RAM, not its code memory
