@@ -55,6 +55,9 @@ def parse_einsum(node, shapes):
             raise invalid(node, f"term '{''.join(t)}' does not fit an input of rank {len(shape)}")
         ells.append(len(shape) - named if "..." in t else 0)
     width = max(ells, default=0)
+    if len({e for t, e in zip(terms, ells) if "..." in t}) > 1:
+        raise invalid(node, f"the ellipsis stands for different numbers of dimensions in '{eq}' "
+                            f"({', '.join(str(e) for t, e in zip(terms, ells) if '...' in t)})")
     labels = []
     for t, e in zip(terms, ells):
         expanded = []

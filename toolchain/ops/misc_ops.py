@@ -144,7 +144,7 @@ class CenterCropPad(Op):
         y = np.zeros(node.attrs["out"], x.dtype)
         src, dst = [], []
         for d, s, sh in zip(x.shape, node.attrs["out"], node.attrs["shift"]):
-            if sh >= 0:  # crop (or keep)
+            if s <= d:  # crop (or keep)
                 src.append(slice(sh, sh + s))
                 dst.append(slice(0, s))
             else:
@@ -158,7 +158,7 @@ class CenterCropPad(Op):
         with k.loops(y.shape) as idx:
             src, inside = [], None
             for o, sh, d, s in zip(idx, node.attrs["shift"], x.shape, y.shape):
-                if sh >= 0:  # cropped (or kept) axis: always inside
+                if s <= d:  # cropped (or kept) axis: always inside
                     src.append(k.lift(o) + sh if sh else o)
                     continue
                 c = k.lift(o) + sh
