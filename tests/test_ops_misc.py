@@ -73,6 +73,23 @@ def test_einsum(eq, shapes, workdir):
     check_against_onnxruntime(m, feeds, T, workdir)
 
 
+MATMUL_CASES = [("bhqd,bhkd->bhqk", [(2, 3, 5, 8), (2, 3, 6, 8)], True), ("ik,kj->ji", [(5, 7), (7, 9)], True),
+                ("bi,bij->bj", [(3, 4), (3, 4, 6)], True), ("i,i->", [(9,), (9,)], True),
+                ("...ij,...jk->...ik", [(2, 1, 3, 4), (2, 5, 4, 2)], True), ("ij,ij->i", [(3, 4), (3, 4)], True),
+                ("ii,ij->j", [(4, 4), (4, 3)], False), ("ij,kl->il", [(2, 3), (4, 5)], False)]
+
+
+@pytest.mark.parametrize("eq,shapes,tiled", MATMUL_CASES, ids=[e for e, _, _ in MATMUL_CASES])
+def test_einsum_as_matrix_product(eq, shapes, tiled, workdir):
+    """Two float32 operands without diagonals or one-sided sums: MatMul's register tiles."""
+    feeds = {f"x{i}": rng.standard_normal(s).astype(F) for i, s in enumerate(shapes)}
+    want = np.einsum(eq, *feeds.values())
+    m = model([helper.make_node("Einsum", list(feeds), ["y"], equation=eq, name="es")], feeds,
+              {"y": np.asarray(want)}, opset=12)
+    res, _ = check_against_onnxruntime(m, feeds, T, workdir)
+    assert ("es" in res.manifest["schedules"]) == tiled
+
+
 def test_einsum_integers_and_spaces(workdir):
     a = rng.integers(-50, 50, (2, 3, 4)).astype(np.int32)
     b = rng.integers(-50, 50, (2, 4, 3)).astype(np.int32)
@@ -278,7 +295,8 @@ def mixed_model():
     n = I(3, 1)
     nodes = [
         helper.make_node("ReverseSequence", ["x", "n"], ["r"], batch_axis=0, time_axis=1),
-        helper.make_node("Einsum", ["r", "w"], ["e"], equation="bij,jk->bik"),
+        helper.make_node("Einsum", ["r", "x"], ["e0"], equation="bij,bkj->bik"),  # register tiles
+        helper.make_node("Einsum", ["e0", "w"], ["e"], equation="bij,jk->bik"),   # loops
         helper.make_node("Det", ["e"], ["d"]),
         helper.make_node("Col2Im", ["e", "img", "blk"], ["c"]),
         helper.make_node("CenterCropPad", ["c", "cs"], ["p"], axes=[2, 3]),

@@ -1,7 +1,9 @@
 """Linear algebra beyond MatMul/Gemm: Einsum (the equation parsed at compile time into a
 loop nest: one loop per output label, an accumulation loop per summed label) and Det (LU
 with partial pivoting in a scratch copy of each matrix, the column loop unrolled at
-compile time so every inner loop has static bounds)."""
+compile time so every inner loop has static bounds). A float32 Einsum of two operands that is
+a batched matrix product in some layout ('bhqd,bhkd->bhqk') runs MatMul's register tiles on
+strided views of the operands."""
 from __future__ import annotations
 
 import math
@@ -10,6 +12,8 @@ import numpy as np
 
 from ..ir import TensorType
 from ..kernel.llvm import LLVM_TYPES
+from ..kernel.tiled_matmul import tiled_matmul
+from ..schedules import matmul_schedule
 from .base import Op, in_type, invalid, register, unsupported
 
 EINSUM_DTYPES = ("float32", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
@@ -117,7 +121,68 @@ class Einsum(Op):
     def macs(self, node):
         return math.prod(node.attrs["sizes"].values()) * max(len(node.inputs) - 1, 1)
 
+    def _matmul(self, node):
+        """(batch labels, m label or None, n label or None, k label) when the equation is a
+        batched matrix product of two float32 operands, else None."""
+        a = node.attrs
+        if len(node.inputs) != 2 or any(v.type.dtype != "float32" for v in node.inputs):
+            return None
+        (ta, tb), out = a["terms"], a["out"]
+        if len(set(ta)) != len(ta) or len(set(tb)) != len(tb):
+            return None  # a diagonal
+        sa, sb, so = set(ta), set(tb), set(out)
+        if any(lab not in so and not (lab in sa and lab in sb) for lab in sa | sb):
+            return None  # a label summed within one operand
+        batch = [lab for lab in out if lab in sa and lab in sb]
+        ms = [lab for lab in out if lab in sa and lab not in sb]
+        ns = [lab for lab in out if lab in sb and lab not in sa]
+        ks = [lab for lab in ta if lab in sb and lab not in so]
+        if len(ms) > 1 or len(ns) > 1 or len(ks) != 1:
+            return None
+        shape_a, shape_b = (v.type.shape for v in node.inputs)
+        if shape_a[ta.index(ks[0])] != shape_b[tb.index(ks[0])]:
+            return None  # a broadcast reduction axis
+        return batch, (ms or [None])[0], (ns or [None])[0], ks[0]
+
+    def schedule(self, node, vec):
+        plan = self._matmul(node)
+        if plan is None:
+            return None
+        _, ml, nl, kl = plan
+        sizes, ta = node.attrs["sizes"], node.attrs["terms"][0]
+        return matmul_schedule(vec, sizes.get(ml, 1), sizes.get(nl, 1), sizes[kl],
+                               a_contiguous=ta.index(kl) == len(ta) - 1)
+
+    def _lower_matmul(self, k, node, ins, outs, plan):
+        """Views (batch..., m, k), (batch..., k, n), (batch..., m, n) of the operands and the
+        output (a label an operand lacks: a dimension of 1), then MatMul's loop."""
+        batch, ml, nl, kl = plan
+        sizes, (ta, tb), out = node.attrs["sizes"], node.attrs["terms"], node.attrs["out"]
+
+        def view(x, labels, order):
+            shape, strides = [], []
+            for lab in order:
+                if lab is None or lab not in labels:
+                    shape.append(1)
+                    strides.append(1)
+                    continue
+                d = labels.index(lab)
+                shape.append(sizes[lab])
+                strides.append(0 if x.shape[d] == 1 else x.strides[d])  # broadcast: stride 0
+            return x.view(shape, strides)
+
+        a = view(ins[0], ta, batch + [ml, kl])
+        b = view(ins[1], tb, batch + [kl, nl])
+        y = view(outs[0], out, batch + [ml, nl])
+        m, n, kd = y.shape[-2], y.shape[-1], a.shape[-1]
+        with k.loops(y.shape[:-2]) as bi:
+            tiled_matmul(k, node.schedule, m, n, kd, lambda i, kk: (a, (*bi, i, kk)), lambda kk, j: (b, (*bi, kk, j)),
+                         lambda i, j, w: k.splat(0.0, w), lambda i, j, v: y.store_vector((*bi, i, j), v))
+
     def lower(self, k, node, ins, outs):
+        plan = self._matmul(node) if node.schedule is not None else None
+        if plan is not None:
+            return self._lower_matmul(k, node, ins, outs, plan)
         a = node.attrs
         terms, out, sizes, y = a["terms"], a["out"], a["sizes"], outs[0]
         summed = list(dict.fromkeys(lab for ls in terms for lab in ls if lab not in out))
