@@ -226,6 +226,17 @@ def test_reverse_sequence_out_of_range_lengths_are_clamped(workdir):
     np.testing.assert_array_equal(got[0], np.stack([x[0, ::-1], x[1], x[2]]))
 
 
+def test_reverse_sequence_bad_axes_and_lengths_are_invalid():
+    x = np.zeros((3, 4, 2), F)
+    m = model([helper.make_node("ReverseSequence", ["x", "n"], ["y"], batch_axis=0, time_axis=2, name="rs")],
+              {"x": x, "n": I(1, 2, 3)}, {"y": x}, opset=10)
+    msg = compile_error(m, InvalidModelError)
+    assert "rs" in msg and "ReverseSequence" in msg and "time_axis 2" in msg
+    m = model([helper.make_node("ReverseSequence", ["x", "n"], ["y"], batch_axis=0, time_axis=1, name="rs")],
+              {"x": x, "n": I(1, 2)}, {"y": x}, opset=10)
+    assert "sequence_lens must be int64 of shape [3]" in compile_error(m)
+
+
 @pytest.mark.parametrize("cond,axis", [([0, 1, 1], 0), ([1, 0, 1, 1], -1), ([1, 0, 1, 0, 1], None),
                                        ([0, 1, 0, 0, 1, 1], None), ([1, 1], 1)])
 def test_compress(cond, axis, workdir):
@@ -279,6 +290,14 @@ def test_space_to_depth_crd(workdir):
         m = model([helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=2, mode=mode)], {"x": x},
                   {"y": np.zeros((2, 12, 2, 3), F)}, opset=28)
         reference_check(m, {"x": x}, workdir)
+
+
+def test_space_to_depth_unknown_mode_is_invalid():
+    x = np.zeros((1, 1, 4, 4), F)
+    m = model([helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=2, mode="XYZ", name="sd")], {"x": x},
+              {"y": np.zeros((1, 4, 2, 2), F)}, opset=28)
+    msg = compile_error(m)
+    assert "sd" in msg and "SpaceToDepth" in msg and "XYZ" in msg
 
 
 def test_shape_slice_that_is_empty(workdir):
