@@ -89,13 +89,6 @@ def test_an_opset_beyond_onnx_is_rejected():
         import_model(m)
 
 
-def test_space_to_depth_crd_is_rejected_not_miscomputed():
-    m = make_model([helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=2, mode="CRD")],
-                   {"x": (np.float32, (1, 1, 4, 4))}, {"y": (np.float32, (1, 4, 2, 2))}, opset=NEWEST)
-    with pytest.raises(CompileError, match="mode 'CRD' is not supported"):
-        import_model(m)
-
-
 def test_a_model_without_the_default_domain_is_unsupported():
     node = helper.make_node("Momentum", ["r", "t", "x", "g", "v"], ["x2", "v2"],
                             domain="ai.onnx.preview.training", alpha=0.9, beta=1.0, mode="standard",

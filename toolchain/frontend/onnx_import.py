@@ -32,8 +32,7 @@ from .validate import check_declared_types, validate_model
 #   - Range-27: attribute stash_type (float16/bfloat16 accumulate in float32 by default);
 #   - ReduceLogSumExp-28: integer types dropped (no change for float);
 #   - DepthToSpace-28: same signature and text;
-#   - SpaceToDepth-28: attribute mode, "CRD" a new block order: rejected below
-#     (_check_newer_semantics) until the op class handles it.
+#   - SpaceToDepth-28: attribute mode, "CRD" a new block order (ops/movement.py).
 SUPPORTED_OPSETS = range(6, onnx.defs.onnx_opset_version() + 1)
 
 
@@ -85,7 +84,6 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         if proto.domain not in ("", "ai.onnx"):
             raise UnsupportedError(f"unsupported op domain '{proto.domain}'", node=node_name, op=proto.op_type)
         attrs = {a.name: _attr(a, g) for a in proto.attribute}
-        _check_newer_semantics(proto.op_type, attrs, node_name)
         _check_inference_only(proto, env, node_name)
         if proto.op_type == "Constant":
             env[proto.output[0]] = g.const(proto.output[0], _constant_value(attrs, node_name))
@@ -149,12 +147,6 @@ def _check_inference_only(proto, env: dict, node_name: str):
         zero_ratio = ratio is not None and ratio.is_const and not np.asarray(ratio.data).any()
         if not zero_ratio and (mode is None or not mode.is_const or bool(np.asarray(mode.data).any())):
             raise UnsupportedError("training_mode is not supported (inference only)", node=node_name, op="Dropout")
-
-
-def _check_newer_semantics(op_type: str, attrs: dict, node_name: str):
-    """Attribute forms added after opset 21 that the op classes do not implement."""
-    if op_type == "SpaceToDepth" and attrs.get("mode", "DCR") != "DCR":
-        raise UnsupportedError(f"mode '{attrs['mode']}' is not supported (only DCR)", node=node_name, op=op_type)
 
 
 def _default_opset(model) -> int:

@@ -244,7 +244,9 @@ class _Rearrange(Op):
         if len(t.shape) != 4:
             raise invalid(node, f"needs a 4-D NCHW input, got {t.shape}")
         mode = node.attrs.get("mode", "DCR")
-        node.attrs["mode"] = mode.decode() if isinstance(mode, bytes) else mode
+        node.attrs["mode"] = mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode not in ("DCR", "CRD"):
+            raise invalid(node, f"mode must be DCR or CRD, got {mode!r}")
         node.attrs["blocksize"] = int(node.attrs["blocksize"])
 
     def _plan(self, node):
@@ -259,7 +261,8 @@ class _Rearrange(Op):
             return (n, c // (b * b), b, b, h, w), (0, 1, 4, 2, 5, 3), (n, c // (b * b), h * b, w * b)
         if h % b or w % b:
             raise invalid(node, f"spatial {h}x{w} not divisible by blocksize {b}")
-        return (n, c, h // b, b, w // b, b), (0, 3, 5, 1, 2, 4), (n, c * b * b, h // b, w // b)
+        perm = (0, 3, 5, 1, 2, 4) if node.attrs["mode"] == "DCR" else (0, 1, 3, 5, 2, 4)  # CRD: opset 25
+        return (n, c, h // b, b, w // b, b), perm, (n, c * b * b, h // b, w // b)
 
     def infer(self, node):
         return [TensorType(in_type(node).dtype, self._plan(node)[2])]

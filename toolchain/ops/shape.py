@@ -28,8 +28,11 @@ class View(Op):
         return [b.reshape(cotangents[0], node.inputs[0].type.shape)]
 
     def lower(self, k, node, ins, outs):
-        """Only reached when the buffer cannot be shared (e.g. a graph output): a copy."""
+        """Only reached when the buffer cannot be shared (e.g. a graph output): a copy
+        (nothing for an empty tensor: a Shape whose start is past its end)."""
         x, y = ins[0].flat(), outs[0].flat()
+        if y.size == 0:
+            return
         with k.loop(y.size) as i:
             y[i] = x[i]
 
