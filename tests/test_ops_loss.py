@@ -222,3 +222,38 @@ def test_no_derivative_in_the_weights():
     with pytest.raises(UnsupportedError, match=r"node 'ce' \(SoftmaxCrossEntropyLoss\): has no derivative with "
                                                r"respect to its weight input"):
         reverse(import_model(m), ["w"])
+
+
+@pytest.mark.parametrize("case", ["sce-mean-weight-negative-ii-5d", "nll-mean-weight-ii"])
+def test_c_path_pullback_matches_float64(case, tmp_path):
+    """The portable C build of primal and pullback (edgec.LossGrad's C lowering), compiled by
+    zig cc for x86-64-v3 and run by test_autodiff's driver."""
+    import subprocess
+
+    import onnx
+    from test_autodiff import _driver
+    from toolchain.compiler import build
+    from toolchain.harness.runner import launcher, run_program, zig_cc
+    from toolchain.targets import get_profile
+
+    op, shape, t, w, lp, attrs = GRADS[case]
+    m = grad_model(op, shape, t, w, lp, **attrs)
+    onnx.save(m, tmp_path / "m.onnx")
+    res = build(tmp_path / "m.onnx", T, "model", tmp_path / "out", emit="c", grad="reverse")
+    (tmp_path / "main.c").write_text(_driver(res.manifest))
+    exe = tmp_path / "main"
+    proc = subprocess.run(zig_cc(get_profile(T)) + ["-std=c11", *UBSAN, f"-I{tmp_path / 'out'}", str(tmp_path / "main.c"),
+                                                    str(tmp_path / "out" / "model.c"), "-o", str(exe)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    x = rng.standard_normal(shape).astype(F)
+    _, ys, _, cts, grads = pullback64(m, [x.astype(np.float64)])
+    (tmp_path / "in.bin").write_bytes(b"".join(np.asarray(a, F).tobytes() for a in [x, *cts]))
+    run_program(launcher(get_profile(T)) + [str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], timeout=60)
+    flat = np.frombuffer((tmp_path / "out.bin").read_bytes(), F)
+    start = 0
+    for want in list(ys) + list(grads):
+        got = flat[start:start + want.size].reshape(want.shape)
+        start += want.size
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
+    assert start == flat.size
