@@ -243,8 +243,8 @@ def test_c_path_pullback_matches_float64(case, tmp_path):
     (tmp_path / "main.c").write_text(_driver(res.manifest))
     exe = tmp_path / "main"
     sources = [str(tmp_path / "main.c"), str(tmp_path / "out" / "model.c")]
-    proc = subprocess.run(zig_cc(get_profile(T)) + ["-std=c11", *UBSAN, f"-I{tmp_path / 'out'}", *sources, "-o", str(exe)],
-                          capture_output=True, text=True)
+    flags = ["-std=c11", *UBSAN, f"-I{tmp_path / 'out'}", *sources, "-o", str(exe)]
+    proc = subprocess.run(zig_cc(get_profile(T)) + flags, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     x = rng.standard_normal(shape).astype(F)
     _, ys, _, cts, grads = pullback64(m, [x.astype(np.float64)])
