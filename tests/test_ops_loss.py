@@ -16,8 +16,6 @@ from helpers import assert_close, check_against_onnxruntime, compile_and_run, ma
 from test_c_backend import run_c_path
 from toolchain.compiler import compile_onnx
 from toolchain.errors import InvalidModelError, UnsupportedError
-from toolchain.frontend.onnx_import import import_model
-from toolchain.passes.autodiff import reverse
 
 T = "x86-64-v3"
 F = np.float32
@@ -166,9 +164,10 @@ def const(name, v):
     return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, dt, v.shape, v.reshape(-1)))
 
 
-def grad_model(op, shape, t, w=None, log_prob=False, **attrs):
-    """x -> [LogSoftmax for NLL] -> loss; labels and class weights as Constant nodes."""
-    nodes = [const("t", t)] + ([const("w", w)] if w is not None else [])
+def grad_model(op, shape, t, w=None, log_prob=False, trained_weights=False, **attrs):
+    """x -> [LogSoftmax for NLL] -> loss; labels as a Constant node, class weights as one
+    too, or as an initializer (a parameter: its cotangent is checked as well)."""
+    nodes = [const("t", t)] + ([const("w", w)] if w is not None and not trained_weights else [])
     src = "x"
     if op == NLL:
         nodes.append(helper.make_node("LogSoftmax", ["x"], ["ls"], axis=1))
@@ -176,7 +175,7 @@ def grad_model(op, shape, t, w=None, log_prob=False, **attrs):
     ins = [src, "t"] + (["w"] if w is not None else [])
     outs = ("y", "lp") if log_prob else ("y",)
     nodes.append(helper.make_node(op, ins, list(outs), **attrs))
-    return onnx_model(nodes, {"x": shape}, outputs=outs)
+    return onnx_model(nodes, {"x": shape}, {"w": w} if trained_weights else None, outputs=outs)
 
 
 GRADS = {
@@ -190,6 +189,9 @@ GRADS = {
     "nll-mean-weight-ii": (NLL, (3, 5, 4), labels((3, 4), 5, ignore=1), W5, False, {"ignore_index": 1}),
     "nll-none": (NLL, (4, 5), labels(4, 5), None, False, {"reduction": "none"}),
 }
+# class weights as parameters: (id, reduction, ignore_index)
+TRAINED_WEIGHTS = [("sce-mean", "mean", -1), ("sce-sum", "sum", 2), ("sce-none", "none", None),
+                   ("nll-mean", "mean", 0), ("nll-none", "none", -2)]
 
 
 @pytest.mark.parametrize("case", list(GRADS))
@@ -198,12 +200,14 @@ def test_vjp_matches_finite_differences(case):
     check_vjp(grad_model(op, shape, t, w, lp, **attrs))
 
 
-@pytest.mark.parametrize("case", ["sce-mean-weight-negative-ii-5d", "sce-none-weight-ii-3d", "nll-mean-weight-ii"])
-def test_compiled_pullback_matches_float64(case):
-    """The shipped object (x86-64-v3, in-process) against the float64 pullback checked above."""
+@pytest.mark.parametrize("case, trained", [("sce-mean-weight-negative-ii-5d", True), ("sce-none-weight-ii-3d", True),
+                                           ("nll-mean-weight-ii", False)])
+def test_compiled_pullback_matches_float64(case, trained):
+    """The shipped object (x86-64-v3, in-process) against the float64 pullback checked above
+    (with the class weights a parameter: their cotangent too)."""
     from toolchain import compile_grad
     op, shape, t, w, lp, attrs = GRADS[case]
-    m = grad_model(op, shape, t, w, lp, **attrs)
+    m = grad_model(op, shape, t, w, lp, trained_weights=trained, **attrs)
     cg = compile_grad(m)
     x = rng.standard_normal(shape).astype(F)
     outs, residuals = cg.primal(x)
@@ -211,17 +215,20 @@ def test_compiled_pullback_matches_float64(case):
     for y, r in zip(outs, ys):
         np.testing.assert_allclose(y, r, rtol=1e-4, atol=1e-5)
     cg.arena[...] = 0xFF
-    gin, _ = cg.pullback(residuals, *[np.asarray(c, F) for c in cts])
-    np.testing.assert_allclose(gin[0], grads[0], rtol=1e-3, atol=1e-5)
+    gin, gpar = cg.pullback(residuals, *[np.asarray(c, F) for c in cts])
+    assert len(gin) + len(gpar) == len(grads) == 1 + trained
+    for got, want in zip(gin + gpar, grads):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
 
 
-def test_no_derivative_in_the_weights():
-    """Class weights that are themselves differentiated (a parameter) are refused by name."""
-    nodes = [const("t", labels(4, 5)), helper.make_node(SCE, ["x", "t", "w"], ["y"], name="ce")]
-    m = onnx_model(nodes, {"x": (4, 5)}, {"w": W5})
-    with pytest.raises(UnsupportedError, match=r"node 'ce' \(SoftmaxCrossEntropyLoss\): has no derivative with "
-                                               r"respect to its weight input"):
-        reverse(import_model(m), ["w"])
+@pytest.mark.parametrize("case, reduction, ii", TRAINED_WEIGHTS, ids=[c[0] for c in TRAINED_WEIGHTS])
+def test_vjp_in_trained_class_weights(case, reduction, ii):
+    """Class weights that are parameters get their cotangent too (edgec.LossWeightGrad)."""
+    op = SCE if case.startswith("sce") else NLL
+    t = labels((3, 4), 5, ignore=ii)
+    attrs = {"reduction": reduction} if ii is None else {"reduction": reduction, "ignore_index": ii}
+    prog = check_vjp(grad_model(op, (3, 5, 4), t, W5, op == SCE, trained_weights=True, **attrs))
+    assert [p.name for p in prog.params] == ["w"] and prog.params[0].pullback is not None
 
 
 @pytest.mark.parametrize("case", ["sce-mean-weight-negative-ii-5d", "nll-mean-weight-ii"])
@@ -237,7 +244,7 @@ def test_c_path_pullback_matches_float64(case, tmp_path):
     from toolchain.targets import get_profile
 
     op, shape, t, w, lp, attrs = GRADS[case]
-    m = grad_model(op, shape, t, w, lp, **attrs)
+    m = grad_model(op, shape, t, w, lp, trained_weights=True, **attrs)
     onnx.save(m, tmp_path / "m.onnx")
     res = build(tmp_path / "m.onnx", T, "model", tmp_path / "out", emit="c", grad="reverse")
     (tmp_path / "main.c").write_text(_driver(res.manifest))
@@ -249,6 +256,7 @@ def test_c_path_pullback_matches_float64(case, tmp_path):
     x = rng.standard_normal(shape).astype(F)
     _, ys, _, cts, grads = pullback64(m, [x.astype(np.float64)])
     (tmp_path / "in.bin").write_bytes(b"".join(np.asarray(a, F).tobytes() for a in [x, *cts]))
+    assert len(grads) == 2  # the input's and the class weights' cotangents
     run_program(launcher(get_profile(T)) + [str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], timeout=60)
     flat = np.frombuffer((tmp_path / "out.bin").read_bytes(), F)
     start = 0
@@ -257,3 +265,24 @@ def test_c_path_pullback_matches_float64(case, tmp_path):
         start += want.size
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
     assert start == flat.size
+
+
+def test_pullback_with_an_out_of_range_label():
+    """The documented rule, compiled: with sum, the bad sample's row of d scores is NaN and the
+    others are g w_l (softmax - onehot(l)) written out in numpy; with mean all of it is NaN."""
+    from toolchain import compile_grad
+    t = np.array([1, 7, -1, 0], np.int64)  # 7: out of range; -1: class 4
+    x = rng.standard_normal((4, 5)).astype(F)
+    for reduction in ("sum", "mean"):
+        cg = compile_grad(grad_model(SCE, (4, 5), t, W5, reduction=reduction))
+        outs, residuals = cg.primal(x)
+        gin, _ = cg.pullback(residuals, np.array(0.5, F))
+        assert np.isnan(outs[0]) and np.isnan(gin[0][1]).all()
+        if reduction == "mean":
+            assert np.isnan(gin[0]).all()
+            continue
+        p = np.exp(x - x.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        cls = np.array([1, 0, 4, 0])
+        want = 0.5 * W5[cls][:, None] * (p - np.eye(5)[cls])
+        np.testing.assert_allclose(gin[0][[0, 2, 3]], want[[0, 2, 3]], rtol=1e-5, atol=1e-6)

@@ -1,5 +1,6 @@
-"""Losses: NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, and the internal op of their
-derivative (edgec.LossGrad, what their reverse-mode rules build).
+"""Losses: NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, and the internal ops of their
+derivatives (edgec.LossGrad in the input, edgec.LossWeightGrad in the class weights: what
+their reverse-mode rules build).
 
 Both losses see the input as (N, C, D) with D the product of the trailing dims d1..dk, and
 the labels as (N, D). Per sample s = (n, d) with label l: the sample weight w_s is
@@ -12,7 +13,9 @@ Labels: ignore_index is matched against the label as given. A label in [-C, 0) c
 the end, as the ops' function bodies (GatherElements/Gather) and onnxruntime read it. A
 label outside [-C, C) that is not ignore_index (invalid input: onnxruntime stops with an
 error) makes that sample's loss and weight NaN, so a reduced loss is NaN too; the kernels
-read a clamped class then, never outside their buffers.
+read a clamped class then, never outside their buffers. The derivatives follow the same
+rule: such a sample's row of the input's cotangent is NaN, and with mean (its NaN weight
+in the divisor) every cotangent is NaN; it adds nothing to the class weights' otherwise.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from .base import Op, in_type, invalid, register, unsupported
 REDUCTIONS = ("none", "sum", "mean")
 LABELS = ("int32", "int64")
 LOSS_GRAD = "edgec.LossGrad"
+LOSS_WEIGHT_GRAD = "edgec.LossWeightGrad"
 
 
 def _dims(shape):
@@ -79,7 +83,8 @@ def _log_sum_exp(k, x3, n, d, classes):
 
 
 def _sample(k, attrs, label, classes, weights, ty):
-    """(ignored or False, class to read (in range), w_s) of one sample (see the module doc)."""
+    """(counted: not ignored and in range, ignored or False, class to read (in range), w_s) of
+    one sample (see the module doc)."""
     lab = k.cast(label, I64)
     ii = attrs.get("ignore_index")
     ignored = lab.eq(ii) if ii is not None else False
@@ -88,7 +93,16 @@ def _sample(k, attrs, label, classes, weights, ty):
     cls = k.cast(k.min(k.max(wrapped, 0), classes - 1), k.lift(0).v.type)
     w = weights[cls] if weights is not None else k.lift(1.0, like=ty)
     w = k.select(inside, w, k.lift(float("nan"), like=ty))
-    return ignored, cls, k.select(ignored, k.lift(0.0, like=ty), w)
+    counted = inside & ~ignored if ignored is not False else inside
+    return counted, ignored, cls, k.select(ignored, k.lift(0.0, like=ty), w)
+
+
+def _weight_sum(k, node, t2, classes, weights, ty):
+    """sum w_s over all samples (the divisor of the mean)."""
+    wsum = k.var(k.lift(0.0, like=ty))
+    with k.loops(t2.shape) as (n, d):
+        wsum += _sample(k, node.attrs, t2[n, d], classes, weights, ty)[3]
+    return wsum.value
 
 
 def _check_types(node, x_dtypes, what):
@@ -149,7 +163,7 @@ class _Loss(Op):
         logp = outs[1].reshape((n_, c_, d_)) if len(outs) > 1 else None
         total, wsum = k.var(k.lift(0.0, like=ty)), k.var(k.lift(0.0, like=ty))
         with k.loops((n_, d_)) as (n, d):
-            ignored, cls, ws = _sample(k, node.attrs, t2[n, d], c_, weights, ty)
+            _, ignored, cls, ws = _sample(k, node.attrs, t2[n, d], c_, weights, ty)
             picked = x3[n, cls, d]
             if self.softmax:
                 shift = _log_sum_exp(k, x3, n, d, c_)
@@ -172,22 +186,24 @@ class _Loss(Op):
         """d input = g_s w_s (softmax(scores) - onehot(l)) (SoftmaxCrossEntropyLoss) or
         -g_s w_s onehot(l) (NegativeLogLikelihoodLoss), g_s the loss's cotangent of sample s
         (divided by sum w_s for mean): one edgec.LossGrad node. The log_prob output's
-        cotangent adds LogSoftmax's rule. No derivative in the weight input."""
+        cotangent adds LogSoftmax's rule. Class weights computed at run time (a parameter)
+        get edgec.LossWeightGrad."""
         x, labels, weight = node.inputs[0], node.inputs[1], _optional(node.inputs, 2)
-        if weight is not None and not weight.is_const:
-            raise unsupported(node, "has no derivative with respect to its weight input (give the class "
-                                    "weights as a constant)")
-        grad = None
-        if cotangents[0] is not None:
-            ins = [cotangents[0], b.primal(labels), b.primal(weight), b.primal(x) if self.softmax else None]
-            attrs = {key: node.attrs[key] for key in ("reduction", "ignore_index") if key in node.attrs}
+        g, grad, gw = cotangents[0], None, None
+        attrs = {key: node.attrs[key] for key in ("reduction", "ignore_index") if key in node.attrs}
+        if g is not None:
+            ins = [g, b.primal(labels), b.primal(weight), b.primal(x) if self.softmax else None]
             grad = b.op(LOSS_GRAD, ins, classes=x.type.shape[1], **attrs)
+            if weight is not None and not weight.is_const:
+                y = b.primal(node.outputs[0]) if node.attrs["reduction"] == "mean" else None
+                ins = [g, b.primal(labels), b.primal(weight), b.primal(x), y]
+                gw = b.op(LOSS_WEIGHT_GRAD, ins, softmax=int(self.softmax), **attrs)
         if len(cotangents) > 1 and cotangents[1] is not None:
-            gl, y = cotangents[1], b.primal(node.outputs[1])
+            gl, lp = cotangents[1], b.primal(node.outputs[1])
             total = b.op("ReduceSum", [gl], axes=[1], keepdims=1)
-            lp = b.op("Sub", [gl, b.op("Mul", [b.op("Exp", [y]), total])])
-            grad = lp if grad is None else b.op("Add", [grad, lp])
-        return [grad, None, None]
+            d = b.op("Sub", [gl, b.op("Mul", [b.op("Exp", [lp]), total])])
+            grad = d if grad is None else b.op("Add", [grad, d])
+        return [grad, None, gw]
 
 
 @register("NegativeLogLikelihoodLoss")
@@ -233,16 +249,61 @@ class LossGrad(Op):
         gs = g.reshape((n_, d_) if red == "none" else (1,))
         scale = None
         if red == "mean":
-            wsum = k.var(k.lift(0.0, like=ty))
-            with k.loops((n_, d_)) as (n, d):
-                wsum += _sample(k, node.attrs, t2[n, d], c_, weights, ty)[2]
-            scale = gs[0] / wsum.value
+            scale = gs[0] / _weight_sum(k, node, t2, c_, weights, ty)
         elif red == "sum":
             scale = gs[0]
         with k.loops((n_, d_)) as (n, d):
-            _, cls, ws = _sample(k, node.attrs, t2[n, d], c_, weights, ty)
+            _, _, cls, ws = _sample(k, node.attrs, t2[n, d], c_, weights, ty)
             f = (gs[n, d] if scale is None else scale) * ws
             shift = _log_sum_exp(k, x3, n, d, c_) if x3 is not None else None
             with k.loop(c_) as c:
                 hot = k.select(cls.eq(c), k.lift(1.0, like=ty), k.lift(0.0, like=ty))
                 dx[n, c, d] = f * (m.exp(k, x3[n, c, d] - shift) - hot) if x3 is not None else -f * hot
+
+
+@register(LOSS_WEIGHT_GRAD, internal=True)
+class LossWeightGrad(Op):
+    """The cotangent of a loss's class weights: inputs (g, labels, weight, x, the loss for
+    mean or None), attributes reduction, ignore_index (optional) and softmax (x holds scores,
+    else log-probabilities). With nll_s = -log p[n, l, d] and the counted samples (not
+    ignored, label in range): dweight[c] = sum over counted s of class c of g_s nll_s (none,
+    sum), or g (nll_s - loss) / sum w_s (mean)."""
+
+    def infer(self, node):
+        return [in_type(node, 2)]
+
+    def reference(self, node, g, labels, weight, x, y=None):
+        c_, red = weight.shape[0], node.attrs["reduction"]
+        ignored, cls, ws = _sample_weights(labels, c_, weight, node.attrs.get("ignore_index"), np.float64)
+        lab = labels.astype(np.int64)
+        counted = ~ignored & (lab >= -c_) & (lab < c_)
+        x64 = x.astype(np.float64)
+        logp = _log_softmax(x64) if node.attrs["softmax"] else x64
+        nll = -np.take_along_axis(logp, np.expand_dims(cls, 1), axis=1)[:, 0]
+        g64 = g.astype(np.float64)
+        v = g64 * (nll - y) / ws.sum() if red == "mean" else g64 * nll
+        dw = np.zeros(c_)
+        np.add.at(dw, cls[counted], np.broadcast_to(v, nll.shape)[counted])
+        return [dw.astype(weight.dtype)]
+
+    def lower(self, k, node, ins, outs):
+        g, labels, weights, x, y = ins[0], ins[1], ins[2], ins[3], _optional(ins, 4)
+        red, dw = node.attrs["reduction"], outs[0]
+        n_, c_, d_ = _dims(x.shape)
+        t2, x3 = labels.reshape((n_, d_)), x.reshape((n_, c_, d_))
+        ty = LLVM_TYPES[dw.dtype]
+        gs = g.reshape((n_, d_) if red == "none" else (1,))
+        with k.loop(c_) as c:
+            dw[c] = k.lift(0.0, like=ty)
+        scale = gs[0] / _weight_sum(k, node, t2, c_, weights, ty) if red == "mean" else None
+        with k.loops((n_, d_)) as (n, d):
+            counted, _, cls, _ = _sample(k, node.attrs, t2[n, d], c_, weights, ty)
+            nll = -x3[n, cls, d]
+            if node.attrs["softmax"]:
+                nll = nll + _log_sum_exp(k, x3, n, d, c_)
+            if red == "mean":
+                v = scale * (nll - y.reshape((1,))[0])
+            else:
+                v = (gs[n, d] if red == "none" else gs[0]) * nll
+            with k.if_(counted):
+                dw[cls] = dw[cls] + v
