@@ -81,9 +81,12 @@ OPS = [
     ("clip", [node("Clip", ["a", "lo", "hi"])], {"a": (3, 5)}, {}, False, 17),
     ("batchnorm", [node("BatchNormalization", ["x", "s", "b", "m", "v"])], {"x": (2, 3, 4)},
      {"s": w(3), "b": w(3), "m": w(3), "v": np.array([0.5, 1.0, 2.0], np.float32)}, False, 17),
+    ("softmax-cross-entropy", [node("SoftmaxCrossEntropyLoss", ["a", "labels", "cw"], ignore_index=-1)],
+     {"a": (3, 4, 2)}, {}, False, 17),
 ]
 CONSTS = {"shape": np.array([3, 8], np.int64), "axes": np.array([1], np.int64),
-          "lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32)}
+          "lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32),
+          "labels": np.array([[0, 3], [-1, 1], [2, 2]], np.int64), "cw": np.array([0.5, 1.0, 2.0, 1.5], np.float32)}
 
 
 def with_consts(nodes):
