@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernel import mathfns as m
+from ..ir import TensorType
 from .base import Op, in_type, invalid, norm_axis, register, unsupported
 
 
@@ -82,10 +83,11 @@ class BatchNormalization(Op):
                 y3[n, c, i] = x3[n, c, i] * f + shift
 
 
-def _normalize_rows(k, x, y, eps, affine):
+def _normalize_rows(k, x, y, eps, affine, stats=None):
     """y[r, j] = affine((x[r, j] - mean_r) / sqrt(var_r + eps), r, j) for x viewed as
     (rows, *norm_shape), j a multi-index. Two passes (mean, then the variance of the
-    centred values) keep float32 accurate."""
+    centred values) keep float32 accurate. `stats(r, mean, inv_std)`, if given, stores a
+    row's statistics (LayerNormalization's Mean and InvStdDev outputs)."""
     norm_shape = x.shape[1:]
     count = float(np.prod(norm_shape, dtype=np.int64))
     with k.loop(x.shape[0]) as r:
@@ -98,6 +100,8 @@ def _normalize_rows(k, x, y, eps, affine):
             d = x[(r, *j)] - mean
             sq += d * d
         inv = 1.0 / k.sqrt(sq.value * (1.0 / count) + eps)
+        if stats is not None:
+            stats(r, mean, inv)
         with k.loops(norm_shape) as j:
             y[(r, *j)] = affine((x[(r, *j)] - mean) * inv, r, j)
 
@@ -111,7 +115,11 @@ def _normalize_reference(x, axes, eps):
 
 @register("LayerNormalization")
 class LayerNormalization(Op):
-    fusable_epilogue = True
+    """Y, and optionally Mean and InvStdDev: the statistics of each normalized row, of X's
+    rank with the normalized axes kept as 1 (float32, the only stash_type supported for
+    them; Y alone is computed in float32 whatever stash_type says)."""
+
+    fusable_epilogue = True  # only while Y is the one output (passes.fuse checks)
 
     def item_wise(self, node):
         return node.attrs["axis"] != 0
@@ -120,7 +128,13 @@ class LayerNormalization(Op):
         t = in_type(node)
         node.attrs["axis"] = norm_axis(node.attrs.get("axis", -1), len(t.shape), node)
         node.attrs["epsilon"] = float(node.attrs.get("epsilon", 1e-5))
-        node.attrs.pop("stash_type", None)
+        stash = int(node.attrs.pop("stash_type", 1))
+        if len(node.outputs) > 1 and stash != 1:
+            raise unsupported(node, f"stash_type {stash} with the Mean/InvStdDev outputs (only 1, float32)")
+
+    def _stats_type(self, node, t):
+        ax = node.attrs["axis"]
+        return TensorType("float32", t.shape[:ax] + (1,) * (len(t.shape) - ax))
 
     def infer(self, node):
         t = _float_input(node)
@@ -132,16 +146,22 @@ class LayerNormalization(Op):
                 except ValueError:
                     raise invalid(node, f"input {i} of shape {node.inputs[i].type.shape} does not broadcast "
                                      f"to the normalized shape {norm_shape}") from None
-        return [t]  # Mean and InvStdDev outputs are not produced (training only)
+        if len(node.outputs) > 3:
+            raise invalid(node, f"has {len(node.outputs)} outputs, at most 3 (Y, Mean, InvStdDev)")
+        return [t] + [self._stats_type(node, t)] * (len(node.outputs) - 1)
 
     def reference(self, node, x, scale=None, b=None):
         axes = tuple(range(node.attrs["axis"], x.ndim))
-        y = _normalize_reference(x, axes, node.attrs["epsilon"])
+        eps = node.attrs["epsilon"]
+        y = _normalize_reference(x, axes, eps)
         if scale is not None:
             y = y * scale
         if b is not None:
             y = y + b
-        return [y.astype(x.dtype)]
+        x64 = x.astype(np.float64)
+        mean = x64.mean(axis=axes, keepdims=True)
+        inv = 1.0 / np.sqrt(((x64 - mean) ** 2).mean(axis=axes, keepdims=True) + eps)
+        return [y.astype(x.dtype), mean.astype(np.float32), inv.astype(np.float32)][:len(node.outputs)]
 
     def lower(self, k, node, ins, outs):
         ax = node.attrs["axis"]
@@ -154,8 +174,14 @@ class LayerNormalization(Op):
             v = v * scale[j] if scale is not None else v
             return v + bias[j] if bias is not None else v
 
+        stat_outs = [o.reshape((rows,)) for o in outs[1:3]]
+
+        def stats(r, mean, inv):
+            for o, v in zip(stat_outs, (mean, inv)):
+                o[r] = v
+
         _normalize_rows(k, ins[0].reshape((rows, *norm_shape)), outs[0].reshape((rows, *norm_shape)),
-                        node.attrs["epsilon"], affine)
+                        node.attrs["epsilon"], affine, stats if stat_outs else None)
 
 
 @register("InstanceNormalization")
