@@ -83,27 +83,30 @@ class BatchNormalization(Op):
                 y3[n, c, i] = x3[n, c, i] * f + shift
 
 
-def _normalize_rows(k, x, y, eps, affine, stats=None):
+def _normalize_rows(k, x, y, eps, affine, stats=None, lead=1, eps_on_std=False):
     """y[r, j] = affine((x[r, j] - mean_r) / sqrt(var_r + eps), r, j) for x viewed as
-    (rows, *norm_shape), j a multi-index. Two passes (mean, then the variance of the
-    centred values) keep float32 accurate. `stats(r, mean, inv_std)`, if given, stores a
-    row's statistics (LayerNormalization's Mean and InvStdDev outputs)."""
-    norm_shape = x.shape[1:]
+    (*rows, *norm_shape), r the multi-index of the `lead` row axes and j of the others
+    (eps_on_std: / (sqrt(var_r) + eps), MeanVarianceNormalization's form). Two passes
+    (mean, then the variance of the centred values) keep float32 accurate.
+    `stats(r, mean, inv_std)`, if given, stores a row's statistics (LayerNormalization's
+    Mean and InvStdDev outputs)."""
+    norm_shape = x.shape[lead:]
     count = float(np.prod(norm_shape, dtype=np.int64))
-    with k.loop(x.shape[0]) as r:
+    with k.loops(x.shape[:lead]) as r:
         total = k.var(0.0)
         with k.loops(norm_shape) as j:
-            total += x[(r, *j)]
+            total += x[(*r, *j)]
         mean = total.value * (1.0 / count)
         sq = k.var(0.0)
         with k.loops(norm_shape) as j:
-            d = x[(r, *j)] - mean
+            d = x[(*r, *j)] - mean
             sq += d * d
-        inv = 1.0 / k.sqrt(sq.value * (1.0 / count) + eps)
+        var = sq.value * (1.0 / count)
+        inv = 1.0 / (k.sqrt(var) + eps) if eps_on_std else 1.0 / k.sqrt(var + eps)
         if stats is not None:
             stats(r, mean, inv)
         with k.loops(norm_shape) as j:
-            y[(r, *j)] = affine((x[(r, *j)] - mean) * inv, r, j)
+            y[(*r, *j)] = affine((x[(*r, *j)] - mean) * inv, r, j)
 
 
 def _normalize_reference(x, axes, eps):
@@ -214,7 +217,7 @@ class InstanceNormalization(Op):
         scale, bias = ins[1], ins[2]
 
         def affine(v, r, j):  # row r = n * C + c
-            return v * scale[r % c_] + bias[r % c_]
+            return v * scale[r[0] % c_] + bias[r[0] % c_]
 
         _normalize_rows(k, x, y, node.attrs["epsilon"], affine)
 
@@ -308,3 +311,93 @@ class LpNormalization(Op):
             with k.loop(x.shape[ax]) as j:
                 at[ax] = j
                 y[tuple(at)] = k.select(norm.eq(0.0), 0.0, x[tuple(at)] / norm)
+
+
+@register("GroupNormalization")
+class GroupNormalization(Op):
+    """Normalization over groups of channels, per item: X (N x C x spatial...) read as
+    (N, G, C/G x spatial). scale and bias are per channel (C values) from opset 21, per
+    group (G values) in opset 18; canonicalize records which (`per_group`)."""
+
+    fusable_epilogue = True
+
+    def item_wise(self, node):
+        return True
+
+    def canonicalize(self, node, opset):
+        if "num_groups" not in node.attrs:
+            raise invalid(node, "needs num_groups")
+        node.attrs["num_groups"] = int(node.attrs["num_groups"])
+        node.attrs["epsilon"] = float(node.attrs.get("epsilon", 1e-5))
+        node.attrs.pop("stash_type", None)  # float32 input: computed in float32 (stash_type 1)
+        node.attrs["per_group"] = int(opset < 21)
+
+    def infer(self, node):
+        t = _float_input(node)
+        groups = node.attrs["num_groups"]
+        if len(t.shape) < 2 or len(node.inputs) != 3 or any(v is None for v in node.inputs):
+            raise invalid(node, "needs X (N x C x ...), scale and bias")
+        if groups <= 0 or t.shape[1] % groups:
+            raise invalid(node, f"num_groups {groups} does not divide the {t.shape[1]} channels")
+        _check_channel_params(node, 1, groups if node.attrs["per_group"] else t.shape[1])
+        return [t]
+
+    def reference(self, node, x, scale, b):
+        n_, c_, groups = x.shape[0], x.shape[1], node.attrs["num_groups"]
+        xg = x.reshape((n_, groups, -1))
+        y = _normalize_reference(xg, (2,), node.attrs["epsilon"]).reshape(x.shape)
+        if node.attrs["per_group"]:
+            scale, b = np.repeat(scale, c_ // groups), np.repeat(b, c_ // groups)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return [(y * scale.reshape(shape) + b.reshape(shape)).astype(x.dtype)]
+
+    def lower(self, k, node, ins, outs):
+        n_, c_ = ins[0].shape[:2]
+        groups = node.attrs["num_groups"]
+        inner = int(np.prod(ins[0].shape[2:], dtype=np.int64))
+        shape = (n_, groups, c_ // groups, inner)
+        scale, bias = ins[1], ins[2]
+        per_group = node.attrs["per_group"]
+
+        def affine(v, r, j):
+            c = r[1] if per_group else r[1] * (c_ // groups) + j[0]
+            return v * scale[c] + bias[c]
+
+        _normalize_rows(k, ins[0].reshape(shape), outs[0].reshape(shape), node.attrs["epsilon"], affine, lead=2)
+
+
+@register("MeanVarianceNormalization")
+class MeanVarianceNormalization(Op):
+    """(X - mean) / (sqrt(variance) + 1e-9) over `axes` (default N and the two spatial
+    axes of NCHW data), the form of the spec's function body."""
+
+    EPS = 1e-9
+    fusable_epilogue = True
+
+    def canonicalize(self, node, opset):
+        rank = len(in_type(node).shape)
+        axes = node.attrs.get("axes", [0, 2, 3])
+        axes = [norm_axis(int(a), rank, node) for a in axes]
+        if len(set(axes)) != len(axes):
+            raise invalid(node, f"axes {node.attrs.get('axes')} repeat an axis")
+        node.attrs["axes"] = sorted(axes)
+
+    def item_wise(self, node):
+        return 0 not in node.attrs["axes"]
+
+    def infer(self, node):
+        return [_float_input(node)]
+
+    def reference(self, node, x):
+        axes = tuple(node.attrs["axes"])
+        x64 = x.astype(np.float64)
+        mean = x64.mean(axis=axes, keepdims=True)
+        std = np.sqrt(((x64 - mean) ** 2).mean(axis=axes, keepdims=True))
+        return [((x64 - mean) / (std + self.EPS)).astype(x.dtype)]
+
+    def lower(self, k, node, ins, outs):
+        axes = node.attrs["axes"]
+        rank = ins[0].rank
+        perm = [a for a in range(rank) if a not in axes] + axes  # rows first, then the reduced axes
+        _normalize_rows(k, ins[0].transpose(perm), outs[0].transpose(perm), self.EPS, lambda v, r, j: v,
+                        lead=rank - len(axes), eps_on_std=True)
