@@ -121,10 +121,18 @@ class Identity(View):
     def canonicalize(self, node, opset):
         if node.op == "Dropout":
             node.attrs.clear()
-            node.inputs = node.inputs[:1]  # the mask output, if read, is refused at import
+            node.inputs = node.inputs[:1]  # the mask output is a constant (constant_outputs)
 
     def infer(self, node):
         return [in_type(node)]
+
+    def constant_outputs(self, node, opset):
+        """Dropout's mask: all true in inference (the importer refuses a random training
+        mode), bool from opset 10, the input's type before."""
+        if node.op != "Dropout" or len(node.outputs) < 2:
+            return {}
+        t = in_type(node)
+        return {1: np.ones(t.shape, np.bool_ if opset >= 10 else t.dtype)}
 
 
 @register("Transpose")
