@@ -123,8 +123,9 @@ class _Pool(Op):
         for offs in itertools.product(*[range(w[0]) for w in wins]):
             sl = tuple(slice(o * d, o * d + (out - 1) * s + 1, s) for o, (_, s, d, _, _, out) in zip(offs, wins))
             win = xp[(slice(None), slice(None)) + sl]
-            if with_indices:  # the first maximum in window order
-                best = np.where(win > acc, flat[(slice(None), slice(None)) + sl], best)
+            if with_indices:  # the first maximum in window order (the first element if all are equal)
+                at = flat[(slice(None), slice(None)) + sl]
+                best = np.where((win > acc) | ((best < 0) & (at >= 0)), at, best)
             acc = np.maximum(acc, win) if self.is_max else acc + win
             count += weights[sl]
         if self.kind == "avg":
@@ -158,6 +159,8 @@ class _Pool(Op):
                         acc.value = k.max(v, acc.value)
                     elif self.is_max:  # strictly greater: the first maximum in window order
                         take = k.unsigned("<", acc.value, v) if dtype == "uint8" else acc.value < v
+                        if best is not None:  # the window's first element, whatever it holds
+                            take = take | best.value.eq(-1)
                         acc.value = k.select(take, v, acc.value)
                         if best is not None:
                             at = (k.lift(n) * x.shape[1] + c) * per_item

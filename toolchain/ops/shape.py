@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from ..ir import TensorType
-from .base import COPY, Op, const_input, in_type, invalid, norm_axis, register
+from .base import COPY, Op, const_input, in_type, invalid, norm_axis, register, unsupported
 
 
 
@@ -127,12 +127,15 @@ class Identity(View):
         return [in_type(node)]
 
     def constant_outputs(self, node, opset):
-        """Dropout's mask: all true in inference (the importer refuses a random training
-        mode), bool from opset 10, the input's type before."""
+        """Dropout's mask from opset 12: all true in inference (output = data * mask; the
+        importer refuses a random training mode). Before, the spec leaves its value in
+        inference open (onnxruntime writes 0s, the onnx reference evaluator 1s): refused."""
         if node.op != "Dropout" or len(node.outputs) < 2:
             return {}
-        t = in_type(node)
-        return {1: np.ones(t.shape, np.bool_ if opset >= 10 else t.dtype)}
+        if opset < 12:
+            raise unsupported(node, f"the mask output in opset {opset} (its value in inference is specified "
+                                    "from opset 12)")
+        return {1: np.ones(in_type(node).shape, np.bool_)}
 
 
 @register("Transpose")
