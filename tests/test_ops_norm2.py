@@ -288,12 +288,37 @@ def test_mixed_model_c_path_under_ubsan(workdir):
         assert_close(g, w, what=f"output {j}")
 
 
-def test_cumprod_c_path_under_ubsan(workdir):
-    x = rng.integers(-3, 4, (3, 5)).astype(np.int64)
-    m = one_node("CumProd", {"x": x}, {"y": (x.dtype, x.shape)}, {"a": np.array(1)}, opset=26, exclusive=1,
-                 reverse=1)
-    got = run_c_path(m, T, {"x": x}, workdir, flags=UBSAN, tag="-cumprod")[0][0]
-    np.testing.assert_array_equal(got, ReferenceEvaluator(m).run(None, {"x": x})[0])
+def test_integer_ops_c_path_under_ubsan(workdir):
+    """CumProd on int64, MaxPool on uint8 with Indices, TopK on uint8 (unsigned compares) in C."""
+    x = rng.integers(0, 256, (2, 3, 6, 5)).astype(np.uint8)
+    c = rng.integers(-3, 4, (3, 5)).astype(np.int64)
+    nodes = [helper.make_node("CumProd", ["c", "a"], ["cp"], exclusive=1, reverse=1),
+             helper.make_node("MaxPool", ["x"], ["mp", "mi"], kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 1, 1]),
+             helper.make_node("TopK", ["x", "k"], ["tv", "ti"], axis=2)]
+    outs = {"cp": (np.int64, (3, 5)), "mp": (np.uint8, (2, 3, 3, 5)), "mi": (np.int64, (2, 3, 3, 5)),
+            "tv": (np.uint8, (2, 3, 4, 5)), "ti": (np.int64, (2, 3, 4, 5))}
+    m = make_model(nodes, {"x": (np.uint8, x.shape), "c": (np.int64, c.shape)}, outs, {"a": np.array(1), "k": I(4)},
+                   opset=26)
+    feeds = {"x": x, "c": c}
+    got = run_c_path(m, T, feeds, workdir, flags=UBSAN, tag="-int")[0]
+    for j, (g, w) in enumerate(zip(got, ReferenceEvaluator(m).run(None, feeds))):
+        np.testing.assert_array_equal(g, w, err_msg=f"output {j}")
+
+
+def test_constant_inputs_fold(workdir):
+    """On constants the new ops fold at import (their numpy references): nothing is left to run."""
+    x = rng.standard_normal((2, 3, 4, 4)).astype(F)
+    nodes = [helper.make_node("TopK", ["c", "k"], ["tv", "ti"], axis=1),
+             helper.make_node("MaxPool", ["c"], ["mp", "mi"], kernel_shape=[2, 2]),
+             helper.make_node("LayerNormalization", ["c", "w"], ["ln", "mean", "inv"], axis=2),
+             helper.make_node("Add", ["x", "inv"], ["y"])]
+    outs = {"tv": (F, (2, 2, 4, 4)), "ti": (np.int64, (2, 2, 4, 4)), "mi": (np.int64, (2, 3, 3, 3)),
+            "mean": (F, (2, 3, 1, 1)), "y": (F, x.shape)}
+    inits = {"c": x, "k": I(2), "w": np.ones((4, 4), F)}
+    m = make_model(nodes, {"x": (F, x.shape)}, outs, inits, opset=18)
+    graph = compile_onnx(m, T).graph
+    assert [n.op for n in graph.nodes if n.op not in ("edgec.Copy",)] == ["Add"]
+    check_against_onnxruntime(m, {"x": x}, T, workdir)
 
 
 # -- bad inputs -------------------------------------------------------------------------------------
