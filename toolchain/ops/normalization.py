@@ -119,8 +119,8 @@ def _normalize_reference(x, axes, eps):
 @register("LayerNormalization")
 class LayerNormalization(Op):
     """Y, and optionally Mean and InvStdDev: the statistics of each normalized row, of X's
-    rank with the normalized axes kept as 1 (float32, the only stash_type supported for
-    them; Y alone is computed in float32 whatever stash_type says)."""
+    rank with the normalized axes kept as 1 (float32: stash_type 1, the only one supported
+    for them; Y alone is computed in float32 whatever stash_type says)."""
 
     fusable_epilogue = True  # only while Y is the one output (passes.fuse checks)
 
@@ -132,8 +132,8 @@ class LayerNormalization(Op):
         node.attrs["axis"] = norm_axis(node.attrs.get("axis", -1), len(t.shape), node)
         node.attrs["epsilon"] = float(node.attrs.get("epsilon", 1e-5))
         stash = int(node.attrs.pop("stash_type", 1))
-        if len(node.outputs) > 1 and stash != 1:
-            raise unsupported(node, f"stash_type {stash} with the Mean/InvStdDev outputs (only 1, float32)")
+        if stash != 1 and len(node.outputs) > 1:  # Mean/InvStdDev in another type: not produced
+            node.attrs["stash_type"] = stash  # (the importer refuses them if something reads them)
 
     def _stats_type(self, node, t):
         ax = node.attrs["axis"]
@@ -151,7 +151,8 @@ class LayerNormalization(Op):
                                      f"to the normalized shape {norm_shape}") from None
         if len(node.outputs) > 3:
             raise invalid(node, f"has {len(node.outputs)} outputs, at most 3 (Y, Mean, InvStdDev)")
-        return [t] + [self._stats_type(node, t)] * (len(node.outputs) - 1)
+        stats = len(node.outputs) - 1 if node.attrs.get("stash_type", 1) == 1 else 0
+        return [t] + [self._stats_type(node, t)] * stats
 
     def reference(self, node, x, scale=None, b=None):
         axes = tuple(range(node.attrs["axis"], x.ndim))

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from ..ir import TensorType
-from .base import COPY, Op, const_input, in_type, invalid, norm_axis, register, unsupported
+from .base import COPY, Op, const_input, in_type, invalid, norm_axis, register
 
 
 
@@ -129,12 +129,10 @@ class Identity(View):
     def constant_outputs(self, node, opset):
         """Dropout's mask from opset 12: all true in inference (output = data * mask; the
         importer refuses a random training mode). Before, the spec leaves its value in
-        inference open (onnxruntime writes 0s, the onnx reference evaluator 1s): refused."""
-        if node.op != "Dropout" or len(node.outputs) < 2:
+        inference open (onnxruntime writes 0s, the onnx reference evaluator 1s): none, so
+        the importer refuses a mask that something reads (an unread one is fine)."""
+        if node.op != "Dropout" or len(node.outputs) < 2 or opset < 12:
             return {}
-        if opset < 12:
-            raise unsupported(node, f"the mask output in opset {opset} (its value in inference is specified "
-                                    "from opset 12)")
         return {1: np.ones(in_type(node).shape, np.bool_)}
 
 
