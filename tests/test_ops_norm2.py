@@ -13,9 +13,11 @@ from onnx.reference import ReferenceEvaluator
 
 from helpers import assert_close, check_against_onnxruntime, compile_and_run, make_model, onnxruntime_outputs
 from test_c_backend import run_c_path
-from toolchain.compiler import compile_onnx
+from toolchain.compiler import build, compile_onnx
 from toolchain.errors import InvalidModelError, UnsupportedError
 from toolchain.frontend import onnx_import
+from toolchain.harness.runner import link_harness, run_model
+from toolchain.targets import get_profile
 
 T = "x86-64-v3"
 F = np.float32
@@ -372,3 +374,38 @@ def test_bad_inputs(op, feeds, inits, outs, attrs, opset, kind, text):
     msg = str(e.value)
     assert e.type is kind and (text in msg or SCHEMA_REFUSAL.search(msg)) and "node 'bad'" in msg \
         and f"({op})" in msg, msg
+
+
+# -- a bounded batch (--dim N<=4) ------------------------------------------------------------------
+def bounded_model(with_indices):
+    nodes = [helper.make_node("LayerNormalization", ["x", "w"], ["ln", "mean", "inv"], axis=1),
+             helper.make_node("GroupNormalization", ["ln", "gs", "gb"], ["gn"], num_groups=2),
+             helper.make_node("MeanVarianceNormalization", ["gn"], ["mvn"], axes=[1, 2, 3]),
+             helper.make_node("TopK", ["mvn", "k"], ["tv", "ti"], axis=3),
+             helper.make_node("LpPool", ["tv"], ["lp"], kernel_shape=[2, 2])]
+    outs = {"mean": (F, ["N", 1, 1, 1]), "ti": (np.int64, ["N", 4, 5, 3]), "lp": (F, ["N", 4, 4, 2])}
+    if with_indices:
+        nodes.append(helper.make_node("MaxPool", ["x"], ["mp", "mi"], kernel_shape=[2, 2], name="pool"))
+        outs["mi"] = (np.int64, ["N", 4, 4, 5])
+    inits = {"w": rng.standard_normal((4, 5, 6)).astype(F), "gs": rng.standard_normal(4).astype(F),
+             "gb": rng.standard_normal(4).astype(F), "k": I(3)}
+    return make_model(nodes, {"x": (F, ["N", 4, 5, 6])}, outs, inits, opset=21)
+
+
+def test_bounded_batch(workdir):
+    """The item-wise ops run once per item; MaxPool's Indices count from the batch's first
+    element, so a MaxPool with Indices is refused in a bounded batch."""
+    m = bounded_model(False)
+    path = workdir / "norm2-bounded.onnx"
+    onnx.save(m, path)
+    build(path, T, "model", workdir / "norm2-bounded", dims={"N": (1, 4)})
+    profile = get_profile(T)
+    exe = link_harness(workdir / "norm2-bounded", "model", profile)
+    for n in (1, 3):
+        x = rng.standard_normal((n, 4, 5, 6)).astype(F)
+        want = onnxruntime_outputs(m, {"x": x})
+        got = run_model(exe, profile, [x], [(w.dtype, w.shape) for w in want], env={"EDGEC_DIMS": str(n)}).outputs
+        for j, (g, w) in enumerate(zip(got, want)):
+            assert_close(g, w, what=f"N={n} output {j}")
+    with pytest.raises(UnsupportedError, match=r"node 'pool' \(MaxPool\) mixes items of the batch"):
+        compile_onnx(bounded_model(True), T, dims={"N": (1, 4)})

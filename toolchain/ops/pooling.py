@@ -205,6 +205,9 @@ class MaxPool(_Pool):
         if len(node.outputs) > 1:  # it orders the Indices output
             node.attrs["storage_order"] = order
 
+    def item_wise(self, node):
+        return len(node.outputs) == 1  # Indices count from the whole batch's first element
+
     def _outputs(self, node, y):
         if len(node.outputs) > 2:
             raise invalid(node, f"has {len(node.outputs)} outputs, at most 2 (Y, Indices)")
