@@ -126,6 +126,16 @@ def test_mean_variance_normalization(axes, workdir):
     check_against_onnxruntime(m, {"x": X4}, T, workdir)
 
 
+def test_mean_variance_normalization_empty_axes(workdir):
+    """axes = []: every axis, as the spec's function body reads it (ReduceMean with an empty
+    axes input); onnxruntime refuses it, so the onnx reference evaluator is the oracle."""
+    x = rng.standard_normal((2, 3, 4)).astype(F)
+    node = helper.make_node("MeanVarianceNormalization", ["x"], ["y"])
+    node.attribute.append(helper.make_attribute("axes", [], attr_type=onnx.AttributeProto.INTS))
+    m = make_model([node], {"x": (F, x.shape)}, {"y": (F, x.shape)}, opset=13)
+    check_against_reference_evaluator(m, {"x": x}, workdir)
+
+
 # -- TopK -------------------------------------------------------------------------------------------
 XT = rng.standard_normal((3, 7, 4)).astype(F)
 XT[0, :, 1] = 0.5  # a column of ties: lower indices first

@@ -378,7 +378,8 @@ class MeanVarianceNormalization(Op):
     def canonicalize(self, node, opset):
         rank = len(in_type(node).shape)
         axes = node.attrs.get("axes", [0, 2, 3])
-        axes = [norm_axis(int(a), rank, node) for a in axes]
+        # empty: every axis (the function body's ReduceMean with an empty axes input)
+        axes = [norm_axis(int(a), rank, node) for a in axes] if len(axes) else list(range(rank))
         if len(set(axes)) != len(axes):
             raise invalid(node, f"axes {node.attrs.get('axes')} repeat an axis")
         node.attrs["axes"] = sorted(axes)
