@@ -107,12 +107,13 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         try:
             op.canonicalize(node, opset)
             types = op.infer(node)
+            known = op.constant_outputs(node, opset) if len(types) < len(node.outputs) else {}
         except CompileError as e:
             raise e.at(node.name, node.op) from None
         except (KeyError, IndexError, ValueError, TypeError) as e:
             raise InvalidModelError(f"malformed node: {type(e).__name__}: {e}", node=node.name, op=node.op) from e
         if len(types) < len(node.outputs):
-            used = [o for o in proto.output[len(types):] if o in read]
+            used = [o for j, o in enumerate(proto.output) if j >= len(types) and o in read and j not in known]
             if used:
                 raise UnsupportedError(f"optional outputs {used} are not supported", node=node.name, op=node.op)
         node.outputs = node.outputs[:len(types)]
@@ -122,6 +123,9 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         for onnx_name, out in zip(proto.output, folded or node.outputs):
             if onnx_name:
                 env[onnx_name] = out
+        for j, data in known.items():  # outputs known whatever the inputs (op.constant_outputs)
+            if proto.output[j]:
+                env[proto.output[j]] = g.const(proto.output[j], data)
 
     for vi in onnx_graph.output:
         if vi.name not in env:

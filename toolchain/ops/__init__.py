@@ -18,6 +18,7 @@ from . import (  # noqa: F401  (one family per line: a new family is a one-line 
     recurrent,
     reduce,
     resize,
+    selection,
     shape,
 )
 from .base import (COPY, Op, apply_epilogue_reference, const_input, in_type, own_inputs, register,

@@ -63,6 +63,12 @@ class Op:
     def infer(self, node: Node) -> list[TensorType]:
         raise NotImplementedError
 
+    def constant_outputs(self, node: Node, opset: int) -> dict[int, np.ndarray]:
+        """Outputs after those `infer` types whose values are known at compile time whatever
+        the inputs (Dropout's mask in inference: all true), by output position: the importer
+        binds them to constants. Called after canonicalize and infer."""
+        return {}
+
     def reference(self, node: Node, *inputs: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
 

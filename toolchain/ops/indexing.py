@@ -1,5 +1,5 @@
 """Indexing ops: Size, ArgMax/ArgMin, Hardmax, Trilu, GatherElements, ScatterElements (and the
-older Scatter), CumSum, OneHot, EyeLike.
+older Scatter), CumSum/CumProd, OneHot, EyeLike.
 
 Indices computed at run time never take a kernel outside its buffers: GatherElements reads
 the nearest element for an index out of range, ScatterElements skips such an update, OneHot
@@ -275,10 +275,13 @@ class ScatterElements(Op):
                 y[at] = combine(k, y[at], upd[o])
 
 
-@register("CumSum")
+@register("CumSum", "CumProd")
 class CumSum(Op):
+    """Running sums (CumSum) or products (CumProd, opset 26) along a constant axis; exclusive:
+    each element leaves itself out (the first gets 0 or 1), reverse: from the end."""
+
     def canonicalize(self, node, opset):
-        ax = _scalar_int(node, 1, "CumSum axis")
+        ax = _scalar_int(node, 1, f"{node.op} axis")
         if ax is None:
             raise invalid(node, "needs the axis input")
         node.attrs["axis"] = norm_axis(ax, len(in_type(node).shape), node)
@@ -289,15 +292,17 @@ class CumSum(Op):
                 raise invalid(node, f"{key} must be 0 or 1, got {v}")
 
     def infer(self, node):
-        return [_check(node, 0, ("float32", "float64", "int32", "int64"), "the input")]
+        more = ("uint32", "uint64") if node.op == "CumProd" else ()  # wrapping products: the same bits
+        return [_check(node, 0, ("float32", "float64", "int32", "int64") + more, "the input")]
 
     def reference(self, node, x):
         ax = node.attrs["axis"]
         v = np.flip(x, ax) if node.attrs["reverse"] else x
-        s = np.cumsum(v, axis=ax, dtype=x.dtype)
+        prod = node.op == "CumProd"
+        s = (np.cumprod if prod else np.cumsum)(v, axis=ax, dtype=x.dtype)
         if node.attrs["exclusive"]:
-            s = np.concatenate([np.zeros_like(np.take(s, [0], axis=ax)), np.take(s, range(x.shape[ax] - 1), axis=ax)],
-                               axis=ax)
+            first = np.full_like(np.take(s, [0], axis=ax), 1 if prod else 0)
+            s = np.concatenate([first, np.take(s, range(x.shape[ax] - 1), axis=ax)], axis=ax)
         return [np.flip(s, ax) if node.attrs["reverse"] else s]
 
     def lower(self, k, node, ins, outs):
@@ -305,17 +310,19 @@ class CumSum(Op):
         ax = node.attrs["axis"]
         n = x.shape[ax]
         kept = x.shape[:ax] + (1,) + x.shape[ax + 1:]
+        prod = node.op == "CumProd"
         with k.loops(kept) as idx:
-            acc = k.var(k.lift(0, like=x[idx]))
+            acc = k.var(k.lift(1 if prod else 0, like=x[idx]))
             with k.loop(n) as j:
                 at = list(idx)
                 at[ax] = (n - 1) - j if node.attrs["reverse"] else j
                 at = tuple(at)
+                step = (acc.value * x[at]) if prod else (acc.value + x[at])
                 if node.attrs["exclusive"]:
                     y[at] = acc.value
-                    acc.value = acc.value + x[at]
+                    acc.value = step
                 else:
-                    acc.value = acc.value + x[at]
+                    acc.value = step
                     y[at] = acc.value
 
 

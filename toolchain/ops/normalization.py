@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernel import mathfns as m
+from ..ir import TensorType
 from .base import Op, in_type, invalid, norm_axis, register, unsupported
 
 
@@ -82,24 +83,30 @@ class BatchNormalization(Op):
                 y3[n, c, i] = x3[n, c, i] * f + shift
 
 
-def _normalize_rows(k, x, y, eps, affine):
+def _normalize_rows(k, x, y, eps, affine, stats=None, lead=1, eps_on_std=False):
     """y[r, j] = affine((x[r, j] - mean_r) / sqrt(var_r + eps), r, j) for x viewed as
-    (rows, *norm_shape), j a multi-index. Two passes (mean, then the variance of the
-    centred values) keep float32 accurate."""
-    norm_shape = x.shape[1:]
+    (*rows, *norm_shape), r the multi-index of the `lead` row axes and j of the others
+    (eps_on_std: / (sqrt(var_r) + eps), MeanVarianceNormalization's form). Two passes
+    (mean, then the variance of the centred values) keep float32 accurate.
+    `stats(r, mean, inv_std)`, if given, stores a row's statistics (LayerNormalization's
+    Mean and InvStdDev outputs)."""
+    norm_shape = x.shape[lead:]
     count = float(np.prod(norm_shape, dtype=np.int64))
-    with k.loop(x.shape[0]) as r:
+    with k.loops(x.shape[:lead]) as r:
         total = k.var(0.0)
         with k.loops(norm_shape) as j:
-            total += x[(r, *j)]
+            total += x[(*r, *j)]
         mean = total.value * (1.0 / count)
         sq = k.var(0.0)
         with k.loops(norm_shape) as j:
-            d = x[(r, *j)] - mean
+            d = x[(*r, *j)] - mean
             sq += d * d
-        inv = 1.0 / k.sqrt(sq.value * (1.0 / count) + eps)
+        var = sq.value * (1.0 / count)
+        inv = 1.0 / (k.sqrt(var) + eps) if eps_on_std else 1.0 / k.sqrt(var + eps)
+        if stats is not None:
+            stats(r, mean, inv)
         with k.loops(norm_shape) as j:
-            y[(r, *j)] = affine((x[(r, *j)] - mean) * inv, r, j)
+            y[(*r, *j)] = affine((x[(*r, *j)] - mean) * inv, r, j)
 
 
 def _normalize_reference(x, axes, eps):
@@ -111,7 +118,11 @@ def _normalize_reference(x, axes, eps):
 
 @register("LayerNormalization")
 class LayerNormalization(Op):
-    fusable_epilogue = True
+    """Y, and optionally Mean and InvStdDev: the statistics of each normalized row, of X's
+    rank with the normalized axes kept as 1 (float32: stash_type 1, the only one supported
+    for them; Y alone is computed in float32 whatever stash_type says)."""
+
+    fusable_epilogue = True  # only while Y is the one output (passes.fuse checks)
 
     def item_wise(self, node):
         return node.attrs["axis"] != 0
@@ -120,7 +131,13 @@ class LayerNormalization(Op):
         t = in_type(node)
         node.attrs["axis"] = norm_axis(node.attrs.get("axis", -1), len(t.shape), node)
         node.attrs["epsilon"] = float(node.attrs.get("epsilon", 1e-5))
-        node.attrs.pop("stash_type", None)
+        stash = int(node.attrs.pop("stash_type", 1))
+        if stash != 1 and len(node.outputs) > 1:  # Mean/InvStdDev in another type: not produced
+            node.attrs["stash_type"] = stash  # (the importer refuses them if something reads them)
+
+    def _stats_type(self, node, t):
+        ax = node.attrs["axis"]
+        return TensorType("float32", t.shape[:ax] + (1,) * (len(t.shape) - ax))
 
     def infer(self, node):
         t = _float_input(node)
@@ -132,16 +149,23 @@ class LayerNormalization(Op):
                 except ValueError:
                     raise invalid(node, f"input {i} of shape {node.inputs[i].type.shape} does not broadcast "
                                      f"to the normalized shape {norm_shape}") from None
-        return [t]  # Mean and InvStdDev outputs are not produced (training only)
+        if len(node.outputs) > 3:
+            raise invalid(node, f"has {len(node.outputs)} outputs, at most 3 (Y, Mean, InvStdDev)")
+        stats = len(node.outputs) - 1 if node.attrs.get("stash_type", 1) == 1 else 0
+        return [t] + [self._stats_type(node, t)] * stats
 
     def reference(self, node, x, scale=None, b=None):
         axes = tuple(range(node.attrs["axis"], x.ndim))
-        y = _normalize_reference(x, axes, node.attrs["epsilon"])
+        eps = node.attrs["epsilon"]
+        y = _normalize_reference(x, axes, eps)
         if scale is not None:
             y = y * scale
         if b is not None:
             y = y + b
-        return [y.astype(x.dtype)]
+        x64 = x.astype(np.float64)
+        mean = x64.mean(axis=axes, keepdims=True)
+        inv = 1.0 / np.sqrt(((x64 - mean) ** 2).mean(axis=axes, keepdims=True) + eps)
+        return [y.astype(x.dtype), mean.astype(np.float32), inv.astype(np.float32)][:len(node.outputs)]
 
     def lower(self, k, node, ins, outs):
         ax = node.attrs["axis"]
@@ -154,8 +178,14 @@ class LayerNormalization(Op):
             v = v * scale[j] if scale is not None else v
             return v + bias[j] if bias is not None else v
 
+        stat_outs = [o.reshape((rows,)) for o in outs[1:3]]
+
+        def stats(r, mean, inv):
+            for o, v in zip(stat_outs, (mean, inv)):
+                o[r] = v
+
         _normalize_rows(k, ins[0].reshape((rows, *norm_shape)), outs[0].reshape((rows, *norm_shape)),
-                        node.attrs["epsilon"], affine)
+                        node.attrs["epsilon"], affine, stats if stat_outs else None)
 
 
 @register("InstanceNormalization")
@@ -188,7 +218,7 @@ class InstanceNormalization(Op):
         scale, bias = ins[1], ins[2]
 
         def affine(v, r, j):  # row r = n * C + c
-            return v * scale[r % c_] + bias[r % c_]
+            return v * scale[r[0] % c_] + bias[r[0] % c_]
 
         _normalize_rows(k, x, y, node.attrs["epsilon"], affine)
 
@@ -282,3 +312,94 @@ class LpNormalization(Op):
             with k.loop(x.shape[ax]) as j:
                 at[ax] = j
                 y[tuple(at)] = k.select(norm.eq(0.0), 0.0, x[tuple(at)] / norm)
+
+
+@register("GroupNormalization")
+class GroupNormalization(Op):
+    """Normalization over groups of channels, per item: X (N x C x spatial...) read as
+    (N, G, C/G x spatial). scale and bias are per channel (C values) from opset 21, per
+    group (G values) in opset 18; canonicalize records which (`per_group`)."""
+
+    fusable_epilogue = True
+
+    def item_wise(self, node):
+        return True
+
+    def canonicalize(self, node, opset):
+        if "num_groups" not in node.attrs:
+            raise invalid(node, "needs num_groups")
+        node.attrs["num_groups"] = int(node.attrs["num_groups"])
+        node.attrs["epsilon"] = float(node.attrs.get("epsilon", 1e-5))
+        node.attrs.pop("stash_type", None)  # float32 input: computed in float32 (stash_type 1)
+        node.attrs["per_group"] = int(opset < 21)
+
+    def infer(self, node):
+        t = _float_input(node)
+        groups = node.attrs["num_groups"]
+        if len(t.shape) < 2 or len(node.inputs) != 3 or any(v is None for v in node.inputs):
+            raise invalid(node, "needs X (N x C x ...), scale and bias")
+        if groups <= 0 or t.shape[1] % groups:
+            raise invalid(node, f"num_groups {groups} does not divide the {t.shape[1]} channels")
+        _check_channel_params(node, 1, groups if node.attrs["per_group"] else t.shape[1])
+        return [t]
+
+    def reference(self, node, x, scale, b):
+        n_, c_, groups = x.shape[0], x.shape[1], node.attrs["num_groups"]
+        xg = x.reshape((n_, groups, -1))
+        y = _normalize_reference(xg, (2,), node.attrs["epsilon"]).reshape(x.shape)
+        if node.attrs["per_group"]:
+            scale, b = np.repeat(scale, c_ // groups), np.repeat(b, c_ // groups)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return [(y * scale.reshape(shape) + b.reshape(shape)).astype(x.dtype)]
+
+    def lower(self, k, node, ins, outs):
+        n_, c_ = ins[0].shape[:2]
+        groups = node.attrs["num_groups"]
+        inner = int(np.prod(ins[0].shape[2:], dtype=np.int64))
+        shape = (n_, groups, c_ // groups, inner)
+        scale, bias = ins[1], ins[2]
+        per_group = node.attrs["per_group"]
+
+        def affine(v, r, j):
+            c = r[1] if per_group else r[1] * (c_ // groups) + j[0]
+            return v * scale[c] + bias[c]
+
+        _normalize_rows(k, ins[0].reshape(shape), outs[0].reshape(shape), node.attrs["epsilon"], affine, lead=2)
+
+
+@register("MeanVarianceNormalization")
+class MeanVarianceNormalization(Op):
+    """(X - mean) / (sqrt(variance) + 1e-9) over `axes` (default N and the two spatial
+    axes of NCHW data), the form of the spec's function body."""
+
+    EPS = 1e-9
+    fusable_epilogue = True
+
+    def canonicalize(self, node, opset):
+        rank = len(in_type(node).shape)
+        axes = node.attrs.get("axes", [0, 2, 3])
+        # empty: every axis (the function body's ReduceMean with an empty axes input)
+        axes = [norm_axis(int(a), rank, node) for a in axes] if len(axes) else list(range(rank))
+        if len(set(axes)) != len(axes):
+            raise invalid(node, f"axes {node.attrs.get('axes')} repeat an axis")
+        node.attrs["axes"] = sorted(axes)
+
+    def item_wise(self, node):
+        return 0 not in node.attrs["axes"]
+
+    def infer(self, node):
+        return [_float_input(node)]
+
+    def reference(self, node, x):
+        axes = tuple(node.attrs["axes"])
+        x64 = x.astype(np.float64)
+        mean = x64.mean(axis=axes, keepdims=True)
+        std = np.sqrt(((x64 - mean) ** 2).mean(axis=axes, keepdims=True))
+        return [((x64 - mean) / (std + self.EPS)).astype(x.dtype)]
+
+    def lower(self, k, node, ins, outs):
+        axes = node.attrs["axes"]
+        rank = ins[0].rank
+        perm = [a for a in range(rank) if a not in axes] + axes  # rows first, then the reduced axes
+        _normalize_rows(k, ins[0].transpose(perm), outs[0].transpose(perm), self.EPS, lambda v, r, j: v,
+                        lead=rank - len(axes), eps_on_std=True)

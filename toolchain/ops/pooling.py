@@ -1,5 +1,5 @@
-"""Pooling: MaxPool, AveragePool (N-d windows with pads, strides, dilations, ceil_mode)
-and their global forms."""
+"""Pooling: MaxPool (with the optional Indices output), AveragePool, LpPool (N-d windows
+with pads, strides, dilations, ceil_mode) and the global forms of the first two."""
 from __future__ import annotations
 
 import itertools
@@ -7,8 +7,10 @@ import itertools
 import numpy as np
 
 from ..ir import TensorType
-from .base import Op, in_type, invalid, register, unsupported
+from ..kernel import mathfns as m
+from ..kernel.llvm import I64, LLVM_TYPES
 from ..kernel.tiled_conv import window_in_bounds
+from .base import Op, in_type, invalid, register, unsupported
 from .nn import window_attrs
 
 
@@ -33,9 +35,44 @@ def _windows(node, x_shape):
             for i in range(rank)]
 
 
+def _int_power(v, p):
+    """v**p for a constant integer p >= 1, by squaring."""
+    result, base = None, v
+    while p:
+        if p & 1:
+            result = base if result is None else result * base
+        p >>= 1
+        if p:
+            base = base * base
+    return result
+
+
+def _flat_indices(shape, column_major):
+    """MaxPool's Indices: each input element's offset in the flattened input, the spatial
+    part row-major, or column-major (storage_order 1: the first spatial axis fastest)."""
+    spatial = shape[2:]
+    grid = np.indices(shape, dtype=np.int64)
+    per_item = int(np.prod(spatial, dtype=np.int64))
+    return (grid[0] * shape[1] + grid[1]) * per_item + sum(g * st for g, st in zip(grid[2:],
+                                                                               _strides(spatial, column_major)))
+
+
+def _strides(spatial, column_major):
+    return [int(np.prod(spatial[:i] if column_major else spatial[i + 1:], dtype=np.int64))
+            for i in range(len(spatial))]
+
+
 class _Pool(Op):
+    """kind: max (float32, int8, uint8; optional Indices output), avg, or lp (the p-norm
+    of each window: (sum |x|^p) ** (1/p), padding adds nothing)."""
+
     fusable_epilogue = True
-    is_max = False
+    kind = "avg"
+    dtypes = ("float32",)
+
+    @property
+    def is_max(self):
+        return self.kind == "max"
 
     def item_wise(self, node):
         return True
@@ -51,14 +88,17 @@ class _Pool(Op):
         node.attrs["count_include_pad"] = int(node.attrs.get("count_include_pad", 0))
         node.attrs.pop("storage_order", None)
 
+    def _outputs(self, node, y):
+        return [y]
+
     def infer(self, node):
         t = in_type(node)
-        if t.dtype != "float32":
-            raise unsupported(node, "needs float32 input")
+        if t.dtype not in self.dtypes:
+            raise unsupported(node, f"needs {' or '.join(self.dtypes)} input, got {t.dtype}")
         out = [w[-1] for w in _windows(node, t.shape)]
         if min(out) <= 0:
             raise invalid(node, f"window larger than the padded input {t.shape}")
-        return [TensorType(t.dtype, t.shape[:2] + tuple(out))]
+        return self._outputs(node, TensorType(t.dtype, t.shape[:2] + tuple(out)))
 
     def reference(self, node, x):
         wins = _windows(node, x.shape)
@@ -66,54 +106,125 @@ class _Pool(Op):
         pads = [(0, 0), (0, 0)]
         for size, (k, s, d, pb, pe, out) in zip(x.shape[2:], wins):
             pads.append((pb, max(pe, (out - 1) * s + (k - 1) * d + 1 - size - pb)))
-        xp = np.pad(x.astype(np.float64), pads, constant_values=fill)
+        src = x.astype(np.float64)
+        if self.kind == "lp":
+            src = np.abs(src) ** node.attrs["p"]
+        xp = np.pad(src, pads, constant_values=fill)
+        with_indices = self.is_max and len(node.outputs) > 1
+        if with_indices:
+            flat = np.pad(_flat_indices(x.shape, node.attrs["storage_order"]), pads, constant_values=-1)
         real = np.pad(np.ones(x.shape[2:]), pads[2:])  # 1 where the input is, 0 in padding
         declared = np.pad(np.ones([s + pb + pe for s, (_, _, _, pb, pe, _) in zip(x.shape[2:], wins)]),
                           [(0, p[1] - w[4]) for p, w in zip(pads[2:], wins)])  # input + explicit pads
         acc = np.full(x.shape[:2] + tuple(w[-1] for w in wins), fill)
+        best = np.full(acc.shape, -1, np.int64)
         count = np.zeros(acc.shape[2:])
         weights = declared if node.attrs["count_include_pad"] else real
         for offs in itertools.product(*[range(w[0]) for w in wins]):
             sl = tuple(slice(o * d, o * d + (out - 1) * s + 1, s) for o, (_, s, d, _, _, out) in zip(offs, wins))
             win = xp[(slice(None), slice(None)) + sl]
+            if with_indices:  # the first maximum in window order (the first element if all are equal)
+                at = flat[(slice(None), slice(None)) + sl]
+                best = np.where((win > acc) | ((best < 0) & (at >= 0)), at, best)
             acc = np.maximum(acc, win) if self.is_max else acc + win
             count += weights[sl]
-        if not self.is_max:
+        if self.kind == "avg":
             acc = acc / count
-        return [acc.astype(x.dtype)]
+        elif self.kind == "lp":
+            acc = acc ** (1.0 / node.attrs["p"])
+        return [acc.astype(x.dtype)] + ([best] if with_indices else [])
 
     def lower(self, k, node, ins, outs):
         x, y = ins[0], outs[0]
+        indices = outs[1] if len(outs) > 1 else None
         wins = _windows(node, x.shape)
         include_pad = node.attrs["count_include_pad"]
+        dtype = x.dtype
+        if self.is_max:
+            init = float("-inf") if dtype == "float32" else int(np.iinfo(dtype).min)
+        else:
+            init = 0.0
+        per_item = int(np.prod(x.shape[2:], dtype=np.int64))
+        if indices is not None:
+            strides = _strides(x.shape[2:], node.attrs["storage_order"])
         with k.loops(y.shape) as (n, c, *o):
-            acc = k.var(float("-inf") if self.is_max else 0.0)
-            count = None if self.is_max else k.var(0.0)
+            acc = k.var(k.lift(init, like=LLVM_TYPES[dtype]))
+            count = None if self.kind != "avg" else k.var(0.0)
+            best = k.var(k.lift(-1, like=I64)) if indices is not None else None
             with k.loops([w[0] for w in wins]) as kk:
                 coords = [o[i] * s - pb + kk[i] * d for i, (_, s, d, pb, _, _) in enumerate(wins)]
                 with k.if_(window_in_bounds(k, coords, x.shape[2:])):
                     v = x[(n, c, *coords)]
-                    if self.is_max:
+                    if self.is_max and dtype == "float32" and best is None:
                         acc.value = k.max(v, acc.value)
+                    elif self.is_max:  # strictly greater: the first maximum in window order
+                        take = k.unsigned("<", acc.value, v) if dtype == "uint8" else acc.value < v
+                        if best is not None:  # the window's first element, whatever it holds
+                            take = take | best.value.eq(-1)
+                        acc.value = k.select(take, v, acc.value)
+                        if best is not None:
+                            at = (k.lift(n) * x.shape[1] + c) * per_item
+                            for cc, st in zip(coords, strides):
+                                at = at + k.lift(cc) * st
+                            best.value = k.select(take, k.cast(at, I64), best.value)
+                    elif self.kind == "lp":
+                        acc += _int_power(k.abs(v), node.attrs["p"])
                     else:
                         acc += v
                         if not include_pad:
                             count += 1.0
-                if include_pad:
+                if include_pad and self.kind == "avg":
                     extent = [x.shape[2 + i] + wins[i][3] + wins[i][4] for i in range(len(wins))]
                     padded = [cc + w[3] for cc, w in zip(coords, wins)]
                     with k.if_(window_in_bounds(k, padded, extent)):
                         count += 1.0
-            y[(n, c, *o)] = acc.value if self.is_max else acc.value / count.value
+            if self.kind == "avg":
+                y[(n, c, *o)] = acc.value / count.value
+            elif self.kind == "lp":
+                p = node.attrs["p"]
+                total = acc.value
+                y[(n, c, *o)] = total if p == 1 else k.sqrt(total) if p == 2 else \
+                    m.exp(k, m.log(k, total) * (1.0 / p))
+            else:
+                y[(n, c, *o)] = acc.value
+            if best is not None:
+                indices[(n, c, *o)] = best.value
 
 
 @register("MaxPool")
 class MaxPool(_Pool):
-    is_max = True
+    kind = "max"
+    dtypes = ("float32", "int8", "uint8")
 
     def canonicalize(self, node, opset):
+        order = int(node.attrs.get("storage_order", 0))
         super().canonicalize(node, opset)
         node.attrs["count_include_pad"] = 0  # an AveragePool attribute; meaningless here
+        if order not in (0, 1):
+            raise invalid(node, f"storage_order must be 0 or 1, got {order}")
+        if len(node.outputs) > 1:  # it orders the Indices output
+            node.attrs["storage_order"] = order
+
+    def item_wise(self, node):
+        return len(node.outputs) == 1  # Indices count from the whole batch's first element
+
+    def _outputs(self, node, y):
+        if len(node.outputs) > 2:
+            raise invalid(node, f"has {len(node.outputs)} outputs, at most 2 (Y, Indices)")
+        return [y] + [TensorType("int64", y.shape)] * (len(node.outputs) - 1)
+
+
+@register("LpPool")
+class LpPool(_Pool):
+    kind = "lp"
+
+    def canonicalize(self, node, opset):
+        p = node.attrs.get("p", 2)
+        if not isinstance(p, int) or p < 1:
+            raise invalid(node, f"p must be a positive integer, got {p}")
+        super().canonicalize(node, opset)
+        node.attrs["count_include_pad"] = 0  # padding adds 0 to the sum
+        node.attrs["p"] = p
 
 
 @register("AveragePool")

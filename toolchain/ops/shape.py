@@ -124,10 +124,19 @@ class Identity(View):
     def canonicalize(self, node, opset):
         if node.op == "Dropout":
             node.attrs.clear()
-            node.inputs = node.inputs[:1]  # the mask output, if read, is refused at import
+            node.inputs = node.inputs[:1]  # the mask output is a constant (constant_outputs)
 
     def infer(self, node):
         return [in_type(node)]
+
+    def constant_outputs(self, node, opset):
+        """Dropout's mask from opset 12: all true in inference (output = data * mask; the
+        importer refuses a random training mode). Before, the spec leaves its value in
+        inference open (onnxruntime writes 0s, the onnx reference evaluator 1s): none, so
+        the importer refuses a mask that something reads (an unread one is fine)."""
+        if node.op != "Dropout" or len(node.outputs) < 2 or opset < 12:
+            return {}
+        return {1: np.ones(in_type(node).shape, np.bool_)}
 
 
 @register("Transpose")
