@@ -15,7 +15,6 @@ from helpers import assert_close, check_against_onnxruntime, compile_and_run, ma
 from test_c_backend import run_c_path
 from toolchain.compiler import build, compile_onnx
 from toolchain.errors import InvalidModelError, UnsupportedError
-from toolchain.frontend import onnx_import
 from toolchain.harness.runner import link_harness, run_model
 from toolchain.targets import get_profile
 
@@ -103,18 +102,15 @@ def test_group_norm_opset21_per_channel(groups, workdir):
     check_against_onnxruntime(m, {"x": X4}, T, workdir)
 
 
-def test_group_norm_opset18_per_group(workdir, monkeypatch):
-    """Opset 18: scale and bias hold one value per group. The onnx checker (and so the
-    validator) refuses that version as deprecated; onnxruntime and the onnx reference
-    evaluator still run it (the spec's function body). The op's opset-18 form, compiled
-    with the validator bypassed, against both."""
+def test_group_norm_opset18_per_group(workdir):
+    """Opset 18: scale and bias hold one value per group. The onnx checker calls that
+    version deprecated (opset 21 redefined it), but the model is valid for its own opset and
+    onnxruntime and the onnx reference evaluator run it (the spec's function body): it
+    builds, and matches both."""
     x = rng.standard_normal((2, 6, 7)).astype(F)
     scale, bias = np.array([0.5, -2.0, 3.0], F), np.array([1.0, 0.0, -1.0], F)
     m = one_node("GroupNormalization", {"x": x}, {"y": (F, x.shape)}, {"s": scale, "b": bias}, opset=18,
                  num_groups=3, name="gn18")
-    with pytest.raises(InvalidModelError, match=r"node 'gn18' \(GroupNormalization\): .*deprecated"):
-        compile_onnx(m, T)
-    monkeypatch.setattr(onnx_import, "validate_model", lambda model, dims=None: None)
     check_against_onnxruntime(m, {"x": x}, T, workdir)
     check_against_reference_evaluator(m, {"x": x}, workdir)
 
