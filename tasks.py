@@ -33,7 +33,7 @@ def _exec(args):
             "weights": "internal (default) or external: weights in <name>_weights.bin, <name>_run_ext",
             "grad": "reverse: <name>_primal and <name>_pullback instead of <name>_run",
             "train": "<name>_train_step (SGD) and <name>_params_init instead of <name>_run",
-            "loss": "training loss: mse (the default)"},
+            "loss": "training loss: mse (the default) or cross-entropy (class scores against int64 labels)"},
       iterable=["dim", "model"])
 def build(c, target=None, model=None, name=None, out=None, dump_ir=False, dim=None, emit=None,
           flash_budget=None, ram_budget=None, weights=None, grad=None, train=False, loss=None):

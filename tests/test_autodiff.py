@@ -395,6 +395,58 @@ def _numpy_sgd(params, x, target, lr, steps):
     return losses, [W1, b1, W2, b2]
 
 
+def test_train_step_sgd_cross_entropy_matches_numpy():
+    """--loss cross-entropy: 5 SGD steps of a classifier (its scores, no softmax) on int64
+    labels against the same steps written out by hand in float64 numpy."""
+    from toolchain import compile_train
+    w = _weights(13)
+    W1, b1, W2, b2 = w(16, 8), w(16), w(5, 16), w(5)
+    m = onnx_model([node("Gemm", ["x", "W1", "b1"], ["h"], transB=1), node("Relu", ["h"], ["r"]),
+                    node("Gemm", ["r", "W2", "b2"], ["y"], transB=1)], {"x": (4, 8)},
+                   {"W1": W1, "b1": b1, "W2": W2, "b2": b2})
+    ct = compile_train(m, loss="cross-entropy")
+    params = ct.params_init()
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    labels = np.array([0, 3, 4, 3], np.int64)
+    lr = 0.3
+    losses = [ct.train_step(params, [x], [labels], lr) for _ in range(5)]
+    P = [p.astype(np.float64) for p in (W1, b1, W2, b2)]
+    xs, want = x.astype(np.float64), []
+    for _ in range(5):
+        h = xs @ P[0].T + P[1]
+        r = np.maximum(h, 0)
+        z = r @ P[2].T + P[3]
+        lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+        want.append(np.mean(lse - z[np.arange(4), labels]))
+        dz = np.exp(z - lse[:, None])
+        dz[np.arange(4), labels] -= 1
+        dz /= 4
+        dr = dz @ P[2]
+        dh = dr * (h > 0)
+        grads = [dh.T @ xs, dh.sum(0), dz.T @ r, dz.sum(0)]
+        P = [p - lr * g for p, g in zip(P, grads)]
+    np.testing.assert_allclose(losses, want, rtol=1e-4)
+    assert losses[-1] < losses[0]
+    for i, p in enumerate(P):
+        np.testing.assert_allclose(ct.param(params, i), p, rtol=1e-4, atol=1e-5)
+
+
+def test_train_cross_entropy_refusals():
+    """Cross entropy needs one float output of class scores N x C [x d...]."""
+    from toolchain import compile_train
+    from toolchain.errors import CompileError
+    w = _weights(14)
+    flat = onnx_model([node("MatMul", ["x", "W"], ["m"]), node("ReduceSum", ["m"], keepdims=0)], {"x": (2, 3)},
+                      {"W": w(3, 4)})
+    with pytest.raises(CompileError, match="needs class scores of shape N x C"):
+        compile_train(flat, loss="cross-entropy")
+    two = onnx_model([node("MatMul", ["x", "W"], ["y"]), node("MatMul", ["x", "V"], ["y2"])], {"x": (2, 3)},
+                     {"W": w(3, 4), "V": w(3, 4)}, outputs=("y", "y2"))
+    with pytest.raises(CompileError, match="exactly one float output"):
+        compile_train(two, loss="cross-entropy")
+
+
 def test_train_step_sgd_mse_matches_numpy():
     """model_train_step (x86-64-v3, in-process): 5 SGD steps of the MLP on an MSE loss, the
     losses and the parameters after them against the hand-written float64 numpy steps."""

@@ -251,7 +251,8 @@ def parser():
                    "with respect to every float input and initializer) instead of <name>_run")
     b.add_argument("--train", action="store_true", help="<name>_train_step (SGD on --loss, every float "
                    "initializer trained, in a caller-owned buffer) and <name>_params_init instead of <name>_run")
-    b.add_argument("--loss", choices=["mse"], default="mse", help="the training loss (default: mse)")
+    b.add_argument("--loss", choices=["mse", "cross-entropy"], default="mse",
+                   help="the training loss: mse (default), or cross-entropy of the class scores against int64 labels")
     b.set_defaults(fn=cmd_build)
     z = sub.add_parser("size", help="flash/RAM/stack report of a build (builds it if needed)")
     z.add_argument("--target")

@@ -333,7 +333,7 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
             "params": [{"name": p.name, "dtype": str(p.data.dtype), "shape": list(p.data.shape), "offset": off,
                         "elems": int(p.data.size), "bytes": int(p.data.nbytes)}
                        for p, off in zip(tp.params, c.train["offsets"])],
-            "targets": [_tensor_info(v) for v in tp.outputs],
+            "targets": [_tensor_info(v) for v in tp.graph.inputs[tp.n_inputs:tp.n_inputs + tp.n_targets]],
         }
     if c.grad is not None:
         n = c.grad["program"].n_outputs

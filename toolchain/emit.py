@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import shutil
 import signal
@@ -144,10 +145,14 @@ def c_header(name: str, manifest: dict) -> str:
                       f"[{', '.join(map(str, p['shape']))}] */",
                       f"#define {up}_PARAM{i}_ELEMS {int(p['elems'])}u",
                       f"#define {up}_PARAM{i}_OFFSET {int(p['offset'])}u"]
+        for j, t in enumerate(train["targets"]):
+            lines += [f"/* target {j}: {c_comment_text(t['dtype'])} [{', '.join(map(str, t['shape']))}] */",
+                      f"#define {up}_TARGET{j}_ELEMS {math.prod(t['shape'])}u"]
         lines += ["",
                   f"/* Training ({c_comment_text(train['loss'])} loss, SGD). params_init writes the model's trained",
                   "   values into params (PARAMS_SIZE bytes aligned to PARAMS_ALIGN). train_step runs",
-                  "   one step on one batch: inputs[i] as for inference, targets[j] shaped as output j;",
+                  "   one step on one batch: inputs[i] as for inference, targets[j] as listed above (mse: shaped",
+                  "   as output j; cross-entropy: the class label of each sample, int64);",
                   "   writes the loss before the update into *loss and updates params in place",
                   "   (p -= learning_rate * dloss/dp). Returns 0. */",
                   f"{params_init_prototype(name)};",

@@ -2,7 +2,8 @@
 
 `train_graph(g, params)` differentiates `g` (passes.autodiff.reverse, parameters as graph
 inputs), appends the loss (MSE: the mean of squared differences of each float output from
-its target, summed over outputs) and its cotangent as the seed, inlines the pullback
+its target, summed over outputs; or the softmax cross entropy of the class scores against
+int64 labels) and its cotangent as the seed, inlines the pullback
 (its residual inputs become the forward values themselves: nothing is saved, the step is
 one program), and ends with one update per parameter, p - learning_rate * dL/dp, placed
 after every other node: the build writes each update over the parameter's own bytes in
@@ -20,10 +21,11 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from ..ir import Graph, TensorType, Value
+from ..ops.loss import LOSS_GRAD
 from .autodiff import Builder, reverse
 from .verify import verify
 
-LOSSES = ("mse",)
+LOSSES = ("mse", "cross-entropy")
 
 
 @dataclass
@@ -45,19 +47,8 @@ def train_graph(g: Graph, params, loss: str = "mse") -> TrainProgram:
     model_inputs = t.inputs[:len(t.inputs) - len(prog.params)]
     outputs, residuals = t.outputs[:n], t.outputs[n:]
     b = Builder(t, {}, set())
-    targets, seeds, terms = [], {}, []
-    for j in prog.cot_outputs:
-        y = outputs[j]
-        target = Value(t.unique(f"target_{y.name}"), y.type)
-        targets.append(target)
-        diff = b.op("Sub", [y, target])
-        rank = len(y.type.shape)
-        terms.append(b.op("ReduceMean", [b.op("Mul", [diff, diff])], axes=list(range(rank)), keepdims=0)
-                     if rank else b.op("Mul", [diff, diff]))
-        seeds[j] = b.op("Mul", [diff, b.scalar(2.0 / max(y.type.size, 1))])
-    total = terms[0]
-    for term in terms[1:]:
-        total = b.op("Add", [total, term])
+    targets, seeds, total = _cross_entropy(t, b, outputs, prog.cot_outputs) if loss == "cross-entropy" else \
+        _mse(t, b, outputs, prog.cot_outputs)
 
     pb = prog.pullback
     env = {id(rv): pv for rv, pv in zip(pb.inputs, residuals)}
@@ -84,6 +75,43 @@ def train_graph(g: Graph, params, loss: str = "mse") -> TrainProgram:
     t.output_names = None
     verify(t)
     return TrainProgram(t, len(model_inputs), len(targets), prog.params, [outputs[j] for j in prog.cot_outputs])
+
+
+def _mse(t: Graph, b: Builder, outputs, cot_outputs):
+    """The mean of squared differences of each float output from its target, summed over
+    outputs: (targets, {output: seed cotangent}, loss)."""
+    targets, seeds, terms = [], {}, []
+    for j in cot_outputs:
+        y = outputs[j]
+        target = Value(t.unique(f"target_{y.name}"), y.type)
+        targets.append(target)
+        diff = b.op("Sub", [y, target])
+        rank = len(y.type.shape)
+        terms.append(b.op("ReduceMean", [b.op("Mul", [diff, diff])], axes=list(range(rank)), keepdims=0)
+                     if rank else b.op("Mul", [diff, diff]))
+        seeds[j] = b.op("Mul", [diff, b.scalar(2.0 / max(y.type.size, 1))])
+    total = terms[0]
+    for term in terms[1:]:
+        total = b.op("Add", [total, term])
+    return targets, seeds, total
+
+
+def _cross_entropy(t: Graph, b: Builder, outputs, cot_outputs):
+    """Softmax cross entropy of the first float output (scores, N x C [x d...]) against
+    int64 class labels (N [x d...]), averaged over samples (SoftmaxCrossEntropyLoss,
+    reduction mean); its seed is that op's input cotangent, (softmax - onehot) / N."""
+    if len(cot_outputs) != 1:
+        raise UnsupportedError(f"--loss cross-entropy needs exactly one float output (the class scores); the model "
+                               f"has {len(cot_outputs)}")
+    (j,) = cot_outputs
+    y = outputs[j]
+    if len(y.type.shape) < 2:
+        raise UnsupportedError(f"--loss cross-entropy needs class scores of shape N x C [x d...]; output '{y.name}' "
+                               f"is {y.type}")
+    labels = Value(t.unique(f"target_{y.name}"), TensorType("int64", y.type.shape[:1] + y.type.shape[2:]))
+    total = b.op("SoftmaxCrossEntropyLoss", [y, labels], reduction="mean")
+    seed = b.op(LOSS_GRAD, [b.scalar(1.0), labels, None, y], classes=y.type.shape[1], reduction="mean")
+    return [labels], {j: seed}, total
 
 
 def _update_early(t: Graph, params, count: int):
