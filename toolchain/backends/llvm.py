@@ -131,12 +131,29 @@ def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile, blob: 
     if separate_nodes:
         kernels = [_node_wrapper(module, plan, sym, node, kernel, weights, index) if kernel is not None else None
                    for node, sym, kernel in zip(g.nodes, symbols, kernels)]
+    else:
+        _bound_inlining(kernels)
     run = _run_function(module, g, plan, name, weights, kernels, index, blob is not None, separate_nodes)
     if g.batch is not None:
         _batch_entries(module, g, name, run, index)
     if blob is not None:
         _check_weights_function(module, name, blob.data(), index)
     return module
+
+
+# Up to this many kernels are inlined into the function that runs the graph (the shipped
+# models' graphs: the optimizer then sees constant offsets and the arena's alignment); a
+# larger graph keeps each kernel a function of its own, because LLVM's optimization time
+# grows faster than linearly with the size of one function (benchmarks/compile_time_bench.py:
+# DenseNet-121, 247 kernels, about 4x faster to compile).
+INLINE_KERNEL_LIMIT = 64
+
+
+def _bound_inlining(kernels):
+    live = [k for k in kernels if k is not None]
+    if len(live) > INLINE_KERNEL_LIMIT:
+        for k in live:
+            k.attributes.add("noinline")
 
 
 def _check_weights_function(module, name: str, data: bytes, index):
@@ -180,6 +197,7 @@ def _graph_functions(module, graphs: dict, plans: dict, name: str, profile: Prof
         kernels = [_node_function(module, g, plans[part], sym, node, profile.vector_unit, index)
                    if id(node) not in plans[part].elided else None  # a join: already in place
                    for node, sym in zip(g.nodes, node_symbols(f"{name}_{part}", g.nodes))]
+        _bound_inlining(kernels)
         runs[part] = _run_function(module, g, plans[part], name, weights, kernels, index,
                                    symbol=graph_symbol(name, part), internal=True)
     return runs
