@@ -323,3 +323,13 @@ def test_bad_rotary_embedding_is_refused():
 def test_bad_rms_normalization_is_refused():
     _refused(rms((2, 3, 4), (2, 4), 0)[0], InvalidModelError, _named("RMSNormalization", "does not broadcast"))
     _refused(rms((2, 3, 4), (4,), 0, stash_type=0)[0], UnsupportedError, _named("RMSNormalization", "stash_type"))
+
+
+def test_split_with_an_empty_part(workdir):
+    """RotaryEmbedding's function body splits off the channels it does not rotate, none when
+    it rotates them all: a split size of 0 (opset 13+) gives an empty part, written by nobody."""
+    from helpers import check_against_onnxruntime, make_model
+    nodes = [helper.make_node("Split", ["x", "sizes"], ["a", "b"], axis=1),
+             helper.make_node("Concat", ["b", "a"], ["y"], axis=1)]
+    model = make_model(nodes, {"x": (F, (2, 4))}, {"y": (F, (2, 4))}, {"sizes": np.array([4, 0], np.int64)})
+    check_against_onnxruntime(model, {"x": rnd(30)(2, 4)}, T, workdir)
