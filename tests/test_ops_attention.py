@@ -161,7 +161,7 @@ def test_attention_on_cortex_a76(workdir):
 def test_attention_and_rope_on_the_c_path(workdir):
     from test_c_backend import run_c_path
     for feeds, n_out, opset, attrs in (ORT_CASES["nonpad_causal_gqa_negative_offset"],
-                                       ORT_CASES["causal_bool_mask_fully_masked_mode3"]):
+                                       ORT_CASES["past_present_float_mask_per_batch"]):
         model = attention(feeds, n_out, opset, **attrs)
         got = run_c_path(model, T, feeds, workdir)[0]
         for j, (g, w) in enumerate(zip(got, onnxruntime_outputs(model, feeds))):

@@ -21,8 +21,9 @@ from ..kernel import mathfns as m
 from .base import Op, in_type, invalid, register, unsupported
 
 NEG_INF = float("-inf")
-# softmax_precision codes (onnx TensorProto element types) whose softmax float32 carries
-# at least as precisely: FLOAT, DOUBLE (computed in float32; the difference is float32 rounding)
+# softmax_precision codes (onnx element types) taken with float32 inputs: FLOAT, and DOUBLE,
+# whose softmax is computed in float32 all the same (no float64 exp in kernel/mathfns.py; the
+# probabilities differ by float32 rounding). The narrower ones would round the scores: refused.
 PRECISE_SOFTMAX = (1, 11)
 
 
@@ -131,6 +132,13 @@ def _both(a, b):
 
 @register("Attention")
 class Attention(Op):
+    """Where the texts differ, the operator's spec: qk_matmul_output_mode 0 is the raw
+    product Q K^T even with a softcap (so onnxruntime; onnx's reference returns the capped
+    one); the scores of modes 2 and 3 hold -inf where the bias masks (onnxruntime writes
+    -FLT_MAX). A mask whose key axis is shorter than the keys is padded as masked (onnx's
+    reference; onnxruntime refuses it). A cache without the present outputs is taken, the
+    concatenation going to a workspace (onnxruntime refuses it). float32 only."""
+
     def canonicalize(self, node, opset):
         a = node.attrs
         a["is_causal"] = int(a.get("is_causal", 0))
