@@ -54,7 +54,8 @@ class Split(Op):
     def lower(self, k, node, ins, outs):
         x, ax, start = ins[0], node.attrs["axis"], 0
         for y in outs:
-            _copy(k, x.view(y.shape, x.strides, x.offset + start * x.strides[ax]), y)
+            if y.size:  # an empty part (a split size of 0) has nothing to write
+                _copy(k, x.view(y.shape, x.strides, x.offset + start * x.strides[ax]), y)
             start += y.shape[ax]
 
 

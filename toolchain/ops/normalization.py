@@ -1,6 +1,6 @@
-"""Normalization: BatchNormalization (inference), LayerNormalization,
-InstanceNormalization and LRN. BatchNormalization after a Conv/Gemm is folded into
-its weights by passes.fuse.fold_batchnorm; the lowering here is for the rest."""
+"""Normalization: BatchNormalization (inference), LayerNormalization, RMSNormalization,
+InstanceNormalization, LRN and LpNormalization. BatchNormalization after a Conv/Gemm is
+folded into its weights by passes.fuse.fold_batchnorm; the lowering here is for the rest."""
 from __future__ import annotations
 
 import numpy as np
@@ -186,6 +186,61 @@ class LayerNormalization(Op):
 
         _normalize_rows(k, ins[0].reshape((rows, *norm_shape)), outs[0].reshape((rows, *norm_shape)),
                         node.attrs["epsilon"], affine, stats if stat_outs else None)
+
+
+@register("RMSNormalization")
+class RMSNormalization(Op):
+    """y = x / sqrt(mean(x^2 over axis..end) + epsilon) * scale, scale broadcast to x
+    (unidirectionally: it may vary along the outer axes too)."""
+
+    fusable_epilogue = True
+
+    def item_wise(self, node):
+        s = in_type(node, 1).shape
+        return node.attrs["axis"] != 0 and (len(s) < len(in_type(node).shape) or s[0] == 1)
+
+    def canonicalize(self, node, opset):
+        node.attrs["axis"] = norm_axis(int(node.attrs.get("axis", -1)), len(in_type(node).shape), node)
+        node.attrs["epsilon"] = float(node.attrs.get("epsilon", 1e-5))
+        stash = int(node.attrs.pop("stash_type", 1))
+        if stash != 1:
+            raise unsupported(node, f"stash_type {stash} (only 1, float32, is supported)")
+
+    def infer(self, node):
+        t = _float_input(node)
+        if len(node.inputs) != 2 or node.inputs[1] is None:
+            raise invalid(node, "needs X and scale")
+        s = in_type(node, 1)
+        if s.dtype != "float32":
+            raise unsupported(node, f"needs float32 scale, got {s.dtype}")
+        try:
+            ok = np.broadcast_shapes(s.shape, t.shape) == t.shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise invalid(node, f"scale of shape {s.shape} does not broadcast to the input's {t.shape}")
+        return [t]
+
+    def reference(self, node, x, scale):
+        axes = tuple(range(node.attrs["axis"], x.ndim))
+        x64 = x.astype(np.float64)
+        rms = np.sqrt((x64 * x64).mean(axis=axes, keepdims=True) + node.attrs["epsilon"])
+        return [(x64 / rms * scale).astype(x.dtype)]
+
+    def lower(self, k, node, ins, outs):
+        x, y = ins[0], outs[0]
+        ax = node.attrs["axis"]
+        outer, inner = x.shape[:ax], x.shape[ax:]
+        scale = ins[1].broadcast_to(x.shape)
+        count = float(np.prod(inner, dtype=np.int64))
+        with k.loops(outer) as o:
+            sq = k.var(0.0)
+            with k.loops(inner) as j:
+                v = x[(*o, *j)]
+                sq += v * v
+            inv = 1.0 / k.sqrt(sq.value * (1.0 / count) + node.attrs["epsilon"])
+            with k.loops(inner) as j:
+                y[(*o, *j)] = x[(*o, *j)] * inv * scale[(*o, *j)]
 
 
 @register("InstanceNormalization")
