@@ -272,7 +272,7 @@ class AffineGrid(Op):
         spatial = size[2:]
         axes = [self._base(np.arange(d, dtype=np.float64), d, align) for d in spatial]
         mesh = np.meshgrid(*axes, indexing="ij")  # D, H, W order
-        homo = np.stack(mesh[::-1] + [np.ones(mesh[0].shape)], axis=-1)  # (..., x y [z] 1)
+        homo = np.stack(list(mesh[::-1]) + [np.ones(mesh[0].shape)], axis=-1)  # (..., x y [z] 1)
         out = np.einsum("...i,nji->n...j", homo, theta.astype(np.float64))
         return [out.astype(theta.dtype)]
 

@@ -1,0 +1,182 @@
+"""GridSample, AffineGrid and Resize's cubic / tf_crop_and_resize / half_pixel_symmetric /
+antialias forms against onnxruntime (natively on x86-64-v3) and onnx's ReferenceEvaluator,
+one model on every target, and the bad inputs."""
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
+
+from helpers import assert_close, check_against_onnxruntime, compile_and_run, make_model, onnxruntime_outputs
+from toolchain.compiler import compile_onnx
+from toolchain.errors import CompileError, InvalidModelError, UnsupportedError
+
+T = "x86-64-v3"
+F = np.float32
+rng = np.random.default_rng(11)
+
+
+def reference_outputs(model, feeds):
+    return [np.asarray(o) for o in ReferenceEvaluator(model).run(None, feeds)]
+
+
+def sized(nodes, inputs, inits, opset, oracle=onnxruntime_outputs):
+    """The model with its output shape filled in from the oracle's answer, and that answer."""
+    spec = {k: (v.dtype, v.shape) for k, v in inputs.items()}
+    probe = make_model(nodes, spec, {"y": (F, None)}, inits, opset=opset)
+    want = oracle(probe, inputs)
+    return make_model(nodes, spec, {"y": (F, want[0].shape)}, inits, opset=opset), want
+
+
+def run_native(model, feeds, workdir):
+    return compile_and_run(model, T, feeds, workdir)[0]
+
+
+def check_many(cases, feeds, inits, opset, workdir, target=T):
+    """One model computing every case (node, oracle) side by side, so one build checks them
+    all: each output against its oracle's (onnxruntime, or onnx's reference where onnxruntime
+    departs from the spec), output shapes from onnx's reference."""
+    nodes = []
+    for j, (node, _) in enumerate(cases):
+        node = onnx.NodeProto.FromString(node.SerializeToString())
+        node.output[0] = f"y{j}"
+        nodes.append(node)
+    spec = {k: (v.dtype, v.shape) for k, v in feeds.items()}
+    probe = make_model(nodes, spec, {f"y{j}": (F, None) for j in range(len(cases))}, inits, opset=opset)
+    only_ort = all(o == "ort" for _, o in cases)  # (onnx's reference knows no opset-16 GridSample names)
+    ref = onnxruntime_outputs(probe, feeds) if only_ort else reference_outputs(probe, feeds)
+    m = make_model(nodes, spec, {f"y{j}": (F, w.shape) for j, w in enumerate(ref)}, inits, opset=opset)
+    ort = ref if only_ort else onnxruntime_outputs(m, feeds) if any(o == "ort" for _, o in cases) else None
+    got = compile_and_run(m, target, feeds, workdir)[0]
+    for j, (node, oracle) in enumerate(cases):
+        want = ort[j] if oracle == "ort" else ref[j]
+        assert_close(got[j], want, what=f"{target} {node.op_type} {oracle} {[(a.name, helper.get_attribute_value(a)) for a in node.attribute]}")
+    return got
+
+
+# -- GridSample ---------------------------------------------------------------------------------
+def grid_inputs(spatial_in, spatial_out, spread=1.4, n=2, c=3, suffix=""):
+    r = len(spatial_in)
+    x = rng.standard_normal((n, c) + spatial_in).astype(F)
+    g = rng.uniform(-spread, spread, (n,) + spatial_out + (r,)).astype(F)
+    # exact borders, centres and corners, where rounding and padding choices show
+    g.reshape(-1)[:8] = [-1, 1, 0, -1.5, 1.5, 0.5, -0.5, 1 / 3]
+    return {"x" + suffix: x, "g" + suffix: g}
+
+
+GS_CASES = [(mode, pad, align) for mode in ("linear", "nearest", "cubic")
+            for pad in ("zeros", "border", "reflection") for align in (0, 1)]
+PADS = ("zeros", "border", "reflection")
+
+
+def gs(mode, pad, align=0, suffix=""):
+    return helper.make_node("GridSample", ["x" + suffix, "g" + suffix], ["y"], mode=mode, padding_mode=pad,
+                            align_corners=align)
+
+
+def test_gridsample_2d(workdir):
+    """onnxruntime clamps a cubic tap's position with border padding even inside the border
+    band [-0.5, 0) (align_corners=0) and beyond; the spec (onnx's reference) clamps only positions
+    outside the band and then each tap's index: onnx's reference is the oracle there."""
+    feeds = grid_inputs((5, 6), (4, 7))
+    cases = [(gs(*c), "ref" if c[:2] == ("cubic", "border") else "ort") for c in GS_CASES]
+    check_many(cases, feeds, {}, 20, workdir)
+
+
+def test_gridsample_opset16_names(workdir):
+    feeds = grid_inputs((4, 3), (3, 5), spread=2.5)
+    cases = [(gs(mode, "reflection"), "ort") for mode in ("bilinear", "nearest", "bicubic")]
+    check_many(cases, feeds, {}, 16, workdir)
+
+
+def test_gridsample_volumetric_and_1d(workdir):
+    """3 spatial axes, and 1: checked against onnx's reference (onnxruntime has no N-D cubic)."""
+    feeds = {**grid_inputs((3, 4, 2), (2, 3, 4), suffix="3"), **grid_inputs((6,), (9,), suffix="1")}
+    cases = [(gs(mode, pad, align, s), "ref") for s in "31"
+             for mode, pad, align in [("linear", "zeros", 0), ("nearest", "border", 1), ("linear", "reflection", 1),
+                                      ("cubic", "border", 0), ("cubic", "reflection", 0)]]
+    check_many(cases, feeds, {}, 20, workdir)
+
+
+def test_gridsample_reference_agrees_with_onnxruntime():
+    """Our numpy reference (the interpreter's and constant folding's) is an oracle too."""
+    from toolchain.frontend.onnx_import import import_model
+    from toolchain.interpreter import interpret
+    feeds = grid_inputs((4, 5), (3, 3), spread=3.0)
+    for mode, pad, align in GS_CASES:
+        m, want = sized([gs(mode, pad, align)], feeds, {}, 20, oracle=reference_outputs)
+        got = interpret(import_model(m), [feeds["x"], feeds["g"]])
+        assert_close(got[0], want[0], what=f"{mode} {pad} {align}")
+
+
+def test_gridsample_nan_grid_reads_inside_the_input(workdir):
+    """A NaN or huge grid value may give any value but must not read outside X (the harness's
+    arena guard would see it) nor crash."""
+    feeds = grid_inputs((3, 3), (2, 4))
+    feeds["g"].reshape(-1)[:4] = [np.nan, 1e30, -1e30, np.inf]
+    nodes = [gs("cubic", pad) for pad in PADS]
+    for j, n in enumerate(nodes):
+        n.output[0] = f"y{j}"
+    m = make_model(nodes, {k: (F, v.shape) for k, v in feeds.items()}, {f"y{j}": (F, (2, 3, 2, 4)) for j in range(3)},
+                   {}, opset=20)
+    for got in run_native(m, feeds, workdir):
+        assert got.shape == (2, 3, 2, 4)
+        assert np.isfinite(got[1]).all()  # the second item's grid is ordinary
+
+
+# -- AffineGrid ---------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # onnx's reference, one-point axis
+def test_affine_grid(workdir):
+    """An axis of one point with align_corners=1 sits at -1 (onnx's reference, PyTorch's
+    linspace(-1, 1, 1)); onnxruntime puts it at +1: onnx's reference is the oracle there."""
+    feeds, inits, cases = {}, {}, []
+    for j, size in enumerate([(2, 3, 5, 4), (1, 2, 3, 4, 2), (2, 1, 1, 3)]):
+        r = len(size) - 2
+        feeds[f"t{j}"] = rng.standard_normal((size[0], r, r + 1)).astype(F)
+        inits[f"s{j}"] = np.array(size, np.int64)
+        for align in (0, 1):
+            oracle = "ref" if align and 1 in size[2:] else "ort"
+            cases.append((helper.make_node("AffineGrid", [f"t{j}", f"s{j}"], ["y"], align_corners=align), oracle))
+    check_many(cases, feeds, inits, 20, workdir)
+
+
+def test_affine_grid_then_gridsample_on_target(target, workdir):
+    """A spatial transformer: theta -> grid -> sample, on every target."""
+    x = rng.standard_normal((2, 3, 6, 5)).astype(F)
+    theta = np.array([[[0.9, -0.2, 0.1], [0.3, 1.1, -0.2]], [[1.2, 0.0, 0.4], [0.1, 0.8, 0.0]]], F)
+    nodes = [helper.make_node("AffineGrid", ["th", "size"], ["g"], align_corners=0),
+             helper.make_node("GridSample", ["x", "g"], ["y"], mode="cubic", padding_mode="zeros")]
+    feeds = {"x": x, "th": theta}
+    m, _ = sized(nodes, feeds, {"size": np.array([2, 3, 4, 7], np.int64)}, 20)
+    check_against_onnxruntime(m, feeds, target, workdir)
+    # theta known at compile time: the grid is folded by the reference
+    m, _ = sized(nodes, {"x": x}, {"th": theta, "size": np.array([2, 3, 4, 7], np.int64)}, 20)
+    check_against_onnxruntime(m, {"x": x}, target, workdir)
+
+
+# -- bad inputs -----------------------------------------------------------------------------------
+def compile_error(nodes, inputs, inits, opset=20):
+    m = make_model(nodes, inputs, {"y": (F, None)}, inits, opset=opset)
+    with pytest.raises(CompileError) as e:
+        compile_onnx(m, T)
+    return e.value
+
+
+def test_gridsample_bad_inputs_are_named():
+    node = helper.make_node("GridSample", ["x", "g"], ["y"], name="gs")
+    e = compile_error([node], {"x": (F, (1, 2, 4, 4)), "g": (F, (1, 3, 3, 3))}, {})
+    assert isinstance(e, InvalidModelError) and "gs" in str(e) and "GridSample" in str(e)
+    node = helper.make_node("GridSample", ["x", "g"], ["y"], name="gs", mode="cubic")
+    e = compile_error([node], {"x": (F, (1, 2, 4, 4)), "g": (F, (1, 3, 3, 2))}, {}, opset=16)
+    assert isinstance(e, CompileError) and "gs" in str(e) and "cubic" in str(e)
+    node = helper.make_node("GridSample", ["x", "g"], ["y"], name="gs", padding_mode="mirror")
+    e = compile_error([node], {"x": (F, (1, 2, 4, 4)), "g": (F, (1, 3, 3, 2))}, {})
+    assert isinstance(e, CompileError) and "gs" in str(e) and "mirror" in str(e)
+
+
+def test_affine_grid_bad_inputs_are_named():
+    node = helper.make_node("AffineGrid", ["x", "s"], ["y"], name="ag")
+    e = compile_error([node], {"x": (F, (2, 2, 3)), "s": (np.int64, (4,))}, {})
+    assert isinstance(e, UnsupportedError) and "ag" in str(e) and "compile-time constant" in str(e)
+    e = compile_error([node], {"x": (F, (2, 2, 3))}, {"s": np.array([3, 1, 4, 4], np.int64)})
+    assert isinstance(e, InvalidModelError) and "ag" in str(e) and "AffineGrid" in str(e)
