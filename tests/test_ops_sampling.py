@@ -140,18 +140,162 @@ def test_affine_grid(workdir):
     check_many(cases, feeds, inits, 20, workdir)
 
 
-def test_affine_grid_then_gridsample_on_target(target, workdir):
-    """A spatial transformer: theta -> grid -> sample, on every target."""
+# -- Resize: cubic, antialias, tf_crop_and_resize, half_pixel_symmetric ---------------------------
+def onnx_resize_cases():
+    """onnx's own Resize node cases (their expected outputs come from onnx's test code), each
+    case's scales / sizes / roi (graph inputs there) made initializers, all in one model."""
+    import onnx.backend.test.case.node as node_cases
+    from onnx.backend.test.case.node import resize
+    node_cases._NodeTestCases.clear()
+    getattr(node_cases, "_existing_names", {}).clear()
+    for name in dir(resize.Resize):
+        if name.startswith("export"):
+            getattr(resize.Resize, name)()
+    cases = list(node_cases._NodeTestCases)
+    node_cases._NodeTestCases.clear()
+    nodes, inputs, inits, feeds, want, names = [], {}, {}, {}, [], []
+    for j, case in enumerate(cases):
+        node = onnx.NodeProto.FromString(case.model.graph.node[0].SerializeToString())
+        data, outputs = case.data_sets[0]
+        values = dict(zip([i.name for i in case.model.graph.input], data))
+        wired = []
+        for i, nm in enumerate(node.input):
+            if i == 0:
+                wired.append(f"x{j}")
+                feeds[f"x{j}"] = values[nm]
+                inputs[f"x{j}"] = (F, values[nm].shape)
+            elif nm:
+                wired.append(f"c{j}_{nm}")
+                inits[f"c{j}_{nm}"] = np.asarray(values[nm])
+            else:
+                wired.append("")
+        del node.input[:]
+        node.input.extend(wired)
+        node.output[0] = f"y{j}"
+        node.name = case.name
+        nodes.append(node)
+        want.append(outputs[0])
+        names.append(case.name)
+    outs = {f"y{j}": (F, w.shape) for j, w in enumerate(want)}
+    return make_model(nodes, inputs, outs, inits, opset=19), feeds, want, names
+
+
+# The spec's align_corners divides by (length_resized - 1), the output's length; the cases'
+# expected outputs divide by scale * length_original - 1 (a fraction when the scale does not
+# give a whole length). onnxruntime follows the spec; so do we.
+SPEC_OVER_CASE = ("test_resize_downsample_scales_cubic_align_corners",
+                  "test_resize_downsample_scales_linear_align_corners")
+
+
+def test_resize_onnx_node_cases_with_constant_parameters(workdir):
+    m, feeds, want, names = onnx_resize_cases()
+    assert len(names) >= 39 and any("cubic" in n for n in names) and any("tf_crop" in n for n in names)
+    got = run_native(m, feeds, workdir)
+    ort = onnxruntime_outputs(m, feeds)
+    for g, w, o, name in zip(got, want, ort, names):
+        assert_close(g, o if name in SPEC_OVER_CASE else w, what=name)
+
+
+def resize_node(mode, coord, kind, j, **attrs):
+    ins = ["x", f"roi{j}" if coord == "tf_crop_and_resize" else "", f"s{j}" if kind == "scales" else "",
+           f"z{j}" if kind == "sizes" else ""]
+    while not ins[-1]:
+        ins.pop()
+    return helper.make_node("Resize", ins, ["y"], mode=mode, coordinate_transformation_mode=coord, **attrs)
+
+
+RESIZE_FORMS = [("cubic", {}), ("cubic", dict(cubic_coeff_a=-0.5, exclude_outside=1)),
+                ("linear", dict(antialias=1)), ("cubic", dict(antialias=1)), ("nearest", dict(nearest_mode="ceil")),
+                ("linear", {})]
+RESIZE_COORDS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "half_pixel_symmetric",
+                 "tf_crop_and_resize")
+
+
+def test_resize_new_forms_against_onnxruntime(workdir):
+    """Every new form under every coordinate transformation, up or down, by scales or by
+    sizes in turn (scales giving whole lengths: see SPEC_OVER_CASE), with a roi reaching
+    outside the input."""
+    x = rng.standard_normal((1, 2, 6, 8)).astype(F)
+    params = [("scales", np.array([1, 1, 2.5, 0.5], F)), ("sizes", np.array([1, 2, 3, 13], np.int64)),
+              ("scales", np.array([1, 1, 0.5, 0.25], F))]
+    cases, inits = [], {}
+    for mode, attrs in RESIZE_FORMS:
+        for coord in RESIZE_COORDS:
+            if mode in ("linear", "nearest") and coord in ("half_pixel", "asymmetric") and not attrs:
+                continue  # the kernel-computed path: tests/test_ops_more.py
+            for kind, value in params[len(cases) % 3:][:1]:
+                j = len(cases)
+                inits[f"s{j}" if kind == "scales" else f"z{j}"] = value
+                inits[f"roi{j}"] = np.array([0, 0, 0.1, -0.2, 1, 1, 0.8, 1.3], F)
+                cases.append((resize_node(mode, coord, kind, j, extrapolation_value=2.5, **attrs), "ort"))
+    check_many(cases, {"x": x}, inits, 19, workdir)
+
+
+def test_resize_reference_agrees_with_onnxruntime():
+    from toolchain.frontend.onnx_import import import_model
+    from toolchain.interpreter import interpret
+    x = rng.standard_normal((1, 2, 5, 7)).astype(F)
+    for mode, attrs in RESIZE_FORMS:
+        for coord in RESIZE_COORDS:
+            node = resize_node(mode, coord, "sizes", 0, extrapolation_value=-3.0, **attrs)
+            inits = {"z0": np.array([1, 2, 9, 3], np.int64), "roi0": np.array([0, 0, -0.3, 0.2, 1, 1, 1.1, 0.7], F)}
+            m, want = sized([node], {"x": x}, inits, 19)
+            assert_close(interpret(import_model(m), [x])[0], want[0], what=f"{mode} {attrs} {coord}")
+
+
+def test_resize_axes_roi_and_keep_aspect_ratio(workdir):
+    x = rng.standard_normal((1, 2, 6, 8)).astype(F)
+    inits = {"roi": np.array([0.8, 0.1, 0.2, 1.0], F), "z": np.array([5, 4], np.int64)}
+    cases = [(helper.make_node("Resize", ["x", "roi", "", "z"], ["y"], mode="cubic", axes=[3, 2],
+                               coordinate_transformation_mode="tf_crop_and_resize"), "ort"),
+             (helper.make_node("Resize", ["x", "", "", "z"], ["y"], mode="cubic", axes=[2, 3],
+                               keep_aspect_ratio_policy="not_larger"), "ort"),
+             (helper.make_node("Resize", ["x", "", "", "z"], ["y"], mode="linear", axes=[2, 3], antialias=1,
+                               keep_aspect_ratio_policy="not_smaller"), "ort")]
+    check_many(cases, {"x": x}, inits, 19, workdir)
+
+
+def test_sampling_ops_on_target(target, workdir):
+    """A spatial transformer (theta -> grid -> sample) and the new Resize forms, on every target."""
     x = rng.standard_normal((2, 3, 6, 5)).astype(F)
     theta = np.array([[[0.9, -0.2, 0.1], [0.3, 1.1, -0.2]], [[1.2, 0.0, 0.4], [0.1, 0.8, 0.0]]], F)
-    nodes = [helper.make_node("AffineGrid", ["th", "size"], ["g"], align_corners=0),
-             helper.make_node("GridSample", ["x", "g"], ["y"], mode="cubic", padding_mode="zeros")]
+    inits = {"size": np.array([2, 3, 4, 7], np.int64), "roi0": np.array([0, 0, 0.1, -0.2, 1, 1, 0.8, 1.3], F),
+             "s0": np.array([1, 1, 0.5, 1.5], F), "z1": np.array([2, 3, 3, 3], np.int64)}
     feeds = {"x": x, "th": theta}
-    m, _ = sized(nodes, feeds, {"size": np.array([2, 3, 4, 7], np.int64)}, 20)
+    nodes = [helper.make_node("AffineGrid", ["th", "size"], ["g"], align_corners=0),
+             helper.make_node("GridSample", ["x", "g"], ["y0"], mode="cubic", padding_mode="zeros"),
+             helper.make_node("GridSample", ["x", "g"], ["y1"], mode="linear", padding_mode="reflection"),
+             helper.make_node("Resize", ["x", "roi0", "s0"], ["y2"], mode="cubic",
+                              coordinate_transformation_mode="tf_crop_and_resize", extrapolation_value=7.0),
+             helper.make_node("Resize", ["x", "", "", "z1"], ["y3"], mode="linear", antialias=1)]
+    spec = {k: (v.dtype, v.shape) for k, v in feeds.items()}
+    outs = ["y0", "y1", "y2", "y3"]
+    want = onnxruntime_outputs(make_model(nodes, spec, {o: (F, None) for o in outs}, inits, opset=20), feeds)
+    m = make_model(nodes, spec, {o: (F, w.shape) for o, w in zip(outs, want)}, inits, opset=20)
     check_against_onnxruntime(m, feeds, target, workdir)
-    # theta known at compile time: the grid is folded by the reference
-    m, _ = sized(nodes, {"x": x}, {"th": theta, "size": np.array([2, 3, 4, 7], np.int64)}, 20)
-    check_against_onnxruntime(m, {"x": x}, target, workdir)
+
+
+def test_sampling_ops_c_path_without_undefined_behaviour(workdir):
+    """The C path, under clang's undefined-behaviour sanitizer (trap mode), with NaN and huge
+    grid values: no out-of-range float-to-int conversion, no out-of-bounds read."""
+    from test_c_backend import run_c_path
+    feeds = grid_inputs((4, 3), (3, 5))
+    feeds["g"].reshape(-1)[:4] = [np.nan, 3e9, -3e9, np.inf]
+    cases = [gs(mode, pad) for mode in ("cubic", "nearest") for pad in PADS]
+    cases.append(helper.make_node("Resize", ["x", "roi", "s"], ["y"], mode="cubic", antialias=1,
+                                  coordinate_transformation_mode="tf_crop_and_resize"))
+    for j, n in enumerate(cases):
+        n.output[0] = f"y{j}"
+    inits = {"roi": np.array([0, 0, -0.5, 0.1, 1, 1, 0.9, 1.2], F), "s": np.array([1, 1, 0.5, 2], F)}
+    spec = {k: (F, v.shape) for k, v in feeds.items()}
+    want = onnxruntime_outputs(make_model(cases, spec, {f"y{j}": (F, None) for j in range(len(cases))}, inits,
+                                          opset=20), feeds)
+    m = make_model(cases, spec, {f"y{j}": (F, w.shape) for j, w in enumerate(want)}, inits, opset=20)
+    got, _ = run_c_path(m, T, feeds, workdir, flags=["-fsanitize=undefined", "-fsanitize-trap=undefined"],
+                        tag="-ubsan")
+    assert_close(got[-1], want[-1], what="Resize")
+    for g in got[:-1]:
+        assert np.isfinite(g[1]).all()  # the second item's grid is ordinary
 
 
 # -- bad inputs -----------------------------------------------------------------------------------
@@ -180,3 +324,17 @@ def test_affine_grid_bad_inputs_are_named():
     assert isinstance(e, UnsupportedError) and "ag" in str(e) and "compile-time constant" in str(e)
     e = compile_error([node], {"x": (F, (2, 2, 3))}, {"s": np.array([3, 1, 4, 4], np.int64)})
     assert isinstance(e, InvalidModelError) and "ag" in str(e) and "AffineGrid" in str(e)
+
+
+def test_resize_bad_parameters_are_named():
+    x = {"x": (F, (1, 1, 4, 4))}
+    node = helper.make_node("Resize", ["x", "roi", "", "z"], ["y"], name="rs", mode="linear",
+                            coordinate_transformation_mode="tf_crop_and_resize")
+    inputs = {**x, "roi": (F, (8,))}
+    e = compile_error([node], inputs, {"z": np.array([1, 1, 3, 3], np.int64)})
+    assert isinstance(e, UnsupportedError) and "rs" in str(e) and "roi" in str(e)
+    e = compile_error([node], x, {"z": np.array([1, 1, 3, 3], np.int64), "roi": np.zeros(6, F)})
+    assert isinstance(e, InvalidModelError) and "rs" in str(e) and "roi" in str(e)
+    node = helper.make_node("Resize", ["x", "", "", "z"], ["y"], name="rs", keep_aspect_ratio_policy="fit")
+    e = compile_error([node], x, {"z": np.array([1, 1, 3, 3], np.int64)})
+    assert isinstance(e, CompileError) and "rs" in str(e) and "fit" in str(e)
