@@ -11,7 +11,7 @@ import numpy as np
 
 from ..ir import TensorType
 from ..kernel import mathfns as m
-from ..kernel.llvm import F32
+from ..kernel.llvm import F32, I32
 from .base import Op, const_input, in_type, invalid, register, unsupported
 
 CUBIC_A = -0.75  # GridSample's cubic convolution constant (PyTorch's)
@@ -84,19 +84,53 @@ def _clampf(k, x, lo, hi):
     return k.select(v < hi, v, k.lift(float(hi), like=x))
 
 
+# Float -> integer without a conversion instruction: adding 1.5 * 2^23 leaves the integer
+# nearest to a float of magnitude < 2^22 in the low mantissa bits (the FPU rounds). Vectorized
+# float->int conversions (vfcvt.rtz) abort qemu-riscv64 7.2, and every value converted here is
+# bounded first.
+MAGIC = 12582912.0
+MAGIC_BITS = 0x4B400000
+LIMIT = 2.0 ** 21  # positions are clamped into +-LIMIT before rounding
+
+
+def _round_small(k, x):
+    with k.precise():
+        return (x + MAGIC) - MAGIC
+
+
+def _floor_small(k, x):
+    r = _round_small(k, x)
+    return r - k.select(r > x, 1.0, 0.0)
+
+
+def _int_small(k, f):
+    """An integer-valued float (|f| < 2^22) as an index."""
+    with k.precise():
+        bits = k.bitcast(f + MAGIC, I32)
+    return k.cast(bits - MAGIC_BITS, k.index)
+
+
 def _reflect(k, x, lo, hi):
+    """x reflected at lo and hi until it lies between them (a triangle wave of period
+    2 (hi - lo); identity inside). Far positions are first brought within +-LIMIT."""
     rng = hi - lo
-    lo_, hi_ = k.lift(float(lo), like=x), k.lift(float(hi), like=x)
-    below, above = x < lo_, x > hi_
     if rng == 0:
-        return k.select(below | above, lo_, x)
-    dx = k.select(below, lo_ - x, k.select(above, x - hi_, k.lift(0.0, like=x)))
-    n = m.floor(k, dx * (1.0 / rng))
-    r = dx - n * rng
-    odd = (n - 2.0 * m.floor(k, n * 0.5)) > 0.5
-    low = k.select(odd, hi_ - r, lo_ + r)
-    high = k.select(odd, lo_ + r, hi_ - r)
-    return k.select(below, low, k.select(above, high, x))
+        return k.lift(float(lo), like=x)
+    t = _clampf(k, x - lo, -LIMIT, LIMIT)
+    u = t - _floor_small(k, t * (0.5 / rng)) * (2.0 * rng)  # in [0, 2 rng)
+    return (lo + rng) - k.call_intrinsic("llvm.fabs", u - rng)
+
+
+def _reflect_index(k, i, d, align):
+    """An integer tap position reflected into 0..d-1 (what _reflect gives for integers), in
+    integer arithmetic: the pattern repeats every 2d (2(d-1) with align_corners)."""
+    period = 2 * (d - 1) if align else 2 * d
+    if period == 0:
+        return k.lift(0, like=i)
+    j = i % period
+    j = k.select(j < 0, j + period, j)
+    last = d - 1
+    return k.select(j > last, (period - 1 if not align else period) - j, j)
 
 
 @register("GridSample")
@@ -130,6 +164,8 @@ class GridSample(Op):
             raise invalid(node, f"grid {g.shape} does not fit input {x.shape}: want ({x.shape[0]}, ..., {r})")
         if min(x.shape[2:], default=1) <= 0:
             raise invalid(node, f"empty input {x.shape}")
+        if max(x.shape[2:]) > LIMIT / 4:
+            raise unsupported(node, f"spatial sizes up to {int(LIMIT / 4)} are supported (input {x.shape})")
         return [TensorType("float32", (x.shape[0], x.shape[1]) + tuple(g.shape[1:-1]))]
 
     def macs(self, node):
@@ -193,20 +229,20 @@ class GridSample(Op):
                     pos = _reflect(k, pos, lo, hi)
                 # far outside every tap reads zero padding anyway; this bounds the integer index
                 safe = _clampf(k, pos, -8.0, d + 8.0)
-                if mode == "nearest":
-                    base, w = m.trunc(k, safe), [None]
+                if mode == "nearest":  # an integer already (ties to even), or far outside
+                    base, w = _round_small(k, safe), [None]
                 else:
-                    base = m.floor(k, safe)
+                    base = _floor_small(k, safe)
                     t = pos - base
                     w = [1.0 - t, t] if mode == "linear" else _cubic_weights(t)
                 taps = []
                 for off, wt in zip(self._taps(mode), w):
-                    i = k.cast(base, k.index) + off
+                    i = _int_small(k, base) + off
                     ok = None
                     if padding == "zeros":
                         ok = (i >= 0) & (i < d)
                     elif padding == "reflection":
-                        i = k.cast(m.trunc(k, _reflect(k, base + float(off), lo, hi)), k.index)
+                        i = _reflect_index(k, i, d, align)
                     taps.append((k.min(k.max(i, 0), d - 1), ok, wt))
                 per_axis.append(taps)
             combos = []
