@@ -136,6 +136,10 @@ def _reflect_index(k, i, d, align):
 @register("GridSample")
 class GridSample(Op):
     own_inputs = 2
+    fusable_epilogue = True  # each output element is stored once, with its final value
+
+    def item_wise(self, node):
+        return True
 
     def canonicalize(self, node, opset):
         a = node.attrs
