@@ -340,3 +340,6 @@ def test_resize_bad_parameters_are_named():
     node = helper.make_node("Resize", ["x", "", "", "z"], ["y"], name="rs", keep_aspect_ratio_policy="fit")
     e = compile_error([node], x, {"z": np.array([1, 1, 3, 3], np.int64)})
     assert isinstance(e, CompileError) and "rs" in str(e) and "fit" in str(e)
+    node = helper.make_node("Resize", ["x", "", "", "z"], ["y"], name="rs", mode="nearest", antialias=1)
+    e = compile_error([node], x, {"z": np.array([1, 1, 3, 3], np.int64)})
+    assert isinstance(e, InvalidModelError) and "rs" in str(e) and "antialias" in str(e)

@@ -62,7 +62,9 @@ class _Resize(Op):
     def _settle(self, node, scales, sizes, roi=None):
         x = in_type(node).shape
         a = node.attrs
-        a["antialias"] = int(a.get("antialias", 0)) if a["mode"] != "nearest" else 0
+        a["antialias"] = int(a.get("antialias", 0))
+        if a["antialias"] and a["mode"] == "nearest":
+            raise invalid(node, "antialias applies to the linear and cubic modes, not nearest")
         policy = _text(a.pop("keep_aspect_ratio_policy", None), "stretch")
         if policy not in ("stretch", "not_larger", "not_smaller"):
             raise invalid(node, f"keep_aspect_ratio_policy '{policy}' is not one of stretch, not_larger, not_smaller")
