@@ -126,6 +126,13 @@ def test_gridsample_nan_grid_reads_inside_the_input(workdir):
 
 
 # -- AffineGrid ---------------------------------------------------------------------------------
+def test_affine_grid_onnx_node_cases_with_constant_size(workdir):
+    m, feeds, want, names = onnx_node_cases("affinegrid", "AffineGrid", 20)
+    assert len(names) == 4
+    for g, w, name in zip(run_native(m, feeds, workdir), want, names):
+        assert_close(g, w, what=name)
+
+
 @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # onnx's reference, one-point axis
 def test_affine_grid(workdir):
     """An axis of one point with align_corners=1 sits at -1 (onnx's reference, PyTorch's
@@ -142,17 +149,20 @@ def test_affine_grid(workdir):
 
 
 # -- Resize: cubic, antialias, tf_crop_and_resize, half_pixel_symmetric ---------------------------
-def onnx_resize_cases():
-    """onnx's own Resize node cases (their expected outputs come from onnx's test code), each
-    case's scales / sizes / roi (graph inputs there) made initializers, all in one model."""
+def onnx_node_cases(module, cls, opset):
+    """onnx's own node cases of one op (their expected outputs come from onnx's test code),
+    each case's parameters after input 0 (scales, sizes, roi, size: graph inputs there) made
+    initializers, all in one model."""
+    import importlib
+
     import onnx.backend.test.case.node as node_cases
-    from onnx.backend.test.case.node import resize
+    cls = getattr(importlib.import_module(f"onnx.backend.test.case.node.{module}"), cls)
     node_cases._NodeTestCases.clear()
     getattr(node_cases, "_existing_names", {}).clear()
-    for name in dir(resize.Resize):
+    for name in dir(cls):
         if name.startswith("export"):
-            getattr(resize.Resize, name)()
-    cases = list(node_cases._NodeTestCases)
+            getattr(cls, name)()
+    cases = [c for c in node_cases._NodeTestCases if "expanded" not in c.name]
     node_cases._NodeTestCases.clear()
     nodes, inputs, inits, feeds, want, names = [], {}, {}, {}, [], []
     for j, case in enumerate(cases):
@@ -178,7 +188,7 @@ def onnx_resize_cases():
         want.append(outputs[0])
         names.append(case.name)
     outs = {f"y{j}": (F, w.shape) for j, w in enumerate(want)}
-    return make_model(nodes, inputs, outs, inits, opset=19), feeds, want, names
+    return make_model(nodes, inputs, outs, inits, opset=opset), feeds, want, names
 
 
 # The spec's align_corners divides by (length_resized - 1), the output's length; the cases'
@@ -189,7 +199,7 @@ SPEC_OVER_CASE = ("test_resize_downsample_scales_cubic_align_corners",
 
 
 def test_resize_onnx_node_cases_with_constant_parameters(workdir):
-    m, feeds, want, names = onnx_resize_cases()
+    m, feeds, want, names = onnx_node_cases("resize", "Resize", 19)
     assert len(names) >= 39 and any("cubic" in n for n in names) and any("tf_crop" in n for n in names)
     got = run_native(m, feeds, workdir)
     ort = onnxruntime_outputs(m, feeds)
