@@ -50,7 +50,8 @@ def check_many(cases, feeds, inits, opset, workdir, target=T):
     got = compile_and_run(m, target, feeds, workdir)[0]
     for j, (node, oracle) in enumerate(cases):
         want = ort[j] if oracle == "ort" else ref[j]
-        assert_close(got[j], want, what=f"{target} {node.op_type} {oracle} {[(a.name, helper.get_attribute_value(a)) for a in node.attribute]}")
+        attrs = [(a.name, helper.get_attribute_value(a)) for a in node.attribute]
+        assert_close(got[j], want, what=f"{target} {node.op_type} {oracle} {attrs}")
     return got
 
 
