@@ -52,7 +52,8 @@ class _Resize(Op):
     fusable_epilogue = True
 
     def item_wise(self, node):
-        return True
+        # a tf_crop_and_resize roi can move axis 0 while keeping its length
+        return 0 not in self._moved_axes(node, in_type(node).shape)
 
     def _mode(self, node, modes=("nearest", "linear")):
         mode = node.attrs["mode"] = _text(node.attrs.get("mode"), "nearest")
