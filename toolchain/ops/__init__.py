@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (one family per line: a new family is a one-line 
     recurrent,
     reduce,
     resize,
+    sampling,
     selection,
     shape,
 )

@@ -1,6 +1,9 @@
-"""Resize (opsets 10-19: nearest and N-linear, the usual coordinate transformations) and
-the older Upsample. Scales or sizes must be constants, so every output shape is static;
-the source coordinate of each output index is computed in the kernel."""
+"""Resize (opsets 10-19: nearest, N-linear and N-cubic, every coordinate transformation,
+antialiasing, keep_aspect_ratio_policy) and the older Upsample. Scales or sizes (and a
+tf_crop_and_resize roi) must be constants, so every output shape is static. Nearest and
+linear with the plain transformations compute each output index's source coordinate in the
+kernel; the other forms (cubic, antialias, tf_crop_and_resize, half_pixel_symmetric) read
+per-axis tables of taps (input index, weight) made at compile time from the same shapes."""
 from __future__ import annotations
 
 import itertools
@@ -10,9 +13,11 @@ import numpy as np
 from ..kernel import mathfns as m
 from ..kernel.llvm import F32
 from ..ir import TensorType
+from . import resize_tables as _tables
 from .base import Op, const_input, in_type, invalid, register, unsupported
 
 TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
+TABLE_TRANSFORMS = ("tf_crop_and_resize", "half_pixel_symmetric")  # always through tap tables
 NEAREST = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
 
@@ -47,27 +52,43 @@ class _Resize(Op):
     fusable_epilogue = True
 
     def item_wise(self, node):
-        return True
+        # a tf_crop_and_resize roi can move axis 0 while keeping its length
+        return 0 not in self._moved_axes(node, in_type(node).shape)
 
-    def _mode(self, node):
+    def _mode(self, node, modes=("nearest", "linear")):
         mode = node.attrs["mode"] = _text(node.attrs.get("mode"), "nearest")
-        if mode not in ("nearest", "linear"):
-            raise unsupported(node, f"mode '{mode}' is not supported (nearest, linear)")
+        if mode not in modes:
+            raise unsupported(node, f"mode '{mode}' is not supported ({', '.join(modes)})")
 
-    def _settle(self, node, scales, sizes):
+    def _settle(self, node, scales, sizes, roi=None):
         x = in_type(node).shape
         a = node.attrs
-        if a.pop("antialias", 0):
-            raise unsupported(node, "antialias is not supported")
-        if _text(a.pop("keep_aspect_ratio_policy", None), "stretch") != "stretch":
-            raise unsupported(node, "only keep_aspect_ratio_policy=stretch is supported")
+        a["antialias"] = int(a.get("antialias", 0))
+        if a["antialias"] and a["mode"] == "nearest":
+            raise invalid(node, "antialias applies to the linear and cubic modes, not nearest")
+        policy = _text(a.pop("keep_aspect_ratio_policy", None), "stretch")
+        if policy not in ("stretch", "not_larger", "not_smaller"):
+            raise invalid(node, f"keep_aspect_ratio_policy '{policy}' is not one of stretch, not_larger, not_smaller")
         axes = a.pop("axes", None)
         axes = [int(i) % len(x) for i in axes] if axes is not None else list(range(len(x)))
         full_scales, out = [1.0] * len(x), list(x)
+        if roi is not None:
+            roi = np.asarray(roi, np.float64).reshape(-1)
+            if roi.size != 2 * len(axes):
+                raise invalid(node, f"roi has {roi.size} values, want {2 * len(axes)} (start and end per axis)")
+            full = [0.0] * len(x) + [1.0] * len(x)
+            for j, ax in enumerate(axes):
+                full[ax], full[len(x) + ax] = float(roi[j]), float(roi[len(axes) + j])
+            a["roi"] = full
         if sizes is not None and np.asarray(sizes).size:
-            for ax, s in zip(axes, np.asarray(sizes).reshape(-1)):
-                out[ax] = int(s)
-                full_scales[ax] = int(s) / x[ax]
+            sizes = [int(s) for s in np.asarray(sizes).reshape(-1)]
+            if policy != "stretch":  # one scale for every axis named, the output rounded half up
+                pick = min if policy == "not_larger" else max
+                scale = pick(s / x[ax] for ax, s in zip(axes, sizes))
+                sizes = [int(scale * x[ax] + 0.5) for ax in axes]
+            for ax, s in zip(axes, sizes):
+                out[ax] = s
+                full_scales[ax] = s / x[ax] if policy == "stretch" else scale
         elif scales is not None and np.asarray(scales).size:
             for ax, s in zip(axes, np.asarray(scales, np.float64).reshape(-1)):
                 full_scales[ax] = float(s)
@@ -86,11 +107,20 @@ class _Resize(Op):
 
     def _moved_axes(self, node, shape):
         a = node.attrs
-        return [i for i, (n, o, s) in enumerate(zip(shape, a["out_shape"], a["scales"])) if n != o or s != 1.0]
+        roi = a.get("roi")
+        r = len(shape)
+        return [i for i, (n, o, s) in enumerate(zip(shape, a["out_shape"], a["scales"]))
+                if n != o or s != 1.0 or (roi is not None and (roi[i], roi[r + i]) != (0.0, 1.0))]
+
+    def _tabled(self, node):
+        a = node.attrs
+        return a["mode"] == "cubic" or a.get("antialias", 0) or a["coord"] in TABLE_TRANSFORMS
 
     def reference(self, node, x):
         a = node.attrs
         y = x.astype(np.float64)
+        if self._tabled(node):
+            return [_tables.reference(a, y, self._moved_axes(node, x.shape)).astype(x.dtype)]
         for ax in self._moved_axes(node, x.shape):
             n, out = x.shape[ax], a["out_shape"][ax]
             src = _source(a["mode"], a["coord"], np.arange(out, dtype=np.float64), a["scales"][ax], n, out, _Np)
@@ -109,6 +139,8 @@ class _Resize(Op):
         a = node.attrs
         x, y = ins[0], outs[0]
         moved = self._moved_axes(node, x.shape)
+        if self._tabled(node):
+            return _tables.lower(k, a, x, y, moved)
         lib = _KernelLib(k)
         with k.loops(y.shape) as idx:
             base = list(idx)
@@ -176,23 +208,29 @@ def _round_kernel(k, x, mode):
 class Resize(_Resize):
     def canonicalize(self, node, opset):
         a = node.attrs
-        self._mode(node)
+        self._mode(node, ("nearest", "linear", "cubic"))
         a["coord"] = _text(a.pop("coordinate_transformation_mode", None),
                            "asymmetric" if opset < 11 else "half_pixel")
-        if a["coord"] not in TRANSFORMS:
+        if a["coord"] not in TRANSFORMS + TABLE_TRANSFORMS:
             raise unsupported(node, f"coordinate_transformation_mode '{a['coord']}' is not supported "
-                             f"({', '.join(TRANSFORMS)})")
+                             f"({', '.join(TRANSFORMS + TABLE_TRANSFORMS)})")
         a["nearest_mode"] = _text(a.get("nearest_mode"), "round_prefer_floor" if opset >= 11 else "floor")
         if a["nearest_mode"] not in NEAREST:
             raise unsupported(node, f"nearest_mode '{a['nearest_mode']}' is not supported")
-        for key in ("cubic_coeff_a", "exclude_outside", "extrapolation_value"):
-            a.pop(key, None)
+        a["cubic_coeff_a"] = float(a.get("cubic_coeff_a", -0.75))
+        a["exclude_outside"] = int(a.get("exclude_outside", 0))
+        a["extrapolation_value"] = float(a.get("extrapolation_value", 0.0))
+        roi = None
         if opset < 11:
             scales, sizes = const_input(node, 1, "scales"), None
         else:
             scales, sizes = const_input(node, 2, "scales"), const_input(node, 3, "sizes")
+            if a["coord"] == "tf_crop_and_resize":
+                roi = const_input(node, 1, "roi")
+                if roi is None or not np.asarray(roi).size:
+                    raise invalid(node, "tf_crop_and_resize needs the roi input")
         node.inputs = node.inputs[:1]
-        self._settle(node, scales, sizes)
+        self._settle(node, scales, sizes, roi)
 
 
 @register("Upsample")
