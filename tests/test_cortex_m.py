@@ -9,7 +9,7 @@ import json
 import pytest
 
 from helpers import ROOT
-from toolchain.backends.llvm import compile_ir
+from toolchain.backends.llvm_object import compile_ir
 from toolchain.compiler import DEFAULT_MODEL, build
 from toolchain.errors import BudgetError, InternalError
 from toolchain.inspect.arm import TAG_ABI_HARDFP_USE, TAG_ABI_VFP_ARGS

@@ -53,7 +53,7 @@ def test_a_build_over_budget_is_a_budget_error(tmp_path):
 
 def test_a_broken_promise_is_internal():
     """The self-containment check on an object that calls malloc is the compiler's bug."""
-    from toolchain.backends.llvm import compile_ir
+    from toolchain.backends.llvm_object import compile_ir
     from toolchain.inspect.elf import check_self_contained, read_object
     from toolchain.targets import get_profile
 

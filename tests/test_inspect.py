@@ -12,7 +12,7 @@ import pytest
 from onnx import helper
 
 from helpers import ROOT, make_model
-from toolchain.backends.llvm import call_graph, compile_ir, dynamic_allocas
+from toolchain.backends.llvm_object import call_graph, compile_ir, dynamic_allocas
 from toolchain.compiler import build
 from toolchain.emit import ar_archive
 from toolchain.errors import CompileError, InternalError

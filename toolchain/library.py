@@ -15,7 +15,8 @@ from pathlib import Path
 
 from llvmlite import binding as llvm
 
-from .backends.llvm import build_module, call_graph, compile_ir, dynamic_allocas, module_text
+from .backends.llvm import build_module
+from .backends.llvm_object import call_graph, compile_ir, dynamic_allocas, module_text
 from .compiler import _library, check_name, make_manifest, Compiled
 from .contract import c_comment_text, macro_prefix, run_symbol
 from .emit import build_id, c_header, check_out_dir, manifest_json, replace_outputs

@@ -28,7 +28,8 @@ from ..ops import registry
 from ..targets import Profile, VectorUnit
 from ..version import __version__
 from .common import Generated, lower_node
-from .llvm import WEIGHT_ALIGN, parse_frame_reports
+from .llvm import WEIGHT_ALIGN
+from .llvm_object import parse_frame_reports
 
 # C has no vector types: the lowering writes 4-lane tiles as scalars, which the C
 # compiler's vectorizer finds again. Schedules for the C path are chosen for this unit.
