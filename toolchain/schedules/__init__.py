@@ -121,6 +121,13 @@ def channel_vectors_suit(vec: VectorUnit, layer: ConvLayer) -> bool:
     return layer.strides[1] > 1 or channel_cost < matmul_tile_cost(vec, oc_, ow_)
 
 
+# The register tiles unroll a kernel's taps into straight-line code: fine for the 1x1 to
+# 10x4 kernels of real networks, not for a weight gradient's Conv, whose "kernel" is the
+# output's whole spatial extent (32x32 taps in ResNet-8's pullback: 454 KB of code per
+# node, minutes of LLVM). Beyond this many taps a convolution is the plain loop nest.
+MAX_UNROLLED_TAPS = 64
+
+
 def conv_schedule(vec: VectorUnit, layer: ConvLayer) -> Schedule:
     """The tile of a convolution: a pointwise one as a matrix product (along pixels or
     along channels), a 2-D one in channel-vector, depthwise or column tiles, and any other
@@ -137,7 +144,7 @@ def conv_schedule(vec: VectorUnit, layer: ConvLayer) -> Schedule:
                                    kind="pointwise-by-channels")
         return matmul_schedule(vec, oc_, pixels, c_, a_const=layer.weights_const, b_row_stride=pixels,
                                kind="pointwise")
-    if len(layer.x) != 4:
+    if len(layer.x) != 4 or layer.w[2] * layer.w[3] > MAX_UNROLLED_TAPS:
         return Schedule("loop")
     if channel_vectors_suit(vec, layer):
         px, nv, cost = channel_tile(vec, layer.y[1] // lanes, layer.y[3])
