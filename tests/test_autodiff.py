@@ -191,7 +191,9 @@ def _float32(arrays):
     return [np.asarray(a, np.float32) for a in arrays]
 
 
-@pytest.mark.parametrize("make", [mlp, cnn, autoencoder])
+@pytest.mark.parametrize("make", [mlp, cnn, autoencoder, pytest.param(REAL["resnet8"], id="resnet8"),
+                                  pytest.param(REAL["kws_dscnn"], id="kws_dscnn", marks=pytest.mark.slow),
+                                  pytest.param(REAL["mobilenet_vww"], id="mobilenet_vww", marks=pytest.mark.slow)])
 def test_compiled_primal_and_pullback_match_float64(make):
     """The shipped object (x86-64-v3, in-process) against the float64 pullback checked
     above; one primal serves two pullbacks, and the pullback never reads what the primal
