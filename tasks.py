@@ -31,7 +31,7 @@ def _exec(args):
             "flash_budget": "fail if flash (text+rodata+data) exceeds BYTES",
             "ram_budget": "fail if RAM (data+bss+arena+stack) exceeds BYTES",
             "weights": "internal (default) or external: weights in <name>_weights.bin, <name>_run_ext",
-            "grad": "reverse: <name>_primal and <name>_pullback instead of <name>_run",
+            "grad": "reverse: <name>_primal and <name>_pullback; forward: <name>_jvp; instead of <name>_run",
             "train": "<name>_train_step (SGD) and <name>_params_init instead of <name>_run",
             "loss": "training loss: mse (the default) or cross-entropy (class scores against int64 labels)"},
       iterable=["dim", "model"])

@@ -352,7 +352,7 @@ def test_cli_grad_refusals(tmp_path):
     assert proc.returncode == 1 and not out.exists()
     assert proc.stderr.strip().splitlines() == ["edgec: error: node 'leaky' (LeakyRelu): no derivative rule "
                                                 "(reverse mode)"]
-    proc = _edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "m.onnx"), "--grad", "forward")
+    proc = _edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "m.onnx"), "--grad", "sideways")
     assert proc.returncode == 2 and "--grad" in proc.stderr
     onnx.save(onnx_model([node("Relu", ["a"])], {"a": (2, 3)}), tmp_path / "relu.onnx")
     proc = _edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "relu.onnx"), "--out", str(out),

@@ -7,8 +7,8 @@ compiler (the driver) -> harness, inprocess (compile_model, jit) -> bench, firmw
 """
 from .version import __version__
 
-__all__ = ["compile_model", "compile_grad", "compile_train", "jit", "CompiledModel", "CompiledGrad", "CompiledTrain",
-           "__version__"]
+__all__ = ["compile_model", "compile_grad", "compile_train", "jit", "CompiledModel", "CompiledGrad", "CompiledJvp",
+           "CompiledTrain", "__version__"]
 
 
 def __getattr__(name):
@@ -17,7 +17,7 @@ def __getattr__(name):
     if name in ("compile_model", "jit", "CompiledModel"):
         from . import inprocess
         return getattr(inprocess, name)
-    if name in ("compile_grad", "CompiledGrad", "compile_train", "CompiledTrain"):  # derivatives, training
+    if name in ("compile_grad", "CompiledGrad", "CompiledJvp", "compile_train", "CompiledTrain"):  # derivatives
         from . import inprocess_grad
         return getattr(inprocess_grad, name)
     raise AttributeError(f"module 'toolchain' has no attribute '{name}'")

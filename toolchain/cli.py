@@ -83,7 +83,12 @@ def cmd_build(args):
           f"{m['macs']} MACs/inference")
     print(f"  flash     {m['flash_bytes']} bytes; RAM {m['ram_bytes']} bytes "
           f"(arena + stack {max(m['stack_bytes'].values(), default=0)})")
-    if "grad" in m:
+    if m.get("grad", {}).get("mode") == "forward":
+        g = m["grad"]
+        stack = m["stack_bytes"].get(f"{m['name']}_jvp", 0)
+        print(f"  forward   jvp arena {g['arenas']['jvp']['size']} bytes, {len(g['input_tangents'])} input tangent(s), "
+              f"{len(g['output_tangents'])} output tangent(s), stack {stack} bytes")
+    elif "grad" in m:
         g = m["grad"]
         print(f"  reverse   residuals {g['residuals']['size']} bytes ({len(g['residuals']['values'])} values), "
               f"arena primal {g['arenas']['primal']['size']} / pullback {g['arenas']['pullback']['size']} bytes, "
@@ -247,8 +252,9 @@ def parser():
     b.add_argument("--weights", choices=["internal", "external"], default="internal",
                    help="internal: in the object's .rodata.<name>.weights (default); external: in "
                         "<name>_weights.bin, passed to <name>_run_ext (external flash, a file system)")
-    b.add_argument("--grad", choices=["reverse"], help="reverse: <name>_primal and <name>_pullback (derivatives "
-                   "with respect to every float input and initializer) instead of <name>_run")
+    b.add_argument("--grad", choices=["reverse", "forward"], help="reverse: <name>_primal and <name>_pullback "
+                   "(derivatives with respect to every float input and initializer); forward: <name>_jvp (outputs "
+                   "and their tangents from inputs and theirs); instead of <name>_run")
     b.add_argument("--train", action="store_true", help="<name>_train_step (SGD on --loss, every float "
                    "initializer trained, in a caller-owned buffer) and <name>_params_init instead of <name>_run")
     b.add_argument("--loss", choices=["mse", "cross-entropy"], default="mse",

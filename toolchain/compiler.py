@@ -26,6 +26,7 @@ from .memory import MemoryPlan, buffer_alignment, check_sizes, plan_memory
 from .ops import registry
 from .passes import run_pipeline
 from .passes.autodiff import bind_params, residual_layout, reverse
+from .passes.forward import forward
 from .passes.train import init_graph, param_layout, train_graph
 from .memory import Storage
 from .targets import Profile, get_profile
@@ -47,6 +48,7 @@ class Compiled:
     emit: str = "object"
     files: dict = None  # extra artifacts by kind (the external weights' blob)
     grad: dict = None  # a reverse-mode build: program, plan per graph, residual offsets and size
+    jvp: dict = None  # a forward-mode build: {"program": passes.forward.JvpProgram}
     train: dict = None  # a training build: program, plans, parameter offsets and buffer size
 
 
@@ -95,7 +97,26 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
 WEIGHT_PLACEMENTS = ("internal", "external")
 
 
-GRAD_MODES = ("reverse",)
+GRAD_MODES = ("reverse", "forward")
+
+
+def compile_jvp_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = None,
+                      emit: str = "object") -> Compiled:
+    """Forward mode: the JVP graph (passes.forward: outputs and their tangents from inputs and
+    theirs, the weights read-only), the pipeline and the planner on it as on an inference
+    graph, and <name>_jvp around it."""
+    backend = get_backend(emit)
+    check_sizes(g, profile.index_bits)
+    prog = forward(g)
+    vector = backend.vector_unit(profile)
+    run_pipeline(prog.graph, dump=dump, vector=vector)
+    plan = plan_memory(prog.graph, profile.arena_align, buffer_alignment(4 * vector.lanes))
+    check_sizes(prog.graph, profile.index_bits, plan)
+    out = backend.generate_jvp(prog, plan, name, profile)
+    info = read_object(out.object)
+    check_self_contained(info, profile, name)
+    stack = stack_usage(out.frames, out.calls, entry_symbols(name, grad="forward"), profile.return_address_bytes)
+    return Compiled(prog.graph, plan, out.object, info, out.llvm_ir, stack, out.c_source, emit, jvp={"program": prog})
 
 
 def compile_grad_graph(g: Graph, params, profile: Profile, name: str, dump: TextIO | None = None,
@@ -170,9 +191,10 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     weights="external": no weight bytes in the object; <name>_weights.bin holds them and
     <name>_run_ext takes their address (for weights in external flash or a file system).
     grad="reverse": <name>_primal and <name>_pullback (every float input and initializer
-    differentiated) instead of <name>_run; train="mse": <name>_train_step (SGD on that loss,
-    parameters in a caller-owned buffer) and <name>_params_init. Neither uses the compile
-    cache yet."""
+    differentiated) instead of <name>_run; grad="forward": <name>_jvp (outputs and their
+    tangents from inputs and theirs, every float input differentiated); train="mse":
+    <name>_train_step (SGD on that loss, parameters in a caller-owned buffer) and
+    <name>_params_init. None of these uses the compile cache yet."""
     check_name(name)
     if grad is not None and grad not in GRAD_MODES:
         raise InvalidModelError(f"--grad must be one of {', '.join(GRAD_MODES)}, got '{grad}'")
@@ -182,7 +204,7 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     out = Path(out) if out else PROJECT_ROOT / "build" / target
     check_out_dir(out, owned_files(name))
     if grad and train:
-        raise InvalidModelError("--grad and --train are separate builds: choose one")
+        raise InvalidModelError(f"--grad {grad} and --train are separate builds: choose one")
     if (grad or train) and weights != "internal":
         raise InvalidModelError("--weights external is for inference builds, not --grad or --train")
     hook = (BuildHook.open(model_path, profile, name, dims, emit, budgets, weights)
@@ -193,6 +215,8 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     params = [t.name for t in model.graph.initializer]
     if train:
         compiled = compile_train_graph(import_model(model, name, dims), params, profile, name, train, dump, emit)
+    elif grad == "forward":
+        compiled = compile_jvp_graph(import_model(model, name, dims), profile, name, dump, emit)
     elif grad:
         compiled = compile_grad_graph(import_model(model, name, dims), params, profile, name, dump, emit)
     options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__,
@@ -294,6 +318,18 @@ def _grad_info(c: Compiled) -> dict:
     }
 
 
+def _jvp_info(c: Compiled) -> dict:
+    """The forward-mode part of the manifest: which tensors take and give tangents (a tangent
+    has its tensor's type), the arena of <name>_jvp."""
+    prog = c.jvp["program"]
+    return {
+        "mode": "forward",
+        "input_tangents": [{**_tensor_info(v), "input": i} for i, v in zip(prog.wrt_inputs, prog.input_tangents)],
+        "output_tangents": [{**_tensor_info(v), "output": j} for j, v in zip(prog.tan_outputs, prog.output_tangents)],
+        "arenas": {"jvp": {"size": c.plan.arena_size, "lower_bound": c.plan.lower_bound}},
+    }
+
+
 def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, options: dict) -> dict:
     g = c.graph
     graphs = [g] if c.grad is None else [g, c.grad["program"].pullback]
@@ -335,6 +371,11 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
                        for p, off in zip(tp.params, c.train["offsets"])],
             "targets": [_tensor_info(v) for v in tp.graph.inputs[tp.n_inputs:tp.n_inputs + tp.n_targets]],
         }
+    if c.jvp is not None:
+        prog = c.jvp["program"]
+        manifest["inputs"] = manifest["inputs"][:prog.n_inputs]
+        manifest["outputs"] = manifest["outputs"][:prog.n_outputs]
+        manifest["grad"] = _jvp_info(c)
     if c.grad is not None:
         n = c.grad["program"].n_outputs
         manifest["outputs"] = manifest["outputs"][:n]

@@ -14,6 +14,11 @@ A reverse-mode build (--grad reverse) exports instead
     int <name>_primal(const void *const *inputs, void *const *outputs, void *residuals, void *arena);
     int <name>_pullback(const void *residuals, const void *const *output_cotangents,
                         void *const *input_cotangents, void *const *param_cotangents, void *arena);
+
+and a forward-mode build (--grad forward)
+
+    int <name>_jvp(const void *const *inputs, const void *const *input_tangents,
+                   void *const *outputs, void *const *output_tangents, void *arena);
 """
 from __future__ import annotations
 
@@ -106,6 +111,19 @@ def pullback_prototype(name: str) -> str:
     return f"{RUN_RETURNS} {pullback_symbol(name)}({PULLBACK_PARAMS})"
 
 
+JVP_PARAMS = ("const void *const *inputs, const void *const *input_tangents, void *const *outputs, "
+              "void *const *output_tangents, void *arena")
+
+
+def jvp_symbol(name: str) -> str:
+    """Forward mode: inputs and a tangent per float input -> outputs and a tangent per float output."""
+    return f"{name}_jvp"
+
+
+def jvp_prototype(name: str) -> str:
+    return f"{RUN_RETURNS} {jvp_symbol(name)}({JVP_PARAMS})"
+
+
 TRAIN_STEP_PARAMS = ("void *params, void *opt_state, const void *const *inputs, const void *const *targets, "
                      "float learning_rate, float *loss, void *arena")
 
@@ -129,17 +147,21 @@ def params_init_prototype(name: str) -> str:
 
 
 def graph_symbol(name: str, part: str) -> str:
-    """The internal function running one graph of a reverse-mode build (part: primal, pullback)."""
+    """The internal function running one graph of a derivative build (part: primal, pullback,
+    jvp, train, init)."""
     return f"{name}_{part}_graph"
 
 
-def entry_symbols(name: str, bounded: bool = False, grad: bool = False, train: bool = False,
+def entry_symbols(name: str, bounded: bool = False, grad: bool | str = False, train: bool = False,
                   external: bool = False) -> list[str]:
-    """Every exported function of the contract (the stack report covers each)."""
+    """Every exported function of the contract (the stack report covers each). grad: True or
+    "reverse" for a reverse-mode build, "forward" for a forward-mode one."""
     if external:
         return [run_ext_symbol(name), check_weights_symbol(name)]
     if train:
         return [train_step_symbol(name), params_init_symbol(name)]
+    if grad == "forward":
+        return [jvp_symbol(name)]
     if grad:
         return [primal_symbol(name), pullback_symbol(name)]
     return [run_symbol(name), run_dims_symbol(name)] if bounded else [run_symbol(name)]

@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 
 from .contract import (ERR_DIM_OUT_OF_RANGE, ERR_WEIGHTS, build_id_symbol, c_comment_text, check_weights_prototype,
-                       check_weights_symbol, macro_prefix, params_init_prototype, primal_prototype, pullback_prototype, run_dims_prototype, run_ext_prototype, run_ext_symbol, run_prototype,
-                       run_symbol, train_step_prototype)
+                       check_weights_symbol, jvp_prototype, jvp_symbol, macro_prefix, params_init_prototype,
+                       primal_prototype, pullback_prototype, run_dims_prototype, run_ext_prototype, run_ext_symbol,
+                       run_prototype, run_symbol, train_step_prototype)
 from .errors import InvalidModelError
 
 
@@ -160,6 +161,9 @@ def c_header(name: str, manifest: dict) -> str:
                   "", "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {guard} */", ""]
         return "\n".join(lines)
     grad = manifest.get("grad")
+    if grad is not None and grad["mode"] == "forward":
+        return "\n".join(lines + _jvp_block(name, manifest, arena_size) + [
+            "", "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {guard} */", ""])
     if grad is not None:
         res = grad["residuals"]
         lines += [f"#define {up}_RESIDUALS_SIZE {int(res['size'])}u  /* bytes of the residual buffer "
@@ -217,6 +221,36 @@ def c_header(name: str, manifest: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _jvp_block(name: str, manifest: dict, arena_size: int) -> list[str]:
+    """The forward-mode part of <name>.h: the arena and stack of <name>_jvp, the tangents
+    (each has the type of its tensor), the prototype."""
+    up, grad = macro_prefix(name), manifest["grad"]
+    stack = manifest.get("stack_bytes", {}).get(jvp_symbol(name))
+    lines = [f"#define {up}_JVP_ARENA_SIZE {arena_size}u  /* bytes of arena {jvp_symbol(name)} needs "
+             f"(= {up}_ARENA_SIZE), aligned to {up}_ARENA_ALIGN */",
+             *([f"#define {up}_JVP_STACK_SIZE {int(stack)}u  /* worst-case stack of {jvp_symbol(name)} in bytes "
+                "(the size report's figure) */"] if stack is not None else []),
+             f"#define {up}_NUM_INPUT_TANGENTS {len(grad['input_tangents'])}  /* one per float input, in order */",
+             f"#define {up}_NUM_OUTPUT_TANGENTS {len(grad['output_tangents'])}  /* one per float output, in order */"]
+    for kind, key in (("input_tangents", "input"), ("output_tangents", "output")):
+        for k, t in enumerate(grad[kind]):
+            macro = f"{up}_{key.upper()}_TANGENT{k}"
+            lines += [f"/* {key} tangent {k}: '{c_comment_text(t['name'])}', the tangent of {key} {t[key]}, "
+                      f"{c_comment_text(t['dtype'])} [{', '.join(map(str, t['shape']))}] */",
+                      f"#define {macro}_{key.upper()} {int(t[key])}",
+                      f"#define {macro}_ELEMS {int(t['elems'])}u",
+                      f"#define {macro}_BYTES {int(t['bytes'])}u"]
+    return lines + [
+        "",
+        "/* Forward mode (Jacobian-vector product). Runs the inference on inputs[i] and, in the",
+        "   same pass, pushes input_tangents[k] (the direction for float input k, shaped as that",
+        "   input) through it: writes outputs[j] and output_tangents[k], the derivative of float",
+        "   output k along those directions. Weights are constants: the derivative is with",
+        "   respect to the inputs. arena is JVP_ARENA_SIZE bytes aligned to ARENA_ALIGN; writes",
+        "   only outputs, output tangents and arena; reentrant given separate arenas. Returns 0. */",
+        f"{jvp_prototype(name)};"]
 
 
 def _missing_dirs(path: Path) -> list[Path]:

@@ -1,10 +1,12 @@
-"""A reverse-mode build run in-process: `toolchain.compile_grad(m)`.
+"""Derivative builds run in-process: `toolchain.compile_grad(m)` (reverse mode),
+`toolchain.compile_grad(m, grad="forward")` (forward mode), `toolchain.compile_train(m)`.
 
-The build's own `<name>.o` (through `compiler.build(..., grad="reverse")`) loaded into
-MCJIT like inprocess.CompiledModel, with both entries: `primal(*inputs)` returns the
+The build's own `<name>.o` (through `compiler.build(..., grad=...)`) loaded into MCJIT like
+inprocess.CompiledModel. Reverse mode has both entries: `primal(*inputs)` returns the
 outputs and the residual buffer (bytes, laid out as the manifest says), and
 `pullback(residuals, *output_cotangents)` returns the input cotangents and the parameter
-cotangents. The arena is one buffer of the build's arena size, shared by both calls.
+cotangents; the arena is one buffer of the build's arena size, shared by both calls.
+Forward mode: `jvp(inputs, tangents)` returns the outputs and the output tangents.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from .inprocess import _get_profile, _load_symbols, _resolve_model, host_profile
 _PP = ctypes.POINTER(ctypes.c_void_p)
 _PRIMAL = ctypes.CFUNCTYPE(ctypes.c_int, _PP, _PP, ctypes.c_void_p, ctypes.c_void_p)
 _PULLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, _PP, _PP, _PP, ctypes.c_void_p)
+_JVP = ctypes.CFUNCTYPE(ctypes.c_int, _PP, _PP, _PP, _PP, ctypes.c_void_p)
 
 
 def _aligned(size: int, align: int) -> np.ndarray:
@@ -102,8 +105,42 @@ class CompiledGrad:
         return {self.kinds[n]: p for n, p in paths.items()}
 
 
+class CompiledJvp:
+    """A forward-mode build loaded in-process: `jvp(inputs, tangents)` -> (outputs, output
+    tangents), a tangent per float input in, one per float output out."""
+
+    def __init__(self, files: dict, kinds: dict, name: str, profile):
+        self.files, self.kinds, self.name, self.target = files, kinds, name, profile.name
+        self.manifest = json.loads(files[f"{name}.json"])
+        g = self.manifest["grad"]
+        self.inputs, self.outputs = _specs(self.manifest["inputs"]), _specs(self.manifest["outputs"])
+        self.input_tangents, self.output_tangents = _specs(g["input_tangents"]), _specs(g["output_tangents"])
+        self.arena = _aligned(self.manifest["arena"]["size"] or 1, self.manifest["arena"]["align"])
+        self._lock = threading.Lock()
+        self._fns = None
+        if profile.runs_natively():
+            self._engine, self._fns = _load_symbols(files[f"{name}.o"], [(f"{name}_jvp", _JVP)])
+
+    def jvp(self, inputs, tangents):
+        """(outputs, output tangents), each a list of fresh arrays."""
+        CompiledGrad._require_native(self)
+        ins = CompiledGrad._check(self, self.inputs, list(inputs), "input")
+        tans = CompiledGrad._check(self, self.input_tangents, list(tangents), "input tangent")
+        outs = [np.empty(s, d) for _, d, s in self.outputs]
+        dys = [np.empty(s, d) for _, d, s in self.output_tangents]
+        with self._lock:
+            rc = self._fns[0](_table(ins), _table(tans), _table(outs), _table(dys),
+                              ctypes.c_void_p(self.arena.ctypes.data))
+        if rc != 0:
+            raise CompileError(f"{self.name}_jvp returned {rc}")
+        return outs, dys
+
+    export = CompiledGrad.export
+
+
 def compile_grad(model, target: str | None = None, *, dims: dict | None = None, name: str = "model",
-                 grad: str = "reverse") -> CompiledGrad:
+                 grad: str = "reverse") -> "CompiledGrad | CompiledJvp":
+    """grad="reverse": primal and pullback (CompiledGrad); grad="forward": the JVP (CompiledJvp)."""
     from .compiler import build
 
     profile = host_profile() if target is None else _get_profile(target)
@@ -116,7 +153,7 @@ def compile_grad(model, target: str | None = None, *, dims: dict | None = None, 
         res = build(path, profile.name, name, Path(tmp) / "out", dims=dims, grad=grad)
         files = {p.name: p.read_bytes() for p in res.paths.values()}
         kinds = {p.name: k for k, p in res.paths.items()}
-    return CompiledGrad(files, kinds, name, profile)
+    return (CompiledJvp if grad == "forward" else CompiledGrad)(files, kinds, name, profile)
 
 
 _TRAIN_STEP = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, _PP, _PP, ctypes.c_float,

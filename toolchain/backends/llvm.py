@@ -8,8 +8,9 @@ import itertools
 
 from llvmlite import ir
 
-from ..contract import (ERR_DIM_OUT_OF_RANGE, ERR_WEIGHTS, build_id_symbol, check_weights_symbol, fnv1a64, graph_symbol, item_symbol, node_symbols, params_init_symbol,
-                        primal_symbol, pullback_symbol, run_dims_symbol, run_ext_symbol, run_symbol,
+from ..contract import (ERR_DIM_OUT_OF_RANGE, ERR_WEIGHTS, build_id_symbol, check_weights_symbol, fnv1a64, graph_symbol,
+                        item_symbol, jvp_symbol, node_symbols, params_init_symbol, primal_symbol, pullback_symbol,
+                        run_dims_symbol, run_ext_symbol, run_symbol,
                         train_step_symbol, weights_section)
 from ..errors import InternalError, UnsupportedError
 from ..ir import Graph
@@ -67,6 +68,30 @@ class LLVMBackend:
     def generate_grad(self, prog, plans, offsets, name: str, profile: Profile) -> Generated:
         """A reverse-mode build: <name>_primal and <name>_pullback in one object."""
         module = build_grad_module(prog, plans, offsets, name, profile)
+        obj, optimized, frames = compile_ir(module_text(module), profile)
+        return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
+
+    def generate_jvp(self, prog, plan, name: str, profile: Profile) -> Generated:
+        """A forward-mode build: <name>_jvp around the one JVP graph."""
+        module = ir.Module(name=name)
+        module.triple = profile.triple
+        index = ir.IntType(profile.index_bits)
+        run = _graph_functions(module, {"jvp": prog.graph}, {"jvp": plan}, name, profile, index)["jvp"]
+        ptr = I8.as_pointer()
+        pp = ptr.as_pointer()
+        fn = ir.Function(module, ir.FunctionType(I32, [pp, pp, pp, pp, ptr]), name=jvp_symbol(name))
+        fn.attributes.add("nounwind")
+        inputs, tangents, outputs, out_tangents, arena = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+        def load(arr, k):
+            return b.load(b.gep(arr, [ir.Constant(index, k)], inbounds=True))
+
+        # the graph reads the inputs then their tangents, writes the outputs then theirs
+        ins = [load(inputs, i) for i in range(prog.n_inputs)] + [load(tangents, k) for k in range(len(prog.wrt_inputs))]
+        outs = [load(outputs, j) for j in range(prog.n_outputs)] + [load(out_tangents, k)
+                                                                   for k in range(len(prog.tan_outputs))]
+        b.ret(b.call(run, [_pointer_table(b, ins, index), _pointer_table(b, outs, index), arena]))
         obj, optimized, frames = compile_ir(module_text(module), profile)
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
 
@@ -314,6 +339,16 @@ def _weight_global(module, sym, data):
     return gv
 
 
+def _packed_global(module, sym, data):
+    """Weights packed for a tile, stored once per module for equal bytes (the forward and the
+    tangent Gemm of a forward-mode build pack the same weights)."""
+    cache = module.__dict__.setdefault("edgec_packed", {})
+    key = (str(data.dtype), data.shape, data.tobytes())
+    if key not in cache:
+        cache[key] = _weight_global(module, sym, data)
+    return cache[key]
+
+
 def _blob_address(b, fn, offset, ty, index):
     """A pointer `offset` bytes into the function's last argument (the external weights),
     computed where the lowering asks for its constant: before the loop nest that reads it."""
@@ -342,7 +377,7 @@ def _node_function(module, g, plan, sym, node, vector, index, blob=None):
     k.vector, k.index = vector, index
     packed = itertools.count()
     if blob is None:
-        k.rodata = lambda data, ty: _weight_global(module, f"{fn.name}_packed{next(packed)}", data).bitcast(ty)
+        k.rodata = lambda data, ty: _packed_global(module, f"{fn.name}_packed{next(packed)}", data).bitcast(ty)
     else:
         k.rodata = lambda data, ty: _blob_address(k.b, fn, blob.add(data), ty, index)
     types = [v.type for v in ins + node.outputs] + scratch

@@ -115,6 +115,15 @@ class Op:
         elimination removes them, and the forward values only they read stay unsaved."""
         raise unsupported(node, "no derivative rule (reverse mode)")
 
+    def jvp(self, b, node: Node, tangents: list) -> list:
+        """Forward-mode derivative rule: given the tangents of the node's inputs (values of
+        the same graph; None for an input whose tangent is zero), the tangents of its
+        outputs (None where zero), as nodes of existing ops added through `b`
+        (passes.forward.TangentBuilder: b.op, b.primal for a forward value, b.expand,
+        b.reshape, b.scalar, b.zeros). Forward values are read where they are: a rule that
+        reads an op's output rather than its input leaves the input free for fusion."""
+        raise unsupported(node, "no derivative rule (forward mode)")
+
 
 class Registry:
     def __init__(self):
@@ -178,6 +187,15 @@ def unsupported(node: Node, msg: str) -> UnsupportedError:
 def not_differentiable(node: Node, why: str) -> UnsupportedError:
     """Differentiation reached an op whose derivative is zero or undefined everywhere."""
     return UnsupportedError(f"is not differentiable ({why})", node=node.name, op=node.op)
+
+
+def linear_jvp(b, node: Node, tangents: list) -> list:
+    """The forward-mode rule of an op linear in its input 0, the other inputs read as they
+    are (indices, constants): the op itself applied to the tangent."""
+    if any(t is not None for t in tangents[1:]):
+        raise not_differentiable(node, "only its first input may carry a derivative")
+    outs = b.op(node.op, [tangents[0], *node.inputs[1:]], outputs=len(node.outputs), **node.attrs)
+    return list(outs) if len(node.outputs) > 1 else [outs]
 
 
 def const_input(node: Node, i: int, what: str) -> np.ndarray | None:

@@ -144,6 +144,70 @@ UNARY_VJP = {
 PIECEWISE_CONSTANT = ("Floor", "Ceil", "Sign")
 
 
+def _times(b, t, *factors):
+    for f in factors:
+        t = b.op("Mul", [t, f])
+    return t
+
+
+def _step(b, v):
+    """1 where v > 0, else 0."""
+    return b.op("Sign", [b.op("Relu", [v])])
+
+
+def _leaky_jvp(b, n, t):
+    """slope 1 where x >= 0, alpha elsewhere; with alpha > 0 the output has the input's sign,
+    so the slope is read from the output (the producer of x stays fusable)."""
+    a = n.attrs["alpha"]
+    pos = _step(b, _y(b, n) if a > 0 else _x(b, n))
+    return _times(b, t, b.op("Add", [b.op("Mul", [pos, b.scalar(1.0 - a)]), b.scalar(a)]))
+
+
+def _clip_jvp(b, n, t):
+    """1 strictly inside (min, max), 0 outside; read from the output, which is inside
+    exactly where the input is."""
+    y, lo, hi = _y(b, n), n.attrs["min"], n.attrs["max"]
+    masks = ([_step(b, b.op("Sub", [y, b.scalar(lo)]))] if lo > -np.inf else []) + (
+        [_step(b, b.op("Sub", [b.scalar(hi), y]))] if hi < np.inf else [])
+    return _times(b, t, *masks)
+
+
+def _gelu_jvp(b, n, t):
+    x = _x(b, n)
+    if n.attrs["approximate"] == "tanh":  # 0.5 (1 + th) + 0.5 x (1 - th^2) c (1 + 3 k x^2), th = tanh(c (x + k x^3))
+        c, kk = float(np.sqrt(2 / np.pi)), 0.044715
+        x2 = b.op("Mul", [x, x])
+        th = b.op("Tanh", [_times(b, b.op("Add", [x, _times(b, x2, x, b.scalar(kk))]), b.scalar(c))])
+        inner = b.op("Add", [b.scalar(1.0), b.op("Mul", [x2, b.scalar(3 * kk)])])
+        sech2 = b.op("Sub", [b.scalar(1.0), b.op("Mul", [th, th])])
+        slope = b.op("Add", [_times(b, b.op("Add", [th, b.scalar(1.0)]), b.scalar(0.5)),
+                             _times(b, x, sech2, inner, b.scalar(0.5 * c))])
+    else:  # Phi(x) + x phi(x)
+        cdf = _times(b, b.op("Add", [b.op("Erf", [_times(b, x, b.scalar(float(1 / np.sqrt(2))))]), b.scalar(1.0)]),
+                     b.scalar(0.5))
+        pdf = _times(b, b.op("Exp", [_times(b, x, x, b.scalar(-0.5))]), b.scalar(float(1 / np.sqrt(2 * np.pi))))
+        slope = b.op("Add", [cdf, b.op("Mul", [x, pdf])])
+    return _times(b, t, slope)
+
+
+# op -> (b, node, dx) -> dy: the forward-mode rule of each differentiable unary op. For an
+# elementwise op dy = f'(x) dx and dx = f'(x) dy are the same product: the reverse-mode
+# rules serve, except where reading the output instead of the input keeps fusion possible
+UNARY_JVP = {
+    **UNARY_VJP,
+    "LeakyRelu": _leaky_jvp,
+    "Clip": _clip_jvp,
+    "Gelu": _gelu_jvp,
+    "Erf": lambda b, n, t: _times(b, t, b.op("Exp", [b.op("Neg", [b.op("Mul", [_x(b, n), _x(b, n)])])]),
+                                  b.scalar(float(2 / np.sqrt(np.pi)))),
+    "Abs": lambda b, n, t: _times(b, t, b.op("Sign", [_x(b, n)])),
+    "Reciprocal": lambda b, n, t: b.op("Neg", [_times(b, t, _y(b, n), _y(b, n))]),
+    "Softplus": lambda b, n, t: _times(b, t, b.op("Sigmoid", [_x(b, n)])),
+    "Sin": lambda b, n, t: _times(b, t, b.op("Cos", [_x(b, n)])),
+    "Cos": lambda b, n, t: b.op("Neg", [_times(b, t, b.op("Sin", [_x(b, n)]))]),
+}
+
+
 class Unary(Op):
     fusable_epilogue = True
     unary_epilogue = True
@@ -189,6 +253,13 @@ class Unary(Op):
         if node.op not in UNARY_VJP:
             return super().vjp(b, node, cotangents)
         return [UNARY_VJP[node.op](b, node, cotangents[0])]
+
+    def jvp(self, b, node, tangents):
+        if node.op in PIECEWISE_CONSTANT:
+            raise not_differentiable(node, "piecewise constant: its derivative is zero almost everywhere")
+        if node.op not in UNARY_JVP:
+            return super().jvp(b, node, tangents)
+        return [UNARY_JVP[node.op](b, node, tangents[0])]
 
     def lower(self, k, node, ins, outs):
         x, y = ins[0].flat(), outs[0].flat()
@@ -315,6 +386,27 @@ class Binary(Op):
             gy = b.op("Neg", [b.op("Div", [b.op("Mul", [g, b.primal(node.outputs[0])]), b.primal(y)])])
         return [b.unbroadcast(gx, x.type.shape), b.unbroadcast(gy, y.type.shape)]
 
+    def jvp(self, b, node, tangents):
+        """d(x op y) from dx and dy (either may be None), broadcast to the result's shape."""
+        if node.op not in ("Add", "Sub", "Mul", "Div", "Pow") or len(node.inputs) != 2:
+            return super().jvp(b, node, tangents)
+        (x, y), (tx, ty), out = node.inputs, tangents, node.outputs[0]
+        if node.op == "Add":
+            r = b.add([tx, ty])
+        elif node.op == "Sub":
+            r = b.op("Sub", [tx, ty]) if tx is not None and ty is not None else tx if ty is None else b.op("Neg", [ty])
+        elif node.op == "Mul":
+            r = b.add([tx and b.op("Mul", [tx, y]), ty and b.op("Mul", [x, ty])])
+        elif node.op == "Div":  # (dx - (x/y) dy) / y
+            num = tx if ty is None else b.op("Neg", [b.op("Mul", [out, ty])]) if tx is None else \
+                b.op("Sub", [tx, b.op("Mul", [out, ty])])
+            r = b.op("Div", [num, y])
+        else:  # d(x^y) = y x^(y-1) dx + ln(x) x^y dy
+            e = y if y.type.dtype == x.type.dtype else b.op("Cast", [y], to=x.type.dtype)
+            r = b.add([tx and b.op("Mul", [tx, b.op("Mul", [e, b.op("Pow", [x, b.op("Sub", [e, b.scalar(1.0)])])])]),
+                       ty and b.op("Mul", [ty, b.op("Mul", [b.op("Log", [x]), out])])])
+        return [b.expand(r, out.type.shape)]
+
     def reference(self, node, *xs):
         fn = BINARY[node.op][0]
         acc = xs[0]
@@ -438,6 +530,13 @@ class Where(Op):
     def reference(self, node, c, a, b):
         return [np.where(c, a, b)]
 
+    def jvp(self, bld, node, tangents):
+        """The tangent of the branch taken (the condition is boolean: it has none)."""
+        _, ta, tb = tangents
+        zero = bld.scalar(0.0, node.outputs[0].type.dtype)
+        r = bld.op("Where", [node.inputs[0], zero if ta is None else ta, zero if tb is None else tb])
+        return [bld.expand(r, node.outputs[0].type.shape)]
+
     def lower(self, k, node, ins, outs):
         _broadcast_loop(k, ins, outs[0], lambda c, a, b: k.select(c.ne(0), a, b))
 
@@ -464,6 +563,11 @@ class Cast(Op):
         if not node.attrs["to"].startswith("float") or not node.inputs[0].type.dtype.startswith("float"):
             raise not_differentiable(node, f"a cast between {node.inputs[0].type.dtype} and {node.attrs['to']}")
         return [b.op("Cast", [cotangents[0]], to=node.inputs[0].type.dtype)]
+
+    def jvp(self, b, node, tangents):
+        if not node.attrs["to"].startswith("float") or not node.inputs[0].type.dtype.startswith("float"):
+            raise not_differentiable(node, f"a cast between {node.inputs[0].type.dtype} and {node.attrs['to']}")
+        return [b.op("Cast", [tangents[0]], to=node.attrs["to"])]
 
     def lower(self, k, node, ins, outs):
         to = LLVM_TYPES[node.attrs["to"]]

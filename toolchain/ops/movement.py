@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import TensorType
-from .base import Op, broadcast_shapes, const_input, in_type, invalid, norm_axis, register, unsupported
+from .base import Op, broadcast_shapes, const_input, in_type, invalid, linear_jvp, norm_axis, register, unsupported
 
 
 
@@ -22,6 +22,7 @@ def _ints(a):
 @register("Split")
 class Split(Op):
     shape_operands = (1,)
+    jvp = staticmethod(linear_jvp)
 
     def canonicalize(self, node, opset):
         shape = in_type(node).shape
@@ -62,6 +63,7 @@ class Split(Op):
 @register("Slice")
 class Slice(Op):
     shape_operands = (1, 2, 3, 4)
+    jvp = staticmethod(linear_jvp)
 
     fusable_epilogue = False
 
@@ -162,6 +164,10 @@ class Pad(Op):
             return [np.pad(x, widths, constant_values=node.attrs["value"]).astype(x.dtype)]
         return [np.pad(x, widths, mode=mode)]
 
+    def jvp(self, b, node, tangents):
+        """Linear: the same padding of the tangent, with 0 where a constant is padded in."""
+        return [b.op("Pad", [tangents[0]], **{**node.attrs, "value": 0.0})]
+
     def lower(self, k, node, ins, outs):
         """Branch-free: source indices are clamped into the input, so every load is in
         bounds, and constant mode selects the pad value outside (vectorizes)."""
@@ -188,6 +194,7 @@ class Pad(Op):
 @register("Expand")
 class Expand(Op):
     shape_operands = (1,)
+    jvp = staticmethod(linear_jvp)
 
     def canonicalize(self, node, opset):
         shape = const_input(node, 1, "Expand shape")
@@ -213,6 +220,7 @@ class Expand(Op):
 @register("Tile")
 class Tile(Op):
     shape_operands = (1,)
+    jvp = staticmethod(linear_jvp)
 
     def canonicalize(self, node, opset):
         reps = const_input(node, 1, "repeats")
@@ -239,6 +247,7 @@ class Tile(Op):
 
 class _Rearrange(Op):
     """DepthToSpace / SpaceToDepth: a 6-D transpose between two reshapes."""
+    jvp = staticmethod(linear_jvp)
 
     def canonicalize(self, node, opset):
         t = in_type(node)

@@ -157,6 +157,21 @@ class Conv(Op):
             grads.append(b.op("ReduceSum", [g], axes=[0, *range(2, rank + 2)], keepdims=0))
         return grads
 
+    def jvp(self, b, node, tangents):
+        """Linear in each operand: Conv(dx, w, db) + Conv(x, dw), same window and groups. With
+        the model's weights (constants) that is the Conv of the tangent with those weights."""
+        (x, w), (tx, tw) = node.inputs[:2], tangents[:2]
+        tb = tangents[2] if len(tangents) > 2 else None
+        terms = []
+        for data, weights, tangent in ((tx, w, tx), (x, tw, tw)):
+            if tangent is not None:
+                terms.append(b.op("Conv", [data, weights] + ([tb] if tb is not None else []), **node.attrs))
+                tb = None  # added once, as the bias of the first term
+        if tb is not None:
+            ys = node.outputs[0].type.shape
+            terms.append(b.expand(b.reshape(tb, (1, ys[1]) + (1,) * (len(ys) - 2)), ys))
+        return [b.add(terms)]
+
     @staticmethod
     def _grouped_weight_grad(b, xt, gt, xs, ws, groups, window):
         """dw of a grouped convolution as one grouped Conv of batch 1: input channel c*N+n
@@ -271,6 +286,22 @@ class Gemm(Op):
             grads.append(b.unbroadcast(gc, c.type.shape))
         return grads
 
+    def jvp(self, b, node, tangents):
+        """alpha (da b' + a' db) + beta dc, as at most two Gemms chained through their C input."""
+        at, (a, w), (ta, tw) = node.attrs, node.inputs[:2], tangents[:2]
+        tc = tangents[2] if len(tangents) > 2 else None
+        r = None
+        for x, y, tangent in ((ta, w, ta), (a, tw, tw)):
+            if tangent is None:
+                continue
+            c, beta = (r, 1.0) if r is not None else (tc, at["beta"])
+            r = b.op("Gemm", [x, y] + ([c] if c is not None else []), **{**at, "beta": beta})
+            tc = None
+        if tc is not None:
+            scaled = tc if at["beta"] == 1.0 else b.op("Mul", [tc, b.scalar(at["beta"])])
+            r = b.expand(scaled, node.outputs[0].type.shape)
+        return [r]
+
     def lower(self, k, node, ins, outs):
         at = node.attrs
         a = ins[0].transpose((1, 0)) if at["transA"] else ins[0]
@@ -353,6 +384,10 @@ class MatMul(Op):
         gw = b.op("MatMul", [swapped(x, a2), g])
         return [b.reshape(b.unbroadcast(ga, a2), x.type.shape), b.reshape(b.unbroadcast(gw, b2), w.type.shape)]
 
+    def jvp(self, b, node, tangents):
+        (x, w), (tx, tw) = node.inputs, tangents
+        return [b.add([tx and b.op("MatMul", [tx, w]), tw and b.op("MatMul", [x, tw])])]
+
     def schedule(self, node, vec):
         a2, b2, _, _ = matmul_shapes(node, in_type(node, 0).shape, in_type(node, 1).shape)
         b = node.inputs[1]
@@ -401,6 +436,15 @@ class Softmax(Op):
             return [b.op("Mul", [y, b.op("Sub", [g, total])])]
         total = b.op("ReduceSum", [g], axes=axes, keepdims=1)
         return [b.op("Sub", [g, b.op("Mul", [b.op("Exp", [y]), total])])]
+
+    def jvp(self, b, node, tangents):
+        """Softmax: dy = y (dx - sum(y dx)); LogSoftmax: dy = dx - sum(exp(y) dx)."""
+        t, y = tangents[0], node.outputs[0]
+        ax, rank = node.attrs["axis"], len(y.type.shape)
+        axes = list(range(ax, rank)) if node.attrs["coerce_2d"] else [ax]
+        p = y if node.op == "Softmax" else b.op("Exp", [y])
+        dot = b.op("ReduceSum", [b.op("Mul", [p, t])], axes=axes, keepdims=1)
+        return [b.op("Mul", [y, b.op("Sub", [t, dot])]) if node.op == "Softmax" else b.op("Sub", [t, dot])]
 
     def _rows(self, shape, node):
         """(outer, n, inner): softmax runs over n, rows are outer x inner."""

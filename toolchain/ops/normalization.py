@@ -71,6 +71,30 @@ class BatchNormalization(Op):
         gvar = b.op("Mul", [b.op("Mul", [gxc, b.primal(scale)]), b.op("Mul", [b.op("Div", [inv, ve]), b.scalar(-0.5)])])
         return [gx, b.op("Mul", [gxc, inv]), gsum, b.op("Neg", [b.op("Mul", [gsum, k])]), gvar]
 
+    def jvp(self, b, node, tangents):
+        """With constant statistics and affine parameters (a model's): the same normalization
+        of the tangent with zero bias and mean, which folds into a Conv/Gemm producing the
+        tangent as the forward one folds. Otherwise each operand's term, per channel."""
+        (x, scale, _, mean, var), (tx, ts, tb, tm, tv) = node.inputs[:5], tangents[:5]
+        eps, xs = node.attrs["epsilon"], x.type.shape
+        if ts is None and tb is None and tm is None and tv is None:
+            zero = b.g.const("zero", np.zeros(scale.type.shape, scale.type.dtype))
+            return [b.op("BatchNormalization", [tx, scale, zero, zero, var], epsilon=eps)]
+
+        def col(v):
+            return b.reshape(v, (xs[1],) + (1,) * (len(xs) - 2))
+
+        ve = b.op("Add", [var, b.scalar(eps)])
+        inv = b.op("Div", [b.scalar(1.0), b.op("Sqrt", [ve])])
+        xc = b.op("Sub", [x, col(mean)])
+        dxc = b.add([tx, tm and b.op("Neg", [col(tm)])])
+        terms = [dxc and b.op("Mul", [dxc, col(b.op("Mul", [scale, inv]))]),
+                 ts and b.op("Mul", [xc, col(b.op("Mul", [ts, inv]))]),
+                 tv and b.op("Mul", [xc, col(b.op("Mul", [b.op("Mul", [tv, scale]),
+                                                          b.op("Mul", [b.op("Div", [inv, ve]), b.scalar(-0.5)])]))]),
+                 tb and col(tb)]
+        return [b.expand(b.add(terms), xs)]
+
     def lower(self, k, node, ins, outs):
         x, scale, b, mean, var = ins
         n_, c_ = x.shape[:2]
@@ -166,6 +190,26 @@ class LayerNormalization(Op):
         mean = x64.mean(axis=axes, keepdims=True)
         inv = 1.0 / np.sqrt(((x64 - mean) ** 2).mean(axis=axes, keepdims=True) + eps)
         return [y.astype(x.dtype), mean.astype(np.float32), inv.astype(np.float32)][:len(node.outputs)]
+
+    def jvp(self, b, node, tangents):
+        """dy = dxhat scale + xhat dscale + dbias, with xhat = (x - mean) inv and
+        dxhat = inv (dx - mean(dx) - xhat mean(xhat dx)), means over the normalized axes."""
+        x, (tx, ts, tb) = node.inputs[0], (list(tangents) + [None, None])[:3]
+        scale = node.inputs[1] if len(node.inputs) > 1 else None
+        axes = list(range(node.attrs["axis"], len(x.type.shape)))
+
+        def mean(v):
+            return b.op("ReduceMean", [v], axes=axes, keepdims=1)
+
+        xc = b.op("Sub", [x, mean(x)])
+        var = mean(b.op("Mul", [xc, xc]))
+        inv = b.op("Div", [b.scalar(1.0), b.op("Sqrt", [b.op("Add", [var, b.scalar(node.attrs["epsilon"])])])])
+        xhat = b.op("Mul", [xc, inv])
+        dxhat = tx and b.op("Mul", [inv, b.op("Sub", [b.op("Sub", [tx, mean(tx)]),
+                                                       b.op("Mul", [xhat, mean(b.op("Mul", [xhat, tx]))])])])
+        terms = [dxhat if dxhat is None or scale is None else b.op("Mul", [dxhat, scale]),
+                 ts and b.op("Mul", [xhat, ts]), tb]
+        return [b.expand(b.add(terms), x.type.shape)]
 
     def lower(self, k, node, ins, outs):
         ax = node.attrs["axis"]

@@ -10,7 +10,7 @@ from ..ir import TensorType
 from ..kernel import mathfns as m
 from ..kernel.llvm import I64, LLVM_TYPES
 from ..kernel.tiled_conv import window_in_bounds
-from .base import Op, in_type, invalid, register, unsupported
+from .base import Op, in_type, invalid, linear_jvp, register, unsupported
 from .nn import window_attrs
 
 
@@ -226,9 +226,34 @@ class LpPool(_Pool):
         node.attrs["count_include_pad"] = 0  # padding adds 0 to the sum
         node.attrs["p"] = p
 
+    def jvp(self, b, node, tangents):
+        """The tangent at each window's maximum (the first tap that holds it, in window
+        order): per tap, the strided slices of the input and of the tangent under it (both
+        padded as the windows reach, the input with -inf); the output selects, from the last
+        tap to the first, the tangent's slice where the input's equals the maximum."""
+        x, y, t = node.inputs[0], node.outputs[0], tangents[0]
+        xs, ys = x.type.shape, y.type.shape
+        wins = _windows(node, xs)
+        begin = [pb for (_, _, _, pb, _, _) in wins]
+        end = [max(pe, (out - 1) * s + (k - 1) * d + 1 - size - pb)
+               for size, (k, s, d, pb, pe, out) in zip(xs[2:], wins)]
+        if any(begin) or any(end):
+            pads = [0, 0, *begin, 0, 0, *end]
+            x = b.op("Pad", [x], pads=pads, mode="constant", value=float("-inf"))
+            t = b.op("Pad", [t], pads=pads, mode="constant", value=0.0)
+        r = None
+        for offs in reversed(list(itertools.product(*[range(w[0]) for w in wins]))):
+            window = dict(begin=[0, 0, *(o * w[2] for o, w in zip(offs, wins))], step=[1, 1, *(w[1] for w in wins)],
+                          count=list(ys))
+            tap = b.op("Slice", [t], **window)
+            r = tap if r is None else b.op("Where", [b.op("Equal", [b.op("Slice", [x], **window), y]), tap, r])
+        return [r]
+
 
 @register("AveragePool")
 class AveragePool(_Pool):
+    jvp = staticmethod(linear_jvp)
+
     def canonicalize(self, node, opset):
         super().canonicalize(node, opset)
         if node.attrs["dilations"] != [1] * len(node.attrs["kernel_shape"]) and opset < 19:
@@ -282,6 +307,11 @@ class GlobalPool(Op):
         x = node.inputs[0].type
         spread = b.op("Expand", [cotangents[0]], shape=list(x.shape))
         return [b.op("Mul", [spread, b.scalar(1.0 / int(np.prod(x.shape[2:], dtype=np.int64)))])]
+
+    def jvp(self, b, node, tangents):
+        if node.op != "GlobalAveragePool":
+            return super().jvp(b, node, tangents)
+        return linear_jvp(b, node, tangents)
 
     def lower(self, k, node, ins, outs):
         n_, c_ = ins[0].shape[:2]

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..kernel import mathfns as m
 from ..ir import TensorType
-from .base import Op, const_input, in_type, norm_axis, register, unsupported
+from .base import Op, const_input, in_type, linear_jvp, norm_axis, register, unsupported
 
 # op: (initial value, accumulate(k, acc, x), finish(k, acc, count), numpy reference)
 _KINDS = {
@@ -88,6 +88,11 @@ class Reduce(Op):
             count = int(np.prod([x.shape[a] for a in node.attrs["axes"]], dtype=np.int64))
             g = b.op("Mul", [g, b.scalar(1.0 / count)])
         return [g]
+
+    def jvp(self, b, node, tangents):
+        if node.op not in ("ReduceSum", "ReduceMean"):
+            return super().jvp(b, node, tangents)
+        return linear_jvp(b, node, tangents)
 
     def lower(self, k, node, ins, outs):
         init, step, finish, _ = _KINDS[node.op]

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from ..ir import TensorType
-from .base import COPY, Op, const_input, in_type, invalid, norm_axis, register
+from .base import COPY, Op, const_input, in_type, invalid, linear_jvp, norm_axis, register
 
 
 
@@ -26,6 +26,8 @@ class View(Op):
     def vjp(self, b, node, cotangents):
         """The same bytes under the input's shape."""
         return [b.reshape(cotangents[0], node.inputs[0].type.shape)]
+
+    jvp = staticmethod(linear_jvp)
 
     def lower(self, k, node, ins, outs):
         """Only reached when the buffer cannot be shared (e.g. a graph output): a copy
@@ -160,6 +162,8 @@ class Transpose(Op):
     def vjp(self, b, node, cotangents):
         return [b.op("Transpose", [cotangents[0]], perm=[int(i) for i in np.argsort(node.attrs["perm"])])]
 
+    jvp = staticmethod(linear_jvp)
+
     def lower(self, k, node, ins, outs):
         x = ins[0].transpose(node.attrs["perm"])
         with k.loops(outs[0].shape) as idx:
@@ -197,6 +201,10 @@ class Concat(Op):
         if len(sizes) == 1:
             return [cotangents[0]]
         return b.op("Split", [cotangents[0]], outputs=len(sizes), axis=ax, split=sizes)
+
+    def jvp(self, b, node, tangents):
+        ts = [t if t is not None else b.zeros(v) for v, t in zip(node.inputs, tangents)]
+        return [b.op("Concat", ts, axis=node.attrs["axis"])]
 
     def lower(self, k, node, ins, outs):
         ax, start = node.attrs["axis"], 0
@@ -249,6 +257,8 @@ class Gather(Op):
 
     def reference(self, node, data, idx):
         return [np.take(data, idx.astype(np.int64), axis=node.attrs["axis"])]
+
+    jvp = staticmethod(linear_jvp)
 
     def lower(self, k, node, ins, outs):
         data, idx, y = ins[0], ins[1], outs[0]

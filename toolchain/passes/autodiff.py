@@ -62,6 +62,8 @@ class GradProgram:
 class Builder:
     """What a derivative rule builds with: nodes of registered ops in the pullback graph."""
 
+    tag = "grad"  # in the names of the nodes rules build
+
     def __init__(self, pullback: Graph, params: dict, from_inputs: set):
         self.g = pullback
         self.from_inputs = from_inputs  # ids of forward values that depend on a model input
@@ -93,7 +95,7 @@ class Builder:
         """A node of `op` with canonical attributes; its output value (a list if several)."""
         base = self.node.name if self.node is not None else "grad"
         outs = [Value(self.g.unique(f"{base}_d{op.lower()}"), None) for _ in range(outputs)]
-        node = self.g.add_node(op, f"{base}_grad_{op}", inputs, outs, attrs)
+        node = self.g.add_node(op, f"{base}_{self.tag}_{op}", inputs, outs, attrs)
         try:
             types = registry.get(op).infer(node)
         except CompileError as e:
