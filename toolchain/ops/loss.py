@@ -182,6 +182,27 @@ class _Loss(Op):
         elif red == "mean":
             loss[0] = total.value / wsum.value
 
+    def jvp(self, b, node, tangents):
+        """Forward mode: the loss's tangent is its input cotangent at a unit seed
+        (edgec.LossGrad) times the input's tangent, summed over classes (and over samples
+        unless reduction is none); log_prob's tangent is LogSoftmax's, dx - sum(p dx)."""
+        x, labels, weight = node.inputs[0], node.inputs[1], _optional(node.inputs, 2)
+        tx = tangents[0]
+        if len(tangents) > 2 and tangents[2] is not None:
+            raise unsupported(node, "no derivative rule for class weights computed at run time (forward mode)")
+        if tx is None:
+            return [None] * len(node.outputs)
+        red, shape = node.attrs["reduction"], x.type.shape
+        attrs = {key: node.attrs[key] for key in ("reduction", "ignore_index") if key in node.attrs}
+        seed = b.scalar(1.0) if red != "none" else b.g.const("ones", np.ones(labels.type.shape, x.type.dtype))
+        d = b.op(LOSS_GRAD, [seed, labels, weight, x if self.softmax else None], classes=shape[1], **attrs)
+        axes = [1] if red == "none" else list(range(len(shape)))
+        out = [b.op("ReduceSum", [b.op("Mul", [d, tx])], axes=axes, keepdims=0)]
+        if len(node.outputs) > 1:
+            p = b.op("Exp", [node.outputs[1]])
+            out.append(b.op("Sub", [tx, b.op("ReduceSum", [b.op("Mul", [p, tx])], axes=[1], keepdims=1)]))
+        return out
+
     def vjp(self, b, node, cotangents):
         """d input = g_s w_s (softmax(scores) - onehot(l)) (SoftmaxCrossEntropyLoss) or
         -g_s w_s onehot(l) (NegativeLogLikelihoodLoss), g_s the loss's cotangent of sample s
