@@ -192,7 +192,7 @@ def _value_type(vi: onnx.ValueInfoProto, dims: dict[str, int]) -> TensorType:
         raise UnsupportedError(f"input '{vi.name}' is not a tensor")
     shape = []
     for d in tt.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
+        if d.HasField("dim_value") and d.dim_value >= 0:  # 0: an empty tensor
             shape.append(d.dim_value)
         elif d.dim_param in dims:
             shape.append(dims[d.dim_param])

@@ -300,9 +300,12 @@ class Kernel:
     # -- control flow -------------------------------------------------------------------
     @contextmanager
     def loop(self, stop, start=0, step=1):
-        """for (i = start; i < stop; i += step) — all bounds static ints."""
+        """for (i = start; i < stop; i += step) — all bounds static ints. An empty range (a
+        zero-sized dimension) builds its body into a block nothing branches to: no code."""
         if stop - start <= 0:
-            raise InternalError("empty loop")  # shapes with a zero dim are rejected earlier
+            with self.dead():
+                yield Expr(self, ir.Constant(self.index, start))
+            return
         if stop - start <= step:
             yield start
             return
@@ -328,6 +331,18 @@ class Kernel:
         """A loop nest over `shape`, yielding the tuple of indices (outermost first)."""
         with _nest(self, tuple(shape), ()) as idx:
             yield idx
+
+    @contextmanager
+    def dead(self):
+        """Code built inside is unreachable (LLVM deletes it); the builder then goes on where it was."""
+        here = self.b.block
+        self.b.position_at_end(self.fn.append_basic_block("dead"))
+        try:
+            yield
+        finally:
+            if not self.b.block.is_terminated:
+                self.b.unreachable()
+            self.b.position_at_end(here)
 
     @contextmanager
     def if_(self, cond: Expr):
