@@ -240,16 +240,20 @@ def _empty_model():
     nodes = [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("CastLike", ["z", "x"], ["zc"]),
              helper.make_node("ReduceSum", ["x"], ["s"], keepdims=1),
              helper.make_node("Concat", ["x", "z2"], ["c"], axis=1),
-             helper.make_node("Slice", ["z2", "st", "en"], ["e"])]
-    return make_model(nodes, {"x": (np.float32, [2, 0]), "z": (H, [3]), "z2": (np.float32, [2, 3])},
+             helper.make_node("Slice", ["z2", "st", "en"], ["e"]),
+             helper.make_node("MatMul", ["x", "k0"], ["mk"]),  # K = 0: zeros
+             helper.make_node("Transpose", ["z2"], ["z2t"]), helper.make_node("MatMul", ["k0", "z2t"], ["mm"])]
+    return make_model(nodes, {"x": (np.float32, [2, 0]), "z": (H, [3]), "z2": (np.float32, [2, 3]),
+                              "k0": (np.float32, [0, 3])},
                       {"y": (np.float32, [2, 0]), "zc": (np.float32, [3]), "s": (np.float32, [1, 1]),
-                       "c": (np.float32, [2, 3]), "e": (np.float32, [0, 3])},
+                       "c": (np.float32, [2, 3]), "e": (np.float32, [0, 3]), "mk": (np.float32, [2, 3]),
+                       "mm": (np.float32, [0, 2])},
                       {"st": np.array([2], np.int64), "en": np.array([1], np.int64)}, opset=15)
 
 
 def _empty_feeds():
     return {"x": np.zeros((2, 0), np.float32), "z": np.array([1.5, -2, 65504], H),
-            "z2": RNG.standard_normal((2, 3)).astype(np.float32)}
+            "z2": RNG.standard_normal((2, 3)).astype(np.float32), "k0": np.zeros((0, 3), np.float32)}
 
 
 def _check_empty(got, what):
@@ -278,9 +282,9 @@ def test_empty_tensors_c_path(workdir):
 
 def test_empty_tensors_in_process():
     fn = compile_model(_empty_model(), T)
-    _check_empty(fn(*[EMPTY_FEEDS[k] for k in ("x", "z", "z2")]), "in process")
+    _check_empty(fn(*[EMPTY_FEEDS[k] for k in ("x", "z", "z2", "k0")]), "in process")
     with pytest.raises(CompileError, match="shape"):
-        fn(np.zeros((2, 1), np.float32), EMPTY_FEEDS["z"], EMPTY_FEEDS["z2"])
+        fn(np.zeros((2, 1), np.float32), EMPTY_FEEDS["z"], EMPTY_FEEDS["z2"], EMPTY_FEEDS["k0"])
 
 
 def test_a_negative_dimension_is_still_invalid():
