@@ -293,3 +293,28 @@ def test_a_negative_dimension_is_still_invalid():
     m.graph.input[0].type.tensor_type.shape.dim[1].dim_value = -1
     with pytest.raises(InvalidModelError, match="negative dimension"):
         import_model(m)
+
+
+def test_gathers_and_slices_move_float16_bits(workdir):
+    """The moving ops keep float16 as it is (no Cast): every bit pattern survives, NaN
+    payloads and signed zeros included."""
+    data = np.arange(64, dtype=np.uint16).view(H).reshape(8, 8)
+    data.view(np.uint16)[0, :4] = [0x7C01, 0xFE00, 0x8000, 0xFC00]  # NaN payloads, -0, -inf
+    idx = np.array([[0, 7], [3, 0]], np.int64)
+    nodes = [helper.make_node("GatherElements", ["d", "i"], ["ge"], axis=1),
+             helper.make_node("GatherND", ["d", "i"], ["gn"]),
+             helper.make_node("Slice", ["d", "st", "en"], ["sl"]),
+             helper.make_node("Concat", ["d", "d"], ["cc"], axis=0),
+             helper.make_node("Where", ["m", "d", "d2"], ["wh"])]
+    m = make_model(nodes, {"d": (H, [8, 8]), "i": (np.int64, [2, 2]), "m": (np.bool_, [8, 8]), "d2": (H, [8, 8])},
+                   {"ge": (H, [2, 2]), "gn": (H, [2]), "sl": (H, [1, 4]), "cc": (H, [16, 8]), "wh": (H, [8, 8])},
+                   {"st": np.array([0, 0], np.int64), "en": np.array([1, 4], np.int64)}, opset=13)
+    g = import_model(m)
+    assert "Cast" not in g.op_counts()
+    mask = RNG.random((8, 8)) < 0.5
+    d2 = -data
+    got, _, _ = compile_and_run(m, T, {"d": data, "i": idx, "m": mask, "d2": d2}, workdir)
+    want = [np.take_along_axis(data[:2], idx, axis=1), data[idx[:, 0], idx[:, 1]], data[:1, :4],
+            np.concatenate([data, data]), np.where(mask, data, d2)]
+    for g_, w_ in zip(got, want):
+        np.testing.assert_array_equal(g_.view(np.uint16), w_.view(np.uint16))
