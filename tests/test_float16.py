@@ -272,6 +272,11 @@ def test_empty_tensors_on_every_target(target, workdir):
     assert res.manifest["inputs"][0]["bytes"] == 0 and res.manifest["outputs"][0]["bytes"] == 0
 
 
+def test_empty_tensors_on_a_board(workdir):
+    got, _, _ = compile_and_run(_empty_model(), "cortex-m4", EMPTY_FEEDS, workdir)
+    _check_empty(got, "cortex-m4")
+
+
 def test_empty_tensors_c_path(workdir):
     got, res = run_c_path(_empty_model(), T, EMPTY_FEEDS, workdir)
     _check_empty(got, "C")
