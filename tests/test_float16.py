@@ -4,6 +4,7 @@ emit nothing). References are numpy's conversions and onnxruntime, never our own
 from __future__ import annotations
 
 import re
+import shutil
 
 import numpy as np
 import onnx
@@ -18,7 +19,9 @@ from toolchain.errors import CompileError, InvalidModelError, UnsupportedError
 from toolchain.frontend.float16 import refuse_computed_float16
 from toolchain.frontend.onnx_import import import_model
 from toolchain.ir import Graph, TensorType, Value
-from toolchain.targets import all_profiles
+from toolchain.backends.c import compile_c
+from toolchain.inspect.elf import check_self_contained, read_object
+from toolchain.targets import all_profiles, get_profile
 
 T = "x86-64-v3"
 H = np.float16
@@ -323,3 +326,21 @@ def test_gathers_and_slices_move_float16_bits(workdir):
             np.concatenate([data, data]), np.where(mask, data, d2)]
     for g_, w_ in zip(got, want):
         np.testing.assert_array_equal(g_.view(np.uint16), w_.view(np.uint16))
+
+
+def test_float16_c_source_compiles_strict_and_self_contained(tmp_path):
+    """The conversions in C: -std=c99 -Wall -Wextra -Werror -pedantic, no undefined symbol
+    (no __extendhfsf2/__truncsfhf2, no _Float16), for a Cortex-M and with gcc."""
+    path = tmp_path / "h.onnx"
+    path.write_bytes(_half_model().SerializeToString())
+    src = build(path, T, "net", tmp_path / "c", emit="c").paths["source"].read_text()
+    assert "_Float16" not in src and "__fp16" not in src
+    for name, opt in (("cortex-m4", "-Os"), ("cortex-m33", "-O0"), ("rv64gc", "-O2")):
+        profile = get_profile(name)
+        flags = ["-fno-sanitize=undefined"] if opt == "-O0" else []
+        info = read_object(compile_c(src, profile, flags=flags, opt=opt))
+        assert info.undefined == [], (name, opt, info.undefined)
+        check_self_contained(info, profile, "net")
+    gcc = shutil.which("gcc")
+    if gcc:
+        assert read_object(compile_c(src, None, cc=[gcc], opt="-O0")).undefined == []
