@@ -344,3 +344,15 @@ def test_float16_c_source_compiles_strict_and_self_contained(tmp_path):
     gcc = shutil.which("gcc")
     if gcc:
         assert read_object(compile_c(src, None, cc=[gcc], opt="-O0")).undefined == []
+
+
+def test_an_op_given_float16_directly_refuses_it():
+    """Past the importer no computing op takes float16 (its lowering would read the bits
+    as integers): the shape rule refuses it."""
+    from toolchain.ops import registry
+    for op in ("Relu", "Abs", "Add"):
+        x = Value("x", TensorType("float16", (2,)))
+        g = Graph("g")
+        node = g.add_node(op, "n", [x] * (2 if op == "Add" else 1), [Value("y", None)])
+        with pytest.raises(UnsupportedError):
+            registry.get(op).infer(node)
