@@ -349,6 +349,8 @@ def _weight_array(sym: str, data: np.ndarray) -> str:
     if ty is None:
         raise UnsupportedError(f"the C backend cannot store a {data.dtype} constant")
     flat = data.reshape(-1)
+    if data.dtype == np.float16:  # a storage type: its bits
+        flat = flat.view(np.int16)
     if ty in (F32, F64) and not np.isfinite(flat).all():
         return _bits_array(sym, flat, ty)
     if ty in (F32, F64):

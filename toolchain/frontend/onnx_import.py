@@ -17,6 +17,7 @@ from ..errors import CompileError, InvalidModelError, UnsupportedError
 from ..ir import DTYPES, Graph, TensorType, Value
 from ..ops import registry
 from ..passes.fold import fold_node
+from .float16 import Float16, refuse_computed_float16
 from .validate import check_declared_types, validate_model
 
 # 6: the opset of older exporters (legacy broadcast), up to the newest the installed onnx
@@ -67,6 +68,7 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
     g = Graph(name)
     env: dict[str, Value] = {}
     onnx_graph = model.graph
+    half = Float16(g, opset)
 
     for init in onnx_graph.initializer:
         env[init.name] = g.const(init.name, _tensor(init))
@@ -101,6 +103,7 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
             else:
                 raise InvalidModelError(f"input '{x}' is not produced by any earlier node", node=node_name,
                                         op=proto.op_type)
+        before = half.widen(proto.op_type, node_name, inputs)
         outputs = [Value(g.unique(o or f"{node_name}_unused{j}"), None) for j, o in enumerate(proto.output)]
         node = g.add_node(proto.op_type, node_name, inputs, outputs, attrs)
         node.sources = (node_name,)
@@ -120,7 +123,10 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         for out, t in zip(node.outputs, types):
             out.type = t
         folded = fold_node(g, node)
-        for onnx_name, out in zip(proto.output, folded or node.outputs):
+        if folded is None:
+            refuse_computed_float16(node, proto.op_type)
+        results = half.narrow(proto.op_type, node.name, before, folded or node.outputs)
+        for onnx_name, out in zip(proto.output, results):
             if onnx_name:
                 env[onnx_name] = out
         for j, data in known.items():  # outputs known whatever the inputs (op.constant_outputs)
@@ -182,7 +188,7 @@ def _value_type(vi: onnx.ValueInfoProto, dims: dict[str, int]) -> TensorType:
         raise UnsupportedError(f"input '{vi.name}' is not a tensor")
     shape = []
     for d in tt.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
+        if d.HasField("dim_value") and d.dim_value >= 0:  # 0: an empty tensor
             shape.append(d.dim_value)
         elif d.dim_param in dims:
             shape.append(dims[d.dim_param])

@@ -13,7 +13,7 @@ UnsupportedError):
   initializer, two nodes (or two graph inputs, or initializers) with one name (an output
   listed twice is fine: onnxruntime and the checker accept it, and both copies are written);
 - graph inputs: no shape at all (not a scalar: a scalar has a shape with no dimensions),
-  zero-sized dimensions (empty tensors are not supported), dynamic dimensions not bound
+  negative dimensions (a zero-sized one is an empty tensor: fine), dynamic dimensions not bound
   with --dim (and how to bind them);
 - every node input's element type against its schema's type constraints (an int32 LSTM
   bias, a float16 initial state beside float32 X), with the types of intermediate tensors
@@ -204,9 +204,6 @@ def _check_inputs(graph: onnx.GraphProto, dims: dict, p: Problems):
             if d.HasField("dim_value"):
                 if d.dim_value < 0:
                     p.invalid(f"input '{vi.name}' has a negative dimension {d.dim_value} (axis {axis})")
-                elif d.dim_value == 0:
-                    p.unsupported(f"input '{vi.name}' has a zero-sized dimension (axis {axis}): "
-                                  f"empty tensors are not supported")
             elif d.dim_param:
                 if d.dim_param not in dims:
                     unbound.append(d.dim_param)

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import numpy as np
 from llvmlite import ir
 
-from ..errors import InternalError, UnsupportedError
+from ..errors import UnsupportedError
 from .llvm import F32, F64, I1, I8, I16, I32, I64, LLVM_TYPES, Expr, Kernel, Tensor
 
 C_TYPES = {F32: "float", F64: "double", I1: "int", I8: "int8_t", I16: "int16_t", I32: "int32_t", I64: "int64_t"}
@@ -360,8 +360,10 @@ class CKernel(Kernel):
     # -- control flow ------------------------------------------------------------------------
     @contextmanager
     def loop(self, stop, start=0, step=1):
-        if stop - start <= 0:
-            raise InternalError("empty loop")
+        if stop - start <= 0:  # an empty range: the body is built and never attached
+            with self.block("", attach=False):
+                yield CExpr(self, CValue(int_literal(start), I64))
+            return
         if stop - start <= step:
             yield start
             return

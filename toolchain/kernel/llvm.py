@@ -22,8 +22,10 @@ I16 = ir.IntType(16)
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 
+# float16 is a storage type: its bits live in an I16 (data movement copies them as they are);
+# arithmetic is float32, through kernel/half.py's conversions (Cast)
 LLVM_TYPES = {"float32": F32, "float64": F64, "int8": I8, "uint8": I8, "int16": I16, "uint16": I16,
-              "int32": I32, "uint32": I32, "int64": I64, "uint64": I64, "bool": I8}
+              "int32": I32, "uint32": I32, "int64": I64, "uint64": I64, "bool": I8, "float16": I16}
 # Reassociation lets LLVM vectorize reductions; contraction gives FMAs. No nnan/ninf:
 # clamps and max/min must keep their meaning for NaN and infinity.
 FAST = ("reassoc", "contract", "nsz", "arcp")
@@ -298,9 +300,12 @@ class Kernel:
     # -- control flow -------------------------------------------------------------------
     @contextmanager
     def loop(self, stop, start=0, step=1):
-        """for (i = start; i < stop; i += step) — all bounds static ints."""
+        """for (i = start; i < stop; i += step) — all bounds static ints. An empty range (a
+        zero-sized dimension) builds its body into a block nothing branches to: no code."""
         if stop - start <= 0:
-            raise InternalError("empty loop")  # shapes with a zero dim are rejected earlier
+            with self.dead():
+                yield Expr(self, ir.Constant(self.index, start))
+            return
         if stop - start <= step:
             yield start
             return
@@ -326,6 +331,18 @@ class Kernel:
         """A loop nest over `shape`, yielding the tuple of indices (outermost first)."""
         with _nest(self, tuple(shape), ()) as idx:
             yield idx
+
+    @contextmanager
+    def dead(self):
+        """Code built inside is unreachable (LLVM deletes it); the builder then goes on where it was."""
+        here = self.b.block
+        self.b.position_at_end(self.fn.append_basic_block("dead"))
+        try:
+            yield
+        finally:
+            if not self.b.block.is_terminated:
+                self.b.unreachable()
+            self.b.position_at_end(here)
 
     @contextmanager
     def if_(self, cond: Expr):

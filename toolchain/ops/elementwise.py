@@ -11,6 +11,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from ..kernel import half
 from ..kernel import mathfns as m
 from ..kernel.llvm import LLVM_TYPES
 from ..errors import UnsupportedError
@@ -39,7 +40,9 @@ def _hard_sigmoid(k, x, alpha, beta):
     return k.max(k.min(x * alpha + beta, 1.0), 0.0)
 
 
-NUMERIC = ("float32", "float64", "float16", "int8", "uint8", "int32", "int64")
+# float16 is not here: it is computed as float32 (the importer wraps the op in Casts), and
+# an op reaching a lowering with float16 would work on its bits as integers
+NUMERIC = ("float32", "float64", "int8", "uint8", "int32", "int64")
 SIGNED = ("float32", "float64", "int8", "int32", "int64")
 
 
@@ -552,8 +555,6 @@ class Cast(Op):
         node.attrs.pop("saturate", None)
 
     def infer(self, node):
-        if "float16" in (node.attrs["to"], in_type(node).dtype):
-            raise unsupported(node, "float16 is not supported")
         return [TensorType(node.attrs["to"], node.inputs[0].type.shape)]
 
     def reference(self, node, x):
@@ -570,15 +571,26 @@ class Cast(Op):
         return [b.op("Cast", [tangents[0]], to=node.attrs["to"])]
 
     def lower(self, k, node, ins, outs):
-        to = LLVM_TYPES[node.attrs["to"]]
-        src = ins[0].dtype
-        if node.attrs["to"] == "bool":
-            def body(a):
-                return k.cast(a.ne(0.0 if src.startswith("float") else 0), to, unsigned=True)
-        else:
-            def body(a):
+        """float16 (bits in an I16) goes through float32: widened exactly on the way in,
+        rounded to nearest even on the way out (a float64 source directly: half.narrow_f64)."""
+        dst, src = node.attrs["to"], ins[0].dtype
+        to = LLVM_TYPES["float32" if dst == "float16" else dst]
+        if src == dst:
+            _broadcast_loop(k, ins, outs[0], lambda a: a)
+            return
+
+        def convert(a):
+            from_ = src
+            if src == "float16":
+                a, from_ = half.widen(k, a), "float32"
+            if dst == "float16" and from_ == "float64":
+                return half.narrow_f64(k, a)
+            if dst == "bool":
+                r = k.cast(a.ne(0.0 if from_.startswith("float") else 0), to, unsigned=True)
+            else:
                 # from an integer: zero-extend unsigned sources; from a float: to an unsigned target
-                unsigned = node.attrs["to"] in UNSIGNED_DTYPES if src.startswith("float") else (
-                    src in UNSIGNED_DTYPES + ("bool",))
-                return k.cast(a, to, unsigned=unsigned)
-        _broadcast_loop(k, ins, outs[0], body)
+                unsigned = dst in UNSIGNED_DTYPES if from_.startswith("float") else (
+                    from_ in UNSIGNED_DTYPES + ("bool",))
+                r = k.cast(a, to, unsigned=unsigned)
+            return half.narrow(k, r) if dst == "float16" else r
+        _broadcast_loop(k, ins, outs[0], convert)

@@ -20,6 +20,8 @@ INDEX = ("int32", "int64")
 
 def _check(node, i, allowed, what):
     t = in_type(node, i)
+    if t.dtype == "float16" and allowed is ANY:  # moved as bits (data of GatherElements, GatherND)
+        return t
     if t.dtype == "float16":
         raise unsupported(node, "float16 is not supported")
     if t.dtype not in allowed:

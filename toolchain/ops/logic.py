@@ -237,8 +237,6 @@ class BitCast(Op):
 
     def infer(self, node):
         t, to = in_type(node), node.attrs.get("to")
-        if "float16" in (t.dtype, to):
-            raise unsupported(node, "float16 is not supported")
         if not isinstance(to, str) or TensorType(to, ()).itemsize != t.itemsize:
             raise invalid(node, f"'to' must be a type as wide as {t.dtype}, got {to}")
         return [TensorType(to, t.shape)]

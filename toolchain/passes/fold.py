@@ -1,5 +1,6 @@
 """Constant folding: a node whose inputs are all known is evaluated with its numpy
-reference and replaced by constants."""
+reference and replaced by constants; so is a node whose outputs are all empty (a
+zero-sized dimension), whatever its inputs: there is nothing to compute."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +13,8 @@ from ..ops import registry
 def fold_node(g: Graph, node: Node):
     """Fold `node` if it can be; returns the constant outputs (the node is removed) or None."""
     op = registry.get(node.op, node=node.name)
+    if node.outputs and all(out.type is not None and out.type.size == 0 for out in node.outputs):
+        return _replace(g, node, [np.zeros(out.type.shape, out.type.dtype) for out in node.outputs])  # empty
     if not op.foldable or node.epilogue:
         return None
     if not op.shape_only and not all(v is None or v.is_const for v in node.inputs):
@@ -25,6 +28,10 @@ def fold_node(g: Graph, node: Node):
         raise
     except Exception as e:
         raise InvalidModelError(f"constant evaluation failed: {type(e).__name__}: {e}", node=node.name, op=node.op)
+    return _replace(g, node, results)
+
+
+def _replace(g: Graph, node: Node, results) -> list:
     consts = []
     for out, data in zip(node.outputs, results):
         data = np.asarray(data)
