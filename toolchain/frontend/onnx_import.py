@@ -125,6 +125,12 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         for out, t in zip(node.outputs, types):
             out.type = t
         folded = fold_node(g, node)
+        if folded is None:  # computed at run time: no kernel loops over an empty tensor
+            for out in node.outputs:
+                if 0 in out.type.shape:
+                    raise UnsupportedError(f"output '{out.name}' has a zero-sized dimension (axis "
+                                           f"{out.type.shape.index(0)}): empty tensors are not supported",
+                                           node=node.name, op=node.op)
         for onnx_name, out in zip(proto.output, folded or node.outputs):
             if onnx_name:
                 env[onnx_name] = out
