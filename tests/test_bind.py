@@ -60,6 +60,16 @@ def test_clip_and_trilu_operands_read_at_run_time(target, workdir):
 
 
 @native
+def test_c_path_reads_run_time_operands(workdir):
+    from test_c_backend import check
+
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.standard_normal((2, 3, 5)).astype(F), "lo": np.array(-0.3, F), "hi": np.array(0.2, F),
+             "k": np.array(2)}
+    check(clip_trilu(F, 0), feeds, HOST, workdir)
+
+
+@native
 @pytest.mark.parametrize("upper", [0, 1])
 def test_trilu_k_at_run_time_any_value(upper):
     """One build serves every k, out-of-range ones included (clamped: the same result)."""
