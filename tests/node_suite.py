@@ -320,6 +320,8 @@ def run_one(root: str, name: str, target: str, with_ort: bool = True, harness: b
             res["status"], res["message"] = ("pass (bound)" if bound else "pass"), ""
             if bound:
                 res["bound"] = bound
+                # nothing left to compute at run time: the outputs are the compile-time fold's
+                res["bound_every_input"] = len(bound) == len(inputs)
         except BaseException as e:  # noqa: BLE001  (a report: every exception is classified)
             if isinstance(e, KeyboardInterrupt):
                 raise
@@ -464,6 +466,8 @@ def summarize(results: dict, index: dict, target: str) -> dict:
             # passing with the graph inputs that had to be constants bound at build time too
             "pass_bound_all": rate(names, ok=bound), "pass_bound_float32": rate(f32, ok=bound),
             "bound_only": sorted(n for n in names if results[n]["status"] == "pass (bound)"),
+            "bound_every_input": sorted(n for n in names if results[n]["status"] == "pass (bound)"
+                                        and results[n].get("bound_every_input")),
             "ort_all": rate(ort_measured, "ort"),
             "ort_float32": rate([n for n in f32 if n in ort_measured], "ort"),
             "reasons": reasons.most_common()}
@@ -484,6 +488,8 @@ def print_report(s: dict, top: int | None = None):
     if s.get("bound_only"):
         print(f"  {len(s['bound_only'])} pass only with graph inputs bound at build time (--bind): "
               + " ".join(s["bound_only"][:8]) + (" ..." if len(s["bound_only"]) > 8 else ""))
+        every = s.get("bound_every_input", [])
+        print(f"    of which {len(every)} with every input bound (all computed at compile time, nothing at run time)")
     print("failure reasons, by count:")
     for r, n in s["reasons"][:top]:
         print(f"  {n:5}  {r}")

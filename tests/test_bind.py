@@ -291,6 +291,7 @@ def test_node_suite_counts_pass_bound_apart(tmp_path):
     _case(tmp_path, "relu", relu, [x - 2], [np.maximum(x - 2, 0)])
     res = {n: run_one(str(tmp_path), n, HOST, with_ort=False) for n in ("unsq", "unsq_wrong", "relu")}
     assert res["unsq"]["status"] == "pass (bound)" and res["unsq"]["bound"] == ["axes"]
+    assert res["unsq"]["bound_every_input"] is False
     assert res["relu"]["status"] == "pass" and "bound" not in res["relu"]
     assert res["unsq_wrong"]["status"] == "fail" and res["unsq_wrong"]["message"].startswith("with --bind axes:")
     off = run_one(str(tmp_path), "unsq", HOST, with_ort=False, bind=False)
@@ -300,5 +301,6 @@ def test_node_suite_counts_pass_bound_apart(tmp_path):
                        for n in res}}
     s = summarize(res, index, HOST)
     assert s["pass_all"] == (1, 3) and s["pass_bound_all"] == (2, 3) and s["bound_only"] == ["unsq"]
+    assert s["bound_every_input"] == []
     assert s["status"] == {"pass": 1, "pass (bound)": 1, "fail": 1}
     assert [r for r, _ in s["reasons"]] == ["after --bind: wrong result: X"]
