@@ -304,3 +304,16 @@ def test_node_suite_counts_pass_bound_apart(tmp_path):
     assert s["bound_every_input"] == []
     assert s["status"] == {"pass": 1, "pass (bound)": 1, "fail": 1}
     assert [r for r, _ in s["reasons"]] == ["after --bind: wrong result: X"]
+
+
+@pytest.mark.parametrize("starts, ends", [([2, 0], [1, 6]), ([5, 0], [9, 6])])
+def test_an_empty_result_is_refused_as_unsupported(starts, ends):
+    """Bound operands can make an empty tensor (a Slice past the end): refused by kind, naming
+    the tensor, instead of failing inside the code generator."""
+    b = {"starts": np.array(starts), "ends": np.array(ends)}
+    with pytest.raises(UnsupportedError, match="zero-sized dimension .*empty tensors are not supported"):
+        compile_onnx(slice_model(), HOST, bind=b)
+    empty_out = make_model([helper.make_node("Slice", ["x", "starts", "ends"], ["y"])],
+                           {"x": (F, [4, 6]), "starts": (np.int64, [2]), "ends": (np.int64, [2])}, {"y": (F, None)})
+    with pytest.raises(UnsupportedError, match="output 'y' has a zero-sized dimension"):
+        compile_onnx(empty_out, HOST, bind={**b, "x": np.zeros((4, 6), F)})
