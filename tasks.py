@@ -27,6 +27,7 @@ def _exec(args):
             "name": "symbol prefix and file stem", "out": "output directory (default build/<target>)",
             "dump_ir": "print the IR after every pass",
             "dim": "bind a symbolic dimension, NAME=N, or bound a batch, NAME<=N (repeatable)",
+            "bind": "make graph input NAME a constant: NAME=1,2 or NAME=@file.npy (repeatable)",
             "emit": "object (default: <name>.o, lib<name>.a) or c (portable C99 <name>.c)",
             "flash_budget": "fail if flash (text+rodata+data) exceeds BYTES",
             "ram_budget": "fail if RAM (data+bss+arena+stack) exceeds BYTES",
@@ -34,9 +35,9 @@ def _exec(args):
             "grad": "reverse: <name>_primal and <name>_pullback; forward: <name>_jvp; instead of <name>_run",
             "train": "<name>_train_step (SGD) and <name>_params_init instead of <name>_run",
             "loss": "training loss: mse (the default) or cross-entropy (class scores against int64 labels)"},
-      iterable=["dim", "model"])
+      iterable=["dim", "model", "bind"])
 def build(c, target=None, model=None, name=None, out=None, dump_ir=False, dim=None, emit=None,
-          flash_budget=None, ram_budget=None, weights=None, grad=None, train=False, loss=None):
+          flash_budget=None, ram_budget=None, weights=None, grad=None, train=False, loss=None, bind=None):
     """Compile a model to <out>/<name>.o, lib<name>.a (or <name>.c), <name>.h, <name>.json,
     <name>.cmake and <name>.mk (runs `python -m toolchain build`, the edgec CLI)."""
     args = [PY, "-m", "toolchain", "build"]
@@ -49,6 +50,8 @@ def build(c, target=None, model=None, name=None, out=None, dump_ir=False, dim=No
         args += ["--model", m]
     for d in dim or []:
         args += ["--dim", d]
+    for b in bind or []:
+        args += ["--bind", b]
     if dump_ir:
         args.append("--dump-ir")
     if train:

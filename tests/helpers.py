@@ -31,8 +31,9 @@ def make_model(nodes, inputs: dict, outputs: dict, inits: dict | None = None, op
 
 
 def compile_and_run(model: onnx.ModelProto | Path, target: str, feeds: dict, workdir: Path,
-                    name: str = "model", runs: int = 1, arena_bytes=None):
-    """Build with the real CLI path, link the harness, run; returns (outputs, build result, run result)."""
+                    name: str = "model", runs: int = 1, arena_bytes=None, bind=None):
+    """Build with the real CLI path, link the harness, run; returns (outputs, build result, run result).
+    bind: graph inputs bound at build time (build's bind); the others are fed from `feeds`."""
     if isinstance(model, onnx.ModelProto):
         data = model.SerializeToString()
         path = workdir / f"{hashlib.sha1(data).hexdigest()[:12]}.onnx"
@@ -40,7 +41,7 @@ def compile_and_run(model: onnx.ModelProto | Path, target: str, feeds: dict, wor
     else:
         path = Path(model)
     out = workdir / f"build-{target}-{path.stem}"
-    res = build(path, target, name, out)
+    res = build(path, target, name, out, bind=bind)
     profile = get_profile(target)
     specs = [(o["dtype"], tuple(o["shape"])) for o in res.manifest["outputs"]]
     ordered = [feeds[i["name"]] for i in res.manifest["inputs"]]

@@ -13,6 +13,9 @@ the target's instructions the object is linked into a shared object and called i
 
 Each case ends as one of
   pass         outputs match
+  pass (bound) outputs match once the graph inputs an error named as operands that must be
+               compile-time constants (axes, pads, shape...) were bound at build time to the data
+               set's values (--bind): the case needed binding; counted apart (--no-bind: never)
   fail         the compiled object ran and produced a wrong result (or shape, or dtype)
   unsupported  a CompileError saying we cannot take it (unsupported op, opset, dtype...)
   crash        anything else: a CompileError that is not an "unsupported", an exception
@@ -189,7 +192,7 @@ def compare(got: list, want: list, what: str = ""):
 GUARD, GUARD_BYTE = 4096, 0xA5
 
 
-def run_in_process(model, feeds: dict, target: str, workdir: Path) -> list:
+def run_in_process(model, feeds: dict, target: str, workdir: Path, bind=None) -> list:
     """The fast path on a host that runs the target's instructions: the same build (the real
     driver, the same object), linked into a shared object (`ld -shared`: the object is PIC
     and self-contained) and called through ctypes, with the harness's checks (an aligned
@@ -200,7 +203,7 @@ def run_in_process(model, feeds: dict, target: str, workdir: Path) -> list:
 
     path = workdir / "model.onnx"
     path.write_bytes(model.SerializeToString())
-    res = build(path, target, "model", workdir / "build")
+    res = build(path, target, "model", workdir / "build", bind=bind)
     so = workdir / "model.so"
     proc = __import__("subprocess").run(["ld", "-shared", "-o", str(so), str(res.paths["object"])],
                                         capture_output=True, text=True)
@@ -232,19 +235,46 @@ def run_in_process(model, feeds: dict, target: str, workdir: Path) -> list:
     return outs
 
 
-def run_ours(model, inputs, outputs, target: str, workdir: Path, harness: bool = False):
+def run_ours(model, inputs, outputs, target: str, workdir: Path, harness: bool = False, bound=()):
     """Build with the real driver, run the object (in process on a native host unless
     `harness`: then linked with the C harness and run as a program, natively or under
-    qemu-user), compare. Raises."""
+    qemu-user), compare. `bound`: graph inputs bound at build time to their data-set values
+    (the others are fed). Raises."""
     from helpers import compile_and_run
     from toolchain.targets import get_profile
 
     feeds = feeds_for(model, inputs)
+    bind = {n: feeds[n] for n in bound} or None
     if harness or not get_profile(target).runs_natively() or shutil.which("ld") is None:
-        got, _, _ = compile_and_run(model, target, feeds, workdir)
+        got, _, _ = compile_and_run(model, target, feeds, workdir, bind=bind)
     else:
-        got = run_in_process(model, feeds, target, workdir)
+        got = run_in_process(model, feeds, target, workdir, bind=bind)
     compare(got, outputs, "edgec")
+
+
+def run_binding(model, inputs, outputs, target: str, workdir: Path, harness: bool = False,
+                bind: bool = True) -> list[str]:
+    """run_ours; when it fails only because operands that must be compile-time constants
+    come from graph inputs (the error names them: bind_inputs), again with those inputs
+    bound to the data set's values, until it passes or fails otherwise. Returns the inputs
+    bound (empty: passed as it is); raises the last attempt's error, with the bound inputs
+    in its `bound` attribute."""
+    from toolchain.errors import UnsupportedError
+
+    bound: list[str] = []
+    while True:
+        try:
+            run_ours(model, inputs, outputs, target, workdir, harness, bound)
+            return bound
+        except UnsupportedError as e:
+            more = [n for n in getattr(e, "bind_inputs", None) or [] if n not in bound]
+            if not bind or not more:
+                e.bound = bound
+                raise
+            bound += more
+        except BaseException as e:
+            e.bound = bound
+            raise
 
 
 def run_ort(model, inputs, outputs):
@@ -272,7 +302,8 @@ def _alarm(signum, frame):
     raise _Timeout(f"case took over {CASE_TIMEOUT} s")
 
 
-def run_one(root: str, name: str, target: str, with_ort: bool = True, harness: bool = False) -> dict:
+def run_one(root: str, name: str, target: str, with_ort: bool = True, harness: bool = False,
+            bind: bool = True) -> dict:
     """Worker: one case, ours (and onnxruntime's) verdict. Never raises."""
     marker = Path(root) / ".running" / str(os.getpid())
     marker.parent.mkdir(exist_ok=True)
@@ -285,12 +316,19 @@ def run_one(root: str, name: str, target: str, with_ort: bool = True, harness: b
         t0 = time.time()
         signal.alarm(CASE_TIMEOUT)
         try:
-            run_ours(model, inputs, outputs, target, work, harness)
-            res["status"], res["message"] = "pass", ""
+            bound = run_binding(model, inputs, outputs, target, work, harness, bind)
+            res["status"], res["message"] = ("pass (bound)" if bound else "pass"), ""
+            if bound:
+                res["bound"] = bound
+                # nothing left to compute at run time: the outputs are the compile-time fold's
+                res["bound_every_input"] = len(bound) == len(inputs)
         except BaseException as e:  # noqa: BLE001  (a report: every exception is classified)
             if isinstance(e, KeyboardInterrupt):
                 raise
             res["status"], res["message"] = classify_exception(e)
+            if getattr(e, "bound", None):  # what binding those inputs ran into next
+                res["bound"] = list(e.bound)
+                res["message"] = f"with --bind {','.join(e.bound)}: {res['message']}"
             if isinstance(e, _Timeout):
                 res["status"], res["message"] = "crash", f"Timeout: {e}"
             res["error_type"] = type(e).__name__
@@ -328,7 +366,7 @@ def _init_worker():
 
 
 def run_suite(names, target="x86-64-v3", jobs=2, with_ort=True, cache=None, progress=True,
-              harness=False) -> dict:
+              harness=False, bind=True) -> dict:
     root = str(materialize(cache))
     running = Path(root) / ".running"
     results: dict[str, dict] = {}
@@ -339,7 +377,7 @@ def run_suite(names, target="x86-64-v3", jobs=2, with_ort=True, cache=None, prog
         broken = False
         # no max_tasks_per_child: with it, Python 3.11's pool can hang when it replaces a worker
         with cf.ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker) as pool:
-            futs = {pool.submit(run_one, root, n, target, with_ort, harness): n for n in todo}
+            futs = {pool.submit(run_one, root, n, target, with_ort, harness, bind): n for n in todo}
             for f in cf.as_completed(futs):
                 n = futs[f]
                 try:
@@ -380,6 +418,8 @@ def _case_op(info: dict, name: str) -> str:
 def reason(res: dict, info: dict) -> str:
     """Groups a non-passing case's message into a reason."""
     msg, status = res.get("message", ""), res["status"]
+    if res.get("bound"):  # the failure binding ran into, grouped apart
+        return "after --bind: " + reason({**res, "bound": None, "message": msg.split(": ", 1)[-1]}, info)
     op = _case_op(info, res["name"])
     if status == "fail":
         return f"wrong result: {op}"
@@ -413,14 +453,21 @@ def summarize(results: dict, index: dict, target: str) -> dict:
     f32 = [n for n in names if cases[n]["dtypes"] == ["float32"]]
     count = collections.Counter(results[n]["status"] for n in names)
 
-    def rate(sel, key="status"):
-        return sum(1 for n in sel if results[n].get(key) == "pass"), len(sel)
+    def rate(sel, key="status", ok=("pass",)):
+        return sum(1 for n in sel if results[n].get(key) in ok), len(sel)
 
-    reasons = collections.Counter(reason(results[n], cases[n]) for n in names if results[n]["status"] != "pass")
+    bound = ("pass", "pass (bound)")
+    reasons = collections.Counter(reason(results[n], cases[n]) for n in names
+                                  if results[n]["status"] not in bound)
     ort_measured = [n for n in names if "ort" in results[n]]
     return {"target": target, "onnx": index["onnx"], "total_node_cases": index["total"],
             "counted": len(cases), "run": len(names), "status": dict(count),
             "pass_all": rate(names), "pass_float32": rate(f32),
+            # passing with the graph inputs that had to be constants bound at build time too
+            "pass_bound_all": rate(names, ok=bound), "pass_bound_float32": rate(f32, ok=bound),
+            "bound_only": sorted(n for n in names if results[n]["status"] == "pass (bound)"),
+            "bound_every_input": sorted(n for n in names if results[n]["status"] == "pass (bound)"
+                                        and results[n].get("bound_every_input")),
             "ort_all": rate(ort_measured, "ort"),
             "ort_float32": rate([n for n in f32 if n in ort_measured], "ort"),
             "reasons": reasons.most_common()}
@@ -432,10 +479,17 @@ def print_report(s: dict, top: int | None = None):
 
     print(f"onnx {s['onnx']} node cases: {s['total_node_cases']}, counted (plain numeric/bool tensors): "
           f"{s['counted']}, run: {s['run']} on {s['target']}")
-    print(f"  {'':14} {'edgec':>22} {'onnxruntime':>22}")
-    print(f"  {'all':14} {pct(s['pass_all']):>22} {pct(s['ort_all']):>22}")
-    print(f"  {'float32-only':14} {pct(s['pass_float32']):>22} {pct(s['ort_float32']):>22}")
+    bound_all = s.get("pass_bound_all", s["pass_all"])  # an older --json has no binding figures
+    bound_f32 = s.get("pass_bound_float32", s["pass_float32"])
+    print(f"  {'':14} {'edgec':>22} {'edgec with --bind':>22} {'onnxruntime':>22}")
+    print(f"  {'all':14} {pct(s['pass_all']):>22} {pct(bound_all):>22} {pct(s['ort_all']):>22}")
+    print(f"  {'float32-only':14} {pct(s['pass_float32']):>22} {pct(bound_f32):>22} {pct(s['ort_float32']):>22}")
     print("  " + ", ".join(f"{k} {v}" for k, v in sorted(s["status"].items())))
+    if s.get("bound_only"):
+        print(f"  {len(s['bound_only'])} pass only with graph inputs bound at build time (--bind): "
+              + " ".join(s["bound_only"][:8]) + (" ..." if len(s["bound_only"]) > 8 else ""))
+        every = s.get("bound_every_input", [])
+        print(f"    of which {len(every)} with every input bound (all computed at compile time, nothing at run time)")
     print("failure reasons, by count:")
     for r, n in s["reasons"][:top]:
         print(f"  {n:5}  {r}")
@@ -449,6 +503,8 @@ def main(argv=None):
     ap.add_argument("--sample", type=int, help="run K cases spread evenly over the sorted names")
     ap.add_argument("--json", help="write every case's verdict and the summary here")
     ap.add_argument("--no-ort", action="store_true", help="do not measure onnxruntime")
+    ap.add_argument("--no-bind", action="store_true",
+                    help="never rebuild a case with graph inputs bound to its data set's values")
     ap.add_argument("--harness", action="store_true",
                     help="link every case with the C harness and run it as a program (the default on a "
                          "native host calls the object in process)")
@@ -466,7 +522,8 @@ def main(argv=None):
     index = load_index(args.cache)
     names = select(index["cases"], args.only, args.sample)
     t0 = time.time()
-    results = run_suite(names, args.target, args.jobs, not args.no_ort, args.cache, harness=args.harness)
+    results = run_suite(names, args.target, args.jobs, not args.no_ort, args.cache, harness=args.harness,
+                        bind=not args.no_bind)
     s = summarize(results, index, args.target)
     s["seconds"] = round(time.time() - t0)
     print_report(s, args.top)

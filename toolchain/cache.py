@@ -129,10 +129,11 @@ def model_digest(data: bytes, proto=None, base_dir: Path | None = None) -> str:
     return h.hexdigest()
 
 
-def bound_inputs(proto, dims: dict) -> list[dict]:
-    """The graph inputs as the compiler will see them: dim_params replaced by dims."""
+def bound_inputs(proto, dims: dict, bound=()) -> list[dict]:
+    """The graph inputs as the compiler will see them: dim_params replaced by dims, the ones
+    bound to values (--bind) left out."""
     from onnx import helper
-    inits = {t.name for t in proto.graph.initializer}
+    inits = {t.name for t in proto.graph.initializer} | set(bound)
     out = []
     for vi in proto.graph.input:
         if vi.name in inits:
@@ -165,7 +166,8 @@ def profile_digest(profile) -> str:
 
 def key_fields(model_sha256: str, inputs: list[dict], profile, name: str, emit: str = "object",
                dims: dict | None = None, budgets: dict | None = None, model_file: str = "",
-               weights: str = "internal") -> dict:
+               weights: str = "internal", bind: dict | None = None) -> dict:
+    """bind: binding.key_of(the bound values) (dtype, shape and sha256 of each)."""
     llvmlite_v, llvm_v = _llvm_versions()
     from .version import __version__
     return {
@@ -177,7 +179,8 @@ def key_fields(model_sha256: str, inputs: list[dict], profile, name: str, emit: 
         "profile_sha256": profile_digest(profile),
         "options": {"name": name, "emit": emit, "dims": dict(sorted((dims or {}).items())),
                     "budgets": {k: v for k, v in sorted((budgets or {}).items()) if v is not None},
-                    **({"weights": weights} if weights != "internal" else {})},
+                    **({"weights": weights} if weights != "internal" else {}),
+                    **({"bind": bind} if bind else {})},
         "compiler": __version__,
         "compiler_source_sha256": compiler_source_digest(),
         "llvmlite": llvmlite_v,
@@ -440,7 +443,8 @@ class BuildHook:
     started: float = 0.0
 
     @classmethod
-    def open(cls, model_path, profile, name, dims, emit, budgets, weights="internal") -> BuildHook | None:
+    def open(cls, model_path, profile, name, dims, emit, budgets, weights="internal",
+             bind: dict | None = None) -> BuildHook | None:
         """None when the model cannot even be read: build then reports that itself."""
         t0 = time.perf_counter()
         try:
@@ -450,8 +454,8 @@ class BuildHook:
             proto = onnx.ModelProto.FromString(data)
             utf8_names(proto)  # names as text, as the importer sees them
             digest = model_digest(data, proto, path.parent)
-            fields = key_fields(digest, bound_inputs(proto, dims or {}), profile, name, emit, dims, budgets,
-                                path.name, weights)
+            fields = key_fields(digest, bound_inputs(proto, dims or {}, bind or ()), profile, name, emit, dims,
+                                budgets, path.name, weights, bind)
             key = make_key(fields)
         except Exception:  # noqa: BLE001
             return None

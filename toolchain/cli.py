@@ -33,6 +33,20 @@ def _dims(specs):
     return dims
 
 
+def _binds(specs):
+    """--bind NAME=VALUES: the text of each (a comma list, or @file.npy); the graph's
+    declaration checks it (frontend/binding.py)."""
+    binds = {}
+    for spec in specs or []:
+        key, eq, val = spec.partition("=")
+        if not eq or not key:
+            raise InvalidModelError(f"--bind wants NAME=VALUES (a comma list such as 1,2 or @file.npy), got '{spec}'")
+        if key in binds:
+            raise InvalidModelError(f"--bind {key} given twice")
+        binds[key] = val
+    return binds
+
+
 def _writable_file(flag: str, path):
     """A report file: its parent directories are created; a directory or a file where a
     directory should be is a one-line error, checked before any work."""
@@ -62,8 +76,11 @@ def _write_report(flag: str, path, text: str):
 
 def cmd_build(args):
     dims = _dims(args.dim)  # before the (slow) imports: a usage error is instant
+    binds = _binds(getattr(args, "bind", None))
     models = args.model if isinstance(args.model, list) else [args.model] if args.model else []
     if len(models) > 1:
+        if binds:
+            raise InvalidModelError("a library of several models takes no --bind")
         return _build_library(args, models, dims)
     args.model = models[0] if models else None
     from .compiler import build
@@ -72,11 +89,14 @@ def cmd_build(args):
     res = build(args.model, args.target, args.name, args.out, dims, dump, emit=args.emit,
                 budgets={"flash_bytes": args.flash_budget, "ram_bytes": args.ram_budget},
                 weights=getattr(args, "weights", "internal"), grad=getattr(args, "grad", None),
-                train=getattr(args, "loss", None) if getattr(args, "train", False) else None)
+                train=getattr(args, "loss", None) if getattr(args, "train", False) else None, bind=binds or None)
     m = res.manifest
     print(f"built {m['model']} for {m['target']['name']} -> {res.paths['header'].parent}")
     for kind, path in res.paths.items():
         print(f"  {kind:9} {path}")
+    for b in m.get("bound_inputs", []):
+        print(f"  bound     {b['name']} = {b['values'] if 'values' in b else b['sha256'][:16]} "
+              f"({b['dtype']}, shape {b['shape']})")
     print(f"  arena     {m['arena']['size']} bytes (lower bound {m['arena']['lower_bound']}, "
           f"align {m['arena']['align']})")
     print(f"  code      {m['code_bytes']} bytes, weights {m['weight_bytes']} bytes, "
@@ -244,6 +264,9 @@ def parser():
     b.add_argument("--out", help="output directory (default: build/<target>)")
     b.add_argument("--dim", action="append", metavar="NAME=N", help="bind a symbolic input dimension (NAME=N) or bound a batch dimension (NAME<=N: one library "
                             "for every size up to N, <name>_run_dims)")
+    b.add_argument("--bind", action="append", metavar="NAME=VALUES",
+                   help="make graph input NAME a constant of this value (a comma list such as 1,2, or "
+                        "@file.npy; the input's declared dtype and shape): it leaves the C contract")
     b.add_argument("--dump-ir", action="store_true", help="print the IR after every pass to stderr")
     b.add_argument("--flash-budget", type=_budget, metavar="BYTES", help="fail if flash (text+rodata+data) exceeds this")
     b.add_argument("--ram-budget", type=_budget, metavar="BYTES", help="fail if RAM (data+bss+arena+stack) exceeds this")

@@ -15,6 +15,7 @@ from .contract import entry_symbols, fnv1a64, is_valid_name
 from .emit import ar_archive, build_id, c_header, check_out_dir, manifest_json, owned_files, replace_outputs
 from .errors import InternalError, InvalidModelError
 from .frontend.batching import import_batched
+from .frontend.binding import bind_inputs, key_of, manifest_entries, resolve
 from .frontend.onnx_import import load_model
 from .inspect.elf import ObjectInfo, check_self_contained, read_object
 from .inspect.size import check_budgets, totals
@@ -173,16 +174,23 @@ def compile_train_graph(g: Graph, params, profile: Profile, name: str, loss: str
 
 
 def compile_onnx(model: onnx.ModelProto, target: str, name: str = "model", dims=None,
-                 dump: TextIO | None = None, emit: str = "object", weights: str = "internal") -> Compiled:
+                 dump: TextIO | None = None, emit: str = "object", weights: str = "internal",
+                 bind: dict | None = None) -> Compiled:
+    """bind: {graph input name: value} (frontend/binding.py): those inputs become constants."""
     check_name(name)
     profile = get_profile(target)
+    model = bind_inputs(model, resolve(model, bind, _fixed(dims)))
     return compile_graph(import_batched(model, name, dims), profile, name, dump, emit, weights)
+
+
+def _fixed(dims) -> dict:
+    return {k: v for k, v in (dims or {}).items() if not isinstance(v, (tuple, list))}
 
 
 def build(model_path: str | Path | None, target: str, name: str = "model", out: str | Path | None = None,
           dims: dict[str, int] | None = None, dump: TextIO | None = None, emit: str = "object",
           budgets: dict | None = None, weights: str = "internal", grad: str | None = None,
-          train: str | None = None) -> BuildResult:
+          train: str | None = None, bind: dict | None = None) -> BuildResult:
     """emit="object": <name>.o and lib<name>.a (LLVM); emit="c": <name>.c (portable C99).
     Both also write <name>.h, <name>.json and the CMake/Make fragments.
     budgets: {"flash_bytes": n, "ram_bytes": n} over the target profile's own; a build over
@@ -194,7 +202,10 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     differentiated) instead of <name>_run; grad="forward": <name>_jvp (outputs and their
     tangents from inputs and theirs, every float input differentiated); train="mse":
     <name>_train_step (SGD on that loss, parameters in a caller-owned buffer) and
-    <name>_params_init. None of these uses the compile cache yet."""
+    <name>_params_init. None of these uses the compile cache yet. bind: {graph input name:
+    value} (an array, numbers, or the command line's text "1,2" / "@file.npy"): those inputs
+    become constants of that value, gone from the C contract; the manifest lists them
+    ("bound_inputs")."""
     check_name(name)
     if grad is not None and grad not in GRAD_MODES:
         raise InvalidModelError(f"--grad must be one of {', '.join(GRAD_MODES)}, got '{grad}'")
@@ -207,11 +218,13 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
         raise InvalidModelError(f"--grad {grad} and --train are separate builds: choose one")
     if (grad or train) and weights != "internal":
         raise InvalidModelError("--weights external is for inference builds, not --grad or --train")
-    hook = (BuildHook.open(model_path, profile, name, dims, emit, budgets, weights)
+    model = load_model(model_path) if bind else None
+    bound = resolve(model, bind, _fixed(dims)) if bind else {}
+    hook = (BuildHook.open(model_path, profile, name, dims, emit, budgets, weights, key_of(bound))
             if dump is None and not (grad or train) else None)
     if hook is not None and (hit := hook.restore(out)) is not None:
         return BuildResult(*hit, compiled=None)  # a cache hit: the artifacts, nothing compiled
-    model = load_model(model_path)
+    model = bind_inputs(model or load_model(model_path), bound)
     params = [t.name for t in model.graph.initializer]
     if train:
         compiled = compile_train_graph(import_model(model, name, dims), params, profile, name, train, dump, emit)
@@ -221,13 +234,16 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
         compiled = compile_grad_graph(import_model(model, name, dims), params, profile, name, dump, emit)
     options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__,
                **({"emit": emit} if emit != "object" else {}), **({"weights": weights} if weights != "internal" else {}),
-               **({"grad": grad} if grad else {}), **({"train": train} if train else {})}
+               **({"grad": grad} if grad else {}), **({"train": train} if train else {}),
+               **({"bind": key_of(bound)} if bound else {})}
     if not (train or grad):
         def identity(g):  # the manifest's build id, known once the passes have run
             return build_id({"hashes": _hashes(g, model_path, options), "compiler": {"version": __version__}})
         compiled = compile_graph(import_batched(model, name, dims), profile, name, dump, emit, weights,
                                  identity=identity)
     manifest = make_manifest(compiled, profile, name, model_path, options)
+    if bound:
+        manifest["bound_inputs"] = manifest_entries(bound)
     manifest["build_id"] = build_id(manifest)
     if not (train or grad) and identity(compiled.graph) != manifest["build_id"]:
         raise InternalError("the build id in the object differs from the manifest's")

@@ -244,17 +244,22 @@ def _resolve_model(model):
     return path, data, proto, path.name
 
 
-def compile_model(model, target: str | None = None, *, dims: dict | None = None, name: str = "model") -> CompiledModel:
+def compile_model(model, target: str | None = None, *, dims: dict | None = None, name: str = "model",
+                  bind: dict | None = None) -> CompiledModel:
     """model: an ONNX file or an onnx.ModelProto (its artifacts then name it '<name>.onnx').
-    target: a profile name; None is the host's own. dims binds symbolic input dimensions.
+    target: a profile name; None is the host's own. dims binds symbolic input dimensions;
+    bind ({input name: value}) makes those inputs constants (the model is called without them).
     A cache hit (in-process or on disk) compiles nothing. (Reverse mode: toolchain.compile_grad.)"""
     t0 = time.perf_counter()
     profile = host_profile() if target is None else _get_profile(target)
     path, data, proto, model_name = _resolve_model(model)
     model_name = model_name or f"{name}.onnx"
     digest = cache.model_digest(data, proto, path.parent if path else None)
-    fields = cache.key_fields(digest, cache.bound_inputs(proto, dims or {}), profile, name, "object", dims, None,
-                              model_name)
+    from .frontend.binding import key_of, resolve
+
+    bound = resolve(proto, bind, {k: v for k, v in (dims or {}).items() if not isinstance(v, (tuple, list))})
+    fields = cache.key_fields(digest, cache.bound_inputs(proto, dims or {}, bound), profile, name, "object", dims,
+                              None, model_name, bind=key_of(bound))
     key = cache.make_key(fields)
     t_key = time.perf_counter() - t0
 
@@ -265,11 +270,11 @@ def compile_model(model, target: str | None = None, *, dims: dict | None = None,
         hook.record(entry.source)
         event = cache.events[-1]
     else:
-        entry, event = _compile(path, data, profile, name, dims, model_name, key)
+        entry, event = _compile(path, data, profile, name, dims, model_name, key, bound)
     return CompiledModel(entry, fields, profile, name, model_name, event)
 
 
-def _compile(path, data, profile, name, dims, model_name, key):
+def _compile(path, data, profile, name, dims, model_name, key, bound=None):
     """A miss: the real build() into a scratch directory; its files are the entry."""
     from .compiler import build
 
@@ -278,7 +283,7 @@ def _compile(path, data, profile, name, dims, model_name, key):
             path = Path(tmp) / "src" / model_name
             path.parent.mkdir()
             path.write_bytes(data)
-        res = build(path, profile.name, name, Path(tmp) / "out", dims=dims)
+        res = build(path, profile.name, name, Path(tmp) / "out", dims=dims, bind=bound or None)
         files = {p.name: p.read_bytes() for p in res.paths.values()}
         kinds = {p.name: k for k, p in res.paths.items()}
     ev = next((e for e in reversed(cache.events) if e["key"] == key), None)

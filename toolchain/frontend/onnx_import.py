@@ -17,6 +17,7 @@ from ..errors import CompileError, InvalidModelError, UnsupportedError
 from ..ir import DTYPES, Graph, TensorType, Value
 from ..ops import registry
 from ..passes.fold import fold_node
+from .binding import bindable_inputs
 from .float16 import Float16, refuse_computed_float16
 from .validate import check_declared_types, validate_model
 
@@ -67,6 +68,7 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
     validate_model(model, dims)
     g = Graph(name)
     env: dict[str, Value] = {}
+    onnx_names: dict[int, str] = {}  # id(graph input) -> its name in the model
     onnx_graph = model.graph
     half = Float16(g, opset)
 
@@ -77,6 +79,7 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
             continue
         v = Value(g.unique(vi.name), _value_type(vi, dims or {}))
         g.inputs.append(v)
+        onnx_names[id(v)] = vi.name
         env[vi.name] = v
 
     # names something reads: an optional output nobody reads may be left unproduced
@@ -112,7 +115,8 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
             types = op.infer(node)
             known = op.constant_outputs(node, opset) if len(types) < len(node.outputs) else {}
         except CompileError as e:
-            raise e.at(node.name, node.op) from None
+            raise _suggest_bind(e.at(node.name, node.op), getattr(e, "operand", None), proto, env, g,
+                                onnx_names) from None
         except (KeyError, IndexError, ValueError, TypeError) as e:
             raise InvalidModelError(f"malformed node: {type(e).__name__}: {e}", node=node.name, op=node.op) from e
         if len(types) < len(node.outputs):
@@ -137,6 +141,9 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         if vi.name not in env:
             raise InvalidModelError(f"graph output '{vi.name}' is not produced by any node")
         g.outputs.append(env[vi.name])
+        if 0 in (env[vi.name].type.shape or ()):  # a constant one too: its copy would be an empty loop
+            raise UnsupportedError(f"output '{vi.name}' has a zero-sized dimension (axis "
+                                   f"{env[vi.name].type.shape.index(0)}): empty tensors are not supported")
     if not g.outputs:
         raise InvalidModelError("the model has no outputs")
     check_declared_types(list(onnx_graph.output), [v.type for v in g.outputs])
@@ -145,6 +152,23 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
     check_declared_types(known, [env[vi.name].type for vi in known], what="tensor")
     g.output_names = [vi.name for vi in onnx_graph.output]
     return g
+
+
+def _suggest_bind(e: CompileError, operand: int | None, proto, env: dict, g: Graph, names: dict) -> CompileError:
+    """An operand that must be a compile-time constant but is computed from graph inputs:
+    the error names them and how to bind them at build time (e.bind_inputs, their names)."""
+    if operand is None or operand >= len(proto.input) or proto.input[operand] not in env:
+        return e
+    found = [names[id(v)] for v in bindable_inputs(env[proto.input[operand]], g)]
+    if not found:
+        return e
+    what = (f"it is the graph input '{found[0]}'" if len(found) == 1 and proto.input[operand] == found[0]
+            else f"it is computed from the graph input{'s' if len(found) > 1 else ''} "
+                 + ", ".join(f"'{n}'" for n in found))
+    out = type(e)(f"{e}; {what}: bind {'them' if len(found) > 1 else 'it'} at build time with "
+                  + " ".join(f"--bind {n}=..." for n in found))
+    out.node, out.op, out.bind_inputs = e.node, e.op, found
+    return out
 
 
 def _check_inference_only(proto, env: dict, node_name: str):

@@ -204,7 +204,9 @@ def const_input(node: Node, i: int, what: str) -> np.ndarray | None:
         return None
     v = node.inputs[i]
     if not v.is_const:
-        raise unsupported(node, f"{what} (input {i}) must be a compile-time constant")
+        err = unsupported(node, f"{what} (input {i}) must be a compile-time constant")
+        err.operand = i  # the importer names the graph inputs it comes from (--bind)
+        raise err
     return v.data
 
 

@@ -16,7 +16,7 @@ from ..kernel import mathfns as m
 from ..kernel.llvm import LLVM_TYPES
 from ..errors import UnsupportedError
 from ..ir import UNSIGNED_DTYPES, TensorType, Value
-from .base import Op, broadcast_shapes, const_input, in_type, invalid, not_differentiable, register, unsupported
+from .base import Op, broadcast_shapes, in_type, invalid, not_differentiable, register, unsupported
 
 
 def _erf_np(x):
@@ -227,13 +227,7 @@ class Unary(Op):
         for key, val in UNARY[node.op].defaults.items():
             node.attrs.setdefault(key, val)
         if node.op == "Clip":  # opset >= 11 passes min/max as optional inputs
-            lo = const_input(node, 1, "Clip min")
-            hi = const_input(node, 2, "Clip max")
-            if lo is not None:
-                node.attrs["min"] = float(np.asarray(lo).reshape(-1)[0])
-            if hi is not None:
-                node.attrs["max"] = float(np.asarray(hi).reshape(-1)[0])
-            node.inputs = node.inputs[:1]
+            _clip_bounds(node)
         for key in ("min", "max", "alpha", "beta", "gamma", "lambd", "bias"):
             if key in node.attrs:
                 node.attrs[key] = float(node.attrs[key])
@@ -242,10 +236,19 @@ class Unary(Op):
         t = node.inputs[0].type
         if t.dtype not in UNARY[node.op].dtypes:
             raise unsupported(node, f"needs {' or '.join(UNARY[node.op].dtypes)} input, got {t.dtype}")
+        for i, what in ((1, "min"), (2, "max")):  # Clip's bounds read at run time
+            b = node.inputs[i].type if len(node.inputs) > i and node.inputs[i] is not None else None
+            if b is not None and (b.dtype != t.dtype or b.size != 1):
+                raise invalid(node, f"{what} (input {i}) must be a single {t.dtype}, got {b.dtype} "
+                                    f"of shape {list(b.shape)}")
         return [t]
 
-    def reference(self, node, x):
-        return [np.asarray(UNARY[node.op].reference(x, node.attrs)).astype(x.dtype)]
+    def reference(self, node, x, *bounds):
+        attrs = node.attrs
+        for key, b in zip(("min", "max"), bounds):  # Clip's bounds given at run time
+            if b is not None:
+                attrs = dict(attrs, **{key: np.asarray(b).reshape(-1)[0]})
+        return [np.asarray(UNARY[node.op].reference(x, attrs)).astype(x.dtype)]
 
     def scalar(self, k, x, attrs):
         return UNARY[self.name].scalar(k, x, attrs)
@@ -255,6 +258,8 @@ class Unary(Op):
             raise not_differentiable(node, "piecewise constant: its derivative is zero almost everywhere")
         if node.op not in UNARY_VJP:
             return super().vjp(b, node, cotangents)
+        if len(node.inputs) > 1:
+            raise unsupported(node, "no derivative rule with min/max given at run time (reverse mode)")
         return [UNARY_VJP[node.op](b, node, cotangents[0])]
 
     def jvp(self, b, node, tangents):
@@ -270,11 +275,33 @@ class Unary(Op):
         if node.op == "Clip" and not ins[0].dtype.startswith("float"):  # no infinite integer bounds
             info = np.iinfo(ins[0].dtype)
             attrs = dict(attrs, min=max(attrs["min"], info.min), max=min(attrs["max"], info.max))
+        for key, b in zip(("min", "max"), ins[1:]):  # Clip's bounds given at run time: loaded once
+            if b is not None:
+                attrs = dict(attrs, **{key: b.flat()[0]})
         with k.loop(y.size) as i:
             y[i] = self.scalar(k, x[i], attrs)
 
 
 register(*UNARY)(Unary)
+
+
+def _clip_bounds(node):
+    """Clip's min/max inputs (opset >= 11): a constant becomes the attribute (the fast path:
+    an immediate in the code, fusable into the producer's store); a bound computed or given
+    at run time stays an input, read from its buffer once per run."""
+    kept = [node.inputs[0]]
+    for i, key in ((1, "min"), (2, "max")):
+        v = node.inputs[i] if len(node.inputs) > i else None
+        if v is not None and v.is_const:
+            data = np.asarray(v.data)
+            if data.size != 1:
+                raise invalid(node, f"{key} (input {i}) must be a single value, got shape {list(data.shape)}")
+            node.attrs[key] = float(data.reshape(-1)[0])
+            v = None
+        kept.append(v)
+    while len(kept) > 1 and kept[-1] is None:
+        kept.pop()
+    node.inputs = kept
 
 
 def _div(a, b):

@@ -167,9 +167,17 @@ class Hardmax(Op):
 
 @register("Trilu")
 class Trilu(Op):
+    """k (input 1) is the diagonal: a constant becomes the attribute; one given at run time
+    stays an input, read once per run (clamped to the matrix's range, so any int64 works)."""
+
     def canonicalize(self, node, opset):
-        node.attrs["k"] = _scalar_int(node, 1, "Trilu k") or 0
-        node.inputs = node.inputs[:1]
+        kv = node.inputs[1] if len(node.inputs) > 1 else None
+        if kv is not None and not kv.is_const:
+            node.attrs["k"] = 0
+            node.inputs = node.inputs[:2]
+        else:
+            node.attrs["k"] = _scalar_int(node, 1, "Trilu k") or 0
+            node.inputs = node.inputs[:1]
         upper = node.attrs.setdefault("upper", 1)
         if upper not in (0, 1):
             raise invalid(node, f"upper must be 0 or 1, got {upper}")
@@ -178,14 +186,21 @@ class Trilu(Op):
         t = _check(node, 0, ANY, "the input")
         if len(t.shape) < 2:
             raise invalid(node, f"needs rank >= 2, got shape {list(t.shape)}")
+        if len(node.inputs) > 1:
+            kt = in_type(node, 1)
+            if kt.dtype != "int64" or kt.size != 1:
+                raise invalid(node, f"k (input 1) must be a single int64, got {kt.dtype} of shape {list(kt.shape)}")
         return [t]
 
-    def reference(self, node, x):
+    def reference(self, node, x, kv=None):
         f = np.triu if node.attrs["upper"] else np.tril
-        return [f(x, node.attrs["k"])]
+        return [f(x, node.attrs["k"] if kv is None else int(np.asarray(kv).reshape(-1)[0]))]
 
     def lower(self, k, node, ins, outs):
         x, y, off = ins[0], outs[0], node.attrs["k"]
+        if len(ins) > 1:  # k at run time, clamped to -rows..cols (same result) so it fits the index type
+            rows, cols = x.shape[-2], x.shape[-1]
+            off = k.cast(k.min(k.max(ins[1].flat()[0], -rows), cols), k.lift(0).v.type)
         with k.loops(x.shape) as idx:
             d = _at(k, idx[-1]) - _at(k, idx[-2])
             keep = d >= off if node.attrs["upper"] else d <= off

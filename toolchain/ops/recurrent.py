@@ -103,8 +103,10 @@ class Recurrent(Op):
         seq = node.inputs[4] if len(node.inputs) > 4 else None
         if seq is not None:
             if not seq.is_const:
-                raise unsupported(node, "sequence_lens (input 4) must be a compile-time constant "
+                err = unsupported(node, "sequence_lens (input 4) must be a compile-time constant "
                                         "(runtime sequence lengths are not supported)")
+                err.operand = 4  # the importer names the graph inputs it comes from (--bind)
+                raise err
             lens = np.asarray(seq.data).reshape(-1)
             steps = x.shape[a["layout"]] if len(x.shape) == 3 else 0
             if lens.size and (lens.min() < 0 or lens.max() > steps):

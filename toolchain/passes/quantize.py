@@ -90,7 +90,8 @@ def _match(g: Graph, users, node: Node):
     # the output: an optional Relu/Clip, then a QuantizeLinear
     v, act = node.outputs[0], None
     user = _sole_user(g, users, v)
-    if user is not None and user.op in ("Relu", "Clip") and user.outputs[0].type.dtype == "float32":
+    if (user is not None and user.op in ("Relu", "Clip") and len(user.inputs) == 1
+            and user.outputs[0].type.dtype == "float32"):  # a Clip with bounds read at run time stays float
         act, v = user, user.outputs[0]
         user = _sole_user(g, users, v)
     if user is None or user.op != "QuantizeLinear" or not all(i is None or i.is_const for i in user.inputs[1:]):
