@@ -141,9 +141,6 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         if vi.name not in env:
             raise InvalidModelError(f"graph output '{vi.name}' is not produced by any node")
         g.outputs.append(env[vi.name])
-        if 0 in (env[vi.name].type.shape or ()):  # a constant one too: its copy would be an empty loop
-            raise UnsupportedError(f"output '{vi.name}' has a zero-sized dimension (axis "
-                                   f"{env[vi.name].type.shape.index(0)}): empty tensors are not supported")
     if not g.outputs:
         raise InvalidModelError("the model has no outputs")
     check_declared_types(list(onnx_graph.output), [v.type for v in g.outputs])

@@ -1,5 +1,5 @@
 """Logic and integer ops: And/Or/Xor on bool, BitwiseAnd/Or/Xor/Not and BitShift on integers,
-Mod (both fmod modes, integer and float semantics), IsInf/IsNaN, and CastLike.
+Mod (both fmod modes, integer and float semantics), IsInf/IsNaN, CastLike, Not and Where.
 
 Integers follow numpy, which the ONNX spec's reference follows: a remainder by zero is 0
 (it is undefined in C and in LLVM, so the divisor is replaced before the division), a shift
@@ -248,3 +248,41 @@ class BitCast(Op):
         to = LLVM_TYPES[node.attrs["to"]]
         same = LLVM_TYPES[ins[0].dtype] == to
         _broadcast_loop(k, ins, outs[0], lambda a: a if same else k.bitcast(a, to))
+
+
+@register("Not")
+class Not(Op):
+    def infer(self, node):
+        return [node.inputs[0].type]
+
+    def item_wise(self, node):
+        return True
+
+    def reference(self, node, x):
+        return [np.logical_not(x)]
+
+    def lower(self, k, node, ins, outs):
+        _broadcast_loop(k, ins, outs[0], lambda a: a ^ 1)
+
+
+@register("Where")
+class Where(Op):
+    def infer(self, node):
+        c, a, b = (v.type for v in node.inputs)
+        return [TensorType(a.dtype, broadcast_shapes(node, c.shape, a.shape, b.shape))]
+
+    def item_wise(self, node):
+        return True
+
+    def reference(self, node, c, a, b):
+        return [np.where(c, a, b)]
+
+    def jvp(self, bld, node, tangents):
+        """The tangent of the branch taken (the condition is boolean: it has none)."""
+        _, ta, tb = tangents
+        zero = bld.scalar(0.0, node.outputs[0].type.dtype)
+        r = bld.op("Where", [node.inputs[0], zero if ta is None else ta, zero if tb is None else tb])
+        return [bld.expand(r, node.outputs[0].type.shape)]
+
+    def lower(self, k, node, ins, outs):
+        _broadcast_loop(k, ins, outs[0], lambda c, a, b: k.select(c.ne(0), a, b))
