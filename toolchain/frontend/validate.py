@@ -35,7 +35,8 @@ from ..ir import DTYPES, TensorType
 from ..ops import registry
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
-IMPORTER_OPS = {"Constant"}  # ops the importer takes itself (no op class)
+# ops the importer takes itself (no op class): control flow is inlined (frontend/control_flow.py)
+IMPORTER_OPS = {"Constant", "If", "Loop", "Scan"}
 ATTR = onnx.AttributeProto
 SUBGRAPH_ATTRS = (ATTR.GRAPH, ATTR.GRAPHS)
 # int attributes that are flags: any value but 0 or 1 is read differently by different
