@@ -259,3 +259,32 @@ def test_unsupported_op_inside_a_body_names_the_inner_node():
     m = model([node], [vi("x", F, [3, 1, 2])], [vi("o", TP.INT32, [3, 1, 1])])
     e = refused(m)
     assert e.node is not None and e.node.startswith("sc/") and "draw" in e.node
+
+
+def nested_loops(outer, inner):
+    """acc += x, inner times per outer iteration (the inner trip count an outer-scope initializer)."""
+    inner_body = helper.make_graph([helper.make_node("Add", ["a", "x"], ["a_out"]),
+                                    helper.make_node("Identity", ["ci"], ["co"])], "inner",
+                                   [vi("j", TP.INT64, []), vi("ci", TP.BOOL, []), vi("a", F, [3])],
+                                   [vi("co", TP.BOOL, []), vi("a_out", F, [3])])
+    outer_body = helper.make_graph([helper.make_node("Loop", ["N", "", "acc"], ["acc_in"], name="inner",
+                                                     body=inner_body),
+                                    helper.make_node("Neg", ["acc_in"], ["acc_out"]),
+                                    helper.make_node("Identity", ["cond_in"], ["cond_out"])], "outer",
+                                   [vi("i", TP.INT64, []), vi("cond_in", TP.BOOL, []), vi("acc", F, [3])],
+                                   [vi("cond_out", TP.BOOL, []), vi("acc_out", F, [3])])
+    nodes = [helper.make_node("Loop", ["M", "", "a0"], ["acc"], name="outer", body=outer_body)]
+    inits = [helper.make_tensor("M", TP.INT64, [], [outer]), helper.make_tensor("N", TP.INT64, [], [inner])]
+    return model(nodes, [vi("x", F, [3]), vi("a0", F, [3])], [vi("acc", F, [3])], inits)
+
+
+def test_nested_loops(workdir):
+    check(nested_loops(3, 4), loop_feeds(), workdir=workdir)
+
+
+def test_nested_loops_share_the_outermost_unroll_budget():
+    """50 x 30 two-node inner bodies: each inner loop (60 nodes) and the outer one (150)
+    are small, the 3,000 nodes they unroll into are not."""
+    e = refused(nested_loops(50, 30), UnsupportedError)
+    assert e.op == "Loop" and e.node.startswith("outer/") and "inner" in e.node
+    assert "inside the unrolled 'outer'" in str(e) and str(UNROLL_LIMIT) in str(e)

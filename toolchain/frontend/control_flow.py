@@ -23,11 +23,15 @@ holding control flow of its own goes through the same recursion.
   directions). Scan-8 (opset 8: a batch axis first, optional sequence_lens) unrolls per
   batch item and stacks the items.
 
-Unrolling is bounded: iterations x the body's nodes (nested subgraphs' nodes counted)
-must stay within UNROLL_LIMIT; past it the node is refused (a loop in generated code is
-not supported).
+Unrolling is bounded: the nodes an outermost Loop or Scan unrolls into (iterations x
+its body's nodes, an If's branches counted; a nested Loop or Scan counts as one node and
+charges its own unrolled nodes, every time it is unrolled, to the same budget) must stay
+within UNROLL_LIMIT, checked before each unrolling; past it the node is refused (a loop
+in generated code is not supported).
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import onnx
@@ -53,8 +57,10 @@ def inline(imp, proto: onnx.NodeProto, name: str, env: dict[str, Value]):
 
 
 def body_size(graph: onnx.GraphProto) -> int:
-    """Nodes in `graph`, its nested subgraphs' nodes included."""
-    return sum(1 + sum(body_size(s) for s in _subgraphs(n)) for n in graph.node)
+    """Nodes in `graph`, with an If's branches' nodes (a nested Loop or Scan is one node:
+    it charges its own unrolling)."""
+    return sum(1 + (sum(body_size(s) for s in _subgraphs(n)) if n.op_type not in ("Loop", "Scan") else 0)
+               for n in graph.node)
 
 
 def _subgraphs(node: onnx.NodeProto):
@@ -129,12 +135,24 @@ class _Ctx:
             outs.append(scope[vi.name])
         return outs
 
-    def check_size(self, trips: int, body: onnx.GraphProto, what: str):
+    @contextlib.contextmanager
+    def unrolled(self, trips: int, body: onnx.GraphProto, what: str):
+        """Unrolling `body` `trips` times, charged to the budget of the outermost Loop or
+        Scan being unrolled (which this one opens when it is the outermost)."""
         n = body_size(body)
-        if trips * n > UNROLL_LIMIT:
-            raise self.unsupported(f"unrolling {what} {trips} times over a {n}-node body makes {trips * n} nodes, "
-                                   f"over the limit of {UNROLL_LIMIT} (iterations x body nodes); a loop in "
-                                   f"generated code is not supported")
+        outer = getattr(self.imp, "unrolling", None)
+        budget = outer or [self.name, 0]
+        budget[1] += trips * n
+        if budget[1] > UNROLL_LIMIT:
+            within = f" (inside the unrolled '{outer[0]}': {budget[1]} nodes in all)" if outer else ""
+            raise self.unsupported(f"unrolling {what} {trips} times over a {n}-node body makes {trips * n} nodes"
+                                   f"{within}, over the limit of {UNROLL_LIMIT} (iterations x body nodes); a loop "
+                                   f"in generated code is not supported")
+        self.imp.unrolling = budget
+        try:
+            yield
+        finally:
+            self.imp.unrolling = outer
 
     def stack(self, vals: list[Value], axis: int, tag: str) -> Value:
         """The values (of one type) stacked along a new axis `axis`."""
@@ -209,19 +227,19 @@ def _loop(imp, proto, name, env) -> list[Value]:
     if len(body.input) != 2 + n or len(body.output) < 1 + n:
         raise c.invalid(f"the body has {len(body.input)} inputs and {len(body.output)} outputs for {n} "
                         f"loop-carried values")
-    c.check_size(trips, body, "the loop")
     scans: list[list[Value]] = [[] for _ in body.output[1 + n:]]
     state = carried
-    for t in range(trips):
-        outs = c.run(body, [_counter(c, body.input[0], t), _counter(c, body.input[1], True), *state], str(t))
-        state = outs[1:1 + n]
-        for k, v in enumerate(outs[1 + n:]):
-            scans[k].append(v)
-        if not outs[0].is_const:
-            raise c.unsupported(f"the body's condition output is computed at run time (iteration {t}): "
-                                f"data-dependent termination is not supported")
-        if not bool(_scalar(outs[0])):
-            break
+    with c.unrolled(trips, body, "the loop"):
+        for t in range(trips):
+            outs = c.run(body, [_counter(c, body.input[0], t), _counter(c, body.input[1], True), *state], str(t))
+            state = outs[1:1 + n]
+            for k, v in enumerate(outs[1 + n:]):
+                scans[k].append(v)
+            if not outs[0].is_const:
+                raise c.unsupported(f"the body's condition output is computed at run time (iteration {t}): "
+                                    f"data-dependent termination is not supported")
+            if not bool(_scalar(outs[0])):
+                break
     return state + [c.stack(v, 0, f"scan{k}") if v else c.empty(body.output[1 + n + k], 0, f"scan{k}")
                     for k, v in enumerate(scans)]
 
@@ -278,14 +296,14 @@ def _scan8(c: _Ctx, body, n_scan) -> list[Value]:
     if lens is not None and (not lens.is_const or (np.asarray(lens.data) != length).any()):
         raise c.unsupported(f"sequence_lens must be a compile-time constant equal to the sequence length "
                             f"{length} for every item (ragged sequences are not supported)")
-    c.check_size(batch * length, body, "the scan (batch x sequence)")
     k = len(body.output) - n_state
     items = []
-    for b in range(batch):
-        idx = c.const(f"item{b}", np.array(b, np.int64))
-        sliced = [c.emit("Gather", f"item{b}_in{i}", [v, idx], axis=0) for i, v in enumerate(ins)]
-        items.append(_unroll(c, body, sliced[:n_state], sliced[n_state:], [0] * n_scan, dirs, [0] * k, [0] * k,
-                             f"b{b}/"))
+    with c.unrolled(batch * length, body, "the scan (batch x sequence)"):
+        for b in range(batch):
+            idx = c.const(f"item{b}", np.array(b, np.int64))
+            sliced = [c.emit("Gather", f"item{b}_in{i}", [v, idx], axis=0) for i, v in enumerate(ins)]
+            items.append(_unroll(c, body, sliced[:n_state], sliced[n_state:], [0] * n_scan, dirs, [0] * k,
+                                 [0] * k, f"b{b}/"))
     return [c.stack([it[j] for it in items], 0, f"batch{j}") for j in range(len(body.output))]
 
 
@@ -304,18 +322,18 @@ def _unroll(c: _Ctx, body, state, xs, in_axes, in_dirs, out_axes, out_dirs, pref
     if len(lengths) != 1:
         raise c.invalid(f"the scan inputs' sequence lengths differ: {sorted(lengths)}")
     length = lengths.pop()
-    if not prefix:
-        c.check_size(length, body, "the scan")
     scans: list[list[Value]] = [[] for _ in body.output[n_state:]]
-    for t in range(length):
-        elems = []
-        for i, (x, a, d) in enumerate(zip(xs, axes, in_dirs)):
-            idx = c.const(f"t{t if d == 0 else length - 1 - t}", np.array(t if d == 0 else length - 1 - t, np.int64))
-            elems.append(c.emit("Gather", f"{prefix}{t}_in{i}", [x, idx], axis=a))
-        outs = c.run(body, [*state, *elems], f"{prefix}{t}")
-        state = outs[:n_state]
-        for k, v in enumerate(outs[n_state:]):
-            scans[k].append(v)
+    with contextlib.nullcontext() if prefix else c.unrolled(length, body, "the scan"):  # Scan-8 charged per batch
+        for t in range(length):
+            elems = []
+            for i, (x, a, d) in enumerate(zip(xs, axes, in_dirs)):
+                at = t if d == 0 else length - 1 - t
+                elems.append(c.emit("Gather", f"{prefix}{t}_in{i}", [x, c.const(f"t{at}", np.array(at, np.int64))],
+                                    axis=a))
+            outs = c.run(body, [*state, *elems], f"{prefix}{t}")
+            state = outs[:n_state]
+            for k, v in enumerate(outs[n_state:]):
+                scans[k].append(v)
     results = list(state)
     for k, (vals, a, d) in enumerate(zip(scans, out_axes, out_dirs)):
         tag = f"{prefix}scan{k}"
