@@ -288,3 +288,23 @@ def test_nested_loops_share_the_outermost_unroll_budget():
     e = refused(nested_loops(50, 30), UnsupportedError)
     assert e.op == "Loop" and e.node.startswith("outer/") and "inner" in e.node
     assert "inside the unrolled 'outer'" in str(e) and str(UNROLL_LIMIT) in str(e)
+
+
+def test_unrolled_loop_and_selected_if_on_every_target(target, workdir):
+    """The dataflow control flow becomes (Gather, Reshape, Concat, Where on a 0-d bool)
+    runs on each target: a Scan whose body holds an If on data."""
+    br = lambda op, out: helper.make_graph([helper.make_node(op, ["s", "e"], [out])], op, [],  # noqa: E731
+                                           [vi(out, F, [4])])
+    body = helper.make_graph(
+        [helper.make_node("ReduceSum", ["e"], ["tot"], keepdims=0), const("z", np.float32(0)),
+         helper.make_node("Greater", ["tot", "z"], ["pos"]),
+         helper.make_node("If", ["pos"], ["so"], name="pick", then_branch=br("Add", "pa"), else_branch=br("Max", "pm")),
+         helper.make_node("Mul", ["so", "e"], ["y"])],
+        "body", [vi("s", F, [4]), vi("e", F, [4])], [vi("so", F, [4]), vi("y", F, [4])])
+    node = helper.make_node("Scan", ["s0", "x"], ["sf", "ys"], name="scan", body=body, num_scan_inputs=1,
+                            scan_output_axes=[1])
+    m = model([node], [vi("s0", F, [4]), vi("x", F, [5, 4])], [vi("sf", F, [4]), vi("ys", F, [4, 5])])
+    feeds = {"s0": RNG.standard_normal(4).astype(np.float32), "x": RNG.standard_normal((5, 4)).astype(np.float32)}
+    got, _, _ = compile_and_run(m, target, feeds, workdir)
+    for j, (g, w) in enumerate(zip(got, onnxruntime_outputs(m, feeds))):
+        assert_close(g, w, what=f"{target} output {j}")
