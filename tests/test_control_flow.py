@@ -162,6 +162,34 @@ def test_loop_body_condition_known_each_iteration_stops_it(workdir):
     check(loop_model(10, body, scan_len=3), loop_feeds(), workdir=workdir)
 
 
+def while_model(m_value, stop_after=2):
+    """M (absent when m_value is None), cond a constant true, the body's condition i < stop_after."""
+    extra = [const("lim", np.int64(stop_after)), helper.make_node("Less", ["i", "lim"], ["cond_out"])]
+    inits = [helper.make_tensor("go", TP.BOOL, [], [True])]
+    if m_value is not None:
+        inits.append(helper.make_tensor("M", TP.INT64, [], [m_value]))
+    nodes = [helper.make_node("Loop", ["M" if m_value is not None else "", "go", "a0"], ["acc", "scan"], name="loop",
+                              body=loop_body(extra, cond_out=None))]
+    return model(nodes, [vi("x", F, [3]), vi("a0", F, [3])],
+                 [vi("acc", F, [3]), vi("scan", F, [stop_after + 1, 3])], inits)
+
+
+def test_while_loops_whose_condition_is_known_each_iteration(workdir):
+    """No trip count, or 2**63 - 1 of them: the loop runs until i < 2 turns false."""
+    for m_value in (None, np.iinfo(np.int64).max):
+        check(while_model(m_value), loop_feeds(), workdir=workdir)
+
+
+def test_loop_that_never_stops_is_refused():
+    e = refused(while_model(None, stop_after=10 ** 6), UnsupportedError)
+    assert e.node == "loop" and "until its condition turns false" in str(e) and str(UNROLL_LIMIT) in str(e)
+    body = loop_body()
+    m = model([helper.make_node("Loop", ["", "", "a0"], ["acc", "scan"], name="loop", body=body)],
+              [vi("x", F, [3]), vi("a0", F, [3])], [vi("acc", F, [3]), vi("scan", F, [1, 3])])
+    e = refused(m, UnsupportedError)
+    assert e.node == "loop" and "infinite loop" in str(e)
+
+
 def test_loop_with_a_run_time_trip_count_or_condition_is_refused():
     e = refused(loop_model(4, m_input=True), UnsupportedError)
     assert e.node == "loop" and e.op == "Loop" and "trip count" in str(e) and "compile-time constant" in str(e)

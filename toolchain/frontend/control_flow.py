@@ -12,8 +12,9 @@ holding control flow of its own goes through the same recursion.
   condition computed at run time imports both branches and selects each output with
   Where (both branches are computed), when the branches' outputs have the same types and
   shapes; otherwise the If is refused.
-- Loop: a trip count M known at compile time, with a condition that is absent or a
-  constant (and a body whose condition output is a constant each iteration), is unrolled:
+- Loop: a trip count M known at compile time (or none: a while loop), with a condition
+  that is absent or a constant and a body whose condition output is a constant each
+  iteration (it may stop the loop early), is unrolled:
   the loop-carried values are threaded from one iteration's body to the next, each scan
   output is the iterations' values stacked (Reshape + Concat on axis 0). A run-time trip
   count or condition (data-dependent termination) is refused.
@@ -26,12 +27,14 @@ holding control flow of its own goes through the same recursion.
 Unrolling is bounded: the nodes an outermost Loop or Scan unrolls into (iterations x
 its body's nodes, an If's branches counted; a nested Loop or Scan counts as one node and
 charges its own unrolled nodes, every time it is unrolled, to the same budget) must stay
-within UNROLL_LIMIT, checked before each unrolling; past it the node is refused (a loop
-in generated code is not supported).
+within UNROLL_LIMIT, checked before a Scan unrolls and at each iteration of a Loop (which
+may stop early: a trip count of 2**63-1 with a condition that turns false is a while
+loop); past it the node is refused (a loop in generated code is not supported).
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import numpy as np
 import onnx
@@ -136,21 +139,30 @@ class _Ctx:
         return outs
 
     @contextlib.contextmanager
-    def unrolled(self, trips: int, body: onnx.GraphProto, what: str):
-        """Unrolling `body` `trips` times, charged to the budget of the outermost Loop or
-        Scan being unrolled (which this one opens when it is the outermost)."""
+    def unrolled(self, trips: int | None, body: onnx.GraphProto, what: str, lazy: bool = False):
+        """Unrolling `body` `trips` times (None: until its condition output turns false),
+        charged to the budget of the outermost Loop or Scan being unrolled (which this one
+        opens when it is the outermost): all at once, or (lazy) one iteration at a time
+        through the function it yields, so a loop that stops early is charged only for the
+        iterations it runs."""
         n = body_size(body)
         outer = getattr(self.imp, "unrolling", None)
         budget = outer or [self.name, 0]
-        budget[1] += trips * n
-        if budget[1] > UNROLL_LIMIT:
-            within = f" (inside the unrolled '{outer[0]}': {budget[1]} nodes in all)" if outer else ""
-            raise self.unsupported(f"unrolling {what} {trips} times over a {n}-node body makes {trips * n} nodes"
-                                   f"{within}, over the limit of {UNROLL_LIMIT} (iterations x body nodes); a loop "
-                                   f"in generated code is not supported")
+
+        def charge(nodes):
+            budget[1] += nodes
+            if budget[1] > UNROLL_LIMIT:
+                within = f" (inside the unrolled '{outer[0]}': over {UNROLL_LIMIT} nodes in all)" if outer else ""
+                count = f"{trips} times" if trips is not None else "until its condition turns false"
+                made = f"makes {trips * n} nodes" if trips is not None else f"goes past {UNROLL_LIMIT} nodes"
+                raise self.unsupported(f"unrolling {what} {count} over a {n}-node body {made}{within}, over the "
+                                       f"limit of {UNROLL_LIMIT} (iterations x body nodes); a loop in generated "
+                                       f"code is not supported")
+        if not lazy:
+            charge(trips * n)
         self.imp.unrolling = budget
         try:
-            yield
+            yield (lambda: charge(n)) if lazy else (lambda: None)
         finally:
             self.imp.unrolling = outer
 
@@ -213,24 +225,27 @@ def _loop(imp, proto, name, env) -> list[Value]:
     c = _Ctx(imp, proto, name, env)
     body = c.graph("body")
     m, cond, carried = c.input(0), c.input(1), c.inputs(2)
-    if m is None:
-        raise c.unsupported("no trip count: the loop runs until its condition turns false (data-dependent "
-                            "termination is not supported; only a trip count known at compile time is)")
-    if not m.is_const:
+    if m is None and cond is None:
+        raise c.unsupported("neither a trip count nor a condition: an infinite loop is not supported")
+    if m is not None and not m.is_const:
         raise c.unsupported("the trip count M (input 0) must be a compile-time constant: the loop is unrolled, "
                             "and a trip count computed at run time is not supported")
     if cond is not None and not cond.is_const:
         raise c.unsupported("the loop condition is computed at run time (data-dependent termination is not "
                             "supported; only a constant condition is)")
-    trips = max(int(_scalar(m)), 0) if cond is None or bool(_scalar(cond)) else 0
+    # no M: until the condition output (a constant each iteration) turns false
+    trips = None if m is None else max(int(_scalar(m)), 0)
+    if cond is not None and not bool(_scalar(cond)):
+        trips = 0
     n = len(carried)
     if len(body.input) != 2 + n or len(body.output) < 1 + n:
         raise c.invalid(f"the body has {len(body.input)} inputs and {len(body.output)} outputs for {n} "
                         f"loop-carried values")
     scans: list[list[Value]] = [[] for _ in body.output[1 + n:]]
     state = carried
-    with c.unrolled(trips, body, "the loop"):
-        for t in range(trips):
+    with c.unrolled(trips, body, "the loop", lazy=True) as charge:
+        for t in itertools.count() if trips is None else range(trips):
+            charge()
             outs = c.run(body, [_counter(c, body.input[0], t), _counter(c, body.input[1], True), *state], str(t))
             state = outs[1:1 + n]
             for k, v in enumerate(outs[1 + n:]):
