@@ -336,3 +336,15 @@ def test_unrolled_loop_and_selected_if_on_every_target(target, workdir):
     got, _, _ = compile_and_run(m, target, feeds, workdir)
     for j, (g, w) in enumerate(zip(got, onnxruntime_outputs(m, feeds))):
         assert_close(g, w, what=f"{target} output {j}")
+
+
+def test_unsupported_ops_in_every_subgraph_are_listed_at_once():
+    """Validation walks the subgraphs: both bodies' unsupported ops in one error, named as
+    the importer names them."""
+    def branch(op, out):
+        return helper.make_graph([helper.make_node(op, ["x"], [out], name=f"n_{op}")], op, [], [vi(out, F, [2])])
+    m = model([helper.make_node("If", ["c"], ["y"], name="iff", then_branch=branch("Multinomial", "a"),
+                                else_branch=branch("NonZero", "b"))],
+              [vi("c", TP.BOOL, []), vi("x", F, [1, 2])], [vi("y", F, [2])])
+    e = refused(m, UnsupportedError)
+    assert "2 problems" in str(e) and "'iff/then/n_Multinomial'" in str(e) and "'iff/else/n_NonZero'" in str(e)
