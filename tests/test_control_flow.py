@@ -348,3 +348,41 @@ def test_unsupported_ops_in_every_subgraph_are_listed_at_once():
               [vi("c", TP.BOOL, []), vi("x", F, [1, 2])], [vi("y", F, [2])])
     e = refused(m, UnsupportedError)
     assert "2 problems" in str(e) and "'iff/then/n_Multinomial'" in str(e) and "'iff/else/n_NonZero'" in str(e)
+
+
+# -- bounded batch (--dim N<=4) -----------------------------------------------------------
+def batched_scan(opset):
+    """A Scan whose inputs carry a batch N on axis 0: Scan-9+ scans axis 1 (item-wise);
+    Scan-8 scans per batch item, so its unrolled structure depends on N."""
+    per = ["N", 3] if opset > 8 else [3]
+    body = helper.make_graph([helper.make_node("Add", ["s", "e"], ["so"]), helper.make_node("Tanh", ["so"], ["y"])],
+                             "b", [vi("s", F, per), vi("e", F, per)], [vi("so", F, per), vi("y", F, per)])
+    ins = ["s0", "x"] if opset > 8 else ["", "s0", "x"]
+    axes = dict(scan_input_axes=[1], scan_output_axes=[1]) if opset > 8 else {}
+    node = helper.make_node("Scan", ins, ["sf", "ys"], name="scan", body=body, num_scan_inputs=1, **axes)
+    return model([node], [vi("s0", F, ["N", 3]), vi("x", F, ["N", 4, 3])],
+                 [vi("sf", F, ["N", 3]), vi("ys", F, ["N", 4, 3])], opset=opset)
+
+
+def test_unrolled_scan_under_a_bounded_batch(workdir):
+    from toolchain.compiler import build
+    from toolchain.harness.runner import link_harness, run_model
+    from toolchain.targets import get_profile
+
+    m = batched_scan(16)
+    path = workdir / "batched_scan.onnx"
+    onnx.save(m, path)
+    out = workdir / "bounded-scan"
+    build(path, HOST, "model", out, dims={"N": (1, 4)})
+    profile = get_profile(HOST)
+    exe = link_harness(out, "model", profile)
+    for n in (1, 3):
+        f = {"s0": RNG.standard_normal((n, 3)).astype(np.float32),
+             "x": RNG.standard_normal((n, 4, 3)).astype(np.float32)}
+        got = run_model(exe, profile, [f["s0"], f["x"]], [(np.float32, (n, 3)), (np.float32, (n, 4, 3))],
+                        env={"EDGEC_DIMS": str(n)}).outputs
+        for j, (g, w) in enumerate(zip(got, onnxruntime_outputs(m, f))):
+            assert_close(g, w, what=f"N={n} output {j}")
+    from toolchain.frontend.batching import import_batched
+    with pytest.raises(UnsupportedError, match="different structure"):
+        import_batched(batched_scan(8), "m", {"N": (1, 4)})
