@@ -386,3 +386,41 @@ def test_unrolled_scan_under_a_bounded_batch(workdir):
     from toolchain.frontend.batching import import_batched
     with pytest.raises(UnsupportedError, match="different structure"):
         import_batched(batched_scan(8), "m", {"N": (1, 4)})
+
+
+def guarded_if(op, divisor=None):
+    """If (c) then x op d else x on int32 values, c a run-time condition: d != 0 for a
+    run-time d, a bool input beside a constant d."""
+    then_g = helper.make_graph([helper.make_node(op, ["x", "d"], ["t"])], "then", [], [vi("t", TP.INT32, [3])])
+    else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [], [vi("e", TP.INT32, [3])])
+    nodes = [helper.make_node("If", ["c"], ["y"], name="guard", then_branch=then_g, else_branch=else_g)]
+    if divisor is None:
+        nodes[:0] = [const("z", np.int32(0)), helper.make_node("Equal", ["d", "z"], ["dz"]),
+                     helper.make_node("Not", ["dz"], ["c"])]
+        return model(nodes, [vi("x", TP.INT32, [3]), vi("d", TP.INT32, [])], [vi("y", TP.INT32, [3])])
+    return model(nodes, [vi("x", TP.INT32, [3]), vi("c", TP.BOOL, [])], [vi("y", TP.INT32, [3])],
+                 [helper.make_tensor("d", TP.INT32, [], [divisor])])
+
+
+def test_run_time_if_guarding_an_integer_division_is_refused():
+    """Both branches run: x / d with d == 0 would trap where the If would not."""
+    for op in ("Div", "Mod"):
+        e = refused(guarded_if(op), UnsupportedError)
+        assert e.node == "guard" and e.op == "If" and f"({op})" in str(e) and "then branch" in str(e)
+        assert "zero" in str(e)
+
+
+def test_run_time_if_dividing_by_a_nonzero_constant_runs(workdir):
+    m = guarded_if("Div", divisor=3)
+    check(m, {"x": np.int32([7, -8, 9]), "c": np.array(True)}, {"x": np.int32([0, 5, -6]), "c": np.array(False)},
+          workdir=workdir)
+
+
+def test_run_time_if_gathering_at_run_time_indices_is_refused():
+    then_g = helper.make_graph([helper.make_node("Gather", ["x", "i"], ["t"])], "then", [], [vi("t", F, [])])
+    else_g = helper.make_graph([const("e", np.float32(0))], "else", [], [vi("e", F, [])])
+    nodes = [const("n", np.int64(4)), helper.make_node("Less", ["i", "n"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], name="bounds", then_branch=then_g, else_branch=else_g)]
+    m = model(nodes, [vi("x", F, [4]), vi("i", TP.INT64, [])], [vi("y", F, [])])
+    e = refused(m, UnsupportedError)
+    assert e.node == "bounds" and "(Gather)" in str(e) and "indices computed at run time" in str(e)

@@ -11,7 +11,9 @@ holding control flow of its own goes through the same recursion.
   of an expanded function is often a shape test) imports the taken branch only. A
   condition computed at run time imports both branches and selects each output with
   Where (both branches are computed), when the branches' outputs have the same types and
-  shapes; otherwise the If is refused.
+  shapes and no node of either branch may fault on values the condition rules out (an
+  integer division by a run-time divisor, a Gather at run-time indices); otherwise the If
+  is refused.
 - Loop: a trip count M known at compile time (or none: a while loop), with a condition
   that is absent or a constant and a body whose condition output is a constant each
   iteration (it may stop the loop early), is unrolled:
@@ -206,7 +208,17 @@ def _if(imp, proto, name, env) -> list[Value]:
     if cond.is_const:
         taken = bool(_scalar(cond))
         return c.run(then_g if taken else else_g, [], "then" if taken else "else")
-    t, e = c.run(then_g, [], "then"), c.run(else_g, [], "else")
+    start = len(imp.g.nodes)
+    t = c.run(then_g, [], "then")
+    middle = len(imp.g.nodes)
+    e = c.run(else_g, [], "else")
+    for branch, nodes in (("then", imp.g.nodes[start:middle]), ("else", imp.g.nodes[middle:])):
+        for node in nodes:
+            why = _unsafe_to_speculate(node)
+            if why:
+                raise c.unsupported(f"the condition is computed at run time, so both branches are computed, and "
+                                    f"node '{node.name}' ({node.op}) of the {branch} branch {why}: computing it "
+                                    f"when its branch is not taken is not supported")
     if len(t) != len(e):
         raise c.invalid(f"the then branch has {len(t)} outputs, the else branch {len(e)}")
     for k, (a, b) in enumerate(zip(t, e)):
@@ -218,6 +230,18 @@ def _if(imp, proto, name, env) -> list[Value]:
     if cond.type.shape != ():
         cond = c.emit("Reshape", "cond", [cond, c.const("scalar", np.zeros(0, np.int64))])
     return [a if a is b else c.emit("Where", f"select{k}", [cond, a, b]) for k, (a, b) in enumerate(zip(t, e))]
+
+
+def _unsafe_to_speculate(node) -> str | None:
+    """Why a node computed at run time may fault on values its If's condition rules out
+    (both branches of a run-time If are computed), or None."""
+    if node.op in ("Div", "Mod") and node.outputs[0].type.dtype not in ("float32", "float64", "float16"):
+        d = node.inputs[1]
+        if not (d.is_const and np.asarray(d.data).all()):
+            return "divides integers by a value that may be zero (a trap)"
+    if node.op == "Gather" and not node.inputs[1].is_const:
+        return "reads at indices computed at run time (out of range, it reads outside its input)"
+    return None
 
 
 # -- Loop -------------------------------------------------------------------------------
