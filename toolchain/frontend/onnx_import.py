@@ -3,7 +3,8 @@
 Nodes are imported in topological order; each is canonicalized by its op and typed by
 its shape rule at once, and a node whose inputs are all constants is evaluated right
 away (shape arithmetic such as Shape -> Gather -> Concat -> Reshape must be known
-before the Reshape can be typed).
+before the Reshape can be typed). If, Loop and Scan are inlined as they are met
+(frontend/control_flow.py): their subgraphs' nodes go through the same Importer.
 """
 from __future__ import annotations
 
@@ -255,7 +256,8 @@ def _attr(a: onnx.AttributeProto, g: Graph):
     if a.type == T.STRINGS:
         return [s.decode() for s in a.strings]
     if a.type == T.GRAPH:
-        raise UnsupportedError(f"attribute '{a.name}' holds a subgraph (control flow is not supported)")
+        raise UnsupportedError(f"attribute '{a.name}' holds a subgraph (only If, Loop and Scan take subgraphs: "
+                               f"frontend/control_flow.py; this op's is not supported)")
     raise UnsupportedError(f"attribute '{a.name}' has unsupported type {a.type}")
 
 
