@@ -3,7 +3,8 @@
 Nodes are imported in topological order; each is canonicalized by its op and typed by
 its shape rule at once, and a node whose inputs are all constants is evaluated right
 away (shape arithmetic such as Shape -> Gather -> Concat -> Reshape must be known
-before the Reshape can be typed).
+before the Reshape can be typed). If, Loop and Scan are inlined as they are met
+(frontend/control_flow.py): their subgraphs' nodes go through the same Importer.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..errors import CompileError, InvalidModelError, UnsupportedError
 from ..ir import DTYPES, Graph, TensorType, Value
 from ..ops import registry
 from ..passes.fold import fold_node
+from . import control_flow
 from .binding import bindable_inputs
 from .float16 import Float16, refuse_computed_float16
 from .validate import check_declared_types, validate_model
@@ -82,17 +84,69 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         onnx_names[id(v)] = vi.name
         env[vi.name] = v
 
-    # names something reads: an optional output nobody reads may be left unproduced
-    read = {x for n in onnx_graph.node for x in n.input} | {o.name for o in onnx_graph.output}
-    for i, proto in enumerate(onnx_graph.node):
-        node_name = proto.name or f"{proto.op_type}_{i}"
+    Importer(g, opset, half, onnx_names).nodes(onnx_graph, env)
+
+    for vi in onnx_graph.output:
+        if vi.name not in env:
+            raise InvalidModelError(f"graph output '{vi.name}' is not produced by any node")
+        g.outputs.append(env[vi.name])
+    if not g.outputs:
+        raise InvalidModelError("the model has no outputs")
+    check_declared_types(list(onnx_graph.output), [v.type for v in g.outputs])
+    # intermediate tensors' declared types (value_info) too, where the tensor still exists
+    known = [vi for vi in onnx_graph.value_info if vi.name in env and env[vi.name].type is not None]
+    check_declared_types(known, [env[vi.name].type for vi in known], what="tensor")
+    g.output_names = [vi.name for vi in onnx_graph.output]
+    return g
+
+
+def reads(graph: onnx.GraphProto) -> set[str]:
+    """Every name a node of `graph` (or of a subgraph nested in it) reads, and its outputs."""
+    names = {o.name for o in graph.output}
+    for n in graph.node:
+        names.update(n.input)
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                names |= reads(sub)
+    return names
+
+
+class Importer:
+    """Imports nodes into one graph: each canonicalized, typed, folded when it can be. A
+    control-flow node (frontend/control_flow.py) imports its subgraphs' nodes through it."""
+
+    def __init__(self, g: Graph, opset: int, half: Float16, onnx_names: dict):
+        self.g, self.opset, self.half = g, opset, half
+        self.onnx_names = onnx_names  # id(graph input) -> its name in the model (for --bind hints)
+
+    def nodes(self, graph: onnx.GraphProto, env: dict[str, Value], prefix: str = ""):
+        """Imports the nodes of `graph` (the model's, or a subgraph's with its inputs and the
+        outer scope in `env`); binds each output name in `env`."""
+        read = reads(graph)  # an optional output nobody reads may be left unproduced
+        for i, proto in enumerate(graph.node):
+            self.node(proto, prefix + (proto.name or f"{proto.op_type}_{i}"), env, read)
+
+    def emit(self, op_type: str, name: str, inputs: list, attrs: dict, source: str) -> list[Value]:
+        """A node the compiler makes (a Where selecting an If's result, an unrolled loop's
+        Concat), through the same path as a model's node; returns its outputs."""
+        env = {f"in{k}": v for k, v in enumerate(inputs)}
+        proto = helper.make_node(op_type, list(env), [f"{name}_out"], name=name, **attrs)
+        self.node(proto, name, env, set(proto.output), source=source)
+        return [env[f"{name}_out"]]
+
+    def node(self, proto: onnx.NodeProto, node_name: str, env: dict[str, Value], read: set[str],
+             source: str | None = None):
+        g, opset, half = self.g, self.opset, self.half
         if proto.domain not in ("", "ai.onnx"):
             raise UnsupportedError(f"unsupported op domain '{proto.domain}'", node=node_name, op=proto.op_type)
+        if proto.op_type in control_flow.OPS:
+            control_flow.inline(self, proto, node_name, env)
+            return
         attrs = {a.name: _attr(a, g) for a in proto.attribute}
         _check_inference_only(proto, env, node_name)
         if proto.op_type == "Constant":
             env[proto.output[0]] = g.const(proto.output[0], _constant_value(attrs, node_name))
-            continue
+            return
         op = registry.onnx(proto.op_type, node=node_name)
         for key in op.dtype_attrs:
             if isinstance(attrs.get(key), int):
@@ -109,14 +163,14 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         before = half.widen(proto.op_type, node_name, inputs)
         outputs = [Value(g.unique(o or f"{node_name}_unused{j}"), None) for j, o in enumerate(proto.output)]
         node = g.add_node(proto.op_type, node_name, inputs, outputs, attrs)
-        node.sources = (node_name,)
+        node.sources = (source or node_name,)
         try:
             op.canonicalize(node, opset)
             types = op.infer(node)
             known = op.constant_outputs(node, opset) if len(types) < len(node.outputs) else {}
         except CompileError as e:
             raise _suggest_bind(e.at(node.name, node.op), getattr(e, "operand", None), proto, env, g,
-                                onnx_names) from None
+                                self.onnx_names) from None
         except (KeyError, IndexError, ValueError, TypeError) as e:
             raise InvalidModelError(f"malformed node: {type(e).__name__}: {e}", node=node.name, op=node.op) from e
         if len(types) < len(node.outputs):
@@ -136,19 +190,6 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         for j, data in known.items():  # outputs known whatever the inputs (op.constant_outputs)
             if proto.output[j]:
                 env[proto.output[j]] = g.const(proto.output[j], data)
-
-    for vi in onnx_graph.output:
-        if vi.name not in env:
-            raise InvalidModelError(f"graph output '{vi.name}' is not produced by any node")
-        g.outputs.append(env[vi.name])
-    if not g.outputs:
-        raise InvalidModelError("the model has no outputs")
-    check_declared_types(list(onnx_graph.output), [v.type for v in g.outputs])
-    # intermediate tensors' declared types (value_info) too, where the tensor still exists
-    known = [vi for vi in onnx_graph.value_info if vi.name in env and env[vi.name].type is not None]
-    check_declared_types(known, [env[vi.name].type for vi in known], what="tensor")
-    g.output_names = [vi.name for vi in onnx_graph.output]
-    return g
 
 
 def _suggest_bind(e: CompileError, operand: int | None, proto, env: dict, g: Graph, names: dict) -> CompileError:
@@ -237,7 +278,8 @@ def _attr(a: onnx.AttributeProto, g: Graph):
     if a.type == T.STRINGS:
         return [s.decode() for s in a.strings]
     if a.type == T.GRAPH:
-        raise UnsupportedError(f"attribute '{a.name}' holds a subgraph (control flow is not supported)")
+        raise UnsupportedError(f"attribute '{a.name}' holds a subgraph (only If, Loop and Scan take subgraphs: "
+                               f"frontend/control_flow.py; this op's is not supported)")
     raise UnsupportedError(f"attribute '{a.name}' has unsupported type {a.type}")
 
 

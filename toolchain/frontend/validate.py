@@ -5,7 +5,7 @@ different network.
 finds in ONE error (InvalidModelError when any problem is the model's fault, else
 UnsupportedError):
 
-- each node against its op's schema for the model's opset imports (onnx.checker.check_node:
+- each node (a subgraph's too: If branches, Loop and Scan bodies) against its op's schema for the model's opset imports (onnx.checker.check_node:
   unknown or misspelled attributes, wrong attribute types, input/output counts); an op that
   is no ONNX operator at all (the compiler's internal `edgec.Copy`, or `Copy`) says so;
 - ops, op domains and element types this compiler does not support, all listed at once;
@@ -35,7 +35,8 @@ from ..ir import DTYPES, TensorType
 from ..ops import registry
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
-IMPORTER_OPS = {"Constant"}  # ops the importer takes itself (no op class)
+# ops the importer takes itself (no op class): control flow is inlined (frontend/control_flow.py)
+IMPORTER_OPS = {"Constant", "If", "Loop", "Scan"}
 ATTR = onnx.AttributeProto
 SUBGRAPH_ATTRS = (ATTR.GRAPH, ATTR.GRAPHS)
 # int attributes that are flags: any value but 0 or 1 is read differently by different
@@ -105,8 +106,8 @@ def _check_nodes(model: onnx.ModelProto, p: Problems):
     ctx.ir_version = model.ir_version or onnx.IR_VERSION
     ctx.opset_imports = opsets
     unsupported_ops = False
-    for i, proto in enumerate(model.graph.node):
-        name, op = proto.name or f"{proto.op_type}_{i}", proto.op_type
+    for prefix, i, proto in _all_nodes(model.graph):
+        name, op = prefix + (proto.name or f"{proto.op_type}_{i}"), proto.op_type
         if proto.domain not in DEFAULT_DOMAINS:
             p.unsupported(f"unsupported op domain '{proto.domain}'", name, op)
             continue
@@ -141,6 +142,20 @@ def _check_nodes(model: onnx.ModelProto, p: Problems):
                 p.unsupported(f"attribute '{a.name}': unsupported element type {dtype_name(elem)}", name, op)
     if unsupported_ops:
         p.note = f" (`edgec ops` lists the {len(registry.names())} supported ops)"
+
+
+def _all_nodes(graph: onnx.GraphProto, prefix: str = ""):
+    """(name prefix, index, node) of every node, those of subgraphs (If branches, Loop and
+    Scan bodies) after the node holding them, prefixed with its name as the importer
+    names them (frontend/control_flow.py: `<node>/<branch or iteration>/<name>`; `...`
+    stands for the iteration)."""
+    for i, proto in enumerate(graph.node):
+        yield prefix, i, proto
+        name = prefix + (proto.name or f"{proto.op_type}_{i}")
+        for a in proto.attribute:
+            for sub in ([a.g] if a.type == ATTR.GRAPH else list(a.graphs)):
+                part = a.name.removesuffix("_branch") if proto.op_type == "If" else "..."
+                yield from _all_nodes(sub, f"{name}/{part}/")
 
 
 def _check_names(graph: onnx.GraphProto, p: Problems):
