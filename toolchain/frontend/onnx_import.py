@@ -18,6 +18,7 @@ from ..ir import DTYPES, Graph, TensorType, Value
 from ..ops import registry
 from ..passes.fold import fold_node
 from .float16 import Float16, refuse_computed_float16
+from .qoperator import attribute, expand
 from .validate import check_declared_types, validate_model
 
 # 6: the opset of older exporters (legacy broadcast), up to the newest the installed onnx
@@ -65,6 +66,14 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
     utf8_names(model)
     opset = _default_opset(model)
     validate_model(model, dims)
+    model, origin = expand(model, opset)  # QOperator ops -> QDQ (frontend/qoperator.py)
+    try:
+        return _convert(model, name, dims, opset, origin)
+    except CompileError as e:
+        raise attribute(e, origin) from None
+
+
+def _convert(model: onnx.ModelProto, name: str, dims, opset: int, origin: dict) -> Graph:
     g = Graph(name)
     env: dict[str, Value] = {}
     onnx_graph = model.graph
@@ -83,7 +92,7 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
     read = {x for n in onnx_graph.node for x in n.input} | {o.name for o in onnx_graph.output}
     for i, proto in enumerate(onnx_graph.node):
         node_name = proto.name or f"{proto.op_type}_{i}"
-        if proto.domain not in ("", "ai.onnx"):
+        if proto.domain not in ("", "ai.onnx"):  # (validate_model refused it already)
             raise UnsupportedError(f"unsupported op domain '{proto.domain}'", node=node_name, op=proto.op_type)
         attrs = {a.name: _attr(a, g) for a in proto.attribute}
         _check_inference_only(proto, env, node_name)
@@ -106,7 +115,7 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         before = half.widen(proto.op_type, node_name, inputs)
         outputs = [Value(g.unique(o or f"{node_name}_unused{j}"), None) for j, o in enumerate(proto.output)]
         node = g.add_node(proto.op_type, node_name, inputs, outputs, attrs)
-        node.sources = (node_name,)
+        node.sources = (origin[node_name][0] if node_name in origin else node_name,)
         try:
             op.canonicalize(node, opset)
             types = op.infer(node)

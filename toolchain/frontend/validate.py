@@ -33,6 +33,7 @@ from onnx import helper
 from ..errors import InvalidModelError, UnsupportedError
 from ..ir import DTYPES, TensorType
 from ..ops import registry
+from .qoperator import MICROSOFT_OPS, rewritten
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 IMPORTER_OPS = {"Constant"}  # ops the importer takes itself (no op class)
@@ -108,7 +109,10 @@ def _check_nodes(model: onnx.ModelProto, p: Problems):
     for i, proto in enumerate(model.graph.node):
         name, op = proto.name or f"{proto.op_type}_{i}", proto.op_type
         if proto.domain not in DEFAULT_DOMAINS:
-            p.unsupported(f"unsupported op domain '{proto.domain}'", name, op)
+            if not rewritten(proto):  # the QOperator ops of frontend/qoperator.py are taken
+                p.unsupported(f"unsupported op domain '{proto.domain}'" + (
+                    f" (of it only {', '.join(sorted(MICROSOFT_OPS))} are supported)"
+                    if proto.domain == "com.microsoft" else ""), name, op)
             continue
         if not onnx.defs.has(op):
             p.unsupported(f"unsupported op '{op}': not an ONNX operator", name, op)
@@ -129,7 +133,7 @@ def _check_nodes(model: onnx.ModelProto, p: Problems):
                 if msg.startswith("No Op registered") and first is not None and first > opsets.get("", 0):
                     msg = f"{op} is not defined in opset {opsets.get('', 0)} (it first appears in opset {first})"
                 p.invalid(msg, name, op)
-        if op not in registry and op not in IMPORTER_OPS:
+        if op not in registry and op not in IMPORTER_OPS and not rewritten(proto):
             p.unsupported(f"unsupported op '{op}'", name, op)
             unsupported_ops = True
         for a in proto.attribute:
