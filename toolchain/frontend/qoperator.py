@@ -192,7 +192,7 @@ class _Rewriter:
                 raise UnsupportedError(f"opset {attrs['opset']} Softmax semantics in an opset {self.opset} "
                                        f"model are not supported", node=p.name, op=p.op_type)
             attrs = {k: v for k, v in attrs.items() if k not in DROPPED}
-            xs = [self.dq(ins[i], ins[s], ins[z], "xab"[j] if len(dqs) > 1 else "x")
+            xs = [self.dq(ins[i], ins[s], ins[z], "ab"[j] if len(dqs) > 1 else "x")
                   for j, (i, s, z) in enumerate(dqs)]
             f = self.node(op, xs, [self.fresh(f"{y}_float")], None, **attrs)
             self.q(f, ins[ys], ins[yz], y)
