@@ -209,9 +209,122 @@ def test_every_rewritten_op_within_1_lsb_of_onnxruntime(qtarget, workdir):
         assert d.max() <= 1, (qtarget, name, d.max())
         # the integer ops agree with onnxruntime's QLinearConv/QGemm/QLinearMatMul but for
         # exact ties; the float fallback (DQ -> float op -> Q: the op's ONNX semantics, exact
-        # against the formula below) differs from onnxruntime's own integer kernels by 1 LSB on
-        # some elements (its QLinearAdd, QLinearAveragePool... round differently)
-        assert np.mean(d == 0) >= (0.99 if name in ("conv", "gemm", "mm", "lrelu", "cat") else 0.8), \
+        # against the formula below) agrees with onnxruntime's own integer kernels but for
+        # QLinearAdd's (which rounds differently: 98.15% identical here, on both targets)
+        assert np.mean(d == 0) >= (0.95 if name == "add" else 0.99), \
             (qtarget, name, np.mean(d == 0))
         if name in ("add", "mul", "lrelu", "cat"):
             np.testing.assert_array_equal(got[j], spec_float_fallback(name, feeds["a"], feeds["b"]), err_msg=name)
+
+
+# -- MatMulInteger, ConvInteger: exact int32 ------------------------------------------------
+def naive_conv(x, w, pads, stride):
+    """Exact int64 2-D convolution (group 1), zero padding, naive loops."""
+    x = np.pad(x, ((0, 0), (0, 0), (pads, pads), (pads, pads)))
+    n, c, h, wd = x.shape
+    oc, _, kh, kw = w.shape
+    oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    y = np.zeros((n, oc, oh, ow), np.int64)
+    for o in range(oc):
+        for i in range(oh):
+            for j in range(ow):
+                y[:, o, i, j] = (x[:, :, i * stride:i * stride + kh, j * stride:j * stride + kw] * w[o]).sum((1, 2, 3))
+    return y
+
+
+def test_matmulinteger_and_convinteger_exact(workdir):
+    rng = np.random.default_rng(6)
+    a = rng.integers(0, 256, (2, 3, 40)).astype(np.uint8)
+    bm = rng.integers(-128, 128, (40, 7)).astype(np.int8)
+    bz = rng.integers(-20, 20, 7).astype(np.int8)  # per column
+    bu = rng.integers(0, 256, (40, 7)).astype(np.uint8)
+    x = rng.integers(0, 256, (1, 5, 7, 7)).astype(np.uint8)
+    w = rng.integers(0, 256, (4, 5, 3, 3)).astype(np.uint8)
+    wz = np.uint8(131)
+    nodes = [helper.make_node("MatMulInteger", ["a", "bm", "az", "bz"], ["mm"], name="mm"),
+             helper.make_node("MatMulInteger", ["a", "bu", "az", "bz1"], ["mm1"], name="mm1"),
+             helper.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["conv"], name="conv", pads=[1, 1, 1, 1],
+                              strides=[2, 2])]
+    m = helper.make_model(helper.make_graph(
+        nodes, "int", [vi("a", TensorProto.UINT8, a.shape), vi("x", TensorProto.UINT8, x.shape)],
+        [vi("mm", TensorProto.INT32, (2, 3, 7)), vi("mm1", TensorProto.INT32, (2, 3, 7)),
+         vi("conv", TensorProto.INT32, (1, 4, 4, 4))],
+        [init("bm", bm), init("az", np.uint8(200)), init("bz", bz), init("bz1", np.uint8(100)), init("bu", bu), init("w", w), init("xz", np.uint8(77)),
+         init("wz", wz)]), opset_imports=[helper.make_opsetid("", 13)])
+    feeds = {"a": a, "x": x}
+    want_mm = (a.astype(np.int64) - 200) @ (bm.astype(np.int64) - bz.astype(np.int64))
+    want_mm1 = (a.astype(np.int64) - 200) @ (bu.astype(np.int64) - 100)
+    want_conv = naive_conv(x.astype(np.int64) - 77, w.astype(np.int64) - 131, 1, 2)
+    got, res, _ = compile_and_run(m, "x86-64-v3", feeds, workdir)
+    for g, want in zip(got, (want_mm, want_mm1, want_conv)):
+        np.testing.assert_array_equal(g, want.astype(np.int32))
+    # onnxruntime 1.32 agrees on uint8 x uint8; with uint8 A and int8 B it disagrees with the
+    # spec and with onnx's reference evaluator (which agree with the result above) on 60-70% of
+    # the elements, per-tensor zero points or not (its x86 u8 x s8 kernel, presumably the
+    # int16 saturation of pairwise products), so mm is checked against the formula only
+    ort = onnxruntime_outputs(m, feeds)
+    np.testing.assert_array_equal(got[1], ort[1])
+    np.testing.assert_array_equal(got[2], ort[2])
+
+
+# -- bad parameters: refused naming the model's node and op ---------------------------------
+def qlinearconv(x_scale=0.02, w_scale=(0.01, 0.02, 0.03), y_zp=np.int8(0), w_zp=None, op_domain=""):
+    w_scale = np.asarray(w_scale, np.float32)
+    inits = [init("xs", np.float32(x_scale)), init("xz", np.int8(0)),
+             init("w", np.ones((3, 2, 1, 1), np.int8)), init("ws", w_scale),
+             init("wz", np.zeros(w_scale.shape, np.int8) if w_zp is None else w_zp),
+             init("ys", np.float32(0.1)), init("yz", y_zp)]
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], name="qc")
+    y_type = helper.np_dtype_to_tensor_dtype(np.asarray(y_zp).dtype)
+    return ms_model([node], [vi("x", TensorProto.INT8, (1, 2, 3, 3))], [vi("y", y_type, (1, 3, 3, 3))], inits)
+
+
+@pytest.mark.parametrize("m,kind,message", [
+    (qlinearconv(x_scale=0.0), InvalidModelError, r"node 'qc' \(QLinearConv\): dq x \(DequantizeLinear\): scale 0.0 "
+                                                  r"is not a positive finite number"),
+    (qlinearconv(w_scale=(0.01, -0.02, 0.03)), InvalidModelError, r"node 'qc' \(QLinearConv\): dq w .*scale -0.0199"),
+    (qlinearconv(w_scale=(0.01, 0.02)), InvalidModelError,
+     r"node 'qc' \(QLinearConv\): dq w .*per-axis scale has 2 elements, axis 0 of the input has 3"),
+    (qlinearconv(y_zp=np.int32(300)), InvalidModelError, r"node 'qc' \(QLinearConv\): input 'yz' \(y_zero_point\) "
+                                                         r"is tensor\(int32\)"),
+    (qlinearconv(w_zp=np.zeros(3, np.uint8)), InvalidModelError, r"node 'qc' \(QLinearConv\): input 'wz'"),
+])
+def test_bad_qlinearconv_parameters_name_the_node(m, kind, message):
+    with pytest.raises(kind, match=message):
+        import_model(m)
+
+
+def test_bad_microsoft_op_parameters_and_other_ops_of_the_domain():
+    def add(za=np.int8(0), sa=0.1):
+        nodes = [Q("QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], "c", name="add")]
+        inits = [init("sa", np.float32(sa)), init("za", za), init("sb", np.float32(0.1)), init("zb", np.int8(0)),
+                 init("sc", np.float32(0.2)), init("zc", np.int8(0))]
+        return ms_model(nodes, [vi("a", TensorProto.INT8, (4,)), vi("b", TensorProto.INT8, (4,))],
+                        [vi("c", TensorProto.INT8, (4,))], inits)
+
+    import_model(add())
+    with pytest.raises(InvalidModelError, match=r"node 'add' \(QLinearAdd\): dq a \(DequantizeLinear\): scale -0.1"):
+        import_model(add(sa=-0.1))
+    with pytest.raises(InvalidModelError, match=r"node 'add' \(QLinearAdd\): dq a .*zero point type uint8 differs "
+                                                r"from the quantized type int8"):
+        import_model(add(za=np.uint8(3)))
+    with pytest.raises(InvalidModelError, match=r"node 'add' \(QLinearAdd\): dq a .*zero point 300 out of range"):
+        import_model(add(za=np.int32(300)))
+    other = add()
+    other.graph.node[0].op_type = "QLinearWhere"
+    with pytest.raises(UnsupportedError, match=r"node 'add' \(QLinearWhere\): unsupported op domain 'com.microsoft'"):
+        import_model(other)
+    conv = qlinearconv()
+    conv.graph.node[0].domain = "com.microsoft"  # QLinearConv is taken from the default domain only
+    with pytest.raises(UnsupportedError, match="unsupported op domain 'com.microsoft'"):
+        import_model(conv)
+
+
+def test_convinteger_zero_point_of_the_wrong_length():
+    m = helper.make_model(helper.make_graph(
+        [helper.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["y"], name="ci")], "ci",
+        [vi("x", TensorProto.UINT8, (1, 2, 3, 3))], [vi("y", TensorProto.INT32, (1, 3, 3, 3))],
+        [init("w", np.ones((3, 2, 1, 1), np.uint8)), init("xz", np.uint8(1)), init("wz", np.zeros(2, np.uint8))]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(InvalidModelError, match=r"node 'ci' \(ConvInteger\): w_zero_point has shape \[2\]; 1 or 3"):
+        import_model(m)
