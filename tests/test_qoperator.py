@@ -310,6 +310,10 @@ def test_bad_microsoft_op_parameters_and_other_ops_of_the_domain():
         import_model(add(za=np.uint8(3)))
     with pytest.raises(InvalidModelError, match=r"node 'add' \(QLinearAdd\): dq a .*zero point 300 out of range"):
         import_model(add(za=np.int32(300)))
+    short = add()
+    del short.graph.node[0].input[3:]
+    with pytest.raises(InvalidModelError, match=r"node 'add' \(QLinearAdd\): takes 8 inputs .*\[3, 4, 6\] missing"):
+        import_model(short)
     other = add()
     other.graph.node[0].op_type = "QLinearWhere"
     with pytest.raises(UnsupportedError, match=r"node 'add' \(QLinearWhere\): unsupported op domain 'com.microsoft'"):

@@ -160,6 +160,9 @@ class _Rewriter:
             f = self.node("MatMul", [a, b], [self.fresh(f"{y}_float")], None)
             self.q(f, ins[6], ins[7], y)
         elif p.op_type == "QGemm":
+            if not all(ins[:6]) or len(p.input) > 9:
+                raise InvalidModelError(f"takes A, a_scale, a_zero_point, B, b_scale, b_zero_point and optional C, "
+                                        f"y_scale, y_zero_point; got inputs {list(p.input)}", node=p.name, op=p.op_type)
             alpha = float(attrs.pop("alpha", 1.0))
             a = self.dq(ins[0], ins[1], ins[2], "a")
             b = self.dq(ins[3], ins[4], ins[5], "b", axis=0 if attrs.get("transB") else 1)
@@ -184,6 +187,12 @@ class _Rewriter:
             self.q(f, ins[0], ins[1], y)
         else:
             op, dqs, (ys, yz) = UNARY_LIKE[p.op_type]
+            required = [i for x, sc, _ in dqs for i in (x, sc)] + [ys]
+            missing = [i for i in required if not ins[i]]
+            if missing or len(p.input) > yz + 1:
+                raise InvalidModelError(f"takes {yz + 1} inputs (zero points optional); input(s) {missing} missing"
+                                        if missing else f"takes at most {yz + 1} inputs, got {len(p.input)}",
+                                        node=p.name, op=p.op_type)
             if attrs.get("channels_last"):
                 raise UnsupportedError("channels_last=1 is not supported", node=p.name, op=p.op_type)
             if p.op_type == "QLinearSoftmax" and "axis" not in attrs:
