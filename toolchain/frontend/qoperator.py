@@ -197,7 +197,7 @@ class _Rewriter:
                 raise UnsupportedError("channels_last=1 is not supported", node=p.name, op=p.op_type)
             if p.op_type == "QLinearSoftmax" and "axis" not in attrs:
                 attrs["axis"] = -1 if attrs.get("opset", 13) >= 13 else 1
-            if p.op_type == "QLinearSoftmax" and attrs.get("opset", 13) < 13 <= self.opset:
+            if p.op_type == "QLinearSoftmax" and (attrs.get("opset", 13) < 13) != (self.opset < 13):
                 raise UnsupportedError(f"opset {attrs['opset']} Softmax semantics in an opset {self.opset} "
                                        f"model are not supported", node=p.name, op=p.op_type)
             attrs = {k: v for k, v in attrs.items() if k not in DROPPED}

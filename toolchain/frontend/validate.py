@@ -8,7 +8,8 @@ UnsupportedError):
 - each node against its op's schema for the model's opset imports (onnx.checker.check_node:
   unknown or misspelled attributes, wrong attribute types, input/output counts); an op that
   is no ONNX operator at all (the compiler's internal `edgec.Copy`, or `Copy`) says so;
-- ops, op domains and element types this compiler does not support, all listed at once;
+- ops, op domains and element types this compiler does not support, all listed at once (of
+  the com.microsoft domain only the QOperator ops frontend/qoperator.py rewrites are taken);
 - single assignment: a tensor written by two nodes, a node writing a graph input or an
   initializer, two nodes (or two graph inputs, or initializers) with one name (an output
   listed twice is fine: onnxruntime and the checker accept it, and both copies are written);
