@@ -13,6 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from helpers import ALL_TARGETS, ROOT, compile_and_run, onnxruntime_outputs
+from test_c_backend import run_c_path
 from toolchain.errors import InvalidModelError, UnsupportedError
 from toolchain.frontend.onnx_import import import_model
 from toolchain.quantize import calibration_samples, lsb_agreement, output_steps
@@ -215,6 +216,10 @@ def test_every_rewritten_op_within_1_lsb_of_onnxruntime(qtarget, workdir):
             (qtarget, name, np.mean(d == 0))
         if name in ("add", "mul", "lrelu", "cat"):
             np.testing.assert_array_equal(got[j], spec_float_fallback(name, feeds["a"], feeds["b"]), err_msg=name)
+    if qtarget == "x86-64-v3":  # the C path computes the same bits
+        got_c, _ = run_c_path(m, qtarget, feeds, workdir, tag="-qop")
+        for j, name in enumerate(names):
+            np.testing.assert_array_equal(got_c[j], got[j], err_msg=f"C {name}")
 
 
 # -- MatMulInteger, ConvInteger: exact int32 ------------------------------------------------
@@ -233,6 +238,7 @@ def naive_conv(x, w, pads, stride):
 
 
 def test_matmulinteger_and_convinteger_exact(workdir):
+    """On the object path and the C path."""
     rng = np.random.default_rng(6)
     a = rng.integers(0, 256, (2, 3, 40)).astype(np.uint8)
     bm = rng.integers(-128, 128, (40, 7)).astype(np.int8)
@@ -256,8 +262,10 @@ def test_matmulinteger_and_convinteger_exact(workdir):
     want_mm1 = (a.astype(np.int64) - 200) @ (bu.astype(np.int64) - 100)
     want_conv = naive_conv(x.astype(np.int64) - 77, w.astype(np.int64) - 131, 1, 2)
     got, res, _ = compile_and_run(m, "x86-64-v3", feeds, workdir)
-    for g, want in zip(got, (want_mm, want_mm1, want_conv)):
+    got_c, _ = run_c_path(m, "x86-64-v3", feeds, workdir, tag="-int")
+    for g, gc, want in zip(got, got_c, (want_mm, want_mm1, want_conv)):
         np.testing.assert_array_equal(g, want.astype(np.int32))
+        np.testing.assert_array_equal(gc, want.astype(np.int32))
     # onnxruntime 1.32 agrees on uint8 x uint8; with uint8 A and int8 B it disagrees with the
     # spec and with onnx's reference evaluator (which agree with the result above) on 60-70% of
     # the elements, per-tensor zero points or not (its x86 u8 x s8 kernel, presumably the
