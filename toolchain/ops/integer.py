@@ -1,7 +1,8 @@
 """Integer ops: a quantized Conv and MatMul with int8/uint8 inputs, int8 weights, int32
 accumulation and fixed-point requantization to an int8/uint8 output. They are made by the
 quantization pass (passes/quantize.py) from DequantizeLinear -> Conv/MatMul/Gemm ->
-[Relu/Clip] -> QuantizeLinear; no model names them (internal ops).
+[Relu/Clip] -> QuantizeLinear; no model names them (internal ops). Also ONNX's MatMulInteger
+and ConvInteger (end of the file): int8/uint8 inputs and zero points, exact int32 results.
 
 Inputs: x (int8/uint8), w (int8, constant), bias (int32 [C], in units of x_scale *
 w_scale[c]), multiplier, left, right (int32 [C]); attributes x_zp, y_zp (the zero points),
