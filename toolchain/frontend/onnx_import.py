@@ -21,6 +21,7 @@ from ..passes.fold import fold_node
 from . import control_flow
 from .binding import bindable_inputs
 from .float16 import Float16, refuse_computed_float16
+from .qoperator import attribute, expand
 from .validate import check_declared_types, validate_model
 
 # 6: the opset of older exporters (legacy broadcast), up to the newest the installed onnx
@@ -68,6 +69,14 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
     utf8_names(model)
     opset = _default_opset(model)
     validate_model(model, dims)
+    model, origin = expand(model, opset)  # QOperator ops -> QDQ (frontend/qoperator.py)
+    try:
+        return _convert(model, name, dims, opset, origin)
+    except CompileError as e:
+        raise attribute(e, origin) from None
+
+
+def _convert(model: onnx.ModelProto, name: str, dims, opset: int, origin: dict) -> Graph:
     g = Graph(name)
     env: dict[str, Value] = {}
     onnx_names: dict[int, str] = {}  # id(graph input) -> its name in the model
@@ -84,7 +93,7 @@ def import_model(model: onnx.ModelProto, name: str = "model", dims: dict[str, in
         onnx_names[id(v)] = vi.name
         env[vi.name] = v
 
-    Importer(g, opset, half, onnx_names).nodes(onnx_graph, env)
+    Importer(g, opset, half, onnx_names, origin).nodes(onnx_graph, env)
 
     for vi in onnx_graph.output:
         if vi.name not in env:
@@ -115,9 +124,10 @@ class Importer:
     """Imports nodes into one graph: each canonicalized, typed, folded when it can be. A
     control-flow node (frontend/control_flow.py) imports its subgraphs' nodes through it."""
 
-    def __init__(self, g: Graph, opset: int, half: Float16, onnx_names: dict):
+    def __init__(self, g: Graph, opset: int, half: Float16, onnx_names: dict, origin: dict):
         self.g, self.opset, self.half = g, opset, half
         self.onnx_names = onnx_names  # id(graph input) -> its name in the model (for --bind hints)
+        self.origin = origin  # generated node name -> (the model's node it came from, ...) (qoperator)
 
     def nodes(self, graph: onnx.GraphProto, env: dict[str, Value], prefix: str = ""):
         """Imports the nodes of `graph` (the model's, or a subgraph's with its inputs and the
@@ -163,7 +173,7 @@ class Importer:
         before = half.widen(proto.op_type, node_name, inputs)
         outputs = [Value(g.unique(o or f"{node_name}_unused{j}"), None) for j, o in enumerate(proto.output)]
         node = g.add_node(proto.op_type, node_name, inputs, outputs, attrs)
-        node.sources = (source or node_name,)
+        node.sources = (source or self.origin.get(node_name, (node_name,))[0],)
         try:
             op.canonicalize(node, opset)
             types = op.infer(node)

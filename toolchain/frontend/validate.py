@@ -8,7 +8,8 @@ UnsupportedError):
 - each node (a subgraph's too: If branches, Loop and Scan bodies) against its op's schema for the model's opset imports (onnx.checker.check_node:
   unknown or misspelled attributes, wrong attribute types, input/output counts); an op that
   is no ONNX operator at all (the compiler's internal `edgec.Copy`, or `Copy`) says so;
-- ops, op domains and element types this compiler does not support, all listed at once;
+- ops, op domains and element types this compiler does not support, all listed at once (of
+  the com.microsoft domain only the QOperator ops frontend/qoperator.py rewrites are taken);
 - single assignment: a tensor written by two nodes, a node writing a graph input or an
   initializer, two nodes (or two graph inputs, or initializers) with one name (an output
   listed twice is fine: onnxruntime and the checker accept it, and both copies are written);
@@ -33,6 +34,7 @@ from onnx import helper
 from ..errors import InvalidModelError, UnsupportedError
 from ..ir import DTYPES, TensorType
 from ..ops import registry
+from .qoperator import MICROSOFT_OPS, rewritten
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 # ops the importer takes itself (no op class): control flow is inlined (frontend/control_flow.py)
@@ -109,7 +111,10 @@ def _check_nodes(model: onnx.ModelProto, p: Problems):
     for prefix, i, proto in _all_nodes(model.graph):
         name, op = prefix + (proto.name or f"{proto.op_type}_{i}"), proto.op_type
         if proto.domain not in DEFAULT_DOMAINS:
-            p.unsupported(f"unsupported op domain '{proto.domain}'", name, op)
+            if not rewritten(proto):  # the QOperator ops of frontend/qoperator.py are taken
+                p.unsupported(f"unsupported op domain '{proto.domain}'" + (
+                    f" (of it only {', '.join(sorted(MICROSOFT_OPS))} are supported)"
+                    if proto.domain == "com.microsoft" else ""), name, op)
             continue
         if not onnx.defs.has(op):
             p.unsupported(f"unsupported op '{op}': not an ONNX operator", name, op)
@@ -130,7 +135,7 @@ def _check_nodes(model: onnx.ModelProto, p: Problems):
                 if msg.startswith("No Op registered") and first is not None and first > opsets.get("", 0):
                     msg = f"{op} is not defined in opset {opsets.get('', 0)} (it first appears in opset {first})"
                 p.invalid(msg, name, op)
-        if op not in registry and op not in IMPORTER_OPS:
+        if op not in registry and op not in IMPORTER_OPS and not rewritten(proto):
             p.unsupported(f"unsupported op '{op}'", name, op)
             unsupported_ops = True
         for a in proto.attribute:
