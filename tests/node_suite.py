@@ -52,7 +52,7 @@ sys.path[:0] = [str(HERE), str(ROOT)]
 RTOL, ATOL = 1e-3, 1e-4
 DEFAULT_CACHE = ROOT / "build" / "node-suite"
 CASE_TIMEOUT = 180  # seconds per case (compile + link + run)
-# a CompileError that means "we can't", not "we're wrong" (as in tests/onnx_backend.py)
+# an UnsupportedError, or a CompileError whose text means "we can't", not "we're wrong"
 UNSUPPORTED = re.compile(r"unsupported|not supported|must be a compile-time constant|is not an inference graph"
                          r"|no lowering|needs float32|dynamic dimension")
 PLAIN_KINDS = "biuf"  # numpy kinds of numeric and bool dtypes (ml_dtypes' bfloat16, float8, int4 are 'V')
@@ -285,11 +285,11 @@ def run_ort(model, inputs, outputs):
 
 
 def classify_exception(e: BaseException) -> tuple[str, str]:
-    from toolchain.errors import CompileError
+    from toolchain.errors import CompileError, UnsupportedError
 
     if isinstance(e, AssertionError):
         return "fail", str(e)
-    if isinstance(e, CompileError) and UNSUPPORTED.search(str(e)):
+    if isinstance(e, UnsupportedError) or (isinstance(e, CompileError) and UNSUPPORTED.search(str(e))):
         return "unsupported", str(e)
     return "crash", f"{type(e).__name__}: {e}"
 
