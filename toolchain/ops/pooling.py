@@ -213,19 +213,6 @@ class MaxPool(_Pool):
             raise invalid(node, f"has {len(node.outputs)} outputs, at most 2 (Y, Indices)")
         return [y] + [TensorType("int64", y.shape)] * (len(node.outputs) - 1)
 
-
-@register("LpPool")
-class LpPool(_Pool):
-    kind = "lp"
-
-    def canonicalize(self, node, opset):
-        p = node.attrs.get("p", 2)
-        if not isinstance(p, int) or p < 1:
-            raise invalid(node, f"p must be a positive integer, got {p}")
-        super().canonicalize(node, opset)
-        node.attrs["count_include_pad"] = 0  # padding adds 0 to the sum
-        node.attrs["p"] = p
-
     def jvp(self, b, node, tangents):
         """The tangent at each window's maximum (the first tap that holds it, in window
         order): per tap, the strided slices of the input and of the tangent under it (both
@@ -247,7 +234,20 @@ class LpPool(_Pool):
                           count=list(ys))
             tap = b.op("Slice", [t], **window)
             r = tap if r is None else b.op("Where", [b.op("Equal", [b.op("Slice", [x], **window), y]), tap, r])
-        return [r]
+        return [r] + [None] * (len(node.outputs) - 1)  # Indices: integer, no tangent
+
+
+@register("LpPool")
+class LpPool(_Pool):
+    kind = "lp"
+
+    def canonicalize(self, node, opset):
+        p = node.attrs.get("p", 2)
+        if not isinstance(p, int) or p < 1:
+            raise invalid(node, f"p must be a positive integer, got {p}")
+        super().canonicalize(node, opset)
+        node.attrs["count_include_pad"] = 0  # padding adds 0 to the sum
+        node.attrs["p"] = p
 
 
 @register("AveragePool")
