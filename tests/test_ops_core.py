@@ -213,3 +213,16 @@ def test_conv_with_a_large_kernel_runs_as_a_loop_nest(tmp_path):
     m = make_model([h.make_node("Conv", ["x", "w"], ["y"], pads=[1, 2, 1, 2])], {"x": (np.float32, x.shape)},
                    {"y": (np.float32, (1, 4, 11, 13))}, {"w": w})
     check_against_onnxruntime(m, {"x": x}, "x86-64-v3", tmp_path)
+
+
+def test_unsqueeze_with_a_0d_axes_tensor_is_one_axis(tmp_path):
+    """onnx's own AffineGrid function body gives Unsqueeze a 0-d axes tensor (-1): one axis,
+    as the reference evaluator reads it."""
+    from helpers import compile_and_run, make_model
+    from onnx import helper as h
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    m = make_model([h.make_node("Unsqueeze", ["x", "axes"], ["y"])], {"x": (np.float32, x.shape)},
+                   {"y": (np.float32, (2, 3, 1))}, {"axes": np.array(-1, np.int64)})
+    got, _, _ = compile_and_run(m, "x86-64-v3", {"x": x}, tmp_path)
+    np.testing.assert_array_equal(got[0], np.expand_dims(x, -1))

@@ -95,6 +95,8 @@ class SqueezeLike(View):
         if len(node.inputs) > 1:
             axes = const_input(node, 1, f"{node.op} axes")
             node.inputs = node.inputs[:1]
+        if axes is not None:  # a 0-d axes tensor is one axis (onnx's own AffineGrid function writes one)
+            axes = [int(a) for a in np.ravel(axes)]
         shape = in_type(node).shape
         if node.op == "Squeeze":
             if axes is None:
