@@ -191,7 +191,8 @@ def _float32(arrays):
     return [np.asarray(a, np.float32) for a in arrays]
 
 
-@pytest.mark.parametrize("make", [mlp, cnn, autoencoder, pytest.param(REAL["resnet8"], id="resnet8"),
+@pytest.mark.parametrize("make", [mlp, cnn, autoencoder,
+                                  pytest.param(REAL["resnet8"], id="resnet8", marks=pytest.mark.slow),
                                   pytest.param(REAL["kws_dscnn"], id="kws_dscnn", marks=pytest.mark.slow),
                                   pytest.param(REAL["mobilenet_vww"], id="mobilenet_vww", marks=pytest.mark.slow)])
 def test_compiled_primal_and_pullback_match_float64(make):

@@ -101,7 +101,7 @@ def _reserved_stack(image) -> int:
     return at["__stack_top"] - at["__stack_bottom"]
 
 
-@pytest.mark.parametrize("board_target", ["cortex-a76", "cortex-m4"])
+@pytest.mark.parametrize("board_target", [pytest.param("cortex-a76", marks=pytest.mark.slow), "cortex-m4"])
 def test_firmware_reserving_exactly_model_stack_size_runs_the_model(board_target, tmp_path):
     """The image reserves MODEL_STACK_SIZE plus the firmware's own frames and no more; the
     model runs in it, and the stack it really used (painted and scanned by main.c) is within
