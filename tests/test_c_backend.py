@@ -169,7 +169,11 @@ def test_c_path_matches_onnxruntime(make, target, workdir):
     check(model, feeds, target, workdir)
 
 
-@pytest.mark.parametrize("model_path", MODELS, ids=NAMES)
+HEAVY = ("resnet8_cifar10", "mobilenet_v1_025_vww")  # the largest real models: C-path agreement in the slow run
+
+
+@pytest.mark.parametrize("model_path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in HEAVY else p
+                                        for p in MODELS], ids=NAMES)
 def test_real_model_c_path_agrees_with_onnxruntime_and_llvm_path(model_path, workdir):
     model = onnx.load(str(model_path))
     feeds = feeds_for(model)
@@ -272,7 +276,7 @@ def _undefined_and_exports(obj: bytes):
     return info.undefined, [s.name for s in info.symbols if s.binding == "STB_GLOBAL"]
 
 
-@pytest.mark.parametrize("opt", ["-O0", "-O2", "-O3", "-Os"])
+@pytest.mark.parametrize("opt", ["-O2", *(pytest.param(o, marks=pytest.mark.slow) for o in ("-O0", "-O3", "-Os"))])
 def test_strict_flags_with_zig_cc_leave_nothing_undefined(c_build, target, opt):
     """clang (zig cc) for the target's triple and CPU, -std=c99 -Wall -Wextra -Werror
     -pedantic, at every optimization level: no warning, no undefined symbol (no memcpy,

@@ -48,6 +48,7 @@ def test_mismatch_fails_with_nonzero_exit(path, qemu_system, tmp_path):
     assert any(ln.startswith("FAIL max_abs_err=") for ln in v.output.splitlines()), v.output
 
 
+@pytest.mark.slow  # the same boots as test_firmware_boots_and_passes, through the command line
 def test_command_line_reports_both_paths(qemu_system, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "toolchain.firmware", "--target", TARGET, "--out", str(tmp_path)],
                           capture_output=True, text=True, cwd=ROOT)
