@@ -33,6 +33,15 @@ def _is_float(v: Value) -> bool:
     return v.type.dtype.startswith("float")
 
 
+def refuse_integer_paths(node, varied: set, useful: set):
+    """A value on a differentiated path (depending on a differentiated input, reaching a
+    differentiated output) that is not float: no derivative flows through it (both modes)."""
+    for v in [*node.inputs, *node.outputs]:
+        if v is not None and id(v) in varied and id(v) in useful and not _is_float(v):
+            raise UnsupportedError(f"is not differentiable (its {'input' if v in node.inputs else 'output'} "
+                                   f"'{v.name}' is {v.type.dtype})", node=node.name, op=node.op)
+
+
 @dataclass
 class Param:
     """A float initializer made a graph input: its name, its value in the model's layout,
@@ -207,10 +216,7 @@ def reverse(g: Graph, params=(), gemm_layout: bool = False) -> GradProgram:
         accumulate(v, c)
 
     for node in path:  # already in reverse order
-        for v in [*node.inputs, *node.outputs]:
-            if v is not None and (id(v) in varied and id(v) in useful) and not _is_float(v):
-                raise UnsupportedError(f"is not differentiable (its {'input' if v in node.inputs else 'output'} "
-                                       f"'{v.name}' is {v.type.dtype})", node=node.name, op=node.op)
+        refuse_integer_paths(node, varied, useful)
         cts = [ct.get(id(o)) for o in node.outputs]
         if all(c is None for c in cts):
             continue

@@ -31,13 +31,10 @@ import numpy as np
 from ..errors import CompileError, InternalError, UnsupportedError
 from ..ir import Graph, Value
 from ..ops import registry
-from .autodiff import Builder
+from .autodiff import Builder, _is_float, refuse_integer_paths
 from .cleanup import eliminate_dead_code
 from .verify import verify
 
-
-def _is_float(v: Value) -> bool:
-    return v.type.dtype.startswith("float")
 
 
 @dataclass
@@ -115,10 +112,7 @@ def forward(g: Graph) -> JvpProgram:
             continue
         if not any(v is not None and id(v) in varied for v in node.inputs):
             continue
-        for v in [*node.inputs, *node.outputs]:
-            if v is not None and id(v) in varied and id(v) in useful and not _is_float(v):
-                raise UnsupportedError(f"is not differentiable (its {'input' if v in node.inputs else 'output'} "
-                                       f"'{v.name}' is {v.type.dtype})", node=node.name, op=node.op)
+        refuse_integer_paths(node, varied, useful)
         tangents = [None if v is None else tan.get(id(v)) for v in node.inputs]
         if all(t is None for t in tangents):
             continue
