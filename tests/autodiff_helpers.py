@@ -161,3 +161,28 @@ def check_jvp(m, seed=0, positive=False, directions=2, eps=EPS, rtol=RTOL):
             err = float(np.abs(dy - fd).max()) if fd.size else 0.0
             assert err <= rtol * scale, f"output {j}: |jvp - finite difference| = {err}, scale {scale}"
     return prog
+
+
+def run_driver_on_a76(m, tmp_path, emit: str, grad: str, driver, arrays_for) -> tuple[dict, np.ndarray]:
+    """Builds `m` with --grad `grad` for cortex-a76 (emit "object" or "c"), links it into the C
+    program driver(manifest) returns, runs it under qemu-user on the bytes of
+    arrays_for(manifest) (float32 arrays, in the driver's order) and returns the manifest and
+    everything the program wrote, as one float32 array."""
+    import subprocess
+
+    from toolchain.compiler import build
+    from toolchain.harness.runner import launcher, run_program, zig_cc
+    from toolchain.targets import get_profile
+
+    profile = get_profile("cortex-a76")
+    onnx.save(m, tmp_path / "m.onnx")
+    man = build(tmp_path / "m.onnx", "cortex-a76", "model", tmp_path / "out", emit=emit, grad=grad).manifest
+    (tmp_path / "main.c").write_text(driver(man))
+    lib = [str(tmp_path / "out" / "libmodel.a")] if emit == "object" else [str(tmp_path / "out" / "model.c")]
+    exe = tmp_path / "main"
+    proc = subprocess.run(zig_cc(profile) + ["-std=c11", f"-I{tmp_path / 'out'}", str(tmp_path / "main.c"), *lib,
+                                             "-o", str(exe)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "in.bin").write_bytes(b"".join(a.tobytes() for a in arrays_for(man)))
+    run_program(launcher(profile) + [str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], timeout=120)
+    return man, np.frombuffer((tmp_path / "out.bin").read_bytes(), np.float32)

@@ -261,30 +261,19 @@ def _driver(manifest) -> str:
 def test_cnn_gradients_on_cortex_a76_under_qemu(tmp_path, emit):
     """The library as shipped (object path, and the portable C path built by zig cc),
     linked into a C program for cortex-a76 and run under qemu-user."""
-    import subprocess
+    from autodiff_helpers import run_driver_on_a76
 
-    import onnx
-    from toolchain.compiler import build
-    from toolchain.harness.runner import launcher, run_program, zig_cc
-    from toolchain.targets import get_profile
-
-    profile = get_profile("cortex-a76")
     m = cnn()
-    onnx.save(m, tmp_path / "cnn.onnx")
-    res = build(tmp_path / "cnn.onnx", "cortex-a76", "model", tmp_path / "out", emit=emit, grad="reverse")
-    man = res.manifest
-    (tmp_path / "main.c").write_text(_driver(man))
-    lib = [str(tmp_path / "out" / "libmodel.a")] if emit == "object" else [str(tmp_path / "out" / "model.c")]
-    exe = tmp_path / "main"
-    proc = subprocess.run(zig_cc(profile) + ["-std=c11", f"-I{tmp_path / 'out'}", str(tmp_path / "main.c"), *lib,
-                                             "-o", str(exe)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
     rng = np.random.default_rng(5)
-    xs = [rng.standard_normal(t["shape"]).astype(np.float32) for t in man["inputs"]]
-    _, ys, _, cts, grads = pullback64(m, [x.astype(np.float64) for x in xs])
-    (tmp_path / "in.bin").write_bytes(b"".join(a.tobytes() for a in xs + _float32(cts)))
-    run_program(launcher(profile) + [str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], timeout=120)
-    flat = np.frombuffer((tmp_path / "out.bin").read_bytes(), np.float32)
+    got = {}
+
+    def feeds(man):  # the inputs, then the output cotangents the float64 pullback used
+        xs = [rng.standard_normal(t["shape"]).astype(np.float32) for t in man["inputs"]]
+        _, got["ys"], _, cts, got["grads"] = pullback64(m, [x.astype(np.float64) for x in xs])
+        return xs + _float32(cts)
+
+    _, flat = run_driver_on_a76(m, tmp_path, emit, "reverse", _driver, feeds)
+    ys, grads = got["ys"], got["grads"]
     start = 0
     for want in list(ys) + list(grads):
         got = flat[start:start + want.size].reshape(want.shape)

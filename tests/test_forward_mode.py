@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -17,7 +16,7 @@ from onnx import helper
 
 from autodiff_helpers import check_jvp, jvp64, onnx_model
 from helpers import ROOT
-from test_autodiff import OPS, cnn, mlp, node, w, with_consts
+from test_autodiff import OPS, _edgec, cnn, mlp, node, w, with_consts
 from toolchain.errors import InvalidModelError, UnsupportedError
 from toolchain.frontend.onnx_import import import_model
 from toolchain.passes.forward import forward
@@ -275,27 +274,19 @@ def test_jvp_on_cortex_a76_under_qemu(tmp_path, model, emit):
     """The library as shipped (the object path for the fc_autoencoder, the portable C path
     built by zig cc for a small CNN), linked into a C program for cortex-a76 and run under
     qemu-user, against the float64 JVP."""
-    from toolchain.compiler import build
-    from toolchain.harness.runner import launcher, run_program, zig_cc
-    from toolchain.targets import get_profile
+    from autodiff_helpers import run_driver_on_a76
 
-    profile = get_profile("cortex-a76")
     m = cnn() if model == "cnn" else REAL[model]()
-    onnx.save(m, tmp_path / "m.onnx")
-    res = build(tmp_path / "m.onnx", "cortex-a76", "model", tmp_path / "out", emit=emit, grad="forward")
-    man = res.manifest
-    (tmp_path / "main.c").write_text(_driver(man))
-    lib = [str(tmp_path / "out" / "libmodel.a")] if emit == "object" else [str(tmp_path / "out" / "model.c")]
-    exe = tmp_path / "main"
-    proc = subprocess.run(zig_cc(profile) + ["-std=c11", f"-I{tmp_path / 'out'}", str(tmp_path / "main.c"), *lib,
-                                             "-o", str(exe)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
     rng = np.random.default_rng(5)
-    xs = [rng.standard_normal(t["shape"]).astype(np.float32) for t in man["inputs"]]
-    ts = [rng.standard_normal(t["shape"]).astype(np.float32) for t in man["grad"]["input_tangents"]]
-    (tmp_path / "in.bin").write_bytes(b"".join(a.tobytes() for a in xs + ts))
-    run_program(launcher(profile) + [str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], timeout=120)
-    flat = np.frombuffer((tmp_path / "out.bin").read_bytes(), np.float32)
+    sent = {}
+
+    def feeds(man):  # the inputs, then a tangent per float input
+        sent["xs"] = [rng.standard_normal(t["shape"]).astype(np.float32) for t in man["inputs"]]
+        sent["ts"] = [rng.standard_normal(t["shape"]).astype(np.float32) for t in man["grad"]["input_tangents"]]
+        return sent["xs"] + sent["ts"]
+
+    man, flat = run_driver_on_a76(m, tmp_path, emit, "forward", _driver, feeds)
+    xs, ts = sent["xs"], sent["ts"]
     shapes = [t["shape"] for t in man["outputs"] + man["grad"]["output_tangents"]]
     parts, start = [], 0
     for s in shapes:
@@ -305,10 +296,6 @@ def test_jvp_on_cortex_a76_under_qemu(tmp_path, model, emit):
     assert start == flat.size
     n_out = len(man["outputs"])
     _check_against_float64(m, parts[:n_out], parts[n_out:], xs, ts)
-
-
-def _edgec(*args):
-    return subprocess.run([sys.executable, "-m", "toolchain", *args], capture_output=True, text=True, cwd=ROOT)
 
 
 HEADER_CONTRACT = """\
