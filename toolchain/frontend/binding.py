@@ -111,7 +111,7 @@ def _value(vi, value, dims: dict) -> np.ndarray:
     if not _fits(arr.shape, declared, dims):
         raise InvalidModelError(f"{where}: a value of shape {list(arr.shape)}, but the graph input '{name}' "
                                 f"is {_describe(dtype, declared)}")
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr).reshape(arr.shape)  # ascontiguousarray makes a 0-d array 1-d
 
 
 def _load_npy(where: str, path: Path) -> np.ndarray:

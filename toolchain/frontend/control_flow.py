@@ -252,11 +252,15 @@ def _loop(imp, proto, name, env) -> list[Value]:
     if m is None and cond is None:
         raise c.unsupported("neither a trip count nor a condition: an infinite loop is not supported")
     if m is not None and not m.is_const:
-        raise c.unsupported("the trip count M (input 0) must be a compile-time constant: the loop is unrolled, "
+        err = c.unsupported("the trip count M (input 0) must be a compile-time constant: the loop is unrolled, "
                             "and a trip count computed at run time is not supported")
+        err.operand = 0  # the importer names the graph inputs it comes from (--bind)
+        raise err
     if cond is not None and not cond.is_const:
-        raise c.unsupported("the loop condition is computed at run time (data-dependent termination is not "
+        err = c.unsupported("the loop condition is computed at run time (data-dependent termination is not "
                             "supported; only a constant condition is)")
+        err.operand = 1
+        raise err
     # no M: until the condition output (a constant each iteration) turns false
     trips = None if m is None else max(int(_scalar(m)), 0)
     if cond is not None and not bool(_scalar(cond)):

