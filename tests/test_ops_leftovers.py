@@ -78,3 +78,29 @@ def test_loop_trip_count_from_a_graph_input_names_it_and_binds(tmp_path):
     got, _, _ = compile_and_run(m, T, {}, tmp_path, bind={"start": start, "limit": limit, "delta": delta})
     assert got[0].shape == want.shape
     assert_close(got[0], want)
+
+
+# -- opsets 1..5 --------------------------------------------------------------------------
+def test_opset_1_model_whose_ops_are_unchanged_by_opset_6_builds(tmp_path):
+    x = rng.random((3, 4)) > 0.5
+    w = rng.standard_normal((2, 1, 3, 3)).astype(F)
+    img = rng.standard_normal((1, 1, 5, 5)).astype(F)
+    nodes = [helper.make_node("Not", ["x"], ["y"]),
+             helper.make_node("Conv", ["img", "w"], ["z"])]  # Conv-1 is Conv in opset 6..10
+    want_z = np.zeros((1, 2, 3, 3))
+    for o in range(2):
+        for i in range(3):
+            for j in range(3):
+                want_z[0, o, i, j] = (img[0, 0, i:i + 3, j:j + 3].astype(np.float64) * w[o, 0]).sum()
+    m = model(nodes, {"x": x, "img": img}, {"y": x, "z": want_z.astype(F)}, {"w": w}, opset=1)
+    got, _, _ = compile_and_run(m, T, {"x": x, "img": img}, tmp_path)
+    np.testing.assert_array_equal(got[0], ~x)
+    assert_close(got[1], want_z.astype(F))
+
+
+def test_opset_1_model_with_an_op_changed_by_opset_6_is_refused_naming_it():
+    x = rng.standard_normal((2, 3)).astype(F)
+    m = model([helper.make_node("Not", ["b"], ["nb"]), helper.make_node("Relu", ["x"], ["y"], name="r")],
+              {"b": np.array([True]), "x": x}, {"nb": np.array([True]), "y": x}, opset=1)
+    msg = str(compile_error(m, UnsupportedError))
+    assert "'r' (Relu)" in msg and "Relu-1" in msg and "Relu-6" in msg and "opset 1" in msg

@@ -239,6 +239,8 @@ def _check_inference_only(proto, env: dict, node_name: str):
 def _default_opset(model) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
+            if 1 <= imp.version < SUPPORTED_OPSETS.start:
+                return _old_opset(model, imp.version)
             if imp.version not in SUPPORTED_OPSETS:
                 raise UnsupportedError(f"opset {imp.version} is not supported (supported: "
                                    f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1})")
@@ -247,6 +249,36 @@ def _default_opset(model) -> int:
     if others:  # e.g. ai.onnx.preview.training only
         raise UnsupportedError(f"unsupported op domain '{others[0]}' (the model imports no default-domain opset)")
     raise InvalidModelError("the model imports no default-domain opset")
+
+
+def _old_opset(model, version: int) -> int:
+    """An opset before 6 is read as opset 6 when every default-domain op of the model (its
+    subgraphs' too) has there the version it has in opset 6 (Not-1, Conv-1, Reshape-5...: the
+    same schema); an op that changed by opset 6 (Add-1's legacy broadcast and consumed_inputs,
+    Relu-1...) is refused, naming it."""
+    first = SUPPORTED_OPSETS.start
+
+    def walk(graph):
+        for n in graph.node:
+            if n.domain in ("", "ai.onnx"):
+                try:
+                    then = onnx.defs.get_schema(n.op_type, version, "").since_version
+                    now = onnx.defs.get_schema(n.op_type, first, "").since_version
+                except onnx.defs.SchemaError:
+                    continue  # not defined there: validate_model says so
+                if then != now:
+                    raise UnsupportedError(
+                        f"opset {version} is not supported for this op: {n.op_type}-{then} (its version in opset "
+                        f"{version}) differs from {n.op_type}-{now} (its version in opset {first}); a model of opset "
+                        f"1..{first - 1} is read as opset {first} only when each of its ops has the same version "
+                        f"there (supported opsets: {first}..{SUPPORTED_OPSETS.stop - 1})",
+                        node=n.name or None, op=n.op_type)
+            for a in n.attribute:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    walk(sub)
+
+    walk(model.graph)
+    return first
 
 
 def _tensor(t: onnx.TensorProto) -> np.ndarray:
