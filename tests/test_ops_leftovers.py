@@ -104,3 +104,23 @@ def test_opset_1_model_with_an_op_changed_by_opset_6_is_refused_naming_it():
               {"b": np.array([True]), "x": x}, {"nb": np.array([True]), "y": x}, opset=1)
     msg = str(compile_error(m, UnsupportedError))
     assert "'r' (Relu)" in msg and "Relu-1" in msg and "Relu-6" in msg and "opset 1" in msg
+
+
+# -- Dropout in training mode -------------------------------------------------------------
+def test_training_dropout_with_ratio_zero_is_identity_with_a_true_mask(tmp_path):
+    x = rng.standard_normal((3, 4)).astype(F)
+    m = model([helper.make_node("Dropout", ["x", "r", "t"], ["y", "mask"], seed=3)], {"x": x, "r": np.array(0, F),
+              "t": np.array(True)}, {"y": x, "mask": np.ones(x.shape, bool)}, opset=13)
+    e = compile_error(m, UnsupportedError)
+    assert "'r'" in str(e) and set(e.bind_inputs) == {"r", "t"}
+    got, _, _ = compile_and_run(m, T, {"x": x}, tmp_path, bind={"r": np.array(0, F), "t": np.array(True)})
+    np.testing.assert_array_equal(got[0], x)
+    assert got[1].dtype == np.bool_ and got[1].all()
+
+
+def test_training_dropout_with_a_nonzero_ratio_is_refused():
+    x = rng.standard_normal((3, 4)).astype(F)
+    m = model([helper.make_node("Dropout", ["x", "r", "t"], ["y"], name="d")], {"x": x}, {"y": x},
+              {"r": np.array(0.25, F), "t": np.array(True)}, opset=13)
+    msg = str(compile_error(m, UnsupportedError))
+    assert "'d' (Dropout)" in msg and "random" in msg

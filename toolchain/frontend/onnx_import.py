@@ -158,7 +158,7 @@ class Importer:
                 raise _suggest_bind(e, e.operand, proto, env, g, self.onnx_names) from None
             return
         attrs = {a.name: _attr(a, g) for a in proto.attribute}
-        _check_inference_only(proto, env, node_name)
+        _check_inference_only(proto, env, node_name, g, self.onnx_names)
         if proto.op_type == "Constant":
             env[proto.output[0]] = g.const(proto.output[0], _constant_value(attrs, node_name))
             return
@@ -224,16 +224,28 @@ def _suggest_bind(e: CompileError, operand: int | None, proto, env: dict, g: Gra
     return out
 
 
-def _check_inference_only(proto, env: dict, node_name: str):
+def _check_inference_only(proto, env: dict, node_name: str, g: Graph, names: dict):
     """Dropout is imported as Identity: in training mode (input 2 true, or not known at
-    compile time) with a ratio that is not a constant 0 it is random, so it is refused
-    instead of silently computed as Identity."""
+    compile time) with a ratio that is not a constant 0 it is random (no output could match
+    a reference's random generator), so it is refused instead of silently computed as
+    Identity. A ratio of 0 in training mode is the identity with an all-true mask. A ratio
+    or mode computed from graph inputs: the error names them (--bind)."""
     if proto.op_type == "Dropout" and len(proto.input) > 2 and proto.input[2]:
         mode = env.get(proto.input[2])
         ratio = env.get(proto.input[1]) if proto.input[1] else None  # default 0.5
         zero_ratio = ratio is not None and ratio.is_const and not np.asarray(ratio.data).any()
         if not zero_ratio and (mode is None or not mode.is_const or bool(np.asarray(mode.data).any())):
-            raise UnsupportedError("training_mode is not supported (inference only)", node=node_name, op="Dropout")
+            err = UnsupportedError("training_mode is not supported with a ratio that is not 0 (random dropout: "
+                                   "inference, or a ratio of 0, only)", node=node_name, op="Dropout")
+            found = [names[id(v)] for x in (mode, ratio) if x is not None and not x.is_const
+                     for v in bindable_inputs(x, g)]
+            found = list(dict.fromkeys(found))
+            if found:
+                err = UnsupportedError(f"{err}; the ratio or the mode is computed from the graph input"
+                                       f"{'s' if len(found) > 1 else ''} " + ", ".join(f"'{n}'" for n in found)
+                                       + ": bind them at build time with " + " ".join(f"--bind {n}=..." for n in found))
+                err.node, err.op, err.bind_inputs = node_name, "Dropout", found
+            raise err
 
 
 def _default_opset(model) -> int:
