@@ -10,9 +10,11 @@ import onnx
 import pytest
 from onnx import helper
 
-from helpers import assert_close, compile_and_run, make_model
+from onnx.reference import ReferenceEvaluator
+
+from helpers import assert_close, compile_and_run, make_model, onnxruntime_outputs
 from toolchain.compiler import compile_onnx
-from toolchain.errors import CompileError, UnsupportedError
+from toolchain.errors import CompileError, InvalidModelError, UnsupportedError
 from toolchain.frontend.binding import resolve
 
 T = "x86-64-v3"
@@ -124,3 +126,70 @@ def test_training_dropout_with_a_nonzero_ratio_is_refused():
               {"r": np.array(0.25, F), "t": np.array(True)}, opset=13)
     msg = str(compile_error(m, UnsupportedError))
     assert "'d' (Dropout)" in msg and "random" in msg
+
+
+# -- ai.onnx.ml: Binarizer, ArrayFeatureExtractor ----------------------------------------
+def ml_model(nodes, feeds, outs, inits=None):
+    m = model(nodes, feeds, outs, inits)
+    m.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
+    return m
+
+
+def ml(op, ins, outs, **kw):
+    return helper.make_node(op, ins, outs, domain="ai.onnx.ml", **kw)
+
+
+@pytest.mark.parametrize("dtype,threshold", [(np.float32, 0.25), (np.float64, -1.0), (np.int64, 2.5),
+                                             (np.int32, -3.0)])
+def test_binarizer(dtype, threshold, tmp_path):
+    x = (rng.standard_normal((3, 7)) * 4).astype(dtype)
+    if dtype == np.float32:
+        x[0, 0], x[0, 1] = np.nan, threshold  # NaN > t is false; t > t is false
+    want = np.where(x.astype(np.float64) > threshold, 1, 0).astype(dtype)
+    m = ml_model([ml("Binarizer", ["x"], ["y"], threshold=threshold)], {"x": x}, {"y": want})
+    got, _, _ = compile_and_run(m, T, {"x": x}, tmp_path)
+    assert got[0].dtype == want.dtype
+    np.testing.assert_array_equal(got[0], want)
+    if dtype != np.float32:  # onnxruntime's Binarizer is float32 only
+        return
+    ok = ~np.isnan(x.astype(np.float64))
+    x_ort = np.where(ok, x, 0).astype(dtype)  # onnxruntime refuses a NaN (the onnx reference: 0)
+    want_ort = onnxruntime_outputs(m, {"x": x_ort})[0]
+    np.testing.assert_array_equal(got[0][ok], want_ort[ok])
+
+
+@pytest.mark.parametrize("shape,indices", [((3, 5), [4, 0, 0, 2]), ((2, 3, 6), [[5, 1]]), ((6,), [3, 1])])
+def test_array_feature_extractor_constant_indices(shape, indices, tmp_path):
+    x = rng.standard_normal(shape).astype(F)
+    idx = np.array(indices, np.int64)
+    want = ReferenceEvaluator(ml_model([ml("ArrayFeatureExtractor", ["x", "i"], ["y"])], {"x": x},
+                                       {"y": x}, {"i": idx})).run(None, {"x": x})[0]
+    m = ml_model([ml("ArrayFeatureExtractor", ["x", "i"], ["y"])], {"x": x}, {"y": want}, {"i": idx})
+    got, _, _ = compile_and_run(m, T, {"x": x}, tmp_path)
+    assert got[0].shape == want.shape
+    np.testing.assert_array_equal(got[0], want)
+    np.testing.assert_array_equal(got[0], onnxruntime_outputs(m, {"x": x})[0])
+
+
+def test_array_feature_extractor_bound_indices_and_bad_ones(tmp_path):
+    x = rng.integers(-50, 50, (4, 5)).astype(np.int64)
+    idx = np.array([1, 3], np.int64)
+    m = ml_model([ml("ArrayFeatureExtractor", ["x", "i"], ["y"], name="afe")], {"x": x, "i": idx},
+                 {"y": x[:, idx]})
+    e = compile_error(m, UnsupportedError)
+    assert "'afe'" in str(e) and e.bind_inputs == ["i"]
+    got, _, _ = compile_and_run(m, T, {"x": x}, tmp_path, bind={"i": idx})
+    np.testing.assert_array_equal(got[0], x[:, idx])
+    bad = ml_model([ml("ArrayFeatureExtractor", ["x", "i"], ["y"], name="afe")], {"x": x}, {"y": x[:, :2]},
+                   {"i": np.array([1, 5], np.int64)})
+    msg = str(compile_error(bad, InvalidModelError))
+    assert "'afe'" in msg and "index 5" in msg
+
+
+def test_other_ml_ops_and_ml_ops_in_the_default_domain_are_refused():
+    x = rng.standard_normal((2, 3)).astype(F)
+    m = ml_model([ml("Normalizer", ["x"], ["y"], name="nrm", norm="MAX")], {"x": x}, {"y": x})
+    msg = str(compile_error(m, UnsupportedError))
+    assert "'nrm' (Normalizer)" in msg and "ai.onnx.ml" in msg and "Binarizer" in msg
+    m = model([helper.make_node("Binarizer", ["x"], ["y"], name="b")], {"x": x}, {"y": x})
+    assert "'b' (Binarizer)" in str(compile_error(m))

@@ -39,6 +39,7 @@ from .validate import check_declared_types, validate_model
 #   - DepthToSpace-28: same signature and text;
 #   - SpaceToDepth-28: attribute mode, "CRD" a new block order (ops/movement.py).
 SUPPORTED_OPSETS = range(6, onnx.defs.onnx_opset_version() + 1)
+ML_DOMAIN = "ai.onnx.ml"  # its ops in the registry (Op.domain) are taken; a model may import it alone
 
 
 def onnx_dtype(elem_type: int) -> str:
@@ -147,7 +148,8 @@ class Importer:
     def node(self, proto: onnx.NodeProto, node_name: str, env: dict[str, Value], read: set[str],
              source: str | None = None):
         g, opset, half = self.g, self.opset, self.half
-        if proto.domain not in ("", "ai.onnx"):
+        if proto.domain not in ("", "ai.onnx", ML_DOMAIN) or (
+                proto.domain == ML_DOMAIN and proto.op_type not in registry.in_domain(ML_DOMAIN)):
             raise UnsupportedError(f"unsupported op domain '{proto.domain}'", node=node_name, op=proto.op_type)
         if proto.op_type in control_flow.OPS:
             try:
@@ -162,7 +164,7 @@ class Importer:
         if proto.op_type == "Constant":
             env[proto.output[0]] = g.const(proto.output[0], _constant_value(attrs, node_name))
             return
-        op = registry.onnx(proto.op_type, node=node_name)
+        op = registry.onnx(proto.op_type, node=node_name, domain=proto.domain)
         for key in op.dtype_attrs:
             if isinstance(attrs.get(key), int):
                 attrs[key] = onnx_dtype(attrs[key])
@@ -258,6 +260,8 @@ def _default_opset(model) -> int:
                                    f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1})")
             return imp.version
     others = sorted(imp.domain for imp in model.opset_import)
+    if others == [ML_DOMAIN]:  # only ai.onnx.ml ops (validate_model refuses a default-domain node)
+        return SUPPORTED_OPSETS.stop - 1
     if others:  # e.g. ai.onnx.preview.training only
         raise UnsupportedError(f"unsupported op domain '{others[0]}' (the model imports no default-domain opset)")
     raise InvalidModelError("the model imports no default-domain opset")

@@ -37,6 +37,7 @@ from ..ops import registry
 from .qoperator import MICROSOFT_OPS, rewritten
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
+ML_DOMAIN = "ai.onnx.ml"  # its ops in the registry (Op.domain == ML_DOMAIN) are taken
 # ops the importer takes itself (no op class): control flow is inlined (frontend/control_flow.py)
 IMPORTER_OPS = {"Constant", "If", "Loop", "Scan"}
 ATTR = onnx.AttributeProto
@@ -110,11 +111,19 @@ def _check_nodes(model: onnx.ModelProto, p: Problems):
     unsupported_ops = False
     for prefix, i, proto in _all_nodes(model.graph):
         name, op = prefix + (proto.name or f"{proto.op_type}_{i}"), proto.op_type
+        if proto.domain == ML_DOMAIN and op in registry.in_domain(ML_DOMAIN):
+            try:
+                onnx.checker.check_node(proto, ctx)
+            except onnx.checker.ValidationError as e:
+                p.invalid(one_line(e), name, op)
+            continue
         if proto.domain not in DEFAULT_DOMAINS:
             if not rewritten(proto):  # the QOperator ops of frontend/qoperator.py are taken
                 p.unsupported(f"unsupported op domain '{proto.domain}'" + (
                     f" (of it only {', '.join(sorted(MICROSOFT_OPS))} are supported)"
-                    if proto.domain == "com.microsoft" else ""), name, op)
+                    if proto.domain == "com.microsoft" else "") + (
+                    f" (of it only {', '.join(registry.in_domain(ML_DOMAIN))} are supported)"
+                    if proto.domain == ML_DOMAIN else ""), name, op)
             continue
         if not onnx.defs.has(op):
             p.unsupported(f"unsupported op '{op}': not an ONNX operator", name, op)

@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (one family per line: a new family is a one-line 
     misc_ops,
     movement,
     nn,
+    onnx_ml,
     normalization,
     pooling,
     quant,

@@ -21,6 +21,8 @@ COPY = "edgec.Copy"  # the internal op that writes a value into a graph output b
 
 class Op:
     name = "?"
+    # The ONNX domain a model names the op in: "" (ai.onnx) or "ai.onnx.ml" (ops/onnx_ml.py).
+    domain = ""
     # Writes every output element exactly once with its final value, so a following
     # elementwise op can be applied at the store (see passes.fuse_activations).
     fusable_epilogue = False
@@ -143,11 +145,19 @@ class Registry:
                                    f"supported ops)", node=node, op=name)
         return op
 
-    def onnx(self, name: str, node: str | None = None) -> Op:
-        """An op a model may name: internal ops are not ONNX ops."""
+    def onnx(self, name: str, node: str | None = None, domain: str = "") -> Op:
+        """An op a model may name, in its domain: internal ops are not ONNX ops."""
         if name in self._internal:
             raise UnsupportedError(f"unsupported op '{name}'", node=node, op=name)
-        return self.get(name, node)
+        op = self.get(name, node)
+        if op.domain != ("" if domain == "ai.onnx" else domain):
+            raise UnsupportedError(f"unsupported op '{name}' in domain '{domain or 'ai.onnx'}' (supported in domain "
+                                   f"'{op.domain or 'ai.onnx'}')", node=node, op=name)
+        return op
+
+    def in_domain(self, domain: str) -> list[str]:
+        """The ONNX ops supported in a domain other than the default one."""
+        return sorted(n for n in self.names() if self._ops[n].domain == domain)
 
     def __contains__(self, name):
         return name in self._ops and name not in self._internal
