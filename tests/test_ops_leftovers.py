@@ -193,3 +193,33 @@ def test_other_ml_ops_and_ml_ops_in_the_default_domain_are_refused():
     assert "'nrm' (Normalizer)" in msg and "ai.onnx.ml" in msg and "Binarizer" in msg
     m = model([helper.make_node("Binarizer", ["x"], ["y"], name="b")], {"x": x}, {"y": x})
     assert "'b' (Binarizer)" in str(compile_error(m))
+
+
+# -- the Optional ops on tensors ----------------------------------------------------------
+def test_optional_has_element_and_get_element_on_tensors(tmp_path):
+    x = rng.standard_normal((2, 3)).astype(F)
+    nodes = [helper.make_node("OptionalHasElement", ["x"], ["has"]),
+             helper.make_node("OptionalHasElement", [""], ["none"]),
+             helper.make_node("OptionalHasElement", [], ["none2"]),
+             helper.make_node("OptionalGetElement", ["x"], ["y0"]),
+             helper.make_node("Relu", ["y0"], ["y"])]
+    outs = {"has": np.array(True), "none": np.array(False), "none2": np.array(False), "y": x}
+    m = model(nodes, {"x": x}, outs)
+    want = ReferenceEvaluator(m).run(None, {"x": x})
+    got, _, _ = compile_and_run(m, T, {"x": x}, tmp_path)
+    for g, w in zip(got, want):
+        assert g.shape == np.asarray(w).shape and g.dtype == np.asarray(w).dtype
+        np.testing.assert_array_equal(g, w)
+    assert got[0] and not got[1] and not got[2]
+
+
+def test_optional_bad_uses_are_named():
+    x = rng.standard_normal((2,)).astype(F)
+    m = model([helper.make_node("OptionalGetElement", [""], ["y"], name="get")], {}, {"y": x})
+    assert "'get' (OptionalGetElement)" in str(compile_error(m))
+    opt = helper.make_value_info("o", helper.make_optional_type_proto(
+        helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, [2])))
+    g = helper.make_graph([helper.make_node("OptionalHasElement", ["o"], ["h"])], "g", [opt],
+                          [helper.make_tensor_value_info("h", onnx.TensorProto.BOOL, [])])
+    msg = str(compile_error(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), UnsupportedError))
+    assert "'o'" in msg and "not a tensor" in msg

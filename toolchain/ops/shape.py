@@ -123,9 +123,14 @@ class SqueezeLike(View):
         return [TensorType(t.dtype, tuple(dims))]
 
 
-@register("Identity", "Dropout")
+@register("Identity", "Dropout", "OptionalGetElement")
 class Identity(View):
+    """OptionalGetElement: the importer has tensors only, so its input is a tensor (or an
+    optional that holds one): its value."""
+
     def canonicalize(self, node, opset):
+        if not node.inputs or node.inputs[0] is None:
+            raise invalid(node, "needs an input (an empty optional has no element to get)")
         if node.op == "Dropout":
             node.attrs.clear()
             node.inputs = node.inputs[:1]  # the mask output is a constant (constant_outputs)
@@ -141,6 +146,24 @@ class Identity(View):
         if node.op != "Dropout" or len(node.outputs) < 2 or opset < 12:
             return {}
         return {1: np.ones(in_type(node).shape, np.bool_)}
+
+
+@register("OptionalHasElement")
+class OptionalHasElement(Op):
+    """Whether the optional input holds a value: the importer has tensors only, so it is
+    true when an input is given and false when there is none (no input, or an empty name):
+    a constant bool scalar, folded at import."""
+    shape_only = True
+
+    def canonicalize(self, node, opset):
+        node.attrs["has"] = bool(node.inputs) and node.inputs[0] is not None
+        node.inputs = []
+
+    def infer(self, node):
+        return [TensorType("bool", ())]
+
+    def reference(self, node, *_):
+        return [np.array(node.attrs["has"])]
 
 
 @register("Transpose")
