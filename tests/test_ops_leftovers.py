@@ -223,3 +223,58 @@ def test_optional_bad_uses_are_named():
                           [helper.make_tensor_value_info("h", onnx.TensorProto.BOOL, [])])
     msg = str(compile_error(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), UnsupportedError))
     assert "'o'" in msg and "not a tensor" in msg
+
+
+# -- BatchNormalization in training mode --------------------------------------------------
+def bn_training_numpy(x, s, b, mean, var, eps, mom):
+    axes, shape = (0, *range(2, x.ndim)), (1, -1) + (1,) * (x.ndim - 2)
+    x64 = x.astype(np.float64)
+    bm, bv = x64.mean(axis=axes), x64.var(axis=axes)
+    y = (x64 - bm.reshape(shape)) / np.sqrt(bv.reshape(shape) + eps) * s.reshape(shape) + b.reshape(shape)
+    return [a.astype(F) for a in (y, mean * mom + bm * (1 - mom), var * mom + bv * (1 - mom))]
+
+
+@pytest.mark.parametrize("shape,outputs,attrs", [((2, 3, 4, 5), 3, {}), ((6, 4), 3, {"momentum": 0.7, "epsilon": 1e-2}),
+                                                 ((2, 3, 7), 1, {})])
+def test_batchnorm_training_mode(shape, outputs, attrs, tmp_path):
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 1).astype(F)
+    s, b = rng.standard_normal(c).astype(F), rng.standard_normal(c).astype(F)
+    mean, var = rng.standard_normal(c).astype(F), rng.random(c).astype(F) + 0.5
+    want = bn_training_numpy(x, s, b, mean, var, attrs.get("epsilon", 1e-5), attrs.get("momentum", 0.9))[:outputs]
+    names = ["y", "rm", "rv"][:outputs]
+    m = model([helper.make_node("BatchNormalization", ["x", "s", "b", "mean", "var"], names, training_mode=1, **attrs)],
+              {"x": x, "s": s, "b": b, "mean": mean, "var": var}, dict(zip(names, want)), opset=15)
+    feeds = {"x": x, "s": s, "b": b, "mean": mean, "var": var}
+    got, _, _ = compile_and_run(m, T, feeds, tmp_path)
+    ref = ReferenceEvaluator(m).run(None, feeds)
+    for j, (g, w, r) in enumerate(zip(got, want, ref)):
+        assert g.shape == w.shape
+        assert_close(g, w, what=f"output {j}")
+        assert_close(g, r, what=f"output {j} (onnx reference)")
+
+
+def test_batchnorm_training_mode_after_a_conv_is_not_folded_into_it(tmp_path):
+    """The inference form folds into a Conv with constant statistics; the training form
+    normalizes by the batch's statistics whatever the given ones."""
+    x = rng.standard_normal((2, 2, 5, 5)).astype(F)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(F)
+    s, b = np.ones(3, F), np.zeros(3, F)
+    mean, var = np.full(3, 10.0, F), np.full(3, 100.0, F)
+    conv = np.zeros((2, 3, 3, 3))
+    for n, o, i, j in np.ndindex(conv.shape):
+        conv[n, o, i, j] = (x[n, :, i:i + 3, j:j + 3].astype(np.float64) * w[o]).sum()
+    want = bn_training_numpy(conv, s, b, mean, var, 1e-5, 0.9)[0]
+    m = model([helper.make_node("Conv", ["x", "w"], ["c"]),
+               helper.make_node("BatchNormalization", ["c", "s", "b", "mean", "var"], ["y"], training_mode=1)],
+              {"x": x}, {"y": want}, {"w": w, "s": s, "b": b, "mean": mean, "var": var}, opset=15)
+    got, _, _ = compile_and_run(m, T, {"x": x}, tmp_path)
+    assert_close(got[0], want)
+
+
+def test_batchnorm_training_mode_bad_inputs():
+    x = rng.standard_normal((2, 3)).astype(np.float64)
+    p = np.ones(3)
+    m = model([helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], training_mode=1, name="bn")],
+              {"x": x}, {"y": x}, {"s": p, "b": p, "m": p, "v": p}, opset=15)
+    assert "'bn'" in str(compile_error(m, UnsupportedError))

@@ -183,6 +183,8 @@ class Importer:
         node.sources = (source or self.origin.get(node_name, (node_name,))[0],)
         try:
             op.canonicalize(node, opset)
+            if node.op != proto.op_type:  # canonicalize chose another op (BatchNormalization's training mode)
+                op = registry.get(node.op, node=node_name)
             types = op.infer(node)
             known = op.constant_outputs(node, opset) if len(types) < len(node.outputs) else {}
         except CompileError as e:

@@ -1,4 +1,4 @@
-"""Normalization: BatchNormalization (inference), LayerNormalization, RMSNormalization,
+"""Normalization: BatchNormalization (inference; training mode as its own op), LayerNormalization, RMSNormalization,
 InstanceNormalization, LRN and LpNormalization. BatchNormalization after a Conv/Gemm is
 folded into its weights by passes.fuse.fold_batchnorm; the lowering here is for the rest."""
 from __future__ import annotations
@@ -36,7 +36,11 @@ class BatchNormalization(Op):
     def canonicalize(self, node, opset):
         node.attrs["epsilon"] = float(node.attrs.get("epsilon", 1e-5))
         if node.attrs.pop("training_mode", 0):
-            raise unsupported(node, "training_mode=1 is not an inference graph")
+            if opset < 14:
+                raise unsupported(node, "training_mode=1 is not an inference graph")
+            node.op = TRAINING  # the importer goes on with that op
+            node.attrs = {"epsilon": node.attrs["epsilon"], "momentum": float(node.attrs.get("momentum", 0.9))}
+            return
         node.attrs.pop("momentum", None)
         node.attrs.pop("spatial", None)
         node.attrs.pop("is_test", None)
@@ -105,6 +109,58 @@ class BatchNormalization(Op):
             shift = b[c] - mean[c] * f
             with k.loop(inner) as i:
                 y3[n, c, i] = x3[n, c, i] * f + shift
+
+
+TRAINING = "edgec.BatchNormTraining"
+
+
+@register(TRAINING, internal=True)
+class BatchNormTraining(Op):
+    """BatchNormalization with training_mode=1 (opset 14+): normalized by the batch's own
+    per-channel mean and (population) variance over N and the spatial axes; outputs 1 and
+    2 are the running statistics, input * momentum + batch's * (1 - momentum).
+    Deterministic; a separate op so nothing fuses or folds it as the inference form."""
+
+    def infer(self, node):
+        t = _float_input(node)
+        if len(t.shape) < 2 or len(node.inputs) != 5 or any(v is None for v in node.inputs):
+            raise invalid(node, "needs X (N x C x ...), scale, B, input_mean and input_var")
+        _check_channel_params(node, 1, t.shape[1])
+        if any(v.type.dtype != "float32" for v in node.inputs[1:]):
+            raise unsupported(node, "needs float32 scale, B, mean and var")
+        return [t, *[TensorType("float32", (t.shape[1],))] * 2][:len(node.outputs)]
+
+    def reference(self, node, x, scale, b, mean, var):
+        axes, shape = (0, *range(2, x.ndim)), (1, -1) + (1,) * (x.ndim - 2)
+        x64, mom = x.astype(np.float64), node.attrs["momentum"]
+        bm, bv = x64.mean(axis=axes), x64.var(axis=axes)
+        y = (x64 - bm.reshape(shape)) / np.sqrt(bv.reshape(shape) + node.attrs["epsilon"])
+        y = y * scale.reshape(shape) + b.reshape(shape)
+        outs = [y, mean * mom + bm * (1 - mom), var * mom + bv * (1 - mom)]
+        return [o.astype(np.float32) for o in outs[:len(node.outputs)]]
+
+    def lower(self, k, node, ins, outs):
+        x, scale, b, mean, var = ins
+        n_, c_ = x.shape[:2]
+        inner = int(np.prod(x.shape[2:], dtype=np.int64))
+        x3, y3 = x.reshape((n_, c_, inner)), outs[0].reshape((n_, c_, inner))
+        count, mom = float(n_ * inner), node.attrs["momentum"]
+        with k.loop(c_) as c:  # two passes (mean, then the centred squares) keep float32 accurate
+            total = k.var(0.0)
+            with k.loops((n_, inner)) as (n, i):
+                total += x3[n, c, i]
+            bm = total.value * (1.0 / count)
+            sq = k.var(0.0)
+            with k.loops((n_, inner)) as (n, i):
+                d = x3[n, c, i] - bm
+                sq += d * d
+            bv = sq.value * (1.0 / count)
+            f = scale[c] / k.sqrt(bv + node.attrs["epsilon"])
+            shift = b[c] - bm * f
+            with k.loops((n_, inner)) as (n, i):
+                y3[n, c, i] = x3[n, c, i] * f + shift
+            for out, given, batch in zip(outs[1:], (mean, var), (bm, bv)):
+                out[c] = given[c] * mom + batch * (1.0 - mom)
 
 
 def _normalize_rows(k, x, y, eps, affine, stats=None, lead=1, eps_on_std=False):
