@@ -278,3 +278,107 @@ def test_batchnorm_training_mode_bad_inputs():
     m = model([helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], training_mode=1, name="bn")],
               {"x": x}, {"y": x}, {"s": p, "b": p, "m": p, "v": p}, opset=15)
     assert "'bn'" in str(compile_error(m, UnsupportedError))
+
+
+# -- MaxUnpool ------------------------------------------------------------------------------
+def unpool_numpy(x, idx, unpooled, shape):
+    y = np.zeros(int(np.prod(unpooled)), x.dtype)
+    for v, j in zip(x.reshape(-1), idx.reshape(-1)):
+        if 0 <= j < y.size:
+            y[j] = v
+    out = np.zeros(shape, x.dtype)
+    out[tuple(slice(0, u) for u in unpooled)] = y.reshape(unpooled)
+    return out
+
+
+@pytest.mark.parametrize("shape,kernel,strides,pads,out_shape", [
+    ((2, 3, 6, 8), [2, 2], [2, 2], [0, 0, 0, 0], None),
+    ((1, 2, 7, 7), [3, 3], [2, 2], [1, 1, 1, 1], [1, 2, 8, 9]),
+    ((2, 2, 9), [3], [3], [0, 0], None)])
+def test_maxunpool_puts_maxpool_values_back(shape, kernel, strides, pads, out_shape, tmp_path):
+    """MaxPool's Indices (from onnxruntime) into MaxUnpool: the maxima back in place."""
+    x = rng.standard_normal(shape).astype(F)
+    pool = make_model([helper.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=kernel, strides=strides,
+                                        pads=pads)], {"x": (F, shape)}, {"p": (F, None), "i": (np.int64, None)},
+                      opset=18)
+    p, i = onnxruntime_outputs(pool, {"x": x})
+    spatial = [(p.shape[2 + d] - 1) * strides[d] - pads[d] - pads[len(kernel) + d] + kernel[d]
+               for d in range(len(kernel))]
+    unpooled = [*shape[:2], *spatial]
+    want = unpool_numpy(p, i, unpooled, out_shape or unpooled)
+    ins = ["p", "i"] + (["s"] if out_shape else [])
+    m = model([helper.make_node("MaxUnpool", ins, ["y"], kernel_shape=kernel, strides=strides, pads=pads)],
+              {"p": p, "i": i}, {"y": want}, {"s": np.array(out_shape, np.int64)} if out_shape else None)
+    got, _, _ = compile_and_run(m, T, {"p": p, "i": i}, tmp_path)
+    np.testing.assert_array_equal(got[0], want)
+    np.testing.assert_array_equal(got[0], ReferenceEvaluator(m).run(None, {"p": p, "i": i})[0])
+
+
+def test_maxunpool_skips_out_of_range_indices_and_names_bad_shapes(tmp_path):
+    p = rng.standard_normal((1, 1, 2, 2)).astype(F)
+    i = np.array([[[[0, 99], [-1, 15]]]], np.int64)  # 99 and -1 are outside the 4x4 output
+    want = unpool_numpy(p, i, [1, 1, 4, 4], [1, 1, 4, 4])
+    m = model([helper.make_node("MaxUnpool", ["p", "i"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
+              {"p": p, "i": i}, {"y": want})
+    got, _, _ = compile_and_run(m, T, {"p": p, "i": i}, tmp_path)
+    np.testing.assert_array_equal(got[0], want)
+    assert np.count_nonzero(got[0]) == 2
+    small = model([helper.make_node("MaxUnpool", ["p", "i", "s"], ["y"], kernel_shape=[2, 2], strides=[2, 2],
+                                    name="mu")], {"p": p, "i": i}, {"y": want}, {"s": np.array([1, 1, 3, 4], np.int64)})
+    msg = str(compile_error(small, InvalidModelError))
+    assert "'mu'" in msg and "output_shape" in msg
+    runtime = model([helper.make_node("MaxUnpool", ["p", "i", "s"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
+                    {"p": p, "i": i, "s": np.array([1, 1, 4, 4], np.int64)}, {"y": want})
+    assert compile_error(runtime, UnsupportedError).bind_inputs == ["s"]
+
+
+# -- TensorScatter --------------------------------------------------------------------------
+def scatter_numpy(past, upd, w, axis, circular):
+    out, n = past.copy(), past.shape[axis]
+    for pre in np.ndindex(past.shape[:axis]):
+        for s in range(upd.shape[axis]):
+            q = int(w[pre[0]]) + s
+            q = q % n if circular else q
+            if 0 <= q < n:
+                out[pre + (q,)] = upd[pre + (s,)]
+    return out
+
+
+@pytest.mark.parametrize("past_shape,upd_len,axis,mode,w", [
+    ((2, 3, 6, 4), 2, -2, "linear", [0, 3]),
+    ((2, 3, 6, 4), 3, 2, "circular", [5, 2]),
+    ((3, 5, 2), 2, 1, "linear", None),
+    ((2, 6), 4, 1, "circular", [4, 0])])
+def test_tensorscatter(past_shape, upd_len, axis, mode, w, tmp_path):
+    past = rng.standard_normal(past_shape).astype(F)
+    us = list(past_shape)
+    us[axis] = upd_len
+    upd = rng.standard_normal(us).astype(F)
+    feeds = {"past": past, "upd": upd}
+    if w is not None:
+        feeds["w"] = np.array(w, np.int64)
+    want = scatter_numpy(past, upd, feeds.get("w", np.zeros(past_shape[0], np.int64)), axis % len(past_shape),
+                         mode == "circular")
+    m = model([helper.make_node("TensorScatter", list(feeds), ["y"], axis=axis, mode=mode)], feeds, {"y": want},
+              opset=24)
+    got, _, _ = compile_and_run(m, T, feeds, tmp_path)
+    np.testing.assert_array_equal(got[0], want)
+    np.testing.assert_array_equal(got[0], ReferenceEvaluator(m).run(None, feeds)[0])
+
+
+def test_tensorscatter_linear_past_the_end_is_skipped_and_bad_uses_named(tmp_path):
+    past, upd = rng.standard_normal((2, 4, 3)).astype(F), rng.standard_normal((2, 2, 3)).astype(F)
+    w = np.array([3, -1], np.int64)  # item 0 writes positions 3 and 4 (4: skipped), item 1 -1 (skipped) and 0
+    want = scatter_numpy(past, upd, w, 1, False)
+    m = model([helper.make_node("TensorScatter", ["p", "u", "w"], ["y"], axis=1)], {"p": past, "u": upd, "w": w},
+              {"y": want}, opset=24)
+    got, _, _ = compile_and_run(m, T, {"p": past, "u": upd, "w": w}, tmp_path)
+    np.testing.assert_array_equal(got[0], want)
+    for attrs, what in (({"axis": 0}, "batch axis"), ({"mode": "ring"}, "mode")):
+        bad = model([helper.make_node("TensorScatter", ["p", "u"], ["y"], name="ts", **attrs)], {"p": past, "u": upd},
+                    {"y": past}, opset=24)
+        msg = str(compile_error(bad))
+        assert "'ts' (TensorScatter)" in msg and what in msg
+    long = model([helper.make_node("TensorScatter", ["u", "p"], ["y"], name="ts", axis=1)], {"p": past, "u": upd},
+                 {"y": upd}, opset=24)
+    assert "'ts' (TensorScatter)" in str(compile_error(long, InvalidModelError))
