@@ -382,3 +382,36 @@ def test_tensorscatter_linear_past_the_end_is_skipped_and_bad_uses_named(tmp_pat
     long = model([helper.make_node("TensorScatter", ["u", "p"], ["y"], name="ts", axis=1)], {"p": past, "u": upd},
                  {"y": upd}, opset=24)
     assert "'ts' (TensorScatter)" in str(compile_error(long, InvalidModelError))
+
+
+# -- RoiAlign -------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode,ctm,scale,ratio", [("avg", "half_pixel", 1.0, 2), ("avg", "output_half_pixel", 0.5, 3),
+                                                  ("max", "half_pixel", 0.25, 2), ("max", "output_half_pixel", 1.0, 1)])
+def test_roialign(mode, ctm, scale, ratio, tmp_path):
+    x = rng.standard_normal((2, 3, 9, 11)).astype(F)
+    # regions inside, across the border, tiny, and one wholly outside; both batch items
+    rois = np.array([[1.0, 1.5, 6.0, 7.0], [-3.0, 2.0, 14.0, 8.5], [4.2, 4.1, 4.3, 4.2], [30.0, 30.0, 40.0, 45.0],
+                     [0.0, 0.0, 10.0, 8.0]], F) / (scale if scale < 1 else 1)
+    bi = np.array([0, 1, 1, 0, 1], np.int64)
+    feeds = {"x": x, "rois": rois, "bi": bi}
+    node = helper.make_node("RoiAlign", ["x", "rois", "bi"], ["y"], mode=mode, coordinate_transformation_mode=ctm,
+                            output_height=4, output_width=3, sampling_ratio=ratio, spatial_scale=scale)
+    m = model([node], feeds, {"y": np.zeros((5, 3, 4, 3), F)})
+    got, _, _ = compile_and_run(m, T, feeds, tmp_path)
+    assert_close(got[0], ReferenceEvaluator(m).run(None, feeds)[0], what="against the onnx reference")
+    assert_close(got[0], onnxruntime_outputs(m, feeds)[0], what="against onnxruntime")
+
+
+def test_roialign_refusals_and_a_bad_batch_index_stays_inside(tmp_path):
+    x = rng.standard_normal((2, 1, 5, 5)).astype(F)
+    rois, bi = np.array([[0.0, 0.0, 4.0, 4.0]], F), np.array([7], np.int64)
+    feeds = {"x": x, "rois": rois, "bi": bi}
+    m = model([helper.make_node("RoiAlign", ["x", "rois", "bi"], ["y"], name="ra", sampling_ratio=0)], feeds,
+              {"y": np.zeros((1, 1, 1, 1), F)})
+    msg = str(compile_error(m, UnsupportedError))
+    assert "'ra' (RoiAlign)" in msg and "sampling_ratio" in msg
+    m = model([helper.make_node("RoiAlign", ["x", "rois", "bi"], ["y"], sampling_ratio=2, output_height=2,
+                                output_width=2)], feeds, {"y": np.zeros((1, 1, 2, 2), F)})
+    got, _, _ = compile_and_run(m, T, feeds, tmp_path)  # batch index 7 of 2: clamped to the last item
+    want = ReferenceEvaluator(m).run(None, {**feeds, "bi": np.array([1], np.int64)})[0]
+    assert_close(got[0], want)

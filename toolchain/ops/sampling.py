@@ -336,3 +336,117 @@ class AffineGrid(Op):
                 for i in range(r):
                     acc = acc + theta[(n, j, i)] * homo[i]
                 y[(n,) + tuple(s) + (j,)] = acc
+
+
+@register("RoiAlign")
+class RoiAlign(Op):
+    """Each region of interest (x1, y1, x2, y2 in input pixels times spatial_scale) of batch
+    item batch_indices[r], cut into output_height x output_width bins, each bin the average
+    (or, mode max, the largest of the weighted corner values: onnx's reference and
+    onnxruntime) of sampling_ratio^2 bilinear samples. Coordinates come at run time: a
+    sample outside [-1, size] counts 0; every index is clamped into the input, a batch index
+    too (out of range it is invalid input). sampling_ratio 0 (a grid that depends on each
+    region's size) is not supported."""
+
+    def canonicalize(self, node, opset):
+        a = node.attrs
+        a["mode"] = _text(a.get("mode"), "avg")
+        ctm = _text(a.get("coordinate_transformation_mode"), "half_pixel" if opset >= 16 else "output_half_pixel")
+        if a["mode"] not in ("avg", "max") or ctm not in ("half_pixel", "output_half_pixel"):
+            raise invalid(node, f"mode {a['mode']!r} or coordinate_transformation_mode {ctm!r} is not defined")
+        a["half_pixel"] = ctm == "half_pixel"
+        a.pop("coordinate_transformation_mode", None)
+        for key, default in (("output_height", 1), ("output_width", 1), ("sampling_ratio", 0)):
+            a[key] = int(a.get(key, default))
+        a["spatial_scale"] = float(a.get("spatial_scale", 1.0))
+        if a["output_height"] < 1 or a["output_width"] < 1 or a["sampling_ratio"] < 0:
+            raise invalid(node, "output_height and output_width must be positive, sampling_ratio >= 0")
+        if a["sampling_ratio"] == 0:
+            raise unsupported(node, "sampling_ratio 0 (a sampling grid sized by each region at run time) is "
+                                    "not supported; give a positive sampling_ratio")
+
+    def infer(self, node):
+        x, rois, bi = (in_type(node, i) for i in range(3))
+        if x.dtype != "float32" or rois.dtype != "float32":
+            raise unsupported(node, f"needs float32 X and rois, got {x.dtype} and {rois.dtype}")
+        if len(x.shape) != 4 or len(rois.shape) != 2 or rois.shape[1] != 4:
+            raise invalid(node, f"needs X [N, C, H, W] and rois [R, 4], got {list(x.shape)} and {list(rois.shape)}")
+        if bi.dtype not in ("int64", "int32") or bi.shape != rois.shape[:1]:
+            raise invalid(node, f"batch_indices must be int64 of shape [{rois.shape[0]}], got {bi.dtype}{list(bi.shape)}")
+        return [TensorType("float32", (rois.shape[0], x.shape[1], node.attrs["output_height"],
+                                       node.attrs["output_width"]))]
+
+    def reference(self, node, x, rois, bi):
+        a = node.attrs
+        _, c_, h, w = x.shape
+        oh, ow, g = a["output_height"], a["output_width"], a["sampling_ratio"]
+        y = np.zeros((rois.shape[0], c_, oh, ow), np.float64)
+        off = 0.5 if a["half_pixel"] else 0.0
+        for r in range(rois.shape[0]):
+            img = x[min(max(int(bi[r]), 0), x.shape[0] - 1)].astype(np.float64)
+            sw, sh, ew, eh = (float(v) * a["spatial_scale"] - off for v in rois[r])
+            rw, rh = ew - sw, eh - sh
+            if not a["half_pixel"]:
+                rw, rh = max(rw, 1.0), max(rh, 1.0)
+            for ph, pw in np.ndindex(oh, ow):
+                vals = []
+                for iy, ix in np.ndindex(g, g):
+                    yy = sh + ph * rh / oh + (iy + 0.5) * rh / oh / g
+                    xx = sw + pw * rw / ow + (ix + 0.5) * rw / ow / g
+                    if not (-1.0 <= yy <= h and -1.0 <= xx <= w):
+                        vals.append(np.zeros(c_))
+                        continue
+                    yy, xx = max(yy, 0.0), max(xx, 0.0)
+                    yl, xl = int(yy), int(xx)
+                    yl, yh, yy = (h - 1, h - 1, float(h - 1)) if yl >= h - 1 else (yl, yl + 1, yy)
+                    xl, xh, xx = (w - 1, w - 1, float(w - 1)) if xl >= w - 1 else (xl, xl + 1, xx)
+                    ly, lx = yy - yl, xx - xl
+                    terms = [(1 - ly) * (1 - lx) * img[:, yl, xl], (1 - ly) * lx * img[:, yl, xh],
+                             ly * (1 - lx) * img[:, yh, xl], ly * lx * img[:, yh, xh]]
+                    vals.append(sum(terms) if a["mode"] == "avg" else np.max(terms, axis=0))
+                y[r, :, ph, pw] = np.mean(vals, axis=0) if a["mode"] == "avg" else np.max(vals, axis=0)
+        return [y.astype(np.float32)]
+
+    def lower(self, k, node, ins, outs):
+        a = node.attrs
+        x, rois, bi, y = ins[0], ins[1], ins[2], outs[0]
+        n_, c_, h, w = x.shape
+        oh, ow, g = a["output_height"], a["output_width"], a["sampling_ratio"]
+        idx_t = k.lift(0).v.type
+        off = 0.5 if a["half_pixel"] else 0.0
+
+        def fl(v):
+            return k.cast(k.lift(v), F32)
+
+        with k.loop(rois.shape[0]) as r:
+            b = k.cast(bi[(r,)], idx_t)
+            b = k.min(k.max(b, 0), n_ - 1)
+            sw, sh, ew, eh = (rois[(r, j)] * a["spatial_scale"] - off for j in range(4))
+            rw, rh = ew - sw, eh - sh
+            if not a["half_pixel"]:
+                rw, rh = k.max(rw, 1.0), k.max(rh, 1.0)
+            bh, bw = rh * (1.0 / oh), rw * (1.0 / ow)
+            with k.loops((oh, ow, c_)) as (ph, pw, c):
+                acc = k.var(0.0 if a["mode"] == "avg" else float("-inf"))
+                with k.loops((g, g)) as (iy, ix):
+                    yy = sh + fl(ph) * bh + (fl(iy) + 0.5) * bh * (1.0 / g)
+                    xx = sw + fl(pw) * bw + (fl(ix) + 0.5) * bw * (1.0 / g)
+                    inside = (yy >= -1.0) & (yy <= float(h)) & (xx >= -1.0) & (xx <= float(w))  # false for NaN
+                    corners = []
+                    for v, d in ((yy, h), (xx, w)):
+                        v = k.select(inside, k.max(v, 0.0), 0.0)  # now in [0, d]
+                        lo = k.cast(v, idx_t)
+                        edge = lo >= d - 1
+                        lo = k.select(edge, d - 1, lo)
+                        hi = k.select(edge, d - 1, lo + 1)
+                        frac = k.select(edge, 0.0, v - fl(lo))
+                        corners.append((lo, hi, frac))
+                    (yl, yh, ly), (xl, xh, lx) = corners
+                    terms = [(1.0 - ly) * (1.0 - lx) * x[b, c, yl, xl], (1.0 - ly) * lx * x[b, c, yl, xh],
+                             ly * (1.0 - lx) * x[b, c, yh, xl], ly * lx * x[b, c, yh, xh]]
+                    if a["mode"] == "avg":
+                        acc.value = acc.value + k.select(inside, terms[0] + terms[1] + terms[2] + terms[3], 0.0)
+                    else:
+                        best = k.max(k.max(terms[0], terms[1]), k.max(terms[2], terms[3]))
+                        acc.value = k.max(acc.value, k.select(inside, best, 0.0))
+                y[r, c, ph, pw] = acc.value * (1.0 / (g * g)) if a["mode"] == "avg" else acc.value
