@@ -415,3 +415,36 @@ def test_roialign_refusals_and_a_bad_batch_index_stays_inside(tmp_path):
     got, _, _ = compile_and_run(m, T, feeds, tmp_path)  # batch index 7 of 2: clamped to the last item
     want = ReferenceEvaluator(m).run(None, {**feeds, "bi": np.array([1], np.int64)})[0]
     assert_close(got[0], want)
+
+
+# -- one model of the new ops: the C backend, an emulated target ---------------------------
+def mixed_model():
+    x = rng.standard_normal((2, 3, 6, 6)).astype(F)
+    past, upd = rng.standard_normal((2, 5, 3)).astype(F), rng.standard_normal((2, 2, 3)).astype(F)
+    c = np.ones(3, F)
+    nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["n"], training_mode=1),
+             helper.make_node("MaxPool", ["n"], ["p", "i"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("MaxUnpool", ["p", "i"], ["u"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("RoiAlign", ["u", "rois", "bi"], ["r"], output_height=2, output_width=3,
+                              sampling_ratio=2, mode="max"),
+             ml("Binarizer", ["r"], ["flags"], threshold=0.5),
+             helper.make_node("TensorScatter", ["past", "upd", "w"], ["kv"], axis=1, mode="circular"),
+             helper.make_node("OptionalHasElement", ["upd"], ["has"])]
+    inits = {"s": c * 1.5, "b": c * 0.1, "m": c * 0, "v": c, "rois": np.array([[0.5, 1, 5, 4.5], [2, 0, 6, 6]], F),
+             "bi": np.array([1, 0], np.int64), "w": np.array([4, 1], np.int64)}
+    m = model(nodes, {"x": x, "past": past, "upd": upd},
+              {"r": np.zeros((2, 3, 2, 3), F), "flags": np.zeros((2, 3, 2, 3), F), "kv": past, "has": np.array(True)},
+              inits, opset=24)
+    m.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
+    return m, {"x": x, "past": past, "upd": upd}
+
+
+@pytest.mark.parametrize("tgt,c_path", [(T, True), ("rv64gcv", False)])
+def test_mixed_model_of_the_new_ops(tgt, c_path, tmp_path):
+    from test_c_backend import run_c_path
+    m, feeds = mixed_model()
+    want = ReferenceEvaluator(m).run(None, feeds)
+    got = run_c_path(m, tgt, feeds, tmp_path)[0] if c_path else compile_and_run(m, tgt, feeds, tmp_path)[0]
+    for j, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == np.asarray(w).dtype
+        assert_close(g, w, what=f"output {j}")
