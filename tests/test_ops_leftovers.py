@@ -277,7 +277,13 @@ def test_batchnorm_training_mode_bad_inputs():
     p = np.ones(3)
     m = model([helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], training_mode=1, name="bn")],
               {"x": x}, {"y": x}, {"s": p, "b": p, "m": p, "v": p}, opset=15)
-    assert "'bn'" in str(compile_error(m, UnsupportedError))
+    msg = str(compile_error(m, UnsupportedError))
+    assert "'bn' (BatchNormalization)" in msg and "float64" in msg and "training_mode=1" in msg
+    x, p = x.astype(F), np.ones(4, F)
+    m = model([helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], training_mode=1, name="bn")],
+              {"x": x}, {"y": x}, {"s": p, "b": p, "m": p, "v": p}, opset=15)
+    msg = str(compile_error(m, InvalidModelError))
+    assert "'bn' (BatchNormalization)" in msg and "[3]" in msg
 
 
 # -- MaxUnpool ------------------------------------------------------------------------------
@@ -429,11 +435,14 @@ def mixed_model():
                               sampling_ratio=2, mode="max"),
              ml("Binarizer", ["r"], ["flags"], threshold=0.5),
              helper.make_node("TensorScatter", ["past", "upd", "w"], ["kv"], axis=1, mode="circular"),
-             helper.make_node("OptionalHasElement", ["upd"], ["has"])]
+             helper.make_node("OptionalHasElement", ["upd"], ["has"]),
+             ml("ArrayFeatureExtractor", ["r", "cols"], ["picked"])]
     inits = {"s": c * 1.5, "b": c * 0.1, "m": c * 0, "v": c, "rois": np.array([[0.5, 1, 5, 4.5], [2, 0, 6, 6]], F),
-             "bi": np.array([1, 0], np.int64), "w": np.array([4, 1], np.int64)}
+             "bi": np.array([1, 0], np.int64), "w": np.array([4, 1], np.int64),
+             "cols": np.array([2, 0, 2], np.int64)}
     m = model(nodes, {"x": x, "past": past, "upd": upd},
-              {"r": np.zeros((2, 3, 2, 3), F), "flags": np.zeros((2, 3, 2, 3), F), "kv": past, "has": np.array(True)},
+              {"r": np.zeros((2, 3, 2, 3), F), "flags": np.zeros((2, 3, 2, 3), F), "kv": past, "has": np.array(True),
+               "picked": np.zeros((2, 3, 2, 3), F)},
               inits, opset=24)
     m.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
     return m, {"x": x, "past": past, "upd": upd}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InvalidModelError, UnsupportedError
 from ..kernel import mathfns as m
 from ..ir import TensorType
 from .base import Op, in_type, invalid, norm_axis, register, unsupported
@@ -122,12 +123,16 @@ class BatchNormTraining(Op):
     Deterministic; a separate op so nothing fuses or folds it as the inference form."""
 
     def infer(self, node):
-        t = _float_input(node)
-        if len(t.shape) < 2 or len(node.inputs) != 5 or any(v is None for v in node.inputs):
-            raise invalid(node, "needs X (N x C x ...), scale, B, input_mean and input_var")
-        _check_channel_params(node, 1, t.shape[1])
-        if any(v.type.dtype != "float32" for v in node.inputs[1:]):
-            raise unsupported(node, "needs float32 scale, B, mean and var")
+        def named(kind, msg):  # errors name the model's op
+            return kind(msg + " (training_mode=1)", node=node.name, op="BatchNormalization")
+        if len(node.inputs) != 5 or any(v is None for v in node.inputs) or len(in_type(node).shape) < 2:
+            raise named(InvalidModelError, "needs X (N x C x ...), scale, B, input_mean and input_var")
+        t = in_type(node)
+        for i, v in enumerate(node.inputs):
+            if v.type.dtype != "float32":
+                raise named(UnsupportedError, f"input {i} is {v.type.dtype}: float32 only")
+            if i and v.type.shape != (t.shape[1],):
+                raise named(InvalidModelError, f"input {i} has shape {list(v.type.shape)}, expected [{t.shape[1]}]")
         return [t, *[TensorType("float32", (t.shape[1],))] * 2][:len(node.outputs)]
 
     def reference(self, node, x, scale, b, mean, var):
