@@ -36,6 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import InvalidModelError, UnsupportedError
 from ..ir import DTYPES, Value
+from ..ops.elementwise import UNARY
 
 PREVIEW = "ai.onnx.preview"
 TRAINING = "ai.onnx.preview.training"
@@ -299,6 +300,9 @@ def _momentum(c: _Node) -> list[Value]:
 def _adam(c: _Node) -> list[Value]:
     r, t, (xs, gs, vs, hs) = _groups(c, 4, "X, G, V, H")
     dt = xs[0].type.dtype
+    if dt not in UNARY["Exp"].dtypes:  # alpha**T at a run-time T is Pow's exp(T log alpha)
+        raise c.unsupported(f"{dt} tensors are not supported: the bias correction alpha**T, beta**T needs Pow in "
+                            f"{dt} at a run-time exponent (exp and log in {dt})")
     alpha, beta = _fattr(c, "alpha", 0.9), _fattr(c, "beta", 0.999)
     eps, norm = _fattr(c, "epsilon", 1e-6), _fattr(c, "norm_coefficient", 0.0)
     post = _fattr(c, "norm_coefficient_post", 0.0)
