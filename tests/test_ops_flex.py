@@ -282,6 +282,11 @@ def test_flex_bad_modifiers():
     node = helper.make_node("FlexAttention", ["Q", "K", "V"], ["Y"], name="flex", domain=PREVIEW, prob_mod=half)
     msg = refused(model(node, feeds, {"Y": (F, [2, 2, 2, 4])}, PREVIEW), InvalidModelError)
     assert "prob_mod input 's' is declared float16" in msg and "FlexAttention" in msg
+    # the node itself is checked against its schema beside its subgraphs (a misspelled attribute)
+    node = helper.make_node("FlexAttention", ["Q", "K", "V"], ["Y"], name="flex", domain=PREVIEW, prob_mod=half,
+                            scal=0.5)
+    msg = refused(model(node, feeds, {"Y": (F, [2, 2, 2, 4])}, PREVIEW), InvalidModelError)
+    assert "'flex'" in msg and "scal" in msg
     # an unsupported op inside a modifier is named with the modifier's path
     bad = mod_graph("bad", [helper.make_node("Unique", ["s"], ["s_out"])])
     node = helper.make_node("FlexAttention", ["Q", "K", "V"], ["Y"], name="flex", domain=PREVIEW, score_mod=bad)

@@ -122,12 +122,15 @@ def _check_nodes(model: onnx.ModelProto, p: Problems):
         if not preview and not onnx.defs.has(op):
             p.unsupported(f"unsupported op '{op}': not an ONNX operator", name, op)
             continue
-        if not any(a.type in SUBGRAPH_ATTRS for a in proto.attribute):
+        if preview or not any(a.type in SUBGRAPH_ATTRS for a in proto.attribute):
             checked = proto
-            if proto.domain == "ai.onnx":
+            if proto.domain == "ai.onnx" or preview:
                 checked = onnx.NodeProto()
                 checked.CopyFrom(proto)
-                checked.domain = ""
+                checked.domain = "" if proto.domain == "ai.onnx" else proto.domain
+                if preview:  # FlexAttention's score_mod / prob_mod are checked node by node below
+                    del checked.attribute[:]
+                    checked.attribute.extend(a for a in proto.attribute if a.type not in SUBGRAPH_ATTRS)
             try:
                 onnx.checker.check_node(checked, ctx)
             except onnx.checker.ValidationError as e:
