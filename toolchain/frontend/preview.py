@@ -206,7 +206,7 @@ def _modifier(c: _Node, key: str, x: Value) -> Value:
 
 # -- the optimizers -------------------------------------------------------------------------
 def _groups(c: _Node, per: int, names: str) -> tuple[Value, Value, list[list[Value]]]:
-    """R and T as scalars (R in X's type, T as X's type), and the `per` lists of tensors."""
+    """R (cast to the tensors' type) and T (int64), both as scalars, and the `per` lists of tensors."""
     ins = c.inputs()
     n = (len(ins) - 2) // per
     if len(ins) < 2 + per or (len(ins) - 2) % per:
