@@ -111,6 +111,8 @@ class DFT(Op):
         inverse, onesided = int(node.attrs.get("inverse", 0)), int(node.attrs.get("onesided", 0))
         if inverse not in (0, 1) or onesided not in (0, 1):
             raise invalid(node, f"inverse and onesided must be 0 or 1, got {inverse} and {onesided}")
+        if onesided and not inverse and t.shape[-1] == 2:
+            raise invalid(node, "a onesided transform needs a real input (last dim 1), got a complex one")
         default = 2 * (t.shape[axis] - 1) if inverse and onesided else t.shape[axis]
         n = int(_scalar(node, 1, "dft_length", default=default))
         if n < 1:
@@ -189,6 +191,8 @@ class STFT(Op):
         onesided = int(node.attrs.get("onesided", 1))
         if onesided not in (0, 1):
             raise invalid(node, f"onesided must be 0 or 1, got {onesided}")
+        if onesided and t.shape[-1] == 2:
+            raise invalid(node, "a onesided STFT needs a real signal (last dim 1), got a complex one")
         if length > t.shape[1]:
             raise unsupported(node, f"a frame_length of {length} longer than the signal ({t.shape[1]}): no frame "
                                     f"(an empty output) is not supported")

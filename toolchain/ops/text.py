@@ -8,7 +8,9 @@ with s + d * (n - 1) inside the row, a hit when all n tokens match. That counts 
 trie walk counts (each start, distance and size once; unigrams on the first pass only), in
 O(rows * pool n-grams * distances * row length * n) compares, with no data-dependent memory
 access. The output [rows, max(ngram_indexes) + 1] (or [that] for a 1-D input) has a shape fixed
-by the attributes."""
+by the attributes. weights[i] is the weight of the pool's i-th n-gram (the spec, and onnxruntime),
+applied at that n-gram's output; onnx's ReferenceEvaluator reads it at output i instead, which
+differs when ngram_indexes is not the identity."""
 from __future__ import annotations
 
 import numpy as np
@@ -60,8 +62,13 @@ class TfIdfVectorizer(Op):
         if len(indexes) != len(grams):
             raise invalid(node, f"{len(grams)} n-grams in the pool for {len(indexes)} ngram_indexes")
         size = max(indexes) + 1
-        if weights and len(weights) < size:
-            raise invalid(node, f"{len(weights)} weights for an output of {size}")
+        if weights and len(weights) != len(grams):
+            raise invalid(node, f"{len(weights)} weights for {len(grams)} n-grams in the pool")
+        if weights:  # the weight of the i-th n-gram of the pool, moved to its output (as onnxruntime)
+            by_output = [0.0] * size
+            for w, o in zip(weights, indexes):
+                by_output[o] = w
+            weights = by_output
         groups = {}  # n -> {tokens: output index}; a repeated n-gram counts at its last index
         for (n, toks), o in zip(grams, indexes):
             if lo <= n <= hi:
@@ -98,7 +105,7 @@ class TfIdfVectorizer(Op):
                 for d in self._distances(node, n):
                     for s in range(cols - d * (n - 1)):
                         y[:, o] += np.all(xs[:, s:s + d * (n - 1) + 1:d] == np.array(toks), axis=1)
-        w = np.array(a["weights"][:a["size"]]) if a["weights"] else np.ones(a["size"])
+        w = np.array(a["weights"]) if a["weights"] else np.ones(a["size"])
         if a["mode"] == "IDF":
             y = (y > 0) * w
         elif a["mode"] == "TFIDF":
@@ -136,7 +143,7 @@ class TfIdfVectorizer(Op):
                 y[(r, o)] = y[(r, o)] + hits.value
         if a["mode"] == "TF" or (a["mode"] == "TFIDF" and not a["weights"]):
             return
-        w = k.constant(np.array(a["weights"][:a["size"]] or [1.0] * a["size"], np.float32))
+        w = k.constant(np.array(a["weights"] or [1.0] * a["size"], np.float32))
         with k.loops((rows, a["size"])) as (r, i):
             v = y[(r, i)]
             y[(r, i)] = v * w[(i,)] if a["mode"] == "TFIDF" else k.select(v > zero, w[(i,)], zero)
