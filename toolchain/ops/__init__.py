@@ -24,6 +24,8 @@ from . import (  # noqa: F401  (one family per line: a new family is a one-line 
     scatter,
     selection,
     shape,
+    spectral,
+    text,
 )
 from .base import (COPY, Op, apply_epilogue_reference, const_input, in_type, own_inputs, register,
                    registry)
