@@ -18,6 +18,16 @@ from .base import Op, in_type, invalid, not_differentiable, register, unsupporte
 from .elementwise import _broadcast_loop
 
 
+def saturated(x: np.ndarray, to: str, saturate) -> np.ndarray:
+    """numpy: x as `to`, a float8 destination saturating to its finite range when asked
+    (onnx's reference: a clip, then ml_dtypes' round to nearest even)."""
+    if to in FLOAT8 and saturate:
+        hi = float(ml_dtypes.finfo(DTYPES[to]).max)
+        with np.errstate(invalid="ignore"):
+            x = np.clip(x.astype(np.float64 if x.dtype == np.float64 else np.float32), -hi, hi)
+    return x.astype(DTYPES[to])
+
+
 @register("Cast")
 class Cast(Op):
     dtype_attrs = ("to",)
@@ -37,12 +47,7 @@ class Cast(Op):
         return [TensorType(node.attrs["to"], node.inputs[0].type.shape)]
 
     def reference(self, node, x):
-        to = node.attrs["to"]
-        if to in FLOAT8 and node.attrs.get("saturate", 1):
-            hi = float(ml_dtypes.finfo(DTYPES[to]).max)
-            with np.errstate(invalid="ignore"):
-                x = np.clip(x.astype(np.float64 if x.dtype == np.float64 else np.float32), -hi, hi)
-        return [x.astype(DTYPES[to])]
+        return [saturated(x, node.attrs["to"], node.attrs.get("saturate", 1))]
 
     def vjp(self, b, node, cotangents):
         if not node.attrs["to"].startswith("float") or not node.inputs[0].type.dtype.startswith("float"):
