@@ -37,6 +37,8 @@ RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-2 ** 15, 2 ** 15 - 
 QTYPES = ("int8", "uint8", "int16", "uint16", "float8_e5m2")  # what QuantizeLinear makes
 # TensorProto.DataType values we take
 ONNX_CODES = {2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 19: "float8_e5m2"}
+OTHER_CODES = {17: "float8_e4m3fn", 18: "float8_e4m3fnuz", 20: "float8_e5m2fnuz", 21: "uint4", 22: "int4",
+               23: "float4_e2m1", 25: "uint2", 26: "int2"}  # named in the refusal
 MAGIC, MAGIC_BITS = 12582912.0, 0x4B400000  # 1.5 * 2^23 and its float32 bits
 
 
@@ -137,7 +139,8 @@ class QuantizeLinear(Op):
         zp = node.inputs[2] if len(node.inputs) > 2 else None
         if code:
             if code not in ONNX_CODES or ONNX_CODES[code] == "int32":
-                raise unsupported(node, f"unsupported output type {ONNX_CODES.get(code, code)} "
+                name = ONNX_CODES.get(code) or OTHER_CODES.get(code, code)
+                raise unsupported(node, f"unsupported output type {name} "
                                         f"({', '.join(QTYPES)} are supported)")
             if zp is not None and zp.type.dtype != ONNX_CODES[code]:
                 raise invalid(node, f"output_dtype {ONNX_CODES[code]} differs from the zero point's "
@@ -250,7 +253,8 @@ class DequantizeLinear(Op):
 class DynamicQuantizeLinear(Op):
     """y, y_scale, y_zero_point = DynamicQuantizeLinear(x), uint8, per the spec:
         lo, hi = min(0, min(x)), max(0, max(x))
-        y_scale = (hi - lo) / 255 (1 / 255 when hi == lo, as onnx's reference and onnxruntime)
+        y_scale = (hi - lo) / 255 (all zeros, hi == lo: 1 / 255 as onnx's reference computes;
+                  onnxruntime gives 1.0; y and the zero point are 0 either way)
         y_zero_point = saturate(round_half_even(0 - lo / y_scale))
         y = saturate(round_half_even(x / y_scale) + y_zero_point)
     all in float32, divisions true IEEE ones. NaN inputs are skipped by the range (they
