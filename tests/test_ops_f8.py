@@ -327,3 +327,37 @@ def test_dynamic_quantize_linear_refuses_non_float32_input():
                    {"y": (np.uint8, [4]), "ys": (np.float64, []), "yz": (np.uint8, [])}, opset=11)
     msg = error(m)
     assert "dq" in msg
+
+
+@pytest.mark.parametrize("to", [np.int16, E])
+def test_the_quantization_pass_leaves_16_bit_and_float8_outputs_in_float(to, workdir):
+    """DQ(x) -> Gemm(DQ(int8 w)) -> Q: the integer rewrite (passes/quantize.py) makes int8/uint8
+    only; a 16-bit or float8 QuantizeLinear after it keeps the Gemm in float (listed, with
+    the reason) and the result still matches the ReferenceEvaluator (within 1 step: the
+    float Gemm's summation order)."""
+    from toolchain.frontend.onnx_import import import_model
+    from toolchain.passes import run_pipeline
+
+    rng = np.random.default_rng(3)
+    zy = np.array(0, to)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw", "wz"], ["w"], axis=0),
+             helper.make_node("Gemm", ["xd", "w"], ["g"], name="fc", transB=1),
+             helper.make_node("QuantizeLinear", ["g", "sy", "zy"], ["y"])]
+    inits = {"sx": np.array(0.05, F), "zx": np.array(0, np.int8),
+             "wq": rng.integers(-127, 128, (5, 8)).astype(np.int8), "sw": np.full(5, 0.01, F),
+             "wz": np.zeros(5, np.int8), "sy": np.array(1e-4 if to == np.int16 else 1e-2, F), "zy": zy}
+    m = make_model(nodes, {"x": (F, [2, 8])}, {"y": (to, [2, 5])}, inits, opset=21)
+    g = import_model(m)
+    run_pipeline(g)
+    notes = {n["node"]: n["reason"] for n in g.notes["float_fallback"]}
+    assert "not int8/uint8" in notes["fc"] and "edgec.QMatMul" not in g.op_counts()
+    x = rng.standard_normal((2, 8)).astype(F)
+    got, _, _ = compile_and_run(m, T, {"x": x}, workdir)
+    want = ReferenceEvaluator(m).run(None, {"x": x})[0]
+    assert got[0].dtype == want.dtype
+    if to == np.int16:
+        assert np.abs(got[0].astype(np.int64) - want.astype(np.int64)).max() <= 1
+    else:  # one e5m2 step: neighbours in the bit order of same-sign values
+        assert np.abs(bits(got[0]).astype(np.int64) - bits(want).astype(np.int64)).max() <= 1
