@@ -155,6 +155,18 @@ def test_moving_ops_keep_every_float8_pattern(workdir):
     same_bits(got[0], e.reshape(4, 16, 4).transpose(1, 0, 2).reshape(16, 16), "moved")
 
 
+def test_a_computing_op_on_float8_runs_in_float32_and_keeps_infinities(workdir):
+    """Pad (not a moving op) on e5m2: widened, padded in float32, rounded back without
+    saturation, so +-inf stay infinite (every finite pattern and the pad value exact)."""
+    e = np.arange(256, dtype=np.uint8).view(E).reshape(16, 16)
+    e = np.where(np.isnan(e.astype(F)), E(1.5), e).astype(E)  # a NaN comes back as 0x7E
+    node = helper.make_node("Pad", ["e", "p", "v"], ["y"])
+    m = make_model([node], {"e": (E, [16, 16])}, {"y": (E, [17, 18])},
+                   {"p": np.array([1, 0, 0, 2], np.int64), "v": np.array(3.0, E)}, opset=21)
+    got, _, _ = compile_and_run(m, T, {"e": e}, workdir)
+    same_bits(got[0], ReferenceEvaluator(m).run(None, {"e": e})[0], "padded")
+
+
 # -- QuantizeLinear / DequantizeLinear ----------------------------------------------------------
 def reference_check(m, feeds, workdir, target=T):
     want = ReferenceEvaluator(m).run(None, feeds)

@@ -8,12 +8,12 @@ imported as its float32 form, and each output whose ONNX type is bound to a floa
 input's (the schema's type variable, T) is rounded back to float16 by a Cast. So every
 op rounds its result to float16 as onnxruntime does, and no op needs a float16 lowering.
 
-float8 e5m2 is handled the same way (its results rounded back by a saturating Cast), except
+float8 e5m2 is handled the same way (its results rounded back by a Cast with saturate=0:
+overflow and infinities give infinity, as float16's; NaN becomes the quiet NaN 0x7E), except
 that QuantizeLinear and DequantizeLinear read and write float8 themselves (ops/quant.py).
 """
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 import onnx
 
@@ -88,11 +88,10 @@ class Float16:
     def _narrowed(self, v: Value, node_name: str, dtype: str) -> Value:
         tag = "_" + SHORT[dtype]
         if v.is_const:
-            hi = float(ml_dtypes.finfo(DTYPES[dtype]).max)  # a float8 narrowing saturates
-            data = v.data if dtype == "float16" else np.clip(v.data, -hi, hi)
-            return self.g.const(v.name + tag, data.astype(DTYPES[dtype]))
+            return self.g.const(v.name + tag, v.data.astype(DTYPES[dtype]))
         h = Value(self.g.unique(v.name + tag), TensorType(dtype, v.type.shape))
-        attrs = {"to": dtype} if dtype == "float16" else {"to": dtype, "saturate": 1}
+        # float8 as IEEE arithmetic in the narrow type would round: infinities stay infinite
+        attrs = {"to": dtype} if dtype == "float16" else {"to": dtype, "saturate": 0}
         cast = self.g.add_node("Cast", f"{node_name}_narrow", [v], [h], attrs)
         cast.sources = (node_name,)
         return h
