@@ -10,6 +10,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from toolchain.compiler import build
+from toolchain.harness.clib import build_c_library
 from toolchain.harness.oracle import ATOL, RTOL, onnxruntime_outputs  # noqa: F401  (tests import them here)
 from toolchain.harness.runner import link_harness, run_model
 from toolchain.harness.system import link_system_harness, run_system
@@ -31,9 +32,10 @@ def make_model(nodes, inputs: dict, outputs: dict, inits: dict | None = None, op
 
 
 def compile_and_run(model: onnx.ModelProto | Path, target: str, feeds: dict, workdir: Path,
-                    name: str = "model", runs: int = 1, arena_bytes=None, bind=None):
+                    name: str = "model", runs: int = 1, arena_bytes=None, bind=None, emit="object"):
     """Build with the real CLI path, link the harness, run; returns (outputs, build result, run result).
-    bind: graph inputs bound at build time (build's bind); the others are fed from `feeds`."""
+    bind: graph inputs bound at build time (build's bind); the others are fed from `feeds`.
+    emit "c": the generated C, compiled into lib<name>.a for the target by zig cc."""
     if isinstance(model, onnx.ModelProto):
         data = model.SerializeToString()
         path = workdir / f"{hashlib.sha1(data).hexdigest()[:12]}.onnx"
@@ -41,8 +43,10 @@ def compile_and_run(model: onnx.ModelProto | Path, target: str, feeds: dict, wor
     else:
         path = Path(model)
     out = workdir / f"build-{target}-{path.stem}"
-    res = build(path, target, name, out, bind=bind)
+    res = build(path, target, name, out, bind=bind, emit=emit)
     profile = get_profile(target)
+    if emit == "c":
+        build_c_library(out, name, profile)
     specs = [(o["dtype"], tuple(o["shape"])) for o in res.manifest["outputs"]]
     ordered = [feeds[i["name"]] for i in res.manifest["inputs"]]
     if profile.run_mode == "system":  # a QEMU board: inputs are linked into the image
