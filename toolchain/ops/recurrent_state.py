@@ -152,6 +152,8 @@ class LinearAttention(Op):
     def workspace(self, node):
         b, t, hq, hkv, dk, dv, _, _ = self._dims(node)
         ws = [TensorType("float32", (dv,))]
+        if _opt(node, 4) is not None:  # exp(decay), laid out as decay
+            ws.append(TensorType("float32", in_type(node, 4).shape))
         if len(node.outputs) < 2:  # the state has no output to live in
             ws.append(TensorType("float32", (b, hkv, dk, dv)))
         return ws
@@ -164,10 +166,17 @@ class LinearAttention(Op):
         n_out = len(node.outputs)
         y = _as4(outs[0], hq)
         u, *spare = outs[n_out:]
+        gate = spare.pop(0) if decay is not None else None
         state = outs[1] if n_out == 2 else spare[0]
         q, key, val = _as4(q, hq), _as4(key, hkv), _as4(val, hkv)
         if decay is not None:
-            decay = _as4(decay, hkv if per_dim else decay.shape[2])  # (b, hkv, t, dk or 1)
+            # the decay factors first, in one flat loop (vectorizes as an elementwise Exp does;
+            # exp in the recurrence's small loops is SLP-vectorized into a sequence on which
+            # qemu-riscv64 7.2 aborts)
+            flat_in, flat_out = decay.reshape((decay.size,)), gate.reshape((decay.size,))
+            with k.loop(decay.size) as i:
+                flat_out[i] = m.exp(k, flat_in[i])
+            decay = _as4(gate, hkv if per_dim else decay.shape[2])  # (b, hkv, t, dk or 1)
         if beta is not None:
             beta = _as4(beta, beta.shape[2])  # (b, hkv or 1, t, 1)
         scale = float(self._scale(node, dk))
@@ -178,7 +187,7 @@ class LinearAttention(Op):
             with k.loop(t_) as t:
                 if gated:
                     with k.loop(dk) as d:
-                        g = m.exp(k, decay[b, h, t, d if per_dim else 0])
+                        g = decay[b, h, t, d if per_dim else 0]
                         with k.loop(dv) as j:
                             state[b, h, d, j] = state[b, h, d, j] * g
                 if delta:  # u = beta (v - S^T k), S already decayed
