@@ -300,4 +300,4 @@ def test_integer_inputs_are_refused():
                    {"x": (np.int32, x.shape)}, {"y": (np.int32, None), "ps": (np.int32, None)},
                    {"w": np.zeros((2, 1, 3), np.int32)}, opset=OPSET)
     msg = compile_error(m)
-    assert "cc" in msg and "CausalConvWithState" in msg
+    assert "cc" in msg and "CausalConvWithState" in msg and "int32" in msg, msg
