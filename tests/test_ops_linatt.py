@@ -4,6 +4,8 @@ onnxruntime (which runs them through onnx's function bodies) and onnx's Referenc
 configurations. A state fed back as past_state must continue the sequence exactly as one
 longer call; float16 storage; constants folded through the op's numpy reference; one model
 on the emulated targets and through the C backend; the bad inputs."""
+import zlib
+
 import numpy as np
 import pytest
 from onnx import helper
@@ -20,13 +22,22 @@ OPSET = 27
 rng = np.random.default_rng(27)
 
 
+@pytest.fixture(autouse=True)
+def _seeded(request):
+    """Each test's data is the same whichever tests run before it."""
+    global rng
+    rng = np.random.default_rng(zlib.crc32(request.node.name.encode()))
+
+
 def model(nodes, feeds, outs, inits=None):
     """outs: name -> (dtype, shape)."""
     return make_model(nodes, {k: (v.dtype, v.shape) for k, v in feeds.items()}, outs, inits, opset=OPSET)
 
 
-def check(m, feeds, workdir, target=T, got=None):
-    """Every output against onnxruntime and the ReferenceEvaluator, dtype included."""
+def check(m, feeds, workdir, target=T, got=None, reference=True):
+    """Every output against onnxruntime and the ReferenceEvaluator, dtype included.
+    reference=False: not against the ReferenceEvaluator's values (its float16 convolution
+    accumulates in float16, a few ulps from a float32 sum rounded once)."""
     if got is None:
         got, _, _ = compile_and_run(m, target, feeds, workdir)
     ort = onnxruntime_outputs(m, feeds)
@@ -35,7 +46,8 @@ def check(m, feeds, workdir, target=T, got=None):
     for name, g, o, r in zip(names, got, ort, ref):
         assert g.dtype == o.dtype == r.dtype, f"{name}: {g.dtype}, onnxruntime {o.dtype}, reference {r.dtype}"
         assert_close(g, o, what=f"{target} {name} (onnxruntime)")
-        assert_close(g, r, what=f"{target} {name} (reference)")
+        if reference:
+            assert_close(g, r, what=f"{target} {name} (reference)")
     return dict(zip(names, got))
 
 
@@ -128,12 +140,19 @@ def test_linear_attention_state_continues_the_sequence(workdir):
 
 
 def test_linear_attention_float16(workdir):
-    """float16 storage: present_state without past_state is float16 too (query's type)."""
+    """float16 storage: present_state without past_state is float16 too (query's type); with
+    a float32 past_state (S != T) it stays float32 while the output is float16."""
     dims = (1, 3, 4, 2, 4, 4)
     f = la_inputs("", *dims, decay=8, beta=2, dtype=np.float16)
-    m = model([la_node("", f, q_num_heads=4, kv_num_heads=2)], f, la_outs("", *dims, dtype=np.float16))
-    got = check(m, f, workdir)
-    assert got["state"].dtype == np.float16
+    mixed = la_inputs("m", *dims, decay=8, beta=2, past=True, dtype=np.float16)
+    mixed["sm"] = mixed["sm"].astype(F)
+    outs = {**la_outs("", *dims, dtype=np.float16), **la_outs("m", *dims, dtype=np.float16)}
+    outs["statem"] = (F, outs["statem"][1])
+    feeds = {**f, **mixed}
+    m = model([la_node("", f, q_num_heads=4, kv_num_heads=2), la_node("m", mixed, q_num_heads=4, kv_num_heads=2)],
+              feeds, outs)
+    got = check(m, feeds, workdir)
+    assert got["state"].dtype == np.float16 and got["ym"].dtype == np.float16 and got["statem"].dtype == F
 
 
 # -- CausalConvWithState ---------------------------------------------------------------------
@@ -200,7 +219,12 @@ def test_causal_conv_with_state_streaming_equals_one_call(workdir):
 def test_causal_conv_with_state_float16(workdir):
     f, inits, ins, outs = cc_case("", 2, 3, 6, 4, bias=True, past=True, dtype=np.float16)
     m = model([helper.make_node("CausalConvWithState", ins, list(outs), activation="silu")], f, outs, inits)
-    got = check(m, f, workdir)
+    got = check(m, f, workdir, reference=False)
+    # float64 from the spec's formula, rounded once to float16
+    padded = np.concatenate([f["p"], f["x"]], axis=2).astype(np.float64)
+    w, b = inits["w"].astype(np.float64)[:, 0], inits["b"].astype(np.float64)
+    conv = sum(w[None, :, j, None] * padded[:, :, j:j + 6] for j in range(4)) + b[None, :, None]
+    assert_close(got["y"], (conv / (1 + np.exp(-conv))).astype(np.float16), what="float64 SiLU(conv)")
     assert np.array_equal(got["ps"], np.concatenate([f["p"], f["x"]], axis=2)[:, :, -3:])
 
 
