@@ -63,10 +63,14 @@ class Float16:
         schema = onnx.defs.get_schema(op_type, self.opset, "")
         params = [p.type_str for p in schema.inputs]
         halves = {params[min(i, len(params) - 1)] for i, d in enumerate(before) if d == "float16" and params}
+        given = {params[min(i, len(params) - 1)] for i, d in enumerate(before) if d is not None and params}
+        # a type variable that only absent optional inputs would bind (LinearAttention's S
+        # without past_state) is input 0's type, as in onnx's function body and reference
+        unbound = set(params) - given if before and before[0] == "float16" else set()
         out = []
         for j, v in enumerate(results):
             ts = schema.outputs[min(j, len(schema.outputs) - 1)].type_str if schema.outputs else None
-            if ts in halves and v.type.dtype == "float32":
+            if (ts in halves or ts in unbound) and v.type.dtype == "float32":
                 v = self._narrowed(v, node_name)
             out.append(v)
         return out

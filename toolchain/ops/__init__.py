@@ -17,6 +17,7 @@ from . import (  # noqa: F401  (one family per line: a new family is a one-line 
     pooling,
     quant,
     recurrent,
+    recurrent_state,
     reduce,
     resize,
     sampling,
