@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import helper, numpy_helper
 
 from toolchain.compiler import build
@@ -29,6 +30,20 @@ def make_model(nodes, inputs: dict, outputs: dict, inits: dict | None = None, op
                           [vi(k, v) for k, v in outputs.items()],
                           [numpy_helper.from_array(np.asarray(v), k) for k, v in (inits or {}).items()])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def host_and_one_emulated(items, ids):
+    """(item, target) params: each item on the host and on every emulated target, where only
+    the host and one emulated target (rotating over the items, so every target still runs
+    some) are in the default run; the other pairs are marked slow (the separate CI step)."""
+    host = [t for t in ALL_TARGETS if t == "x86-64-v3"]
+    emulated = [t for t in ALL_TARGETS if t not in host]
+    for i, (item, name) in enumerate(zip(items, ids)):
+        for t in host:
+            yield pytest.param(item, t, id=f"{name}-{t}")
+        for j, t in enumerate(emulated):
+            yield pytest.param(item, t, id=f"{name}-{t}",
+                               marks=() if (i + j) % len(emulated) == 0 else (pytest.mark.slow,))
 
 
 def compile_and_run(model: onnx.ModelProto | Path, target: str, feeds: dict, workdir: Path,
