@@ -10,7 +10,8 @@ import onnx
 import pytest
 from onnx import numpy_helper, shape_inference
 
-from helpers import ROOT, assert_close, check_against_onnxruntime, onnxruntime_outputs
+from helpers import (ROOT, assert_close, check_against_onnxruntime, host_and_one_emulated,
+                     onnxruntime_outputs)
 from toolchain.frontend.onnx_import import import_model
 from toolchain.interpreter import interpret
 
@@ -60,7 +61,9 @@ def model_path(request):
     return request.param
 
 
-def test_model_matches_onnxruntime(model_path, target, workdir):
+@pytest.mark.parametrize("path, where", list(host_and_one_emulated(MODELS, NAMES)))
+def test_model_matches_onnxruntime(path, where, workdir):
+    model_path, target = path, where
     model = onnx.load(str(model_path))
     feeds = feeds_for(model)
     start = time.perf_counter()

@@ -172,6 +172,23 @@ def test_matmul(sa, sb, workdir):
     check_against_onnxruntime(m, {"a": a, "b": b}, T, workdir)
 
 
+@pytest.mark.parametrize("b_known", [True, False], ids=["weights", "input"])
+def test_float64_matmul_and_gemm_compute_in_float64(b_known, workdir):
+    """Against numpy in float64 with a tolerance only float64 arithmetic meets (packed
+    constant panels and the accumulators keep the precision)."""
+    a = rng.standard_normal((5, 9))
+    b = rng.standard_normal((9, 6)) / 3
+    c = rng.standard_normal(6)
+    nodes = [helper.make_node("MatMul", ["a", "b"], ["y"]),
+             helper.make_node("Gemm", ["a", "b", "c"], ["z"], alpha=0.5, beta=2.0)]
+    m = make_model(nodes, {"a": (np.float64, a.shape)} | ({} if b_known else {"b": (np.float64, b.shape)}),
+                   {"y": (np.float64, (5, 6)), "z": (np.float64, (5, 6))}, {"c": c} | ({"b": b} if b_known else {}))
+    (y, z), _, _ = compile_and_run(m, T, {"a": a} | ({} if b_known else {"b": b}), workdir)
+    assert y.dtype == z.dtype == np.float64
+    np.testing.assert_allclose(y, a @ b, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(z, 0.5 * (a @ b) + 2.0 * c, rtol=1e-12, atol=1e-13)
+
+
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
 @pytest.mark.parametrize("axis,opset", [(-1, 13), (1, 13), (0, 13), (1, 11)])
 def test_softmax(op, axis, opset, workdir):

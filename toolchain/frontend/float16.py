@@ -77,6 +77,11 @@ class Float16:
         params = [p.type_str for p in schema.inputs]
         halves = {params[min(i, len(params) - 1)]: d for i, d in enumerate(before)
                   if _wrapped(op_type, d) and params}
+        given = {params[min(i, len(params) - 1)] for i, d in enumerate(before) if d is not None and params}
+        # a type variable that only absent optional inputs would bind (LinearAttention's S
+        # without past_state) is input 0's type, as in onnx's function body and reference
+        if before and _wrapped(op_type, before[0]):
+            halves.update({p: before[0] for p in set(params) - given})
         out = []
         for j, v in enumerate(results):
             ts = schema.outputs[min(j, len(schema.outputs) - 1)].type_str if schema.outputs else None

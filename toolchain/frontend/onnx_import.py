@@ -4,7 +4,8 @@ Nodes are imported in topological order; each is canonicalized by its op and typ
 its shape rule at once, and a node whose inputs are all constants is evaluated right
 away (shape arithmetic such as Shape -> Gather -> Concat -> Reshape must be known
 before the Reshape can be typed). If, Loop and Scan are inlined as they are met
-(frontend/control_flow.py): their subgraphs' nodes go through the same Importer.
+(frontend/control_flow.py): their subgraphs' nodes go through the same Importer; so do
+the preview ops FlexAttention, Adagrad, Adam and Momentum (frontend/preview.py).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ..errors import CompileError, InvalidModelError, UnsupportedError
 from ..ir import DTYPES, Graph, TensorType, Value
 from ..ops import registry
 from ..passes.fold import fold_node
-from . import control_flow
+from . import control_flow, preview
 from .binding import bindable_inputs
 from .float16 import Float16, refuse_computed_float16
 from .qoperator import attribute, expand
@@ -147,6 +148,9 @@ class Importer:
     def node(self, proto: onnx.NodeProto, node_name: str, env: dict[str, Value], read: set[str],
              source: str | None = None):
         g, opset, half = self.g, self.opset, self.half
+        if preview.taken(proto):  # FlexAttention, the training optimizers: decomposed (frontend/preview.py)
+            preview.inline(self, proto, node_name, env)
+            return
         if proto.domain not in ("", "ai.onnx"):
             raise UnsupportedError(f"unsupported op domain '{proto.domain}'", node=node_name, op=proto.op_type)
         if proto.op_type in control_flow.OPS:
@@ -239,6 +243,8 @@ def _default_opset(model) -> int:
                                    f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1})")
             return imp.version
     others = sorted(imp.domain for imp in model.opset_import)
+    if others and set(others) <= preview.DOMAINS:  # only preview ops (frontend/preview.py): the newest opset
+        return SUPPORTED_OPSETS.stop - 1
     if others:  # e.g. ai.onnx.preview.training only
         raise UnsupportedError(f"unsupported op domain '{others[0]}' (the model imports no default-domain opset)")
     raise InvalidModelError("the model imports no default-domain opset")

@@ -9,7 +9,8 @@ UnsupportedError):
   unknown or misspelled attributes, wrong attribute types, input/output counts); an op that
   is no ONNX operator at all (the compiler's internal `edgec.Copy`, or `Copy`) says so;
 - ops, op domains and element types this compiler does not support, all listed at once (of
-  the com.microsoft domain only the QOperator ops frontend/qoperator.py rewrites are taken);
+  the com.microsoft domain only the QOperator ops frontend/qoperator.py rewrites are taken,
+  of the preview domains only the ops frontend/preview.py decomposes);
 - single assignment: a tensor written by two nodes, a node writing a graph input or an
   initializer, two nodes (or two graph inputs, or initializers) with one name (an output
   listed twice is fine: onnxruntime and the checker accept it, and both copies are written);
@@ -34,6 +35,7 @@ from onnx import helper
 from ..errors import InvalidModelError, UnsupportedError
 from ..ir import DTYPES, TensorType
 from ..ops import registry
+from .preview import taken as preview_op
 from .qoperator import MICROSOFT_OPS, rewritten
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -110,21 +112,25 @@ def _check_nodes(model: onnx.ModelProto, p: Problems):
     unsupported_ops = False
     for prefix, i, proto in _all_nodes(model.graph):
         name, op = prefix + (proto.name or f"{proto.op_type}_{i}"), proto.op_type
-        if proto.domain not in DEFAULT_DOMAINS:
+        preview = preview_op(proto)  # FlexAttention and the optimizers (frontend/preview.py)
+        if proto.domain not in DEFAULT_DOMAINS and not preview:
             if not rewritten(proto):  # the QOperator ops of frontend/qoperator.py are taken
                 p.unsupported(f"unsupported op domain '{proto.domain}'" + (
                     f" (of it only {', '.join(sorted(MICROSOFT_OPS))} are supported)"
                     if proto.domain == "com.microsoft" else ""), name, op)
             continue
-        if not onnx.defs.has(op):
+        if not preview and not onnx.defs.has(op):
             p.unsupported(f"unsupported op '{op}': not an ONNX operator", name, op)
             continue
-        if not any(a.type in SUBGRAPH_ATTRS for a in proto.attribute):
+        if preview or not any(a.type in SUBGRAPH_ATTRS for a in proto.attribute):
             checked = proto
-            if proto.domain == "ai.onnx":
+            if proto.domain == "ai.onnx" or preview:
                 checked = onnx.NodeProto()
                 checked.CopyFrom(proto)
-                checked.domain = ""
+                checked.domain = "" if proto.domain == "ai.onnx" else proto.domain
+                if preview:  # FlexAttention's score_mod / prob_mod are checked node by node below
+                    del checked.attribute[:]
+                    checked.attribute.extend(a for a in proto.attribute if a.type not in SUBGRAPH_ATTRS)
             try:
                 onnx.checker.check_node(checked, ctx)
             except onnx.checker.ValidationError as e:
@@ -135,7 +141,7 @@ def _check_nodes(model: onnx.ModelProto, p: Problems):
                 if msg.startswith("No Op registered") and first is not None and first > opsets.get("", 0):
                     msg = f"{op} is not defined in opset {opsets.get('', 0)} (it first appears in opset {first})"
                 p.invalid(msg, name, op)
-        if op not in registry and op not in IMPORTER_OPS and not rewritten(proto):
+        if op not in registry and op not in IMPORTER_OPS and not rewritten(proto) and not preview:
             p.unsupported(f"unsupported op '{op}'", name, op)
             unsupported_ops = True
         for a in proto.attribute:
@@ -159,7 +165,8 @@ def _all_nodes(graph: onnx.GraphProto, prefix: str = ""):
         name = prefix + (proto.name or f"{proto.op_type}_{i}")
         for a in proto.attribute:
             for sub in ([a.g] if a.type == ATTR.GRAPH else list(a.graphs)):
-                part = a.name.removesuffix("_branch") if proto.op_type == "If" else "..."
+                part = (a.name.removesuffix("_branch") if proto.op_type == "If" else
+                        a.name if preview_op(proto) else "...")  # FlexAttention's score_mod / prob_mod
                 yield from _all_nodes(sub, f"{name}/{part}/")
 
 

@@ -384,6 +384,11 @@ class Kernel:
         vec = self.b.insert_element(ir.Constant(ir.VectorType(x.v.type, n), None), x.v, ir.Constant(I32, 0))
         return Expr(self, self.b.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(I32, n), [0] * n)))
 
+    def zeros(self, n, dtype="float32") -> Expr:
+        """n zeros in the computation type of a tensor of `dtype` (float64 computes in
+        float64; float32 and the float16 storage type in float32)."""
+        return self.splat(self.lift(0.0, like=F64 if dtype == "float64" else F32), n)
+
     def lane_splat(self, v: Expr, i, n) -> Expr:
         """Lane i of v in n lanes (NEON folds it into `fmla ... v.s[i]`)."""
         if not isinstance(v.v.type, ir.VectorType):

@@ -52,6 +52,8 @@ def tiled_matmul(k, schedule, m_, n, kdim, a_at, b_at, init, store, b_const=None
     Every y element is stored once (epilogues)."""
     vec = k.vector
     lanes = check_lanes(k, schedule)
+    # packed copies keep the computation's precision (float16 storage is computed in float32)
+    packed = lambda data: np.asarray(data, np.float64 if np.asarray(data).dtype == np.float64 else np.float32)
     by_lane = schedule.left == "rows"
     spread = schedule.packing == "spread"
     if (spread and a_const is None) or (schedule.packing == "panels" and b_const is None):
@@ -59,12 +61,12 @@ def tiled_matmul(k, schedule, m_, n, kdim, a_at, b_at, init, store, b_const=None
     if spread:
         # a_spread[i, j, blk * lanes + u] = a[i, blk * lanes^2 + j + lanes * u]
         a_spread = k.constant(np.ascontiguousarray(
-            np.asarray(a_const, np.float32).reshape(m_, -1, lanes, lanes).transpose(0, 3, 1, 2).reshape(m_, lanes, -1)))
+            packed(a_const).reshape(m_, -1, lanes, lanes).transpose(0, 3, 1, 2).reshape(m_, lanes, -1)))
     mr, nv = schedule.rows, schedule.vectors
     nr = nv * lanes
     full = n - n % nr
     if b_const is not None:
-        b_const = np.asarray(b_const, np.float32).reshape(kdim, n)
+        b_const = packed(b_const).reshape(kdim, n)
         panels = k.constant(np.ascontiguousarray(b_const[:, :full].reshape(kdim, -1, nr).transpose(1, 0, 2))) \
             if full else None
         tail = k.constant(np.ascontiguousarray(b_const[:, full:])) if n % nr else None

@@ -18,11 +18,14 @@ from . import (  # noqa: F401  (one family per line: a new family is a one-line 
     pooling,
     quant,
     recurrent,
+    recurrent_state,
     reduce,
     resize,
     sampling,
     selection,
     shape,
+    spectral,
+    text,
 )
 from .base import (COPY, Op, apply_epilogue_reference, const_input, in_type, own_inputs, register,
                    registry)

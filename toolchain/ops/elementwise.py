@@ -78,7 +78,7 @@ UNARY = {
     "Gelu": F(lambda x, a: _gelu_np(x, a["approximate"]), _gelu, {"approximate": "none"}),
     "Exp": F(lambda x, a: np.exp(x.astype(np.float64)), lambda k, x, a: m.exp(k, x)),
     "Log": F(lambda x, a: np.log(x.astype(np.float64)), lambda k, x, a: m.log(k, x)),
-    "Sqrt": F(lambda x, a: np.sqrt(x), lambda k, x, a: k.sqrt(x)),
+    "Sqrt": F(lambda x, a: np.sqrt(x), lambda k, x, a: k.sqrt(x), dtypes=("float32", "float64")),  # a hardware op
     "Neg": F(lambda x, a: -x, lambda k, x, a: -x, dtypes=NUMERIC, vector_safe=True),
     "Abs": F(lambda x, a: np.abs(x), lambda k, x, a: k.abs(x), dtypes=NUMERIC, vector_safe=True),
     "Reciprocal": F(lambda x, a: 1 / x, lambda k, x, a: 1.0 / x, vector_safe=True),

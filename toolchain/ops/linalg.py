@@ -177,7 +177,7 @@ class Einsum(Op):
         m, n, kd = y.shape[-2], y.shape[-1], a.shape[-1]
         with k.loops(y.shape[:-2]) as bi:
             tiled_matmul(k, node.schedule, m, n, kd, lambda i, kk: (a, (*bi, i, kk)), lambda kk, j: (b, (*bi, kk, j)),
-                         lambda i, j, w: k.splat(0.0, w), lambda i, j, v: y.store_vector((*bi, i, j), v))
+                         lambda i, j, w: k.zeros(w, y.dtype), lambda i, j, v: y.store_vector((*bi, i, j), v))
 
     def lower(self, k, node, ins, outs):
         plan = self._matmul(node) if node.schedule is not None else None

@@ -312,7 +312,7 @@ class Gemm(Op):
 
         def init(i, j, w):
             if c is None or alpha != 1.0:
-                return k.splat(0.0, w)
+                return k.zeros(w, y.dtype)
             start = k.vload(c, (i, j), w)
             return start if beta == 1.0 else start * beta
 
@@ -403,7 +403,7 @@ class MatMul(Op):
         b_const = b_value.data if b_value.is_const and len(b_value.data.shape) <= 2 else None
         with k.loops(batch) as bi:
             tiled_matmul(k, node.schedule, a2[-2], b2[-1], a2[-1], lambda i, kk: (a, (*bi, i, kk)), lambda kk, j: (b, (*bi, kk, j)),
-                         lambda i, j, w: k.splat(0.0, w), lambda i, j, v: y.store_vector((*bi, i, j), v), b_const)
+                         lambda i, j, w: k.zeros(w, y.dtype), lambda i, j, v: y.store_vector((*bi, i, j), v), b_const)
 
 
 # -- softmax ------------------------------------------------------------------------------
