@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import helper, numpy_helper
 
 from toolchain.compiler import build
+from toolchain.harness.clib import build_c_library
 from toolchain.harness.oracle import ATOL, RTOL, onnxruntime_outputs  # noqa: F401  (tests import them here)
 from toolchain.harness.runner import link_harness, run_model
 from toolchain.harness.system import link_system_harness, run_system
@@ -30,10 +32,25 @@ def make_model(nodes, inputs: dict, outputs: dict, inits: dict | None = None, op
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 
 
+def host_and_one_emulated(items, ids):
+    """(item, target) params: each item on the host and on every emulated target, where only
+    the host and one emulated target (rotating over the items, so every target still runs
+    some) are in the default run; the other pairs are marked slow (the separate CI step)."""
+    host = [t for t in ALL_TARGETS if t == "x86-64-v3"]
+    emulated = [t for t in ALL_TARGETS if t not in host]
+    for i, (item, name) in enumerate(zip(items, ids)):
+        for t in host:
+            yield pytest.param(item, t, id=f"{name}-{t}")
+        for j, t in enumerate(emulated):
+            yield pytest.param(item, t, id=f"{name}-{t}",
+                               marks=() if (i + j) % len(emulated) == 0 else (pytest.mark.slow,))
+
+
 def compile_and_run(model: onnx.ModelProto | Path, target: str, feeds: dict, workdir: Path,
-                    name: str = "model", runs: int = 1, arena_bytes=None, bind=None):
+                    name: str = "model", runs: int = 1, arena_bytes=None, bind=None, emit="object"):
     """Build with the real CLI path, link the harness, run; returns (outputs, build result, run result).
-    bind: graph inputs bound at build time (build's bind); the others are fed from `feeds`."""
+    bind: graph inputs bound at build time (build's bind); the others are fed from `feeds`.
+    emit "c": the generated C, compiled into lib<name>.a for the target by zig cc."""
     if isinstance(model, onnx.ModelProto):
         data = model.SerializeToString()
         path = workdir / f"{hashlib.sha1(data).hexdigest()[:12]}.onnx"
@@ -41,8 +58,10 @@ def compile_and_run(model: onnx.ModelProto | Path, target: str, feeds: dict, wor
     else:
         path = Path(model)
     out = workdir / f"build-{target}-{path.stem}"
-    res = build(path, target, name, out, bind=bind)
+    res = build(path, target, name, out, bind=bind, emit=emit)
     profile = get_profile(target)
+    if emit == "c":
+        build_c_library(out, name, profile)
     specs = [(o["dtype"], tuple(o["shape"])) for o in res.manifest["outputs"]]
     ordered = [feeds[i["name"]] for i in res.manifest["inputs"]]
     if profile.run_mode == "system":  # a QEMU board: inputs are linked into the image

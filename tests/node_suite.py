@@ -235,25 +235,27 @@ def run_in_process(model, feeds: dict, target: str, workdir: Path, bind=None) ->
     return outs
 
 
-def run_ours(model, inputs, outputs, target: str, workdir: Path, harness: bool = False, bound=()):
+def run_ours(model, inputs, outputs, target: str, workdir: Path, harness: bool = False, bound=(),
+             emit: str = "object"):
     """Build with the real driver, run the object (in process on a native host unless
     `harness`: then linked with the C harness and run as a program, natively or under
-    qemu-user), compare. `bound`: graph inputs bound at build time to their data-set values
-    (the others are fed). Raises."""
+    qemu-user), compare. `emit` "c": the C path (the generated C compiled by zig cc for the
+    target, always through the harness). `bound`: graph inputs bound at build time to their
+    data-set values (the others are fed). Raises."""
     from helpers import compile_and_run
     from toolchain.targets import get_profile
 
     feeds = feeds_for(model, inputs)
     bind = {n: feeds[n] for n in bound} or None
-    if harness or not get_profile(target).runs_natively() or shutil.which("ld") is None:
-        got, _, _ = compile_and_run(model, target, feeds, workdir, bind=bind)
+    if harness or emit != "object" or not get_profile(target).runs_natively() or shutil.which("ld") is None:
+        got, _, _ = compile_and_run(model, target, feeds, workdir, bind=bind, emit=emit)
     else:
         got = run_in_process(model, feeds, target, workdir, bind=bind)
     compare(got, outputs, "edgec")
 
 
 def run_binding(model, inputs, outputs, target: str, workdir: Path, harness: bool = False,
-                bind: bool = True) -> list[str]:
+                bind: bool = True, emit: str = "object") -> list[str]:
     """run_ours; when it fails only because operands that must be compile-time constants
     come from graph inputs (the error names them: bind_inputs), again with those inputs
     bound to the data set's values, until it passes or fails otherwise. Returns the inputs
@@ -264,7 +266,7 @@ def run_binding(model, inputs, outputs, target: str, workdir: Path, harness: boo
     bound: list[str] = []
     while True:
         try:
-            run_ours(model, inputs, outputs, target, workdir, harness, bound)
+            run_ours(model, inputs, outputs, target, workdir, harness, bound, emit)
             return bound
         except UnsupportedError as e:
             more = [n for n in getattr(e, "bind_inputs", None) or [] if n not in bound]
@@ -303,7 +305,7 @@ def _alarm(signum, frame):
 
 
 def run_one(root: str, name: str, target: str, with_ort: bool = True, harness: bool = False,
-            bind: bool = True) -> dict:
+            bind: bool = True, emit: str = "object") -> dict:
     """Worker: one case, ours (and onnxruntime's) verdict. Never raises."""
     marker = Path(root) / ".running" / str(os.getpid())
     marker.parent.mkdir(exist_ok=True)
@@ -316,7 +318,7 @@ def run_one(root: str, name: str, target: str, with_ort: bool = True, harness: b
         t0 = time.time()
         signal.alarm(CASE_TIMEOUT)
         try:
-            bound = run_binding(model, inputs, outputs, target, work, harness, bind)
+            bound = run_binding(model, inputs, outputs, target, work, harness, bind, emit)
             res["status"], res["message"] = ("pass (bound)" if bound else "pass"), ""
             if bound:
                 res["bound"] = bound
@@ -366,7 +368,7 @@ def _init_worker():
 
 
 def run_suite(names, target="x86-64-v3", jobs=2, with_ort=True, cache=None, progress=True,
-              harness=False, bind=True) -> dict:
+              harness=False, bind=True, emit="object") -> dict:
     root = str(materialize(cache))
     running = Path(root) / ".running"
     results: dict[str, dict] = {}
@@ -377,7 +379,7 @@ def run_suite(names, target="x86-64-v3", jobs=2, with_ort=True, cache=None, prog
         broken = False
         # no max_tasks_per_child: with it, Python 3.11's pool can hang when it replaces a worker
         with cf.ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker) as pool:
-            futs = {pool.submit(run_one, root, n, target, with_ort, harness, bind): n for n in todo}
+            futs = {pool.submit(run_one, root, n, target, with_ort, harness, bind, emit): n for n in todo}
             for f in cf.as_completed(futs):
                 n = futs[f]
                 try:
@@ -508,6 +510,8 @@ def main(argv=None):
     ap.add_argument("--harness", action="store_true",
                     help="link every case with the C harness and run it as a program (the default on a "
                          "native host calls the object in process)")
+    ap.add_argument("--emit", choices=["object", "c"], default="object",
+                    help="c: build each case through the C backend (compiled by zig cc, run as a program)")
     ap.add_argument("--cache", type=Path, help=f"where the cases are materialized (default {DEFAULT_CACHE})")
     ap.add_argument("--write-passing", type=Path, help="write the passing case names here, one a line")
     ap.add_argument("--report", help="re-print the report of an earlier --json file (no run)")
@@ -523,7 +527,7 @@ def main(argv=None):
     names = select(index["cases"], args.only, args.sample)
     t0 = time.time()
     results = run_suite(names, args.target, args.jobs, not args.no_ort, args.cache, harness=args.harness,
-                        bind=not args.no_bind)
+                        bind=not args.no_bind, emit=args.emit)
     s = summarize(results, index, args.target)
     s["seconds"] = round(time.time() - t0)
     print_report(s, args.top)

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from helpers import ROOT, assert_close, make_model, onnxruntime_outputs
+from helpers import ROOT, assert_close, host_and_one_emulated, make_model, onnxruntime_outputs
 from test_models import MODELS, NAMES, feeds_for
 from toolchain.cli import main as cli_main
 from toolchain.backends.c import compile_c
@@ -162,11 +162,11 @@ def movement_model():
 
 
 # -- agreement with onnxruntime ---------------------------------------------------------------
-@pytest.mark.parametrize("make", [vision_model, math_model, int_model, movement_model],
-                         ids=["vision", "math", "int", "movement"])
-def test_c_path_matches_onnxruntime(make, target, workdir):
+@pytest.mark.parametrize("make, where", list(host_and_one_emulated(
+    [vision_model, math_model, int_model, movement_model], ["vision", "math", "int", "movement"])))
+def test_c_path_matches_onnxruntime(make, where, workdir):
     model, feeds = make()
-    check(model, feeds, target, workdir)
+    check(model, feeds, where, workdir)
 
 
 HEAVY = ("resnet8_cifar10", "mobilenet_v1_025_vww")  # the largest real models: C-path agreement in the slow run

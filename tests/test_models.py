@@ -10,7 +10,8 @@ import onnx
 import pytest
 from onnx import numpy_helper, shape_inference
 
-from helpers import ALL_TARGETS, ROOT, assert_close, check_against_onnxruntime, onnxruntime_outputs
+from helpers import (ROOT, assert_close, check_against_onnxruntime, host_and_one_emulated,
+                     onnxruntime_outputs)
 from toolchain.frontend.onnx_import import import_model
 from toolchain.interpreter import interpret
 
@@ -60,21 +61,7 @@ def model_path(request):
     return request.param
 
 
-def _model_target_pairs():
-    """Every model on every target; the default run takes each model on the host and on one
-    emulated target (rotating, so every target still runs several real models), the rest is
-    marked slow for the separate CI step."""
-    host = [t for t in ALL_TARGETS if t == "x86-64-v3"]
-    emulated = [t for t in ALL_TARGETS if t not in host]
-    for i, path in enumerate(MODELS):
-        for t in host:
-            yield pytest.param(path, t, id=f"{path.stem}-{t}")
-        for j, t in enumerate(emulated):
-            yield pytest.param(path, t, id=f"{path.stem}-{t}",
-                               marks=() if (i + j) % len(emulated) == 0 else (pytest.mark.slow,))
-
-
-@pytest.mark.parametrize("path, where", list(_model_target_pairs()))
+@pytest.mark.parametrize("path, where", list(host_and_one_emulated(MODELS, NAMES)))
 def test_model_matches_onnxruntime(path, where, workdir):
     model_path, target = path, where
     model = onnx.load(str(model_path))

@@ -14,6 +14,7 @@ from pathlib import Path
 import onnx
 import pytest
 
+from helpers import ALL_TARGETS
 from node_suite import load_index, run_suite, select
 
 HOST = "x86-64-v3"
@@ -26,13 +27,13 @@ def known_passing() -> list[str]:
     return [ln.strip() for ln in LIST.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
 
 
-def regressions(names, harness=False):
+def regressions(names, harness=False, target=HOST, emit="object"):
     index = load_index()  # materializes the cases on first use (~20 s), then cached
     missing = [n for n in names if n not in index["cases"]]
     if missing and index["onnx"] != "1.23.2":
         pytest.skip(f"the list was made with onnx 1.23.2; onnx {onnx.__version__} lacks {len(missing)} of its cases")
     assert missing == [], f"cases in {LIST.name} that the installed onnx does not have: {missing[:10]}"
-    results = run_suite(names, HOST, jobs=JOBS, with_ort=False, progress=False, harness=harness)
+    results = run_suite(names, target, jobs=JOBS, with_ort=False, progress=False, harness=harness, emit=emit)
     bad = {n: r for n, r in results.items() if r["status"] != "pass"}
     return [f"{n}: {r['status']}: {r['message'][:300]}" for n, r in sorted(bad.items())]
 
@@ -55,3 +56,32 @@ def test_all_known_passing_still_pass():
     names = known_passing()
     bad = regressions(names, harness=True)
     assert not bad, f"{len(bad)} of {len(names)} known-passing node cases regressed:\n" + "\n".join(bad)
+
+
+# The same cases on the other instruction sets and through the C backend: a small
+# deterministic sample by default (each one built, linked with the harness and run under
+# qemu-user or natively), a larger one in the slow run.
+ELSEWHERE = [("cortex-a76", "object"), ("rv64gcv", "object"), (HOST, "c")]
+ELSEWHERE_SAMPLE, ELSEWHERE_SLOW_SAMPLE = 12, 200
+
+
+def _elsewhere(sample, offset=0):
+    names = known_passing()
+    return [names[(i * len(names)) // sample + offset] for i in range(sample)]
+
+
+@pytest.mark.parametrize("where, emit", ELSEWHERE, ids=[f"{t}-{e}" for t, e in ELSEWHERE])
+def test_known_passing_sample_passes_elsewhere(where, emit):
+    """Offset by one from the host sample, so these are cases the host test does not pick."""
+    assert where in ALL_TARGETS, f"{where} does not run on this machine (qemu-user missing?)"
+    names = _elsewhere(ELSEWHERE_SAMPLE, offset=1)
+    bad = regressions(names, target=where, emit=emit)
+    assert not bad, f"{len(bad)} of {len(names)} host-passing node cases fail on {where} ({emit}):\n" + "\n".join(bad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where, emit", ELSEWHERE, ids=[f"{t}-{e}" for t, e in ELSEWHERE])
+def test_larger_sample_passes_elsewhere(where, emit):
+    names = _elsewhere(ELSEWHERE_SLOW_SAMPLE)
+    bad = regressions(names, target=where, emit=emit)
+    assert not bad, f"{len(bad)} of {len(names)} host-passing node cases fail on {where} ({emit}):\n" + "\n".join(bad)

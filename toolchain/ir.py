@@ -11,6 +11,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 
 from .errors import InternalError, UnsupportedError
@@ -18,6 +19,7 @@ from .errors import InternalError, UnsupportedError
 DTYPES = {
     "float32": np.float32,
     "float16": np.float16,
+    "float8_e5m2": ml_dtypes.float8_e5m2,  # a storage type, like float16 (kernel/float8.py)
     "float64": np.float64,
     "int8": np.int8,
     "uint8": np.uint8,
@@ -31,7 +33,7 @@ DTYPES = {
 }
 # integer types whose values are read as unsigned (division, comparison, widening, shifts)
 UNSIGNED_DTYPES = ("uint8", "uint16", "uint32", "uint64")
-SHORT = {"float32": "f32", "float16": "f16", "float64": "f64", "int8": "i8", "uint8": "u8",
+SHORT = {"float32": "f32", "float16": "f16", "float8_e5m2": "f8e5m2", "float64": "f64", "int8": "i8", "uint8": "u8",
          "int32": "i32", "int64": "i64", "bool": "i1",
          "int16": "i16", "uint16": "u16", "uint32": "u32", "uint64": "u64"}
 

@@ -351,6 +351,8 @@ def _weight_array(sym: str, data: np.ndarray) -> str:
     flat = data.reshape(-1)
     if data.dtype == np.float16:  # a storage type: its bits
         flat = flat.view(np.int16)
+    elif str(data.dtype) == "float8_e5m2":
+        flat = flat.view(np.int8)
     if ty in (F32, F64) and not np.isfinite(flat).all():
         return _bits_array(sym, flat, ty)
     if ty in (F32, F64):

@@ -33,7 +33,7 @@ from .validate import check_declared_types, validate_model
 #     HardSigmoid, HardSwish, InstanceNormalization, MaxPool, Mish, Selu, Softplus,
 #     Softsign, ThresholdedRelu) and 23/24/25 (Cast, ConstantOfShape, Flatten, Identity,
 #     Pad, Reshape, Shape, Squeeze, Transpose, Unsqueeze): new element types only
-#     (bfloat16, float8, float4, int4, int2), which the importer rejects by type;
+#     (bfloat16, float8 other than e5m2, float4, int4, int2), which the importer rejects by type;
 #   - Cast-24: attribute round_mode, which only affects casts to float8e8m0 (rejected);
 #   - Range-27: attribute stash_type (float16/bfloat16 accumulate in float32 by default);
 #   - ReduceLogSumExp-28: integer types dropped (no change for float);

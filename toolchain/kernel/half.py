@@ -9,7 +9,7 @@ float16 subnormals, overflow to infinity, infinities and NaN (quieted; sign kept
 """
 from __future__ import annotations
 
-from .llvm import F32, F64, I16, I32, Expr, Kernel
+from .llvm import F32, F64, I16, I32, I64, Expr, Kernel
 
 
 def widen(k: Kernel, h: Expr) -> Expr:
@@ -55,9 +55,17 @@ def narrow(k: Kernel, x: Expr) -> Expr:
 def narrow_f64(k: Kernel, x: Expr) -> Expr:
     """A float64 -> the bits of the nearest float16: through a float32 rounded to odd (the
     low bit records inexactness), which then rounds once, correctly (24 >= 11 + 2 bits)."""
+    return narrow(k, round_to_odd_f32(k, x))
+
+
+def round_to_odd_f32(k: Kernel, x: Expr) -> Expr:
+    """A float64 -> float32 rounded toward zero with the low bit set when inexact: rounding
+    that float32 again to p <= 22 bits gives the float64's correct rounding. The sign is
+    the float64's, NaN's too (RISC-V's fcvt.s.d returns the positive canonical NaN)."""
     r = k.cast(x, F32)
     back = k.cast(r, F64)
     bits = k.bitcast(r, I32)
     toward_zero = bits - k.select(k.abs(back) > k.abs(x), k.lift(1, like=I32), k.lift(0, like=I32))
     odd = k.select(back.ne(x), toward_zero | 1, bits)
-    return narrow(k, k.bitcast(odd, F32))
+    sign = k.cast(k.unsigned(">>", k.bitcast(x, I64), k.lift(63, like=I64)), I32) << 31
+    return k.bitcast((odd & 0x7FFFFFFF) | sign, F32)

@@ -3,6 +3,7 @@ one class (base.py has the base class and the registry). Importing this package
 registers every op."""
 from . import (  # noqa: F401  (one family per line: a new family is a one-line change)
     attention,
+    cast,
     conv_transpose,
     elementwise,
     indexing,
@@ -18,6 +19,7 @@ from . import (  # noqa: F401  (one family per line: a new family is a one-line 
     pooling,
     quant,
     recurrent,
+    recurrent_state,
     reduce,
     resize,
     sampling,

@@ -1,5 +1,5 @@
 """Elementwise ops: activations and math (unary), arithmetic with numpy broadcasting
-(binary/variadic), comparisons, Where and Cast.
+(binary/variadic), comparisons and Where (Cast: ops/cast.py).
 
 A unary op is a pair (numpy function, scalar lowering); the scalar lowering is also
 what `fuse_activations` applies at a producer's store.
@@ -11,7 +11,6 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from ..kernel import half
 from ..kernel import mathfns as m
 from ..kernel.llvm import LLVM_TYPES
 from ..errors import UnsupportedError
@@ -531,55 +530,3 @@ class Compare(Op):
 
 
 register(*COMPARE)(Compare)
-
-
-@register("Cast")
-class Cast(Op):
-    dtype_attrs = ("to",)
-
-    def item_wise(self, node):
-        return True
-
-    def canonicalize(self, node, opset):
-        node.attrs.pop("saturate", None)
-
-    def infer(self, node):
-        return [TensorType(node.attrs["to"], node.inputs[0].type.shape)]
-
-    def reference(self, node, x):
-        return [x.astype(node.attrs["to"])]
-
-    def vjp(self, b, node, cotangents):
-        if not node.attrs["to"].startswith("float") or not node.inputs[0].type.dtype.startswith("float"):
-            raise not_differentiable(node, f"a cast between {node.inputs[0].type.dtype} and {node.attrs['to']}")
-        return [b.op("Cast", [cotangents[0]], to=node.inputs[0].type.dtype)]
-
-    def jvp(self, b, node, tangents):
-        if not node.attrs["to"].startswith("float") or not node.inputs[0].type.dtype.startswith("float"):
-            raise not_differentiable(node, f"a cast between {node.inputs[0].type.dtype} and {node.attrs['to']}")
-        return [b.op("Cast", [tangents[0]], to=node.attrs["to"])]
-
-    def lower(self, k, node, ins, outs):
-        """float16 (bits in an I16) goes through float32: widened exactly on the way in,
-        rounded to nearest even on the way out (a float64 source directly: half.narrow_f64)."""
-        dst, src = node.attrs["to"], ins[0].dtype
-        to = LLVM_TYPES["float32" if dst == "float16" else dst]
-        if src == dst:
-            _broadcast_loop(k, ins, outs[0], lambda a: a)
-            return
-
-        def convert(a):
-            from_ = src
-            if src == "float16":
-                a, from_ = half.widen(k, a), "float32"
-            if dst == "float16" and from_ == "float64":
-                return half.narrow_f64(k, a)
-            if dst == "bool":
-                r = k.cast(a.ne(0.0 if from_.startswith("float") else 0), to, unsigned=True)
-            else:
-                # from an integer: zero-extend unsigned sources; from a float: to an unsigned target
-                unsigned = dst in UNSIGNED_DTYPES if from_.startswith("float") else (
-                    from_ in UNSIGNED_DTYPES + ("bool",))
-                r = k.cast(a, to, unsigned=unsigned)
-            return half.narrow(k, r) if dst == "float16" else r
-        _broadcast_loop(k, ins, outs[0], convert)

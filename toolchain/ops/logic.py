@@ -1,5 +1,5 @@
 """Logic and integer ops: And/Or/Xor on bool, BitwiseAnd/Or/Xor/Not and BitShift on integers,
-Mod (both fmod modes, integer and float semantics), IsInf/IsNaN, CastLike, Not and Where.
+Mod (both fmod modes, integer and float semantics), IsInf/IsNaN, Not and Where.
 
 Integers follow numpy, which the ONNX spec's reference follows: a remainder by zero is 0
 (it is undefined in C and in LLVM, so the divisor is replaced before the division), a shift
@@ -14,7 +14,7 @@ from ..ir import UNSIGNED_DTYPES, TensorType
 from ..kernel import mathfns as m
 from ..kernel.llvm import LLVM_TYPES
 from .base import Op, broadcast_shapes, in_type, invalid, register, unsupported
-from .elementwise import Binary, Cast, _broadcast_loop
+from .elementwise import Binary, _broadcast_loop
 
 INTS = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
 FLOATS = ("float32", "float64")
@@ -212,20 +212,6 @@ class FloatClass(Op):
             return _as_bool(k, cond)
 
         _broadcast_loop(k, ins, outs[0], body)
-
-
-@register("CastLike")
-class CastLike(Cast):
-    """Cast to the element type of the second input (only its type is read)."""
-
-    dtype_attrs = ()
-
-    def canonicalize(self, node, opset):
-        if len(node.inputs) != 2:
-            raise invalid(node, f"takes 2 inputs, got {len(node.inputs)}")
-        node.attrs["to"] = in_type(node, 1).dtype
-        node.inputs = node.inputs[:1]
-        super().canonicalize(node, opset)
 
 
 @register("BitCast")

@@ -6,24 +6,39 @@ integer ops the quantization pass (passes/quantize.py) makes from DQ -> Conv/Mat
 
 Scales are per tensor (a scalar or a 1-element tensor), per axis (1-D, the length of
 dimension `axis`) or blocked (opset 21: the rank of x, dimension `axis` split into blocks of
-`block_size`). Quantized types: int8 and uint8 (and int32 input for DequantizeLinear, whose
-zero point must then be 0). Scales are float32. The division is a true IEEE division (as
-the spec's formula, onnx's reference and onnxruntime compute it), never a multiplication by
-a reciprocal: the lowering runs in strict floating point. The rounding and the conversion to
-an integer are one float addition (x + 1.5 * 2^23 puts round-half-even(x) in the low mantissa
-bits, for the clamped |x| <= 383), no float->int instruction.
+`block_size`). Quantized types: int8, uint8, int16, uint16 and float8 e5m2 (and int32 input
+for DequantizeLinear, whose zero point must then be 0). Scales are float32. The division is a
+true IEEE division (as the spec's formula, onnx's reference and onnxruntime compute it), never
+a multiplication by a reciprocal: the lowering runs in strict floating point. The rounding and
+the conversion to an integer are one float addition (x + 1.5 * 2^23 puts round-half-even(x) in
+the low mantissa bits, for the clamped |x| <= 2^17), no float->int instruction.
+
+float8: y = float8(x / scale), rounded to nearest even and saturating per the `saturate`
+attribute (kernel/float8.py), and x = float32(y) * scale. The spec's float8 zero point is 0
+("usually not used"): a constant one must be 0 and one given at run time is not read (onnx's
+reference ignores it when quantizing and refuses a nonzero one when dequantizing).
+
+DynamicQuantizeLinear computes its uint8 scale and zero point at run time from the input's
+range (widened to include 0), then quantizes with them: one pass for the range, one for y.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..ir import TensorType
-from ..kernel.llvm import F32, I8, I32
+from ..ir import DTYPES, TensorType
+from ..kernel import float8
+from ..kernel.llvm import F32, I32, LLVM_TYPES
 from .base import Op, in_type, invalid, norm_axis, register, unsupported
+from .cast import saturated
 from .elementwise import _broadcast_loop
 
-RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int32": (-2 ** 31, 2 ** 31 - 1)}
-ONNX_CODES = {2: "uint8", 3: "int8", 6: "int32"}  # TensorProto.DataType values we take
+RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-2 ** 15, 2 ** 15 - 1), "uint16": (0, 2 ** 16 - 1),
+          "int32": (-2 ** 31, 2 ** 31 - 1)}
+QTYPES = ("int8", "uint8", "int16", "uint16", "float8_e5m2")  # what QuantizeLinear makes
+# TensorProto.DataType values we take
+ONNX_CODES = {2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 19: "float8_e5m2"}
+OTHER_CODES = {17: "float8_e4m3fn", 18: "float8_e4m3fnuz", 20: "float8_e5m2fnuz", 21: "uint4", 22: "int4",
+               23: "float4_e2m1", 25: "uint2", 26: "int2"}  # named in the refusal
 MAGIC, MAGIC_BITS = 12582912.0, 0x4B400000  # 1.5 * 2^23 and its float32 bits
 
 
@@ -61,8 +76,11 @@ def _params(node, qtype: str):
     if zp is not None:
         if zp.type.shape != s.shape and not (kind == "tensor" and zp.type.size == 1):
             raise invalid(node, f"zero point shape {zp.type.shape} differs from scale shape {s.shape}")
-        lo, hi = RANGES[qtype]
-        if zp.is_const:
+        if qtype in float8.FLOAT8:
+            if zp.is_const and zp.data.astype(np.float32).any():  # -0 is 0 too
+                raise unsupported(node, f"a {qtype} zero point other than 0 (the spec's float8 zero point is 0)")
+        elif zp.is_const:
+            lo, hi = RANGES[qtype]
             data = zp.data.astype(np.int64)
             if data.size and (data.min() < lo or data.max() > hi):
                 bad = data[(data < lo) | (data > hi)].ravel()[0]
@@ -116,22 +134,24 @@ class QuantizeLinear(Op):
         node.attrs.setdefault("block_size", 0)
         if node.attrs.pop("precision", 0) not in (0, 1):  # opset 23: the type x / scale is computed in
             raise unsupported(node, "unsupported precision (float32 division only)")
-        if node.attrs.pop("saturate", 1) != 1:
-            raise unsupported(node, "saturate=0 (only float8 outputs use it)")
+        saturate = node.attrs.pop("saturate", 1)
         code = node.attrs.pop("output_dtype", 0)
         zp = node.inputs[2] if len(node.inputs) > 2 else None
         if code:
             if code not in ONNX_CODES or ONNX_CODES[code] == "int32":
-                raise unsupported(node, f"unsupported output type {ONNX_CODES.get(code, code)} (int8 and uint8 "
-                                        f"are supported)")
+                name = ONNX_CODES.get(code) or OTHER_CODES.get(code, code)
+                raise unsupported(node, f"unsupported output type {name} "
+                                        f"({', '.join(QTYPES)} are supported)")
             if zp is not None and zp.type.dtype != ONNX_CODES[code]:
                 raise invalid(node, f"output_dtype {ONNX_CODES[code]} differs from the zero point's "
                                     f"{zp.type.dtype}")
             node.attrs["to"] = ONNX_CODES[code]
         else:
             node.attrs["to"] = zp.type.dtype if zp is not None else "uint8"
-        if node.attrs["to"] not in ("int8", "uint8"):
-            raise unsupported(node, f"quantizing to {node.attrs['to']} (int8 and uint8 are supported)")
+        if node.attrs["to"] not in QTYPES:
+            raise unsupported(node, f"quantizing to {node.attrs['to']} ({', '.join(QTYPES)} are supported)")
+        if node.attrs["to"] in float8.FLOAT8:
+            node.attrs["saturate"] = int(saturate)
         if in_type(node, 0).dtype != "float32":
             raise unsupported(node, f"only float32 input is supported, got {in_type(node, 0).dtype}")
 
@@ -143,6 +163,10 @@ class QuantizeLinear(Op):
         kind, axis, block = _params(node, node.attrs["to"])
         rank = x.ndim
         s = _shaped(kind, axis, block, scale, rank).astype(np.float32)
+        if node.attrs["to"] in float8.FLOAT8:
+            with np.errstate(all="ignore"):
+                v = (x.astype(np.float32) / s).astype(np.float32)
+            return [saturated(v, node.attrs["to"], node.attrs["saturate"])]
         z = 0 if zp is None else _shaped(kind, axis, block, zp, rank).astype(np.float64)
         lo, hi = RANGES[node.attrs["to"]]
         with np.errstate(all="ignore"):
@@ -153,8 +177,14 @@ class QuantizeLinear(Op):
         kind, axis, block = _params(node, node.attrs["to"])
         x, params, shape = _views(ins, kind, axis, block, outs[0].shape)
         y = outs[0].reshape(shape)
-        lo, hi = RANGES[node.attrs["to"]]
-        unsigned = node.attrs["to"] == "uint8"
+        to = node.attrs["to"]
+        if to in float8.FLOAT8:  # the zero point (0) is not read
+            sat = bool(node.attrs["saturate"])
+            with k.precise():
+                _broadcast_loop(k, [x] + params[:1], y, lambda xv, s: float8.narrow(k, xv / s, sat))
+            return
+        lo, hi = RANGES[to]
+        unsigned = to in ("uint8", "uint16")
 
         def body(xv, s, z=None):
             # saturate(round(x / s) + zp) = round(clamp(x / s, lo - zp, hi - zp)) + zp (the
@@ -165,7 +195,7 @@ class QuantizeLinear(Op):
             zf = k.cast(zi, F32)
             v = k.min(k.max(xv / s, zf * -1.0 + float(lo)), zf * -1.0 + float(hi))
             r = k.bitcast(v + MAGIC, I32) - MAGIC_BITS
-            return k.cast(r + zi, I8)
+            return k.cast(r + zi, LLVM_TYPES[to])
 
         with k.precise():
             _broadcast_loop(k, [x] + params, y, body)
@@ -182,8 +212,9 @@ class DequantizeLinear(Op):
         node.attrs.setdefault("block_size", 0)
         if node.attrs.pop("output_dtype", 0) not in (0, 1):
             raise unsupported(node, "only float32 output is supported")
-        if in_type(node, 0).dtype not in ("int8", "uint8", "int32"):
-            raise unsupported(node, f"dequantizing {in_type(node, 0).dtype} (int8, uint8 and int32 are supported)")
+        if in_type(node, 0).dtype not in QTYPES + ("int32",):
+            raise unsupported(node, f"dequantizing {in_type(node, 0).dtype} ({', '.join(QTYPES)} and int32 are "
+                                    f"supported)")
 
     def infer(self, node):
         _params(node, in_type(node, 0).dtype)
@@ -192,6 +223,8 @@ class DequantizeLinear(Op):
     def reference(self, node, x, scale, zp=None):
         kind, axis, block = _params(node, in_type(node, 0).dtype)
         s = _shaped(kind, axis, block, scale, x.ndim).astype(np.float32)
+        if x.dtype == DTYPES["float8_e5m2"]:
+            return [(x.astype(np.float32) * s).astype(np.float32)]
         z = 0 if zp is None else _shaped(kind, axis, block, zp, x.ndim).astype(np.int64)
         return [((x.astype(np.int64) - z).astype(np.float32) * s).astype(np.float32)]
 
@@ -199,7 +232,12 @@ class DequantizeLinear(Op):
         kind, axis, block = _params(node, in_type(node, 0).dtype)
         x, params, shape = _views(ins, kind, axis, block, outs[0].shape)
         y = outs[0].reshape(shape)
-        unsigned = in_type(node, 0).dtype == "uint8"
+        src = in_type(node, 0).dtype
+        if src in float8.FLOAT8:  # the zero point (0) is not read
+            with k.precise():
+                _broadcast_loop(k, [x] + params[:1], y, lambda xv, s: float8.WIDEN[src](k, xv) * s)
+            return
+        unsigned = src in ("uint8", "uint16")
 
         def body(xv, s, z=None):
             xi = k.cast(xv, I32, unsigned=unsigned)
@@ -209,3 +247,59 @@ class DequantizeLinear(Op):
 
         with k.precise():
             _broadcast_loop(k, [x] + params, y, body)
+
+
+@register("DynamicQuantizeLinear")
+class DynamicQuantizeLinear(Op):
+    """y, y_scale, y_zero_point = DynamicQuantizeLinear(x), uint8, per the spec:
+        lo, hi = min(0, min(x)), max(0, max(x))
+        y_scale = (hi - lo) / 255 (all zeros, hi == lo: 1 / 255 as onnx's reference computes;
+                  onnxruntime gives 1.0; y and the zero point are 0 either way)
+        y_zero_point = saturate(round_half_even(0 - lo / y_scale))
+        y = saturate(round_half_even(x / y_scale) + y_zero_point)
+    all in float32, divisions true IEEE ones. NaN inputs are skipped by the range (they
+    quantize to 0: the clamp's lower bound)."""
+
+    def infer(self, node):
+        x = in_type(node)
+        if x.dtype != "float32":
+            raise unsupported(node, f"only float32 input is supported, got {x.dtype}")
+        if len(node.outputs) != 3:
+            raise invalid(node, f"has 3 outputs (y, y_scale, y_zero_point), got {len(node.outputs)}")
+        return [TensorType("uint8", x.shape), TensorType("float32", ()), TensorType("uint8", ())]
+
+    def reference(self, node, x):
+        x = x.astype(np.float32)
+        f = np.float32
+        hi = f(max(0.0, np.nanmax(x))) if x.size and not np.isnan(x).all() else f(0)
+        lo = f(min(0.0, np.nanmin(x))) if x.size and not np.isnan(x).all() else f(0)
+        scale = f(f(1.0) if hi == lo else f(hi - lo)) / f(255)
+        zp = np.rint(np.clip(f(0) - f(lo / scale), 0, 255))
+        with np.errstate(invalid="ignore"):
+            y = np.clip(np.nan_to_num(np.rint((x / scale).astype(np.float32)) + zp, nan=0.0), 0, 255)
+        return [y.astype(np.uint8), np.array(scale, np.float32), np.array(zp, np.uint8)]
+
+    def lower(self, k, node, ins, outs):
+        x = ins[0].flat()
+        y, ys, yz = outs[0].flat(), outs[1].reshape((1,)), outs[2].reshape((1,))
+        with k.precise():
+            lo, hi = k.var(0.0), k.var(0.0)  # the range always includes 0
+            with k.loop(x.size) as i:
+                v = x[i]
+                lo.value = k.min(lo.value, v)  # a NaN v fails both compares: skipped
+                hi.value = k.max(hi.value, v)
+            lo, hi = lo.value, hi.value
+            scale = k.select(hi.eq(lo), k.lift(1.0), hi - lo) / 255.0
+            # zero point: round(clamp(0 - lo / scale, 0, 255)), ties to even (1.5 * 2^23 trick)
+            zf = k.min(k.max(0.0 - lo / scale, 0.0), 255.0)
+            zi = k.bitcast(zf + MAGIC, I32) - MAGIC_BITS
+            zf = k.cast(zi, F32)
+            ys[(0,)] = scale
+            yz[(0,)] = k.cast(zi, LLVM_TYPES["uint8"])
+            with k.loop(x.size) as i:
+                # saturate(round(v) + zp) = round(clamp(v, -zp, 255 - zp)) + zp: integer bounds;
+                # a NaN fails the first compare and goes to the lower bound (y = 0)
+                v = x[i] / scale
+                v = k.min(k.select(v > 0.0 - zf, v, 0.0 - zf), 255.0 - zf)
+                r = k.bitcast(v + MAGIC, I32) - MAGIC_BITS
+                y[i] = k.cast(r + zi, LLVM_TYPES["uint8"])

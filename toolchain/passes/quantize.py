@@ -97,6 +97,8 @@ def _match(g: Graph, users, node: Node):
     if user is None or user.op != "QuantizeLinear" or not all(i is None or i.is_const for i in user.inputs[1:]):
         return "its result does not go only to a QuantizeLinear with constant parameters"
     q = user
+    if q.attrs["to"] not in ("int8", "uint8"):  # int16, uint16, float8: stays float
+        return f"its QuantizeLinear is to {q.attrs['to']}, not int8/uint8"
     sy = q.inputs[1].data.astype(np.float32)
     if sy.size != 1:
         return "its QuantizeLinear is not per tensor"
