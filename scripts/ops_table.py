@@ -1,7 +1,7 @@
 """The README's table of supported ops, generated so it cannot drift: every op in the
-registry, its family module, and the evidence for it, the onnx package's node cases that
-use it and pass on x86-64-v3 (tests/node_suite_passing.txt) with the element types of
-those cases. tests/test_ops_table.py fails when the README's copy differs.
+registry and every op the importer takes apart into them, its family module, and the
+evidence for it, the onnx package's node cases that use it and pass on x86-64-v3
+(tests/node_suite_passing.txt, plain and with --bind) with the element types of those cases. tests/test_ops_table.py fails when the README's copy differs.
 
     python scripts/ops_table.py            # print the section
     python scripts/ops_table.py --write    # replace it in README.md
@@ -22,37 +22,61 @@ README = ROOT / "README.md"
 PASSING = ROOT / "tests" / "node_suite_passing.txt"
 
 
-def passing_names() -> list[str]:
-    return [ln.strip() for ln in PASSING.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+def passing_names() -> dict[str, bool]:
+    """case name -> whether it passes only with graph inputs bound at build time."""
+    from node_suite import read_passing_list
+
+    return read_passing_list(PASSING)
 
 
-def section(index: dict, passing: list[str]) -> str:
+def import_time_ops() -> dict[str, str]:
+    """Ops the importer takes apart into registered ops (no kernel of their own) -> the
+    front-end module that does it."""
+    from toolchain.frontend import control_flow, preview, qoperator
+
+    ops = {op: "frontend/control_flow" for op in control_flow.OPS}
+    ops.update({op: "frontend/preview" for _, op in preview.OPS})
+    ops.update({op: "frontend/qoperator" for op in qoperator.DEFAULT_OPS})
+    return ops
+
+
+def section(index: dict, passing: dict[str, bool]) -> str:
     from toolchain.frontend.onnx_import import SUPPORTED_OPSETS
     from toolchain.ir import DTYPES
     from toolchain.ops import registry
 
-    counted, passed, dtypes = collections.Counter(), collections.Counter(), collections.defaultdict(set)
-    ok = set(passing)
+    counted, plain, bound = collections.Counter(), collections.Counter(), collections.Counter()
+    dtypes = collections.defaultdict(set)
     for name, case in index["cases"].items():
         for op in case["ops"]:
             counted[op] += 1
-            if name in ok:
-                passed[op] += 1
+            if name in passing:
+                (bound if passing[name] else plain)[op] += 1
                 dtypes[op].update(case["dtypes"])
-    ops = registry.names()
-    rows = [f"| `{op}` | {type(registry.get(op)).__module__.rsplit('.', 1)[-1]} | "
-            f"{f'{passed[op]}/{counted[op]}' if counted[op] else '–'} | {', '.join(sorted(dtypes[op])) or '–'} |"
-            for op in ops]
+    family = {op: type(registry.get(op)).__module__.rsplit(".", 1)[-1] for op in registry.names()}
+    family.update(import_time_ops())
+
+    def evidence(op):
+        if not counted[op]:
+            return "–"
+        return f"{plain[op]}/{counted[op]}" + (f" (+{bound[op]} bound)" if bound[op] else "")
+
+    rows = [f"| `{op}` | {family[op]} | {evidence(op)} | {', '.join(sorted(dtypes[op])) or '–'} |"
+            for op in sorted(family)]
+    n_bound = sum(passing.values())
     return "\n".join([
         BEGIN,
-        f"{len(ops)} ops of the default ONNX domain, opsets {SUPPORTED_OPSETS.start}–{SUPPORTED_OPSETS.stop - 1} "
-        f"(each op's semantics per its version); tensor element types: {', '.join(DTYPES)}. "
+        f"{len(registry.names())} ops compiled to kernels and {len(family) - len(registry.names())} "
+        f"imported as compositions of them (`frontend/`), opsets {SUPPORTED_OPSETS.start}–"
+        f"{SUPPORTED_OPSETS.stop - 1} of the default ONNX domain (each op's semantics per its version); "
+        f"tensor element types: {', '.join(DTYPES)}. "
         f"The evidence: the onnx {index['onnx']} package's node cases that use the op and pass on "
-        f"x86-64-v3 (of those counted, `tests/node_suite.py`), and the element types of their inputs "
-        f"and outputs. A case counts for every op in its graph, so a function's `_expanded` form counts "
-        f"for the ops it expands to.",
+        f"x86-64-v3 (of those counted, `tests/node_suite.py`; {len(passing) - n_bound} pass as they are "
+        f"and {n_bound} more with their shape-deciding graph inputs bound at build time, `--bind`), "
+        f"and the element types of their inputs and outputs. A case counts for every op in its graph, "
+        f"so a function's `_expanded` form counts for the ops it expands to.",
         "",
-        "| op | family | node cases passing | element types in passing cases |",
+        "| op | family | node cases passing (+ with `--bind`) | element types in passing cases |",
         "|---|---|---|---|",
         *rows,
         END,

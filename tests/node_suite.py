@@ -497,6 +497,26 @@ def print_report(s: dict, top: int | None = None):
         print(f"  {n:5}  {r}")
 
 
+BOUND_MARK = " (bound)"
+
+
+def passing_list(results: dict) -> str:
+    """The regression list: one passing case a line, sorted; a case that passes only with
+    graph inputs bound at build time is marked " (bound)"."""
+    return "".join(f"{n}{BOUND_MARK if results[n]['status'] == 'pass (bound)' else ''}\n"
+                   for n in sorted(results) if results[n]["status"] in ("pass", "pass (bound)"))
+
+
+def read_passing_list(path: Path) -> dict[str, bool]:
+    """name -> whether it may need --bind, from a file passing_list wrote."""
+    out = {}
+    for ln in path.read_text().splitlines():
+        ln = ln.strip()
+        if ln and not ln.startswith("#"):
+            out[ln.removesuffix(BOUND_MARK)] = ln.endswith(BOUND_MARK)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="x86-64-v3")
@@ -536,8 +556,7 @@ def main(argv=None):
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"summary": s, "cases": results}, indent=1, sort_keys=True))
     if args.write_passing:
-        args.write_passing.write_text("".join(f"{n}\n" for n in sorted(results)
-                                              if results[n]["status"] == "pass"))
+        args.write_passing.write_text(passing_list(results))
     return 0
 
 
