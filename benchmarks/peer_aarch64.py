@@ -265,7 +265,8 @@ def main(argv=None) -> int:
                 lines.append(f"    {key.split('_')[0]}: {r[key]}")
     print("\n".join(lines))
     print(f"qemu-aarch64 -cpu {TARGET}; onnxruntime single-threaded, ORT_ENABLE_ALL; "
-          f"(count({args.runs} runs) - count(1 run)) / {args.runs - 1}, onnxruntime's from the least of {args.repeat} counts each")
+          f"(count({args.runs} runs) - count(1 run)) / {args.runs - 1}; "
+          f"onnxruntime's from the least of {args.repeat} counts each")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
         print(f"wrote {args.json}")
