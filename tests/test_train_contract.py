@@ -310,3 +310,47 @@ def test_momentum_head_on_cortex_a76_under_qemu(tmp_path):
             np.testing.assert_allclose(flat[start:start + n].reshape(d[name].shape), d[name], rtol=1e-4, atol=1e-5)
             start += n
     np.testing.assert_allclose(flat[start:].reshape(4, 5), _infer(P, x.astype(np.float64)), rtol=1e-4, atol=1e-4)
+
+
+def test_kws_classifier_head_momentum_against_onnxruntime_features():
+    """The bundled keyword spotter, --trainable 'fc.*' (the convolutional backbone frozen):
+    the features before the classifier come from onnxruntime on the model; from them, 3
+    momentum steps of the MSE loss through the Softmax in float64 numpy are the reference
+    for the losses, fc.weight/fc.bias, and run_params afterwards."""
+    from onnx import numpy_helper
+
+    from helpers import onnxruntime_outputs
+    from toolchain import compile_train
+    m = onnx.load(ROOT / "models" / "kws_dscnn.onnx")
+    ct = compile_train(m, trainable="fc.*", optimizer="momentum")
+    assert [p["name"] for p in ct.manifest["train"]["params"]] == ["fc.weight", "fc.bias"]
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(ct.inputs[0][2]).astype(np.float32)
+    target = rng.dirichlet(np.ones(12), size=1).astype(np.float32)
+    probe = onnx.load(ROOT / "models" / "kws_dscnn.onnx")
+    probe.graph.output.append(onnx.helper.make_tensor_value_info("/Flatten_output_0", onnx.TensorProto.FLOAT, [1, 64]))
+    feats = onnxruntime_outputs(probe, {ct.inputs[0][0]: x})[1].astype(np.float64)
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in m.graph.initializer}
+    W, b = inits["fc.weight"], inits["fc.bias"]
+    VW, Vb = np.zeros_like(W), np.zeros_like(b)
+
+    def softmax(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    params, state = ct.params_init(), ct.opt_state_init()
+    lr, want = 2.0, []
+    for _ in range(3):
+        y = softmax(feats @ W.T + b)
+        want.append(np.mean((y - target) ** 2))
+        dy = 2 * (y - target) / y.size
+        dz = y * (dy - (dy * y).sum(1, keepdims=True))
+        VW, Vb = 0.9 * VW + dz.T @ feats, 0.9 * Vb + dz.sum(0)
+        W, b = W - lr * VW, b - lr * Vb
+    losses = [ct.train_step(params, [x], [target], lr, state) for _ in range(3)]
+    np.testing.assert_allclose(losses, want, rtol=1e-4)
+    np.testing.assert_allclose(ct.param(params, 0), W, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ct.param(params, 1), b, rtol=1e-4, atol=1e-6)
+    (y,) = ct.run_params(params, [x])
+    np.testing.assert_allclose(y, softmax(feats @ W.T + b), rtol=1e-4, atol=1e-6)
+    assert np.abs(y - onnxruntime_outputs(m, {ct.inputs[0][0]: x})[0]).max() > 1e-4  # training changed it
