@@ -354,3 +354,21 @@ def test_kws_classifier_head_momentum_against_onnxruntime_features():
     (y,) = ct.run_params(params, [x])
     np.testing.assert_allclose(y, softmax(feats @ W.T + b), rtol=1e-4, atol=1e-6)
     assert np.abs(y - onnxruntime_outputs(m, {ct.inputs[0][0]: x})[0]).max() > 1e-4  # training changed it
+
+
+def test_matched_initializers_that_stay_constant_are_listed(tmp_path):
+    """A pattern also matching an int64 initializer (a Reshape's shape): the float one
+    trains, the other is listed in the manifest as untrained and noted by the CLI."""
+    w = _weights(25)
+    m = onnx_model([node("MatMul", ["x", "head.W"], ["m"]), node("Reshape", ["m", "head.shape"])], {"x": (2, 3)},
+                   {"head.W": w(3, 4)})
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([4, 2], np.int64), "head.shape"))
+    onnx.save(m, tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    proc = _edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "m.onnx"), "--out", str(out),
+                  "--train", "--trainable", "head.*")
+    assert proc.returncode == 0, proc.stderr
+    assert ("note      --trainable 'head.*' also matched 1 initializer(s) that stay constant (not float32, read by "
+            "no node, or folded at import): head.shape") in proc.stdout
+    t = json.loads((out / "model.json").read_text())["train"]
+    assert [p["name"] for p in t["params"]] == ["head.W"] and t["untrained"] == ["head.shape"]

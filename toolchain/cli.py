@@ -121,6 +121,10 @@ def cmd_build(args):
         print(f"  train     {t['loss']} loss, {t['optimizer']}{mu}: params buffer {t['params_size']} bytes "
               f"({len(t['params'])} params), opt state {t['opt_state_size']} bytes, train arena "
               f"{m['arena']['size']} bytes")
+        if t["trainable"] != "*" and t["untrained"]:
+            print(f"  note      --trainable '{t['trainable']}' also matched {len(t['untrained'])} initializer(s) that "
+                  f"stay constant (not float32, read by no node, or folded at import): "
+                  f"{', '.join(t['untrained'][:8])}{', ...' if len(t['untrained']) > 8 else ''}")
     return res
 
 

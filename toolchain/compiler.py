@@ -180,7 +180,7 @@ def compile_train_graph(g: Graph, params, profile: Profile, name: str, loss: str
                       max(p.lower_bound for p in steps), [])
     train = {"program": tp, "plans": plans, "offsets": offsets, "params_size": size, "loss": loss,
              "opt_state_size": size if tp.optimizer == "momentum" else 0, "run": graphs.get("run"),
-             "pattern": pattern}
+             "pattern": pattern, "untrained": [n for n in params if n not in {q.name for q in tp.params}]}
     return Compiled(tp.graph, plan, out.object, info, out.llvm_ir, stack, out.c_source, emit, train=train)
 
 
@@ -414,6 +414,8 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
                 "by the caller)"} if tp.optimizer == "momentum" else {"update": "p -= learning_rate * dloss/dp"}),
             "opt_state_size": c.train["opt_state_size"],
             "trainable": c.train["pattern"] if c.train["pattern"] is not None else "*",
+            # selected initializers that stay constants: not float32, read by no node, or folded at import
+            "untrained": c.train["untrained"],
             "params_size": c.train["params_size"], "params_align": c.plan.alignment,
             "arenas": {part: {"size": plans[part].arena_size, "lower_bound": plans[part].lower_bound}
                        for part in ("train", "run") if part in plans},
