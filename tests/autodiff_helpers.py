@@ -163,8 +163,10 @@ def check_jvp(m, seed=0, positive=False, directions=2, eps=EPS, rtol=RTOL):
     return prog
 
 
-def run_driver_on_a76(m, tmp_path, emit: str, grad: str, driver, arrays_for) -> tuple[dict, np.ndarray]:
-    """Builds `m` with --grad `grad` for cortex-a76 (emit "object" or "c"), links it into the C
+def run_driver_on_a76(m, tmp_path, emit: str, grad: str | None, driver, arrays_for,
+                      **build_options) -> tuple[dict, np.ndarray]:
+    """Builds `m` with --grad `grad` (or the training build build_options ask for, such as
+    train="mse") for cortex-a76 (emit "object" or "c"), links it into the C
     program driver(manifest) returns, runs it under qemu-user on the bytes of
     arrays_for(manifest) (float32 arrays, in the driver's order) and returns the manifest and
     everything the program wrote, as one float32 array."""
@@ -176,7 +178,8 @@ def run_driver_on_a76(m, tmp_path, emit: str, grad: str, driver, arrays_for) -> 
 
     profile = get_profile("cortex-a76")
     onnx.save(m, tmp_path / "m.onnx")
-    man = build(tmp_path / "m.onnx", "cortex-a76", "model", tmp_path / "out", emit=emit, grad=grad).manifest
+    man = build(tmp_path / "m.onnx", "cortex-a76", "model", tmp_path / "out", emit=emit, grad=grad,
+                **build_options).manifest
     (tmp_path / "main.c").write_text(driver(man))
     lib = [str(tmp_path / "out" / "libmodel.a")] if emit == "object" else [str(tmp_path / "out" / "model.c")]
     exe = tmp_path / "main"

@@ -89,7 +89,9 @@ def cmd_build(args):
     res = build(args.model, args.target, args.name, args.out, dims, dump, emit=args.emit,
                 budgets={"flash_bytes": args.flash_budget, "ram_bytes": args.ram_budget},
                 weights=getattr(args, "weights", "internal"), grad=getattr(args, "grad", None),
-                train=getattr(args, "loss", None) if getattr(args, "train", False) else None, bind=binds or None)
+                train=getattr(args, "loss", None) if getattr(args, "train", False) else None, bind=binds or None,
+                trainable=getattr(args, "trainable", None), optimizer=getattr(args, "optimizer", "sgd"),
+                momentum=getattr(args, "momentum", None))
     m = res.manifest
     print(f"built {m['model']} for {m['target']['name']} -> {res.paths['header'].parent}")
     for kind, path in res.paths.items():
@@ -115,8 +117,14 @@ def cmd_build(args):
               f"{len(g['params'])} params")
     if "train" in m:
         t = m["train"]
-        print(f"  train     {t['loss']} loss, {t['optimizer']}: params buffer {t['params_size']} bytes "
-              f"({len(t['params'])} params), train arena {m['arena']['size']} bytes")
+        mu = f" (momentum {t['momentum']})" if t["optimizer"] == "momentum" else ""
+        print(f"  train     {t['loss']} loss, {t['optimizer']}{mu}: params buffer {t['params_size']} bytes "
+              f"({len(t['params'])} params), opt state {t['opt_state_size']} bytes, train arena "
+              f"{m['arena']['size']} bytes")
+        if t["trainable"] != "*" and t["untrained"]:
+            print(f"  note      --trainable '{t['trainable']}' also matched {len(t['untrained'])} initializer(s) that "
+                  f"stay constant (not float32, read by no node, or folded at import): "
+                  f"{', '.join(t['untrained'][:8])}{', ...' if len(t['untrained']) > 8 else ''}")
     return res
 
 
@@ -278,10 +286,19 @@ def parser():
     b.add_argument("--grad", choices=["reverse", "forward"], help="reverse: <name>_primal and <name>_pullback "
                    "(derivatives with respect to every float input and initializer); forward: <name>_jvp (outputs "
                    "and their tangents from inputs and theirs); instead of <name>_run")
-    b.add_argument("--train", action="store_true", help="<name>_train_step (SGD on --loss, every float "
-                   "initializer trained, in a caller-owned buffer) and <name>_params_init instead of <name>_run")
+    b.add_argument("--train", action="store_true", help="<name>_train_step (--optimizer on --loss, the --trainable "
+                   "initializers in a caller-owned buffer), <name>_params_init and <name>_run_params instead of "
+                   "<name>_run")
     b.add_argument("--loss", choices=["mse", "cross-entropy"], default="mse",
                    help="the training loss: mse (default), or cross-entropy of the class scores against int64 labels")
+    b.add_argument("--trainable", metavar="PATTERN", help="with --train: train only the initializers whose name "
+                   "matches this glob (such as '*fc*'); the others stay read-only constants (default: every float "
+                   "initializer)")
+    b.add_argument("--optimizer", choices=["sgd", "momentum"], default="sgd",
+                   help="with --train: sgd (default; p -= lr * g) or momentum (v = mu * v + g; p -= lr * v, the "
+                        "velocities in the caller's zeroed opt_state)")
+    b.add_argument("--momentum", type=float, metavar="MU", help="with --optimizer momentum: the coefficient mu "
+                   "(default 0.9)")
     b.set_defaults(fn=cmd_build)
     z = sub.add_parser("size", help="flash/RAM/stack report of a build (builds it if needed)")
     z.add_argument("--target")

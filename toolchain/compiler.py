@@ -28,7 +28,7 @@ from .ops import registry
 from .passes import run_pipeline
 from .passes.autodiff import bind_params, residual_layout, reverse
 from .passes.forward import forward
-from .passes.train import init_graph, param_layout, train_graph
+from .passes.train import check_optimizer, init_graph, param_layout, run_graph, select_trainable, train_graph
 from .memory import Storage
 from .targets import Profile, get_profile
 from .version import __version__
@@ -145,31 +145,42 @@ def compile_grad_graph(g: Graph, params, profile: Profile, name: str, dump: Text
 
 
 def compile_train_graph(g: Graph, params, profile: Profile, name: str, loss: str = "mse",
-                        dump: TextIO | None = None, emit: str = "object") -> Compiled:
-    """A training build (passes.train): the step graph, whose parameter updates are written
-    over the parameters' own bytes in the caller's buffer (the plan places each updated
-    parameter at its input), and the params-init graph."""
+                        dump: TextIO | None = None, emit: str = "object", optimizer: str = "sgd",
+                        momentum: float | None = None, run: Graph | None = None,
+                        pattern: str | None = None) -> Compiled:
+    """A training build (passes.train): the step graph, whose parameter (and velocity)
+    updates are written over their own bytes in the caller's buffers (the plan places each
+    updated value at its input), the params-init graph, and with `run` (another import of
+    the model) the inference graph reading the parameters from the caller's buffer
+    (<name>_run_params). One arena serves every entry (the largest plan)."""
     if emit != "object":
         raise InvalidModelError("--train builds have only the object path yet (not --emit c)")
     backend = get_backend(emit)
-    tp = train_graph(g, params, loss)
+    tp = train_graph(g, params, loss, optimizer, momentum, pattern)
     init = init_graph(tp.params, name)
     vector = backend.vector_unit(profile)
     graphs = {"train": tp.graph, "init": init}
+    if run is not None:
+        graphs["run"] = run_graph(run, [p.name for p in tp.params])
     plans = {}
     for part, graph in graphs.items():
         run_pipeline(graph, dump=dump, vector=vector)
         plans[part] = plan_memory(graph, profile.arena_align)
     first = tp.n_inputs + tp.n_targets
-    for k, v in enumerate(tp.graph.outputs[1:]):
-        plans["train"].storage[id(v)] = Storage("input", first + k)  # the update overwrites the parameter
+    for k, v in enumerate(tp.graph.outputs[1:]):  # the parameters, then (momentum) the velocities
+        plans["train"].storage[id(v)] = Storage("input", first + k)  # the update overwrites its input
     offsets, size = param_layout(tp.params, profile.arena_align)
-    out = backend.generate_train(tp, init, plans, offsets, name, profile)
+    out = backend.generate_train(tp, init, plans, offsets, name, profile, graphs.get("run"))
     info = read_object(out.object)
     check_self_contained(info, profile, name)
-    stack = stack_usage(out.frames, out.calls, entry_symbols(name, train=True), profile.return_address_bytes)
-    plan = plans["train"]
-    train = {"program": tp, "plans": plans, "offsets": offsets, "params_size": size, "loss": loss}
+    stack = stack_usage(out.frames, out.calls, entry_symbols(name, train=True, run_params=run is not None),
+                        profile.return_address_bytes)
+    steps = [plans[part] for part in ("train", "run") if part in plans]
+    plan = MemoryPlan({}, max(p.arena_size for p in steps), profile.arena_align,
+                      max(p.lower_bound for p in steps), [])
+    train = {"program": tp, "plans": plans, "offsets": offsets, "params_size": size, "loss": loss,
+             "opt_state_size": size if tp.optimizer == "momentum" else 0, "run": graphs.get("run"),
+             "pattern": pattern, "untrained": [n for n in params if n not in {q.name for q in tp.params}]}
     return Compiled(tp.graph, plan, out.object, info, out.llvm_ir, stack, out.c_source, emit, train=train)
 
 
@@ -190,7 +201,8 @@ def _fixed(dims) -> dict:
 def build(model_path: str | Path | None, target: str, name: str = "model", out: str | Path | None = None,
           dims: dict[str, int] | None = None, dump: TextIO | None = None, emit: str = "object",
           budgets: dict | None = None, weights: str = "internal", grad: str | None = None,
-          train: str | None = None, bind: dict | None = None) -> BuildResult:
+          train: str | None = None, bind: dict | None = None, trainable: str | None = None,
+          optimizer: str = "sgd", momentum: float | None = None) -> BuildResult:
     """emit="object": <name>.o and lib<name>.a (LLVM); emit="c": <name>.c (portable C99).
     Both also write <name>.h, <name>.json and the CMake/Make fragments.
     budgets: {"flash_bytes": n, "ram_bytes": n} over the target profile's own; a build over
@@ -201,8 +213,11 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     grad="reverse": <name>_primal and <name>_pullback (every float input and initializer
     differentiated) instead of <name>_run; grad="forward": <name>_jvp (outputs and their
     tangents from inputs and theirs, every float input differentiated); train="mse":
-    <name>_train_step (SGD on that loss, parameters in a caller-owned buffer) and
-    <name>_params_init. None of these uses the compile cache yet. bind: {graph input name:
+    <name>_train_step (on that loss, parameters in a caller-owned buffer), <name>_params_init
+    and <name>_run_params (inference reading that buffer); trainable: a glob over the
+    initializer names (default: every float initializer; the others stay read-only
+    constants); optimizer "sgd" or "momentum" (heavy ball, coefficient `momentum`,
+    default 0.9, a velocity per parameter in the caller's opt_state). None of these uses the compile cache yet. bind: {graph input name:
     value} (an array, numbers, or the command line's text "1,2" / "@file.npy"): those inputs
     become constants of that value, gone from the C contract; the manifest lists them
     ("bound_inputs")."""
@@ -218,6 +233,10 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
         raise InvalidModelError(f"--grad {grad} and --train are separate builds: choose one")
     if (grad or train) and weights != "internal":
         raise InvalidModelError("--weights external is for inference builds, not --grad or --train")
+    if not train and (trainable is not None or optimizer != "sgd" or momentum is not None):
+        raise InvalidModelError("--trainable, --optimizer and --momentum are options of --train builds")
+    if train:
+        check_optimizer(optimizer, momentum)
     model = load_model(model_path) if bind else None
     bound = resolve(model, bind, _fixed(dims)) if bind else {}
     hook = (BuildHook.open(model_path, profile, name, dims, emit, budgets, weights, key_of(bound))
@@ -227,7 +246,9 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     model = bind_inputs(model or load_model(model_path), bound)
     params = [t.name for t in model.graph.initializer]
     if train:
-        compiled = compile_train_graph(import_model(model, name, dims), params, profile, name, train, dump, emit)
+        compiled = compile_train_graph(import_model(model, name, dims), select_trainable(params, trainable), profile,
+                                       name, train, dump, emit, optimizer, momentum, import_model(model, name, dims),
+                                       trainable)
     elif grad == "forward":
         compiled = compile_jvp_graph(import_model(model, name, dims), profile, name, dump, emit)
     elif grad:
@@ -235,6 +256,9 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__,
                **({"emit": emit} if emit != "object" else {}), **({"weights": weights} if weights != "internal" else {}),
                **({"grad": grad} if grad else {}), **({"train": train} if train else {}),
+               **({"trainable": trainable} if trainable is not None else {}),
+               **({"optimizer": optimizer, "momentum": check_optimizer(optimizer, momentum)}
+                  if train and optimizer != "sgd" else {}),
                **({"bind": key_of(bound)} if bound else {})}
     if not (train or grad):
         def identity(g):  # the manifest's build id, known once the passes have run
@@ -349,6 +373,8 @@ def _jvp_info(c: Compiled) -> dict:
 def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, options: dict) -> dict:
     g = c.graph
     graphs = [g] if c.grad is None else [g, c.grad["program"].pullback]
+    if c.train is not None and c.train["run"] is not None:
+        graphs.append(c.train["run"])
     weight_bytes = sum({(v.type, v.data.tobytes()): v.type.nbytes for x in graphs for v in x.constants()}.values())
     t = totals(c.info.sections)
     stack = c.stack or {}
@@ -378,10 +404,21 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
     if c.train is not None:
         tp = c.train["program"]
         manifest["inputs"] = manifest["inputs"][:tp.n_inputs]
-        manifest["outputs"] = [_tensor_info(v) for v in tp.outputs]
+        run = c.train["run"]
+        manifest["outputs"] = [_tensor_info(v) for v in (run.outputs if run is not None else tp.outputs)]
+        plans = c.train["plans"]
         manifest["train"] = {
-            "loss": c.train["loss"], "optimizer": "sgd", "opt_state_size": 0,
+            "loss": c.train["loss"], "optimizer": tp.optimizer,
+            **({"momentum": tp.momentum, "update": "v = momentum * v + dloss/dp; p -= learning_rate * v "
+                "(v: the parameter's velocity in opt_state, same offset as in params, zero-initialized "
+                "by the caller)"} if tp.optimizer == "momentum" else {"update": "p -= learning_rate * dloss/dp"}),
+            "opt_state_size": c.train["opt_state_size"],
+            "trainable": c.train["pattern"] if c.train["pattern"] is not None else "*",
+            # selected initializers that stay constants: not float32, read by no node, or folded at import
+            "untrained": c.train["untrained"],
             "params_size": c.train["params_size"], "params_align": c.plan.alignment,
+            "arenas": {part: {"size": plans[part].arena_size, "lower_bound": plans[part].lower_bound}
+                       for part in ("train", "run") if part in plans},
             "params": [{"name": p.name, "dtype": str(p.data.dtype), "shape": list(p.data.shape), "offset": off,
                         "elems": int(p.data.size), "bytes": int(p.data.nbytes)}
                        for p, off in zip(tp.params, c.train["offsets"])],

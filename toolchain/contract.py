@@ -19,6 +19,13 @@ and a forward-mode build (--grad forward)
 
     int <name>_jvp(const void *const *inputs, const void *const *input_tangents,
                    void *const *outputs, void *const *output_tangents, void *arena);
+
+and a training build (--train)
+
+    void <name>_params_init(void *params);
+    int <name>_run_params(const void *params, const void *const *inputs, void *const *outputs, void *arena);
+    int <name>_train_step(void *params, void *opt_state, const void *const *inputs,
+                          const void *const *targets, float learning_rate, float *loss, void *arena);
 """
 from __future__ import annotations
 
@@ -128,9 +135,23 @@ TRAIN_STEP_PARAMS = ("void *params, void *opt_state, const void *const *inputs, 
                      "float learning_rate, float *loss, void *arena")
 
 
+# <name>_train_step of a build with optimizer state (--optimizer momentum) returns this for a
+# NULL opt_state (nothing is written)
+ERR_OPT_STATE = 3
+
+
 def train_step_symbol(name: str) -> str:
-    """A training build: one SGD step on the parameters in the caller's buffer."""
+    """A training build: one optimizer step on the parameters in the caller's buffer."""
     return f"{name}_train_step"
+
+
+def run_params_symbol(name: str) -> str:
+    """A training build: inference with the parameters in the caller's buffer."""
+    return f"{name}_run_params"
+
+
+def run_params_prototype(name: str) -> str:
+    return f"{RUN_RETURNS} {run_params_symbol(name)}(const void *params, {RUN_PARAMS})"
 
 
 def params_init_symbol(name: str) -> str:
@@ -153,13 +174,13 @@ def graph_symbol(name: str, part: str) -> str:
 
 
 def entry_symbols(name: str, bounded: bool = False, grad: bool | str = False, train: bool = False,
-                  external: bool = False) -> list[str]:
+                  external: bool = False, run_params: bool = True) -> list[str]:
     """Every exported function of the contract (the stack report covers each). grad: True or
     "reverse" for a reverse-mode build, "forward" for a forward-mode one."""
     if external:
         return [run_ext_symbol(name), check_weights_symbol(name)]
     if train:
-        return [train_step_symbol(name), params_init_symbol(name)]
+        return [train_step_symbol(name), params_init_symbol(name)] + ([run_params_symbol(name)] if run_params else [])
     if grad == "forward":
         return [jvp_symbol(name)]
     if grad:

@@ -16,10 +16,11 @@ import struct
 import tempfile
 from pathlib import Path
 
-from .contract import (ERR_DIM_OUT_OF_RANGE, ERR_WEIGHTS, build_id_symbol, c_comment_text, check_weights_prototype,
-                       check_weights_symbol, jvp_prototype, jvp_symbol, macro_prefix, params_init_prototype,
-                       primal_prototype, pullback_prototype, run_dims_prototype, run_ext_prototype, run_ext_symbol,
-                       run_prototype, run_symbol, train_step_prototype)
+from .contract import (ERR_DIM_OUT_OF_RANGE, ERR_OPT_STATE, ERR_WEIGHTS, build_id_symbol, c_comment_text,
+                       check_weights_prototype, check_weights_symbol, jvp_prototype, jvp_symbol, macro_prefix,
+                       params_init_prototype, primal_prototype, pullback_prototype, run_dims_prototype,
+                       run_ext_prototype, run_ext_symbol, run_params_prototype, run_prototype, run_symbol,
+                       train_step_prototype)
 from .errors import InvalidModelError
 
 
@@ -135,31 +136,8 @@ def c_header(name: str, manifest: dict) -> str:
                           f"'{c_comment_text(t['batch_dim'])}'; ELEMS and BYTES are at its bound */"]
     train = manifest.get("train")
     if train is not None:
-        lines += [f"#define {up}_PARAMS_SIZE  {int(train['params_size'])}u  /* bytes of the caller's parameter "
-                  f"buffer (layout in {name}.json) */",
-                  f"#define {up}_PARAMS_ALIGN {int(train['params_align'])}u",
-                  f"#define {up}_OPT_STATE_SIZE 0u  /* SGD keeps no state: opt_state may be NULL */",
-                  f"#define {up}_TRAIN_ARENA_SIZE {arena_size}u",
-                  f"#define {up}_NUM_PARAMS   {len(train['params'])}"]
-        for i, p in enumerate(train["params"]):
-            lines += [f"/* param {i}: '{c_comment_text(p['name'])}', {c_comment_text(p['dtype'])} "
-                      f"[{', '.join(map(str, p['shape']))}] */",
-                      f"#define {up}_PARAM{i}_ELEMS {int(p['elems'])}u",
-                      f"#define {up}_PARAM{i}_OFFSET {int(p['offset'])}u"]
-        for j, t in enumerate(train["targets"]):
-            lines += [f"/* target {j}: {c_comment_text(t['dtype'])} [{', '.join(map(str, t['shape']))}] */",
-                      f"#define {up}_TARGET{j}_ELEMS {math.prod(t['shape'])}u"]
-        lines += ["",
-                  f"/* Training ({c_comment_text(train['loss'])} loss, SGD). params_init writes the model's trained",
-                  "   values into params (PARAMS_SIZE bytes aligned to PARAMS_ALIGN). train_step runs",
-                  "   one step on one batch: inputs[i] as for inference, targets[j] as listed above (mse: shaped",
-                  "   as output j; cross-entropy: the class label of each sample, int64);",
-                  "   writes the loss before the update into *loss and updates params in place",
-                  "   (p -= learning_rate * dloss/dp). Returns 0. */",
-                  f"{params_init_prototype(name)};",
-                  f"{train_step_prototype(name)};",
-                  "", "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {guard} */", ""]
-        return "\n".join(lines)
+        return "\n".join(lines + _train_block(name, manifest, arena_size) + [
+            "", "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {guard} */", ""])
     grad = manifest.get("grad")
     if grad is not None and grad["mode"] == "forward":
         return "\n".join(lines + _jvp_block(name, manifest, arena_size) + [
@@ -400,3 +378,54 @@ def check_out_dir(out: Path, owned=()):
         os.rmdir(tempfile.mkdtemp(prefix=".edgec-probe-", dir=probe))
     except OSError as e:
         raise InvalidModelError(f"--out '{out}' is not writable: {e.strerror or e}") from None
+
+
+def _train_block(name: str, manifest: dict, arena_size: int) -> list:
+    """The header's part of a training build: buffer sizes, the parameter layout, the
+    targets, and the contract of params_init, run_params and train_step."""
+    up = name.upper()
+    train = manifest["train"]
+    momentum = train["optimizer"] == "momentum"
+    state = (f"#define {up}_OPT_STATE_SIZE {int(train['opt_state_size'])}u  /* bytes of the optimizer state: "
+             f"a velocity per parameter at its PARAM<i>_OFFSET; zero it before the first step */"
+             if momentum else f"#define {up}_OPT_STATE_SIZE 0u  /* SGD keeps no state: opt_state may be NULL */")
+    lines = [f"#define {up}_PARAMS_SIZE  {int(train['params_size'])}u  /* bytes of the caller's parameter "
+             f"buffer (layout in {name}.json) */",
+             f"#define {up}_PARAMS_ALIGN {int(train['params_align'])}u",
+             state,
+             f"#define {up}_TRAIN_ARENA_SIZE {arena_size}u  /* serves train_step and run_params */",
+             f"#define {up}_ERR_OPT_STATE {ERR_OPT_STATE}  /* train_step: opt_state is NULL but the optimizer "
+             "needs it */",
+             f"#define {up}_NUM_PARAMS   {len(train['params'])}"]
+    for i, p in enumerate(train["params"]):
+        lines += [f"/* param {i}: '{c_comment_text(p['name'])}', {c_comment_text(p['dtype'])} "
+                  f"[{', '.join(map(str, p['shape']))}] */",
+                  f"#define {up}_PARAM{i}_ELEMS {int(p['elems'])}u",
+                  f"#define {up}_PARAM{i}_OFFSET {int(p['offset'])}u"]
+    for j, t in enumerate(train["targets"]):
+        lines += [f"/* target {j}: {c_comment_text(t['dtype'])} [{', '.join(map(str, t['shape']))}] */",
+                  f"#define {up}_TARGET{j}_ELEMS {math.prod(t['shape'])}u"]
+    if momentum:
+        update = [f"   Optimizer: momentum (heavy ball, mu = {float(train['momentum'])!r}): for each parameter p",
+                  "   and its velocity v (opt_state at p's offset), v = mu * v + dloss/dp; p -= learning_rate * v.",
+                  "   opt_state: OPT_STATE_SIZE bytes aligned to PARAMS_ALIGN, zero-initialized by the caller",
+                  f"   before the first step; NULL is refused with {up}_ERR_OPT_STATE, nothing written."]
+    else:
+        update = ["   Optimizer: SGD, p -= learning_rate * dloss/dp; opt_state is not read (may be NULL)."]
+    trained = train.get("trainable", "*")
+    return lines + [
+        "",
+        f"/* Training ({c_comment_text(train['loss'])} loss, {c_comment_text(train['optimizer'])}). The parameters",
+        f"   trained (the initializers matching '{c_comment_text(trained)}') live in the caller's params buffer",
+        "   (PARAMS_SIZE bytes aligned to PARAMS_ALIGN); every other weight is a read-only constant.",
+        "   params_init writes the model's trained values into params. run_params runs the inference",
+        "   with the parameters in params: inputs[i] and outputs[j] as listed above. train_step runs",
+        "   one step on one batch: inputs[i] as for inference, targets[j] as listed above (mse: shaped",
+        "   as output j; cross-entropy: the class label of each sample, int64);",
+        "   writes the loss before the update into *loss and updates params in place.",
+        *update,
+        "   arena: TRAIN_ARENA_SIZE bytes aligned to ARENA_ALIGN. Return 0 on success. */",
+        f"{params_init_prototype(name)};",
+        *([f"{run_params_prototype(name)};"] if train.get("arenas", {}).get("run") is not None else []),
+        f"{train_step_prototype(name)};",
+    ]

@@ -159,12 +159,15 @@ def compile_grad(model, target: str | None = None, *, dims: dict | None = None, 
 _TRAIN_STEP = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, _PP, _PP, ctypes.c_float,
                                ctypes.POINTER(ctypes.c_float), ctypes.c_void_p)
 _PARAMS_INIT = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_RUN_PARAMS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, _PP, _PP, ctypes.c_void_p)
 
 
 class CompiledTrain:
     """A training build loaded in-process: `params_init()` returns a fresh parameter buffer
-    (uint8, PARAMS_SIZE bytes, aligned), `train_step(params, inputs, targets, lr)` updates
-    it in place and returns the loss; `param(params, i)` views parameter i in it."""
+    (uint8, PARAMS_SIZE bytes, aligned), `opt_state_init()` a zeroed optimizer state (None
+    for SGD), `train_step(params, inputs, targets, lr, opt_state)` updates them in place and
+    returns the loss, `run_params(params, inputs)` the outputs of the inference with those
+    parameters; `param(params, i)` views parameter i in it (and velocity i in opt_state)."""
 
     def __init__(self, files: dict, kinds: dict, name: str, profile):
         self.files, self.kinds, self.name, self.target = files, kinds, name, profile.name
@@ -173,12 +176,15 @@ class CompiledTrain:
         self.inputs, self.targets = _specs(self.manifest["inputs"]), _specs(t["targets"])
         self.params = t["params"]
         self.params_size, self.params_align = t["params_size"], t["params_align"]
+        self.opt_state_size, self.optimizer = t["opt_state_size"], t["optimizer"]
+        self.outputs = _specs(self.manifest["outputs"])
         self.arena = _aligned(self.manifest["arena"]["size"] or 1, self.manifest["arena"]["align"])
         self._lock = threading.Lock()
         self._fns = None
         if profile.runs_natively():
             self._engine, self._fns = _load_symbols(files[f"{name}.o"], [(f"{name}_train_step", _TRAIN_STEP),
-                                                                         (f"{name}_params_init", _PARAMS_INIT)])
+                                                                         (f"{name}_params_init", _PARAMS_INIT),
+                                                                         (f"{name}_run_params", _RUN_PARAMS)])
 
     def params_init(self) -> np.ndarray:
         if self._fns is None:
@@ -187,19 +193,43 @@ class CompiledTrain:
         self._fns[1](ctypes.c_void_p(buf.ctypes.data))
         return buf
 
+    def opt_state_init(self) -> np.ndarray | None:
+        """The optimizer state the first step needs: zeros (the caller's duty in C), or None."""
+        return _aligned(self.opt_state_size, self.params_align) if self.opt_state_size else None
+
+    def _check_buffer(self, buf, size: int, what: str):
+        if (not isinstance(buf, np.ndarray) or buf.dtype != np.uint8 or buf.size != size
+                or buf.ctypes.data % self.params_align or not buf.flags.c_contiguous):
+            raise CompileError(f"{what}: expected the aligned uint8 buffer {what}_init() returns")
+
+    def run_params(self, params: np.ndarray, inputs) -> list:
+        if self._fns is None:
+            raise CompileError(f"target '{self.target}' does not run on this host; export() the artifacts")
+        self._check_buffer(params, self.params_size, "params")
+        ins = CompiledGrad._check(self, self.inputs, list(inputs), "input")
+        outs = [np.empty(shape, dtype) for _, dtype, shape in self.outputs]
+        with self._lock:
+            rc = self._fns[2](ctypes.c_void_p(params.ctypes.data), _table(ins), _table(outs),
+                              ctypes.c_void_p(self.arena.ctypes.data))
+        if rc != 0:
+            raise CompileError(f"{self.name}_run_params returned {rc}")
+        return outs
+
     def param(self, params: np.ndarray, i: int) -> np.ndarray:
         p = self.params[i]
         return params[p["offset"]:p["offset"] + p["bytes"]].view(np.dtype(p["dtype"])).reshape(p["shape"])
 
-    def train_step(self, params: np.ndarray, inputs, targets, learning_rate: float) -> float:
-        if (not isinstance(params, np.ndarray) or params.dtype != np.uint8 or params.size != self.params_size
-                or params.ctypes.data % self.params_align or not params.flags.c_contiguous):
-            raise CompileError("params: expected the aligned uint8 buffer params_init() returns")
+    def train_step(self, params: np.ndarray, inputs, targets, learning_rate: float, opt_state=None) -> float:
+        """opt_state: the buffer opt_state_init() returned (a momentum build); None passes NULL."""
+        self._check_buffer(params, self.params_size, "params")
+        if opt_state is not None:
+            self._check_buffer(opt_state, self.opt_state_size, "opt_state")
         ins = CompiledGrad._check(self, self.inputs, list(inputs), "input")
         tgs = CompiledGrad._check(self, self.targets, list(targets), "target")
         loss = ctypes.c_float()
         with self._lock:
-            rc = self._fns[0](ctypes.c_void_p(params.ctypes.data), None, _table(ins), _table(tgs),
+            rc = self._fns[0](ctypes.c_void_p(params.ctypes.data),
+                              None if opt_state is None else ctypes.c_void_p(opt_state.ctypes.data), _table(ins), _table(tgs),
                               ctypes.c_float(learning_rate), ctypes.byref(loss), ctypes.c_void_p(self.arena.ctypes.data))
         if rc != 0:
             raise CompileError(f"{self.name}_train_step returned {rc}")
@@ -207,7 +237,8 @@ class CompiledTrain:
 
 
 def compile_train(model, target: str | None = None, *, dims: dict | None = None, name: str = "model",
-                  loss: str = "mse") -> CompiledTrain:
+                  loss: str = "mse", trainable: str | None = None, optimizer: str = "sgd",
+                  momentum: float | None = None) -> CompiledTrain:
     from .compiler import build
 
     profile = host_profile() if target is None else _get_profile(target)
@@ -217,7 +248,8 @@ def compile_train(model, target: str | None = None, *, dims: dict | None = None,
             path = Path(tmp) / "src" / (model_name or f"{name}.onnx")
             path.parent.mkdir()
             path.write_bytes(data)
-        res = build(path, profile.name, name, Path(tmp) / "out", dims=dims, train=loss)
+        res = build(path, profile.name, name, Path(tmp) / "out", dims=dims, train=loss, trainable=trainable,
+                    optimizer=optimizer, momentum=momentum)
         files = {p.name: p.read_bytes() for p in res.paths.values()}
         kinds = {p.name: k for k, p in res.paths.items()}
     return CompiledTrain(files, kinds, name, profile)

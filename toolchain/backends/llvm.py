@@ -8,9 +8,9 @@ import itertools
 
 from llvmlite import ir
 
-from ..contract import (ERR_DIM_OUT_OF_RANGE, ERR_WEIGHTS, build_id_symbol, check_weights_symbol, fnv1a64, graph_symbol,
+from ..contract import (ERR_DIM_OUT_OF_RANGE, ERR_OPT_STATE, ERR_WEIGHTS, build_id_symbol, check_weights_symbol, fnv1a64, graph_symbol,
                         item_symbol, jvp_symbol, node_symbols, params_init_symbol, primal_symbol, pullback_symbol,
-                        run_dims_symbol, run_ext_symbol, run_symbol,
+                        run_dims_symbol, run_ext_symbol, run_params_symbol, run_symbol,
                         train_step_symbol, weights_section)
 from ..errors import InternalError, UnsupportedError
 from ..ir import Graph
@@ -59,9 +59,10 @@ class LLVMBackend:
         files = {"weights": blob.data()} if blob is not None else {}
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized, files=files)
 
-    def generate_train(self, tp, init, plans, offsets, name: str, profile: Profile) -> Generated:
-        """A training build: <name>_train_step and <name>_params_init in one object."""
-        module = build_train_module(tp, init, plans, offsets, name, profile)
+    def generate_train(self, tp, init, plans, offsets, name: str, profile: Profile, run=None) -> Generated:
+        """A training build: <name>_train_step, <name>_params_init and (with the graph `run`)
+        <name>_run_params in one object."""
+        module = build_train_module(tp, init, plans, offsets, name, profile, run)
         obj, optimized, frames = compile_ir(module_text(module), profile)
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
 
@@ -236,16 +237,20 @@ def build_grad_module(prog, plans, offsets, name: str, profile: Profile) -> ir.M
     return module
 
 
-def build_train_module(tp, init, plans, offsets, name: str, profile: Profile) -> ir.Module:
+def build_train_module(tp, init, plans, offsets, name: str, profile: Profile, run=None) -> ir.Module:
     """A training build: <name>_train_step around the train graph (parameters read and
-    updated in the caller's buffer at `offsets`, the learning rate passed by value) and
-    <name>_params_init around the graph that copies the trained values there."""
+    updated in the caller's buffer at `offsets`, with momentum each velocity at the same
+    offset in opt_state, the learning rate passed by value), <name>_params_init around the
+    graph that copies the trained values there, and <name>_run_params around the inference
+    graph `run` (the parameters read from the caller's buffer)."""
     module = ir.Module(name=name)
     module.triple = profile.triple
     index = ir.IntType(profile.index_bits)
-    runs = _graph_functions(module, {"train": tp.graph, "init": init}, plans, name, profile, index)
+    graphs = {"train": tp.graph, "init": init, **({"run": run} if run is not None else {})}
+    runs = _graph_functions(module, graphs, plans, name, profile, index)
     ptr, f32 = I8.as_pointer(), ir.FloatType()
     pp = ptr.as_pointer()
+    momentum = tp.optimizer == "momentum"
 
     def table(b, entries):
         return _pointer_table(b, entries, index)
@@ -253,17 +258,27 @@ def build_train_module(tp, init, plans, offsets, name: str, profile: Profile) ->
     def at(b, buf, off):
         return b.gep(buf, [ir.Constant(index, off)], inbounds=True)
 
+    def loads(b, arr, n):
+        return [b.load(b.gep(arr, [ir.Constant(index, i)], inbounds=True)) for i in range(n)]
+
     fn = ir.Function(module, ir.FunctionType(I32, [ptr, ptr, pp, pp, f32, f32.as_pointer(), ptr]),
                      name=train_step_symbol(name))
     fn.attributes.add("nounwind")
-    params, _, inputs, targets, lr, loss, arena = fn.args
+    params, state, inputs, targets, lr, loss, arena = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    if momentum:  # the velocities live in opt_state: refuse a NULL one before writing anything
+        ok = fn.append_basic_block("state")
+        refuse = fn.append_basic_block("no_state")
+        b.cbranch(b.icmp_unsigned("==", state, ir.Constant(ptr, None)), refuse, ok)
+        b.position_at_end(refuse)
+        b.ret(ir.Constant(I32, ERR_OPT_STATE))
+        b.position_at_end(ok)
     slot = b.alloca(f32)
     b.store(lr, slot)
-    load = [b.load(b.gep(inputs, [ir.Constant(index, i)], inbounds=True)) for i in range(tp.n_inputs)]
-    load += [b.load(b.gep(targets, [ir.Constant(index, j)], inbounds=True)) for j in range(tp.n_targets)]
-    ins = table(b, load + [at(b, params, off) for off in offsets] + [b.bitcast(slot, ptr)])
-    outs = table(b, [b.bitcast(loss, ptr)] + [ir.Constant(ptr, None)] * len(offsets))
+    load = loads(b, inputs, tp.n_inputs) + loads(b, targets, tp.n_targets)
+    velocities = [at(b, state, off) for off in offsets] if momentum else []
+    ins = table(b, load + [at(b, params, off) for off in offsets] + velocities + [b.bitcast(slot, ptr)])
+    outs = table(b, [b.bitcast(loss, ptr)] + [ir.Constant(ptr, None)] * (len(offsets) + len(velocities)))
     b.ret(b.call(runs["train"], [ins, outs, arena]))
 
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr]), name=params_init_symbol(name))
@@ -272,6 +287,16 @@ def build_train_module(tp, init, plans, offsets, name: str, profile: Profile) ->
     outs = table(b, [at(b, fn.args[0], off) for off in offsets])
     b.call(runs["init"], [table(b, []), outs, ir.Constant(ptr, None)])
     b.ret_void()
+
+    if run is not None:
+        fn = ir.Function(module, ir.FunctionType(I32, [ptr, pp, pp, ptr]), name=run_params_symbol(name))
+        fn.attributes.add("nounwind")
+        params, inputs, outputs, arena = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        n_in = len(run.inputs) - len(offsets)
+        ins = table(b, loads(b, inputs, n_in) + [at(b, params, off) for off in offsets])
+        outs = table(b, loads(b, outputs, len(run.outputs)))
+        b.ret(b.call(runs["run"], [ins, outs, arena]))
     return module
 
 

@@ -1,47 +1,95 @@
-"""One training step as one graph: forward, loss, pullback, SGD update.
+"""One training step as one graph: forward, loss, pullback, optimizer update.
 
 `train_graph(g, params)` differentiates `g` (passes.autodiff.reverse, parameters as graph
 inputs), appends the loss (MSE: the mean of squared differences of each float output from
 its target, summed over outputs; or the softmax cross entropy of the class scores against
 int64 labels) and its cotangent as the seed, inlines the pullback
 (its residual inputs become the forward values themselves: nothing is saved, the step is
-one program), and ends with one update per parameter, p - learning_rate * dL/dp, placed
-after every other node: the build writes each update over the parameter's own bytes in
-the caller's buffer (see compiler.compile_train_graph), which is safe only once nothing
-else reads the old value.
+one program), and ends with one update per parameter: SGD, p - learning_rate * dL/dp; momentum (classic
+heavy ball), v = mu * v + dL/dp, p - learning_rate * v, with a velocity per parameter in
+the caller's optimizer state. Each update is placed after every other node reading the
+parameter: the build writes it over the parameter's own bytes in the caller's buffer
+(and the new velocity over the old; see compiler.compile_train_graph), which is safe only
+once nothing else reads the old value.
 
-Graph inputs: the model's inputs, a target per float output, the parameters, the learning
-rate (a float32 scalar). Outputs: the loss, then each updated parameter.
+Only the initializers named in `params` are trained (`select_trainable` picks them from
+a --trainable glob); the others stay constants, folded and packed as in an inference
+build, and activity analysis differentiates only what reaches a trained one.
+
+Graph inputs: the model's inputs, a target per float output, the parameters, (momentum)
+a velocity per parameter, the learning rate (a float32 scalar). Outputs: the loss, each
+updated parameter, (momentum) each updated velocity.
+
+`run_graph(g, names)` is the inference graph reading the same parameters as inputs
+(<name>_run_params).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 import numpy as np
 
-from ..errors import UnsupportedError
+from ..errors import InvalidModelError, UnsupportedError
 from ..ir import Graph, TensorType, Value
 from ..ops.loss import LOSS_GRAD
-from .autodiff import Builder, reverse
+from .autodiff import Builder, params_to_inputs, reverse
 from .verify import verify
 
 LOSSES = ("mse", "cross-entropy")
+OPTIMIZERS = ("sgd", "momentum")
+DEFAULT_MOMENTUM = 0.9
 
 
 @dataclass
 class TrainProgram:
     graph: Graph
-    n_inputs: int  # graph.inputs: model inputs, then targets, then params, then the learning rate
+    n_inputs: int  # graph.inputs: model inputs, targets, params, (momentum) velocities, the learning rate
     n_targets: int
     params: list  # [autodiff.Param], in graph-input order after the targets
     outputs: list  # the model's float outputs (the targets' shapes)
+    optimizer: str = "sgd"
+    momentum: float = 0.0  # mu of the momentum optimizer
 
 
-def train_graph(g: Graph, params, loss: str = "mse") -> TrainProgram:
+def select_trainable(names: list, pattern: str | None) -> list:
+    """The initializer names --trainable PATTERN (a glob, fnmatch rules, case-sensitive)
+    selects, in model order; all of them without a pattern."""
+    if pattern is None:
+        return list(names)
+    chosen = [n for n in names if fnmatchcase(n, pattern)]
+    if not chosen:
+        few = ", ".join(f"'{n}'" for n in names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        raise InvalidModelError(f"--trainable '{pattern}' matches no initializer of the model "
+                                f"({'its initializers: ' + few if names else 'it has none'})")
+    return chosen
+
+
+def check_optimizer(optimizer: str, momentum: float | None) -> float:
+    """The momentum coefficient the build uses (0 for SGD)."""
+    if optimizer not in OPTIMIZERS:
+        raise InvalidModelError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got '{optimizer}'")
+    if optimizer != "momentum":
+        if momentum is not None:
+            raise InvalidModelError("--momentum is the coefficient of --optimizer momentum; "
+                                    f"--optimizer {optimizer} takes none")
+        return 0.0
+    mu = DEFAULT_MOMENTUM if momentum is None else float(momentum)
+    if not 0.0 <= mu < 1.0:
+        raise InvalidModelError(f"--momentum must be in [0, 1), got {momentum}")
+    return mu
+
+
+def train_graph(g: Graph, params, loss: str = "mse", optimizer: str = "sgd", momentum: float | None = None,
+                pattern: str | None = None) -> TrainProgram:
     if loss not in LOSSES:
         raise UnsupportedError(f"loss '{loss}' is not supported (supported: {', '.join(LOSSES)})")
+    mu = check_optimizer(optimizer, momentum)
     prog = reverse(g, params, gemm_layout=True)
     if not prog.params:
+        if pattern is not None:
+            raise UnsupportedError(f"--trainable '{pattern}' matches no float initializer the model reads "
+                                   f"(matched: {', '.join(repr(n) for n in list(params)[:8])})")
         raise UnsupportedError("the model has no float initializers to train")
     t, n = prog.primal, prog.n_outputs
     model_inputs = t.inputs[:len(t.inputs) - len(prog.params)]
@@ -65,16 +113,37 @@ def train_graph(g: Graph, params, loss: str = "mse") -> TrainProgram:
     grads = [mapped(v) for v in pb.outputs[len(prog.wrt_inputs):]]
 
     lr = Value(t.unique("learning_rate"), TensorType("float32", ()))
-    updated = []
+    updated, velocities, new_velocities, groups = [], [], [], []
     for p, grad in zip(prog.params, grads):
+        start = len(t.nodes)
+        if optimizer == "momentum":  # v = mu * v + g; p -= lr * v
+            v = Value(t.unique(f"velocity_{p.name}"), p.primal.type)
+            velocities.append(v)
+            grad = b.op("Add", [b.op("Mul", [v, b.scalar(mu)]), grad])
+            new_velocities.append(grad)
         step = b.op("Mul", [grad, lr])
         updated.append(b.op("Sub", [p.primal, step]))
-    _update_early(t, prog.params, len(prog.params))
-    t.inputs = model_inputs + targets + [p.primal for p in prog.params] + [lr]
-    t.outputs = [total] + updated
+        groups.append(t.nodes[start:])
+    _update_early(t, prog.params, groups)
+    t.inputs = model_inputs + targets + [p.primal for p in prog.params] + velocities + [lr]
+    t.outputs = [total] + updated + new_velocities
     t.output_names = None
     verify(t)
-    return TrainProgram(t, len(model_inputs), len(targets), prog.params, [outputs[j] for j in prog.cot_outputs])
+    return TrainProgram(t, len(model_inputs), len(targets), prog.params, [outputs[j] for j in prog.cot_outputs],
+                        optimizer, mu)
+
+
+def run_graph(g: Graph, names: list) -> Graph:
+    """<name>_run_params as a graph: `g` (an import of the same model) with the trained
+    initializers `names` as graph inputs after the model's own, in that order (as the
+    train graph reads them); everything else as in an inference build."""
+    plist = params_to_inputs(g, names, gemm_layout=True)
+    if [p.name for p in plist] != list(names):
+        raise UnsupportedError("the inference graph reads other parameters than the training step "
+                               f"({[p.name for p in plist]} vs {list(names)})")
+    g.output_names = None
+    verify(g)
+    return g
 
 
 def _mse(t: Graph, b: Builder, outputs, cot_outputs):
@@ -114,20 +183,22 @@ def _cross_entropy(t: Graph, b: Builder, outputs, cot_outputs):
     return [labels], {j: seed}, total
 
 
-def _update_early(t: Graph, params, count: int):
-    """Each parameter's update (the last 2 * count nodes, a Mul and a Sub per parameter)
-    moves up to just after both its gradient is complete and the last other node reading
-    the parameter: the gradient's buffer then dies at once instead of staying alive to
-    the end of the step, and no later node can read the overwritten parameter."""
-    updates = t.nodes[len(t.nodes) - 2 * count:]
-    for k, p in enumerate(params):
-        mul, sub = updates[2 * k], updates[2 * k + 1]
-        t.nodes.remove(mul)
-        t.nodes.remove(sub)
-        grad = mul.inputs[0]
+def _update_early(t: Graph, params, groups):
+    """Each parameter's update (its group of nodes at the end of the graph: Mul and Sub, and
+    for momentum the velocity's Mul and Add before them) moves up to just after both its
+    gradient is complete and the last other node reading the parameter: the gradient's
+    buffer then dies at once instead of staying alive to the end of the step, and no later
+    node can read the overwritten parameter."""
+    for p, group in zip(params, groups):
+        mine = {id(n) for n in group}
+        for n in group:
+            t.nodes.remove(n)
+        made = {id(o) for n in group for o in n.outputs}
+        feeds = [v for n in group for v in n.inputs if v is not None and id(v) not in made]
         last = max([i for i, n in enumerate(t.nodes) if any(v is p.primal for v in n.inputs)] +
-                   [t.nodes.index(grad.producer) if grad.producer is not None else -1])
-        t.nodes[last + 1:last + 1] = [mul, sub]
+                   [t.nodes.index(v.producer) for v in feeds if v.producer is not None and id(v.producer) not in mine]
+                   + [-1])
+        t.nodes[last + 1:last + 1] = group
 
 
 def init_graph(params, name: str) -> Graph:
