@@ -44,6 +44,8 @@ def _hard_sigmoid(k, x, alpha, beta):
 # an op reaching a lowering with float16 would work on its bits as integers
 NUMERIC = ("float32", "float64", "int8", "uint8", "int32", "int64")
 SIGNED = ("float32", "float64", "int8", "int32", "int64")
+# ops whose lowering is exp, log, tanh, erf (mathfns has float64 versions) and arithmetic
+FLOATS = ("float32", "float64")
 
 
 class UnaryFacts(NamedTuple):
@@ -68,17 +70,17 @@ UNARY = {
              lambda k, x, a: k.select(x >= 0.0, x, (m.exp(k, x) - 1.0) * a["alpha"]), {"alpha": 1.0}),
     "Clip": F(lambda x, a: np.clip(x, a["min"], a["max"]), lambda k, x, a: k.min(k.max(x, a["min"]), a["max"]),
               {"min": -np.inf, "max": np.inf}, NUMERIC, True),
-    "Sigmoid": F(lambda x, a: 1 / (1 + np.exp(-x.astype(np.float64))), lambda k, x, a: m.sigmoid(k, x)),
+    "Sigmoid": F(lambda x, a: 1 / (1 + np.exp(-x.astype(np.float64))), lambda k, x, a: m.sigmoid(k, x), dtypes=FLOATS),
     "HardSigmoid": F(lambda x, a: np.clip(x * a["alpha"] + a["beta"], 0, 1),
                      lambda k, x, a: _hard_sigmoid(k, x, a["alpha"], a["beta"]), {"alpha": 0.2, "beta": 0.5},
                      vector_safe=True),
     "HardSwish": F(lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1), lambda k, x, a: x * _hard_sigmoid(k, x, 1 / 6, 0.5),
                    vector_safe=True),
-    "Tanh": F(lambda x, a: np.tanh(x), lambda k, x, a: m.tanh(k, x)),
-    "Erf": F(lambda x, a: _erf_np(x), lambda k, x, a: m.erf(k, x)),
+    "Tanh": F(lambda x, a: np.tanh(x), lambda k, x, a: m.tanh(k, x), dtypes=FLOATS),
+    "Erf": F(lambda x, a: _erf_np(x), lambda k, x, a: m.erf(k, x), dtypes=FLOATS),
     "Gelu": F(lambda x, a: _gelu_np(x, a["approximate"]), _gelu, {"approximate": "none"}),
-    "Exp": F(lambda x, a: np.exp(x.astype(np.float64)), lambda k, x, a: m.exp(k, x)),
-    "Log": F(lambda x, a: np.log(x.astype(np.float64)), lambda k, x, a: m.log(k, x)),
+    "Exp": F(lambda x, a: np.exp(x.astype(np.float64)), lambda k, x, a: m.exp(k, x), dtypes=FLOATS),
+    "Log": F(lambda x, a: np.log(x.astype(np.float64)), lambda k, x, a: m.log(k, x), dtypes=FLOATS),
     "Sqrt": F(lambda x, a: np.sqrt(x), lambda k, x, a: k.sqrt(x)),
     "Neg": F(lambda x, a: -x, lambda k, x, a: -x, dtypes=NUMERIC, vector_safe=True),
     "Abs": F(lambda x, a: np.abs(x), lambda k, x, a: k.abs(x), dtypes=NUMERIC, vector_safe=True),
