@@ -112,6 +112,12 @@ def log(k: Kernel, x: Expr) -> Expr:
 
 
 def sigmoid(k: Kernel, x: Expr) -> Expr:
+    """float64: from e = e^-|x|, 1/(1 + e) or e/(1 + e), so that far below zero the result
+    keeps its relative accuracy down to the subnormals (e^-x would overflow)."""
+    if _is64(x):
+        e = _exp_f64(k, -k.abs(x))
+        r = 1.0 / (e + 1.0)
+        return k.select(x >= 0.0, r, e * r)
     return 1.0 / (exp(k, -x) + 1.0)
 
 
@@ -166,9 +172,16 @@ def _exact_above(x: Expr) -> float:
 
 
 def trunc(k: Kernel, x: Expr) -> Expr:
-    """Round toward zero: through an integer of the float's width; large values, infinities
-    and NaN are already integral (or NaN) and pass unchanged."""
-    t = k.cast(k.cast(x, I64 if x.v.type == F64 else I32), x.v.type)
+    """Round toward zero: float32 through an int32; large values, infinities and NaN are
+    already integral (or NaN) and pass unchanged. float64: |x| rounded to nearest and
+    corrected down, the sign put back (a float64 -> int64 conversion is a libcall,
+    __aeabi_d2lz, on 32-bit cores)."""
+    if x.v.type == F64:
+        a = k.abs(x)
+        r = round_even(k, a)
+        r = r - k.select(r > a, k.lift(1.0, like=x), 0.0)
+        return k.select(x < 0.0, -r, r)  # -0.5 -> -0; NaN and infinities: round_even passes them
+    t = k.cast(k.cast(x, I32), x.v.type)
     return k.select(k.abs(x) < _exact_above(x), t, x)
 
 

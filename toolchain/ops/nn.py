@@ -494,6 +494,8 @@ class Softmax(Op):
                 with k.loop(n) as j:
                     y[a, j, c] = y[a, j, c] * inv
             else:
-                shift = mx.value + m.log(k, total.value)
-                with k.loop(n) as j:
-                    y[a, j, c] = x[a, j, c] - shift
+                # (x - max) - log(sum), not x - (max + log(sum)) (nor reassociated into it): that
+                # rounds the shift at the magnitude of max and loses the low bits when |max| is large
+                lse = m.log(k, total.value)
+                with k.loop(n) as j, k.precise():
+                    y[a, j, c] = (x[a, j, c] - mx.value) - lse
