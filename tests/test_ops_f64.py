@@ -2,8 +2,8 @@
 tanh, erf; sigmoid from exp) against numpy, in units in the last place of the float64
 result, with extended-precision (long double) references where numpy has them; their edges
 (overflow, subnormal results and inputs, NaN, infinities); the ops that take float64 with
-them (Exp, Log, Tanh, Sigmoid, Erf, Softmax, LogSoftmax, the reductions, MatMul) against
-onnxruntime; ReduceMax/ReduceMin over bool (any/all) against numpy; an emulated 64-bit
+them (Exp, Log, Tanh, Sigmoid, Erf, Softmax, LogSoftmax, the reductions, MatMul, fmod) against
+onnxruntime, the activations built from them and Pow against numpy; the C backend; ReduceMax/ReduceMin over bool (any/all) against numpy; an emulated 64-bit
 target and a 32-bit one (build only: no undefined symbols, i.e. no libm or compiler-rt
 conversion call); the inputs still refused, with the node and op named."""
 import math
@@ -14,6 +14,7 @@ import pytest
 from onnx import helper
 
 from helpers import assert_close, check_against_onnxruntime, compile_and_run, make_model
+from test_c_backend import run_c_path
 from toolchain.compiler import build, compile_onnx
 from toolchain.errors import InvalidModelError, UnsupportedError
 from toolchain.inspect.elf import read_object
@@ -28,8 +29,9 @@ def grid(lo, hi, n=40001):
     return np.linspace(lo, hi, n)
 
 
-def unary(op, shape, dtype=D, **attrs):
-    return make_model([helper.make_node(op, ["x"], ["y"], **attrs)], {"x": (dtype, shape)}, {"y": (dtype, shape)})
+def unary(op, shape, dtype=D, opset=13, **attrs):
+    return make_model([helper.make_node(op, ["x"], ["y"], **attrs)], {"x": (dtype, shape)}, {"y": (dtype, shape)},
+                      opset=opset)
 
 
 erf64 = np.vectorize(math.erf, otypes=[D])
@@ -64,7 +66,7 @@ EDGES = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-310, -1e-310, 5e-324, 1
 
 @pytest.mark.parametrize("op,ref", [
     ("Exp", np.exp), ("Log", np.log), ("Tanh", np.tanh), ("Erf", erf64),
-    ("Sigmoid", lambda x: np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))),
+    ("Sigmoid", lambda x: np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(x) / (1 + np.exp(x)))),
 ])
 def test_float64_edges(op, ref, workdir):
     """NaN propagates, infinities and zeros land where numpy puts them, overflow is inf exactly
@@ -78,6 +80,53 @@ def test_float64_edges(op, ref, workdir):
     if op == "Exp":
         assert 0 < got[list(EDGES).index(-745.0)] < 1e-323  # the smallest subnormal, not 0
         assert got[list(EDGES).index(709.78)] > 1.79e308 and got[list(EDGES).index(709.79)] == np.inf
+
+
+def _softplus(x):
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+# the ops built from those functions and arithmetic: numpy float64 references written here
+# (rtol 1e-14; atol where exp(x) - 1 or 1 + erf(x) cancels as in float32: Elu, Selu, Gelu). Float
+# attributes are float32 in ONNX: the ones here are exact in float32. op: (reference,
+# attributes, atol, opset)
+DERIVED = {
+    "Softplus": (_softplus, {}, 0.0, 13),
+    "Mish": (lambda x: x * np.tanh(_softplus(x)), {}, 0.0, 18),
+    "Elu": (lambda x: np.where(x >= 0, x, 0.75 * (np.exp(x) - 1)), {"alpha": 0.75}, 1e-16, 13),
+    "Selu": (lambda x: 1.25 * np.where(x > 0, x, 1.5 * (np.exp(x) - 1)), {"alpha": 1.5, "gamma": 1.25}, 1e-16, 13),
+    "Gelu": (lambda x: 0.5 * x * (1 + erf64(x / np.sqrt(2))), {}, 1e-15, 20),  # 1 + erf(x) cancels below 0
+    "Swish": (lambda x: x / (1 + np.exp(-0.5 * x)), {"alpha": 0.5}, 0.0, 24),
+    "LeakyRelu": (lambda x: np.where(x >= 0, x, 0.125 * x), {"alpha": 0.125}, 0.0, 13),
+    "HardSigmoid": (lambda x: np.clip(0.25 * x + 0.375, 0, 1), {"alpha": 0.25, "beta": 0.375}, 1e-16, 13),
+    "HardSwish": (lambda x: x * np.clip(x / 6 + 0.5, 0, 1), {}, 1e-16, 14),
+    "Softsign": (lambda x: x / (1 + np.abs(x)), {}, 0.0, 13),
+    "Shrink": (lambda x: np.where(x < -0.5, x + 0.25, np.where(x > 0.5, x - 0.25, 0)), {"bias": 0.25}, 1e-16, 13),
+    "ThresholdedRelu": (lambda x: np.where(x > 1.0, x, 0), {}, 0.0, 13),
+    "Sqrt": (np.sqrt, {}, 0.0, 13),
+    "Reciprocal": (lambda x: 1 / x, {}, 0.0, 13),
+    "Floor": (np.floor, {}, 0.0, 13),
+    "Ceil": (np.ceil, {}, 0.0, 13),
+}
+
+
+@pytest.mark.parametrize("op", list(DERIVED))
+def test_float64_derived_ops(op, workdir):
+    ref, attrs, atol, opset = DERIVED[op]
+    x = np.concatenate([grid(-40, 40, 4001), [-800.0, -1e-300, 0.0, 1e-300, 800.0, 2.5e15 + 0.5, -2.5e15 - 0.5,
+                                               5e15, np.inf, -np.inf, np.nan]])
+    if op == "Sqrt":
+        x = np.abs(x)
+    if op == "Gelu":
+        x = x[np.abs(x) < 1e300]  # x * erf: inf * 1 and 0 * -inf are numpy's business, not Gelu's
+    got = compile_and_run(unary(op, x.shape, opset=opset, **attrs), T, {"x": x}, workdir)[0][0]
+    assert got.dtype == D
+    with np.errstate(all="ignore"):
+        want = ref(x)
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=atol, equal_nan=True, err_msg=op)
+    if op in ("Softplus", "Mish"):  # far below zero: e^x (times x), not 0 (log(1 + tiny) would be)
+        i = 0
+        assert x[i] == -40 and got[i] != 0 and abs(got[i] / want[i] - 1) < 1e-14
 
 
 def test_float64_exp_log_on_emulated_target(workdir):
@@ -115,6 +164,46 @@ def test_float64_is_self_contained_on_a_32_bit_core(workdir):
     res = build(path, "cortex-m7", "f64m7", workdir / "build-f64-m7")
     obj = next(p for k, p in res.paths.items() if str(p).endswith(".o"))
     assert read_object(Path(obj).read_bytes()).undefined == []
+
+
+def test_float64_through_the_c_backend(workdir):
+    """emit="c" runs the same lowerings as C99 (bit casts through helpers): the edges and the
+    graph of everything agree with numpy and with the LLVM object."""
+    x = np.abs(rng.standard_normal((4, 6)) * 3)
+    x[0, :4] = [1e-310, 700.0, 709.78, 5e-324]
+    m = _everything_f64()
+    got, _ = run_c_path(m, T, {"x": x}, workdir, tag="f64")
+    want, _, _ = compile_and_run(m, T, {"x": x}, workdir)
+    for g, w in zip(got, want):  # FMA contraction may differ (MatMul's sums)
+        np.testing.assert_allclose(g, w, rtol=1e-14, atol=1e-12)
+    with np.errstate(all="ignore"):
+        np.testing.assert_allclose(got[0], np.exp(x), rtol=3e-16, atol=0)
+        np.testing.assert_allclose(got[1], np.log(x), rtol=3e-16, atol=0)
+
+
+def test_float64_pow(workdir):
+    """exp(b log|a|): within 2 (2 + |b ln a|) ulp (the rounding of b log|a|, magnified by exp;
+    measured 1.63 times), and C's rules for signs, zeros, ones, infinities and NaN."""
+    a = np.concatenate([rng.uniform(0, 10, 20000), -rng.uniform(0, 10, 2000)])
+    b = np.concatenate([rng.uniform(-30, 30, 20000), np.round(rng.uniform(-10, 10, 2000))])
+    sa = np.array([0.0, -0.0, -0.0, -0.0, 0.0, 0.0, 2.0, -2.0, np.inf, -np.inf, np.nan, 1.0, 1e300, -8.0, -8.0, 0.0])
+    sb = np.array([2.0, 3.0, -1.0, -2.0, -0.5, np.nan, -1.0, 3.0, 0.5, 3.0, 0.0, np.nan, 1.0, 1 / 3, 2.0, 0.0])
+    a, b = np.concatenate([a, sa]), np.concatenate([b, sb])
+    m = make_model([helper.make_node("Pow", ["a", "b"], ["y"])], {"a": (D, a.shape), "b": (D, b.shape)},
+                   {"y": (D, a.shape)})
+    got = compile_and_run(m, T, {"a": a, "b": b}, workdir)[0][0]
+    with np.errstate(all="ignore"):
+        want = np.power(a.astype(L), b.astype(L))
+        err = (np.abs(got - want) / np.spacing(np.abs(want.astype(D)))).astype(D)
+        bound = 2 * (2 + np.abs(b * np.log(np.abs(a))))
+    exact = (got == want) | (np.isnan(got) & np.isnan(want))
+    rules = got[-len(sa):]  # signs of zeros and infinities, NaN and 1 exactly as numpy (C pow)
+    with np.errstate(all="ignore"):
+        c_pow = np.power(sa, sb)
+    np.testing.assert_allclose(rules, c_pow, rtol=1e-13, atol=0, equal_nan=True)
+    num = ~np.isnan(rules)  # (a NaN's sign bit means nothing)
+    np.testing.assert_array_equal(np.signbit(rules[num]), np.signbit(c_pow[num]))
+    assert np.all(exact | (err <= bound)), f"worst {np.max(np.where(exact, 0, err / bound)):.2f} of the bound"
 
 
 def test_float64_ops_against_onnxruntime(workdir):
@@ -203,7 +292,7 @@ def test_bool_reduce_max_min(op, shape, axes, workdir):
     ("ReduceMax", np.int32, UnsupportedError, "needs float32 or float64 or bool input, got int32"),
     ("ReduceSum", np.int64, UnsupportedError, "needs float32 or float64 input, got int64"),
     ("ReduceLogSumExp", np.int32, UnsupportedError, "needs float32 or float64 input, got int32"),
-    ("Softplus", D, UnsupportedError, "needs float32 input, got float64"),  # not made float64 (log(1 + tiny))
+    ("Sin", D, UnsupportedError, "needs float32 input, got float64"),  # the trigonometric ones: not yet
     ("ReduceSum", np.bool_, InvalidModelError, "ReduceSum takes T in"),  # not ONNX: the schema check says so
     ("Softmax", np.int64, InvalidModelError, "Softmax takes T in"),
     ("ReduceLogSumExp", np.float16, None, None),  # float16 is computed as float32: accepted
