@@ -46,7 +46,7 @@ NUMERIC = ("float32", "float64", "int8", "uint8", "int32", "int64")
 SIGNED = ("float32", "float64", "int8", "int32", "int64")
 # float64 too: ops whose lowering is arithmetic, selects, sqrt and mathfns' exp, log, tanh,
 # erf, sigmoid, softplus, floor (which have float64 versions); not yet the trigonometric ones
-# (float32 polynomials) nor Pow (exp(b log a) loses |b log a| ulp in float64)
+# (float32 polynomials), nor Celu (its schema is float only)
 FLOATS = ("float32", "float64")
 
 
