@@ -13,6 +13,14 @@ errors against numpy in float64, in float32 ulp, measured over the whole useful 
 NaN propagates; exp overflows to inf and underflows to 0 (no denormal results).
 round_even and the float32 fmod are exact. The trigonometric range reduction and the
 float fmod work in float64 (every profile in targets/ has a double-precision FPU).
+
+float64 (exp, log, tanh, erf from Cephes' double-precision rationals; sigmoid from exp):
+maximum errors in float64 ulp against long-double references (tests/test_ops_f64.py):
+
+    exp 1.62 (bound 2)   log 0.87 (1.5)   tanh 1.27 (2)   sigmoid 2.14 (3)   erf 2.0 (3)
+
+exp's results near overflow and in the subnormal range are right (rounded once); log takes
+subnormal inputs. Nothing converts between float64 and int64 (a libcall on 32-bit cores).
 """
 from __future__ import annotations
 
@@ -40,9 +48,18 @@ def _float(i: Expr) -> Expr:
     return i.k.bitcast(i, F32)
 
 
+def _is64(x: Expr) -> bool:
+    ty = x.v.type
+    return getattr(ty, "element", ty) == F64
+
+
 def floor(k: Kernel, x: Expr) -> Expr:
     """floor without a libcall (RISC-V F has no rounding instruction): truncate and
-    correct; values of magnitude >= 2^23 are already integers."""
+    correct; values of magnitude >= 2^23 are already integers. float64: round to nearest
+    (no float64 -> int64 conversion, a libcall on 32-bit cores) and correct."""
+    if _is64(x):
+        r = round_even(k, x)
+        return r - k.select(r > x, k.lift(1.0, like=x), 0.0)
     t = k.cast(k.cast(x, I32), F32)
     t = t - k.select(t > x, 1.0, 0.0)
     return k.select(k.abs(x) < 8388608.0, t, x)
@@ -55,7 +72,9 @@ def ceil(k: Kernel, x: Expr) -> Expr:
 def exp(k: Kernel, x: Expr) -> Expr:
     """Cephes expf: n = round(x/ln2), r = x - n ln2 in two parts, e^r by polynomial,
     2^n assembled in the exponent bits. Max rel. error ~2 ulp on the clamped range;
-    overflow gives inf, underflow 0 (not denormals), NaN stays NaN."""
+    overflow gives inf, underflow 0 (not denormals), NaN stays NaN. float64: _exp_f64."""
+    if _is64(x):
+        return _exp_f64(k, x)
     with k.precise():
         arg = x
         x = k.min(k.max(x, EXP_LO), EXP_HI)
@@ -76,7 +95,9 @@ def exp(k: Kernel, x: Expr) -> Expr:
 
 def log(k: Kernel, x: Expr) -> Expr:
     """Cephes logf: split mantissa and exponent from the bits, polynomial on the mantissa.
-    log(0) = -inf, log(negative) = NaN."""
+    log(0) = -inf, log(negative) = NaN. float64: _log_f64."""
+    if _is64(x):
+        return _log_f64(k, x)
     with k.precise():
         bits = _bits(x)
         e = k.cast((bits >> 23) & 0xFF, F32) - 126.0
@@ -99,12 +120,29 @@ def log(k: Kernel, x: Expr) -> Expr:
 
 
 def sigmoid(k: Kernel, x: Expr) -> Expr:
+    """float64: from e = e^-|x|, 1/(1 + e) or e/(1 + e), so that far below zero the result
+    keeps its relative accuracy down to the subnormals (e^-x would overflow)."""
+    if _is64(x):
+        e = _exp_f64(k, -k.abs(x))
+        r = 1.0 / (e + 1.0)
+        return k.select(x >= 0.0, r, e * r)
     return 1.0 / (exp(k, -x) + 1.0)
+
+
+def softplus(k: Kernel, x: Expr) -> Expr:
+    """log(1 + e^x) = max(x, 0) + log(1 + e^-|x|). float64: the last term as log1p (below), so
+    far below zero the result is e^x to full relative precision, not 0."""
+    e = exp(k, -k.abs(x))
+    if _is64(x):
+        return k.max(x, 0.0) + _log1p_f64(k, e)
+    return k.max(x, 0.0) + log(k, e + 1.0)
 
 
 def tanh(k: Kernel, x: Expr) -> Expr:
     """Cephes tanhf: an odd polynomial below |x| = 0.625 (where (e^2x - 1)/(e^2x + 1)
     would cancel), the exp form above, clamped where tanh is 1 to float precision."""
+    if _is64(x):
+        return _tanh_f64(k, x)
     a = k.min(k.abs(x), 9.0)
     e = exp(k, a * 2.0)
     big = 1.0 - 2.0 / (e + 1.0)
@@ -118,6 +156,8 @@ def tanh(k: Kernel, x: Expr) -> Expr:
 def erf(k: Kernel, x: Expr) -> Expr:
     """Cephes erff's odd polynomial below |x| = 1 (relative error near 1 ulp, also near
     zero), Abramowitz & Stegun 7.1.26 above (absolute error <= 1.5e-7 where erf > 0.84)."""
+    if _is64(x):
+        return _erf_f64(k, x)
     a = k.abs(x)
     t = 1.0 / (a * 0.3275911 + 1.0)
     p = _poly(t, [1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592]) * t
@@ -130,7 +170,10 @@ def erf(k: Kernel, x: Expr) -> Expr:
 
 
 def pow(k: Kernel, a: Expr, b: Expr) -> Expr:
-    """a**b as exp(b log|a|), with C pow's sign and zero rules for integer exponents."""
+    """a**b as exp(b log|a|), with C pow's sign and zero rules for integer exponents. The
+    rounding error of b log|a| is magnified by exp: about (2 + |b log a|) ulp (float64 included,
+    where that is up to ~750 ulp, 1.7e-13 relative, for results near the ends of the range)."""
+    one = k.lift(1.0, like=a)
     mag = exp(k, b * log(k, k.abs(a)))
     b_int = floor(k, b).eq(b)
     b_odd = b_int & floor(k, b * 0.5).ne(b * 0.5)
@@ -138,8 +181,10 @@ def pow(k: Kernel, a: Expr, b: Expr) -> Expr:
     res = k.select(neg & b_odd, -mag, mag)
     res = k.select(neg & ~b_int, float("nan"), res)
     zero_base = a.eq(0.0)
-    res = k.select(zero_base, k.select(b > 0.0, 0.0, k.select(b.eq(0.0), 1.0, float("inf"))), res)
-    return k.select(b.eq(0.0), 1.0, res)
+    # a zero base keeps its sign under an odd integer exponent: (-0)^3 = -0, (-0)^-1 = -inf
+    zero_pow = k.select(b > 0.0, k.select(b_odd, a, one * 0.0), k.select(b_odd, one / a, one * float("inf")))
+    res = k.select(zero_base, k.select(b.eq(b), zero_pow, b), res)
+    return k.select(b.eq(0.0) | a.eq(1.0), one, res)  # 1^y = 1 and x^0 = 1, NaNs included
 
 
 # -- rounding and remainders, for float32 and float64 alike ------------------------------------
@@ -149,9 +194,16 @@ def _exact_above(x: Expr) -> float:
 
 
 def trunc(k: Kernel, x: Expr) -> Expr:
-    """Round toward zero: through an integer of the float's width; large values, infinities
-    and NaN are already integral (or NaN) and pass unchanged."""
-    t = k.cast(k.cast(x, I64 if x.v.type == F64 else I32), x.v.type)
+    """Round toward zero: float32 through an int32; large values, infinities and NaN are
+    already integral (or NaN) and pass unchanged. float64: |x| rounded to nearest and
+    corrected down, the sign put back (a float64 -> int64 conversion is a libcall,
+    __aeabi_d2lz, on 32-bit cores)."""
+    if x.v.type == F64:
+        a = k.abs(x)
+        r = round_even(k, a)
+        r = r - k.select(r > a, k.lift(1.0, like=x), 0.0)
+        return k.select(x < 0.0, -r, r)  # -0.5 -> -0; NaN and infinities: round_even passes them
+    t = k.cast(k.cast(x, I32), x.v.type)
     return k.select(k.abs(x) < _exact_above(x), t, x)
 
 
@@ -363,3 +415,123 @@ def atanh(k: Kernel, x: Expr) -> Expr:
                       3.33337300303e-1]) * z * x + x
     big = log(k, (1.0 + x) / (1.0 - x)) * 0.5
     return k.select(a < 0.5, small, big)
+
+
+# -- float64: Cephes' double-precision exp, log, tanh and erf, straight-line -------------------
+# No float64 <-> int64 conversion anywhere (a libcall on 32-bit cores): exponents go through
+# int32, and 2^n is assembled in the exponent bits with 64-bit integer shifts.
+EXP64_HI = 709.782712893383973096  # ln(DBL_MAX): above, inf
+EXP64_LO = -745.1332191019412076235  # ln(2^-1075): below, 0
+LN2_C1, LN2_C2 = 6.93145751953125e-1, 1.42860682030941723212e-6  # ln 2 = C1 + C2, C1 with 15 bits
+
+
+def _poly1(x: Expr, coeffs) -> Expr:
+    """The polynomial with leading coefficient 1 and then `coeffs` (Cephes' p1evl)."""
+    acc = x + coeffs[0]
+    for c in coeffs[1:]:
+        acc = acc * x + c
+    return acc
+
+
+def _pow2_f64(k: Kernel, n: Expr) -> Expr:
+    """2^n as a float64, for int32 n in the normal range [-1022, 1023]."""
+    return k.bitcast((k.cast(n, I64) + 1023) << 52, F64)
+
+
+def _exp_f64(k: Kernel, x: Expr) -> Expr:
+    """Cephes exp: n = round(x/ln2), r = x - n ln2 in two parts (exact: n has 11 bits, C1 15),
+    e^r = 1 + 2r P(r^2) / (Q(r^2) - r P(r^2)), times 2^n applied as 2^(n/2) 2^(n - n/2) so
+    both factors are normal: results near overflow and subnormal results (gradual underflow,
+    rounded once by the last product) come out right."""
+    with k.precise():
+        arg = x
+        x = k.min(k.max(x, -746.0), 710.0)
+        t = x * LOG2E + 0.5
+        nf = k.cast(k.cast(t, I32), F64)
+        nf = nf - k.select(nf > t, k.lift(1.0, like=x), 0.0)  # floor(t)
+        n = k.cast(nf, I32)
+        r = x - nf * LN2_C1
+        r = r - nf * LN2_C2
+        rr = r * r
+        p = r * _poly(rr, [1.26177193074810590878e-4, 3.02994407707441961300e-2, 9.99999999999999999910e-1])
+        q = _poly(rr, [3.00198505138664455042e-6, 2.52448340349684104192e-3, 2.27265548208155028766e-1,
+                       2.00000000000000000009e0])
+        y = p / (q - p)
+        y = y + y + 1.0
+        half = n >> 1
+        y = (y * _pow2_f64(k, half)) * _pow2_f64(k, n - half)
+        y = k.select(arg > EXP64_HI, float("inf"), y)
+        y = k.select(arg < EXP64_LO, 0.0, y)
+        return k.select(arg.eq(arg), y, arg)
+
+
+def _log_f64(k: Kernel, x: Expr) -> Expr:
+    """Cephes log: x = m 2^e with m in [sqrt(1/2), sqrt(2)), log(1 + f) = f - f^2/2 +
+    f^3 P(f)/Q(f), e ln2 added in two parts. Subnormal x is scaled by 2^54 first.
+    log(0) = -inf, log(negative) = NaN, log(inf) = inf."""
+    with k.precise():
+        sub = x < 2.2250738585072014e-308
+        xs = k.select(sub, x * 18014398509481984.0, x)
+        bits = k.bitcast(xs, I64)
+        e = k.cast((bits >> 52) & 0x7FF, I32) - k.select(sub, k.lift(1022 + 54, like=I32), 1022)
+        f = k.bitcast((bits & 0x000FFFFFFFFFFFFF) | 0x3FE0000000000000, F64)  # [0.5, 1)
+        small = f < 0.70710678118654752440
+        ef = k.cast(e, F64) - k.select(small, k.lift(1.0, like=x), 0.0)
+        f = k.select(small, f + f - 1.0, f - 1.0)
+        z = f * f
+        p = _poly(f, [1.01875663804580931796e-4, 4.97494994976747001425e-1, 4.70579119878881725854e0,
+                      1.44989225341610930846e1, 1.79368678507819816313e1, 7.70838733755885391666e0])
+        q = _poly1(f, [1.12873587189167450590e1, 4.52279145837532221105e1, 8.29875266912776603211e1,
+                       7.11544750618563894466e1, 2.31251620126765340583e1])
+        y = f * (z * p / q)
+        y = y - ef * 2.121944400546905827679e-4
+        y = y - z * 0.5
+        r = f + y
+        r = r + ef * 0.693359375
+        r = k.select(x.eq(0.0), float("-inf"), r)
+        r = k.select(x < 0.0, float("nan"), r)
+        r = k.select(x.eq(float("inf")), float("inf"), r)
+        return k.select(x.eq(x), r, x)
+
+
+def _log1p_f64(k: Kernel, e: Expr) -> Expr:
+    """log(1 + e) for e >= 0 to a few ulp also where 1 + e rounds (Goldberg's correction:
+    log(u) e / (u - 1) with u = fl(1 + e), and e itself where u is 1)."""
+    with k.precise():
+        u = e + 1.0
+        d = u - 1.0
+        return k.select(d.eq(0.0), e, _log_f64(k, u) * (e / k.select(d.eq(0.0), k.lift(1.0, like=e), d)))
+
+
+def _tanh_f64(k: Kernel, x: Expr) -> Expr:
+    """Cephes tanh: x + x^3 P(x^2)/Q(x^2) below |x| = 0.625, 1 - 2/(e^2|x| + 1) above,
+    clamped at |x| = 22 (tanh is 1 to double precision)."""
+    a = k.min(k.abs(x), 22.0)
+    big = 1.0 - 2.0 / (_exp_f64(k, a * 2.0) + 1.0)
+    z = a * a
+    small = a + a * z * (_poly(z, [-9.64399179425052238628e-1, -9.92877231001918586564e1,
+                                   -1.61468768441708447952e3])
+                         / _poly1(z, [1.12811678491632931402e2, 2.23548839060100448583e3,
+                                      4.84406305325125486048e3]))
+    t = k.select(a < 0.625, small, big)
+    return k.select(x < 0.0, -t, t)  # NaN: a is NaN, so is t
+
+
+def _erf_f64(k: Kernel, x: Expr) -> Expr:
+    """Cephes erf: x T(x^2)/U(x^2) for |x| <= 1; above, 1 - erfc with erfc(a) =
+    e^(-a^2) P(a)/Q(a), a clamped at 6 (erf is 1 to double precision)."""
+    a = k.abs(x)
+    z = x * x
+    near = x * _poly(z, [9.60497373987051638749e0, 9.00260197203842689217e1, 2.23200534594684319226e3,
+                         7.00332514112805075473e3, 5.55923013010394962768e4]) \
+        / _poly1(z, [3.35617141647503099647e1, 5.21357949780152679795e2, 4.59432382970980127987e3,
+                     2.26290000613890934246e4, 4.92673942608635921086e4])
+    c = k.min(a, 6.0)
+    p = _poly(c, [2.46196981473530512524e-10, 5.64189564831068821977e-1, 7.46321056442269912687e0,
+                  4.86371970985681366614e1, 1.96520832956077098242e2, 5.26445194995477358631e2,
+                  9.34528527171957607540e2, 1.02755188689515710272e3, 5.57535335369399327526e2])
+    q = _poly1(c, [1.32281951154744992508e1, 8.67072140885989742329e1, 3.54937778887819891062e2,
+                   9.75708501743205489753e2, 1.82390916687909736289e3, 2.24633760818710981792e3,
+                   1.65666309194161350182e3, 5.57535340817727675546e2])
+    tail = 1.0 - _exp_f64(k, -(c * c)) * p / q
+    return k.select(a <= 1.0, near, k.select(x < 0.0, -tail, tail))

@@ -43,6 +43,10 @@ def _hard_sigmoid(k, x, alpha, beta):
 # an op reaching a lowering with float16 would work on its bits as integers
 NUMERIC = ("float32", "float64", "int8", "uint8", "int32", "int64")
 SIGNED = ("float32", "float64", "int8", "int32", "int64")
+# float64 too: ops whose lowering is arithmetic, selects, sqrt and mathfns' exp, log, tanh,
+# erf, sigmoid, softplus, floor (which have float64 versions); not yet the trigonometric ones
+# (float32 polynomials), nor Celu (its schema is float only)
+FLOATS = ("float32", "float64")
 
 
 class UnaryFacts(NamedTuple):
@@ -62,39 +66,40 @@ F = UnaryFacts
 UNARY = {
     "Relu": F(lambda x, a: np.maximum(x, 0), lambda k, x, a: k.max(x, 0.0), dtypes=NUMERIC, vector_safe=True),
     "LeakyRelu": F(lambda x, a: np.where(x >= 0, x, x * a["alpha"]),
-                   lambda k, x, a: k.select(x >= 0.0, x, x * a["alpha"]), {"alpha": 0.01}, vector_safe=True),
+                   lambda k, x, a: k.select(x >= 0.0, x, x * a["alpha"]), {"alpha": 0.01}, dtypes=FLOATS,
+                   vector_safe=True),
     "Elu": F(lambda x, a: np.where(x >= 0, x, a["alpha"] * (np.exp(x.astype(np.float64)) - 1)),
-             lambda k, x, a: k.select(x >= 0.0, x, (m.exp(k, x) - 1.0) * a["alpha"]), {"alpha": 1.0}),
+             lambda k, x, a: k.select(x >= 0.0, x, (m.exp(k, x) - 1.0) * a["alpha"]), {"alpha": 1.0}, dtypes=FLOATS),
     "Clip": F(lambda x, a: np.clip(x, a["min"], a["max"]), lambda k, x, a: k.min(k.max(x, a["min"]), a["max"]),
               {"min": -np.inf, "max": np.inf}, NUMERIC, True),
-    "Sigmoid": F(lambda x, a: 1 / (1 + np.exp(-x.astype(np.float64))), lambda k, x, a: m.sigmoid(k, x)),
+    "Sigmoid": F(lambda x, a: 1 / (1 + np.exp(-x.astype(np.float64))), lambda k, x, a: m.sigmoid(k, x), dtypes=FLOATS),
     "HardSigmoid": F(lambda x, a: np.clip(x * a["alpha"] + a["beta"], 0, 1),
                      lambda k, x, a: _hard_sigmoid(k, x, a["alpha"], a["beta"]), {"alpha": 0.2, "beta": 0.5},
-                     vector_safe=True),
+                     dtypes=FLOATS, vector_safe=True),
     "HardSwish": F(lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1), lambda k, x, a: x * _hard_sigmoid(k, x, 1 / 6, 0.5),
-                   vector_safe=True),
-    "Tanh": F(lambda x, a: np.tanh(x), lambda k, x, a: m.tanh(k, x)),
-    "Erf": F(lambda x, a: _erf_np(x), lambda k, x, a: m.erf(k, x)),
-    "Gelu": F(lambda x, a: _gelu_np(x, a["approximate"]), _gelu, {"approximate": "none"}),
-    "Exp": F(lambda x, a: np.exp(x.astype(np.float64)), lambda k, x, a: m.exp(k, x)),
-    "Log": F(lambda x, a: np.log(x.astype(np.float64)), lambda k, x, a: m.log(k, x)),
-    "Sqrt": F(lambda x, a: np.sqrt(x), lambda k, x, a: k.sqrt(x), dtypes=("float32", "float64")),  # a hardware op
+                   dtypes=FLOATS, vector_safe=True),
+    "Tanh": F(lambda x, a: np.tanh(x), lambda k, x, a: m.tanh(k, x), dtypes=FLOATS),
+    "Erf": F(lambda x, a: _erf_np(x), lambda k, x, a: m.erf(k, x), dtypes=FLOATS),
+    "Gelu": F(lambda x, a: _gelu_np(x, a["approximate"]), _gelu, {"approximate": "none"}, dtypes=FLOATS),
+    "Exp": F(lambda x, a: np.exp(x.astype(np.float64)), lambda k, x, a: m.exp(k, x), dtypes=FLOATS),
+    "Log": F(lambda x, a: np.log(x.astype(np.float64)), lambda k, x, a: m.log(k, x), dtypes=FLOATS),
+    "Sqrt": F(lambda x, a: np.sqrt(x), lambda k, x, a: k.sqrt(x), dtypes=FLOATS),
     "Neg": F(lambda x, a: -x, lambda k, x, a: -x, dtypes=NUMERIC, vector_safe=True),
     "Abs": F(lambda x, a: np.abs(x), lambda k, x, a: k.abs(x), dtypes=NUMERIC, vector_safe=True),
-    "Reciprocal": F(lambda x, a: 1 / x, lambda k, x, a: 1.0 / x, vector_safe=True),
-    "Floor": F(lambda x, a: np.floor(x), lambda k, x, a: m.floor(k, x)),
-    "Ceil": F(lambda x, a: np.ceil(x), lambda k, x, a: m.ceil(k, x)),
+    "Reciprocal": F(lambda x, a: 1 / x, lambda k, x, a: 1.0 / x, dtypes=FLOATS, vector_safe=True),
+    "Floor": F(lambda x, a: np.floor(x), lambda k, x, a: m.floor(k, x), dtypes=FLOATS),
+    "Ceil": F(lambda x, a: np.ceil(x), lambda k, x, a: m.ceil(k, x), dtypes=FLOATS),
     "Selu": F(lambda x, a: a["gamma"] * np.where(x > 0, x, a["alpha"] * (np.exp(x.astype(np.float64)) - 1)),
               lambda k, x, a: k.select(x > 0.0, x, (m.exp(k, x) - 1.0) * a["alpha"]) * a["gamma"],
-              {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}),
+              {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}, dtypes=FLOATS),
     "Sign": F(lambda x, a: np.sign(x), lambda k, x, a: k.select(x > 0.0, 1.0, k.select(x < 0.0, -1.0, x)),
               dtypes=SIGNED, vector_safe=True),
     "Round": F(lambda x, a: np.round(x), lambda k, x, a: m.round_even(k, x), dtypes=("float32", "float64")),
     "Shrink": F(lambda x, a: np.where(x < -a["lambd"], x + a["bias"], np.where(x > a["lambd"], x - a["bias"], 0)),
                 lambda k, x, a: k.select(x < -a["lambd"], x + a["bias"], k.select(x > a["lambd"], x - a["bias"], 0.0)),
-                {"lambd": 0.5, "bias": 0.0}, vector_safe=True),
+                {"lambd": 0.5, "bias": 0.0}, dtypes=FLOATS, vector_safe=True),
     "ThresholdedRelu": F(lambda x, a: np.where(x > a["alpha"], x, 0), lambda k, x, a: k.select(x > a["alpha"], x, 0.0),
-                         {"alpha": 1.0}, vector_safe=True),
+                         {"alpha": 1.0}, dtypes=FLOATS, vector_safe=True),
     "Sin": F(lambda x, a: np.sin(x.astype(np.float64)), lambda k, x, a: m.sin(k, x)),
     "Cos": F(lambda x, a: np.cos(x.astype(np.float64)), lambda k, x, a: m.cos(k, x)),
     "Tan": F(lambda x, a: np.tan(x.astype(np.float64)), lambda k, x, a: m.tan(k, x)),
@@ -110,12 +115,13 @@ UNARY = {
               lambda k, x, a: k.select(x > 0.0, x, (m.exp(k, x * (1.0 / a["alpha"])) - 1.0) * a["alpha"]),
               {"alpha": 1.0}),
     "Swish": F(lambda x, a: x / (1 + np.exp(-a["alpha"] * x.astype(np.float64))),
-               lambda k, x, a: x * m.sigmoid(k, x * a["alpha"]), {"alpha": 1.0}),
-    "Softsign": F(lambda x, a: x / (1 + np.abs(x)), lambda k, x, a: x / (k.abs(x) + 1.0), vector_safe=True),
+               lambda k, x, a: x * m.sigmoid(k, x * a["alpha"]), {"alpha": 1.0}, dtypes=FLOATS),
+    "Softsign": F(lambda x, a: x / (1 + np.abs(x)), lambda k, x, a: x / (k.abs(x) + 1.0), dtypes=FLOATS,
+                  vector_safe=True),
     "Mish": F(lambda x, a: x * np.tanh(np.log1p(np.exp(x.astype(np.float64)))),
-              lambda k, x, a: x * m.tanh(k, k.max(x, 0.0) + m.log(k, m.exp(k, -k.abs(x)) + 1.0))),
+              lambda k, x, a: x * m.tanh(k, m.softplus(k, x)), dtypes=FLOATS),
     "Softplus": F(lambda x, a: np.log1p(np.exp(x.astype(np.float64))),
-                  lambda k, x, a: k.max(x, 0.0) + m.log(k, m.exp(k, -k.abs(x)) + 1.0)),
+                  lambda k, x, a: m.softplus(k, x), dtypes=FLOATS),
 }
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..ir import TensorType, Value
 from ..kernel import mathfns as m
+from ..kernel.llvm import LLVM_TYPES
 from ..kernel.tiled_conv import conv2d_channels, conv2d_columns, conv_point, conv_pointwise
 from ..kernel.tiled_matmul import tiled_matmul
 from ..schedules import ConvLayer, conv_schedule, matmul_schedule
@@ -391,6 +392,8 @@ class MatMul(Op):
     def schedule(self, node, vec):
         a2, b2, _, _ = matmul_shapes(node, in_type(node, 0).shape, in_type(node, 1).shape)
         b = node.inputs[1]
+        if in_type(node, 0).dtype != "float32":
+            return None  # register tiles are float32's: other types take the plain loop nest
         return matmul_schedule(vec, a2[-2], b2[-1], a2[-1], b_const=b.is_const and len(b.type.shape) <= 2)
 
     def lower(self, k, node, ins, outs):
@@ -398,6 +401,14 @@ class MatMul(Op):
         a = ins[0].reshape(a2).broadcast_to(batch + a2[-2:])
         b = ins[1].reshape(b2).broadcast_to(batch + b2[-2:])
         y = outs[0].reshape(batch + (a2[-2], b2[-1]))
+        if node.schedule is None:  # float64 (and integers): accumulated in the input's type, in order
+            with k.loops(batch + (a2[-2], b2[-1])) as idx:
+                *bi, i, j = idx
+                acc = k.var(k.lift(0, like=LLVM_TYPES[y.dtype]))
+                with k.loop(a2[-1]) as kk:
+                    acc.value = acc.value + a[(*bi, i, kk)] * b[(*bi, kk, j)]
+                y[idx] = acc.value
+            return
         b_value = node.inputs[1]
         # one matrix shared by the whole batch, known at compile time: packed panels
         b_const = b_value.data if b_value.is_const and len(b_value.data.shape) <= 2 else None
@@ -421,8 +432,8 @@ class Softmax(Op):
 
     def infer(self, node):
         t = in_type(node, 0)
-        if t.dtype != "float32":
-            raise unsupported(node, "needs float32 input")
+        if t.dtype not in ("float32", "float64"):
+            raise unsupported(node, f"needs float32 or float64 input, got {t.dtype}")
         return [t]
 
     def vjp(self, b, node, cotangents):
@@ -472,7 +483,7 @@ class Softmax(Op):
             mx = k.var(x[a, 0, c])
             with k.loop(n) as j:
                 mx.value = k.max(mx.value, x[a, j, c])
-            total = k.var(0.0)
+            total = k.var(k.lift(0.0, like=mx.value))
             with k.loop(n) as j:
                 e = m.exp(k, x[a, j, c] - mx.value)
                 if node.op == "Softmax":
@@ -483,6 +494,8 @@ class Softmax(Op):
                 with k.loop(n) as j:
                     y[a, j, c] = y[a, j, c] * inv
             else:
-                shift = mx.value + m.log(k, total.value)
-                with k.loop(n) as j:
-                    y[a, j, c] = x[a, j, c] - shift
+                # (x - max) - log(sum), not x - (max + log(sum)) (nor reassociated into it): that
+                # rounds the shift at the magnitude of max and loses the low bits when |max| is large
+                lse = m.log(k, total.value)
+                with k.loop(n) as j, k.precise():
+                    y[a, j, c] = (x[a, j, c] - mx.value) - lse

@@ -1,11 +1,14 @@
 """Reductions: ReduceMean/Sum/Max/Min/Prod/L1/L2/SumSquare/LogSumExp over constant axes,
 with keepdims and noop_with_empty_axes. Axes are an attribute before opset 18 (13 for
-ReduceSum) and an input after; canonicalize turns both into one sorted list."""
+ReduceSum) and an input after; canonicalize turns both into one sorted list. float32 and
+float64 (accumulated in the input's type); ReduceMax/ReduceMin also take bool (opset 20):
+any and all, the empty reduction false and true."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..kernel import mathfns as m
+from ..kernel.llvm import LLVM_TYPES
 from ..ir import TensorType
 from .base import Op, const_input, in_type, linear_jvp, norm_axis, register, unsupported
 
@@ -15,9 +18,9 @@ _KINDS = {
     "ReduceMean": (0.0, lambda k, a, x: a + x, lambda k, a, n: a * (1.0 / n),
                    lambda x, ax: x.mean(axis=ax, keepdims=True)),
     "ReduceMax": (float("-inf"), lambda k, a, x: k.max(x, a), lambda k, a, n: a,
-                  lambda x, ax: x.max(axis=ax, keepdims=True)),
+                  lambda x, ax: x.max(axis=ax, keepdims=True, initial=-np.inf)),
     "ReduceMin": (float("inf"), lambda k, a, x: k.min(x, a), lambda k, a, n: a,
-                  lambda x, ax: x.min(axis=ax, keepdims=True)),
+                  lambda x, ax: x.min(axis=ax, keepdims=True, initial=np.inf)),
     "ReduceProd": (1.0, lambda k, a, x: a * x, lambda k, a, n: a, lambda x, ax: x.prod(axis=ax, keepdims=True)),
     "ReduceL1": (0.0, lambda k, a, x: a + k.abs(x), lambda k, a, n: a,
                  lambda x, ax: np.abs(x).sum(axis=ax, keepdims=True)),
@@ -32,6 +35,9 @@ _KINDS = {
 }
 # the opset from which `axes` is an input rather than an attribute
 _AXES_INPUT_FROM = {"ReduceSum": 13}
+_FLOATS = ("float32", "float64")
+# bool: max is any (starting from false), min is all (starting from true), on the 0/1 bytes
+_BOOL = {"ReduceMax": 0, "ReduceMin": 1}
 
 
 @register(*_KINDS)
@@ -66,8 +72,9 @@ class Reduce(Op):
 
     def infer(self, node):
         t = in_type(node)
-        if t.dtype != "float32":
-            raise unsupported(node, "needs float32 input")
+        allowed = _FLOATS + (("bool",) if node.op in _BOOL else ())
+        if t.dtype not in allowed:
+            raise unsupported(node, f"needs {' or '.join(allowed)} input, got {t.dtype}")
         return [TensorType(t.dtype, self._shapes(node, t.shape)[1])]
 
     def reference(self, node, x):
@@ -75,6 +82,9 @@ class Reduce(Op):
         out = self._shapes(node, x.shape)[1]
         if not axes:
             return [x.copy()]
+        if x.dtype == np.bool_:
+            r = (np.any if node.op == "ReduceMax" else np.all)(x, axis=axes, keepdims=True)
+            return [r.reshape(out)]
         r = _KINDS[node.op][3](x.astype(np.float64), axes)
         return [r.reshape(out).astype(x.dtype)]
 
@@ -97,6 +107,7 @@ class Reduce(Op):
     def lower(self, k, node, ins, outs):
         init, step, finish, _ = _KINDS[node.op]
         x = ins[0]
+        init = k.lift(_BOOL[node.op] if x.dtype == "bool" else init, like=LLVM_TYPES[x.dtype])
         axes = node.attrs["axes"]
         kept, _ = self._shapes(node, x.shape)
         y = outs[0].reshape(kept)
