@@ -241,7 +241,7 @@ def _fattr(c: _Node, key: str, default: float | None = None) -> float:
     v = c.attr(key, onnx.AttributeProto.FLOAT, default)
     if v is None:
         raise c.invalid(f"attribute '{key}' is required")
-    return float(v)
+    return float(np.float32(v))  # a FLOAT attribute is 32-bit, its schema default too (float64 tensors see it)
 
 
 def _regularized(c: _Node, x: Value, g: Value, norm: Value, i: int) -> Value:
