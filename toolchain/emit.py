@@ -149,10 +149,7 @@ def c_header(name: str, manifest: dict) -> str:
                   f"#define {up}_RESIDUALS_ALIGN {int(res['align'])}u",
                   f"#define {up}_NUM_PARAMS   {len(grad['params'])}"]
         for i, p in enumerate(grad["params"]):
-            lines += [f"/* param {i}: '{c_comment_text(p['name'])}', {c_comment_text(p['dtype'])} "
-                      f"[{', '.join(map(str, p['shape']))}] */",
-                      f"#define {up}_PARAM{i}_ELEMS {int(p['elems'])}u",
-                      f"#define {up}_PARAM{i}_BYTES {int(p['bytes'])}u"]
+            lines += _param_lines(up, i, p, "BYTES", p["bytes"])
         lines += [f"#define {up}_NUM_INPUT_COTANGENTS {len(grad['input_cotangents'])}  /* the float inputs, in order */",
                   f"#define {up}_NUM_OUTPUT_COTANGENTS {len(grad['output_cotangents'])}  /* the float outputs, in order */",
                   "",
@@ -199,6 +196,14 @@ def c_header(name: str, manifest: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _param_lines(up: str, i: int, p: dict, field: str, value: int) -> list[str]:
+    """A parameter's comment (name, dtype, shape) and its _ELEMS and _<field> macros."""
+    return [f"/* param {i}: '{c_comment_text(p['name'])}', {c_comment_text(p['dtype'])} "
+            f"[{', '.join(map(str, p['shape']))}] */",
+            f"#define {up}_PARAM{i}_ELEMS {int(p['elems'])}u",
+            f"#define {up}_PARAM{i}_{field} {int(value)}u"]
 
 
 def _jvp_block(name: str, manifest: dict, arena_size: int) -> list[str]:
@@ -398,10 +403,7 @@ def _train_block(name: str, manifest: dict, arena_size: int) -> list:
              "needs it */",
              f"#define {up}_NUM_PARAMS   {len(train['params'])}"]
     for i, p in enumerate(train["params"]):
-        lines += [f"/* param {i}: '{c_comment_text(p['name'])}', {c_comment_text(p['dtype'])} "
-                  f"[{', '.join(map(str, p['shape']))}] */",
-                  f"#define {up}_PARAM{i}_ELEMS {int(p['elems'])}u",
-                  f"#define {up}_PARAM{i}_OFFSET {int(p['offset'])}u"]
+        lines += _param_lines(up, i, p, "OFFSET", p["offset"])
     for j, t in enumerate(train["targets"]):
         lines += [f"/* target {j}: {c_comment_text(t['dtype'])} [{', '.join(map(str, t['shape']))}] */",
                   f"#define {up}_TARGET{j}_ELEMS {math.prod(t['shape'])}u"]
