@@ -370,7 +370,8 @@ def _grad_info(c: Compiled) -> dict:
                       # the buffer's size in each mode, to compare (recompute: the primal's inputs)
                       "sizes": c.grad["sizes"],
                       "values": [{"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.shape),
-                                  "offset": off, "bytes": v.type.nbytes} for v, off in zip(res, c.grad["offsets"])]},
+                                  "offset": off, "bytes": v.type.nbytes, **_copied_input(prog, k)}
+                                 for k, (v, off) in enumerate(zip(res, c.grad["offsets"]))]},
         "params": [{"name": p.name, "dtype": str(p.data.dtype), "shape": list(p.data.shape),
                     "elems": int(p.data.size), "bytes": int(p.data.nbytes)} for p in prog.params],
         "input_cotangents": [_tensor_info(prog.primal.inputs[i]) for i in prog.wrt_inputs],
@@ -379,6 +380,14 @@ def _grad_info(c: Compiled) -> dict:
         "ops": {part: getattr(prog, part).op_counts() for part in plans},
         "macs": {part: sum(registry.get(n.op).macs(n) for n in getattr(prog, part).nodes) for part in plans},
     }
+
+
+def _copied_input(prog, k: int) -> dict:
+    """--residuals recompute: which graph input residual k is a copy of."""
+    if prog.mode != "recompute":
+        return {}
+    i = next(i for i, v in enumerate(prog.primal.inputs) if v is prog.residuals[k])
+    return {"input": i, "input_name": prog.primal.inputs[i].name}
 
 
 def _jvp_info(c: Compiled) -> dict:
