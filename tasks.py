@@ -33,6 +33,8 @@ def _exec(args):
             "ram_budget": "fail if RAM (data+bss+arena+stack) exceeds BYTES",
             "weights": "internal (default) or external: weights in <name>_weights.bin, <name>_run_ext",
             "grad": "reverse: <name>_primal and <name>_pullback; forward: <name>_jvp; instead of <name>_run",
+            "wrt": "with --grad reverse: inputs, params or all (the default): which cotangents",
+            "residuals": "with --grad reverse: save (the default) or recompute the forward values in the pullback",
             "train": "<name>_train_step, <name>_params_init and <name>_run_params instead of <name>_run",
             "loss": "training loss: mse (the default) or cross-entropy (class scores against int64 labels)",
             "trainable": "with --train: a glob over initializer names to train (default: every float one)",
@@ -41,14 +43,15 @@ def _exec(args):
       iterable=["dim", "model", "bind"])
 def build(c, target=None, model=None, name=None, out=None, dump_ir=False, dim=None, emit=None,
           flash_budget=None, ram_budget=None, weights=None, grad=None, train=False, loss=None, bind=None,
-          trainable=None, optimizer=None, momentum=None):
+          trainable=None, optimizer=None, momentum=None, wrt=None, residuals=None):
     """Compile a model to <out>/<name>.o, lib<name>.a (or <name>.c), <name>.h, <name>.json,
     <name>.cmake and <name>.mk (runs `python -m toolchain build`, the edgec CLI)."""
     args = [PY, "-m", "toolchain", "build"]
     for flag, value in (("--target", target), ("--name", name), ("--out", out),
                         ("--emit", emit), ("--flash-budget", flash_budget), ("--ram-budget", ram_budget),
                         ("--weights", weights), ("--grad", grad), ("--loss", loss), ("--trainable", trainable),
-                        ("--optimizer", optimizer), ("--momentum", momentum)):
+                        ("--optimizer", optimizer), ("--momentum", momentum), ("--wrt", wrt),
+                        ("--residuals", residuals)):
         if value is not None:
             args += [flag, str(value)]
     for m in model or []:

@@ -91,7 +91,8 @@ def cmd_build(args):
                 weights=getattr(args, "weights", "internal"), grad=getattr(args, "grad", None),
                 train=getattr(args, "loss", None) if getattr(args, "train", False) else None, bind=binds or None,
                 trainable=getattr(args, "trainable", None), optimizer=getattr(args, "optimizer", "sgd"),
-                momentum=getattr(args, "momentum", None))
+                momentum=getattr(args, "momentum", None), wrt=getattr(args, "wrt", None),
+                residuals=getattr(args, "residuals", None))
     m = res.manifest
     print(f"built {m['model']} for {m['target']['name']} -> {res.paths['header'].parent}")
     for kind, path in res.paths.items():
@@ -115,6 +116,9 @@ def cmd_build(args):
         print(f"  reverse   residuals {g['residuals']['size']} bytes ({len(g['residuals']['values'])} values), "
               f"arena primal {g['arenas']['primal']['size']} / pullback {g['arenas']['pullback']['size']} bytes, "
               f"{len(g['params'])} params")
+        sizes = g["residuals"].get("sizes", {})
+        print(f"  residuals {g['residuals'].get('mode', 'save')} (--residuals save {sizes.get('save')} / recompute "
+              f"{sizes.get('recompute')} bytes), wrt {g.get('wrt', 'all')}, pullback {g['macs']['pullback']} MACs")
     if "train" in m:
         t = m["train"]
         mu = f" (momentum {t['momentum']})" if t["optimizer"] == "momentum" else ""
@@ -286,6 +290,12 @@ def parser():
     b.add_argument("--grad", choices=["reverse", "forward"], help="reverse: <name>_primal and <name>_pullback "
                    "(derivatives with respect to every float input and initializer); forward: <name>_jvp (outputs "
                    "and their tangents from inputs and theirs); instead of <name>_run")
+    b.add_argument("--wrt", choices=["inputs", "params", "all"], help="with --grad reverse: cotangents of the "
+                   "float inputs, of the float initializers (the parameters), or both (default: all); the pullback "
+                   "skips what only the other side needs")
+    b.add_argument("--residuals", choices=["save", "recompute"], help="with --grad reverse: save (default) the "
+                   "forward values the pullback reads in the residual buffer, or recompute them in the pullback "
+                   "from the primal's inputs (fewer residual bytes, more work and pullback arena)")
     b.add_argument("--train", action="store_true", help="<name>_train_step (--optimizer on --loss, the --trainable "
                    "initializers in a caller-owned buffer), <name>_params_init and <name>_run_params instead of "
                    "<name>_run")

@@ -26,7 +26,7 @@ from .frontend.onnx_import import import_model
 from .memory import MemoryPlan, buffer_alignment, check_sizes, plan_memory
 from .ops import registry
 from .passes import run_pipeline
-from .passes.autodiff import bind_params, residual_layout, reverse
+from .passes.autodiff import bind_params, check_grad_options, recompute_residuals, residual_layout, reverse
 from .passes.forward import forward
 from .passes.train import check_optimizer, init_graph, param_layout, run_graph, select_trainable, train_graph
 from .memory import Storage
@@ -121,12 +121,19 @@ def compile_jvp_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None
 
 
 def compile_grad_graph(g: Graph, params, profile: Profile, name: str, dump: TextIO | None = None,
-                       emit: str = "object") -> Compiled:
+                       emit: str = "object", wrt: str = "all", residuals: str = "save") -> Compiled:
     """Reverse mode: primal and pullback (passes.autodiff, parameters bound as read-only
     weights), the pipeline and the planner on each, both in one object. The arena serves
-    either entry (the larger of the two plans); residuals live in a buffer of their own."""
+    either entry (the larger of the two plans); residuals live in a buffer of their own.
+    wrt: "all", "inputs" or "params" (what gets a cotangent); residuals: "save" (the forward
+    values the pullback reads) or "recompute" (the primal's inputs; the pullback re-runs the
+    forward graph on them)."""
+    check_grad_options(wrt, residuals)
     backend = get_backend(emit)
-    prog = bind_params(reverse(g, params))
+    prog = bind_params(reverse(g, params, wrt=wrt))
+    sizes = {mode: residual_layout(values, profile.arena_align)[1] for mode, values in prog.candidates.items()}
+    if residuals == "recompute":
+        recompute_residuals(prog)
     vector = backend.vector_unit(profile)
     plans = {}
     for part in ("primal", "pullback"):
@@ -140,7 +147,9 @@ def compile_grad_graph(g: Graph, params, profile: Profile, name: str, dump: Text
     stack = stack_usage(out.frames, out.calls, entry_symbols(name, grad=True), profile.return_address_bytes)
     both = MemoryPlan({}, max(p.arena_size for p in plans.values()), profile.arena_align,
                       max(p.lower_bound for p in plans.values()), [])
-    grad = {"program": prog, "plans": plans, "offsets": offsets, "residuals_size": size}
+    if size != sizes[prog.mode]:
+        raise InternalError(f"residual buffer of {size} bytes, {sizes[prog.mode]} expected")
+    grad = {"program": prog, "plans": plans, "offsets": offsets, "residuals_size": size, "sizes": sizes}
     return Compiled(prog.primal, both, out.object, info, out.llvm_ir, stack, out.c_source, emit, grad=grad)
 
 
@@ -202,7 +211,8 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
           dims: dict[str, int] | None = None, dump: TextIO | None = None, emit: str = "object",
           budgets: dict | None = None, weights: str = "internal", grad: str | None = None,
           train: str | None = None, bind: dict | None = None, trainable: str | None = None,
-          optimizer: str = "sgd", momentum: float | None = None) -> BuildResult:
+          optimizer: str = "sgd", momentum: float | None = None, wrt: str | None = None,
+          residuals: str | None = None) -> BuildResult:
     """emit="object": <name>.o and lib<name>.a (LLVM); emit="c": <name>.c (portable C99).
     Both also write <name>.h, <name>.json and the CMake/Make fragments.
     budgets: {"flash_bytes": n, "ram_bytes": n} over the target profile's own; a build over
@@ -217,7 +227,10 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     and <name>_run_params (inference reading that buffer); trainable: a glob over the
     initializer names (default: every float initializer; the others stay read-only
     constants); optimizer "sgd" or "momentum" (heavy ball, coefficient `momentum`,
-    default 0.9, a velocity per parameter in the caller's opt_state). None of these uses the compile cache yet. bind: {graph input name:
+    default 0.9, a velocity per parameter in the caller's opt_state). With grad="reverse",
+    wrt "all" (default), "inputs" (no parameter cotangent) or "params" (no input cotangent),
+    and residuals "save" (default: the forward values the pullback reads) or "recompute" (the
+    residual buffer holds the primal's inputs; the pullback recomputes the forward values). None of these uses the compile cache yet. bind: {graph input name:
     value} (an array, numbers, or the command line's text "1,2" / "@file.npy"): those inputs
     become constants of that value, gone from the C contract; the manifest lists them
     ("bound_inputs")."""
@@ -231,6 +244,10 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     check_out_dir(out, owned_files(name))
     if grad and train:
         raise InvalidModelError(f"--grad {grad} and --train are separate builds: choose one")
+    if grad != "reverse" and (wrt is not None or residuals is not None):
+        raise InvalidModelError("--wrt and --residuals are options of --grad reverse builds")
+    if grad == "reverse":
+        check_grad_options(wrt or "all", residuals or "save")
     if (grad or train) and weights != "internal":
         raise InvalidModelError("--weights external is for inference builds, not --grad or --train")
     if not train and (trainable is not None or optimizer != "sgd" or momentum is not None):
@@ -252,10 +269,13 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     elif grad == "forward":
         compiled = compile_jvp_graph(import_model(model, name, dims), profile, name, dump, emit)
     elif grad:
-        compiled = compile_grad_graph(import_model(model, name, dims), params, profile, name, dump, emit)
+        compiled = compile_grad_graph(import_model(model, name, dims), params, profile, name, dump, emit,
+                                      wrt or "all", residuals or "save")
     options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__,
                **({"emit": emit} if emit != "object" else {}), **({"weights": weights} if weights != "internal" else {}),
                **({"grad": grad} if grad else {}), **({"train": train} if train else {}),
+               **({"wrt": wrt} if wrt not in (None, "all") else {}),
+               **({"residuals": residuals} if residuals not in (None, "save") else {}),
                **({"trainable": trainable} if trainable is not None else {}),
                **({"optimizer": optimizer, "momentum": check_optimizer(optimizer, momentum)}
                   if train and optimizer != "sgd" else {}),
@@ -345,9 +365,13 @@ def _grad_info(c: Compiled) -> dict:
     res = prog.primal.outputs[prog.n_outputs:]
     return {
         "mode": "reverse",
-        "residuals": {"size": c.grad["residuals_size"], "align": c.plan.alignment,
+        "wrt": prog.wrt,
+        "residuals": {"mode": prog.mode, "size": c.grad["residuals_size"], "align": c.plan.alignment,
+                      # the buffer's size in each mode, to compare (recompute: the primal's inputs)
+                      "sizes": c.grad["sizes"],
                       "values": [{"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.shape),
-                                  "offset": off, "bytes": v.type.nbytes} for v, off in zip(res, c.grad["offsets"])]},
+                                  "offset": off, "bytes": v.type.nbytes, **_copied_input(prog, k)}
+                                 for k, (v, off) in enumerate(zip(res, c.grad["offsets"]))]},
         "params": [{"name": p.name, "dtype": str(p.data.dtype), "shape": list(p.data.shape),
                     "elems": int(p.data.size), "bytes": int(p.data.nbytes)} for p in prog.params],
         "input_cotangents": [_tensor_info(prog.primal.inputs[i]) for i in prog.wrt_inputs],
@@ -356,6 +380,14 @@ def _grad_info(c: Compiled) -> dict:
         "ops": {part: getattr(prog, part).op_counts() for part in plans},
         "macs": {part: sum(registry.get(n.op).macs(n) for n in getattr(prog, part).nodes) for part in plans},
     }
+
+
+def _copied_input(prog, k: int) -> dict:
+    """--residuals recompute: which graph input residual k is a copy of."""
+    if prog.mode != "recompute":
+        return {}
+    i = next(i for i, v in enumerate(prog.primal.inputs) if v is prog.residuals[k])
+    return {"input": i, "input_name": prog.primal.inputs[i].name}
 
 
 def _jvp_info(c: Compiled) -> dict:

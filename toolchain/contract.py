@@ -15,6 +15,10 @@ A reverse-mode build (--grad reverse) exports instead
     int <name>_pullback(const void *residuals, const void *const *output_cotangents,
                         void *const *input_cotangents, void *const *param_cotangents, void *arena);
 
+(--wrt inputs: no parameter cotangents, param_cotangents may be NULL; --wrt params: no
+input cotangents, input_cotangents may be NULL; --residuals recompute: the residual buffer
+holds the primal's inputs and the pullback recomputes the forward values from them)
+
 and a forward-mode build (--grad forward)
 
     int <name>_jvp(const void *const *inputs, const void *const *input_tangents,

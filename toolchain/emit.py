@@ -152,7 +152,10 @@ def c_header(name: str, manifest: dict) -> str:
             lines += _param_lines(up, i, p, "BYTES", p["bytes"])
         lines += [f"#define {up}_NUM_INPUT_COTANGENTS {len(grad['input_cotangents'])}  /* the float inputs, in order */",
                   f"#define {up}_NUM_OUTPUT_COTANGENTS {len(grad['output_cotangents'])}  /* the float outputs, in order */",
+                  *[f"#define {up}_{part.upper()}_ARENA_SIZE {int(a['size'])}u  /* of ARENA_SIZE, what "
+                    f"{name}_{part} uses */" for part, a in grad["arenas"].items()],
                   "",
+                  *_grad_options_comment(name, grad),
                   "/* Reverse mode. primal: the inference, which also writes the residuals (the forward",
                   "   values the pullback reads) into residuals (RESIDUALS_SIZE bytes aligned to",
                   "   RESIDUALS_ALIGN). pullback: from those residuals and a cotangent per float output,",
@@ -204,6 +207,28 @@ def _param_lines(up: str, i: int, p: dict, field: str, value: int) -> list[str]:
             f"[{', '.join(map(str, p['shape']))}] */",
             f"#define {up}_PARAM{i}_ELEMS {int(p['elems'])}u",
             f"#define {up}_PARAM{i}_{field} {int(value)}u"]
+
+
+def _grad_options_comment(name: str, grad: dict) -> list[str]:
+    """What --wrt and --residuals chose, for a reverse-mode header."""
+    wrt, res = grad.get("wrt", "all"), grad["residuals"]
+    lines = []
+    if wrt == "inputs":
+        lines += ["/* --wrt inputs: no parameter cotangent is computed (NUM_PARAMS is 0);",
+                  f"   {name}_pullback never reads param_cotangents, which may be NULL. */"]
+    elif wrt == "params":
+        lines += ["/* --wrt params: no input cotangent is computed (NUM_INPUT_COTANGENTS is 0);",
+                  f"   {name}_pullback never reads input_cotangents, which may be NULL. */"]
+    sizes = res.get("sizes", {})
+    if res.get("mode") == "recompute":
+        lines += ["/* --residuals recompute: the residual buffer holds only copies of the primal's inputs",
+                  f"   (those the derivative depends on); {name}_pullback first re-runs the forward graph on",
+                  "   them in the arena (PULLBACK_ARENA_SIZE bytes of it). --residuals save would need",
+                  f"   {int(sizes.get('save', 0))} residual bytes. */"]
+    elif "recompute" in sizes:
+        lines += [f"/* --residuals save: the forward values themselves; --residuals recompute would need",
+                  f"   {int(sizes['recompute'])} residual bytes and a larger pullback arena. */"]
+    return lines
 
 
 def _jvp_block(name: str, manifest: dict, arena_size: int) -> list[str]:

@@ -86,7 +86,8 @@ class CompiledGrad:
         return outs, res.copy()
 
     def pullback(self, residuals, *output_cotangents):
-        """(input cotangents, parameter cotangents), each a list of fresh arrays."""
+        """(input cotangents, parameter cotangents), each a list of fresh arrays (empty, and
+        the table passed as NULL, when the build computes none: --wrt params / inputs)."""
         self._require_native()
         cots = self._check(self.output_cotangents, output_cotangents, "output cotangent")
         res = _aligned(self.residuals_size, self.residuals_align)
@@ -94,7 +95,8 @@ class CompiledGrad:
         gin = [np.empty(s, d) for _, d, s in self.input_cotangents]
         gpar = [np.empty(s, d) for _, d, s in self.params]
         with self._lock:
-            rc = self._fns[1](ctypes.c_void_p(res.ctypes.data), _table(cots), _table(gin), _table(gpar),
+            rc = self._fns[1](ctypes.c_void_p(res.ctypes.data), _table(cots), _table(gin) if gin else None,
+                              _table(gpar) if gpar else None,
                               ctypes.c_void_p(self.arena.ctypes.data))
         if rc != 0:
             raise CompileError(f"{self.name}_pullback returned {rc}")
@@ -139,8 +141,11 @@ class CompiledJvp:
 
 
 def compile_grad(model, target: str | None = None, *, dims: dict | None = None, name: str = "model",
-                 grad: str = "reverse") -> "CompiledGrad | CompiledJvp":
-    """grad="reverse": primal and pullback (CompiledGrad); grad="forward": the JVP (CompiledJvp)."""
+                 grad: str = "reverse", wrt: str | None = None,
+                 residuals: str | None = None) -> "CompiledGrad | CompiledJvp":
+    """grad="reverse": primal and pullback (CompiledGrad); grad="forward": the JVP (CompiledJvp).
+    Reverse mode: wrt "all" (default), "inputs" or "params"; residuals "save" (default) or
+    "recompute" (compiler.build)."""
     from .compiler import build
 
     profile = host_profile() if target is None else _get_profile(target)
@@ -150,7 +155,7 @@ def compile_grad(model, target: str | None = None, *, dims: dict | None = None, 
             path = Path(tmp) / "src" / (model_name or f"{name}.onnx")
             path.parent.mkdir()
             path.write_bytes(data)
-        res = build(path, profile.name, name, Path(tmp) / "out", dims=dims, grad=grad)
+        res = build(path, profile.name, name, Path(tmp) / "out", dims=dims, grad=grad, wrt=wrt, residuals=residuals)
         files = {p.name: p.read_bytes() for p in res.paths.values()}
         kinds = {p.name: k for k, p in res.paths.items()}
     return (CompiledJvp if grad == "forward" else CompiledGrad)(files, kinds, name, profile)

@@ -9,6 +9,12 @@
   parameters it reads; outputs are the cotangents of the float graph inputs, then of the
   parameters.
 
+`wrt` ("all", "inputs", "params") chooses what is differentiated: with "inputs" no
+initializer becomes a parameter, with "params" no graph input gets a cotangent, and
+activity analysis then leaves out the work only the other side needed.
+`recompute_residuals` (--residuals recompute) turns a bound program's residuals into the
+primal's inputs alone: the pullback re-runs the forward graph on them first.
+
 Each op's derivative rule (`Op.vjp`, next to its shape rule and reference) adds nodes of
 existing ops through a Builder. Activity analysis: only nodes that depend on a
 differentiated input or parameter and reach a float output are differentiated; rules
@@ -22,11 +28,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import CompileError, InternalError, UnsupportedError
+from ..errors import CompileError, InternalError, InvalidModelError, UnsupportedError
 from ..ir import Graph, TensorType, Value
 from ..ops import registry
 from .cleanup import eliminate_dead_code
 from .verify import verify
+
+
+WRT_MODES = ("all", "inputs", "params")
+RESIDUAL_MODES = ("save", "recompute")
+
+
+def check_grad_options(wrt: str, residuals: str):
+    """Refuses a --wrt or --residuals value that is not one of the modes."""
+    if wrt not in WRT_MODES:
+        raise InvalidModelError(f"--wrt must be one of {', '.join(WRT_MODES)}, got '{wrt}'")
+    if residuals not in RESIDUAL_MODES:
+        raise InvalidModelError(f"--residuals must be one of {', '.join(RESIDUAL_MODES)}, got '{residuals}'")
 
 
 def _is_float(v: Value) -> bool:
@@ -62,6 +80,11 @@ class GradProgram:
     params: list  # [Param]
     wrt_inputs: list  # indices of the graph inputs that get a cotangent (the float ones)
     cot_outputs: list  # indices of the outputs that take a cotangent (the float ones)
+    # what the residual buffer holds in each mode: "save", the forward values the pullback
+    # reads; "recompute", the primal's inputs those values are computed from
+    candidates: dict = None
+    mode: str = "save"
+    wrt: str = "all"
 
     @property
     def residual_bytes(self) -> int:
@@ -169,15 +192,21 @@ def params_to_inputs(g: Graph, names, gemm_layout: bool = False) -> list:
     return params
 
 
-def reverse(g: Graph, params=(), gemm_layout: bool = False) -> GradProgram:
+def reverse(g: Graph, params=(), gemm_layout: bool = False, wrt: str = "all") -> GradProgram:
     """Primal and pullback of `g` (changed in place into the primal) with respect to its
     float inputs and the float initializers named in `params` (gemm_layout: see
-    params_to_inputs)."""
+    params_to_inputs); wrt "inputs" or "params" keeps only that side."""
     if g.batch is not None:
         raise UnsupportedError("derivatives of a bounded-batch build (--dim N<=...) are not supported")
-    wrt = [i for i, v in enumerate(g.inputs) if _is_float(v)]
+    check_grad_options(wrt, "save")
+    mode = wrt
+    wrt = [i for i, v in enumerate(g.inputs) if _is_float(v)] if mode != "params" else []
     n_model_inputs = len(g.inputs)
-    plist = params_to_inputs(g, params, gemm_layout)
+    plist = params_to_inputs(g, params if mode != "inputs" else (), gemm_layout)
+    if mode == "inputs" and not wrt:
+        raise InvalidModelError("--wrt inputs: the model has no float input to differentiate")
+    if mode == "params" and not plist:
+        raise InvalidModelError("--wrt params: the model has no float initializer to differentiate")
     diff = [g.inputs[i] for i in wrt] + [p.primal for p in plist]
 
     varied = {id(v) for v in diff}
@@ -250,7 +279,56 @@ def reverse(g: Graph, params=(), gemm_layout: bool = False) -> GradProgram:
     verify(g)
     verify(pb)
     assert len(g.inputs) == n_model_inputs + len(plist)
-    return GradProgram(g, pb, n_outputs, [pv for pv, _ in residuals], plist, wrt, cot_outputs)
+    saved = [pv for pv, _ in residuals]
+    candidates = {"save": saved, "recompute": _ancestor_inputs(g.inputs[:n_model_inputs], saved)}
+    return GradProgram(g, pb, n_outputs, saved, plist, wrt, cot_outputs, candidates, "save", mode)
+
+
+def _ancestor_inputs(inputs: list, values: list) -> list:
+    """The graph inputs (in order) some value of `values` is computed from (or is)."""
+    seen = {id(v) for v in values}
+    stack = list(values)
+    while stack:
+        v = stack.pop()
+        if v.producer is not None:
+            for x in v.producer.inputs:
+                if x is not None and id(x) not in seen:
+                    seen.add(id(x))
+                    stack.append(x)
+    return [v for v in inputs if id(v) in seen]
+
+
+def recompute_residuals(prog: GradProgram) -> GradProgram:
+    """--residuals recompute, on a bound program (bind_params): the residual buffer holds only
+    the primal's inputs the saved values are computed from; the pullback starts with a copy
+    of the forward graph on them (its values live in the pullback's arena), dead-code
+    elimination keeping only the nodes that compute what the derivative rules read."""
+    if any(p.primal is not None or p.pullback is not None for p in prog.params):
+        raise InternalError("recompute_residuals needs the parameters bound (bind_params first)")
+    g, pb = prog.primal, prog.pullback
+    keep = prog.candidates["recompute"]
+    n_res = len(prog.residuals)
+    copy = {id(v): Value(pb.unique(v.name), v.type) for v in keep}
+    k = 0
+    for node in g.nodes:
+        if not all(x is None or x.is_const or id(x) in copy for x in node.inputs):
+            continue  # reads an input outside `keep`: nothing a residual needs
+        outs = [Value(pb.unique(o.name), o.type) for o in node.outputs]
+        twin = pb.add_node(node.op, f"{node.name}_recompute", [x if x is None or x.is_const else copy[id(x)]
+                                                                for x in node.inputs], outs, node.attrs, index=k)
+        twin.sources = node.sources
+        k += 1
+        copy.update((id(o), c) for o, c in zip(node.outputs, outs))
+    for pv, rv in zip(prog.residuals, pb.inputs[:n_res]):
+        pb.replace_all_uses(rv, copy[id(pv)])
+    pb.inputs = [copy[id(v)] for v in keep] + pb.inputs[n_res:]
+    eliminate_dead_code(pb)
+    g.outputs = g.outputs[:prog.n_outputs] + list(keep)
+    eliminate_dead_code(g)
+    verify(g)
+    verify(pb)
+    prog.residuals, prog.mode = list(keep), "recompute"
+    return prog
 
 
 def transpose_gemm_results(g: Graph) -> bool:
