@@ -177,13 +177,21 @@ def test(c, target=None, slow=False):
 @task(help={"target": "target profile (repeatable; default: every target of ci/matrix.toml)",
             "model": "ONNX file (repeatable; default: every model of ci/matrix.toml)",
             "json": "write the figures to this JSON file", "runs": "timed runs per measurement",
-            "layers": "also the single-layer cases (GEMM 256^3 and 512^3, 3x3, depthwise, 1x1 conv)"},
+            "layers": "also the single-layer cases (GEMM 256^3 and 512^3, 3x3, depthwise, 1x1 conv)",
+            "train": "also instructions per training step (a --train mse build, SGD, zero target), "
+                     "and the ratio to those per inference",
+            "grad": "reverse: also instructions per primal and per pullback (a --grad reverse build)"},
       iterable=["target", "model"])
-def bench(c, target=None, model=None, json=None, runs=20, layers=False):
+def bench(c, target=None, model=None, json=None, runs=20, layers=False, train=False, grad=None):
     """Latency table: instructions per inference and per MAC (QEMU plugin), median and p99
-    time (emulated, or native next to onnxruntime), correctness against onnxruntime."""
+    time (emulated, or native next to onnxruntime), correctness against onnxruntime; with
+    --train / --grad reverse, instructions per training step / primal + pullback too."""
     ensure_qemu()
     args = [PY, "-m", "toolchain.bench", "--runs", str(runs)]
+    if train:
+        args.append("--train")
+    if grad:
+        args += ["--grad", grad]
     for t in target or []:
         args += ["--target", t]
     for m in model or []:

@@ -4,6 +4,7 @@ the QEMU plugin, and time it (emulated, or native where the host has the ISA, ne
 onnxruntime measured alternately in the same run).
 
     invoke bench --target cortex-a76 [--model M] [--json PATH]
+    invoke bench --target cortex-a76 --train [--grad reverse]  # also insns per training step / pullback
     invoke ci                                   # every target x every model of ci/matrix.toml
 """
 from __future__ import annotations
@@ -22,12 +23,13 @@ import onnx
 from .compiler import PROJECT_ROOT, build
 from .harness.oracle import ATOL, RTOL, onnxruntime_session
 from .harness.plugin import count_instructions
-from .harness.runner import link_harness, run_model
+from .harness.runner import HarnessError, link_harness, link_train_harness, run_model
 from .harness.system import link_system_harness, run_system
 from .errors import BudgetError
 from .targets import get_profile, runnable_targets
 
 MATRIX = PROJECT_ROOT / "ci" / "matrix.toml"
+LEARNING_RATE = 0.01  # of the training steps --train counts
 
 
 def matrix() -> tuple[list[str], list[Path]]:
@@ -101,20 +103,88 @@ class Result:
     code_bytes: int = 0
     weight_bytes: int = 0
     refused: str = ""  # over the target part's flash/RAM budget: the BudgetError's message
+    insns_per_train_step: int = 0  # --train: one train_step (forward, loss, pullback, update)
+    train_ratio: float = float("nan")  # insns per training step / insns per inference
+    insns_per_primal: int = 0  # --grad reverse: one <name>_primal call
+    insns_per_pullback: int = 0  # and one <name>_pullback call after it
+    grad_ratio: float = float("nan")  # (primal + pullback) / inference
     extra: dict = field(default_factory=dict)
 
 
 def bench(model_path: Path, target: str, workdir: Path, runs: int = 20, count: bool = True,
-          compare: bool = True) -> Result:
+          compare: bool = True, train: str | None = None, grad: str | None = None,
+          learning_rate: float = LEARNING_RATE) -> Result:
     """Build, check against onnxruntime, count instructions, time. Failures are recorded
-    in the result (the matrix goes on), not raised."""
+    in the result (the matrix goes on), not raised. train (a loss, e.g. "mse") and grad
+    ("reverse") also build those variants and count their instructions (bench_train)."""
     model_path = Path(model_path)
     res = Result(model_path.stem, target)
     try:
         _bench_into(res, model_path, target, workdir, runs, count, compare)
     except Exception as e:  # noqa: BLE001  (one failing cell must not stop the matrix)
         res.ok, res.error = False, f"{type(e).__name__}: {e}".splitlines()[0][:300]
+    if (train or grad) and not res.refused:
+        try:
+            bench_train(res, model_path, target, workdir, train, grad, learning_rate, compare)
+        except Exception as e:  # noqa: BLE001
+            res.ok = False
+            res.error = (res.error + "; " if res.error else "") + f"{'train' if train else 'grad'}: {type(e).__name__}: {e}".splitlines()[0][:300]
     return res
+
+
+def bench_train(res: Result, model_path: Path, target: str, workdir: Path, train: str | None,
+                grad: str | None, learning_rate: float = LEARNING_RATE, compare: bool = True):
+    """Instructions per training step (a --train build: the loss against a zero target of
+    each output's shape, default optimizer; params_init once, then train_step) and per
+    primal and pullback (a --grad reverse build, seeded output cotangents), counted like an
+    inference: N steps minus 1 step, on the bench's seeded inputs. The losses of the first
+    and of the third step go into extra["train_losses"] (refused unless finite)."""
+    profile = get_profile(target)
+    if profile.run_mode == "system":
+        raise HarnessError(f"training and reverse-mode counts run under qemu-user; {target} is a system-mode board")
+    if grad not in (None, "reverse"):
+        raise ValueError(f"--grad {grad}: only reverse mode has a pullback to count")
+    model = onnx.load(str(model_path))
+    feeds = seeded_inputs(model)
+    if train:
+        out = Path(workdir) / f"{target}-{model_path.stem}-train"
+        start = time.perf_counter()
+        man = build(model_path, target, "model", out, train=train).manifest
+        res.extra["train_build_s"] = round(time.perf_counter() - start, 1)
+        res.extra["train_arena"], res.extra["params_bytes"] = man["arena"]["size"], man["train"]["params_size"]
+        targets = [np.zeros(t["shape"], t["dtype"]) for t in man["train"]["targets"]]
+        data = [feeds[i["name"]] for i in man["inputs"]] + targets
+        exe = link_train_harness(out, "model", profile, learning_rate)
+        losses = run_model(exe, profile, data, [("float32", (2,))], runs=3).outputs[0]
+        res.extra["train_losses"] = [float(v) for v in losses]
+        if not np.all(np.isfinite(losses)):
+            raise HarnessError(f"training step losses not finite: {losses.tolist()}")
+        res.insns_per_train_step = count_instructions(exe, profile, data, [("float32", (2,))], runs=3).per_inference
+        if res.insns_per_inference:
+            res.train_ratio = res.insns_per_train_step / res.insns_per_inference
+    if grad:
+        out = Path(workdir) / f"{target}-{model_path.stem}-grad"
+        start = time.perf_counter()
+        man = build(model_path, target, "model", out, grad=grad).manifest
+        res.extra["grad_build_s"] = round(time.perf_counter() - start, 1)
+        rng = np.random.default_rng(1)
+        cts = [rng.standard_normal(c["shape"]).astype(c["dtype"]) for c in man["grad"]["output_cotangents"]]
+        data = [feeds[i["name"]] for i in man["inputs"]] + cts
+        specs = [(v["dtype"], tuple(v["shape"])) for v in man["outputs"] + man["grad"]["input_cotangents"]
+                 + man["grad"]["params"]]
+        exe = link_train_harness(out, "model", profile)
+        if compare:  # the primal is the inference: its outputs against onnxruntime
+            got = run_model(exe, profile, data, specs, runs=1).outputs
+            want = onnxruntime_session(model).run(None, feeds)
+            bad = [r for r in (error_report(g, w) for g, w in zip(got, want)) if not r.ok]
+            if bad:
+                raise HarnessError(f"the primal's outputs differ from onnxruntime: {bad[0]}")
+        both = count_instructions(exe, profile, data, specs, runs=3).per_inference
+        res.insns_per_primal = count_instructions(exe, profile, data, specs, runs=3,
+                                                  env={"EDGEC_PRIMAL_ONLY": "1"}).per_inference
+        res.insns_per_pullback = both - res.insns_per_primal
+        if res.insns_per_inference:
+            res.grad_ratio = both / res.insns_per_inference
 
 
 def _bench_into(res, model_path, target, workdir, runs, count, compare):
@@ -269,20 +339,39 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def train_table(results: list[Result]) -> str:
+    """Instructions per training step and per primal + pullback next to those per inference."""
+    def ratio(x):
+        return f"{x:.2f}x" if x == x else "-"
+
+    head = (f"{'model':26} {'target':11} {'insns/inf':>12} {'insns/step':>12} {'step/inf':>8} "
+            f"{'insns/primal':>12} {'insns/pullback':>14} {'(p+pb)/inf':>10}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(f"{r.model:26} {r.target:11} {r.insns_per_inference:12,d} {r.insns_per_train_step:12,d} "
+                     f"{ratio(r.train_ratio):>8} {r.insns_per_primal:12,d} {r.insns_per_pullback:14,d} "
+                     f"{ratio(r.grad_ratio):>10}")
+    return "\n".join(lines)
+
+
 def write_json(results: list[Result], path: Path):
     Path(path).write_text(json.dumps([asdict(r) for r in results], indent=2, default=str) + "\n")
 
 
 def run(targets: list[str], models: list[Path], json_path: str | None = None, runs: int = 20,
-        count: bool = True) -> int:
+        count: bool = True, train: str | None = None, grad: str | None = None,
+        learning_rate: float = LEARNING_RATE) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="edgec-bench-") as tmp:
         for target in targets:
             for model in models:
-                r = bench(model, target, Path(tmp), runs=runs, count=count)
+                r = bench(model, target, Path(tmp), runs=runs, count=count, train=train, grad=grad,
+                          learning_rate=learning_rate)
                 print(f"  {r.model} on {r.target}: {'refused' if r.refused else 'ok' if r.ok else 'FAILED'}", file=sys.stderr, flush=True)
                 results.append(r)
     print(table(results))
+    if train or grad:
+        print(train_table(results))
     print(compile_summary(results))
     if json_path:
         write_json(results, Path(json_path))
@@ -311,7 +400,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-count", action="store_true", help="skip instruction counting")
     ap.add_argument("--layers", action="store_true",
                     help="also the single-layer cases of benchmarks/layers.py (GEMM 256^3/512^3, convolutions)")
+    ap.add_argument("--train", nargs="?", const="mse", metavar="LOSS",
+                    help="also instructions per training step (a --train LOSS build, default mse, against "
+                         "a zero target; SGD)")
+    ap.add_argument("--grad", choices=["reverse"], help="also instructions per primal and per pullback")
+    ap.add_argument("--lr", type=float, default=LEARNING_RATE, help="learning rate of the counted steps")
     args = ap.parse_args(argv)
+    if (args.train or args.grad) and args.no_count:
+        ap.error("--train and --grad count instructions: drop --no-count")
     targets, models = matrix()
     models = [Path(m) for m in args.model] if args.model else models
     with tempfile.TemporaryDirectory(prefix="edgec-layers-") as tmp:
@@ -320,7 +416,8 @@ def main(argv=None) -> int:
             from benchmarks.layers import write
 
             models = models + write(Path(tmp))
-        return run(args.target or targets, models, args.json, args.runs, not args.no_count)
+        return run(args.target or targets, models, args.json, args.runs, not args.no_count, args.train, args.grad,
+                   args.lr)
 
 
 if __name__ == "__main__":

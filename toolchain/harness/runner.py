@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import check_weights_symbol, macro_prefix, run_dims_symbol, run_ext_symbol, run_symbol
+from ..contract import (check_weights_symbol, macro_prefix, params_init_symbol, primal_symbol, pullback_symbol,
+                        run_dims_symbol, run_ext_symbol, run_symbol, train_step_symbol)
 from ..targets import Profile
 
 RUNTIME = Path(__file__).resolve().parent.parent.parent / "runtime"
@@ -52,6 +53,29 @@ def link_harness(build_dir: Path, name: str, profile: Profile, out: Path | None 
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise HarnessError(f"linking the harness for {profile.name} failed:\n{proc.stderr.strip()}")
+    return out
+
+
+def link_train_harness(build_dir: Path, name: str, profile: Profile, learning_rate: float = 0.01,
+                       out: Path | None = None) -> Path:
+    """train_harness.c + lib<name>.a of a --train build (RUNS training steps after one
+    params_init) or of a --grad reverse build (RUNS primal + pullback calls) -> a static
+    executable for the target, driven by run_model like the inference harness."""
+    build_dir = Path(build_dir)
+    facts = json.loads((build_dir / f"{name}.json").read_text())
+    if "train" in facts:
+        defs = [f"-DEDGEC_TRAIN_STEP={train_step_symbol(name)}", f"-DEDGEC_PARAMS_INIT={params_init_symbol(name)}",
+                f"-DEDGEC_NUM_TARGETS={len(facts['train']['targets'])}", f"-DEDGEC_LR={float(learning_rate)!r}f"]
+    elif facts.get("grad", {}).get("mode") == "reverse":
+        defs = [f"-DEDGEC_PRIMAL={primal_symbol(name)}", f"-DEDGEC_PULLBACK={pullback_symbol(name)}"]
+    else:
+        raise HarnessError(f"{build_dir / name}.json is neither a --train nor a --grad reverse build")
+    out = Path(out) if out else build_dir / f"{name}_train_harness"
+    cmd = zig_cc(profile) + [f"-I{build_dir}", f'-DEDGEC_HEADER="{name}.h"', f"-DEDGEC_PREFIX={macro_prefix(name)}",
+                             *defs, str(RUNTIME / "train_harness.c"), str(build_dir / f"lib{name}.a"), "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise HarnessError(f"linking the training harness for {profile.name} failed:\n{proc.stderr.strip()}")
     return out
 
 
