@@ -11,7 +11,7 @@ import onnx
 
 from .backends import get_backend
 from .cache import BuildHook
-from .contract import entry_symbols, fnv1a64, is_valid_name
+from .contract import entry_symbols, fnv1a64, is_valid_name, weights_section, weights_section_problem
 from .emit import ar_archive, build_id, c_header, check_out_dir, manifest_json, owned_files, replace_outputs
 from .errors import InternalError, InvalidModelError
 from .frontend.batching import import_batched
@@ -65,20 +65,36 @@ def check_name(name: str):
         raise InvalidModelError(f"--name '{name}' must be a C identifier (letters, digits, _; at most 63)")
 
 
+def check_weights_section(section: str | None, name: str, weights: str = "internal") -> str | None:
+    """The --weights-section of a build, checked: None for the default section
+    (.rodata.<name>.weights, also when given by that name: the same build)."""
+    if section is None:
+        return None
+    problem = weights_section_problem(section)
+    if problem is not None:
+        raise InvalidModelError(f"--weights-section {section!r} {problem}")
+    if weights != "internal":
+        raise InvalidModelError("--weights-section names the object's section for the weights; --weights external "
+                                "keeps them out of the object (choose one)")
+    return None if section == weights_section(name) else section
+
+
 def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = None,
                   emit: str = "object", weights: str = "internal", separate_nodes: bool = False,
-                  node_lines: bool = False, identity=None) -> Compiled:
+                  node_lines: bool = False, identity=None, weights_section: str | None = None) -> Compiled:
     """Passes (schedules chosen for the backend's vector unit), memory plan, the backend's
     object, self-containment check, worst-case stack. Nothing touches disk.
     separate_nodes, node_lines (object path only): the profiling builds of toolchain.profile
     (every node in a function of its own, never inlined; or the shipped code with a line
     table naming each instruction's node); never used for a shipped build.
-    identity(graph) -> build id, once the passes have run: exported as <name>_build_id."""
+    identity(graph) -> build id, once the passes have run: exported as <name>_build_id.
+    weights_section: the ELF section of the weights (check_weights_section; None: default)."""
     backend = get_backend(emit)
     if (separate_nodes or node_lines) and backend.name != "object":
         raise InvalidModelError(f"profiling builds need the object backend, not '{emit}'")
     if weights not in WEIGHT_PLACEMENTS:
         raise InvalidModelError(f"--weights must be one of {', '.join(WEIGHT_PLACEMENTS)}, got '{weights}'")
+    weights_section = check_weights_section(weights_section, name, weights)
     check_sizes(g, profile.index_bits)  # before any pass folds or tiles a tensor it cannot hold
     vector = backend.vector_unit(profile)
     run_pipeline(g, dump=dump, vector=vector)
@@ -87,6 +103,8 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
     options = {k: True for k, v in (("separate_nodes", separate_nodes), ("node_lines", node_lines)) if v}
     if identity is not None:
         options["build_id"] = identity(g)
+    if weights_section is not None:
+        options["weights_section"] = weights_section
     out = backend.generate(g, plan, name, profile, weights=weights, **options)
     info = read_object(out.object)
     check_self_contained(info, profile, name)
@@ -195,12 +213,15 @@ def compile_train_graph(g: Graph, params, profile: Profile, name: str, loss: str
 
 def compile_onnx(model: onnx.ModelProto, target: str, name: str = "model", dims=None,
                  dump: TextIO | None = None, emit: str = "object", weights: str = "internal",
-                 bind: dict | None = None) -> Compiled:
-    """bind: {graph input name: value} (frontend/binding.py): those inputs become constants."""
+                 bind: dict | None = None, weights_section: str | None = None) -> Compiled:
+    """bind: {graph input name: value} (frontend/binding.py): those inputs become constants.
+    weights_section: the ELF section of the weights (default .rodata.<name>.weights)."""
     check_name(name)
+    weights_section = check_weights_section(weights_section, name, weights)
     profile = get_profile(target)
     model = bind_inputs(model, resolve(model, bind, _fixed(dims)))
-    return compile_graph(import_batched(model, name, dims), profile, name, dump, emit, weights)
+    return compile_graph(import_batched(model, name, dims), profile, name, dump, emit, weights,
+                         weights_section=weights_section)
 
 
 def _fixed(dims) -> dict:
@@ -212,7 +233,7 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
           budgets: dict | None = None, weights: str = "internal", grad: str | None = None,
           train: str | None = None, bind: dict | None = None, trainable: str | None = None,
           optimizer: str = "sgd", momentum: float | None = None, wrt: str | None = None,
-          residuals: str | None = None) -> BuildResult:
+          residuals: str | None = None, weights_section: str | None = None) -> BuildResult:
     """emit="object": <name>.o and lib<name>.a (LLVM); emit="c": <name>.c (portable C99).
     Both also write <name>.h, <name>.json and the CMake/Make fragments.
     budgets: {"flash_bytes": n, "ram_bytes": n} over the target profile's own; a build over
@@ -233,8 +254,12 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     residual buffer holds the primal's inputs; the pullback recomputes the forward values). None of these uses the compile cache yet. bind: {graph input name:
     value} (an array, numbers, or the command line's text "1,2" / "@file.npy"): those inputs
     become constants of that value, gone from the C contract; the manifest lists them
-    ("bound_inputs")."""
+    ("bound_inputs"). weights_section: the ELF section of every weight (and packed-weight)
+    array on either path, instead of .rodata.<name>.weights, for a firmware linker script to
+    place (`*(NAME)`); recorded in the manifest ("weights_section") and the header, keyed in
+    the cache and the build id; counted as flash."""
     check_name(name)
+    weights_section = check_weights_section(weights_section, name, weights)
     if grad is not None and grad not in GRAD_MODES:
         raise InvalidModelError(f"--grad must be one of {', '.join(GRAD_MODES)}, got '{grad}'")
     get_backend(emit)
@@ -250,13 +275,15 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
         check_grad_options(wrt or "all", residuals or "save")
     if (grad or train) and weights != "internal":
         raise InvalidModelError("--weights external is for inference builds, not --grad or --train")
+    if (grad or train) and weights_section is not None:
+        raise InvalidModelError("--weights-section is for inference builds yet, not --grad or --train")
     if not train and (trainable is not None or optimizer != "sgd" or momentum is not None):
         raise InvalidModelError("--trainable, --optimizer and --momentum are options of --train builds")
     if train:
         check_optimizer(optimizer, momentum)
     model = load_model(model_path) if bind else None
     bound = resolve(model, bind, _fixed(dims)) if bind else {}
-    hook = (BuildHook.open(model_path, profile, name, dims, emit, budgets, weights, key_of(bound))
+    hook = (BuildHook.open(model_path, profile, name, dims, emit, budgets, weights, key_of(bound), weights_section)
             if dump is None and not (grad or train) else None)
     if hook is not None and (hit := hook.restore(out)) is not None:
         return BuildResult(*hit, compiled=None)  # a cache hit: the artifacts, nothing compiled
@@ -279,12 +306,13 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
                **({"trainable": trainable} if trainable is not None else {}),
                **({"optimizer": optimizer, "momentum": check_optimizer(optimizer, momentum)}
                   if train and optimizer != "sgd" else {}),
-               **({"bind": key_of(bound)} if bound else {})}
+               **({"bind": key_of(bound)} if bound else {}),
+               **({"weights_section": weights_section} if weights_section is not None else {})}
     if not (train or grad):
         def identity(g):  # the manifest's build id, known once the passes have run
             return build_id({"hashes": _hashes(g, model_path, options), "compiler": {"version": __version__}})
         compiled = compile_graph(import_batched(model, name, dims), profile, name, dump, emit, weights,
-                                 identity=identity)
+                                 identity=identity, weights_section=weights_section)
     manifest = make_manifest(compiled, profile, name, model_path, options)
     if bound:
         manifest["bound_inputs"] = manifest_entries(bound)
@@ -408,7 +436,8 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
     if c.train is not None and c.train["run"] is not None:
         graphs.append(c.train["run"])
     weight_bytes = sum({(v.type, v.data.tobytes()): v.type.nbytes for x in graphs for v in x.constants()}.values())
-    t = totals(c.info.sections)
+    section = options.get("weights_section")  # None: the default .rodata.<name>.weights
+    t = totals(c.info.sections, flash=(section,) if section else ())
     stack = c.stack or {}
     manifest = {
         "name": name,
@@ -421,6 +450,7 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
         "arena": {"size": c.plan.arena_size, "align": c.plan.alignment, "lower_bound": c.plan.lower_bound},
         "code_bytes": t["text"],
         "weight_bytes": weight_bytes,
+        **({"weights_section": section} if section else {}),
         **({"weights": _external_weights(c.files["weights"], name)} if (c.files or {}).get("weights") else {}),
         "rodata_bytes": t["rodata"],
         "stack_bytes": stack,

@@ -46,10 +46,11 @@ class CBackend:
         return PORTABLE_C
 
     def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile,
-                 weights: str = "internal", build_id: str | None = None) -> Generated:
+                 weights: str = "internal", build_id: str | None = None,
+                 weights_section: str | None = None) -> Generated:
         if weights != "internal":
             raise UnsupportedError("--weights external is not supported with --emit c yet")
-        source = c_source(g, plan, name, profile.name, build_id)
+        source = c_source(g, plan, name, profile.name, build_id, weights_section)
         frames: dict = {}
         obj = compile_c(source, profile, frames=frames)
         # the entry calls each node's function, which call nothing (helpers are inline)
@@ -226,7 +227,8 @@ static inline float edgec_sqrtf(float x) {
 }
 
 
-def c_source(g: Graph, plan: MemoryPlan, name: str, target: str, build_id: str | None = None) -> str:
+def c_source(g: Graph, plan: MemoryPlan, name: str, target: str, build_id: str | None = None,
+             weights_section: str | None = None) -> str:
     weights = {id(v): (f"{name}_w{i}", v) for i, v in enumerate(g.constants())}
     kernels = [_node_function(g, plan, sym, node) if id(node) not in plan.elided else (None, "")
                for node, sym in zip(g.nodes, node_symbols(name, g.nodes))]
@@ -241,13 +243,14 @@ def c_source(g: Graph, plan: MemoryPlan, name: str, target: str, build_id: str |
             f"   Portable C99: includes only <stdint.h> and <stddef.h>, calls no libc or libm.\n"
             f"   Compile in an ISO mode (-std=c99) or with -ffp-contract=off to keep the\n"
             f"   rounding of the LLVM path. */\n")
-    return head + PRELUDE + "\n" + _section_macro(name) + _helpers(body) + body + "\n"
+    return head + PRELUDE + "\n" + _section_macro(name, weights_section) + _helpers(body) + body + "\n"
 
 
-def _section_macro(name: str) -> str:
-    """EDGEC_WEIGHTS: the weights' own read-only section (contract.weights_section)."""
+def _section_macro(name: str, section: str | None = None) -> str:
+    """EDGEC_WEIGHTS: the weights' own read-only section (contract.weights_section; a name
+    given to --weights-section is a checked linker-script word, safe inside the quotes)."""
     return (f"#if defined(__GNUC__) || defined(__clang__)\n#define EDGEC_WEIGHTS __attribute__((section(\""
-            f"{weights_section(name)}\")))\n#else\n#define EDGEC_WEIGHTS\n#endif\n\n")
+            f"{weights_section(name, section)}\")))\n#else\n#define EDGEC_WEIGHTS\n#endif\n\n")
 
 
 def c_grad_source(prog, plans, offsets, name: str, target: str) -> tuple[str, dict]:
