@@ -135,6 +135,17 @@ def test_bad_section_names_are_refused(section, model_file, tmp_path):
     assert not (tmp_path / "mlp.o").exists()  # refused before any work
 
 
+@pytest.mark.parametrize("kind,emit", [("reverse", "object"), ("forward", "c"), ("train", "object")])
+def test_derivative_and_training_builds_put_their_weights_there_too(kind, emit, model_file, tmp_path):
+    opts = {"train": "mse", "trainable": "b"} if kind == "train" else {"grad": kind}  # train: w stays a weight
+    res = build(model_file, T, "mlp", tmp_path, emit=emit, weights_section=".weights.mlp", **opts)
+    data = res.compiled.object if emit == "c" else (tmp_path / "mlp.o").read_bytes()
+    _assert_all_in(data, "mlp", ".weights.mlp", expect_packed=False)
+    assert res.manifest["weights_section"] == ".weights.mlp" and "ELF section .weights.mlp" in (tmp_path / "mlp.h").read_text()
+    plain = build(model_file, T, "mlp", tmp_path / "plain", emit=emit, **opts)
+    assert plain.manifest["build_id"] != res.manifest["build_id"]
+
+
 def test_longest_legal_name_and_the_characters_allowed(model_file, tmp_path):
     name = ".w$1-" + "x" * 59
     assert len(name) == 64
@@ -146,8 +157,6 @@ def test_longest_legal_name_and_the_characters_allowed(model_file, tmp_path):
 def test_conflicts_and_the_command_line(model_file, tmp_path, capsys):
     with pytest.raises(InvalidModelError, match="--weights external"):
         build(model_file, T, "mlp", tmp_path, weights="external", weights_section=".extflash")
-    with pytest.raises(InvalidModelError, match="--weights-section is for inference builds"):
-        build(model_file, T, "mlp", tmp_path, grad="reverse", weights_section=".extflash")
     assert cli.main(["build", "--target", T, "--model", str(model_file), "--name", "mlp", "--out",
                      str(tmp_path / "bad"), "--weights-section", "my weights"]) == 1
     err = capsys.readouterr().err

@@ -116,11 +116,16 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
 WEIGHT_PLACEMENTS = ("internal", "external")
 
 
+def _section(weights_section: str | None) -> dict:
+    """The backend's keyword for a --weights-section (none for the default: the same call)."""
+    return {"weights_section": weights_section} if weights_section is not None else {}
+
+
 GRAD_MODES = ("reverse", "forward")
 
 
 def compile_jvp_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = None,
-                      emit: str = "object") -> Compiled:
+                      emit: str = "object", weights_section: str | None = None) -> Compiled:
     """Forward mode: the JVP graph (passes.forward: outputs and their tangents from inputs and
     theirs, the weights read-only), the pipeline and the planner on it as on an inference
     graph, and <name>_jvp around it."""
@@ -131,7 +136,7 @@ def compile_jvp_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None
     run_pipeline(prog.graph, dump=dump, vector=vector)
     plan = plan_memory(prog.graph, profile.arena_align, buffer_alignment(4 * vector.lanes))
     check_sizes(prog.graph, profile.index_bits, plan)
-    out = backend.generate_jvp(prog, plan, name, profile)
+    out = backend.generate_jvp(prog, plan, name, profile, **_section(weights_section))
     info = read_object(out.object)
     check_self_contained(info, profile, name)
     stack = stack_usage(out.frames, out.calls, entry_symbols(name, grad="forward"), profile.return_address_bytes)
@@ -139,7 +144,8 @@ def compile_jvp_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None
 
 
 def compile_grad_graph(g: Graph, params, profile: Profile, name: str, dump: TextIO | None = None,
-                       emit: str = "object", wrt: str = "all", residuals: str = "save") -> Compiled:
+                       emit: str = "object", wrt: str = "all", residuals: str = "save",
+                       weights_section: str | None = None) -> Compiled:
     """Reverse mode: primal and pullback (passes.autodiff, parameters bound as read-only
     weights), the pipeline and the planner on each, both in one object. The arena serves
     either entry (the larger of the two plans); residuals live in a buffer of their own.
@@ -159,7 +165,7 @@ def compile_grad_graph(g: Graph, params, profile: Profile, name: str, dump: Text
         run_pipeline(graph, dump=dump, vector=vector)
         plans[part] = plan_memory(graph, profile.arena_align)
     offsets, size = residual_layout(prog.primal.outputs[prog.n_outputs:], profile.arena_align)
-    out = backend.generate_grad(prog, plans, offsets, name, profile)
+    out = backend.generate_grad(prog, plans, offsets, name, profile, **_section(weights_section))
     info = read_object(out.object)
     check_self_contained(info, profile, name)
     stack = stack_usage(out.frames, out.calls, entry_symbols(name, grad=True), profile.return_address_bytes)
@@ -174,7 +180,7 @@ def compile_grad_graph(g: Graph, params, profile: Profile, name: str, dump: Text
 def compile_train_graph(g: Graph, params, profile: Profile, name: str, loss: str = "mse",
                         dump: TextIO | None = None, emit: str = "object", optimizer: str = "sgd",
                         momentum: float | None = None, run: Graph | None = None,
-                        pattern: str | None = None) -> Compiled:
+                        pattern: str | None = None, weights_section: str | None = None) -> Compiled:
     """A training build (passes.train): the step graph, whose parameter (and velocity)
     updates are written over their own bytes in the caller's buffers (the plan places each
     updated value at its input), the params-init graph, and with `run` (another import of
@@ -197,7 +203,8 @@ def compile_train_graph(g: Graph, params, profile: Profile, name: str, loss: str
     for k, v in enumerate(tp.graph.outputs[1:]):  # the parameters, then (momentum) the velocities
         plans["train"].storage[id(v)] = Storage("input", first + k)  # the update overwrites its input
     offsets, size = param_layout(tp.params, profile.arena_align)
-    out = backend.generate_train(tp, init, plans, offsets, name, profile, graphs.get("run"))
+    out = backend.generate_train(tp, init, plans, offsets, name, profile, graphs.get("run"),
+                                 **_section(weights_section))
     info = read_object(out.object)
     check_self_contained(info, profile, name)
     stack = stack_usage(out.frames, out.calls, entry_symbols(name, train=True, run_params=run is not None),
@@ -275,8 +282,6 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
         check_grad_options(wrt or "all", residuals or "save")
     if (grad or train) and weights != "internal":
         raise InvalidModelError("--weights external is for inference builds, not --grad or --train")
-    if (grad or train) and weights_section is not None:
-        raise InvalidModelError("--weights-section is for inference builds yet, not --grad or --train")
     if not train and (trainable is not None or optimizer != "sgd" or momentum is not None):
         raise InvalidModelError("--trainable, --optimizer and --momentum are options of --train builds")
     if train:
@@ -292,12 +297,12 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     if train:
         compiled = compile_train_graph(import_model(model, name, dims), select_trainable(params, trainable), profile,
                                        name, train, dump, emit, optimizer, momentum, import_model(model, name, dims),
-                                       trainable)
+                                       trainable, weights_section)
     elif grad == "forward":
-        compiled = compile_jvp_graph(import_model(model, name, dims), profile, name, dump, emit)
+        compiled = compile_jvp_graph(import_model(model, name, dims), profile, name, dump, emit, weights_section)
     elif grad:
         compiled = compile_grad_graph(import_model(model, name, dims), params, profile, name, dump, emit,
-                                      wrt or "all", residuals or "save")
+                                      wrt or "all", residuals or "save", weights_section)
     options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__,
                **({"emit": emit} if emit != "object" else {}), **({"weights": weights} if weights != "internal" else {}),
                **({"grad": grad} if grad else {}), **({"train": train} if train else {}),

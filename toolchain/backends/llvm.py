@@ -60,23 +60,24 @@ class LLVMBackend:
         files = {"weights": blob.data()} if blob is not None else {}
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized, files=files)
 
-    def generate_train(self, tp, init, plans, offsets, name: str, profile: Profile, run=None) -> Generated:
+    def generate_train(self, tp, init, plans, offsets, name: str, profile: Profile, run=None,
+                       weights_section: str | None = None) -> Generated:
         """A training build: <name>_train_step, <name>_params_init and (with the graph `run`)
         <name>_run_params in one object."""
-        module = build_train_module(tp, init, plans, offsets, name, profile, run)
+        module = build_train_module(tp, init, plans, offsets, name, profile, run, weights_section)
         obj, optimized, frames = compile_ir(module_text(module), profile)
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
 
-    def generate_grad(self, prog, plans, offsets, name: str, profile: Profile) -> Generated:
+    def generate_grad(self, prog, plans, offsets, name: str, profile: Profile,
+                      weights_section: str | None = None) -> Generated:
         """A reverse-mode build: <name>_primal and <name>_pullback in one object."""
-        module = build_grad_module(prog, plans, offsets, name, profile)
+        module = build_grad_module(prog, plans, offsets, name, profile, weights_section)
         obj, optimized, frames = compile_ir(module_text(module), profile)
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
 
-    def generate_jvp(self, prog, plan, name: str, profile: Profile) -> Generated:
+    def generate_jvp(self, prog, plan, name: str, profile: Profile, weights_section: str | None = None) -> Generated:
         """A forward-mode build: <name>_jvp around the one JVP graph."""
-        module = ir.Module(name=name)
-        module.triple = profile.triple
+        module = _module(name, profile, weights_section)
         index = ir.IntType(profile.index_bits)
         run = _graph_functions(module, {"jvp": prog.graph}, {"jvp": plan}, name, profile, index)["jvp"]
         ptr = I8.as_pointer()
@@ -226,25 +227,25 @@ def _graph_functions(module, graphs: dict, plans: dict, name: str, profile: Prof
     return runs
 
 
-def build_grad_module(prog, plans, offsets, name: str, profile: Profile) -> ir.Module:
+def build_grad_module(prog, plans, offsets, name: str, profile: Profile,
+                      weights_section: str | None = None) -> ir.Module:
     """Both graphs of a reverse-mode build, and the two exported entries that route the
     residual buffer."""
-    module = ir.Module(name=name)
-    module.triple = profile.triple
+    module = _module(name, profile, weights_section)
     index = ir.IntType(profile.index_bits)
     runs = _graph_functions(module, {"primal": prog.primal, "pullback": prog.pullback}, plans, name, profile, index)
     _grad_entries(module, prog, runs, offsets, name, index)
     return module
 
 
-def build_train_module(tp, init, plans, offsets, name: str, profile: Profile, run=None) -> ir.Module:
+def build_train_module(tp, init, plans, offsets, name: str, profile: Profile, run=None,
+                       weights_section: str | None = None) -> ir.Module:
     """A training build: <name>_train_step around the train graph (parameters read and
     updated in the caller's buffer at `offsets`, with momentum each velocity at the same
     offset in opt_state, the learning rate passed by value), <name>_params_init around the
     graph that copies the trained values there, and <name>_run_params around the inference
     graph `run` (the parameters read from the caller's buffer)."""
-    module = ir.Module(name=name)
-    module.triple = profile.triple
+    module = _module(name, profile, weights_section)
     index = ir.IntType(profile.index_bits)
     graphs = {"train": tp.graph, "init": init, **({"run": run} if run is not None else {})}
     runs = _graph_functions(module, graphs, plans, name, profile, index)
