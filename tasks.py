@@ -104,12 +104,14 @@ def compare(c, target=None, model=None, input=None, dim=None, json=None):
             "model": "ONNX file (default: the bundled keyword-spotting DS-CNN)",
             "path": "object, c or both (default): which build of the model to link",
             "out": "work directory (default build/firmware-<target>)",
-            "corrupt_expected": "falsify one expected value: must report FAIL and exit non-zero"})
-def firmware(c, target=None, model=None, path=None, out=None, corrupt_expected=False):
+            "corrupt_expected": "falsify one expected value: must report FAIL and exit non-zero",
+            "weights_section": "the model's weights in this ELF section (Cortex-M: .weights goes to WEIGHTS)"})
+def firmware(c, target=None, model=None, path=None, out=None, corrupt_expected=False, weights_section=None):
     """Build the bare-metal example firmware (firmware/) and boot it on full-system QEMU:
     prints PASS with the max error and exits 0, or FAIL and exits non-zero."""
     args = [PY, "-m", "toolchain.firmware"]
-    for flag, value in (("--target", target), ("--path", path), ("--model", model), ("--out", out)):
+    for flag, value in (("--target", target), ("--path", path), ("--model", model), ("--out", out),
+                        ("--weights-section", weights_section)):
         if value is not None:
             args += [flag, str(value)]
     if corrupt_expected:
