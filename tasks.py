@@ -32,6 +32,7 @@ def _exec(args):
             "flash_budget": "fail if flash (text+rodata+data) exceeds BYTES",
             "ram_budget": "fail if RAM (data+bss+arena+stack) exceeds BYTES",
             "weights": "internal (default) or external: weights in <name>_weights.bin, <name>_run_ext",
+            "weights_section": "the ELF section of the weights (default .rodata.<name>.weights), for a linker script",
             "grad": "reverse: <name>_primal and <name>_pullback; forward: <name>_jvp; instead of <name>_run",
             "wrt": "with --grad reverse: inputs, params or all (the default): which cotangents",
             "residuals": "with --grad reverse: save (the default) or recompute the forward values in the pullback",
@@ -43,7 +44,7 @@ def _exec(args):
       iterable=["dim", "model", "bind"])
 def build(c, target=None, model=None, name=None, out=None, dump_ir=False, dim=None, emit=None,
           flash_budget=None, ram_budget=None, weights=None, grad=None, train=False, loss=None, bind=None,
-          trainable=None, optimizer=None, momentum=None, wrt=None, residuals=None):
+          trainable=None, optimizer=None, momentum=None, wrt=None, residuals=None, weights_section=None):
     """Compile a model to <out>/<name>.o, lib<name>.a (or <name>.c), <name>.h, <name>.json,
     <name>.cmake and <name>.mk (runs `python -m toolchain build`, the edgec CLI)."""
     args = [PY, "-m", "toolchain", "build"]
@@ -51,7 +52,7 @@ def build(c, target=None, model=None, name=None, out=None, dump_ir=False, dim=No
                         ("--emit", emit), ("--flash-budget", flash_budget), ("--ram-budget", ram_budget),
                         ("--weights", weights), ("--grad", grad), ("--loss", loss), ("--trainable", trainable),
                         ("--optimizer", optimizer), ("--momentum", momentum), ("--wrt", wrt),
-                        ("--residuals", residuals)):
+                        ("--residuals", residuals), ("--weights-section", weights_section)):
         if value is not None:
             args += [flag, str(value)]
     for m in model or []:
@@ -103,12 +104,14 @@ def compare(c, target=None, model=None, input=None, dim=None, json=None):
             "model": "ONNX file (default: the bundled keyword-spotting DS-CNN)",
             "path": "object, c or both (default): which build of the model to link",
             "out": "work directory (default build/firmware-<target>)",
-            "corrupt_expected": "falsify one expected value: must report FAIL and exit non-zero"})
-def firmware(c, target=None, model=None, path=None, out=None, corrupt_expected=False):
+            "corrupt_expected": "falsify one expected value: must report FAIL and exit non-zero",
+            "weights_section": "the model's weights in this ELF section (Cortex-M: .weights goes to WEIGHTS)"})
+def firmware(c, target=None, model=None, path=None, out=None, corrupt_expected=False, weights_section=None):
     """Build the bare-metal example firmware (firmware/) and boot it on full-system QEMU:
     prints PASS with the max error and exits 0, or FAIL and exits non-zero."""
     args = [PY, "-m", "toolchain.firmware"]
-    for flag, value in (("--target", target), ("--path", path), ("--model", model), ("--out", out)):
+    for flag, value in (("--target", target), ("--path", path), ("--model", model), ("--out", out),
+                        ("--weights-section", weights_section)):
         if value is not None:
             args += [flag, str(value)]
     if corrupt_expected:

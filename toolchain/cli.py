@@ -92,7 +92,7 @@ def cmd_build(args):
                 train=getattr(args, "loss", None) if getattr(args, "train", False) else None, bind=binds or None,
                 trainable=getattr(args, "trainable", None), optimizer=getattr(args, "optimizer", "sgd"),
                 momentum=getattr(args, "momentum", None), wrt=getattr(args, "wrt", None),
-                residuals=getattr(args, "residuals", None))
+                residuals=getattr(args, "residuals", None), weights_section=getattr(args, "weights_section", None))
     m = res.manifest
     print(f"built {m['model']} for {m['target']['name']} -> {res.paths['header'].parent}")
     for kind, path in res.paths.items():
@@ -133,8 +133,9 @@ def cmd_build(args):
 
 
 def _build_library(args, specs, dims):
-    if dims or args.emit != "object" or args.dump_ir or args.weights != "internal":
-        raise InvalidModelError("a library of several models takes no --dim, --emit c, --weights or --dump-ir")
+    if dims or args.emit != "object" or args.dump_ir or args.weights != "internal" or args.weights_section:
+        raise InvalidModelError("a library of several models takes no --dim, --emit c, --weights, --weights-section "
+                                "or --dump-ir")
     from .library import build_library, parse_model_specs
 
     res = build_library(parse_model_specs(specs), args.target, args.name, args.out,
@@ -287,6 +288,10 @@ def parser():
     b.add_argument("--weights", choices=["internal", "external"], default="internal",
                    help="internal: in the object's .rodata.<name>.weights (default); external: in "
                         "<name>_weights.bin, passed to <name>_run_ext (external flash, a file system)")
+    b.add_argument("--weights-section", metavar="NAME",
+                   help="the ELF section of the weights instead of .rodata.<name>.weights, for a firmware linker "
+                        "script to place (`*(NAME)`: external flash, a chosen bank); letters, digits, _ . $ -, at "
+                        "most 64 characters")
     b.add_argument("--grad", choices=["reverse", "forward"], help="reverse: <name>_primal and <name>_pullback "
                    "(derivatives with respect to every float input and initializer); forward: <name>_jvp (outputs "
                    "and their tangents from inputs and theirs); instead of <name>_run")

@@ -11,7 +11,7 @@ import onnx
 
 from .backends import get_backend
 from .cache import BuildHook
-from .contract import entry_symbols, fnv1a64, is_valid_name
+from .contract import entry_symbols, fnv1a64, is_valid_name, weights_section, weights_section_problem
 from .emit import ar_archive, build_id, c_header, check_out_dir, manifest_json, owned_files, replace_outputs
 from .errors import InternalError, InvalidModelError
 from .frontend.batching import import_batched
@@ -65,20 +65,36 @@ def check_name(name: str):
         raise InvalidModelError(f"--name '{name}' must be a C identifier (letters, digits, _; at most 63)")
 
 
+def check_weights_section(section: str | None, name: str, weights: str = "internal") -> str | None:
+    """The --weights-section of a build, checked: None for the default section
+    (.rodata.<name>.weights, also when given by that name: the same build)."""
+    if section is None:
+        return None
+    problem = weights_section_problem(section)
+    if problem is not None:
+        raise InvalidModelError(f"--weights-section {section!r} {problem}")
+    if weights != "internal":
+        raise InvalidModelError("--weights-section names the object's section for the weights; --weights external "
+                                "keeps them out of the object (choose one)")
+    return None if section == weights_section(name) else section
+
+
 def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = None,
                   emit: str = "object", weights: str = "internal", separate_nodes: bool = False,
-                  node_lines: bool = False, identity=None) -> Compiled:
+                  node_lines: bool = False, identity=None, weights_section: str | None = None) -> Compiled:
     """Passes (schedules chosen for the backend's vector unit), memory plan, the backend's
     object, self-containment check, worst-case stack. Nothing touches disk.
     separate_nodes, node_lines (object path only): the profiling builds of toolchain.profile
     (every node in a function of its own, never inlined; or the shipped code with a line
     table naming each instruction's node); never used for a shipped build.
-    identity(graph) -> build id, once the passes have run: exported as <name>_build_id."""
+    identity(graph) -> build id, once the passes have run: exported as <name>_build_id.
+    weights_section: the ELF section of the weights (check_weights_section; None: default)."""
     backend = get_backend(emit)
     if (separate_nodes or node_lines) and backend.name != "object":
         raise InvalidModelError(f"profiling builds need the object backend, not '{emit}'")
     if weights not in WEIGHT_PLACEMENTS:
         raise InvalidModelError(f"--weights must be one of {', '.join(WEIGHT_PLACEMENTS)}, got '{weights}'")
+    weights_section = check_weights_section(weights_section, name, weights)
     check_sizes(g, profile.index_bits)  # before any pass folds or tiles a tensor it cannot hold
     vector = backend.vector_unit(profile)
     run_pipeline(g, dump=dump, vector=vector)
@@ -87,6 +103,8 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
     options = {k: True for k, v in (("separate_nodes", separate_nodes), ("node_lines", node_lines)) if v}
     if identity is not None:
         options["build_id"] = identity(g)
+    if weights_section is not None:
+        options["weights_section"] = weights_section
     out = backend.generate(g, plan, name, profile, weights=weights, **options)
     info = read_object(out.object)
     check_self_contained(info, profile, name)
@@ -98,11 +116,16 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
 WEIGHT_PLACEMENTS = ("internal", "external")
 
 
+def _section(weights_section: str | None) -> dict:
+    """The backend's keyword for a --weights-section (none for the default: the same call)."""
+    return {"weights_section": weights_section} if weights_section is not None else {}
+
+
 GRAD_MODES = ("reverse", "forward")
 
 
 def compile_jvp_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = None,
-                      emit: str = "object") -> Compiled:
+                      emit: str = "object", weights_section: str | None = None) -> Compiled:
     """Forward mode: the JVP graph (passes.forward: outputs and their tangents from inputs and
     theirs, the weights read-only), the pipeline and the planner on it as on an inference
     graph, and <name>_jvp around it."""
@@ -113,7 +136,7 @@ def compile_jvp_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None
     run_pipeline(prog.graph, dump=dump, vector=vector)
     plan = plan_memory(prog.graph, profile.arena_align, buffer_alignment(4 * vector.lanes))
     check_sizes(prog.graph, profile.index_bits, plan)
-    out = backend.generate_jvp(prog, plan, name, profile)
+    out = backend.generate_jvp(prog, plan, name, profile, **_section(weights_section))
     info = read_object(out.object)
     check_self_contained(info, profile, name)
     stack = stack_usage(out.frames, out.calls, entry_symbols(name, grad="forward"), profile.return_address_bytes)
@@ -121,7 +144,8 @@ def compile_jvp_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None
 
 
 def compile_grad_graph(g: Graph, params, profile: Profile, name: str, dump: TextIO | None = None,
-                       emit: str = "object", wrt: str = "all", residuals: str = "save") -> Compiled:
+                       emit: str = "object", wrt: str = "all", residuals: str = "save",
+                       weights_section: str | None = None) -> Compiled:
     """Reverse mode: primal and pullback (passes.autodiff, parameters bound as read-only
     weights), the pipeline and the planner on each, both in one object. The arena serves
     either entry (the larger of the two plans); residuals live in a buffer of their own.
@@ -141,7 +165,7 @@ def compile_grad_graph(g: Graph, params, profile: Profile, name: str, dump: Text
         run_pipeline(graph, dump=dump, vector=vector)
         plans[part] = plan_memory(graph, profile.arena_align)
     offsets, size = residual_layout(prog.primal.outputs[prog.n_outputs:], profile.arena_align)
-    out = backend.generate_grad(prog, plans, offsets, name, profile)
+    out = backend.generate_grad(prog, plans, offsets, name, profile, **_section(weights_section))
     info = read_object(out.object)
     check_self_contained(info, profile, name)
     stack = stack_usage(out.frames, out.calls, entry_symbols(name, grad=True), profile.return_address_bytes)
@@ -156,7 +180,7 @@ def compile_grad_graph(g: Graph, params, profile: Profile, name: str, dump: Text
 def compile_train_graph(g: Graph, params, profile: Profile, name: str, loss: str = "mse",
                         dump: TextIO | None = None, emit: str = "object", optimizer: str = "sgd",
                         momentum: float | None = None, run: Graph | None = None,
-                        pattern: str | None = None) -> Compiled:
+                        pattern: str | None = None, weights_section: str | None = None) -> Compiled:
     """A training build (passes.train): the step graph, whose parameter (and velocity)
     updates are written over their own bytes in the caller's buffers (the plan places each
     updated value at its input), the params-init graph, and with `run` (another import of
@@ -179,7 +203,8 @@ def compile_train_graph(g: Graph, params, profile: Profile, name: str, loss: str
     for k, v in enumerate(tp.graph.outputs[1:]):  # the parameters, then (momentum) the velocities
         plans["train"].storage[id(v)] = Storage("input", first + k)  # the update overwrites its input
     offsets, size = param_layout(tp.params, profile.arena_align)
-    out = backend.generate_train(tp, init, plans, offsets, name, profile, graphs.get("run"))
+    out = backend.generate_train(tp, init, plans, offsets, name, profile, graphs.get("run"),
+                                 **_section(weights_section))
     info = read_object(out.object)
     check_self_contained(info, profile, name)
     stack = stack_usage(out.frames, out.calls, entry_symbols(name, train=True, run_params=run is not None),
@@ -195,12 +220,15 @@ def compile_train_graph(g: Graph, params, profile: Profile, name: str, loss: str
 
 def compile_onnx(model: onnx.ModelProto, target: str, name: str = "model", dims=None,
                  dump: TextIO | None = None, emit: str = "object", weights: str = "internal",
-                 bind: dict | None = None) -> Compiled:
-    """bind: {graph input name: value} (frontend/binding.py): those inputs become constants."""
+                 bind: dict | None = None, weights_section: str | None = None) -> Compiled:
+    """bind: {graph input name: value} (frontend/binding.py): those inputs become constants.
+    weights_section: the ELF section of the weights (default .rodata.<name>.weights)."""
     check_name(name)
+    weights_section = check_weights_section(weights_section, name, weights)
     profile = get_profile(target)
     model = bind_inputs(model, resolve(model, bind, _fixed(dims)))
-    return compile_graph(import_batched(model, name, dims), profile, name, dump, emit, weights)
+    return compile_graph(import_batched(model, name, dims), profile, name, dump, emit, weights,
+                         weights_section=weights_section)
 
 
 def _fixed(dims) -> dict:
@@ -212,7 +240,7 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
           budgets: dict | None = None, weights: str = "internal", grad: str | None = None,
           train: str | None = None, bind: dict | None = None, trainable: str | None = None,
           optimizer: str = "sgd", momentum: float | None = None, wrt: str | None = None,
-          residuals: str | None = None) -> BuildResult:
+          residuals: str | None = None, weights_section: str | None = None) -> BuildResult:
     """emit="object": <name>.o and lib<name>.a (LLVM); emit="c": <name>.c (portable C99).
     Both also write <name>.h, <name>.json and the CMake/Make fragments.
     budgets: {"flash_bytes": n, "ram_bytes": n} over the target profile's own; a build over
@@ -233,8 +261,12 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     residual buffer holds the primal's inputs; the pullback recomputes the forward values). None of these uses the compile cache yet. bind: {graph input name:
     value} (an array, numbers, or the command line's text "1,2" / "@file.npy"): those inputs
     become constants of that value, gone from the C contract; the manifest lists them
-    ("bound_inputs")."""
+    ("bound_inputs"). weights_section: the ELF section of every weight (and packed-weight)
+    array on either path, instead of .rodata.<name>.weights, for a firmware linker script to
+    place (`*(NAME)`); recorded in the manifest ("weights_section") and the header, keyed in
+    the cache and the build id; counted as flash."""
     check_name(name)
+    weights_section = check_weights_section(weights_section, name, weights)
     if grad is not None and grad not in GRAD_MODES:
         raise InvalidModelError(f"--grad must be one of {', '.join(GRAD_MODES)}, got '{grad}'")
     get_backend(emit)
@@ -256,7 +288,7 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
         check_optimizer(optimizer, momentum)
     model = load_model(model_path) if bind else None
     bound = resolve(model, bind, _fixed(dims)) if bind else {}
-    hook = (BuildHook.open(model_path, profile, name, dims, emit, budgets, weights, key_of(bound))
+    hook = (BuildHook.open(model_path, profile, name, dims, emit, budgets, weights, key_of(bound), weights_section)
             if dump is None and not (grad or train) else None)
     if hook is not None and (hit := hook.restore(out)) is not None:
         return BuildResult(*hit, compiled=None)  # a cache hit: the artifacts, nothing compiled
@@ -265,12 +297,12 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     if train:
         compiled = compile_train_graph(import_model(model, name, dims), select_trainable(params, trainable), profile,
                                        name, train, dump, emit, optimizer, momentum, import_model(model, name, dims),
-                                       trainable)
+                                       trainable, weights_section)
     elif grad == "forward":
-        compiled = compile_jvp_graph(import_model(model, name, dims), profile, name, dump, emit)
+        compiled = compile_jvp_graph(import_model(model, name, dims), profile, name, dump, emit, weights_section)
     elif grad:
         compiled = compile_grad_graph(import_model(model, name, dims), params, profile, name, dump, emit,
-                                      wrt or "all", residuals or "save")
+                                      wrt or "all", residuals or "save", weights_section)
     options = {"target": target, "name": name, "dims": dims or {}, "compiler": __version__,
                **({"emit": emit} if emit != "object" else {}), **({"weights": weights} if weights != "internal" else {}),
                **({"grad": grad} if grad else {}), **({"train": train} if train else {}),
@@ -279,12 +311,13 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
                **({"trainable": trainable} if trainable is not None else {}),
                **({"optimizer": optimizer, "momentum": check_optimizer(optimizer, momentum)}
                   if train and optimizer != "sgd" else {}),
-               **({"bind": key_of(bound)} if bound else {})}
+               **({"bind": key_of(bound)} if bound else {}),
+               **({"weights_section": weights_section} if weights_section is not None else {})}
     if not (train or grad):
         def identity(g):  # the manifest's build id, known once the passes have run
             return build_id({"hashes": _hashes(g, model_path, options), "compiler": {"version": __version__}})
         compiled = compile_graph(import_batched(model, name, dims), profile, name, dump, emit, weights,
-                                 identity=identity)
+                                 identity=identity, weights_section=weights_section)
     manifest = make_manifest(compiled, profile, name, model_path, options)
     if bound:
         manifest["bound_inputs"] = manifest_entries(bound)
@@ -408,7 +441,8 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
     if c.train is not None and c.train["run"] is not None:
         graphs.append(c.train["run"])
     weight_bytes = sum({(v.type, v.data.tobytes()): v.type.nbytes for x in graphs for v in x.constants()}.values())
-    t = totals(c.info.sections)
+    section = options.get("weights_section")  # None: the default .rodata.<name>.weights
+    t = totals(c.info.sections, flash=(section,) if section else ())
     stack = c.stack or {}
     manifest = {
         "name": name,
@@ -421,6 +455,7 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
         "arena": {"size": c.plan.arena_size, "align": c.plan.alignment, "lower_bound": c.plan.lower_bound},
         "code_bytes": t["text"],
         "weight_bytes": weight_bytes,
+        **({"weights_section": section} if section else {}),
         **({"weights": _external_weights(c.files["weights"], name)} if (c.files or {}).get("weights") else {}),
         "rodata_bytes": t["rodata"],
         "stack_bytes": stack,

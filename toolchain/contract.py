@@ -192,10 +192,40 @@ def entry_symbols(name: str, bounded: bool = False, grad: bool | str = False, tr
     return [run_symbol(name), run_dims_symbol(name)] if bounded else [run_symbol(name)]
 
 
-def weights_section(name: str) -> str:
+def weights_section(name: str, section: str | None = None) -> str:
     """The ELF section holding a build's weights (read-only), so a firmware linker script
-    can place them (external flash, a chosen bank): `*(.rodata.<name>.weights)`."""
-    return f".rodata.{name}.weights"
+    can place them (external flash, a chosen bank): `*(.rodata.<name>.weights)`, or the
+    name given to --weights-section (checked by weights_section_problem)."""
+    return section or f".rodata.{name}.weights"
+
+
+SECTION_PATTERN = r"[A-Za-z_.][A-Za-z0-9_.$-]{0,63}"  # one linker-script word, quoting never needed
+# Names whose ELF type or flags an assembler or linker derives from the name (uninitialized,
+# thread-local, writable, code, start-up arrays, notes, debug or linker metadata): read-only
+# weights there would be refused by the assembler or end up in RAM or in the wrong place.
+RESERVED_SECTIONS = (".bss", ".sbss", ".tbss", ".tdata", ".data", ".sdata", ".text", ".init_array",
+                     ".fini_array", ".preinit_array", ".ctors", ".dtors", ".init", ".fini", ".note",
+                     ".debug", ".comment", ".eh_frame", ".got", ".plt", ".rel", ".rela", ".dynamic",
+                     ".symtab", ".strtab", ".shstrtab", ".stack", ".heap", ".ARM", ".gnu", ".llvm")
+
+
+def weights_section_problem(section: str) -> str | None:
+    """Why `section` cannot hold a build's weights (None: it can). A legal ELF section name
+    that a linker script names without quotes (letters, digits, _ . $ -; not starting with a
+    digit or -; at most 64 characters) and that no tool treats as anything but read-only data."""
+    if not isinstance(section, str) or not section:
+        return "is empty"
+    if len(section) > 64:
+        return f"is {len(section)} characters long (at most 64)"
+    if re.fullmatch(SECTION_PATTERN, section) is None:
+        bad = sorted({repr(c) for c in section if not (c.isascii() and (c.isalnum() or c in "_.$-"))})
+        return (f"has characters a linker script cannot name unquoted ({', '.join(bad)})" if bad
+                else "must start with a letter, _ or .")
+    for reserved in RESERVED_SECTIONS:
+        if section == reserved or section.startswith(reserved + "."):
+            return (f"is a {reserved} section, which tools treat as other than read-only data "
+                    "(choose a name such as .rodata.<x>, .weights or .extflash)")
+    return None
 
 
 def build_id_symbol(name: str) -> str:

@@ -109,6 +109,9 @@ def c_header(name: str, manifest: dict) -> str:
            f"#define {up}_ERR_WEIGHTS  {ERR_WEIGHTS}  /* weights NULL or misaligned ({run_ext_symbol(name)}), or "
            f"not this build's ({check_weights_symbol(name)}) */"]
           if (w := manifest.get("weights")) else []),
+        *([f"/* The weights are in the ELF section {c_comment_text(sec)} (--weights-section): place it with a "
+            f"linker script line such as `*({c_comment_text(sec)})`; it is flash (read-only). */"]
+          if (sec := manifest.get("weights_section")) else []),
         f"#define {up}_NUM_INPUTS   {len(manifest['inputs'])}",
         f"#define {up}_NUM_OUTPUTS  {len(manifest['outputs'])}",
     ]

@@ -134,24 +134,29 @@ def stack_reservation(manifest: dict, name: str = NAME) -> int | None:
 
 
 def build_image(model_path: Path, profile: Profile, path: str, out: Path, corrupt: bool = False,
-                stack_bytes: int | None = None) -> Path:
+                stack_bytes: int | None = None, weights_section: str | None = None,
+                linker_script: Path | None = None) -> Path:
     """One firmware image (ELF) for `path` ("object" or "c") in out/<path>/, its stack
-    `stack_bytes` (default: stack_reservation)."""
+    `stack_bytes` (default: stack_reservation). weights_section: the build's
+    --weights-section (the Cortex-M scripts gather `.weights` and `.weights.*` into the
+    output section .weights in their WEIGHTS region); linker_script: instead of the board's
+    (a copy with another memory map)."""
     board = board_for(profile)
     cc = compiler(profile, board)
     work = Path(out) / path
-    res = build(model_path, profile.name, NAME, work, emit=path)
+    res = build(model_path, profile.name, NAME, work, emit=path, weights_section=weights_section)
     if path == "c":
         build_c_library(work, NAME, profile, cc=cc)
     inputs, expected = test_vectors(res.manifest, model_path)
     (work / "fw_data.h").write_text(data_header(res.manifest, inputs, expected, corrupt))
     bdir = FIRMWARE / board["dir"]
     image = work / "firmware.elf"
-    script = bdir / board["linker_script"]
+    board_script = Path(linker_script) if linker_script else bdir / board["linker_script"]
+    script = board_script
     stack = stack_bytes or stack_reservation(res.manifest)
     if stack:  # zig's linker takes no --defsym: a two-line script that sets it and includes the board's
         script = work / "stack.ld"
-        script.write_text(f"STACK_SIZE = {(stack + 15) // 16 * 16};\nINCLUDE {bdir / board['linker_script']}\n")
+        script.write_text(f"STACK_SIZE = {(stack + 15) // 16 * 16};\nINCLUDE {board_script}\n")
     sources = [bdir / s for s in board["sources"]] + [FIRMWARE / "print.c", FIRMWARE / "main.c"]
     _run([*cc, "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", f"-I{work}", f"-I{bdir}",
           '-DFW_DATA="fw_data.h"', "-T", str(script), *map(str, sources),
@@ -187,12 +192,13 @@ def boot(image: Path, profile: Profile, timeout: float = 120) -> tuple[int, str]
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def run(model_path: Path | None, target: str, out: Path, paths=("object", "c"), corrupt=False) -> list[Verdict]:
+def run(model_path: Path | None, target: str, out: Path, paths=("object", "c"), corrupt=False,
+        weights_section: str | None = None) -> list[Verdict]:
     profile = get_profile(target)
     model_path = Path(model_path) if model_path else DEFAULT_MODEL
     verdicts = []
     for path in paths:
-        image = build_image(model_path, profile, path, out, corrupt)
+        image = build_image(model_path, profile, path, out, corrupt, weights_section=weights_section)
         rc, output = boot(image, profile)
         verdicts.append(Verdict(path, image, rc, output))
     return verdicts
@@ -204,13 +210,15 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="ONNX file (default: the bundled keyword-spotting DS-CNN)")
     ap.add_argument("--out", help="work directory (default build/firmware-<target>)")
     ap.add_argument("--path", choices=["object", "c", "both"], default="both")
+    ap.add_argument("--weights-section", metavar="NAME", help="build the model with its weights in this ELF "
+                    "section (the Cortex-M scripts place .weights and .weights.* in their WEIGHTS region)")
     ap.add_argument("--corrupt-expected", action="store_true",
                     help="falsify one expected value: the firmware must report FAIL and exit non-zero")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else PROJECT_ROOT / "build" / f"firmware-{args.target}"
     paths = ("object", "c") if args.path == "both" else (args.path,)
     try:
-        verdicts = run(args.model, args.target, out, paths, args.corrupt_expected)
+        verdicts = run(args.model, args.target, out, paths, args.corrupt_expected, args.weights_section)
     except (CompileError, FirmwareError) as e:
         print(f"firmware: error: {e}", file=sys.stderr)
         return 2

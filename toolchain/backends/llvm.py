@@ -36,16 +36,17 @@ class LLVMBackend:
 
     def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile,
                  weights: str = "internal", separate_nodes: bool = False, node_lines: bool = False,
-                 build_id: str | None = None) -> Generated:
+                 build_id: str | None = None, weights_section: str | None = None) -> Generated:
         """weights "external": no weight bytes in the object; they go to <name>_weights.bin
-        (Generated.files) and <name>_run_ext takes their address.
+        (Generated.files) and <name>_run_ext takes their address. weights_section: the ELF
+        section of every weight and packed-weight global (default .rodata.<name>.weights).
         The profiling builds of toolchain.profile (a shipped build sets neither, and its
         object does not change with the options present): separate_nodes keeps every node
         in its own function (noinline), so its code has an address range of its own;
         node_lines adds line-table debug info naming each instruction's node
         (backends/debuglines.py) to the shipped build's code."""
         blob = WeightBlob() if weights == "external" else None
-        module = build_module(g, plan, name, profile, blob, separate_nodes)
+        module = build_module(g, plan, name, profile, blob, separate_nodes, weights_section)
         if build_id is not None:
             _build_id_constant(module, name, build_id)
         text = module_text(module)
@@ -59,23 +60,24 @@ class LLVMBackend:
         files = {"weights": blob.data()} if blob is not None else {}
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized, files=files)
 
-    def generate_train(self, tp, init, plans, offsets, name: str, profile: Profile, run=None) -> Generated:
+    def generate_train(self, tp, init, plans, offsets, name: str, profile: Profile, run=None,
+                       weights_section: str | None = None) -> Generated:
         """A training build: <name>_train_step, <name>_params_init and (with the graph `run`)
         <name>_run_params in one object."""
-        module = build_train_module(tp, init, plans, offsets, name, profile, run)
+        module = build_train_module(tp, init, plans, offsets, name, profile, run, weights_section)
         obj, optimized, frames = compile_ir(module_text(module), profile)
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
 
-    def generate_grad(self, prog, plans, offsets, name: str, profile: Profile) -> Generated:
+    def generate_grad(self, prog, plans, offsets, name: str, profile: Profile,
+                      weights_section: str | None = None) -> Generated:
         """A reverse-mode build: <name>_primal and <name>_pullback in one object."""
-        module = build_grad_module(prog, plans, offsets, name, profile)
+        module = build_grad_module(prog, plans, offsets, name, profile, weights_section)
         obj, optimized, frames = compile_ir(module_text(module), profile)
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
 
-    def generate_jvp(self, prog, plan, name: str, profile: Profile) -> Generated:
+    def generate_jvp(self, prog, plan, name: str, profile: Profile, weights_section: str | None = None) -> Generated:
         """A forward-mode build: <name>_jvp around the one JVP graph."""
-        module = ir.Module(name=name)
-        module.triple = profile.triple
+        module = _module(name, profile, weights_section)
         index = ir.IntType(profile.index_bits)
         run = _graph_functions(module, {"jvp": prog.graph}, {"jvp": plan}, name, profile, index)["jvp"]
         ptr = I8.as_pointer()
@@ -127,7 +129,7 @@ class WeightBlob:
 
 
 def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile, blob: "WeightBlob | None" = None,
-                 separate_nodes: bool = False) -> ir.Module:
+                 separate_nodes: bool = False, weights_section: str | None = None) -> ir.Module:
     """separate_nodes: the run function calls, for each node, a function of the node's
     symbol that is never inlined and computes the node's pointers from (inputs, outputs,
     arena) exactly as the run function does (arena offsets as constants, the arena's
@@ -137,8 +139,7 @@ def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile, blob: 
     if separate_nodes and (blob is not None or g.batch is not None):
         raise UnsupportedError("a profiling build with every node in a function of its own needs internal "
                                "weights and static shapes")
-    module = ir.Module(name=name)
-    module.triple = profile.triple
+    module = _module(name, profile, weights_section)
     index = ir.IntType(profile.index_bits)
     if blob is None:
         weights = {id(v): _weight_global(module, f"{name}_w{i}", v.data) for i, v in enumerate(g.constants())}
@@ -226,25 +227,25 @@ def _graph_functions(module, graphs: dict, plans: dict, name: str, profile: Prof
     return runs
 
 
-def build_grad_module(prog, plans, offsets, name: str, profile: Profile) -> ir.Module:
+def build_grad_module(prog, plans, offsets, name: str, profile: Profile,
+                      weights_section: str | None = None) -> ir.Module:
     """Both graphs of a reverse-mode build, and the two exported entries that route the
     residual buffer."""
-    module = ir.Module(name=name)
-    module.triple = profile.triple
+    module = _module(name, profile, weights_section)
     index = ir.IntType(profile.index_bits)
     runs = _graph_functions(module, {"primal": prog.primal, "pullback": prog.pullback}, plans, name, profile, index)
     _grad_entries(module, prog, runs, offsets, name, index)
     return module
 
 
-def build_train_module(tp, init, plans, offsets, name: str, profile: Profile, run=None) -> ir.Module:
+def build_train_module(tp, init, plans, offsets, name: str, profile: Profile, run=None,
+                       weights_section: str | None = None) -> ir.Module:
     """A training build: <name>_train_step around the train graph (parameters read and
     updated in the caller's buffer at `offsets`, with momentum each velocity at the same
     offset in opt_state, the learning rate passed by value), <name>_params_init around the
     graph that copies the trained values there, and <name>_run_params around the inference
     graph `run` (the parameters read from the caller's buffer)."""
-    module = ir.Module(name=name)
-    module.triple = profile.triple
+    module = _module(name, profile, weights_section)
     index = ir.IntType(profile.index_bits)
     graphs = {"train": tp.graph, "init": init, **({"run": run} if run is not None else {})}
     runs = _graph_functions(module, graphs, plans, name, profile, index)
@@ -351,6 +352,15 @@ def _build_id_constant(module, name, build_id: str):
     gv.initializer = ir.Constant(ir.ArrayType(I8, len(raw)), raw)
 
 
+def _module(name: str, profile: Profile, weights_section: str | None = None) -> ir.Module:
+    """An empty module for the profile; its weight globals go to weights_section (None: the
+    contract's default, .rodata.<name>.weights)."""
+    module = ir.Module(name=name)
+    module.triple = profile.triple
+    module.__dict__["edgec_weights_section"] = weights_section
+    return module
+
+
 def _weight_global(module, sym, data):
     raw = bytearray(data.tobytes())
     arr = ir.ArrayType(I8, max(len(raw), 1))
@@ -359,7 +369,7 @@ def _weight_global(module, sym, data):
     gv.linkage = "internal"
     gv.unnamed_addr = True
     gv.align = WEIGHT_ALIGN
-    gv.section = weights_section(module.name)
+    gv.section = weights_section(module.name, module.__dict__.get("edgec_weights_section"))
     gv.initializer = ir.Constant(arr, raw or bytearray(1))
     return gv
 

@@ -36,7 +36,11 @@ class SizeReport:
         return json.dumps(asdict(self), indent=2) + "\n"
 
 
-def _kind(section: str) -> str:
+def _kind(section: str, flash=()) -> str:
+    """text, rodata, data or bss by the section's name; a section in `flash` (a build's
+    --weights-section) is read-only data whatever its name says."""
+    if section in flash:
+        return "rodata"
     if section.startswith(".text"):
         return "text"
     if section.startswith((".data", ".sdata")):
@@ -46,10 +50,11 @@ def _kind(section: str) -> str:
     return "rodata"  # .rodata*, .eh_frame, ... (read-only, allocated)
 
 
-def totals(sections: dict) -> dict:
+def totals(sections: dict, flash=()) -> dict:
+    """Bytes per kind (_kind); flash: sections known to be read-only data (the weights')."""
     out = {"text": 0, "rodata": 0, "data": 0, "bss": 0}
     for name, size in sections.items():
-        out[_kind(name)] += size
+        out[_kind(name, flash)] += size
     return out
 
 
@@ -69,7 +74,8 @@ def size_report(build_dir: Path, name: str) -> SizeReport:
     library = build_dir / f"lib{name}.a"
     if library.is_file():
         check_library(library.read_bytes(), profile, prefix)
-    t = totals(info.sections)
+    t = totals(info.sections, flash=[m["weights_section"] for m in (models or {"": man}).values()
+                                     if m.get("weights_section")])
     stack = man.get("stack_bytes", {})
     arena = man["shared_arena"]["size"] if models else man["arena"]["size"]
     per_model = {n: {"arena": m["arena"]["size"], "stack": max(m["stack_bytes"].values(), default=0),
