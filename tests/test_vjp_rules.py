@@ -1,0 +1,171 @@
+"""Reverse-mode rules of the transformer's ops and their friends (Erf, Gelu, Pow,
+LayerNormalization, Split, Slice, Pad, MaxPool): each pullback against central finite
+differences of the float64 reference (tests/autodiff_helpers.check_vjp), MaxPool's ties
+against a float64 numpy loop (first maximum in window order, as onnxruntime and PyTorch),
+the bundled transformer's pullback against finite differences and its compiled
+primal/pullback (x86-64-v3) against the float64 pullback, and the refusals."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from autodiff_helpers import check_vjp, onnx_model, pullback64
+from helpers import ROOT
+from test_autodiff import node, w, with_consts
+from toolchain.errors import UnsupportedError
+from toolchain.frontend.onnx_import import import_model
+from toolchain.passes.autodiff import reverse
+
+# (id, nodes, inputs, initializers, positive inputs, opset)
+RULES = [
+    ("erf", [node("Erf", ["a"])], {"a": (3, 5)}, {}, False, 17),
+    ("gelu", [node("Gelu", ["a"])], {"a": (3, 5)}, {}, False, 20),
+    ("gelu-tanh", [node("Gelu", ["a"], approximate="tanh")], {"a": (3, 5)}, {}, False, 20),
+    ("erf-gelu-chain", [node("Mul", ["a", "half"], ["h"]), node("Erf", ["h"], ["e"]), node("Mul", ["e", "a"])],
+     {"a": (2, 4)}, {}, False, 17),
+    ("pow-constant", [node("Pow", ["a", "two"])], {"a": (3, 5)}, {}, False, 17),
+    ("pow-int-exponent", [node("Pow", ["a", "three"])], {"a": (3, 5)}, {}, False, 17),
+    ("pow-both-broadcast", [node("Pow", ["a", "b"])], {"a": (3, 5), "b": (5,)}, {}, True, 17),
+    ("layernorm", [node("LayerNormalization", ["a", "s", "b"], axis=-1)], {"a": (2, 3, 5)},
+     {"s": w(5), "b": w(5)}, False, 17),
+    ("layernorm-affine-inputs", [node("LayerNormalization", ["a", "s", "b"], axis=1)],
+     {"a": (2, 3, 4), "s": (3, 4), "b": (4,)}, {}, False, 17),
+    ("layernorm-no-bias", [node("LayerNormalization", ["a", "s"], axis=0)], {"a": (3, 4)}, {"s": w(4)}, False, 17),
+    ("split", [node("Split", ["a", "sizes"], ["p", "q"], axis=1), node("MatMul", ["p", "q"])], {"a": (2, 6)}, {},
+     False, 17),
+    ("split-one-part-used", [node("Split", ["a"], ["p", "q", "r"], axis=0), node("Tanh", ["q"])], {"a": (6, 2)}, {},
+     False, 17),
+    ("slice-steps", [node("Slice", ["a", "starts", "ends", "slice_axes", "steps"])], {"a": (4, 6)}, {}, False, 17),
+    ("slice-step3-negative-start", [node("Slice", ["a", "starts2", "ends2", "axes1", "steps2"])], {"a": (2, 10)}, {},
+     False, 17),
+    ("slice-reverse", [node("Slice", ["a", "rstart", "rend", "axes1", "rstep"])], {"a": (2, 5)}, {}, False, 17),
+    ("pad-constant", [node("Pad", ["a", "pads", "value"])], {"a": (2, 3)}, {}, False, 17),
+    ("pad-crop", [node("Pad", ["a", "croppads"])], {"a": (4, 5)}, {}, False, 17),
+    ("pad-reflect", [node("Pad", ["a", "pads2"], mode="reflect")], {"a": (3, 4)}, {}, False, 17),
+    ("pad-edge", [node("Pad", ["a", "pads2"], mode="edge")], {"a": (3, 4)}, {}, False, 17),
+    ("pad-edge-wide", [node("Pad", ["a", "widepads"], mode="edge")], {"a": (2, 3)}, {}, False, 17),
+    ("pad-wrap", [node("Pad", ["a", "pads2"], mode="wrap")], {"a": (3, 4)}, {}, False, 19),
+    ("maxpool", [node("MaxPool", ["a"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
+     {"a": (2, 3, 7, 6)}, {}, False, 17),
+    ("maxpool-overlap", [node("MaxPool", ["a"], kernel_shape=[2, 2], strides=[1, 1])], {"a": (1, 2, 4, 5)}, {},
+     False, 17),
+    ("maxpool-dilated-ceil", [node("MaxPool", ["a"], kernel_shape=[2, 2], strides=[2, 1], dilations=[1, 2],
+                                   ceil_mode=1)], {"a": (1, 2, 5, 6)}, {}, False, 17),
+    ("maxpool-1d", [node("MaxPool", ["a"], kernel_shape=[2], strides=[2])], {"a": (2, 3, 8)}, {}, False, 17),
+    ("maxpool-with-indices", [node("MaxPool", ["a"], ["y", "i"], kernel_shape=[2, 2])], {"a": (1, 1, 4, 4)}, {},
+     False, 17),
+]
+CONSTS = {"half": np.array(0.70710678, np.float32), "two": np.array(2.0, np.float32),
+          "three": np.array(3, np.int64), "sizes": np.array([2, 4], np.int64),
+          "starts": np.array([1, 5], np.int64), "ends": np.array([4, 0], np.int64),
+          "slice_axes": np.array([0, 1], np.int64), "steps": np.array([2, -2], np.int64),
+          "starts2": np.array([-9], np.int64), "ends2": np.array([100], np.int64), "axes1": np.array([1], np.int64),
+          "steps2": np.array([3], np.int64), "rstart": np.array([-1], np.int64),
+          "rend": np.array([-100], np.int64), "rstep": np.array([-1], np.int64),
+          "pads": np.array([1, 0, 0, 2], np.int64), "value": np.array(1.5, np.float32),
+          "croppads": np.array([-1, 2, 1, -2], np.int64), "pads2": np.array([2, 1, 1, 3], np.int64),
+          "widepads": np.array([3, 0, 0, 5], np.int64)}
+
+
+def _model(case):
+    _, nodes, inputs, inits, _, opset = case
+    used = {i for n in nodes for i in n.input}
+    made = [helper.make_node("Constant", [], [k], value=helper.make_tensor(
+        k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape, v.reshape(-1).tolist())) for k, v in CONSTS.items()
+        if k in used]
+    return onnx_model(with_consts(made + nodes), inputs, inits, opset=opset)
+
+
+@pytest.mark.parametrize("case", RULES, ids=[c[0] for c in RULES])
+def test_vjp_rule_matches_finite_differences(case):
+    check_vjp(_model(case), positive=case[4])
+
+
+def _maxpool_grad_first_max(x, ct, k, s):
+    """float64 numpy: each window's cotangent onto its first maximum in row-major window order."""
+    gx = np.zeros_like(x)
+    n, c, h, wd = x.shape
+    for b, ch, i, j in itertools.product(range(n), range(c), range(ct.shape[2]), range(ct.shape[3])):
+        win = x[b, ch, i * s:i * s + k, j * s:j * s + k]
+        r, q = np.unravel_index(int(np.argmax(win)), win.shape)  # argmax: the first maximum
+        gx[b, ch, i * s + r, j * s + q] += ct[b, ch, i, j]
+    return gx
+
+
+def test_maxpool_ties_go_to_the_first_maximum():
+    """Integer-valued inputs with many equal maxima (ReLU'd, so whole windows of 0 too): every
+    tie is broken toward the first tap in window order, never split or doubled."""
+    m = onnx_model([node("MaxPool", ["a"], kernel_shape=[3, 3], strides=[2, 2])], {"a": (1, 2, 7, 7)})
+    rng = np.random.default_rng(5)
+    x = np.maximum(rng.integers(-2, 3, (1, 2, 7, 7)), 0).astype(np.float64)
+    prog, (y,), _, (ct,), (gx,) = pullback64(m, [x])
+    assert prog.wrt_inputs == [0]
+    np.testing.assert_array_equal(gx, _maxpool_grad_first_max(x, ct, 3, 2))
+    # the same through the float32 compiled pullback
+    from toolchain import compile_grad
+    cg = compile_grad(m)
+    _, res = cg.primal(x.astype(np.float32))
+    (gx32,), _ = cg.pullback(res, ct.astype(np.float32))
+    np.testing.assert_allclose(gx32, gx, rtol=1e-6, atol=1e-6)
+
+
+def _transformer():
+    return onnx.load(str(ROOT / "tests" / "models" / "transformer_encoder.onnx"))
+
+
+def test_transformer_pullback_matches_finite_differences():
+    """The bundled encoder layer (attention, Split, Softmax, Erf-GELU, two LayerNorms) with
+    respect to its input and every parameter: two random directions through all at once."""
+    prog = check_vjp(_transformer(), directions=2, joint=True)
+    assert len(prog.params) >= 10 and prog.wrt_inputs == [0]
+
+
+def test_transformer_compiled_primal_and_pullback_match_float64():
+    """build(..., grad="reverse") of the transformer compiles; its float32 primal and
+    pullback (x86-64-v3, in-process) against the float64 pullback, with the arena poisoned
+    between the two."""
+    from toolchain import compile_grad
+    m = _transformer()
+    cg = compile_grad(m)
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal(s).astype(np.float32) for _, _, s in cg.inputs]
+    outs, residuals = cg.primal(*xs)
+    _, ys, _, cts, grads = pullback64(m, [x.astype(np.float64) for x in xs], cts_seed=1)
+    for y, r in zip(outs, ys):
+        np.testing.assert_allclose(y, r, rtol=1e-4, atol=1e-4)
+    cg.arena[...] = 0xFF
+    gin, gpar = cg.pullback(residuals, *[c.astype(np.float32) for c in cts])
+    assert len(gin) + len(gpar) == len(grads)
+    for got, want in zip(gin + gpar, grads):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=2e-4 * max(1.0, np.abs(want).max()))
+
+
+def test_transformer_build_grad_reverse(tmp_path):
+    """The library build of the same model: header, manifest and objects are written."""
+    from toolchain.compiler import build
+    res = build(ROOT / "tests" / "models" / "transformer_encoder.onnx", "x86-64-v3", "model", tmp_path,
+                grad="reverse")
+    assert res.manifest["grad"]["residuals"]["size"] > 0
+    assert "model_pullback" in (tmp_path / "model.h").read_text()
+    assert (tmp_path / "libmodel.a").stat().st_size > 0
+
+
+@pytest.mark.parametrize("nodes, outputs, match", [
+    ([node("LayerNormalization", ["a", "s"], ["y", "mu"], axis=1), node("Add", ["y", "mu"], ["z"])], ("z",),
+     r"node 'LayerNormalization_\d+' \(LayerNormalization\): no derivative rule through the Mean/InvStdDev"),
+    ([node("Pad", ["a", "negpads"], mode="edge")], ("y",),
+     r"\(Pad\): no derivative rule for edge padding with negative pads"),
+])
+def test_refusals_name_node_and_op(nodes, outputs, match):
+    consts = {"s": np.ones(3, np.float32), "negpads": np.array([0, -1, 1, 0], np.int64)}
+    used = {i for n in nodes for i in n.input}
+    made = [helper.make_node("Constant", [], [k], value=helper.make_tensor(
+        k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape, v.reshape(-1).tolist())) for k, v in consts.items()
+        if k in used]
+    m = onnx_model(made + nodes, {"a": (2, 3)}, outputs=outputs)
+    with pytest.raises(UnsupportedError, match=match):
+        reverse(import_model(m))
