@@ -262,11 +262,13 @@ class Unary(Op):
     def vjp(self, b, node, cotangents):
         if node.op in PIECEWISE_CONSTANT:
             raise not_differentiable(node, "piecewise constant: its derivative is zero almost everywhere")
-        if node.op not in UNARY_VJP:
+        # dx = f'(x) dy is the product the tangent rule builds for dy = f'(x) dx
+        rule = UNARY_VJP.get(node.op, UNARY_JVP.get(node.op))
+        if rule is None:
             return super().vjp(b, node, cotangents)
         if len(node.inputs) > 1:
             raise unsupported(node, "no derivative rule with min/max given at run time (reverse mode)")
-        return [UNARY_VJP[node.op](b, node, cotangents[0])]
+        return [rule(b, node, cotangents[0])]
 
     def jvp(self, b, node, tangents):
         if node.op in PIECEWISE_CONSTANT:
