@@ -303,6 +303,9 @@ class Expand(Op):
     def reference(self, node, x):
         return [np.broadcast_to(x, self.infer(node)[0].shape).copy()]
 
+    def vjp(self, b, node, cotangents):
+        return [b.unbroadcast(cotangents[0], in_type(node).shape)]
+
     def lower(self, k, node, ins, outs):
         _copy(k, ins[0].broadcast_to(outs[0].shape), outs[0])
 
@@ -328,6 +331,12 @@ class Tile(Op):
 
     def reference(self, node, x):
         return [np.tile(x, node.attrs["repeats"])]
+
+    def vjp(self, b, node, cotangents):
+        """Each repeat's cotangent summed: viewed as (r0, d0, r1, d1, ...), reduced over the r's."""
+        shape, reps = in_type(node).shape, node.attrs["repeats"]
+        g = b.reshape(cotangents[0], [v for r, d in zip(reps, shape) for v in (r, d)])
+        return [b.reshape(b.op("ReduceSum", [g], axes=list(range(0, 2 * len(shape), 2)), keepdims=0), shape)]
 
     def lower(self, k, node, ins, outs):
         x, y = ins[0], outs[0]
@@ -370,6 +379,13 @@ class _Rearrange(Op):
     def reference(self, node, x):
         six, perm, out = self._plan(node)
         return [x.reshape(six).transpose(perm).reshape(out)]
+
+    def vjp(self, b, node, cotangents):
+        """A permutation of the elements: the inverse one (the reshapes and transpose backwards)."""
+        six, perm, _ = self._plan(node)
+        g = b.reshape(cotangents[0], [six[p] for p in perm])
+        g = b.op("Transpose", [g], perm=[int(i) for i in np.argsort(perm)])
+        return [b.reshape(g, in_type(node).shape)]
 
     def lower(self, k, node, ins, outs):
         six, perm, _ = self._plan(node)
