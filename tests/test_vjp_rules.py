@@ -56,6 +56,22 @@ RULES = [
     ("maxpool-dilated-ceil", [node("MaxPool", ["a"], kernel_shape=[2, 2], strides=[2, 1], dilations=[1, 2],
                                    ceil_mode=1)], {"a": (1, 2, 5, 6)}, {}, False, 17),
     ("maxpool-1d", [node("MaxPool", ["a"], kernel_shape=[2], strides=[2])], {"a": (2, 3, 8)}, {}, False, 17),
+    *[(op.lower(), [node(op, ["a"])], {"a": (3, 5)}, {}, op == "Reciprocal", 17)
+      for op in ("Abs", "Reciprocal", "Softplus", "Sin", "Cos")],
+    ("leakyrelu", [node("LeakyRelu", ["a"], alpha=0.2)], {"a": (3, 5)}, {}, False, 17),
+    ("leakyrelu-negative-slope", [node("LeakyRelu", ["a"], alpha=-0.3)], {"a": (3, 5)}, {}, False, 17),
+    ("clip-min-only", [node("Clip", ["a", "lo"])], {"a": (3, 5)}, {}, False, 17),
+    ("where", [node("Where", ["mask", "a", "b"])], {"a": (2, 3), "b": (3,)}, {}, False, 17),
+    ("where-one-branch", [node("Where", ["mask", "k", "a"])], {"a": (3,)}, {"k": w(2, 3)}, False, 17),
+    ("expand", [node("Expand", ["a", "shape3"])], {"a": (3, 1)}, {}, False, 17),
+    ("tile", [node("Tile", ["a", "reps"])], {"a": (2, 3)}, {}, False, 17),
+    ("gather-repeats-negative", [node("Gather", ["a", "idx"], axis=1)], {"a": (2, 4)}, {}, False, 17),
+    ("gather-axis0-embedding", [node("Gather", ["E", "idx3"], ["g"]), node("Tanh", ["g"])], {"E": (5, 3)}, {},
+     False, 17),
+    ("gather-scalar-index", [node("Gather", ["a", "one"], axis=1)], {"a": (2, 3, 4)}, {}, False, 17),
+    ("depthtospace", [node("DepthToSpace", ["a"], blocksize=2)], {"a": (1, 8, 2, 3)}, {}, False, 17),
+    ("depthtospace-crd", [node("DepthToSpace", ["a"], blocksize=2, mode="CRD")], {"a": (1, 8, 2, 3)}, {}, False, 17),
+    ("spacetodepth", [node("SpaceToDepth", ["a"], blocksize=2)], {"a": (1, 2, 4, 6)}, {}, False, 17),
     ("maxpool-with-indices", [node("MaxPool", ["a"], ["y", "i"], kernel_shape=[2, 2])], {"a": (1, 1, 4, 4)}, {},
      False, 17),
 ]
@@ -68,7 +84,10 @@ CONSTS = {"half": np.array(0.70710678, np.float32), "two": np.array(2.0, np.floa
           "rend": np.array([-100], np.int64), "rstep": np.array([-1], np.int64),
           "pads": np.array([1, 0, 0, 2], np.int64), "value": np.array(1.5, np.float32),
           "croppads": np.array([-1, 2, 1, -2], np.int64), "pads2": np.array([2, 1, 1, 3], np.int64),
-          "widepads": np.array([3, 0, 0, 5], np.int64)}
+          "widepads": np.array([3, 0, 0, 5], np.int64), "mask": np.array([True, False, True]),
+          "shape3": np.array([2, 3, 4], np.int64), "reps": np.array([2, 3], np.int64),
+          "idx": np.array([[3, 0], [-1, 1], [0, 0]], np.int64), "idx3": np.array([[4, 1, 1], [0, 4, 2]], np.int32),
+          "one": np.array(1, np.int64)}
 
 
 def _model(case):
