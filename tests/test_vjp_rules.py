@@ -231,3 +231,25 @@ def test_mixed_model_pullback_finite_differences_and_compiled():
     assert len(gin) + len(gpar) == len(grads) == 3 and np.count_nonzero(grads[0]) > 0
     for got, want in zip(gin + gpar, grads):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max()))
+
+
+def test_mixed_model_c_path_on_cortex_a76_under_qemu(tmp_path):
+    """The same model through the portable C path (zig cc for cortex-a76, run under qemu-user):
+    the -inf padding, strided and reversed slices and the scatter-add in C."""
+    from autodiff_helpers import run_driver_on_a76
+    from test_autodiff import _driver
+    m = _mixed()
+    got = {}
+
+    def feeds(man):  # the input, then the output cotangent the float64 pullback used
+        x = np.random.default_rng(6).standard_normal(man["inputs"][0]["shape"]).astype(np.float32)
+        _, got["ys"], _, cts, got["grads"] = pullback64(m, [x.astype(np.float64)])
+        return [x] + [c.astype(np.float32) for c in cts]
+
+    _, flat = run_driver_on_a76(m, tmp_path, "c", "reverse", _driver, feeds)
+    start = 0
+    for want in list(got["ys"]) + list(got["grads"]):
+        np.testing.assert_allclose(flat[start:start + want.size].reshape(want.shape), want, rtol=1e-3,
+                                   atol=1e-4 * max(1.0, np.abs(want).max()))
+        start += want.size
+    assert start == flat.size
