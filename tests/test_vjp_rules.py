@@ -1,9 +1,12 @@
 """Reverse-mode rules of the transformer's ops and their friends (Erf, Gelu, Pow,
-LayerNormalization, Split, Slice, Pad, MaxPool): each pullback against central finite
+LayerNormalization, Split, Slice, Pad, MaxPool, and those forward mode already had: the other
+unary ops, Where, Expand, Tile, Gather, DepthToSpace/SpaceToDepth): each pullback against central finite
 differences of the float64 reference (tests/autodiff_helpers.check_vjp), MaxPool's ties
 against a float64 numpy loop (first maximum in window order, as onnxruntime and PyTorch),
 the bundled transformer's pullback against finite differences and its compiled
-primal/pullback (x86-64-v3) against the float64 pullback, and the refusals."""
+primal/pullback (x86-64-v3; saved and recomputed residuals) against the float64 pullback,
+a model chaining every rule compiled in-process and through the C path on cortex-a76 under
+QEMU, and the refusals."""
 from __future__ import annotations
 
 import itertools
@@ -143,34 +146,27 @@ def test_transformer_pullback_matches_finite_differences():
     assert len(prog.params) >= 10 and prog.wrt_inputs == [0]
 
 
-def test_transformer_compiled_primal_and_pullback_match_float64():
-    """build(..., grad="reverse") of the transformer compiles; its float32 primal and
-    pullback (x86-64-v3, in-process) against the float64 pullback, with the arena poisoned
-    between the two."""
+@pytest.mark.parametrize("wrt, residuals", [("all", "save"), ("params", "recompute")])
+def test_transformer_compiled_primal_and_pullback_match_float64(wrt, residuals):
+    """build(..., grad="reverse") of the transformer compiles (also with --wrt params
+    --residuals recompute); its float32 primal and pullback (x86-64-v3, in-process) against
+    the float64 pullback, with the arena poisoned between the two."""
     from toolchain import compile_grad
     m = _transformer()
-    cg = compile_grad(m)
+    cg = compile_grad(m, wrt=wrt, residuals=residuals)
+    assert cg.manifest["grad"]["residuals"]["mode"] == residuals
     rng = np.random.default_rng(3)
     xs = [rng.standard_normal(s).astype(np.float32) for _, _, s in cg.inputs]
-    outs, residuals = cg.primal(*xs)
-    _, ys, _, cts, grads = pullback64(m, [x.astype(np.float64) for x in xs], cts_seed=1)
+    outs, res = cg.primal(*xs)
+    prog, ys, _, cts, grads = pullback64(m, [x.astype(np.float64) for x in xs], cts_seed=1)
     for y, r in zip(outs, ys):
         np.testing.assert_allclose(y, r, rtol=1e-4, atol=1e-4)
     cg.arena[...] = 0xFF
-    gin, gpar = cg.pullback(residuals, *[c.astype(np.float32) for c in cts])
-    assert len(gin) + len(gpar) == len(grads)
-    for got, want in zip(gin + gpar, grads):
-        np.testing.assert_allclose(got, want, rtol=1e-3, atol=2e-4 * max(1.0, np.abs(want).max()))
-
-
-def test_transformer_build_grad_reverse(tmp_path):
-    """The library build of the same model: header, manifest and objects are written."""
-    from toolchain.compiler import build
-    res = build(ROOT / "tests" / "models" / "transformer_encoder.onnx", "x86-64-v3", "model", tmp_path,
-                grad="reverse")
-    assert res.manifest["grad"]["residuals"]["size"] > 0
-    assert "model_pullback" in (tmp_path / "model.h").read_text()
-    assert (tmp_path / "libmodel.a").stat().st_size > 0
+    gin, gpar = cg.pullback(res, *[c.astype(np.float32) for c in cts])
+    want = grads if wrt == "all" else grads[len(prog.wrt_inputs):]
+    assert len(gin) == (len(prog.wrt_inputs) if wrt == "all" else 0) and len(gin) + len(gpar) == len(want)
+    for got, w64 in zip(gin + gpar, want):
+        np.testing.assert_allclose(got, w64, rtol=1e-3, atol=2e-4 * max(1.0, np.abs(w64).max()))
 
 
 @pytest.mark.parametrize("nodes, outputs, match", [
