@@ -177,8 +177,8 @@ def test_activity_only_what_reaches_a_differentiated_output():
 @pytest.mark.parametrize("nodes, match", [
     ([node("Floor", ["a"], ["f"]), node("Add", ["f", "a"])], r"node 'Floor_0' \(Floor\): is not differentiable"),
     ([node("Cast", ["a"], ["i"], to=6), node("Cast", ["i"], ["y"], to=1)], r"\(Cast\): is not differentiable"),
-    ([node("Erf", ["a"])], r"node 'Erf_0' \(Erf\): no derivative rule"),
-    ([node("LeakyRelu", ["a"], ["l"]), node("Relu", ["l"])], r"\(LeakyRelu\): no derivative rule"),
+    ([node("Elu", ["a"])], r"node 'Elu_0' \(Elu\): no derivative rule"),
+    ([node("Selu", ["a"], ["l"]), node("Relu", ["l"])], r"\(Selu\): no derivative rule"),
     ([node("ReduceMax", ["a"], keepdims=0)], r"\(ReduceMax\): no derivative rule"),
 ])
 def test_refusals_name_node_and_op(nodes, match):
@@ -333,14 +333,14 @@ def test_cli_grad_build_header_manifest_symbols(tmp_path):
 
 def test_cli_grad_refusals(tmp_path):
     import onnx
-    m = onnx_model([node("LeakyRelu", ["a"], ["l"], name="leaky"), node("Relu", ["l"], name="act")], {"a": (2, 3)})
-    m.graph.node[0].name, m.graph.node[1].name = "leaky", "act"
+    m = onnx_model([node("Elu", ["a"], ["l"], name="elu"), node("Relu", ["l"], name="act")], {"a": (2, 3)})
+    m.graph.node[0].name, m.graph.node[1].name = "elu", "act"
     onnx.save(m, tmp_path / "m.onnx")
     out = tmp_path / "out"
     proc = _edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "m.onnx"), "--out", str(out),
                   "--grad", "reverse")
     assert proc.returncode == 1 and not out.exists()
-    assert proc.stderr.strip().splitlines() == ["edgec: error: node 'leaky' (LeakyRelu): no derivative rule "
+    assert proc.stderr.strip().splitlines() == ["edgec: error: node 'elu' (Elu): no derivative rule "
                                                 "(reverse mode)"]
     proc = _edgec("build", "--target", "x86-64-v3", "--model", str(tmp_path / "m.onnx"), "--grad", "sideways")
     assert proc.returncode == 2 and "--grad" in proc.stderr

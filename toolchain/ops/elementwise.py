@@ -133,21 +133,6 @@ def _y(b, node):
     return b.primal(node.outputs[0])
 
 
-# op -> (b, node, dy) -> dx: the reverse-mode rule of each differentiable unary op, written
-# with the op's own output where that is cheaper to keep than its input
-UNARY_VJP = {
-    "Relu": lambda b, n, g: b.op("Mul", [g, b.op("Sign", [_y(b, n)])]),
-    "Sigmoid": lambda b, n, g: b.op("Mul", [g, b.op("Mul", [_y(b, n), b.op("Sub", [b.scalar(1.0), _y(b, n)])])]),
-    "Tanh": lambda b, n, g: b.op("Mul", [g, b.op("Sub", [b.scalar(1.0), b.op("Mul", [_y(b, n), _y(b, n)])])]),
-    "Exp": lambda b, n, g: b.op("Mul", [g, _y(b, n)]),
-    "Log": lambda b, n, g: b.op("Div", [g, _x(b, n)]),
-    "Sqrt": lambda b, n, g: b.op("Mul", [b.op("Div", [g, _y(b, n)]), b.scalar(0.5)]),
-    "Neg": lambda b, n, g: b.op("Neg", [g]),
-    # 1 inside (min, max), 0 outside: Sign(Relu(x - min)) * Sign(Relu(max - x))
-    "Clip": lambda b, n, g: b.op("Mul", [g, b.op("Mul", [
-        b.op("Sign", [b.op("Relu", [b.op("Sub", [_x(b, n), b.scalar(n.attrs["min"])])])]),
-        b.op("Sign", [b.op("Relu", [b.op("Sub", [b.scalar(n.attrs["max"]), _x(b, n)])])])])]),
-}
 # derivative zero almost everywhere: refused, not silently zero
 PIECEWISE_CONSTANT = ("Floor", "Ceil", "Sign")
 
@@ -198,6 +183,25 @@ def _gelu_jvp(b, n, t):
     return _times(b, t, slope)
 
 
+# op -> (b, node, dy) -> dx: the reverse-mode rule of each differentiable unary op, written
+# with the op's own output where that is cheaper to keep than its input
+UNARY_VJP = {
+    "Relu": lambda b, n, g: b.op("Mul", [g, b.op("Sign", [_y(b, n)])]),
+    "Sigmoid": lambda b, n, g: b.op("Mul", [g, b.op("Mul", [_y(b, n), b.op("Sub", [b.scalar(1.0), _y(b, n)])])]),
+    "Tanh": lambda b, n, g: b.op("Mul", [g, b.op("Sub", [b.scalar(1.0), b.op("Mul", [_y(b, n), _y(b, n)])])]),
+    "Exp": lambda b, n, g: b.op("Mul", [g, _y(b, n)]),
+    "Log": lambda b, n, g: b.op("Div", [g, _x(b, n)]),
+    "Sqrt": lambda b, n, g: b.op("Mul", [b.op("Div", [g, _y(b, n)]), b.scalar(0.5)]),
+    "Neg": lambda b, n, g: b.op("Neg", [g]),
+    # 1 inside (min, max), 0 outside: Sign(Relu(x - min)) * Sign(Relu(max - x))
+    "Clip": lambda b, n, g: b.op("Mul", [g, b.op("Mul", [
+        b.op("Sign", [b.op("Relu", [b.op("Sub", [_x(b, n), b.scalar(n.attrs["min"])])])]),
+        b.op("Sign", [b.op("Relu", [b.op("Sub", [b.scalar(n.attrs["max"]), _x(b, n)])])])])]),
+    "Erf": lambda b, n, g: _times(b, g, b.op("Exp", [b.op("Neg", [b.op("Mul", [_x(b, n), _x(b, n)])])]),
+                                  b.scalar(float(2 / np.sqrt(np.pi)))),
+    "Gelu": _gelu_jvp,  # g f'(x): the same product as the tangent's
+}
+
 # op -> (b, node, dx) -> dy: the forward-mode rule of each differentiable unary op. For an
 # elementwise op dy = f'(x) dx and dx = f'(x) dy are the same product: the reverse-mode
 # rules serve, except where reading the output instead of the input keeps fusion possible
@@ -205,9 +209,6 @@ UNARY_JVP = {
     **UNARY_VJP,
     "LeakyRelu": _leaky_jvp,
     "Clip": _clip_jvp,
-    "Gelu": _gelu_jvp,
-    "Erf": lambda b, n, t: _times(b, t, b.op("Exp", [b.op("Neg", [b.op("Mul", [_x(b, n), _x(b, n)])])]),
-                                  b.scalar(float(2 / np.sqrt(np.pi)))),
     "Abs": lambda b, n, t: _times(b, t, b.op("Sign", [_x(b, n)])),
     "Reciprocal": lambda b, n, t: b.op("Neg", [_times(b, t, _y(b, n), _y(b, n))]),
     "Softplus": lambda b, n, t: _times(b, t, b.op("Sigmoid", [_x(b, n)])),
@@ -261,11 +262,13 @@ class Unary(Op):
     def vjp(self, b, node, cotangents):
         if node.op in PIECEWISE_CONSTANT:
             raise not_differentiable(node, "piecewise constant: its derivative is zero almost everywhere")
-        if node.op not in UNARY_VJP:
+        # dx = f'(x) dy is the product the tangent rule builds for dy = f'(x) dx
+        rule = UNARY_VJP.get(node.op, UNARY_JVP.get(node.op))
+        if rule is None:
             return super().vjp(b, node, cotangents)
         if len(node.inputs) > 1:
             raise unsupported(node, "no derivative rule with min/max given at run time (reverse mode)")
-        return [UNARY_VJP[node.op](b, node, cotangents[0])]
+        return [rule(b, node, cotangents[0])]
 
     def jvp(self, b, node, tangents):
         if node.op in PIECEWISE_CONSTANT:
@@ -407,10 +410,16 @@ class Binary(Op):
         return r * 0.5 if self.name == "Mean" else r
 
     def vjp(self, b, node, cotangents):
-        if node.op not in ("Add", "Sub", "Mul", "Div") or len(node.inputs) != 2:
+        if node.op not in ("Add", "Sub", "Mul", "Div", "Pow") or len(node.inputs) != 2:
             return super().vjp(b, node, cotangents)
         g, (x, y) = cotangents[0], node.inputs
-        if node.op == "Add":
+        if node.op == "Pow":  # d(x^y) = y x^(y-1) dx + ln(x) x^y dy (an integer exponent gets none)
+            e = b.primal(y) if y.type.dtype == x.type.dtype else b.op("Cast", [b.primal(y)], to=x.type.dtype)
+            gx = _times(b, g, e, b.op("Pow", [b.primal(x), b.op("Sub", [e, b.scalar(1.0)])]))
+            if not y.type.dtype.startswith("float"):
+                return [b.unbroadcast(gx, x.type.shape), None]
+            gy = _times(b, g, b.op("Log", [b.primal(x)]), b.primal(node.outputs[0]))
+        elif node.op == "Add":
             gx, gy = g, g
         elif node.op == "Sub":
             gx, gy = g, b.op("Neg", [g])

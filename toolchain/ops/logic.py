@@ -270,5 +270,12 @@ class Where(Op):
         r = bld.op("Where", [node.inputs[0], zero if ta is None else ta, zero if tb is None else tb])
         return [bld.expand(r, node.outputs[0].type.shape)]
 
+    def vjp(self, bld, node, cotangents):
+        """The cotangent to the branch taken, zero to the other, each summed back to its shape."""
+        c, g = bld.primal(node.inputs[0]), cotangents[0]
+        zero = bld.scalar(0.0, g.type.dtype)
+        return [None] + [bld.unbroadcast(bld.op("Where", [c, g, zero] if i == 1 else [c, zero, g]),
+                                         node.inputs[i].type.shape) for i in (1, 2)]
+
     def lower(self, k, node, ins, outs):
         _broadcast_loop(k, ins, outs[0], lambda c, a, b: k.select(c.ne(0), a, b))

@@ -19,6 +19,41 @@ def _ints(a):
     return [int(v) for v in np.asarray(a).reshape(-1)]
 
 
+def _window(shape, axis, begin, count, step=1) -> dict:
+    """Slice's canonical attributes for a window along one axis of `shape`."""
+    r = len(shape)
+    return dict(begin=[begin if i == axis else 0 for i in range(r)], step=[step if i == axis else 1 for i in range(r)],
+                count=[count if i == axis else d for i, d in enumerate(shape)])
+
+
+def slice_transpose(b, g, shape, begin, step, count):
+    """The adjoint of Slice(begin, step, count) from `shape`, as graph ops added through `b`:
+    g placed where the slice read, zeros elsewhere. Per axis, a negative step reverses g,
+    a step s > 1 spaces its elements s apart (s - 1 zeros padded after each, through a
+    Reshape), then one Pad puts the window at its place."""
+    if any(c == 0 for c in count):
+        return b.g.const("zero", np.zeros(shape, g.type.dtype))
+    r = len(shape)
+    lo, hi = [0] * r, [0] * r
+    for a in range(r):
+        st, c, first = step[a], count[a], begin[a]
+        if st < 0:
+            g = b.op("Slice", [g], **_window(g.type.shape, a, c - 1, c, -1))
+            first, st = first + (c - 1) * st, -st
+        span = (c - 1) * st + 1
+        if st > 1 and c > 1:
+            cur = list(g.type.shape)
+            g = b.reshape(g, cur[:a + 1] + [1] + cur[a + 1:])
+            pads = [0] * (2 * r + 2)
+            pads[r + 2 + a] = st - 1
+            g = b.op("Pad", [g], pads=pads, mode="constant", value=0.0)
+            g = b.reshape(g, cur[:a] + [c * st] + cur[a + 1:])
+            g = b.op("Slice", [g], **_window(g.type.shape, a, 0, span))
+        lo[a], hi[a] = first, shape[a] - first - span
+    return b.op("Pad", [g], pads=lo + hi, mode="constant", value=0.0) if any(lo + hi) else g
+
+
+
 @register("Split")
 class Split(Op):
     shape_operands = (1,)
@@ -39,6 +74,12 @@ class Split(Op):
         if len(sizes) != n or sum(sizes) != shape[ax] or min(sizes) < 0:
             raise invalid(node, f"split sizes {sizes} do not divide axis {ax} of {shape} into {n} outputs")
         node.attrs["split"] = sizes
+
+    def vjp(self, b, node, cotangents):
+        """The parts' cotangents concatenated back (zeros for a part that has none)."""
+        parts = [c if c is not None else b.g.const("zero", np.zeros(o.type.shape, o.type.dtype))
+                 for o, c in zip(node.outputs, cotangents)]
+        return [parts[0] if len(parts) == 1 else b.op("Concat", parts, axis=node.attrs["axis"])]
 
     def item_wise(self, node):
         return True
@@ -97,6 +138,10 @@ class Slice(Op):
 
     def infer(self, node):
         return [TensorType(in_type(node).dtype, tuple(node.attrs["count"]))]
+
+    def vjp(self, b, node, cotangents):
+        a = node.attrs
+        return [slice_transpose(b, cotangents[0], in_type(node).shape, a["begin"], a["step"], a["count"])]
 
     def reference(self, node, x):
         a = node.attrs
@@ -168,6 +213,51 @@ class Pad(Op):
         """Linear: the same padding of the tangent, with 0 where a constant is padded in."""
         return [b.op("Pad", [tangents[0]], **{**node.attrs, "value": 0.0})]
 
+    def vjp(self, b, node, cotangents):
+        """Constant mode: the window of the cotangent over the input (zeros where a negative
+        pad cropped it). Edge, reflect, wrap, axis by axis: that window plus the padded
+        strips added onto the input elements they copy (the edge ones summed, the mirrored
+        ones reversed), for pads within one reflection or wrap of the input."""
+        x, g = in_type(node), cotangents[0]
+        r, p, mode = len(x.shape), node.attrs["pads"], node.attrs["mode"]
+        if mode == "constant":
+            keep = [n - max(0, -p[i]) - max(0, -p[i + r]) for i, n in enumerate(x.shape)]
+            if min(keep, default=1) <= 0:
+                return [b.g.const("zero", np.zeros(x.shape, x.dtype))]
+            inner = b.op("Slice", [g], begin=[max(0, v) for v in p[:r]], step=[1] * r, count=keep)
+            return [slice_transpose(b, inner, x.shape, [max(0, -v) for v in p[:r]], [1] * r, keep)]
+        if min(p) < 0:
+            raise unsupported(node, f"no derivative rule for {mode} padding with negative pads (reverse mode)")
+        limit = {"reflect": 1, "wrap": 0, "edge": None}[mode]
+        for a, n in enumerate(x.shape):
+            pb, pe = p[a], p[a + r]
+            if not pb and not pe:
+                continue
+            if limit is not None and max(pb, pe) > n - limit:
+                raise unsupported(node, f"no derivative rule for {mode} pads beyond the input's size (reverse mode)")
+            parts = [b.op("Slice", [g], **_window(g.type.shape, a, pb, n))]
+            shape = parts[0].type.shape
+
+            def put(v, at):  # v, a strip along axis a, added onto the input from `at`
+                parts.append(slice_transpose(b, v, shape, [at if i == a else 0 for i in range(r)], [1] * r,
+                                             list(v.type.shape)))
+
+            for strip_at, size, edge_at in ((0, pb, 0), (pb + n, pe, n - 1)):
+                if not size:
+                    continue
+                if mode == "edge":
+                    put(b.op("ReduceSum", [b.op("Slice", [g], **_window(g.type.shape, a, strip_at, size))], axes=[a],
+                             keepdims=1), edge_at)
+                elif mode == "reflect":  # the strip reversed, onto 1..pb / n-1-pe..n-2
+                    put(b.op("Slice", [g], **_window(g.type.shape, a, strip_at + size - 1, size, -1)),
+                        1 if strip_at == 0 else n - 1 - pe)
+                else:  # wrap: the left strip copies the input's end, the right one its start
+                    put(b.op("Slice", [g], **_window(g.type.shape, a, strip_at, size)), n - pb if strip_at == 0 else 0)
+            g = parts[0]
+            for v in parts[1:]:
+                g = b.op("Add", [g, v])
+        return [g]
+
     def lower(self, k, node, ins, outs):
         """Branch-free: source indices are clamped into the input, so every load is in
         bounds, and constant mode selects the pad value outside (vectorizes)."""
@@ -213,6 +303,9 @@ class Expand(Op):
     def reference(self, node, x):
         return [np.broadcast_to(x, self.infer(node)[0].shape).copy()]
 
+    def vjp(self, b, node, cotangents):
+        return [b.unbroadcast(cotangents[0], in_type(node).shape)]
+
     def lower(self, k, node, ins, outs):
         _copy(k, ins[0].broadcast_to(outs[0].shape), outs[0])
 
@@ -238,6 +331,12 @@ class Tile(Op):
 
     def reference(self, node, x):
         return [np.tile(x, node.attrs["repeats"])]
+
+    def vjp(self, b, node, cotangents):
+        """Each repeat's cotangent summed: viewed as (r0, d0, r1, d1, ...), reduced over the r's."""
+        shape, reps = in_type(node).shape, node.attrs["repeats"]
+        g = b.reshape(cotangents[0], [v for r, d in zip(reps, shape) for v in (r, d)])
+        return [b.reshape(b.op("ReduceSum", [g], axes=list(range(0, 2 * len(shape), 2)), keepdims=0), shape)]
 
     def lower(self, k, node, ins, outs):
         x, y = ins[0], outs[0]
@@ -280,6 +379,13 @@ class _Rearrange(Op):
     def reference(self, node, x):
         six, perm, out = self._plan(node)
         return [x.reshape(six).transpose(perm).reshape(out)]
+
+    def vjp(self, b, node, cotangents):
+        """A permutation of the elements: the inverse one (the reshapes and transpose backwards)."""
+        six, perm, _ = self._plan(node)
+        g = b.reshape(cotangents[0], [six[p] for p in perm])
+        g = b.op("Transpose", [g], perm=[int(i) for i in np.argsort(perm)])
+        return [b.reshape(g, in_type(node).shape)]
 
     def lower(self, k, node, ins, outs):
         six, perm, _ = self._plan(node)

@@ -201,6 +201,20 @@ def _normalize_reference(x, axes, eps):
     return (x64 - mean) / np.sqrt(var + eps)
 
 
+def _layer_norm_stats(b, node, x):
+    """For LayerNormalization's derivative rules, as graph ops: the mean over the normalized
+    axes (a function), 1 / sqrt(var + epsilon) and xhat = (x - mean(x)) inv."""
+    axes = list(range(node.attrs["axis"], len(x.type.shape)))
+
+    def mean(v):
+        return b.op("ReduceMean", [v], axes=axes, keepdims=1)
+
+    xc = b.op("Sub", [x, mean(x)])
+    inv = b.op("Div", [b.scalar(1.0), b.op("Sqrt", [b.op("Add", [mean(b.op("Mul", [xc, xc])),
+                                                              b.scalar(node.attrs["epsilon"])])])])
+    return mean, inv, b.op("Mul", [xc, inv])
+
+
 @register("LayerNormalization")
 class LayerNormalization(Op):
     """Y, and optionally Mean and InvStdDev: the statistics of each normalized row, of X's
@@ -257,20 +271,28 @@ class LayerNormalization(Op):
         dxhat = inv (dx - mean(dx) - xhat mean(xhat dx)), means over the normalized axes."""
         x, (tx, ts, tb) = node.inputs[0], (list(tangents) + [None, None])[:3]
         scale = node.inputs[1] if len(node.inputs) > 1 else None
-        axes = list(range(node.attrs["axis"], len(x.type.shape)))
-
-        def mean(v):
-            return b.op("ReduceMean", [v], axes=axes, keepdims=1)
-
-        xc = b.op("Sub", [x, mean(x)])
-        var = mean(b.op("Mul", [xc, xc]))
-        inv = b.op("Div", [b.scalar(1.0), b.op("Sqrt", [b.op("Add", [var, b.scalar(node.attrs["epsilon"])])])])
-        xhat = b.op("Mul", [xc, inv])
+        mean, inv, xhat = _layer_norm_stats(b, node, x)
         dxhat = tx and b.op("Mul", [inv, b.op("Sub", [b.op("Sub", [tx, mean(tx)]),
                                                        b.op("Mul", [xhat, mean(b.op("Mul", [xhat, tx]))])])])
         terms = [dxhat if dxhat is None or scale is None else b.op("Mul", [dxhat, scale]),
                  ts and b.op("Mul", [xhat, ts]), tb]
         return [b.expand(b.add(terms), x.type.shape)]
+
+    def vjp(self, b, node, cotangents):
+        """With xhat = (x - mean) inv (recomputed from the saved input) and g' = g scale:
+        dx = inv (g' - mean(g') - xhat mean(xhat g')), dscale = sum(g xhat), dbias = sum(g),
+        the sums over what the scale and bias broadcast along."""
+        if any(c is not None for c in cotangents[1:]):
+            raise unsupported(node, "no derivative rule through the Mean/InvStdDev outputs (reverse mode)")
+        g, x = cotangents[0], b.primal(node.inputs[0])
+        scale = node.inputs[1] if len(node.inputs) > 1 else None
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        mean, inv, xhat = _layer_norm_stats(b, node, x)
+        gs = g if scale is None else b.op("Mul", [g, b.primal(scale)])
+        dx = b.op("Mul", [inv, b.op("Sub", [b.op("Sub", [gs, mean(gs)]),
+                                            b.op("Mul", [xhat, mean(b.op("Mul", [xhat, gs]))])])])
+        return [dx, None if scale is None else b.unbroadcast(b.op("Mul", [g, xhat]), scale.type.shape),
+                None if bias is None else b.unbroadcast(g, bias.type.shape)]
 
     def lower(self, k, node, ins, outs):
         ax = node.attrs["axis"]

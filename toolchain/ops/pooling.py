@@ -11,6 +11,7 @@ from ..kernel import mathfns as m
 from ..kernel.llvm import I64, LLVM_TYPES
 from ..kernel.tiled_conv import window_in_bounds
 from .base import Op, in_type, invalid, linear_jvp, register, unsupported
+from .movement import slice_transpose
 from .nn import window_attrs
 
 
@@ -235,6 +236,31 @@ class MaxPool(_Pool):
             tap = b.op("Slice", [t], **window)
             r = tap if r is None else b.op("Where", [b.op("Equal", [b.op("Slice", [x], **window), y]), tap, r])
         return [r] + [None] * (len(node.outputs) - 1)  # Indices: integer, no tangent
+
+    def vjp(self, b, node, cotangents):
+        """Each window's cotangent to its first maximum in window order (onnxruntime's and
+        PyTorch's choice on ties): per tap, the strided slice of the input (padded with -inf
+        as the windows reach) equal to the output and not already taken by an earlier tap
+        selects the cotangent, put back where the slice read (movement.slice_transpose)."""
+        x, y, g = b.primal(node.inputs[0]), b.primal(node.outputs[0]), cotangents[0]
+        xs, ys = node.inputs[0].type.shape, node.outputs[0].type.shape
+        wins = _windows(node, xs)
+        begin = [pb for (_, _, _, pb, _, _) in wins]
+        end = [max(pe, (out - 1) * s + (k - 1) * d + 1 - size - pb)
+               for size, (k, s, d, pb, pe, out) in zip(xs[2:], wins)]
+        if any(begin) or any(end):
+            x = b.op("Pad", [x], pads=[0, 0, *begin, 0, 0, *end], mode="constant", value=float("-inf"))
+        zero, taken, acc = b.scalar(0.0, g.type.dtype), None, None
+        for offs in itertools.product(*[range(w[0]) for w in wins]):
+            at, step = [0, 0, *(o * w[2] for o, w in zip(offs, wins))], [1, 1, *(w[1] for w in wins)]
+            hit = b.op("Equal", [b.op("Slice", [x], begin=at, step=step, count=list(ys)), y])
+            first = hit if taken is None else b.op("And", [hit, b.op("Not", [taken])])
+            taken = hit if taken is None else b.op("Or", [taken, hit])
+            part = slice_transpose(b, b.op("Where", [first, g, zero]), x.type.shape, at, step, list(ys))
+            acc = part if acc is None else b.op("Add", [acc, part])
+        if any(begin) or any(end):
+            acc = b.op("Slice", [acc], begin=[0, 0, *begin], step=[1] * len(xs), count=list(xs))
+        return [acc] + [None] * (len(node.outputs) - 1)
 
 
 @register("LpPool")

@@ -283,6 +283,22 @@ class Gather(Op):
     def reference(self, node, data, idx):
         return [np.take(data, idx.astype(np.int64), axis=node.attrs["axis"])]
 
+    def vjp(self, b, node, cotangents):
+        """Scatter-add of the cotangent at the indices (repeats add up): the gathered axis
+        moved first in zeros of the data's shape, the index dims first in the cotangent,
+        one ScatterND with reduction add, the axis moved back."""
+        x, idx, ax = in_type(node, 0), node.inputs[1], node.attrs["axis"]
+        r, q = len(x.shape), len(idx.type.shape)
+        i = b.primal(idx) if idx.type.dtype == "int64" else b.op("Cast", [b.primal(idx)], to="int64")
+        i = b.reshape(i, idx.type.shape + (1,))
+        g = cotangents[0]
+        front = list(range(ax, ax + q)) + list(range(ax)) + list(range(ax + q, r + q - 1))
+        if front != sorted(front):
+            g = b.op("Transpose", [g], perm=front)
+        zeros = b.g.const("zero", np.zeros((x.shape[ax],) + x.shape[:ax] + x.shape[ax + 1:], x.dtype))
+        s = b.op("ScatterND", [zeros, i, g], reduction="add")
+        return [s if ax == 0 else b.op("Transpose", [s], perm=[*range(1, ax + 1), 0, *range(ax + 1, r)]), None]
+
     jvp = staticmethod(linear_jvp)
 
     def lower(self, k, node, ins, outs):
