@@ -17,11 +17,7 @@
  * named by EDGEC_WEIGHTS into an aligned buffer, checks it with -DEDGEC_CHECK_WEIGHTS=<name>_check_weights
  * (exit 3 when the bytes are not the build's) and passes its address.
  */
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
+#include "harness_io.h"
 #include EDGEC_HEADER
 
 #define CAT_(a, b) a##b
@@ -42,12 +38,6 @@ static int fail(const char *msg) {
     return 2;
 }
 
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 int main(int argc, char **argv) {
     if (argc < 6) return fail("usage: harness RUNS IN.bin OUT.bin NIN BYTES... NOUT BYTES... [ARENA_BYTES]");
     long runs = atol(argv[1]);
@@ -61,22 +51,10 @@ int main(int argc, char **argv) {
     size_t arena_bytes = a < argc ? (size_t)atol(argv[a]) : (size_t)ARENA_SIZE;
     if (arena_bytes > (size_t)ARENA_SIZE) return fail("ARENA_BYTES larger than the model's arena");
 
-    FILE *f = fopen(argv[2], "rb");
-    if (!f) return fail("cannot open input file");
-    const void *inputs[NUM_INPUTS + 1];
-    for (int i = 0; i < nin; i++) {
-        void *p = malloc(in_bytes[i] + 1);
-        if (!p || fread(p, 1, in_bytes[i], f) != in_bytes[i]) return fail("short input file");
-        inputs[i] = p;
-    }
-    fclose(f);
-    const void *saved[NUM_INPUTS + 1];
-    for (int i = 0; i < nin; i++) {
-        void *p = malloc(in_bytes[i] + 1);
-        if (!p) return fail("out of memory");
-        memcpy(p, inputs[i], in_bytes[i]);
-        saved[i] = p;
-    }
+    void *in[NUM_INPUTS + 1], *saved[NUM_INPUTS + 1];
+    const char *err = read_inputs(argv[2], nin, in_bytes, in, saved);
+    if (err) return fail(err);
+    const void *const *inputs = (const void *const *)in;
     const char *untimed_env = getenv("EDGEC_UNTIMED");
     int timed = !(untimed_env && untimed_env[0] == '1');
     void *outputs[NUM_OUTPUTS + 1];
@@ -128,20 +106,16 @@ int main(int argc, char **argv) {
         if (timed) printf(" %llu", (unsigned long long)(t1 - t0));
     }
     if (timed) printf("\n");
-    for (int i = 0; i < nin; i++)
-        if (memcmp(saved[i], inputs[i], in_bytes[i]) != 0) {
-            fprintf(stderr, "harness: the model wrote to input %d\n", i);
-            return 5;
-        }
-    for (size_t i = arena_bytes; i < (size_t)ARENA_SIZE + GUARD; i++)
-        if (arena[i] != GUARD_BYTE) {
-            fprintf(stderr, "harness: model wrote past its arena (byte %zu of %zu)\n", i, arena_bytes);
-            return 4;
-        }
-    f = fopen(argv[3], "wb");
-    if (!f) return fail("cannot open output file");
-    for (int i = 0; i < nout; i++)
-        if (fwrite(outputs[i], 1, out_bytes[i], f) != out_bytes[i]) return fail("short write");
-    fclose(f);
-    return 0;
+    int changed = changed_input(nin, in_bytes, in, saved);
+    if (changed >= 0) {
+        fprintf(stderr, "harness: the model wrote to input %d\n", changed);
+        return 5;
+    }
+    size_t end = (size_t)ARENA_SIZE + GUARD, hit = touched_guard(arena, arena_bytes, end, GUARD_BYTE);
+    if (hit != end) {
+        fprintf(stderr, "harness: model wrote past its arena (byte %zu of %zu)\n", hit, arena_bytes);
+        return 4;
+    }
+    err = write_outputs(argv[3], nout, out_bytes, outputs);
+    return err ? fail(err) : 0;
 }

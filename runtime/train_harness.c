@@ -17,11 +17,7 @@
  * are checked unchanged. EDGEC_UNTIMED=1: no clock read, nothing printed per run, so every
  * run executes the same instructions (for counting them under QEMU), as in harness.c.
  */
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
+#include "harness_io.h"
 #include EDGEC_HEADER
 
 #define CAT_(a, b) a##b
@@ -60,12 +56,6 @@ static int fail(const char *msg) {
     return 2;
 }
 
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 int main(int argc, char **argv) {
     if (argc < 6) return fail("usage: train_harness RUNS IN.bin OUT.bin NIN BYTES... NOUT BYTES...");
     long runs = atol(argv[1]);
@@ -79,16 +69,9 @@ int main(int argc, char **argv) {
     if (nout != NOUT_WANT) return fail("output count does not match the build");
     for (int i = 0; i < nout; i++) out_bytes[i] = a < argc ? (size_t)atol(argv[a++]) : 0;
 
-    FILE *f = fopen(argv[2], "rb");
-    if (!f) return fail("cannot open input file");
     void *in[NIN_WANT + 1], *saved[NIN_WANT + 1], *out[NOUT_WANT + 1];
-    for (int i = 0; i < nin; i++) {
-        in[i] = malloc(in_bytes[i] + 1);
-        saved[i] = malloc(in_bytes[i] + 1);
-        if (!in[i] || !saved[i] || fread(in[i], 1, in_bytes[i], f) != in_bytes[i]) return fail("short input file");
-        memcpy(saved[i], in[i], in_bytes[i]);
-    }
-    fclose(f);
+    const char *err = read_inputs(argv[2], nin, in_bytes, in, saved);
+    if (err) return fail(err);
     for (int i = 0; i < nout; i++)
         if (!(out[i] = calloc(1, out_bytes[i] + 1))) return fail("out of memory");
     const void *const *inputs = (const void *const *)in;
@@ -131,21 +114,17 @@ int main(int argc, char **argv) {
     memcpy(out[0], &first, sizeof first);
     memcpy((unsigned char *)out[0] + sizeof first, &loss, sizeof loss);
 #endif
-    for (int i = 0; i < nin; i++)
-        if (memcmp(saved[i], in[i], in_bytes[i]) != 0) {
-            fprintf(stderr, "train_harness: the build wrote to input %d\n", i);
-            return 5;
-        }
-    for (size_t i = ARENA_SIZE; i < (size_t)ARENA_SIZE + GUARD; i++)
-        if (arena[i] != GUARD_BYTE) {
-            fprintf(stderr, "train_harness: the build wrote past its arena (byte %zu of %u)\n", i,
-                    (unsigned)ARENA_SIZE);
-            return 4;
-        }
-    f = fopen(argv[3], "wb");
-    if (!f) return fail("cannot open output file");
-    for (int i = 0; i < nout; i++)
-        if (fwrite(out[i], 1, out_bytes[i], f) != out_bytes[i]) return fail("short write");
-    fclose(f);
-    return 0;
+    int changed = changed_input(nin, in_bytes, in, saved);
+    if (changed >= 0) {
+        fprintf(stderr, "train_harness: the build wrote to input %d\n", changed);
+        return 5;
+    }
+    size_t end = (size_t)ARENA_SIZE + GUARD, hit = touched_guard(arena, ARENA_SIZE, end, GUARD_BYTE);
+    if (hit != end) {
+        fprintf(stderr, "train_harness: the build wrote past its arena (byte %zu of %u)\n", hit,
+                (unsigned)ARENA_SIZE);
+        return 4;
+    }
+    err = write_outputs(argv[3], nout, out_bytes, out);
+    return err ? fail(err) : 0;
 }
