@@ -267,6 +267,7 @@ def _fmod_f64(k: Kernel, x: Expr, y: Expr) -> Expr:
 FOPI = 1.27323954473516  # 4/pi
 PIO4_HI, PIO4_LO = 0.7853981629014015, 4.960467898402702e-10  # pi/4: 30 bits, then the next 53
 PIO2, PI = 1.5707963267948966, 3.141592653589793
+TWO52 = 4503599627370496.0
 LOGE2 = 0.693147180559945309
 
 
@@ -279,9 +280,15 @@ def _octant(k: Kernel, a: Expr):
     [-pi/4, pi/4] so sin and cos stay in [-1, 1] and tan finite."""
     with k.precise():
         d = k.cast(a, F64)
-        j = k.cast(k.min(d * FOPI, 1073741824.0), I32)  # no out-of-range conversion for huge |x|
+        v = k.min(d * FOPI, 1073741824.0)  # no huge j for huge |x|
+        # floor(v) without a float -> int conversion (vectorized, qemu-riscv64 7.2 asserts on
+        # it): adding 2^52 rounds v to an integer held in the low mantissa bits
+        rounded = (v + TWO52) - TWO52
+        floor_v = rounded - k.select(rounded > v, k.lift(1.0, like=v), 0.0)
+        j = k.cast(k.bitcast(floor_v + TWO52, I64), I32)
+        odd = (j & 1).ne(0)
         j = j + (j & 1)
-        y = k.cast(j, F64)
+        y = floor_v + k.select(odd, k.lift(1.0, like=v), 0.0)
         r = k.cast((d - y * PIO4_HI) - y * PIO4_LO, F32)
         return j, k.max(k.min(r, 0.7853982), -0.7853982)  # a no-op in the exact range; NaN stays
 
