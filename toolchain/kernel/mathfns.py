@@ -267,8 +267,18 @@ def _fmod_f64(k: Kernel, x: Expr, y: Expr) -> Expr:
 FOPI = 1.27323954473516  # 4/pi
 PIO4_HI, PIO4_LO = 0.7853981629014015, 4.960467898402702e-10  # pi/4: 30 bits, then the next 53
 PIO2, PI = 1.5707963267948966, 3.141592653589793
-TWO52 = 4503599627370496.0
+ROUND52 = 6755399441055744.0  # 1.5 * 2^52: x + ROUND52 keeps an ulp of 1 for |x| < 2^51
 LOGE2 = 0.693147180559945309
+
+
+def _floor_f64(k: Kernel, v: Expr):
+    """floor(v) as a float64 and as an int32, for |v| < 2^31, without a float -> int
+    conversion (a libcall on 32-bit cores; qemu-riscv64 7.2 asserts on the vectorized one):
+    adding 1.5 * 2^52 rounds v to an integer held in the low mantissa bits (two's complement
+    for negative v: 1.5 * 2^52 is a multiple of 2^32). Inside k.precise()."""
+    rounded = (v + ROUND52) - ROUND52
+    fl = rounded - k.select(rounded > v, k.lift(1.0, like=v), 0.0)
+    return fl, k.cast(k.bitcast(fl + ROUND52, I64), I32)
 
 
 def _octant(k: Kernel, a: Expr):
@@ -281,11 +291,7 @@ def _octant(k: Kernel, a: Expr):
     with k.precise():
         d = k.cast(a, F64)
         v = k.min(d * FOPI, 1073741824.0)  # no huge j for huge |x|
-        # floor(v) without a float -> int conversion (vectorized, qemu-riscv64 7.2 asserts on
-        # it): adding 2^52 rounds v to an integer held in the low mantissa bits
-        rounded = (v + TWO52) - TWO52
-        floor_v = rounded - k.select(rounded > v, k.lift(1.0, like=v), 0.0)
-        j = k.cast(k.bitcast(floor_v + TWO52, I64), I32)
+        floor_v, j = _floor_f64(k, v)
         odd = (j & 1).ne(0)
         j = j + (j & 1)
         y = floor_v + k.select(odd, k.lift(1.0, like=v), 0.0)
@@ -454,9 +460,7 @@ def _exp_f64(k: Kernel, x: Expr) -> Expr:
         arg = x
         x = k.min(k.max(x, -746.0), 710.0)
         t = x * LOG2E + 0.5
-        nf = k.cast(k.cast(t, I32), F64)
-        nf = nf - k.select(nf > t, k.lift(1.0, like=x), 0.0)  # floor(t)
-        n = k.cast(nf, I32)
+        nf, n = _floor_f64(k, t)
         r = x - nf * LN2_C1
         r = r - nf * LN2_C2
         rr = r * r
