@@ -16,6 +16,8 @@ a cell applies three to five of them per hidden unit and step.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..ir import TensorType
@@ -68,6 +70,25 @@ def _str(v):
 def _dim(t, d):
     """t[d] of a tensor view whose first axis is the direction."""
     return t.view(t.shape[1:], t.strides[1:], t.offset + d * t.strides[0])
+
+
+def _rec_schedule(vec, rows, hid, op, b_const):
+    """The tile of the per-step recurrent product, rows x (gates * hid) over hid. One row
+    (batch 1, or rows run one by one for sequence_lens) is a matrix-vector product: each
+    weight is loaded once per step whatever the tile, so only the tile's per-step overhead
+    (the state's load, the loop, the accumulators' start and store) shrinks as it widens, up
+    to as many vectors as the register file holds twice (accumulators and loaded weights)
+    and that divide every column block the cell multiplies (GRU: 2H, then H)."""
+    s = matmul_schedule(vec, rows, GATES[op] * hid, hid, b_const=b_const)
+    if s.rows != 1 or vec.lanes == 1 or hid % vec.lanes:
+        return s
+    g = GATES[op]
+    blocks = [hid // vec.lanes] if op == "GRU" else [g * hid // vec.lanes]
+    fit = (vec.registers - 2) // 2  # nv accumulators + nv weights + the state's register <= registers - 1
+    for nv in range(min(fit, 16), s.vectors, -1):
+        if all(b % nv == 0 for b in blocks):
+            return replace(s, vectors=nv)
+    return s
 
 
 @register("RNN", "GRU", "LSTM")
@@ -288,8 +309,8 @@ class Recurrent(Op):
         clip = a.get("clip")
         cl = (lambda v: k.min(k.max(v, -clip), clip)) if clip is not None else (lambda v: v)
         lbr = node.op == "GRU" and a["linear_before_reset"]
-        rec_schedule = matmul_schedule(k.vector, batch if lens is None else 1, GH, H,
-                                       b_const=node.inputs[2].is_const)
+        rec_schedule = _rec_schedule(k.vector, batch if lens is None else 1, H, node.op,
+                                     node.inputs[2].is_const)
         for d in range(dirs):
             rev = a["direction"] == "reverse" or d == 1
             acts = [self._act(node, d, i)[1] for i in range(len(DEFAULT_ACTIVATIONS[node.op]))]
