@@ -355,7 +355,17 @@ class Recurrent(Op):
 
                 def rec(j0, j1, left, init_xw):
                     """gates[:, j0:j1] = start + left @ R[d]^T[:, j0:j1], start the step's
-                    projection (init_xw) or the recurrent bias."""
+                    projection (init_xw) or the recurrent bias. A matrix-vector product
+                    of a few tiles runs tile by tile in straight-line code: each tile's
+                    start values and results then lie at constant offsets (no address
+                    arithmetic per vector) and there is no loop over tiles."""
+                    nr = rec_schedule.vectors * k.vector.lanes
+                    tiles = -(-(j1 - j0) // nr)
+                    if rec_schedule.rows == 1 and batch * tiles <= 8 and tiles > 1:
+                        for c0 in range(j0, j1, nr):
+                            rec(c0, min(c0 + nr, j1), left, init_xw)
+                        return
+
                     def init(bi, j, wd, t):
                         if init_xw:
                             return k.vload(xw, (row(t, bi), j0 + j), wd)
