@@ -72,21 +72,21 @@ def _dim(t, d):
     return t.view(t.shape[1:], t.strides[1:], t.offset + d * t.strides[0])
 
 
-def _rec_schedule(vec, rows, hid, op, b_const):
-    """The tile of the per-step recurrent product, rows x (gates * hid) over hid. One row
-    (batch 1, or rows run one by one for sequence_lens) is a matrix-vector product: each
-    weight is loaded once per step whatever the tile, so only the tile's per-step overhead
-    (the state's load, the loop, the accumulators' start and store) shrinks as it widens, up
-    to as many vectors as the register file holds twice (accumulators and loaded weights)
-    and that divide every column block the cell multiplies (GRU: 2H, then H)."""
-    s = matmul_schedule(vec, rows, GATES[op] * hid, hid, b_const=b_const)
-    if s.rows != 1 or vec.lanes == 1 or hid % vec.lanes:
+def _rec_schedule(vec, rows, cols, hid, b_const):
+    """The tile of the per-step recurrent product, rows x cols (a block of the gates) over
+    hid. One row (batch 1, or rows run one by one for sequence_lens) is a matrix-vector
+    product: each weight is loaded once per step whatever the tile, so only the tile's
+    per-step overhead (the state's load, the loop, the accumulators' start and store)
+    shrinks as it widens, up to as many vectors as the register file holds beside the
+    weights in flight (NEON: 16 of 32) and that divide the block."""
+    s = matmul_schedule(vec, rows, cols, hid, b_const=b_const)
+    if s.rows != 1 or vec.lanes == 1 or cols % vec.lanes:
         return s
-    g = GATES[op]
-    blocks = [hid // vec.lanes] if op == "GRU" else [g * hid // vec.lanes]
-    fit = (vec.registers - 2) // 2  # nv accumulators + nv weights + the state's register <= registers - 1
+    # nv accumulators, the state's register and the weights in flight (LLVM streams them:
+    # a quarter of the file, at least 4) within the register file
+    fit = vec.registers - 1 - max(4, vec.registers // 4)
     for nv in range(min(fit, 16), s.vectors, -1):
-        if all(b % nv == 0 for b in blocks):
+        if (cols // vec.lanes) % nv == 0:
             return replace(s, vectors=nv)
     return s
 
@@ -309,8 +309,6 @@ class Recurrent(Op):
         clip = a.get("clip")
         cl = (lambda v: k.min(k.max(v, -clip), clip)) if clip is not None else (lambda v: v)
         lbr = node.op == "GRU" and a["linear_before_reset"]
-        rec_schedule = _rec_schedule(k.vector, batch if lens is None else 1, H, node.op,
-                                     node.inputs[2].is_const)
         for d in range(dirs):
             rev = a["direction"] == "reverse" or d == 1
             acts = [self._act(node, d, i)[1] for i in range(len(DEFAULT_ACTIVATIONS[node.op]))]
@@ -359,6 +357,8 @@ class Recurrent(Op):
                     of a few tiles runs tile by tile in straight-line code: each tile's
                     start values and results then lie at constant offsets (no address
                     arithmetic per vector) and there is no loop over tiles."""
+                    rec_schedule = _rec_schedule(k.vector, batch if lens is None else 1, j1 - j0, H,
+                                                 node.inputs[2].is_const)
                     nr = rec_schedule.vectors * k.vector.lanes
                     tiles = -(-(j1 - j0) // nr)
                     if rec_schedule.rows == 1 and batch * tiles <= 8 and tiles > 1:
