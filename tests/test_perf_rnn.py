@@ -45,16 +45,17 @@ def test_gate_function_accuracy(act, where, workdir):
     assert rel[worst_rel] <= rel_bound, f"{act}: relative error {rel[worst_rel]:.3g} at x={x[worst_rel]!r}"
 
 
-def test_gate_functions_small_and_special_values(workdir):
+@pytest.mark.parametrize("where", ["x86-64-v3", "cortex-a76"])  # clamps: selects; fmax/fmin
+def test_gate_functions_small_and_special_values(where, workdir):
     """tanh keeps its relative accuracy near 0 (odd rational, no 1 - 2/(e^2x + 1)); the
-    limits come out right; NaN propagates."""
+    limits come out right; NaN propagates (through the clamps too)."""
     x = np.zeros((SEQ, BATCH, 1), F)
     vals = np.array([1e-30, -1e-30, 1e-6, -3e-5, 1e-3, 0.0, 100.0, -100.0, 1e30, -1e30,
                      np.inf, -np.inf, np.nan], F)
     x.reshape(-1)[:vals.size] = vals
     with np.errstate(all="ignore"):
         for act, ref in (("Tanh", np.tanh), ("Sigmoid", sigmoid64)):
-            got = compile_and_run(activation_rnn(act), "x86-64-v3", {"x": x}, workdir)[0][0].reshape(-1)[:vals.size]
+            got = compile_and_run(activation_rnn(act), where, {"x": x}, workdir)[0][0].reshape(-1)[:vals.size]
             want = ref(vals.astype(np.float64)).astype(F)
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-37, equal_nan=True, err_msg=act)
 

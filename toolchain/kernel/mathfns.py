@@ -541,8 +541,8 @@ def _erf_f64(k: Kernel, x: Expr) -> Expr:
 # A recurrent cell applies three to five of these per hidden unit and step, so their length
 # is most of a GRU's or LSTM's instructions. These keep the accuracy that matters there
 # (absolute error ~1e-7 or better, relative accuracy near 0 for tanh) with about half the
-# instructions: no special-case selects (the clamps give the limits; NaN still propagates
-# through them), round-to-nearest by the 1.5 * 2^23 shifter instead of an int round trip,
+# instructions: no special-case selects (the clamps, Kernel.clamp, give the limits; NaN still
+# propagates through them), round-to-nearest by the 1.5 * 2^23 shifter instead of an int round trip,
 # and tanh as one rational function. Measured against numpy in float64 (tests/test_perf_rnn.py,
 # x86-64-v3 and cortex-a76 alike): sigmoid_gate 8.8e-8 absolute, 1.4e-7 relative; tanh_gate
 # 2.5e-7 absolute (~4 ulp of 1, near |x| = 7), 2.5e-7 relative.
@@ -552,7 +552,7 @@ _SHIFTER = 12582912.0 + 127.0  # 1.5 * 2^23 + the exponent bias: t's low bits ho
 def _exp_clamped(k: Kernel, x: Expr) -> Expr:
     """e^x for x in [-87, 87] (clamped there): Cephes' polynomial, 2^n from t's bits."""
     with k.in_order():  # contraction yes (FMAs), reassociation no: (x L + S) - S is not x L
-        x = k.min(k.max(x, -87.0), 87.0)
+        x = k.clamp(x, -87.0, 87.0)
         t = x * LOG2E + _SHIFTER
         nf = t - _SHIFTER
         r = x - nf * LN2_HI
@@ -583,6 +583,6 @@ def tanh_gate(k: Kernel, x: Expr) -> Expr:
     accuracy."""
     if _is64(x):
         return tanh(k, x)
-    x = k.min(k.max(x, -9.0), 9.0)
+    x = k.clamp(x, -9.0, 9.0)
     z = x * x
     return x * _poly(z, _TANH_P) / _poly(z, _TANH_Q)
