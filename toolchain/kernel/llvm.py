@@ -481,6 +481,23 @@ class Kernel:
         b = self.lift(b, like=a)
         return self.select(b < a, b, a)
 
+    def clamp(self, x: Expr, lo: float, hi: float) -> Expr:
+        """min(max(x, lo), hi) with NaN propagating, as max and min. On AArch64 as
+        llvm.maximum/minimum: fmax and fmin, one instruction each (they propagate NaN);
+        elsewhere (and in the C backend's kernel) compare and select."""
+        module = getattr(getattr(self, "fn", None), "module", None)
+        if not str(getattr(module, "triple", "") or "").startswith("aarch64") or not x.is_float:
+            return self.min(self.max(x, lo), hi)
+        ty = x.v.type
+        elem = ty.element if isinstance(ty, ir.VectorType) else ty
+        suffix = ("f64" if elem == F64 else "f32")
+        suffix = f"v{ty.count}{suffix}" if isinstance(ty, ir.VectorType) else suffix
+        out = x.v
+        for name, bound in ((f"llvm.maximum.{suffix}", lo), (f"llvm.minimum.{suffix}", hi)):
+            fn = module.globals.get(name) or ir.Function(module, ir.FunctionType(ty, [ty, ty]), name=name)
+            out = self.b.call(fn, [out, self.lift(bound, like=x).v])
+        return Expr(self, out)
+
     def abs(self, x: Expr) -> Expr:
         return self.select(x < 0, -x, x)
 

@@ -11,8 +11,12 @@ workspace (a second tiled product), and a loop over batch x hidden that applies 
 gates and updates the state (workspaces h and c) and Y. The op needs scratch memory, so
 it declares it (Op.workspace): the memory planner gives it arena bytes alive only while
 the node runs.
+Sigmoid and Tanh (also ScaledTanh) are mathfns' short gate forms, sigmoid_gate and tanh_gate:
+a cell applies three to five of them per hidden unit and step.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -41,14 +45,14 @@ def _exp_np(x):
 # Defaults are those of the ONNX operators of the same name.
 ACTIVATIONS = {
     "relu": (None, None, lambda x, a, b: np.maximum(x, 0), lambda k, x, a, b: k.max(x, 0.0)),
-    "tanh": (None, None, lambda x, a, b: np.tanh(x), lambda k, x, a, b: m.tanh(k, x)),
-    "sigmoid": (None, None, lambda x, a, b: _sigmoid_np(x), lambda k, x, a, b: m.sigmoid(k, x)),
+    "tanh": (None, None, lambda x, a, b: np.tanh(x), lambda k, x, a, b: m.tanh_gate(k, x)),
+    "sigmoid": (None, None, lambda x, a, b: _sigmoid_np(x), lambda k, x, a, b: m.sigmoid_gate(k, x)),
     "affine": (1.0, 0.0, lambda x, a, b: a * x + b, lambda k, x, a, b: x * a + b),
     "leakyrelu": (0.01, None, lambda x, a, b: np.where(x >= 0, x, a * x),
                   lambda k, x, a, b: k.select(x >= 0.0, x, x * a)),
     "thresholdedrelu": (1.0, None, lambda x, a, b: np.where(x > a, x, 0.0),
                         lambda k, x, a, b: k.select(x > a, x, 0.0)),
-    "scaledtanh": (1.0, 1.0, lambda x, a, b: a * np.tanh(b * x), lambda k, x, a, b: m.tanh(k, x * b) * a),
+    "scaledtanh": (1.0, 1.0, lambda x, a, b: a * np.tanh(b * x), lambda k, x, a, b: m.tanh_gate(k, x * b) * a),
     "hardsigmoid": (0.2, 0.5, lambda x, a, b: np.clip(a * x + b, 0, 1),
                     lambda k, x, a, b: k.max(k.min(x * a + b, 1.0), 0.0)),
     "elu": (1.0, None, lambda x, a, b: np.where(x >= 0, x, a * (_exp_np(x) - 1)),
@@ -66,6 +70,25 @@ def _str(v):
 def _dim(t, d):
     """t[d] of a tensor view whose first axis is the direction."""
     return t.view(t.shape[1:], t.strides[1:], t.offset + d * t.strides[0])
+
+
+def _rec_schedule(vec, rows, cols, hid, b_const):
+    """The tile of the per-step recurrent product, rows x cols (a block of the gates) over
+    hid. One row (batch 1, or rows run one by one for sequence_lens) is a matrix-vector
+    product: each weight is loaded once per step whatever the tile, so only the tile's
+    per-step overhead (the state's load, the loop, the accumulators' start and store)
+    shrinks as it widens, up to as many vectors as the register file holds beside the
+    weights in flight (NEON: 16 of 32) and that divide the block."""
+    s = matmul_schedule(vec, rows, cols, hid, b_const=b_const)
+    if s.rows != 1 or vec.lanes == 1 or cols % vec.lanes:
+        return s
+    # nv accumulators, the state's register and the weights in flight (LLVM streams them:
+    # a quarter of the file, at least 4) within the register file
+    fit = vec.registers - 1 - max(4, vec.registers // 4)
+    for nv in range(min(fit, 16), s.vectors, -1):
+        if (cols // vec.lanes) % nv == 0:
+            return replace(s, vectors=nv)
+    return s
 
 
 @register("RNN", "GRU", "LSTM")
@@ -286,8 +309,6 @@ class Recurrent(Op):
         clip = a.get("clip")
         cl = (lambda v: k.min(k.max(v, -clip), clip)) if clip is not None else (lambda v: v)
         lbr = node.op == "GRU" and a["linear_before_reset"]
-        rec_schedule = matmul_schedule(k.vector, batch if lens is None else 1, GH, H,
-                                       b_const=node.inputs[2].is_const)
         for d in range(dirs):
             rev = a["direction"] == "reverse" or d == 1
             acts = [self._act(node, d, i)[1] for i in range(len(DEFAULT_ACTIVATIONS[node.op]))]
@@ -332,7 +353,19 @@ class Recurrent(Op):
 
                 def rec(j0, j1, left, init_xw):
                     """gates[:, j0:j1] = start + left @ R[d]^T[:, j0:j1], start the step's
-                    projection (init_xw) or the recurrent bias."""
+                    projection (init_xw) or the recurrent bias. A matrix-vector product
+                    of a few tiles runs tile by tile in straight-line code: each tile's
+                    start values and results then lie at constant offsets (no address
+                    arithmetic per vector) and there is no loop over tiles."""
+                    rec_schedule = _rec_schedule(k.vector, batch if lens is None else 1, j1 - j0, H,
+                                                 node.inputs[2].is_const)
+                    nr = rec_schedule.vectors * k.vector.lanes
+                    tiles = -(-(j1 - j0) // nr)
+                    if rec_schedule.rows == 1 and batch * tiles <= 8 and tiles > 1:
+                        for c0 in range(j0, j1, nr):
+                            rec(c0, min(c0 + nr, j1), left, init_xw)
+                        return
+
                     def init(bi, j, wd, t):
                         if init_xw:
                             return k.vload(xw, (row(t, bi), j0 + j), wd)
