@@ -30,6 +30,8 @@ class VectorUnit:
     `fma_scalar_operand`: that multiplier can stay in a scalar float register (RVV), so
     broadcast values cost no vector register. `fma_memory_operand`: an FMA can read a
     vector from memory (x86), so a load used once costs no instruction of its own.
+    `nan_min_max`: min and max that propagate NaN are one instruction each (AArch64's fmin/
+    fmax, LLVM's llvm.minimum/maximum); elsewhere they are a compare and a select.
     `name` says whose unit it is (a profile, or a backend's own such as portable C)."""
 
     lanes: int = 4
@@ -37,6 +39,7 @@ class VectorUnit:
     fma_by_lane: bool = False
     fma_scalar_operand: bool = False
     fma_memory_operand: bool = False
+    nan_min_max: bool = False
     name: str = "generic"
 
 
@@ -73,6 +76,8 @@ class Profile:
     vector_fma_scalar_operand: bool = _at("vector_fma_scalar_operand", False)
     # an FMA can read one vector operand from memory (x86's vfmadd231ps ymm, ymm, [mem])
     vector_fma_memory_operand: bool = _at("vector_fma_memory_operand", False)
+    # min/max propagating NaN in one instruction each (AArch64 fmin/fmax)
+    nan_min_max: bool = _at("nan_min_max", False)
     # registers per vector value (RVV's LMUL): tiles use values this many registers wide
     vector_lmul: int = _at("vector_lmul", 1)
     # width of index arithmetic in generated code: the pointer width
@@ -103,7 +108,8 @@ class Profile:
         return VectorUnit(lanes=max(1, self.vector_bits * self.vector_lmul // 32),
                           registers=self.vector_registers // self.vector_lmul, fma_by_lane=self.vector_fma_by_lane,
                           fma_scalar_operand=self.vector_fma_scalar_operand,
-                          fma_memory_operand=self.vector_fma_memory_operand, name=self.name)
+                          fma_memory_operand=self.vector_fma_memory_operand, nan_min_max=self.nan_min_max,
+                          name=self.name)
 
     @property
     def elf_flag_checks(self) -> list[ElfFlagCheck]:

@@ -482,11 +482,11 @@ class Kernel:
         return self.select(b < a, b, a)
 
     def clamp(self, x: Expr, lo: float, hi: float) -> Expr:
-        """min(max(x, lo), hi) with NaN propagating, as max and min. On AArch64 as
-        llvm.maximum/minimum: fmax and fmin, one instruction each (they propagate NaN);
-        elsewhere (and in the C backend's kernel) compare and select."""
+        """min(max(x, lo), hi) with NaN propagating, as max and min. Where the vector unit has
+        NaN-propagating min/max instructions (VectorUnit.nan_min_max: AArch64's fmax and fmin)
+        as llvm.maximum/minimum; elsewhere (and in the C backend's kernel) compare and select."""
         module = getattr(getattr(self, "fn", None), "module", None)
-        if not str(getattr(module, "triple", "") or "").startswith("aarch64") or not x.is_float:
+        if not getattr(self.vector, "nan_min_max", False) or module is None or not x.is_float:
             return self.min(self.max(x, lo), hi)
         ty = x.v.type
         elem = ty.element if isinstance(ty, ir.VectorType) else ty
