@@ -32,7 +32,7 @@ def _gelu_np(x, approximate):
 def _gelu(k, x, a):
     if a.get("approximate", "none") == "tanh":
         return 0.5 * x * (m.tanh(k, (x + x * x * x * 0.044715) * 0.7978845608028654) + 1.0)
-    return 0.5 * x * (m.erf(k, x * 0.7071067811865476) + 1.0)
+    return 0.5 * x * (m.erf_rational(k, x * 0.7071067811865476) + 1.0)
 
 
 def _hard_sigmoid(k, x, alpha, beta):
