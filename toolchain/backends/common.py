@@ -38,7 +38,8 @@ def lower_node(k, node, tensors):
             fn = partial(_combine, k, op.combine, in_views[step.operand].flat(), step.operand_first)
         else:
             fn = partial(_apply, k, op.scalar, dict(step.attrs))
-        fn.vector_safe, fn.reads_operand = op.vector_safe, step.operand is not None
+        fn.vector_safe, fn.reads_operand = op.epilogue_vector_safe(dict(step.attrs)), step.operand is not None
+        fn.on_vectors = op.epilogue_on_vectors(dict(step.attrs))
         outs[0].epilogue.append(fn)
     try:
         registry.get(node.op).lower(k, node, in_views[:len(own_inputs(node))], outs)

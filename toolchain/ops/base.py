@@ -37,6 +37,15 @@ class Op:
     # As a fused epilogue step, its scalar lowering also works on short vectors (plain
     # arithmetic, compares and selects; no bit tricks), so a tile stores whole vectors.
     vector_safe = False
+
+    def epilogue_vector_safe(self, attrs: dict) -> bool:
+        """vector_safe for a fused step with these attributes (Gelu's erf form is, its tanh form not)."""
+        return self.vector_safe
+
+    def epilogue_on_vectors(self, attrs: dict) -> bool:
+        """As a fused step, long enough that the store runs it on whole vectors (one copy of
+        the code per vector), not lane by lane (one per lane, for the SLP vectorizer to merge)."""
+        return False
     # The output may take over input 0's buffer when input 0 dies here.
     inplace = False
     # The output is input 0's bytes under another shape: no code, the buffer is shared.

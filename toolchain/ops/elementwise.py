@@ -229,6 +229,13 @@ class Unary(Op):
     def vector_safe(self):
         return UNARY[self.name].vector_safe
 
+    def epilogue_vector_safe(self, attrs):
+        # Gelu's erf form is arithmetic, selects and one division (mathfns.erf_rational)
+        return self.vector_safe or (self.name == "Gelu" and attrs.get("approximate", "none") == "none")
+
+    def epilogue_on_vectors(self, attrs):
+        return self.name == "Gelu" and self.epilogue_vector_safe(attrs)
+
     def canonicalize(self, node, opset):
         for key, val in UNARY[node.op].defaults.items():
             node.attrs.setdefault(key, val)

@@ -60,7 +60,8 @@ def fold_batchnorm(g: Graph) -> bool:
 
 def fuse_activations(g: Graph) -> bool:
     """Producer -> elementwise activation  ==>  producer with the activation applied at its
-    store; saves one pass over memory and the intermediate buffer."""
+    store; saves one pass over memory and the intermediate buffer. Also through one view
+    between them (producer -> Reshape -> activation  ==>  producer+activation -> Reshape)."""
     changed = False
     users = g.users()
     for node in list(g.nodes):
@@ -69,14 +70,21 @@ def fuse_activations(g: Graph) -> bool:
         if not registry.get(node.op).fusable_epilogue:
             continue
         act = _sole_user(g, users, node.outputs[0])
+        view = None  # a Reshape between them (MatMul as Gemm, passes.patterns): the view now ends in act's output
+        if act is not None and registry.get(act.op).view and len(act.outputs) == 1:
+            view, act = act, _sole_user(g, users, act.outputs[0])
         if act is None or not registry.get(act.op).unary_epilogue or len(act.inputs) != 1:
             continue
         if act.outputs[0].type.dtype != "float32":
             continue
         node.epilogue += (EpilogueStep(act.op, tuple(sorted(act.attrs.items()))),)
-        node.outputs = [act.outputs[0]]
         node.sources += act.sources
-        act.outputs[0].producer = node
+        if view is None:
+            node.outputs = [act.outputs[0]]
+            act.outputs[0].producer = node
+        else:
+            view.outputs = [act.outputs[0]]
+            act.outputs[0].producer = view
         g.nodes.remove(act)
         changed = True
         users = g.users()
