@@ -31,6 +31,7 @@ EXP_HI = 88.3762626647949
 EXP_LO = -87.3365447504
 LN2_HI = 0.693359375
 LN2_LO = -2.12194440e-4
+ROUND_MAGIC = 12582912.0  # 1.5 * 2^23: x + it - it rounds x (|x| < 2^22) to an integer, in float32
 
 
 def _poly(x: Expr, coeffs) -> Expr:
@@ -69,28 +70,30 @@ def ceil(k: Kernel, x: Expr) -> Expr:
     return -floor(k, -x)
 
 
-def exp(k: Kernel, x: Expr) -> Expr:
+def exp(k: Kernel, x: Expr, nonpositive: bool = False) -> Expr:
     """Cephes expf: n = round(x/ln2), r = x - n ln2 in two parts, e^r by polynomial,
     2^n assembled in the exponent bits. Max rel. error ~2 ulp on the clamped range;
-    overflow gives inf, underflow 0 (not denormals), NaN stays NaN. float64: _exp_f64."""
+    overflow gives inf, underflow 0 (not denormals), NaN stays NaN. float64: _exp_f64.
+    nonpositive: the caller knows x <= 0 or NaN (softmax's x - max): no overflow side."""
     if _is64(x):
         return _exp_f64(k, x)
     with k.precise():
         arg = x
-        x = k.min(k.max(x, EXP_LO), EXP_HI)
-        t = x * LOG2E + 0.5
-        n = k.cast(t, I32)
-        nf = k.cast(n, F32)
-        nf = nf - k.select(nf > t, 1.0, 0.0)
+        x = k.max(x, EXP_LO) if nonpositive else k.min(k.max(x, EXP_LO), EXP_HI)
+        # n = round(x / ln2) by adding and subtracting 1.5 * 2^23 (strict evaluation keeps
+        # both): t's low mantissa bits then hold n, which the shift moves into the exponent
+        t = x * LOG2E + ROUND_MAGIC
+        nf = t - ROUND_MAGIC
         r = x - nf * LN2_HI
         r = r - nf * LN2_LO
         p = _poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
                       4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1])
         p = p * (r * r) + r + 1.0
-        scale = _float((k.cast(nf, I32) + 127) << 23)
-        r = k.select(arg > EXP_HI, float("inf"), p * scale)
-        r = k.select(arg < EXP_LO, 0.0, r)
-        return k.select(arg.eq(arg), r, arg)
+        scale = _float((_bits(t) << 23) + (127 << 23))
+        # a NaN passes the clamps (Kernel.min/max keep a NaN first operand) and both
+        # compares below are false for it: p, and so the result, is NaN
+        r = p * scale if nonpositive else k.select(arg > EXP_HI, float("inf"), p * scale)
+        return k.select(arg < EXP_LO, 0.0, r)
 
 
 def log(k: Kernel, x: Expr) -> Expr:

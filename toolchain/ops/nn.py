@@ -499,7 +499,7 @@ class Softmax(Op):
                     mx.value = k.max(mx.value, x[a, j, c])
             total = k.var(k.lift(0.0, like=mx.value))
             with k.loop(n) as j:
-                e = m.exp(k, x[a, j, c] - mx.value)
+                e = m.exp(k, x[a, j, c] - mx.value, nonpositive=True)  # x - max <= 0 or NaN
                 if node.op == "Softmax":
                     y[a, j, c] = e
                 total += e
