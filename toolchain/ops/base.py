@@ -65,6 +65,10 @@ class Op:
     # the memory planner may place the inputs there, so the producers write the output and
     # this node does nothing (memory.py, "joins").
     joins_inputs = False
+    # The outputs are the input cut end to end (Split on an axis with only 1s before it):
+    # the planner may place the outputs in the input's buffer, so this node does nothing
+    # (memory.py, "splits").
+    splits_input = False
 
     def canonicalize(self, node: Node, opset: int):
         """Fill in ONNX defaults and resolve convenience attributes (e.g. auto_pad) so
