@@ -268,3 +268,14 @@ def test_bias_of_the_wrong_length_is_refused_naming_the_add():
     with pytest.raises(InvalidModelError) as e:
         compile_onnx(m, T)
     assert "proj_bias" in str(e.value) and "Add" in str(e.value)
+
+
+def test_feed_forward_half_through_the_c_backend(workdir):
+    """The same fused kernels written as C (the epilogues lane by lane, the scale and the
+    residual read from their buffers)."""
+    from test_c_backend import run_c_path
+    m = ffn_model()
+    x = randn(1, 16, 64)
+    got, res = run_c_path(m, T, {"x": x}, workdir)
+    assert_close(got[0], onnxruntime_outputs(m, {"x": x})[0], what="C path")
+    assert res.manifest["ops"].get("Gemm") == 2
