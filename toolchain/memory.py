@@ -104,6 +104,7 @@ def plan_memory(g: Graph, alignment: int, buffer_align: int | None = None) -> Me
                 root[id(out)] = buf
 
     slices, elided = _joins(g, root, buffers)
+    _splits(g, root, buffers, slices, elided)
     steps = max((b.end for b in buffers), default=-1) + 1
     lower = max((sum(b.size for b in buffers if b.start <= t <= b.end) for t in range(steps)), default=0)
     _place(buffers, buffer_align, lower)
@@ -149,6 +150,35 @@ def _joins(g: Graph, root: dict, buffers: list) -> tuple[dict, set]:
         whole.start = min([whole.start] + [p.start for p in parts])
         elided.add(id(node))
     return slices, elided
+
+
+def _splits(g: Graph, root: dict, buffers: list, slices: dict, elided: set):
+    """Splits done by placement (the mirror of _joins): each output's buffer becomes a slice
+    of the input's, which lives on until the last output dies. The input qualifies when
+    its buffer is exactly its size and nothing reads it after the Split (so no op took it
+    over in place); each output when it has a buffer of its own, exactly its size."""
+    for t, node in enumerate(g.nodes):
+        if not registry.get(node.op).splits_input or node.epilogue or not node.inputs or node.inputs[0] is None:
+            continue
+        src = node.inputs[0]
+        whole = root.get(id(src))
+        axis = node.attrs["axis"]
+        if (not isinstance(whole, Buffer) or id(whole) in slices or whole.end != t or whole.size != src.type.nbytes
+                or any(d != 1 for d in src.type.shape[:axis]) or whole not in buffers):
+            continue
+        parts = [root.get(id(v)) for v in node.outputs]
+        if not all(isinstance(p, Buffer) and p is not whole and id(p) not in slices and p.start == t
+                   and p.size == v.type.nbytes and p in buffers for p, v in zip(parts, node.outputs)):
+            continue
+        if len({id(p) for p in parts}) != len(parts) or any(v in g.outputs for v in node.outputs):
+            continue
+        delta = 0
+        for p in parts:
+            slices[id(p)] = (whole, delta)
+            delta += p.size
+            buffers.remove(p)
+        whole.end = max([whole.end] + [p.end for p in parts])
+        elided.add(id(node))
 
 
 def _last_uses(g: Graph) -> dict[int, int]:

@@ -27,7 +27,8 @@ def lower_node(k, node, tensors):
     """Hand the op its operand views (None where an optional input is omitted) and its
     outputs with the fused epilogue attached, and let it write the code; an error names
     the node. `tensors`: the present inputs, then the outputs. A binary epilogue step
-    reads its operand (same shape as the output) at the stored element's offset."""
+    reads its operand (same shape as the output) at the stored element's offset, or a
+    one-element operand at 0."""
     n_in = sum(v is not None for v in node.inputs)
     present = iter(tensors[:n_in])
     in_views = [next(present) if v is not None else None for v in node.inputs]
@@ -38,7 +39,8 @@ def lower_node(k, node, tensors):
             fn = partial(_combine, k, op.combine, in_views[step.operand].flat(), step.operand_first)
         else:
             fn = partial(_apply, k, op.scalar, dict(step.attrs))
-        fn.vector_safe, fn.reads_operand = op.vector_safe, step.operand is not None
+        fn.vector_safe, fn.reads_operand = op.epilogue_vector_safe(dict(step.attrs)), step.operand is not None
+        fn.on_vectors = op.epilogue_on_vectors(dict(step.attrs))
         outs[0].epilogue.append(fn)
     try:
         registry.get(node.op).lower(k, node, in_views[:len(own_inputs(node))], outs)
@@ -51,5 +53,9 @@ def _apply(k, scalar, attrs, v, at):
 
 
 def _combine(k, combine, operand, operand_first, v, at):
-    other = k.vload(operand, (at,), v.v.type.count) if isinstance(v.v.type, ir.VectorType) else operand[at]
+    vector = isinstance(v.v.type, ir.VectorType)
+    if operand.size == 1:  # a one-element constant (a scale): the same value for every element
+        other = k.splat(operand[0], v.v.type.count) if vector else operand[0]
+    else:
+        other = k.vload(operand, (at,), v.v.type.count) if vector else operand[at]
     return combine(k, other, v) if operand_first else combine(k, v, other)

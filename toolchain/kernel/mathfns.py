@@ -31,6 +31,7 @@ EXP_HI = 88.3762626647949
 EXP_LO = -87.3365447504
 LN2_HI = 0.693359375
 LN2_LO = -2.12194440e-4
+ROUND_MAGIC = 12582912.0  # 1.5 * 2^23: x + it - it rounds x (|x| < 2^22) to an integer, in float32
 
 
 def _poly(x: Expr, coeffs) -> Expr:
@@ -69,35 +70,30 @@ def ceil(k: Kernel, x: Expr) -> Expr:
     return -floor(k, -x)
 
 
-def _floor_f32(k: Kernel, t: Expr):
-    """floor(t) as a float32 and as an int32, for |t| < 2^22, without a float -> int
-    conversion (qemu-riscv64 7.2 asserts on some vectorized ones): adding 1.5 * 2^23 rounds t
-    to an integer held in the low mantissa bits. Inside k.precise()."""
-    rounded = (t + 12582912.0) - 12582912.0
-    fl = rounded - k.select(rounded > t, 1.0, 0.0)
-    return fl, k.bitcast(fl + 12582912.0, I32) - 0x4B400000
-
-
-def exp(k: Kernel, x: Expr) -> Expr:
+def exp(k: Kernel, x: Expr, nonpositive: bool = False) -> Expr:
     """Cephes expf: n = round(x/ln2), r = x - n ln2 in two parts, e^r by polynomial,
     2^n assembled in the exponent bits. Max rel. error ~2 ulp on the clamped range;
-    overflow gives inf, underflow 0 (not denormals), NaN stays NaN. float64: _exp_f64."""
+    overflow gives inf, underflow 0 (not denormals), NaN stays NaN. float64: _exp_f64.
+    nonpositive: the caller knows x <= 0 or NaN (softmax's x - max): no overflow side."""
     if _is64(x):
         return _exp_f64(k, x)
     with k.precise():
         arg = x
-        x = k.min(k.max(x, EXP_LO), EXP_HI)
-        t = x * LOG2E + 0.5
-        nf, n = _floor_f32(k, t)
+        x = k.max(x, EXP_LO) if nonpositive else k.min(k.max(x, EXP_LO), EXP_HI)
+        # n = round(x / ln2) by adding and subtracting 1.5 * 2^23 (strict evaluation keeps
+        # both): t's low mantissa bits then hold n, which the shift moves into the exponent
+        t = x * LOG2E + ROUND_MAGIC
+        nf = t - ROUND_MAGIC
         r = x - nf * LN2_HI
         r = r - nf * LN2_LO
         p = _poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
                       4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1])
         p = p * (r * r) + r + 1.0
-        scale = _float((n + 127) << 23)
-        r = k.select(arg > EXP_HI, float("inf"), p * scale)
-        r = k.select(arg < EXP_LO, 0.0, r)
-        return k.select(arg.eq(arg), r, arg)
+        scale = _float((_bits(t) << 23) + (127 << 23))
+        # a NaN passes the clamps (Kernel.min/max keep a NaN first operand) and both
+        # compares below are false for it: p, and so the result, is NaN
+        r = p * scale if nonpositive else k.select(arg > EXP_HI, float("inf"), p * scale)
+        return k.select(arg < EXP_LO, 0.0, r)
 
 
 def log(k: Kernel, x: Expr) -> Expr:
@@ -174,6 +170,26 @@ def erf(k: Kernel, x: Expr) -> Expr:
                              1.128379165726710])
     y = k.select(a < 1.0, near, tail)
     return k.select(x < 0.0, -y, y)
+
+
+def erf_rational(k: Kernel, x: Expr) -> Expr:
+    """float32 erf as one rational function of x clamped to [-4, 4] (Eigen's / XLA's fast
+    erf: an odd degree-13 numerator over an even degree-8 denominator): about a third of
+    erf's instructions (no exp, no two branches computed for one select), absolute error
+    <= 4.5e-7 (7.5 ulp near +-1; tests/test_perf_transformer.py). For GELU, whose result
+    0.5 x (1 + erf(x / sqrt 2)) cannot see the difference at float32 tolerance; the Erf op
+    keeps erf. NaN propagates through the clamp (Kernel.min/max keep a NaN first operand).
+    float64: erf."""
+    if _is64(x):
+        return _erf_f64(k, x)
+    z = k.min(k.max(x, -4.0), 4.0)
+    z2 = z * z
+    p = _poly(z2, [-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+                   -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+                   -1.60960333262415e-02]) * z
+    q = _poly(z2, [-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                   -7.37332916720468e-03, -1.42647390514189e-02])
+    return p / q
 
 
 def pow(k: Kernel, a: Expr, b: Expr) -> Expr:

@@ -37,6 +37,15 @@ class Op:
     # As a fused epilogue step, its scalar lowering also works on short vectors (plain
     # arithmetic, compares and selects; no bit tricks), so a tile stores whole vectors.
     vector_safe = False
+
+    def epilogue_vector_safe(self, attrs: dict) -> bool:
+        """vector_safe for a fused step with these attributes (Gelu's erf form is, its tanh form not)."""
+        return self.vector_safe
+
+    def epilogue_on_vectors(self, attrs: dict) -> bool:
+        """As a fused step, long enough that the store runs it on whole vectors (one copy of
+        the code per vector), not lane by lane (one per lane, for the SLP vectorizer to merge)."""
+        return False
     # The output may take over input 0's buffer when input 0 dies here.
     inplace = False
     # The output is input 0's bytes under another shape: no code, the buffer is shared.
@@ -56,6 +65,10 @@ class Op:
     # the memory planner may place the inputs there, so the producers write the output and
     # this node does nothing (memory.py, "joins").
     joins_inputs = False
+    # The outputs are the input cut end to end (Split on an axis with only 1s before it):
+    # the planner may place the outputs in the input's buffer, so this node does nothing
+    # (memory.py, "splits").
+    splits_input = False
 
     def canonicalize(self, node: Node, opset: int):
         """Fill in ONNX defaults and resolve convenience attributes (e.g. auto_pad) so

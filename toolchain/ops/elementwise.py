@@ -32,7 +32,7 @@ def _gelu_np(x, approximate):
 def _gelu(k, x, a):
     if a.get("approximate", "none") == "tanh":
         return 0.5 * x * (m.tanh(k, (x + x * x * x * 0.044715) * 0.7978845608028654) + 1.0)
-    return 0.5 * x * (m.erf(k, x * 0.7071067811865476) + 1.0)
+    return 0.5 * x * (m.erf_rational(k, x * 0.7071067811865476) + 1.0)
 
 
 def _hard_sigmoid(k, x, alpha, beta):
@@ -228,6 +228,13 @@ class Unary(Op):
     @property
     def vector_safe(self):
         return UNARY[self.name].vector_safe
+
+    def epilogue_vector_safe(self, attrs):
+        # Gelu's erf form is arithmetic, selects and one division (mathfns.erf_rational)
+        return self.vector_safe or (self.name == "Gelu" and attrs.get("approximate", "none") == "none")
+
+    def epilogue_on_vectors(self, attrs):
+        return self.name == "Gelu" and self.epilogue_vector_safe(attrs)
 
     def canonicalize(self, node, opset):
         for key, val in UNARY[node.op].defaults.items():

@@ -57,6 +57,7 @@ def slice_transpose(b, g, shape, begin, step, count):
 @register("Split")
 class Split(Op):
     shape_operands = (1,)
+    splits_input = True
     jvp = staticmethod(linear_jvp)
 
     def canonicalize(self, node, opset):

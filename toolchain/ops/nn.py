@@ -479,13 +479,27 @@ class Softmax(Op):
     def lower(self, k, node, ins, outs):
         o, n, inner = self._rows(ins[0].shape, node)
         x, y = ins[0].reshape((o, n, inner)), outs[0].reshape((o, n, inner))
+        lanes = k.vector.lanes
+        # rows contiguous and whole vectors long (attention's scores): the max of a row in
+        # whole-vector steps, then across the lanes (max is exact in any order)
+        by_vector = inner == 1 and lanes > 1 and n % lanes == 0 and n > lanes and x.dtype == "float32"
         with k.loops((o, inner)) as (a, c):
-            mx = k.var(x[a, 0, c])
-            with k.loop(n) as j:
-                mx.value = k.max(mx.value, x[a, j, c])
+            if by_vector:
+                rows = ins[0].reshape((o, n))
+                vmx = k.var(k.vload(rows, (a, 0), lanes))
+                with k.loop(n, start=lanes, step=lanes) as j:
+                    vmx.value = k.max(vmx.value, k.vload(rows, (a, j), lanes))
+                parts = k.lanes(vmx.value)
+                mx = k.var(parts[0])
+                for p in parts[1:]:
+                    mx.value = k.max(mx.value, p)
+            else:
+                mx = k.var(x[a, 0, c])
+                with k.loop(n) as j:
+                    mx.value = k.max(mx.value, x[a, j, c])
             total = k.var(k.lift(0.0, like=mx.value))
             with k.loop(n) as j:
-                e = m.exp(k, x[a, j, c] - mx.value)
+                e = m.exp(k, x[a, j, c] - mx.value, nonpositive=True)  # x - max <= 0 or NaN
                 if node.op == "Softmax":
                     y[a, j, c] = e
                 total += e

@@ -12,6 +12,7 @@ from .cleanup import eliminate_common_subexpressions, eliminate_dead_code
 from .fold import fold_constants
 from .fuse import fold_batchnorm, fuse_activations, fuse_residuals
 from .legalize import materialize_outputs
+from .patterns import fold_matmul_bias, fuse_gelu
 from .quantize import integer_ops
 from .schedule import choose_schedules
 from .verify import infer_shapes, verify
@@ -22,6 +23,8 @@ PIPELINE: list[tuple[str, Callable[[Graph], bool]]] = [
     ("fold-constants", fold_constants),
     ("eliminate-dead-code", eliminate_dead_code),
     ("eliminate-common-subexpressions", eliminate_common_subexpressions),
+    ("fuse-gelu", fuse_gelu),
+    ("fold-matmul-bias", fold_matmul_bias),
     ("fold-batchnorm", fold_batchnorm),
     ("fuse-activations", fuse_activations),
     ("fuse-residuals", fuse_residuals),

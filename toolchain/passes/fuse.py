@@ -60,7 +60,8 @@ def fold_batchnorm(g: Graph) -> bool:
 
 def fuse_activations(g: Graph) -> bool:
     """Producer -> elementwise activation  ==>  producer with the activation applied at its
-    store; saves one pass over memory and the intermediate buffer."""
+    store; saves one pass over memory and the intermediate buffer. Also through one view
+    between them (producer -> Reshape -> activation  ==>  producer+activation -> Reshape)."""
     changed = False
     users = g.users()
     for node in list(g.nodes):
@@ -69,24 +70,38 @@ def fuse_activations(g: Graph) -> bool:
         if not registry.get(node.op).fusable_epilogue:
             continue
         act = _sole_user(g, users, node.outputs[0])
+        view = None  # a Reshape between them (MatMul as Gemm, passes.patterns): the view now ends in act's output
+        if act is not None and registry.get(act.op).view and len(act.outputs) == 1:
+            view, act = act, _sole_user(g, users, act.outputs[0])
         if act is None or not registry.get(act.op).unary_epilogue or len(act.inputs) != 1:
             continue
         if act.outputs[0].type.dtype != "float32":
             continue
         node.epilogue += (EpilogueStep(act.op, tuple(sorted(act.attrs.items()))),)
-        node.outputs = [act.outputs[0]]
         node.sources += act.sources
-        act.outputs[0].producer = node
+        if view is None:
+            node.outputs = [act.outputs[0]]
+            act.outputs[0].producer = node
+        else:
+            view.outputs = [act.outputs[0]]
+            act.outputs[0].producer = view
         g.nodes.remove(act)
         changed = True
         users = g.users()
     return changed
 
 
+def _scalar_const(v, dtype) -> bool:
+    """A constant of one element of this type: a binary step reads it at every store
+    (attention's scores divided by sqrt(d))."""
+    return v.is_const and v.type.size == 1 and v.type.dtype == dtype
+
+
 def fuse_residuals(g: Graph) -> bool:
     """Producer -> binary elementwise op with a second operand of the same shape (the
     residual Add of a ResNet block, with its activation already fused)  ==>  producer that
-    reads the operand at its store and writes the final value. The operand becomes an
+    reads the operand at its store and writes the final value (or a one-element constant:
+    a scale, read once per store). The operand becomes an
     extra input after the producer's own (Op.own_inputs). Saves a pass over the block's
     output, and the buffer between them: only where the operand is computed before the
     producer runs. (Moving the producer later would keep its inputs alive longer, and the
@@ -99,10 +114,15 @@ def fuse_residuals(g: Graph) -> bool:
             continue
         t = node.outputs[0].type
         for side in (0, 1):
+            if _fuse_through_view(g, users, order, node, side):
+                changed = True
+                users = g.users()
+                order = {id(n): i for i, n in enumerate(g.nodes)}
+                break
             prod, other = node.inputs[side].producer, node.inputs[1 - side]
             if (prod is None or registry.get(prod.op).own_inputs is None or other is node.inputs[side]
                     or _sole_user(g, users, node.inputs[side]) is not node or t.dtype != "float32"
-                    or prod.outputs[0].type != t or other.type != t
+                    or prod.outputs[0].type != t or not (other.type == t or _scalar_const(other, t.dtype))
                     or (other.producer is not None and order[id(other.producer)] > order[id(prod)])):
                 continue
             own = registry.get(prod.op).own_inputs
@@ -118,3 +138,36 @@ def fuse_residuals(g: Graph) -> bool:
             users = g.users()
             break
     return changed
+
+
+def _fuse_through_view(g: Graph, users, order, node: Node, side: int) -> bool:
+    """fuse_residuals with a Reshape between producer and op (MatMul as Gemm, passes.patterns):
+    producer -> Reshape -> Add(., other)  ==>  producer(+ Reshape(other)) -> Reshape. The
+    operand is read at the producer's offsets, so it gets the producer's shape (a view)."""
+    view, other = node.inputs[side].producer, node.inputs[1 - side]
+    t = node.outputs[0].type
+    if (view is None or not registry.get(view.op).view or len(view.outputs) != 1 or view.inputs[0] is None
+            or _sole_user(g, users, node.inputs[side]) is not node or other is node.inputs[side]):
+        return False
+    prod = view.inputs[0].producer
+    if (prod is None or len(prod.outputs) != 1 or registry.get(prod.op).own_inputs is None
+            or _sole_user(g, users, prod.outputs[0]) is not view or t.dtype != "float32" or other.type != t
+            or prod.outputs[0].type.dtype != t.dtype or prod.outputs[0].type.size != t.size
+            or (other.producer is not None and order[id(other.producer)] > order[id(prod)])):
+        return False
+    shape = prod.outputs[0].type.shape
+    operand = other
+    if other.type.shape != shape:
+        operand = g.value(other.name + "_as_" + prod.name, prod.outputs[0].type)
+        g.add_node("Reshape", node.name + "_operand", [other], [operand], {"shape": list(shape)},
+                   index=g.nodes.index(prod))
+    own = registry.get(prod.op).own_inputs
+    prod.inputs = prod.inputs + [None] * (own - len(prod.inputs)) + [operand]
+    step = EpilogueStep(node.op, tuple(sorted(node.attrs.items())), operand=len(prod.inputs) - 1,
+                        operand_first=side == 1)
+    prod.epilogue = prod.epilogue + (step,) + node.epilogue
+    prod.sources += node.sources
+    view.outputs = [node.outputs[0]]
+    node.outputs[0].producer = view
+    g.nodes.remove(node)
+    return True
