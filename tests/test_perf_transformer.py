@@ -249,7 +249,7 @@ def test_exp_special_values(workdir):
     assert got[7] == np.inf and got[12] == np.inf and got[13] == 0 and got[11] == 0 and np.isnan(got[14])
 
 
-@pytest.mark.parametrize("kdim, tgt", [(64, T), (40, T), (8, T), (64, "cortex-a76")])
+@pytest.mark.parametrize("kdim, tgt", [(64, T), (40, T), (8, T), (64, "cortex-a76"), (40, "cortex-a76")])
 def test_matmul_reduction_unrolled_by_two(kdim, tgt, workdir):
     """64: two vectors per trip on both targets; 40: on 4 lanes (cortex-a76) but not 8."""
     m = make_model([helper.make_node("MatMul", ["a", "b"], ["y"])],
