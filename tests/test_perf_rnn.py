@@ -1,4 +1,4 @@
-"""The recurrent ops' short gate functions (kernel/mathfns.py sigmoid_gate, tanh_gate) and
+"""The recurrent ops' short gate functions (kernel/fastmath.py sigmoid_gate, tanh_gate) and
 their register tiles: accuracy against numpy in float64 over the whole useful range, special
 values, and LSTM/GRU shapes that take the wide recurrent tile, against onnxruntime."""
 import numpy as np

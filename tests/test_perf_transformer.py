@@ -1,6 +1,6 @@
 """The rewrites and lowerings that cut the transformer encoder's instructions (issue #16):
 MatMul + constant bias as a Gemm (passes/patterns.py), GELU's five-node chain as one Gelu
-(its erf one rational function: kernel/mathfns.erf_rational), activations and residual Adds
+(its erf one rational function: kernel/fastmath.erf_rational), activations and residual Adds
 fused through a Reshape, a scale by a one-element constant fused into its producer's store,
 Split by placement (memory.py), softmax's whole-vector max and exp, the reduction loop of
 tiled_matmul two vectors per trip. Each against onnxruntime (or numpy in float64), each

@@ -11,6 +11,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from ..kernel import fastmath as fm
 from ..kernel import mathfns as m
 from ..kernel.llvm import LLVM_TYPES
 from ..errors import UnsupportedError
@@ -32,7 +33,7 @@ def _gelu_np(x, approximate):
 def _gelu(k, x, a):
     if a.get("approximate", "none") == "tanh":
         return 0.5 * x * (m.tanh(k, (x + x * x * x * 0.044715) * 0.7978845608028654) + 1.0)
-    return 0.5 * x * (m.erf_rational(k, x * 0.7071067811865476) + 1.0)
+    return 0.5 * x * (fm.erf_rational(k, x * 0.7071067811865476) + 1.0)
 
 
 def _hard_sigmoid(k, x, alpha, beta):
@@ -230,7 +231,7 @@ class Unary(Op):
         return UNARY[self.name].vector_safe
 
     def epilogue_vector_safe(self, attrs):
-        # Gelu's erf form is arithmetic, selects and one division (mathfns.erf_rational)
+        # Gelu's erf form is arithmetic, selects and one division (fastmath.erf_rational)
         return self.vector_safe or (self.name == "Gelu" and attrs.get("approximate", "none") == "none")
 
     def epilogue_on_vectors(self, attrs):

@@ -11,7 +11,7 @@ workspace (a second tiled product), and a loop over batch x hidden that applies 
 gates and updates the state (workspaces h and c) and Y. The op needs scratch memory, so
 it declares it (Op.workspace): the memory planner gives it arena bytes alive only while
 the node runs.
-Sigmoid and Tanh (also ScaledTanh) are mathfns' short gate forms, sigmoid_gate and tanh_gate:
+Sigmoid and Tanh (also ScaledTanh) are kernel/fastmath.py's short gate forms, sigmoid_gate and tanh_gate:
 a cell applies three to five of them per hidden unit and step.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..ir import TensorType
+from ..kernel import fastmath as fm
 from ..kernel import mathfns as m
 from ..kernel.tiled_matmul import tiled_matmul
 from ..schedules import matmul_schedule
@@ -45,14 +46,14 @@ def _exp_np(x):
 # Defaults are those of the ONNX operators of the same name.
 ACTIVATIONS = {
     "relu": (None, None, lambda x, a, b: np.maximum(x, 0), lambda k, x, a, b: k.max(x, 0.0)),
-    "tanh": (None, None, lambda x, a, b: np.tanh(x), lambda k, x, a, b: m.tanh_gate(k, x)),
-    "sigmoid": (None, None, lambda x, a, b: _sigmoid_np(x), lambda k, x, a, b: m.sigmoid_gate(k, x)),
+    "tanh": (None, None, lambda x, a, b: np.tanh(x), lambda k, x, a, b: fm.tanh_gate(k, x)),
+    "sigmoid": (None, None, lambda x, a, b: _sigmoid_np(x), lambda k, x, a, b: fm.sigmoid_gate(k, x)),
     "affine": (1.0, 0.0, lambda x, a, b: a * x + b, lambda k, x, a, b: x * a + b),
     "leakyrelu": (0.01, None, lambda x, a, b: np.where(x >= 0, x, a * x),
                   lambda k, x, a, b: k.select(x >= 0.0, x, x * a)),
     "thresholdedrelu": (1.0, None, lambda x, a, b: np.where(x > a, x, 0.0),
                         lambda k, x, a, b: k.select(x > a, x, 0.0)),
-    "scaledtanh": (1.0, 1.0, lambda x, a, b: a * np.tanh(b * x), lambda k, x, a, b: m.tanh_gate(k, x * b) * a),
+    "scaledtanh": (1.0, 1.0, lambda x, a, b: a * np.tanh(b * x), lambda k, x, a, b: fm.tanh_gate(k, x * b) * a),
     "hardsigmoid": (0.2, 0.5, lambda x, a, b: np.clip(a * x + b, 0, 1),
                     lambda k, x, a, b: k.max(k.min(x * a + b, 1.0), 0.0)),
     "elu": (1.0, None, lambda x, a, b: np.where(x >= 0, x, a * (_exp_np(x) - 1)),
