@@ -419,6 +419,24 @@ class CKernel(Kernel):
         return scalars[0] if len(scalars) == 1 else CLanes(list(scalars))
 
     # -- arithmetic helpers -------------------------------------------------------------------
+    def max(self, a, b):
+        """Lane by lane on short vectors (softmax's whole-vector row max), else Kernel.max."""
+        if isinstance(a, CLanes) or isinstance(b, CLanes):
+            return self._lanewise(super().max, a, b)
+        return super().max(a, b)
+
+    def min(self, a, b):
+        if isinstance(a, CLanes) or isinstance(b, CLanes):
+            return self._lanewise(super().min, a, b)
+        return super().min(a, b)
+
+    @staticmethod
+    def _lanewise(fn, a, b) -> CLanes:
+        n = len(a.items if isinstance(a, CLanes) else b.items)
+        xs = a.items if isinstance(a, CLanes) else [a] * n
+        ys = b.items if isinstance(b, CLanes) else [b] * n
+        return CLanes(fn(x, y) for x, y in zip(xs, ys))
+
     def select(self, cond, a, b) -> CExpr:
         if not isinstance(cond, Expr):
             return self.lift(a if cond else b)
