@@ -403,6 +403,10 @@ class CKernel(Kernel):
         self.packed.append((sym, data))
         return CTensor(self, sym, str(data.dtype), data.shape)
 
+    def map_vectors(self, ins, out, body) -> bool:
+        """C99 has no vector type: the caller's scalar loop it is (the C compiler vectorizes)."""
+        return False
+
     def vload(self, t, idx, n, valid=None, readable=None):
         idx = tuple(idx)
         valid = range(n) if valid is None else valid

@@ -432,6 +432,38 @@ class Kernel:
             vec = self.b.insert_element(vec, t[at].v, ir.Constant(I32, i))
         return Expr(self, vec)
 
+    def map_vectors(self, ins, out: "Tensor", body) -> bool:
+        """out[i] = body(*(x[i] for x in ins)) over the flat index, in explicit vectors of
+        the target's float32 lanes and a scalar tail, where everything is float32 and every
+        input has out's shape or holds one element (loaded once before the loop, splat).
+        Explicit because an in-place elementwise node (its output over input 0's bytes, as
+        the optimizer updates of a training step) defeats LLVM's loop vectorizer when the
+        node is a function of its own: the run-time overlap check sees the equal pointers
+        and the scalar loop runs. `body` must work on vectors (Op.vector_safe). A fused
+        epilogue is applied to the whole vector where each step is vector-safe, lane by
+        lane otherwise. False, and nothing built, where this does not apply."""
+        n = self.vector_lanes
+        if (n <= 1 or out.dtype != "float32" or out.size < n or any(t.dtype != "float32" for t in ins)
+                or not all(t.shape == out.shape or t.size == 1 for t in ins)):
+            return False
+        y = out.flat()
+        scalars = [t.flat()[0] if t.shape != out.shape else None for t in ins]
+        splats = [self.splat(s, n) if s is not None else None for s in scalars]
+        main = out.size - out.size % n
+        vector_epilogue = all(getattr(fn, "vector_safe", False) for fn in y.epilogue)
+        with self.loop(main, step=n) as i:
+            v = body(*[s if s is not None else self._load_vector(t.flat(), (i,), n) for s, t in zip(splats, ins)])
+            if not vector_epilogue:
+                y.store_lanes((i,), v)
+            else:
+                at = y.index((i,))
+                for fn in y.epilogue:
+                    v = fn(v, at)
+                self.b.store(v.v, self.b.bitcast(y.address((i,)), v.v.type.as_pointer())).align = 4
+        with self.loop(out.size, start=main) as i:
+            y[i] = body(*[s if s is not None else t.flat()[i] for s, t in zip(scalars, ins)])
+        return True
+
     def _load_vector(self, t, idx, n) -> Expr:
         """n consecutive elements from t[idx] in one load (alignment: one element)."""
         ptr = self.b.bitcast(t.address(idx), ir.VectorType(LLVM_TYPES[t.dtype], n).as_pointer())
