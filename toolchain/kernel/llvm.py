@@ -31,6 +31,8 @@ LLVM_TYPES = {"float32": F32, "float64": F64, "int8": I8, "uint8": I8, "int16": 
 # Reassociation lets LLVM vectorize reductions; contraction gives FMAs. No nnan/ninf:
 # clamps and max/min must keep their meaning for NaN and infinity.
 FAST = ("reassoc", "contract", "nsz", "arcp")
+# Kernel.map_vectors: vector registers per step of its main loop
+MAP_UNROLL = 4
 
 
 class Expr:
@@ -448,19 +450,24 @@ class Kernel:
             return False
         y = out.flat()
         scalars = [t.flat()[0] if t.shape != out.shape else None for t in ins]
-        splats = [self.splat(s, n) if s is not None else None for s in scalars]
-        main = out.size - out.size % n
         vector_epilogue = all(getattr(fn, "vector_safe", False) for fn in y.epilogue)
-        with self.loop(main, step=n) as i:
-            v = body(*[s if s is not None else self._load_vector(t.flat(), (i,), n) for s, t in zip(splats, ins)])
-            if not vector_epilogue:
-                y.store_lanes((i,), v)
-            else:
-                at = y.index((i,))
-                for fn in y.epilogue:
-                    v = fn(v, at)
-                self.b.store(v.v, self.b.bitcast(y.address((i,)), v.v.type.as_pointer())).align = 4
-        with self.loop(out.size, start=main) as i:
+        done = 0
+        # MAP_UNROLL registers a step (paired loads and stores, a quarter of the loop's
+        # overhead per element), then one register a step, then the scalar tail
+        for w in (n * MAP_UNROLL, n):
+            end = done + (out.size - done) // w * w
+            splats = [self.splat(s, w) if s is not None else None for s in scalars]
+            with self.loop(end, start=done, step=w) as i:
+                v = body(*[s if s is not None else self._load_vector(t.flat(), (i,), w) for s, t in zip(splats, ins)])
+                if not vector_epilogue:
+                    y.store_lanes((i,), v)
+                else:
+                    at = y.index((i,))
+                    for fn in y.epilogue:
+                        v = fn(v, at)
+                    self.b.store(v.v, self.b.bitcast(y.address((i,)), v.v.type.as_pointer())).align = 4
+            done = end
+        with self.loop(out.size, start=done) as i:
             y[i] = body(*[s if s is not None else t.flat()[i] for s, t in zip(scalars, ins)])
         return True
 

@@ -379,6 +379,13 @@ class Binary(Op):
     def vector_safe(self):
         return self.name != "Pow"
 
+    @property
+    def own_inputs(self):
+        """The two-operand arithmetic ops take a fused binary epilogue's operand after their
+        own two (passes.fuse_residuals): a training step's update p - lr * g is then one
+        Mul node writing p's bytes. Not the variadic ones (Sum, Mean, Max, Min)."""
+        return 2 if self.name in ("Add", "Sub", "Mul", "Div") else None
+
     def canonicalize(self, node, opset):
         """Before opset 7, B broadcast only with broadcast=1, its dims aligned to A's
         starting at `axis` (not at the end): give B trailing 1s to get numpy's rule."""
