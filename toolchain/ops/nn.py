@@ -17,6 +17,7 @@ from ..kernel.tiled_conv import conv2d_channels, conv2d_columns, conv_point, con
 from ..kernel.tiled_matmul import tiled_matmul
 from ..schedules import ConvLayer, conv_schedule, matmul_schedule
 from .base import Op, in_type, invalid, norm_axis, register, unsupported
+from .conv_grad import input_grad_as_conv, pointwise_weight_grad
 
 # -- convolution ------------------------------------------------------------------
 def resolve_auto_pad(node, in_spatial, kernel, strides, dilations):
@@ -128,7 +129,9 @@ class Conv(Op):
 
     def vjp(self, b, node, cotangents):
         """dx: ConvTranspose of dy with the same weights; dw: a Conv over the input with
-        batch and channels swapped (strides and dilations trade places), dy as its kernel."""
+        batch and channels swapped (strides and dilations trade places), dy as its kernel.
+        With stride 1, dx is a Conv (flipped, channel-swapped weights), and a pointwise
+        conv's dw one Gemm (ops/conv_grad.py): the scheduled kernels run them."""
         a, g = node.attrs, cotangents[0]
         groups = a["group"]
         x, w = node.inputs[:2]
@@ -136,8 +139,16 @@ class Conv(Op):
         rank, s, d, p = len(xs) - 2, a["strides"], a["dilations"], a["pads"]
         span = [(ys[2 + i] - 1) * s[i] + (ws[2 + i] - 1) * d[i] + 1 for i in range(rank)]
         out_pad = [xs[2 + i] + p[i] + p[rank + i] - span[i] for i in range(rank)]
-        gx = b.op("ConvTranspose", [g, b.primal(w)], group=groups, kernel_shape=list(ws[2:]), strides=list(s),
-                  dilations=list(d), output_padding=out_pad, pads=list(p))
+        gx = input_grad_as_conv(b, g, b.primal(w), xs, ws, groups, s, d, p)  # stride 1: scheduled
+        if gx is None:
+            gx = b.op("ConvTranspose", [g, b.primal(w)], group=groups, kernel_shape=list(ws[2:]), strides=list(s),
+                      dilations=list(d), output_padding=out_pad, pads=list(p))
+        gw = pointwise_weight_grad(b, b.primal(x), g, xs, ws, s, d, p, groups)  # one Gemm
+        if gw is not None:
+            grads = [gx, gw]
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                grads.append(b.op("ReduceSum", [g], axes=[0, *range(2, rank + 2)], keepdims=0))
+            return grads
         end = [span[i] - xs[2 + i] - p[i] for i in range(rank)]  # the end padding dw's windows reach
         xv = b.primal(x)
         if min(end) < 0:  # trailing input rows no window reaches: cropped off for dw
