@@ -125,7 +125,7 @@ def channel_vectors_suit(vec: VectorUnit, layer: ConvLayer) -> bool:
 # 10x4 kernels of real networks, not for a weight gradient's Conv, whose "kernel" is the
 # output's whole spatial extent (32x32 taps in ResNet-8's pullback: 454 KB of code per
 # node, minutes of LLVM). Beyond this many taps a convolution is the plain loop nest.
-MAX_UNROLLED_TAPS = 64
+MAX_UNROLLED_TAPS = 128
 
 
 def conv_schedule(vec: VectorUnit, layer: ConvLayer) -> Schedule:
