@@ -272,6 +272,8 @@ class CKernel(Kernel):
     """Builds one C function body. Inherits the helpers that are pure vocabulary
     (max/min/abs/f32/sqrt/loops/precise) from Kernel; redefines what builds code."""
 
+    explicit_vectors = False  # C99 has no vector type: Kernel.map_vectors leaves the scalar loop
+
     def __init__(self, name: str):
         self.name = name
         self.flags = ()
@@ -402,10 +404,6 @@ class CKernel(Kernel):
         sym = f"{self.name}_packed{len(self.packed)}"
         self.packed.append((sym, data))
         return CTensor(self, sym, str(data.dtype), data.shape)
-
-    def map_vectors(self, ins, out, body) -> bool:
-        """C99 has no vector type: the caller's scalar loop it is (the C compiler vectorizes)."""
-        return False
 
     def vload(self, t, idx, n, valid=None, readable=None):
         idx = tuple(idx)

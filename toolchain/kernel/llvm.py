@@ -254,6 +254,7 @@ class Kernel:
 
     vector = VectorUnit()
     index = I64  # type of loop counters and element offsets: the target's pointer width
+    explicit_vectors = True  # short vectors are LLVM vector values (the C kernel's are lanes)
 
     @property
     def vector_lanes(self):
@@ -445,7 +446,7 @@ class Kernel:
         epilogue is applied to the whole vector where each step is vector-safe, lane by
         lane otherwise. False, and nothing built, where this does not apply."""
         n = self.vector_lanes
-        if (n <= 1 or out.dtype != "float32" or out.size < n or any(t.dtype != "float32" for t in ins)
+        if (n <= 1 or not self.explicit_vectors or out.dtype != "float32" or out.size < n or any(t.dtype != "float32" for t in ins)
                 or not all(t.shape == out.shape or t.size == 1 for t in ins)):
             return False
         y = out.flat()

@@ -25,6 +25,41 @@ def store_tile(acc, offs, put_vector):
             put_vector(r, off, var.value)
 
 
+def matmul_by_dots(k, m_, n, kdim, a, b_rows, init, store, rows=4):
+    """y[i, j:j+r] = store(i, j, init(i, j, r) + [dot(a[i, :], b_rows[j + t, :]) for t < r]):
+    both operands contiguous along the reduction (a Gemm with transB=1 whose weights are
+    run-time values, as a training step's forward Gemms: no panels to pack them into, and
+    b's columns a whole row apart). Each dot in vector accumulators along kk (one vector of
+    a serves `rows` rows of b), summed across lanes at the end, then a scalar tail of kk."""
+    lanes = k.vector_lanes
+    main = kdim - kdim % lanes
+
+    def block(i, j, r):
+        accs = [k.var(k.zeros(lanes)) for _ in range(r)]
+        with k.loop(main, step=lanes) as kk:
+            av = k.vload(a, (i, kk), lanes)
+            for t, acc in enumerate(accs):
+                acc.value = acc.value + av * k.vload(b_rows, (j + t, kk), lanes)
+        sums = []
+        for acc in accs:
+            parts = k.lanes(acc.value)
+            while len(parts) > 1:  # pairwise across lanes
+                parts = [parts[q] + parts[q + len(parts) // 2] for q in range(len(parts) // 2)]
+            sums.append(k.var(parts[0]))
+        with k.loop(kdim, start=main) as kk:
+            x = a[i, kk]
+            for t, tot in enumerate(sums):
+                tot.value = tot.value + x * b_rows[j + t, kk]
+        store(i, j, init(i, j, r) + k.pack([tot.value for tot in sums]))
+
+    whole = n - n % rows
+    with k.loop(m_) as i:
+        with k.loop(whole, step=rows) as j:
+            block(i, j, rows)
+        with k.loop(n, start=whole) as j:
+            block(i, j, 1)
+
+
 def tiled_matmul(k, schedule, m_, n, kdim, a_at, b_at, init, store, b_const=None, a_const=None):
     """y[i, j:] = store(i, j, init[i, j:] + sum_kk a[i, kk] * b[kk, j:]) in register tiles of
     MR rows x NV vectors of columns (sized from the profile by register_tile): the MR*NV

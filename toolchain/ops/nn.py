@@ -14,7 +14,7 @@ from ..ir import TensorType, Value
 from ..kernel import mathfns as m
 from ..kernel.llvm import LLVM_TYPES
 from ..kernel.tiled_conv import conv2d_channels, conv2d_columns, conv_point, conv_pointwise
-from ..kernel.tiled_matmul import tiled_matmul
+from ..kernel.tiled_matmul import matmul_by_dots, tiled_matmul
 from ..schedules import ConvLayer, conv_schedule, matmul_schedule
 from .base import Op, in_type, invalid, norm_axis, register, unsupported
 from .conv_grad import input_grad_as_conv, pointwise_weight_grad
@@ -336,6 +336,10 @@ class Gemm(Op):
                 y[i, j + ln] = x + c[i, j + ln] * beta if c is not None else x
 
         b_value = node.inputs[1]
+        if at["transB"] and not b_value.is_const and k.explicit_vectors and a.shape[1] >= k.vector_lanes > 1:
+            # run-time weights (a training step) read along their rows: dot products, not
+            # vectors of columns a whole row apart
+            return matmul_by_dots(k, y.shape[0], y.shape[1], a.shape[1], a, ins[1], init, store)
         b_const = (b_value.data.T if at["transB"] else b_value.data) if b_value.is_const else None
         tiled_matmul(k, node.schedule, y.shape[0], y.shape[1], a.shape[1], lambda i, kk: (a, (i, kk)),
                      lambda kk, j: (b, (kk, j)), init, store, b_const)
