@@ -208,3 +208,22 @@ def test_gemm_runtime_weights_on_cortex_a76(tmp_path):
     m = make_model([helper.make_node("Gemm", ["a", "b", "c"], ["y"], transB=1)],
                    {"a": (F, (1, 29)), "b": (F, (7, 29)), "c": (F, (7,))}, {"y": (F, (1, 7))})
     check_against_onnxruntime(m, {"a": w(1, 29), "b": w(7, 29), "c": w(7)}, "cortex-a76", tmp_path)
+
+
+# -- views that share their input's buffer emit no code ----------------------------------
+def test_a_view_sharing_its_buffer_is_elided(tmp_path, monkeypatch):
+    """Reshape between two kernels shares the arena buffer: the plan elides it (no copy of
+    a buffer onto itself, which a kernel in a function of its own would really run); a
+    Reshape of a graph output's buffer still runs its kernel. Every kernel its own function here."""
+    import toolchain.backends.llvm as llvm_backend
+    monkeypatch.setattr(llvm_backend, "INLINE_KERNEL_LIMIT", 0)
+    shape = np.array([6, 10], np.int64)
+    m = make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "s"], ["v"]),
+                    helper.make_node("Neg", ["v"], ["y"]), helper.make_node("Reshape", ["y", "s2"], ["out2"])],
+                   {"x": (F, (3, 20))}, {"y": (F, (6, 10)), "out2": (F, (60,))},
+                   {"s": shape, "s2": np.array([60], np.int64)})
+    c = compile_onnx(m, T)
+    (inner,) = [n for n in c.graph.nodes if n.op == "Reshape" and n.inputs[0].producer.op == "Relu"]
+    (outer,) = [n for n in c.graph.nodes if n.op == "Reshape" and n.inputs[0].producer.op == "Neg"]
+    assert id(inner) in c.plan.elided and id(outer) not in c.plan.elided  # outer reads an output's buffer
+    check_against_onnxruntime(m, {"x": w(3, 20)}, T, tmp_path)
