@@ -194,20 +194,21 @@ def test_compiled_conv_gradients_match_the_definition(case):
 
 
 # -- Gemm with run-time weights read along their rows ------------------------------------
-@pytest.mark.parametrize("m_, k_, n_, alpha, beta", [(3, 37, 10, 0.5, 2.0), (1, 8, 4, 1.0, 1.0), (2, 5, 3, 1.0, 0.0)])
+@pytest.mark.parametrize("m_, k_, n_, alpha, beta", [(5, 37, 10, 0.5, 2.0), (1, 8, 4, 1.0, 1.0), (2, 5, 3, 1.0, 0.0)])
 def test_gemm_runtime_weights_trans_b_matches_onnxruntime(tmp_path, m_, k_, n_, alpha, beta):
-    """transB=1 with B a graph input (a training step's forward Gemm): dot products along
-    B's rows, 4 rows a block and the rest one by one, a scalar tail of the reduction; with
-    alpha/beta and a bias (beta 0.0: the bias's values do not matter)."""
+    """transB=1 with B a graph input (a training step's Gemms): dot products along both
+    operands' rows in blocks (2 or 4 rows of a by 4 of b, the rest one by one), a scalar
+    tail of the reduction; with alpha/beta and a bias (beta 0.0: its values do not matter)."""
     m = make_model([helper.make_node("Gemm", ["a", "b", "c"], ["y"], transB=1, alpha=alpha, beta=beta)],
                    {"a": (F, (m_, k_)), "b": (F, (n_, k_)), "c": (F, (n_,))}, {"y": (F, (m_, n_))})
     check_against_onnxruntime(m, {"a": w(m_, k_), "b": w(n_, k_), "c": w(n_)}, T, tmp_path)
 
 
 def test_gemm_runtime_weights_on_cortex_a76(tmp_path):
+    """NEON: blocks of 4 x 4 rows (32 registers), 5 rows of a (a block and one row)."""
     m = make_model([helper.make_node("Gemm", ["a", "b", "c"], ["y"], transB=1)],
-                   {"a": (F, (1, 29)), "b": (F, (7, 29)), "c": (F, (7,))}, {"y": (F, (1, 7))})
-    check_against_onnxruntime(m, {"a": w(1, 29), "b": w(7, 29), "c": w(7)}, "cortex-a76", tmp_path)
+                   {"a": (F, (5, 29)), "b": (F, (7, 29)), "c": (F, (7,))}, {"y": (F, (5, 7))})
+    check_against_onnxruntime(m, {"a": w(5, 29), "b": w(7, 29), "c": w(7)}, "cortex-a76", tmp_path)
 
 
 # -- views that share their input's buffer emit no code ----------------------------------

@@ -225,9 +225,11 @@ class Conv(Op):
 
 
 
-# Gemm with run-time transB weights and fewer rows than this: dot products (matmul_by_dots).
-# FC autoencoder's forward Gemms (1 row): 2.5 -> 0.6 instructions per MAC on cortex-a76.
-DOTS_BELOW_ROWS = 4
+# Gemm with run-time transB weights: dot products (matmul_by_dots) in blocks of this many
+# rows of a times 4 rows of b (16 accumulators: a 32-register file; 2 rows with 16). On
+# cortex-a76: FC autoencoder's forward Gemms (1 row) 2.5 -> 0.6 instructions per MAC, KWS's
+# pointwise weight gradients (64 x 64 x 125) 0.61 -> ~0.4 against the register tile.
+DOT_BLOCK_ROWS = 4
 
 
 @register("Gemm")
@@ -341,12 +343,12 @@ class Gemm(Op):
                 y[i, j + ln] = x + c[i, j + ln] * beta if c is not None else x
 
         b_value = node.inputs[1]
-        if (at["transB"] and not b_value.is_const and k.explicit_vectors and a.shape[1] >= k.vector_lanes > 1
-                and y.shape[0] < DOTS_BELOW_ROWS):
+        if (at["transB"] and not at["transA"] and not b_value.is_const and k.explicit_vectors
+                and a.shape[1] >= k.vector_lanes > 1):
             # run-time weights (a training step) read along their rows: dot products, not
-            # vectors gathered from columns a whole row apart, which only a tile of several
-            # rows of a amortizes (KWS's pointwise weight gradients, 64 rows: the tile wins)
-            return matmul_by_dots(k, y.shape[0], y.shape[1], a.shape[1], a, ins[1], init, store)
+            # vectors gathered from columns a whole row apart
+            return matmul_by_dots(k, y.shape[0], y.shape[1], a.shape[1], a, ins[1], init, store,
+                                  a_rows=DOT_BLOCK_ROWS if k.vector.registers >= 32 else 2)
         b_const = (b_value.data.T if at["transB"] else b_value.data) if b_value.is_const else None
         tiled_matmul(k, node.schedule, y.shape[0], y.shape[1], a.shape[1], lambda i, kk: (a, (i, kk)),
                      lambda kk, j: (b, (kk, j)), init, store, b_const)
