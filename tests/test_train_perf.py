@@ -105,21 +105,23 @@ def test_sgd_steps_match_numpy():
 
 def test_update_is_one_vector_loop_in_a_function_of_its_own(tmp_path, monkeypatch):
     """Every kernel a function of its own (a graph over backends.llvm.INLINE_KERNEL_LIMIT
-    nodes, as the real models' steps), cortex-a76: each parameter's update is one node
-    (Mul then Sub, written over the parameter), and its function has vector arithmetic
-    only: no scalar loop LLVM would fall back to when the output overlaps the input
-    (which it does, in place: that fallback ran every time)."""
+    nodes, as the real models' steps), cortex-a76: each parameter's update is no node of
+    its own (W's at its gradient Gemm's store; b's Mul then Sub, written over b), and the
+    elementwise functions have vector arithmetic only: no scalar loop LLVM would fall back
+    to when the output overlaps the input (which it does, in place: that fallback ran
+    every time)."""
     import toolchain.backends.llvm as llvm_backend
     monkeypatch.setattr(llvm_backend, "INLINE_KERNEL_LIMIT", 0)
     path = tmp_path / "gemm.onnx"
     path.write_bytes(_gemm_model(w(32, 16), w(32)).SerializeToString())  # sizes whole 4 x 4 steps
     res = build(path, "cortex-a76", "model", tmp_path / "out", train="mse")
     graph = res.compiled.graph
-    updates = [n for n in graph.nodes if n.op == "Mul" and [s.op for s in n.epilogue] == ["Sub"]]
-    assert len(updates) == 2  # W and b
+    steps = [(n.op, [s.op for s in n.epilogue]) for n in graph.nodes]
+    assert ("Gemm", ["Mul", "Sub"]) in steps  # W's gradient, its update at the Gemm's store
+    assert ("Mul", ["Sub"]) in steps  # b's (its gradient a ReduceSum)
     assert not any(n.op == "Sub" for n in graph.nodes)
     bodies = re.findall(r"define internal [^\n]*_Mul_[^\n]*\{\n(.*?)\n\}", res.compiled.llvm_ir, re.S)
-    assert len(bodies) == 4  # the updates, and the loss's square and seed (96 elements)
+    assert len(bodies) == 3  # b's update, and the loss's square and seed (96 elements)
     for body in bodies:
         assert re.search(r"fmul [^\n]*<\d+ x float>", body)
         assert not re.search(r"= f(sub|mul|neg) [^\n<]*float %", body), body
@@ -228,3 +230,20 @@ def test_a_view_sharing_its_buffer_is_elided(tmp_path, monkeypatch):
     (outer,) = [n for n in c.graph.nodes if n.op == "Reshape" and n.inputs[0].producer.op == "Neg"]
     assert id(inner) in c.plan.elided and id(outer) not in c.plan.elided  # outer reads an output's buffer
     check_against_onnxruntime(m, {"x": w(3, 20)}, T, tmp_path)
+
+
+def test_gemm_takes_a_runtime_scalar_then_a_same_shape_operand(tmp_path):
+    """p - lr * (a^T b) as the dW update of a training step: Mul by a one-element graph
+    input, then Sub from a same-shape operand, both fused into the Gemm's store (the
+    scalar loaded once); a constant scalar is not taken as an operand."""
+    m = make_model([helper.make_node("Gemm", ["a", "b"], ["g"], transA=1),
+                    helper.make_node("Mul", ["g", "lr"], ["t"]), helper.make_node("Sub", ["p", "t"], ["y"]),
+                    helper.make_node("Gemm", ["a", "b2"], ["g2"], transA=1),
+                    helper.make_node("Mul", ["g2", "half"], ["y2"])],
+                   {"a": (F, (3, 9)), "b": (F, (3, 10)), "b2": (F, (3, 10)), "lr": (F, ()), "p": (F, (9, 10))},
+                   {"y": (F, (9, 10)), "y2": (F, (9, 10))}, {"half": np.array(0.5, F)})
+    g = run_pipeline(import_model(m))
+    steps = [[(s.op, s.operand is not None) for s in n.epilogue] for n in g.nodes if n.op == "Gemm"]
+    assert [("Mul", True), ("Sub", True)] in steps and not any(("Mul", True) in s and len(s) == 1 for s in steps)
+    feeds = {"a": w(3, 9), "b": w(3, 10), "b2": w(3, 10), "lr": np.array(0.05, F), "p": w(9, 10)}
+    check_against_onnxruntime(m, feeds, T, tmp_path)

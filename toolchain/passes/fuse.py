@@ -83,9 +83,16 @@ def fuse_activations(g: Graph) -> bool:
     return changed
 
 
+def _runtime_scalar(v, t) -> bool:
+    """One element computed or given at run time (a training step's learning rate): an
+    epilogue operand read once for every element. (A constant one folds elsewhere.)"""
+    return v.type.size == 1 and v.type.dtype == t.dtype and not v.is_const
+
+
 def fuse_residuals(g: Graph) -> bool:
     """Producer -> binary elementwise op with a second operand of the same shape (the
-    residual Add of a ResNet block, with its activation already fused)  ==>  producer that
+    residual Add of a ResNet block, with its activation already fused), or of one element
+    given at run time (the learning rate of p - lr * dW)  ==>  producer that
     reads the operand at its store and writes the final value. The operand becomes an
     extra input after the producer's own (Op.own_inputs). Saves a pass over the block's
     output, and the buffer between them: only where the operand is computed before the
@@ -102,7 +109,7 @@ def fuse_residuals(g: Graph) -> bool:
             prod, other = node.inputs[side].producer, node.inputs[1 - side]
             if (prod is None or registry.get(prod.op).own_inputs is None or other is node.inputs[side]
                     or _sole_user(g, users, node.inputs[side]) is not node or t.dtype != "float32"
-                    or prod.outputs[0].type != t or other.type != t
+                    or prod.outputs[0].type != t or not (other.type == t or _runtime_scalar(other, t))
                     or (other.producer is not None and order[id(other.producer)] > order[id(prod)])):
                 continue
             own = registry.get(prod.op).own_inputs
