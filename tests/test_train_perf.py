@@ -155,6 +155,9 @@ CONVS = {  # name: (x shape, W shape, attrs, the pullback's convolution nodes)
                         {"Conv"}),
     "full-3x3-uneven-pads": ((2, 3, 6, 5), (4, 3, 3, 3), {"pads": [2, 1, 0, 1]}, {"Conv"}),
     "stride-2": ((1, 3, 6, 5), (4, 3, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}, {"Conv", "ConvTranspose"}),
+    "taps-3x3": ((2, 4, 6, 5), (3, 4, 3, 3), {"pads": [2, 1, 0, 1]}, {"Conv", "Gemm"}),
+    "taps-stride-2-dilated": ((1, 5, 9, 8), (3, 5, 2, 3), {"strides": [2, 2], "dilations": [1, 2], "pads": [1, 0, 1, 2]},
+                              {"Gemm", "ConvTranspose"}),
     "pad-wider-than-kernel": ((1, 3, 4, 4), (2, 3, 1, 1), {"pads": [1, 1, 1, 1]}, {"Conv", "ConvTranspose"}),
 }
 
@@ -167,15 +170,17 @@ def _conv_model(case):
 @pytest.mark.parametrize("case", list(CONVS))
 def test_conv_rules_match_finite_differences(case):
     """The rewritten rules against central differences; stride 1 needs no ConvTranspose,
-    a pointwise weight gradient is a Gemm; stride 2 and padding wider than the kernel keep
-    the ConvTranspose."""
+    a pointwise weight gradient is a Gemm, a small ungrouped kernel's (4 or more input
+    channels) a Gemm per tap; stride 2 and padding wider than the kernel keep the
+    ConvTranspose."""
     m = _conv_model(case)
     check_vjp(m)
     prog = reverse(import_model(m), ["W"])
     assert {n.op for n in prog.pullback.nodes if "Conv" in n.op or n.op == "Gemm"} == CONVS[case][3]
 
 
-@pytest.mark.parametrize("case", ["pointwise-batch2", "depthwise-3x3", "grouped-dilated", "full-3x3-uneven-pads"])
+@pytest.mark.parametrize("case", ["pointwise-batch2", "depthwise-3x3", "grouped-dilated", "full-3x3-uneven-pads",
+                                  "taps-3x3", "taps-stride-2-dilated"])
 def test_compiled_conv_gradients_match_the_definition(case):
     """The compiled pullback (host, in-process) against the gradients by definition."""
     from toolchain import compile_grad

@@ -62,3 +62,36 @@ def pointwise_weight_grad(b, x, g, xs, ws, strides, dilations, pads, groups):
 
     gw = b.op("Gemm", [rows(g, o), rows(x, c)], alpha=1.0, beta=1.0, transA=0, transB=1)
     return b.reshape(gw, ws)
+
+
+# weight_grad_by_taps: kernels of at most this many taps, at least this many input channels
+TAPS_MAX, CHANNELS_MIN = 25, 4
+
+
+def weight_grad_by_taps(b, x, g, xs, ws, ys, strides, dilations, pads, groups):
+    """dw of an ungrouped 2-D Conv with a small kernel (ResNet's 3x3s over 32x32 maps, whose
+    weight-gradient Conv has a 32x32 "kernel" and runs as the plain loop nest), as one Gemm
+    per tap: dw[:, :, t] = dy (O x P) times x_t (C x P) transposed, x_t the padded input
+    seen from tap t (a strided Slice), P the batch times the output positions."""
+    rank = len(xs) - 2
+    taps = int(np.prod(ws[2:]))
+    if groups != 1 or rank != 2 or not 1 < taps <= TAPS_MAX or ws[1] < CHANNELS_MIN:
+        return None
+    n, c, o = xs[0], xs[1], ws[0]
+    positions = n * int(np.prod(ys[2:]))
+
+    def rows(v, channels):  # (N, C, spatial...) -> (C, N * spatial)
+        if n != 1:
+            v = b.op("Transpose", [v], perm=[1, 0, *range(2, rank + 2)])
+        return b.reshape(v, (channels, positions))
+
+    xp = x
+    if any(pads):
+        xp = b.op("Pad", [x], pads=[0, 0, *pads[:rank], 0, 0, *pads[rank:]], mode="constant", value=0.0)
+    dy = rows(g, o)
+    cols = []
+    for tap in np.ndindex(*ws[2:]):
+        xt = b.op("Slice", [xp], begin=[0, 0] + [tap[i] * dilations[i] for i in range(rank)],
+                  step=[1, 1, *strides], count=[n, c, *ys[2:]])
+        cols.append(b.reshape(b.op("Gemm", [dy, rows(xt, c)], alpha=1.0, beta=1.0, transA=0, transB=1), (o, c, 1)))
+    return b.reshape(b.op("Concat", cols, axis=2), ws)

@@ -17,7 +17,7 @@ from ..kernel.tiled_conv import conv2d_channels, conv2d_columns, conv_point, con
 from ..kernel.tiled_matmul import matmul_by_dots, tiled_matmul
 from ..schedules import ConvLayer, conv_schedule, matmul_schedule
 from .base import Op, in_type, invalid, norm_axis, register, unsupported
-from .conv_grad import input_grad_as_conv, pointwise_weight_grad
+from .conv_grad import input_grad_as_conv, pointwise_weight_grad, weight_grad_by_taps
 
 # -- convolution ------------------------------------------------------------------
 def resolve_auto_pad(node, in_spatial, kernel, strides, dilations):
@@ -144,6 +144,8 @@ class Conv(Op):
             gx = b.op("ConvTranspose", [g, b.primal(w)], group=groups, kernel_shape=list(ws[2:]), strides=list(s),
                       dilations=list(d), output_padding=out_pad, pads=list(p))
         gw = pointwise_weight_grad(b, b.primal(x), g, xs, ws, s, d, p, groups)  # one Gemm
+        if gw is None:  # a small ungrouped kernel: a Gemm per tap
+            gw = weight_grad_by_taps(b, b.primal(x), g, xs, ws, ys, s, d, p, groups)
         if gw is not None:
             grads = [gx, gw]
             if len(node.inputs) > 2 and node.inputs[2] is not None:
