@@ -46,7 +46,7 @@ class MemoryPlan:
     lower_bound: int
     buffers: list
     workspaces: dict = field(default_factory=dict)  # id(Node) -> [Storage] (arena), Op.workspace order
-    elided: set = field(default_factory=set)  # id(Node) of joins: their output is already in place
+    elided: set = field(default_factory=set)  # id(Node) of joins and shared views: output already in place
 
     def of(self, v: Value) -> Storage:
         return self.storage[id(v)]
@@ -81,6 +81,9 @@ def plan_memory(g: Graph, alignment: int, buffer_align: int | None = None) -> Me
     last_use = _last_uses(g)
     buffers: list[Buffer] = []
     scratch: dict[int, list[Buffer]] = {}
+    # view nodes whose output shares the input's arena buffer: no code at all (where each
+    # kernel is a function of its own, LLVM cannot see that the copy is onto itself)
+    shared: set[int] = set()
     for t, node in enumerate(g.nodes):
         op = registry.get(node.op)
         scratch[id(node)] = [Buffer(w.nbytes, t, t) for w in op.workspace(node)]
@@ -94,6 +97,7 @@ def plan_memory(g: Graph, alignment: int, buffer_align: int | None = None) -> Me
                 if isinstance(src, Buffer):
                     src.values.append(out)
                     src.end = max(src.end, last_use.get(id(out), t))
+                    shared.add(id(node))
             elif op.inplace and _can_overwrite(node, src, root, out, t):
                 src.values.append(out)
                 src.end = max(src.end, last_use.get(id(out), t))
@@ -105,6 +109,7 @@ def plan_memory(g: Graph, alignment: int, buffer_align: int | None = None) -> Me
 
     slices, elided = _joins(g, root, buffers)
     _splits(g, root, buffers, slices, elided)
+    elided |= shared
     steps = max((b.end for b in buffers), default=-1) + 1
     lower = max((sum(b.size for b in buffers if b.start <= t <= b.end) for t in range(steps)), default=0)
     _place(buffers, buffer_align, lower)

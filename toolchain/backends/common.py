@@ -27,15 +27,18 @@ def lower_node(k, node, tensors):
     """Hand the op its operand views (None where an optional input is omitted) and its
     outputs with the fused epilogue attached, and let it write the code; an error names
     the node. `tensors`: the present inputs, then the outputs. A binary epilogue step
-    reads its operand (same shape as the output) at the stored element's offset, or a
-    one-element operand at 0."""
+    reads its operand (same shape as the output) at the stored element's offset, or its
+    one element, loaded once before the kernel."""
     n_in = sum(v is not None for v in node.inputs)
     present = iter(tensors[:n_in])
     in_views = [next(present) if v is not None else None for v in node.inputs]
     outs = tensors[n_in:]
     for step in node.epilogue:
         op = registry.get(step.op)
-        if step.operand is not None:
+        if step.operand is not None and in_views[step.operand].size == 1:
+            # one element for all (passes.fuse_residuals: a scale or a run-time scalar), loaded once here
+            fn = partial(_combine_scalar, k, op.combine, in_views[step.operand].flat()[0], step.operand_first)
+        elif step.operand is not None:
             fn = partial(_combine, k, op.combine, in_views[step.operand].flat(), step.operand_first)
         else:
             fn = partial(_apply, k, op.scalar, dict(step.attrs))
@@ -53,9 +56,10 @@ def _apply(k, scalar, attrs, v, at):
 
 
 def _combine(k, combine, operand, operand_first, v, at):
-    vector = isinstance(v.v.type, ir.VectorType)
-    if operand.size == 1:  # a one-element constant (a scale): the same value for every element
-        other = k.splat(operand[0], v.v.type.count) if vector else operand[0]
-    else:
-        other = k.vload(operand, (at,), v.v.type.count) if vector else operand[at]
+    other = k.vload(operand, (at,), v.v.type.count) if isinstance(v.v.type, ir.VectorType) else operand[at]
+    return combine(k, other, v) if operand_first else combine(k, v, other)
+
+
+def _combine_scalar(k, combine, scalar, operand_first, v, at):
+    other = k.splat(scalar, v.v.type.count) if isinstance(v.v.type, ir.VectorType) else scalar
     return combine(k, other, v) if operand_first else combine(k, v, other)

@@ -272,6 +272,8 @@ class CKernel(Kernel):
     """Builds one C function body. Inherits the helpers that are pure vocabulary
     (max/min/abs/f32/sqrt/loops/precise) from Kernel; redefines what builds code."""
 
+    explicit_vectors = False  # C99 has no vector type: Kernel.map_vectors leaves the scalar loop
+
     def __init__(self, name: str):
         self.name = name
         self.flags = ()

@@ -31,6 +31,8 @@ LLVM_TYPES = {"float32": F32, "float64": F64, "int8": I8, "uint8": I8, "int16": 
 # Reassociation lets LLVM vectorize reductions; contraction gives FMAs. No nnan/ninf:
 # clamps and max/min must keep their meaning for NaN and infinity.
 FAST = ("reassoc", "contract", "nsz", "arcp")
+# Kernel.map_vectors: vector registers per step of its main loop
+MAP_UNROLL = 4
 
 
 class Expr:
@@ -254,6 +256,7 @@ class Kernel:
 
     vector = VectorUnit()
     index = I64  # type of loop counters and element offsets: the target's pointer width
+    explicit_vectors = True  # short vectors are LLVM vector values (the C kernel's are lanes)
 
     @property
     def vector_lanes(self):
@@ -433,6 +436,43 @@ class Kernel:
             at = idx[:-1] + (idx[-1] + i,)
             vec = self.b.insert_element(vec, t[at].v, ir.Constant(I32, i))
         return Expr(self, vec)
+
+    def map_vectors(self, ins, out: "Tensor", body) -> bool:
+        """out[i] = body(*(x[i] for x in ins)) over the flat index, in explicit vectors of
+        the target's float32 lanes and a scalar tail, where everything is float32 and every
+        input has out's shape or holds one element (loaded once before the loop, splat).
+        Explicit because an in-place elementwise node (its output over input 0's bytes, as
+        the optimizer updates of a training step) defeats LLVM's loop vectorizer when the
+        node is a function of its own: the run-time overlap check sees the equal pointers
+        and the scalar loop runs. `body` must work on vectors (Op.vector_safe). A fused
+        epilogue is applied to the whole vector where each step is vector-safe, lane by
+        lane otherwise. False, and nothing built, where this does not apply."""
+        n = self.vector_lanes
+        if (n <= 1 or not self.explicit_vectors or out.dtype != "float32" or out.size < n or any(t.dtype != "float32" for t in ins)
+                or not all(t.shape == out.shape or t.size == 1 for t in ins)):
+            return False
+        y = out.flat()
+        scalars = [t.flat()[0] if t.shape != out.shape else None for t in ins]
+        vector_epilogue = all(getattr(fn, "vector_safe", False) for fn in y.epilogue)
+        done = 0
+        # MAP_UNROLL registers a step (paired loads and stores, a quarter of the loop's
+        # overhead per element), then one register a step, then the scalar tail
+        for w in (n * MAP_UNROLL, n):
+            end = done + (out.size - done) // w * w
+            splats = [self.splat(s, w) if s is not None else None for s in scalars]
+            with self.loop(end, start=done, step=w) as i:
+                v = body(*[s if s is not None else self._load_vector(t.flat(), (i,), w) for s, t in zip(splats, ins)])
+                if not vector_epilogue:
+                    y.store_lanes((i,), v)
+                else:
+                    at = y.index((i,))
+                    for fn in y.epilogue:
+                        v = fn(v, at)
+                    self.b.store(v.v, self.b.bitcast(y.address((i,)), v.v.type.as_pointer())).align = 4
+            done = end
+        with self.loop(out.size, start=done) as i:
+            y[i] = body(*[s if s is not None else t.flat()[i] for s, t in zip(scalars, ins)])
+        return True
 
     def _load_vector(self, t, idx, n) -> Expr:
         """n consecutive elements from t[idx] in one load (alignment: one element)."""

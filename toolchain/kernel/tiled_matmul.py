@@ -25,6 +25,56 @@ def store_tile(acc, offs, put_vector):
             put_vector(r, off, var.value)
 
 
+def matmul_by_dots(k, m_, n, kdim, a, b_rows, init, store, rows=4, a_rows=1):
+    """y[i, j:j+r] = store(i, j, init(i, j, r) + [dot(a[i, :], b_rows[j + t, :]) for t < r]):
+    both operands contiguous along the reduction (a Gemm with transB=1 whose weights are
+    run-time values, as a training step's Gemms: no panels to pack them into, and b's
+    columns a whole row apart). A block of a_rows rows of a times `rows` rows of b keeps
+    a_rows * rows vector accumulators along kk (each vector load serves a whole row or
+    column of the block), summed across lanes at the end, then a scalar tail of kk. Rows
+    left over on either side go one at a time."""
+    lanes = k.vector_lanes
+    main = kdim - kdim % lanes
+
+    def block(i, j, ra, rb):
+        accs = [[k.var(k.zeros(lanes)) for _ in range(rb)] for _ in range(ra)]
+        with k.loop(main, step=lanes) as kk:
+            avs = [k.vload(a, (i + s, kk), lanes) for s in range(ra)]
+            bvs = [k.vload(b_rows, (j + t, kk), lanes) for t in range(rb)]
+            for s in range(ra):
+                for t in range(rb):
+                    accs[s][t].value = accs[s][t].value + avs[s] * bvs[t]
+        sums = []
+        for row in accs:
+            for acc in row:
+                parts = k.lanes(acc.value)
+                while len(parts) > 1:  # pairwise across lanes
+                    parts = [parts[q] + parts[q + len(parts) // 2] for q in range(len(parts) // 2)]
+                sums.append(k.var(parts[0]))
+        with k.loop(kdim, start=main) as kk:
+            xs = [a[i + s, kk] for s in range(ra)]
+            for t in range(rb):
+                bt = b_rows[j + t, kk]
+                for s in range(ra):
+                    tot = sums[s * rb + t]
+                    tot.value = tot.value + xs[s] * bt
+        for s in range(ra):
+            store(i + s, j, init(i + s, j, rb) + k.pack([sums[s * rb + t].value for t in range(rb)]))
+
+    def over_columns(i, ra):
+        whole = n - n % rows
+        with k.loop(whole, step=rows) as j:
+            block(i, j, ra, rows)
+        with k.loop(n, start=whole) as j:
+            block(i, j, ra, 1)
+
+    whole_i = m_ - m_ % a_rows
+    with k.loop(whole_i, step=a_rows) as i:
+        over_columns(i, a_rows)
+    with k.loop(m_, start=whole_i) as i:
+        over_columns(i, 1)
+
+
 def tiled_matmul(k, schedule, m_, n, kdim, a_at, b_at, init, store, b_const=None, a_const=None):
     """y[i, j:] = store(i, j, init[i, j:] + sum_kk a[i, kk] * b[kk, j:]) in register tiles of
     MR rows x NV vectors of columns (sized from the profile by register_tile): the MR*NV

@@ -294,6 +294,8 @@ class Unary(Op):
         for key, b in zip(("min", "max"), ins[1:]):  # Clip's bounds given at run time: loaded once
             if b is not None:
                 attrs = dict(attrs, **{key: b.flat()[0]})
+        if self.vector_safe and len(ins) == 1 and k.map_vectors(ins, outs[0], lambda v: self.scalar(k, v, attrs)):
+            return
         with k.loop(y.size) as i:
             y[i] = self.scalar(k, x[i], attrs)
 
@@ -359,9 +361,13 @@ COMPARE = {
 }
 
 
-def _broadcast_loop(k, ins, out, body):
+def _broadcast_loop(k, ins, out, body, vector=False):
     """out[idx] = body(*[x[idx] for x in ins]) with numpy broadcasting; same-shape
-    operands are walked as one flat loop, which vectorizes best."""
+    operands are walked as one flat loop, which vectorizes best. vector: `body` works on
+    short vectors, and float32 operands of out's shape or of one element are walked in
+    explicit vectors (Kernel.map_vectors: in place too)."""
+    if vector and k.map_vectors(ins, out, body):
+        return
     if all(t.shape == out.shape for t in ins):
         ins, out = [t.flat() for t in ins], out.flat()
         with k.loop(out.size) as i:
@@ -383,6 +389,13 @@ class Binary(Op):
     @property
     def vector_safe(self):
         return self.name != "Pow"
+
+    @property
+    def own_inputs(self):
+        """The two-operand arithmetic ops take a fused binary epilogue's operand after their
+        own two (passes.fuse_residuals): a training step's update p - lr * g is then one
+        Mul node writing p's bytes. Not the variadic ones (Sum, Mean, Max, Min)."""
+        return 2 if self.name in ("Add", "Sub", "Mul", "Div") else None
 
     def canonicalize(self, node, opset):
         """Before opset 7, B broadcast only with broadcast=1, its dims aligned to A's
@@ -494,7 +507,7 @@ class Binary(Op):
                 acc = acc * (1.0 / len(vals))
             return acc
 
-        _broadcast_loop(k, ins, outs[0], body)
+        _broadcast_loop(k, ins, outs[0], body, vector=self.vector_safe)
 
 
 def _int_pow(k, a, b, a_dtype, b_dtype):

@@ -14,9 +14,10 @@ from ..ir import TensorType, Value
 from ..kernel import mathfns as m
 from ..kernel.llvm import LLVM_TYPES
 from ..kernel.tiled_conv import conv2d_channels, conv2d_columns, conv_point, conv_pointwise
-from ..kernel.tiled_matmul import tiled_matmul
+from ..kernel.tiled_matmul import matmul_by_dots, tiled_matmul
 from ..schedules import ConvLayer, conv_schedule, matmul_schedule
 from .base import Op, in_type, invalid, norm_axis, register, unsupported
+from .conv_grad import input_grad_as_conv, pointwise_weight_grad, weight_grad_by_taps
 
 # -- convolution ------------------------------------------------------------------
 def resolve_auto_pad(node, in_spatial, kernel, strides, dilations):
@@ -128,7 +129,9 @@ class Conv(Op):
 
     def vjp(self, b, node, cotangents):
         """dx: ConvTranspose of dy with the same weights; dw: a Conv over the input with
-        batch and channels swapped (strides and dilations trade places), dy as its kernel."""
+        batch and channels swapped (strides and dilations trade places), dy as its kernel.
+        With stride 1, dx is a Conv (flipped, channel-swapped weights), and a pointwise
+        conv's dw one Gemm (ops/conv_grad.py): the scheduled kernels run them."""
         a, g = node.attrs, cotangents[0]
         groups = a["group"]
         x, w = node.inputs[:2]
@@ -136,8 +139,18 @@ class Conv(Op):
         rank, s, d, p = len(xs) - 2, a["strides"], a["dilations"], a["pads"]
         span = [(ys[2 + i] - 1) * s[i] + (ws[2 + i] - 1) * d[i] + 1 for i in range(rank)]
         out_pad = [xs[2 + i] + p[i] + p[rank + i] - span[i] for i in range(rank)]
-        gx = b.op("ConvTranspose", [g, b.primal(w)], group=groups, kernel_shape=list(ws[2:]), strides=list(s),
-                  dilations=list(d), output_padding=out_pad, pads=list(p))
+        gx = input_grad_as_conv(b, g, b.primal(w), xs, ws, groups, s, d, p)  # stride 1: scheduled
+        if gx is None:
+            gx = b.op("ConvTranspose", [g, b.primal(w)], group=groups, kernel_shape=list(ws[2:]), strides=list(s),
+                      dilations=list(d), output_padding=out_pad, pads=list(p))
+        gw = pointwise_weight_grad(b, b.primal(x), g, xs, ws, s, d, p, groups)  # one Gemm
+        if gw is None:  # a small ungrouped kernel: a Gemm per tap
+            gw = weight_grad_by_taps(b, b.primal(x), g, xs, ws, ys, s, d, p, groups)
+        if gw is not None:
+            grads = [gx, gw]
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                grads.append(b.op("ReduceSum", [g], axes=[0, *range(2, rank + 2)], keepdims=0))
+            return grads
         end = [span[i] - xs[2 + i] - p[i] for i in range(rank)]  # the end padding dw's windows reach
         xv = b.primal(x)
         if min(end) < 0:  # trailing input rows no window reaches: cropped off for dw
@@ -212,6 +225,13 @@ class Conv(Op):
         with k.loops(y.shape) as (n, oc, *o):
             conv_point(k, a, x, w, bias, y, n, oc, o)
 
+
+
+# Gemm with run-time transB weights: dot products (matmul_by_dots) in blocks of this many
+# rows of a times 4 rows of b (16 accumulators: a 32-register file; 2 rows with 16). On
+# cortex-a76: FC autoencoder's forward Gemms (1 row) 2.5 -> 0.6 instructions per MAC, KWS's
+# pointwise weight gradients (64 x 64 x 125) 0.61 -> ~0.4 against the register tile.
+DOT_BLOCK_ROWS = 4
 
 
 @register("Gemm")
@@ -325,6 +345,12 @@ class Gemm(Op):
                 y[i, j + ln] = x + c[i, j + ln] * beta if c is not None else x
 
         b_value = node.inputs[1]
+        if (at["transB"] and not at["transA"] and not b_value.is_const and k.explicit_vectors
+                and a.shape[1] >= k.vector_lanes > 1):
+            # run-time weights (a training step) read along their rows: dot products, not
+            # vectors gathered from columns a whole row apart
+            return matmul_by_dots(k, y.shape[0], y.shape[1], a.shape[1], a, ins[1], init, store,
+                                  a_rows=DOT_BLOCK_ROWS if k.vector.registers >= 32 else 2)
         b_const = (b_value.data.T if at["transB"] else b_value.data) if b_value.is_const else None
         tiled_matmul(k, node.schedule, y.shape[0], y.shape[1], a.shape[1], lambda i, kk: (a, (i, kk)),
                      lambda kk, j: (b, (kk, j)), init, store, b_const)

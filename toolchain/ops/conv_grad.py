@@ -1,0 +1,97 @@
+"""Cheaper shapes for two of Conv's derivative nodes (Conv.vjp), so that the training step
+runs them through the scheduled kernels instead of plain loops:
+
+- the input gradient of a stride-1 convolution (pointwise, depthwise, any group and
+  dilation) as a Conv of the cotangent with the weights flipped in space and their
+  channels swapped per group, the cotangent padded by (k - 1) * d - p on each side; the
+  weights are run-time parameters in a training step, and the pointwise and depthwise
+  conv schedules read run-time weights;
+- the weight gradient of a pointwise convolution (1 x 1, stride 1, no padding, one group)
+  as one Gemm of the cotangent and the input, both as channels x positions.
+
+Each returns None where it does not apply; the caller then builds the general form."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def input_grad_as_conv(b, g, w, xs, ws, groups, strides, dilations, pads):
+    """dx of Conv(x, w) from its cotangent g, as a Conv (stride 1 only). Per group of m
+    output and cg input channels: dx[c] = sum_j conv(pad(g[j]), flip(w[j, c]))."""
+    rank = len(xs) - 2
+    if any(s != 1 for s in strides):
+        return None
+    k = list(ws[2:])
+    span = [(k[i] - 1) * dilations[i] for i in range(rank)]
+    new_pads = [span[i] - pads[i] for i in range(rank)] + [span[i] - pads[rank + i] for i in range(rank)]
+    if min(new_pads) < 0:  # padding wider than the kernel: no such Conv; the general form
+        return None
+    o, cg = ws[0], ws[1]
+    m = o // groups
+    wt = w
+    if m > 1 or cg > 1:  # (g*m, cg, k) -> (g*cg, m, k): channels swapped within each group
+        if groups == 1:
+            wt = b.op("Transpose", [w], perm=[1, 0, *range(2, rank + 2)])
+        else:
+            wt = b.reshape(w, (groups, m, cg, *k))
+            wt = b.op("Transpose", [wt], perm=[0, 2, 1, *range(3, rank + 3)])
+            wt = b.reshape(wt, (groups * cg, m, *k))
+    flip = [i for i in range(rank) if k[i] > 1]
+    if flip:
+        shape = wt.type.shape
+        wt = b.op("Slice", [wt], begin=[0, 0] + [k[i] - 1 if i in flip else 0 for i in range(rank)],
+                  step=[1, 1] + [-1 if i in flip else 1 for i in range(rank)], count=list(shape))
+    return b.op("Conv", [g, wt], group=groups, kernel_shape=k, strides=[1] * rank, dilations=list(dilations),
+                pads=new_pads)
+
+
+def pointwise_weight_grad(b, x, g, xs, ws, strides, dilations, pads, groups):
+    """dw of a 1 x 1, stride-1, unpadded, ungrouped Conv: dy (O x P) times x (C x P)
+    transposed, P the batch times the positions."""
+    rank = len(xs) - 2
+    if (groups != 1 or any(v != 1 for v in ws[2:]) or any(v != 1 for v in strides)
+            or any(v != 0 for v in pads)):
+        return None
+    n, c, o = xs[0], xs[1], ws[0]
+    positions = n * int(np.prod(xs[2:]))
+
+    def rows(v, channels):  # (N, C, spatial...) -> (C, N * spatial)
+        if n != 1:
+            v = b.op("Transpose", [v], perm=[1, 0, *range(2, rank + 2)])
+        return b.reshape(v, (channels, positions))
+
+    gw = b.op("Gemm", [rows(g, o), rows(x, c)], alpha=1.0, beta=1.0, transA=0, transB=1)
+    return b.reshape(gw, ws)
+
+
+# weight_grad_by_taps: kernels of at most this many taps, at least this many input channels
+TAPS_MAX, CHANNELS_MIN = 25, 4
+
+
+def weight_grad_by_taps(b, x, g, xs, ws, ys, strides, dilations, pads, groups):
+    """dw of an ungrouped 2-D Conv with a small kernel (ResNet's 3x3s over 32x32 maps, whose
+    weight-gradient Conv has a 32x32 "kernel" and runs as the plain loop nest), as one Gemm
+    per tap: dw[:, :, t] = dy (O x P) times x_t (C x P) transposed, x_t the padded input
+    seen from tap t (a strided Slice), P the batch times the output positions."""
+    rank = len(xs) - 2
+    taps = int(np.prod(ws[2:]))
+    if groups != 1 or rank != 2 or not 1 < taps <= TAPS_MAX or ws[1] < CHANNELS_MIN:
+        return None
+    n, c, o = xs[0], xs[1], ws[0]
+    positions = n * int(np.prod(ys[2:]))
+
+    def rows(v, channels):  # (N, C, spatial...) -> (C, N * spatial)
+        if n != 1:
+            v = b.op("Transpose", [v], perm=[1, 0, *range(2, rank + 2)])
+        return b.reshape(v, (channels, positions))
+
+    xp = x
+    if any(pads):
+        xp = b.op("Pad", [x], pads=[0, 0, *pads[:rank], 0, 0, *pads[rank:]], mode="constant", value=0.0)
+    dy = rows(g, o)
+    cols = []
+    for tap in np.ndindex(*ws[2:]):
+        xt = b.op("Slice", [xp], begin=[0, 0] + [tap[i] * dilations[i] for i in range(rank)],
+                  step=[1, 1, *strides], count=[n, c, *ys[2:]])
+        cols.append(b.reshape(b.op("Gemm", [dy, rows(xt, c)], alpha=1.0, beta=1.0, transA=0, transB=1), (o, c, 1)))
+    return b.reshape(b.op("Concat", cols, axis=2), ws)
