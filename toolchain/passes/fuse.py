@@ -91,6 +91,37 @@ def fuse_activations(g: Graph) -> bool:
     return changed
 
 
+def _scalar(v, dtype) -> bool:
+    """One element of this type, constant or given at run time (attention's 1/sqrt(d), a
+    training step's learning rate): an epilogue operand read once for every store."""
+    return v.type.size == 1 and v.type.dtype == dtype
+
+
+def fuse_residuals(g: Graph) -> bool:
+    """Producer -> binary elementwise op with a second operand of the same shape (the
+    residual Add of a ResNet block, with its activation already fused), or of one element
+    constant or given at run time (a scale; the learning rate of p - lr * dW)  ==>  producer that
+    reads the operand at its store and writes the final value. The operand becomes an
+    extra input after the producer's own (Op.own_inputs). Saves a pass over the block's
+    output, and the buffer between them: only where the operand is computed before the
+    producer runs. (Moving the producer later would keep its inputs alive longer, and the
+    arena could grow.)"""
+    changed = False
+    users = g.users()
+    order = {id(n): i for i, n in enumerate(g.nodes)}
+    for node in list(g.nodes):
+        if not registry.get(node.op).binary_epilogue or len(node.inputs) != 2:
+            continue
+        t = node.outputs[0].type
+        for side in (0, 1):
+            if _fuse_through_view(g, users, order, node, side):
+                changed = True
+                users = g.users()
+                order = {id(n): i for i, n in enumerate(g.nodes)}
+                break
+            prod, other = node.inputs[side].producer, node.inputs[1 - side]
+            if (prod is None or registry.get(prod.op).own_inputs is None or other is node.inputs[side]
+                    or _sole_user(g, users, node.inputs[side]) is not node or t.dtype != "float32"
                     or prod.outputs[0].type != t or not (other.type == t or _scalar(other, t.dtype))
                     or (other.producer is not None and order[id(other.producer)] > order[id(prod)])):
                 continue
