@@ -221,26 +221,24 @@ def test_gemm_runtime_weights_on_cortex_a76(tmp_path):
 # -- views that share their input's buffer emit no code ----------------------------------
 def test_a_view_sharing_its_buffer_is_elided(tmp_path, monkeypatch):
     """Reshape between two kernels shares the arena buffer: the plan elides it (no copy of
-    a buffer onto itself, which a kernel in a function of its own would really run); a
-    Reshape of a graph output's buffer still runs its kernel. Every kernel its own function here."""
+    a buffer onto itself, which a kernel in a function of its own would really run).
+    Every kernel its own function here."""
     import toolchain.backends.llvm as llvm_backend
     monkeypatch.setattr(llvm_backend, "INLINE_KERNEL_LIMIT", 0)
-    shape = np.array([6, 10], np.int64)
     m = make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "s"], ["v"]),
-                    helper.make_node("Neg", ["v"], ["y"]), helper.make_node("Reshape", ["y", "s2"], ["out2"])],
-                   {"x": (F, (3, 20))}, {"y": (F, (6, 10)), "out2": (F, (60,))},
-                   {"s": shape, "s2": np.array([60], np.int64)})
+                    helper.make_node("ReduceSum", ["v", "axes"], ["y"], keepdims=0)],
+                   {"x": (F, (3, 20))}, {"y": (F, (6,))},
+                   {"s": np.array([6, 10], np.int64), "axes": np.array([1], np.int64)})
     c = compile_onnx(m, T)
-    (inner,) = [n for n in c.graph.nodes if n.op == "Reshape" and n.inputs[0].producer.op == "Relu"]
-    (outer,) = [n for n in c.graph.nodes if n.op == "Reshape" and n.inputs[0].producer.op == "Neg"]
-    assert id(inner) in c.plan.elided and id(outer) not in c.plan.elided  # outer reads an output's buffer
+    (view,) = [n for n in c.graph.nodes if n.op == "Reshape"]
+    assert id(view) in c.plan.elided
     check_against_onnxruntime(m, {"x": w(3, 20)}, T, tmp_path)
 
 
 def test_gemm_takes_a_runtime_scalar_then_a_same_shape_operand(tmp_path):
     """p - lr * (a^T b) as the dW update of a training step: Mul by a one-element graph
     input, then Sub from a same-shape operand, both fused into the Gemm's store (the
-    scalar loaded once); a constant scalar is not taken as an operand."""
+    scalar loaded once); a one-element constant too."""
     m = make_model([helper.make_node("Gemm", ["a", "b"], ["g"], transA=1),
                     helper.make_node("Mul", ["g", "lr"], ["t"]), helper.make_node("Sub", ["p", "t"], ["y"]),
                     helper.make_node("Gemm", ["a", "b2"], ["g2"], transA=1),
@@ -249,6 +247,6 @@ def test_gemm_takes_a_runtime_scalar_then_a_same_shape_operand(tmp_path):
                    {"y": (F, (9, 10)), "y2": (F, (9, 10))}, {"half": np.array(0.5, F)})
     g = run_pipeline(import_model(m))
     steps = [[(s.op, s.operand is not None) for s in n.epilogue] for n in g.nodes if n.op == "Gemm"]
-    assert [("Mul", True), ("Sub", True)] in steps and not any(("Mul", True) in s and len(s) == 1 for s in steps)
+    assert [("Mul", True), ("Sub", True)] in steps and [("Mul", True)] in steps
     feeds = {"a": w(3, 9), "b": w(3, 10), "b2": w(3, 10), "lr": np.array(0.05, F), "p": w(9, 10)}
     check_against_onnxruntime(m, feeds, T, tmp_path)
