@@ -451,6 +451,8 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
                    "features": profile.features},
         "inputs": _io_info(g, "inputs"),
         "outputs": _io_info(g, "outputs"),
+        **({"specialized_inputs": [{"inputs": list(gd.names), "accepted": [list(a) for a in gd.accepted]}
+                                   for gd in g.guards]} if g.guards else {}),
         **({"bounded_dims": {g.batch.dim: {"min": g.batch.lo, "max": g.batch.hi, "axis": 0}}} if g.batch else {}),
         "arena": {"size": c.plan.arena_size, "align": c.plan.alignment, "lower_bound": c.plan.lower_bound},
         "code_bytes": t["text"],

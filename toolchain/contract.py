@@ -68,6 +68,11 @@ def run_ext_prototype(name: str) -> str:
 ERR_WEIGHTS = 2
 
 
+# <name>_run returns this when an input the build specialized (frontend/specialize.py: a
+# reduction's axes given as a graph input) holds a value other than those the header lists
+ERR_INPUT_VALUE = 4
+
+
 def check_weights_symbol(name: str) -> str:
     """Checks a copy of the external weights against the build's hash (once, at start-up)."""
     return f"{name}_check_weights"

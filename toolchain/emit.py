@@ -16,7 +16,7 @@ import struct
 import tempfile
 from pathlib import Path
 
-from .contract import (ERR_DIM_OUT_OF_RANGE, ERR_OPT_STATE, ERR_WEIGHTS, build_id_symbol, c_comment_text,
+from .contract import (ERR_DIM_OUT_OF_RANGE, ERR_INPUT_VALUE, ERR_OPT_STATE, ERR_WEIGHTS, build_id_symbol, c_comment_text,
                        check_weights_prototype, check_weights_symbol, jvp_prototype, jvp_symbol, macro_prefix,
                        params_init_prototype, primal_prototype, pullback_prototype, run_dims_prototype,
                        run_ext_prototype, run_ext_symbol, run_params_prototype, run_prototype, run_symbol,
@@ -115,6 +115,13 @@ def c_header(name: str, manifest: dict) -> str:
         f"#define {up}_NUM_INPUTS   {len(manifest['inputs'])}",
         f"#define {up}_NUM_OUTPUTS  {len(manifest['outputs'])}",
     ]
+    for spec in manifest.get("specialized_inputs", []):
+        shown = ", ".join(str(a) for a in spec["accepted"][:8]) + (", ..." if len(spec["accepted"]) > 8 else "")
+        lines += [f"/* Specialized input{'s' if len(spec['inputs']) > 1 else ''} "
+                  f"{c_comment_text(', '.join(spec['inputs']))}: it decides shapes, and the build took it from the "
+                  f"declared output shapes; {run_symbol(name)} accepts only the values {c_comment_text(shown)} "
+                  f"(the manifest lists all) and returns {up}_ERR_INPUT_VALUE otherwise, nothing written. */",
+                  f"#define {up}_ERR_INPUT_VALUE {ERR_INPUT_VALUE}"]
     bounded = manifest.get("bounded_dims", {})
     for i, (dim, b) in enumerate(bounded.items()):
         lines += [f"#define {up}_NUM_DIMS     {len(bounded)}  /* run-time dimensions: dims[] of {up.lower()}_run_dims */",

@@ -142,6 +142,22 @@ class BatchBound:
         return (n or self.hi, *shape[1:]) if carries else tuple(shape)
 
 
+@dataclass(frozen=True)
+class InputGuard:
+    """Graph inputs the build specialized to the values the declared shapes allow
+    (frontend/specialize.py): <name>_run returns ERR_INPUT_VALUE unless the inputs, read
+    element by element and concatenated, equal one of `accepted`."""
+    inputs: tuple  # indices into Graph.inputs
+    names: tuple
+    accepted: tuple  # tuples of ints, one element per input element
+
+    def element_sets(self) -> list | None:
+        """Per element, its accepted values, when `accepted` is exactly their product (the
+        check is then element by element); else None (the check lists whole tuples)."""
+        sets = [sorted({a[i] for a in self.accepted}) for i in range(len(self.accepted[0]))]
+        return sets if int(np.prod([len(s) for s in sets])) == len(set(self.accepted)) else None
+
+
 class Graph:
     def __init__(self, name: str):
         self.name = name
@@ -156,6 +172,8 @@ class Graph:
         # what the passes decided that the manifest reports: "float_fallback" -> [{node, op,
         # reason}] for the nodes of a quantized model left computing in float
         self.notes: dict[str, list] = {}
+        # inputs specialized to the values the declared shapes allow, checked at run time
+        self.guards: list[InputGuard] = []
 
     # -- construction -------------------------------------------------------
     def unique(self, base: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import (ERR_DIM_OUT_OF_RANGE, RUN_PARAMS, build_id_symbol, c_comment_text, graph_symbol, item_symbol,
+from ..contract import (ERR_DIM_OUT_OF_RANGE, ERR_INPUT_VALUE, RUN_PARAMS, build_id_symbol, c_comment_text, graph_symbol, item_symbol,
                         jvp_prototype, jvp_symbol, node_symbols, primal_prototype, primal_symbol, pullback_prototype,
                         pullback_symbol, run_dims_prototype, run_dims_symbol, run_prototype, run_symbol, weights_section)
 from ..errors import InternalError, UnsupportedError
@@ -424,6 +424,8 @@ def _run_function(g, plan, name, weights, kernels, proto=None) -> str:
         proto = f"static int {item_symbol(name)}({RUN_PARAMS})" if g.batch else run_prototype(name)
     lines = [f"{proto};", "", f"{proto} {{", "    unsigned char *a = (unsigned char *)arena;",
              "    (void)inputs;", "    (void)outputs;", "    (void)a;"]
+    lines += [f"    if (!({_guard_holds(g, guard)})) return {ERR_INPUT_VALUE};  /* specialized input */"
+              for guard in g.guards]
 
     def pointer(v, writable):
         st = plan.of(v)
@@ -447,6 +449,24 @@ def _run_function(g, plan, name, weights, kernels, proto=None) -> str:
         lines.append(f"    {fn}({', '.join(args)});")
     lines += ["    return 0;", "}"]
     return "\n".join(lines)
+
+
+def _guard_holds(g, guard) -> str:
+    """The C condition of the LLVM backend's _guard_holds."""
+    elems = []
+    for k in guard.inputs:
+        v = g.inputs[k]
+        ct = c_type(LLVM_TYPES[v.type.dtype])
+        elems += [f"((const {ct} *)inputs[{k}])[{i}]" for i in range(v.type.size)]
+
+    def lit(c):
+        return f"INT64_C({int(c)})" if abs(int(c)) > 2**31 - 1 else str(int(c))
+
+    sets = guard.element_sets()
+    if sets is not None:
+        return " && ".join("(" + " || ".join(f"{x} == {lit(c)}" for c in cs) + ")" for x, cs in zip(elems, sets))
+    return " || ".join("(" + " && ".join(f"{x} == {lit(c)}" for x, c in zip(elems, row)) + ")"
+                       for row in guard.accepted)
 
 
 def _batch_entries(g, name) -> str:

@@ -8,7 +8,7 @@ import itertools
 
 from llvmlite import ir
 
-from ..contract import (ERR_DIM_OUT_OF_RANGE, ERR_OPT_STATE, ERR_WEIGHTS, build_id_symbol, check_weights_symbol, fnv1a64, graph_symbol,
+from ..contract import (ERR_DIM_OUT_OF_RANGE, ERR_INPUT_VALUE, ERR_OPT_STATE, ERR_WEIGHTS, build_id_symbol, check_weights_symbol, fnv1a64, graph_symbol,
                         item_symbol, jvp_symbol, node_symbols, params_init_symbol, primal_symbol, pullback_symbol,
                         run_dims_symbol, run_ext_symbol, run_params_symbol, run_symbol,
                         train_step_symbol, weights_section)
@@ -446,6 +446,9 @@ def _run_function(module, g, plan, name, weights, kernels, index, external=False
                     b.icmp_unsigned("!=", misaligned, ir.Constant(index, 0)))
         with b.if_then(bad, likely=False):
             b.ret(ir.Constant(I32, ERR_WEIGHTS))
+    for guard in g.guards:  # specialized inputs (frontend/specialize.py): ERR_INPUT_VALUE, nothing written
+        with b.if_then(b.not_(_guard_holds(b, g, guard, inputs, index)), likely=False):
+            b.ret(ir.Constant(I32, ERR_INPUT_VALUE))
     if separate_nodes:
         for kernel in kernels:
             if kernel is not None:
@@ -454,6 +457,39 @@ def _run_function(module, g, plan, name, weights, kernels, index, external=False
         _call_nodes(b, g.nodes, kernels, plan, weights, index, inputs, outputs, arena, blob)
     b.ret(ir.Constant(I32, 0))
     return fn
+
+
+def _guard_holds(b, g, guard, inputs, index):
+    """i1: the guarded inputs' elements, in order, equal one of guard.accepted (element by
+    element where the accepted values are a product of per-element sets)."""
+    elems = []
+    for k in guard.inputs:
+        v = g.inputs[k]
+        ty = LLVM_TYPES[v.type.dtype]
+        p = b.bitcast(b.load(b.gep(inputs, [ir.Constant(index, k)], inbounds=True)), ty.as_pointer())
+        elems += [(b.load(b.gep(p, [ir.Constant(index, i)], inbounds=True)), ty) for i in range(v.type.size)]
+
+    def any_of(x, ty, values):
+        hits = [b.icmp_signed("==", x, ir.Constant(ty, int(c))) for c in values]
+        out = hits[0]
+        for h in hits[1:]:
+            out = b.or_(out, h)
+        return out
+
+    def all_of(conds):
+        out = ir.Constant(ir.IntType(1), 1)
+        for c in conds:
+            out = b.and_(out, c)
+        return out
+
+    sets = guard.element_sets()
+    if sets is not None:
+        return all_of([any_of(x, ty, s) for (x, ty), s in zip(elems, sets)])
+    rows = [all_of([any_of(x, ty, [c]) for (x, ty), c in zip(elems, row)]) for row in guard.accepted]
+    out = rows[0]
+    for r in rows[1:]:
+        out = b.or_(out, r)
+    return out
 
 
 def _node_wrapper(module, plan, sym, node, kernel, weights, index):

@@ -24,6 +24,7 @@ from ..errors import CompileError, UnsupportedError
 from ..ir import BatchBound, Graph
 from ..ops import registry
 from .onnx_import import import_model
+from .specialize import import_specialized
 
 
 def split_dims(dims: dict | None) -> tuple[dict, dict]:
@@ -41,10 +42,10 @@ def split_dims(dims: dict | None) -> tuple[dict, dict]:
 
 
 def import_batched(model: onnx.ModelProto, name: str, dims: dict | None) -> Graph:
-    """The graph for `dims`; with a bounded dim, the checked per-item graph (g.batch set)."""
+    """The graph for `dims` (shape-deciding inputs specialized: frontend/specialize.py); with a bounded dim, the checked per-item graph (g.batch set)."""
     fixed, bounded = split_dims(dims)
     if not bounded:
-        return import_model(model, name, fixed)
+        return import_specialized(model, name, fixed, import_model)
     if len(bounded) > 1:
         raise UnsupportedError(f"one bounded dimension per build, got {sorted(bounded)}")
     (dim, (lo, hi)), = bounded.items()
