@@ -47,11 +47,25 @@ def test_manifest_and_header_list_the_accepted_values(tmp_path):
     assert f"#define MODEL_ERR_INPUT_VALUE {ERR_INPUT_VALUE}" in header and "axes" in header
 
 
-def test_values_that_compute_different_results_are_refused_naming_them():
-    """[3, 4, 4] -> [3, 4] with keepdims=0: axis 1 and axis 2 both fit and differ."""
+def test_values_that_compute_different_results_each_run():
+    """[3, 4, 4] -> [3, 4] with keepdims=0: axis 1 and axis 2 both fit and differ; the build
+    computes both and the input's value selects."""
+    x = np.random.default_rng(4).standard_normal((3, 4, 4)).astype(np.float32)
     m = make_model([helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)],
                    {"x": (F, (3, 4, 4)), "axes": (I64, (1,))}, {"y": (F, (3, 4))}, opset=18)
-    with pytest.raises(UnsupportedError, match=r"compute different results.*--bind|--bind.*compute different results"):
+    run = toolchain.compile_model(m, "x86-64-v3")
+    for axis in (1, 2, -1, -2):
+        (got,) = run(x, np.array([axis], np.int64))
+        np.testing.assert_allclose(got, x.sum(axis=axis), rtol=1e-5, atol=1e-6)
+    with pytest.raises(CompileError, match=f"returned {ERR_INPUT_VALUE}"):
+        run(x, np.array([0], np.int64))  # [4, 4]: not the declared shape
+
+
+def test_too_many_different_results_are_refused_naming_them():
+    """CumSum of a [2, 2, 2, 2, 2] tensor: five axes, five results; --bind is the way."""
+    m = make_model([helper.make_node("CumSum", ["x", "axis"], ["y"])],
+                   {"x": (F, (2, 2, 2, 2, 2)), "axis": (I64, ())}, {"y": (F, (2, 2, 2, 2, 2))}, opset=14)
+    with pytest.raises(UnsupportedError, match=r"--bind axis=.*compute 5 different results"):
         compile_onnx(m, "x86-64-v3")
 
 

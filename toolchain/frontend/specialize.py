@@ -15,9 +15,11 @@ value checked at run time rather than assumed):
    inputs: if they all compute the same outputs, the graph is built for one of them, the
    input stays in the C contract, and `<name>_run` checks at run time that it holds one of
    the consistent values (ERR_INPUT_VALUE otherwise, nothing written);
-4. if they compute different functions (a reduction of [3, 2, 2] to [3, 2] over axis 1 or
-   axis 2), or none fits, or there are too many, the importer's error stands, telling the
-   reason: --bind is then the way.
+4. if they compute a few different functions (a reduction of [3, 2, 2] to [3, 2] over axis
+   1 or axis 2), each is computed and the input's value selects the result (ONNX Where over
+   the versions, MAX_VERSIONS at most: the cost is their sum, which binding avoids);
+5. if none fits, or there are too many, the importer's error stands, telling the reason:
+   --bind is then the way.
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ from ..errors import UnsupportedError
 from ..ir import InputGuard
 
 MAX_ELEMENTS = 6  # elements of one specialized input (an axes or shape vector)
-MAX_CANDIDATES = 2048  # imports tried per build
+MAX_CANDIDATES = 2048  # imports tried per build (small graphs)
+MAX_NODE_IMPORTS = 200_000  # imports tried x the graph's nodes: a large graph tries fewer values
+MAX_VERSIONS = 4  # different functions computed side by side, the input selecting one
 AXIS_OPERANDS = {"axes", "axis"}
 
 
@@ -50,12 +54,20 @@ def import_specialized(model: onnx.ModelProto, name: str, dims, import_model):
         if per_input is None:
             raise first
         found = _consistent(model, pending, per_input, name, dims, import_model)
-        if isinstance(found, list):
+        if isinstance(found, tuple):
             pending += found
             continue
         if isinstance(found, str):
             raise _explain(first, pending, found)
-        g, accepted = found
+        if len(found) == 1:
+            g = found[0][2]
+        else:  # several functions: each computed, the input's value selects (ONNX Where)
+            try:
+                g = import_model(_versions(model, per_input, found), name, dims)
+            except Exception as e:  # noqa: BLE001 - a model the selection cannot be built for
+                raise _explain(first, pending, f"{len(found)} different results, and selecting among them "
+                                                f"failed ({e})") from None
+        accepted = [a for group in found for a in group[0]]
         indices = {v.name: i for i, v in enumerate(g.inputs)}
         if any(n not in indices for n in pending):
             raise first
@@ -104,54 +116,62 @@ def _roles(model, name) -> set[str]:
     return roles
 
 
-def _declared_dims(model) -> set[int]:
-    dims = set()
-    for vi in list(model.graph.input) + list(model.graph.output):
-        dims |= {d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")}
-    return dims
+def _declared_shapes(model) -> list[tuple]:
+    return [tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
+            for vi in list(model.graph.input) + list(model.graph.output)
+            if all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)]
+
+
+def _element_domains(model, size: int, axis_like: bool) -> list[list[int]]:
+    """Candidate values of each element: an axis within the largest declared rank; else a
+    declared dimension, a quotient of two, 0, 1 or -1 (where that makes too many
+    combinations: the dimensions at the element's own position in the declared shapes of
+    that many dimensions, as a shape, sizes or repeats vector lines up with them)."""
+    shapes = _declared_shapes(model)
+    if axis_like:
+        rank = max((len(s) for s in shapes), default=0)  # an Unsqueeze's output is declared too
+        return [list(range(-rank, rank))] * size
+    dims = {d for s in shapes for d in s}
+    pool = sorted(dims | {a // b for a in dims for b in dims if b and a % b == 0} | {0, 1, -1})
+    if len(pool) ** size <= MAX_CANDIDATES:
+        return [pool] * size
+    lined = [s for s in shapes if len(s) == size]
+    return [sorted({s[i] for s in lined} | {a[i] // b[i] for a in lined for b in lined if b[i] and a[i] % b[i] == 0}
+                   | {0, 1, -1}) for i in range(size)]
 
 
 def _candidates(model, names) -> list | None:
-    """Per input, its element domain; None when an input cannot be specialized (not an
-    integer tensor of static shape and few elements, or too many combinations)."""
-    ranks = [len(vi.type.tensor_type.shape.dim) for vi in list(model.graph.input) + list(model.graph.output)]
-    declared = _declared_dims(model)
+    """Per input, (name, dtype, shape, each element's domain); None when an input cannot be
+    specialized (not an integer tensor of static shape and few elements, or too many
+    combinations)."""
     per_input = []
     total = 1
     for n in names:
         info = _input_info(model, n)
         if info is None or np.dtype(info[0]).kind not in "iu" or int(np.prod(info[1], dtype=np.int64)) > MAX_ELEMENTS:
             return None
-        dtype, shape = info
-        size = int(np.prod(shape, dtype=np.int64))
-        if _roles(model, n) & AXIS_OPERANDS:
-            rank = max(ranks, default=0)  # an Unsqueeze's output is declared too
-            domain = list(range(-rank, rank))
-        else:
-            ratios = {a // b for a in declared for b in declared if b and a % b == 0}
-            domain = sorted(declared | ratios | {0, 1, -1})
-        if np.dtype(dtype).kind == "u":
-            domain = [d for d in domain if d >= 0]
-        per_input.append((n, np.dtype(dtype), shape, domain))
-        total *= len(domain) ** size
-        if total > MAX_CANDIDATES:
+        dtype, shape = np.dtype(info[0]), info[1]
+        domains = _element_domains(model, int(np.prod(shape, dtype=np.int64)), bool(_roles(model, n) & AXIS_OPERANDS))
+        if dtype.kind == "u":
+            domains = [[d for d in dom if d >= 0] for dom in domains]
+        per_input.append((n, dtype, shape, domains))
+        total *= int(np.prod([len(d) for d in domains]))
+        if total > min(MAX_CANDIDATES, MAX_NODE_IMPORTS // max(len(model.graph.node), 1)):
             return None
     return per_input
 
 
 def _consistent(model, names, per_input, name, dims, import_model):
-    """(graph, accepted flat value tuples) when the candidates consistent with the declared
-    outputs all compute the same function; else the reason (str), or the further graph
-    inputs found deciding shapes (list)."""
-    spaces = [itertools.product(domain, repeat=int(np.prod(shape, dtype=np.int64)))
-              for _, _, shape, domain in per_input]
+    """[(accepted flat value tuples, one combination, graph)] per function the candidates
+    consistent with the declared outputs compute (at most MAX_VERSIONS); else the reason
+    (str), or the further graph inputs found deciding shapes (tuple)."""
+    spaces = [itertools.product(*domains) for _, _, _, domains in per_input]
     groups: dict[bytes, list] = {}
-    graphs = {}
+    graphs, values = {}, {}
     further: list[str] = []
     for combo in itertools.product(*spaces):
-        values = {n: np.array(c, dtype).reshape(shape) for (n, dtype, shape, _), c in zip(per_input, combo)}
         try:
-            g = import_model(_with_values(model, values), name, dims)
+            g = import_model(_with_values(model, _arrays(per_input, combo)), name, dims)
         except UnsupportedError as e:
             further += [x for x in getattr(e, "bind_inputs", None) or [] if x not in names and x not in further]
             continue
@@ -161,13 +181,90 @@ def _consistent(model, names, per_input, name, dims, import_model):
         if key is not None:
             groups.setdefault(key, []).append(tuple(int(v) for c in combo for v in c))
             graphs.setdefault(key, g)
+            values.setdefault(key, combo)
     if not groups:
-        return further or "no value fits the declared output shapes"
-    if len(groups) > 1:
+        return tuple(further) or "no value fits the declared output shapes"
+    if len(groups) > MAX_VERSIONS:
         shown = " or ".join(str(list(v[0])) for v in list(groups.values())[:3])
-        return f"values that fit them compute different results ({shown}{' or ...' if len(groups) > 3 else ''})"
-    (key, accepted), = groups.items()
-    return graphs[key], accepted
+        return f"values that fit them compute {len(groups)} different results ({shown} or ...)"
+    return [(accepted, values[key], graphs[key]) for key, accepted in groups.items()]
+
+
+def _arrays(per_input, combo) -> dict:
+    return {n: np.array(c, dtype).reshape(shape) for (n, dtype, shape, _), c in zip(per_input, combo)}
+
+
+def _versions(model, per_input, groups) -> onnx.ModelProto:
+    """The graph once per group (its nodes' outputs suffixed __v<k>, reading its own values),
+    and each graph output selected by Where from the version whose accepted values the
+    inputs hold (the last one otherwise: the run-time check admits nothing else)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    originals = list(g.node)
+    del g.node[:]
+    outputs = [o.name for o in g.output]
+    inits = []
+    for k, (_, combo, _) in enumerate(groups):
+        produced = {x for node in originals for x in node.output if x}
+        rename = {x: f"{x}__v{k}" for x in produced}
+        rename.update({n: f"{n}__v{k}" for n, *_ in per_input})
+        for n, arr in _arrays(per_input, combo).items():
+            inits.append(numpy_helper.from_array(arr, f"{n}__v{k}"))
+        for node in originals:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.name = f"{node.name or node.op_type}__v{k}"
+            copy.input[:] = [rename.get(x, x) for x in node.input]
+            copy.output[:] = [rename.get(x, x) for x in node.output]
+            g.node.append(copy)
+    key = _key_nodes(g, inits, per_input)
+    conds = [_holds(g, inits, key, accepted, k) for k, (accepted, _, _) in enumerate(groups[:-1])]
+    last = len(groups) - 1
+    for o in outputs:
+        chosen = f"{o}__v{last}"
+        for k in reversed(range(last)):
+            target = o if k == 0 else f"{o}__sel{k}"
+            g.node.append(helper.make_node("Where", [conds[k], f"{o}__v{k}", chosen], [target],
+                                           name=f"{o}__select{k}"))
+            chosen = target
+    g.initializer.extend(inits)
+    return out
+
+
+def _key_nodes(g, inits, per_input) -> list[str]:
+    """Scalar int64 values, one per element of the specialized inputs, in order."""
+    names = []
+    for n, _, shape, _ in per_input:
+        flat = f"{n}__flat"
+        inits.append(numpy_helper.from_array(np.array([-1], np.int64), f"{n}__minus1"))
+        g.node.append(helper.make_node("Cast", [n], [f"{n}__i64"], to=onnx.TensorProto.INT64, name=f"{n}__cast"))
+        g.node.append(helper.make_node("Reshape", [f"{n}__i64", f"{n}__minus1"], [flat], name=f"{n}__flatten"))
+        for i in range(int(np.prod(shape, dtype=np.int64))):
+            inits.append(numpy_helper.from_array(np.array(i, np.int64), f"{n}__at{i}"))
+            g.node.append(helper.make_node("Gather", [flat, f"{n}__at{i}"], [f"{n}__e{i}"], axis=0,
+                                           name=f"{n}__element{i}"))
+            names.append(f"{n}__e{i}")
+    return names
+
+
+def _holds(g, inits, key, accepted, k) -> str:
+    """A bool scalar: the key equals one of `accepted`."""
+    def equal(x, c, tag):
+        inits.append(numpy_helper.from_array(np.array(c, np.int64), f"{tag}__c"))
+        g.node.append(helper.make_node("Equal", [x, f"{tag}__c"], [tag], name=tag))
+        return tag
+
+    def fold(op, xs, tag):
+        acc = xs[0]
+        for j, x in enumerate(xs[1:]):
+            g.node.append(helper.make_node(op, [acc, x], [f"{tag}_{j}"], name=f"{tag}_{j}"))
+            acc = f"{tag}_{j}"
+        return acc
+
+    rows = [fold("And", [equal(x, c, f"v{k}__r{r}e{i}") for i, (x, c) in enumerate(zip(key, row))], f"v{k}__r{r}")
+            for r, row in enumerate(accepted)]
+    return fold("Or", rows, f"v{k}__any")
 
 
 def _with_values(model, values: dict) -> onnx.ModelProto:
