@@ -204,7 +204,9 @@ def run_in_process(model, feeds: dict, target: str, workdir: Path, bind=None) ->
     path = workdir / "model.onnx"
     path.write_bytes(model.SerializeToString())
     res = build(path, target, "model", workdir / "build", bind=bind)
-    so = workdir / "model.so"
+    # a retry with inputs bound is another library: dlopen of a path already loaded would
+    # return the first (whose file was just rewritten under it)
+    so = workdir / ("model.so" if not bind else f"model-bound-{len(bind)}.so")
     proc = __import__("subprocess").run(["ld", "-shared", "-o", str(so), str(res.paths["object"])],
                                         capture_output=True, text=True)
     if proc.returncode != 0:
@@ -257,8 +259,9 @@ def run_ours(model, inputs, outputs, target: str, workdir: Path, harness: bool =
 def run_binding(model, inputs, outputs, target: str, workdir: Path, harness: bool = False,
                 bind: bool = True, emit: str = "object") -> list[str]:
     """run_ours; when it fails only because operands that must be compile-time constants
-    come from graph inputs (the error names them: bind_inputs), again with those inputs
-    bound to the data set's values, until it passes or fails otherwise. Returns the inputs
+    come from graph inputs (the error names them: bind_inputs), or because the run refused
+    the value of an input the build specialized from the declared shapes, again with those
+    inputs bound to the data set's values, until it passes or fails otherwise. Returns the inputs
     bound (empty: passed as it is); raises the last attempt's error, with the bound inputs
     in its `bound` attribute."""
     from toolchain.errors import UnsupportedError
@@ -275,8 +278,25 @@ def run_binding(model, inputs, outputs, target: str, workdir: Path, harness: boo
                 raise
             bound += more
         except BaseException as e:
-            e.bound = bound
-            raise
+            more = [n for n in _specialized_inputs(model) if n not in bound] if _value_refused(e) else []
+            if not bind or not more:
+                e.bound = bound
+                raise
+            bound += more
+
+
+def _value_refused(e: BaseException) -> bool:
+    """model_run refused an input the build specialized (frontend/specialize.py): the
+    data set's value is not one the declared shapes allowed."""
+    from toolchain.contract import ERR_INPUT_VALUE
+
+    return f"run returned {ERR_INPUT_VALUE}" in str(e)
+
+
+def _specialized_inputs(model) -> list[str]:
+    from toolchain.frontend.batching import import_batched
+
+    return [n for guard in import_batched(model, "model", None).guards for n in guard.names]
 
 
 def run_ort(model, inputs, outputs):

@@ -96,3 +96,20 @@ def test_undeclared_output_shapes_keep_the_binding_error():
                    {"x": (F, (3, 4, 5)), "axes": (I64, (1,))}, {"y": (F, None)}, opset=18)
     with pytest.raises(UnsupportedError, match="--bind axes="):
         compile_onnx(m, "x86-64-v3")
+
+
+@pytest.mark.parametrize("emit", ["object", "c"])
+def test_a_float_input_compared_exactly(tmp_path, emit):
+    """Resize's scales as a graph input: [1, 1, 2, 3] from [1, 1, 2, 2] -> [1, 1, 4, 6]; the check
+    compares floats exactly (2.0000002 is refused)."""
+    x = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
+    m = make_model([helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest")],
+                   {"x": (F, (1, 1, 2, 2)), "scales": (F, (4,))}, {"y": (F, (1, 1, 4, 6))})
+    scales = np.array([1, 1, 2, 3], np.float32)
+    got, res, _ = compile_and_run(m, "x86-64-v3", {"x": x, "scales": scales}, tmp_path, emit=emit)
+    np.testing.assert_array_equal(got[0], x.repeat(2, axis=2).repeat(3, axis=3))
+    assert res.manifest["specialized_inputs"][0]["accepted"] == [[1.0, 1.0, 2.0, 3.0]]
+    near = scales.copy()
+    near[2] = np.nextafter(np.float32(2), np.float32(3))
+    with pytest.raises(HarnessError, match=f"run returned {ERR_INPUT_VALUE}"):
+        compile_and_run(m, "x86-64-v3", {"x": x, "scales": near}, tmp_path, emit=emit)

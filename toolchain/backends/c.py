@@ -457,15 +457,18 @@ def _guard_holds(g, guard) -> str:
     for k in guard.inputs:
         v = g.inputs[k]
         ct = c_type(LLVM_TYPES[v.type.dtype])
-        elems += [f"((const {ct} *)inputs[{k}])[{i}]" for i in range(v.type.size)]
+        elems += [(f"((const {ct} *)inputs[{k}])[{i}]", v.type.dtype) for i in range(v.type.size)]
 
-    def lit(c):
+    def lit(c, dtype):
+        if dtype.startswith("float"):  # exact: a hexadecimal floating literal
+            return float(c).hex() + ("f" if dtype == "float32" else "")
         return f"INT64_C({int(c)})" if abs(int(c)) > 2**31 - 1 else str(int(c))
 
     sets = guard.element_sets()
     if sets is not None:
-        return " && ".join("(" + " || ".join(f"{x} == {lit(c)}" for c in cs) + ")" for x, cs in zip(elems, sets))
-    return " || ".join("(" + " && ".join(f"{x} == {lit(c)}" for x, c in zip(elems, row)) + ")"
+        return " && ".join("(" + " || ".join(f"{x} == {lit(c, dt)}" for c in cs) + ")"
+                           for (x, dt), cs in zip(elems, sets))
+    return " || ".join("(" + " && ".join(f"{x} == {lit(c, dt)}" for (x, dt), c in zip(elems, row)) + ")"
                        for row in guard.accepted)
 
 

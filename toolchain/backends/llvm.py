@@ -469,8 +469,13 @@ def _guard_holds(b, g, guard, inputs, index):
         p = b.bitcast(b.load(b.gep(inputs, [ir.Constant(index, k)], inbounds=True)), ty.as_pointer())
         elems += [(b.load(b.gep(p, [ir.Constant(index, i)], inbounds=True)), ty) for i in range(v.type.size)]
 
+    def equal(x, ty, c):
+        if isinstance(ty, (ir.FloatType, ir.DoubleType)):
+            return b.fcmp_ordered("==", x, ir.Constant(ty, float(c)))
+        return b.icmp_signed("==", x, ir.Constant(ty, int(c)))
+
     def any_of(x, ty, values):
-        hits = [b.icmp_signed("==", x, ir.Constant(ty, int(c))) for c in values]
+        hits = [equal(x, ty, c) for c in values]
         out = hits[0]
         for h in hits[1:]:
             out = b.or_(out, h)

@@ -37,6 +37,7 @@ MAX_CANDIDATES = 2048  # imports tried per build (small graphs)
 MAX_NODE_IMPORTS = 200_000  # imports tried x the graph's nodes: a large graph tries fewer values
 MAX_VERSIONS = 4  # different functions computed side by side, the input selecting one
 AXIS_OPERANDS = {"axes", "axis"}
+GUARDED_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32", "float64"}
 
 
 def import_specialized(model: onnx.ModelProto, name: str, dims, import_model):
@@ -122,22 +123,27 @@ def _declared_shapes(model) -> list[tuple]:
             if all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)]
 
 
-def _element_domains(model, size: int, axis_like: bool) -> list[list[int]]:
+def _element_domains(model, size: int, axis_like: bool, real: bool) -> list[list]:
     """Candidate values of each element: an axis within the largest declared rank; else a
-    declared dimension, a quotient of two, 0, 1 or -1 (where that makes too many
-    combinations: the dimensions at the element's own position in the declared shapes of
-    that many dimensions, as a shape, sizes or repeats vector lines up with them)."""
+    declared dimension, a quotient of two (any quotient for a float input: a scale), 0, 1 or
+    -1 (where that makes too many combinations: the dimensions at the element's own position
+    in the declared shapes of that many dimensions, as a shape, sizes, scales or repeats
+    vector lines up with them)."""
     shapes = _declared_shapes(model)
     if axis_like:
         rank = max((len(s) for s in shapes), default=0)  # an Unsqueeze's output is declared too
         return [list(range(-rank, rank))] * size
+
+    def quotients(pairs):
+        return {a / b if real else a // b for a, b in pairs if b and (real or a % b == 0)}
+
     dims = {d for s in shapes for d in s}
-    pool = sorted(dims | {a // b for a in dims for b in dims if b and a % b == 0} | {0, 1, -1})
+    pool = sorted(dims | quotients((a, b) for a in dims for b in dims) | {0, 1, -1})
     if len(pool) ** size <= MAX_CANDIDATES:
         return [pool] * size
     lined = [s for s in shapes if len(s) == size]
-    return [sorted({s[i] for s in lined} | {a[i] // b[i] for a in lined for b in lined if b[i] and a[i] % b[i] == 0}
-                   | {0, 1, -1}) for i in range(size)]
+    return [sorted({s[i] for s in lined} | quotients((a[i], b[i]) for a in lined for b in lined) | {0, 1, -1})
+            for i in range(size)]
 
 
 def _candidates(model, names) -> list | None:
@@ -148,10 +154,12 @@ def _candidates(model, names) -> list | None:
     total = 1
     for n in names:
         info = _input_info(model, n)
-        if info is None or np.dtype(info[0]).kind not in "iu" or int(np.prod(info[1], dtype=np.int64)) > MAX_ELEMENTS:
+        if (info is None or np.dtype(info[0]).name not in GUARDED_DTYPES
+                or int(np.prod(info[1], dtype=np.int64)) > MAX_ELEMENTS):
             return None
         dtype, shape = np.dtype(info[0]), info[1]
-        domains = _element_domains(model, int(np.prod(shape, dtype=np.int64)), bool(_roles(model, n) & AXIS_OPERANDS))
+        domains = _element_domains(model, int(np.prod(shape, dtype=np.int64)), bool(_roles(model, n) & AXIS_OPERANDS),
+                                   dtype.kind == "f")
         if dtype.kind == "u":
             domains = [[d for d in dom if d >= 0] for dom in domains]
         per_input.append((n, dtype, shape, domains))
@@ -179,7 +187,8 @@ def _consistent(model, names, per_input, name, dims, import_model):
             continue
         key = _fingerprint(g)
         if key is not None:
-            groups.setdefault(key, []).append(tuple(int(v) for c in combo for v in c))
+            groups.setdefault(key, []).append(tuple(v for arr in _arrays(per_input, combo).values()
+                                                    for v in arr.reshape(-1).tolist()))
             graphs.setdefault(key, g)
             values.setdefault(key, combo)
     if not groups:
@@ -211,10 +220,10 @@ def _versions(model, per_input, groups) -> onnx.ModelProto:
         rename.update({n: f"{n}__v{k}" for n, *_ in per_input})
         for n, arr in _arrays(per_input, combo).items():
             inits.append(numpy_helper.from_array(arr, f"{n}__v{k}"))
-        for node in originals:
+        for i, node in enumerate(originals):
             copy = onnx.NodeProto()
             copy.CopyFrom(node)
-            copy.name = f"{node.name or node.op_type}__v{k}"
+            copy.name = f"{node.name or f'{node.op_type}_{i}'}__v{k}"
             copy.input[:] = [rename.get(x, x) for x in node.input]
             copy.output[:] = [rename.get(x, x) for x in node.output]
             g.node.append(copy)
@@ -232,26 +241,26 @@ def _versions(model, per_input, groups) -> onnx.ModelProto:
     return out
 
 
-def _key_nodes(g, inits, per_input) -> list[str]:
-    """Scalar int64 values, one per element of the specialized inputs, in order."""
+def _key_nodes(g, inits, per_input) -> list[tuple]:
+    """(scalar value, dtype), one per element of the specialized inputs, in order."""
     names = []
-    for n, _, shape, _ in per_input:
+    for n, dtype, shape, _ in per_input:
         flat = f"{n}__flat"
         inits.append(numpy_helper.from_array(np.array([-1], np.int64), f"{n}__minus1"))
-        g.node.append(helper.make_node("Cast", [n], [f"{n}__i64"], to=onnx.TensorProto.INT64, name=f"{n}__cast"))
-        g.node.append(helper.make_node("Reshape", [f"{n}__i64", f"{n}__minus1"], [flat], name=f"{n}__flatten"))
+        g.node.append(helper.make_node("Reshape", [n, f"{n}__minus1"], [flat], name=f"{n}__flatten"))
         for i in range(int(np.prod(shape, dtype=np.int64))):
             inits.append(numpy_helper.from_array(np.array(i, np.int64), f"{n}__at{i}"))
             g.node.append(helper.make_node("Gather", [flat, f"{n}__at{i}"], [f"{n}__e{i}"], axis=0,
                                            name=f"{n}__element{i}"))
-            names.append(f"{n}__e{i}")
+            names.append((f"{n}__e{i}", dtype))
     return names
 
 
 def _holds(g, inits, key, accepted, k) -> str:
     """A bool scalar: the key equals one of `accepted`."""
     def equal(x, c, tag):
-        inits.append(numpy_helper.from_array(np.array(c, np.int64), f"{tag}__c"))
+        x, dtype = x
+        inits.append(numpy_helper.from_array(np.array(c, dtype), f"{tag}__c"))
         g.node.append(helper.make_node("Equal", [x, f"{tag}__c"], [tag], name=tag))
         return tag
 
