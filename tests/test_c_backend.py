@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from helpers import ROOT, assert_close, host_and_one_emulated, make_model, onnxruntime_outputs
+from helpers import ALL_TARGETS, ROOT, assert_close, host_and_one_emulated, make_model, onnxruntime_outputs
 from test_models import MODELS, NAMES, feeds_for
 from toolchain.cli import main as cli_main
 from toolchain.backends.c import compile_c
@@ -185,11 +185,14 @@ def test_real_model_c_path_agrees_with_onnxruntime_and_llvm_path(model_path, wor
         assert_close(g, o, what=f"{model_path.stem} C path vs LLVM path, output {j}")
 
 
-def test_bundled_model_c_path_on_every_target(target, workdir):
-    """The default model (KWS DS-CNN) through the C path on each instruction set."""
+@pytest.mark.parametrize("tgt", [t if t in ("x86-64-v3", "cortex-a53") else pytest.param(t, marks=pytest.mark.slow)
+                                 for t in ALL_TARGETS])
+def test_bundled_model_c_path_on_every_target(tgt, workdir):
+    """The default model (KWS DS-CNN) through the C path on each instruction set (the host and
+    one emulated target by default; the C path's node cases sample cortex-a76 and rv64gcv)."""
     path = ROOT / "models" / "kws_dscnn.onnx"
     model = onnx.load(str(path))
-    check(model, feeds_for(model), target, workdir)
+    check(model, feeds_for(model), tgt, workdir)
 
 
 @pytest.mark.slow
