@@ -28,6 +28,7 @@ from ..ops import registry
 from ..targets import Profile, VectorUnit
 from ..version import __version__
 from .common import Generated, lower_node
+from .guards import c_guard_holds
 from .llvm import WEIGHT_ALIGN
 from .llvm_object import parse_frame_reports
 
@@ -424,7 +425,7 @@ def _run_function(g, plan, name, weights, kernels, proto=None) -> str:
         proto = f"static int {item_symbol(name)}({RUN_PARAMS})" if g.batch else run_prototype(name)
     lines = [f"{proto};", "", f"{proto} {{", "    unsigned char *a = (unsigned char *)arena;",
              "    (void)inputs;", "    (void)outputs;", "    (void)a;"]
-    lines += [f"    if (!({_guard_holds(g, guard)})) return {ERR_INPUT_VALUE};  /* specialized input */"
+    lines += [f"    if (!({c_guard_holds(g, guard)})) return {ERR_INPUT_VALUE};  /* specialized input */"
               for guard in g.guards]
 
     def pointer(v, writable):
@@ -449,27 +450,6 @@ def _run_function(g, plan, name, weights, kernels, proto=None) -> str:
         lines.append(f"    {fn}({', '.join(args)});")
     lines += ["    return 0;", "}"]
     return "\n".join(lines)
-
-
-def _guard_holds(g, guard) -> str:
-    """The C condition of the LLVM backend's _guard_holds."""
-    elems = []
-    for k in guard.inputs:
-        v = g.inputs[k]
-        ct = c_type(LLVM_TYPES[v.type.dtype])
-        elems += [(f"((const {ct} *)inputs[{k}])[{i}]", v.type.dtype) for i in range(v.type.size)]
-
-    def lit(c, dtype):
-        if dtype.startswith("float"):  # exact: a hexadecimal floating literal
-            return float(c).hex() + ("f" if dtype == "float32" else "")
-        return f"INT64_C({int(c)})" if abs(int(c)) > 2**31 - 1 else str(int(c))
-
-    sets = guard.element_sets()
-    if sets is not None:
-        return " && ".join("(" + " || ".join(f"{x} == {lit(c, dt)}" for c in cs) + ")"
-                           for (x, dt), cs in zip(elems, sets))
-    return " || ".join("(" + " && ".join(f"{x} == {lit(c, dt)}" for (x, dt), c in zip(elems, row)) + ")"
-                       for row in guard.accepted)
 
 
 def _batch_entries(g, name) -> str:

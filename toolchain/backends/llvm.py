@@ -19,6 +19,7 @@ from ..memory import MemoryPlan
 from ..ops import registry
 from ..targets import Profile, VectorUnit
 from .common import Generated, lower_node
+from .guards import llvm_guard_holds
 from .debuglines import with_node_lines
 from .llvm_object import call_graph, compile_ir, dynamic_allocas, module_text
 
@@ -447,7 +448,7 @@ def _run_function(module, g, plan, name, weights, kernels, index, external=False
         with b.if_then(bad, likely=False):
             b.ret(ir.Constant(I32, ERR_WEIGHTS))
     for guard in g.guards:  # specialized inputs (frontend/specialize.py): ERR_INPUT_VALUE, nothing written
-        with b.if_then(b.not_(_guard_holds(b, g, guard, inputs, index)), likely=False):
+        with b.if_then(b.not_(llvm_guard_holds(b, g, guard, inputs, index)), likely=False):
             b.ret(ir.Constant(I32, ERR_INPUT_VALUE))
     if separate_nodes:
         for kernel in kernels:
@@ -457,44 +458,6 @@ def _run_function(module, g, plan, name, weights, kernels, index, external=False
         _call_nodes(b, g.nodes, kernels, plan, weights, index, inputs, outputs, arena, blob)
     b.ret(ir.Constant(I32, 0))
     return fn
-
-
-def _guard_holds(b, g, guard, inputs, index):
-    """i1: the guarded inputs' elements, in order, equal one of guard.accepted (element by
-    element where the accepted values are a product of per-element sets)."""
-    elems = []
-    for k in guard.inputs:
-        v = g.inputs[k]
-        ty = LLVM_TYPES[v.type.dtype]
-        p = b.bitcast(b.load(b.gep(inputs, [ir.Constant(index, k)], inbounds=True)), ty.as_pointer())
-        elems += [(b.load(b.gep(p, [ir.Constant(index, i)], inbounds=True)), ty) for i in range(v.type.size)]
-
-    def equal(x, ty, c):
-        if isinstance(ty, (ir.FloatType, ir.DoubleType)):
-            return b.fcmp_ordered("==", x, ir.Constant(ty, float(c)))
-        return b.icmp_signed("==", x, ir.Constant(ty, int(c)))
-
-    def any_of(x, ty, values):
-        hits = [equal(x, ty, c) for c in values]
-        out = hits[0]
-        for h in hits[1:]:
-            out = b.or_(out, h)
-        return out
-
-    def all_of(conds):
-        out = ir.Constant(ir.IntType(1), 1)
-        for c in conds:
-            out = b.and_(out, c)
-        return out
-
-    sets = guard.element_sets()
-    if sets is not None:
-        return all_of([any_of(x, ty, s) for (x, ty), s in zip(elems, sets)])
-    rows = [all_of([any_of(x, ty, [c]) for (x, ty), c in zip(elems, row)]) for row in guard.accepted]
-    out = rows[0]
-    for r in rows[1:]:
-        out = b.or_(out, r)
-    return out
 
 
 def _node_wrapper(module, plan, sym, node, kernel, weights, index):

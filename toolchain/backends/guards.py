@@ -1,0 +1,69 @@
+"""The run-time check of inputs the build specialized (frontend/specialize.py, ir.InputGuard),
+for both backends: <name>_run returns ERR_INPUT_VALUE before anything else unless the inputs'
+elements equal one of the accepted tuples (element by element where those are a product of
+per-element sets). Floats compare exactly."""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from ..kernel.c import c_type
+from ..kernel.llvm import LLVM_TYPES
+
+
+def llvm_guard_holds(b, g, guard, inputs, index):
+    """i1: the guarded inputs' elements, in order, equal one of guard.accepted (element by
+    element where the accepted values are a product of per-element sets)."""
+    elems = []
+    for k in guard.inputs:
+        v = g.inputs[k]
+        ty = LLVM_TYPES[v.type.dtype]
+        p = b.bitcast(b.load(b.gep(inputs, [ir.Constant(index, k)], inbounds=True)), ty.as_pointer())
+        elems += [(b.load(b.gep(p, [ir.Constant(index, i)], inbounds=True)), ty) for i in range(v.type.size)]
+
+    def equal(x, ty, c):
+        if isinstance(ty, (ir.FloatType, ir.DoubleType)):
+            return b.fcmp_ordered("==", x, ir.Constant(ty, float(c)))
+        return b.icmp_signed("==", x, ir.Constant(ty, int(c)))
+
+    def any_of(x, ty, values):
+        hits = [equal(x, ty, c) for c in values]
+        out = hits[0]
+        for h in hits[1:]:
+            out = b.or_(out, h)
+        return out
+
+    def all_of(conds):
+        out = ir.Constant(ir.IntType(1), 1)
+        for c in conds:
+            out = b.and_(out, c)
+        return out
+
+    sets = guard.element_sets()
+    if sets is not None:
+        return all_of([any_of(x, ty, s) for (x, ty), s in zip(elems, sets)])
+    rows = [all_of([any_of(x, ty, [c]) for (x, ty), c in zip(elems, row)]) for row in guard.accepted]
+    out = rows[0]
+    for r in rows[1:]:
+        out = b.or_(out, r)
+    return out
+
+
+def c_guard_holds(g, guard) -> str:
+    """The C condition of llvm_guard_holds."""
+    elems = []
+    for k in guard.inputs:
+        v = g.inputs[k]
+        ct = c_type(LLVM_TYPES[v.type.dtype])
+        elems += [(f"((const {ct} *)inputs[{k}])[{i}]", v.type.dtype) for i in range(v.type.size)]
+
+    def lit(c, dtype):
+        if dtype.startswith("float"):  # exact: a hexadecimal floating literal
+            return float(c).hex() + ("f" if dtype == "float32" else "")
+        return f"INT64_C({int(c)})" if abs(int(c)) > 2**31 - 1 else str(int(c))
+
+    sets = guard.element_sets()
+    if sets is not None:
+        return " && ".join("(" + " || ".join(f"{x} == {lit(c, dt)}" for c in cs) + ")"
+                           for (x, dt), cs in zip(elems, sets))
+    return " || ".join("(" + " && ".join(f"{x} == {lit(c, dt)}" for (x, dt), c in zip(elems, row)) + ")"
+                       for row in guard.accepted)
