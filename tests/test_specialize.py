@@ -113,3 +113,18 @@ def test_a_float_input_compared_exactly(tmp_path, emit):
     near[2] = np.nextafter(np.float32(2), np.float32(3))
     with pytest.raises(HarnessError, match=f"run returned {ERR_INPUT_VALUE}"):
         compile_and_run(m, "x86-64-v3", {"x": x, "scales": near}, tmp_path, emit=emit)
+
+
+def test_the_command_line_says_what_it_checks(tmp_path):
+    import contextlib
+    import io
+
+    from toolchain.cli import main
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(reduce_model((3, 1, 5)).SerializeToString())
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["build", "--model", str(path), "--target", "x86-64-v3", "--out", str(tmp_path / "out")])
+    assert rc in (0, None)
+    assert "checked   axes in {[-2], [1]}" in buf.getvalue() and "MODEL_ERR_INPUT_VALUE" in buf.getvalue()

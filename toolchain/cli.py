@@ -100,6 +100,10 @@ def cmd_build(args):
     for b in m.get("bound_inputs", []):
         print(f"  bound     {b['name']} = {b['values'] if 'values' in b else b['sha256'][:16]} "
               f"({b['dtype']}, shape {b['shape']})")
+    for spec in m.get("specialized_inputs", []):
+        shown = ", ".join(str(a) for a in spec["accepted"][:4]) + (", ..." if len(spec["accepted"]) > 4 else "")
+        print(f"  checked   {', '.join(spec['inputs'])} in {{{shown}}} (taken from the declared output shapes; "
+              f"any other value: {m['name'].upper()}_ERR_INPUT_VALUE)")
     print(f"  arena     {m['arena']['size']} bytes (lower bound {m['arena']['lower_bound']}, "
           f"align {m['arena']['align']})")
     print(f"  code      {m['code_bytes']} bytes, weights {m['weight_bytes']} bytes, "
