@@ -189,3 +189,16 @@ def run_driver_on_a76(m, tmp_path, emit: str, grad: str | None, driver, arrays_f
     (tmp_path / "in.bin").write_bytes(b"".join(a.tobytes() for a in arrays_for(man)))
     run_program(launcher(profile) + [str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], timeout=120)
     return man, np.frombuffer((tmp_path / "out.bin").read_bytes(), np.float32)
+
+
+def mlp(seed: int = 11):
+    """Gemm -> Relu -> Gemm -> Softmax on a [3, 8] input, weights drawn from `seed`."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "W2", "b2"], ["z"], transB=1), helper.make_node("Softmax", ["z"], ["y"])]
+    return onnx_model(nodes, {"x": (3, 8)}, {"W1": w(16, 8), "b1": w(16), "W2": w(5, 16), "b2": w(5)})
+

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from autodiff_helpers import check_vjp, onnx_model, pullback64
+from autodiff_helpers import check_vjp, mlp, onnx_model, pullback64
 from toolchain.errors import UnsupportedError
 from toolchain.frontend.onnx_import import import_model
 from toolchain.passes.autodiff import reverse
@@ -106,13 +106,6 @@ def test_vjp_matches_finite_differences(case):
 def _weights(seed):
     rng = np.random.default_rng(seed)  # fixed per model, whatever else drew from R
     return lambda *shape: rng.standard_normal(shape).astype(np.float32)
-
-
-def mlp():
-    w = _weights(11)
-    nodes = [node("Gemm", ["x", "W1", "b1"], ["h"], transB=1), node("Relu", ["h"], ["r"]),
-             node("Gemm", ["r", "W2", "b2"], ["z"], transB=1), node("Softmax", ["z"])]
-    return onnx_model(nodes, {"x": (3, 8)}, {"W1": w(16, 8), "b1": w(16), "W2": w(5, 16), "b2": w(5)})
 
 
 def cnn():

@@ -17,6 +17,7 @@ import pytest
 from onnx import helper
 
 from autodiff_helpers import initializers, onnx_model, pullback64, run_driver_on_a76, set_params
+from autodiff_helpers import mlp as shared_mlp
 from helpers import ROOT
 from toolchain.errors import InvalidModelError
 from toolchain.frontend.onnx_import import import_model
@@ -35,10 +36,7 @@ def _w(seed):
 
 
 def mlp():
-    w = _w(21)
-    nodes = [node("Gemm", ["x", "W1", "b1"], ["h"], transB=1), node("Relu", ["h"], ["r"]),
-             node("Gemm", ["r", "W2", "b2"], ["z"], transB=1), node("Softmax", ["z"])]
-    return onnx_model(nodes, {"x": (3, 8)}, {"W1": w(16, 8), "b1": w(16), "W2": w(5, 16), "b2": w(5)})
+    return shared_mlp(21)
 
 
 def _mlp_numpy(xs, p):

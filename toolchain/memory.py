@@ -147,11 +147,7 @@ def _joins(g: Graph, root: dict, buffers: list) -> tuple[dict, set]:
             continue
         if len({id(p) for p in parts}) != len(parts) or any(p.values and p.values[0] in g.outputs for p in parts):
             continue
-        delta = 0
-        for p in parts:
-            slices[id(p)] = (whole, delta)
-            delta += p.size
-            buffers.remove(p)
+        _as_slices(parts, whole, slices, buffers)
         whole.start = min([whole.start] + [p.start for p in parts])
         elided.add(id(node))
     return slices, elided
@@ -177,13 +173,18 @@ def _splits(g: Graph, root: dict, buffers: list, slices: dict, elided: set):
             continue
         if len({id(p) for p in parts}) != len(parts) or any(v in g.outputs for v in node.outputs):
             continue
-        delta = 0
-        for p in parts:
-            slices[id(p)] = (whole, delta)
-            delta += p.size
-            buffers.remove(p)
+        _as_slices(parts, whole, slices, buffers)
         whole.end = max([whole.end] + [p.end for p in parts])
         elided.add(id(node))
+
+
+def _as_slices(parts: list, whole, slices: dict, buffers: list):
+    """Each part's buffer becomes the slice of `whole` after the previous part's."""
+    delta = 0
+    for p in parts:
+        slices[id(p)] = (whole, delta)
+        delta += p.size
+        buffers.remove(p)
 
 
 def _last_uses(g: Graph) -> dict[int, int]:
