@@ -278,7 +278,7 @@ def run_binding(model, inputs, outputs, target: str, workdir: Path, harness: boo
                 raise
             bound += more
         except BaseException as e:
-            more = [n for n in _specialized_inputs(model) if n not in bound] if _value_refused(e) else []
+            more = [n for n in _specialized_inputs(model, inputs, bound) if n not in bound] if _value_refused(e) else []
             if not bind or not more:
                 e.bound = bound
                 raise
@@ -293,10 +293,14 @@ def _value_refused(e: BaseException) -> bool:
     return f"run returned {ERR_INPUT_VALUE}" in str(e)
 
 
-def _specialized_inputs(model) -> list[str]:
+def _specialized_inputs(model, inputs, bound) -> list[str]:
+    """The inputs the build (with `bound` bound) specialized."""
     from toolchain.frontend.batching import import_batched
+    from toolchain.frontend.binding import bind_inputs
 
-    return [n for guard in import_batched(model, "model", None).guards for n in guard.names]
+    feeds = feeds_for(model, inputs)
+    with_bound = bind_inputs(model, {n: feeds[n] for n in bound})
+    return [n for guard in import_batched(with_bound, "model", None).guards for n in guard.names]
 
 
 def run_ort(model, inputs, outputs):
