@@ -34,7 +34,7 @@ from ..ir import InputGuard
 
 MAX_ELEMENTS = 6  # elements of one specialized input (an axes or shape vector)
 MAX_CANDIDATES = 2048  # imports tried per build (small graphs)
-MAX_NODE_IMPORTS = 200_000  # imports tried x the graph's nodes: a large graph tries fewer values
+MAX_NODE_IMPORTS = 50_000  # imports tried x the graph's nodes: a large graph tries fewer values
 MAX_VERSIONS = 4  # different functions computed side by side, the input selecting one
 AXIS_OPERANDS = {"axes", "axis"}
 GUARDED_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32", "float64"}
