@@ -142,3 +142,36 @@ def test_math_functions_are_single_precision_and_right_on_the_m4(workdir):
     x = np.random.default_rng(0).uniform(0.05, 3.0, (4, 16)).astype(np.float32)
     res, _ = check_against_onnxruntime(model, {"x": x}, "cortex-m4", workdir)
     assert read_object(res.paths["object"].read_bytes()).f64_instructions == []
+
+
+def _f64_model(nodes, out="y"):
+    from onnx import TensorProto, helper
+
+    f64 = TensorProto.DOUBLE
+    inits = [helper.make_tensor("shape", TensorProto.INT64, [2], [2, 2])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f64, [4])],
+                          [helper.make_tensor_value_info(out, f64, [2, 2] if out == "r" else [4])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_float64_on_a_single_precision_core_is_refused_naming_every_node():
+    """Cortex-M4's FPU has no double precision and the library links no soft-float: refused
+    before any code, every float64 node named; the same model builds for cortex-m7."""
+    from onnx import helper
+
+    from toolchain.compiler import compile_onnx
+    from toolchain.errors import UnsupportedError
+
+    m = _f64_model([helper.make_node("Exp", ["x"], ["e"]), helper.make_node("Add", ["e", "x"], ["y"])])
+    with pytest.raises(UnsupportedError, match=r"cortex-m4 has no double-precision.*2 node\(s\).*'Exp_0' \(Exp\), "
+                                               r"'Add_1' \(Add\)"):
+        compile_onnx(m, "cortex-m4")
+    compile_onnx(m, "cortex-m7")  # FPv5-D16: double precision
+
+
+def test_float64_only_moved_builds_on_a_single_precision_core():
+    from onnx import helper
+
+    from toolchain.compiler import compile_onnx
+
+    compile_onnx(_f64_model([helper.make_node("Reshape", ["x", "shape"], ["r"])], out="r"), "cortex-m4")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -13,7 +14,7 @@ from .backends import get_backend
 from .cache import BuildHook
 from .contract import entry_symbols, fnv1a64, is_valid_name, weights_section, weights_section_problem
 from .emit import ar_archive, build_id, c_header, check_out_dir, manifest_json, owned_files, replace_outputs
-from .errors import InternalError, InvalidModelError
+from .errors import InternalError, InvalidModelError, UnsupportedError
 from .frontend.batching import import_batched
 from .frontend.binding import bind_inputs, key_of, manifest_entries, resolve
 from .frontend.onnx_import import load_model
@@ -107,6 +108,7 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
         options["weights_section"] = weights_section
     out = backend.generate(g, plan, name, profile, weights=weights, **options)
     info = read_object(out.object)
+    check_float64(g, profile, info)
     check_self_contained(info, profile, name)
     entries = entry_symbols(name, g.batch is not None, external=weights == "external")
     stack = stack_usage(out.frames, out.calls, entries, profile.return_address_bytes)
@@ -229,6 +231,25 @@ def compile_onnx(model: onnx.ModelProto, target: str, name: str = "model", dims=
     model = bind_inputs(model, resolve(model, bind, _fixed(dims)))
     return compile_graph(import_batched(model, name, dims), profile, name, dump, emit, weights,
                          weights_section=weights_section)
+
+
+SOFT_DOUBLE = re.compile(r"__aeabi_(d|[a-z0-9]*2d$)")  # the ARM EABI's soft-float double routines
+
+
+def check_float64(g: Graph, profile: Profile, info: ObjectInfo):
+    """On a core without double-precision floating point (profile.fp64 false: Cortex-M4, M33)
+    code that computes in float64 needs the soft-float routines of a C library, which the
+    library never links: such a build is refused naming every node that reads or writes a
+    float64 value (a model that only moves float64 bytes builds)."""
+    if profile.fp64 or not (info.f64_instructions or any(SOFT_DOUBLE.match(s) for s in info.undefined)):
+        return
+    nodes = [n for n in g.nodes if not registry.get(n.op).view
+             and any(v is not None and v.type.dtype == "float64" for v in [*n.inputs, *n.outputs])]
+    shown = ", ".join(f"'{n.name}' ({n.op})" for n in nodes[:5])
+    shown += f" and {len(nodes) - 5} more" if len(nodes) > 5 else ""
+    raise UnsupportedError(f"target {profile.name} has no double-precision floating point, and the library links no "
+                           f"soft-float routines: {len(nodes)} node(s) compute in float64: {shown}; cast to float32 "
+                           f"in the model, or build for a target with a double-precision FPU")
 
 
 def _fixed(dims) -> dict:
