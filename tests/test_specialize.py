@@ -128,3 +128,12 @@ def test_the_command_line_says_what_it_checks(tmp_path):
         rc = main(["build", "--model", str(path), "--target", "x86-64-v3", "--out", str(tmp_path / "out")])
     assert rc in (0, None)
     assert "checked   axes in {[-2], [1]}" in buf.getvalue() and "MODEL_ERR_INPUT_VALUE" in buf.getvalue()
+
+
+@pytest.mark.parametrize("emit", ["object", "c"])
+def test_an_empty_axes_input(tmp_path, emit):
+    """ReduceSum with axes of shape [0] (reduce everything): one possible value, no check to fail."""
+    m = make_model([helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)],
+                   {"x": (F, (3, 4, 5)), "axes": (I64, (0,))}, {"y": (F, (1, 1, 1))}, opset=18)
+    got, _, _ = compile_and_run(m, "x86-64-v3", {"x": X, "axes": np.zeros(0, np.int64)}, tmp_path, emit=emit)
+    np.testing.assert_allclose(got[0], X.sum(keepdims=True), rtol=1e-5)

@@ -61,6 +61,8 @@ def c_guard_holds(g, guard) -> str:
             return float(c).hex() + ("f" if dtype == "float32" else "")
         return f"INT64_C({int(c)})" if abs(int(c)) > 2**31 - 1 else str(int(c))
 
+    if not elems:  # empty inputs: one value, always held
+        return "1"
     sets = guard.element_sets()
     if sets is not None:
         return " && ".join("(" + " || ".join(f"{x} == {lit(c, dt)}" for c in cs) + ")"
