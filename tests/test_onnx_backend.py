@@ -14,7 +14,8 @@ from onnx_backend import classify, discover, run_case
 
 SUITES = ["simple", "pytorch-converted", "pytorch-operator"]
 ALL = {s: discover(s) for s in SUITES + ["light"]}
-SUPPORTED = {s: [c for c in cases if classify(c)[0] == "supported"] for s, cases in ALL.items()}
+KIND = {c.id: classify(c) for cases in ALL.values() for c in cases}  # once: the light models take seconds each
+SUPPORTED = {s: [c for c in cases if KIND[c.id][0] == "supported"] for s, cases in ALL.items()}
 DATA_CASES = [c for s in SUITES for c in SUPPORTED[s]]
 # measured 2026-11-23: simple 3/23 (the rest are sequence/string/training ops, runtime
 # shapes), pytorch-converted 82/82, pytorch-operator 35/35, light 9/9
@@ -30,7 +31,7 @@ def test_support_does_not_regress():
 def test_nothing_fails_in_the_front_end():
     """A case we cannot take must say so (unsupported), never crash or mis-type."""
     errors = [(c.id, reason) for cases in ALL.values() for c in cases
-              for kind, reason in [classify(c)] if kind == "error"]
+              for kind, reason in [KIND[c.id]] if kind == "error"]
     assert errors == []
 
 
