@@ -32,6 +32,16 @@ def make_model(nodes, inputs: dict, outputs: dict, inits: dict | None = None, op
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 
 
+def without_output_shapes(m: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose graph outputs declare no shape: a shape-deciding graph input is then
+    refused (nothing to specialize it from, frontend/specialize.py) instead of checked at run time."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    for o in out.graph.output:
+        o.type.tensor_type.ClearField("shape")
+    return out
+
+
 def host_and_one_emulated(items, ids):
     """(item, target) params: each item on the host and on every emulated target, where only
     the host and one emulated target (rotating over the items, so every target still runs

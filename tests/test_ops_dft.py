@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from helpers import assert_close, check_against_onnxruntime, compile_and_run, make_model, onnxruntime_outputs
+from helpers import (assert_close, check_against_onnxruntime, compile_and_run, make_model, onnxruntime_outputs,
+                     without_output_shapes)
 from test_c_backend import run_c_path
 from toolchain.compiler import compile_onnx
 from toolchain.errors import CompileError, InvalidModelError, UnsupportedError
@@ -77,7 +78,7 @@ def test_dft_of_a_computed_signal_with_a_bound_axis(workdir):
     x = rng.standard_normal((2, 6, 1)).astype(F)
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("DFT", ["r", "", "a"], ["y"], name="dft")]
     m = make_model(nodes, {"x": (F, x.shape), "a": (np.int64, ())}, {"y": (F, (2, 6, 2))}, opset=20)
-    msg = compile_error(m, UnsupportedError)
+    msg = compile_error(without_output_shapes(m), UnsupportedError)
     assert "dft" in msg and "axis (input 2) must be a compile-time constant" in msg
     got, _, _ = compile_and_run(m, T, {"x": x}, workdir, bind={"a": I(1)})
     want = onnxruntime_outputs(m, {"x": x, "a": I(1)})
@@ -88,7 +89,7 @@ def test_dft_bad_inputs():
     x = np.zeros((2, 8, 1), F)
     m = model([helper.make_node("DFT", ["x", "n"], ["y"], axis=1, name="d1")], {"x": x, "n": I(8)},
               {"y": (F, (2, 8, 2))})
-    msg = compile_error(m, UnsupportedError)
+    msg = compile_error(without_output_shapes(m), UnsupportedError)
     assert "d1" in msg and "dft_length (input 1) must be a compile-time constant" in msg
     m = model([helper.make_node("DFT", ["x"], ["y"], axis=2, name="d2")], {"x": x}, {"y": (F, (2, 8, 2))})
     msg = compile_error(m, InvalidModelError)
@@ -127,7 +128,7 @@ def test_stft_bad_inputs():
     s = np.zeros((1, 20, 1), F)
     node = helper.make_node("STFT", ["s", "st", "", "fl"], ["y"], name="st1")
     m = model([node], {"s": s, "st": I(4)}, {"y": (F, (1, 3, 5, 2))}, {"fl": I(8)})
-    msg = compile_error(m, UnsupportedError)
+    msg = compile_error(without_output_shapes(m), UnsupportedError)
     assert "st1" in msg and "frame_step (input 1) must be a compile-time constant" in msg
     node = helper.make_node("STFT", ["s", "st", "w", "fl"], ["y"], name="st2")
     m = model([node], {"s": s, "w": np.zeros(6, F)}, {"y": (F, (1, 3, 5, 2))}, {"st": I(4), "fl": I(8)})
