@@ -169,7 +169,9 @@ def test_c_path_matches_onnxruntime(make, where, workdir):
     check(model, feeds, where, workdir)
 
 
-HEAVY = ("resnet8_cifar10", "mobilenet_v1_025_vww")  # the largest real models: C-path agreement in the slow run
+# C-path agreement in the slow run: the largest real models, and the FC and LSTM models whose
+# kernels (Gemm, the recurrent step) the KWS, GRU and transformer cases already take through C
+HEAVY = ("resnet8_cifar10", "mobilenet_v1_025_vww", "fc_autoencoder", "lstm", "lstm_bidir")
 
 
 @pytest.mark.parametrize("model_path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in HEAVY else p

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from helpers import ROOT, make_model
+from helpers import ALL_TARGETS, ROOT, make_model
 
 F = np.float32
 
@@ -205,13 +205,16 @@ def test_only_prefixed_symbols_exported(built):
     assert undefined.stdout.strip() == ""
 
 
-def test_builds_are_byte_reproducible(tmp_path, target):
-    """Same inputs, different output directories and processes: identical bytes."""
+@pytest.mark.parametrize("tgt", [t if t in ("x86-64-v3", "cortex-a76", "rv64gcv")
+                                 else pytest.param(t, marks=pytest.mark.slow) for t in ALL_TARGETS])
+def test_builds_are_byte_reproducible(tmp_path, tgt):
+    """Same inputs, different output directories and processes: identical bytes (three
+    instruction sets by default, every target in the slow run)."""
     model = small_model(tmp_path / "m.onnx")
     outs = []
     for i in range(2):
         out = tmp_path / f"out{i}"
-        proc = edgec("build", "--target", target, "--model", str(model), "--out", str(out))
+        proc = edgec("build", "--target", tgt, "--model", str(model), "--out", str(out))
         assert proc.returncode == 0, proc.stderr
         outs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
     assert outs[0] == outs[1]
