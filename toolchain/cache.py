@@ -44,6 +44,11 @@ DEFAULT_MAX_BYTES = 512 << 20
 MEMORY_ENTRIES = 64
 
 _memory: OrderedDict[str, Entry] = OrderedDict()
+# bytes this process believes a cache directory holds (its last full scan plus its own writes
+# since): a put scans the directory (one stat per entry) only when that estimate would pass the
+# bound, or every SCAN_EVERY puts (other processes write too), not every time
+_estimate: dict[Path, tuple[int, int]] = {}
+SCAN_EVERY = 64
 events: deque = deque(maxlen=256)  # one dict per compile or hit in this process (explain() reads these)
 compile_count = 0  # compilations actually run in this process (misses and uncached builds)
 
@@ -325,8 +330,9 @@ def put(key: str, meta: dict, files: dict) -> Entry:
     _remember(entry)
     path = entry_path(key, meta["fields"]["model_sha256"])
     try:
-        _atomic_write(path, encode(key, meta, files))
-        evict(keep=path)
+        data = encode(key, meta, files)
+        _atomic_write(path, data)
+        _account(path, len(data))
     except OSError as e:  # a full or read-only disk costs the cache, not the build
         log(f"warning: cannot write cache entry {path}: {e}")
     return entry
@@ -351,9 +357,18 @@ def _entries() -> list[tuple[Path, os.stat_result]]:
     return out
 
 
-def evict(keep: Path | None = None, limit: int | None = None):
+def _account(path: Path, size: int):
+    d, limit = cache_dir(), max_bytes()
+    known, puts = _estimate.get(d, (None, 0))
+    if known is None or known + size > limit or puts >= SCAN_EVERY:
+        _estimate[d] = (evict(keep=path, limit=limit), 0)
+    else:
+        _estimate[d] = (known + size, puts + 1)
+
+
+def evict(keep: Path | None = None, limit: int | None = None) -> int:
     """Oldest-used first until the entries fit the bound; temporaries a crashed writer left
-    (over an hour old) go too. Another process evicting at the same time is harmless: a
+    (over an hour old) go too. Returns the bytes left. Another process evicting at the same time is harmless: a
     file already gone is skipped, and a reader holding it open keeps its bytes."""
     limit = max_bytes() if limit is None else limit
     now = time.time()
@@ -372,6 +387,7 @@ def evict(keep: Path | None = None, limit: int | None = None):
             continue
         if _unlink(p):
             total -= size
+    return total
 
 
 def _unlink(p: Path) -> bool:
@@ -429,6 +445,7 @@ def clear() -> int:
     for p, _ in _entries():
         n += _unlink(p)
     _memory.clear()
+    _estimate.pop(cache_dir(), None)
     return n
 
 
