@@ -202,3 +202,21 @@ def mlp(seed: int = 11):
              helper.make_node("Gemm", ["r", "W2", "b2"], ["z"], transB=1), helper.make_node("Softmax", ["z"], ["y"])]
     return onnx_model(nodes, {"x": (3, 8)}, {"W1": w(16, 8), "b1": w(16), "W2": w(5, 16), "b2": w(5)})
 
+
+def cnn(seed: int = 12):
+    """Conv -> Relu -> strided Conv -> Tanh -> GlobalAveragePool -> Flatten -> Gemm -> LogSoftmax."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    def node(op, ins, outs, **attrs):
+        return helper.make_node(op, ins, outs, **attrs)
+
+    nodes = [node("Conv", ["x", "K1", "c1"], ["a"], pads=[1, 1, 1, 1]), node("Relu", ["a"], ["ar"]),
+             node("Conv", ["ar", "K2", "c2"], ["b"], strides=[2, 2], pads=[1, 1, 1, 1]), node("Tanh", ["b"], ["bt"]),
+             node("GlobalAveragePool", ["bt"], ["p"]), node("Flatten", ["p"], ["f"]),
+             node("Gemm", ["f", "W", "bias"], ["z"], transB=1), node("LogSoftmax", ["z"], ["y"])]
+    return onnx_model(nodes, {"x": (2, 2, 6, 6)}, {"K1": w(4, 2, 3, 3) * 0.5, "c1": w(4), "K2": w(6, 4, 3, 3) * 0.3,
+                                                   "c2": w(6), "W": w(3, 6), "bias": w(3)})
+

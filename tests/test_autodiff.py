@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from autodiff_helpers import check_vjp, mlp, onnx_model, pullback64
+from autodiff_helpers import check_vjp, cnn, mlp, onnx_model, pullback64
 from toolchain.errors import UnsupportedError
 from toolchain.frontend.onnx_import import import_model
 from toolchain.passes.autodiff import reverse
@@ -106,16 +106,6 @@ def test_vjp_matches_finite_differences(case):
 def _weights(seed):
     rng = np.random.default_rng(seed)  # fixed per model, whatever else drew from R
     return lambda *shape: rng.standard_normal(shape).astype(np.float32)
-
-
-def cnn():
-    w = _weights(12)
-    nodes = [node("Conv", ["x", "K1", "c1"], ["a"], pads=[1, 1, 1, 1]), node("Relu", ["a"], ["ar"]),
-             node("Conv", ["ar", "K2", "c2"], ["b"], strides=[2, 2], pads=[1, 1, 1, 1]), node("Tanh", ["b"], ["bt"]),
-             node("GlobalAveragePool", ["bt"], ["p"]), node("Flatten", ["p"], ["f"]),
-             node("Gemm", ["f", "W", "bias"], ["z"], transB=1), node("LogSoftmax", ["z"])]
-    return onnx_model(nodes, {"x": (2, 2, 6, 6)}, {"K1": w(4, 2, 3, 3) * 0.5, "c1": w(4), "K2": w(6, 4, 3, 3) * 0.3,
-                                                   "c2": w(6), "W": w(3, 6), "bias": w(3)})
 
 
 def autoencoder():

@@ -17,6 +17,7 @@ import pytest
 from onnx import helper
 
 from autodiff_helpers import initializers, onnx_model, pullback64, run_driver_on_a76, set_params
+from autodiff_helpers import cnn as shared_cnn
 from autodiff_helpers import mlp as shared_mlp
 from helpers import ROOT
 from toolchain.errors import InvalidModelError
@@ -28,11 +29,6 @@ EPS = 1e-6
 
 def node(op, ins, outs=("y",), **attrs):
     return helper.make_node(op, list(ins), list(outs), **attrs)
-
-
-def _w(seed):
-    rng = np.random.default_rng(seed)
-    return lambda *shape: rng.standard_normal(shape).astype(np.float32)
 
 
 def mlp():
@@ -48,13 +44,7 @@ def _mlp_numpy(xs, p):
 
 
 def cnn():
-    w = _w(22)
-    nodes = [node("Conv", ["x", "K1", "c1"], ["a"], pads=[1, 1, 1, 1]), node("Relu", ["a"], ["ar"]),
-             node("Conv", ["ar", "K2", "c2"], ["b"], strides=[2, 2], pads=[1, 1, 1, 1]), node("Tanh", ["b"], ["bt"]),
-             node("GlobalAveragePool", ["bt"], ["p"]), node("Flatten", ["p"], ["f"]),
-             node("Gemm", ["f", "W", "bias"], ["z"], transB=1), node("LogSoftmax", ["z"])]
-    return onnx_model(nodes, {"x": (2, 2, 6, 6)}, {"K1": w(4, 2, 3, 3) * 0.5, "c1": w(4), "K2": w(6, 4, 3, 3) * 0.3,
-                                                   "c2": w(6), "W": w(3, 6), "bias": w(3)})
+    return shared_cnn(22)
 
 
 def _interpreted(m):
