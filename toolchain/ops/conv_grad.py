@@ -45,22 +45,23 @@ def input_grad_as_conv(b, g, w, xs, ws, groups, strides, dilations, pads):
                 pads=new_pads)
 
 
+def _channel_rows(b, v, channels: int, positions: int):
+    """(N, C, spatial...) -> (C, N * spatial): a weight gradient's Gemm operand."""
+    if v.type.shape[0] != 1:
+        v = b.op("Transpose", [v], perm=[1, 0, *range(2, len(v.type.shape))])
+    return b.reshape(v, (channels, positions))
+
+
 def pointwise_weight_grad(b, x, g, xs, ws, strides, dilations, pads, groups):
     """dw of a 1 x 1, stride-1, unpadded, ungrouped Conv: dy (O x P) times x (C x P)
     transposed, P the batch times the positions."""
-    rank = len(xs) - 2
     if (groups != 1 or any(v != 1 for v in ws[2:]) or any(v != 1 for v in strides)
             or any(v != 0 for v in pads)):
         return None
     n, c, o = xs[0], xs[1], ws[0]
     positions = n * int(np.prod(xs[2:]))
-
-    def rows(v, channels):  # (N, C, spatial...) -> (C, N * spatial)
-        if n != 1:
-            v = b.op("Transpose", [v], perm=[1, 0, *range(2, rank + 2)])
-        return b.reshape(v, (channels, positions))
-
-    gw = b.op("Gemm", [rows(g, o), rows(x, c)], alpha=1.0, beta=1.0, transA=0, transB=1)
+    gw = b.op("Gemm", [_channel_rows(b, g, o, positions), _channel_rows(b, x, c, positions)],
+              alpha=1.0, beta=1.0, transA=0, transB=1)
     return b.reshape(gw, ws)
 
 
@@ -80,18 +81,14 @@ def weight_grad_by_taps(b, x, g, xs, ws, ys, strides, dilations, pads, groups):
     n, c, o = xs[0], xs[1], ws[0]
     positions = n * int(np.prod(ys[2:]))
 
-    def rows(v, channels):  # (N, C, spatial...) -> (C, N * spatial)
-        if n != 1:
-            v = b.op("Transpose", [v], perm=[1, 0, *range(2, rank + 2)])
-        return b.reshape(v, (channels, positions))
-
     xp = x
     if any(pads):
         xp = b.op("Pad", [x], pads=[0, 0, *pads[:rank], 0, 0, *pads[rank:]], mode="constant", value=0.0)
-    dy = rows(g, o)
+    dy = _channel_rows(b, g, o, positions)
     cols = []
     for tap in np.ndindex(*ws[2:]):
         xt = b.op("Slice", [xp], begin=[0, 0] + [tap[i] * dilations[i] for i in range(rank)],
                   step=[1, 1, *strides], count=[n, c, *ys[2:]])
-        cols.append(b.reshape(b.op("Gemm", [dy, rows(xt, c)], alpha=1.0, beta=1.0, transA=0, transB=1), (o, c, 1)))
+        gw = b.op("Gemm", [dy, _channel_rows(b, xt, c, positions)], alpha=1.0, beta=1.0, transA=0, transB=1)
+        cols.append(b.reshape(gw, (o, c, 1)))
     return b.reshape(b.op("Concat", cols, axis=2), ws)
