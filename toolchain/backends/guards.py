@@ -25,27 +25,17 @@ def llvm_guard_holds(b, g, guard, inputs, index):
             return b.fcmp_ordered("==", x, ir.Constant(ty, float(c)))
         return b.icmp_signed("==", x, ir.Constant(ty, int(c)))
 
-    def any_of(x, ty, values):
-        hits = [equal(x, ty, c) for c in values]
-        out = hits[0]
-        for h in hits[1:]:
-            out = b.or_(out, h)
-        return out
-
-    def all_of(conds):
-        out = ir.Constant(ir.IntType(1), 1)
+    def fold(combine, conds, empty):
+        out = ir.Constant(ir.IntType(1), empty)
         for c in conds:
-            out = b.and_(out, c)
+            out = combine(out, c)
         return out
 
     sets = guard.element_sets()
     if sets is not None:
-        return all_of([any_of(x, ty, s) for (x, ty), s in zip(elems, sets)])
-    rows = [all_of([any_of(x, ty, [c]) for (x, ty), c in zip(elems, row)]) for row in guard.accepted]
-    out = rows[0]
-    for r in rows[1:]:
-        out = b.or_(out, r)
-    return out
+        return fold(b.and_, [fold(b.or_, [equal(x, ty, c) for c in s], 0) for (x, ty), s in zip(elems, sets)], 1)
+    return fold(b.or_, [fold(b.and_, [equal(x, ty, c) for (x, ty), c in zip(elems, row)], 1)
+                        for row in guard.accepted], 0)
 
 
 def c_guard_holds(g, guard) -> str:

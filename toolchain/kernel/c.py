@@ -434,10 +434,8 @@ class CKernel(Kernel):
 
     @staticmethod
     def _lanewise(fn, a, b) -> CLanes:
-        n = len(a.items if isinstance(a, CLanes) else b.items)
-        xs = a.items if isinstance(a, CLanes) else [a] * n
-        ys = b.items if isinstance(b, CLanes) else [b] * n
-        return CLanes(fn(x, y) for x, y in zip(xs, ys))
+        """fn lane by lane, a scalar operand broadcast (CLanes._map)."""
+        return a._map(b, fn) if isinstance(a, CLanes) else b._map(a, lambda y, x: fn(x, y))
 
     def select(self, cond, a, b) -> CExpr:
         if not isinstance(cond, Expr):
