@@ -368,8 +368,9 @@ def _account(path: Path, size: int):
 
 def evict(keep: Path | None = None, limit: int | None = None) -> int:
     """Oldest-used first until the entries fit the bound; temporaries a crashed writer left
-    (over an hour old) go too. Returns the bytes left. Another process evicting at the same time is harmless: a
-    file already gone is skipped, and a reader holding it open keeps its bytes."""
+    (over an hour old) go too. Returns the bytes left. Another process evicting at the same
+    time is harmless: a file already gone is skipped, and a reader holding it open keeps its
+    bytes."""
     limit = max_bytes() if limit is None else limit
     now = time.time()
     entries = []

@@ -48,7 +48,7 @@ def import_specialized(model: onnx.ModelProto, name: str, dims, import_model):
     except UnsupportedError as e:
         first = e
     pending = list(getattr(first, "bind_inputs", None) or [])
-    if not pending or _declared_outputs(model) is None:
+    if not pending or not _outputs_static(model):
         raise first
     for _ in range(3):  # each round may find that further inputs decide shapes too
         per_input = _candidates(model, pending)
@@ -77,26 +77,25 @@ def import_specialized(model: onnx.ModelProto, name: str, dims, import_model):
     raise first
 
 
-def _declared_outputs(model) -> list | None:
-    """Each graph output's declared shape, or None if any is not fully static."""
-    shapes = []
-    for vi in model.graph.output:
-        tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
-            return None
-        if not all(d.HasField("dim_value") for d in tt.shape.dim):
-            return None
-        shapes.append(tuple(d.dim_value for d in tt.shape.dim))
-    return shapes
+def _static_shape(vi) -> tuple | None:
+    """A ValueInfo's declared shape when every dimension is a number, else None."""
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+        return None
+    if not all(d.HasField("dim_value") for d in tt.shape.dim):
+        return None
+    return tuple(d.dim_value for d in tt.shape.dim)
+
+
+def _outputs_static(model) -> bool:
+    return all(_static_shape(vi) is not None for vi in model.graph.output)
 
 
 def _input_info(model, name):
     for vi in model.graph.input:
         if vi.name == name:
-            tt = vi.type.tensor_type
-            if not tt.HasField("shape") or not all(d.HasField("dim_value") for d in tt.shape.dim):
-                return None
-            return helper.tensor_dtype_to_np_dtype(tt.elem_type), tuple(d.dim_value for d in tt.shape.dim)
+            shape = _static_shape(vi)
+            return None if shape is None else (helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type), shape)
     return None
 
 
@@ -118,9 +117,8 @@ def _roles(model, name) -> set[str]:
 
 
 def _declared_shapes(model) -> list[tuple]:
-    return [tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
-            for vi in list(model.graph.input) + list(model.graph.output)
-            if all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)]
+    shapes = (_static_shape(vi) for vi in list(model.graph.input) + list(model.graph.output))
+    return [s for s in shapes if s is not None]
 
 
 def _element_domains(model, size: int, axis_like: bool, real: bool) -> list[list]:
@@ -178,9 +176,10 @@ def _consistent(model, names, per_input, name, dims, import_model):
     graphs, values = {}, {}
     further: list[str] = []
     for combo in itertools.product(*spaces):
+        arrays = _arrays(per_input, combo)
         try:
             with np.errstate(all="ignore"):  # folding a candidate's arithmetic may divide by zero
-                g = import_model(_with_values(model, _arrays(per_input, combo)), name, dims)
+                g = import_model(_with_values(model, arrays), name, dims)
         except UnsupportedError as e:
             further += [x for x in getattr(e, "bind_inputs", None) or [] if x not in names and x not in further]
             continue
@@ -188,8 +187,7 @@ def _consistent(model, names, per_input, name, dims, import_model):
             continue
         key = _fingerprint(g)
         if key is not None:
-            groups.setdefault(key, []).append(tuple(v for arr in _arrays(per_input, combo).values()
-                                                    for v in arr.reshape(-1).tolist()))
+            groups.setdefault(key, []).append(tuple(v for arr in arrays.values() for v in arr.reshape(-1).tolist()))
             graphs.setdefault(key, g)
             values.setdefault(key, combo)
     if not groups:
@@ -215,8 +213,8 @@ def _versions(model, per_input, groups) -> onnx.ModelProto:
     del g.node[:]
     outputs = [o.name for o in g.output]
     inits = []
+    produced = {x for node in originals for x in node.output if x}
     for k, (_, combo, _) in enumerate(groups):
-        produced = {x for node in originals for x in node.output if x}
         rename = {x: f"{x}__v{k}" for x in produced}
         rename.update({n: f"{n}__v{k}" for n, *_ in per_input})
         for n, arr in _arrays(per_input, combo).items():
