@@ -323,6 +323,6 @@ def _explain(first: UnsupportedError, names, reason) -> UnsupportedError:
     if not isinstance(reason, str):
         return first
     e = UnsupportedError(f"{first} (specializing {', '.join(repr(n) for n in names)} from the declared "
-                         f"output shapes: {reason})", node=first.node, op=first.op)
-    e.bind_inputs = getattr(first, "bind_inputs", None)
+                         f"output shapes: {reason})")  # str(first) already names the node
+    e.node, e.op, e.bind_inputs = first.node, first.op, getattr(first, "bind_inputs", None)
     return e
