@@ -120,8 +120,9 @@ def c_header(name: str, manifest: dict) -> str:
         lines += [f"/* Specialized input{'s' if len(spec['inputs']) > 1 else ''} "
                   f"{c_comment_text(', '.join(spec['inputs']))}: it decides shapes, and the build took it from the "
                   f"declared output shapes; {run_symbol(name)} accepts only the values {c_comment_text(shown)} "
-                  f"(the manifest lists all) and returns {up}_ERR_INPUT_VALUE otherwise, nothing written. */",
-                  f"#define {up}_ERR_INPUT_VALUE {ERR_INPUT_VALUE}"]
+                  f"(the manifest lists all) and returns {up}_ERR_INPUT_VALUE otherwise, nothing written. */"]
+    if manifest.get("specialized_inputs"):
+        lines.append(f"#define {up}_ERR_INPUT_VALUE {ERR_INPUT_VALUE}")
     bounded = manifest.get("bounded_dims", {})
     for i, (dim, b) in enumerate(bounded.items()):
         lines += [f"#define {up}_NUM_DIMS     {len(bounded)}  /* run-time dimensions: dims[] of {up.lower()}_run_dims */",

@@ -42,7 +42,8 @@ def split_dims(dims: dict | None) -> tuple[dict, dict]:
 
 
 def import_batched(model: onnx.ModelProto, name: str, dims: dict | None) -> Graph:
-    """The graph for `dims` (shape-deciding inputs specialized: frontend/specialize.py); with a bounded dim, the checked per-item graph (g.batch set)."""
+    """The graph for `dims` (shape-deciding inputs specialized: frontend/specialize.py);
+    with a bounded dim, the checked per-item graph (g.batch set)."""
     fixed, bounded = split_dims(dims)
     if not bounded:
         return import_specialized(model, name, fixed, import_model)
