@@ -17,7 +17,8 @@ from pathlib import Path
 from .errors import InvalidModelError
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
-RUN_MODES = ("user", "system", "none")  # qemu-user (or natively), a QEMU board, not runnable here
+RUN_MODES = ("user", "system", "none")
+INT8_DOTS = ("partial-reduce", "pairs16", "widen16", "reduce")  # VectorUnit.int8_dot  # qemu-user (or natively), a QEMU board, not runnable here
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class VectorUnit:
     vector from memory (x86), so a load used once costs no instruction of its own.
     `nan_min_max`: min and max that propagate NaN are one instruction each (AArch64's fmin/
     fmax, LLVM's llvm.minimum/maximum); elsewhere they are a compare and a select.
+    `int8_dot`: how 16 int8 products are summed into int32 (kernel/llvm.py Kernel.int8_dot):
+    "partial-reduce" (LLVM's partial reduction: AArch64 `sdot` with the dot-product feature,
+    `smull`/`saddw` without), "pairs16" (x86 `vpmaddwd` on sign-extended 16-bit pairs),
+    "widen16" (16-bit products widened into a 16-lane int32 accumulator: RVV `vwmul`/`vwadd`),
+    "reduce" (a multiply-accumulate across the vector into a scalar: MVE `vmlava`).
+    `int8_tile`: (output pixels, output channels) of an integer convolution's register tile.
     `name` says whose unit it is (a profile, or a backend's own such as portable C)."""
 
     lanes: int = 4
@@ -40,6 +47,8 @@ class VectorUnit:
     fma_scalar_operand: bool = False
     fma_memory_operand: bool = False
     nan_min_max: bool = False
+    int8_dot: str = "widen16"
+    int8_tile: tuple = (2, 2)
     name: str = "generic"
 
 
@@ -78,6 +87,9 @@ class Profile:
     vector_fma_memory_operand: bool = _at("vector_fma_memory_operand", False)
     # min/max propagating NaN in one instruction each (AArch64 fmin/fmax)
     nan_min_max: bool = _at("nan_min_max", False)
+    # how int8 dot products are summed, and the integer convolution's register tile (VectorUnit)
+    int8_dot: str = _at("int8_dot", "widen16")
+    int8_tile: list = _at("int8_tile", [2, 2])
     # registers per vector value (RVV's LMUL): tiles use values this many registers wide
     vector_lmul: int = _at("vector_lmul", 1)
     # width of index arithmetic in generated code: the pointer width
@@ -109,7 +121,7 @@ class Profile:
                           registers=self.vector_registers // self.vector_lmul, fma_by_lane=self.vector_fma_by_lane,
                           fma_scalar_operand=self.vector_fma_scalar_operand,
                           fma_memory_operand=self.vector_fma_memory_operand, nan_min_max=self.nan_min_max,
-                          name=self.name)
+                          int8_dot=self.int8_dot, int8_tile=tuple(self.int8_tile), name=self.name)
 
     @property
     def elf_flag_checks(self) -> list[ElfFlagCheck]:
@@ -162,6 +174,11 @@ def load_profile(path: Path) -> Profile:
     profile = Profile(**values)
     if profile.run_mode not in RUN_MODES:
         raise InvalidModelError(f"target profile {Path(path).name}: run.mode must be one of {RUN_MODES}")
+    if profile.int8_dot not in INT8_DOTS:
+        raise InvalidModelError(f"target profile {Path(path).name}: int8_dot must be one of {INT8_DOTS}")
+    if len(profile.int8_tile) != 2 or not all(isinstance(v, int) and v >= 1 for v in profile.int8_tile):
+        raise InvalidModelError(f"target profile {Path(path).name}: int8_tile must be [pixels, channels], "
+                                f"two positive integers")
     if profile.run_mode == "system" and not profile.board:
         raise InvalidModelError(f"target profile {Path(path).name}: run.mode = \"system\" needs run.board "
                                 f"(a board of firmware/boards.toml)")

@@ -33,6 +33,8 @@ LLVM_TYPES = {"float32": F32, "float64": F64, "int8": I8, "uint8": I8, "int16": 
 FAST = ("reassoc", "contract", "nsz", "arcp")
 # Kernel.map_vectors: vector registers per step of its main loop
 MAP_UNROLL = 4
+# Kernel.int8_dot: int8 elements per dot-product step (one 128-bit register)
+DOT_BYTES = 16
 
 
 class Expr:
@@ -288,19 +290,25 @@ class Kernel:
         """Numeric conversion with C semantics (float->int truncates)."""
         x = self.lift(x)
         src, b = x.v.type, self.b
+        if isinstance(src, ir.VectorType) and not isinstance(ty, ir.VectorType):
+            ty = ir.VectorType(ty, src.count)  # lane by lane
         if src == ty:
             return x
+        if isinstance(src, ir.VectorType):
+            src, elem = src.element, ty.element
+        else:
+            elem = ty
         sf = isinstance(src, (ir.FloatType, ir.DoubleType))
-        df = isinstance(ty, (ir.FloatType, ir.DoubleType))
+        df = isinstance(elem, (ir.FloatType, ir.DoubleType))
         if sf and df:
-            return Expr(self, b.fpext(x.v, ty) if ty == F64 else b.fptrunc(x.v, ty))
+            return Expr(self, b.fpext(x.v, ty) if elem == F64 else b.fptrunc(x.v, ty))
         if sf:
             return Expr(self, b.fptoui(x.v, ty) if unsigned else b.fptosi(x.v, ty))
         if df:
             if src == I1 or unsigned:
                 return Expr(self, b.uitofp(x.v, ty))
             return Expr(self, b.sitofp(x.v, ty))
-        if src.width < ty.width:
+        if src.width < elem.width:
             return Expr(self, b.zext(x.v, ty) if (unsigned or src == I1) else b.sext(x.v, ty))
         return Expr(self, b.trunc(x.v, ty))
 
@@ -502,6 +510,57 @@ class Kernel:
         if not isinstance(v.v.type, ir.VectorType):
             return [v]
         return [Expr(self, self.b.extract_element(v.v, ir.Constant(I32, i))) for i in range(v.v.type.count)]
+
+    # -- int8 dot products -----------------------------------------------------------------
+    # Sums of 16 int8 x int8 products into int32, in the form the target's instructions take
+    # (VectorUnit.int8_dot): the accumulator is a value of the strategy's own type, opaque to
+    # the lowering, which only adds into it (int8_dot) and reads its total (int8_dot_totals).
+    # Integer addition is associative, so every form sums to the same exact total.
+    def int8_dot_zero(self) -> Expr:
+        lanes = {"partial-reduce": 4, "pairs16": 8, "widen16": 16, "reduce": 1}[self.vector.int8_dot]
+        return self.lift(0, like=ir.VectorType(I32, lanes) if lanes > 1 else I32)
+
+    def load_bytes(self, t: "Tensor", idx, n=DOT_BYTES) -> Expr:
+        """n consecutive int8/uint8 elements from t[idx] in one load (no alignment assumed)."""
+        ptr = self.b.bitcast(t.address(idx), ir.VectorType(I8, n).as_pointer())
+        load = self.b.load(ptr)
+        load.align = 1
+        return Expr(self, load)
+
+    def int8_dot(self, acc: Expr, x: Expr, w: Expr) -> Expr:
+        """acc plus the 16 products x[i] * w[i] (two <16 x i8> values, signed)."""
+        how, b = self.vector.int8_dot, self.b
+        if how == "pairs16":
+            v16 = ir.VectorType(I16, DOT_BYTES)
+            pairs = self._intrinsic("llvm.x86.avx2.pmadd.wd", ir.VectorType(I32, 8), [v16, v16])
+            return Expr(self, b.add(acc.v, b.call(pairs, [b.sext(x.v, v16), b.sext(w.v, v16)])))
+        if how == "widen16":  # int8 x int8 fits int16 exactly (|product| <= 2^14)
+            v16 = ir.VectorType(I16, DOT_BYTES)
+            prod = b.mul(b.sext(x.v, v16), b.sext(w.v, v16))
+            return Expr(self, b.add(acc.v, b.sext(prod, ir.VectorType(I32, DOT_BYTES))))
+        v32 = ir.VectorType(I32, DOT_BYTES)
+        prod = b.mul(b.sext(x.v, v32), b.sext(w.v, v32))
+        if how == "reduce":
+            return Expr(self, b.add(acc.v, self._reduce_add(prod)))
+        partial = self._intrinsic(f"llvm.vector.partial.reduce.add.v{acc.v.type.count}i32.v{DOT_BYTES}i32",
+                                  acc.v.type, [acc.v.type, v32])
+        return Expr(self, b.call(partial, [acc.v, prod]))
+
+    def _intrinsic(self, name, ret, args) -> ir.Function:
+        """An intrinsic declared under its full (mangled) name."""
+        return self.fn.module.globals.get(name) or ir.Function(self.fn.module, ir.FunctionType(ret, args), name=name)
+
+    def _reduce_add(self, v: ir.Value) -> ir.Value:
+        return self.b.call(self._intrinsic(f"llvm.vector.reduce.add.v{v.type.count}i32", I32, [v.type]), [v])
+
+    def int8_dot_totals(self, accs: list) -> Expr:
+        """The totals of these accumulators, one lane each (one accumulator: a scalar)."""
+        totals = []
+        for acc in accs:
+            if isinstance(acc.v.type, ir.VectorType):
+                acc = Expr(self, self._reduce_add(acc.v))
+            totals.append(acc)
+        return self.pack(totals)
 
     # -- arithmetic helpers ---------------------------------------------------------------
     def select(self, cond, a, b) -> Expr:

@@ -43,7 +43,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import TensorType
-from ..kernel.llvm import I8, I32, I64
+from ..kernel.llvm import DOT_BYTES, I8, I32, I64
+from ..kernel.tiled_int8 import dot_blocks, im2col_row, padded_length
 from .base import Op, in_type, invalid, register, unsupported
 from .nn import conv_out_size, matmul_shapes, window_attrs
 
@@ -94,22 +95,26 @@ def requantize_np(acc, mult, left, right):
 
 
 def requantize(k, acc, mult, left, right):
-    """acc (int32 Expr) times multiplier * 2^(left - right - 31), gemmlowp's rounding (module doc)."""
-    zero = k.lift(0, like=I32)
+    """acc (int32 Expr, a scalar or a vector of outputs) times multiplier * 2^(left - right - 31),
+    gemmlowp's rounding (module doc); mult, left, right: scalars or acc's width."""
+    n = acc.v.type.count if hasattr(acc.v.type, "count") else 1
+    mult, left, right = (k.splat(v, n) if n > 1 and not hasattr(v.v.type, "count") else v
+                         for v in (mult, left, right))
+    one = k.lift(1, like=acc)
     x = acc << left
     ab = k.cast(x, I64) * k.cast(mult, I64)
-    nudge = k.select(ab >= k.lift(0, like=I64), k.lift(1 << 30, like=I64), k.lift(1 - (1 << 30), like=I64))
-    high = k.cast((ab + nudge) / k.lift(1 << 31, like=I64), I32)
-    e = right
-    mask = (k.lift(1, like=I32) << e) - 1
-    threshold = (mask >> 1) + k.select(high < zero, k.lift(1, like=I32), zero)
-    return (high >> e) + k.select((high & mask) > threshold, k.lift(1, like=I32), zero)
+    nudge = k.select(ab >= k.lift(0, like=ab), k.lift(1 << 30, like=ab), k.lift(1 - (1 << 30), like=ab))
+    high = k.cast((ab + nudge) / k.lift(1 << 31, like=ab), I32)
+    mask = (one << right) - one
+    threshold = (mask >> one) + k.select(high < k.lift(0, like=acc), one, k.lift(0, like=acc))
+    return (high >> right) + k.select((high & mask) > threshold, one, k.lift(0, like=acc))
 
 
 def _finish(k, node, acc, mult, left, right):
+    """The int8/uint8 output of int32 accumulators (a scalar or a vector)."""
     a = node.attrs
     r = requantize(k, acc, mult, left, right) + a["y_zp"]
-    r = k.min(k.max(r, k.lift(a["lo"], like=I32)), k.lift(a["hi"], like=I32))
+    r = k.min(k.max(r, k.lift(a["lo"], like=r)), k.lift(a["hi"], like=r))
     return k.cast(r, I8)
 
 
@@ -159,11 +164,20 @@ class QConv(_Integer):
                     acc[:, gi * ocg:(gi + 1) * ocg] += np.einsum("nchw,oc->nohw", xs_g, ws)
         return [_finish_np(node, acc, *(p.reshape(1, -1, 1, 1) for p in (mult, left, right)))]
 
+    def workspace(self, node):
+        """One output row's windows (im2col_row): output columns x the reduction in whole
+        dot-product steps."""
+        w = in_type(node, 1).shape
+        return [TensorType("int8", (self.infer(node)[0].shape[3], padded_length(int(np.prod(w[1:])))))]
+
     def lower(self, k, node, ins, outs):
         x, w, bias, mult, left, right = ins[:6]
         y = outs[0]
         a = node.attrs
         unsigned = in_type(node, 0).dtype == "uint8"
+        dots = _dot_operands(node, 1, unsigned)
+        if k.explicit_vectors and dots is not None:
+            return _conv_by_dots(k, node, x, y, outs[1], *dots, mult, left, right, unsigned)
         _, _, h, wd = x.shape
         oc, cg, kh, kw = w.shape
         ocg = oc // a["group"]
@@ -189,6 +203,53 @@ class QConv(_Integer):
             y[n, o, oy, ox] = _finish(k, node, acc.value, mult[o], left[o], right[o])
 
 
+def _dot_operands(node, w_index, unsigned):
+    """(weights packed for dot products, bias with the input's zero point folded in) as
+    constants, or None where the weights or bias are not constants or the folded bias would
+    leave int32. The packed weights are one row per output channel, the reduction padded
+    with zeros to whole dot-product steps; a uint8 input is read as int8 (x - 128), its zero
+    point moving with it: bias - zp * sum(w) over the channel's real weights."""
+    wv, bv = node.inputs[w_index], node.inputs[w_index + 1]
+    if not (wv.is_const and bv.is_const):
+        return None
+    w = wv.data.reshape(wv.data.shape[0], -1)
+    zp = node.attrs["x_zp"] - (128 if unsigned else 0)
+    bias = bv.data.astype(np.int64) - zp * w.astype(np.int64).sum(axis=1)
+    if np.abs(bias).max(initial=0) >= 2 ** 31:
+        return None
+    packed = np.zeros((w.shape[0], padded_length(w.shape[1])), np.int8)
+    packed[:, :w.shape[1]] = w
+    return packed, bias.astype(np.int32)
+
+
+def _conv_by_dots(k, node, x, y, col, packed, bias, mult, left, right, unsigned):
+    """QConv as dot products (kernel/tiled_int8.py): per output row and group, the windows
+    gathered into col, then every (pixel, channel) dot product of the group in register
+    tiles, requantized a vector of pixels at a time."""
+    a = node.attrs
+    n_, oc, oh, ow = y.shape
+    _, cg, kh, kw = in_type(node, 1).shape
+    g = a["group"]
+    ocg = oc // g
+    wt, bt = k.constant(packed), k.constant(bias)
+    zero_point = a["x_zp"] - (128 if unsigned else 0)
+    with k.loop(n_) as n, k.loop(oh) as oy, k.loop(g) as gi:
+        im2col_row(k, x, col, n, gi * cg if g > 1 else 0, cg, oy, a, (kh, kw), zero_point, unsigned)
+        o0 = gi * ocg if g > 1 else 0
+
+        def store(c, p0, totals):
+            o = o0 + c
+            y.store_vector((n, o, oy, p0), _finish(k, node, totals + k.splat(bt[o], _width(totals)), mult[o],
+                                                   left[o], right[o]))
+
+        dot_blocks(k, ow, ocg, packed.shape[1], lambda p, kk: (col, (p, kk)), lambda c, kk: (wt, (o0 + c, kk)),
+                   store)
+
+
+def _width(v):
+    return v.v.type.count if hasattr(v.v.type, "count") else 1
+
+
 @register(QMATMUL, internal=True)
 class QMatMul(_Integer):
     """x (..., M, K) times w^T, w (N, K) constant (stored output-channel major, as a Conv's
@@ -207,12 +268,36 @@ class QMatMul(_Integer):
         acc = (x.astype(np.int64) - node.attrs["x_zp"]) @ w.T.astype(np.int64) + bias.astype(np.int64)
         return [_finish_np(node, acc, mult, left, right)]
 
+    def workspace(self, node):
+        """x's rows padded to whole dot-product steps (and a uint8 x read as int8), where x
+        itself cannot be read 16 bytes at a time."""
+        kk = in_type(node, 1).shape[1]
+        if kk % DOT_BYTES == 0 and in_type(node, 0).dtype == "int8":
+            return []
+        return [TensorType("int8", (in_type(node, 0).size // kk, padded_length(kk)))]
+
     def lower(self, k, node, ins, outs):
         x, w, bias, mult, left, right = ins[:6]
         nn, kk = w.shape
         rows = x.size // kk
         x2, y2 = x.reshape((rows, kk)), outs[0].reshape((rows, nn))
         unsigned = in_type(node, 0).dtype == "uint8"
+        dots = _dot_operands(node, 1, unsigned)
+        if k.explicit_vectors and dots is not None:
+            packed, folded = dots
+            if len(outs) > 1:  # the padded copy
+                with k.loops((rows, kk)) as (r, i):
+                    v = x2[r, i]
+                    outs[1][r, i] = v ^ k.lift(-128, like=v) if unsigned else v
+                x2 = outs[1]
+            wt, bt = k.constant(packed), k.constant(folded)
+            yt = y2.transpose((1, 0))
+
+            def store(j, r0, totals):
+                yt.store_vector((j, r0), _finish(k, node, totals + k.splat(bt[j], _width(totals)), mult[j], left[j],
+                                                 right[j]))
+
+            return dot_blocks(k, rows, nn, packed.shape[1], lambda r, i: (x2, (r, i)), lambda j, i: (wt, (j, i)), store)
         with k.loops((rows, nn)) as (r, j):
             acc = k.var(bias[j])
             with k.loop(kk) as i:
