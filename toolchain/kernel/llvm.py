@@ -37,6 +37,11 @@ MAP_UNROLL = 4
 DOT_BYTES = 16
 
 
+def element_align(ty) -> int:
+    """The alignment vector accesses may assume: one element's (int8 data sits at any byte)."""
+    return max(1, ty.width // 8) if isinstance(ty, ir.IntType) else 4
+
+
 class Expr:
     """A scalar value in the kernel being built: float, integer or boolean."""
 
@@ -229,7 +234,7 @@ class Tensor:
         for fn in self.epilogue:
             v = fn(v, at)
         ptr = self.k.b.bitcast(self.address(idx), v.v.type.as_pointer())
-        self.k.b.store(v.v, ptr).align = 4
+        self.k.b.store(v.v, ptr).align = element_align(v.v.type.element)
 
     def store_lanes(self, idx, v: Expr):
         """The lanes of v at idx, idx + 1, ... along the last axis, one scalar store each."""
@@ -484,9 +489,10 @@ class Kernel:
 
     def _load_vector(self, t, idx, n) -> Expr:
         """n consecutive elements from t[idx] in one load (alignment: one element)."""
-        ptr = self.b.bitcast(t.address(idx), ir.VectorType(LLVM_TYPES[t.dtype], n).as_pointer())
+        elem = LLVM_TYPES[t.dtype]
+        ptr = self.b.bitcast(t.address(idx), ir.VectorType(elem, n).as_pointer())
         load = self.b.load(ptr)
-        load.align = 4
+        load.align = element_align(elem)
         return Expr(self, load)
 
     def constant(self, data) -> "Tensor":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
-from .llvm import DOT_BYTES, I8
+from .llvm import DOT_BYTES, I8, I16, I32
 
 
 def padded_length(k_: int) -> int:
@@ -88,3 +88,58 @@ def im2col_row(k, x, col, n, ci0, cg, oy, a, kernel, zero_point, flip_sign):
             with k.if_(~row_inside):
                 with k.loop(ow) as ox, k.loop(kw) as j:
                     col[ox, c * (kh * kw) + i * kw + j] = zp
+
+
+def flat_geometry(in_hw, out_hw, kernel, a):
+    """The padded input plane of a depthwise convolution read as one long row: its row pitch
+    (the padded width rounded up to the column stride sw), the flat outputs per output row
+    (pitch * sh / sw: output (oy, ox) at flat index q = oy * per_row + ox then reads input
+    sw * q + kernel row * dh * pitch + kernel column * dw of the plane), the flat outputs
+    computed (whole vectors of DOT_BYTES; the columns past the output's width are computed
+    and dropped) and the plane's length (everything those vectors read)."""
+    (h, w), (oh, ow), (kh, kw) = in_hw, out_hw, kernel
+    (sh, sw), (dh, dw), (ph0, pw0, ph1, pw1) = a["strides"], a["dilations"], a["pads"]
+    pitch = -(-(w + pw0 + pw1) // sw) * sw
+    per_row = pitch * sh // sw
+    flat = -(-(oh * per_row) // DOT_BYTES) * DOT_BYTES
+    reach = sw * (flat - 1) + (kh - 1) * dh * pitch + (kw - 1) * dw + 1
+    length = -(-max(reach, (h + ph0 + ph1) * pitch) // DOT_BYTES) * DOT_BYTES
+    return pitch, per_row, flat, length
+
+
+def depthwise_flat(k, x, plane, grid, n, c, kernel, out_hw, a, zero_point, flip_sign, weight, finish, store):
+    """One channel of a depthwise convolution over its padded plane read as one long row
+    (flat_geometry): DOT_BYTES flat outputs a step, each tap one load of the plane (every
+    sw-th byte) and a widening multiply by the tap's weight (weight(i, j): an int16 vector)
+    into int32 lanes, whatever the width of the map (keyword spotting's rows are 5 wide).
+    finish(acc) gives the int8 vector; the flat results go to grid, then the output's own
+    columns to store(oy, ox, value). The plane is the zero point everywhere the input is not."""
+    _, _, h, w_in = x.shape
+    kh, kw = kernel
+    oh, ow = out_hw
+    (sh, sw), (dh, dw), (ph0, pw0) = a["strides"], a["dilations"], a["pads"][:2]
+    pitch, per_row, flat, length = flat_geometry((h, w_in), (oh, ow), kernel, a)
+    fill = k.lift(zero_point, like=I8)
+    fill = k.splat(fill, DOT_BYTES)
+    with k.loop(length, step=DOT_BYTES) as i:
+        plane.store_vector((i,), fill)
+    rows = plane.view((h, w_in), (pitch, 1), ph0 * pitch + pw0)
+    whole = w_in - w_in % DOT_BYTES
+    with k.loop(h) as r:
+        with k.loop(whole, step=DOT_BYTES) as col:
+            v = k.load_bytes(x, (n, c, r, col))
+            rows.store_vector((r, col), v ^ k.splat(k.lift(-128, like=I8), DOT_BYTES) if flip_sign else v)
+        for col in range(whole, w_in):
+            v = x[n, c, r, col]
+            rows[r, col] = v ^ k.lift(-128, like=I8) if flip_sign else v
+    taps = [(i, j, weight(i, j)) for i in range(kh) for j in range(kw)]
+    with k.loop(flat, step=DOT_BYTES) as q0:
+        acc = None
+        for i, j, wv in taps:
+            src = plane.view((flat,), (sw,), i * dh * pitch + j * dw)
+            prod = k.cast(k.vload(src, (q0,), DOT_BYTES), I16) * wv
+            acc = k.cast(prod, I32) if acc is None else acc + k.cast(prod, I32)
+        grid.store_vector((q0,), finish(acc))
+    with k.loop(oh) as oy:
+        for ox in range(ow):
+            store(oy, ox, grid[oy * per_row + ox])

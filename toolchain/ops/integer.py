@@ -43,8 +43,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import TensorType
-from ..kernel.llvm import DOT_BYTES, I8, I32, I64
-from ..kernel.tiled_int8 import dot_blocks, im2col_row, padded_length
+from ..kernel.llvm import DOT_BYTES, I8, I16, I32, I64
+from ..kernel.tiled_int8 import depthwise_flat, dot_blocks, flat_geometry, im2col_row, padded_length
 from .base import Op, in_type, invalid, register, unsupported
 from .nn import conv_out_size, matmul_shapes, window_attrs
 
@@ -165,10 +165,14 @@ class QConv(_Integer):
         return [_finish_np(node, acc, *(p.reshape(1, -1, 1, 1) for p in (mult, left, right)))]
 
     def workspace(self, node):
-        """One output row's windows (im2col_row): output columns x the reduction in whole
-        dot-product steps."""
+        """A block of output rows' windows (im2col_row): the block's pixels x the reduction
+        in whole dot-product steps."""
         w = in_type(node, 1).shape
-        return [TensorType("int8", (self.infer(node)[0].shape[3], padded_length(int(np.prod(w[1:])))))]
+        _, _, oh, ow = self.infer(node)[0].shape
+        if _depthwise(node):
+            _, _, flat, length = flat_geometry(in_type(node, 0).shape[2:], (oh, ow), w[2:], node.attrs)
+            return [TensorType("int8", (length,)), TensorType("int8", (flat,))]
+        return [TensorType("int8", (_block_rows(oh, ow) * ow, padded_length(int(np.prod(w[1:])))))]
 
     def lower(self, k, node, ins, outs):
         x, w, bias, mult, left, right = ins[:6]
@@ -176,6 +180,8 @@ class QConv(_Integer):
         a = node.attrs
         unsigned = in_type(node, 0).dtype == "uint8"
         dots = _dot_operands(node, 1, unsigned)
+        if k.explicit_vectors and dots is not None and _depthwise(node):
+            return _depthwise_by_lanes(k, node, x, y, outs[1], outs[2], dots[1], mult, left, right, unsigned)
         if k.explicit_vectors and dots is not None:
             return _conv_by_dots(k, node, x, y, outs[1], *dots, mult, left, right, unsigned)
         _, _, h, wd = x.shape
@@ -222,10 +228,20 @@ def _dot_operands(node, w_index, unsigned):
     return packed, bias.astype(np.int32)
 
 
+# output pixels a block of rows should hold at least (narrow maps: keyword spotting's 25x5)
+BLOCK_PIXELS = 32
+
+
+def _block_rows(oh, ow):
+    """Output rows gathered and multiplied together: enough for whole register tiles."""
+    return max(1, min(oh, -(-BLOCK_PIXELS // ow)))
+
+
 def _conv_by_dots(k, node, x, y, col, packed, bias, mult, left, right, unsigned):
-    """QConv as dot products (kernel/tiled_int8.py): per output row and group, the windows
-    gathered into col, then every (pixel, channel) dot product of the group in register
-    tiles, requantized a vector of pixels at a time."""
+    """QConv as dot products (kernel/tiled_int8.py): per block of output rows and group, the
+    windows gathered into col, then every (pixel, channel) dot product of the block in
+    register tiles, requantized a vector of pixels at a time (an output plane's pixels are
+    contiguous across its rows)."""
     a = node.attrs
     n_, oc, oh, ow = y.shape
     _, cg, kh, kw = in_type(node, 1).shape
@@ -233,17 +249,55 @@ def _conv_by_dots(k, node, x, y, col, packed, bias, mult, left, right, unsigned)
     ocg = oc // g
     wt, bt = k.constant(packed), k.constant(bias)
     zero_point = a["x_zp"] - (128 if unsigned else 0)
-    with k.loop(n_) as n, k.loop(oh) as oy, k.loop(g) as gi:
-        im2col_row(k, x, col, n, gi * cg if g > 1 else 0, cg, oy, a, (kh, kw), zero_point, unsigned)
+    kp = packed.shape[1]
+    planes = y.reshape((n_, oc, oh * ow))
+    rows = _block_rows(oh, ow)
+
+    def block(n, oy0, nrows, gi):
+        for r in range(nrows):
+            part = col.view((ow, kp), col.strides, col.offset + r * ow * kp)
+            im2col_row(k, x, part, n, gi * cg if g > 1 else 0, cg, oy0 + r, a, (kh, kw), zero_point, unsigned)
         o0 = gi * ocg if g > 1 else 0
 
         def store(c, p0, totals):
             o = o0 + c
-            y.store_vector((n, o, oy, p0), _finish(k, node, totals + k.splat(bt[o], _width(totals)), mult[o],
-                                                   left[o], right[o]))
+            planes.store_vector((n, o, oy0 * ow + p0), _finish(k, node, totals + k.splat(bt[o], _width(totals)),
+                                                               mult[o], left[o], right[o]))
 
-        dot_blocks(k, ow, ocg, packed.shape[1], lambda p, kk: (col, (p, kk)), lambda c, kk: (wt, (o0 + c, kk)),
-                   store)
+        dot_blocks(k, nrows * ow, ocg, kp, lambda p, kk: (col, (p, kk)), lambda c, kk: (wt, (o0 + c, kk)), store)
+
+    full = oh - oh % rows
+    with k.loop(n_) as n, k.loop(g) as gi:
+        with k.loop(full, step=rows) as oy0:
+            block(n, oy0, rows, gi)
+        if full < oh:
+            block(n, full, oh - full, gi)
+
+
+def _depthwise(node) -> bool:
+    """One input channel per output channel, and column strides vload reads as one span."""
+    w = in_type(node, 1).shape
+    return w[1] == 1 and node.attrs["group"] == w[0] == in_type(node, 0).shape[1] and node.attrs["strides"][1] <= 4
+
+
+def _depthwise_by_lanes(k, node, x, y, plane, grid, bias, mult, left, right, unsigned):
+    """Depthwise QConv channel by channel over the flat padded plane (tiled_int8.depthwise_flat)."""
+    a = node.attrs
+    n_, oc, oh, ow = y.shape
+    kh, kw = in_type(node, 1).shape[2:]
+    wt, bt = k.constant(node.inputs[1].data.reshape(oc, kh, kw)), k.constant(bias)
+    with k.loop(n_) as n, k.loop(oc) as c:
+        def weight(i, j):
+            return k.splat(k.cast(wt[c, i, j], I16), DOT_BYTES)
+
+        def finish(acc):
+            return _finish(k, node, acc + k.splat(bt[c], DOT_BYTES), mult[c], left[c], right[c])
+
+        def store(oy, ox, v):
+            y[n, c, oy, ox] = v
+
+        depthwise_flat(k, x, plane, grid, n, c, (kh, kw), (oh, ow), a, a["x_zp"] - (128 if unsigned else 0),
+                       unsigned, weight, finish, store)
 
 
 def _width(v):
