@@ -416,3 +416,77 @@ def test_nodes_left_in_float_are_listed_with_the_reason():
     assert notes["conv_float_bias"]["reason"] == "its bias is not a constant int32 DequantizeLinear"
     assert notes["softmax"]["reason"] == "no integer form"
     assert "fc" not in notes and g.op_counts().get("edgec.QMatMul") == 1
+
+
+# -- integer convolutions of awkward shapes: every tail of the register tiles ------------------
+# (name, input shape, input type, its zero point, weight shape, Conv attributes): a reduction
+# that is not whole 16-byte steps (27, 12, 20), output channels and pixels that are not whole
+# tiles, asymmetric padding, strides, dilation, groups, depthwise maps wider than a vector
+# (37 columns) and narrower (5), uint8 activations (read as int8 by the kernels)
+CONV_CASES = [
+    ("general", (1, 3, 9, 11), np.int8, -7, (5, 3, 3, 3), dict(strides=[2, 1], pads=[1, 0, 0, 2])),
+    ("grouped", (1, 4, 6, 5), np.int8, 4, (6, 2, 3, 2), dict(group=2, pads=[0, 1, 1, 0])),
+    ("depthwise_strided", (1, 3, 21, 37), np.int8, 2, (3, 1, 3, 3),
+     dict(group=3, strides=[2, 2], dilations=[2, 2], pads=[2, 2, 2, 2])),
+    ("pointwise_uint8", (1, 20, 3, 4), np.uint8, 131, (7, 20, 1, 1), {}),
+    ("depthwise_uint8", (2, 2, 5, 5), np.uint8, 17, (2, 1, 3, 3), dict(group=2, pads=[1, 1, 1, 1])),
+]
+
+
+def conv_int(xq, zx, w, bias, attrs):
+    """Exact integer convolution of (x - zx) with w plus bias: naive loops over the output."""
+    st, dl = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
+    p = attrs.get("pads", [0, 0, 0, 0])
+    g = attrs.get("group", 1)
+    x = np.pad(xq.astype(np.int64) - zx, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
+    n, _, h, wd = x.shape
+    oc, cg, kh, kw = w.shape
+    oh, ow = (h - (kh - 1) * dl[0] - 1) // st[0] + 1, (wd - (kw - 1) * dl[1] - 1) // st[1] + 1
+    acc = np.zeros((n, oc, oh, ow), np.int64)
+    for o in range(oc):
+        c0 = (o // (oc // g)) * cg
+        for i in range(oh):
+            for j in range(ow):
+                win = x[:, c0:c0 + cg, i * st[0]:i * st[0] + (kh - 1) * dl[0] + 1:dl[0],
+                        j * st[1]:j * st[1] + (kw - 1) * dl[1] + 1:dl[1]]
+                acc[:, o, i, j] = (win * w[o].astype(np.int64)).sum(axis=(1, 2, 3)) + bias[o]
+    return acc
+
+
+def awkward_conv_model():
+    rng = np.random.default_rng(23)
+    nodes, inits, inputs, outputs, cases = [], [init("sy", SY)], [], [], []
+    for name, shape, dtype, zx, wshape, attrs in CONV_CASES:
+        w = rng.integers(-127, 128, wshape).astype(np.int8)
+        sw = rng.uniform(0.002, 0.02, wshape[0]).astype(np.float32)
+        b = rng.integers(-3000, 3000, wshape[0]).astype(np.int32)
+        inits += [init(f"{name}_sx", SX), init(f"{name}_zx", dtype(zx))]
+        nodes += [helper.make_node("QuantizeLinear", [name, f"{name}_sx", f"{name}_zx"], [f"{name}_xq"]),
+                  helper.make_node("DequantizeLinear", [f"{name}_xq", f"{name}_sx", f"{name}_zx"], [f"{name}_xd"])]
+        n, i = layer(name, f"{name}_xd", w, sw, b, "Conv", zy=-4, **attrs)
+        nodes, inits = nodes + n, inits + i
+        inputs.append(vi(name, TensorProto.FLOAT, shape))
+        outputs.append(vi(f"{name}_q", TensorProto.INT8, None))
+        cases.append((name, shape, dtype, zx, w, sw, b, attrs))
+    return model(nodes, inputs, outputs, inits), cases
+
+
+def test_integer_convolutions_of_awkward_shapes_are_exact(target, harness, workdir):
+    m, cases = awkward_conv_model()
+    rng = np.random.default_rng(31)
+    feeds = {name: rng.normal(0, 3, shape).astype(np.float32) for name, shape, *_ in cases}
+    want = []
+    for name, shape, dtype, zx, w, sw, b, attrs in cases:
+        xq = spec_quantize(feeds[name], SX, zx, dtype)
+        info = np.iinfo(dtype)
+        dev = max(abs(int(info.min) - zx), abs(int(info.max) - zx))
+        acc = conv_int(xq, zx, w, b, attrs)
+        want.append(requant_expected(acc, np.float32(SX * sw) / SY, bounds(w, b, dev, 0), 1, -4, -128, 127))
+    got, res, _ = harness(m, target, feeds)
+    assert res.manifest["ops"].get("edgec.QConv") == len(cases) and res.manifest["float_fallback"] == []
+    for (name, *_), g, w in zip(cases, got, want):
+        np.testing.assert_array_equal(g, w.astype(np.int8), err_msg=f"{target} {name}")
+    if target == "x86-64-v3":  # the C path's integer loops, against the same reference
+        got, _ = run_c_path(m, target, feeds, workdir, tag="-awkward")
+        for (name, *_), g, w in zip(cases, got, want):
+            np.testing.assert_array_equal(g, w.astype(np.int8), err_msg=f"C {name}")
