@@ -83,3 +83,23 @@ def test_every_profile_field_is_read_from_the_file(tmp_path):
     p = load_profile(tmp_path / "p.toml")
     assert (p.run_mode, p.index_bits, p.elf_class, p.budgets) == ("none", 16, 32, {"flash_bytes": 123})
     assert p.elf_flag_checks[1].mask == 0x1 and isinstance(p, Profile)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('int8_dot = "sdot"', r"int8_dot must be one of \('partial-reduce', 'pairs16', 'widen16', 'reduce'\)"),
+    ("int8_tile = [4, 0]", r"int8_tile must be \[pixels, channels\], two positive integers"),
+    ("int8_tile = [4]", r"int8_tile must be \[pixels, channels\]"),
+])
+def test_a_bad_int8_strategy_in_a_profile_is_refused_naming_the_field(tmp_path, line, message):
+    text = RV32.read_text().replace("vector_bits =", f"{line}\nvector_bits =", 1)
+    (tmp_path / "p.toml").write_text(text)
+    with pytest.raises(InvalidModelError, match=message):
+        load_profile(tmp_path / "p.toml")
+
+
+def test_the_int8_strategy_is_read_into_the_vector_unit():
+    """Each profile's int8 dot-product form reaches the lowering (Kernel.int8_dot reads it)."""
+    units = {n: get_profile(n).vector_unit for n in ("cortex-a76", "x86-64-v3", "rv64gcv", "cortex-m55")}
+    assert {n: (u.int8_dot, u.int8_tile) for n, u in units.items()} == {
+        "cortex-a76": ("partial-reduce", (4, 4)), "x86-64-v3": ("pairs16", (4, 2)),
+        "rv64gcv": ("widen16", (2, 2)), "cortex-m55": ("reduce", (2, 2))}

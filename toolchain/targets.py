@@ -17,8 +17,8 @@ from pathlib import Path
 from .errors import InvalidModelError
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
-RUN_MODES = ("user", "system", "none")
-INT8_DOTS = ("partial-reduce", "pairs16", "widen16", "reduce")  # VectorUnit.int8_dot  # qemu-user (or natively), a QEMU board, not runnable here
+RUN_MODES = ("user", "system", "none")  # qemu-user (or natively), a QEMU board, not runnable here
+INT8_DOTS = ("partial-reduce", "pairs16", "widen16", "reduce")  # VectorUnit.int8_dot
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class VectorUnit:
     vector from memory (x86), so a load used once costs no instruction of its own.
     `nan_min_max`: min and max that propagate NaN are one instruction each (AArch64's fmin/
     fmax, LLVM's llvm.minimum/maximum); elsewhere they are a compare and a select.
-    `int8_dot`: how 16 int8 products are summed into int32 (kernel/llvm.py Kernel.int8_dot):
+    `int8_dot`: how 16 int8 products are summed into int32 (kernel/int8_dot.py):
     "partial-reduce" (LLVM's partial reduction: AArch64 `sdot` with the dot-product feature,
     `smull`/`saddw` without), "pairs16" (x86 `vpmaddwd` on sign-extended 16-bit pairs),
     "widen16" (16-bit products widened into a 16-lane int32 accumulator: RVV `vwmul`/`vwadd`),

@@ -33,12 +33,9 @@ LLVM_TYPES = {"float32": F32, "float64": F64, "int8": I8, "uint8": I8, "int16": 
 FAST = ("reassoc", "contract", "nsz", "arcp")
 # Kernel.map_vectors: vector registers per step of its main loop
 MAP_UNROLL = 4
-# Kernel.int8_dot: int8 elements per dot-product step (one 128-bit register)
-DOT_BYTES = 16
 
 
-def element_align(ty) -> int:
-    """The alignment vector accesses may assume: one element's (int8 data sits at any byte)."""
+def element_align(ty) -> int:  # what vector accesses may assume: one element's (int8 at any byte)
     return max(1, ty.width // 8) if isinstance(ty, ir.IntType) else 4
 
 
@@ -219,11 +216,9 @@ class Tensor:
         return Expr(self.k, self.k.b.load(self.address(idx)))
 
     def store_vector(self, idx, v: Expr):
-        """The lanes of v at idx, idx + 1, ... along the last axis. With a fused step that
-        reads an operand (a residual Add), or a long one (Gelu), the epilogue runs on the whole
-        vector (one vector load of the operand) where every step works on vectors. Otherwise lane by lane:
-        LLVM's SLP vectorizer merges those stores back, and measured better than an explicit
-        vector store there (rv64gcv depthwise 3x3: 0.31 vs 0.43 insns/MAC)."""
+        """The lanes of v at idx, idx + 1, ... along the last axis: one vector store where a fused
+        step reads an operand (a residual Add) or is long (Gelu) and every step works on vectors;
+        else lane by lane, which LLVM's SLP vectorizer merges back (bench: better than a vector store)."""
         n = v.v.type.count if isinstance(v.v.type, ir.VectorType) else 1
         if (n == 1 or self.strides[-1] != 1
                 or not any(getattr(fn, "reads_operand", False) or getattr(fn, "on_vectors", False)
@@ -295,14 +290,12 @@ class Kernel:
         """Numeric conversion with C semantics (float->int truncates)."""
         x = self.lift(x)
         src, b = x.v.type, self.b
-        if isinstance(src, ir.VectorType) and not isinstance(ty, ir.VectorType):
-            ty = ir.VectorType(ty, src.count)  # lane by lane
+        lanes = src.count if isinstance(src, ir.VectorType) else None  # a vector converts lane by lane
+        elem = ty.element if isinstance(ty, ir.VectorType) else ty
+        ty = ir.VectorType(elem, lanes) if lanes else elem
         if src == ty:
             return x
-        if isinstance(src, ir.VectorType):
-            src, elem = src.element, ty.element
-        else:
-            elem = ty
+        src = src.element if lanes else src
         sf = isinstance(src, (ir.FloatType, ir.DoubleType))
         df = isinstance(elem, (ir.FloatType, ir.DoubleType))
         if sf and df:
@@ -496,9 +489,8 @@ class Kernel:
         return Expr(self, load)
 
     def constant(self, data) -> "Tensor":
-        """Read-only data made at compile time, beside the model's weights: weights packed
-        into the order a register tile reads them. (The node's own weight operand, left
-        unread, is then dropped by LLVM: internal function, dead argument, dead global.)"""
+        """Read-only data made at compile time beside the weights (weights packed the way a tile
+        reads them; the node's own weight operand, left unread, LLVM then drops)."""
         ptr = self.rodata(data, LLVM_TYPES[str(data.dtype)].as_pointer())
         return Tensor(self, ptr, str(data.dtype), data.shape)
 
@@ -516,57 +508,6 @@ class Kernel:
         if not isinstance(v.v.type, ir.VectorType):
             return [v]
         return [Expr(self, self.b.extract_element(v.v, ir.Constant(I32, i))) for i in range(v.v.type.count)]
-
-    # -- int8 dot products -----------------------------------------------------------------
-    # Sums of 16 int8 x int8 products into int32, in the form the target's instructions take
-    # (VectorUnit.int8_dot): the accumulator is a value of the strategy's own type, opaque to
-    # the lowering, which only adds into it (int8_dot) and reads its total (int8_dot_totals).
-    # Integer addition is associative, so every form sums to the same exact total.
-    def int8_dot_zero(self) -> Expr:
-        lanes = {"partial-reduce": 4, "pairs16": 8, "widen16": 16, "reduce": 1}[self.vector.int8_dot]
-        return self.lift(0, like=ir.VectorType(I32, lanes) if lanes > 1 else I32)
-
-    def load_bytes(self, t: "Tensor", idx, n=DOT_BYTES) -> Expr:
-        """n consecutive int8/uint8 elements from t[idx] in one load (no alignment assumed)."""
-        ptr = self.b.bitcast(t.address(idx), ir.VectorType(I8, n).as_pointer())
-        load = self.b.load(ptr)
-        load.align = 1
-        return Expr(self, load)
-
-    def int8_dot(self, acc: Expr, x: Expr, w: Expr) -> Expr:
-        """acc plus the 16 products x[i] * w[i] (two <16 x i8> values, signed)."""
-        how, b = self.vector.int8_dot, self.b
-        if how == "pairs16":
-            v16 = ir.VectorType(I16, DOT_BYTES)
-            pairs = self._intrinsic("llvm.x86.avx2.pmadd.wd", ir.VectorType(I32, 8), [v16, v16])
-            return Expr(self, b.add(acc.v, b.call(pairs, [b.sext(x.v, v16), b.sext(w.v, v16)])))
-        if how == "widen16":  # int8 x int8 fits int16 exactly (|product| <= 2^14)
-            v16 = ir.VectorType(I16, DOT_BYTES)
-            prod = b.mul(b.sext(x.v, v16), b.sext(w.v, v16))
-            return Expr(self, b.add(acc.v, b.sext(prod, ir.VectorType(I32, DOT_BYTES))))
-        v32 = ir.VectorType(I32, DOT_BYTES)
-        prod = b.mul(b.sext(x.v, v32), b.sext(w.v, v32))
-        if how == "reduce":
-            return Expr(self, b.add(acc.v, self._reduce_add(prod)))
-        partial = self._intrinsic(f"llvm.vector.partial.reduce.add.v{acc.v.type.count}i32.v{DOT_BYTES}i32",
-                                  acc.v.type, [acc.v.type, v32])
-        return Expr(self, b.call(partial, [acc.v, prod]))
-
-    def _intrinsic(self, name, ret, args) -> ir.Function:
-        """An intrinsic declared under its full (mangled) name."""
-        return self.fn.module.globals.get(name) or ir.Function(self.fn.module, ir.FunctionType(ret, args), name=name)
-
-    def _reduce_add(self, v: ir.Value) -> ir.Value:
-        return self.b.call(self._intrinsic(f"llvm.vector.reduce.add.v{v.type.count}i32", I32, [v.type]), [v])
-
-    def int8_dot_totals(self, accs: list) -> Expr:
-        """The totals of these accumulators, one lane each (one accumulator: a scalar)."""
-        totals = []
-        for acc in accs:
-            if isinstance(acc.v.type, ir.VectorType):
-                acc = Expr(self, self._reduce_add(acc.v))
-            totals.append(acc)
-        return self.pack(totals)
 
     # -- arithmetic helpers ---------------------------------------------------------------
     def select(self, cond, a, b) -> Expr:

@@ -1,7 +1,7 @@
 """Integer dot products in register tiles: the int8 convolution and matrix product as
 (pixels x channels) blocks of dot products over a reduction axis laid out contiguously in
-both operands, 16 bytes a step (Kernel.int8_dot: `sdot` on AArch64 with the dot-product
-feature, `vpmaddwd` on AVX2, `vwmul`/`vwadd` on RVV, `vmlava` on MVE).
+both operands, 16 bytes a step (int8_dot.dot: `sdot` on AArch64 with the dot-product
+feature, `vpmaddwd` on AVX2, `vwmul`/`vwadd` on RVV, `vmlava` on MVE: kernel/int8_dot.py).
 
 A convolution's reduction (input channel, kernel row, kernel column) is not contiguous in
 NCHW, so each output row first gathers its pixels' windows into a row of the node's
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
-from .llvm import DOT_BYTES, I8, I16, I32
+from .int8_dot import DOT_BYTES, dot, dot_totals, dot_zero, load_bytes
+from .llvm import I8, I16, I32
 
 
 def padded_length(k_: int) -> int:
@@ -30,15 +31,15 @@ def dot_blocks(k, pixels: int, channels: int, kp: int, x_at, w_at, store):
     tp, tc = k.vector.int8_tile
 
     def tile(p0, np_, c0, nc):
-        accs = [[k.var(k.int8_dot_zero()) for _ in range(nc)] for _ in range(np_)]
+        accs = [[k.var(dot_zero(k)) for _ in range(nc)] for _ in range(np_)]
         with k.loop(kp, step=DOT_BYTES) as kk:
-            xs = [k.load_bytes(*x_at(p0 + p, kk)) for p in range(np_)]
-            ws = [k.load_bytes(*w_at(c0 + c, kk)) for c in range(nc)]
+            xs = [load_bytes(k, *x_at(p0 + p, kk)) for p in range(np_)]
+            ws = [load_bytes(k, *w_at(c0 + c, kk)) for c in range(nc)]
             for p in range(np_):
                 for c in range(nc):
-                    accs[p][c].value = k.int8_dot(accs[p][c].value, xs[p], ws[c])
+                    accs[p][c].value = dot(k, accs[p][c].value, xs[p], ws[c])
         for c in range(nc):
-            store(c0 + c, p0, k.int8_dot_totals([accs[p][c].value for p in range(np_)]))
+            store(c0 + c, p0, dot_totals(k, [accs[p][c].value for p in range(np_)]))
 
     def pixel_tiles(c0, nc):
         full = pixels - pixels % tp
@@ -127,7 +128,7 @@ def depthwise_flat(k, x, plane, grid, n, c, kernel, out_hw, a, zero_point, flip_
     whole = w_in - w_in % DOT_BYTES
     with k.loop(h) as r:
         with k.loop(whole, step=DOT_BYTES) as col:
-            v = k.load_bytes(x, (n, c, r, col))
+            v = load_bytes(k, x, (n, c, r, col))
             rows.store_vector((r, col), v ^ k.splat(k.lift(-128, like=I8), DOT_BYTES) if flip_sign else v)
         for col in range(whole, w_in):
             v = x[n, c, r, col]

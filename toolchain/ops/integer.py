@@ -43,7 +43,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import TensorType
-from ..kernel.llvm import DOT_BYTES, I8, I16, I32, I64
+from ..kernel.int8_dot import DOT_BYTES
+from ..kernel.llvm import I8, I16, I32, I64
 from ..kernel.tiled_int8 import depthwise_flat, dot_blocks, flat_geometry, im2col_row, padded_length
 from .base import Op, in_type, invalid, register, unsupported
 from .nn import conv_out_size, matmul_shapes, window_attrs

@@ -1,0 +1,68 @@
+"""Sums of 16 int8 x int8 products into int32 in the form the target's instructions take
+(VectorUnit.int8_dot): "partial-reduce" (LLVM's partial reduction: AArch64 `sdot` with the
+dot-product feature, `smull`/`saddw` without), "pairs16" (x86 `vpmaddwd` on sign-extended
+16-bit pairs), "widen16" (16-bit products widened into 16 int32 lanes: RVV `vwmul`/`vwadd`),
+"reduce" (a multiply-accumulate across the vector into a scalar: MVE `vmlava`). The
+accumulator is a value of the strategy's own type, opaque to the lowering, which only adds
+into it (dot) and reads its total (dot_totals). Integer addition is associative, so every
+form sums to the same exact total. LLVM kernels only (the C backend's integer ops keep their
+scalar loops)."""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .llvm import I8, I16, I32, Expr
+
+# int8 elements per dot-product step (one 128-bit register)
+DOT_BYTES = 16
+
+def dot_zero(k) -> Expr:
+    lanes = {"partial-reduce": 4, "pairs16": 8, "widen16": 16, "reduce": 1}[k.vector.int8_dot]
+    return k.lift(0, like=ir.VectorType(I32, lanes) if lanes > 1 else I32)
+
+
+def load_bytes(k, t, idx, n=DOT_BYTES) -> Expr:
+    """n consecutive int8/uint8 elements from t[idx] in one load (no alignment assumed)."""
+    ptr = k.b.bitcast(t.address(idx), ir.VectorType(I8, n).as_pointer())
+    load = k.b.load(ptr)
+    load.align = 1
+    return Expr(k, load)
+
+
+def dot(k, acc: Expr, x: Expr, w: Expr) -> Expr:
+    """acc plus the 16 products x[i] * w[i] (two <16 x i8> values, signed)."""
+    how, b = k.vector.int8_dot, k.b
+    if how == "pairs16":
+        v16 = ir.VectorType(I16, DOT_BYTES)
+        pairs = _intrinsic(k, "llvm.x86.avx2.pmadd.wd", ir.VectorType(I32, 8), [v16, v16])
+        return Expr(k, b.add(acc.v, b.call(pairs, [b.sext(x.v, v16), b.sext(w.v, v16)])))
+    if how == "widen16":  # int8 x int8 fits int16 exactly (|product| <= 2^14)
+        v16 = ir.VectorType(I16, DOT_BYTES)
+        prod = b.mul(b.sext(x.v, v16), b.sext(w.v, v16))
+        return Expr(k, b.add(acc.v, b.sext(prod, ir.VectorType(I32, DOT_BYTES))))
+    v32 = ir.VectorType(I32, DOT_BYTES)
+    prod = b.mul(b.sext(x.v, v32), b.sext(w.v, v32))
+    if how == "reduce":
+        return Expr(k, b.add(acc.v, _reduce_add(k, prod)))
+    partial = _intrinsic(k, f"llvm.vector.partial.reduce.add.v{acc.v.type.count}i32.v{DOT_BYTES}i32",
+                              acc.v.type, [acc.v.type, v32])
+    return Expr(k, b.call(partial, [acc.v, prod]))
+
+
+def _intrinsic(k, name, ret, args) -> ir.Function:
+    """An intrinsic declared under its full (mangled) name."""
+    return k.fn.module.globals.get(name) or ir.Function(k.fn.module, ir.FunctionType(ret, args), name=name)
+
+
+def _reduce_add(k, v: ir.Value) -> ir.Value:
+    return k.b.call(_intrinsic(k, f"llvm.vector.reduce.add.v{v.type.count}i32", I32, [v.type]), [v])
+
+
+def dot_totals(k, accs: list) -> Expr:
+    """The totals of these accumulators, one lane each (one accumulator: a scalar)."""
+    totals = []
+    for acc in accs:
+        if isinstance(acc.v.type, ir.VectorType):
+            acc = Expr(k, _reduce_add(k, acc.v))
+        totals.append(acc)
+    return k.pack(totals)
