@@ -39,6 +39,9 @@ class VectorUnit:
     "widen16" (16-bit products widened into a 16-lane int32 accumulator: RVV `vwmul`/`vwadd`),
     "reduce" (a multiply-accumulate across the vector into a scalar: MVE `vmlava`).
     `int8_tile`: (output pixels, output channels) of an integer convolution's register tile.
+    `int8_high_mul`: the LLVM intrinsic (a prefix, mangled <4 x i32>) that is gemmlowp's
+    SaturatingRoundingDoublingHighMul of four int32 lanes in one instruction (AArch64 `sqrdmulh`:
+    (2ab + 2^31) >> 32, the same rounding), or "" (then int64 products).
     `name` says whose unit it is (a profile, or a backend's own such as portable C)."""
 
     lanes: int = 4
@@ -49,6 +52,7 @@ class VectorUnit:
     nan_min_max: bool = False
     int8_dot: str = "widen16"
     int8_tile: tuple = (2, 2)
+    int8_high_mul: str = ""
     name: str = "generic"
 
 
@@ -90,6 +94,7 @@ class Profile:
     # how int8 dot products are summed, and the integer convolution's register tile (VectorUnit)
     int8_dot: str = _at("int8_dot", "widen16")
     int8_tile: list = _at("int8_tile", [2, 2])
+    int8_high_mul: str = _at("int8_high_mul", "")
     # registers per vector value (RVV's LMUL): tiles use values this many registers wide
     vector_lmul: int = _at("vector_lmul", 1)
     # width of index arithmetic in generated code: the pointer width
@@ -121,7 +126,8 @@ class Profile:
                           registers=self.vector_registers // self.vector_lmul, fma_by_lane=self.vector_fma_by_lane,
                           fma_scalar_operand=self.vector_fma_scalar_operand,
                           fma_memory_operand=self.vector_fma_memory_operand, nan_min_max=self.nan_min_max,
-                          int8_dot=self.int8_dot, int8_tile=tuple(self.int8_tile), name=self.name)
+                          int8_dot=self.int8_dot, int8_tile=tuple(self.int8_tile),
+                          int8_high_mul=self.int8_high_mul, name=self.name)
 
     @property
     def elf_flag_checks(self) -> list[ElfFlagCheck]:

@@ -66,3 +66,29 @@ def dot_totals(k, accs: list) -> Expr:
             acc = Expr(k, _reduce_add(k, acc.v))
         totals.append(acc)
     return k.pack(totals)
+
+
+def rounding_high_mul(k, a: Expr, b: Expr) -> Expr | None:
+    """SaturatingRoundingDoublingHighMul(a, b) lane by lane (a, b: int32 vectors of the same
+    width) with the profile's one-instruction form (VectorUnit.int8_high_mul), four lanes a
+    call: wider vectors in quarters, narrower ones padded. None where the profile has none."""
+    name = k.vector.int8_high_mul
+    if not name or not isinstance(a.v.type, ir.VectorType):
+        return None
+    v4 = ir.VectorType(I32, 4)
+    fn = _intrinsic(k, f"{name}.v4i32", v4, [v4, v4])
+    n, b_ = a.v.type.count, k.b
+    parts = []
+    for start in range(0, n, 4):
+        pick = ir.Constant(ir.VectorType(I32, 4), [min(start + i, n - 1) for i in range(4)])
+        args = [b_.shuffle_vector(v.v, ir.Constant(v.v.type, None), pick) for v in (a, b)]
+        parts.append(b_.call(fn, args))
+    whole = parts[0]
+    while len(parts) > 1:  # concatenate pairwise: 4 -> 8 -> 16 lanes
+        parts = [b_.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, 2 * x.type.count),
+                                                       list(range(2 * x.type.count))))
+                 for x, y in zip(parts[::2], parts[1::2])]
+        whole = parts[0]
+    if whole.type.count != n:
+        whole = b_.shuffle_vector(whole, ir.Constant(whole.type, None), ir.Constant(ir.VectorType(I32, n), list(range(n))))
+    return Expr(k, whole)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import TensorType
-from ..kernel.int8_dot import DOT_BYTES
+from ..kernel.int8_dot import DOT_BYTES, rounding_high_mul
 from ..kernel.llvm import I8, I16, I32, I64
 from ..kernel.tiled_int8 import depthwise_flat, dot_blocks, flat_geometry, im2col_row, padded_length
 from .base import Op, in_type, invalid, register, unsupported
@@ -103,9 +103,11 @@ def requantize(k, acc, mult, left, right):
                          for v in (mult, left, right))
     one = k.lift(1, like=acc)
     x = acc << left
-    ab = k.cast(x, I64) * k.cast(mult, I64)
-    nudge = k.select(ab >= k.lift(0, like=ab), k.lift(1 << 30, like=ab), k.lift(1 - (1 << 30), like=ab))
-    high = k.cast((ab + nudge) / k.lift(1 << 31, like=ab), I32)
+    high = rounding_high_mul(k, x, mult) if k.explicit_vectors else None
+    if high is None:
+        ab = k.cast(x, I64) * k.cast(mult, I64)
+        nudge = k.select(ab >= k.lift(0, like=ab), k.lift(1 << 30, like=ab), k.lift(1 - (1 << 30), like=ab))
+        high = k.cast((ab + nudge) / k.lift(1 << 31, like=ab), I32)
     mask = (one << right) - one
     threshold = (mask >> one) + k.select(high < k.lift(0, like=acc), one, k.lift(0, like=acc))
     return (high >> right) + k.select((high & mask) > threshold, one, k.lift(0, like=acc))
