@@ -37,7 +37,6 @@ sys.path.insert(0, str(ROOT))
 
 from toolchain.compiler import build  # noqa: E402
 from toolchain.harness.oracle import onnxruntime_session  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 from toolchain.harness.runner import link_harness, run_model  # noqa: E402
 from toolchain.quantize import calibration_samples, lsb_agreement, output_steps, quantize  # noqa: E402
 from toolchain.targets import get_profile  # noqa: E402
@@ -66,10 +65,7 @@ def report(model_path: Path, targets, work: Path, samples: int = 4, calib: int =
     qmodel = onnx.load(str(qpath))
     steps = output_steps(qmodel)
     sess = onnxruntime_session(qmodel)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    spec = ort.InferenceSession(qmodel.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    spec = onnxruntime_session(qmodel, optimized=False)
     feeds_list = cal[:samples]
     want = [sess.run(None, f) for f in feeds_list]
     want_spec = [spec.run(None, f) for f in feeds_list]

@@ -19,6 +19,7 @@ from helpers import ALL_TARGETS, ROOT, onnxruntime_outputs
 from test_c_backend import run_c_path
 from toolchain.cli import main as cli_main
 from toolchain.compiler import build
+from toolchain.harness.oracle import onnxruntime_session
 from toolchain.harness.runner import link_harness, run_model
 from toolchain.targets import get_profile
 from toolchain.errors import InvalidModelError
@@ -331,16 +332,10 @@ def test_quantize_command_writes_a_qdq_model_and_reports_agreement(kws_qdq, caps
 
 
 def ort_without_optimizations(m, feeds):
-    """onnxruntime running the QDQ graph as written (DequantizeLinear -> float op ->
-    QuantizeLinear: its ONNX semantics). With all optimizations onnxruntime swaps in its own
-    integer kernels (QLinearSoftmax is a lookup table, QLinearGlobalAveragePool...), which
-    round differently from the graph and from each other."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+    """onnxruntime running the QDQ graph as written (its ONNX semantics); with all
+    optimizations it swaps in its own integer kernels (QLinearSoftmax is a lookup table...),
+    which round differently from the graph and from each other."""
+    return onnxruntime_session(m, optimized=False).run(None, feeds)
 
 
 @pytest.mark.parametrize("qtarget", TARGETS)

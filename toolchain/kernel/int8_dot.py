@@ -59,13 +59,29 @@ def _reduce_add(k, v: ir.Value) -> ir.Value:
 
 
 def dot_totals(k, accs: list) -> Expr:
-    """The totals of these accumulators, one lane each (one accumulator: a scalar)."""
-    totals = []
-    for acc in accs:
-        if isinstance(acc.v.type, ir.VectorType):
-            acc = Expr(k, _reduce_add(k, acc.v))
-        totals.append(acc)
-    return k.pack(totals)
+    """The totals of these accumulators, one lane each (one accumulator: a scalar). Vector
+    accumulators in a tree of pairwise sums (AArch64 `addp`): each halved to the next power
+    of two at least len(accs) lanes, then pairs of vectors summed lane pair by lane pair
+    until one vector holds every total: 3 instructions for 4 accumulators of 4 lanes, not 8."""
+    vals = [a.v for a in accs]
+    lanes = vals[0].type.count if isinstance(vals[0].type, ir.VectorType) else 1
+    want = 1 << (len(vals) - 1).bit_length()
+    if lanes == 1 or len(vals) == 1 or want > lanes:
+        return k.pack([Expr(k, _reduce_add(k, v)) if lanes > 1 else Expr(k, v) for v in vals])
+    b = k.b
+
+    def pick(v, w, idx):
+        return b.shuffle_vector(v, w, ir.Constant(ir.VectorType(I32, len(idx)), idx))
+
+    while lanes > want:  # halves added
+        lanes //= 2
+        vals = [b.add(pick(v, v, list(range(lanes))), pick(v, v, list(range(lanes, 2 * lanes)))) for v in vals]
+    vals += [ir.Constant(vals[0].type, [0] * lanes)] * (want - len(vals))
+    while len(vals) > 1:  # lane pairs of two vectors summed: [a0+a1, a2+a3, .., b0+b1, ..]
+        evens, odds = list(range(0, 2 * lanes, 2)), list(range(1, 2 * lanes, 2))
+        vals = [b.add(pick(v, w, evens), pick(v, w, odds)) for v, w in zip(vals[::2], vals[1::2])]
+    whole = vals[0]
+    return Expr(k, whole if len(accs) == lanes else pick(whole, whole, list(range(len(accs)))))
 
 
 def rounding_high_mul(k, a: Expr, b: Expr) -> Expr | None:
