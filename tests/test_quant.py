@@ -485,3 +485,49 @@ def test_integer_convolutions_of_awkward_shapes_are_exact(target, harness, workd
         got, _ = run_c_path(m, target, feeds, workdir, tag="-awkward")
         for (name, *_), g, w in zip(cases, got, want):
             np.testing.assert_array_equal(g, w.astype(np.int8), err_msg=f"C {name}")
+
+
+# -- a residual Add between quantized tensors ----------------------------------------------------
+def qadd_model():
+    """Three adds of quantized tensors: int8 + int8 -> Relu -> int8 (same shapes), uint8 +
+    int8 broadcast along channels -> uint8, int8 + int8 -> int8 with scales far apart."""
+    inits = [init("sa", np.float32(0.031)), init("za", np.int8(-9)), init("sb", np.float32(0.047)),
+             init("zb", np.int8(5)), init("su", np.float32(0.02)), init("zu", np.uint8(120)),
+             init("sy", np.float32(0.05)), init("zy", np.int8(-3)), init("syu", np.float32(0.07)),
+             init("zyu", np.uint8(100)), init("stiny", np.float32(0.0007)), init("z0", np.int8(0))]
+    nodes = []
+    for x, s, z in (("a", "sa", "za"), ("b", "sb", "zb"), ("u", "su", "zu"), ("c", "sb", "zb"), ("t", "stiny", "z0")):
+        nodes += [helper.make_node("QuantizeLinear", [x, s, z], [f"{x}q"]),
+                  helper.make_node("DequantizeLinear", [f"{x}q", s, z], [f"{x}d"])]
+    nodes += [helper.make_node("Add", ["ad", "bd"], ["ab"]), helper.make_node("Relu", ["ab"], ["abr"]),
+              helper.make_node("QuantizeLinear", ["abr", "sy", "zy"], ["y1"]),
+              helper.make_node("Add", ["ud", "cd"], ["uc"]),
+              helper.make_node("QuantizeLinear", ["uc", "syu", "zyu"], ["y2"]),
+              helper.make_node("Add", ["ad", "td"], ["at"]),
+              helper.make_node("QuantizeLinear", ["at", "sy", "zy"], ["y3"])]
+    ins = [vi("a", TensorProto.FLOAT, (2, 3, 4, 5)), vi("b", TensorProto.FLOAT, (2, 3, 4, 5)),
+           vi("u", TensorProto.FLOAT, (2, 3, 4, 5)), vi("c", TensorProto.FLOAT, (1, 3, 1, 1)),
+           vi("t", TensorProto.FLOAT, (2, 3, 4, 5))]
+    outs = [vi("y1", TensorProto.INT8, None), vi("y2", TensorProto.UINT8, None), vi("y3", TensorProto.INT8, None)]
+    return model(nodes, ins, outs, inits)
+
+
+def test_quantized_adds_are_the_qdq_graphs_arithmetic_exactly(target, harness):
+    m = qadd_model()
+    rng = np.random.default_rng(12)
+    feeds = {n: rng.normal(0, 2, s).astype(np.float32) for n, s in (
+        ("a", (2, 3, 4, 5)), ("b", (2, 3, 4, 5)), ("u", (2, 3, 4, 5)), ("c", (1, 3, 1, 1)), ("t", (2, 3, 4, 5)))}
+    f32 = np.float32
+
+    def dq(name, s, z, dtype):
+        return spec_dequantize(spec_quantize(feeds[name], f32(s), z, dtype), f32(s), z)
+
+    a, b = dq("a", 0.031, -9, np.int8), dq("b", 0.047, 5, np.int8)
+    u, c, t = dq("u", 0.02, 120, np.uint8), dq("c", 0.047, 5, np.int8), dq("t", 0.0007, 0, np.int8)
+    want = [spec_quantize(np.maximum(a + b, 0), f32(0.05), -3, np.int8), spec_quantize(u + c, f32(0.07), 100, np.uint8),
+            spec_quantize(a + t, f32(0.05), -3, np.int8)]
+    got, res, _ = harness(m, target, feeds)
+    assert res.manifest["ops"].get("edgec.QAdd") == 3 and res.manifest["float_fallback"] == []
+    for j, (g, w, o) in enumerate(zip(got, want, ort_without_optimizations(m, feeds))):
+        np.testing.assert_array_equal(w, o, err_msg=f"the spec's formulas against onnxruntime, output {j}")
+        np.testing.assert_array_equal(g, w, err_msg=f"{target} output {j}")

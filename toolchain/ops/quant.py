@@ -183,22 +183,37 @@ class QuantizeLinear(Op):
             with k.precise():
                 _broadcast_loop(k, [x] + params[:1], y, lambda xv, s: float8.narrow(k, xv / s, sat))
             return
-        lo, hi = RANGES[to]
-        unsigned = to in ("uint8", "uint16")
-
-        def body(xv, s, z=None):
-            # saturate(round(x / s) + zp) = round(clamp(x / s, lo - zp, hi - zp)) + zp (the
-            # bounds are integers, rounding is monotonic); v + 1.5 * 2^23 rounds v (|v| <= 383)
-            # to an integer, ties to even, and leaves it in the low mantissa bits: no float->int
-            # conversion instruction (qemu-riscv64 7.2 aborts on some vfcvt.rtz sequences)
-            zi = k.lift(0, like=I32) if z is None else k.cast(z, I32, unsigned=unsigned)
-            zf = k.cast(zi, F32)
-            v = k.min(k.max(xv / s, zf * -1.0 + float(lo)), zf * -1.0 + float(hi))
-            r = k.bitcast(v + MAGIC, I32) - MAGIC_BITS
-            return k.cast(r + zi, LLVM_TYPES[to])
-
         with k.precise():
-            _broadcast_loop(k, [x] + params, y, body)
+            _broadcast_loop(k, [x] + params, y, lambda xv, s, z=None: quantize_value(k, xv, s, z, to))
+
+
+def quantize_value(k, xv, s, z, to, lo=None, hi=None):
+    """QuantizeLinear of one float32 value: saturate(round_half_even(x / s) + zp) into `to`'s
+    range (or [lo, hi] inside it). Equal to round(clamp(x / s, lo - zp, hi - zp)) + zp (the
+    bounds are integers, rounding is monotonic); v + 1.5 * 2^23 rounds v (|v| <= 383) to an
+    integer, ties to even, and leaves it in the low mantissa bits: no float->int conversion
+    instruction (qemu-riscv64 7.2 aborts on some vfcvt.rtz sequences). z: None, an Expr of
+    `to`'s type or a Python int. Strict float (Kernel.precise) is the caller's."""
+    rlo, rhi = RANGES[to]
+    lo, hi = rlo if lo is None else lo, rhi if hi is None else hi
+    if isinstance(z, int):
+        zi = k.lift(z, like=I32)
+    else:
+        zi = k.lift(0, like=I32) if z is None else k.cast(z, I32, unsigned=to in ("uint8", "uint16"))
+    zf = k.cast(zi, F32)
+    v = k.min(k.max(xv / s, zf * -1.0 + float(lo)), zf * -1.0 + float(hi))
+    r = k.bitcast(v + MAGIC, I32) - MAGIC_BITS
+    return k.cast(r + zi, LLVM_TYPES[to])
+
+
+def dequantize_value(k, xv, s, z, src):
+    """DequantizeLinear of one integer value: float32(x - zp) * s (z: None, an Expr of src's
+    type or a Python int)."""
+    unsigned = src in ("uint8", "uint16")
+    xi = k.cast(xv, I32, unsigned=unsigned)
+    if z is not None:
+        xi = xi - (z if isinstance(z, int) else k.cast(z, I32, unsigned=unsigned))
+    return k.cast(xi, F32) * s
 
 
 @register("DequantizeLinear")
@@ -237,16 +252,8 @@ class DequantizeLinear(Op):
             with k.precise():
                 _broadcast_loop(k, [x] + params[:1], y, lambda xv, s: float8.WIDEN[src](k, xv) * s)
             return
-        unsigned = src in ("uint8", "uint16")
-
-        def body(xv, s, z=None):
-            xi = k.cast(xv, I32, unsigned=unsigned)
-            if z is not None:
-                xi = xi - k.cast(z, I32, unsigned=unsigned)
-            return k.cast(xi, F32) * s
-
         with k.precise():
-            _broadcast_loop(k, [x] + params, y, body)
+            _broadcast_loop(k, [x] + params, y, lambda xv, s, z=None: dequantize_value(k, xv, s, z, src))
 
 
 @register("DynamicQuantizeLinear")
@@ -303,3 +310,41 @@ class DynamicQuantizeLinear(Op):
                 v = k.min(k.select(v > 0.0 - zf, v, 0.0 - zf), 255.0 - zf)
                 r = k.bitcast(v + MAGIC, I32) - MAGIC_BITS
                 y[i] = k.cast(r + zi, LLVM_TYPES["uint8"])
+
+
+QADD = "edgec.QAdd"
+
+
+@register(QADD, internal=True)
+class QAdd(Op):
+    """DequantizeLinear(a) + DequantizeLinear(b) [-> Relu] -> QuantizeLinear in one loop, made
+    by the quantization pass from a residual Add between quantized tensors: each element
+    dequantized, added and quantized in float32 registers, the graph's own arithmetic in its
+    own order (so the result is the QDQ graph's, bit for bit), and no float tensor in the
+    arena. attrs: sa, za, sb, zb (the inputs' scales and zero points), sy, zy, lo, hi (the
+    output's, and its range narrowed by a fused Relu), out (its type)."""
+
+    foldable = False
+
+    def infer(self, node):
+        a, b = in_type(node, 0), in_type(node, 1)
+        return [TensorType(node.attrs["out"], tuple(np.broadcast_shapes(a.shape, b.shape)))]
+
+    def reference(self, node, a, b):
+        t = node.attrs
+        fa = (a.astype(np.int64) - t["za"]).astype(np.float32) * np.float32(t["sa"])
+        fb = (b.astype(np.int64) - t["zb"]).astype(np.float32) * np.float32(t["sb"])
+        q = np.rint(((fa + fb).astype(np.float32) / np.float32(t["sy"])).astype(np.float32)) + t["zy"]
+        return [np.clip(q, t["lo"], t["hi"]).astype(t["out"])]
+
+    def lower(self, k, node, ins, outs):
+        t = node.attrs
+        src = [in_type(node, i).dtype for i in (0, 1)]
+
+        def body(av, bv):
+            v = (dequantize_value(k, av, k.lift(float(t["sa"]), like=F32), t["za"], src[0])
+                 + dequantize_value(k, bv, k.lift(float(t["sb"]), like=F32), t["zb"], src[1]))
+            return quantize_value(k, v, k.lift(float(t["sy"]), like=F32), t["zy"], t["out"], t["lo"], t["hi"])
+
+        with k.precise():
+            _broadcast_loop(k, list(ins[:2]), outs[0], body)

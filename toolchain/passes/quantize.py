@@ -12,6 +12,9 @@ fixed-point requantization), when
   - Conv is 2-D; Gemm has transA = 0, alpha = beta = 1; MatMul's second operand is 2-D.
 
 A fused Relu/Clip becomes the clamp of the quantized range (exact: rounding is monotonic).
+DequantizeLinear(a) + DequantizeLinear(b) -> [Relu] -> QuantizeLinear (per-tensor int8/uint8,
+a residual Add) becomes one QAdd (ops/quant.py: the same float32 arithmetic per element, in
+registers; no float tensor).
 Then every DequantizeLinear of constants left is folded (the float fallback: the model's
 float ops read float weights), and every node of a quantized graph left computing in float
 is listed in g.notes["float_fallback"] with the reason, for the manifest.
@@ -23,9 +26,9 @@ import numpy as np
 from ..ir import Graph, Node
 from ..ops import registry
 from ..ops.integer import QCONV, QMATMUL, quantize_multiplier, shifts
-from ..ops.quant import RANGES
+from ..ops.quant import QADD, RANGES
 
-QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", QCONV, QMATMUL)
+QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", QCONV, QMATMUL, QADD)
 
 
 def _dq(v, const_input: bool):
@@ -118,6 +121,49 @@ def _match(g: Graph, users, node: Node):
                 hi=hi, q=q, act=act, out=q.attrs["to"])
 
 
+def _output_q(g, users, v):
+    """v -> [Relu] -> QuantizeLinear (constant per-tensor parameters, to int8/uint8), v's only
+    path: (act, q, sy, zy, lo, hi) with [lo, hi] the range left by the Relu; or why not."""
+    act, user = None, _sole_user(g, users, v)
+    if user is not None and user.op == "Relu" and user.outputs[0].type.dtype == "float32":
+        act, user = user, _sole_user(g, users, user.outputs[0])
+    if user is None or user.op != "QuantizeLinear" or not all(i is None or i.is_const for i in user.inputs[1:]):
+        return "its result does not go only to a QuantizeLinear with constant parameters"
+    if user.attrs["to"] not in ("int8", "uint8") or user.inputs[1].data.size != 1:
+        return "its QuantizeLinear is not per-tensor int8/uint8"
+    zy = int(user.inputs[2].data.ravel()[0]) if len(user.inputs) > 2 and user.inputs[2] is not None else 0
+    lo, hi = RANGES[user.attrs["to"]]
+    return act, user, np.float32(user.inputs[1].data.ravel()[0]), zy, max(lo, zy) if act else lo, hi
+
+
+def _match_add(g: Graph, users, node: Node):
+    """DQ(a) + DQ(b) [-> Relu] -> Q, per-tensor int8/uint8 throughout: the pieces of a QAdd."""
+    if node.epilogue:
+        return "has a fused epilogue"
+    ins = [_dq(v, False) for v in node.inputs]
+    if any(x is None or x[2].size != 1 or x[1].type.dtype not in ("int8", "uint8") or x[1].is_const for x in ins):
+        return "its operands are not per-tensor int8/uint8 DequantizeLinear outputs"
+    out = _output_q(g, users, node.outputs[0])
+    if isinstance(out, str):
+        return out
+    act, q, sy, zy, lo, hi = out
+    (da, a, sa, za), (db, b, sb, zb) = ins
+    attrs = {"sa": float(sa.ravel()[0]), "za": int(za.ravel()[0]), "sb": float(sb.ravel()[0]),
+             "zb": int(zb.ravel()[0]), "sy": float(sy), "zy": zy, "lo": lo, "hi": hi, "out": q.attrs["to"]}
+    return dict(op=QADD, inputs=[a, b], attrs=attrs, q=q, dead=[node, act])
+
+
+def _replace(g: Graph, node: Node, p: dict):
+    """The matched nodes give way to one new node writing the QuantizeLinear's output."""
+    q = p["q"]
+    new = Node(p["op"], node.name, p["inputs"], [q.outputs[0]], p["attrs"])
+    q.outputs[0].producer = new
+    g.nodes[g.nodes.index(q)] = new
+    for dead in p["dead"]:
+        if dead is not None:
+            g.nodes.remove(dead)
+
+
 def integer_ops(g: Graph) -> bool:
     """The rewrite described in the module docstring."""
     quantized = any(n.op in ("QuantizeLinear", "DequantizeLinear") for n in g.nodes)
@@ -155,15 +201,18 @@ def integer_ops(g: Graph) -> bool:
         consts = [g.const(node.name + suffix, data) for suffix, data in (
             ("_wq", np.ascontiguousarray(p["w"]).astype(np.int8)), ("_bq", bias.astype(np.int32)),
             ("_mult", p["mult"]), ("_left", left), ("_right", right))]
-        q = p["q"]
-        new = Node(op, node.name, [p["xq"]] + consts, [q.outputs[0]], attrs)
-        q.outputs[0].producer = new
-        g.nodes[g.nodes.index(q)] = new
-        for dead in (node, p["act"]):
-            if dead is not None:
-                g.nodes.remove(dead)
+        _replace(g, node, dict(op=op, inputs=[p["xq"]] + consts, attrs=attrs, q=p["q"], dead=[node, p["act"]]))
         changed = True
         users = g.users()
+    for node in list(g.nodes):
+        if node.op == "Add" and node in g.nodes:
+            p = _match_add(g, users, node)
+            if isinstance(p, str):
+                reasons[node.name] = p
+                continue
+            _replace(g, node, p)
+            changed = True
+            users = g.users()
     for node in list(g.nodes):  # the float fallback reads float weights
         if node.op == "DequantizeLinear" and all(v is None or v.is_const for v in node.inputs):
             args = [v.data for v in node.inputs if v is not None]
