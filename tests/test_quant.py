@@ -356,7 +356,7 @@ def test_quantized_kws_matches_onnxruntime(kws_qdq, qtarget, workdir):
             if exact:
                 assert np.mean(d < 1e-3) >= 0.99, (i, np.mean(d < 1e-3))
     assert res.manifest["ops"]["edgec.QConv"] == 9 and res.manifest["ops"]["edgec.QMatMul"] == 1
-    assert {e["op"] for e in res.manifest["float_fallback"]} == {"GlobalAveragePool", "Softmax"}
+    assert {e["op"] for e in res.manifest["float_fallback"]} == {"Softmax"}  # GlobalAveragePool: integer
     assert res.manifest["weight_bytes"] < 0.36 * 90416  # the float32 build's weights
 
 
@@ -531,3 +531,47 @@ def test_quantized_adds_are_the_qdq_graphs_arithmetic_exactly(target, harness):
     for j, (g, w, o) in enumerate(zip(got, want, ort_without_optimizations(m, feeds))):
         np.testing.assert_array_equal(w, o, err_msg=f"the spec's formulas against onnxruntime, output {j}")
         np.testing.assert_array_equal(g, w, err_msg=f"{target} output {j}")
+
+
+def qpool_model():
+    inits = [init("sx", np.float32(0.043)), init("zx", np.int8(-6)), init("sy", np.float32(0.011)),
+             init("zy", np.int8(2)), init("sxu", np.float32(0.02)), init("zxu", np.uint8(131))]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("QuantizeLinear", ["u", "sxu", "zxu"], ["uq"]),
+             helper.make_node("DequantizeLinear", ["uq", "sxu", "zxu"], ["ud"]),
+             helper.make_node("GlobalAveragePool", ["xd"], ["g"]),
+             helper.make_node("QuantizeLinear", ["g", "sy", "zy"], ["y1"]),
+             helper.make_node("AveragePool", ["xd"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("QuantizeLinear", ["p", "sy", "zy"], ["y2"]),
+             helper.make_node("AveragePool", ["ud"], ["pu"], kernel_shape=[3, 2], strides=[1, 2]),
+             helper.make_node("QuantizeLinear", ["pu", "sy", "zy"], ["y3"])]
+    ins = [vi("x", TensorProto.FLOAT, (2, 16, 8, 9)), vi("u", TensorProto.FLOAT, (1, 5, 7, 6))]
+    return model(nodes, ins, [vi(f"y{i}", TensorProto.INT8, None) for i in (1, 2, 3)], inits)
+
+
+def test_quantized_average_pools_sum_in_int32_within_a_step_of_the_graph(target, harness):
+    m = qpool_model()
+    rng = np.random.default_rng(4)
+    feeds = {"x": rng.normal(0, 2, (2, 16, 8, 9)).astype(np.float32),
+             "u": rng.normal(0, 1, (1, 5, 7, 6)).astype(np.float32)}
+    f32 = np.float32
+
+    def pooled(xq, zx, sx, kernel, strides):
+        """The window sums of (x - zx) in exact integers, then float32(sum) * sx / count."""
+        (kh, kw), (sh, sw) = kernel, strides
+        xs = xq.astype(np.int64) - zx
+        oh, ow = (xs.shape[2] - kh) // sh + 1, (xs.shape[3] - kw) // sw + 1
+        s = sum(xs[:, :, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw] for i in range(kh) for j in range(kw))
+        return (s.astype(f32) * f32(sx)) / f32(kh * kw)
+
+    xq, uq = spec_quantize(feeds["x"], f32(0.043), -6, np.int8), spec_quantize(feeds["u"], f32(0.02), 131, np.uint8)
+    want = [spec_quantize(pooled(xq, -6, 0.043, (8, 9), (1, 1)), f32(0.011), 2, np.int8),
+            spec_quantize(pooled(xq, -6, 0.043, (2, 2), (2, 2)), f32(0.011), 2, np.int8),
+            spec_quantize(pooled(uq, 131, 0.02, (3, 2), (1, 2)), f32(0.011), 2, np.int8)]
+    got, res, _ = harness(m, target, feeds)
+    assert res.manifest["ops"].get("edgec.QAveragePool") == 3 and res.manifest["float_fallback"] == []
+    for j, (g, w, o) in enumerate(zip(got, want, ort_without_optimizations(m, feeds))):
+        np.testing.assert_array_equal(g, w, err_msg=f"{target} output {j}")
+        d = np.abs(g.astype(int) - o.astype(int))  # the graph sums dequantized floats
+        assert d.max() <= 1 and np.mean(d == 0) >= 0.99, (j, d.max(), np.mean(d == 0))

@@ -348,3 +348,50 @@ class QAdd(Op):
 
         with k.precise():
             _broadcast_loop(k, list(ins[:2]), outs[0], body)
+
+
+QAVGPOOL = "edgec.QAveragePool"
+
+
+@register(QAVGPOOL, internal=True)
+class QAveragePool(Op):
+    """DequantizeLinear -> AveragePool / GlobalAveragePool -> QuantizeLinear over 2-D windows
+    without padding, made by the quantization pass: a window's sum of (x - zx) exact in int32,
+    then float32(sum) * sx / count quantized. The graph sums the dequantized floats instead, so
+    a result can differ from it by one step where its float rounding lands on the other side of
+    a tie. attrs: kernel_shape, strides, sx, zx, sy, zy, lo, hi, out."""
+
+    foldable = False
+
+    def infer(self, node):
+        n, c, h, w = in_type(node, 0).shape
+        (kh, kw), (sh, sw) = node.attrs["kernel_shape"], node.attrs["strides"]
+        return [TensorType(node.attrs["out"], (n, c, (h - kh) // sh + 1, (w - kw) // sw + 1))]
+
+    def reference(self, node, x):
+        t = node.attrs
+        (kh, kw), (sh, sw) = t["kernel_shape"], t["strides"]
+        xs = x.astype(np.int64) - t["zx"]
+        _, _, oh, ow = self.infer(node)[0].shape
+        sums = np.zeros(x.shape[:2] + (oh, ow), np.int64)
+        for i in range(kh):
+            for j in range(kw):
+                sums += xs[:, :, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw]
+        v = (sums.astype(np.float32) * np.float32(t["sx"])).astype(np.float32) / np.float32(kh * kw)
+        q = np.rint((v.astype(np.float32) / np.float32(t["sy"])).astype(np.float32)) + t["zy"]
+        return [np.clip(q, t["lo"], t["hi"]).astype(t["out"])]
+
+    def lower(self, k, node, ins, outs):
+        t = node.attrs
+        x, y = ins[0], outs[0]
+        (kh, kw), (sh, sw) = t["kernel_shape"], t["strides"]
+        unsigned = in_type(node, 0).dtype == "uint8"
+        with k.loops(y.shape) as (n, c, oy, ox):
+            acc = k.var(k.lift(0, like=I32))
+            with k.loops((kh, kw)) as (i, j):
+                acc.value = acc.value + k.cast(x[n, c, oy * sh + i, ox * sw + j], I32, unsigned=unsigned)
+            with k.precise():
+                total = acc.value - t["zx"] * kh * kw
+                v = k.cast(total, F32) * k.lift(float(t["sx"]), like=F32) / k.lift(float(kh * kw), like=F32)
+                y[n, c, oy, ox] = quantize_value(k, v, k.lift(float(t["sy"]), like=F32), t["zy"], t["out"], t["lo"],
+                                                 t["hi"])

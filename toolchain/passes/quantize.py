@@ -14,7 +14,8 @@ fixed-point requantization), when
 A fused Relu/Clip becomes the clamp of the quantized range (exact: rounding is monotonic).
 DequantizeLinear(a) + DequantizeLinear(b) -> [Relu] -> QuantizeLinear (per-tensor int8/uint8,
 a residual Add) becomes one QAdd (ops/quant.py: the same float32 arithmetic per element, in
-registers; no float tensor).
+registers; no float tensor); DequantizeLinear -> AveragePool/GlobalAveragePool -> QuantizeLinear
+one QAveragePool (the window's sum in int32).
 Then every DequantizeLinear of constants left is folded (the float fallback: the model's
 float ops read float weights), and every node of a quantized graph left computing in float
 is listed in g.notes["float_fallback"] with the reason, for the manifest.
@@ -26,9 +27,9 @@ import numpy as np
 from ..ir import Graph, Node
 from ..ops import registry
 from ..ops.integer import QCONV, QMATMUL, quantize_multiplier, shifts
-from ..ops.quant import QADD, RANGES
+from ..ops.quant import QADD, QAVGPOOL, RANGES
 
-QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", QCONV, QMATMUL, QADD)
+QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", QCONV, QMATMUL, QADD, QAVGPOOL)
 
 
 def _dq(v, const_input: bool):
@@ -153,6 +154,27 @@ def _match_add(g: Graph, users, node: Node):
     return dict(op=QADD, inputs=[a, b], attrs=attrs, q=q, dead=[node, act])
 
 
+def _match_pool(g: Graph, users, node: Node):
+    """DQ(x) -> AveragePool/GlobalAveragePool (2-D, no padding) -> Q: the pieces of a QAveragePool."""
+    x = _dq(node.inputs[0], False)
+    if x is None or x[2].size != 1 or x[1].type.dtype not in ("int8", "uint8") or len(x[1].type.shape) != 4:
+        return "its input is not a per-tensor int8/uint8 DequantizeLinear output of rank 4"
+    a = node.attrs
+    if node.op == "GlobalAveragePool":
+        kernel, strides = list(x[1].type.shape[2:]), [1, 1]
+    elif any(a["pads"]) or a.get("ceil_mode") or a["dilations"] != [1, 1] or len(a["kernel_shape"]) != 2:
+        return "an AveragePool with padding, ceil_mode or dilations"
+    else:
+        kernel, strides = list(a["kernel_shape"]), list(a["strides"])
+    out = _output_q(g, users, node.outputs[0])
+    if isinstance(out, str):
+        return out
+    act, q, sy, zy, lo, hi = out
+    attrs = {"kernel_shape": kernel, "strides": strides, "sx": float(x[2].ravel()[0]), "zx": int(x[3].ravel()[0]),
+             "sy": float(sy), "zy": zy, "lo": lo, "hi": hi, "out": q.attrs["to"]}
+    return dict(op=QAVGPOOL, inputs=[x[1]], attrs=attrs, q=q, dead=[node, act])
+
+
 def _replace(g: Graph, node: Node, p: dict):
     """The matched nodes give way to one new node writing the QuantizeLinear's output."""
     q = p["q"]
@@ -205,8 +227,8 @@ def integer_ops(g: Graph) -> bool:
         changed = True
         users = g.users()
     for node in list(g.nodes):
-        if node.op == "Add" and node in g.nodes:
-            p = _match_add(g, users, node)
+        if node.op in ("Add", "AveragePool", "GlobalAveragePool") and node in g.nodes:
+            p = (_match_add if node.op == "Add" else _match_pool)(g, users, node)
             if isinstance(p, str):
                 reasons[node.name] = p
                 continue
