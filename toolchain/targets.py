@@ -41,7 +41,8 @@ class VectorUnit:
     `int8_tile`: (output pixels, output channels) of an integer convolution's register tile.
     `int8_high_mul`: the LLVM intrinsic (a prefix, mangled <4 x i32>) that is gemmlowp's
     SaturatingRoundingDoublingHighMul of four int32 lanes in one instruction (AArch64 `sqrdmulh`:
-    (2ab + 2^31) >> 32, the same rounding), or "" (then int64 products).
+    (2ab + 2^31) >> 32, the same rounding), or "" (then int64 products); `int8_rounding_shift`:
+    a rounding shift by a negative amount per lane (AArch64 `srshl`), or "".
     `name` says whose unit it is (a profile, or a backend's own such as portable C)."""
 
     lanes: int = 4
@@ -53,6 +54,7 @@ class VectorUnit:
     int8_dot: str = "widen16"
     int8_tile: tuple = (2, 2)
     int8_high_mul: str = ""
+    int8_rounding_shift: str = ""
     name: str = "generic"
 
 
@@ -95,6 +97,7 @@ class Profile:
     int8_dot: str = _at("int8_dot", "widen16")
     int8_tile: list = _at("int8_tile", [2, 2])
     int8_high_mul: str = _at("int8_high_mul", "")
+    int8_rounding_shift: str = _at("int8_rounding_shift", "")
     # registers per vector value (RVV's LMUL): tiles use values this many registers wide
     vector_lmul: int = _at("vector_lmul", 1)
     # width of index arithmetic in generated code: the pointer width
@@ -127,7 +130,8 @@ class Profile:
                           fma_scalar_operand=self.vector_fma_scalar_operand,
                           fma_memory_operand=self.vector_fma_memory_operand, nan_min_max=self.nan_min_max,
                           int8_dot=self.int8_dot, int8_tile=tuple(self.int8_tile),
-                          int8_high_mul=self.int8_high_mul, name=self.name)
+                          int8_high_mul=self.int8_high_mul, int8_rounding_shift=self.int8_rounding_shift,
+                          name=self.name)
 
     @property
     def elf_flag_checks(self) -> list[ElfFlagCheck]:

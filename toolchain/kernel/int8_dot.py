@@ -86,25 +86,43 @@ def dot_totals(k, accs: list) -> Expr:
 
 def rounding_high_mul(k, a: Expr, b: Expr) -> Expr | None:
     """SaturatingRoundingDoublingHighMul(a, b) lane by lane (a, b: int32 vectors of the same
-    width) with the profile's one-instruction form (VectorUnit.int8_high_mul), four lanes a
-    call: wider vectors in quarters, narrower ones padded. None where the profile has none."""
+    width) in the profile's one instruction (VectorUnit.int8_high_mul); None where it has none."""
     name = k.vector.int8_high_mul
     if not name or not isinstance(a.v.type, ir.VectorType):
         return None
+    return _by_quarters(k, name, a, b)
+
+
+def rounding_shift_right(k, x: Expr, right: Expr) -> Expr | None:
+    """gemmlowp's RoundingDivideByPOT(x, right) lane by lane (int32 vectors; right in 0..31) with
+    the profile's rounding shift (VectorUnit.int8_rounding_shift, AArch64 `srshl` by -right,
+    which rounds ties up) after TFLite's fixup (a negative x less one where right > 0: ties
+    then go away from zero); None where the profile has none."""
+    name = k.vector.int8_rounding_shift
+    if not name or not isinstance(x.v.type, ir.VectorType):
+        return None
+    neg = k.lift(0, like=right) - right
+    fixed = x + ((x & neg) >> k.lift(31, like=x))
+    return _by_quarters(k, name, fixed, neg)
+
+
+def _by_quarters(k, name, a: Expr, b: Expr) -> Expr:
+    """The <4 x i32> intrinsic `name` over vectors of any width: in quarters (the last one
+    padded with repeated lanes), the results joined back."""
     v4 = ir.VectorType(I32, 4)
     fn = _intrinsic(k, f"{name}.v4i32", v4, [v4, v4])
     n, b_ = a.v.type.count, k.b
     parts = []
     for start in range(0, n, 4):
-        pick = ir.Constant(ir.VectorType(I32, 4), [min(start + i, n - 1) for i in range(4)])
-        args = [b_.shuffle_vector(v.v, ir.Constant(v.v.type, None), pick) for v in (a, b)]
-        parts.append(b_.call(fn, args))
-    whole = parts[0]
-    while len(parts) > 1:  # concatenate pairwise: 4 -> 8 -> 16 lanes
-        parts = [b_.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, 2 * x.type.count),
-                                                       list(range(2 * x.type.count))))
+        pick = ir.Constant(v4, [min(start + i, n - 1) for i in range(4)])
+        parts.append(b_.call(fn, [b_.shuffle_vector(v.v, ir.Constant(v.v.type, None), pick) for v in (a, b)]))
+    while len(parts) & (len(parts) - 1):
+        parts.append(parts[-1])
+    while len(parts) > 1:  # joined pairwise: 4 -> 8 -> 16 lanes
+        width = 2 * parts[0].type.count
+        parts = [b_.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, width), list(range(width))))
                  for x, y in zip(parts[::2], parts[1::2])]
-        whole = parts[0]
+    whole = parts[0]
     if whole.type.count != n:
         whole = b_.shuffle_vector(whole, ir.Constant(whole.type, None), ir.Constant(ir.VectorType(I32, n), list(range(n))))
     return Expr(k, whole)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import TensorType
-from ..kernel.int8_dot import DOT_BYTES, rounding_high_mul
+from ..kernel.int8_dot import DOT_BYTES, rounding_high_mul, rounding_shift_right
 from ..kernel.llvm import I8, I16, I32, I64
 from ..kernel.tiled_int8 import depthwise_flat, dot_blocks, flat_geometry, im2col_row, padded_length
 from .base import Op, in_type, invalid, register, unsupported
@@ -108,6 +108,9 @@ def requantize(k, acc, mult, left, right):
         ab = k.cast(x, I64) * k.cast(mult, I64)
         nudge = k.select(ab >= k.lift(0, like=ab), k.lift(1 << 30, like=ab), k.lift(1 - (1 << 30), like=ab))
         high = k.cast((ab + nudge) / k.lift(1 << 31, like=ab), I32)
+    shifted = rounding_shift_right(k, high, right) if k.explicit_vectors else None
+    if shifted is not None:
+        return shifted
     mask = (one << right) - one
     threshold = (mask >> one) + k.select(high < k.lift(0, like=acc), one, k.lift(0, like=acc))
     return (high >> right) + k.select((high & mask) > threshold, one, k.lift(0, like=acc))
