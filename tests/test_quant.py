@@ -575,3 +575,16 @@ def test_quantized_average_pools_sum_in_int32_within_a_step_of_the_graph(target,
         np.testing.assert_array_equal(g, w, err_msg=f"{target} output {j}")
         d = np.abs(g.astype(int) - o.astype(int))  # the graph sums dequantized floats
         assert d.max() <= 1 and np.mean(d == 0) >= 0.99, (j, d.max(), np.mean(d == 0))
+
+
+@pytest.mark.parametrize("board_target", ["cortex-m55", "cortex-m4"])
+def test_quantized_kws_on_the_microcontroller_boards_is_the_qdq_graphs_output(kws_qdq, board_target, workdir):
+    """MVE (vmlava.s8, vqrdmulh) on the M55 and scalar code on the M4, booted on QEMU's boards:
+    every output element identical to onnxruntime running the graph as written."""
+    from helpers import compile_and_run
+
+    m = onnx.load(str(kws_qdq))
+    f = {"input": np.random.default_rng(8).standard_normal((1, 1, 49, 10)).astype(np.float32)}
+    got, res, _ = compile_and_run(kws_qdq, board_target, f, workdir)
+    np.testing.assert_array_equal(got[0], ort_without_optimizations(m, f)[0])
+    assert res.manifest["float_fallback"] and {e["op"] for e in res.manifest["float_fallback"]} == {"Softmax"}

@@ -133,12 +133,13 @@ def depthwise_flat(k, x, plane, grid, n, c, kernel, out_hw, a, zero_point, flip_
         for col in range(whole, w_in):
             v = x[n, c, r, col]
             rows[r, col] = v ^ k.lift(-128, like=I8) if flip_sign else v
-    taps = [(i, j, weight(i, j)) for i in range(kh) for j in range(kw)]
-    with k.loop(flat, step=DOT_BYTES) as q0:
+    width = DOT_BYTES if k.vector.registers >= 16 else DOT_BYTES // 2  # 8 registers (MVE): half the lanes
+    taps = [(i, j, k.splat(k.cast(weight(i, j), I16), width)) for i in range(kh) for j in range(kw)]
+    with k.loop(flat, step=width) as q0:
         acc = None
         for i, j, wv in taps:
             src = plane.view((flat,), (sw,), i * dh * pitch + j * dw)
-            prod = k.cast(k.vload(src, (q0,), DOT_BYTES), I16) * wv
+            prod = k.cast(k.vload(src, (q0,), width), I16) * wv
             acc = k.cast(prod, I32) if acc is None else acc + k.cast(prod, I32)
         grid.store_vector((q0,), finish(acc))
     with k.loop(oh) as oy:

@@ -294,10 +294,10 @@ def _depthwise_by_lanes(k, node, x, y, plane, grid, bias, mult, left, right, uns
     wt, bt = k.constant(node.inputs[1].data.reshape(oc, kh, kw)), k.constant(bias)
     with k.loop(n_) as n, k.loop(oc) as c:
         def weight(i, j):
-            return k.splat(k.cast(wt[c, i, j], I16), DOT_BYTES)
+            return wt[c, i, j]
 
         def finish(acc):
-            return _finish(k, node, acc + k.splat(bt[c], DOT_BYTES), mult[c], left[c], right[c])
+            return _finish(k, node, acc + k.splat(bt[c], _width(acc)), mult[c], left[c], right[c])
 
         def store(oy, ox, v):
             y[n, c, oy, ox] = v
