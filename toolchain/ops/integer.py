@@ -106,8 +106,11 @@ def requantize(k, acc, mult, left, right):
     high = rounding_high_mul(k, x, mult) if k.explicit_vectors else None
     if high is None:
         ab = k.cast(x, I64) * k.cast(mult, I64)
-        nudge = k.select(ab >= k.lift(0, like=ab), k.lift(1 << 30, like=ab), k.lift(1 - (1 << 30), like=ab))
-        high = k.cast((ab + nudge) / k.lift(1 << 31, like=ab), I32)
+        if k.explicit_vectors:  # the same as the nudge and truncating division: floor((ab + 2^30) / 2^31)
+            high = k.cast((ab + k.lift(1 << 30, like=ab)) >> k.lift(31, like=ab), I32)
+        else:  # C: no right shift of a negative number (implementation-defined in C99)
+            nudge = k.select(ab >= k.lift(0, like=ab), k.lift(1 << 30, like=ab), k.lift(1 - (1 << 30), like=ab))
+            high = k.cast((ab + nudge) / k.lift(1 << 31, like=ab), I32)
     shifted = rounding_shift_right(k, high, right) if k.explicit_vectors else None
     if shifted is not None:
         return shifted
