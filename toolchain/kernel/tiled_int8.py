@@ -10,8 +10,6 @@ every window is the same dense dot product. The bytes past K in a pixel's row ar
 written: the packed weights are zero there, and any int8 times zero is zero."""
 from __future__ import annotations
 
-from contextlib import ExitStack
-
 from .int8_dot import DOT_BYTES, dot, dot_totals, dot_zero, load_bytes
 from .llvm import I8, I16, I32
 
@@ -60,7 +58,8 @@ def im2col_row(k, x, col, n, ci0, cg, oy, a, kernel, zero_point, flip_sign):
     (channel, kernel row, kernel column) like the weights): channels ci0 .. ci0 + cg of
     image n. A tap in the padding is the zero point. flip_sign: the input is uint8, stored
     as int8 by flipping its top bit (x - 128). Which columns of a kernel column's taps fall
-    in the padding is known at compile time; whether a kernel row does depends on oy."""
+    in the padding is known at compile time; whether a kernel row does depends on oy (a loop
+    over kernel rows: one copy of the code per kernel column)."""
     _, _, h, w_in = x.shape
     kh, kw = kernel
     ow = col.shape[0]
@@ -70,25 +69,23 @@ def im2col_row(k, x, col, n, ci0, cg, oy, a, kernel, zero_point, flip_sign):
     def value(v):
         return v ^ k.lift(-128, like=I8) if flip_sign else v
 
-    with k.loop(cg) as c:
-        for i in range(kh):
-            iy = oy * sh + i * dh - ph
-            row_inside = (k.lift(iy) >= 0) & (k.lift(iy) < h)
-            with ExitStack() as stack:
-                stack.enter_context(k.if_(row_inside))
-                for j in range(kw):
-                    tap = c * (kh * kw) + (i * kw + j)
-                    first = -(-(pw - j * dw) // sw)  # first column whose tap lies in the row
-                    lo = max(0, min(ow, first))
-                    hi = max(lo, min(ow, (w_in - 1 + pw - j * dw) // sw + 1))
-                    for start, stop in ((0, lo), (hi, ow)):
-                        with k.loop(stop, start=start) as ox:
-                            col[ox, tap] = zp
-                    with k.loop(hi, start=lo) as ox:
-                        col[ox, tap] = value(x[n, ci0 + c, iy, ox * sw + (j * dw - pw)])
-            with k.if_(~row_inside):
-                with k.loop(ow) as ox, k.loop(kw) as j:
-                    col[ox, c * (kh * kw) + i * kw + j] = zp
+    with k.loop(cg) as c, k.loop(kh) as i:
+        iy = oy * sh + i * dh - ph
+        row_inside = (k.lift(iy) >= 0) & (k.lift(iy) < h)
+        with k.if_(row_inside):
+            for j in range(kw):
+                tap = c * (kh * kw) + i * kw + j
+                first = -(-(pw - j * dw) // sw)  # first column whose tap lies in the row
+                lo = max(0, min(ow, first))
+                hi = max(lo, min(ow, (w_in - 1 + pw - j * dw) // sw + 1))
+                for start, stop in ((0, lo), (hi, ow)):
+                    with k.loop(stop, start=start) as ox:
+                        col[ox, tap] = zp
+                with k.loop(hi, start=lo) as ox:
+                    col[ox, tap] = value(x[n, ci0 + c, iy, ox * sw + (j * dw - pw)])
+        with k.if_(~row_inside):
+            with k.loop(ow) as ox, k.loop(kw) as j:
+                col[ox, c * (kh * kw) + i * kw + j] = zp
 
 
 def flat_geometry(in_hw, out_hw, kernel, a):
