@@ -5,8 +5,9 @@ quantization pass (passes/quantize.py) from DequantizeLinear -> Conv/MatMul/Gemm
 and ConvInteger (end of the file): int8/uint8 inputs and zero points, exact int32 results.
 
 Inputs: x (int8/uint8), w (int8, constant), bias (int32 [C], in units of x_scale *
-w_scale[c]), multiplier, left, right (int32 [C]); attributes x_zp, y_zp (the zero points),
-lo, hi (the output clamp: the type's range narrowed by a fused Relu/Clip), out (the output
+w_scale[c]), multiplier (int32 [C]), left, right (int8 [C]: shifts of 0..31); attributes
+x_zp, y_zp (the zero points), lo, hi (the output clamp: the type's range narrowed by a fused
+Relu/Clip), out (the output
 type), and the convolution's group, strides, pads, dilations, kernel_shape.
 
     acc[c]  = bias[c] + sum (x - x_zp) * w                         (exact, int32)
@@ -99,6 +100,7 @@ def requantize(k, acc, mult, left, right):
     """acc (int32 Expr, a scalar or a vector of outputs) times multiplier * 2^(left - right - 31),
     gemmlowp's rounding (module doc); mult, left, right: scalars or acc's width."""
     n = acc.v.type.count if hasattr(acc.v.type, "count") else 1
+    left, right = k.cast(left, I32), k.cast(right, I32)  # stored as int8 (0..31)
     mult, left, right = (k.splat(v, n) if n > 1 and not hasattr(v.v.type, "count") else v
                          for v in (mult, left, right))
     one = k.lift(1, like=acc)

@@ -222,7 +222,7 @@ def integer_ops(g: Graph) -> bool:
         left, right = shifts(p["exponent"], bound)
         consts = [g.const(node.name + suffix, data) for suffix, data in (
             ("_wq", np.ascontiguousarray(p["w"]).astype(np.int8)), ("_bq", bias.astype(np.int32)),
-            ("_mult", p["mult"]), ("_left", left), ("_right", right))]
+            ("_mult", p["mult"]), ("_left", left.astype(np.int8)), ("_right", right.astype(np.int8)))]
         _replace(g, node, dict(op=op, inputs=[p["xq"]] + consts, attrs=attrs, q=p["q"], dead=[node, p["act"]]))
         changed = True
         users = g.users()
