@@ -7,8 +7,8 @@ and ConvInteger (end of the file): int8/uint8 inputs and zero points, exact int3
 Inputs: x (int8/uint8), w (int8, constant), bias (int32 [C], in units of x_scale *
 w_scale[c]), multiplier (int32 [C]), left, right (int8 [C]: shifts of 0..31); attributes
 x_zp, y_zp (the zero points), lo, hi (the output clamp: the type's range narrowed by a fused
-Relu/Clip), out (the output
-type), and the convolution's group, strides, pads, dilations, kernel_shape.
+Relu/Clip), out (the output type), and the convolution's group, strides, pads, dilations,
+kernel_shape.
 
     acc[c]  = bias[c] + sum (x - x_zp) * w                         (exact, int32)
     y[c]    = clamp(requantize(acc[c], multiplier[c], left[c], right[c]) + y_zp, lo, hi)
