@@ -417,7 +417,8 @@ def test_nodes_left_in_float_are_listed_with_the_reason():
 # (name, input shape, input type, its zero point, weight shape, Conv attributes): a reduction
 # that is not whole 16-byte steps (27, 12, 20), output channels and pixels that are not whole
 # tiles, asymmetric padding, strides, dilation, groups, depthwise maps wider than a vector
-# (37 columns) and narrower (5), uint8 activations (read as int8 by the kernels)
+# (37 columns) and narrower (5), uint8 activations (read as int8 by the kernels), a kernel of
+# more taps than are unrolled (5x4)
 CONV_CASES = [
     ("general", (1, 3, 9, 11), np.int8, -7, (5, 3, 3, 3), dict(strides=[2, 1], pads=[1, 0, 0, 2])),
     ("grouped", (1, 4, 6, 5), np.int8, 4, (6, 2, 3, 2), dict(group=2, pads=[0, 1, 1, 0])),
@@ -425,6 +426,7 @@ CONV_CASES = [
      dict(group=3, strides=[2, 2], dilations=[2, 2], pads=[2, 2, 2, 2])),
     ("pointwise_uint8", (1, 20, 3, 4), np.uint8, 131, (7, 20, 1, 1), {}),
     ("depthwise_uint8", (2, 2, 5, 5), np.uint8, 17, (2, 1, 3, 3), dict(group=2, pads=[1, 1, 1, 1])),
+    ("large_kernel", (1, 2, 12, 9), np.int8, 3, (3, 2, 5, 4), dict(strides=[1, 2], pads=[2, 1, 2, 1])),
 ]
 
 

@@ -14,6 +14,11 @@ from .int8_dot import DOT_BYTES, dot, dot_totals, dot_zero, load_bytes
 from .llvm import I8, I16, I32
 
 
+# kernels up to this many taps have their rows unrolled (fewer instructions for the common 3x3);
+# larger ones loop over their rows (less code: KWS's 10x4 input layer)
+STATIC_TAPS = 16
+
+
 def padded_length(k_: int) -> int:
     """A reduction of k_ bytes rounded up to whole dot-product steps."""
     return -(-k_ // DOT_BYTES) * DOT_BYTES
@@ -58,8 +63,8 @@ def im2col_row(k, x, col, n, ci0, cg, oy, a, kernel, zero_point, flip_sign):
     (channel, kernel row, kernel column) like the weights): channels ci0 .. ci0 + cg of
     image n. A tap in the padding is the zero point. flip_sign: the input is uint8, stored
     as int8 by flipping its top bit (x - 128). Which columns of a kernel column's taps fall
-    in the padding is known at compile time; whether a kernel row does depends on oy (a loop
-    over kernel rows: one copy of the code per kernel column)."""
+    in the padding is known at compile time; whether a kernel row does depends on oy. Kernels of
+    more than STATIC_TAPS taps loop over their rows (code per kernel column, not per tap)."""
     _, _, h, w_in = x.shape
     kh, kw = kernel
     ow = col.shape[0]
@@ -69,7 +74,7 @@ def im2col_row(k, x, col, n, ci0, cg, oy, a, kernel, zero_point, flip_sign):
     def value(v):
         return v ^ k.lift(-128, like=I8) if flip_sign else v
 
-    with k.loop(cg) as c, k.loop(kh) as i:
+    def kernel_row(c, i):
         iy = oy * sh + i * dh - ph
         row_inside = (k.lift(iy) >= 0) & (k.lift(iy) < h)
         with k.if_(row_inside):
@@ -86,6 +91,14 @@ def im2col_row(k, x, col, n, ci0, cg, oy, a, kernel, zero_point, flip_sign):
         with k.if_(~row_inside):
             with k.loop(ow) as ox, k.loop(kw) as j:
                 col[ox, c * (kh * kw) + i * kw + j] = zp
+
+    with k.loop(cg) as c:
+        if kh * kw <= STATIC_TAPS:
+            for i in range(kh):
+                kernel_row(c, i)
+        else:
+            with k.loop(kh) as i:
+                kernel_row(c, i)
 
 
 def flat_geometry(in_hw, out_hw, kernel, a):
