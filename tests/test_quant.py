@@ -469,6 +469,16 @@ def awkward_conv_model():
 
 
 def test_integer_convolutions_of_awkward_shapes_are_exact(target, harness, workdir):
+    check_awkward_convolutions(target, harness, workdir)
+
+
+@pytest.mark.parametrize("board_target", ["cortex-m4", "cortex-m55"])
+def test_integer_convolutions_of_awkward_shapes_on_the_boards(board_target, harness, workdir):
+    """The DSP (M4) and MVE (M55) forms on QEMU's boards."""
+    check_awkward_convolutions(board_target, harness, workdir)
+
+
+def check_awkward_convolutions(target, harness, workdir):
     m, cases = awkward_conv_model()
     rng = np.random.default_rng(31)
     feeds = {name: rng.normal(0, 3, shape).astype(np.float32) for name, shape, *_ in cases}
@@ -581,8 +591,9 @@ def test_quantized_average_pools_sum_in_int32_within_a_step_of_the_graph(target,
 
 @pytest.mark.parametrize("board_target", ["cortex-m55", "cortex-m4"])
 def test_quantized_kws_on_the_microcontroller_boards_is_the_qdq_graphs_output(kws_qdq, board_target, workdir):
-    """MVE (vmlava.s8, vqrdmulh) on the M55 and scalar code on the M4, booted on QEMU's boards:
-    every output element identical to onnxruntime running the graph as written."""
+    """MVE (vmlava.s8, vqrdmulh) on the M55 and the DSP instructions (sxtb16, smlad) on the M4,
+    booted on QEMU's boards: every output element identical to onnxruntime running the graph
+    as written."""
     from helpers import compile_and_run
 
     m = onnx.load(str(kws_qdq))

@@ -18,7 +18,7 @@ from .errors import InvalidModelError
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 RUN_MODES = ("user", "system", "none")  # qemu-user (or natively), a QEMU board, not runnable here
-INT8_DOTS = ("partial-reduce", "pairs16", "widen16", "reduce")  # VectorUnit.int8_dot
+INT8_DOTS = ("partial-reduce", "pairs16", "widen16", "reduce", "dsp")  # VectorUnit.int8_dot
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class VectorUnit:
     "partial-reduce" (LLVM's partial reduction: AArch64 `sdot` with the dot-product feature,
     `smull`/`saddw` without), "pairs16" (x86 `vpmaddwd` on sign-extended 16-bit pairs),
     "widen16" (16-bit products widened into a 16-lane int32 accumulator: RVV `vwmul`/`vwadd`),
-    "reduce" (a multiply-accumulate across the vector into a scalar: MVE `vmlava`).
+    "reduce" (a multiply-accumulate across the vector into a scalar: MVE `vmlava`), "dsp"
+    (Armv7E-M's `sxtb16` and dual multiply-accumulate `smlad`, on cores without vectors).
     `int8_tile`: (output pixels, output channels) of an integer convolution's register tile.
     `int8_high_mul`: the LLVM intrinsic (a prefix, mangled <4 x i32>) that is gemmlowp's
     SaturatingRoundingDoublingHighMul of four int32 lanes in one instruction (AArch64 `sqrdmulh`:

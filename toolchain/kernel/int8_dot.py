@@ -2,7 +2,9 @@
 (VectorUnit.int8_dot): "partial-reduce" (LLVM's partial reduction: AArch64 `sdot` with the
 dot-product feature, `smull`/`saddw` without), "pairs16" (x86 `vpmaddwd` on sign-extended
 16-bit pairs), "widen16" (16-bit products widened into 16 int32 lanes: RVV `vwmul`/`vwadd`),
-"reduce" (a multiply-accumulate across the vector into a scalar: MVE `vmlava`). The
+"reduce" (a multiply-accumulate across the vector into a scalar: MVE `vmlava`), "dsp" (a
+core without vectors but with Armv7E-M's DSP instructions: `sxtb16` makes two int16 of a word's
+even and odd bytes, `smlad` two multiply-accumulates at once: Cortex-M4/M7/M33). The
 accumulator is a value of the strategy's own type, opaque to the lowering, which only adds
 into it (dot) and reads its total (dot_totals). Integer addition is associative, so every
 form sums to the same exact total. LLVM kernels only (the C backend's integer ops keep their
@@ -17,13 +19,15 @@ from .llvm import I8, I16, I32, Expr
 DOT_BYTES = 16
 
 def dot_zero(k) -> Expr:
-    lanes = {"partial-reduce": 4, "pairs16": 8, "widen16": 16, "reduce": 1}[k.vector.int8_dot]
+    lanes = {"partial-reduce": 4, "pairs16": 8, "widen16": 16, "reduce": 1, "dsp": 1}[k.vector.int8_dot]
     return k.lift(0, like=ir.VectorType(I32, lanes) if lanes > 1 else I32)
 
 
 def load_bytes(k, t, idx, n=DOT_BYTES) -> Expr:
-    """n consecutive int8/uint8 elements from t[idx] in one load (no alignment assumed)."""
-    ptr = k.b.bitcast(t.address(idx), ir.VectorType(I8, n).as_pointer())
+    """n consecutive int8/uint8 elements from t[idx] in one load (no alignment assumed); for
+    "dsp", as n / 4 words (a core's word loads)."""
+    ty = ir.VectorType(I32, n // 4) if k.vector.int8_dot == "dsp" else ir.VectorType(I8, n)
+    ptr = k.b.bitcast(t.address(idx), ty.as_pointer())
     load = k.b.load(ptr)
     load.align = 1
     return Expr(k, load)
@@ -32,6 +36,16 @@ def load_bytes(k, t, idx, n=DOT_BYTES) -> Expr:
 def dot(k, acc: Expr, x: Expr, w: Expr) -> Expr:
     """acc plus the 16 products x[i] * w[i] (two <16 x i8> values, signed)."""
     how, b = k.vector.int8_dot, k.b
+    if how == "dsp":  # per word: the even bytes and the odd ones as int16 pairs, two dual MACs
+        sxtb16, smlad = _intrinsic(k, "llvm.arm.sxtb16", I32, [I32]), _intrinsic(k, "llvm.arm.smlad", I32, [I32] * 3)
+        rot = _intrinsic(k, "llvm.fshr.i32", I32, [I32] * 3)
+        total = acc.v
+        for i in range(x.v.type.count):
+            xw, ww = (b.extract_element(v.v, ir.Constant(I32, i)) for v in (x, w))
+            for shift in (0, 8):
+                xs, ws = ((v if not shift else b.call(rot, [v, v, ir.Constant(I32, shift)])) for v in (xw, ww))
+                total = b.call(smlad, [b.call(sxtb16, [xs]), b.call(sxtb16, [ws]), total])
+        return Expr(k, total)
     if how == "pairs16":
         v16 = ir.VectorType(I16, DOT_BYTES)
         pairs = _intrinsic(k, "llvm.x86.avx2.pmadd.wd", ir.VectorType(I32, 8), [v16, v16])

@@ -138,12 +138,13 @@ def depthwise_flat(k, x, plane, grid, n, c, kernel, out_hw, a, zero_point, flip_
     whole = w_in - w_in % DOT_BYTES
     with k.loop(h) as r:
         with k.loop(whole, step=DOT_BYTES) as col:
-            v = load_bytes(k, x, (n, c, r, col))
+            v = k.vload(x, (n, c, r, col), DOT_BYTES)
             rows.store_vector((r, col), v ^ k.splat(k.lift(-128, like=I8), DOT_BYTES) if flip_sign else v)
         for col in range(whole, w_in):
             v = x[n, c, r, col]
             rows[r, col] = v ^ k.lift(-128, like=I8) if flip_sign else v
-    width = DOT_BYTES if k.vector.registers >= 16 else DOT_BYTES // 2  # 8 registers (MVE): half the lanes
+    # a vector unit of 8 registers (MVE): half the lanes; no vector unit: a quarter
+    width = DOT_BYTES // 4 if k.vector_lanes == 1 else DOT_BYTES if k.vector.registers >= 16 else DOT_BYTES // 2
     taps = [(i, j, k.splat(k.cast(weight(i, j), I16), width)) for i in range(kh) for j in range(kw)]
     with k.loop(flat, step=width) as q0:
         acc = None
