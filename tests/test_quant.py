@@ -472,9 +472,10 @@ def test_integer_convolutions_of_awkward_shapes_are_exact(target, harness, workd
     check_awkward_convolutions(target, harness, workdir)
 
 
-@pytest.mark.parametrize("board_target", ["cortex-m4", "cortex-m55"])
+@pytest.mark.parametrize("board_target", ["cortex-m4", pytest.param("cortex-m55", marks=pytest.mark.slow)])
 def test_integer_convolutions_of_awkward_shapes_on_the_boards(board_target, harness, workdir):
-    """The DSP (M4) and MVE (M55) forms on QEMU's boards."""
+    """The DSP (M4) and MVE (M55) forms on QEMU's boards (the default suite runs the M4 here and
+    the M55 on the quantized KWS below; --slow both on both)."""
     check_awkward_convolutions(board_target, harness, workdir)
 
 
@@ -589,7 +590,7 @@ def test_quantized_average_pools_sum_in_int32_within_a_step_of_the_graph(target,
         assert d.max() <= 1 and np.mean(d == 0) >= 0.99, (j, d.max(), np.mean(d == 0))
 
 
-@pytest.mark.parametrize("board_target", ["cortex-m55", "cortex-m4"])
+@pytest.mark.parametrize("board_target", ["cortex-m55", pytest.param("cortex-m4", marks=pytest.mark.slow)])
 def test_quantized_kws_on_the_microcontroller_boards_is_the_qdq_graphs_output(kws_qdq, board_target, workdir):
     """MVE (vmlava.s8, vqrdmulh) on the M55 and the DSP instructions (sxtb16, smlad) on the M4,
     booted on QEMU's boards: every output element identical to onnxruntime running the graph
