@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import ALL_TARGETS, ROOT, onnxruntime_outputs
+from helpers import ALL_TARGETS, ROOT, compile_and_run, onnxruntime_outputs
 from test_c_backend import run_c_path
 from toolchain.cli import main as cli_main
 from toolchain.compiler import build
@@ -595,10 +595,32 @@ def test_quantized_kws_on_the_microcontroller_boards_is_the_qdq_graphs_output(kw
     """MVE (vmlava.s8, vqrdmulh) on the M55 and the DSP instructions (sxtb16, smlad) on the M4,
     booted on QEMU's boards: every output element identical to onnxruntime running the graph
     as written."""
-    from helpers import compile_and_run
 
     m = onnx.load(str(kws_qdq))
     f = {"input": np.random.default_rng(8).standard_normal((1, 1, 49, 10)).astype(np.float32)}
     got, res, _ = compile_and_run(kws_qdq, board_target, f, workdir)
     np.testing.assert_array_equal(got[0], ort_without_optimizations(m, f)[0])
     assert res.manifest["float_fallback"] and {e["op"] for e in res.manifest["float_fallback"]} == {"Softmax"}
+
+
+def test_quantize_folds_batchnorm_after_gemm_so_the_autoencoder_is_integer(tmp_path, workdir):
+    """onnxruntime's quantizer leaves a BatchNormalization after a Gemm in float (its
+    pre-processing folds Conv+BN only); `edgec quantize` folds it first: the same float
+    function, and a QDQ model with integer Gemms and no float tensor."""
+    from toolchain.quantize import fold_gemm_batchnorm
+
+    src = ROOT / "tests" / "models" / "fc_autoencoder.onnx"
+    m = onnx.load(str(src))
+    n_bn = sum(n.op_type == "BatchNormalization" for n in m.graph.node)
+    assert fold_gemm_batchnorm(m) == n_bn == 9
+    assert not any(n.op_type == "BatchNormalization" for n in m.graph.node)
+    x = {"input": np.random.default_rng(2).standard_normal((1, 640)).astype(np.float32)}
+    np.testing.assert_allclose(onnxruntime_outputs(m, x)[0], onnxruntime_outputs(onnx.load(str(src)), x)[0],
+                               rtol=1e-4, atol=1e-5)
+    out = tmp_path / "fc.qdq.onnx"
+    assert cli_main(["quantize", "--model", str(src), "--out", str(out), "--calibration-random", "2"]) == 0
+    q = onnx.load(str(out))
+    assert not any(n.op_type == "BatchNormalization" for n in q.graph.node)
+    got, res, _ = compile_and_run(q, "x86-64-v3", x, workdir)
+    assert res.manifest["ops"].get("edgec.QMatMul") == 10 and res.manifest["float_fallback"] == []
+    np.testing.assert_array_equal(got[0], ort_without_optimizations(q, x)[0])
