@@ -108,6 +108,9 @@ def fold_gemm_batchnorm(model):
         gemm.output[0] = bn.output[0]
         g.node.remove(bn)
         folded += 1
+    used = {i for n in g.node for i in n.input} | outputs
+    for t in [t for t in g.initializer if t.name not in used]:  # the normalization's, and the old W and C
+        g.initializer.remove(t)
     return folded
 
 
