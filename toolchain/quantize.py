@@ -73,7 +73,6 @@ def fold_gemm_batchnorm(model):
     weights and bias, before quantizing: onnxruntime's pre-processing folds Conv+BN but not
     Gemm+BN, and a BN left between a QDQ Gemm and its QuantizeLinear stays in float (a float
     tensor in the arena, and no integer Gemm). Returns how many were folded."""
-    import numpy as np
     from onnx import helper, numpy_helper
 
     g = model.graph

@@ -18,6 +18,7 @@ from .llvm import I8, I16, I32, Expr
 # int8 elements per dot-product step (one 128-bit register)
 DOT_BYTES = 16
 
+
 def dot_zero(k) -> Expr:
     lanes = {"partial-reduce": 4, "pairs16": 8, "widen16": 16, "reduce": 1, "dsp": 1}[k.vector.int8_dot]
     return k.lift(0, like=ir.VectorType(I32, lanes) if lanes > 1 else I32)

@@ -4,8 +4,8 @@ both operands, 16 bytes a step (int8_dot.dot: `sdot` on AArch64 with the dot-pro
 feature, `vpmaddwd` on AVX2, `vwmul`/`vwadd` on RVV, `vmlava` on MVE: kernel/int8_dot.py).
 
 A convolution's reduction (input channel, kernel row, kernel column) is not contiguous in
-NCHW, so each output row first gathers its pixels' windows into a row of the node's
-workspace (`im2col_row`): K bytes per pixel, the padding holding the input's zero point, so
+NCHW, so each block of output rows first gathers its pixels' windows into the node's
+workspace (`im2col_row`, row by row): K bytes per pixel, the padding holding the input's zero point, so
 every window is the same dense dot product. The bytes past K in a pixel's row are never
 written: the packed weights are zero there, and any int8 times zero is zero."""
 from __future__ import annotations
@@ -17,6 +17,12 @@ from .llvm import I8, I16, I32
 # kernels up to this many taps have their rows unrolled (fewer instructions for the common 3x3);
 # larger ones loop over their rows (less code: KWS's 10x4 input layer)
 STATIC_TAPS = 16
+
+
+def as_signed(k, v, flip_sign):
+    """int8/uint8 bytes (a scalar or a vector) as the kernels store them: a uint8 byte with its
+    top bit flipped, x - 128 as int8 (flip_sign); an int8 one as it is."""
+    return v ^ k.lift(-128, like=v) if flip_sign else v
 
 
 def padded_length(k_: int) -> int:
@@ -71,9 +77,6 @@ def im2col_row(k, x, col, n, ci0, cg, oy, a, kernel, zero_point, flip_sign):
     (sh, sw), (dh, dw), (ph, pw) = a["strides"], a["dilations"], a["pads"][:2]
     zp = k.lift(zero_point, like=I8)
 
-    def value(v):
-        return v ^ k.lift(-128, like=I8) if flip_sign else v
-
     def kernel_row(c, i):
         iy = oy * sh + i * dh - ph
         row_inside = (k.lift(iy) >= 0) & (k.lift(iy) < h)
@@ -87,7 +90,7 @@ def im2col_row(k, x, col, n, ci0, cg, oy, a, kernel, zero_point, flip_sign):
                     with k.loop(stop, start=start) as ox:
                         col[ox, tap] = zp
                 with k.loop(hi, start=lo) as ox:
-                    col[ox, tap] = value(x[n, ci0 + c, iy, ox * sw + (j * dw - pw)])
+                    col[ox, tap] = as_signed(k, x[n, ci0 + c, iy, ox * sw + (j * dw - pw)], flip_sign)
         with k.if_(~row_inside):
             with k.loop(ow) as ox, k.loop(kw) as j:
                 col[ox, c * (kh * kw) + i * kw + j] = zp
@@ -120,29 +123,27 @@ def flat_geometry(in_hw, out_hw, kernel, a):
 
 def depthwise_flat(k, x, plane, grid, n, c, kernel, out_hw, a, zero_point, flip_sign, weight, finish, store):
     """One channel of a depthwise convolution over its padded plane read as one long row
-    (flat_geometry): DOT_BYTES flat outputs a step, each tap one load of the plane (every
-    sw-th byte) and a widening multiply by the tap's weight (weight(i, j): an int16 vector)
-    into int32 lanes, whatever the width of the map (keyword spotting's rows are 5 wide).
+    (flat_geometry): DOT_BYTES flat outputs a step (half that on a unit of 8 registers, a
+    quarter without a vector unit), each tap one load of the plane (every sw-th byte) and a
+    widening multiply by the tap's weight (weight(i, j): its int8 scalar) into int32 lanes,
+    whatever the width of the map (keyword spotting's rows are 5 wide).
     finish(acc) gives the int8 vector; the flat results go to grid, then the output's own
     columns to store(oy, ox, value). The plane is the zero point everywhere the input is not."""
     _, _, h, w_in = x.shape
     kh, kw = kernel
     oh, ow = out_hw
-    (sh, sw), (dh, dw), (ph0, pw0) = a["strides"], a["dilations"], a["pads"][:2]
+    sw, (dh, dw), (ph0, pw0) = a["strides"][1], a["dilations"], a["pads"][:2]
     pitch, per_row, flat, length = flat_geometry((h, w_in), (oh, ow), kernel, a)
-    fill = k.lift(zero_point, like=I8)
-    fill = k.splat(fill, DOT_BYTES)
+    fill = k.splat(k.lift(zero_point, like=I8), DOT_BYTES)
     with k.loop(length, step=DOT_BYTES) as i:
         plane.store_vector((i,), fill)
     rows = plane.view((h, w_in), (pitch, 1), ph0 * pitch + pw0)
     whole = w_in - w_in % DOT_BYTES
     with k.loop(h) as r:
         with k.loop(whole, step=DOT_BYTES) as col:
-            v = k.vload(x, (n, c, r, col), DOT_BYTES)
-            rows.store_vector((r, col), v ^ k.splat(k.lift(-128, like=I8), DOT_BYTES) if flip_sign else v)
+            rows.store_vector((r, col), as_signed(k, k.vload(x, (n, c, r, col), DOT_BYTES), flip_sign))
         for col in range(whole, w_in):
-            v = x[n, c, r, col]
-            rows[r, col] = v ^ k.lift(-128, like=I8) if flip_sign else v
+            rows[r, col] = as_signed(k, x[n, c, r, col], flip_sign)
     # a vector unit of 8 registers (MVE): half the lanes; no vector unit: a quarter
     width = DOT_BYTES // 4 if k.vector_lanes == 1 else DOT_BYTES if k.vector.registers >= 16 else DOT_BYTES // 2
     taps = [(i, j, k.splat(k.cast(weight(i, j), I16), width)) for i in range(kh) for j in range(kw)]

@@ -45,8 +45,8 @@ import numpy as np
 
 from ..ir import TensorType
 from ..kernel.int8_dot import DOT_BYTES, rounding_high_mul, rounding_shift_right
-from ..kernel.llvm import I8, I16, I32, I64
-from ..kernel.tiled_int8 import depthwise_flat, dot_blocks, flat_geometry, im2col_row, padded_length
+from ..kernel.llvm import I8, I32, I64
+from ..kernel.tiled_int8 import as_signed, depthwise_flat, dot_blocks, flat_geometry, im2col_row, padded_length
 from .base import Op, in_type, invalid, register, unsupported
 from .nn import conv_out_size, matmul_shapes, window_attrs
 
@@ -99,11 +99,10 @@ def requantize_np(acc, mult, left, right):
 def requantize(k, acc, mult, left, right):
     """acc (int32 Expr, a scalar or a vector of outputs) times multiplier * 2^(left - right - 31),
     gemmlowp's rounding (module doc); mult, left, right: scalars or acc's width."""
-    n = acc.v.type.count if hasattr(acc.v.type, "count") else 1
+    n = _width(acc)
     left, right = k.cast(left, I32), k.cast(right, I32)  # stored as int8 (0..31)
-    mult, left, right = (k.splat(v, n) if n > 1 and not hasattr(v.v.type, "count") else v
-                         for v in (mult, left, right))
-    one = k.lift(1, like=acc)
+    mult, left, right = (k.splat(v, n) if n > 1 and _width(v) == 1 else v for v in (mult, left, right))
+    one, zero = k.lift(1, like=acc), k.lift(0, like=acc)
     x = acc << left
     high = rounding_high_mul(k, x, mult) if k.explicit_vectors else None
     if high is None:
@@ -117,8 +116,8 @@ def requantize(k, acc, mult, left, right):
     if shifted is not None:
         return shifted
     mask = (one << right) - one
-    threshold = (mask >> one) + k.select(high < k.lift(0, like=acc), one, k.lift(0, like=acc))
-    return (high >> right) + k.select((high & mask) > threshold, one, k.lift(0, like=acc))
+    threshold = (mask >> one) + k.select(high < zero, one, zero)
+    return (high >> right) + k.select((high & mask) > threshold, one, zero)
 
 
 def _finish(k, node, acc, mult, left, right):
@@ -190,10 +189,10 @@ class QConv(_Integer):
         y = outs[0]
         a = node.attrs
         unsigned = in_type(node, 0).dtype == "uint8"
-        dots = _dot_operands(node, 1, unsigned)
-        if k.explicit_vectors and dots is not None and _depthwise(node):
+        dots = _dot_operands(node, 1, unsigned) if k.explicit_vectors else None  # the C path: the loops below
+        if dots is not None and _depthwise(node):
             return _depthwise_by_lanes(k, node, x, y, outs[1], outs[2], dots[1], mult, left, right, unsigned)
-        if k.explicit_vectors and dots is not None:
+        if dots is not None:
             return _conv_by_dots(k, node, x, y, outs[1], *dots, mult, left, right, unsigned)
         _, _, h, wd = x.shape
         oc, cg, kh, kw = w.shape
@@ -230,13 +229,17 @@ def _dot_operands(node, w_index, unsigned):
     if not (wv.is_const and bv.is_const):
         return None
     w = wv.data.reshape(wv.data.shape[0], -1)
-    zp = node.attrs["x_zp"] - (128 if unsigned else 0)
-    bias = bv.data.astype(np.int64) - zp * w.astype(np.int64).sum(axis=1)
+    bias = bv.data.astype(np.int64) - _stored_zero_point(node, unsigned) * w.astype(np.int64).sum(axis=1)
     if np.abs(bias).max(initial=0) >= 2 ** 31:
         return None
     packed = np.zeros((w.shape[0], padded_length(w.shape[1])), np.int8)
     packed[:, :w.shape[1]] = w
     return packed, bias.astype(np.int32)
+
+
+def _stored_zero_point(node, unsigned):
+    """The input's zero point as the kernels see it: a uint8 input is stored as int8 (x - 128)."""
+    return node.attrs["x_zp"] - (128 if unsigned else 0)
 
 
 # output pixels a block of rows should hold at least (narrow maps: keyword spotting's 25x5)
@@ -259,7 +262,7 @@ def _conv_by_dots(k, node, x, y, col, packed, bias, mult, left, right, unsigned)
     g = a["group"]
     ocg = oc // g
     wt, bt = k.constant(packed), k.constant(bias)
-    zero_point = a["x_zp"] - (128 if unsigned else 0)
+    zero_point = _stored_zero_point(node, unsigned)
     kp = packed.shape[1]
     planes = y.reshape((n_, oc, oh * ow))
     rows = _block_rows(oh, ow)
@@ -307,8 +310,8 @@ def _depthwise_by_lanes(k, node, x, y, plane, grid, bias, mult, left, right, uns
         def store(oy, ox, v):
             y[n, c, oy, ox] = v
 
-        depthwise_flat(k, x, plane, grid, n, c, (kh, kw), (oh, ow), a, a["x_zp"] - (128 if unsigned else 0),
-                       unsigned, weight, finish, store)
+        depthwise_flat(k, x, plane, grid, n, c, (kh, kw), (oh, ow), a, _stored_zero_point(node, unsigned), unsigned,
+                       weight, finish, store)
 
 
 def _width(v):
@@ -347,13 +350,12 @@ class QMatMul(_Integer):
         rows = x.size // kk
         x2, y2 = x.reshape((rows, kk)), outs[0].reshape((rows, nn))
         unsigned = in_type(node, 0).dtype == "uint8"
-        dots = _dot_operands(node, 1, unsigned)
-        if k.explicit_vectors and dots is not None:
+        dots = _dot_operands(node, 1, unsigned) if k.explicit_vectors else None  # the C path: the loops below
+        if dots is not None:
             packed, folded = dots
             if len(outs) > 1:  # the padded copy
                 with k.loops((rows, kk)) as (r, i):
-                    v = x2[r, i]
-                    outs[1][r, i] = v ^ k.lift(-128, like=v) if unsigned else v
+                    outs[1][r, i] = as_signed(k, x2[r, i], unsigned)
                 x2 = outs[1]
             wt, bt = k.constant(packed), k.constant(folded)
             yt = y2.transpose((1, 0))

@@ -312,6 +312,13 @@ class DynamicQuantizeLinear(Op):
                 y[i] = k.cast(r + zi, LLVM_TYPES["uint8"])
 
 
+def _quantized_np(v, t):
+    """QuantizeLinear of float32 values by attrs sy, zy into [lo, hi] of type `out` (QAdd's
+    and QAveragePool's references)."""
+    q = np.rint((v / np.float32(t["sy"])).astype(np.float32)) + t["zy"]
+    return np.clip(q, t["lo"], t["hi"]).astype(t["out"])
+
+
 QADD = "edgec.QAdd"
 
 
@@ -334,8 +341,7 @@ class QAdd(Op):
         t = node.attrs
         fa = (a.astype(np.int64) - t["za"]).astype(np.float32) * np.float32(t["sa"])
         fb = (b.astype(np.int64) - t["zb"]).astype(np.float32) * np.float32(t["sb"])
-        q = np.rint(((fa + fb).astype(np.float32) / np.float32(t["sy"])).astype(np.float32)) + t["zy"]
-        return [np.clip(q, t["lo"], t["hi"]).astype(t["out"])]
+        return [_quantized_np((fa + fb).astype(np.float32), t)]
 
     def lower(self, k, node, ins, outs):
         t = node.attrs
@@ -378,8 +384,7 @@ class QAveragePool(Op):
             for j in range(kw):
                 sums += xs[:, :, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw]
         v = (sums.astype(np.float32) * np.float32(t["sx"])).astype(np.float32) / np.float32(kh * kw)
-        q = np.rint((v.astype(np.float32) / np.float32(t["sy"])).astype(np.float32)) + t["zy"]
-        return [np.clip(q, t["lo"], t["hi"]).astype(t["out"])]
+        return [_quantized_np(v.astype(np.float32), t)]
 
     def lower(self, k, node, ins, outs):
         t = node.attrs

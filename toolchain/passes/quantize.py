@@ -91,50 +91,42 @@ def _match(g: Graph, users, node: Node):
         if not np.allclose(sb, np.float32(sx.ravel()[0]) * sw, rtol=1e-5, atol=0):
             return "its bias scale is not x_scale * w_scale"
         bias = b[1].data.ravel().astype(np.int64)
-    # the output: an optional Relu/Clip, then a QuantizeLinear
-    v, act = node.outputs[0], None
-    user = _sole_user(g, users, v)
-    if (user is not None and user.op in ("Relu", "Clip") and len(user.inputs) == 1
-            and user.outputs[0].type.dtype == "float32"):  # a Clip with bounds read at run time stays float
-        act, v = user, user.outputs[0]
-        user = _sole_user(g, users, v)
-    if user is None or user.op != "QuantizeLinear" or not all(i is None or i.is_const for i in user.inputs[1:]):
-        return "its result does not go only to a QuantizeLinear with constant parameters"
-    q = user
-    if q.attrs["to"] not in ("int8", "uint8"):  # int16, uint16, float8: stays float
-        return f"its QuantizeLinear is to {q.attrs['to']}, not int8/uint8"
-    sy = q.inputs[1].data.astype(np.float32)
-    if sy.size != 1:
-        return "its QuantizeLinear is not per tensor"
-    zy = int(q.inputs[2].data.ravel()[0]) if len(q.inputs) > 2 and q.inputs[2] is not None else 0
-    lo, hi = RANGES[q.attrs["to"]]
-    if act is not None:
-        amin = 0.0 if act.op == "Relu" else act.attrs["min"]
-        amax = np.inf if act.op == "Relu" else act.attrs["max"]
-        if np.isfinite(amin):
-            lo = max(lo, int(np.clip(np.rint(np.float32(amin) / sy.ravel()[0]) + zy, lo, hi)))
-        if np.isfinite(amax):
-            hi = min(hi, int(np.clip(np.rint(np.float32(amax) / sy.ravel()[0]) + zy, lo, hi)))
+    out = _output_q(g, users, node.outputs[0], ("Relu", "Clip"))
+    if isinstance(out, str):
+        return out
+    act, q, sy, zy, lo, hi = out
     # M = x_scale * w_scale / y_scale in float32, as onnxruntime computes it
-    m = (np.float32(sx.ravel()[0]) * sw) / np.float32(sy.ravel()[0])
+    m = (np.float32(sx.ravel()[0]) * sw) / sy
     mult, exponent = quantize_multiplier(m.astype(np.float32))
     return dict(xq=xq, zx=int(zx.ravel()[0]), w=wdata, bias=bias, mult=mult, exponent=exponent, zy=zy, lo=lo,
                 hi=hi, q=q, act=act, out=q.attrs["to"])
 
 
-def _output_q(g, users, v):
-    """v -> [Relu] -> QuantizeLinear (constant per-tensor parameters, to int8/uint8), v's only
-    path: (act, q, sy, zy, lo, hi) with [lo, hi] the range left by the Relu; or why not."""
+def _output_q(g, users, v, acts=("Relu",)):
+    """v -> [an activation of `acts`] -> QuantizeLinear (constant per-tensor parameters, to
+    int8/uint8) as v's only path: (act, q, sy, zy, lo, hi), [lo, hi] the quantized range the
+    activation leaves (exact: rounding is monotonic); or why not."""
     act, user = None, _sole_user(g, users, v)
-    if user is not None and user.op == "Relu" and user.outputs[0].type.dtype == "float32":
+    if (user is not None and user.op in acts and len(user.inputs) == 1
+            and user.outputs[0].type.dtype == "float32"):  # a Clip with bounds read at run time stays float
         act, user = user, _sole_user(g, users, user.outputs[0])
     if user is None or user.op != "QuantizeLinear" or not all(i is None or i.is_const for i in user.inputs[1:]):
         return "its result does not go only to a QuantizeLinear with constant parameters"
-    if user.attrs["to"] not in ("int8", "uint8") or user.inputs[1].data.size != 1:
-        return "its QuantizeLinear is not per-tensor int8/uint8"
+    if user.attrs["to"] not in ("int8", "uint8"):  # int16, uint16, float8: stays float
+        return f"its QuantizeLinear is to {user.attrs['to']}, not int8/uint8"
+    if user.inputs[1].data.size != 1:
+        return "its QuantizeLinear is not per tensor"
+    sy = np.float32(user.inputs[1].data.ravel()[0])
     zy = int(user.inputs[2].data.ravel()[0]) if len(user.inputs) > 2 and user.inputs[2] is not None else 0
     lo, hi = RANGES[user.attrs["to"]]
-    return act, user, np.float32(user.inputs[1].data.ravel()[0]), zy, max(lo, zy) if act else lo, hi
+    if act is not None:
+        amin = 0.0 if act.op == "Relu" else act.attrs["min"]
+        amax = np.inf if act.op == "Relu" else act.attrs["max"]
+        if np.isfinite(amin):
+            lo = max(lo, int(np.clip(np.rint(np.float32(amin) / sy) + zy, lo, hi)))
+        if np.isfinite(amax):
+            hi = min(hi, int(np.clip(np.rint(np.float32(amax) / sy) + zy, lo, hi)))
+    return act, user, sy, zy, lo, hi
 
 
 def _match_add(g: Graph, users, node: Node):
