@@ -242,3 +242,18 @@ def test_a_kernel_with_many_taps_is_a_loop_not_unrolled(unit):
     assert conv_schedule(UNITS[unit], layer(32)).kind == "loop"
     assert conv_schedule(UNITS[unit], layer(12)).kind == "loop"
     assert conv_schedule(UNITS[unit], layer(11)).kind != "loop"
+
+
+def test_an_edge_is_one_predicated_vector_where_the_unit_masks():
+    """vector_chunks: 11 columns on 4 lanes are 4, 4, 2, 1 without masking, 4, 4, 3 with it;
+    the tile cost model counts the fewer steps (a 7-column Gemm output, MVE's unit)."""
+    import dataclasses
+
+    from toolchain.schedules.cost import matmul_tile_cost, vector_chunks
+    from toolchain.targets import get_profile
+
+    assert vector_chunks(11, 4) == [4, 4, 2, 1] and vector_chunks(11, 4, masked=True) == [4, 4, 3]
+    assert vector_chunks(8, 4, masked=True) == [4, 4] and vector_chunks(3, 1, masked=True) == [1, 1, 1]
+    mve = get_profile("cortex-m55").vector_unit
+    unmasked = dataclasses.replace(mve, masked_tails=False)
+    assert matmul_tile_cost(mve, 5, 7) < matmul_tile_cost(unmasked, 5, 7)

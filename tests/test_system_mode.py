@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import ROOT, check_against_onnxruntime
+from helpers import ROOT, check_against_onnxruntime, make_model
 from test_models import feeds_for
 from toolchain.errors import BudgetError
 from toolchain.harness.runner import HarnessError
@@ -48,6 +48,42 @@ def test_model_on_the_board_matches_onnxruntime(system_target, model_path, workd
     print(f"{model_path.stem} on {system_target}: build+link+boot {time.perf_counter() - start:.1f} s, "
           f"arena {man['arena']['size']} B, code {man['code_bytes']} B, weights {man['weight_bytes']} B")
 
+
+
+def _edges_model():
+    """Every explicit-vector kernel with an edge of 2 or 3 columns on a 4-lane unit: a Gemm
+    of 7 outputs (+ Relu), a convolution and a depthwise one over rows of 11 columns with a
+    residual Add, a 30-element Sigmoid (map_vectors)."""
+    from onnx import helper as h
+    rng = np.random.default_rng(7)
+    inits = {"W": rng.standard_normal((12, 7)), "B": rng.standard_normal(7), "Wc": rng.standard_normal((7, 3, 3, 3)),
+             "Wd": rng.standard_normal((7, 1, 3, 3))}
+    nodes = [h.make_node("Gemm", ["x", "W", "B"], ["g"]), h.make_node("Relu", ["g"], ["y1"]),
+             h.make_node("Conv", ["img", "Wc"], ["c"], pads=[1, 1, 1, 1]),
+             h.make_node("Conv", ["c", "Wd"], ["d"], pads=[1, 1, 1, 1], group=7),
+             h.make_node("Add", ["d", "c"], ["y2"]), h.make_node("Sigmoid", ["t"], ["y3"])]
+    return make_model(nodes, {"x": ("float32", [5, 12]), "img": ("float32", [1, 3, 9, 11]), "t": ("float32", [2, 3, 5])},
+                      {"y1": ("float32", [5, 7]), "y2": ("float32", [1, 7, 9, 11]), "y3": ("float32", [2, 3, 5])},
+                      {k: v.astype(np.float32) for k, v in inits.items()})
+
+
+def test_partial_vectors_are_predicated_on_mve(workdir):
+    """cortex-m55 (masked_tails): an edge of 2 or 3 columns is one predicated vector step
+    (vpst + vldrwt/vstrwt), and the results on the board match onnxruntime; cortex-m4 has
+    no vectors to mask."""
+    import llvmlite.binding as llvm
+    from toolchain.backends.llvm_object import target_machine
+
+    model = _edges_model()
+    rng = np.random.default_rng(1)
+    feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             for i in model.graph.input}
+    res, _ = check_against_onnxruntime(model, feeds, "cortex-m55", workdir)
+    m55 = get_profile("cortex-m55")
+    assert m55.vector_unit.masked_tails and not get_profile("cortex-a76").vector_unit.masked_tails
+    asm = target_machine(m55).emit_assembly(llvm.parse_assembly(res.compiled.llvm_ir))
+    assert "llvm.masked.store" in res.compiled.llvm_ir and "llvm.masked.load" in res.compiled.llvm_ir
+    assert asm.count("vstrwt.32") >= 3 and asm.count("vldrwt.u32") >= 2 and "vpst" in asm
 
 def test_output_of_the_wrong_size_is_reported(tmp_path):
     """The host checks every output's byte count against what the guest printed."""

@@ -44,6 +44,9 @@ class VectorUnit:
     SaturatingRoundingDoublingHighMul of four int32 lanes in one instruction (AArch64 `sqrdmulh`:
     (2ab + 2^31) >> 32, the same rounding), or "" (then int64 products); `int8_rounding_shift`:
     a rounding shift by a negative amount per lane (AArch64 `srshl`), or "".
+    `masked_tails`: a load or store of the first n < lanes lanes is one predicated
+    instruction (MVE's `vctp`/`vpst` with `vldrw`/`vstrw`; LLVM's masked load and store),
+    so a tile edge of n columns is one vector step, not halves, quarters and a scalar.
     `name` says whose unit it is (a profile, or a backend's own such as portable C)."""
 
     lanes: int = 4
@@ -56,6 +59,7 @@ class VectorUnit:
     int8_tile: tuple = (2, 2)
     int8_high_mul: str = ""
     int8_rounding_shift: str = ""
+    masked_tails: bool = False
     name: str = "generic"
 
 
@@ -99,6 +103,8 @@ class Profile:
     int8_tile: list = _at("int8_tile", [2, 2])
     int8_high_mul: str = _at("int8_high_mul", "")
     int8_rounding_shift: str = _at("int8_rounding_shift", "")
+    # a partial vector is one predicated load or store (VectorUnit.masked_tails)
+    vector_masked_tails: bool = _at("vector_masked_tails", False)
     # registers per vector value (RVV's LMUL): tiles use values this many registers wide
     vector_lmul: int = _at("vector_lmul", 1)
     # width of index arithmetic in generated code: the pointer width
@@ -132,7 +138,7 @@ class Profile:
                           fma_memory_operand=self.vector_fma_memory_operand, nan_min_max=self.nan_min_max,
                           int8_dot=self.int8_dot, int8_tile=tuple(self.int8_tile),
                           int8_high_mul=self.int8_high_mul, int8_rounding_shift=self.int8_rounding_shift,
-                          name=self.name)
+                          masked_tails=self.vector_masked_tails, name=self.name)
 
     @property
     def elf_flag_checks(self) -> list[ElfFlagCheck]:

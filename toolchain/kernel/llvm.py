@@ -218,16 +218,21 @@ class Tensor:
     def store_vector(self, idx, v: Expr):
         """The lanes of v at idx, idx + 1, ... along the last axis: one vector store where a fused
         step reads an operand (a residual Add) or is long (Gelu) and every step works on vectors;
-        else lane by lane, which LLVM's SLP vectorizer merges back (bench: better than a vector store)."""
+        else lane by lane, which LLVM's SLP vectorizer merges back (bench: better than a vector store).
+        A partial vector (fewer lanes than a register) is one predicated store where the
+        vector unit masks (Kernel.masks)."""
         n = v.v.type.count if isinstance(v.v.type, ir.VectorType) else 1
-        if (n == 1 or self.strides[-1] != 1
-                or not any(getattr(fn, "reads_operand", False) or getattr(fn, "on_vectors", False)
-                           for fn in self.epilogue)
-                or not all(getattr(fn, "vector_safe", False) for fn in self.epilogue)):
+        vector_safe = all(getattr(fn, "vector_safe", False) for fn in self.epilogue)
+        partial = self.strides[-1] == 1 and vector_safe and self.k.masks(n, LLVM_TYPES[self.dtype])
+        if not partial and (n == 1 or self.strides[-1] != 1 or not vector_safe
+                            or not any(getattr(fn, "reads_operand", False) or getattr(fn, "on_vectors", False)
+                                       for fn in self.epilogue)):
             return self.store_lanes(idx, v)
         at = self.index(idx)
         for fn in self.epilogue:
             v = fn(v, at)
+        if partial:
+            return self.k.masked_store(self.address(idx), v)
         ptr = self.k.b.bitcast(self.address(idx), v.v.type.as_pointer())
         self.k.b.store(v.v, ptr).align = element_align(v.v.type.element)
 
@@ -476,17 +481,68 @@ class Kernel:
                         v = fn(v, at)
                     self.b.store(v.v, self.b.bitcast(y.address((i,)), v.v.type.as_pointer())).align = 4
             done = end
+        rest = out.size - done
+        if vector_epilogue and self.masks(rest, F32):  # one predicated step
+            v = body(*[self.splat(s, rest) if s is not None else self._load_vector(t.flat(), (done,), rest)
+                       for s, t in zip(scalars, ins)])
+            at = y.index((done,))
+            for fn in y.epilogue:
+                v = fn(v, at)
+            self.masked_store(y.address((done,)), v)
+            return True
         with self.loop(out.size, start=done) as i:
             y[i] = body(*[s if s is not None else t.flat()[i] for s, t in zip(scalars, ins)])
         return True
 
     def _load_vector(self, t, idx, n) -> Expr:
-        """n consecutive elements from t[idx] in one load (alignment: one element)."""
+        """n consecutive elements from t[idx] in one load (alignment: one element); a
+        partial vector in one predicated load where the vector unit masks."""
         elem = LLVM_TYPES[t.dtype]
+        if self.masks(n, elem):
+            return self.masked_load(t.address(idx), n)
         ptr = self.b.bitcast(t.address(idx), ir.VectorType(elem, n).as_pointer())
         load = self.b.load(ptr)
         load.align = element_align(elem)
         return Expr(self, load)
+
+    # -- predicated partial vectors (VectorUnit.masked_tails) -----------------------------
+    # A partial vector of n < lanes float32 lanes is computed as <n x float> (LLVM widens it
+    # to the register) and moved by llvm.masked.load/store of the whole register with the
+    # first n lanes on: MVE makes that vctp + vpst + vldrwt/vstrwt. (A mask of all n lanes
+    # of an <n x float> would fold back into a plain load, which the legalizer splits.)
+    def masks(self, n, elem) -> bool:
+        """A vector of n elem lanes is a partial vector this unit loads and stores predicated."""
+        return (self.explicit_vectors and self.vector.masked_tails and elem == F32
+                and 1 < n < self.vector.lanes)
+
+    def _masked_intrinsic(self, op, ty):
+        module = self.fn.module
+        name = f"llvm.masked.{op}.v{ty.count}f32.p0"
+        mask_ty = ir.VectorType(I1, ty.count)
+        sig = (ir.FunctionType(ty, [ty.as_pointer(), I32, mask_ty, ty]) if op == "load" else
+               ir.FunctionType(ir.VoidType(), [ty, ty.as_pointer(), I32, mask_ty]))
+        return module.globals.get(name) or ir.Function(module, sig, name=name)
+
+    def _first_lanes(self, n):
+        lanes = self.vector.lanes
+        return ir.Constant(ir.VectorType(I1, lanes), [1 if i < n else 0 for i in range(lanes)])
+
+    def masked_load(self, ptr, n) -> Expr:
+        """The n floats at ptr (n < lanes), nothing past them read."""
+        full = ir.VectorType(F32, self.vector.lanes)
+        ptr = self.b.bitcast(ptr, full.as_pointer())
+        zero = ir.Constant(full, [0.0] * self.vector.lanes)
+        whole = self.b.call(self._masked_intrinsic("load", full), [ptr, ir.Constant(I32, 4), self._first_lanes(n), zero])
+        return Expr(self, self.b.shuffle_vector(whole, whole, ir.Constant(ir.VectorType(I32, n), list(range(n)))))
+
+    def masked_store(self, ptr, v: Expr):
+        """v's n lanes (n < lanes) at ptr, nothing past them written."""
+        n, lanes = v.v.type.count, self.vector.lanes
+        full = ir.VectorType(F32, lanes)
+        widen = ir.Constant(ir.VectorType(I32, lanes), [i if i < n else n for i in range(lanes)])
+        whole = self.b.shuffle_vector(v.v, ir.Constant(v.v.type, None), widen)
+        self.b.call(self._masked_intrinsic("store", full),
+                    [whole, self.b.bitcast(ptr, full.as_pointer()), ir.Constant(I32, 4), self._first_lanes(n)])
 
     def constant(self, data) -> "Tensor":
         """Read-only data made at compile time beside the weights (weights packed the way a tile

@@ -169,7 +169,7 @@ def conv2d_columns(k, schedule, a, x, w, bias, y, w_value):
             with k.loop(right, start=left, step=nr) as ow0:
                 tile(n, oc0, rows, oh0, orows, ow0, [lanes] * nv)
         for start, width in fixed:
-            tile(n, oc0, rows, oh0, orows, start, vector_chunks(width, lanes))
+            tile(n, oc0, rows, oh0, orows, start, vector_chunks(width, lanes, k.vector.masked_tails))
 
     def rows_of_tiles(n, oc0, rows):
         full = oh_ - oh_ % out_rows

@@ -168,7 +168,7 @@ def tiled_matmul(k, schedule, m_, n, kdim, a_at, b_at, init, store, b_const=None
             with k.loop(full, step=nr) as j0:
                 tile(i0, rows, j0, [vec.lanes] * nv)
         if n % nr:
-            tile(i0, rows, full, vector_chunks(n % nr, vec.lanes))
+            tile(i0, rows, full, vector_chunks(n % nr, vec.lanes, vec.masked_tails))
 
     full_rows = m_ - m_ % mr
     if full_rows:

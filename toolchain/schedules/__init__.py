@@ -157,7 +157,7 @@ def conv_schedule(vec: VectorUnit, layer: ConvLayer) -> Schedule:
     by_lane = vec.fma_by_lane and lanes > 1 and layer.weights_const
     if cg == 1 and ocg == 1:
         rows, nv = depthwise_tile(vec, kh_, kw_, layer.strides[0], layer.dilations[0], oh_,
-                                  len(vector_chunks(ow_, lanes)))
+                                  len(vector_chunks(ow_, lanes, vec.masked_tails)))
         return Schedule("conv-depthwise", lanes, rows, nv, packing="taps" if by_lane else "")
     packed = by_lane and ocg % lanes == 0
     best_rows, nv = register_tile(vec, "packed" if packed else "splat")

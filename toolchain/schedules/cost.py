@@ -8,9 +8,12 @@ import itertools
 from ..targets import VectorUnit
 
 
-def vector_chunks(n, lanes):
-    """Widths that cover n columns with the fewest vectors: full registers, then halves,
-    quarters... down to a scalar (no masked lanes at an edge)."""
+def vector_chunks(n, lanes, masked=False):
+    """Widths that cover n columns with the fewest vectors: full registers, then the rest
+    as one predicated vector where loads and stores can be masked (`masked`, the vector
+    unit's masked_tails), else halves, quarters... down to a scalar."""
+    if masked:
+        return [lanes] * (n // lanes) + ([n % lanes] if n % lanes else [])
     out, w = [], lanes
     while n:
         while w > n:
@@ -65,7 +68,7 @@ def matmul_tile_cost(vec: VectorUnit, m_, n, left="splat"):
     or fewer than a tile, leave lanes or vectors idle. The convolution's column tiles
     have the same shape (output channels x output columns, per tap)."""
     mr, nv = register_tile(vec, left, max_rows=min(8, m_))
-    chunks = vector_chunks(n, vec.lanes)
+    chunks = vector_chunks(n, vec.lanes, vec.masked_tails)
     insns = macs = 0
     for rows in blocks(m_, mr):
         left_loads, _ = left_operand(vec, left, rows)
