@@ -418,7 +418,7 @@ def test_nodes_left_in_float_are_listed_with_the_reason():
 # that is not whole 16-byte steps (27, 12, 20), output channels and pixels that are not whole
 # tiles, asymmetric padding, strides, dilation, groups, depthwise maps wider than a vector
 # (37 columns) and narrower (5), uint8 activations (read as int8 by the kernels), a kernel of
-# more taps than are unrolled (5x4)
+# more taps than are unrolled (5x4), a depthwise kernel row of 5 taps (two words on DSP cores)
 CONV_CASES = [
     ("general", (1, 3, 9, 11), np.int8, -7, (5, 3, 3, 3), dict(strides=[2, 1], pads=[1, 0, 0, 2])),
     ("grouped", (1, 4, 6, 5), np.int8, 4, (6, 2, 3, 2), dict(group=2, pads=[0, 1, 1, 0])),
@@ -427,6 +427,7 @@ CONV_CASES = [
     ("pointwise_uint8", (1, 20, 3, 4), np.uint8, 131, (7, 20, 1, 1), {}),
     ("depthwise_uint8", (2, 2, 5, 5), np.uint8, 17, (2, 1, 3, 3), dict(group=2, pads=[1, 1, 1, 1])),
     ("large_kernel", (1, 2, 12, 9), np.int8, 3, (3, 2, 5, 4), dict(strides=[1, 2], pads=[2, 1, 2, 1])),
+    ("depthwise_5_wide", (1, 4, 7, 13), np.int8, -3, (4, 1, 3, 5), dict(group=4, strides=[1, 2], pads=[1, 2, 1, 2])),
 ]
 
 

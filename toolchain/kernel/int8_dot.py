@@ -38,15 +38,12 @@ def dot(k, acc: Expr, x: Expr, w: Expr) -> Expr:
     """acc plus the 16 products x[i] * w[i] (two <16 x i8> values, signed)."""
     how, b = k.vector.int8_dot, k.b
     if how == "dsp":  # per word: the even bytes and the odd ones as int16 pairs, two dual MACs
-        sxtb16, smlad = _intrinsic(k, "llvm.arm.sxtb16", I32, [I32]), _intrinsic(k, "llvm.arm.smlad", I32, [I32] * 3)
-        rot = _intrinsic(k, "llvm.fshr.i32", I32, [I32] * 3)
-        total = acc.v
+        total = acc
         for i in range(x.v.type.count):
-            xw, ww = (b.extract_element(v.v, ir.Constant(I32, i)) for v in (x, w))
-            for shift in (0, 8):
-                xs, ws = ((v if not shift else b.call(rot, [v, v, ir.Constant(I32, shift)])) for v in (xw, ww))
-                total = b.call(smlad, [b.call(sxtb16, [xs]), b.call(sxtb16, [ws]), total])
-        return Expr(k, total)
+            xw, ww = (Expr(k, b.extract_element(v.v, ir.Constant(I32, i))) for v in (x, w))
+            for xs, ws in zip(byte_pairs(k, xw), byte_pairs(k, ww)):
+                total = dual_mac(k, total, xs, ws)
+        return total
     if how == "pairs16":
         v16 = ir.VectorType(I16, DOT_BYTES)
         pairs = _intrinsic(k, "llvm.x86.avx2.pmadd.wd", ir.VectorType(I32, 8), [v16, v16])
@@ -62,6 +59,20 @@ def dot(k, acc: Expr, x: Expr, w: Expr) -> Expr:
     partial = _intrinsic(k, f"llvm.vector.partial.reduce.add.v{acc.v.type.count}i32.v{DOT_BYTES}i32",
                               acc.v.type, [acc.v.type, v32])
     return Expr(k, b.call(partial, [acc.v, prod]))
+
+
+def byte_pairs(k, word: Expr) -> tuple[Expr, Expr]:
+    """A word's bytes 0 and 2, and 1 and 3, each pair as two int16 halves (`sxtb16`, and
+    `sxtb16` of the word rotated by 8, which the instruction does itself): "dsp" only."""
+    sxtb16 = _intrinsic(k, "llvm.arm.sxtb16", I32, [I32])
+    rot = _intrinsic(k, "llvm.fshr.i32", I32, [I32] * 3)
+    odd = k.b.call(rot, [word.v, word.v, ir.Constant(I32, 8)])
+    return Expr(k, k.b.call(sxtb16, [word.v])), Expr(k, k.b.call(sxtb16, [odd]))
+
+
+def dual_mac(k, acc: Expr, a: Expr, b: Expr) -> Expr:
+    """acc + a.lo * b.lo + a.hi * b.hi on int16 halves (`smlad`): "dsp" only."""
+    return Expr(k, k.b.call(_intrinsic(k, "llvm.arm.smlad", I32, [I32] * 3), [a.v, b.v, acc.v]))
 
 
 def _intrinsic(k, name, ret, args) -> ir.Function:

@@ -10,7 +10,9 @@ every window is the same dense dot product. The bytes past K in a pixel's row ar
 written: the packed weights are zero there, and any int8 times zero is zero."""
 from __future__ import annotations
 
-from .int8_dot import DOT_BYTES, dot, dot_totals, dot_zero, load_bytes
+import numpy as np
+
+from .int8_dot import DOT_BYTES, byte_pairs, dot, dot_totals, dot_zero, dual_mac, load_bytes
 from .llvm import I8, I16, I32
 
 
@@ -116,19 +118,23 @@ def flat_geometry(in_hw, out_hw, kernel, a):
     pitch = -(-(w + pw0 + pw1) // sw) * sw
     per_row = pitch * sh // sw
     flat = -(-(oh * per_row) // DOT_BYTES) * DOT_BYTES
-    reach = sw * (flat - 1) + (kh - 1) * dh * pitch + (kw - 1) * dw + 1
+    # (a word read by tap_words may run up to 3 bytes past a kernel row's last tap)
+    reach = sw * (flat - 1) + (kh - 1) * dh * pitch + (kw - 1) * dw + 1 + (-kw) % 4
     length = -(-max(reach, (h + ph0 + ph1) * pitch) // DOT_BYTES) * DOT_BYTES
     return pitch, per_row, flat, length
 
 
-def depthwise_flat(k, x, plane, grid, n, c, kernel, out_hw, a, zero_point, flip_sign, weight, finish, store):
+def depthwise_flat(k, x, plane, grid, n, c, kernel, out_hw, a, zero_point, flip_sign, weight, finish, store,
+                   weight_words=None):
     """One channel of a depthwise convolution over its padded plane read as one long row
     (flat_geometry): DOT_BYTES flat outputs a step (half that on a unit of 8 registers, a
     quarter without a vector unit), each tap one load of the plane (every sw-th byte) and a
     widening multiply by the tap's weight (weight(i, j): its int8 scalar) into int32 lanes,
     whatever the width of the map (keyword spotting's rows are 5 wide).
     finish(acc) gives the int8 vector; the flat results go to grid, then the output's own
-    columns to store(oy, ox, value). The plane is the zero point everywhere the input is not."""
+    columns to store(oy, ox, value). The plane is the zero point everywhere the input is not.
+    weight_words(i, t): the packed pairs of kernel row i's word t (weight_word_pairs), where
+    the taps are read as words (by_words)."""
     _, _, h, w_in = x.shape
     kh, kw = kernel
     oh, ow = out_hw
@@ -144,6 +150,53 @@ def depthwise_flat(k, x, plane, grid, n, c, kernel, out_hw, a, zero_point, flip_
             rows.store_vector((r, col), as_signed(k, k.vload(x, (n, c, r, col), DOT_BYTES), flip_sign))
         for col in range(whole, w_in):
             rows[r, col] = as_signed(k, x[n, c, r, col], flip_sign)
+    if weight_words is not None:
+        _tap_words(k, plane, kernel, out_hw, per_row, pitch, a, weight_words, finish, store)
+        return
+    _tap_vectors(k, plane, grid, kernel, flat, pitch, a, weight, finish)
+    with k.loop(oh) as oy:
+        for ox in range(ow):
+            store(oy, ox, grid[oy * per_row + ox])
+
+
+def by_words(k, a) -> bool:
+    """A depthwise kernel row is read as words of 4 taps (tap_words) on DSP cores where its
+    taps are adjacent bytes (column dilation 1)."""
+    return k.vector.int8_dot == "dsp" and a["dilations"][1] == 1
+
+
+def weight_word_pairs(w: np.ndarray) -> np.ndarray:
+    """Depthwise weights (channels, kh, kw) int8 -> (channels, kh, words, 2) int32: for each
+    word of 4 taps (the last zero-padded), taps 0 and 2, and 1 and 3, as int16 halves, as
+    byte_pairs makes the input word's bytes (the low half is the first tap: little-endian)."""
+    c, kh, kw = w.shape
+    words = -(-kw // 4)
+    wp = np.zeros((c, kh, 4 * words), np.int16)
+    wp[..., :kw] = w
+    pairs = np.stack([wp[..., 0::4], wp[..., 2::4], wp[..., 1::4], wp[..., 3::4]], axis=-1)
+    return np.ascontiguousarray(pairs).view(np.int32).reshape(c, kh, words, 2)
+
+
+def _tap_words(k, plane, kernel, out_hw, per_row, pitch, a, weight_words, finish, store):
+    """One output a step, straight to store (only the output's own columns): each kernel
+    row's taps as words of 4 input bytes, two dual multiply-accumulates a word against the
+    pairs weight_words(i, t) gives (weight_word_pairs)."""
+    (kh, kw), (oh, ow), sw, dh = kernel, out_hw, a["strides"][1], a["dilations"][0]
+    words = -(-kw // 4)
+    pairs = [(i, t, weight_words(i, t)) for i in range(kh) for t in range(words)]
+    with k.loop(oh) as oy, k.loop(ow) as ox:
+        acc = k.lift(0, like=I32)
+        for i, t, (even, odd) in pairs:
+            word = k.lanes(load_bytes(k, plane, (sw * (oy * per_row + ox) + i * dh * pitch + 4 * t,), 4))[0]
+            x_even, x_odd = byte_pairs(k, word)
+            acc = dual_mac(k, dual_mac(k, acc, x_even, even), x_odd, odd)
+        store(oy, ox, finish(acc))
+
+
+def _tap_vectors(k, plane, grid, kernel, flat, pitch, a, weight, finish):
+    """`width` flat outputs a step, each tap a widening multiply of a load of the plane by
+    the tap's weight (weight(i, j), an int8 scalar)."""
+    (kh, kw), sw, (dh, dw) = kernel, a["strides"][1], a["dilations"]
     # a vector unit of 8 registers (MVE): half the lanes; no vector unit: a quarter
     width = DOT_BYTES // 4 if k.vector_lanes == 1 else DOT_BYTES if k.vector.registers >= 16 else DOT_BYTES // 2
     taps = [(i, j, k.splat(k.cast(weight(i, j), I16), width)) for i in range(kh) for j in range(kw)]
@@ -154,6 +207,3 @@ def depthwise_flat(k, x, plane, grid, n, c, kernel, out_hw, a, zero_point, flip_
             prod = k.cast(k.vload(src, (q0,), width), I16) * wv
             acc = k.cast(prod, I32) if acc is None else acc + k.cast(prod, I32)
         grid.store_vector((q0,), finish(acc))
-    with k.loop(oh) as oy:
-        for ox in range(ow):
-            store(oy, ox, grid[oy * per_row + ox])

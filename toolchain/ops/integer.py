@@ -46,7 +46,8 @@ import numpy as np
 from ..ir import TensorType
 from ..kernel.int8_dot import DOT_BYTES, rounding_high_mul, rounding_shift_right
 from ..kernel.llvm import I8, I32, I64
-from ..kernel.tiled_int8 import as_signed, depthwise_flat, dot_blocks, flat_geometry, im2col_row, padded_length
+from ..kernel.tiled_int8 import (as_signed, by_words, depthwise_flat, dot_blocks, flat_geometry, im2col_row,
+                                 padded_length, weight_word_pairs)
 from .base import Op, in_type, invalid, register, unsupported
 from .nn import conv_out_size, matmul_shapes, window_attrs
 
@@ -299,10 +300,15 @@ def _depthwise_by_lanes(k, node, x, y, plane, grid, bias, mult, left, right, uns
     a = node.attrs
     n_, oc, oh, ow = y.shape
     kh, kw = in_type(node, 1).shape[2:]
-    wt, bt = k.constant(node.inputs[1].data.reshape(oc, kh, kw)), k.constant(bias)
+    w = node.inputs[1].data.reshape(oc, kh, kw)
+    words = k.constant(weight_word_pairs(w)) if by_words(k, a) else None
+    wt, bt = k.constant(w) if words is None else None, k.constant(bias)
     with k.loop(n_) as n, k.loop(oc) as c:
         def weight(i, j):
             return wt[c, i, j]
+
+        def weight_words(i, t):
+            return words[c, i, t, 0], words[c, i, t, 1]
 
         def finish(acc):
             return _finish(k, node, acc + k.splat(bt[c], _width(acc)), mult[c], left[c], right[c])
@@ -311,7 +317,7 @@ def _depthwise_by_lanes(k, node, x, y, plane, grid, bias, mult, left, right, uns
             y[n, c, oy, ox] = v
 
         depthwise_flat(k, x, plane, grid, n, c, (kh, kw), (oh, ow), a, _stored_zero_point(node, unsigned), unsigned,
-                       weight, finish, store)
+                       weight, finish, store, weight_words if words is not None else None)
 
 
 def _width(v):
