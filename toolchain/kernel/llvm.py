@@ -14,29 +14,8 @@ from llvmlite import ir
 from ..errors import InternalError
 from ..targets import VectorUnit
 
-F32 = ir.FloatType()
-F64 = ir.DoubleType()
-I1 = ir.IntType(1)
-I8 = ir.IntType(8)
-I16 = ir.IntType(16)
-I32 = ir.IntType(32)
-I64 = ir.IntType(64)
-
-# float16 is a storage type: its bits live in an I16 (data movement copies them as they are);
-# arithmetic is float32, through kernel/half.py's conversions (Cast); float8 e5m2 likewise in an
-# I8 (kernel/float8.py)
-LLVM_TYPES = {"float32": F32, "float64": F64, "int8": I8, "uint8": I8, "int16": I16, "uint16": I16,
-              "int32": I32, "uint32": I32, "int64": I64, "uint64": I64, "bool": I8, "float16": I16,
-              "float8_e5m2": I8}
-# Reassociation lets LLVM vectorize reductions; contraction gives FMAs. No nnan/ninf:
-# clamps and max/min must keep their meaning for NaN and infinity.
-FAST = ("reassoc", "contract", "nsz", "arcp")
-# Kernel.map_vectors: vector registers per step of its main loop
-MAP_UNROLL = 4
-
-
-def element_align(ty) -> int:  # what vector accesses may assume: one element's (int8 at any byte)
-    return max(1, ty.width // 8) if isinstance(ty, ir.IntType) else 4
+from .llvm_types import F32, F64, FAST, I1, I8, I16, I32, I64, LLVM_TYPES, MAP_UNROLL, element_align  # noqa: F401
+from .masked import masked_load, masked_store, masks
 
 
 class Expr:
@@ -223,7 +202,7 @@ class Tensor:
         vector unit masks (Kernel.masks)."""
         n = v.v.type.count if isinstance(v.v.type, ir.VectorType) else 1
         vector_safe = all(getattr(fn, "vector_safe", False) for fn in self.epilogue)
-        partial = self.strides[-1] == 1 and vector_safe and self.k.masks(n, LLVM_TYPES[self.dtype])
+        partial = self.strides[-1] == 1 and vector_safe and masks(self.k, n, LLVM_TYPES[self.dtype])
         if not partial and (n == 1 or self.strides[-1] != 1 or not vector_safe
                             or not any(getattr(fn, "reads_operand", False) or getattr(fn, "on_vectors", False)
                                        for fn in self.epilogue)):
@@ -232,7 +211,7 @@ class Tensor:
         for fn in self.epilogue:
             v = fn(v, at)
         if partial:
-            return self.k.masked_store(self.address(idx), v)
+            return masked_store(self.k, self.address(idx), v.v)
         ptr = self.k.b.bitcast(self.address(idx), v.v.type.as_pointer())
         self.k.b.store(v.v, ptr).align = element_align(v.v.type.element)
 
@@ -482,13 +461,13 @@ class Kernel:
                     self.b.store(v.v, self.b.bitcast(y.address((i,)), v.v.type.as_pointer())).align = 4
             done = end
         rest = out.size - done
-        if vector_epilogue and self.masks(rest, F32):  # one predicated step
+        if vector_epilogue and masks(self, rest, F32):  # one predicated step
             v = body(*[self.splat(s, rest) if s is not None else self._load_vector(t.flat(), (done,), rest)
                        for s, t in zip(scalars, ins)])
             at = y.index((done,))
             for fn in y.epilogue:
                 v = fn(v, at)
-            self.masked_store(y.address((done,)), v)
+            masked_store(self, y.address((done,)), v.v)
             return True
         with self.loop(out.size, start=done) as i:
             y[i] = body(*[s if s is not None else t.flat()[i] for s, t in zip(scalars, ins)])
@@ -498,51 +477,12 @@ class Kernel:
         """n consecutive elements from t[idx] in one load (alignment: one element); a
         partial vector in one predicated load where the vector unit masks."""
         elem = LLVM_TYPES[t.dtype]
-        if self.masks(n, elem):
-            return self.masked_load(t.address(idx), n)
+        if masks(self, n, elem):
+            return Expr(self, masked_load(self, t.address(idx), n))
         ptr = self.b.bitcast(t.address(idx), ir.VectorType(elem, n).as_pointer())
         load = self.b.load(ptr)
         load.align = element_align(elem)
         return Expr(self, load)
-
-    # -- predicated partial vectors (VectorUnit.masked_tails) -----------------------------
-    # A partial vector of n < lanes float32 lanes is computed as <n x float> (LLVM widens it
-    # to the register) and moved by llvm.masked.load/store of the whole register with the
-    # first n lanes on: MVE makes that vctp + vpst + vldrwt/vstrwt. (A mask of all n lanes
-    # of an <n x float> would fold back into a plain load, which the legalizer splits.)
-    def masks(self, n, elem) -> bool:
-        """A vector of n elem lanes is a partial vector this unit loads and stores predicated."""
-        return (self.explicit_vectors and self.vector.masked_tails and elem == F32
-                and 1 < n < self.vector.lanes)
-
-    def _masked_intrinsic(self, op, ty):
-        module = self.fn.module
-        name = f"llvm.masked.{op}.v{ty.count}f32.p0"
-        mask_ty = ir.VectorType(I1, ty.count)
-        sig = (ir.FunctionType(ty, [ty.as_pointer(), I32, mask_ty, ty]) if op == "load" else
-               ir.FunctionType(ir.VoidType(), [ty, ty.as_pointer(), I32, mask_ty]))
-        return module.globals.get(name) or ir.Function(module, sig, name=name)
-
-    def _first_lanes(self, n):
-        lanes = self.vector.lanes
-        return ir.Constant(ir.VectorType(I1, lanes), [1 if i < n else 0 for i in range(lanes)])
-
-    def masked_load(self, ptr, n) -> Expr:
-        """The n floats at ptr (n < lanes), nothing past them read."""
-        full = ir.VectorType(F32, self.vector.lanes)
-        ptr = self.b.bitcast(ptr, full.as_pointer())
-        zero = ir.Constant(full, [0.0] * self.vector.lanes)
-        whole = self.b.call(self._masked_intrinsic("load", full), [ptr, ir.Constant(I32, 4), self._first_lanes(n), zero])
-        return Expr(self, self.b.shuffle_vector(whole, whole, ir.Constant(ir.VectorType(I32, n), list(range(n)))))
-
-    def masked_store(self, ptr, v: Expr):
-        """v's n lanes (n < lanes) at ptr, nothing past them written."""
-        n, lanes = v.v.type.count, self.vector.lanes
-        full = ir.VectorType(F32, lanes)
-        widen = ir.Constant(ir.VectorType(I32, lanes), [i if i < n else n for i in range(lanes)])
-        whole = self.b.shuffle_vector(v.v, ir.Constant(v.v.type, None), widen)
-        self.b.call(self._masked_intrinsic("store", full),
-                    [whole, self.b.bitcast(ptr, full.as_pointer()), ir.Constant(I32, 4), self._first_lanes(n)])
 
     def constant(self, data) -> "Tensor":
         """Read-only data made at compile time beside the weights (weights packed the way a tile
