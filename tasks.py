@@ -119,6 +119,22 @@ def firmware(c, target=None, model=None, path=None, out=None, corrupt_expected=F
     _exec(args)
 
 
+@task(help={"target": "target profile (user-mode targets run under qemu-user, Cortex-M on their board); required",
+            "bare_metal": "link into the firmware's startup code and boot the QEMU board (cortex-a76: the virt board)",
+            "epochs": "passes over the 8 stored recordings (default 6)",
+            "out": "work directory (default build/finetune-<target>)"})
+def finetune(c, target=None, bare_metal=False, epochs=None, out=None):
+    """The worked fine-tuning example (examples/finetune.c): train the keyword spotter's last
+    layer on the target, print each step's loss beside a float64 simulation's, PASS or FAIL."""
+    args = [PY, "-m", "toolchain.finetune"]
+    for flag, value in (("--target", target), ("--epochs", epochs), ("--out", out)):
+        if value is not None:
+            args += [flag, str(value)]
+    if bare_metal:
+        args.append("--bare-metal")
+    _exec(args)
+
+
 @task(help={"model": "float ONNX file; required", "out": "QDQ model to write; required",
             "calibration": "calibration inputs (.npz: one array per model input, (N, *shape))",
             "calibration_random": "calibrate on N seeded standard-normal samples instead"})

@@ -24,7 +24,7 @@ LAYERS = [
     ["inspect"],
     ["compiler", "library"],
     ["harness", "inprocess", "inprocess_grad"],
-    ["bench", "compare", "firmware", "profile", "quantize", "cli", "__main__", ""],
+    ["bench", "compare", "firmware", "finetune", "profile", "quantize", "cli", "__main__", ""],
 ]
 MAX_LINES = 600
 
