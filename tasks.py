@@ -259,14 +259,15 @@ def size(c, target=None, model=None, name=None, out=None, json=None, html=None, 
             "runs": "inferences in the long run (the count is N runs minus 1 run; default 3)",
             "mode": "lines (default: the shipped code itself, nodes told apart by a line table) or "
                     "functions (each node in a never-inlined function)",
-            "diff": "compare two JSON profiles node by node: --diff OLD.json,NEW.json"})
-def profile(c, target=None, model=None, json=None, html=None, runs=None, mode=None, diff=None):
+            "diff": "compare two JSON profiles node by node: --diff OLD.json,NEW.json",
+            "train": "profile the training step of a --train LOSS build (mse or cross-entropy) instead"})
+def profile(c, target=None, model=None, json=None, html=None, runs=None, mode=None, diff=None, train=None):
     """Guest instructions per node of the final graph (after fusion), counted under QEMU:
     MACs, insns/MAC, share; a table by cost, JSON, an HTML bar chart, or a diff of two JSONs."""
     ensure_qemu()
     args = [PY, "-m", "toolchain", "profile"]
     for flag, value in (("--target", target), ("--model", model), ("--json", json), ("--html", html),
-                        ("--runs", runs), ("--mode", mode)):
+                        ("--runs", runs), ("--mode", mode), ("--train", train)):
         if value is not None:
             args += [flag, str(value)]
     if diff is not None:

@@ -202,7 +202,7 @@ def cmd_profile(args):
         if path:
             _writable_file(flag, path)
     if args.diff:
-        if args.target or args.model or args.json or args.html or args.mode:
+        if args.target or args.model or args.json or args.html or args.mode or args.train:
             raise InvalidModelError("profile --diff OLD.json NEW.json takes no other option")
         from .profile import diff, load_json
 
@@ -217,7 +217,7 @@ def cmd_profile(args):
         raise InvalidModelError(f"--runs must be at least 2 (N runs minus 1 cancels start-up), got {args.runs}")
     from .profile import html_page, profile_model, table
 
-    report = profile_model(args.model, args.target, runs=args.runs, mode=args.mode or "lines")
+    report = profile_model(args.model, args.target, runs=args.runs, mode=args.mode or "lines", train=args.train)
     print(table(report))
     if args.json:
         _write_report("--json", args.json, report.to_json())
@@ -337,6 +337,9 @@ def parser():
                     help="lines (default): the shipped code itself, nodes told apart by a line table (the sum is "
                          "the shipped count exactly); functions: every node in a never-inlined function of its own")
     pr.add_argument("--runs", type=int, default=3, help="inferences in the long run (default 3; minus 1 run)")
+    pr.add_argument("--train", nargs="?", const="mse", choices=["mse", "cross-entropy"], metavar="LOSS",
+                    help="profile the training step of a --train LOSS build (default mse: a zero target of each "
+                         "output's shape, every float initializer trained, SGD) instead of an inference")
     pr.add_argument("--diff", nargs=2, metavar=("OLD_JSON", "NEW_JSON"), help="compare two --json profiles per node")
     pr.set_defaults(fn=cmd_profile)
     c = sub.add_parser("compare", help="per-layer differences on the target against onnxruntime")

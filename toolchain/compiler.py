@@ -182,12 +182,15 @@ def compile_grad_graph(g: Graph, params, profile: Profile, name: str, dump: Text
 def compile_train_graph(g: Graph, params, profile: Profile, name: str, loss: str = "mse",
                         dump: TextIO | None = None, emit: str = "object", optimizer: str = "sgd",
                         momentum: float | None = None, run: Graph | None = None,
-                        pattern: str | None = None, weights_section: str | None = None) -> Compiled:
+                        pattern: str | None = None, weights_section: str | None = None,
+                        node_lines: bool = False) -> Compiled:
     """A training build (passes.train): the step graph, whose parameter (and velocity)
     updates are written over their own bytes in the caller's buffers (the plan places each
     updated value at its input), the params-init graph, and with `run` (another import of
     the model) the inference graph reading the parameters from the caller's buffer
-    (<name>_run_params). One arena serves every entry (the largest plan)."""
+    (<name>_run_params). One arena serves every entry (the largest plan). node_lines: the
+    profiling build of toolchain.profile --train (the shipped code with the step's nodes in
+    a line table)."""
     if emit != "object":
         raise InvalidModelError("--train builds have only the object path yet (not --emit c)")
     backend = get_backend(emit)
@@ -206,7 +209,7 @@ def compile_train_graph(g: Graph, params, profile: Profile, name: str, loss: str
         plans["train"].storage[id(v)] = Storage("input", first + k)  # the update overwrites its input
     offsets, size = param_layout(tp.params, profile.arena_align)
     out = backend.generate_train(tp, init, plans, offsets, name, profile, graphs.get("run"),
-                                 **_section(weights_section))
+                                 **_section(weights_section), **({"node_lines": True} if node_lines else {}))
     info = read_object(out.object)
     check_self_contained(info, profile, name)
     stack = stack_usage(out.frames, out.calls, entry_symbols(name, train=True, run_params=run is not None),

@@ -29,17 +29,19 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from elftools.elf.elffile import ELFFile
 
-from .bench import seeded_inputs
-from .compiler import ARTIFACTS, DEFAULT_MODEL, build, compile_graph, make_manifest
+from .bench import LEARNING_RATE, seeded_inputs
+from .compiler import ARTIFACTS, DEFAULT_MODEL, build, compile_graph, compile_train_graph, make_manifest
 from .contract import node_symbols
 from .backends.debuglines import NODE_LINES_FILE
 from .errors import InternalError, InvalidModelError, UnsupportedError
 from .frontend.onnx_import import import_model, load_model
 from .harness.plugin import count_instructions, count_ranges
-from .harness.runner import link_harness
+from .harness.runner import link_harness, link_train_harness
 from .ops import registry
+from .passes.train import select_trainable
 from .targets import get_profile
 
 TOLERANCE = 0.01  # the per-node sum may differ from the shipped build's count by this much
@@ -72,6 +74,7 @@ class Profile:
     deviation: float | None  # (total - shipped) / shipped
     nodes: list = field(default_factory=list)  # NodeProfile, in graph order
     code: str = ""  # mode lines: how the profiled code compares with the shipped object's
+    unit: str = "inference"  # what one count is: an inference, or (profile --train) a training step
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -98,6 +101,7 @@ class Prepared:
     inputs: list
     specs: list
     workdir: object  # a TemporaryDirectory, kept alive with the executables
+    train: str | None = None  # the loss of a profiled training step
 
 
 MODES = ("functions", "lines")
@@ -158,31 +162,43 @@ def _text(obj: bytes) -> list:
 
 
 def prepare(model_path, target: str, name: str = "model", check_shipped: bool = True,
-            mode: str = "lines") -> Prepared:
+            mode: str = "lines", train: str | None = None) -> Prepared:
     """Compile the profiling build (and the shipped build, for the cross-check), link both.
     mode "functions": every node in a never-inlined function of its own, located by the
     symbol table. mode "lines": the shipped build's own code (checked byte for byte) with
-    a line table naming each instruction's node."""
+    a line table naming each instruction's node. train (a loss): the training step of a
+    `--train LOSS` build instead of an inference (every float initializer trained, SGD, a
+    zero target of each output's shape: bench --train's step), its step graph's nodes
+    (forward, loss, pullback, updates) by line."""
     if mode not in MODES:
         raise InvalidModelError(f"--mode must be one of {', '.join(MODES)}, got '{mode}'")
+    if train and mode != "lines":
+        raise InvalidModelError("profile --train takes mode lines (the shipped training step's own code)")
     profile = get_profile(target)
     if profile.run_mode != "user":
         raise UnsupportedError(f"target {profile.name} does not run under qemu-user here "
                                f"(run.mode = {profile.run_mode}): no profile")
     model_path = Path(model_path) if model_path else DEFAULT_MODEL
     model = load_model(model_path)
-    compiled = compile_graph(import_model(model, name), profile, name, separate_nodes=mode == "functions",
-                             node_lines=mode == "lines")
+    if train:
+        params = select_trainable([t.name for t in model.graph.initializer], None)
+        compiled = compile_train_graph(import_model(model, name), params, profile, name, train,
+                                       run=import_model(model, name), node_lines=True)
+    else:
+        compiled = compile_graph(import_model(model, name), profile, name, separate_nodes=mode == "functions",
+                                 node_lines=mode == "lines")
     manifest = make_manifest(compiled, profile, name, model_path, {"target": target, "name": name,
-                                                                   "profiling": mode})
+                                                                   "profiling": mode, **({"train": train} if train else {})})
     tmp = tempfile.TemporaryDirectory(prefix="edgec-profile-")
     work = Path(tmp.name) / "profiling"
     work.mkdir()
-    for kind in ("object", "library", "header"):
+    for kind in ("object", "library", "header", "manifest"):
         file_name, contents = ARTIFACTS[kind]
         (work / file_name(name)).write_bytes(contents(compiled, name, manifest))
-    exe = link_harness(work, name, profile)
-    symbols = node_symbols(name, compiled.graph.nodes)
+    link = (lambda d: link_train_harness(d, name, profile, LEARNING_RATE)) if train else (
+        lambda d: link_harness(d, name, profile))
+    exe = link(work)
+    symbols = node_symbols(f"{name}_train" if train else name, compiled.graph.nodes)
     if mode == "functions":
         ranges, owners = function_ranges(exe, symbols)
     else:
@@ -190,15 +206,18 @@ def prepare(model_path, target: str, name: str = "model", check_shipped: bool = 
     shipped_exe, code = None, ""
     if check_shipped or mode == "lines":
         shipped = Path(tmp.name) / "shipped"
-        res = build(model_path, target, name, shipped)
+        res = build(model_path, target, name, shipped, train=train)
         if mode == "lines":
             code = _compare_code(_text(res.paths["object"].read_bytes()), _text(compiled.object))
-        shipped_exe = link_harness(shipped, name, profile)
+        shipped_exe = link(shipped)
     feeds = seeded_inputs(model)
     inputs = [feeds[i["name"]] for i in manifest["inputs"]]
     specs = [(o["dtype"], tuple(o["shape"])) for o in manifest["outputs"]]
+    if train:  # the step's targets, then its one output: the first and the last loss
+        inputs += [np.zeros(t["shape"], t["dtype"]) for t in manifest["train"]["targets"]]
+        specs = [("float32", (2,))]
     return Prepared(model_path, profile.name, mode, profile, compiled.graph, symbols, ranges, owners, exe,
-                    shipped_exe, code, inputs, specs, tmp)
+                    shipped_exe, code, inputs, specs, tmp, train)
 
 
 def _compare_code(shipped: list, profiled: list) -> str:
@@ -240,12 +259,12 @@ def measure(p: Prepared, runs: int = 3) -> Profile:
             raise InternalError(f"the line-table build executes {total:,} instructions, the shipped build "
                                 f"{shipped:,}: its code is not the shipped code ({p.code})")
     return Profile(p.model.name, p.target, p.mode, runs, sum(n.macs for n in nodes), total, counted.other,
-                   whole, shipped, deviation, nodes, p.code)
+                   whole, shipped, deviation, nodes, p.code, "training step" if p.train else "inference")
 
 
 def profile_model(model_path, target: str, runs: int = 3, check_shipped: bool = True,
-                  mode: str = "lines") -> Profile:
-    return measure(prepare(model_path, target, check_shipped=check_shipped, mode=mode), runs)
+                  mode: str = "lines", train: str | None = None) -> Profile:
+    return measure(prepare(model_path, target, check_shipped=check_shipped, mode=mode, train=train), runs)
 
 
 # -- reports ------------------------------------------------------------------------------
@@ -261,9 +280,9 @@ def _sources(n: NodeProfile) -> str:
 
 def table(p: Profile, width: int = 40) -> str:
     """The terminal table, most expensive node first."""
-    lines = [f"{p.model} on {p.target} ({p.mode}): {p.total_insns:,} instructions per inference, {p.macs:,} MACs"
+    lines = [f"{p.model} on {p.target} ({p.mode}): {p.total_insns:,} instructions per {p.unit}, {p.macs:,} MACs"
              f" ({p.total_insns / p.macs:.2f} insns/MAC)" if p.macs else
-             f"{p.model} on {p.target} ({p.mode}): {p.total_insns:,} instructions per inference", "",
+             f"{p.model} on {p.target} ({p.mode}): {p.total_insns:,} instructions per {p.unit}", "",
              f"{'node':{width}} {'op':18} {'MACs':>11} {'insns':>12} {'insns/MAC':>9} {'share':>6}  fused ONNX nodes"]
     for n in p.by_cost():
         fused = _sources(n) if n.sources != [n.name] else ""
@@ -304,7 +323,7 @@ def html_page(p: Profile) -> str:
     body += "\n" + row(OTHER, "", "run function, harness", "", p.other_insns, "-", other_share, "other")
     check = ""
     if p.shipped_insns is not None:
-        check = (f"<p>Shipped build, whole-program count: {p.shipped_insns:,} instructions per inference "
+        check = (f"<p>Shipped build, whole-program count: {p.shipped_insns:,} instructions per {html.escape(p.unit)} "
                  f"(per-node sum {100 * p.deviation:+.2f}%).</p>")
     per_mac = f" ({p.total_insns / p.macs:.2f} per MAC)" if p.macs else ""
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -314,7 +333,7 @@ def html_page(p: Profile) -> str:
 .c{{width:35%;min-width:12em}}.bar{{height:12px;min-width:1px}}.node{{background:#48c}}.other{{background:#aaa}}</style>
 </head><body>
 <h1>{html.escape(p.model)} on {html.escape(p.target)}</h1>
-<p>{p.total_insns:,} guest instructions per inference{per_mac}, {p.macs:,} MACs; {len(p.nodes)} nodes after fusion,
+<p>{p.total_insns:,} guest instructions per {html.escape(p.unit)}{per_mac}, {p.macs:,} MACs; {len(p.nodes)} nodes after fusion,
 counted under QEMU ({p.runs} runs minus 1); mode {html.escape(p.mode)}.</p>
 {check}
 <table id="profile"><tr><th>node</th><th>op</th><th>fused ONNX nodes</th><th>MACs</th><th>insns</th>

@@ -62,11 +62,16 @@ class LLVMBackend:
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized, files=files)
 
     def generate_train(self, tp, init, plans, offsets, name: str, profile: Profile, run=None,
-                       weights_section: str | None = None) -> Generated:
+                       weights_section: str | None = None, node_lines: bool = False) -> Generated:
         """A training build: <name>_train_step, <name>_params_init and (with the graph `run`)
-        <name>_run_params in one object."""
+        <name>_run_params in one object. node_lines: the step graph's nodes named in a line
+        table, as generate's (toolchain.profile --train)."""
         module = build_train_module(tp, init, plans, offsets, name, profile, run, weights_section)
-        obj, optimized, frames = compile_ir(module_text(module), profile)
+        text = module_text(module)
+        if node_lines:
+            symbols = node_symbols(f"{name}_train", tp.graph.nodes)
+            text = with_node_lines(text, {s: i + 1 for i, s in enumerate(symbols)}, len(symbols) + 1)
+        obj, optimized, frames = compile_ir(text, profile)
         return Generated(obj, frames, call_graph(optimized), llvm_ir=optimized)
 
     def generate_grad(self, prog, plans, offsets, name: str, profile: Profile,
