@@ -5,7 +5,8 @@ runs them through the scheduled kernels instead of plain loops:
   dilation) as a Conv of the cotangent with the weights flipped in space and their
   channels swapped per group, the cotangent padded by (k - 1) * d - p on each side; the
   weights are run-time parameters in a training step, and the pointwise and depthwise
-  conv schedules read run-time weights;
+  conv schedules read run-time weights; of a stride-2 one likewise, over the cotangent
+  spread out with zeros;
 - the weight gradient of a pointwise convolution (1 x 1, stride 1, no padding, one group)
   as one Gemm of the cotangent and the input, both as channels x positions.
 
@@ -43,6 +44,34 @@ def input_grad_as_conv(b, g, w, xs, ws, groups, strides, dilations, pads):
                   step=[1, 1] + [-1 if i in flip else 1 for i in range(rank)], count=list(shape))
     return b.op("Conv", [g, wt], group=groups, kernel_shape=k, strides=[1] * rank, dilations=list(dilations),
                 pads=new_pads)
+
+
+def strided_input_grad_as_conv(b, g, w, xs, ws, groups, strides, dilations, pads):
+    """dx of a Conv of stride 2 (in any spatial axis; 1 in the others) as the stride-1 form
+    (input_grad_as_conv) over the cotangent spread out: s - 1 zeros after each element, and
+    at the end the input rows no window reaches. A quarter of its MACs multiply a zero, yet
+    the scheduled kernels run it several times faster than the plain ConvTranspose loops.
+    None for larger strides (the zeros would outweigh the gain) and where the stride-1
+    form does not apply."""
+    rank = len(xs) - 2
+    if all(s == 1 for s in strides) or any(s > 2 for s in strides):
+        return None
+    n, o, *sp = g.type.shape
+    spread = b.reshape(g, (n, o, *[d for y in sp for d in (y, 1)]))
+    spread = b.op("Pad", [spread], pads=[0] * (2 + 2 * rank) + [0, 0, *[d for s in strides for d in (0, s - 1)]],
+                  mode="constant", value=0.0)
+    grown = [y * s for y, s in zip(sp, strides)]
+    spread = b.reshape(spread, (n, o, *grown))
+    # the stride-1 form's input length: every cotangent row spread, then the rows past the last window
+    span = [(sp[i] - 1) * strides[i] + (ws[2 + i] - 1) * dilations[i] + 1 for i in range(rank)]
+    want = [(sp[i] - 1) * strides[i] + 1 + xs[2 + i] + pads[i] + pads[rank + i] - span[i] for i in range(rank)]
+    if any(w_ < g_ for w_, g_ in zip(want, grown)):
+        spread = b.op("Slice", [spread], begin=[0] * (2 + rank), step=[1] * (2 + rank),
+                      count=[n, o, *[min(w_, g_) for w_, g_ in zip(want, grown)]])
+    if any(w_ > g_ for w_, g_ in zip(want, grown)):
+        spread = b.op("Pad", [spread], pads=[0] * (2 + rank) + [0, 0, *[max(w_ - g_, 0) for w_, g_ in zip(want, grown)]],
+                      mode="constant", value=0.0)
+    return input_grad_as_conv(b, spread, w, xs, ws, groups, [1] * rank, dilations, pads)
 
 
 def _channel_rows(b, v, channels: int, positions: int):
