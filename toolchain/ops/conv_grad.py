@@ -83,14 +83,16 @@ def _channel_rows(b, v, channels: int, positions: int):
 
 def pointwise_weight_grad(b, x, g, xs, ws, strides, dilations, pads, groups):
     """dw of a 1 x 1, stride-1, unpadded, ungrouped Conv: dy (O x P) times x (C x P)
-    transposed, P the batch times the positions."""
+    transposed, P the batch times the positions. x is transposed by a node of its own
+    (one pass over it), so the Gemm runs the register tile along its columns rather
+    than dot products along P (KWS's pointwise weight gradients: 0.61 -> 0.34 insns/MAC)."""
     if (groups != 1 or any(v != 1 for v in ws[2:]) or any(v != 1 for v in strides)
             or any(v != 0 for v in pads)):
         return None
     n, c, o = xs[0], xs[1], ws[0]
     positions = n * int(np.prod(xs[2:]))
-    gw = b.op("Gemm", [_channel_rows(b, g, o, positions), _channel_rows(b, x, c, positions)],
-              alpha=1.0, beta=1.0, transA=0, transB=1)
+    xt = b.op("Transpose", [_channel_rows(b, x, c, positions)], perm=[1, 0])
+    gw = b.op("Gemm", [_channel_rows(b, g, o, positions), xt], alpha=1.0, beta=1.0, transA=0, transB=0)
     return b.reshape(gw, ws)
 
 
