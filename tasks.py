@@ -199,18 +199,23 @@ def test(c, target=None, slow=False):
             "layers": "also the single-layer cases (GEMM 256^3 and 512^3, 3x3, depthwise, 1x1 conv)",
             "train": "also instructions per training step (a --train mse build, SGD, zero target), "
                      "and the ratio to those per inference",
-            "grad": "reverse: also instructions per primal and per pullback (a --grad reverse build)"},
+            "grad": "reverse: also instructions per primal and per pullback (a --grad reverse build)",
+            "cycles": "also ESTIMATED cycles per inference on the Cortex-M boards (the core's [cycles] "
+                      "table x instructions per mnemonic; not measured)"},
       iterable=["target", "model"])
-def bench(c, target=None, model=None, json=None, runs=20, layers=False, train=False, grad=None):
+def bench(c, target=None, model=None, json=None, runs=20, layers=False, train=False, grad=None, cycles=False):
     """Latency table: instructions per inference and per MAC (QEMU plugin), median and p99
     time (emulated, or native next to onnxruntime), correctness against onnxruntime; with
-    --train / --grad reverse, instructions per training step / primal + pullback too."""
+    --train / --grad reverse, instructions per training step / primal + pullback too; with
+    --cycles, estimated cycles on the Cortex-M boards."""
     ensure_qemu()
     args = [PY, "-m", "toolchain.bench", "--runs", str(runs)]
     if train:
         args.append("--train")
     if grad:
         args += ["--grad", grad]
+    if cycles:
+        args.append("--cycles")
     for t in target or []:
         args += ["--target", t]
     for m in model or []:

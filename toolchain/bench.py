@@ -5,6 +5,7 @@ onnxruntime measured alternately in the same run).
 
     invoke bench --target cortex-a76 [--model M] [--json PATH]
     invoke bench --target cortex-a76 --train [--grad reverse]  # also insns per training step / pullback
+    invoke bench --target cortex-m4 --cycles    # also ESTIMATED cycles from the core's [cycles] table
     invoke ci                                   # every target x every model of ci/matrix.toml
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import onnx
 
 from .compiler import PROJECT_ROOT, build
 from .harness.oracle import ATOL, RTOL, onnxruntime_session
+from .harness.cycles import count_mnemonics, estimate_cycles
 from .harness.plugin import count_instructions
 from .harness.runner import HarnessError, link_harness, link_train_harness, run_model
 from .harness.system import link_system_harness, run_system
@@ -114,14 +116,16 @@ class Result:
 
 def bench(model_path: Path, target: str, workdir: Path, runs: int = 20, count: bool = True,
           compare: bool = True, train: str | None = None, grad: str | None = None,
-          learning_rate: float = LEARNING_RATE) -> Result:
+          learning_rate: float = LEARNING_RATE, cycles: bool = False) -> Result:
     """Build, check against onnxruntime, count instructions, time. Failures are recorded
     in the result (the matrix goes on), not raised. train (a loss, e.g. "mse") and grad
-    ("reverse") also build those variants and count their instructions (bench_train)."""
+    ("reverse") also build those variants and count their instructions (bench_train).
+    cycles: on a system-mode target with a [cycles] table, also the cycle ESTIMATE of one
+    inference (harness/cycles.py) in extra["cycle_estimate"]."""
     model_path = Path(model_path)
     res = Result(model_path.stem, target)
     try:
-        _bench_into(res, model_path, target, workdir, runs, count, compare)
+        _bench_into(res, model_path, target, workdir, runs, count, compare, cycles)
     except Exception as e:  # noqa: BLE001  (one failing cell must not stop the matrix)
         res.ok, res.error = False, f"{type(e).__name__}: {e}".splitlines()[0][:300]
     if (train or grad) and not res.refused:
@@ -188,7 +192,7 @@ def bench_train(res: Result, model_path: Path, target: str, workdir: Path, train
             res.grad_ratio = both / res.insns_per_inference
 
 
-def _bench_into(res, model_path, target, workdir, runs, count, compare):
+def _bench_into(res, model_path, target, workdir, runs, count, compare, cycles=False):
     profile = get_profile(target)
     model = onnx.load(str(model_path))
     out = Path(workdir) / f"{target}-{model_path.stem}"
@@ -231,6 +235,8 @@ def _bench_into(res, model_path, target, workdir, runs, count, compare):
         res.insns_per_mac = c.per_inference / res.macs if res.macs else float("nan")
     if profile.run_mode == "system":
         res.timing = "none"  # emulated boards have no meaningful clock: the counts are the figure
+        if cycles and profile.cycles:
+            res.extra["cycle_estimate"] = cycle_estimate(exe, profile, inputs, specs, res.insns_per_inference)
         return
     if profile.runs_natively():
         res.timing = "native"
@@ -242,6 +248,22 @@ def _bench_into(res, model_path, target, workdir, runs, count, compare):
         ours = run.times_ns
     res.median_ns = float(np.median(ours))
     res.p99_ns = float(np.percentile(ours, 99))
+
+
+def cycle_estimate(exe, profile, inputs, specs, insns: int) -> dict:
+    """Estimated cycles of one inference: instructions per mnemonic (N runs minus 1 run),
+    each charged its class's cycles from the profile's [cycles] table. A failure (say, no
+    llvm-mc to name MVE encodings) is recorded as {"error": ...}: the estimate is an extra."""
+    try:
+        counts = count_mnemonics(exe, profile, inputs, specs, runs=3)
+        if insns and sum(counts.values()) != insns:
+            raise HarnessError(f"per-mnemonic counts sum to {sum(counts.values())}, not the {insns} counted")
+        total, per_class = estimate_cycles(counts, profile.cycles)
+    except HarnessError as e:
+        return {"error": str(e).splitlines()[0][:300]}
+    return {"estimated_cycles": round(total), "insns": sum(counts.values()),
+            "note": "ESTIMATE: instructions per mnemonic x the core's per-class cycles table, not measured",
+            "table": dict(profile.cycles), "per_class": per_class, "mnemonics": counts}
 
 
 def _alternate(exe, profile, inputs, specs, session, feeds, runs, rounds=5):
@@ -360,24 +382,50 @@ def train_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+CYCLES_LABEL = "estimated cycles (per-instruction-class table of the core, not measured)"
+
+
+def cycle_table(results: list[Result]) -> str:
+    """The cycle estimates (bench --cycles): per model, estimated cycles, cycles per
+    instruction, and each class's share of the estimated cycles (largest first)."""
+    head = f"{'model':26} {'target':11} {'insns/inf':>12} {'est. cycles':>12} {'est. CPI':>8}  est. share of cycles"
+    lines = [CYCLES_LABEL, head, "-" * len(head)]
+    for r in results:
+        est = r.extra.get("cycle_estimate")
+        if est is None:
+            continue
+        if "error" in est:
+            lines.append(f"{r.model:26} {r.target:11} no estimate: {est['error']}")
+            continue
+        shares = sorted(est["per_class"].items(), key=lambda kv: -kv[1]["share"])
+        text = " ".join(f"{c} {v['share']:.0%}" for c, v in shares if v["share"] >= 0.005)
+        lines.append(f"{r.model:26} {r.target:11} {est['insns']:12,d} {est['estimated_cycles']:12,d} "
+                     f"{est['estimated_cycles'] / est['insns']:8.2f}  {text}")
+    if len(lines) == 3:
+        lines.append("(no system-mode target with a [cycles] table among these)")
+    return "\n".join(lines)
+
+
 def write_json(results: list[Result], path: Path):
     Path(path).write_text(json.dumps([asdict(r) for r in results], indent=2, default=str) + "\n")
 
 
 def run(targets: list[str], models: list[Path], json_path: str | None = None, runs: int = 20,
         count: bool = True, train: str | None = None, grad: str | None = None,
-        learning_rate: float = LEARNING_RATE) -> int:
+        learning_rate: float = LEARNING_RATE, cycles: bool = False) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="edgec-bench-") as tmp:
         for target in targets:
             for model in models:
                 r = bench(model, target, Path(tmp), runs=runs, count=count, train=train, grad=grad,
-                          learning_rate=learning_rate)
+                          learning_rate=learning_rate, cycles=cycles)
                 print(f"  {r.model} on {r.target}: {'refused' if r.refused else 'ok' if r.ok else 'FAILED'}", file=sys.stderr, flush=True)
                 results.append(r)
     print(table(results))
     if train or grad:
         print(train_table(results))
+    if cycles:
+        print(cycle_table(results))
     print(compile_summary(results))
     if json_path:
         write_json(results, Path(json_path))
@@ -410,10 +458,13 @@ def main(argv=None) -> int:
                     help="also instructions per training step (a --train LOSS build, default mse, against "
                          "a zero target; SGD)")
     ap.add_argument("--grad", choices=["reverse"], help="also instructions per primal and per pullback")
+    ap.add_argument("--cycles", action="store_true",
+                    help="also ESTIMATED cycles per inference on system-mode targets with a [cycles] table "
+                         "(instructions per mnemonic x the core's per-class cycles; not measured)")
     ap.add_argument("--lr", type=float, default=LEARNING_RATE, help="learning rate of the counted steps")
     args = ap.parse_args(argv)
-    if (args.train or args.grad) and args.no_count:
-        ap.error("--train and --grad count instructions: drop --no-count")
+    if (args.train or args.grad or args.cycles) and args.no_count:
+        ap.error("--train, --grad and --cycles count instructions: drop --no-count")
     targets, models = matrix()
     models = [Path(m) for m in args.model] if args.model else models
     with tempfile.TemporaryDirectory(prefix="edgec-layers-") as tmp:
@@ -423,7 +474,7 @@ def main(argv=None) -> int:
 
             models = models + write(Path(tmp))
         return run(args.target or targets, models, args.json, args.runs, not args.no_count, args.train, args.grad,
-                   args.lr)
+                   args.lr, args.cycles)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ from .errors import InvalidModelError
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 RUN_MODES = ("user", "system", "none")  # qemu-user (or natively), a QEMU board, not runnable here
 INT8_DOTS = ("partial-reduce", "pairs16", "widen16", "reduce", "dsp")  # VectorUnit.int8_dot
+# instruction classes of a profile's [cycles] table (cycles per instruction, an ESTIMATE from
+# the core's documented timings); toolchain/harness/cycles.py puts each mnemonic in one
+CYCLE_CLASSES = ("alu", "load", "store", "load_multiple", "store_multiple", "branch", "mul", "dsp_mac",
+                 "divide", "fp", "fp_mac", "fp_divsqrt", "mve_vector")
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,8 @@ class Profile:
     native_arch: str = _at("run.native_arch", "")
     native_cpu_flags: list = _at("run.native_cpu_flags", [])
     budgets: dict = _at("budgets", {})
+    # class (CYCLE_CLASSES) -> estimated cycles per instruction: cycle estimates (bench --cycles)
+    cycles: dict = _at("cycles", {})
 
     @property
     def vector_unit(self) -> VectorUnit:
@@ -196,6 +202,13 @@ def load_profile(path: Path) -> Profile:
     if len(profile.int8_tile) != 2 or not all(isinstance(v, int) and v >= 1 for v in profile.int8_tile):
         raise InvalidModelError(f"target profile {Path(path).name}: int8_tile must be [pixels, channels], "
                                 f"two positive integers")
+    for cls, value in profile.cycles.items():
+        if cls not in CYCLE_CLASSES:
+            raise InvalidModelError(f"target profile {Path(path).name}: cycles.{cls} is not an instruction class "
+                                    f"(one of {', '.join(CYCLE_CLASSES)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise InvalidModelError(f"target profile {Path(path).name}: cycles.{cls} must be a positive number "
+                                    f"of cycles per instruction, not {value!r}")
     if profile.run_mode == "system" and not profile.board:
         raise InvalidModelError(f"target profile {Path(path).name}: run.mode = \"system\" needs run.board "
                                 f"(a board of firmware/boards.toml)")

@@ -1,7 +1,7 @@
 """Guest instructions per inference, counted by the project's own QEMU TCG plugins
 (runtime/insn_count_plugin.c: the whole program; runtime/insn_profile_plugin.c: per
-address range, i.e. per node function of a profiling build; built on the host the first
-time each is needed).
+address range, i.e. per node function of a profiling build; runtime/insn_mnemonic_plugin.c:
+per mnemonic, read by cycles.py; built on the host the first time each is needed).
 
 Wall time under emulation says little about real hardware and is noisy; the number of
 guest instructions is exact and repeatable. The harness is run with N inferences and
@@ -72,24 +72,32 @@ def qemu_command(profile: Profile) -> list[str]:
     return [qemu, "-cpu", profile.qemu_cpu]
 
 
-def count_once(exe: Path, profile: Profile, inputs, output_specs, runs: int, timeout: float = 600,
-               env: dict | None = None) -> int:
-    plugin = build_plugin()
+def run_with_plugin(exe: Path, profile: Profile, inputs, output_specs, runs: int, source: Path = PLUGIN_SOURCE,
+                    args: str = "", timeout: float = 600, env: dict | None = None) -> str:
+    """One run of a program (qemu-user) or board image (system mode) under the plugin built
+    from `source`, given out=REPORT and `args` ("key=value,..."); returns the report's text."""
+    plugin = build_plugin(source)
     with tempfile.TemporaryDirectory(prefix="edgec-insn-") as tmp:
         report = Path(tmp) / "count.txt"
+        spec = f"{plugin},out={report}" + (f",{args}" if args else "")
         if profile.run_mode == "system":  # a QEMU board: the image carries its inputs
-            run_system(exe, profile, output_specs, runs=runs, timeout=timeout,
-                       qemu_extra=["-plugin", f"{plugin},out={report}"])
+            run_system(exe, profile, output_specs, runs=runs, timeout=timeout, qemu_extra=["-plugin", spec])
         else:
-            prefix = qemu_command(profile) + ["-plugin", f"{plugin},out={report}"]
+            prefix = qemu_command(profile) + ["-plugin", spec]
             run_model(exe, profile, inputs, output_specs, runs=runs, prefix=prefix,
                       env={**(env or {}), "EDGEC_UNTIMED": "1"}, timeout=timeout, fixed_layout=True)
         if not report.is_file():
-            raise HarnessError(f"the instruction-count plugin wrote no report under {profile.qemu}")
-        key, _, value = report.read_text().partition(":")
-        if key.strip() != "insns":
-            raise HarnessError(f"unexpected plugin report: {report.read_text()!r}")
-        return int(value)
+            raise HarnessError(f"the plugin {source.name} wrote no report under {profile.qemu}")
+        return report.read_text()
+
+
+def count_once(exe: Path, profile: Profile, inputs, output_specs, runs: int, timeout: float = 600,
+               env: dict | None = None) -> int:
+    text = run_with_plugin(exe, profile, inputs, output_specs, runs, timeout=timeout, env=env)
+    key, _, value = text.partition(":")
+    if key.strip() != "insns":
+        raise HarnessError(f"unexpected plugin report: {text!r}")
+    return int(value)
 
 
 def count_instructions(exe: Path, profile: Profile, inputs, output_specs, runs: int = 5,
