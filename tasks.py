@@ -165,11 +165,12 @@ def cache(c, stats=False, clear=False):
 
 def ensure_qemu():
     """qemu-user runs the non-native targets; qemu-system-arm boots the firmware images and runs
-    the Cortex-M (system-mode) targets;
-    install them or say exactly how."""
-    if all(shutil.which(b) for b in ("qemu-aarch64", "qemu-riscv64", "qemu-system-aarch64", "qemu-system-arm")):
+    the Cortex-M (system-mode) targets; llvm's llvm-mc names the Armv8.1-M instructions QEMU's
+    disassembler cannot (bench --cycles on cortex-m55); install them or say exactly how."""
+    if all(shutil.which(b) for b in ("qemu-aarch64", "qemu-riscv64", "qemu-system-aarch64", "qemu-system-arm",
+                                     "llvm-mc")):
         return
-    packages = ["qemu-user", "qemu-system-arm"]
+    packages = ["qemu-user", "qemu-system-arm", "llvm"]
     how = f"sudo apt-get update && sudo apt-get install -y {' '.join(packages)}"
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
     if sudo and not shutil.which("sudo"):

@@ -62,7 +62,6 @@ def test_the_rule_table_covers_exactly_the_profile_classes():
     assert "mve_vector" in get_profile("cortex-m55").cycles
 
 
-@pytest.mark.skipif(llvm_mc() is None, reason="llvm-mc is not installed")
 def test_encodings_qemu_cannot_name_are_decoded_for_the_profile():
     """capstone 4 shows an MVE vector load as ldc and an fma by a scalar as .byte; the plugin
     keeps their bytes (QEMU may have fetched a halfword past the instruction)."""
