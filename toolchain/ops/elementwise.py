@@ -187,7 +187,7 @@ def _gelu_jvp(b, n, t):
 # op -> (b, node, dy) -> dx: the reverse-mode rule of each differentiable unary op, written
 # with the op's own output where that is cheaper to keep than its input
 UNARY_VJP = {
-    "Relu": lambda b, n, g: b.op("Mul", [g, b.op("Sign", [_y(b, n)])]),
+    "Relu": lambda b, n, g: b.op(RELU_GRAD, [g, _y(b, n)]),
     "Sigmoid": lambda b, n, g: b.op("Mul", [g, b.op("Mul", [_y(b, n), b.op("Sub", [b.scalar(1.0), _y(b, n)])])]),
     "Tanh": lambda b, n, g: b.op("Mul", [g, b.op("Sub", [b.scalar(1.0), b.op("Mul", [_y(b, n), _y(b, n)])])]),
     "Exp": lambda b, n, g: b.op("Mul", [g, _y(b, n)]),
@@ -544,6 +544,12 @@ def _pow_by_constant(e: float):
 
 
 register(*BINARY)(Binary)
+
+# Relu's derivative: dy where the output is positive, else 0. One op (a binary epilogue the
+# producer of dy fuses into its store, reading the output), not Sign and Mul passes.
+RELU_GRAD = "edgec.ReluGrad"
+BINARY[RELU_GRAD] = (lambda g, y: np.where(y > 0, g, np.zeros_like(g)), lambda k, g, y: k.select(y > 0.0, g, 0.0))
+register(RELU_GRAD, internal=True)(Binary)
 
 
 class Compare(Op):
