@@ -352,7 +352,10 @@ class Kernel:
             yield
 
     def bitcast(self, x: Expr, ty) -> Expr:
-        """The same bits read as another type of the same width (float <-> int)."""
+        """The same bits read as another type of the same width (float <-> int), lane by
+        lane for a vector."""
+        if isinstance(x.v.type, ir.VectorType) and not isinstance(ty, ir.VectorType):
+            ty = ir.VectorType(ty, x.v.type.count)
         return Expr(self, self.b.bitcast(x.v, ty))
 
     def alloca(self, ty) -> ir.Value:

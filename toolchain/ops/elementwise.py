@@ -82,7 +82,7 @@ UNARY = {
     "Tanh": F(lambda x, a: np.tanh(x), lambda k, x, a: m.tanh(k, x), dtypes=FLOATS),
     "Erf": F(lambda x, a: _erf_np(x), lambda k, x, a: m.erf(k, x), dtypes=FLOATS),
     "Gelu": F(lambda x, a: _gelu_np(x, a["approximate"]), _gelu, {"approximate": "none"}, dtypes=FLOATS),
-    "Exp": F(lambda x, a: np.exp(x.astype(np.float64)), lambda k, x, a: m.exp(k, x), dtypes=FLOATS),
+    "Exp": F(lambda x, a: np.exp(x.astype(np.float64)), lambda k, x, a: m.exp(k, x), dtypes=FLOATS, vector_safe=True),
     "Log": F(lambda x, a: np.log(x.astype(np.float64)), lambda k, x, a: m.log(k, x), dtypes=FLOATS),
     "Sqrt": F(lambda x, a: np.sqrt(x), lambda k, x, a: k.sqrt(x), dtypes=FLOATS),
     "Neg": F(lambda x, a: -x, lambda k, x, a: -x, dtypes=NUMERIC, vector_safe=True),
