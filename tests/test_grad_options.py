@@ -155,9 +155,11 @@ def test_recompute_matches_save_with_fewer_residual_bytes(model, runs):
     assert gs["residuals"]["sizes"] == gr["residuals"]["sizes"] == {"save": gs["residuals"]["size"],
                                                                      "recompute": gr["residuals"]["size"]}
     assert gr["residuals"]["size"] < gs["residuals"]["size"]
-    # the pullback does the forward work again (more MACs), in a larger arena
+    # the pullback does the forward work again (more MACs), in an arena at least as large (the
+    # recomputed values live there; the save pullback's own peak may be as high: the CNN's
+    # weight gradients by tap hold a channels-last copy of the input)
     assert gr["macs"]["pullback"] > gs["macs"]["pullback"]
-    assert gr["arenas"]["pullback"]["size"] > gs["arenas"]["pullback"]["size"]
+    assert gr["arenas"]["pullback"]["size"] >= gs["arenas"]["pullback"]["size"]
     assert rec["arena"]["size"] == max(a["size"] for a in gr["arenas"].values())
 
 

@@ -153,16 +153,19 @@ CONVS = {  # name: (x shape, W shape, attrs, the pullback's convolution nodes)
     "depthwise-3x3": ((1, 6, 5, 4), (6, 1, 3, 3), {"group": 6, "pads": [1, 1, 1, 1]}, {"Conv"}),
     "grouped-dilated": ((2, 4, 7, 5), (6, 2, 3, 2), {"group": 2, "dilations": [2, 1], "pads": [1, 0, 2, 1]},
                         {"Conv"}),
-    "full-3x3-uneven-pads": ((2, 3, 6, 5), (4, 3, 3, 3), {"pads": [2, 1, 0, 1]}, {"Conv"}),
-    "stride-2": ((1, 3, 6, 5), (4, 3, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}, {"Conv"}),
+    "full-3x3-uneven-pads": ((2, 3, 6, 5), (4, 3, 3, 3), {"pads": [2, 1, 0, 1]}, {"Conv", "Gemm"}),
+    "stride-2": ((1, 3, 6, 5), (4, 3, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}, {"Conv", "Gemm"}),
     "stride-2-depthwise-odd": ((1, 4, 7, 9), (4, 1, 3, 3), {"strides": [2, 2], "group": 4, "pads": [1, 1, 1, 1]},
                                {"Conv"}),
-    "stride-2x1-uneven": ((2, 3, 8, 5), (2, 3, 3, 2), {"strides": [2, 1], "pads": [0, 1, 1, 0]}, {"Conv"}),
-    "stride-3": ((1, 2, 9, 7), (3, 2, 3, 3), {"strides": [3, 3], "pads": [1, 1, 1, 1]}, {"Conv", "ConvTranspose"}),
+    "stride-2x1-uneven": ((2, 3, 8, 5), (2, 3, 3, 2), {"strides": [2, 1], "pads": [0, 1, 1, 0]}, {"Conv", "Gemm"}),
+    "stride-3": ((1, 2, 9, 7), (3, 2, 3, 3), {"strides": [3, 3], "pads": [1, 1, 1, 1]}, {"Gemm", "ConvTranspose"}),
+    "grouped-stride-2": ((1, 4, 7, 6), (4, 2, 3, 3), {"strides": [2, 2], "group": 2, "pads": [1, 1, 1, 1]}, {"Conv"}),
     "taps-3x3": ((2, 4, 6, 5), (3, 4, 3, 3), {"pads": [2, 1, 0, 1]}, {"Conv", "Gemm"}),
     "taps-stride-2-dilated": ((1, 5, 9, 8), (3, 5, 2, 3), {"strides": [2, 2], "dilations": [1, 2], "pads": [1, 0, 1, 2]},
                               {"Gemm", "Conv"}),
-    "pad-wider-than-kernel": ((1, 3, 4, 4), (2, 3, 1, 1), {"pads": [1, 1, 1, 1]}, {"Conv", "ConvTranspose"}),
+    "pad-wider-than-kernel": ((1, 3, 4, 4), (2, 3, 1, 1), {"pads": [1, 1, 1, 1]}, {"Gemm", "ConvTranspose"}),
+    "stem-3-channels": ((1, 3, 8, 7), (4, 3, 3, 3), {"pads": [1, 1, 1, 1]}, {"Conv", "Gemm"}),
+    "pointwise-stride-2": ((1, 4, 7, 6), (3, 4, 1, 1), {"strides": [2, 2]}, {"Conv", "Gemm"}),
 }
 
 
@@ -174,8 +177,7 @@ def _conv_model(case):
 @pytest.mark.parametrize("case", list(CONVS))
 def test_conv_rules_match_finite_differences(case):
     """The rewritten rules against central differences; stride 1 needs no ConvTranspose,
-    a pointwise weight gradient is a Gemm, a small ungrouped kernel's (4 or more input
-    channels) a Gemm per tap; stride 2 is the stride-1 form over the cotangent spread out
+    a pointwise weight gradient is a Gemm, a small ungrouped kernel's a Gemm per tap; stride 2 is the stride-1 form over the cotangent spread out
     with zeros; stride 3 and padding wider than the kernel keep the ConvTranspose."""
     m = _conv_model(case)
     check_vjp(m)
@@ -185,7 +187,8 @@ def test_conv_rules_match_finite_differences(case):
 
 @pytest.mark.parametrize("case", ["pointwise-batch2", "depthwise-3x3", "grouped-dilated", "full-3x3-uneven-pads",
                                   "taps-3x3", "taps-stride-2-dilated", "stride-2", "stride-2-depthwise-odd",
-                                  "stride-2x1-uneven"])
+                                  "stride-2x1-uneven", "stem-3-channels", "pointwise-stride-2",
+                                  "pad-wider-than-kernel"])
 def test_compiled_conv_gradients_match_the_definition(case):
     """The compiled pullback (host, in-process) against the gradients by definition."""
     from toolchain import compile_grad

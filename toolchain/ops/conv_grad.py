@@ -96,18 +96,20 @@ def pointwise_weight_grad(b, x, g, xs, ws, strides, dilations, pads, groups):
     return b.reshape(gw, ws)
 
 
-# weight_grad_by_taps: kernels of at most this many taps, at least this many input channels
-TAPS_MAX, CHANNELS_MIN = 25, 4
+# weight_grad_by_taps: kernels of at most this many taps
+TAPS_MAX = 25
 
 
 def weight_grad_by_taps(b, x, g, xs, ws, ys, strides, dilations, pads, groups):
     """dw of an ungrouped 2-D Conv with a small kernel (ResNet's 3x3s over 32x32 maps, whose
-    weight-gradient Conv has a 32x32 "kernel" and runs as the plain loop nest), as one Gemm
-    per tap: dw[:, :, t] = dy (O x P) times x_t (C x P) transposed, x_t the padded input
-    seen from tap t (a strided Slice), P the batch times the output positions."""
+    weight-gradient Conv has a 32x32 "kernel" and runs as the plain loop nest; its 3-channel
+    stem; a strided 1x1 shortcut), as one Gemm per tap: dw[:, :, t] = dy (O x P) times x_t
+    (P x C), x_t the padded input seen from tap t, P the batch times the output positions.
+    The input is transposed to channels-last once, so each x_t is a strided Slice of it
+    already in the layout the Gemm's register tile reads (P x C, not C x P transposed)."""
     rank = len(xs) - 2
     taps = int(np.prod(ws[2:]))
-    if groups != 1 or rank != 2 or not 1 < taps <= TAPS_MAX or ws[1] < CHANNELS_MIN:
+    if groups != 1 or rank != 2 or taps > TAPS_MAX:
         return None
     n, c, o = xs[0], xs[1], ws[0]
     positions = n * int(np.prod(ys[2:]))
@@ -115,11 +117,12 @@ def weight_grad_by_taps(b, x, g, xs, ws, ys, strides, dilations, pads, groups):
     xp = x
     if any(pads):
         xp = b.op("Pad", [x], pads=[0, 0, *pads[:rank], 0, 0, *pads[rank:]], mode="constant", value=0.0)
+    last = b.op("Transpose", [xp], perm=[0, 2, 3, 1])  # (N, H, W, C)
     dy = _channel_rows(b, g, o, positions)
     cols = []
     for tap in np.ndindex(*ws[2:]):
-        xt = b.op("Slice", [xp], begin=[0, 0] + [tap[i] * dilations[i] for i in range(rank)],
-                  step=[1, 1, *strides], count=[n, c, *ys[2:]])
-        gw = b.op("Gemm", [dy, _channel_rows(b, xt, c, positions)], alpha=1.0, beta=1.0, transA=0, transB=1)
+        xt = b.op("Slice", [last], begin=[0] + [tap[i] * dilations[i] for i in range(rank)] + [0],
+                  step=[1, *strides, 1], count=[n, *ys[2:], c])
+        gw = b.op("Gemm", [dy, b.reshape(xt, (positions, c))], alpha=1.0, beta=1.0, transA=0, transB=0)
         cols.append(b.reshape(gw, (o, c, 1)))
     return b.reshape(b.op("Concat", cols, axis=2), ws)

@@ -303,10 +303,26 @@ class AveragePool(_Pool):
         g = b.op("Mul", [cotangents[0], b.g.const("inv_count", (1.0 / divisor).astype(np.float32)
                                                  .reshape((1, 1) + tuple(ys[2:])))])
         span = [(ys[2 + i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 for i in range(rank)]
+        if list(s) == list(k) and not any(p) and all(v == 1 for v in d):  # windows tile the input
+            return [_spread_tiles(b, g, xs, ys, k)]
         ones = b.g.const("ones", np.ones((xs[1], 1, *k), np.float32))
         return [b.op("ConvTranspose", [g, ones], group=xs[1], kernel_shape=list(k), strides=list(s),
                      dilations=list(d), output_padding=[xs[2 + i] + p[i] + p[rank + i] - span[i] for i in range(rank)],
                      pads=list(p))]
+
+
+def _spread_tiles(b, g, xs, ys, k):
+    """Each element of g repeated over its window, where the windows tile the input (stride =
+    kernel, no padding): a broadcast, not a ConvTranspose; the input's last rows and
+    columns no window reaches get 0."""
+    rank = len(k)
+    tiled = b.op("Expand", [b.reshape(g, (*ys[:2], *[v for i in range(rank) for v in (ys[2 + i], 1)]))],
+                 shape=[*ys[:2], *[v for i in range(rank) for v in (ys[2 + i], k[i])]])
+    out = b.reshape(tiled, (*ys[:2], *[ys[2 + i] * k[i] for i in range(rank)]))
+    rest = [xs[2 + i] - ys[2 + i] * k[i] for i in range(rank)]
+    if any(rest):
+        out = b.op("Pad", [out], pads=[0] * (2 + rank) + [0, 0, *rest], mode="constant", value=0.0)
+    return out
 
 
 @register("GlobalAveragePool", "GlobalMaxPool")
