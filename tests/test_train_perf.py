@@ -160,6 +160,8 @@ CONVS = {  # name: (x shape, W shape, attrs, the pullback's convolution nodes)
     "stride-2x1-uneven": ((2, 3, 8, 5), (2, 3, 3, 2), {"strides": [2, 1], "pads": [0, 1, 1, 0]}, {"Conv", "Gemm"}),
     "stride-3": ((1, 2, 9, 7), (3, 2, 3, 3), {"strides": [3, 3], "pads": [1, 1, 1, 1]}, {"Gemm", "ConvTranspose"}),
     "grouped-stride-2": ((1, 4, 7, 6), (4, 2, 3, 3), {"strides": [2, 2], "group": 2, "pads": [1, 1, 1, 1]}, {"Conv"}),
+    "stride-2-5x5": ((1, 4, 9, 8), (3, 4, 5, 5), {"strides": [2, 2], "pads": [2, 1, 2, 2]}, {"Conv", "Gemm"}),
+    "stride-2-even-kernel": ((1, 4, 6, 7), (2, 4, 2, 2), {"strides": [2, 2]}, {"Conv", "Gemm"}),
     "taps-3x3": ((2, 4, 6, 5), (3, 4, 3, 3), {"pads": [2, 1, 0, 1]}, {"Conv", "Gemm"}),
     "taps-stride-2-dilated": ((1, 5, 9, 8), (3, 5, 2, 3), {"strides": [2, 2], "dilations": [1, 2], "pads": [1, 0, 1, 2]},
                               {"Gemm", "Conv"}),
@@ -177,8 +179,10 @@ def _conv_model(case):
 @pytest.mark.parametrize("case", list(CONVS))
 def test_conv_rules_match_finite_differences(case):
     """The rewritten rules against central differences; stride 1 needs no ConvTranspose,
-    a pointwise weight gradient is a Gemm, a small ungrouped kernel's a Gemm per tap; stride 2 is the stride-1 form over the cotangent spread out
-    with zeros; stride 3 and padding wider than the kernel keep the ConvTranspose."""
+    a pointwise weight gradient is a Gemm, a small ungrouped kernel's a Gemm per tap; stride
+    2 is a stride-1 Conv per phase of the input (with a dilation, the stride-1 form over the
+    cotangent spread out with zeros); stride 3 and padding wider than the kernel keep the
+    ConvTranspose."""
     m = _conv_model(case)
     check_vjp(m)
     prog = reverse(import_model(m), ["W"])
@@ -188,7 +192,7 @@ def test_conv_rules_match_finite_differences(case):
 @pytest.mark.parametrize("case", ["pointwise-batch2", "depthwise-3x3", "grouped-dilated", "full-3x3-uneven-pads",
                                   "taps-3x3", "taps-stride-2-dilated", "stride-2", "stride-2-depthwise-odd",
                                   "stride-2x1-uneven", "stem-3-channels", "pointwise-stride-2",
-                                  "pad-wider-than-kernel"])
+                                  "pad-wider-than-kernel", "grouped-stride-2", "stride-2-5x5", "stride-2-even-kernel"])
 def test_compiled_conv_gradients_match_the_definition(case):
     """The compiled pullback (host, in-process) against the gradients by definition."""
     from toolchain import compile_grad

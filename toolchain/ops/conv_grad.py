@@ -27,16 +27,7 @@ def input_grad_as_conv(b, g, w, xs, ws, groups, strides, dilations, pads):
     new_pads = [span[i] - pads[i] for i in range(rank)] + [span[i] - pads[rank + i] for i in range(rank)]
     if min(new_pads) < 0:  # padding wider than the kernel: no such Conv; the general form
         return None
-    o, cg = ws[0], ws[1]
-    m = o // groups
-    wt = w
-    if m > 1 or cg > 1:  # (g*m, cg, k) -> (g*cg, m, k): channels swapped within each group
-        if groups == 1:
-            wt = b.op("Transpose", [w], perm=[1, 0, *range(2, rank + 2)])
-        else:
-            wt = b.reshape(w, (groups, m, cg, *k))
-            wt = b.op("Transpose", [wt], perm=[0, 2, 1, *range(3, rank + 3)])
-            wt = b.reshape(wt, (groups * cg, m, *k))
+    wt = _swapped(b, w, ws, groups)
     flip = [i for i in range(rank) if k[i] > 1]
     if flip:
         shape = wt.type.shape
@@ -44,6 +35,77 @@ def input_grad_as_conv(b, g, w, xs, ws, groups, strides, dilations, pads):
                   step=[1, 1] + [-1 if i in flip else 1 for i in range(rank)], count=list(shape))
     return b.op("Conv", [g, wt], group=groups, kernel_shape=k, strides=[1] * rank, dilations=list(dilations),
                 pads=new_pads)
+
+
+def _swapped(b, w, ws, groups):
+    """(groups * m, cg, k...) -> (groups * cg, m, k...): the weights' channels swapped within
+    each group (the input gradient's Conv reads output channels and writes input ones)."""
+    rank = len(ws) - 2
+    o, cg, k = ws[0], ws[1], list(ws[2:])
+    m = o // groups
+    if m == 1 and cg == 1:
+        return w
+    if groups == 1:
+        return b.op("Transpose", [w], perm=[1, 0, *range(2, rank + 2)])
+    wt = b.reshape(w, (groups, m, cg, *k))
+    wt = b.op("Transpose", [wt], perm=[0, 2, 1, *range(3, rank + 3)])
+    return b.reshape(wt, (groups * cg, m, *k))
+
+
+def _phase(k_, s, p, x, y, r):
+    """Along one axis, the inputs s * a + r (a < ceil(x / s)) of a Conv of kernel k_, stride s,
+    begin pad p: the taps that reach them (every s-th from q), and the stride-1 window over
+    the cotangent that gives them: (q, taps, begin pad, end pad) of a Conv with those taps
+    reversed. Pads may be negative (the cotangent then cropped)."""
+    q = (r + p) % s
+    taps = len(range(q, k_, s))
+    c = (r + p - q) // s
+    a = -(-x // s)
+    begin = taps - 1 - c
+    return q, taps, begin, a + taps - 1 - begin - y
+
+
+def subpixel_input_grad(b, g, w, xs, ws, groups, strides, dilations, pads):
+    """dx of a 2-D Conv of stride 2 (in either axis) as one stride-1 Conv per phase of the
+    input (its even and odd rows and columns), each over the cotangent with the taps that
+    reach that phase, the phases interleaved back: every MAC of the ConvTranspose and no
+    more, in the scheduled kernels. None for other ranks, strides or dilations."""
+    rank = len(xs) - 2
+    if rank != 2 or any(s not in (1, 2) for s in strides) or all(s == 1 for s in strides) or any(
+            d != 1 for d in dilations):
+        return None
+    n, o = g.type.shape[:2]
+    c_in = xs[1]
+    ys = g.type.shape[2:]
+    sw = _swapped(b, w, ws, groups)
+    tall = [-(-xs[2 + i] // strides[i]) for i in range(rank)]  # each phase's output length
+    rows = []
+    for ry in range(strides[0]):
+        cols = []
+        for rx in range(strides[1]):
+            ph = [_phase(ws[2 + i], strides[i], pads[i], xs[2 + i], ys[i], (ry, rx)[i]) for i in range(rank)]
+            if any(t == 0 for _, t, _, _ in ph):  # no tap reaches these inputs: their gradient is 0
+                out = b.g.const("zero", np.zeros((n, c_in, *tall), np.float32))
+            else:
+                sub = b.op("Slice", [sw], begin=[0, 0] + [q + strides[i] * (t - 1) for i, (q, t, _, _) in enumerate(ph)],
+                           step=[1, 1] + [-strides[i] for i in range(rank)],
+                           count=list(sw.type.shape[:2]) + [t for _, t, _, _ in ph])
+                src = g
+                if min(v for _, _, bp, ep in ph for v in (bp, ep)) < 0:  # a negative pad crops the cotangent
+                    crop = [(max(-bp, 0), ys[i] - max(-ep, 0)) for i, (_, _, bp, ep) in enumerate(ph)]
+                    src = b.op("Slice", [g], begin=[0, 0] + [lo for lo, _ in crop], step=[1] * (2 + rank),
+                               count=[n, o] + [hi - lo for lo, hi in crop])
+                out = b.op("Conv", [src, sub], group=groups, kernel_shape=[t for _, t, _, _ in ph],
+                           strides=[1] * rank, dilations=[1] * rank,
+                           pads=[max(bp, 0) for _, _, bp, _ in ph] + [max(ep, 0) for _, _, _, ep in ph])
+            cols.append(b.reshape(out, (n, c_in, tall[0], 1, tall[1], 1)))
+        rows.append(b.op("Concat", cols, axis=5) if len(cols) > 1 else cols[0])
+    woven = b.op("Concat", rows, axis=3) if len(rows) > 1 else rows[0]
+    full = [tall[i] * strides[i] for i in range(rank)]
+    dx = b.reshape(woven, (n, c_in, *full))
+    if full != list(xs[2:]):
+        dx = b.op("Slice", [dx], begin=[0] * (2 + rank), step=[1] * (2 + rank), count=list(xs))
+    return dx
 
 
 def strided_input_grad_as_conv(b, g, w, xs, ws, groups, strides, dilations, pads):

@@ -17,7 +17,8 @@ from ..kernel.tiled_conv import conv2d_channels, conv2d_columns, conv_point, con
 from ..kernel.tiled_matmul import matmul_by_dots, tiled_matmul
 from ..schedules import ConvLayer, conv_schedule, matmul_schedule
 from .base import Op, in_type, invalid, norm_axis, register, unsupported
-from .conv_grad import input_grad_as_conv, pointwise_weight_grad, strided_input_grad_as_conv, weight_grad_by_taps
+from .conv_grad import (input_grad_as_conv, pointwise_weight_grad, strided_input_grad_as_conv, subpixel_input_grad,
+                        weight_grad_by_taps)
 
 # -- convolution ------------------------------------------------------------------
 def resolve_auto_pad(node, in_spatial, kernel, strides, dilations):
@@ -140,8 +141,10 @@ class Conv(Op):
         span = [(ys[2 + i] - 1) * s[i] + (ws[2 + i] - 1) * d[i] + 1 for i in range(rank)]
         out_pad = [xs[2 + i] + p[i] + p[rank + i] - span[i] for i in range(rank)]
         gx = input_grad_as_conv(b, g, b.primal(w), xs, ws, groups, s, d, p)  # stride 1: scheduled
-        if gx is None:
-            gx = strided_input_grad_as_conv(b, g, b.primal(w), xs, ws, groups, s, d, p)  # stride 2 likewise
+        if gx is None:  # stride 2: a stride-1 Conv per phase of the input
+            gx = subpixel_input_grad(b, g, b.primal(w), xs, ws, groups, s, d, p)
+        if gx is None:  # or over the cotangent spread out with zeros (other ranks, dilations)
+            gx = strided_input_grad_as_conv(b, g, b.primal(w), xs, ws, groups, s, d, p)
         if gx is None:
             gx = b.op("ConvTranspose", [g, b.primal(w)], group=groups, kernel_shape=list(ws[2:]), strides=list(s),
                       dilations=list(d), output_padding=out_pad, pads=list(p))
