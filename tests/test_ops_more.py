@@ -306,3 +306,20 @@ def test_lpnormalization_bad_p():
                    {"y": (F, None)})
     with pytest.raises(InvalidModelError, match=r"node 'lp' \(LpNormalization\): p must be 1 or 2"):
         compile_onnx(m, T)
+
+
+@pytest.mark.parametrize("shape, perm, dtype", [
+    ((13, 9), [1, 0], np.float32),  # blocks of 4 and an edge of 1 row and 1 column
+    ((2, 6, 3, 5), [0, 2, 3, 1], np.float32),  # channels-last: 2 x (6 x 15)
+    ((8, 4, 7), [1, 2, 0], np.int32),  # 8 x 28 -> 28 x 8
+    ((5, 12), [1, 0], np.int64),
+    ((4, 9), [1, 0], np.int8),
+    ((3, 4, 5), [0, 2, 1], np.float32),  # edge rows only
+])
+def test_transpose_in_blocks_matches_numpy(shape, perm, dtype, target, workdir):
+    """A Transpose that swaps two groups of axes runs in 4 x 4 blocks of vectors (edges one by one)."""
+    x = (np.arange(np.prod(shape)) * 7 % 251 - 120).reshape(shape).astype(dtype)
+    m = make_model([helper.make_node("Transpose", ["x"], ["y"], perm=perm)], {"x": (dtype, list(shape))},
+                   {"y": (dtype, [shape[p] for p in perm])})
+    got, _, _ = compile_and_run(m, target, {"x": x}, workdir)
+    np.testing.assert_array_equal(got[0], np.transpose(x, perm))
