@@ -156,10 +156,10 @@ def test_activity_no_tangent_work_off_the_differentiated_path():
     assert not any(v is prog.input_tangents[1] for n in prog.graph.nodes for v in n.inputs)
 
 
-def test_tangent_conv_fuses_batchnorm_and_the_relu_mask_is_its_own_buffer():
-    """A tangent node that reads no forward value waits for its first reader: the tangent
-    Gemm gets the BatchNorm folded in as the forward one does, and Relu's mask is computed
-    after it (so it is not alive while the tangent Gemm runs)."""
+def test_tangent_gemm_fuses_batchnorm_and_the_relu_mask_into_its_store():
+    """The tangent Gemm gets the BatchNorm folded in as the forward one does, and Relu's
+    derivative (edgec.ReluGrad: the tangent where the forward output is positive) is fused
+    into its store, reading the forward Gemm's output: no mask buffer, no pass of its own."""
     from toolchain.passes import run_pipeline
 
     m = onnx.load(str(ROOT / "tests" / "models" / "fc_autoencoder.onnx"))
@@ -167,8 +167,10 @@ def test_tangent_conv_fuses_batchnorm_and_the_relu_mask_is_its_own_buffer():
     run_pipeline(prog.graph)
     ops = prog.graph.op_counts()
     assert "BatchNormalization" not in ops and ops["Gemm"] == 20
-    order = [n.op for n in prog.graph.nodes]
-    assert order[:4] == ["Gemm", "Gemm", "Sign", "Mul"]
+    assert not {"Sign", "Mul", "edgec.ReluGrad"} & set(ops)
+    forward_gemm, tangent_gemm = prog.graph.nodes[:2]
+    assert [s.op for s in tangent_gemm.epilogue] == ["edgec.ReluGrad"]
+    assert tangent_gemm.inputs[tangent_gemm.epilogue[0].operand] is forward_gemm.outputs[0]
 
 
 def test_graph_outputs_and_names():
