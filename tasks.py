@@ -184,9 +184,10 @@ def ensure_qemu():
 @task(help={"target": "run only this target's tests (default: all targets)",
             "slow": "also run the long sweeps (full ONNX backend node tests on every target)"})
 def test(c, target=None, slow=False):
-    """Run the test suite: every target, natively or under QEMU."""
+    """Run the test suite: every target, natively or under QEMU, one worker per core
+    (pytest-xdist; a file's tests stay on one worker, so its shared builds are made once)."""
     ensure_qemu()
-    args = [PY, "-m", "pytest", "-q", "-rfE"]
+    args = [PY, "-m", "pytest", "-q", "-rfE", "-n", "auto", "--dist", "loadfile"]
     if target:
         args += ["--target", target]
     if not slow:
