@@ -6,8 +6,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from llvmlite import ir
 
 from ..ir import TensorType
+from ..kernel.llvm import element_align
 from .base import COPY, Op, const_input, in_type, invalid, linear_jvp, norm_axis, register
 
 
@@ -221,10 +223,6 @@ def _blocked_transpose(k, x, y, batch, rows, cols):
     transposed in registers by shuffles (NEON zip/uzp), stored as BLOCK vectors of y; the edge
     rows and columns one element at a time. The plain loop nest reads x with a stride of a
     whole row per element (tens of instructions an element on NEON)."""
-    from llvmlite import ir
-
-    from ..kernel.llvm import Expr, element_align
-
     xs, ys = x.reshape((batch, rows, cols)), y.reshape((batch, cols, rows))
     whole_r, whole_c = rows - rows % BLOCK, cols - cols % BLOCK
 
@@ -244,7 +242,7 @@ def _blocked_transpose(k, x, y, batch, rows, cols):
                     k.b.store(v, ptr).align = element_align(v.type.element)
             with k.loop(cols, start=whole_c) as j:
                 for t in range(BLOCK):
-                    ys[n, j, i0 + t] = Expr(k, xs[n, i0 + t, j].v)
+                    ys[n, j, i0 + t] = xs[n, i0 + t, j]
         with k.loop(rows, start=whole_r) as i:
             with k.loop(cols) as j:
                 ys[n, j, i] = xs[n, i, j]
