@@ -1,14 +1,15 @@
-"""Cheaper shapes for two of Conv's derivative nodes (Conv.vjp), so that the training step
+"""Cheaper shapes for Conv's derivative nodes (Conv.vjp), so that the training step
 runs them through the scheduled kernels instead of plain loops:
 
 - the input gradient of a stride-1 convolution (pointwise, depthwise, any group and
   dilation) as a Conv of the cotangent with the weights flipped in space and their
   channels swapped per group, the cotangent padded by (k - 1) * d - p on each side; the
   weights are run-time parameters in a training step, and the pointwise and depthwise
-  conv schedules read run-time weights; of a stride-2 one likewise, over the cotangent
-  spread out with zeros;
-- the weight gradient of a pointwise convolution (1 x 1, stride 1, no padding, one group)
-  as one Gemm of the cotangent and the input, both as channels x positions.
+  conv schedules read run-time weights; of a stride-2 one (2-D) as one stride-1 Conv per
+  phase of the input, the phases interleaved back (with a dilation or in other ranks: the
+  stride-1 form over the cotangent spread out with zeros);
+- the weight gradient of a small ungrouped kernel as one Gemm per tap (a pointwise
+  convolution's: one Gemm) of the cotangent and the input read channels-last.
 
 Each returns None where it does not apply; the caller then builds the general form."""
 from __future__ import annotations
@@ -143,35 +144,21 @@ def _channel_rows(b, v, channels: int, positions: int):
     return b.reshape(v, (channels, positions))
 
 
-def pointwise_weight_grad(b, x, g, xs, ws, strides, dilations, pads, groups):
-    """dw of a 1 x 1, stride-1, unpadded, ungrouped Conv: dy (O x P) times x (C x P)
-    transposed, P the batch times the positions. x is transposed by a node of its own
-    (one pass over it), so the Gemm runs the register tile along its columns rather
-    than dot products along P (KWS's pointwise weight gradients: 0.61 -> 0.34 insns/MAC)."""
-    if (groups != 1 or any(v != 1 for v in ws[2:]) or any(v != 1 for v in strides)
-            or any(v != 0 for v in pads)):
-        return None
-    n, c, o = xs[0], xs[1], ws[0]
-    positions = n * int(np.prod(xs[2:]))
-    xt = b.op("Transpose", [_channel_rows(b, x, c, positions)], perm=[1, 0])
-    gw = b.op("Gemm", [_channel_rows(b, g, o, positions), xt], alpha=1.0, beta=1.0, transA=0, transB=0)
-    return b.reshape(gw, ws)
-
-
 # weight_grad_by_taps: kernels of at most this many taps
 TAPS_MAX = 25
 
 
 def weight_grad_by_taps(b, x, g, xs, ws, ys, strides, dilations, pads, groups):
-    """dw of an ungrouped 2-D Conv with a small kernel (ResNet's 3x3s over 32x32 maps, whose
-    weight-gradient Conv has a 32x32 "kernel" and runs as the plain loop nest; its 3-channel
-    stem; a strided 1x1 shortcut), as one Gemm per tap: dw[:, :, t] = dy (O x P) times x_t
-    (P x C), x_t the padded input seen from tap t, P the batch times the output positions.
-    The input is transposed to channels-last once, so each x_t is a strided Slice of it
-    already in the layout the Gemm's register tile reads (P x C, not C x P transposed)."""
+    """dw of an ungrouped Conv with a small kernel, as one Gemm per tap: dw[:, :, t] = dy (O x P)
+    times x_t (P x C), x_t the padded input seen from tap t, P the batch times the output
+    positions. A pointwise conv is one Gemm; ResNet's 3x3s over 32x32 maps (whose
+    weight-gradient Conv has a 32x32 "kernel" and runs as the plain loop nest), its 3-channel
+    stem and its strided 1x1 shortcuts are nine or one. The input is transposed to
+    channels-last once, so each x_t is a strided Slice of it (none where the tap sees all of
+    it) already in the layout the Gemm's register tile reads (P x C, not C x P transposed)."""
     rank = len(xs) - 2
     taps = int(np.prod(ws[2:]))
-    if groups != 1 or rank != 2 or taps > TAPS_MAX:
+    if groups != 1 or taps > TAPS_MAX:
         return None
     n, c, o = xs[0], xs[1], ws[0]
     positions = n * int(np.prod(ys[2:]))
@@ -179,12 +166,14 @@ def weight_grad_by_taps(b, x, g, xs, ws, ys, strides, dilations, pads, groups):
     xp = x
     if any(pads):
         xp = b.op("Pad", [x], pads=[0, 0, *pads[:rank], 0, 0, *pads[rank:]], mode="constant", value=0.0)
-    last = b.op("Transpose", [xp], perm=[0, 2, 3, 1])  # (N, H, W, C)
+    last = b.op("Transpose", [xp], perm=[0, *range(2, rank + 2), 1])  # (N, spatial..., C)
     dy = _channel_rows(b, g, o, positions)
     cols = []
     for tap in np.ndindex(*ws[2:]):
-        xt = b.op("Slice", [last], begin=[0] + [tap[i] * dilations[i] for i in range(rank)] + [0],
-                  step=[1, *strides, 1], count=[n, *ys[2:], c])
+        xt = last
+        if any(tap) or list(strides) != [1] * rank or last.type.shape[1:-1] != tuple(ys[2:]):
+            xt = b.op("Slice", [last], begin=[0] + [tap[i] * dilations[i] for i in range(rank)] + [0],
+                      step=[1, *strides, 1], count=[n, *ys[2:], c])
         gw = b.op("Gemm", [dy, b.reshape(xt, (positions, c))], alpha=1.0, beta=1.0, transA=0, transB=0)
         cols.append(b.reshape(gw, (o, c, 1)))
-    return b.reshape(b.op("Concat", cols, axis=2), ws)
+    return b.reshape(b.op("Concat", cols, axis=2) if len(cols) > 1 else cols[0], ws)

@@ -17,7 +17,7 @@ from ..kernel.tiled_conv import conv2d_channels, conv2d_columns, conv_point, con
 from ..kernel.tiled_matmul import matmul_by_dots, tiled_matmul
 from ..schedules import ConvLayer, conv_schedule, matmul_schedule
 from .base import Op, in_type, invalid, norm_axis, register, unsupported
-from .conv_grad import (input_grad_as_conv, pointwise_weight_grad, strided_input_grad_as_conv, subpixel_input_grad,
+from .conv_grad import (input_grad_as_conv, strided_input_grad_as_conv, subpixel_input_grad,
                         weight_grad_by_taps)
 
 # -- convolution ------------------------------------------------------------------
@@ -131,8 +131,9 @@ class Conv(Op):
     def vjp(self, b, node, cotangents):
         """dx: ConvTranspose of dy with the same weights; dw: a Conv over the input with
         batch and channels swapped (strides and dilations trade places), dy as its kernel.
-        With stride 1, dx is a Conv (flipped, channel-swapped weights), and a pointwise
-        conv's dw one Gemm (ops/conv_grad.py): the scheduled kernels run them."""
+        With stride 1, dx is a Conv (flipped, channel-swapped weights), with stride 2 a Conv
+        per phase of the input, and a small ungrouped kernel's dw a Gemm per tap
+        (ops/conv_grad.py): the scheduled kernels run them."""
         a, g = node.attrs, cotangents[0]
         groups = a["group"]
         x, w = node.inputs[:2]
@@ -148,9 +149,7 @@ class Conv(Op):
         if gx is None:
             gx = b.op("ConvTranspose", [g, b.primal(w)], group=groups, kernel_shape=list(ws[2:]), strides=list(s),
                       dilations=list(d), output_padding=out_pad, pads=list(p))
-        gw = pointwise_weight_grad(b, b.primal(x), g, xs, ws, s, d, p, groups)  # one Gemm
-        if gw is None:  # a small ungrouped kernel: a Gemm per tap
-            gw = weight_grad_by_taps(b, b.primal(x), g, xs, ws, ys, s, d, p, groups)
+        gw = weight_grad_by_taps(b, b.primal(x), g, xs, ws, ys, s, d, p, groups)  # a Gemm per tap
         if gw is not None:
             grads = [gx, gw]
             if len(node.inputs) > 2 and node.inputs[2] is not None:
