@@ -90,7 +90,7 @@ def fuzz(c, graphs=2000, mutations=1000, seed=0, minutes=60, json=None):
 def compare(c, target=None, model=None, input=None, dim=None, json=None):
     """Per-layer differences on the target against onnxruntime (every intermediate tensor:
     max abs/rel error, cosine), the first node out of tolerance; non-zero exit if the outputs differ."""
-    ensure_qemu()
+    ensure_tools()
     args = [PY, "-m", "toolchain", "compare"]
     for flag, value in (("--target", target), ("--model", model), ("--input", input), ("--json", json)):
         if value is not None:
@@ -163,22 +163,23 @@ def cache(c, stats=False, clear=False):
     sys.exit(subprocess.call([PY, "-m", "toolchain.cache", "--clear" if clear else "--stats"]))
 
 
-def ensure_qemu():
+def ensure_tools():
     """qemu-user runs the non-native targets; qemu-system-arm boots the firmware images and runs
     the Cortex-M (system-mode) targets; llvm's llvm-mc names the Armv8.1-M instructions QEMU's
     disassembler cannot (bench --cycles on cortex-m55); install them or say exactly how."""
-    if all(shutil.which(b) for b in ("qemu-aarch64", "qemu-riscv64", "qemu-system-aarch64", "qemu-system-arm",
-                                     "llvm-mc")):
+    missing = [b for b in ("qemu-aarch64", "qemu-riscv64", "qemu-system-aarch64", "qemu-system-arm", "llvm-mc")
+               if not shutil.which(b)]
+    if not missing:
         return
     packages = ["qemu-user", "qemu-system-arm", "llvm"]
     how = f"sudo apt-get update && sudo apt-get install -y {' '.join(packages)}"
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
     if sudo and not shutil.which("sudo"):
-        sys.exit(f"qemu is missing; run: {how}")
+        sys.exit(f"{', '.join(missing)} missing; run: {how}")
     print(f"installing {' '.join(packages)} with apt-get")
     if (subprocess.call(sudo + ["apt-get", "update", "-qq"]) != 0
             or subprocess.call(sudo + ["apt-get", "install", "-y", "-qq", *packages]) != 0):
-        sys.exit(f"could not install qemu; run: {how}")
+        sys.exit(f"could not install {' '.join(packages)}; run: {how}")
 
 
 @task(help={"target": "run only this target's tests (default: all targets)",
@@ -186,7 +187,7 @@ def ensure_qemu():
 def test(c, target=None, slow=False):
     """Run the test suite: every target, natively or under QEMU, one worker per core
     (pytest-xdist; a file's tests stay on one worker, so its shared builds are made once)."""
-    ensure_qemu()
+    ensure_tools()
     args = [PY, "-m", "pytest", "-q", "-rfE", "-n", "auto", "--dist", "loadfile"]
     if target:
         args += ["--target", target]
@@ -210,7 +211,7 @@ def bench(c, target=None, model=None, json=None, runs=20, layers=False, train=Fa
     time (emulated, or native next to onnxruntime), correctness against onnxruntime; with
     --train / --grad reverse, instructions per training step / primal + pullback too; with
     --cycles, estimated cycles on the Cortex-M boards."""
-    ensure_qemu()
+    ensure_tools()
     args = [PY, "-m", "toolchain.bench", "--runs", str(runs)]
     if train:
         args.append("--train")
@@ -234,7 +235,7 @@ def ci(c, json=None):
     """The whole matrix (ci/matrix.toml): every target x every model, built, run on the
     target's instruction set, compared with onnxruntime; a summary table; non-zero exit
     if any cell fails."""
-    ensure_qemu()
+    ensure_tools()
     args = [PY, "-m", "toolchain.bench", "--runs", "5"]
     if json:
         args += ["--json", json]
@@ -271,7 +272,7 @@ def size(c, target=None, model=None, name=None, out=None, json=None, html=None, 
 def profile(c, target=None, model=None, json=None, html=None, runs=None, mode=None, diff=None, train=None):
     """Guest instructions per node of the final graph (after fusion), counted under QEMU:
     MACs, insns/MAC, share; a table by cost, JSON, an HTML bar chart, or a diff of two JSONs."""
-    ensure_qemu()
+    ensure_tools()
     args = [PY, "-m", "toolchain", "profile"]
     for flag, value in (("--target", target), ("--model", model), ("--json", json), ("--html", html),
                         ("--runs", runs), ("--mode", mode), ("--train", train)):
