@@ -158,13 +158,19 @@ def onnx_node_cases(module, cls, opset):
 
     import onnx.backend.test.case.node as node_cases
     cls = getattr(importlib.import_module(f"onnx.backend.test.case.node.{module}"), cls)
-    node_cases._NodeTestCases.clear()
-    getattr(node_cases, "_existing_names", {}).clear()
-    for name in dir(cls):
-        if name.startswith("export"):
-            getattr(cls, name)()
-    cases = [c for c in node_cases._NodeTestCases if "expanded" not in c.name]
-    node_cases._NodeTestCases.clear()
+    collected, names_taken = node_cases._NodeTestCases, node_cases._existing_names
+    saved = list(collected), dict(names_taken)
+    collected.clear()
+    names_taken.clear()
+    try:  # onnx keeps its cases in module globals other tests read (node_suite.materialize)
+        for name in dir(cls):
+            if name.startswith("export"):
+                getattr(cls, name)()
+        cases = [c for c in collected if "expanded" not in c.name]
+    finally:
+        collected[:] = saved[0]
+        names_taken.clear()
+        names_taken.update(saved[1])
     nodes, inputs, inits, feeds, want, names = [], {}, {}, {}, [], []
     for j, case in enumerate(cases):
         node = onnx.NodeProto.FromString(case.model.graph.node[0].SerializeToString())
