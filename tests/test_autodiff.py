@@ -55,6 +55,17 @@ OPS = [
     ("reducesum", [node("ReduceSum", ["a", "axes"], keepdims=0)], {"a": (2, 3, 4)}, {}, False, 17),
     ("reducemean", [node("ReduceMean", ["a"], axes=[0, 2], keepdims=1)], {"a": (2, 3, 4)}, {}, False, 17),
     ("reducemean-all", [node("ReduceMean", ["a"], keepdims=0)], {"a": (3, 4)}, {}, False, 17),
+    ("reducemax", [node("ReduceMax", ["a"], axes=[0, 2], keepdims=0)], {"a": (2, 3, 4)}, {}, False, 17),
+    ("reducemax-keepdims", [node("ReduceMax", ["a", "axes"], keepdims=1)], {"a": (2, 3, 4)}, {}, False, 18),
+    ("reducemax-all", [node("ReduceMax", ["a"], keepdims=0)], {"a": (3, 4)}, {}, False, 17),
+    ("reducemin", [node("ReduceMin", ["a"], axes=[1], keepdims=1)], {"a": (2, 3, 4)}, {}, False, 17),
+    ("reducemin-all", [node("ReduceMin", ["a"], keepdims=0)], {"a": (3, 4)}, {}, False, 17),
+    ("reducel2", [node("ReduceL2", ["a"], axes=[1], keepdims=0)], {"a": (2, 3, 4)}, {}, False, 17),
+    ("reducesumsquare", [node("ReduceSumSquare", ["a"], axes=[0, 2], keepdims=1)], {"a": (2, 3, 4)}, {}, False, 17),
+    ("reducelogsumexp", [node("ReduceLogSumExp", ["a"], axes=[2], keepdims=0)], {"a": (2, 3, 4)}, {}, False, 17),
+    ("reducel1", [node("ReduceL1", ["a"], axes=[0], keepdims=1)], {"a": (2, 3, 4)}, {}, False, 17),
+    ("max-3-broadcast", [node("Max", ["a", "b", "c"])], {"a": (2, 3, 4), "b": (3, 1), "c": (4,)}, {}, False, 17),
+    ("min-2", [node("Min", ["a", "b"])], {"a": (3, 4), "b": (3, 4)}, {}, False, 17),
     ("globalaveragepool", [node("GlobalAveragePool", ["a"])], {"a": (2, 3, 4, 5)}, {}, False, 17),
     ("concat", [node("Concat", ["a", "b", "a"], axis=1)], {"a": (2, 3), "b": (2, 4)}, {}, False, 17),
     ("conv", [node("Conv", ["x", "W", "B"], pads=[1, 1, 1, 1])], {"x": (2, 3, 5, 5)},
@@ -166,7 +177,7 @@ def test_activity_only_what_reaches_a_differentiated_output():
     ([node("Cast", ["a"], ["i"], to=6), node("Cast", ["i"], ["y"], to=1)], r"\(Cast\): is not differentiable"),
     ([node("Elu", ["a"])], r"node 'Elu_0' \(Elu\): no derivative rule"),
     ([node("Selu", ["a"], ["l"]), node("Relu", ["l"])], r"\(Selu\): no derivative rule"),
-    ([node("ReduceMax", ["a"], keepdims=0)], r"\(ReduceMax\): no derivative rule"),
+    ([node("ReduceProd", ["a"], keepdims=0)], r"\(ReduceProd\): no derivative rule"),
 ])
 def test_refusals_name_node_and_op(nodes, match):
     m = onnx_model(nodes, {"a": (2, 3)})

@@ -430,7 +430,21 @@ class Binary(Op):
         r = BINARY[self.name][1](k, a, b)
         return r * 0.5 if self.name == "Mean" else r
 
+    def _extreme_masks(self, b, node):
+        """Max/Min: each input's mask (1 where it equals the result, of the result's shape)
+        and their sum, how many inputs share the extreme (ties split evenly, as torch.maximum)."""
+        y, dt = b.primal(node.outputs[0]), node.outputs[0].type.dtype
+        masks = [b.op("Cast", [b.op("Equal", [b.primal(x), y])], to=dt) for x in node.inputs]
+        count = masks[0]
+        for mk in masks[1:]:
+            count = b.op("Add", [count, mk])
+        return masks, count
+
     def vjp(self, b, node, cotangents):
+        if node.op in ("Max", "Min") and node.outputs[0].type.dtype in FLOATS:
+            masks, count = self._extreme_masks(b, node)
+            share = b.op("Div", [cotangents[0], count])
+            return [b.unbroadcast(b.op("Mul", [mk, share]), x.type.shape) for mk, x in zip(masks, node.inputs)]
         if node.op not in ("Add", "Sub", "Mul", "Div", "Pow") or len(node.inputs) != 2:
             return super().vjp(b, node, cotangents)
         g, (x, y) = cotangents[0], node.inputs
@@ -453,6 +467,10 @@ class Binary(Op):
 
     def jvp(self, b, node, tangents):
         """d(x op y) from dx and dy (either may be None), broadcast to the result's shape."""
+        if node.op in ("Max", "Min") and node.outputs[0].type.dtype in FLOATS:
+            masks, count = self._extreme_masks(b, node)
+            dy = b.add([t and b.op("Mul", [mk, t]) for mk, t in zip(masks, tangents)])
+            return [b.op("Div", [dy, count])]
         if node.op not in ("Add", "Sub", "Mul", "Div", "Pow") or len(node.inputs) != 2:
             return super().jvp(b, node, tangents)
         (x, y), (tx, ty), out = node.inputs, tangents, node.outputs[0]

@@ -88,21 +88,55 @@ class Reduce(Op):
         r = _KINDS[node.op][3](x.astype(np.float64), axes)
         return [r.reshape(out).astype(x.dtype)]
 
+    def _slope(self, b, node):
+        """(w, count): dy = sum(w dx) / count over the axes, dx = w dy / count (count None
+        for 1); w of the input's shape, count of the kept shape. Max/Min: w the mask of the
+        elements equal to the result, count how many (ties split evenly, as torch.amax).
+        L2: x / y, 0 where y == 0 (torch's subgradient). None for the ops without a rule."""
+        x, dt = b.primal(node.inputs[0]), node.inputs[0].type.dtype
+        kept, _ = self._shapes(node, x.type.shape)
+        if node.op in ("ReduceMax", "ReduceMin", "ReduceL2", "ReduceLogSumExp"):
+            y = b.reshape(b.primal(node.outputs[0]), kept)
+        if node.op in ("ReduceMax", "ReduceMin"):
+            w = b.op("Cast", [b.op("Equal", [x, y])], to=dt)
+            return w, b.op("ReduceSum", [w], axes=node.attrs["axes"], keepdims=1)
+        if node.op == "ReduceL2":
+            safe = b.op("Where", [b.op("Equal", [y, b.scalar(0.0, dt)]), b.scalar(1.0, dt), y])
+            return b.op("Div", [x, safe]), None
+        if node.op == "ReduceSumSquare":
+            return b.op("Mul", [x, b.scalar(2.0, dt)]), None
+        if node.op == "ReduceLogSumExp":
+            return b.op("Exp", [b.op("Sub", [x, y])]), None
+        if node.op == "ReduceL1":
+            return b.op("Sign", [x]), None
+        return None
+
     def vjp(self, b, node, cotangents):
-        if node.op not in ("ReduceSum", "ReduceMean"):
-            return super().vjp(b, node, cotangents)
         x = node.inputs[0].type
-        kept, _ = self._shapes(node, x.shape)
-        g = b.op("Expand", [b.reshape(cotangents[0], kept)], shape=list(x.shape))
+        linear = node.op in ("ReduceSum", "ReduceMean")
+        slope = None if linear or x.dtype not in _FLOATS else self._slope(b, node)
+        if not linear and slope is None:
+            return super().vjp(b, node, cotangents)
+        g = b.reshape(cotangents[0], self._shapes(node, x.shape)[0])
+        if not linear:
+            w, count = slope
+            return [b.op("Mul", [w, g if count is None else b.op("Div", [g, count])])]
+        g = b.op("Expand", [g], shape=list(x.shape))
         if node.op == "ReduceMean":
             count = int(np.prod([x.shape[a] for a in node.attrs["axes"]], dtype=np.int64))
             g = b.op("Mul", [g, b.scalar(1.0 / count)])
         return [g]
 
     def jvp(self, b, node, tangents):
-        if node.op not in ("ReduceSum", "ReduceMean"):
+        if node.op in ("ReduceSum", "ReduceMean"):
+            return linear_jvp(b, node, tangents)
+        slope = self._slope(b, node) if node.inputs[0].type.dtype in _FLOATS else None
+        if slope is None:
             return super().jvp(b, node, tangents)
-        return linear_jvp(b, node, tangents)
+        w, count = slope
+        dy = b.op("ReduceSum", [b.op("Mul", [w, tangents[0]])], axes=node.attrs["axes"], keepdims=1)
+        dy = dy if count is None else b.op("Div", [dy, count])
+        return [b.reshape(dy, node.outputs[0].type.shape)]
 
     def lower(self, k, node, ins, outs):
         init, step, finish, _ = _KINDS[node.op]
