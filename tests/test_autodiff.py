@@ -129,7 +129,27 @@ def autoencoder():
     return onnx.load(str(ROOT / "tests" / "models" / "fc_autoencoder.onnx"))
 
 
-@pytest.mark.parametrize("make", [mlp, cnn, autoencoder])
+def extremes(seed: int = 13):
+    """Gemm -> the new rules' ops: ReduceMax/Min/L2/LogSumExp/SumSquare/L1 and a variadic
+    broadcasting Max and Min (random weights: no ties)."""
+    rng = np.random.default_rng(seed)
+    half = helper.make_node("Constant", [], ["half"], value=helper.make_tensor("half", 1, [], [0.5]))
+    nodes = [half, node("Gemm", ["x", "W", "B"], ["h"], transB=1),  # (3, 5)
+             node("ReduceMax", ["h"], ["mx"], axes=[1], keepdims=1),
+             node("ReduceMin", ["h"], ["mn"], axes=[0], keepdims=1),
+             node("ReduceL2", ["h"], ["l2"], axes=[1], keepdims=1),
+             node("ReduceLogSumExp", ["h"], ["lse"], axes=[1], keepdims=1),
+             node("ReduceSumSquare", ["h"], ["ss"], axes=[0], keepdims=1),
+             node("ReduceL1", ["h"], ["l1"], axes=[1], keepdims=0),
+             node("Sub", ["lse", "l2"], ["d"]), node("Mul", ["mn", "half"], ["mh"]),
+             node("Max", ["h", "d", "mh"], ["p"]), node("Min", ["p", "ss"], ["q"]),
+             node("Sub", ["q", "mx"], ["r"]), node("Unsqueeze", ["l1", "one"], ["l1k"]), node("Mul", ["r", "l1k"])]
+    one = helper.make_node("Constant", [], ["one"], value=helper.make_tensor("one", 7, [1], [1]))
+    return onnx_model([one] + nodes, {"x": (3, 6)}, {"W": rng.standard_normal((5, 6)).astype(np.float32),
+                                                      "B": rng.standard_normal(5).astype(np.float32)})
+
+
+@pytest.mark.parametrize("make", [mlp, cnn, autoencoder, extremes])
 def test_model_gradients_match_finite_differences(make):
     prog = check_vjp(make(), directions=2)
     assert prog.params  # every float initializer is differentiated
@@ -172,6 +192,36 @@ def test_activity_only_what_reaches_a_differentiated_output():
     assert sorted(n.op for n in prog.pullback.nodes) == ["Mul"]
 
 
+def test_ties_split_the_cotangent_evenly():
+    """ReduceMax over rows with repeated maxima and Max of partly equal inputs: each element
+    equal to the extreme gets the cotangent divided by how many are (torch.amax, torch.maximum)."""
+    x = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [5.0, -1.0, 0.0, 4.0]])
+    m = onnx_model([node("ReduceMax", ["a"], axes=[1], keepdims=0)], {"a": (3, 4)})
+    _, _, _, (ct,), (gx,) = pullback64(m, [x])
+    want = np.array([[0, 0.5, 0.5, 0], [0.25, 0.25, 0.25, 0.25], [1, 0, 0, 0]]) * ct[:, None]
+    np.testing.assert_allclose(gx, want, rtol=1e-15)
+
+    a = np.array([[1.0, 2.0, -3.0], [4.0, 0.0, 7.0]])
+    bb = np.array([[1.0, 5.0, -3.0], [2.0, 0.0, 8.0]])
+    for op, wins in (("Max", a > bb), ("Min", a < bb)):
+        m = onnx_model([node(op, ["a", "b"])], {"a": (2, 3), "b": (2, 3)})
+        _, _, _, (ct,), (ga, gb) = pullback64(m, [a, bb])
+        loses = (a != bb) & ~wins
+        np.testing.assert_allclose(ga, ct * np.where(a == bb, 0.5, wins), rtol=1e-15)
+        np.testing.assert_allclose(gb, ct * np.where(a == bb, 0.5, loses), rtol=1e-15)
+    same = onnx_model([node("Max", ["a", "a"])], {"a": (2, 3)})  # max(a, a) = a: the halves add up to 1
+    _, _, _, (ct,), (ga,) = pullback64(same, [a])
+    np.testing.assert_allclose(ga, ct, rtol=1e-15)
+
+
+def test_reducel2_of_zeros_has_zero_derivative():
+    """A norm of 0 (every reduced element 0): derivative 0 (torch's), not 0/0."""
+    x = np.array([[0.0, 0.0, 0.0], [3.0, 0.0, -4.0]])
+    m = onnx_model([node("ReduceL2", ["a"], axes=[1], keepdims=0)], {"a": (2, 3)})
+    _, _, _, (ct,), (gx,) = pullback64(m, [x])
+    np.testing.assert_allclose(gx, np.array([[0, 0, 0], [0.6, 0, -0.8]]) * ct[:, None], rtol=1e-15)
+
+
 @pytest.mark.parametrize("nodes, match", [
     ([node("Floor", ["a"], ["f"]), node("Add", ["f", "a"])], r"node 'Floor_0' \(Floor\): is not differentiable"),
     ([node("Cast", ["a"], ["i"], to=6), node("Cast", ["i"], ["y"], to=1)], r"\(Cast\): is not differentiable"),
@@ -189,7 +239,7 @@ def _float32(arrays):
     return [np.asarray(a, np.float32) for a in arrays]
 
 
-@pytest.mark.parametrize("make", [mlp, cnn, autoencoder,
+@pytest.mark.parametrize("make", [mlp, cnn, autoencoder, extremes,
                                   pytest.param(REAL["resnet8"], id="resnet8", marks=pytest.mark.slow),
                                   pytest.param(REAL["kws_dscnn"], id="kws_dscnn", marks=pytest.mark.slow),
                                   pytest.param(REAL["mobilenet_vww"], id="mobilenet_vww", marks=pytest.mark.slow)])

@@ -16,7 +16,7 @@ from onnx import helper
 
 from autodiff_helpers import check_jvp, jvp64, onnx_model
 from helpers import ROOT
-from test_autodiff import OPS, _edgec, cnn, mlp, node, w, with_consts
+from test_autodiff import OPS, _edgec, cnn, extremes, mlp, node, w, with_consts
 from toolchain.errors import InvalidModelError, UnsupportedError
 from toolchain.frontend.onnx_import import import_model
 from toolchain.passes.forward import forward
@@ -126,6 +126,27 @@ def test_real_model_jvp_matches_finite_differences(model):
     Step 1e-7, as for reverse mode (fewer ReLU kinks crossed)."""
     prog = check_jvp(REAL[model](), eps=1e-7)
     assert prog.wrt_inputs == [0] and prog.tan_outputs == [0]
+
+
+def test_extremes_model_jvp_matches_finite_differences():
+    """Gemm into every reduction and Max/Min rule at once (test_autodiff.extremes)."""
+    check_jvp(extremes())
+
+
+def test_ties_average_the_tangents():
+    """ReduceMax over rows with repeated maxima and Max of partly equal inputs: the tangent
+    is the mean of the tangents of the elements equal to the extreme."""
+    x = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [5.0, -1.0, 0.0, 4.0]])
+    dx = np.random.default_rng(1).standard_normal(x.shape)
+    m = onnx_model([node("ReduceMax", ["a"], axes=[1], keepdims=1)], {"a": (3, 4)})
+    _, _, (dy,) = jvp64(m, [x], [dx])
+    want = [[(dx[0, 1] + dx[0, 2]) / 2], [dx[1].mean()], [dx[2, 0]]]
+    np.testing.assert_allclose(dy, want, rtol=1e-15)
+    a, b = np.array([[1.0, 2.0, -3.0]]), np.array([[1.0, 5.0, -4.0]])
+    da, db = np.array([[0.3, -1.0, 2.0]]), np.array([[0.7, 4.0, 9.0]])
+    m = onnx_model([node("Max", ["a", "b"])], {"a": (1, 3), "b": (1, 3)})
+    _, _, (dy,) = jvp64(m, [a, b], [da, db])
+    np.testing.assert_allclose(dy, [[0.5, 4.0, 2.0]], rtol=1e-15)
 
 
 def test_models_with_several_inputs_and_outputs():
