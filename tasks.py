@@ -40,11 +40,13 @@ def _exec(args):
             "loss": "training loss: mse (the default) or cross-entropy (class scores against int64 labels)",
             "trainable": "with --train: a glob over initializer names to train (default: every float one)",
             "optimizer": "with --train: sgd (the default) or momentum (v = mu * v + g; p -= lr * v)",
-            "momentum": "with --optimizer momentum: the coefficient mu (default 0.9)"},
+            "momentum": "with --optimizer momentum: the coefficient mu (default 0.9)",
+            "parallel": "also <name>_run_parallel: nodes cut into up to N pieces the caller's threads run"},
       iterable=["dim", "model", "bind"])
 def build(c, target=None, model=None, name=None, out=None, dump_ir=False, dim=None, emit=None,
           flash_budget=None, ram_budget=None, weights=None, grad=None, train=False, loss=None, bind=None,
-          trainable=None, optimizer=None, momentum=None, wrt=None, residuals=None, weights_section=None):
+          trainable=None, optimizer=None, momentum=None, wrt=None, residuals=None, weights_section=None,
+          parallel=None):
     """Compile a model to <out>/<name>.o, lib<name>.a (or <name>.c), <name>.h, <name>.json,
     <name>.cmake and <name>.mk (runs `python -m toolchain build`, the edgec CLI)."""
     args = [PY, "-m", "toolchain", "build"]
@@ -52,7 +54,8 @@ def build(c, target=None, model=None, name=None, out=None, dump_ir=False, dim=No
                         ("--emit", emit), ("--flash-budget", flash_budget), ("--ram-budget", ram_budget),
                         ("--weights", weights), ("--grad", grad), ("--loss", loss), ("--trainable", trainable),
                         ("--optimizer", optimizer), ("--momentum", momentum), ("--wrt", wrt),
-                        ("--residuals", residuals), ("--weights-section", weights_section)):
+                        ("--residuals", residuals), ("--weights-section", weights_section),
+                        ("--parallel", parallel)):
         if value is not None:
             args += [flag, str(value)]
     for m in model or []:

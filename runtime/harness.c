@@ -16,9 +16,15 @@
  * A build with external weights (-DEDGEC_RUN_EXT=<name>_run_ext) reads them from the file
  * named by EDGEC_WEIGHTS into an aligned buffer, checks it with -DEDGEC_CHECK_WEIGHTS=<name>_check_weights
  * (exit 3 when the bytes are not the build's) and passes its address.
+ * A parallel build (-DEDGEC_RUN_PARALLEL=<name>_run_parallel -DEDGEC_PARALLEL_T=<name>_parallel_t,
+ * linked with parallel_pool.c) runs that entry point on a pool of EDGEC_THREADS threads
+ * (the caller included; unset or 1: par is NULL, every piece on the calling thread).
  */
 #include "harness_io.h"
 #include EDGEC_HEADER
+#ifdef EDGEC_RUN_PARALLEL
+#include "parallel_pool.h"
+#endif
 
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
@@ -88,6 +94,13 @@ int main(int argc, char **argv) {
         if (*dims_env == ',') dims_env++;
     }
 #endif
+#ifdef EDGEC_RUN_PARALLEL
+    const char *threads_env = getenv("EDGEC_THREADS");
+    int threads = threads_env ? atoi(threads_env) : 1;
+    edgec_pool *pool = threads > 1 ? edgec_pool_create(threads) : NULL;
+    if (threads > 1 && !pool) return fail("cannot start the thread pool");
+    EDGEC_PARALLEL_T par = {edgec_parallel_for, edgec_pool_threads(pool), pool};
+#endif
     if (timed) printf("times_ns:");
     for (long r = 0; r < runs; r++) {
         uint64_t t0 = timed ? now_ns() : 0;
@@ -95,6 +108,8 @@ int main(int argc, char **argv) {
         int rc = EDGEC_RUN_EXT(weights, inputs, outputs, arena);
 #elif defined(EDGEC_RUN_DIMS)
         int rc = getenv("EDGEC_DIMS") ? EDGEC_RUN_DIMS(inputs, outputs, arena, dims) : EDGEC_RUN(inputs, outputs, arena);
+#elif defined(EDGEC_RUN_PARALLEL)
+        int rc = EDGEC_RUN_PARALLEL(inputs, outputs, arena, pool ? &par : NULL);
 #else
         int rc = EDGEC_RUN(inputs, outputs, arena);
 #endif
@@ -106,6 +121,9 @@ int main(int argc, char **argv) {
         if (timed) printf(" %llu", (unsigned long long)(t1 - t0));
     }
     if (timed) printf("\n");
+#ifdef EDGEC_RUN_PARALLEL
+    edgec_pool_destroy(pool);
+#endif
     int changed = changed_input(nin, in_bytes, in, saved);
     if (changed >= 0) {
         fprintf(stderr, "harness: the model wrote to input %d\n", changed);

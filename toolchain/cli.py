@@ -92,11 +92,16 @@ def cmd_build(args):
                 train=getattr(args, "loss", None) if getattr(args, "train", False) else None, bind=binds or None,
                 trainable=getattr(args, "trainable", None), optimizer=getattr(args, "optimizer", "sgd"),
                 momentum=getattr(args, "momentum", None), wrt=getattr(args, "wrt", None),
-                residuals=getattr(args, "residuals", None), weights_section=getattr(args, "weights_section", None))
+                residuals=getattr(args, "residuals", None), weights_section=getattr(args, "weights_section", None),
+                parallel=getattr(args, "parallel", None))
     m = res.manifest
     print(f"built {m['model']} for {m['target']['name']} -> {res.paths['header'].parent}")
     for kind, path in res.paths.items():
         print(f"  {kind:9} {path}")
+    if "parallel" in m:
+        p = m["parallel"]
+        print(f"  parallel  {len(p['splits'])} node(s) cut into up to {p['tasks']} pieces for "
+              f"{m['name']}_run_parallel; a task's stack {p['task_stack_bytes']} bytes")
     for b in m.get("bound_inputs", []):
         print(f"  bound     {b['name']} = {b['values'] if 'values' in b else b['sha256'][:16]} "
               f"({b['dtype']}, shape {b['shape']})")
@@ -137,9 +142,10 @@ def cmd_build(args):
 
 
 def _build_library(args, specs, dims):
-    if dims or args.emit != "object" or args.dump_ir or args.weights != "internal" or args.weights_section:
-        raise InvalidModelError("a library of several models takes no --dim, --emit c, --weights, --weights-section "
-                                "or --dump-ir")
+    if (dims or args.emit != "object" or args.dump_ir or args.weights != "internal" or args.weights_section
+            or getattr(args, "parallel", None) is not None):
+        raise InvalidModelError("a library of several models takes no --dim, --emit c, --weights, --weights-section, "
+                                "--parallel or --dump-ir")
     from .library import build_library, parse_model_specs
 
     res = build_library(parse_model_specs(specs), args.target, args.name, args.out,
@@ -296,6 +302,9 @@ def parser():
                    help="the ELF section of the weights instead of .rodata.<name>.weights, for a firmware linker "
                         "script to place (`*(NAME)`: external flash, a chosen bank); letters, digits, _ . $ -, at "
                         "most 64 characters")
+    b.add_argument("--parallel", type=int, metavar="N",
+                   help="also <name>_run_parallel: the nodes worth it cut into up to N pieces (N >= 2) that the "
+                        "caller's threads run through a parallel_for callback it passes")
     b.add_argument("--grad", choices=["reverse", "forward"], help="reverse: <name>_primal and <name>_pullback "
                    "(derivatives with respect to every float input and initializer); forward: <name>_jvp (outputs "
                    "and their tangents from inputs and theirs); instead of <name>_run")

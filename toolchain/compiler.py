@@ -12,7 +12,7 @@ import onnx
 
 from .backends import get_backend
 from .cache import BuildHook
-from .contract import entry_symbols, fnv1a64, is_valid_name, weights_section, weights_section_problem
+from .contract import entry_symbols, fnv1a64, node_symbols, is_valid_name, weights_section, weights_section_problem
 from .emit import ar_archive, build_id, c_header, check_out_dir, manifest_json, owned_files, replace_outputs
 from .errors import InternalError, InvalidModelError, UnsupportedError
 from .frontend.batching import import_batched
@@ -27,6 +27,7 @@ from .frontend.onnx_import import import_model
 from .memory import MemoryPlan, buffer_alignment, check_sizes, plan_memory
 from .ops import registry
 from .passes import run_pipeline
+from .passes.parallel import choose_splits, pieces
 from .passes.autodiff import bind_params, check_grad_options, recompute_residuals, residual_layout, reverse
 from .passes.forward import forward
 from .passes.train import check_optimizer, init_graph, param_layout, run_graph, select_trainable, train_graph
@@ -52,6 +53,7 @@ class Compiled:
     grad: dict = None  # a reverse-mode build: program, plan per graph, residual offsets and size
     jvp: dict = None  # a forward-mode build: {"program": passes.forward.JvpProgram}
     train: dict = None  # a training build: program, plans, parameter offsets and buffer size
+    parallel: dict = None  # a parallel build: {"tasks", "splits" (passes.parallel.Split), "task_stack_bytes"}
 
 
 @dataclass
@@ -82,14 +84,17 @@ def check_weights_section(section: str | None, name: str, weights: str = "intern
 
 def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = None,
                   emit: str = "object", weights: str = "internal", separate_nodes: bool = False,
-                  node_lines: bool = False, identity=None, weights_section: str | None = None) -> Compiled:
+                  node_lines: bool = False, identity=None, weights_section: str | None = None,
+                  parallel: int = 0) -> Compiled:
     """Passes (schedules chosen for the backend's vector unit), memory plan, the backend's
     object, self-containment check, worst-case stack. Nothing touches disk.
     separate_nodes, node_lines (object path only): the profiling builds of toolchain.profile
     (every node in a function of its own, never inlined; or the shipped code with a line
     table naming each instruction's node); never used for a shipped build.
     identity(graph) -> build id, once the passes have run: exported as <name>_build_id.
-    weights_section: the ELF section of the weights (check_weights_section; None: default)."""
+    weights_section: the ELF section of the weights (check_weights_section; None: default).
+    parallel: N >= 2 for a parallel build (<name>_run_parallel; nodes worth it cut into up to
+    N pieces, passes/parallel.py); 0 for none."""
     backend = get_backend(emit)
     if (separate_nodes or node_lines) and backend.name != "object":
         raise InvalidModelError(f"profiling builds need the object backend, not '{emit}'")
@@ -106,13 +111,40 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
         options["build_id"] = identity(g)
     if weights_section is not None:
         options["weights_section"] = weights_section
+    splits = []
+    if parallel:
+        check_parallel(parallel, backend.name, weights, g.batch is not None, separate_nodes or node_lines)
+        splits = choose_splits(g.nodes, parallel, vector, plan.elided)
+        by_name = {n.name: n for n in g.nodes}
+        options["parallel"] = {id(by_name[s.node]): pieces(by_name[s.node], s, vector) for s in splits}
     out = backend.generate(g, plan, name, profile, weights=weights, **options)
     info = read_object(out.object)
     check_float64(g, profile, info)
     check_self_contained(info, profile, name)
-    entries = entry_symbols(name, g.batch is not None, external=weights == "external")
+    entries = entry_symbols(name, g.batch is not None, external=weights == "external", parallel=bool(parallel))
     stack = stack_usage(out.frames, out.calls, entries, profile.return_address_bytes)
-    return Compiled(g, plan, out.object, info, out.llvm_ir, stack, out.c_source, emit, dict(out.files))
+    c = Compiled(g, plan, out.object, info, out.llvm_ir, stack, out.c_source, emit, dict(out.files))
+    if parallel:
+        tasks = [f"{sym}_task" for sym, n in zip(node_symbols(name, g.nodes), g.nodes) if n.name in
+                 {s.node for s in splits}]
+        task_stack = stack_usage(out.frames, out.calls, tasks, profile.return_address_bytes)
+        c.parallel = {"tasks": parallel, "splits": splits, "task_stack_bytes": max(task_stack.values(), default=0)}
+    return c
+
+
+def check_parallel(tasks, backend: str, weights: str, bounded: bool, profiling: bool):
+    """--parallel N: N >= 2, on the object path, with internal weights and static shapes."""
+    if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 2:
+        raise InvalidModelError(f"--parallel takes the most pieces a node is cut into, 2 or more; got {tasks!r}")
+    if tasks > MAX_PARALLEL_TASKS:
+        raise InvalidModelError(f"--parallel {tasks} is above {MAX_PARALLEL_TASKS} pieces per node")
+    for problem, bad in (("the C path (--emit c)", backend != "object"), ("--weights external", weights != "internal"),
+                         ("a bounded dimension (--dim N<=M)", bounded), ("a profiling build", profiling)):
+        if bad:
+            raise InvalidModelError(f"--parallel is not supported with {problem} yet")
+
+
+MAX_PARALLEL_TASKS = 64
 
 
 WEIGHT_PLACEMENTS = ("internal", "external")
@@ -264,7 +296,7 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
           budgets: dict | None = None, weights: str = "internal", grad: str | None = None,
           train: str | None = None, bind: dict | None = None, trainable: str | None = None,
           optimizer: str = "sgd", momentum: float | None = None, wrt: str | None = None,
-          residuals: str | None = None, weights_section: str | None = None) -> BuildResult:
+          residuals: str | None = None, weights_section: str | None = None, parallel: int | None = None) -> BuildResult:
     """emit="object": <name>.o and lib<name>.a (LLVM); emit="c": <name>.c (portable C99).
     Both also write <name>.h, <name>.json and the CMake/Make fragments.
     budgets: {"flash_bytes": n, "ram_bytes": n} over the target profile's own; a build over
@@ -288,7 +320,9 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     ("bound_inputs"). weights_section: the ELF section of every weight (and packed-weight)
     array on either path, instead of .rodata.<name>.weights, for a firmware linker script to
     place (`*(NAME)`); recorded in the manifest ("weights_section") and the header, keyed in
-    the cache and the build id; counted as flash."""
+    the cache and the build id; counted as flash. parallel: N >= 2 also exports
+    <name>_run_parallel, the nodes worth it cut into up to N pieces the caller's threads run
+    (inference builds on the object path; not cached yet)."""
     check_name(name)
     weights_section = check_weights_section(weights_section, name, weights)
     if grad is not None and grad not in GRAD_MODES:
@@ -310,10 +344,14 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
         raise InvalidModelError("--trainable, --optimizer and --momentum are options of --train builds")
     if train:
         check_optimizer(optimizer, momentum)
+    if parallel is not None:
+        if grad or train:
+            raise InvalidModelError("--parallel is for inference builds, not --grad or --train")
+        check_parallel(parallel, "object" if emit == "object" else emit, weights, False, False)  # bounds: below
     model = load_model(model_path) if bind else None
     bound = resolve(model, bind, _fixed(dims)) if bind else {}
     hook = (BuildHook.open(model_path, profile, name, dims, emit, budgets, weights, key_of(bound), weights_section)
-            if dump is None and not (grad or train) else None)
+            if dump is None and not (grad or train or parallel) else None)
     if hook is not None and (hit := hook.restore(out)) is not None:
         return BuildResult(*hit, compiled=None)  # a cache hit: the artifacts, nothing compiled
     model = bind_inputs(model or load_model(model_path), bound)
@@ -336,12 +374,13 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
                **({"optimizer": optimizer, "momentum": check_optimizer(optimizer, momentum)}
                   if train and optimizer != "sgd" else {}),
                **({"bind": key_of(bound)} if bound else {}),
-               **({"weights_section": weights_section} if weights_section is not None else {})}
+               **({"weights_section": weights_section} if weights_section is not None else {}),
+               **({"parallel": parallel} if parallel else {})}
     if not (train or grad):
         def identity(g):  # the manifest's build id, known once the passes have run
             return build_id({"hashes": _hashes(g, model_path, options), "compiler": {"version": __version__}})
         compiled = compile_graph(import_batched(model, name, dims), profile, name, dump, emit, weights,
-                                 identity=identity, weights_section=weights_section)
+                                 identity=identity, weights_section=weights_section, parallel=parallel or 0)
     manifest = make_manifest(compiled, profile, name, model_path, options)
     if bound:
         manifest["bound_inputs"] = manifest_entries(bound)
@@ -494,6 +533,9 @@ def make_manifest(c: Compiled, profile: Profile, name: str, model_path: Path, op
         "hashes": _hashes(g, model_path, options),
         "compiler": {"name": "edgec", "version": __version__},
     }
+    if c.parallel is not None:
+        manifest["parallel"] = {"tasks": c.parallel["tasks"], "task_stack_bytes": c.parallel["task_stack_bytes"],
+                                "splits": [s.as_json() for s in c.parallel["splits"]]}
     if c.train is not None:
         tp = c.train["program"]
         manifest["inputs"] = manifest["inputs"][:tp.n_inputs]

@@ -24,6 +24,14 @@ and a forward-mode build (--grad forward)
     int <name>_jvp(const void *const *inputs, const void *const *input_tangents,
                    void *const *outputs, void *const *output_tangents, void *arena);
 
+and a parallel build (--parallel N) also
+
+    int <name>_run_parallel(const void *const *inputs, void *const *outputs, void *arena,
+                            const <name>_parallel_t *par);
+
+(the caller's parallel_for runs each split node's pieces on its threads; <name>_run runs
+them in turn, with the same results bit for bit)
+
 and a training build (--train)
 
     void <name>_params_init(void *params);
@@ -52,6 +60,31 @@ def run_prototype(name: str) -> str:
 DIMS_PARAM = "const int32_t *dims"
 # <name>_run_dims returns this when a run-time dimension is outside its bounds (nothing written)
 ERR_DIM_OUT_OF_RANGE = 1
+
+
+def run_parallel_symbol(name: str) -> str:
+    """The multi-core entry point of a parallel build (--parallel N)."""
+    return f"{name}_run_parallel"
+
+
+def parallel_type(name: str) -> str:
+    return f"{name}_parallel_t"
+
+
+def parallel_typedef(name: str) -> str:
+    """The struct a caller fills to lend the library its threads: parallel_for must run
+    task(arg, i) for every i in 0..n-1, on any threads, and return when all have finished
+    (their writes visible to the caller); workers <= 1 or a NULL parallel_for runs every
+    piece on the calling thread."""
+    return ("typedef struct {\n"
+            "    void (*parallel_for)(void *ctx, int n, void (*task)(void *arg, int i), void *arg);\n"
+            "    int workers;\n"
+            "    void *ctx;\n"
+            f"}} {parallel_type(name)};")
+
+
+def run_parallel_prototype(name: str) -> str:
+    return f"{RUN_RETURNS} {run_parallel_symbol(name)}({RUN_PARAMS}, const {parallel_type(name)} *par)"
 
 
 def run_ext_symbol(name: str) -> str:
@@ -183,9 +216,11 @@ def graph_symbol(name: str, part: str) -> str:
 
 
 def entry_symbols(name: str, bounded: bool = False, grad: bool | str = False, train: bool = False,
-                  external: bool = False, run_params: bool = True) -> list[str]:
+                  external: bool = False, run_params: bool = True, parallel: bool = False) -> list[str]:
     """Every exported function of the contract (the stack report covers each). grad: True or
     "reverse" for a reverse-mode build, "forward" for a forward-mode one."""
+    if parallel:
+        return [run_symbol(name), run_parallel_symbol(name)]
     if external:
         return [run_ext_symbol(name), check_weights_symbol(name)]
     if train:

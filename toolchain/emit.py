@@ -19,8 +19,8 @@ from pathlib import Path
 from .contract import (ERR_DIM_OUT_OF_RANGE, ERR_INPUT_VALUE, ERR_OPT_STATE, ERR_WEIGHTS, build_id_symbol, c_comment_text,
                        check_weights_prototype, check_weights_symbol, jvp_prototype, jvp_symbol, macro_prefix,
                        params_init_prototype, primal_prototype, pullback_prototype, run_dims_prototype,
-                       run_ext_prototype, run_ext_symbol, run_params_prototype, run_prototype, run_symbol,
-                       train_step_prototype)
+                       parallel_typedef, run_ext_prototype, run_ext_symbol, run_parallel_prototype,
+                       run_parallel_symbol, run_params_prototype, run_prototype, run_symbol, train_step_prototype)
 from .errors import InvalidModelError
 
 
@@ -201,6 +201,7 @@ def c_header(name: str, manifest: dict) -> str:
             "   touching outputs or arena when dims[0] is out of bounds. model_run is this at MAX. */",
             f"{run_dims_prototype(name)};",
         ] if bounded else []),
+        *(_parallel_block(name, par) if (par := manifest.get("parallel")) else []),
         "",
         "#ifdef __cplusplus",
         "}",
@@ -210,6 +211,24 @@ def c_header(name: str, manifest: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _parallel_block(name: str, par: dict) -> list[str]:
+    """The multi-core entry point of a --parallel build and what a worker thread needs."""
+    up = macro_prefix(name)
+    return [
+        "",
+        f"/* Multi-core: {len(par['splits'])} node(s) are cut into up to {par['tasks']} pieces each ({name}.json",
+        f"   lists where). {run_parallel_symbol(name)} runs each such node's pieces through",
+        "   par->parallel_for, on the caller's threads (pthreads, RTOS tasks, OpenMP); the other",
+        "   nodes run on the calling thread. The arena is the same; the outputs equal",
+        f"   {run_symbol(name)}'s bit for bit, whatever the number of workers. A task needs",
+        f"   {up}_TASK_STACK_SIZE bytes of the worker's stack. */",
+        parallel_typedef(name),
+        f"#define {up}_PARALLEL_TASKS {int(par['tasks'])}  /* the most pieces one node is cut into */",
+        f"#define {up}_TASK_STACK_SIZE {int(par['task_stack_bytes'])}u  /* worst-case stack of one task */",
+        f"{run_parallel_prototype(name)};",
+    ]
 
 
 def _param_lines(up: str, i: int, p: dict, field: str, value: int) -> list[str]:

@@ -10,7 +10,7 @@ from llvmlite import ir
 
 from ..contract import (ERR_DIM_OUT_OF_RANGE, ERR_INPUT_VALUE, ERR_OPT_STATE, ERR_WEIGHTS, build_id_symbol, check_weights_symbol, fnv1a64, graph_symbol,
                         item_symbol, jvp_symbol, node_symbols, params_init_symbol, primal_symbol, pullback_symbol,
-                        run_dims_symbol, run_ext_symbol, run_params_symbol, run_symbol,
+                        run_dims_symbol, run_ext_symbol, run_parallel_symbol, run_params_symbol, run_symbol,
                         train_step_symbol, weights_section)
 from ..errors import InternalError, UnsupportedError
 from ..ir import Graph
@@ -21,7 +21,9 @@ from ..targets import Profile, VectorUnit
 from .common import Generated, lower_node
 from .guards import llvm_guard_holds
 from .debuglines import with_node_lines
+from .llvm_calls import call_nodes, ptr_type
 from .llvm_object import call_graph, compile_ir, dynamic_allocas, module_text
+from .llvm_parallel import parallel_run_functions
 
 WEIGHT_ALIGN = 64
 
@@ -37,8 +39,11 @@ class LLVMBackend:
 
     def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile,
                  weights: str = "internal", separate_nodes: bool = False, node_lines: bool = False,
-                 build_id: str | None = None, weights_section: str | None = None) -> Generated:
-        """weights "external": no weight bytes in the object; they go to <name>_weights.bin
+                 build_id: str | None = None, weights_section: str | None = None,
+                 parallel: dict | None = None) -> Generated:
+        """parallel: {id(node): its pieces} of a parallel build (passes/parallel.py; {} when
+        nothing is worth splitting): <name>_run_parallel, and <name>_run running the pieces in
+        turn. weights "external": no weight bytes in the object; they go to <name>_weights.bin
         (Generated.files) and <name>_run_ext takes their address. weights_section: the ELF
         section of every weight and packed-weight global (default .rodata.<name>.weights).
         The profiling builds of toolchain.profile (a shipped build sets neither, and its
@@ -47,7 +52,7 @@ class LLVMBackend:
         node_lines adds line-table debug info naming each instruction's node
         (backends/debuglines.py) to the shipped build's code."""
         blob = WeightBlob() if weights == "external" else None
-        module = build_module(g, plan, name, profile, blob, separate_nodes, weights_section)
+        module = build_module(g, plan, name, profile, blob, separate_nodes, weights_section, parallel)
         if build_id is not None:
             _build_id_constant(module, name, build_id)
         text = module_text(module)
@@ -135,7 +140,8 @@ class WeightBlob:
 
 
 def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile, blob: "WeightBlob | None" = None,
-                 separate_nodes: bool = False, weights_section: str | None = None) -> ir.Module:
+                 separate_nodes: bool = False, weights_section: str | None = None,
+                 parallel: dict | None = None) -> ir.Module:
     """separate_nodes: the run function calls, for each node, a function of the node's
     symbol that is never inlined and computes the node's pointers from (inputs, outputs,
     arena) exactly as the run function does (arena offsets as constants, the arena's
@@ -145,6 +151,8 @@ def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile, blob: 
     if separate_nodes and (blob is not None or g.batch is not None):
         raise UnsupportedError("a profiling build with every node in a function of its own needs internal "
                                "weights and static shapes")
+    if parallel is not None and (blob is not None or g.batch is not None or separate_nodes):
+        raise UnsupportedError("a parallel build (--parallel) needs internal weights and static shapes")
     module = _module(name, profile, weights_section)
     index = ir.IntType(profile.index_bits)
     if blob is None:
@@ -152,17 +160,31 @@ def build_module(g: Graph, plan: MemoryPlan, name: str, profile: Profile, blob: 
     else:
         if g.batch is not None:
             raise UnsupportedError("--weights external with a bounded dimension is not supported yet")
-        weights = blob  # offsets into it, each added when a kernel first reads it (_call_nodes)
+        weights = blob  # offsets into it, each added when a kernel first reads it (llvm_calls.call_nodes)
     symbols = node_symbols(name, g.nodes)
+    parallel_build, parallel = parallel is not None, parallel or {}
     kernels = [_node_function(module, g, plan, sym + ("_body" if separate_nodes else ""), node,
                               profile.vector_unit, index, blob)
-               if id(node) not in plan.elided else None  # a join: its output is already in place
+               if id(node) not in plan.elided and id(node) not in parallel else None  # a join: already in place
                for node, sym in zip(g.nodes, symbols)]
+    split = {}
+    for node, sym in zip(g.nodes, symbols):
+        if id(node) in parallel:
+            pieces = parallel[id(node)]
+            for v in (v for p in pieces for v in p.node.inputs if v is not None and v.is_const):
+                if id(v) not in weights:
+                    weights[id(v)] = _weight_global(module, f"{name}_w{len(weights)}", v.data)
+            fns = [_node_function(module, g, None, f"{sym}_part{j}", p.node, profile.vector_unit, index)
+                   for j, p in enumerate(pieces)]
+            split[id(node)] = (pieces, fns, sym)
     if separate_nodes:
         kernels = [_node_wrapper(module, plan, sym, node, kernel, weights, index) if kernel is not None else None
                    for node, sym, kernel in zip(g.nodes, symbols, kernels)]
     else:
-        _bound_inlining(kernels)
+        _bound_inlining(kernels + [f for _, fns, _ in split.values() for f in fns])
+    if parallel_build:
+        parallel_run_functions(module, g, plan, name, weights, kernels, split, index)
+        return module
     run = _run_function(module, g, plan, name, weights, kernels, index, blob is not None, separate_nodes)
     if g.batch is not None:
         _batch_entries(module, g, name, run, index)
@@ -396,21 +418,18 @@ def _blob_address(b, fn, offset, ty, index):
     return b.bitcast(b.gep(fn.args[-1], [ir.Constant(index, offset)], inbounds=True), ty)
 
 
-def _ptr_type(v):
-    return LLVM_TYPES[v.type.dtype].as_pointer()
-
-
 def _node_function(module, g, plan, sym, node, vector, index, blob=None):
     ins = [v for v in node.inputs if v is not None]
     scratch = registry.get(node.op).workspace(node)  # after the outputs (Op.workspace)
-    fnty = ir.FunctionType(ir.VoidType(), [_ptr_type(v) for v in ins + node.outputs] +
+    fnty = ir.FunctionType(ir.VoidType(), [ptr_type(v) for v in ins + node.outputs] +
                            [LLVM_TYPES[t.dtype].as_pointer() for t in scratch] +
                            ([I8.as_pointer()] if blob is not None else []))  # external weights: the blob
     fn = ir.Function(module, fnty, name=sym)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
-    places = [plan.of(v) for v in ins]
-    in_place = any(plan.of(o) in places and plan.of(o).kind != "const" for o in node.outputs)
+    places = [plan.of(v) for v in ins] if plan is not None else []
+    # plan None: a piece of a split node (passes/parallel.py), never in place
+    in_place = plan is not None and any(plan.of(o) in places and plan.of(o).kind != "const" for o in node.outputs)
     if not in_place:  # distinct buffers: lets LLVM vectorize without runtime checks
         for arg in fn.args:
             arg.add_attribute("noalias")
@@ -460,7 +479,7 @@ def _run_function(module, g, plan, name, weights, kernels, index, external=False
             if kernel is not None:
                 b.call(kernel, [inputs, outputs, arena])
     else:
-        _call_nodes(b, g.nodes, kernels, plan, weights, index, inputs, outputs, arena, blob)
+        call_nodes(b, g.nodes, kernels, plan, weights, index, inputs, outputs, arena, blob)
     b.ret(ir.Constant(I32, 0))
     return fn
 
@@ -478,53 +497,9 @@ def _node_wrapper(module, plan, sym, node, kernel, weights, index):
     inputs.name, outputs.name, arena.name = "inputs", "outputs", "arena"
     arena.attributes.align = plan.alignment
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    _call_nodes(b, [node], [kernel], plan, weights, index, inputs, outputs, arena, None)
+    call_nodes(b, [node], [kernel], plan, weights, index, inputs, outputs, arena, None)
     b.ret(ir.Constant(I32, 0))
     return fn
-
-
-def _call_nodes(b, nodes, kernels, plan, weights, index, inputs, outputs, arena, blob):
-    """Calls each node's kernel with its operands' pointers: graph inputs and outputs from
-    the caller's tables, arena buffers at their planned offsets, weights as globals (or
-    at their offsets in the external blob, passed last)."""
-    cache = {}
-
-    def pointer(v):
-        st = plan.of(v)
-        key = (st.kind, st.index) if st.kind != "const" else id(v)
-        if key not in cache:
-            if st.kind in ("input", "output"):
-                table = inputs if st.kind == "input" else outputs
-                raw = b.load(b.gep(table, [ir.Constant(index, st.index)], inbounds=True))
-            elif st.kind == "arena":
-                raw = b.gep(arena, [ir.Constant(index, st.index)], inbounds=True)
-            elif blob is not None:
-                raw = b.gep(blob, [ir.Constant(index, weights.offset_of(v))], inbounds=True)
-            else:
-                raw = weights[id(v)]
-            cache[key] = raw
-        return b.bitcast(cache[key], _ptr_type(v))
-
-    for node, kernel in zip(nodes, kernels):
-        if kernel is None:
-            continue
-        used = _used_arguments(kernel) if blob is not None else None
-        args = [pointer(v) if used is None or i in used or plan.of(v).kind != "const" else
-                ir.Constant(_ptr_type(v), None)  # a constant the kernel replaced by its packed copy
-                for i, v in enumerate(v for v in node.inputs if v is not None)]
-        args += [pointer(v) for v in node.outputs]
-        for st, t in zip(plan.workspace_of(node), registry.get(node.op).workspace(node)):
-            raw = b.gep(arena, [ir.Constant(index, st.index)], inbounds=True)
-            args.append(b.bitcast(raw, LLVM_TYPES[t.dtype].as_pointer()))
-        b.call(kernel, args + ([blob] if blob is not None else []))
-
-
-def _used_arguments(fn) -> set:
-    """Indices of the arguments a function's instructions read (a kernel that packed a
-    weight at compile time never reads the original, which then needs no blob bytes)."""
-    args = {id(a): i for i, a in enumerate(fn.args)}
-    return {args[id(op)] for block in fn.blocks for instr in block.instructions
-            for op in instr.operands if id(op) in args}
 
 
 def _batch_entries(module, g, name, item, index):

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import (check_weights_symbol, macro_prefix, params_init_symbol, primal_symbol, pullback_symbol,
-                        run_dims_symbol, run_ext_symbol, run_symbol, train_step_symbol)
+from ..contract import (check_weights_symbol, macro_prefix, parallel_type, params_init_symbol, primal_symbol,
+                        pullback_symbol, run_dims_symbol, run_ext_symbol, run_parallel_symbol, run_symbol,
+                        train_step_symbol)
 from ..targets import Profile
 
 RUNTIME = Path(__file__).resolve().parent.parent.parent / "runtime"
@@ -48,6 +49,9 @@ def link_harness(build_dir: Path, name: str, profile: Profile, out: Path | None 
     facts = json.loads(manifest.read_text()) if manifest.is_file() else {}
     if facts.get("bounded_dims"):
         cmd.insert(-4, f"-DEDGEC_RUN_DIMS={run_dims_symbol(name)}")
+    if facts.get("parallel"):  # the pool of EDGEC_THREADS threads (runtime/parallel_pool.c)
+        cmd[-4:-4] = [f"-DEDGEC_RUN_PARALLEL={run_parallel_symbol(name)}", f"-DEDGEC_PARALLEL_T={parallel_type(name)}",
+                      f"-I{RUNTIME}", str(RUNTIME / "parallel_pool.c")]
     if facts.get("weights"):  # external: the harness reads <name>_weights.bin from EDGEC_WEIGHTS
         cmd[-4:-4] = [f"-DEDGEC_RUN_EXT={run_ext_symbol(name)}", f"-DEDGEC_CHECK_WEIGHTS={check_weights_symbol(name)}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -11,12 +11,29 @@ outside the ONNX namespace, so no model can name them and `edgec ops` does not l
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import InvalidModelError, UnsupportedError
 from ..ir import Node, TensorType
 
 COPY = "edgec.Copy"  # the internal op that writes a value into a graph output buffer
+
+
+@dataclass(frozen=True)
+class Partition:
+    """How a node's output splits into pieces computed independently (the parallel build,
+    passes/parallel.py): the output is cut along `axis` at multiples of `quantum`, and
+    each own input follows the piece as `inputs` says: None, read whole; "broadcast", cut
+    where it spans the axis (a bias); or (axis, num, den): output index i is that input's
+    index i * num // den along its axis. `groups`: the piece's Conv has as many groups as
+    quanta it holds."""
+
+    axis: int
+    inputs: tuple
+    quantum: int = 1
+    groups: bool = False
 
 
 class Op:
@@ -120,6 +137,11 @@ class Op:
     def macs(self, node: Node) -> int:
         """Multiply-accumulates per inference, for the manifest and benchmarks."""
         return 0
+
+    def partition(self, node: Node) -> Partition | None:
+        """How the output splits into independent pieces (a Partition), or None: the node
+        runs whole. Whether it pays to split is the cost model's (passes/parallel.py)."""
+        return None
 
     def vjp(self, b, node: Node, cotangents: list) -> list:
         """Reverse-mode derivative rule: given the cotangents of the node's outputs (values

@@ -16,7 +16,7 @@ from ..kernel.llvm import LLVM_TYPES
 from ..kernel.tiled_conv import conv2d_channels, conv2d_columns, conv_point, conv_pointwise
 from ..kernel.tiled_matmul import matmul_by_dots, tiled_matmul
 from ..schedules import ConvLayer, conv_schedule, matmul_schedule
-from .base import Op, in_type, invalid, norm_axis, register, unsupported
+from .base import Op, Partition, in_type, invalid, norm_axis, register, unsupported
 from .conv_grad import (input_grad_as_conv, strided_input_grad_as_conv, subpixel_input_grad,
                         weight_grad_by_taps)
 
@@ -127,6 +127,16 @@ class Conv(Op):
         out = node.outputs[0].type
         w = in_type(node, 1)
         return out.size * int(np.prod(w.shape[1:]))
+
+    def partition(self, node):
+        """By output channels: a piece reads the whole input and its rows of the weights and
+        bias; grouped, whole groups, each reading its groups' input channels."""
+        groups, w = node.attrs["group"], in_type(node, 1).shape
+        if groups == 1:
+            return Partition(axis=1, inputs=(None, (0, 1, 1), (0, 1, 1)))
+        per_group = w[0] // groups
+        return Partition(axis=1, inputs=((1, w[1], per_group), (0, 1, 1), (0, 1, 1)), quantum=per_group,
+                         groups=True)
 
     def vjp(self, b, node, cotangents):
         """dx: ConvTranspose of dy with the same weights; dw: a Conv over the input with
@@ -290,6 +300,15 @@ class Gemm(Op):
         m_, n, kk = self._mnk(node)
         return m_ * n * kk
 
+    def partition(self, node):
+        """One row (a fully-connected layer): by columns, each piece its columns of b;
+        more rows: by rows, each piece its rows of a. c follows where it spans the cut."""
+        m_, _, _ = self._mnk(node)
+        a = node.attrs
+        if m_ == 1:
+            return Partition(axis=1, inputs=(None, (0, 1, 1) if a["transB"] else (1, 1, 1), "broadcast"))
+        return Partition(axis=0, inputs=((1, 1, 1) if a["transA"] else (0, 1, 1), None, "broadcast"))
+
     def vjp(self, b, node, cotangents):
         """y = alpha a' b' + beta c: da' = alpha dy b'^T, db' = alpha a'^T dy, dc = beta dy
         (summed over broadcast axes); each product is one Gemm with transposed operands."""
@@ -398,6 +417,16 @@ class MatMul(Op):
     def macs(self, node):
         a2, b2, batch, _ = matmul_shapes(node, in_type(node, 0).shape, in_type(node, 1).shape)
         return int(np.prod(batch, dtype=np.int64)) * a2[-2] * a2[-1] * b2[-1]
+
+    def partition(self, node):
+        """As Gemm's: one row by columns of b, more rows by rows of a (matrices, or a batch of one)."""
+        a, b = in_type(node, 0).shape, in_type(node, 1).shape
+        rank = len(node.outputs[0].type.shape)
+        if len(a) < 2 or len(b) < 2:
+            return None
+        if a[-2] == 1:
+            return Partition(axis=rank - 1, inputs=(None, (len(b) - 1, 1, 1)))
+        return Partition(axis=rank - 2, inputs=((len(a) - 2, 1, 1), None))
 
     def vjp(self, b, node, cotangents):
         """da = dy b^T, db = a^T dy (1-D operands promoted as numpy does; summed over

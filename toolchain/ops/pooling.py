@@ -10,7 +10,7 @@ from ..ir import TensorType
 from ..kernel import mathfns as m
 from ..kernel.llvm import I64, LLVM_TYPES
 from ..kernel.tiled_conv import window_in_bounds
-from .base import Op, in_type, invalid, linear_jvp, register, unsupported
+from .base import Op, Partition, in_type, invalid, linear_jvp, register, unsupported
 from .movement import slice_transpose
 from .nn import window_attrs
 
@@ -77,6 +77,10 @@ class _Pool(Op):
 
     def item_wise(self, node):
         return True
+
+    def partition(self, node):
+        """By channels: each piece pools its own channels."""
+        return Partition(axis=1, inputs=((1, 1, 1),)) if len(node.outputs) == 1 else None
 
     def canonicalize(self, node, opset):
         x = in_type(node).shape
@@ -331,6 +335,10 @@ class GlobalPool(Op):
 
     def item_wise(self, node):
         return True
+
+    def partition(self, node):
+        """By channels: each piece pools its own channels."""
+        return Partition(axis=1, inputs=((1, 1, 1),)) if len(node.outputs) == 1 else None
 
     def infer(self, node):
         t = in_type(node)
