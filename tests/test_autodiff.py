@@ -408,9 +408,35 @@ def test_cli_train_build(tmp_path):
     assert "train     mse loss, sgd: params buffer 960 bytes (4 params)" in proc.stdout
     header = (out / "model.h").read_text()
     assert "#define MODEL_PARAMS_SIZE  960u" in header and "int model_train_step(void *params, void *opt_state" in header
-    proc = _edgec("build", "--target", "cortex-a76", "--model", str(tmp_path / "mlp.onnx"), "--out", str(out),
+    c_out = tmp_path / "c"
+    proc = _edgec("build", "--target", "cortex-a76", "--model", str(tmp_path / "mlp.onnx"), "--out", str(c_out),
                   "--train", "--emit", "c")
-    assert proc.returncode == 1 and "only the object path" in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "train     mse loss, sgd: params buffer 960 bytes (4 params)" in proc.stdout
+    assert sorted(p.name for p in c_out.iterdir()) == ["model.c", "model.cmake", "model.h", "model.json", "model.mk"]
+    c_header = (c_out / "model.h").read_text()
+    assert "#define MODEL_PARAMS_SIZE  960u" in c_header
+    assert "int model_train_step(void *params, void *opt_state" in c_header
+    source = (c_out / "model.c").read_text()
+    for proto in ["void model_params_init(void *params) {",
+                  "int model_run_params(const void *params, const void *const *inputs, void *const *outputs, "
+                  "void *arena) {",
+                  "int model_train_step(void *params, void *opt_state, const void *const *inputs, "
+                  "const void *const *targets, float learning_rate, float *loss, void *arena) {"]:
+        assert proto in source, proto
+
+
+def test_train_c_path_refuses_profiling_builds():
+    """The profiling build of a --train model (a line table naming the step's nodes) is
+    object-only: the C path refuses it instead of ignoring the option."""
+    from toolchain.compiler import compile_train_graph
+    from toolchain.errors import CompileError
+    from toolchain.targets import get_profile
+    m = mlp()
+    params = [t.name for t in m.graph.initializer]
+    with pytest.raises(CompileError, match="profiling builds need the object backend, not 'c'"):
+        compile_train_graph(import_model(m, "model"), params, get_profile("x86-64-v3"), "model", emit="c",
+                            node_lines=True)
 
 
 def _numpy_sgd(params, x, target, lr, steps):
@@ -435,15 +461,41 @@ def _numpy_sgd(params, x, target, lr, steps):
     return losses, [W1, b1, W2, b2]
 
 
-def test_train_step_sgd_cross_entropy_matches_numpy():
-    """--loss cross-entropy: 5 SGD steps of a classifier (its scores, no softmax) on int64
-    labels against the same steps written out by hand in float64 numpy."""
-    from toolchain import compile_train
-    w = _weights(13)
+def _numpy_sgd_cross_entropy(params, x, labels, lr, steps):
+    """The classifier's training step (Gemm, Relu, Gemm: scores z) by hand in float64 numpy:
+    loss = mean(logsumexp(z) - z[label]), p -= lr dloss/dp. Returns (losses, parameters)."""
+    P = [p.astype(np.float64) for p in params]
+    xs, want, n = x.astype(np.float64), [], len(labels)
+    for _ in range(steps):
+        h = xs @ P[0].T + P[1]
+        r = np.maximum(h, 0)
+        z = r @ P[2].T + P[3]
+        lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+        want.append(np.mean(lse - z[np.arange(n), labels]))
+        dz = np.exp(z - lse[:, None])
+        dz[np.arange(n), labels] -= 1
+        dz /= n
+        dr = dz @ P[2]
+        dh = dr * (h > 0)
+        grads = [dh.T @ xs, dh.sum(0), dz.T @ r, dz.sum(0)]
+        P = [p - lr * g for p, g in zip(P, grads)]
+    return want, P
+
+
+def _classifier(seed=13):
+    w = _weights(seed)
     W1, b1, W2, b2 = w(16, 8), w(16), w(5, 16), w(5)
     m = onnx_model([node("Gemm", ["x", "W1", "b1"], ["h"], transB=1), node("Relu", ["h"], ["r"]),
                     node("Gemm", ["r", "W2", "b2"], ["y"], transB=1)], {"x": (4, 8)},
                    {"W1": W1, "b1": b1, "W2": W2, "b2": b2})
+    return m, [W1, b1, W2, b2]
+
+
+def test_train_step_sgd_cross_entropy_matches_numpy():
+    """--loss cross-entropy: 5 SGD steps of a classifier (its scores, no softmax) on int64
+    labels against the same steps written out by hand in float64 numpy."""
+    from toolchain import compile_train
+    m, (W1, b1, W2, b2) = _classifier()
     ct = compile_train(m, loss="cross-entropy")
     params = ct.params_init()
     rng = np.random.default_rng(10)
@@ -451,21 +503,7 @@ def test_train_step_sgd_cross_entropy_matches_numpy():
     labels = np.array([0, 3, 4, 3], np.int64)
     lr = 0.3
     losses = [ct.train_step(params, [x], [labels], lr) for _ in range(5)]
-    P = [p.astype(np.float64) for p in (W1, b1, W2, b2)]
-    xs, want = x.astype(np.float64), []
-    for _ in range(5):
-        h = xs @ P[0].T + P[1]
-        r = np.maximum(h, 0)
-        z = r @ P[2].T + P[3]
-        lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
-        want.append(np.mean(lse - z[np.arange(4), labels]))
-        dz = np.exp(z - lse[:, None])
-        dz[np.arange(4), labels] -= 1
-        dz /= 4
-        dr = dz @ P[2]
-        dh = dr * (h > 0)
-        grads = [dh.T @ xs, dh.sum(0), dz.T @ r, dz.sum(0)]
-        P = [p - lr * g for p, g in zip(P, grads)]
+    want, P = _numpy_sgd_cross_entropy([W1, b1, W2, b2], x, labels, lr, 5)
     np.testing.assert_allclose(losses, want, rtol=1e-4)
     assert losses[-1] < losses[0]
     for i, p in enumerate(P):
@@ -509,3 +547,114 @@ def test_train_step_sgd_mse_matches_numpy():
     assert losses[-1] < losses[0]
     for i, want in enumerate(want_params):
         np.testing.assert_allclose(ct.param(params, i), want, rtol=1e-4, atol=1e-5)
+
+
+def _train_driver(manifest, steps: int, lr: float) -> str:
+    """A C program for a --train build: reads the inputs then the targets from argv[1], runs
+    params_init, `steps` train_step calls (a zeroed opt_state with momentum), and writes the
+    losses then each parameter (its bytes at its offset in params) to argv[2]; exit 3 if a
+    guard zone after the arena or the params buffer was written."""
+    t = manifest["train"]
+    ins = [e["bytes"] for e in manifest["inputs"]]
+    tgs = [e["bytes"] for e in t["targets"]]
+    table = lambda name, items: f"{name}[] = {{{', '.join(items) or '0'}}};"  # noqa: E731
+    state = "state" if t["opt_state_size"] else "NULL"
+    return "\n".join([
+        "#include <stdio.h>", "#include <string.h>", '#include "model.h"', "#define GUARD 64",
+        "static _Alignas(MODEL_ARENA_ALIGN) unsigned char arena[MODEL_TRAIN_ARENA_SIZE + GUARD];",
+        "static _Alignas(MODEL_PARAMS_ALIGN) unsigned char params[MODEL_PARAMS_SIZE + GUARD];",
+        *(["static _Alignas(MODEL_PARAMS_ALIGN) unsigned char state[MODEL_OPT_STATE_SIZE];"]
+          if t["opt_state_size"] else []),
+        *[f"static _Alignas(16) unsigned char i{k}[{n}];" for k, n in enumerate(ins)],
+        *[f"static _Alignas(16) unsigned char t{k}[{n}];" for k, n in enumerate(tgs)],
+        "static int intact(const unsigned char *p) { for (int k = 0; k < GUARD; k++) if (p[k] != 0xA5) return 0; "
+        "return 1; }",
+        "int main(int argc, char **argv) {",
+        f"    float losses[{steps}];",
+        "    FILE *f = fopen(argv[1], \"rb\");", "    if (!f || argc < 3) return 2;",
+        *[f"    if (fread(i{k}, 1, {n}, f) != {n}) return 2;" for k, n in enumerate(ins)],
+        *[f"    if (fread(t{k}, 1, {n}, f) != {n}) return 2;" for k, n in enumerate(tgs)],
+        "    fclose(f);",
+        "    memset(arena + MODEL_TRAIN_ARENA_SIZE, 0xA5, GUARD); memset(params + MODEL_PARAMS_SIZE, 0xA5, GUARD);",
+        *(["    memset(state, 0, sizeof state);"] if t["opt_state_size"] else []),
+        "    model_params_init(params);",
+        "    const void *" + table("ins", [f"i{k}" for k in range(len(ins))]),
+        "    const void *" + table("tgs", [f"t{k}" for k in range(len(tgs))]),
+        f"    for (int k = 0; k < {steps}; k++)",
+        f"        if (model_train_step(params, {state}, ins, tgs, {lr!r}f, &losses[k], arena) != 0) return 4;",
+        "    if (!intact(arena + MODEL_TRAIN_ARENA_SIZE) || !intact(params + MODEL_PARAMS_SIZE)) return 3;",
+        "    f = fopen(argv[2], \"wb\");", "    if (!f) return 2;",
+        f"    fwrite(losses, sizeof(float), {steps}, f);",
+        *[f"    fwrite(params + {p['offset']}, 1, {p['bytes']}, f);" for p in t["params"]],
+        "    fclose(f);", "    return 0;", "}", ""])
+
+
+def _run_c_train_native(m, tmp_path, arrays, steps, lr, **build_options):
+    """Builds `m` with --train --emit c for x86-64-v3, compiles model.c with the driver above
+    (zig cc, for this host), runs it on the bytes of `arrays` and returns the manifest, the
+    losses and the parameters it wrote."""
+    import subprocess
+
+    import onnx
+
+    from toolchain.compiler import build
+    from toolchain.harness.runner import run_program, zig_cc
+    from toolchain.targets import get_profile
+
+    profile = get_profile("x86-64-v3")
+    onnx.save(m, tmp_path / "m.onnx")
+    man = build(tmp_path / "m.onnx", "x86-64-v3", "model", tmp_path / "out", emit="c", **build_options).manifest
+    assert not (tmp_path / "out" / "model.o").exists() and (tmp_path / "out" / "model.c").is_file()
+    (tmp_path / "main.c").write_text(_train_driver(man, steps, lr))
+    exe = tmp_path / "main"
+    proc = subprocess.run(zig_cc(profile) + ["-std=c11", f"-I{tmp_path / 'out'}", str(tmp_path / "main.c"),
+                                             str(tmp_path / "out" / "model.c"), "-o", str(exe)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "in.bin").write_bytes(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays))
+    run_program([str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], timeout=60)
+    flat = np.frombuffer((tmp_path / "out.bin").read_bytes(), np.float32)
+    params, start = [], steps
+    for p in man["train"]["params"]:
+        params.append(flat[start:start + p["elems"]].reshape(p["shape"]))
+        start += p["elems"]
+    assert start == flat.size
+    return man, flat[:steps], params
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross-entropy"])
+def test_train_step_c_path_matches_numpy_and_object_path(tmp_path, loss):
+    """--train --emit c: model.c built by zig cc into a C program for this host (x86-64-v3),
+    5 SGD steps; the losses and parameters against the float64 numpy steps written out by
+    hand, and against the object path's build of the same model and steps (in-process),
+    which must agree to float32 rounding."""
+    from toolchain import compile_train
+    if loss == "mse":
+        m = mlp()
+        from onnx import numpy_helper
+        inits = [numpy_helper.to_array(t) for t in m.graph.initializer]
+        rng = np.random.default_rng(9)
+        x = rng.standard_normal((3, 8)).astype(np.float32)
+        target = rng.dirichlet(np.ones(5), size=3).astype(np.float32)
+        lr = 0.5
+        want_losses, want_params = _numpy_sgd(inits, x, target, lr, 5)
+    else:
+        m, inits = _classifier()
+        x = np.random.default_rng(10).standard_normal((4, 8)).astype(np.float32)
+        target = np.array([0, 3, 4, 3], np.int64)
+        lr = 0.3
+        want_losses, want_params = _numpy_sgd_cross_entropy(inits, x, target, lr, 5)
+    _, losses, params = _run_c_train_native(m, tmp_path, [x, target], 5, lr, train=loss)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-4)
+    assert losses[-1] < losses[0]
+    for got, want in zip(params, want_params):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    ct = compile_train(m, loss=loss)  # the object path, same model and steps
+    buf = ct.params_init()
+    obj_losses = np.array([ct.train_step(buf, [x], [target], lr) for _ in range(5)], np.float32)
+    # float32 rounding: the first loss (same parameters, one forward pass) to a few ulps; after
+    # steps the two paths' summation orders drift apart by far less than either from float64
+    np.testing.assert_allclose(losses[0], obj_losses[0], rtol=5e-7, atol=0)
+    np.testing.assert_allclose(losses, obj_losses, rtol=1e-5, atol=0)
+    for i, got in enumerate(params):
+        np.testing.assert_allclose(got, ct.param(buf, i), rtol=1e-5, atol=1e-6)

@@ -290,14 +290,18 @@ def _a76_driver(manifest) -> str:
         "    fclose(f);", "    return 0;", "}", ""])
 
 
-def test_momentum_head_on_cortex_a76_under_qemu(tmp_path):
-    """The cortex-a76 library in a C program under qemu-user: a frozen backbone, the head
-    trained by 5 momentum steps, then run_params; against numpy in float64."""
+@pytest.mark.parametrize("emit", ["object", "c"])
+def test_momentum_head_on_cortex_a76_under_qemu(tmp_path, emit):
+    """The cortex-a76 library (object path, and the portable C path's model.c built by zig cc)
+    in a C program under qemu-user: a frozen backbone, the head trained by 5 momentum steps,
+    a NULL opt_state refused (ERR_OPT_STATE, params untouched), then run_params; against
+    numpy in float64."""
     from autodiff_helpers import run_driver_on_a76
     m, inits = backbone_head(24)
     x, target = _data(6)
-    man, flat = run_driver_on_a76(m, tmp_path, "object", None, _a76_driver, lambda man: [x, target],
+    man, flat = run_driver_on_a76(m, tmp_path, emit, None, _a76_driver, lambda man: [x, target],
                                   train="mse", trainable="head.*", optimizer="momentum")
+    assert (tmp_path / "out" / "model.c").is_file() == (emit == "c")
     names = [p["name"] for p in man["train"]["params"]]
     assert names == ["head.W", "head.b"]
     want_losses, P, V = numpy_steps(inits, x, target, LR, 5, names, mu=0.9)

@@ -135,7 +135,7 @@ def test_bad_section_names_are_refused(section, model_file, tmp_path):
     assert not (tmp_path / "mlp.o").exists()  # refused before any work
 
 
-@pytest.mark.parametrize("kind,emit", [("reverse", "object"), ("forward", "c"), ("train", "object")])
+@pytest.mark.parametrize("kind,emit", [("reverse", "object"), ("forward", "c"), ("train", "object"), ("train", "c")])
 def test_derivative_and_training_builds_put_their_weights_there_too(kind, emit, model_file, tmp_path):
     opts = {"train": "mse", "trainable": "b"} if kind == "train" else {"grad": kind}  # train: w stays a weight
     res = build(model_file, T, "mlp", tmp_path, emit=emit, weights_section=".weights.mlp", **opts)

@@ -223,9 +223,9 @@ def compile_train_graph(g: Graph, params, profile: Profile, name: str, loss: str
     (<name>_run_params). One arena serves every entry (the largest plan). node_lines: the
     profiling build of toolchain.profile --train (the shipped code with the step's nodes in
     a line table)."""
-    if emit != "object":
-        raise InvalidModelError("--train builds have only the object path yet (not --emit c)")
     backend = get_backend(emit)
+    if node_lines and backend.name != "object":
+        raise InvalidModelError(f"profiling builds need the object backend, not '{emit}'")
     tp = train_graph(g, params, loss, optimizer, momentum, pattern)
     init = init_graph(tp.params, name)
     vector = backend.vector_unit(profile)
