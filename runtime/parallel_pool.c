@@ -8,7 +8,12 @@
    returns when `done` reaches n. A worker copies the job under the lock, so a late worker
    either joins the current job or sees the next one, never a mix. Workers spin a while on
    the published generation before sleeping on the condition variable: a node's pieces
-   take tens of microseconds, about what waking a sleeping thread costs. */
+   take tens of microseconds, about what waking a sleeping thread costs.
+
+   Each thread (the creating one included) is pinned to its own CPU of those the process
+   may use, while there are enough: left to the scheduler, a new worker often starts on the
+   caller's CPU and the two take turns for many milliseconds. */
+#define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -16,7 +21,18 @@
 
 #include "parallel_pool.h"
 
-enum { SPINS = 20000 };
+enum { PAUSES = 1 << 14, YIELDS = 20000 };
+
+/* a spin-wait hint: the core slows the loop and frees resources for its sibling */
+static inline void relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+    __asm__ __volatile__("yield");
+#else
+    __asm__ __volatile__("" ::: "memory");
+#endif
+}
 
 struct edgec_pool {
     pthread_mutex_t lock;
@@ -34,6 +50,20 @@ struct edgec_pool {
     atomic_int active;        /* workers inside a job */
 };
 
+static void pin(pthread_t thread, int k) {
+    cpu_set_t allowed, one;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0 || k >= CPU_COUNT(&allowed)) return;
+    for (int cpu = 0, seen = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, &allowed)) continue;
+        if (seen++ == k) {
+            CPU_ZERO(&one);
+            CPU_SET(cpu, &one);
+            pthread_setaffinity_np(thread, sizeof one, &one);
+            return;
+        }
+    }
+}
+
 static void take_indices(edgec_pool *p, void (*task)(void *, int), void *arg, int n) {
     for (;;) {
         int i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
@@ -47,7 +77,11 @@ static void *worker(void *self) {
     edgec_pool *p = self;
     unsigned long seen = 0;
     for (;;) {
-        for (int s = 0; s < SPINS && atomic_load_explicit(&p->published, memory_order_acquire) == seen; s++)
+        /* a new job usually comes within microseconds: watch for it, then give the CPU
+           away in turns, then sleep */
+        for (int s = 0; s < PAUSES && atomic_load_explicit(&p->published, memory_order_acquire) == seen; s++)
+            relax();
+        for (int s = 0; s < YIELDS && atomic_load_explicit(&p->published, memory_order_acquire) == seen; s++)
             sched_yield();
         pthread_mutex_lock(&p->lock);
         while (p->generation == seen && !p->stop) pthread_cond_wait(&p->wake, &p->lock);
@@ -83,6 +117,10 @@ edgec_pool *edgec_pool_create(int threads) {
             edgec_pool_destroy(p);
             return NULL;
         }
+    }
+    if (p->count > 0) {  /* after the workers exist: they inherit the process's whole mask */
+        for (int i = 0; i < p->count; i++) pin(p->workers[i], i + 1);
+        pin(pthread_self(), 0);
     }
     return p;
 }
@@ -124,5 +162,8 @@ void edgec_parallel_for(void *ctx, int n, void (*task)(void *arg, int i), void *
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
     take_indices(p, task, arg, n);
-    while (atomic_load_explicit(&p->done, memory_order_acquire) < n) sched_yield();
+    for (int s = 0; atomic_load_explicit(&p->done, memory_order_acquire) < n; s++) {
+        if (s < PAUSES) relax();
+        else sched_yield();
+    }
 }

@@ -129,7 +129,8 @@ def test_split_records_pinned():
     assert cuts("fc-row") == [(1, ((0, 128), (128, 256), (256, 384), (384, 512)))]
     assert cuts("gemm-rows") == [(0, ((0, 16), (16, 32), (32, 48), (48, 64)))]
     assert cuts("matmul-rows") == [(1, ((0, 12), (12, 24), (24, 36), (36, 48)))]
-    assert cuts("maxpool") == [(1, ((0, 8), (8, 16), (16, 24), (24, 32)))]  # the Conv; the pool is small
+    assert cuts("maxpool") == [(1, ((0, 8), (8, 16), (16, 24), (24, 32))),  # the Conv
+                               (1, ((0, 16), (16, 32)))]  # the pool: 32,768 elements read, 2 pieces
 
 
 def test_slowest_piece_cost():

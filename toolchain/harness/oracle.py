@@ -8,14 +8,14 @@ import onnx
 RTOL, ATOL = 1e-3, 1e-4
 
 
-def onnxruntime_session(model: onnx.ModelProto, optimized: bool = True):
-    """onnxruntime on one thread; optimized=False runs the graph as written (a QDQ model's
+def onnxruntime_session(model: onnx.ModelProto, optimized: bool = True, threads: int = 1):
+    """onnxruntime on one thread (or `threads` intra-op threads); optimized=False runs the graph as written (a QDQ model's
     DequantizeLinear -> float op -> QuantizeLinear: its ONNX semantics; optimized, onnxruntime
     swaps in integer kernels that round differently, from the graph and between themselves)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

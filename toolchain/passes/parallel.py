@@ -9,7 +9,7 @@ one node write disjoint bytes and read nothing another writes, so they run in an
 or at once; the memory plan is the unsplit graph's (the arena does not grow).
 
 Cost model: a node is cut only where each piece keeps at least MIN_PIECE_MACS
-multiply-accumulates (a dispatch costs the caller's parallel_for a wake-up and a join,
+multiply-accumulates (or elements read, for a pool) (a dispatch costs the caller's parallel_for a wake-up and a join,
 microseconds), into at most `tasks` pieces, at multiples of its schedule's register tile
 along the cut where the axis is long enough (a piece's edge then costs no partial tile).
 """
@@ -22,7 +22,7 @@ from ..ir import Node, TensorType, Value
 from ..ops import registry
 from ..targets import VectorUnit
 
-MIN_PIECE_MACS = 32_768
+MIN_PIECE_MACS = 16_384
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def _split(node: Node, tasks: int) -> Split | None:
     if any(d != 1 for d in shape[:part.axis]):
         return None
     size = shape[part.axis]
-    parts = min(tasks, size // part.quantum, op.macs(node) // MIN_PIECE_MACS)
+    parts = min(tasks, size // part.quantum, _work(node) // MIN_PIECE_MACS)
     if parts < 2:
         return None
     tile = _tile_along(node.schedule, part.axis, len(shape))
@@ -87,6 +87,12 @@ def _split(node: Node, tasks: int) -> Split | None:
     bounds = tuple((a, min(a + chunk, size)) for a in range(0, size, chunk))
     split = Split(node.name, node.op, part.axis, bounds)
     return split if len(bounds) > 1 and all(_cut(node, part, a, b) for a, b in bounds) else None
+
+
+def _work(node: Node) -> int:
+    """Multiply-accumulates, or for an op without (a pool) the elements it reads: about as
+    costly one for one, both bound by loads."""
+    return registry.get(node.op).macs(node) or sum(v.type.size for v in node.inputs if v is not None)
 
 
 def _slowest(size: int, chunk: int, tile: int) -> float:
