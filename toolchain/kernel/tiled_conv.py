@@ -189,8 +189,8 @@ def conv2d_columns(k, schedule, a, x, w, bias, y, w_value):
 def conv2d_channels(k, schedule, a, x, bias, y, w_data):
     """2-D convolution (group 1; schedule "conv-channels") in register tiles of PX output pixels (consecutive columns
     of one output row) x NV vectors of output channels. The weights are packed at compile
-    time as [in channel][kh][kw][out channel], so a tap's weights for a tile are NV whole
-    vector loads; each input value is broadcast once and feeds the NV vectors. Neither the
+    time in blocks of NV vectors of output channels (_channel_blocks), so a tap's weights
+    for a tile are NV whole vector loads, the next tap's right after them; each input value is broadcast once and feeds the NV vectors. Neither the
     row width nor the stride shapes a vector: this is the tile for narrow output rows
     (keyword spotting's 25x5 maps) and strided convolutions. Kernel rows in the padding are
     skipped as a whole; in the border tiles, fixed at compile time, a pixel whose tap falls
@@ -201,15 +201,16 @@ def conv2d_channels(k, schedule, a, x, bias, y, w_data):
     _, cg, kh_, kw_ = w_data.shape
     (sh, sw), (dh, dw), (ph, pw) = a["strides"], a["dilations"], a["pads"][:2]
     lanes = check_lanes(k, schedule)
-    wt = k.constant(np.ascontiguousarray(w_data.transpose(1, 2, 3, 0)))
     n_vectors = oc_ // lanes
     px, nv = schedule.rows, schedule.vectors
+    block = nv * lanes
+    wt = k.constant(_channel_blocks(w_data, block))
     taps = _column_taps(x, a, kw_, ow_)
 
     def inside(ow, kw):
         return not isinstance(ow, int) or 0 <= ow * sw - pw + kw * dw < w_in
 
-    def tile(n, oc0, vectors, oh, ow0, pixels):
+    def tile(n, blk, oc0, vectors, oh, ow0, pixels):
         offs = [v * lanes for v in range(vectors)]
         acc = [[k.var(k.vload(bias, (oc0 + off,), lanes) if bias is not None else k.splat(0.0, lanes))
                 for off in offs] for _ in range(pixels)]
@@ -220,7 +221,7 @@ def conv2d_channels(k, schedule, a, x, bias, y, w_data):
                     used = [p for p in range(pixels) if inside(ow0 + p, kw)]
                     if not used:
                         continue
-                    ws = [k.vload(wt, (ci, kh, kw, oc0 + off), lanes) for off in offs]
+                    ws = [k.vload(wt, (blk, ci, kh, kw, off), lanes) for off in offs]
                     for p in used:
                         xv = k.splat(taps[kw][n, ci, ih, ow0 + p], lanes)
                         for c, wv in enumerate(ws):
@@ -234,20 +235,36 @@ def conv2d_channels(k, schedule, a, x, bias, y, w_data):
 
     left, right, fixed = _column_tiles(a, w_in, kw_, ow_, px)
 
-    def channel_block(n, oc0, vectors):
+    def channel_block(n, blk, vectors):
+        oc0 = blk * block
         with k.loop(oh_) as oh:
             if right > left:
                 with k.loop(right, start=left, step=px) as ow0:
-                    tile(n, oc0, vectors, oh, ow0, px)
+                    tile(n, blk, oc0, vectors, oh, ow0, px)
             for start, pixels in fixed:
-                tile(n, oc0, vectors, oh, start, pixels)
+                tile(n, blk, oc0, vectors, oh, start, pixels)
 
-    full = (n_vectors - n_vectors % nv) * lanes
+    full = n_vectors // nv
     with k.loop(n_) as n:
-        with k.loop(full, step=nv * lanes) as oc0:
-            channel_block(n, oc0, nv)
-        if full < oc_:
+        with k.loop(full) as blk:
+            channel_block(n, blk, nv)
+        if full * block < oc_:
             channel_block(n, full, n_vectors % nv)
+
+
+def _channel_blocks(w_data, block):
+    """The weights [out channel][in channel][kh][kw] as [block][in channel][kh][kw][block's
+    out channels]: a tile reads its block's taps one after another, a stream the prefetcher
+    follows (channels-last over all out channels puts a tap's few vectors a row apart); the
+    last block's missing channels are zeros, never read."""
+    oc, cg, kh, kw = w_data.shape
+    n_blocks = -(-oc // block)
+    packed = np.zeros((n_blocks, cg, kh, kw, block), w_data.dtype)
+    taps_last = w_data.transpose(1, 2, 3, 0)
+    for b in range(n_blocks):
+        width = min(block, oc - b * block)
+        packed[b, ..., :width] = taps_last[..., b * block:b * block + width]
+    return packed
 
 
 def _one_tap(k, w, wp, oc0, rows, ci, kh, kw):
