@@ -29,6 +29,7 @@ from ..memory import MemoryPlan
 from ..ops import registry
 from ..targets import Profile, VectorUnit
 from ..version import __version__
+from .c_calls import call_line
 from .common import Generated, lower_node
 from .guards import c_guard_holds
 from .llvm import WEIGHT_ALIGN
@@ -492,26 +493,9 @@ def _run_function(g, plan, name, weights, kernels, proto=None) -> str:
     lines += [f"    if (!({c_guard_holds(g, guard)})) return {ERR_INPUT_VALUE};  /* specialized input */"
               for guard in g.guards]
 
-    def pointer(v, writable):
-        st = plan.of(v)
-        ct = c_type(LLVM_TYPES[v.type.dtype])
-        cast = f"({ct} *)" if writable else f"(const {ct} *)"
-        if st.kind == "input":
-            return f"{cast}inputs[{st.index}]"
-        if st.kind == "output":
-            return f"{cast}outputs[{st.index}]"
-        if st.kind == "arena":
-            return f"{cast}(void *)(a + {st.index})"
-        return weights[id(v)][0]
-
     for node, fn in zip(g.nodes, kernels):
-        if fn is None:
-            continue
-        args = [pointer(v, False) for v in node.inputs if v is not None]
-        args += [pointer(v, True) for v in node.outputs]
-        for st, t in zip(plan.workspace_of(node), registry.get(node.op).workspace(node)):
-            args.append(f"({c_type(LLVM_TYPES[t.dtype])} *)(void *)(a + {st.index})")
-        lines.append(f"    {fn}({', '.join(args)});")
+        if fn is not None:
+            lines.append(call_line(node, fn, plan, weights))
     lines += ["    return 0;", "}"]
     return "\n".join(lines)
 
