@@ -3,7 +3,7 @@
 op's reference, before any code), and the compiled <name>_run_parallel: outputs equal
 to the unsplit build bit for bit and to onnxruntime, on a pool of 1, 2 and 4 threads
 natively and under qemu-user, with tasks in any order, the same arena, no undefined
-symbols; and the refusals."""
+symbols; the same on the C path (--emit c); and the refusals."""
 from __future__ import annotations
 
 import json
@@ -15,6 +15,7 @@ import pytest
 from onnx import helper
 
 from helpers import ROOT, assert_close, make_model
+from toolchain.backends.c import STRICT_FLAGS
 from toolchain.bench import seeded_inputs
 from toolchain.compiler import build
 from toolchain.errors import InvalidModelError
@@ -246,6 +247,121 @@ def test_any_task_order_and_no_pool(resnet_builds, tmp_path):
     assert same == 1
 
 
+# -- the C path (--emit c) ------------------------------------------------------------------
+C_DRIVER = r"""
+#include <stdio.h>
+#include <string.h>
+#include "model.h"
+#include "parallel_pool.h"
+static unsigned char arena[MODEL_ARENA_SIZE] __attribute__((aligned(MODEL_ARENA_ALIGN)));
+static int calls, pieces;
+static void backwards(void *ctx, int n, void (*task)(void *, int), void *arg) {
+    (void)ctx;
+    calls++;
+    pieces += n;
+    for (int i = n - 1; i >= 0; i--) task(arg, i);
+}
+int main(int argc, char **argv) {
+    static float x[MODEL_INPUT0_ELEMS], a[MODEL_OUTPUT0_ELEMS], b[MODEL_OUTPUT0_ELEMS], c[MODEL_OUTPUT0_ELEMS];
+    if (argc != 2) return 2;
+    for (unsigned i = 0; i < MODEL_INPUT0_ELEMS; i++) x[i] = (float)((i * 37u) % 101u) / 50.0f - 1.0f;
+    const void *in[] = {x};
+    void *oa[] = {a}, *ob[] = {b}, *oc[] = {c};
+    model_parallel_t par = {backwards, 4, NULL}, one = {backwards, 1, NULL};
+    memset(b, 0xff, sizeof b);
+    if (model_run(in, oa, arena) || model_run_parallel(in, ob, arena, &par)) return 1;
+    int used = calls, same = memcmp(a, b, sizeof a) == 0;
+    memset(c, 0xff, sizeof c);
+    if (model_run_parallel(in, oc, arena, &one)) return 1;
+    same &= memcmp(a, c, sizeof a) == 0;
+    memset(c, 0xff, sizeof c);
+    if (model_run_parallel(in, oc, arena, NULL)) return 1;
+    same &= memcmp(a, c, sizeof a) == 0;
+    int after = calls;
+    /* runtime/parallel_pool.c: the caller and one worker thread */
+    edgec_pool *pool = edgec_pool_create(2);
+    if (pool == NULL) return 1;
+    model_parallel_t pooled = {edgec_parallel_for, edgec_pool_threads(pool), pool};
+    int threads = edgec_pool_threads(pool), pool_same = 1;
+    for (int r = 0; r < 5; r++) {
+        memset(c, 0xff, sizeof c);
+        if (model_run_parallel(in, oc, arena, &pooled)) return 1;
+        pool_same &= memcmp(a, c, sizeof a) == 0;
+    }
+    edgec_pool_destroy(pool);
+    FILE *f = fopen(argv[1], "wb");
+    if (f == NULL || fwrite(a, sizeof a, 1, f) != 1 || fclose(f) != 0) return 1;
+    printf("%d %d %d %d %d %d\n", used, pieces, after, same, threads, pool_same);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def resnet_c(tmp_path_factory):
+    """ResNet-8 on the C path cut into up to 4 pieces; model.c compiled with the strict C99
+    flags, linked with C_DRIVER and runtime/parallel_pool.c, and run once: (build, its
+    numbers, model_run's output)."""
+    d = tmp_path_factory.mktemp("par-c")
+    c = build(RESNET, HOST, "model", d / "c", emit="c", parallel=4)
+    cc = zig_cc(get_profile(HOST))
+    obj, exe, out = d / "model.o", d / "driver", d / "out.bin"
+    subprocess.run(cc + STRICT_FLAGS + ["-c", str(d / "c" / "model.c"), "-o", str(obj)], check=True)
+    (d / "main.c").write_text(C_DRIVER)
+    subprocess.run(cc + [f"-I{d / 'c'}", f"-I{RUNTIME}", str(d / "main.c"), str(RUNTIME / "parallel_pool.c"), str(obj),
+                         "-o", str(exe)], check=True)
+    numbers = list(map(int, subprocess.run([str(exe), str(out)], capture_output=True, text=True,
+                                           check=True).stdout.split()))
+    spec = c.manifest["outputs"][0]
+    return c, numbers, np.fromfile(out, dtype=np.float32).reshape(spec["shape"])
+
+
+def test_c_path_any_task_order_and_no_pool(resnet_c):
+    """The C path's model_run_parallel with pieces run backwards, one worker and NULL gives
+    model_run's bytes, which agree with onnxruntime."""
+    c, (used, n, after, same, _, _), got = resnet_c
+    splits = c.manifest["parallel"]["splits"]
+    assert len(splits) == 9 and c.manifest["parallel"]["tasks"] == 4
+    assert set(c.manifest["stack_bytes"]) == {"model_run", "model_run_parallel"}
+    assert 0 < c.manifest["parallel"]["task_stack_bytes"] <= c.manifest["stack_bytes"]["model_run_parallel"]
+    assert c.compiled.info.undefined == []
+    assert used == len(splits) and n == sum(len(s["bounds"]) for s in splits)
+    assert after == used  # one worker, NULL par: no callback
+    assert same == 1
+    spec = c.manifest["inputs"][0]
+    x = (np.arange(int(np.prod(spec["shape"])), dtype=np.uint32) * 37 % 101).astype(np.float32)
+    x = (x / np.float32(50) - np.float32(1)).reshape(spec["shape"])
+    want = onnxruntime_outputs(onnx.load(str(RESNET)), {spec["name"]: x})[0]
+    assert_close(got, want)
+
+
+def test_c_path_on_a_pool_of_two_threads(resnet_c):
+    """runtime/parallel_pool.c with 2 threads: the same bytes as model_run, five times over."""
+    _, (*_, threads, pool_same), _ = resnet_c
+    assert threads == 2
+    assert pool_same == 1
+
+
+def test_c_path_header_has_the_object_paths_parallel_block(resnet_builds, resnet_c):
+    """The header's multi-core block is the object build's, but for the task stack (the C
+    compiler's frames), which is the C build's own."""
+    d, par, _ = resnet_builds
+    c = resnet_c[0]
+
+    def block(h):
+        lines = h.splitlines()
+        start = next(i for i, ln in enumerate(lines) if ln.startswith("/* Multi-core"))
+        end = next(i for i, ln in enumerate(lines) if ln.startswith("int model_run_parallel("))
+        return lines[start:end + 1]
+
+    obj, src = block((d / "par" / "model.h").read_text()), block(c.paths["header"].read_text())
+    stack = "#define MODEL_TASK_STACK_SIZE {}u  /* worst-case stack of one task */"
+    assert stack.format(par.manifest["parallel"]["task_stack_bytes"]) in obj
+    assert stack.format(c.manifest["parallel"]["task_stack_bytes"]) in src
+    assert [ln for ln in src if "TASK_STACK_SIZE " not in ln] == [ln for ln in obj if "TASK_STACK_SIZE " not in ln]
+    assert len(src) == len(obj) > 8
+
+
 @pytest.mark.parametrize("emulated", ["cortex-a76", "rv64gcv"])
 def test_kws_four_threads_under_qemu(emulated, tmp_path):
     par = build(KWS, emulated, "model", tmp_path / "par", parallel=4)
@@ -267,8 +383,8 @@ def test_pool_source_is_the_runtime_one():
     ({"parallel": 1}, "2 or more; got 1"),
     ({"parallel": 0}, "2 or more; got 0"),
     ({"parallel": 65}, "above 64"),
-    ({"parallel": 2, "emit": "c"}, "not supported with the C path"),
     ({"parallel": 2, "weights": "external"}, "not supported with --weights external"),
+    ({"parallel": 2, "emit": "c", "weights": "external"}, "not supported with --weights external"),
     ({"parallel": 2, "grad": "reverse"}, "inference builds"),
     ({"parallel": 2, "train": "mse"}, "inference builds"),
 ])

@@ -113,7 +113,7 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
         options["weights_section"] = weights_section
     splits = []
     if parallel:
-        check_parallel(parallel, backend.name, weights, g.batch is not None, separate_nodes or node_lines)
+        check_parallel(parallel, weights, g.batch is not None, separate_nodes or node_lines)
         splits = choose_splits(g.nodes, parallel, vector, plan.elided)
         by_name = {n.name: n for n in g.nodes}
         options["parallel"] = {id(by_name[s.node]): pieces(by_name[s.node], s, vector) for s in splits}
@@ -132,13 +132,13 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
     return c
 
 
-def check_parallel(tasks, backend: str, weights: str, bounded: bool, profiling: bool):
-    """--parallel N: N >= 2, on the object path, with internal weights and static shapes."""
+def check_parallel(tasks, weights: str, bounded: bool, profiling: bool):
+    """--parallel N: N >= 2 (the object path or the C path), with internal weights and static shapes."""
     if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 2:
         raise InvalidModelError(f"--parallel takes the most pieces a node is cut into, 2 or more; got {tasks!r}")
     if tasks > MAX_PARALLEL_TASKS:
         raise InvalidModelError(f"--parallel {tasks} is above {MAX_PARALLEL_TASKS} pieces per node")
-    for problem, bad in (("the C path (--emit c)", backend != "object"), ("--weights external", weights != "internal"),
+    for problem, bad in (("--weights external", weights != "internal"),
                          ("a bounded dimension (--dim N<=M)", bounded), ("a profiling build", profiling)):
         if bad:
             raise InvalidModelError(f"--parallel is not supported with {problem} yet")
@@ -347,7 +347,7 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     if parallel is not None:
         if grad or train:
             raise InvalidModelError("--parallel is for inference builds, not --grad or --train")
-        check_parallel(parallel, "object" if emit == "object" else emit, weights, False, False)  # bounds: below
+        check_parallel(parallel, weights, False, False)  # bounds: below
     model = load_model(model_path) if bind else None
     bound = resolve(model, bind, _fixed(dims)) if bind else {}
     hook = (BuildHook.open(model_path, profile, name, dims, emit, budgets, weights, key_of(bound), weights_section)

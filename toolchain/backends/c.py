@@ -10,6 +10,7 @@ one-instruction forms where the compiler offers them and plain C everywhere else
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -29,6 +30,8 @@ from ..memory import MemoryPlan
 from ..ops import registry
 from ..targets import Profile, VectorUnit
 from ..version import __version__
+from .c_calls import call_line
+from .c_parallel import parallel_run_functions
 from .common import Generated, lower_node
 from .guards import c_guard_holds
 from .llvm import WEIGHT_ALIGN
@@ -50,12 +53,20 @@ class CBackend:
 
     def generate(self, g: Graph, plan: MemoryPlan, name: str, profile: Profile,
                  weights: str = "internal", build_id: str | None = None,
-                 weights_section: str | None = None) -> Generated:
+                 weights_section: str | None = None, parallel: dict | None = None) -> Generated:
+        """parallel: {id(node): its pieces} of a parallel build (passes/parallel.py; {} when
+        nothing is worth splitting): <name>_run_parallel, and <name>_run running the pieces
+        in turn (c_parallel.py)."""
         if weights != "internal":
             raise UnsupportedError("--weights external is not supported with --emit c yet")
-        source = c_source(g, plan, name, profile.name, build_id, weights_section)
+        if parallel is not None and g.batch is not None:
+            raise UnsupportedError("a parallel build (--parallel) needs static shapes")
+        calls: dict = {}
+        source = c_source(g, plan, name, profile.name, build_id, weights_section, parallel, calls)
         frames: dict = {}
         obj = compile_c(source, profile, frames=frames)
+        if parallel is not None:
+            return Generated(obj, frames, calls, c_source=source)
         # the entry calls each node's function, which call nothing (helpers are inline)
         functions = node_symbols(name, g.nodes)
         calls = {fn: set() for fn in functions}
@@ -241,13 +252,32 @@ static inline float edgec_sqrtf(float x) {
 
 
 def c_source(g: Graph, plan: MemoryPlan, name: str, target: str, build_id: str | None = None,
-             weights_section: str | None = None) -> str:
+             weights_section: str | None = None, parallel: dict | None = None, calls: dict | None = None) -> str:
+    """parallel: the pieces of a parallel build's split nodes ({id(node): pieces}); its call
+    graph goes into `calls`."""
     weights = {id(v): (f"{name}_w{i}", v) for i, v in enumerate(g.constants())}
-    kernels = [_node_function(g, plan, sym, node) if id(node) not in plan.elided else (None, "")
-               for node, sym in zip(g.nodes, node_symbols(name, g.nodes))]
+    symbols = node_symbols(name, g.nodes)
+    cut = parallel or {}
+    kernels = [_node_function(g, plan, sym, node) if id(node) not in plan.elided and id(node) not in cut
+               else (None, "") for node, sym in zip(g.nodes, symbols)]
+    split, pieces = {}, []  # a split node: no whole kernel, a kernel per piece (plan None: never in place)
+    for node, sym in zip(g.nodes, symbols):
+        if id(node) in cut:
+            for v in (v for p in cut[id(node)] for v in p.node.inputs if v is not None and v.is_const):
+                weights.setdefault(id(v), (f"{name}_w{len(weights)}", v))  # a piece's constant of its own
+            fns = [_node_function(g, None, f"{sym}_part{j}", p.node) for j, p in enumerate(cut[id(node)])]
+            pieces += fns
+            split[id(node)] = (cut[id(node)], [fn for fn, _ in fns], sym)
+    if parallel is not None:
+        entries, graph = parallel_run_functions(g, plan, name, weights, [fn for fn, _ in kernels], split)
+        calls.update(graph)
+        # a split node's whole weights, when every piece has its own: no array
+        weights = {k: (sym, v) for k, (sym, v) in weights.items() if re.search(rf"\b{sym}\b", entries)}
+    else:
+        entries = _run_function(g, plan, name, weights, [fn for fn, _ in kernels])
     body = "\n\n".join([*(_weight_array(sym, v.data) for sym, v in weights.values()),
-                        *(code for _, code in kernels if code),
-                        _run_function(g, plan, name, weights, [fn for fn, _ in kernels]),
+                        *(code for _, code in kernels + pieces if code),
+                        entries,
                         *([_batch_entries(g, name)] if g.batch else []),
                         *([f"extern const char {build_id_symbol(name)}[{len(build_id) + 1}];\n"
                            f"const char {build_id_symbol(name)}[{len(build_id) + 1}] = \"{build_id}\";"]
@@ -456,8 +486,9 @@ def _node_function(g, plan, fn, node, shared: dict | None = None) -> tuple[str, 
     """shared: (dtype, shape, bytes) -> symbol of the packed weights already written, which a
     kernel packing the same weights names instead of storing them again."""
     ins = [v for v in node.inputs if v is not None]
-    places = [plan.of(v) for v in ins]
-    in_place = any(plan.of(o) in places and plan.of(o).kind != "const" for o in node.outputs)
+    places = [plan.of(v) for v in ins] if plan is not None else []
+    # plan None: a piece of a split node (passes/parallel.py), never in place
+    in_place = plan is not None and any(plan.of(o) in places and plan.of(o).kind != "const" for o in node.outputs)
     restrict = "" if in_place else " restrict"  # distinct buffers: lets compilers vectorize
     k = CKernel(fn)
     k.vector = PORTABLE_C
@@ -492,26 +523,9 @@ def _run_function(g, plan, name, weights, kernels, proto=None) -> str:
     lines += [f"    if (!({c_guard_holds(g, guard)})) return {ERR_INPUT_VALUE};  /* specialized input */"
               for guard in g.guards]
 
-    def pointer(v, writable):
-        st = plan.of(v)
-        ct = c_type(LLVM_TYPES[v.type.dtype])
-        cast = f"({ct} *)" if writable else f"(const {ct} *)"
-        if st.kind == "input":
-            return f"{cast}inputs[{st.index}]"
-        if st.kind == "output":
-            return f"{cast}outputs[{st.index}]"
-        if st.kind == "arena":
-            return f"{cast}(void *)(a + {st.index})"
-        return weights[id(v)][0]
-
     for node, fn in zip(g.nodes, kernels):
-        if fn is None:
-            continue
-        args = [pointer(v, False) for v in node.inputs if v is not None]
-        args += [pointer(v, True) for v in node.outputs]
-        for st, t in zip(plan.workspace_of(node), registry.get(node.op).workspace(node)):
-            args.append(f"({c_type(LLVM_TYPES[t.dtype])} *)(void *)(a + {st.index})")
-        lines.append(f"    {fn}({', '.join(args)});")
+        if fn is not None:
+            lines.append(call_line(node, fn, plan, weights))
     lines += ["    return 0;", "}"]
     return "\n".join(lines)
 
