@@ -187,30 +187,35 @@ def conv2d_columns(k, schedule, a, x, w, bias, y, w_value):
 
 
 def conv2d_channels(k, schedule, a, x, bias, y, w_data):
-    """2-D convolution (group 1; schedule "conv-channels") in register tiles of PX output pixels (consecutive columns
-    of one output row) x NV vectors of output channels. The weights are packed at compile
-    time in blocks of NV vectors of output channels (_channel_blocks), so a tap's weights
-    for a tile are NV whole vector loads, the next tap's right after them; each input value is broadcast once and feeds the NV vectors. Neither the
-    row width nor the stride shapes a vector: this is the tile for narrow output rows
-    (keyword spotting's 25x5 maps) and strided convolutions. Kernel rows in the padding are
-    skipped as a whole; in the border tiles, fixed at compile time, a pixel whose tap falls
-    in the padding reads nothing. Each accumulator sums its taps in (channel, kh, kw)
-    order. Channels lie a plane apart in NCHW, so the tile is transposed at its store."""
+    """2-D convolution (any groups of whole vectors; schedule "conv-channels") in register
+    tiles of PX output pixels (consecutive columns of one output row) x NV vectors of one
+    group's output channels. The weights are packed at compile time in blocks of NV vectors
+    of output channels within a group (_channel_blocks), so a tap's weights for a tile are
+    NV whole vector loads, the next tap's right after them; each input value is broadcast
+    once and feeds the NV vectors. Neither the row width nor the stride shapes a vector:
+    this is the tile for narrow output rows (keyword spotting's 25x5 maps), small maps with
+    many channels and strided convolutions. Kernel rows in the padding are skipped as a
+    whole; in the border tiles, fixed at compile time, a pixel whose tap falls in the
+    padding reads nothing. Each accumulator sums its taps in (channel, kh, kw) order.
+    Channels lie a plane apart in NCHW, so the tile is transposed at its store."""
     n_, oc_, oh_, ow_ = y.shape
     h_, w_in = x.shape[2:]
     _, cg, kh_, kw_ = w_data.shape
     (sh, sw), (dh, dw), (ph, pw) = a["strides"], a["dilations"], a["pads"][:2]
+    groups = a.get("group", 1)
+    ocg = oc_ // groups
     lanes = check_lanes(k, schedule)
-    n_vectors = oc_ // lanes
+    n_vectors = ocg // lanes  # per group
     px, nv = schedule.rows, schedule.vectors
     block = nv * lanes
-    wt = k.constant(_channel_blocks(w_data, block))
+    per_group = -(-ocg // block)  # blocks of one group
+    wt = k.constant(_channel_blocks(w_data, block, groups))
     taps = _column_taps(x, a, kw_, ow_)
 
     def inside(ow, kw):
         return not isinstance(ow, int) or 0 <= ow * sw - pw + kw * dw < w_in
 
-    def tile(n, blk, oc0, vectors, oh, ow0, pixels):
+    def tile(n, blk, oc0, c0, vectors, oh, ow0, pixels):
         offs = [v * lanes for v in range(vectors)]
         acc = [[k.var(k.vload(bias, (oc0 + off,), lanes) if bias is not None else k.splat(0.0, lanes))
                 for off in offs] for _ in range(pixels)]
@@ -223,7 +228,7 @@ def conv2d_channels(k, schedule, a, x, bias, y, w_data):
                         continue
                     ws = [k.vload(wt, (blk, ci, kh, kw, off), lanes) for off in offs]
                     for p in used:
-                        xv = k.splat(taps[kw][n, ci, ih, ow0 + p], lanes)
+                        xv = k.splat(taps[kw][n, c0 + ci, ih, ow0 + p], lanes)
                         for c, wv in enumerate(ws):
                             acc[p][c] += xv * wv
         # transposed: one vector per channel across the tile's pixels (contiguous in its
@@ -235,35 +240,39 @@ def conv2d_channels(k, schedule, a, x, bias, y, w_data):
 
     left, right, fixed = _column_tiles(a, w_in, kw_, ow_, px)
 
-    def channel_block(n, blk, vectors):
-        oc0 = blk * block
+    def channel_block(n, g, b, vectors):
+        blk, oc0, c0 = g * per_group + b, g * ocg + b * block, g * cg
         with k.loop(oh_) as oh:
             if right > left:
                 with k.loop(right, start=left, step=px) as ow0:
-                    tile(n, blk, oc0, vectors, oh, ow0, px)
+                    tile(n, blk, oc0, c0, vectors, oh, ow0, px)
             for start, pixels in fixed:
-                tile(n, blk, oc0, vectors, oh, start, pixels)
+                tile(n, blk, oc0, c0, vectors, oh, start, pixels)
 
     full = n_vectors // nv
-    with k.loop(n_) as n:
-        with k.loop(full) as blk:
-            channel_block(n, blk, nv)
-        if full * block < oc_:
-            channel_block(n, full, n_vectors % nv)
+    with k.loop(n_) as n, k.loop(groups) as g:
+        with k.loop(full) as b:
+            channel_block(n, g, b, nv)
+        if full * block < ocg:
+            channel_block(n, g, full, n_vectors % nv)
 
 
-def _channel_blocks(w_data, block):
+def _channel_blocks(w_data, block, groups=1):
     """The weights [out channel][in channel][kh][kw] as [block][in channel][kh][kw][block's
-    out channels]: a tile reads its block's taps one after another, a stream the prefetcher
-    follows (channels-last over all out channels puts a tap's few vectors a row apart); the
-    last block's missing channels are zeros, never read."""
+    out channels], a group's channels in blocks of their own: a tile reads its block's taps
+    one after another, a stream the prefetcher follows (channels-last over all out channels
+    puts a tap's few vectors a row apart); a group's last block's missing channels are
+    zeros, never read."""
     oc, cg, kh, kw = w_data.shape
-    n_blocks = -(-oc // block)
-    packed = np.zeros((n_blocks, cg, kh, kw, block), w_data.dtype)
+    ocg = oc // groups
+    per_group = -(-ocg // block)
+    packed = np.zeros((groups * per_group, cg, kh, kw, block), w_data.dtype)
     taps_last = w_data.transpose(1, 2, 3, 0)
-    for b in range(n_blocks):
-        width = min(block, oc - b * block)
-        packed[b, ..., :width] = taps_last[..., b * block:b * block + width]
+    for g in range(groups):
+        for b in range(per_group):
+            lo = g * ocg + b * block
+            width = min(block, (g + 1) * ocg - lo)
+            packed[g * per_group + b, ..., :width] = taps_last[..., lo:lo + width]
     return packed
 
 

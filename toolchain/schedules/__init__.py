@@ -111,14 +111,15 @@ def channel_vectors_suit(vec: VectorUnit, layer: ConvLayer) -> bool:
     store transposes it, so each output needs enough taps to hide that."""
     lanes = vec.lanes
     _, oc_, _, ow_ = layer.y
+    ocg = oc_ // layer.group  # a tile's channels stay in one group
     taps = 1
     for d in layer.w[1:]:
         taps *= d
-    if (layer.group != 1 or lanes == 1 or vec.fma_by_lane or not layer.weights_const or oc_ % lanes
-            or oc_ < 2 * lanes or taps < 4 * lanes):
+    if (lanes == 1 or vec.fma_by_lane or not layer.weights_const or ocg % lanes
+            or ocg < 2 * lanes or taps < 4 * lanes):
         return False
-    _, _, channel_cost = channel_tile(vec, oc_ // lanes, ow_)
-    return layer.strides[1] > 1 or channel_cost < matmul_tile_cost(vec, oc_, ow_)
+    _, _, channel_cost = channel_tile(vec, ocg // lanes, ow_)
+    return layer.strides[1] > 1 or channel_cost < matmul_tile_cost(vec, ocg, ow_)
 
 
 # The register tiles unroll a kernel's taps into straight-line code: fine for the 1x1 to
@@ -149,7 +150,7 @@ def conv_schedule(vec: VectorUnit, layer: ConvLayer) -> Schedule:
     if len(layer.x) != 4 or layer.w[2] * layer.w[3] > MAX_UNROLLED_TAPS:
         return Schedule("loop")
     if channel_vectors_suit(vec, layer):
-        px, nv, cost = channel_tile(vec, layer.y[1] // lanes, layer.y[3])
+        px, nv, cost = channel_tile(vec, layer.y[1] // layer.group // lanes, layer.y[3])
         return Schedule("conv-channels", lanes, px, nv, packing="channels-last", cost=round(cost, 4))
     _, oc_, oh_, ow_ = layer.y
     cg, kh_, kw_ = layer.w[1:]
