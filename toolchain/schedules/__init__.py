@@ -116,7 +116,7 @@ def channel_vectors_suit(vec: VectorUnit, layer: ConvLayer) -> bool:
     for d in layer.w[1:]:
         taps *= d
     if (lanes == 1 or vec.fma_by_lane or not layer.weights_const or ocg % lanes
-            or ocg < 2 * lanes or taps < 4 * lanes):
+            or ocg < 2 * lanes or taps < 3 * lanes):
         return False
     _, _, channel_cost = channel_tile(vec, ocg // lanes, ow_)
     return layer.strides[1] > 1 or channel_cost < matmul_tile_cost(vec, ocg, ow_)
