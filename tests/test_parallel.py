@@ -409,3 +409,22 @@ def test_cli_refusal_exit_code(tmp_path):
     assert proc.returncode != 0
     assert "--parallel takes the most pieces a node is cut into, 2 or more; got 1" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_compile_cache_keys_parallel(tmp_path, monkeypatch):
+    """A --parallel build comes from the cache the second time, byte for byte; another N or
+    no --parallel is another build."""
+    from toolchain import cache
+    monkeypatch.setenv("EDGEC_CACHE", "1")
+    monkeypatch.setenv("EDGEC_CACHE_DIR", str(tmp_path / "cache"))
+    first = build(KWS, HOST, "model", tmp_path / "a", parallel=2)
+    again = build(KWS, HOST, "model", tmp_path / "b", parallel=2)
+    other = build(KWS, HOST, "model", tmp_path / "c", parallel=4)
+    plain = build(KWS, HOST, "model", tmp_path / "d")
+    assert first.compiled is not None and again.compiled is None  # the second was a hit
+    assert other.compiled is not None and plain.compiled is not None
+    for f in ("model.o", "model.h", "model.json"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    assert again.manifest["parallel"] == first.manifest["parallel"]
+    assert cache.events[-2]["fields"]["options"]["parallel"] == 4
+    assert "parallel" not in plain.manifest and "parallel" not in cache.events[-1]["fields"]["options"]

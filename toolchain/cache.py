@@ -171,9 +171,10 @@ def profile_digest(profile) -> str:
 
 def key_fields(model_sha256: str, inputs: list[dict], profile, name: str, emit: str = "object",
                dims: dict | None = None, budgets: dict | None = None, model_file: str = "",
-               weights: str = "internal", bind: dict | None = None, weights_section: str | None = None) -> dict:
+               weights: str = "internal", bind: dict | None = None, weights_section: str | None = None,
+               parallel: int | None = None) -> dict:
     """bind: binding.key_of(the bound values) (dtype, shape and sha256 of each).
-    weights_section: a --weights-section other than the default (None)."""
+    weights_section: a --weights-section other than the default (None). parallel: --parallel N."""
     llvmlite_v, llvm_v = _llvm_versions()
     from .version import __version__
     return {
@@ -187,7 +188,8 @@ def key_fields(model_sha256: str, inputs: list[dict], profile, name: str, emit: 
                     "budgets": {k: v for k, v in sorted((budgets or {}).items()) if v is not None},
                     **({"weights": weights} if weights != "internal" else {}),
                     **({"bind": bind} if bind else {}),
-                    **({"weights_section": weights_section} if weights_section else {})},
+                    **({"weights_section": weights_section} if weights_section else {}),
+                    **({"parallel": parallel} if parallel else {})},
         "compiler": __version__,
         "compiler_source_sha256": compiler_source_digest(),
         "llvmlite": llvmlite_v,
@@ -464,7 +466,8 @@ class BuildHook:
 
     @classmethod
     def open(cls, model_path, profile, name, dims, emit, budgets, weights="internal",
-             bind: dict | None = None, weights_section: str | None = None) -> BuildHook | None:
+             bind: dict | None = None, weights_section: str | None = None,
+             parallel: int | None = None) -> BuildHook | None:
         """None when the model cannot even be read: build then reports that itself."""
         t0 = time.perf_counter()
         try:
@@ -475,7 +478,7 @@ class BuildHook:
             utf8_names(proto)  # names as text, as the importer sees them
             digest = model_digest(data, proto, path.parent)
             fields = key_fields(digest, bound_inputs(proto, dims or {}, bind or ()), profile, name, emit, dims,
-                                budgets, path.name, weights, bind, weights_section)
+                                budgets, path.name, weights, bind, weights_section, parallel)
             key = make_key(fields)
         except Exception:  # noqa: BLE001
             return None

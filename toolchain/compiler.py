@@ -322,7 +322,7 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
     place (`*(NAME)`); recorded in the manifest ("weights_section") and the header, keyed in
     the cache and the build id; counted as flash. parallel: N >= 2 also exports
     <name>_run_parallel, the nodes worth it cut into up to N pieces the caller's threads run
-    (inference builds on the object path; not cached yet)."""
+    (inference builds; keyed in the compile cache)."""
     check_name(name)
     weights_section = check_weights_section(weights_section, name, weights)
     if grad is not None and grad not in GRAD_MODES:
@@ -350,8 +350,9 @@ def build(model_path: str | Path | None, target: str, name: str = "model", out: 
         check_parallel(parallel, weights, False, False)  # bounds: below
     model = load_model(model_path) if bind else None
     bound = resolve(model, bind, _fixed(dims)) if bind else {}
-    hook = (BuildHook.open(model_path, profile, name, dims, emit, budgets, weights, key_of(bound), weights_section)
-            if dump is None and not (grad or train or parallel) else None)
+    hook = (BuildHook.open(model_path, profile, name, dims, emit, budgets, weights, key_of(bound), weights_section,
+                           parallel)
+            if dump is None and not (grad or train) else None)
     if hook is not None and (hit := hook.restore(out)) is not None:
         return BuildResult(*hit, compiled=None)  # a cache hit: the artifacts, nothing compiled
     model = bind_inputs(model or load_model(model_path), bound)
