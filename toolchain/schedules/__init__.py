@@ -118,8 +118,15 @@ def channel_vectors_suit(vec: VectorUnit, layer: ConvLayer) -> bool:
     if (lanes == 1 or vec.fma_by_lane or not layer.weights_const or ocg % lanes
             or ocg < 2 * lanes or taps < 3 * lanes):
         return False
-    _, _, channel_cost = channel_tile(vec, ocg // lanes, ow_)
+    _, _, channel_cost = channel_tile(vec, ocg // lanes, ow_, shared_columns=_shared_columns(vec, layer))
     return layer.strides[1] > 1 or channel_cost < matmul_tile_cost(vec, ocg, ow_)
+
+
+def _shared_columns(vec: VectorUnit, layer: ConvLayer) -> int:
+    """How many kernel columns share an input broadcast in the channel tile: all of them at
+    stride 1 (counted, ResNet-8 took the channel tile on x86-64-v3: -7% instructions, the
+    M55: -21%, rv64gcv: +2.7%)."""
+    return layer.w[3] if layer.strides[1] == 1 and layer.dilations[1] == 1 else 1
 
 
 # The register tiles unroll a kernel's taps into straight-line code: fine for the 1x1 to
@@ -150,7 +157,8 @@ def conv_schedule(vec: VectorUnit, layer: ConvLayer) -> Schedule:
     if len(layer.x) != 4 or layer.w[2] * layer.w[3] > MAX_UNROLLED_TAPS:
         return Schedule("loop")
     if channel_vectors_suit(vec, layer):
-        px, nv, cost = channel_tile(vec, layer.y[1] // layer.group // lanes, layer.y[3])
+        px, nv, cost = channel_tile(vec, layer.y[1] // layer.group // lanes, layer.y[3],
+                                    shared_columns=_shared_columns(vec, layer))
         return Schedule("conv-channels", lanes, px, nv, packing="channels-last", cost=round(cost, 4))
     _, oc_, oh_, ow_ = layer.y
     cg, kh_, kw_ = layer.w[1:]

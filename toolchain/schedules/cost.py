@@ -79,7 +79,7 @@ def matmul_tile_cost(vec: VectorUnit, m_, n, left="splat"):
     return insns / macs
 
 
-def channel_tile(vec: VectorUnit, n_vectors, width, max_pixels=8, max_vectors=4):
+def channel_tile(vec: VectorUnit, n_vectors, width, max_pixels=8, max_vectors=4, shared_columns=1):
     """(pixels, vectors, instructions per MAC) of a channel-vector convolution tile: the
     fewest instructions per FMA over one output row and all channel vectors (the last
     tiles of each may be smaller), fitting the register file with two registers to
@@ -88,7 +88,8 @@ def channel_tile(vec: VectorUnit, n_vectors, width, max_pixels=8, max_vectors=4)
     column kw+1 is pixel p+1's at kw: LLVM shares that broadcast and keeps it live across
     the row, so where the broadcast takes a vector register it takes one per pixel (and
     a tile counting one in all spills). With a scalar FMA operand (RVV) the inputs stay
-    in scalar registers."""
+    in scalar registers. shared_columns: the kernel's width at stride 1 (1 otherwise): a
+    row of p pixels over kw columns then broadcasts p + kw - 1 inputs, not p * kw."""
     splat_regs = 0 if vec.fma_scalar_operand else 1
     best = None
     for nv in range(1, min(max_vectors, n_vectors) + 1):
@@ -98,7 +99,7 @@ def channel_tile(vec: VectorUnit, n_vectors, width, max_pixels=8, max_vectors=4)
             insns = fmas = 0
             for v in blocks(n_vectors, nv):
                 for p in blocks(width, px):
-                    insns += p + v + p * v
+                    insns += (p + shared_columns - 1) / shared_columns + v + p * v
                     fmas += p * v
             key = (insns / fmas, -px * nv)
             if best is None or key < best[0]:
