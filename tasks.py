@@ -207,9 +207,12 @@ def test(c, target=None, slow=False):
                      "and the ratio to those per inference",
             "grad": "reverse: also instructions per primal and per pullback (a --grad reverse build)",
             "cycles": "also ESTIMATED cycles per inference on the Cortex-M boards (the core's [cycles] "
-                      "table x instructions per mnemonic; not measured)"},
+                      "table x instructions per mnemonic; not measured)",
+            "threads": "also a --parallel N build on N threads: checked everywhere, timed natively against "
+                       "one thread and onnxruntime with N threads"},
       iterable=["target", "model"])
-def bench(c, target=None, model=None, json=None, runs=20, layers=False, train=False, grad=None, cycles=False):
+def bench(c, target=None, model=None, json=None, runs=20, layers=False, train=False, grad=None, cycles=False,
+          threads=None):
     """Latency table: instructions per inference and per MAC (QEMU plugin), median and p99
     time (emulated, or native next to onnxruntime), correctness against onnxruntime; with
     --train / --grad reverse, instructions per training step / primal + pullback too; with
@@ -222,6 +225,8 @@ def bench(c, target=None, model=None, json=None, runs=20, layers=False, train=Fa
         args += ["--grad", grad]
     if cycles:
         args.append("--cycles")
+    if threads:
+        args += ["--threads", str(threads)]
     for t in target or []:
         args += ["--target", t]
     for m in model or []:

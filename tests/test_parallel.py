@@ -428,3 +428,21 @@ def test_compile_cache_keys_parallel(tmp_path, monkeypatch):
     assert again.manifest["parallel"] == first.manifest["parallel"]
     assert cache.events[-2]["fields"]["options"]["parallel"] == 4
     assert "parallel" not in plain.manifest and "parallel" not in cache.events[-1]["fields"]["options"]
+
+
+@pytest.mark.parametrize("where", [HOST, "cortex-a76"])
+def test_bench_threads_checks_and_times_the_parallel_build(where, tmp_path):
+    """`invoke bench --threads 2`: the --parallel 2 build on 2 threads, checked against
+    onnxruntime on every target, timed (against one thread and onnxruntime on 2) natively."""
+    from toolchain.bench import bench, threads_table
+    r = bench(KWS, where, tmp_path, runs=2, count=False, threads=2)
+    assert r.ok, r.error
+    t = r.extra["threads"]
+    assert t["n"] == 2 and t["splits"] > 0 and t["max_abs_err"] < 1e-5 and t["arena_bytes"] == r.arena_bytes
+    native = where == HOST
+    assert ("speedup" in t) == native and ("ratio_vs_ort" in t) == native
+    if native:
+        assert t["speedup"] > 0 and t["ort_median_ns"] > 0
+    row = threads_table([r]).splitlines()[-1]
+    assert row.split()[:3] == ["kws_dscnn", where, str(t["splits"])]
+    assert ("checked" in row) != native

@@ -116,16 +116,19 @@ class Result:
 
 def bench(model_path: Path, target: str, workdir: Path, runs: int = 20, count: bool = True,
           compare: bool = True, train: str | None = None, grad: str | None = None,
-          learning_rate: float = LEARNING_RATE, cycles: bool = False) -> Result:
+          learning_rate: float = LEARNING_RATE, cycles: bool = False, threads: int = 1) -> Result:
     """Build, check against onnxruntime, count instructions, time. Failures are recorded
     in the result (the matrix goes on), not raised. train (a loss, e.g. "mse") and grad
     ("reverse") also build those variants and count their instructions (bench_train).
     cycles: on a system-mode target with a [cycles] table, also the cycle ESTIMATE of one
-    inference (harness/cycles.py) in extra["cycle_estimate"]."""
+    inference (harness/cycles.py) in extra["cycle_estimate"]. threads > 1: also a --parallel
+    build on that many threads (bench_threads), in extra["threads"]."""
     model_path = Path(model_path)
     res = Result(model_path.stem, target)
     try:
         _bench_into(res, model_path, target, workdir, runs, count, compare, cycles)
+        if threads > 1 and res.ok and not res.refused and get_profile(target).run_mode != "system":
+            bench_threads(res, model_path, target, workdir, threads, runs)
     except Exception as e:  # noqa: BLE001  (one failing cell must not stop the matrix)
         res.ok, res.error = False, f"{type(e).__name__}: {e}".splitlines()[0][:300]
     if (train or grad) and not res.refused:
@@ -250,6 +253,56 @@ def _bench_into(res, model_path, target, workdir, runs, count, compare, cycles=F
     res.p99_ns = float(np.percentile(ours, 99))
 
 
+def bench_threads(res: Result, model_path: Path, target: str, workdir: Path, threads: int, runs: int):
+    """A --parallel N build run by the harness's pool of N threads: its outputs against
+    onnxruntime (a failure fails the cell), and natively its latency against the one-thread
+    figure and onnxruntime with N intra-op threads (alternating rounds)."""
+    profile = get_profile(target)
+    model = onnx.load(str(model_path))
+    out = Path(workdir) / f"{target}-{model_path.stem}-x{threads}"
+    man = build(model_path, target, "model", out, parallel=threads).manifest
+    feeds = seeded_inputs(model)
+    inputs = [feeds[i["name"]] for i in man["inputs"]]
+    specs = [(o["dtype"], tuple(o["shape"])) for o in man["outputs"]]
+    exe = link_harness(out, "model", profile)
+    env = {"EDGEC_THREADS": str(threads)}
+    run = run_model(exe, profile, inputs, specs, runs=1, env=env)
+    want = onnxruntime_session(model).run(None, feeds)
+    worst = max((error_report(g, w) for g, w in zip(run.outputs, want)), key=lambda r: r.max_abs)
+    info = {"n": threads, "splits": len(man["parallel"]["splits"]), "code_bytes": man["code_bytes"],
+            "arena_bytes": man["arena"]["size"], "max_abs_err": worst.max_abs}
+    res.extra["threads"] = info
+    if not worst.ok:
+        res.ok, res.error = False, f"{threads} threads: mismatch vs onnxruntime: {worst}"
+        return
+    if profile.runs_natively():
+        session = onnxruntime_session(model, threads=threads)
+        ours, theirs = _alternate(exe, profile, inputs, specs, session, feeds, runs, env=env)
+        info["median_ns"], info["ort_median_ns"] = float(np.median(ours)), float(np.median(theirs))
+        info["speedup"] = res.median_ns / info["median_ns"]
+        info["ratio_vs_ort"] = info["median_ns"] / info["ort_median_ns"]
+
+
+def threads_table(results: list[Result]) -> str:
+    rows = [r for r in results if "threads" in r.extra]
+    if not rows:
+        return ""
+    n = rows[0].extra["threads"]["n"]
+    head = (f"{'model':26} {'target':11} {'splits':>6} {'x1':>10} {f'x{n}':>10} {'speedup':>8} "
+            f"{f'ORT x{n}':>10} {'vs ORT':>7} {'code':>8}")
+    lines = [f"--parallel {n}, on {n} threads (the harness's pthread pool; onnxruntime with {n} intra-op threads)",
+             head, "-" * len(head)]
+    for r in rows:
+        t = r.extra["threads"]
+        native = "median_ns" in t
+        lines.append(f"{r.model:26} {r.target:11} {t['splits']:6d} {_fmt_ns(r.median_ns) if native else '-':>10} "
+                     f"{_fmt_ns(t['median_ns']) if native else 'checked':>10} "
+                     f"{('%.2fx' % t['speedup']) if native else '-':>8} "
+                     f"{_fmt_ns(t['ort_median_ns']) if native else '-':>10} "
+                     f"{('%.2f' % t['ratio_vs_ort']) if native else '-':>7} {t['code_bytes']:8d}")
+    return "\n".join(lines)
+
+
 def cycle_estimate(exe, profile, inputs, specs, insns: int) -> dict:
     """Estimated cycles of one inference: instructions per mnemonic (N runs minus 1 run),
     each charged its class's cycles from the profile's [cycles] table. A failure (say, no
@@ -266,13 +319,17 @@ def cycle_estimate(exe, profile, inputs, specs, insns: int) -> dict:
             "table": dict(profile.cycles), "per_class": per_class, "mnemonics": counts}
 
 
-def _alternate(exe, profile, inputs, specs, session, feeds, runs, rounds=5):
+def _alternate(exe, profile, inputs, specs, session, feeds, runs, rounds=5, env=None):
     """Our library and onnxruntime measured in alternating rounds, so that a change in
-    machine load hits both alike. Both single-threaded; ours timed inside the harness."""
+    machine load hits both alike; ours timed inside the harness. env: the harness's (its
+    thread count); then a pause before each round of ours, as onnxruntime's pool threads
+    spin a while after its runs and would take a core."""
     ours, theirs = [], []
     session.run(None, feeds)
     for _ in range(rounds):
-        ours += run_model(exe, profile, inputs, specs, runs=runs).times_ns[1:]  # first run warms caches
+        if env:
+            time.sleep(0.2)
+        ours += run_model(exe, profile, inputs, specs, runs=runs, env=env).times_ns[1:]  # first run warms caches
         for _ in range(runs):
             t0 = time.perf_counter_ns()
             session.run(None, feeds)
@@ -412,13 +469,13 @@ def write_json(results: list[Result], path: Path):
 
 def run(targets: list[str], models: list[Path], json_path: str | None = None, runs: int = 20,
         count: bool = True, train: str | None = None, grad: str | None = None,
-        learning_rate: float = LEARNING_RATE, cycles: bool = False) -> int:
+        learning_rate: float = LEARNING_RATE, cycles: bool = False, threads: int = 1) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="edgec-bench-") as tmp:
         for target in targets:
             for model in models:
                 r = bench(model, target, Path(tmp), runs=runs, count=count, train=train, grad=grad,
-                          learning_rate=learning_rate, cycles=cycles)
+                          learning_rate=learning_rate, cycles=cycles, threads=threads)
                 print(f"  {r.model} on {r.target}: {'refused' if r.refused else 'ok' if r.ok else 'FAILED'}", file=sys.stderr, flush=True)
                 results.append(r)
     print(table(results))
@@ -426,6 +483,8 @@ def run(targets: list[str], models: list[Path], json_path: str | None = None, ru
         print(train_table(results))
     if cycles:
         print(cycle_table(results))
+    if threads > 1:
+        print(threads_table(results))
     print(compile_summary(results))
     if json_path:
         write_json(results, Path(json_path))
@@ -462,7 +521,12 @@ def main(argv=None) -> int:
                     help="also ESTIMATED cycles per inference on system-mode targets with a [cycles] table "
                          "(instructions per mnemonic x the core's per-class cycles; not measured)")
     ap.add_argument("--lr", type=float, default=LEARNING_RATE, help="learning rate of the counted steps")
+    ap.add_argument("--threads", type=int, default=1, metavar="N",
+                    help="also a --parallel N build on N threads: checked against onnxruntime everywhere, "
+                         "timed natively against one thread and onnxruntime with N intra-op threads")
     args = ap.parse_args(argv)
+    if args.threads < 1:
+        ap.error(f"--threads must be 1 or more, got {args.threads}")
     if (args.train or args.grad or args.cycles) and args.no_count:
         ap.error("--train, --grad and --cycles count instructions: drop --no-count")
     targets, models = matrix()
@@ -474,7 +538,7 @@ def main(argv=None) -> int:
 
             models = models + write(Path(tmp))
         return run(args.target or targets, models, args.json, args.runs, not args.no_count, args.train, args.grad,
-                   args.lr, args.cycles)
+                   args.lr, args.cycles, args.threads)
 
 
 if __name__ == "__main__":
