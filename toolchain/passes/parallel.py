@@ -9,8 +9,8 @@ one node write disjoint bytes and read nothing another writes, so they run in an
 or at once; the memory plan is the unsplit graph's (the arena does not grow).
 
 Cost model: a node is cut only where each piece keeps at least MIN_PIECE_MACS
-multiply-accumulates (or elements read, for a pool) (a dispatch costs the caller's parallel_for a wake-up and a join,
-microseconds), into at most `tasks` pieces, at multiples of its schedule's register tile
+multiply-accumulates (or elements read, for a pool; a dispatch costs the caller's
+parallel_for a wake-up and a join, microseconds), into at most `tasks` pieces, at multiples of its schedule's register tile
 along the cut where the axis is long enough (a piece's edge then costs no partial tile).
 """
 from __future__ import annotations
@@ -85,8 +85,7 @@ def _split(node: Node, tasks: int) -> Split | None:
     aligned = -(-size // (parts * math.lcm(q, tile))) * math.lcm(q, tile)
     chunk = min(range(balanced, max(aligned, balanced) + 1, q), key=lambda c: (_slowest(size, c, tile), -c))
     bounds = tuple((a, min(a + chunk, size)) for a in range(0, size, chunk))
-    split = Split(node.name, node.op, part.axis, bounds)
-    return split if len(bounds) > 1 and all(_cut(node, part, a, b) for a, b in bounds) else None
+    return Split(node.name, node.op, part.axis, bounds) if len(bounds) > 1 and _rules(node, part) else None
 
 
 def _work(node: Node) -> int:
@@ -116,9 +115,10 @@ def pieces(node: Node, split: Split, vector: VectorUnit) -> list[Piece]:
     """The nodes computing each block of `split`, scheduled for `vector`."""
     op = registry.get(node.op)
     part = op.partition(node)
+    rules = _rules(node, part)
     out = []
     for j, (start, stop) in enumerate(split.bounds):
-        inputs, offsets = _cut(node, part, start, stop)
+        inputs, offsets = _cut(node, rules, start, stop)
         t = node.outputs[0].type
         shape = list(t.shape)
         shape[part.axis] = stop - start
@@ -133,20 +133,31 @@ def pieces(node: Node, split: Split, vector: VectorUnit) -> list[Piece]:
     return out
 
 
-def _cut(node: Node, part, start: int, stop: int):
-    """(inputs, byte offsets) of the piece [start, stop), or None where an input's block is
-    not contiguous in a run-time tensor."""
+def _rules(node: Node, part) -> list | None:
+    """How each input follows the cut: None (read whole) or (axis, num, den), epilogue
+    operands and a "broadcast" input cut where they span the axis; None for the node when
+    a run-time input's block would not be contiguous (only 1s before its axis)."""
     own = registry.get(node.op).own_inputs or len(node.inputs)
     out_shape = node.outputs[0].type.shape
-    inputs, offsets = [], []
+    rules = []
     for i, v in enumerate(node.inputs):
         rule = part.inputs[i] if i < min(own, len(part.inputs)) else "broadcast"  # epilogue operands too
-        if v is None:
-            inputs.append(None)
-            offsets.append(0)
-            continue
-        if rule == "broadcast":
+        if v is not None and rule == "broadcast":
             rule = _broadcast_rule(v.type.shape, out_shape, part.axis)
+        if v is None or rule is None:
+            rules.append(None)
+            continue
+        if not v.is_const and any(d != 1 for d in v.type.shape[:rule[0]]):
+            return None
+        rules.append(rule)
+    return rules
+
+
+def _cut(node: Node, rules: list, start: int, stop: int):
+    """(inputs, byte offsets) of the piece [start, stop): a view of a run-time input at its
+    offset, a constant's slice as a constant of its own (offset None), the rest whole."""
+    inputs, offsets = [], []
+    for v, rule in zip(node.inputs, rules):
         if rule is None:
             inputs.append(v)
             offsets.append(0)
@@ -158,8 +169,6 @@ def _cut(node: Node, part, start: int, stop: int):
             inputs.append(Value(f"{v.name}#{lo}:{hi}", TensorType.of(data), data=data.copy()))
             offsets.append(None)
             continue
-        if any(d != 1 for d in v.type.shape[:axis]):
-            return None
         shape = list(v.type.shape)
         shape[axis] = hi - lo
         inputs.append(Value(f"{v.name}#{lo}:{hi}", TensorType(v.type.dtype, tuple(shape))))
