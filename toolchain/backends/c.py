@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import (ERR_DIM_OUT_OF_RANGE, ERR_INPUT_VALUE, ERR_OPT_STATE, RUN_PARAMS, build_id_symbol, c_comment_text,
+from ..contract import (ERR_DIM_OUT_OF_RANGE, ERR_OPT_STATE, RUN_PARAMS, build_id_symbol, c_comment_text,
                         graph_symbol, item_symbol, jvp_prototype, jvp_symbol, node_symbols, params_init_prototype,
                         params_init_symbol, primal_prototype, primal_symbol, pullback_prototype, pullback_symbol,
                         run_dims_prototype, run_dims_symbol, run_params_prototype, run_params_symbol, run_prototype,
@@ -33,7 +33,7 @@ from ..version import __version__
 from .c_calls import call_line
 from .c_parallel import parallel_run_functions
 from .common import Generated, lower_node
-from .guards import c_guard_holds
+from .guards import c_check_guards
 from .llvm import WEIGHT_ALIGN
 from .llvm_object import parse_frame_reports
 
@@ -519,8 +519,7 @@ def _run_function(g, plan, name, weights, kernels, proto=None) -> str:
         proto = f"static int {item_symbol(name)}({RUN_PARAMS})" if g.batch else run_prototype(name)
     lines = [f"{proto};", "", f"{proto} {{", "    unsigned char *a = (unsigned char *)arena;",
              "    (void)inputs;", "    (void)outputs;", "    (void)a;"]
-    lines += [f"    if (!({c_guard_holds(g, guard)})) return {ERR_INPUT_VALUE};  /* specialized input */"
-              for guard in g.guards]
+    lines += c_check_guards(g)
 
     for node, fn in zip(g.nodes, kernels):
         if fn is not None:

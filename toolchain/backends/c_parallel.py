@@ -3,10 +3,10 @@ llvm_parallel.py: <name>_run_parallel hands each split node's pieces (passes/par
 the caller's parallel_for as one task function, and <name>_run runs the same pieces in turn."""
 from __future__ import annotations
 
-from ..contract import (ERR_INPUT_VALUE, parallel_typedef, run_parallel_prototype, run_parallel_symbol,
+from ..contract import (parallel_typedef, run_parallel_prototype, run_parallel_symbol,
                         run_prototype, run_symbol)
 from .c_calls import call_line, view_pointer
-from .guards import c_guard_holds
+from .guards import c_check_guards
 
 
 def parallel_run_functions(g, plan, name, weights, kernels, split) -> tuple[str, dict]:
@@ -18,8 +18,7 @@ def parallel_run_functions(g, plan, name, weights, kernels, split) -> tuple[str,
     tasks, calls = [], {}
     body = ["    unsigned char *a = (unsigned char *)arena;", "    void *ctx[3];", "    int pooled;",
             "    (void)inputs;", "    (void)outputs;", "    (void)a;"]
-    body += [f"    if (!({c_guard_holds(g, guard)})) return {ERR_INPUT_VALUE};  /* specialized input */"
-             for guard in g.guards]
+    body += c_check_guards(g)
     body += ["    ctx[0] = (void *)inputs;", "    ctx[1] = (void *)outputs;", "    ctx[2] = arena;",
              "    pooled = par != NULL && par->parallel_for != NULL && par->workers > 1;", "    (void)pooled;", "    (void)ctx;"]
     entry = set()

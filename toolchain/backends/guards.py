@@ -6,8 +6,22 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from ..contract import ERR_INPUT_VALUE
 from ..kernel.c import c_type
-from ..kernel.llvm import LLVM_TYPES
+from ..kernel.llvm import I32, LLVM_TYPES
+
+
+def llvm_check_guards(b, g, inputs, index):
+    """At an entry's start: return ERR_INPUT_VALUE, nothing written, unless every guard holds."""
+    for guard in g.guards:
+        with b.if_then(b.not_(llvm_guard_holds(b, g, guard, inputs, index)), likely=False):
+            b.ret(ir.Constant(I32, ERR_INPUT_VALUE))
+
+
+def c_check_guards(g) -> list[str]:
+    """llvm_check_guards's C lines."""
+    return [f"    if (!({c_guard_holds(g, guard)})) return {ERR_INPUT_VALUE};  /* specialized input */"
+            for guard in g.guards]
 
 
 def llvm_guard_holds(b, g, guard, inputs, index):

@@ -8,9 +8,9 @@ import itertools
 
 from llvmlite import ir
 
-from ..contract import (ERR_DIM_OUT_OF_RANGE, ERR_INPUT_VALUE, ERR_OPT_STATE, ERR_WEIGHTS, build_id_symbol, check_weights_symbol, fnv1a64, graph_symbol,
+from ..contract import (ERR_DIM_OUT_OF_RANGE, ERR_OPT_STATE, ERR_WEIGHTS, build_id_symbol, check_weights_symbol, fnv1a64, graph_symbol,
                         item_symbol, jvp_symbol, node_symbols, params_init_symbol, primal_symbol, pullback_symbol,
-                        run_dims_symbol, run_ext_symbol, run_parallel_symbol, run_params_symbol, run_symbol,
+                        run_dims_symbol, run_ext_symbol, run_params_symbol, run_symbol,
                         train_step_symbol, weights_section)
 from ..errors import InternalError, UnsupportedError
 from ..ir import Graph
@@ -19,7 +19,7 @@ from ..memory import MemoryPlan
 from ..ops import registry
 from ..targets import Profile, VectorUnit
 from .common import Generated, lower_node
-from .guards import llvm_guard_holds
+from .guards import llvm_check_guards
 from .debuglines import with_node_lines
 from .llvm_calls import call_nodes, ptr_type
 from .llvm_object import call_graph, compile_ir, dynamic_allocas, module_text
@@ -471,9 +471,7 @@ def _run_function(module, g, plan, name, weights, kernels, index, external=False
                     b.icmp_unsigned("!=", misaligned, ir.Constant(index, 0)))
         with b.if_then(bad, likely=False):
             b.ret(ir.Constant(I32, ERR_WEIGHTS))
-    for guard in g.guards:  # specialized inputs (frontend/specialize.py): ERR_INPUT_VALUE, nothing written
-        with b.if_then(b.not_(llvm_guard_holds(b, g, guard, inputs, index)), likely=False):
-            b.ret(ir.Constant(I32, ERR_INPUT_VALUE))
+    llvm_check_guards(b, g, inputs, index)  # specialized inputs (frontend/specialize.py)
     if separate_nodes:
         for kernel in kernels:
             if kernel is not None:

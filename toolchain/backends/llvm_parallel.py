@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from ..contract import ERR_INPUT_VALUE, run_parallel_symbol, run_symbol
+from ..contract import run_parallel_symbol, run_symbol
 from ..kernel.llvm import I8, I32
-from .guards import llvm_guard_holds
+from .guards import llvm_check_guards
 from .llvm_calls import call_nodes, operand_addresses, ptr_type
 
 
-# The parallel build's C types (contract.PARALLEL_TYPEDEF): a task, the caller's parallel_for,
+# The parallel build's C types (contract.parallel_typedef): a task, the caller's parallel_for,
 # and the struct holding it with the worker count and the caller's context.
 TASK = ir.FunctionType(ir.VoidType(), [I8.as_pointer(), I32])
 PARALLEL_FOR = ir.FunctionType(ir.VoidType(), [I8.as_pointer(), I32, TASK.as_pointer(), I8.as_pointer()])
@@ -32,9 +32,7 @@ def parallel_run_functions(module, g, plan, name, weights, kernels, split, index
     inputs.name, outputs.name, arena.name, par.name = "inputs", "outputs", "arena", "par"
     arena.attributes.align = plan.alignment
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    for guard in g.guards:
-        with b.if_then(b.not_(llvm_guard_holds(b, g, guard, inputs, index)), likely=False):
-            b.ret(ir.Constant(I32, ERR_INPUT_VALUE))
+    llvm_check_guards(b, g, inputs, index)
     ctx = b.alloca(ir.ArrayType(ptr, 3), name="ctx")
     for k, v in enumerate((inputs, outputs, arena)):
         b.store(b.bitcast(v, ptr), b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, k)], inbounds=True))
