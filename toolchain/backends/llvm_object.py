@@ -10,6 +10,7 @@ import tempfile
 import llvmlite.binding as llvm
 from llvmlite import ir
 
+from ..errors import InternalError
 from ..targets import Profile
 
 
