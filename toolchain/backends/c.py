@@ -10,7 +10,6 @@ one-instruction forms where the compiler offers them and plain C everywhere else
 """
 from __future__ import annotations
 
-import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -271,8 +270,11 @@ def c_source(g: Graph, plan: MemoryPlan, name: str, target: str, build_id: str |
     if parallel is not None:
         entries, graph = parallel_run_functions(g, plan, name, weights, [fn for fn, _ in kernels], split)
         calls.update(graph)
-        # a split node's whole weights, when every piece has its own: no array
-        weights = {k: (sym, v) for k, (sym, v) in weights.items() if re.search(rf"\b{sym}\b", entries)}
+        # the arrays a call reads: a split node's whole weights, when every piece has its own, are none
+        read = [v for node, (fn, _) in zip(g.nodes, kernels) if fn for v in node.inputs]
+        read += [v for pieces_of, _, _ in split.values() for p in pieces_of for v in p.node.inputs]
+        used = {id(v) for v in read if v is not None and v.is_const}
+        weights = {k: w for k, w in weights.items() if k in used}
     else:
         entries = _run_function(g, plan, name, weights, [fn for fn, _ in kernels])
     body = "\n\n".join([*(_weight_array(sym, v.data) for sym, v in weights.values()),
