@@ -195,6 +195,19 @@ def bench_train(res: Result, model_path: Path, target: str, workdir: Path, train
             res.grad_ratio = both / res.insns_per_inference
 
 
+def against_onnxruntime(model, feeds, outputs, session=None) -> tuple[bool, ErrorReport]:
+    """(all outputs within tolerance, the worst report). A quantized model against its ONNX
+    semantics (the graph as written), within one quantization step (a product's float
+    rounding against our exact integers); session: a float model's one-thread session."""
+    steps = output_steps(model)
+    quantized = any(steps)
+    if quantized or session is None:
+        session = onnxruntime_session(model, optimized=not quantized)
+    reports = [error_report(g, w, atol=max(ATOL, 1.001 * s) if s else ATOL)
+               for g, w, s in zip(outputs, session.run(None, feeds), steps)]
+    return all(r.ok for r in reports), max(reports, key=lambda r: r.max_abs)
+
+
 def _bench_into(res, model_path, target, workdir, runs, count, compare, cycles=False):
     profile = get_profile(target)
     model = onnx.load(str(model_path))
@@ -220,15 +233,7 @@ def _bench_into(res, model_path, target, workdir, runs, count, compare, cycles=F
         run = run_model(exe, profile, inputs, specs, runs=runs)
     res.ok = True
     if compare:
-        # a quantized model against its ONNX semantics (the graph as written), within one
-        # quantization step (a product's float rounding against our exact integers)
-        steps = output_steps(model)
-        quantized = any(steps)
-        want = (onnxruntime_session(model, optimized=False) if quantized else session).run(None, feeds)
-        reports = [error_report(g, w, atol=max(ATOL, 1.001 * s) if s else ATOL)
-                   for g, w, s in zip(run.outputs, want, steps)]
-        worst = max(reports, key=lambda r: r.max_abs)
-        res.ok = all(r.ok for r in reports)
+        res.ok, worst = against_onnxruntime(model, feeds, run.outputs, session)
         res.max_abs_err, res.max_rel_err, res.worst = worst.max_abs, worst.max_rel, str(worst)
         if not res.ok:
             res.error = f"mismatch vs onnxruntime: {worst}"
@@ -267,12 +272,11 @@ def bench_threads(res: Result, model_path: Path, target: str, workdir: Path, thr
     exe = link_harness(out, "model", profile)
     env = {"EDGEC_THREADS": str(threads)}
     run = run_model(exe, profile, inputs, specs, runs=1, env=env)
-    want = onnxruntime_session(model).run(None, feeds)
-    worst = max((error_report(g, w) for g, w in zip(run.outputs, want)), key=lambda r: r.max_abs)
+    ok, worst = against_onnxruntime(model, feeds, run.outputs)
     info = {"n": threads, "splits": len(man["parallel"]["splits"]), "code_bytes": man["code_bytes"],
             "arena_bytes": man["arena"]["size"], "max_abs_err": worst.max_abs}
     res.extra["threads"] = info
-    if not worst.ok:
+    if not ok:
         res.ok, res.error = False, f"{threads} threads: mismatch vs onnxruntime: {worst}"
         return
     if profile.runs_natively():
