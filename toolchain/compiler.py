@@ -12,7 +12,8 @@ import onnx
 
 from .backends import get_backend
 from .cache import BuildHook
-from .contract import entry_symbols, fnv1a64, node_symbols, is_valid_name, weights_section, weights_section_problem
+from .contract import (entry_symbols, fnv1a64, is_valid_name, node_symbols, task_symbol, weights_section,
+                       weights_section_problem)
 from .emit import ar_archive, build_id, c_header, check_out_dir, manifest_json, owned_files, replace_outputs
 from .errors import InternalError, InvalidModelError, UnsupportedError
 from .frontend.batching import import_batched
@@ -125,7 +126,7 @@ def compile_graph(g: Graph, profile: Profile, name: str, dump: TextIO | None = N
     stack = stack_usage(out.frames, out.calls, entries, profile.return_address_bytes)
     c = Compiled(g, plan, out.object, info, out.llvm_ir, stack, out.c_source, emit, dict(out.files))
     if parallel:
-        tasks = [f"{sym}_task" for sym, n in zip(node_symbols(name, g.nodes), g.nodes) if n.name in
+        tasks = [task_symbol(sym) for sym, n in zip(node_symbols(name, g.nodes), g.nodes) if n.name in
                  {s.node for s in splits}]
         task_stack = stack_usage(out.frames, out.calls, tasks, profile.return_address_bytes)
         c.parallel = {"tasks": parallel, "splits": splits, "task_stack_bytes": max(task_stack.values(), default=0)}

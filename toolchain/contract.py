@@ -83,6 +83,12 @@ def parallel_typedef(name: str) -> str:
             f"}} {parallel_type(name)};")
 
 
+def task_symbol(node_symbol: str) -> str:
+    """The function a parallel build hands to parallel_for for one split node (internal;
+    the stack report's worker figure is its worst case)."""
+    return f"{node_symbol}_task"
+
+
 def run_parallel_prototype(name: str) -> str:
     return f"{RUN_RETURNS} {run_parallel_symbol(name)}({RUN_PARAMS}, const {parallel_type(name)} *par)"
 

@@ -4,7 +4,7 @@ the caller's parallel_for as one task function, and <name>_run runs the same pie
 from __future__ import annotations
 
 from ..contract import (parallel_typedef, run_parallel_prototype, run_parallel_symbol,
-                        run_prototype, run_symbol)
+                        run_prototype, run_symbol, task_symbol)
 from .c_calls import call_line, view_pointer
 from .guards import c_check_guards
 
@@ -25,7 +25,7 @@ def parallel_run_functions(g, plan, name, weights, kernels, split) -> tuple[str,
     for node, fn in zip(g.nodes, kernels):
         if id(node) in split:
             pieces, fns, sym = split[id(node)]
-            task = f"{sym}_task"
+            task = task_symbol(sym)
             tasks.append(_task_function(plan, weights, task, node, pieces, fns))
             calls[task] = set(fns)
             calls.update({f: set() for f in fns})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from ..contract import run_parallel_symbol, run_symbol
+from ..contract import run_parallel_symbol, run_symbol, task_symbol
 from ..kernel.llvm import I8, I32
 from .guards import llvm_check_guards
 from .llvm_calls import call_nodes, operand_addresses, ptr_type
@@ -47,7 +47,7 @@ def parallel_run_functions(module, g, plan, name, weights, kernels, split, index
                     arena, None)
         run = []
         pieces, fns, sym = split[id(node)]
-        task = _task_function(module, plan, weights, index, f"{sym}_task", node, pieces, fns)
+        task = _task_function(module, plan, weights, index, task_symbol(sym), node, pieces, fns)
         with b.if_else(use_pool) as (pooled, alone):
             with pooled:
                 b.call(pool_for, [pool_ctx, ir.Constant(I32, len(pieces)), task, ctx])
