@@ -64,6 +64,10 @@ OPS = [
     ("reducesumsquare", [node("ReduceSumSquare", ["a"], axes=[0, 2], keepdims=1)], {"a": (2, 3, 4)}, {}, False, 17),
     ("reducelogsumexp", [node("ReduceLogSumExp", ["a"], axes=[2], keepdims=0)], {"a": (2, 3, 4)}, {}, False, 17),
     ("reducel1", [node("ReduceL1", ["a"], axes=[0], keepdims=1)], {"a": (2, 3, 4)}, {}, False, 17),
+    ("reduceprod", [node("ReduceProd", ["a"], axes=[1], keepdims=0)], {"a": (2, 3, 4)}, {}, False, 17),
+    ("reduceprod-all-keepdims", [node("ReduceProd", ["a"], keepdims=1)], {"a": (2, 3)}, {}, False, 17),
+    ("reducelogsum", [node("ReduceLogSum", ["a"], axes=[0, 2], keepdims=0)], {"a": (2, 3, 4)}, {}, True, 17),
+    ("reducelogsum-keepdims", [node("ReduceLogSum", ["a", "axes"], keepdims=1)], {"a": (2, 3, 4)}, {}, True, 18),
     ("max-3-broadcast", [node("Max", ["a", "b", "c"])], {"a": (2, 3, 4), "b": (3, 1), "c": (4,)}, {}, False, 17),
     ("min-2", [node("Min", ["a", "b"])], {"a": (3, 4), "b": (3, 4)}, {}, False, 17),
     ("globalaveragepool", [node("GlobalAveragePool", ["a"])], {"a": (2, 3, 4, 5)}, {}, False, 17),
@@ -222,12 +226,33 @@ def test_reducel2_of_zeros_has_zero_derivative():
     np.testing.assert_allclose(gx, np.array([[0, 0, 0], [0.6, 0, -0.8]]) * ct[:, None], rtol=1e-15)
 
 
+def _product_of_the_others(x):
+    """Per row: d prod(x) / dx_i = the product of the row without x_i (np.delete)."""
+    return np.array([[np.prod(np.delete(row, i)) for i in range(len(row))] for row in x])
+
+
+def test_reduceprod_derivative_exact_at_zeros():
+    """The product of the other elements (torch's), not y / x: with no zero in the row, with
+    one (the product of the rest at the zero, 0 elsewhere) and with two (0 everywhere)."""
+    x = np.array([[2.0, -3.0, 0.5, 4.0], [2.0, 0.0, -3.0, 5.0], [0.0, 7.0, 0.0, 3.0], [0.0, 0.0, 0.0, 0.0]])
+    want = _product_of_the_others(x)
+    assert (want[1] == [0, -30, 0, 0]).all() and not want[2:].any()
+    m = onnx_model([node("ReduceProd", ["a"], axes=[1], keepdims=0)], {"a": (4, 4)})
+    _, (y,), _, (ct,), (gx,) = pullback64(m, [x])
+    np.testing.assert_allclose(y, x.prod(axis=1), rtol=1e-15)
+    np.testing.assert_allclose(gx, want * ct[:, None], rtol=1e-14, atol=0)
+    # the same along a leading axis, kept: the rows above as columns
+    m = onnx_model([node("ReduceProd", ["a"], axes=[0], keepdims=1)], {"a": (4, 4)})
+    _, _, _, (ct,), (gx,) = pullback64(m, [x.T.copy()])
+    np.testing.assert_allclose(gx, want.T * ct, rtol=1e-14, atol=0)
+
+
 @pytest.mark.parametrize("nodes, match", [
     ([node("Floor", ["a"], ["f"]), node("Add", ["f", "a"])], r"node 'Floor_0' \(Floor\): is not differentiable"),
     ([node("Cast", ["a"], ["i"], to=6), node("Cast", ["i"], ["y"], to=1)], r"\(Cast\): is not differentiable"),
     ([node("Elu", ["a"])], r"node 'Elu_0' \(Elu\): no derivative rule"),
     ([node("Selu", ["a"], ["l"]), node("Relu", ["l"])], r"\(Selu\): no derivative rule"),
-    ([node("ReduceProd", ["a"], keepdims=0)], r"\(ReduceProd\): no derivative rule"),
+    ([node("HardSigmoid", ["a"])], r"node 'HardSigmoid_0' \(HardSigmoid\): no derivative rule"),
 ])
 def test_refusals_name_node_and_op(nodes, match):
     m = onnx_model(nodes, {"a": (2, 3)})
@@ -263,6 +288,28 @@ def test_compiled_primal_and_pullback_match_float64(make):
         assert len(gin) + len(gpar) == len(grads)
         for got, want in zip(gin + gpar, grads):
             np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max()))
+
+
+def test_compiled_reduceprod_and_reducelogsum_pullbacks():
+    """The shipped object's ReduceProd pullback at rows with no, one and two zeros and
+    ReduceLogSum's (float32, in-process) against the float64 pullback."""
+    from toolchain import compile_grad
+    m = onnx_model([node("ReduceProd", ["a"], ["y"], axes=[1], keepdims=0),
+                    node("ReduceLogSum", ["b"], ["z"], axes=[0, 2], keepdims=1)],
+                   {"a": (4, 4), "b": (2, 3, 4)}, outputs=("y", "z"))
+    a = np.array([[2.0, -3.0, 0.5, 4.0], [2.0, 0.0, -3.0, 5.0], [0.0, 7.0, 0.0, 3.0], [1.5, 0.25, -2.0, 0.0]])
+    bb = np.random.default_rng(4).uniform(0.5, 2.0, (2, 3, 4))
+    cg = compile_grad(m)
+    outs, residuals = cg.primal(*_float32([a, bb]))
+    _, ys, _, cts, grads = pullback64(m, [a, bb])
+    for y, r in zip(outs, ys):
+        np.testing.assert_allclose(y, r, rtol=1e-6)
+    cg.arena[...] = 0xFF  # NaN in every float the pullback might read by mistake
+    gin, gpar = cg.pullback(residuals, *_float32(cts))
+    assert len(gin) == 2 and not gpar
+    for got, want in zip(gin, grads):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not gin[0][2].any() and (gin[0][1] != 0).tolist() == [False, True, False, False]
 
 
 def _driver(manifest) -> str:

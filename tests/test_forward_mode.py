@@ -16,7 +16,7 @@ from onnx import helper
 
 from autodiff_helpers import check_jvp, jvp64, onnx_model
 from helpers import ROOT
-from test_autodiff import OPS, _edgec, cnn, extremes, mlp, node, w, with_consts
+from test_autodiff import OPS, _edgec, _product_of_the_others, cnn, extremes, mlp, node, w, with_consts
 from toolchain.errors import InvalidModelError, UnsupportedError
 from toolchain.frontend.onnx_import import import_model
 from toolchain.passes.forward import forward
@@ -149,6 +149,18 @@ def test_ties_average_the_tangents():
     np.testing.assert_allclose(dy, [[0.5, 4.0, 2.0]], rtol=1e-15)
 
 
+def test_reduceprod_tangent_exact_at_zeros():
+    """ReduceProd over rows with no zero, one and two: the tangent is the sum of each
+    element's tangent times the product of the others (test_autodiff's exact pullback check)."""
+    x = np.array([[2.0, -3.0, 0.5, 4.0], [2.0, 0.0, -3.0, 5.0], [0.0, 7.0, 0.0, 3.0]])
+    dx = np.random.default_rng(2).standard_normal(x.shape)
+    m = onnx_model([node("ReduceProd", ["a"], axes=[1], keepdims=1)], {"a": (3, 4)})
+    _, _, (dy,) = jvp64(m, [x], [dx])
+    want = (_product_of_the_others(x) * dx).sum(axis=1, keepdims=True)
+    assert want[2, 0] == 0
+    np.testing.assert_allclose(dy, want, rtol=1e-14, atol=0)
+
+
 def test_models_with_several_inputs_and_outputs():
     """A tangent per float input in input order, one per float output in output order;
     an output that depends on no input has a zero tangent."""
@@ -210,8 +222,7 @@ def test_graph_outputs_and_names():
      r"node 'Cast_0' \(Cast\): is not differentiable \(its output 'i' is int32\)"),
     ([node("QuantizeLinear", ["a", "qs"], ["q"]), node("DequantizeLinear", ["q", "qs"])],
      r"node 'QuantizeLinear_1' \(QuantizeLinear\): is not differentiable \(its output 'q' is uint8\)"),
-    ([node("ReduceProd", ["a"], keepdims=0)],
-     r"node 'ReduceProd_0' \(ReduceProd\): no derivative rule \(forward mode\)"),
+    ([node("HardSigmoid", ["a"])], r"node 'HardSigmoid_0' \(HardSigmoid\): no derivative rule \(forward mode\)"),
     ([node("Mod", ["a", "a"], fmod=1)], r"node 'Mod_0' \(Mod\): no derivative rule \(forward mode\)"),
 ])
 def test_refusals_name_node_and_op(nodes, match):

@@ -92,14 +92,18 @@ class Reduce(Op):
         """(w, count): dy = sum(w dx) / count over the axes, dx = w dy / count (count None
         for 1); w of the input's shape, count of the kept shape. Max/Min: w the mask of the
         elements equal to the result, count how many (ties split evenly, as torch.amax).
-        L2: x / y, 0 where y == 0 (torch's subgradient). None for the ops without a rule."""
+        L2: x / y, 0 where y == 0 (torch's subgradient). LogSum: 1 / sum(x) = exp(-y).
+        Prod: the product of the other elements, exact at zeros (as torch): y / x where the
+        slice has no zero; with one zero, the product of the non-zero elements at the zero
+        and 0 elsewhere; 0 with two or more. None for the ops without a rule."""
         x, dt = b.primal(node.inputs[0]), node.inputs[0].type.dtype
         kept, _ = self._shapes(node, x.type.shape)
-        if node.op in ("ReduceMax", "ReduceMin", "ReduceL2", "ReduceLogSumExp"):
+        axes = node.attrs["axes"]
+        if node.op in ("ReduceMax", "ReduceMin", "ReduceL2", "ReduceLogSumExp", "ReduceLogSum", "ReduceProd"):
             y = b.reshape(b.primal(node.outputs[0]), kept)
         if node.op in ("ReduceMax", "ReduceMin"):
             w = b.op("Cast", [b.op("Equal", [x, y])], to=dt)
-            return w, b.op("ReduceSum", [w], axes=node.attrs["axes"], keepdims=1)
+            return w, b.op("ReduceSum", [w], axes=axes, keepdims=1)
         if node.op == "ReduceL2":
             safe = b.op("Where", [b.op("Equal", [y, b.scalar(0.0, dt)]), b.scalar(1.0, dt), y])
             return b.op("Div", [x, safe]), None
@@ -109,6 +113,16 @@ class Reduce(Op):
             return b.op("Exp", [b.op("Sub", [x, y])]), None
         if node.op == "ReduceL1":
             return b.op("Sign", [x]), None
+        if node.op == "ReduceLogSum":
+            return b.op("Expand", [b.op("Exp", [b.op("Neg", [y])])], shape=list(x.type.shape)), None
+        if node.op == "ReduceProd":
+            zero, one = b.scalar(0.0, dt), b.scalar(1.0, dt)
+            is_zero = b.op("Equal", [x, zero])
+            zeros = b.op("ReduceSum", [b.op("Cast", [is_zero], to=dt)], axes=axes, keepdims=1)
+            nonzero = b.op("Where", [is_zero, one, x])  # x with its zeros replaced by 1
+            rest = b.op("ReduceProd", [nonzero], axes=axes, keepdims=1)  # product of the non-zero ones
+            at_the_zero = b.op("Where", [b.op("And", [b.op("Equal", [zeros, one]), is_zero]), rest, zero])
+            return b.op("Where", [b.op("Equal", [zeros, zero]), b.op("Div", [y, nonzero]), at_the_zero]), None
         return None
 
     def vjp(self, b, node, cotangents):
