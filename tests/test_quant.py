@@ -8,6 +8,7 @@ run on the host and cortex-a76 against onnxruntime running the same QDQ model.""
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -428,6 +429,13 @@ CONV_CASES = [
     ("depthwise_uint8", (2, 2, 5, 5), np.uint8, 17, (2, 1, 3, 3), dict(group=2, pads=[1, 1, 1, 1])),
     ("large_kernel", (1, 2, 12, 9), np.int8, 3, (3, 2, 5, 4), dict(strides=[1, 2], pads=[2, 1, 2, 1])),
     ("depthwise_5_wide", (1, 4, 7, 13), np.int8, -3, (4, 1, 3, 5), dict(group=4, strides=[1, 2], pads=[1, 2, 1, 2])),
+    # pixels in the lanes (kernel/lane_int8.py): channels that are not whole quads, rows of
+    # 16-column runs with an overlapping last one, of 8-column runs, a 1x1 convolution's
+    # block read as one run, a strided one read row by row
+    ("wide_padded_uint8", (1, 6, 5, 37), np.uint8, 140, (9, 6, 3, 3), dict(pads=[1, 1, 1, 1])),
+    ("mid_dilated", (1, 8, 6, 12), np.int8, 5, (4, 8, 3, 3), dict(dilations=[1, 2], pads=[0, 2, 0, 2])),
+    ("pointwise_long", (1, 5, 7, 9), np.int8, -2, (6, 5, 1, 1), {}),
+    ("pointwise_strided", (1, 8, 9, 40), np.int8, 1, (16, 8, 1, 1), dict(strides=[2, 2])),
 ]
 
 
@@ -495,6 +503,11 @@ def check_awkward_convolutions(target, harness, workdir):
     assert res.manifest["ops"].get("edgec.QConv") == len(cases) and res.manifest["float_fallback"] == []
     for (name, *_), g, w in zip(cases, got, want):
         np.testing.assert_array_equal(g, w.astype(np.int8), err_msg=f"{target} {name}")
+    if get_profile(target).int8_dot_by_lane:  # pixels in the lanes: lane-indexed sdot, st4 gathers
+        import llvmlite.binding as llvm
+        from toolchain.backends.llvm_object import target_machine
+        asm = target_machine(get_profile(target)).emit_assembly(llvm.parse_assembly(res.compiled.llvm_ir))
+        assert re.search(r"sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[3\]", asm) and "st4\t{" in asm
     if target == "x86-64-v3":  # the C path's integer loops, against the same reference
         got, _ = run_c_path(m, target, feeds, workdir, tag="-awkward")
         for (name, *_), g, w in zip(cases, got, want):

@@ -48,6 +48,10 @@ class VectorUnit:
     SaturatingRoundingDoublingHighMul of four int32 lanes in one instruction (AArch64 `sqrdmulh`:
     (2ab + 2^31) >> 32, the same rounding), or "" (then int64 products); `int8_rounding_shift`:
     a rounding shift by a negative amount per lane (AArch64 `srshl`), or "".
+    `int8_dot_by_lane`: the LLVM intrinsic (a prefix, mangled .v4i32.v16i8) of a 4-byte dot
+    product per int32 lane whose second operand may be one 32-bit lane of another register
+    (AArch64 `sdot v.4s, v.16b, v.4b[i]`), or "": then an integer convolution keeps its pixels
+    in the lanes (kernel/lane_int8.py).
     `masked_tails`: a load or store of the first n < lanes lanes is one predicated
     instruction (MVE's `vctp`/`vpst` with `vldrw`/`vstrw`; LLVM's masked load and store),
     so a tile edge of n columns is one vector step, not halves, quarters and a scalar.
@@ -63,6 +67,7 @@ class VectorUnit:
     int8_tile: tuple = (2, 2)
     int8_high_mul: str = ""
     int8_rounding_shift: str = ""
+    int8_dot_by_lane: str = ""
     masked_tails: bool = False
     name: str = "generic"
 
@@ -107,6 +112,7 @@ class Profile:
     int8_tile: list = _at("int8_tile", [2, 2])
     int8_high_mul: str = _at("int8_high_mul", "")
     int8_rounding_shift: str = _at("int8_rounding_shift", "")
+    int8_dot_by_lane: str = _at("int8_dot_by_lane", "")
     # a partial vector is one predicated load or store (VectorUnit.masked_tails)
     vector_masked_tails: bool = _at("vector_masked_tails", False)
     # registers per vector value (RVV's LMUL): tiles use values this many registers wide
@@ -144,6 +150,7 @@ class Profile:
                           fma_memory_operand=self.vector_fma_memory_operand, nan_min_max=self.nan_min_max,
                           int8_dot=self.int8_dot, int8_tile=tuple(self.int8_tile),
                           int8_high_mul=self.int8_high_mul, int8_rounding_shift=self.int8_rounding_shift,
+                          int8_dot_by_lane=self.int8_dot_by_lane,
                           masked_tails=self.vector_masked_tails, name=self.name)
 
     @property

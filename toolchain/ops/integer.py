@@ -46,8 +46,10 @@ import numpy as np
 from ..ir import TensorType
 from ..kernel.int8_dot import DOT_BYTES, rounding_high_mul, rounding_shift_right
 from ..kernel.llvm import I8, I32, I64
-from ..kernel.tiled_int8 import (as_signed, by_words, depthwise_flat, dot_blocks, flat_geometry, im2col_row,
-                                 padded_length, weight_word_pairs)
+from ..kernel.lane_int8 import (GROUP, LANES, copy_span, fill_groups, lane_dot_blocks, lane_groups,
+                                pack_lane_weights, padded_pixels)
+from ..kernel.tiled_int8 import (STATIC_TAPS, as_signed, by_words, depthwise_flat, dot_blocks, flat_geometry,
+                                 im2col_row, padded_length, weight_word_pairs)
 from .base import Op, in_type, invalid, register, unsupported
 from .nn import conv_out_size, matmul_shapes, window_attrs
 
@@ -183,7 +185,10 @@ class QConv(_Integer):
         if _depthwise(node):
             _, _, flat, length = flat_geometry(in_type(node, 0).shape[2:], (oh, ow), w[2:], node.attrs)
             return [TensorType("int8", (length,)), TensorType("int8", (flat,))]
-        return [TensorType("int8", (_block_rows(oh, ow) * ow, padded_length(int(np.prod(w[1:])))))]
+        pixels = _block_rows(oh, ow) * ow
+        by_pixel = pixels * padded_length(int(np.prod(w[1:])))
+        by_lane = lane_groups(*w[1:]) * GROUP * padded_pixels(pixels)  # the target's kernel picks one
+        return [TensorType("int8", (max(by_pixel, by_lane),))]
 
     def lower(self, k, node, ins, outs):
         x, w, bias, mult, left, right = ins[:6]
@@ -193,6 +198,8 @@ class QConv(_Integer):
         dots = _dot_operands(node, 1, unsigned) if k.explicit_vectors else None  # the C path: the loops below
         if dots is not None and _depthwise(node):
             return _depthwise_by_lanes(k, node, x, y, outs[1], outs[2], dots[1], mult, left, right, unsigned)
+        if dots is not None and k.vector.int8_dot_by_lane and a["group"] == 1:
+            return _conv_by_lanes(k, node, x, y, outs[1], dots[1], mult, left, right, unsigned)
         if dots is not None:
             return _conv_by_dots(k, node, x, y, outs[1], *dots, mult, left, right, unsigned)
         _, _, h, wd = x.shape
@@ -267,6 +274,7 @@ def _conv_by_dots(k, node, x, y, col, packed, bias, mult, left, right, unsigned)
     kp = packed.shape[1]
     planes = y.reshape((n_, oc, oh * ow))
     rows = _block_rows(oh, ow)
+    col = col.reshape((rows * ow, kp))
 
     def block(n, oy0, nrows, gi):
         for r in range(nrows):
@@ -287,6 +295,104 @@ def _conv_by_dots(k, node, x, y, col, packed, bias, mult, left, right, unsigned)
             block(n, oy0, rows, gi)
         if full < oh:
             block(n, full, oh - full, gi)
+
+
+def _conv_by_lanes(k, node, x, y, col, bias, mult, left, right, unsigned):
+    """QConv with pixels in the lanes (kernel/lane_int8.py): per block of output rows, the
+    windows gathered as 4-channel groups, then every (pixel, channel) dot product of the
+    block in register tiles, requantized and stored a vector of pixels at a time."""
+    a = node.attrs
+    n_, oc, oh, ow = y.shape
+    w = node.inputs[1].data
+    _, cg, kh, kw = w.shape
+    wt, bt = k.constant(pack_lane_weights(w)), k.constant(bias)
+    zero_point = _stored_zero_point(node, unsigned)
+    groups = lane_groups(cg, kh, kw)
+    planes = y.reshape((n_, oc, oh * ow))
+    rows = _block_rows(oh, ow)
+    col = col.reshape((groups, padded_pixels(rows * ow), GROUP))
+    pointwise = (kh, kw) == (1, 1) and tuple(a["strides"]) == (1, 1) and not any(a["pads"])
+
+    def block(n, oy0, nrows):
+        if pointwise:  # the block's pixels are one run of the input planes
+            flat = x.reshape(x.shape[:2] + (x.shape[2] * x.shape[3],))
+            _gather_pointwise(k, flat, col, n, cg, oy0 * ow, nrows * ow, zero_point, unsigned)
+        else:
+            for r in range(nrows):
+                _gather_row(k, x, col, n, cg, oy0 + r, r * ow, ow, a, (kh, kw), zero_point, unsigned)
+
+        def store(c, p0, count, totals):
+            planes.store_vector((n, c, oy0 * ow + p0), _finish(k, node, totals + k.splat(bt[c], count),
+                                                               mult[c], left[c], right[c]))
+
+        lane_dot_blocks(k, nrows * ow, oc, groups, lambda pv, g: (col, (g, LANES * pv, 0)),
+                        wt, store)
+
+    full = oh - oh % rows
+    with k.loop(n_) as n:
+        with k.loop(full, step=rows) as oy0:
+            block(n, oy0, rows)
+        if full < oh:
+            block(n, full, oh - full)
+
+
+def _quads(k, cg, body):
+    """body(c4, channel) for each quad of input channels, channel(q) the q-th channel of the
+    quad read (past the last channel: the last one again, its weights being zero)."""
+    with k.loop(cg // GROUP) as c4:
+        body(c4, lambda q: c4 * GROUP + q)
+    if cg % GROUP:
+        last = cg // GROUP
+        body(last, lambda q: min(last * GROUP + q, cg - 1))
+
+
+def _gather_pointwise(k, flat, col, n, cg, start, pixels, zero_point, unsigned):
+    """A 1x1 convolution's block: pixels start .. start + pixels of each input plane."""
+    def quad(c4, channel):
+        def rows(q, ox, width):
+            idx = (n, channel(q), start + ox)
+            return flat[idx] if width == 1 else k.vload(flat, idx, width)
+        copy_span(k, rows, col, c4, 0, 0, pixels, unsigned)
+    _quads(k, cg, quad)
+
+
+def _gather_row(k, x, col, n, cg, oy, p0, ow, a, kernel, zero_point, unsigned):
+    """Output row oy's windows into col (groups x pixels x 4) at pixels p0 .. p0 + ow. Which
+    columns of a kernel column's taps fall in the padding is known at compile time; whether a
+    kernel row does depends on oy. Kernels of more than STATIC_TAPS taps loop over their rows."""
+    _, _, h, w_in = x.shape
+    kh, kw = kernel
+    (sh, sw), (dh, dw), (ph, pw) = a["strides"], a["dilations"], a["pads"][:2]
+    zp = k.lift(zero_point, like=I8)
+
+    def kernel_row(c4, channel, i):
+        iy = oy * sh + i * dh - ph
+        row_inside = (k.lift(iy) >= 0) & (k.lift(iy) < h)
+        with k.if_(row_inside):
+            for j in range(kw):
+                g = (c4 * kh + i) * kw + j
+                lo = max(0, min(ow, -(-(pw - j * dw) // sw)))  # first column whose tap lies in the row
+                hi = max(lo, min(ow, (w_in - 1 + pw - j * dw) // sw + 1))
+                fill_groups(k, col, g, p0, lo, zp)
+                fill_groups(k, col, g, p0 + hi, ow - hi, zp)
+                src = x.view(x.shape, x.strides[:3] + (sw * x.strides[3],), x.offset + j * dw - pw)
+
+                def rows(q, ox, width, src=src):
+                    idx = (n, channel(q), iy, ox)
+                    return src[idx] if width == 1 else k.vload(src, idx, width)
+                copy_span(k, rows, col, g, p0, lo, hi, unsigned)
+        with k.if_(~row_inside):
+            for j in range(kw):
+                fill_groups(k, col, (c4 * kh + i) * kw + j, p0, ow, zp)
+
+    def quad(c4, channel):
+        if kh * kw <= STATIC_TAPS:
+            for i in range(kh):
+                kernel_row(c4, channel, i)
+        else:
+            with k.loop(kh) as i:
+                kernel_row(c4, channel, i)
+    _quads(k, cg, quad)
 
 
 def _depthwise(node) -> bool:

@@ -1,0 +1,213 @@
+"""Integer convolution with output pixels in the vector lanes, for a unit whose dot product
+can take its second operand from one lane of another register (VectorUnit.int8_dot_by_lane:
+AArch64 `sdot v.4s, v.16b, v.4b[i]`). An int32 lane is one pixel's sum of four products;
+a 16-byte register holds four pixels' 4-byte groups of the reduction, and one lane of a
+register holding four output channels' groups is the channel's weights. At the end the lanes
+already hold consecutive pixels of an output plane: no sums across lanes, and the
+requantized vector is stored as it is.
+
+The reduction is ordered (channel quad, kernel row, kernel column, channel in the quad): a
+group is 4 input channels at one tap. Gathering a block of output rows' windows
+(gather_row) is then, for a run of 16 output columns, four loads of input rows and one
+interleaving store (NEON `st4`), where windows laid out pixel by pixel take a byte at a time
+(tiled_int8.im2col_row). Channels past the last whole quad read the last channel again: their
+weights are zero. The workspace holds (groups, pixels, 4) bytes."""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+
+from .int8_dot import _intrinsic, load_bytes
+from .llvm import I8, I32, Expr, Tensor
+from .tiled_int8 import as_signed
+
+GROUP = 4  # reduction bytes in one lane's dot product
+LANES = 4  # int32 accumulators (pixels) in a 128-bit register
+
+
+def channel_quads(channels: int) -> int:
+    return -(-channels // GROUP)
+
+
+def lane_groups(cg: int, kh: int, kw: int) -> int:
+    """4-byte groups in a window: channel quads x taps."""
+    return channel_quads(cg) * kh * kw
+
+
+def padded_pixels(pixels: int) -> int:
+    """A block's pixels rounded up to whole registers (the lanes past the block are computed
+    from bytes never written, and dropped)."""
+    return -(-pixels // LANES) * LANES
+
+
+def pack_lane_weights(w: np.ndarray) -> np.ndarray:
+    """(oc, cg, kh, kw) int8 -> (oc quads, groups, 16): for each quad of output channels and
+    group (channel quad, kernel row, kernel column), the four channels' 4 bytes one after the
+    other (lane i of the register is channel i's group); zero past the real channels."""
+    oc, cg, kh, kw = w.shape
+    oq, cq = channel_quads(oc), channel_quads(cg)
+    wp = np.zeros((oq * GROUP, cq * GROUP, kh, kw), np.int8)
+    wp[:oc, :cg] = w
+    wp = wp.reshape(oq, GROUP, cq, GROUP, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+    return np.ascontiguousarray(wp).reshape(oq, cq * kh * kw, GROUP * GROUP)
+
+
+def lane_tile(registers: int, pixel_vectors: int, quads: int) -> tuple[int, int]:
+    """(pixel vectors, channel quads) of the register tile: of the tiles whose accumulators
+    (4 per vector and quad) and operands (one register each) fit in the registers, the one
+    with the fewest instructions per group over this block (loads plus dot products, the
+    partial tiles at the edges counted as they are)."""
+    def cost(tp, tc):
+        total = 0
+        for p in _tile_sizes(pixel_vectors, tp):
+            for c in _tile_sizes(quads, tc):
+                total += p + c + LANES * p * c
+        return total
+
+    fits = [(tp, tc) for tp in range(1, min(8, pixel_vectors) + 1) for tc in range(1, min(8, quads) + 1)
+            if LANES * tp * tc + tp + tc < registers]
+    return min(fits, key=lambda t: (cost(*t), -t[0] * t[1]))
+
+
+def _tile_sizes(n, t):
+    return [t] * (n // t) + ([n % t] if n % t else [])
+
+
+def opaque(k, t):
+    """t with its address hidden from LLVM (an empty inline asm returns it): packed weights
+    are constants LLVM would otherwise fold into a fully unrolled group loop, hoisting every
+    lane broadcast out of the pixel loop and spilling them, where `sdot` reads a lane itself."""
+    asm = ir.InlineAsm(ir.FunctionType(t.ptr.type, [t.ptr.type]), "", "=r,0")
+    return Tensor(k, k.b.call(asm, [t.ptr]), t.dtype, t.shape, t.strides, t.offset)
+
+
+def store_bytes(k, t, idx, v: Expr):
+    """v's bytes at t[idx], one store (no alignment assumed)."""
+    ptr = k.b.bitcast(t.address(idx), v.v.type.as_pointer())
+    k.b.store(v.v, ptr).align = 1
+
+
+def interleave(k, vs: list) -> Expr:
+    """Four vectors of n bytes as 4n bytes, lane by lane: v0[0] v1[0] v2[0] v3[0] v0[1] ...
+    (stored, LLVM's interleaved-access pass makes it one NEON `st4`)."""
+    n = vs[0].v.type.count
+    b = k.b
+
+    def join(x, y):
+        return b.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, 2 * n), list(range(2 * n))))
+
+    pick = [p + q * n for p in range(n) for q in range(GROUP)]
+    return Expr(k, b.shuffle_vector(join(vs[0].v, vs[1].v), join(vs[2].v, vs[3].v),
+                                    ir.Constant(ir.VectorType(I32, 4 * n), pick)))
+
+
+def fill_groups(k, col, g, p0, count, zp):
+    """Pixels p0 .. p0 + count of group g hold the zero point (all four bytes)."""
+    nbytes = 4 * count
+    flat = col.flat()
+    start = col.index((g, p0, 0))
+    for width in (16, 4):
+        if nbytes >= width:
+            splat = k.splat(zp, width)
+            whole = nbytes // width * width
+            with k.loop(whole, step=width) as b:
+                store_bytes(k, flat, (start + b,), splat)
+            if whole < nbytes:  # an overlapping last store
+                store_bytes(k, flat, (start + (nbytes - width),), splat)
+            return
+
+
+def copy_span(k, rows, col, g, p0, lo, hi, flip_sign):
+    """Pixels lo .. hi of group g (at p0 + ox) from rows(q, ox, n): input channel q's bytes of
+    output columns ox .. ox + n (n = 1: a scalar). Runs of 16 (or 8) columns are four loads
+    and one interleaving store, the last run overlapping the one before; a span narrower than
+    8 goes byte by byte."""
+    span = hi - lo
+    for width in (16, 8):
+        if span >= width:
+            def run(ox):
+                vs = [as_signed(k, rows(q, ox, width), flip_sign) for q in range(GROUP)]
+                store_bytes(k, col, (g, p0 + ox, 0), interleave(k, vs))
+            whole = lo + span // width * width
+            with k.loop(whole, start=lo, step=width) as ox:
+                run(ox)
+            if whole < hi:
+                run(hi - width)
+            return
+    with k.loop(hi, start=lo) as ox:
+        for q in range(GROUP):
+            col[g, p0 + ox, q] = as_signed(k, rows(q, ox, 1), flip_sign)
+
+
+def by_lane_dot(k, acc: Expr, x: Expr, w: Expr, lane: int) -> Expr:
+    """acc (4 int32) + per lane p: sum over b < 4 of x[4p + b] * w[4 lane + b] (x, w: 16 int8)."""
+    v4, v16 = ir.VectorType(I32, LANES), ir.VectorType(I8, 16)
+    fn = _intrinsic(k, f"{k.vector.int8_dot_by_lane}.v4i32.v16i8", v4, [v4, v16, v16])
+    b = k.b
+    words = b.bitcast(w.v, v4)
+    dup = b.shuffle_vector(words, words, ir.Constant(v4, [lane] * LANES))
+    return Expr(k, b.call(fn, [acc.v, x.v, b.bitcast(dup, v16)]))
+
+
+def lane_dot_blocks(k, pixels: int, channels: int, groups: int, x_at, weights, store):
+    """For pixels 0 .. pixels and output channels 0 .. channels, every pixel's dot product
+    with every channel over `groups` 4-byte groups: x_at(pv, g) the (tensor, index) of pixel
+    vector pv's 16 bytes of group g; weights the packed constants (pack_lane_weights). In register tiles
+    (lane_tile); the partial tiles at the ends are built apart, so every channel and pixel a
+    tile stores is known to exist. store(c, p0, n, totals): channel c's totals of pixels
+    p0 .. p0 + n (an int32 vector of n lanes, n static; n = 1: a scalar)."""
+    quads = channel_quads(channels)
+    tp, tc = lane_tile(k.vector.registers, -(-pixels // LANES), quads)
+    zero = k.lift(0, like=ir.VectorType(I32, LANES))
+    weights = opaque(k, weights)
+
+    def tile(pv0, np_, oq0, nq, valid, live):
+        accs = [[k.var(zero) for _ in range(GROUP * nq)] for _ in range(np_)]
+        with k.loop(groups) as g:
+            xs = [load_bytes(k, *x_at(pv0 + p, g)) for p in range(np_)]
+            ws = [load_bytes(k, weights, (oq0 + c, g, 0)) for c in range(nq)]
+            for c in range(nq):
+                for lane in range(GROUP):
+                    if GROUP * c + lane < live:
+                        for p in range(np_):
+                            a = accs[p][GROUP * c + lane]
+                            a.value = by_lane_dot(k, a.value, xs[p], ws[c], lane)
+        for c in range(live):
+            whole = _join(k, [accs[p][c].value.v for p in range(np_)])
+            store(GROUP * oq0 + c, LANES * pv0, valid, _first(k, whole, valid))
+
+    def pixel_tiles(oq0, nq, live):
+        step = LANES * tp
+        full = pixels // step
+        with k.loop(full * tp, step=tp) as pv0:
+            tile(pv0, tp, oq0, nq, step, live)
+        rest = pixels - full * step
+        if rest:
+            tile(full * tp, -(-rest // LANES), oq0, nq, rest, live)
+
+    full = channels // (GROUP * tc) * tc
+    with k.loop(full, step=tc) as oq0:
+        pixel_tiles(oq0, tc, GROUP * tc)
+    if full < quads:
+        pixel_tiles(full, quads - full, channels - GROUP * full)
+
+
+def _join(k, vals):
+    """Vectors of 4 lanes one after the other, as one vector."""
+    while len(vals) > 1:
+        n = vals[0].type.count
+        if vals[-1].type.count != n:  # an odd one out: widened to pair with its neighbour
+            vals[-1] = k.b.shuffle_vector(vals[-1], vals[-1], ir.Constant(ir.VectorType(I32, n), list(range(n))))
+        pairs = [k.b.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, 2 * n), list(range(2 * n))))
+                 for x, y in zip(vals[::2], vals[1::2])]
+        vals = pairs + ([vals[-1]] if len(vals) % 2 else [])
+    return vals[0]
+
+
+def _first(k, v, n) -> Expr:
+    """v's first n lanes (n = 1: a scalar)."""
+    if n == 1:
+        return Expr(k, k.b.extract_element(v, ir.Constant(I32, 0)))
+    if v.type.count == n:
+        return Expr(k, v)
+    return Expr(k, k.b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), list(range(n)))))
