@@ -436,6 +436,10 @@ CONV_CASES = [
     ("mid_dilated", (1, 8, 6, 12), np.int8, 5, (4, 8, 3, 3), dict(dilations=[1, 2], pads=[0, 2, 0, 2])),
     ("pointwise_long", (1, 5, 7, 9), np.int8, -2, (6, 5, 1, 1), {}),
     ("pointwise_strided", (1, 8, 9, 40), np.int8, 1, (16, 8, 1, 1), dict(strides=[2, 2])),
+    # depthwise output rows stored as whole vectors (32 columns); a weight of -128, whose
+    # products are not summed two by two in int16
+    ("depthwise_rows_uint8", (1, 3, 3, 32), np.uint8, 200, (3, 1, 3, 3), dict(group=3, pads=[1, 1, 1, 1])),
+    ("depthwise_min_weight", (1, 2, 6, 7), np.int8, 0, (2, 1, 3, 3), dict(group=2, strides=[2, 1])),
 ]
 
 
@@ -464,6 +468,8 @@ def awkward_conv_model():
     nodes, inits, inputs, outputs, cases = [], [init("sy", SY)], [], [], []
     for name, shape, dtype, zx, wshape, attrs in CONV_CASES:
         w = rng.integers(-127, 128, wshape).astype(np.int8)
+        if name.endswith("min_weight"):
+            w.flat[4] = -128
         sw = rng.uniform(0.002, 0.02, wshape[0]).astype(np.float32)
         b = rng.integers(-3000, 3000, wshape[0]).astype(np.int32)
         inits += [init(f"{name}_sx", SX), init(f"{name}_zx", dtype(zx))]

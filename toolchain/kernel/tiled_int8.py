@@ -10,10 +10,13 @@ every window is the same dense dot product. The bytes past K in a pixel's row ar
 written: the packed weights are zero there, and any int8 times zero is zero."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from llvmlite import ir
 
 from .int8_dot import DOT_BYTES, byte_pairs, dot, dot_totals, dot_zero, dual_mac, load_bytes
-from .llvm import I8, I16, I32
+from .llvm import I8, I16, I32, Expr
 
 
 # kernels up to this many taps have their rows unrolled (fewer instructions for the common 3x3);
@@ -106,57 +109,216 @@ def im2col_row(k, x, col, n, ci0, cg, oy, a, kernel, zero_point, flip_sign):
                 kernel_row(c, i)
 
 
-def flat_geometry(in_hw, out_hw, kernel, a):
-    """The padded input plane of a depthwise convolution read as one long row: its row pitch
-    (the padded width rounded up to the column stride sw), the flat outputs per output row
-    (pitch * sh / sw: output (oy, ox) at flat index q = oy * per_row + ox then reads input
-    sw * q + kernel row * dh * pitch + kernel column * dw of the plane), the flat outputs
-    computed (whole vectors of DOT_BYTES; the columns past the output's width are computed
-    and dropped) and the plane's length (everything those vectors read)."""
-    (h, w), (oh, ow), (kh, kw) = in_hw, out_hw, kernel
+@dataclass(frozen=True)
+class Plane:
+    """A depthwise convolution's padded input plane read as one long row. Split (`phases`
+    (sh, sw)): the padded plane cut into sh x sw phase planes, phase (a, b) holding padded
+    rows a, a + sh, ... and of each columns b, b + sw, ...; a strided convolution then reads
+    each tap's inputs as consecutive bytes of one phase plane, like a stride-1 one. Not split
+    (phases (1, 1), strides kept): the DSP cores' word reads (tap_words) need a kernel row's
+    taps adjacent. `pitch`: a row of one phase plane; `per_row`: flat outputs per output row
+    (output (oy, ox) is flat index q = oy * per_row + ox); `flat`: the flat outputs computed
+    (whole vectors of DOT_BYTES; the columns past each row's end are computed and dropped);
+    `length`: one phase plane's bytes (everything the steps read)."""
+
+    phases: tuple
+    step: int  # bytes between consecutive flat outputs' inputs (sw where not split, else 1)
+    pitch: int
+    per_row: int
+    flat: int
+    length: int
+    taps: tuple  # (phase plane, offset) of each tap (kernel row major): q's input is at q * step + offset
+
+    @property
+    def bytes(self) -> int:
+        return self.phases[0] * self.phases[1] * self.length
+
+    def at(self, row: int, col: int) -> tuple[int, int]:
+        """(phase plane, offset in it) of padded position (row, col)."""
+        (sh, sw), pitch = self.phases, self.pitch
+        return (row % sh) * sw + col % sw, (row // sh) * pitch + col // sw
+
+
+def flat_geometry(in_hw, out_hw, kernel, a, split=True) -> Plane:
+    (h, w), (oh, _), (kh, kw) = in_hw, out_hw, kernel
     (sh, sw), (dh, dw), (ph0, pw0, ph1, pw1) = a["strides"], a["dilations"], a["pads"]
-    pitch = -(-(w + pw0 + pw1) // sw) * sw
-    per_row = pitch * sh // sw
+    if split:
+        pitch = -(-(w + pw0 + pw1) // sw)
+        rows = -(-(h + ph0 + ph1) // sh)
+        per_row, step, phases = pitch, 1, (sh, sw)
+    else:
+        pitch = -(-(w + pw0 + pw1) // sw) * sw
+        rows = h + ph0 + ph1
+        per_row, step, phases = pitch * sh // sw, sw, (1, 1)
     flat = -(-(oh * per_row) // DOT_BYTES) * DOT_BYTES
-    # (a word read by tap_words may run up to 3 bytes past a kernel row's last tap)
-    reach = sw * (flat - 1) + (kh - 1) * dh * pitch + (kw - 1) * dw + 1 + (-kw) % 4
-    length = -(-max(reach, (h + ph0 + ph1) * pitch) // DOT_BYTES) * DOT_BYTES
-    return pitch, per_row, flat, length
+    probe = Plane(phases, step, pitch, per_row, flat, 0, ())
+    taps = tuple(probe.at(i * dh, j * dw) for i in range(kh) for j in range(kw))
+    # a step reads `step` bytes a lane; a word read by tap_words may run up to 3 bytes past a
+    # kernel row's last tap
+    reach = step * flat + max(off for _, off in taps) + (-kw) % 4
+    length = -(-max(reach, rows * pitch) // DOT_BYTES) * DOT_BYTES
+    return Plane(phases, step, pitch, per_row, flat, length, taps)
 
 
 def depthwise_flat(k, x, plane, grid, n, c, kernel, out_hw, a, zero_point, flip_sign, weight, finish, store,
-                   weight_words=None):
+                   weight_words=None, pairable=False):
     """One channel of a depthwise convolution over its padded plane read as one long row
-    (flat_geometry): DOT_BYTES flat outputs a step (half that on a unit of 8 registers, a
-    quarter without a vector unit), each tap one load of the plane (every sw-th byte) and a
-    widening multiply by the tap's weight (weight(i, j): its int8 scalar) into int32 lanes,
-    whatever the width of the map (keyword spotting's rows are 5 wide).
-    finish(acc) gives the int8 vector; the flat results go to grid, then the output's own
-    columns to store(oy, ox, value). The plane is the zero point everywhere the input is not.
-    weight_words(i, t): the packed pairs of kernel row i's word t (weight_word_pairs), where
-    the taps are read as words (by_words)."""
+    (flat_geometry): `width` outputs a step (depthwise_width), each tap one load of the plane
+    and a widening multiply by the tap's weight (weight(i, j): its int8 scalar) into int32
+    lanes, two taps' products summed in int16 first where they cannot overflow it (pairable:
+    no weight is -128). Either the output rows one after the other, whole vectors of their
+    own columns stored as they are (the last one overlapping the one before), or, where that
+    takes more steps (narrow maps: keyword spotting's rows are 5 wide), the plane's flat
+    outputs all (the columns past each row's end computed and dropped) into grid, then each
+    row's own columns copied out (depthwise_steps). finish(acc) gives the int8 vector;
+    store(oy, ox, v) stores a vector (or a scalar) of outputs from (oy, ox) on. The plane is
+    the zero point everywhere the input is not. weight_words(i, t): the packed pairs of
+    kernel row i's word t (weight_word_pairs), where the taps are read as words (by_words)."""
     _, _, h, w_in = x.shape
     kh, kw = kernel
     oh, ow = out_hw
-    sw, (dh, dw), (ph0, pw0) = a["strides"][1], a["dilations"], a["pads"][:2]
-    pitch, per_row, flat, length = flat_geometry((h, w_in), (oh, ow), kernel, a)
+    geo = flat_geometry((h, w_in), (oh, ow), kernel, a, split=weight_words is None)
     fill = k.splat(k.lift(zero_point, like=I8), DOT_BYTES)
-    with k.loop(length, step=DOT_BYTES) as i:
+    with k.loop(geo.bytes, step=DOT_BYTES) as i:
         plane.store_vector((i,), fill)
-    rows = plane.view((h, w_in), (pitch, 1), ph0 * pitch + pw0)
-    whole = w_in - w_in % DOT_BYTES
     with k.loop(h) as r:
-        with k.loop(whole, step=DOT_BYTES) as col:
-            rows.store_vector((r, col), as_signed(k, k.vload(x, (n, c, r, col), DOT_BYTES), flip_sign))
-        for col in range(whole, w_in):
-            rows[r, col] = as_signed(k, x[n, c, r, col], flip_sign)
+        _plane_row(k, x, plane, geo, n, c, r, a["pads"][:2], lambda v: as_signed(k, v, flip_sign))
     if weight_words is not None:
-        _tap_words(k, plane, kernel, out_hw, per_row, pitch, a, weight_words, finish, store)
+        _tap_words(k, plane, kernel, out_hw, geo, a, weight_words, finish, store)
         return
-    _tap_vectors(k, plane, grid, kernel, flat, pitch, a, weight, finish)
+    width = depthwise_width(k)
+    taps = [(t, k.splat(k.cast(weight(t // kw, t % kw), I16), width)) for t in range(kh * kw)]
+
+    def outputs(q):  # the `width` flat outputs from q on
+        def tap(t):
+            phase, offset = geo.taps[t]
+            at = phase * geo.length + geo.step * q + offset
+            ptr = k.b.bitcast(plane.address((at,)), ir.VectorType(I8, width * geo.step).as_pointer())
+            span = Expr(k, k.b.load(ptr, align=1))
+            if geo.step == 1:
+                return span
+            pick = ir.Constant(ir.VectorType(I32, width), list(range(0, width * geo.step, geo.step)))
+            return Expr(k, k.b.shuffle_vector(span.v, span.v, pick))
+        return finish(tap_sum(k, tap, taps, pairable))
+
+    if depthwise_steps(out_hw, geo.per_row, width)[0] == "rows":
+        with k.loop(oh) as oy:
+            for ox in _runs(ow, width):
+                store(oy, ox, outputs(oy * geo.per_row + ox))
+        return
+    with k.loop(geo.flat, step=width) as q0:
+        grid.store_vector((q0,), outputs(q0))
     with k.loop(oh) as oy:
-        for ox in range(ow):
-            store(oy, ox, grid[oy * per_row + ox])
+        copy_bytes(k, grid, (oy * geo.per_row,), None, None, ow, store=lambda ox, v: store(oy, ox, v))
+
+
+def _plane_row(k, x, plane, geo, n, c, r, pads, transform):
+    """Input row r of channel c into the phase planes: columns one phase plane's worth a
+    move (NEON `ld2`/`ld3`/`ld4` of `sw` registers, each stored to its phase plane), the last
+    move overlapping the one before; the columns no whole move covers byte by byte."""
+    ph0, pw0 = pads
+    (sh, sw), w_in = geo.phases, x.shape[3]
+    pr = r + ph0
+    row_base = pr * geo.pitch if sh == 1 else (pr % sh) * sw * geo.length + (pr // sh) * geo.pitch
+    # (the phase row's start in column phase 0)
+
+    def dest(col):  # the plane element of input column col (col static or not), in its phase
+        b = (col + pw0) % sw if isinstance(col, int) else None
+        return b, row_base + b * geo.length + (col + pw0) // sw
+    if sw == 1:
+        _, start = dest(0)
+        copy_bytes(k, x, (n, c, r, 0), plane, (start,), w_in, transform, raw=True)
+        return
+    first = (-pw0) % sw  # the first column of column phase 0
+    for width in (16, 8, 4):
+        span = width * sw
+        if first + span <= w_in:
+            last = first + (w_in - first - span) // sw * sw  # the last move's first column
+            starts = list(range(first, last + 1, span))
+            starts += [last] if starts[-1] != last else []
+            for c0 in starts:
+                ptr = k.b.bitcast(x.address((n, c, r, c0)), ir.VectorType(I8, span).as_pointer())
+                whole = k.b.load(ptr, align=1)
+                for b in range(sw):
+                    v = Expr(k, k.b.shuffle_vector(whole, whole, ir.Constant(ir.VectorType(I32, width),
+                                                                             list(range(b, span, sw)))))
+                    at = row_base + b * geo.length + (c0 + pw0) // sw
+                    dst = k.b.bitcast(plane.address((at,)), ir.VectorType(I8, width).as_pointer())
+                    k.b.store(transform(v).v, dst).align = 1
+            covered = range(first, last + span)
+            break
+    else:
+        covered = range(0)
+    for col in range(w_in):
+        if col not in covered:
+            b, at = dest(col)
+            plane[at] = transform(x[n, c, r, col])
+
+
+def depthwise_width(k) -> int:
+    """Outputs a depthwise step computes: a register of bytes; half that on a unit of 8
+    registers (MVE), a quarter without a vector unit."""
+    return DOT_BYTES // 4 if k.vector_lanes == 1 else DOT_BYTES if k.vector.registers >= 16 else DOT_BYTES // 2
+
+
+def depthwise_steps(out_hw, per_row, width) -> tuple[str, int]:
+    """("rows", steps) where the output rows one by one take no more vector steps than the
+    flat plane, ("flat", steps) otherwise; rows need whole vectors (width <= the row)."""
+    oh, ow = out_hw
+    flat = -(-oh * per_row // width)
+    rows = oh * len(_runs(ow, width)) if ow >= width else None
+    return ("rows", rows) if rows is not None and rows <= flat else ("flat", flat)
+
+
+def _runs(n, width):
+    """Starts of `width`-wide runs covering 0 .. n (n >= width), the last one overlapping."""
+    starts = list(range(0, n - width + 1, width))
+    return starts + ([n - width] if starts[-1] + width < n else [])
+
+
+def tap_sum(k, load, taps, pairable):
+    """The sum of load(t) * w over taps (t, w: int16 vectors of int8 values) in int32
+    lanes; products summed two by two in int16 first where pairable (|x w| <= 128 * 127, two
+    of them within int16): one widening per pair (NEON `smull` + `smlal`, then `saddw`)."""
+    acc = None
+    step = 2 if pairable else 1
+    for t in range(0, len(taps), step):
+        pair = None
+        for tap, wv in taps[t:t + step]:
+            prod = k.cast(load(tap), I16) * wv
+            pair = prod if pair is None else pair + prod
+        acc = k.cast(pair, I32) if acc is None else acc + k.cast(pair, I32)
+    return acc
+
+
+def copy_bytes(k, src, src_idx, dst, dst_idx, n, transform=None, raw=False, store=None):
+    """n bytes (n static) from src at src_idx on (along its last axis) to dst at dst_idx on, in
+    moves of 16, 8 or 4 bytes, the last one overlapping the one before; byte by byte under 4.
+    transform(v) applies to each move's bytes; raw: dst is scratch (one plain store, no fused
+    epilogue); store(i, v): where the bytes go instead of dst (i: the offset from the first)."""
+    def at(idx, i):
+        return tuple(idx[:-1]) + (idx[-1] + i,)
+
+    def move(i, width):
+        v = k.vload(src, at(src_idx, i), width) if width > 1 else src[at(src_idx, i)]
+        v = transform(v) if transform else v
+        if store is not None:
+            store(i, v)
+        elif raw and width > 1:
+            ptr = k.b.bitcast(dst.address(at(dst_idx, i)), v.v.type.as_pointer())
+            k.b.store(v.v, ptr).align = 1
+        else:
+            dst.store_vector(at(dst_idx, i), v)
+    for width in (16, 8, 4):
+        if n >= width:
+            whole = n // width * width
+            with k.loop(whole, step=width) as i:
+                move(i, width)
+            if whole < n:
+                move(n - width, width)
+            return
+    for i in range(n):
+        move(i, 1)
 
 
 def by_words(k, a) -> bool:
@@ -177,11 +339,12 @@ def weight_word_pairs(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pairs).view(np.int32).reshape(c, kh, words, 2)
 
 
-def _tap_words(k, plane, kernel, out_hw, per_row, pitch, a, weight_words, finish, store):
+def _tap_words(k, plane, kernel, out_hw, geo, a, weight_words, finish, store):
     """One output a step, straight to store (only the output's own columns): each kernel
     row's taps as words of 4 input bytes, two dual multiply-accumulates a word against the
     pairs weight_words(i, t) gives (weight_word_pairs)."""
     (kh, kw), (oh, ow), sw, dh = kernel, out_hw, a["strides"][1], a["dilations"][0]
+    per_row, pitch = geo.per_row, geo.pitch
     words = -(-kw // 4)
     pairs = [(i, t, weight_words(i, t)) for i in range(kh) for t in range(words)]
     with k.loop(oh) as oy, k.loop(ow) as ox:
@@ -191,19 +354,3 @@ def _tap_words(k, plane, kernel, out_hw, per_row, pitch, a, weight_words, finish
             x_even, x_odd = byte_pairs(k, word)
             acc = dual_mac(k, dual_mac(k, acc, x_even, even), x_odd, odd)
         store(oy, ox, finish(acc))
-
-
-def _tap_vectors(k, plane, grid, kernel, flat, pitch, a, weight, finish):
-    """`width` flat outputs a step, each tap a widening multiply of a load of the plane by
-    the tap's weight (weight(i, j), an int8 scalar)."""
-    (kh, kw), sw, (dh, dw) = kernel, a["strides"][1], a["dilations"]
-    # a vector unit of 8 registers (MVE): half the lanes; no vector unit: a quarter
-    width = DOT_BYTES // 4 if k.vector_lanes == 1 else DOT_BYTES if k.vector.registers >= 16 else DOT_BYTES // 2
-    taps = [(i, j, k.splat(k.cast(weight(i, j), I16), width)) for i in range(kh) for j in range(kw)]
-    with k.loop(flat, step=width) as q0:
-        acc = None
-        for i, j, wv in taps:
-            src = plane.view((flat,), (sw,), i * dh * pitch + j * dw)
-            prod = k.cast(k.vload(src, (q0,), width), I16) * wv
-            acc = k.cast(prod, I32) if acc is None else acc + k.cast(prod, I32)
-        grid.store_vector((q0,), finish(acc))

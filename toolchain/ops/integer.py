@@ -183,8 +183,9 @@ class QConv(_Integer):
         w = in_type(node, 1).shape
         _, _, oh, ow = self.infer(node)[0].shape
         if _depthwise(node):
-            _, _, flat, length = flat_geometry(in_type(node, 0).shape[2:], (oh, ow), w[2:], node.attrs)
-            return [TensorType("int8", (length,)), TensorType("int8", (flat,))]
+            # (split on vector units, not on the DSP cores: the target's kernel picks one)
+            geos = [flat_geometry(in_type(node, 0).shape[2:], (oh, ow), w[2:], node.attrs, split) for split in (1, 0)]
+            return [TensorType("int8", (max(g.bytes for g in geos),)), TensorType("int8", (max(g.flat for g in geos),))]
         pixels = _block_rows(oh, ow) * ow
         by_pixel = pixels * padded_length(int(np.prod(w[1:])))
         by_lane = lane_groups(*w[1:]) * GROUP * padded_pixels(pixels)  # the target's kernel picks one
@@ -420,10 +421,11 @@ def _depthwise_by_lanes(k, node, x, y, plane, grid, bias, mult, left, right, uns
             return _finish(k, node, acc + k.splat(bt[c], _width(acc)), mult[c], left[c], right[c])
 
         def store(oy, ox, v):
-            y[n, c, oy, ox] = v
+            y.store_vector((n, c, oy, ox), v)
 
         depthwise_flat(k, x, plane, grid, n, c, (kh, kw), (oh, ow), a, _stored_zero_point(node, unsigned), unsigned,
-                       weight, finish, store, weight_words if words is not None else None)
+                       weight, finish, store, weight_words if words is not None else None,
+                       pairable=not (w == -128).any())
 
 
 def _width(v):
