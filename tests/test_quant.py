@@ -509,11 +509,15 @@ def check_awkward_convolutions(target, harness, workdir):
     assert res.manifest["ops"].get("edgec.QConv") == len(cases) and res.manifest["float_fallback"] == []
     for (name, *_), g, w in zip(cases, got, want):
         np.testing.assert_array_equal(g, w.astype(np.int8), err_msg=f"{target} {name}")
-    if get_profile(target).int8_dot_by_lane:  # pixels in the lanes: lane-indexed sdot, st4 gathers
+    profile = get_profile(target)
+    if profile.int8_dot_by_lane or profile.int8_mac_by_scalar:  # pixels in the lanes
         import llvmlite.binding as llvm
         from toolchain.backends.llvm_object import target_machine
-        asm = target_machine(get_profile(target)).emit_assembly(llvm.parse_assembly(res.compiled.llvm_ir))
-        assert re.search(r"sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[3\]", asm) and "st4\t{" in asm
+        asm = target_machine(profile).emit_assembly(llvm.parse_assembly(res.compiled.llvm_ir))
+        if profile.int8_dot_by_lane:  # lane-indexed sdot, st4 gathers
+            assert re.search(r"sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[3\]", asm) and "st4\t{" in asm
+        else:  # a widening multiply-accumulate by a scalar weight
+            assert re.search(r"vwmacc\.vx\s+v\d+, [a-z]\d+, v\d+", asm)
     if target == "x86-64-v3":  # the C path's integer loops, against the same reference
         got, _ = run_c_path(m, target, feeds, workdir, tag="-awkward")
         for (name, *_), g, w in zip(cases, got, want):

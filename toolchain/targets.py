@@ -51,7 +51,10 @@ class VectorUnit:
     `int8_dot_by_lane`: the LLVM intrinsic (a prefix, mangled .v4i32.v16i8) of a 4-byte dot
     product per int32 lane whose second operand may be one 32-bit lane of another register
     (AArch64 `sdot v.4s, v.16b, v.4b[i]`), or "": then an integer convolution keeps its pixels
-    in the lanes (kernel/lane_int8.py).
+    in the lanes (kernel/lane_int8.py). `int8_mac_by_scalar`: an int8 vector times an int8
+    scalar widens to int16 in one instruction and accumulates in another (RVV `vwmul.vx`,
+    `vwmacc.vx`): a convolution then keeps its pixels in the lanes, each weight a scalar
+    (kernel/scalar_int8.py).
     `masked_tails`: a load or store of the first n < lanes lanes is one predicated
     instruction (MVE's `vctp`/`vpst` with `vldrw`/`vstrw`; LLVM's masked load and store),
     so a tile edge of n columns is one vector step, not halves, quarters and a scalar.
@@ -68,6 +71,7 @@ class VectorUnit:
     int8_high_mul: str = ""
     int8_rounding_shift: str = ""
     int8_dot_by_lane: str = ""
+    int8_mac_by_scalar: bool = False
     masked_tails: bool = False
     name: str = "generic"
 
@@ -113,6 +117,7 @@ class Profile:
     int8_high_mul: str = _at("int8_high_mul", "")
     int8_rounding_shift: str = _at("int8_rounding_shift", "")
     int8_dot_by_lane: str = _at("int8_dot_by_lane", "")
+    int8_mac_by_scalar: bool = _at("int8_mac_by_scalar", False)
     # a partial vector is one predicated load or store (VectorUnit.masked_tails)
     vector_masked_tails: bool = _at("vector_masked_tails", False)
     # registers per vector value (RVV's LMUL): tiles use values this many registers wide
@@ -150,7 +155,7 @@ class Profile:
                           fma_memory_operand=self.vector_fma_memory_operand, nan_min_max=self.nan_min_max,
                           int8_dot=self.int8_dot, int8_tile=tuple(self.int8_tile),
                           int8_high_mul=self.int8_high_mul, int8_rounding_shift=self.int8_rounding_shift,
-                          int8_dot_by_lane=self.int8_dot_by_lane,
+                          int8_dot_by_lane=self.int8_dot_by_lane, int8_mac_by_scalar=self.int8_mac_by_scalar,
                           masked_tails=self.vector_masked_tails, name=self.name)
 
     @property

@@ -291,16 +291,20 @@ def tap_sum(k, load, taps, pairable):
     return acc
 
 
-def copy_bytes(k, src, src_idx, dst, dst_idx, n, transform=None, raw=False, store=None):
+def copy_bytes(k, src, src_idx, dst, dst_idx, n, transform=None, raw=False, store=None, value=None):
     """n bytes (n static) from src at src_idx on (along its last axis) to dst at dst_idx on, in
     moves of 16, 8 or 4 bytes, the last one overlapping the one before; byte by byte under 4.
     transform(v) applies to each move's bytes; raw: dst is scratch (one plain store, no fused
-    epilogue); store(i, v): where the bytes go instead of dst (i: the offset from the first)."""
+    epilogue); store(i, v): where the bytes go instead of dst (i: the offset from the first);
+    value: a byte written n times instead of src's."""
     def at(idx, i):
         return tuple(idx[:-1]) + (idx[-1] + i,)
 
     def move(i, width):
-        v = k.vload(src, at(src_idx, i), width) if width > 1 else src[at(src_idx, i)]
+        if value is not None:
+            v = k.splat(value, width)
+        else:
+            v = k.vload(src, at(src_idx, i), width) if width > 1 else src[at(src_idx, i)]
         v = transform(v) if transform else v
         if store is not None:
             store(i, v)

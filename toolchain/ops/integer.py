@@ -46,6 +46,7 @@ import numpy as np
 from ..ir import TensorType
 from ..kernel.int8_dot import DOT_BYTES, rounding_high_mul, rounding_shift_right
 from ..kernel.llvm import I8, I32, I64
+from ..kernel import scalar_int8
 from ..kernel.lane_int8 import (GROUP, LANES, copy_span, fill_groups, lane_dot_blocks, lane_groups,
                                 pack_lane_weights, padded_pixels)
 from ..kernel.tiled_int8 import (STATIC_TAPS, as_signed, by_words, depthwise_flat, dot_blocks, flat_geometry,
@@ -189,7 +190,8 @@ class QConv(_Integer):
         pixels = _block_rows(oh, ow) * ow
         by_pixel = pixels * padded_length(int(np.prod(w[1:])))
         by_lane = lane_groups(*w[1:]) * GROUP * padded_pixels(pixels)  # the target's kernel picks one
-        return [TensorType("int8", (max(by_pixel, by_lane),))]
+        by_row = scalar_int8.padded_reduction(int(np.prod(w[1:]))) * scalar_int8.padded_pixels(pixels)
+        return [TensorType("int8", (max(by_pixel, by_lane, by_row),))]
 
     def lower(self, k, node, ins, outs):
         x, w, bias, mult, left, right = ins[:6]
@@ -201,6 +203,8 @@ class QConv(_Integer):
             return _depthwise_by_lanes(k, node, x, y, outs[1], outs[2], dots[1], mult, left, right, unsigned)
         if dots is not None and k.vector.int8_dot_by_lane and a["group"] == 1:
             return _conv_by_lanes(k, node, x, y, outs[1], dots[1], mult, left, right, unsigned)
+        if dots is not None and k.vector.int8_mac_by_scalar and a["group"] == 1:
+            return _conv_by_scalars(k, node, x, y, outs[1], dots[1], mult, left, right, unsigned)
         if dots is not None:
             return _conv_by_dots(k, node, x, y, outs[1], *dots, mult, left, right, unsigned)
         _, _, h, wd = x.shape
@@ -328,6 +332,41 @@ def _conv_by_lanes(k, node, x, y, col, bias, mult, left, right, unsigned):
 
         lane_dot_blocks(k, nrows * ow, oc, groups, lambda pv, g: (col, (g, LANES * pv, 0)),
                         wt, store)
+
+    full = oh - oh % rows
+    with k.loop(n_) as n:
+        with k.loop(full, step=rows) as oy0:
+            block(n, oy0, rows)
+        if full < oh:
+            block(n, full, oh - full)
+
+
+def _conv_by_scalars(k, node, x, y, col, bias, mult, left, right, unsigned):
+    """QConv with pixels in the lanes and each weight a scalar operand (kernel/scalar_int8.py):
+    per block of output rows, the windows gathered transposed (each reduction index's pixels
+    contiguous), then every channel's dot products 16 pixels a step."""
+    a = node.attrs
+    n_, oc, oh, ow = y.shape
+    w = node.inputs[1].data
+    _, cg, kh, kw = w.shape
+    kp = scalar_int8.padded_reduction(cg * kh * kw)
+    packed = np.zeros((oc, kp), np.int8)
+    packed[:, :cg * kh * kw] = w.reshape(oc, -1)
+    wt, bt = k.constant(packed), k.constant(bias)
+    zero_point = _stored_zero_point(node, unsigned)
+    planes = y.reshape((n_, oc, oh * ow))
+    rows = _block_rows(oh, ow)
+    col = col.reshape((kp, scalar_int8.padded_pixels(rows * ow)))
+
+    def block(n, oy0, nrows):
+        for r in range(nrows):
+            scalar_int8.gather_rows(k, x, col, n, cg, oy0 + r, r * ow, ow, a, (kh, kw), zero_point, unsigned)
+
+        def store(c, p0, count, totals):
+            planes.store_vector((n, c, oy0 * ow + p0), _finish(k, node, totals + k.splat(bt[c], count),
+                                                               mult[c], left[c], right[c]))
+
+        scalar_int8.scalar_weight_dots(k, nrows * ow, oc, kp, col, lambda c, r: wt[c, r], k.vector.int8_tile[1], store)
 
     full = oh - oh % rows
     with k.loop(n_) as n:
