@@ -187,7 +187,7 @@ def depthwise_flat(k, x, plane, grid, n, c, kernel, out_hw, a, zero_point, flip_
         _tap_words(k, plane, kernel, out_hw, geo, a, weight_words, finish, store)
         return
     width = depthwise_width(k)
-    taps = [(t, k.splat(k.cast(weight(t // kw, t % kw), I16), width)) for t in range(kh * kw)]
+    taps = [(t, weight(t // kw, t % kw)) for t in range(kh * kw)]
 
     def outputs(q):  # the `width` flat outputs from q on
         def tap(t):
@@ -257,8 +257,9 @@ def _plane_row(k, x, plane, geo, n, c, r, pads, transform):
 
 def depthwise_width(k) -> int:
     """Outputs a depthwise step computes: a register of bytes; half that on a unit of 8
-    registers (MVE), a quarter without a vector unit."""
-    return DOT_BYTES // 4 if k.vector_lanes == 1 else DOT_BYTES if k.vector.registers >= 16 else DOT_BYTES // 2
+    registers (MVE: its int32 sums take 4), a quarter without a vector unit. (RVV's 12 values
+    of two registers: a register of bytes, its sums in two values.)"""
+    return DOT_BYTES // 4 if k.vector_lanes == 1 else DOT_BYTES if k.vector.registers >= 12 else DOT_BYTES // 2
 
 
 def depthwise_steps(out_hw, per_row, width) -> tuple[str, int]:
@@ -277,18 +278,32 @@ def _runs(n, width):
 
 
 def tap_sum(k, load, taps, pairable):
-    """The sum of load(t) * w over taps (t, w: int16 vectors of int8 values) in int32
-    lanes; products summed two by two in int16 first where pairable (|x w| <= 128 * 127, two
-    of them within int16): one widening per pair (NEON `smull` + `smlal`, then `saddw`)."""
+    """The sum of load(t) * w over taps (t, w: an int8 scalar) in int32 lanes. Products summed
+    two by two in int16 first where pairable (|x w| <= 128 * 127, two of them within int16):
+    one widening per pair (NEON `smull` + `smlal`, then `saddw`). On a unit that multiplies
+    by a scalar widening (int8_mac_by_scalar) each load sign-extended to int16 once and
+    multiplied-accumulated into int32 (RVV `vsext.vf2` + `vwmacc.vx`: one element width,
+    where int8 products widened twice switch it back and forth)."""
     acc = None
+    if k.vector.int8_mac_by_scalar:
+        for tap, w in taps:
+            x = k.cast(load(tap), I16)
+            prod = k.cast(x, I32) * k.splat(k.cast(w, I32), _width(x))
+            acc = prod if acc is None else acc + prod
+        return acc
     step = 2 if pairable else 1
     for t in range(0, len(taps), step):
         pair = None
-        for tap, wv in taps[t:t + step]:
-            prod = k.cast(load(tap), I16) * wv
+        for tap, w in taps[t:t + step]:
+            x = k.cast(load(tap), I16)
+            prod = x * k.splat(k.cast(w, I16), _width(x))
             pair = prod if pair is None else pair + prod
         acc = k.cast(pair, I32) if acc is None else acc + k.cast(pair, I32)
     return acc
+
+
+def _width(v):
+    return v.v.type.count if isinstance(v.v.type, ir.VectorType) else 1
 
 
 def copy_bytes(k, src, src_idx, dst, dst_idx, n, transform=None, raw=False, store=None, value=None):

@@ -187,11 +187,7 @@ class QConv(_Integer):
             # (split on vector units, not on the DSP cores: the target's kernel picks one)
             geos = [flat_geometry(in_type(node, 0).shape[2:], (oh, ow), w[2:], node.attrs, split) for split in (1, 0)]
             return [TensorType("int8", (max(g.bytes for g in geos),)), TensorType("int8", (max(g.flat for g in geos),))]
-        pixels = _block_rows(oh, ow) * ow
-        by_pixel = pixels * padded_length(int(np.prod(w[1:])))
-        by_lane = lane_groups(*w[1:]) * GROUP * padded_pixels(pixels)  # the target's kernel picks one
-        by_row = scalar_int8.padded_reduction(int(np.prod(w[1:]))) * scalar_int8.padded_pixels(pixels)
-        return [TensorType("int8", (max(by_pixel, by_lane, by_row),))]
+        return [TensorType("int8", (max(_window_bytes(w, oh, ow)),))]  # the target's kernel picks one
 
     def lower(self, k, node, ins, outs):
         x, w, bias, mult, left, right = ins[:6]
@@ -341,6 +337,27 @@ def _conv_by_lanes(k, node, x, y, col, bias, mult, left, right, unsigned):
             block(n, full, oh - full)
 
 
+def _window_bytes(w, oh, ow):
+    """Workspace bytes of the three convolution kernels: windows by pixel (tiled_int8), by lane
+    (lane_int8), transposed (scalar_int8, in blocks of _scalar_rows)."""
+    pixels = _block_rows(oh, ow) * ow
+    by_pixel = pixels * padded_length(int(np.prod(w[1:])))
+    by_lane = lane_groups(*w[1:]) * GROUP * padded_pixels(pixels)
+    kp = scalar_int8.padded_reduction(int(np.prod(w[1:])))
+    return by_pixel, by_lane, kp * scalar_int8.padded_pixels(_scalar_rows(w, oh, ow) * ow)
+
+
+def _scalar_rows(w, oh, ow):
+    """Output rows a block of scalar_int8 holds: as many as _block_rows, fewer where their
+    pixels rounded up to whole vectors would need more workspace than the other kernels'
+    (at least one row)."""
+    pixels = _block_rows(oh, ow) * ow
+    budget = max(pixels * padded_length(int(np.prod(w[1:]))), lane_groups(*w[1:]) * GROUP * padded_pixels(pixels))
+    kp = scalar_int8.padded_reduction(int(np.prod(w[1:])))
+    fits = [r for r in range(1, _block_rows(oh, ow) + 1) if kp * scalar_int8.padded_pixels(r * ow) <= budget]
+    return fits[-1] if fits else 1
+
+
 def _conv_by_scalars(k, node, x, y, col, bias, mult, left, right, unsigned):
     """QConv with pixels in the lanes and each weight a scalar operand (kernel/scalar_int8.py):
     per block of output rows, the windows gathered transposed (each reduction index's pixels
@@ -355,7 +372,7 @@ def _conv_by_scalars(k, node, x, y, col, bias, mult, left, right, unsigned):
     wt, bt = k.constant(packed), k.constant(bias)
     zero_point = _stored_zero_point(node, unsigned)
     planes = y.reshape((n_, oc, oh * ow))
-    rows = _block_rows(oh, ow)
+    rows = _scalar_rows(w.shape, oh, ow)
     col = col.reshape((kp, scalar_int8.padded_pixels(rows * ow)))
 
     def block(n, oy0, nrows):
