@@ -18,7 +18,7 @@ from ..kernel.tiled_matmul import matmul_by_dots, tiled_matmul
 from ..schedules import ConvLayer, conv_schedule, matmul_schedule
 from .base import Op, Partition, in_type, invalid, norm_axis, register, unsupported
 from .conv_grad import (input_grad_as_conv, strided_input_grad_as_conv, subpixel_input_grad,
-                        weight_grad_by_taps)
+                        weight_grad_by_taps, depthwise_weight_grad)
 
 # -- convolution ------------------------------------------------------------------
 def resolve_auto_pad(node, in_spatial, kernel, strides, dilations):
@@ -142,8 +142,9 @@ class Conv(Op):
         """dx: ConvTranspose of dy with the same weights; dw: a Conv over the input with
         batch and channels swapped (strides and dilations trade places), dy as its kernel.
         With stride 1, dx is a Conv (flipped, channel-swapped weights), with stride 2 a Conv
-        per phase of the input, and a small ungrouped kernel's dw a Gemm per tap
-        (ops/conv_grad.py): the scheduled kernels run them."""
+        per phase of the input, a small ungrouped kernel's dw a Gemm per tap and a depthwise
+        one's a depthwise Conv widened to whole vectors (ops/conv_grad.py): the scheduled
+        kernels run them."""
         a, g = node.attrs, cotangents[0]
         groups = a["group"]
         x, w = node.inputs[:2]
@@ -160,6 +161,8 @@ class Conv(Op):
             gx = b.op("ConvTranspose", [g, b.primal(w)], group=groups, kernel_shape=list(ws[2:]), strides=list(s),
                       dilations=list(d), output_padding=out_pad, pads=list(p))
         gw = weight_grad_by_taps(b, b.primal(x), g, xs, ws, ys, s, d, p, groups)  # a Gemm per tap
+        if gw is None:  # depthwise: one Conv, dy its kernel, no Transpose, whole vectors
+            gw = depthwise_weight_grad(b, b.primal(x), g, xs, ws, ys, s, d, p, groups, getattr(b, "vector", None))
         if gw is not None:
             grads = [gx, gw]
             if len(node.inputs) > 2 and node.inputs[2] is not None:
