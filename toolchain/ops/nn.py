@@ -66,6 +66,14 @@ def window_attrs(node, spatial_in, kernel):
         raise invalid(node, f"pads {node.attrs['pads']} must not be negative")
 
 
+def _bias_grad(b, g):
+    """A bias's gradient: dy summed over the batch and the positions, each channel's
+    positions as one row (a loop LLVM vectorizes, not one of the last axis's length)."""
+    n, o = g.type.shape[:2]
+    rows = b.reshape(g, (n, o, int(np.prod(g.type.shape[2:]))))
+    return b.op("ReduceSum", [rows], axes=[0, 2], keepdims=0)
+
+
 @register("Conv")
 class Conv(Op):
     fusable_epilogue = True
@@ -166,7 +174,7 @@ class Conv(Op):
         if gw is not None:
             grads = [gx, gw]
             if len(node.inputs) > 2 and node.inputs[2] is not None:
-                grads.append(b.op("ReduceSum", [g], axes=[0, *range(2, rank + 2)], keepdims=0))
+                grads.append(_bias_grad(b, g))
             return grads
         end = [span[i] - xs[2 + i] - p[i] for i in range(rank)]  # the end padding dw's windows reach
         xv = b.primal(x)
@@ -185,7 +193,7 @@ class Conv(Op):
             gw = self._grouped_weight_grad(b, xt, gt, xs, ws, groups, window)
         grads = [gx, gw]
         if len(node.inputs) > 2 and node.inputs[2] is not None:
-            grads.append(b.op("ReduceSum", [g], axes=[0, *range(2, rank + 2)], keepdims=0))
+            grads.append(_bias_grad(b, g))
         return grads
 
     def jvp(self, b, node, tangents):
