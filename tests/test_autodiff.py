@@ -102,6 +102,17 @@ OPS = [
      {"s": w(3), "b": w(3), "m": w(3), "v": np.array([0.5, 1.0, 2.0], np.float32)}, False, 17),
     ("softmax-cross-entropy", [node("SoftmaxCrossEntropyLoss", ["a", "labels", "cw"], ignore_index=-1)],
      {"a": (3, 4, 2)}, {}, False, 17),
+    # depthwise weight gradients as one Conv with dy as its kernel (ops/conv_grad.py): strides,
+    # dilations, asymmetric pads, batch 2 (the batch folded into the channels), a bias
+    ("conv-depthwise-strided", [node("Conv", ["x", "W", "B"], group=4, strides=[2, 2], dilations=[1, 2],
+                                     pads=[1, 2, 0, 1])], {"x": (2, 4, 7, 9)}, {"W": w(4, 1, 3, 3), "B": w(4)},
+     False, 17),
+    ("conv-depthwise-unreached-rows", [node("Conv", ["x", "W"], group=3, strides=[2, 2])], {"x": (1, 3, 8, 8)},
+     {"W": w(3, 1, 3, 3)}, False, 17),  # the last input row and column reach no window
+    ("conv-depthwise-1x7-batch2", [node("Conv", ["x", "w"], group=2, pads=[0, 3, 0, 3])],
+     {"x": (2, 2, 3, 9), "w": (2, 1, 1, 7)}, {}, False, 17),  # 7 columns widened to 8
+    ("conv-depthwise-5x5-dilated", [node("Conv", ["x", "W"], group=2, dilations=[2, 2], pads=[3, 4, 4, 3])],
+     {"x": (1, 2, 6, 7)}, {"W": w(2, 1, 5, 5)}, False, 17),  # 5 columns: not widened
 ]
 CONSTS = {"shape": np.array([3, 8], np.int64), "axes": np.array([1], np.int64),
           "lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32),
@@ -177,6 +188,36 @@ def test_real_model_gradients_match_finite_differences(model):
     discrepancy then shrinks in proportion to the step, as measured on kws_dscnn)."""
     prog = check_vjp(REAL[model](), directions=2, joint=True, eps=1e-7)
     assert prog.params
+
+
+def _depthwise_weight_grad_convs(vector=None, n=1):
+    """The pullback of a KWS-like depthwise Conv (8 channels, 3x3, pads 1, 25x5 maps) with
+    respect to its weights: (its nodes' ops, the Conv nodes computing dW)."""
+    m = onnx_model([node("Conv", ["x", "W"], group=8, pads=[1, 1, 1, 1])], {"x": (n, 8, 25, 5)},
+                   {"W": np.ones((8, 1, 3, 3), np.float32)})
+    prog = reverse(import_model(m), ["W"], wrt="params", vector=vector)
+    ops = [nd.op for nd in prog.pullback.nodes]
+    return ops, [nd for nd in prog.pullback.nodes if nd.op == "Conv"]
+
+
+def test_depthwise_weight_grad_is_one_conv_without_transposes():
+    """A depthwise Conv's dW (ops/conv_grad.py depthwise_weight_grad): one depthwise Conv over
+    the input, dy its kernel, no Transpose with a batch of one (the general form swaps batch
+    and channels of x and dy and back: three Transposes), and its 3-column output row widened
+    to 4 (one vector of 4 lanes, not a half and a scalar) then cropped by a Slice; on a
+    scalar target not widened; with a batch of 2, x and dy transposed to fold the batch into
+    the channels."""
+    from toolchain.targets import get_profile
+    ops, convs = _depthwise_weight_grad_convs()
+    assert "Transpose" not in ops and "ConvTranspose" not in ops
+    (conv,) = convs
+    assert conv.attrs["group"] == 8 and conv.inputs[1].type.shape == (8, 1, 25, 5)
+    assert conv.outputs[0].type.shape == (1, 8, 3, 4) and "Slice" in ops
+    ops, (conv,) = _depthwise_weight_grad_convs(get_profile("rv64gc").vector_unit)
+    assert conv.outputs[0].type.shape == (1, 8, 3, 3) and "Slice" not in ops
+    ops, (conv,) = _depthwise_weight_grad_convs(get_profile("cortex-a76").vector_unit, n=2)
+    assert conv.inputs[0].type.shape == (1, 16, 25, 5) and conv.inputs[1].type.shape == (8, 2, 25, 5)
+    assert ops.count("Transpose") == 2
 
 
 def test_activity_only_what_reaches_a_differentiated_output():

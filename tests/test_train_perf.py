@@ -168,6 +168,13 @@ CONVS = {  # name: (x shape, W shape, attrs, the pullback's convolution nodes)
     "pad-wider-than-kernel": ((1, 3, 4, 4), (2, 3, 1, 1), {"pads": [1, 1, 1, 1]}, {"Gemm", "ConvTranspose"}),
     "stem-3-channels": ((1, 3, 8, 7), (4, 3, 3, 3), {"pads": [1, 1, 1, 1]}, {"Conv", "Gemm"}),
     "pointwise-stride-2": ((1, 4, 7, 6), (3, 4, 1, 1), {"strides": [2, 2]}, {"Conv", "Gemm"}),
+    # depthwise weight gradients: one Conv, dy its kernel, the row widened to whole vectors
+    "depthwise-kws-like": ((1, 8, 25, 5), (8, 1, 3, 3), {"group": 8, "pads": [1, 1, 1, 1]}, {"Conv"}),
+    "depthwise-strided-dilated-batch2": ((2, 4, 7, 9), (4, 1, 3, 3), {"group": 4, "strides": [2, 2],
+                                                                       "dilations": [1, 2], "pads": [1, 2, 0, 1]},
+                                         {"Conv"}),
+    "depthwise-1x7-unreached": ((2, 3, 5, 12), (3, 1, 1, 7), {"group": 3, "strides": [2, 2], "pads": [0, 3, 0, 0]},
+                                {"Conv"}),
 }
 
 
@@ -192,7 +199,8 @@ def test_conv_rules_match_finite_differences(case):
 @pytest.mark.parametrize("case", ["pointwise-batch2", "depthwise-3x3", "grouped-dilated", "full-3x3-uneven-pads",
                                   "taps-3x3", "taps-stride-2-dilated", "stride-2", "stride-2-depthwise-odd",
                                   "stride-2x1-uneven", "stem-3-channels", "pointwise-stride-2",
-                                  "pad-wider-than-kernel", "grouped-stride-2", "stride-2-5x5", "stride-2-even-kernel"])
+                                  "pad-wider-than-kernel", "grouped-stride-2", "stride-2-5x5", "stride-2-even-kernel",
+                                  "depthwise-kws-like", "depthwise-strided-dilated-batch2", "depthwise-1x7-unreached"])
 def test_compiled_conv_gradients_match_the_definition(case):
     """The compiled pullback (host, in-process) against the gradients by definition."""
     from toolchain import compile_grad

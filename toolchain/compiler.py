@@ -189,11 +189,11 @@ def compile_grad_graph(g: Graph, params, profile: Profile, name: str, dump: Text
     forward graph on them)."""
     check_grad_options(wrt, residuals)
     backend = get_backend(emit)
-    prog = bind_params(reverse(g, params, wrt=wrt))
+    vector = backend.vector_unit(profile)
+    prog = bind_params(reverse(g, params, wrt=wrt, vector=vector))
     sizes = {mode: residual_layout(values, profile.arena_align)[1] for mode, values in prog.candidates.items()}
     if residuals == "recompute":
         recompute_residuals(prog)
-    vector = backend.vector_unit(profile)
     plans = {}
     for part in ("primal", "pullback"):
         graph = getattr(prog, part)
@@ -227,9 +227,9 @@ def compile_train_graph(g: Graph, params, profile: Profile, name: str, loss: str
     backend = get_backend(emit)
     if node_lines and backend.name != "object":
         raise InvalidModelError(f"profiling builds need the object backend, not '{emit}'")
-    tp = train_graph(g, params, loss, optimizer, momentum, pattern)
-    init = init_graph(tp.params, name)
     vector = backend.vector_unit(profile)
+    tp = train_graph(g, params, loss, optimizer, momentum, pattern, vector=vector)
+    init = init_graph(tp.params, name)
     graphs = {"train": tp.graph, "init": init}
     if run is not None:
         graphs["run"] = run_graph(run, [p.name for p in tp.params])

@@ -9,12 +9,25 @@ runs them through the scheduled kernels instead of plain loops:
   phase of the input, the phases interleaved back (with a dilation or in other ranks: the
   stride-1 form over the cotangent spread out with zeros);
 - the weight gradient of a small ungrouped kernel as one Gemm per tap (a pointwise
-  convolution's: one Gemm) of the cotangent and the input read channels-last.
+  convolution's: one Gemm) of the cotangent and the input read channels-last;
+- the weight gradient of a depthwise convolution (channel multiplier 1) as one depthwise
+  Conv over the input with the cotangent as its kernel, the batch folded into its channels
+  (with a batch of one, no Transpose: the general form swaps batch and channels of both
+  operands and of the result), its output row (the kernel's width) widened by zero padding
+  to whole vectors of the target (3 columns: 4, one register, not a half and a scalar) and
+  cropped back. KWS's 3x3 over 25x5 maps on cortex-a76: 130,333 -> 85,588 instructions
+  each (1.59 -> 0.88 per MAC computed). Forms that build each tap's product from graph
+  ops (Slice per tap, Mul, ReduceSum; all taps stacked then one Mul and ReduceSum; a batched
+  MatMul or Einsum over the stacked taps) measured 1.4x to 3x slower: every Slice, Mul
+  and Concat costs about an instruction per element, and the stack alone is nine copies.
 
 Each returns None where it does not apply; the caller then builds the general form."""
 from __future__ import annotations
 
 import numpy as np
+
+from ..schedules import MAX_UNROLLED_TAPS
+from ..schedules.cost import vector_chunks
 
 
 def input_grad_as_conv(b, g, w, xs, ws, groups, strides, dilations, pads):
@@ -177,3 +190,59 @@ def weight_grad_by_taps(b, x, g, xs, ws, ys, strides, dilations, pads, groups):
         gw = b.op("Gemm", [dy, b.reshape(xt, (positions, c))], alpha=1.0, beta=1.0, transA=0, transB=0)
         cols.append(b.reshape(gw, (o, c, 1)))
     return b.reshape(b.op("Concat", cols, axis=2) if len(cols) > 1 else cols[0], ws)
+
+
+
+def _widened(kw: int, vector) -> int:
+    """The output row length a depthwise weight gradient's Conv computes for kw taps: kw,
+    or a few more columns where that takes fewer vectors (3 columns are a half and a scalar
+    in 4 lanes, 4 are one register), at most a third more MACs. No vector unit known: a
+    4-lane one without masked tails (NEON, SSE)."""
+    lanes = vector.lanes if vector is not None else 4
+    masked = bool(getattr(vector, "masked_tails", False))
+    if lanes <= 1:
+        return kw
+    steps = len(vector_chunks(kw, lanes, masked))
+    for wide in range(kw + 1, kw + kw // 3 + 1):
+        if len(vector_chunks(wide, lanes, masked)) < steps:
+            return wide
+    return kw
+
+
+def depthwise_weight_grad(b, x, g, xs, ws, ys, strides, dilations, pads, groups, vector=None):
+    """dw of a depthwise Conv (groups == input channels == output channels): dw[c, 0, t] = the
+    sum over the batch and output positions of dy[n, c, p] * x_t[n, c, p]. One depthwise Conv
+    over the padded input with dy as its kernel (strides and dilations trade places), the
+    batch folded into its channels (group c reads the N images of channel c); with a batch
+    of one, no Transpose at all (the general form swaps a batch of 1 with the channels). Its
+    output row (the kernel's width, 3 for a 3x3) is widened by zero columns to whole vectors
+    (_widened: 4 columns, one register, not a half and a scalar) and cropped back. None for
+    other convolutions."""
+    rank = len(xs) - 2
+    n, c = xs[0], xs[1]
+    if not (groups == c == ws[0] and ws[1] == 1):
+        return None
+    span = [(ys[2 + i] - 1) * strides[i] + (ws[2 + i] - 1) * dilations[i] + 1 for i in range(rank)]
+    end = [span[i] - xs[2 + i] - pads[i] for i in range(rank)]  # the end padding the windows reach
+    xv = x
+    if min(end) < 0:  # trailing input rows no window reaches: cropped off
+        count = [n, c, *(xs[2 + i] + min(end[i], 0) for i in range(rank))]
+        xv = b.op("Slice", [xv], begin=[0] * len(xs), step=[1] * len(xs), count=count)
+        end = [max(e, 0) for e in end]
+    kw = ws[-1]
+    # the scheduled depthwise tile runs kernels (here dy) of at most MAX_UNROLLED_TAPS taps;
+    # the plain loop nest gains nothing from the extra columns
+    wide = _widened(kw, vector) if rank == 2 and int(np.prod(ys[2:])) <= MAX_UNROLLED_TAPS else kw
+    end[-1] += (wide - kw) * dilations[-1]  # one more output column per dilation of padding
+    if n == 1:
+        xin = b.reshape(xv, (1, c, *xv.type.shape[2:]))
+        kern = b.reshape(g, (c, 1, *ys[2:]))
+    else:
+        swap = [1, 0, *range(2, rank + 2)]
+        xin = b.reshape(b.op("Transpose", [xv], perm=swap), (1, c * n, *xv.type.shape[2:]))
+        kern = b.op("Transpose", [g], perm=swap)  # (C, N, dy...): group c's N input channels
+    out = b.op("Conv", [xin, kern], group=c, kernel_shape=list(ys[2:]), strides=list(dilations),
+               dilations=list(strides), pads=list(pads[:rank]) + end)
+    if wide != kw:
+        out = b.op("Slice", [out], begin=[0] * (rank + 2), step=[1] * (rank + 2), count=[1, c, *ws[2:]])
+    return b.reshape(out, ws)

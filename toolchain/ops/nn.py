@@ -18,7 +18,7 @@ from ..kernel.tiled_matmul import matmul_by_dots, tiled_matmul
 from ..schedules import ConvLayer, conv_schedule, matmul_schedule
 from .base import Op, Partition, in_type, invalid, norm_axis, register, unsupported
 from .conv_grad import (input_grad_as_conv, strided_input_grad_as_conv, subpixel_input_grad,
-                        weight_grad_by_taps)
+                        weight_grad_by_taps, depthwise_weight_grad)
 
 # -- convolution ------------------------------------------------------------------
 def resolve_auto_pad(node, in_spatial, kernel, strides, dilations):
@@ -64,6 +64,14 @@ def window_attrs(node, spatial_in, kernel):
     node.attrs["pads"] = resolve_auto_pad(node, spatial_in, kernel, node.attrs["strides"], node.attrs["dilations"])
     if any(v < 0 for v in node.attrs["pads"]):  # onnx's shape inference and onnxruntime refuse them too
         raise invalid(node, f"pads {node.attrs['pads']} must not be negative")
+
+
+def _bias_grad(b, g):
+    """A bias's gradient: dy summed over the batch and the positions, each channel's
+    positions as one row (a loop LLVM vectorizes, not one of the last axis's length)."""
+    n, o = g.type.shape[:2]
+    rows = b.reshape(g, (n, o, int(np.prod(g.type.shape[2:]))))
+    return b.op("ReduceSum", [rows], axes=[0, 2], keepdims=0)
 
 
 @register("Conv")
@@ -142,8 +150,9 @@ class Conv(Op):
         """dx: ConvTranspose of dy with the same weights; dw: a Conv over the input with
         batch and channels swapped (strides and dilations trade places), dy as its kernel.
         With stride 1, dx is a Conv (flipped, channel-swapped weights), with stride 2 a Conv
-        per phase of the input, and a small ungrouped kernel's dw a Gemm per tap
-        (ops/conv_grad.py): the scheduled kernels run them."""
+        per phase of the input, a small ungrouped kernel's dw a Gemm per tap and a depthwise
+        one's a depthwise Conv widened to whole vectors (ops/conv_grad.py): the scheduled
+        kernels run them."""
         a, g = node.attrs, cotangents[0]
         groups = a["group"]
         x, w = node.inputs[:2]
@@ -160,10 +169,12 @@ class Conv(Op):
             gx = b.op("ConvTranspose", [g, b.primal(w)], group=groups, kernel_shape=list(ws[2:]), strides=list(s),
                       dilations=list(d), output_padding=out_pad, pads=list(p))
         gw = weight_grad_by_taps(b, b.primal(x), g, xs, ws, ys, s, d, p, groups)  # a Gemm per tap
+        if gw is None:  # depthwise: one Conv, dy its kernel, no Transpose, whole vectors
+            gw = depthwise_weight_grad(b, b.primal(x), g, xs, ws, ys, s, d, p, groups, getattr(b, "vector", None))
         if gw is not None:
             grads = [gx, gw]
             if len(node.inputs) > 2 and node.inputs[2] is not None:
-                grads.append(b.op("ReduceSum", [g], axes=[0, *range(2, rank + 2)], keepdims=0))
+                grads.append(_bias_grad(b, g))
             return grads
         end = [span[i] - xs[2 + i] - p[i] for i in range(rank)]  # the end padding dw's windows reach
         xv = b.primal(x)
@@ -182,7 +193,7 @@ class Conv(Op):
             gw = self._grouped_weight_grad(b, xt, gt, xs, ws, groups, window)
         grads = [gx, gw]
         if len(node.inputs) > 2 and node.inputs[2] is not None:
-            grads.append(b.op("ReduceSum", [g], axes=[0, *range(2, rank + 2)], keepdims=0))
+            grads.append(_bias_grad(b, g))
         return grads
 
     def jvp(self, b, node, tangents):

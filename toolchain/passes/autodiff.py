@@ -95,6 +95,7 @@ class Builder:
     """What a derivative rule builds with: nodes of registered ops in the pullback graph."""
 
     tag = "grad"  # in the names of the nodes rules build
+    vector = None  # the target's VectorUnit, where the build knows it (rules may shape nodes to it)
 
     def __init__(self, pullback: Graph, params: dict, from_inputs: set):
         self.g = pullback
@@ -192,10 +193,11 @@ def params_to_inputs(g: Graph, names, gemm_layout: bool = False) -> list:
     return params
 
 
-def reverse(g: Graph, params=(), gemm_layout: bool = False, wrt: str = "all") -> GradProgram:
+def reverse(g: Graph, params=(), gemm_layout: bool = False, wrt: str = "all", vector=None) -> GradProgram:
     """Primal and pullback of `g` (changed in place into the primal) with respect to its
     float inputs and the float initializers named in `params` (gemm_layout: see
-    params_to_inputs); wrt "inputs" or "params" keeps only that side."""
+    params_to_inputs); wrt "inputs" or "params" keeps only that side. vector: the target's
+    VectorUnit, for the rules that shape their nodes to it (Conv's depthwise weight gradient)."""
     if g.batch is not None:
         raise UnsupportedError("derivatives of a bounded-batch build (--dim N<=...) are not supported")
     check_grad_options(wrt, "save")
@@ -229,6 +231,7 @@ def reverse(g: Graph, params=(), gemm_layout: bool = False, wrt: str = "all") ->
         if any(v is not None and id(v) in from_inputs for v in node.inputs):
             from_inputs.update(id(o) for o in node.outputs)
     b = Builder(pb, dict(pb_params), from_inputs)
+    b.vector = vector
     ct: dict = {}
 
     def accumulate(v, c):

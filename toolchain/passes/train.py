@@ -81,11 +81,11 @@ def check_optimizer(optimizer: str, momentum: float | None) -> float:
 
 
 def train_graph(g: Graph, params, loss: str = "mse", optimizer: str = "sgd", momentum: float | None = None,
-                pattern: str | None = None) -> TrainProgram:
+                pattern: str | None = None, vector=None) -> TrainProgram:
     if loss not in LOSSES:
         raise UnsupportedError(f"loss '{loss}' is not supported (supported: {', '.join(LOSSES)})")
     mu = check_optimizer(optimizer, momentum)
-    prog = reverse(g, params, gemm_layout=True)
+    prog = reverse(g, params, gemm_layout=True, vector=vector)
     if not prog.params:
         if pattern is not None:
             raise UnsupportedError(f"--trainable '{pattern}' matches no float initializer the model reads "
