@@ -15,11 +15,9 @@ runs them through the scheduled kernels instead of plain loops:
   (with a batch of one, no Transpose: the general form swaps batch and channels of both
   operands and of the result), its output row (the kernel's width) widened by zero padding
   to whole vectors of the target (3 columns: 4, one register, not a half and a scalar) and
-  cropped back. KWS's 3x3 over 25x5 maps on cortex-a76: 130,333 -> 85,588 instructions
-  each (1.59 -> 0.88 per MAC computed). Forms that build each tap's product from graph
-  ops (Slice per tap, Mul, ReduceSum; all taps stacked then one Mul and ReduceSum; a batched
-  MatMul or Einsum over the stacked taps) measured 1.4x to 3x slower: every Slice, Mul
-  and Concat costs about an instruction per element, and the stack alone is nine copies.
+  cropped back. (Forms that build each tap's product from graph ops, a Slice per tap or
+  the taps stacked for one Mul and ReduceSum, MatMul or Einsum, are slower: each Slice,
+  Mul and Concat is about an instruction per element, and the stack alone is nine copies.)
 
 Each returns None where it does not apply; the caller then builds the general form."""
 from __future__ import annotations
@@ -190,7 +188,6 @@ def weight_grad_by_taps(b, x, g, xs, ws, ys, strides, dilations, pads, groups):
         gw = b.op("Gemm", [dy, b.reshape(xt, (positions, c))], alpha=1.0, beta=1.0, transA=0, transB=0)
         cols.append(b.reshape(gw, (o, c, 1)))
     return b.reshape(b.op("Concat", cols, axis=2) if len(cols) > 1 else cols[0], ws)
-
 
 
 def _widened(kw: int, vector) -> int:
