@@ -514,8 +514,10 @@ def check_awkward_convolutions(target, harness, workdir):
         import llvmlite.binding as llvm
         from toolchain.backends.llvm_object import target_machine
         asm = target_machine(profile).emit_assembly(llvm.parse_assembly(res.compiled.llvm_ir))
-        if profile.int8_dot_by_lane:  # lane-indexed sdot, st4 gathers
+        if profile.int8_dot_by_lane == "sdot":  # lane-indexed sdot, st4 gathers
             assert re.search(r"sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[3\]", asm) and "st4\t{" in asm
+        elif profile.int8_dot_by_lane == "pmaddwd":  # 4 pixels' 16 bytes, sign-extended, against a channel's
+            assert re.search(r"vpmaddwd\s+[^\n]*%ymm\d+, %ymm\d+", asm) and "vpmovsxbw" in asm
         else:  # a widening multiply-accumulate by a scalar weight
             assert re.search(r"vwmacc\.vx\s+v\d+, [a-z]\d+, v\d+", asm)
     if target == "x86-64-v3":  # the C path's integer loops, against the same reference

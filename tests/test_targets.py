@@ -89,6 +89,7 @@ def test_every_profile_field_is_read_from_the_file(tmp_path):
     ('int8_dot = "sdot"', r"int8_dot must be one of \('partial-reduce', 'pairs16', 'widen16', 'reduce', 'dsp'\)"),
     ("int8_tile = [4, 0]", r"int8_tile must be \[pixels, channels\], two positive integers"),
     ("int8_tile = [4]", r"int8_tile must be \[pixels, channels\]"),
+    ('int8_dot_by_lane = "udot"', r"int8_dot_by_lane must be one of \('sdot', 'pmaddwd'\)"),
 ])
 def test_a_bad_int8_strategy_in_a_profile_is_refused_naming_the_field(tmp_path, line, message):
     text = RV32.read_text().replace("vector_bits =", f"{line}\nvector_bits =", 1)
@@ -100,6 +101,7 @@ def test_a_bad_int8_strategy_in_a_profile_is_refused_naming_the_field(tmp_path, 
 def test_the_int8_strategy_is_read_into_the_vector_unit():
     """Each profile's int8 dot-product form reaches the lowering (Kernel.int8_dot reads it)."""
     units = {n: get_profile(n).vector_unit for n in ("cortex-a76", "x86-64-v3", "rv64gcv", "cortex-m55", "cortex-m4")}
-    assert {n: (u.int8_dot, u.int8_tile) for n, u in units.items()} == {
-        "cortex-a76": ("partial-reduce", (4, 4)), "x86-64-v3": ("pairs16", (4, 2)),
-        "rv64gcv": ("widen16", (1, 2)), "cortex-m55": ("reduce", (4, 2)), "cortex-m4": ("dsp", (1, 4))}
+    assert {n: (u.int8_dot, u.int8_tile, u.int8_dot_by_lane, u.int8_mac_by_scalar) for n, u in units.items()} == {
+        "cortex-a76": ("partial-reduce", (4, 4), "sdot", False), "x86-64-v3": ("pairs16", (4, 2), "pmaddwd", False),
+        "rv64gcv": ("widen16", (1, 4), "", True), "cortex-m55": ("reduce", (4, 2), "", False),
+        "cortex-m4": ("dsp", (1, 4), "", False)}

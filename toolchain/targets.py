@@ -19,6 +19,7 @@ from .errors import InvalidModelError
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 RUN_MODES = ("user", "system", "none")  # qemu-user (or natively), a QEMU board, not runnable here
 INT8_DOTS = ("partial-reduce", "pairs16", "widen16", "reduce", "dsp")  # VectorUnit.int8_dot
+LANE_DOTS = ("sdot", "pmaddwd")  # VectorUnit.int8_dot_by_lane
 # instruction classes of a profile's [cycles] table (cycles per instruction, an ESTIMATE from
 # the core's documented timings); toolchain/harness/cycles.py puts each mnemonic in one
 CYCLE_CLASSES = ("alu", "load", "store", "load_multiple", "store_multiple", "branch", "mul", "dsp_mac",
@@ -48,10 +49,10 @@ class VectorUnit:
     SaturatingRoundingDoublingHighMul of four int32 lanes in one instruction (AArch64 `sqrdmulh`:
     (2ab + 2^31) >> 32, the same rounding), or "" (then int64 products); `int8_rounding_shift`:
     a rounding shift by a negative amount per lane (AArch64 `srshl`), or "".
-    `int8_dot_by_lane`: the LLVM intrinsic (a prefix, mangled .v4i32.v16i8) of a 4-byte dot
-    product per int32 lane whose second operand may be one 32-bit lane of another register
-    (AArch64 `sdot v.4s, v.16b, v.4b[i]`), or "": then an integer convolution keeps its pixels
-    in the lanes (kernel/lane_int8.py). `int8_mac_by_scalar`: an int8 vector times an int8
+    `int8_dot_by_lane`: how 4-byte dot products of 4 pixels' groups with one channel's
+    weights, taken from a register of 4 channels', are made (kernel/lane_int8.py): "sdot"
+    (AArch64 `sdot v.4s, v.16b, v.4b[i]`), "pmaddwd" (AVX2: `vpmovsxbw`, `vpermq`, `vpmaddwd`),
+    or "": with a form, an integer convolution keeps its pixels in the lanes. `int8_mac_by_scalar`: an int8 vector times an int8
     scalar widens to int16 in one instruction and accumulates in another (RVV `vwmul.vx`,
     `vwmacc.vx`): a convolution then keeps its pixels in the lanes, each weight a scalar
     (kernel/scalar_int8.py).
@@ -209,6 +210,8 @@ def load_profile(path: Path) -> Profile:
     profile = Profile(**values)
     if profile.run_mode not in RUN_MODES:
         raise InvalidModelError(f"target profile {Path(path).name}: run.mode must be one of {RUN_MODES}")
+    if profile.int8_dot_by_lane and profile.int8_dot_by_lane not in LANE_DOTS:
+        raise InvalidModelError(f"target profile {Path(path).name}: int8_dot_by_lane must be one of {LANE_DOTS}")
     if profile.int8_dot not in INT8_DOTS:
         raise InvalidModelError(f"target profile {Path(path).name}: int8_dot must be one of {INT8_DOTS}")
     if len(profile.int8_tile) != 2 or not all(isinstance(v, int) and v >= 1 for v in profile.int8_tile):

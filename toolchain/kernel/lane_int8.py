@@ -18,7 +18,7 @@ import numpy as np
 from llvmlite import ir
 
 from .int8_dot import _intrinsic, load_bytes
-from .llvm import I8, I32, Expr, Tensor
+from .llvm import I8, I16, I32, I64, Expr, Tensor
 from .tiled_int8 import as_signed
 
 GROUP = 4  # reduction bytes in one lane's dot product
@@ -139,14 +139,38 @@ def copy_span(k, rows, col, g, p0, lo, hi, flip_sign):
             col[g, p0 + ox, q] = as_signed(k, rows(q, ox, 1), flip_sign)
 
 
+def lane_zero(k) -> Expr:
+    """An accumulator of 4 pixels: 4 int32 lanes ("sdot"), 8 ("pmaddwd": two partial sums a
+    pixel, added at the end by pixel_totals)."""
+    return k.lift(0, like=ir.VectorType(I32, 2 * LANES if k.vector.int8_dot_by_lane == "pmaddwd" else LANES))
+
+
 def by_lane_dot(k, acc: Expr, x: Expr, w: Expr, lane: int) -> Expr:
-    """acc (4 int32) + per lane p: sum over b < 4 of x[4p + b] * w[4 lane + b] (x, w: 16 int8)."""
-    v4, v16 = ir.VectorType(I32, LANES), ir.VectorType(I8, 16)
-    fn = _intrinsic(k, f"{k.vector.int8_dot_by_lane}.v4i32.v16i8", v4, [v4, v16, v16])
+    """acc + per pixel p: sum over b < 4 of x[4p + b] * w[4 lane + b] (x, w: 16 int8).
+    "sdot": AArch64 `sdot v.4s, v.16b, v.4b[lane]`. "pmaddwd" (AVX2): x and w sign-extended
+    to 16 int16 (`vpmovsxbw`, once per register: LLVM shares it between the calls), the
+    lane's 4 weights broadcast to every pixel (`vpermq`), `vpmaddwd` sums products two by
+    two: lanes 2p and 2p + 1 hold pixel p's two halves."""
     b = k.b
-    words = b.bitcast(w.v, v4)
-    dup = b.shuffle_vector(words, words, ir.Constant(v4, [lane] * LANES))
-    return Expr(k, b.call(fn, [acc.v, x.v, b.bitcast(dup, v16)]))
+    v4, v16 = ir.VectorType(I32, LANES), ir.VectorType(I8, 16)
+    if k.vector.int8_dot_by_lane == "sdot":
+        fn = _intrinsic(k, "llvm.aarch64.neon.sdot.v4i32.v16i8", v4, [v4, v16, v16])
+        words = b.bitcast(w.v, v4)
+        dup = b.shuffle_vector(words, words, ir.Constant(v4, [lane] * LANES))
+        return Expr(k, b.call(fn, [acc.v, x.v, b.bitcast(dup, v16)]))
+    h16, q4, v8 = ir.VectorType(I16, 16), ir.VectorType(I64, 4), ir.VectorType(I32, 8)
+    quads = b.bitcast(b.sext(w.v, h16), q4)
+    dup = b.bitcast(b.shuffle_vector(quads, quads, ir.Constant(ir.VectorType(I32, 4), [lane] * 4)), h16)
+    fn = _intrinsic(k, "llvm.x86.avx2.pmadd.wd", v8, [h16, h16])
+    return Expr(k, b.add(acc.v, b.call(fn, [b.sext(x.v, h16), dup])))
+
+
+def pixel_totals(k, acc: ir.Value) -> ir.Value:
+    """An accumulator's 4 pixel totals (int32): "pmaddwd"'s two halves a pixel added."""
+    if acc.type.count == LANES:
+        return acc
+    pick = [ir.Constant(ir.VectorType(I32, LANES), list(range(h, 2 * LANES, 2))) for h in (0, 1)]
+    return k.b.add(k.b.shuffle_vector(acc, acc, pick[0]), k.b.shuffle_vector(acc, acc, pick[1]))
 
 
 def lane_dot_blocks(k, pixels: int, channels: int, groups: int, x_at, weights, store):
@@ -158,7 +182,7 @@ def lane_dot_blocks(k, pixels: int, channels: int, groups: int, x_at, weights, s
     p0 .. p0 + n (an int32 vector of n lanes, n static; n = 1: a scalar)."""
     quads = channel_quads(channels)
     tp, tc = lane_tile(k.vector.registers, -(-pixels // LANES), quads)
-    zero = k.lift(0, like=ir.VectorType(I32, LANES))
+    zero = lane_zero(k)
     weights = opaque(k, weights)
 
     def tile(pv0, np_, oq0, nq, valid, live):
@@ -173,7 +197,7 @@ def lane_dot_blocks(k, pixels: int, channels: int, groups: int, x_at, weights, s
                             a = accs[p][GROUP * c + lane]
                             a.value = by_lane_dot(k, a.value, xs[p], ws[c], lane)
         for c in range(live):
-            whole = _join(k, [accs[p][c].value.v for p in range(np_)])
+            whole = _join(k, [pixel_totals(k, accs[p][c].value.v) for p in range(np_)])
             store(GROUP * oq0 + c, LANES * pv0, valid, _first(k, whole, valid))
 
     def pixel_tiles(oq0, nq, live):

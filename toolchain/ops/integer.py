@@ -47,7 +47,7 @@ from ..ir import TensorType
 from ..kernel.int8_dot import DOT_BYTES, rounding_high_mul, rounding_shift_right
 from ..kernel.llvm import I8, I32, I64
 from ..kernel import scalar_int8
-from ..kernel.lane_int8 import (GROUP, LANES, copy_span, fill_groups, lane_dot_blocks, lane_groups,
+from ..kernel.lane_int8 import (GROUP, LANES, channel_quads, copy_span, fill_groups, lane_dot_blocks, lane_groups,
                                 pack_lane_weights, padded_pixels)
 from ..kernel.tiled_int8 import (STATIC_TAPS, as_signed, by_words, depthwise_flat, dot_blocks, flat_geometry,
                                  im2col_row, padded_length, weight_word_pairs)
@@ -197,7 +197,7 @@ class QConv(_Integer):
         dots = _dot_operands(node, 1, unsigned) if k.explicit_vectors else None  # the C path: the loops below
         if dots is not None and _depthwise(node):
             return _depthwise_by_lanes(k, node, x, y, outs[1], outs[2], dots[1], mult, left, right, unsigned)
-        if dots is not None and k.vector.int8_dot_by_lane and a["group"] == 1:
+        if dots is not None and k.vector.int8_dot_by_lane and a["group"] == 1 and _quads_filled(w.shape[1]):
             return _conv_by_lanes(k, node, x, y, outs[1], dots[1], mult, left, right, unsigned)
         if dots is not None and k.vector.int8_mac_by_scalar and a["group"] == 1:
             return _conv_by_scalars(k, node, x, y, outs[1], dots[1], mult, left, right, unsigned)
@@ -296,6 +296,13 @@ def _conv_by_dots(k, node, x, y, col, packed, bias, mult, left, right, unsigned)
             block(n, oy0, rows, gi)
         if full < oh:
             block(n, full, oh - full, gi)
+
+
+def _quads_filled(channels) -> bool:
+    """Input channels fill at least three quarters of their 4-channel groups (lane_int8): a
+    convolution of 1 or 2 channels (keyword spotting's input layer) would multiply mostly
+    padding; it keeps the windows by pixel."""
+    return channels >= 0.75 * channel_quads(channels) * GROUP
 
 
 def _conv_by_lanes(k, node, x, y, col, bias, mult, left, right, unsigned):
