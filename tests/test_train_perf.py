@@ -106,7 +106,7 @@ def test_sgd_steps_match_numpy():
 def test_update_is_one_vector_loop_in_a_function_of_its_own(tmp_path, monkeypatch):
     """Every kernel a function of its own (a graph over backends.llvm.INLINE_KERNEL_LIMIT
     nodes, as the real models' steps), cortex-a76: each parameter's update is no node of
-    its own (W's at its gradient Gemm's store; b's Mul then Sub, written over b), and the
+    its own (W's its gradient Gemm, accumulating onto W as its C; b's Mul then Sub, written over b), and the
     elementwise functions have vector arithmetic only: no scalar loop LLVM would fall back
     to when the output overlaps the input (which it does, in place: that fallback ran
     every time)."""
@@ -117,14 +117,18 @@ def test_update_is_one_vector_loop_in_a_function_of_its_own(tmp_path, monkeypatc
     res = build(path, "cortex-a76", "model", tmp_path / "out", train="mse")
     graph = res.compiled.graph
     steps = [(n.op, [s.op for s in n.epilogue]) for n in graph.nodes]
-    assert ("Gemm", ["Mul", "Sub"]) in steps  # W's gradient, its update at the Gemm's store
+    w_in = res.compiled.train["program"].params[0].primal
+    assert any(n.op == "Gemm" and not n.epilogue and n.inputs[2:] == [w_in] for n in graph.nodes)  # W's update
     assert ("Mul", ["Sub"]) in steps  # b's (its gradient a ReduceSum)
+    assert ("Mul", ["Mul"]) in steps  # the Gemm's small operand times -learning_rate
     assert not any(n.op == "Sub" for n in graph.nodes)
     bodies = re.findall(r"define internal [^\n]*_Mul_[^\n]*\{\n(.*?)\n\}", res.compiled.llvm_ir, re.S)
-    assert len(bodies) == 3  # b's update, and the loss's square and seed (96 elements)
+    assert len(bodies) == 4  # b's update, the operand's scale, and the loss's square and seed (96 elements)
     for body in bodies:
         assert re.search(r"fmul [^\n]*<\d+ x float>", body)
-        assert not re.search(r"= f(sub|mul|neg) [^\n<]*float %", body), body
+        # (the operand's scale negates the learning rate once, a scalar before its splat)
+        once = re.sub(r"%\.scalar = fneg [^\n<]*float %[^\n]*\n", "", body, count=1)
+        assert not re.search(r"= f(sub|mul|neg) [^\n<]*float %", once), body
 
 
 # -- convolution gradients ---------------------------------------------------------------

@@ -239,7 +239,7 @@ class CTensor(Tensor):
         ref, deps = self.address(idx)
         return self.k.let(ref, LLVM_TYPES[self.dtype], deps)
 
-    def store_vector(self, idx, v):
+    def store_vector(self, idx, v, whole: bool = False):
         """Lane by lane: C has no vectors (the C compiler finds them)."""
         self.store_lanes(idx, v)
 

@@ -371,9 +371,13 @@ class Gemm(Op):
             start = k.vload(c, (i, j), w)
             return start if beta == 1.0 else start * beta
 
+        # a C of the output's own shape may be the output's own bytes (train.py's SGD update
+        # accumulates onto the weight in place): whole vector stores (Tensor.store_vector)
+        whole = c is not None and tuple(ins[2].shape) == tuple(y.shape)
+
         def store(i, j, v):
             if alpha == 1.0:  # c, if any, was the start value
-                return y.store_vector((i, j), v)
+                return y.store_vector((i, j), v, whole=whole)
             for ln, x in enumerate(k.lanes(v)):
                 x = x * alpha
                 y[i, j + ln] = x + c[i, j + ln] * beta if c is not None else x

@@ -7,7 +7,8 @@ int64 labels) and its cotangent as the seed, inlines the pullback
 (its residual inputs become the forward values themselves: nothing is saved, the step is
 one program), and ends with one update per parameter: SGD, p - learning_rate * dL/dp; momentum (classic
 heavy ball), v = mu * v + dL/dp, p - learning_rate * v, with a velocity per parameter in
-the caller's optimizer state. Each update is placed after every other node reading the
+the caller's optimizer state. Under SGD a weight whose gradient is one Gemm (or 2-D MatMul)
+read by nothing else takes the update inside that product (`_sgd_into_product`). Each update is placed after every other node reading the
 parameter: the build writes it over the parameter's own bytes in the caller's buffer
 (and the new velocity over the old; see compiler.compile_train_graph), which is safe only
 once nothing else reads the old value.
@@ -30,8 +31,9 @@ from fnmatch import fnmatchcase
 
 import numpy as np
 
-from ..errors import InvalidModelError, UnsupportedError
+from ..errors import InternalError, InvalidModelError, UnsupportedError
 from ..ir import Graph, TensorType, Value
+from ..ops import registry
 from ..ops.loss import LOSS_GRAD
 from .autodiff import Builder, params_to_inputs, reverse
 from .verify import verify
@@ -116,6 +118,10 @@ def train_graph(g: Graph, params, loss: str = "mse", optimizer: str = "sgd", mom
     updated, velocities, new_velocities, groups = [], [], [], []
     for p, grad in zip(prog.params, grads):
         start = len(t.nodes)
+        if optimizer == "sgd" and (fused := _sgd_into_product(t, p, grad, lr)) is not None:
+            updated.append(fused[0])
+            groups.append(fused[1])
+            continue
         if optimizer == "momentum":  # v = mu * v + g; p -= lr * v
             v = Value(t.unique(f"velocity_{p.name}"), p.primal.type)
             velocities.append(v)
@@ -181,6 +187,70 @@ def _cross_entropy(t: Graph, b: Builder, outputs, cot_outputs):
     total = b.op("SoftmaxCrossEntropyLoss", [y, labels], reduction="mean")
     seed = b.op(LOSS_GRAD, [b.scalar(1.0), labels, None, y], classes=y.type.shape[1], reduction="mean")
     return [labels], {j: seed}, total
+
+
+def _sgd_into_product(t: Graph, p, grad: Value, lr: Value) -> tuple[Value, list] | None:
+    """SGD's p - lr * dW where dW = alpha * op(A) op(B) is one Gemm (or a 2-D MatMul, its
+    transposed operands read as Gemm's transA/transB) that nothing else reads, as the single
+    Gemm(A, B * (-lr * alpha), C=p, beta=1): the product starts from p and accumulates the
+    scaled step onto it, so dW is never stored and the update is no second pass over p
+    (loading, scaling and subtracting after the product). Only the smaller operand is
+    scaled. The product is removed and the new Gemm (its output written over p's bytes, as
+    every update) stays on the matmul kernels, whose tiles read each C element before
+    storing that same element. Returns the updated value and the nodes computing it. Refused (None: the general update) where p is itself one of
+    the product's operands (or a view of it), which the in-place write would overwrite
+    while they are still read; a shared weight's gradient is a sum, no product, and keeps
+    the general update too."""
+    node = grad.producer
+    if node is None or node not in t.nodes or node.epilogue or grad.type != p.primal.type or len(grad.type.shape) != 2:
+        return None
+    if any(v is grad for v in t.outputs) or any(v is grad for n in t.nodes for v in n.inputs):
+        return None
+    if node.op == "Gemm" and (len(node.inputs) == 2 or node.inputs[2] is None):
+        (a, bv), alpha = node.inputs[:2], float(node.attrs["alpha"])
+        trans = [int(node.attrs["transA"]), int(node.attrs["transB"])]
+    elif node.op == "MatMul" and all(len(v.type.shape) == 2 for v in node.inputs):
+        (a, bv), alpha, trans = node.inputs, 1.0, [0, 0]
+    else:
+        return None
+    ops = [a, bv]
+    if node.op == "MatMul":  # a Transpose of a 2-D operand becomes the trans flag
+        for i, v in enumerate(ops):
+            tr = v.producer
+            if tr is not None and tr.op == "Transpose" and list(tr.attrs.get("perm", [])) == [1, 0]:
+                ops[i], trans[i] = tr.inputs[0], 1
+    if any(_reads(v, p.primal) for v in ops):
+        return None
+    k = min((0, 1), key=lambda i: ops[i].type.size)
+    name = f"sgd_{p.name}"
+    # (x * lr) * -alpha, not x * (lr * -alpha): no scalar node of its own (the constant's
+    # Mul is an epilogue of the first)
+    by_lr = Value(t.unique(f"{ops[k].name}_lr"), ops[k].type)
+    t.add_node("Mul", f"{name}_lr", [ops[k], lr], [by_lr])
+    scaled = Value(t.unique(f"{ops[k].name}_scaled"), ops[k].type)
+    t.add_node("Mul", f"{name}_scale", [by_lr, t.const("c", np.array(-alpha, lr.type.dtype))], [scaled])
+    ops[k] = scaled
+    out = Value(t.unique(f"{p.name}_updated"), p.primal.type)
+    gemm = t.add_node("Gemm", name, [*ops, p.primal], [out],
+                      {"alpha": 1.0, "beta": 1.0, "transA": trans[0], "transB": trans[1]})
+    (typ,) = registry.get("Gemm").infer(gemm)
+    if typ != p.primal.type:
+        raise InternalError(f"SGD update folded into '{node.name}' is {typ}, the parameter {p.primal.type}")
+    group = t.nodes[-3:]
+    t.nodes.remove(node)
+    return out, group
+
+
+def _reads(v: Value, p: Value) -> bool:
+    """Whether `v` is `p` or a view of it (shares its bytes)."""
+    while v is not None:
+        if v is p:
+            return True
+        n = v.producer
+        if n is None or not registry.get(n.op).view:
+            return False
+        v = n.inputs[0]
+    return False
 
 
 def _update_early(t: Graph, params, groups):
