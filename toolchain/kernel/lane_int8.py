@@ -23,6 +23,7 @@ from .tiled_int8 import as_signed
 
 GROUP = 4  # reduction bytes in one lane's dot product
 LANES = 4  # int32 accumulators (pixels) in a 128-bit register
+UNROLL = 2  # groups a loop step (half the loop's counting and branching per dot product)
 
 
 def channel_quads(channels: int) -> int:
@@ -187,7 +188,7 @@ def lane_dot_blocks(k, pixels: int, channels: int, groups: int, x_at, weights, s
 
     def tile(pv0, np_, oq0, nq, valid, live):
         accs = [[k.var(zero) for _ in range(GROUP * nq)] for _ in range(np_)]
-        with k.loop(groups) as g:
+        def group(g):
             xs = [load_bytes(k, *x_at(pv0 + p, g)) for p in range(np_)]
             ws = [load_bytes(k, weights, (oq0 + c, g, 0)) for c in range(nq)]
             for c in range(nq):
@@ -196,6 +197,12 @@ def lane_dot_blocks(k, pixels: int, channels: int, groups: int, x_at, weights, s
                         for p in range(np_):
                             a = accs[p][GROUP * c + lane]
                             a.value = by_lane_dot(k, a.value, xs[p], ws[c], lane)
+        pairs = groups - groups % UNROLL
+        with k.loop(pairs, step=UNROLL) as g:
+            for u in range(UNROLL):
+                group(g + u)
+        for g in range(pairs, groups):
+            group(g)
         for c in range(live):
             whole = _join(k, [pixel_totals(k, accs[p][c].value.v) for p in range(np_)])
             store(GROUP * oq0 + c, LANES * pv0, valid, _first(k, whole, valid))
