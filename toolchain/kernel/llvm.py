@@ -197,13 +197,10 @@ class Tensor:
     def store_vector(self, idx, v: Expr, whole: bool = False):
         """The lanes of v at idx, idx + 1, ... along the last axis: one vector store where a fused
         step reads an operand (a residual Add) or is long (Gelu) and every step works on vectors,
-        or where the caller asks for `whole` vectors; else lane by lane, which LLVM's SLP
-        vectorizer merges back (bench: better than a vector store). `whole`: a kernel that
-        may store over the bytes it loaded its start values from (a Gemm accumulating onto
-        its C in place, the SGD update) — there the SLP vectorizer pairs lanes across
-        neighbouring vectors and stores them 8 bytes at a time.
-        A partial vector (fewer lanes than a register) is one predicated store where the
-        vector unit masks (Kernel.masks)."""
+        or where asked (`whole`: a Gemm accumulating onto its C in place, where the SLP
+        vectorizer would pair lanes across vectors); else lane by lane, which LLVM's SLP
+        vectorizer merges back (bench: better than a vector store). A partial vector is one
+        predicated store where the vector unit masks (Kernel.masks)."""
         n = v.v.type.count if isinstance(v.v.type, ir.VectorType) else 1
         vector_safe = all(getattr(fn, "vector_safe", False) for fn in self.epilogue)
         partial = self.strides[-1] == 1 and vector_safe and masks(self.k, n, LLVM_TYPES[self.dtype])

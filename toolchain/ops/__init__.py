@@ -8,6 +8,7 @@ from . import (  # noqa: F401  (one family per line: a new family is a one-line 
     elementwise,
     indexing,
     integer,
+    integer_onnx,
     linalg,
     logic,
     loss,
