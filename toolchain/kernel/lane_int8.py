@@ -203,9 +203,11 @@ def lane_dot_blocks(k, pixels: int, channels: int, groups: int, x_at, weights, s
                 group(g + u)
         for g in range(pairs, groups):
             group(g)
-        for c in range(live):
-            whole = _join(k, [pixel_totals(k, accs[p][c].value.v) for p in range(np_)])
-            store(GROUP * oq0 + c, LANES * pv0, valid, _first(k, whole, valid))
+        for c in range(live):  # a register at a time (joined, an odd count would round up to 16 lanes)
+            for p in range(np_):
+                count = min(LANES, valid - LANES * p)
+                totals = _first(k, pixel_totals(k, accs[p][c].value.v), count)
+                store(GROUP * oq0 + c, LANES * (pv0 + p), count, totals)
 
     def pixel_tiles(oq0, nq, live):
         step = LANES * tp
@@ -221,18 +223,6 @@ def lane_dot_blocks(k, pixels: int, channels: int, groups: int, x_at, weights, s
         pixel_tiles(oq0, tc, GROUP * tc)
     if full < quads:
         pixel_tiles(full, quads - full, channels - GROUP * full)
-
-
-def _join(k, vals):
-    """Vectors of 4 lanes one after the other, as one vector."""
-    while len(vals) > 1:
-        n = vals[0].type.count
-        if vals[-1].type.count != n:  # an odd one out: widened to pair with its neighbour
-            vals[-1] = k.b.shuffle_vector(vals[-1], vals[-1], ir.Constant(ir.VectorType(I32, n), list(range(n))))
-        pairs = [k.b.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, 2 * n), list(range(2 * n))))
-                 for x, y in zip(vals[::2], vals[1::2])]
-        vals = pairs + ([vals[-1]] if len(vals) % 2 else [])
-    return vals[0]
 
 
 def _first(k, v, n) -> Expr:

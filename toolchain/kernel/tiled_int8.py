@@ -35,13 +35,15 @@ def padded_length(k_: int) -> int:
     return -(-k_ // DOT_BYTES) * DOT_BYTES
 
 
-def dot_blocks(k, pixels: int, channels: int, kp: int, x_at, w_at, store):
+def dot_blocks(k, pixels: int, channels: int, kp: int, x_at, w_at, store, store_channels=None):
     """For every pixel p < pixels and channel c < channels, the dot product of the kp bytes
     at x_at(p, kk) with those at w_at(c, kk) (each a (tensor, index) of the step's first
     byte). In tiles of VectorUnit.int8_tile (pixels x channels): a step loads each tile
     pixel's and channel's 16 bytes once and feeds pixels x channels accumulators.
     store(c, p0, totals): channel c's totals of pixels p0, p0 + 1, ... as one int32 vector
-    (one pixel: a scalar)."""
+    (one pixel: a scalar). store_channels(c0, p, totals), where given, takes a tile of one
+    pixel instead: channels c0, c0 + 1, ...'s totals as one vector (a matrix-vector
+    product's outputs requantized a vector at a time, not one by one)."""
     tp, tc = k.vector.int8_tile
 
     def tile(p0, np_, c0, nc):
@@ -52,6 +54,9 @@ def dot_blocks(k, pixels: int, channels: int, kp: int, x_at, w_at, store):
             for p in range(np_):
                 for c in range(nc):
                     accs[p][c].value = dot(k, accs[p][c].value, xs[p], ws[c])
+        if store_channels is not None and np_ == 1 and nc > 1:
+            store_channels(c0, p0, dot_totals(k, [accs[0][c].value for c in range(nc)]))
+            return
         for c in range(nc):
             store(c0 + c, p0, dot_totals(k, [accs[p][c].value for p in range(np_)]))
 

@@ -541,7 +541,13 @@ class QMatMul(_Integer):
                 yt.store_vector((j, r0), _finish(k, node, totals + k.splat(bt[j], _width(totals)), mult[j], left[j],
                                                  right[j]))
 
-            return dot_blocks(k, rows, nn, packed.shape[1], lambda r, i: (x2, (r, i)), lambda j, i: (wt, (j, i)), store)
+            def store_channels(j0, r, totals):
+                n = _width(totals)
+                y2.store_vector((r, j0), _finish(k, node, totals + k.vload(bt, (j0,), n), k.vload(mult, (j0,), n),
+                                                 k.vload(left, (j0,), n), k.vload(right, (j0,), n)))
+
+            return dot_blocks(k, rows, nn, packed.shape[1], lambda r, i: (x2, (r, i)), lambda j, i: (wt, (j, i)), store,
+                              store_channels)
         with k.loops((rows, nn)) as (r, j):
             acc = k.var(bias[j])
             with k.loop(kk) as i:
