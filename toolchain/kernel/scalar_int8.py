@@ -17,7 +17,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .llvm import I8, I16, I32, Expr
-from .tiled_int8 import as_signed, copy_bytes
+from .tiled_int8 import as_signed, copy_bytes, in_steps
 
 WIDTH = 16  # pixels a step: int8 in one register, their int32 sums in four
 UNROLL = 4  # reduction indices a loop step
@@ -88,15 +88,4 @@ def scalar_weight_dots(k, pixels, channels, reduction, col, weight, tile, store)
                     k, k.b.shuffle_vector(v.v, v.v, ir.Constant(ir.VectorType(I32, count), list(range(count)))))
             store(c0 + c, p0, count, v)
 
-    def block(c0, nc):
-        whole = pixels - pixels % WIDTH
-        with k.loop(whole, step=WIDTH) as p0:
-            vector(p0, WIDTH, c0, nc)
-        if whole < pixels:
-            vector(whole, pixels - whole, c0, nc)
-
-    full = channels - channels % tile
-    with k.loop(full, step=tile) as c0:
-        block(c0, tile)
-    if full < channels:
-        block(full, channels - full)
+    in_steps(k, channels, tile, lambda c0, nc: in_steps(k, pixels, WIDTH, lambda p0, count: vector(p0, count, c0, nc)))

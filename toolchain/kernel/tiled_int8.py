@@ -60,18 +60,17 @@ def dot_blocks(k, pixels: int, channels: int, kp: int, x_at, w_at, store, store_
         for c in range(nc):
             store(c0 + c, p0, dot_totals(k, [accs[p][c].value for p in range(np_)]))
 
-    def pixel_tiles(c0, nc):
-        full = pixels - pixels % tp
-        with k.loop(full, step=tp) as p0:
-            tile(p0, tp, c0, nc)
-        if full < pixels:
-            tile(full, pixels - full, c0, nc)
+    in_steps(k, channels, tc, lambda c0, nc: in_steps(k, pixels, tp, lambda p0, np_: tile(p0, np_, c0, nc)))
 
-    full = channels - channels % tc
-    with k.loop(full, step=tc) as c0:
-        pixel_tiles(c0, tc)
-    if full < channels:
-        pixel_tiles(full, channels - full)
+
+def in_steps(k, n, step, body):
+    """body(i, count) over 0 .. n in steps: the whole steps in a loop (count = step), then
+    the last, shorter one built apart (count static)."""
+    full = n - n % step
+    with k.loop(full, step=step) as i:
+        body(i, step)
+    if full < n:
+        body(full, n - full)
 
 
 def im2col_row(k, x, col, n, ci0, cg, oy, a, kernel, zero_point, flip_sign):

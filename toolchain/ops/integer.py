@@ -50,7 +50,7 @@ from ..kernel import scalar_int8
 from ..kernel.lane_int8 import (GROUP, LANES, channel_quads, copy_span, fill_groups, lane_dot_blocks, lane_groups,
                                 pack_lane_weights, padded_pixels)
 from ..kernel.tiled_int8 import (STATIC_TAPS, as_signed, by_words, depthwise_flat, dot_blocks, flat_geometry,
-                                 im2col_row, padded_length, weight_word_pairs)
+                                 im2col_row, in_steps, padded_length, weight_word_pairs)
 from .base import Op, in_type, register
 from .nn import conv_out_size
 
@@ -290,12 +290,8 @@ def _conv_by_dots(k, node, x, y, col, packed, bias, mult, left, right, unsigned)
 
         dot_blocks(k, nrows * ow, ocg, kp, lambda p, kk: (col, (p, kk)), lambda c, kk: (wt, (o0 + c, kk)), store)
 
-    full = oh - oh % rows
     with k.loop(n_) as n, k.loop(g) as gi:
-        with k.loop(full, step=rows) as oy0:
-            block(n, oy0, rows, gi)
-        if full < oh:
-            block(n, full, oh - full, gi)
+        in_steps(k, oh, rows, lambda oy0, nrows: block(n, oy0, nrows, gi))
 
 
 def _quads_filled(channels) -> bool:
@@ -336,12 +332,8 @@ def _conv_by_lanes(k, node, x, y, col, bias, mult, left, right, unsigned):
         lane_dot_blocks(k, nrows * ow, oc, groups, lambda pv, g: (col, (g, LANES * pv, 0)),
                         wt, store)
 
-    full = oh - oh % rows
     with k.loop(n_) as n:
-        with k.loop(full, step=rows) as oy0:
-            block(n, oy0, rows)
-        if full < oh:
-            block(n, full, oh - full)
+        in_steps(k, oh, rows, lambda oy0, nrows: block(n, oy0, nrows))
 
 
 def _window_bytes(w, oh, ow):
@@ -392,12 +384,8 @@ def _conv_by_scalars(k, node, x, y, col, bias, mult, left, right, unsigned):
 
         scalar_int8.scalar_weight_dots(k, nrows * ow, oc, kp, col, lambda c, r: wt[c, r], k.vector.int8_tile[1], store)
 
-    full = oh - oh % rows
     with k.loop(n_) as n:
-        with k.loop(full, step=rows) as oy0:
-            block(n, oy0, rows)
-        if full < oh:
-            block(n, full, oh - full)
+        in_steps(k, oh, rows, lambda oy0, nrows: block(n, oy0, nrows))
 
 
 def _quads(k, cg, body):
