@@ -49,7 +49,7 @@ from ..kernel.llvm import I8, I32, I64
 from ..kernel import scalar_int8
 from ..kernel.lane_int8 import (GROUP, LANES, channel_quads, copy_span, fill_groups, lane_dot_blocks, lane_groups,
                                 pack_lane_weights, padded_pixels)
-from ..kernel.tiled_int8 import (STATIC_TAPS, as_signed, by_words, depthwise_flat, dot_blocks, flat_geometry,
+from ..kernel.tiled_int8 import (as_signed, by_words, depthwise_flat, dot_blocks, flat_geometry,
                                  im2col_row, in_steps, padded_length, weight_word_pairs)
 from .base import Op, in_type, register
 from .nn import conv_out_size
@@ -256,8 +256,11 @@ BLOCK_PIXELS = 32
 
 
 def _block_rows(oh, ow):
-    """Output rows gathered and multiplied together: enough for whole register tiles."""
-    return max(1, min(oh, -(-BLOCK_PIXELS // ow)))
+    """Output rows gathered and multiplied together: enough for whole register tiles, and,
+    down to half that, a divisor of the output's rows (no shorter last block: its tiles would
+    be code of their own; keyword spotting's 25 rows of 5 in blocks of 5)."""
+    want = max(1, min(oh, -(-BLOCK_PIXELS // ow)))
+    return next((r for r in range(want, (want - 1) // 2, -1) if oh % r == 0), want)
 
 
 def _conv_by_dots(k, node, x, y, col, packed, bias, mult, left, right, unsigned):
@@ -438,12 +441,8 @@ def _gather_row(k, x, col, n, cg, oy, p0, ow, a, kernel, zero_point, unsigned):
                 fill_groups(k, col, (c4 * kh + i) * kw + j, p0, ow, zp)
 
     def quad(c4, channel):
-        if kh * kw <= STATIC_TAPS:
-            for i in range(kh):
-                kernel_row(c4, channel, i)
-        else:
-            with k.loop(kh) as i:
-                kernel_row(c4, channel, i)
+        with k.loop(kh) as i:
+            kernel_row(c4, channel, i)
     _quads(k, cg, quad)
 
 
