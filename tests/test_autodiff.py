@@ -113,6 +113,16 @@ OPS = [
      {"x": (2, 2, 3, 9), "w": (2, 1, 1, 7)}, {}, False, 17),  # 7 columns widened to 8
     ("conv-depthwise-5x5-dilated", [node("Conv", ["x", "W"], group=2, dilations=[2, 2], pads=[3, 4, 4, 3])],
      {"x": (1, 2, 6, 7)}, {"W": w(2, 1, 5, 5)}, False, 17),  # 5 columns: not widened
+    # depthwise weight gradients over maps of more than MAX_UNROLLED_TAPS positions (the
+    # "conv-taps-reduce" tile, vectors along the cotangent's columns, a tail of 13 % 4):
+    # stride 1, stride 2 with asymmetric pads and a batch of 2, dilation 2
+    ("conv-depthwise-large-map", [node("Conv", ["x", "W", "B"], group=2, pads=[1, 1, 1, 1])],
+     {"x": (1, 2, 14, 13)}, {"W": w(2, 1, 3, 3), "B": w(2)}, False, 17),
+    ("conv-depthwise-large-map-stride2-batch2", [node("Conv", ["x", "W"], group=3, strides=[2, 2],
+                                                      pads=[1, 0, 0, 1])],
+     {"x": (2, 3, 26, 25)}, {"W": w(3, 1, 3, 3)}, False, 17),
+    ("conv-depthwise-large-map-dilated", [node("Conv", ["x", "w"], group=2, dilations=[2, 2], pads=[2, 2, 2, 2])],
+     {"x": (1, 2, 16, 16), "w": (2, 1, 3, 3)}, {}, False, 17),
 ]
 CONSTS = {"shape": np.array([3, 8], np.int64), "axes": np.array([1], np.int64),
           "lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32),
@@ -218,6 +228,35 @@ def test_depthwise_weight_grad_is_one_conv_without_transposes():
     ops, (conv,) = _depthwise_weight_grad_convs(get_profile("cortex-a76").vector_unit, n=2)
     assert conv.inputs[0].type.shape == (1, 16, 25, 5) and conv.inputs[1].type.shape == (8, 2, 25, 5)
     assert ops.count("Transpose") == 2
+
+
+LARGE_MAPS = [c for c in OPS if "large-map" in c[0]]
+
+
+@pytest.mark.parametrize("case", LARGE_MAPS, ids=[c[0] for c in LARGE_MAPS])
+def test_compiled_large_map_depthwise_weight_grads(case):
+    """A depthwise weight gradient over a map of more than MAX_UNROLLED_TAPS positions runs
+    in the "conv-taps-reduce" tile (not the plain loop nest); the shipped object's
+    pullback (in-process) against the float64 one."""
+    from toolchain import compile_grad
+    from toolchain.inprocess import host_profile
+    from toolchain.passes import run_pipeline
+    _, nodes, inputs, inits, _, opset = case
+    m = onnx_model(with_consts(nodes), inputs, inits, opset=opset)
+    vector = host_profile().vector_unit
+    prog = reverse(import_model(m), list(inits), vector=vector)
+    run_pipeline(prog.pullback, vector=vector)
+    kinds = [getattr(nd.schedule, "kind", None) for nd in prog.pullback.nodes if nd.op == "Conv"]
+    assert "conv-taps-reduce" in kinds and "loop" not in kinds
+    cg = compile_grad(m)
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal(s).astype(np.float32) for _, _, s in cg.inputs]
+    _, residuals = cg.primal(*xs)
+    _, _, _, cts, grads = pullback64(m, [x.astype(np.float64) for x in xs], cts_seed=1)
+    gin, gpar = cg.pullback(residuals, *_float32(cts))
+    assert len(gin) + len(gpar) == len(grads)
+    for got, want in zip(gin + gpar, grads):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max()))
 
 
 def test_activity_only_what_reaches_a_differentiated_output():

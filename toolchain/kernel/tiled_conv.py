@@ -186,6 +186,61 @@ def conv2d_columns(k, schedule, a, x, w, bias, y, w_value):
             rows_of_tiles(n, full, oc_ - full)
 
 
+def conv2d_taps_reduce(k, schedule, a, x, w, bias, y):
+    """2-D convolution whose kernel is large and whose output is a few elements per channel
+    (schedule "conv-taps-reduce": a weight gradient's Conv, the cotangent's map its kernel,
+    the real kernel's taps its output). Vectors run along the kernel's columns: per kernel
+    row, its columns are loaded once (whole vectors, the last one's lanes past the row
+    zero) and multiply, for each output element, the input row segment that element's
+    window reads there (a strided view where the Conv dilates: the forward stride), into
+    one vector accumulator per output element, summed across its lanes at the end. The
+    kernel rows are a run-time loop (the code holds one row, not the map), a row outside
+    the input skipped per output row; the lanes whose column falls in the padding are known
+    at compile time and read nothing."""
+    n_, oc_, oh_, ow_ = y.shape
+    h_, w_in = x.shape[2:]
+    g = a["group"]
+    cg, ocg = w.shape[1], oc_ // g
+    kh_, kw_ = w.shape[2:]
+    (sh, sw), (dh, dw), (ph, pw) = a["strides"], a["dilations"], a["pads"][:2]
+    lanes = check_lanes(k, schedule)
+    starts = list(range(0, kw_, lanes))
+    xt = x.strides[3]
+    # x seen from output column q: element [n, c, ih, kw] is input column q*sw - pw + kw*dw
+    views = [x.view(x.shape[:3] + (kw_,), x.strides[:3] + (xt * dw,), x.offset + (q * sw - pw) * xt)
+             for q in range(ow_)]
+
+    def valid(q, kw0):
+        inside = [ln for ln in range(lanes) if kw0 + ln < kw_ and 0 <= q * sw - pw + (kw0 + ln) * dw < w_in]
+        return range(inside[0], inside[-1] + 1) if inside else None
+
+    with k.loop(n_) as n, k.loop(oc_) as oc:
+        ci0 = (oc // ocg) * cg if g > 1 else 0
+        acc = [[k.var(k.splat(0.0, lanes)) for _ in range(ow_)] for _ in range(oh_)]
+        with k.in_order(), k.loop(cg) as ci, k.loop(kh_) as kh:
+            kern = [k.vload(w, (oc, ci, kh, kw0), lanes, range(min(lanes, kw_ - kw0))) for kw0 in starts]
+            for o in range(oh_):
+                ih = kh * dh + (o * sh - ph)
+                with k.if_(window_in_bounds(k, [ih], [h_])):
+                    for q in range(ow_):
+                        for kv, kw0 in zip(kern, starts):
+                            lanes_in = valid(q, kw0)
+                            if lanes_in is None:
+                                continue
+                            xv = k.vload(views[q], (n, ci0 + ci, ih, kw0), lanes,
+                                         None if len(lanes_in) == lanes else lanes_in)
+                            acc[o][q] += kv * xv
+        for o in range(oh_):
+            for q in range(ow_):
+                parts = k.lanes(acc[o][q].value)
+                total = parts[0]
+                for v in parts[1:]:
+                    total = total + v
+                if bias is not None:
+                    total = total + bias[oc]
+                y[(n, oc, o, q)] = total
+
+
 def conv2d_channels(k, schedule, a, x, bias, y, w_data):
     """2-D convolution (any groups of whole vectors; schedule "conv-channels") in register
     tiles of PX output pixels (consecutive columns of one output row) x NV vectors of one

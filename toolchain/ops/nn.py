@@ -13,7 +13,7 @@ import numpy as np
 from ..ir import TensorType, Value
 from ..kernel import mathfns as m
 from ..kernel.llvm import LLVM_TYPES
-from ..kernel.tiled_conv import conv2d_channels, conv2d_columns, conv_point, conv_pointwise
+from ..kernel.tiled_conv import conv2d_channels, conv2d_columns, conv2d_taps_reduce, conv_point, conv_pointwise
 from ..kernel.tiled_matmul import matmul_by_dots, tiled_matmul
 from ..schedules import ConvLayer, conv_schedule, matmul_schedule
 from .base import Op, Partition, in_type, invalid, norm_axis, register, unsupported
@@ -247,6 +247,8 @@ class Conv(Op):
             return conv2d_channels(k, s, a, x, bias, y, node.inputs[1].data)
         if s.kind in ("conv-columns", "conv-depthwise"):
             return conv2d_columns(k, s, a, x, w, bias, y, node.inputs[1])
+        if s.kind == "conv-taps-reduce":
+            return conv2d_taps_reduce(k, s, a, x, w, bias, y)
         with k.loops(y.shape) as (n, oc, *o):
             conv_point(k, a, x, w, bias, y, n, oc, o)
 
