@@ -123,6 +123,16 @@ OPS = [
      {"x": (2, 3, 26, 25)}, {"W": w(3, 1, 3, 3)}, False, 17),
     ("conv-depthwise-large-map-dilated", [node("Conv", ["x", "w"], group=2, dilations=[2, 2], pads=[2, 2, 2, 2])],
      {"x": (1, 2, 16, 16), "w": (2, 1, 3, 3)}, {}, False, 17),
+    # stride 2, pads 1 (MobileNet's): columns 0 and 1 of dW from one load of 8 (even, odd
+    # lanes), the first chunk over the padding and the last one partial read per column
+    ("conv-depthwise-large-map-stride2-pads", [node("Conv", ["x", "W"], group=2, strides=[2, 2], pads=[1, 1, 1, 1])],
+     {"x": (1, 2, 12, 60)}, {"W": w(2, 1, 3, 3)}, False, 17),
+    # ungrouped, fewer input channels than lanes (a stem): dW as one Conv over the input's
+    # channels as a batch (conv_grad.py few_channel_weight_grad), stride 2 and stride 1
+    ("conv-stem-large-map-stride2", [node("Conv", ["x", "W", "B"], strides=[2, 2], pads=[1, 1, 1, 1])],
+     {"x": (1, 3, 30, 34)}, {"W": w(4, 3, 3, 3), "B": w(4)}, False, 17),
+    ("conv-stem-large-map", [node("Conv", ["x", "W"], pads=[1, 0, 0, 1])], {"x": (1, 2, 14, 13)},
+     {"W": w(3, 2, 3, 2)}, False, 17),
 ]
 CONSTS = {"shape": np.array([3, 8], np.int64), "axes": np.array([1], np.int64),
           "lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32),

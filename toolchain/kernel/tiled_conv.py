@@ -214,6 +214,19 @@ def conv2d_taps_reduce(k, schedule, a, x, w, bias, y):
         inside = [ln for ln in range(lanes) if kw0 + ln < kw_ and 0 <= q * sw - pw + (kw0 + ln) * dw < w_in]
         return range(inside[0], inside[-1] + 1) if inside else None
 
+    # dilation 2 at stride 1 (a stride-2 Conv's weight gradient): output columns q and q + 1
+    # read the even and the odd input columns of one span of 2 * lanes, where all of it
+    # lies in the row and the chunk is whole (`paired` holds (q, chunk start) of the even one)
+    # (pairs from column 0 or from column 1, whichever reads fewer spans past the padding)
+    paired = set()
+    if dw == 2 and sw == 1 and x.strides[3] == 1:
+        options = []
+        for q0 in (0, 1):
+            pairs = {(q, kw0) for q in range(q0, ow_ - 1, 2) for kw0 in starts
+                     if kw0 + lanes <= kw_ and 0 <= q - pw + dw * kw0 and q - pw + dw * kw0 + 2 * lanes <= w_in}
+            options.append(pairs)
+        paired = max(options, key=len)
+
     with k.loop(n_) as n, k.loop(oc_) as oc:
         ci0 = (oc // ocg) * cg if g > 1 else 0
         acc = [[k.var(k.splat(0.0, lanes)) for _ in range(ow_)] for _ in range(oh_)]
@@ -224,6 +237,13 @@ def conv2d_taps_reduce(k, schedule, a, x, w, bias, y):
                 with k.if_(window_in_bounds(k, [ih], [h_])):
                     for q in range(ow_):
                         for kv, kw0 in zip(kern, starts):
+                            if (q, kw0) in paired:
+                                continue
+                            if (q - 1, kw0) in paired:  # both columns from one load
+                                even, odd = k.vload_pairs(x, (n, ci0 + ci, ih, q - 1 - pw + dw * kw0), lanes)
+                                acc[o][q - 1] += kv * even
+                                acc[o][q] += kv * odd
+                                continue
                             lanes_in = valid(q, kw0)
                             if lanes_in is None:
                                 continue
