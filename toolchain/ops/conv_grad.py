@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..schedules import MAX_UNROLLED_TAPS
+from ..schedules import MAX_UNROLLED_TAPS, REDUCE_MAX_COLUMNS, REDUCE_MAX_OUTPUTS
 from ..schedules.cost import vector_chunks
 
 
@@ -243,3 +243,33 @@ def depthwise_weight_grad(b, x, g, xs, ws, ys, strides, dilations, pads, groups,
     if wide != kw:
         out = b.op("Slice", [out], begin=[0] * (rank + 2), step=[1] * (rank + 2), count=[1, c, *ws[2:]])
     return b.reshape(out, ws)
+
+
+def few_channel_weight_grad(b, x, g, xs, ws, ys, strides, dilations, pads, groups, vector=None):
+    """dw of an ungrouped 2-D Conv of one image with fewer input channels than a vector has
+    lanes (a network's stem: 3 colour channels), as one Conv over the input with its
+    channels as the batch and dy as the kernel (strides and dilations trade places), run by
+    the "conv-taps-reduce" tile: vectors along dy's rows, one accumulator per tap of the
+    real kernel. A Gemm per tap (weight_grad_by_taps) would multiply matrices a few columns
+    wide (the channels), which the register tile fills poorly. None for other convolutions
+    or where that tile would not take the Conv."""
+    rank = len(xs) - 2
+    n, c, o = xs[0], xs[1], ws[0]
+    lanes = vector.lanes if vector is not None else 4
+    if rank != 2 or groups != 1 or n != 1 or not 1 < lanes or c >= lanes:
+        return None
+    if int(np.prod(ws[2:])) > REDUCE_MAX_OUTPUTS or not lanes <= ys[-1] <= REDUCE_MAX_COLUMNS or int(
+            np.prod(ys[2:])) <= MAX_UNROLLED_TAPS:
+        return None
+    span = [(ys[2 + i] - 1) * strides[i] + (ws[2 + i] - 1) * dilations[i] + 1 for i in range(rank)]
+    end = [span[i] - xs[2 + i] - pads[i] for i in range(rank)]
+    xv = x
+    if min(end) < 0:  # trailing input rows no window reaches: cropped off
+        count = [n, c, *(xs[2 + i] + min(end[i], 0) for i in range(rank))]
+        xv = b.op("Slice", [xv], begin=[0] * len(xs), step=[1] * len(xs), count=count)
+        end = [max(e, 0) for e in end]
+    xin = b.reshape(xv, (c, 1, *xv.type.shape[2:]))  # the channels as the batch (one image: no Transpose)
+    kern = b.reshape(g, (o, 1, *ys[2:]))
+    out = b.op("Conv", [xin, kern], group=1, kernel_shape=list(ys[2:]), strides=list(dilations),
+               dilations=list(strides), pads=list(pads[:rank]) + end)  # (C, O, k...)
+    return b.op("Transpose", [out], perm=[1, 0, 2, 3])

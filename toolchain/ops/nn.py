@@ -17,8 +17,8 @@ from ..kernel.tiled_conv import conv2d_channels, conv2d_columns, conv2d_taps_red
 from ..kernel.tiled_matmul import matmul_by_dots, tiled_matmul
 from ..schedules import ConvLayer, conv_schedule, matmul_schedule
 from .base import Op, Partition, in_type, invalid, norm_axis, register, unsupported
-from .conv_grad import (input_grad_as_conv, strided_input_grad_as_conv, subpixel_input_grad,
-                        weight_grad_by_taps, depthwise_weight_grad)
+from .conv_grad import (few_channel_weight_grad, input_grad_as_conv, strided_input_grad_as_conv,
+                        subpixel_input_grad, weight_grad_by_taps, depthwise_weight_grad)
 
 # -- convolution ------------------------------------------------------------------
 def resolve_auto_pad(node, in_spatial, kernel, strides, dilations):
@@ -168,7 +168,9 @@ class Conv(Op):
         if gx is None:
             gx = b.op("ConvTranspose", [g, b.primal(w)], group=groups, kernel_shape=list(ws[2:]), strides=list(s),
                       dilations=list(d), output_padding=out_pad, pads=list(p))
-        gw = weight_grad_by_taps(b, b.primal(x), g, xs, ws, ys, s, d, p, groups)  # a Gemm per tap
+        gw = few_channel_weight_grad(b, b.primal(x), g, xs, ws, ys, s, d, p, groups, getattr(b, "vector", None))
+        if gw is None:  # a Gemm per tap
+            gw = weight_grad_by_taps(b, b.primal(x), g, xs, ws, ys, s, d, p, groups)
         if gw is None:  # depthwise: one Conv, dy its kernel, no Transpose, whole vectors
             gw = depthwise_weight_grad(b, b.primal(x), g, xs, ws, ys, s, d, p, groups, getattr(b, "vector", None))
         if gw is not None:
