@@ -444,6 +444,12 @@ class Kernel:
                                                                                  list(range(r, 2 * n, 2)))))
                      for r in (0, 1))
 
+    def join_lanes(self, a: Expr, b: Expr, start: int) -> Expr:
+        """n lanes of a then b from lane `start` of a (NEON: ext)."""
+        n = a.v.type.count
+        return Expr(self, self.b.shuffle_vector(a.v, b.v, ir.Constant(ir.VectorType(I32, n),
+                                                                      list(range(start, start + n)))))
+
     def map_vectors(self, ins, out: "Tensor", body) -> bool:
         """out[i] = body(*(x[i] for x in ins)) over the flat index, in explicit vectors of
         the target's float32 lanes and a scalar tail, where everything is float32 and every

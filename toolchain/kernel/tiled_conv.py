@@ -216,8 +216,8 @@ def conv2d_taps_reduce(k, schedule, a, x, w, bias, y):
 
     # dilation 2 at stride 1 (a stride-2 Conv's weight gradient): output columns q and q + 1
     # read the even and the odd input columns of one span of 2 * lanes, where all of it
-    # lies in the row and the chunk is whole (`paired` holds (q, chunk start) of the even one)
-    # (pairs from column 0 or from column 1, whichever reads fewer spans past the padding)
+    # lies in the row and the chunk is whole (`paired` holds (q, chunk start) of the even
+    # one; pairs from column 0 or from column 1, whichever reads fewer spans in the padding)
     paired = set()
     if dw == 2 and sw == 1 and x.strides[3] == 1:
         options = []
@@ -227,6 +227,15 @@ def conv2d_taps_reduce(k, schedule, a, x, w, bias, y):
             options.append(pairs)
         paired = max(options, key=len)
 
+    def shifted(q, kw0):
+        """A column next to a pair (q - 1 or q + 2 unpaired) reads the pair's lanes moved by
+        one: (pair, half, pair of the other chunk, lane offset into the two), or None."""
+        if (q + 1, kw0) in paired and (q + 1, kw0 - lanes) in paired:  # odd lanes, one chunk back
+            return (q + 1, kw0 - lanes), 1, (q + 1, kw0), lanes - 1
+        if (q - 2, kw0) in paired and (q - 2, kw0 + lanes) in paired:  # even lanes, one chunk on
+            return (q - 2, kw0), 0, (q - 2, kw0 + lanes), 1
+        return None
+
     with k.loop(n_) as n, k.loop(oc_) as oc:
         ci0 = (oc // ocg) * cg if g > 1 else 0
         acc = [[k.var(k.splat(0.0, lanes)) for _ in range(ow_)] for _ in range(oh_)]
@@ -235,20 +244,33 @@ def conv2d_taps_reduce(k, schedule, a, x, w, bias, y):
             for o in range(oh_):
                 ih = kh * dh + (o * sh - ph)
                 with k.if_(window_in_bounds(k, [ih], [h_])):
-                    for q in range(ow_):
-                        for kv, kw0 in zip(kern, starts):
+                    loaded = {}
+
+                    def pair(q, kw0):
+                        if (q, kw0) not in loaded:
+                            loaded[(q, kw0)] = k.vload_pairs(x, (n, ci0 + ci, ih, q - pw + dw * kw0), lanes)
+                        return loaded[(q, kw0)]
+
+                    for kv, kw0 in zip(kern, starts):
+                        for q in range(ow_):
                             if (q, kw0) in paired:
+                                even, odd = pair(q, kw0)
+                                acc[o][q] += kv * even
+                                acc[o][q + 1] += kv * odd
                                 continue
-                            if (q - 1, kw0) in paired:  # both columns from one load
-                                even, odd = k.vload_pairs(x, (n, ci0 + ci, ih, q - 1 - pw + dw * kw0), lanes)
-                                acc[o][q - 1] += kv * even
-                                acc[o][q] += kv * odd
+                            if (q - 1, kw0) in paired:
                                 continue
                             lanes_in = valid(q, kw0)
                             if lanes_in is None:
                                 continue
-                            xv = k.vload(views[q], (n, ci0 + ci, ih, kw0), lanes,
-                                         None if len(lanes_in) == lanes else lanes_in)
+                            near = shifted(q, kw0) if len(lanes_in) == lanes else None
+                            if near is not None:
+                                first, half, second, at = near
+                                a_, b_ = sorted((first, second), key=lambda key: key[1])
+                                xv = k.join_lanes(pair(*a_)[half], pair(*b_)[half], at)
+                            else:
+                                xv = k.vload(views[q], (n, ci0 + ci, ih, kw0), lanes,
+                                             None if len(lanes_in) == lanes else lanes_in)
                             acc[o][q] += kv * xv
         for o in range(oh_):
             for q in range(ow_):
