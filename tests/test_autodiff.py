@@ -133,6 +133,9 @@ OPS = [
      {"x": (1, 3, 30, 34)}, {"W": w(4, 3, 3, 3), "B": w(4)}, False, 17),
     ("conv-stem-large-map", [node("Conv", ["x", "W"], pads=[1, 0, 0, 1])], {"x": (1, 2, 14, 13)},
      {"W": w(3, 2, 3, 2)}, False, 17),
+    # a pointwise conv over a map of fewer than 16 pixels: dx as a transA Gemm (conv_grad.py)
+    ("conv-pointwise-small-map", [node("Conv", ["x", "W", "B"])], {"x": (1, 5, 3, 3)},
+     {"W": w(4, 5, 1, 1), "B": w(4)}, False, 17),
 ]
 CONSTS = {"shape": np.array([3, 8], np.int64), "axes": np.array([1], np.int64),
           "lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32),

@@ -7,9 +7,12 @@ runs them through the scheduled kernels instead of plain loops:
   weights are run-time parameters in a training step, and the pointwise and depthwise
   conv schedules read run-time weights; of a stride-2 one (2-D) as one stride-1 Conv per
   phase of the input, the phases interleaved back (with a dilation or in other ranks: the
-  stride-1 form over the cotangent spread out with zeros);
+  stride-1 form over the cotangent spread out with zeros); of a pointwise one over a map
+  of a few pixels (one image) as a Gemm reading the weights transposed, no Transpose;
 - the weight gradient of a small ungrouped kernel as one Gemm per tap (a pointwise
   convolution's: one Gemm) of the cotangent and the input read channels-last;
+- the weight gradient of an ungrouped one-image convolution with fewer input channels than
+  lanes (a stem) as one Conv over the input, its channels as the batch, dy as the kernel;
 - the weight gradient of a depthwise convolution (channel multiplier 1) as one depthwise
   Conv over the input with the cotangent as its kernel, the batch folded into its channels
   (with a batch of one, no Transpose: the general form swaps batch and channels of both
@@ -28,6 +31,10 @@ from ..schedules import MAX_UNROLLED_TAPS, REDUCE_MAX_COLUMNS, REDUCE_MAX_OUTPUT
 from ..schedules.cost import vector_chunks
 
 
+# input_grad_as_conv: a pointwise conv's dx as a transA Gemm below this many pixels
+GEMM_POSITIONS = 16
+
+
 def input_grad_as_conv(b, g, w, xs, ws, groups, strides, dilations, pads):
     """dx of Conv(x, w) from its cotangent g, as a Conv (stride 1 only). Per group of m
     output and cg input channels: dx[c] = sum_j conv(pad(g[j]), flip(w[j, c]))."""
@@ -39,6 +46,16 @@ def input_grad_as_conv(b, g, w, xs, ws, groups, strides, dilations, pads):
     new_pads = [span[i] - pads[i] for i in range(rank)] + [span[i] - pads[rank + i] for i in range(rank)]
     if min(new_pads) < 0:  # padding wider than the kernel: no such Conv; the general form
         return None
+    positions = int(np.prod(xs[2:]))
+    if groups == 1 and xs[0] == 1 and all(v == 1 for v in k) and not any(pads) and positions < GEMM_POSITIONS:
+        # pointwise, one image, a small map: W^T dy as a Gemm reading W transposed (transA),
+        # no Transpose of the weights (a copy as large as they are, per step; with many
+        # channels over few pixels it is most of the work, and the conv's tile, along the
+        # pixels, is mostly tails); over larger maps the Conv with the Transpose is cheaper
+        o, c = ws[0], ws[1]
+        gx = b.op("Gemm", [b.reshape(w, (o, c)), b.reshape(g, (o, positions))], alpha=1.0, beta=1.0,
+                  transA=1, transB=0)
+        return b.reshape(gx, xs)
     wt = _swapped(b, w, ws, groups)
     flip = [i for i in range(rank) if k[i] > 1]
     if flip:
