@@ -470,6 +470,39 @@ def test_cnn_gradients_on_cortex_a76_under_qemu(tmp_path, emit):
     assert start == flat.size
 
 
+def test_runtime_weight_conv_by_lane_on_cortex_a76_under_qemu(tmp_path):
+    """A Conv whose weights are run-time values (here a graph input; a training step's
+    parameters) with output channels in whole vectors takes the by-lane column tile, its
+    weights packed into a workspace by the kernel first; the primal and pullback as shipped
+    for cortex-a76 under qemu-user against float64."""
+    from autodiff_helpers import run_driver_on_a76
+    from toolchain.passes import run_pipeline
+    from toolchain.targets import get_profile
+
+    m = onnx_model([node("Conv", ["x", "w", "B"], ["a"], strides=[2, 2], pads=[1, 1, 1, 1]),
+                    node("Tanh", ["a"])], {"x": (1, 3, 10, 9), "w": (8, 3, 3, 3)}, {"B": w(8)})
+    vector = get_profile("cortex-a76").vector_unit
+    prog = reverse(import_model(m), ["B"], vector=vector)
+    run_pipeline(prog.primal, vector=vector)
+    (conv,) = [nd for nd in prog.primal.nodes if nd.op == "Conv"]
+    assert conv.schedule.packing == "by-lane" and not conv.inputs[1].is_const
+    rng = np.random.default_rng(7)
+    got = {}
+
+    def feeds(man):
+        xs = [rng.standard_normal(t["shape"]).astype(np.float32) for t in man["inputs"]]
+        _, got["ys"], _, cts, got["grads"] = pullback64(m, [x.astype(np.float64) for x in xs])
+        return xs + _float32(cts)
+
+    _, flat = run_driver_on_a76(m, tmp_path, "object", "reverse", _driver, feeds)
+    start = 0
+    for want in list(got["ys"]) + list(got["grads"]):
+        have = flat[start:start + want.size].reshape(want.shape)
+        start += want.size
+        np.testing.assert_allclose(have, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max()))
+    assert start == flat.size
+
+
 def _edgec(*args):
     import subprocess
     import sys

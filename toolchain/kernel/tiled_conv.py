@@ -70,7 +70,7 @@ def _column_tiles(a, w_in, kw_, ow_, step):
     return left, right, fixed
 
 
-def conv2d_columns(k, schedule, a, x, w, bias, y, w_value):
+def conv2d_columns(k, schedule, a, x, w, bias, y, w_value, packed=None):
     """2-D convolution (any groups, strides, dilations, pads) in register tiles: MR output
     channels x OR output rows x NV vectors of output columns (schedule "conv-columns" or
     "conv-depthwise"), accumulating over (input
@@ -98,10 +98,14 @@ def conv2d_columns(k, schedule, a, x, w, bias, y, w_value):
             # one channel's taps in ceil(taps/lanes) vectors, held across the tile
             wdw = k.constant(np.ascontiguousarray(w_value.data.reshape(-1)))
     else:
-        if schedule.packing == "by-lane":
+        if schedule.packing == "by-lane" and w_value.is_const:
             # lanes output channels' weight for one tap in one vector; each FMA takes its lane
             kern = w_value.data.reshape(oc_ // lanes, lanes, cg, kh_, kw_).transpose(0, 2, 3, 4, 1)
             wp = k.constant(np.ascontiguousarray(kern))
+        elif schedule.packing == "by-lane":  # run-time weights: packed the same way, here
+            wp = packed
+            with k.loops(wp.shape) as (q, ci, kh, kw, ln):
+                wp[(q, ci, kh, kw, ln)] = w[(q * lanes + ln, ci, kh, kw)]
         mr, out_rows = schedule.rows, 1
     nr = nv * lanes
     taps = _column_taps(x, a, kw_, ow_)

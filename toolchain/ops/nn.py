@@ -232,6 +232,16 @@ class Conv(Op):
         out = b.op("Transpose", [out], perm=[0, 2, 1, *range(3, 3 + len(ws) - 2)])
         return b.reshape(out, ws)
 
+    def workspace(self, node):
+        """Run-time weights in a by-lane column tile: their packed copy (Conv lowering packs
+        them there first, a pass over the weights, then reads whole vectors of lanes output
+        channels per tap instead of a broadcast per channel)."""
+        s = getattr(node, "schedule", None)
+        if s is not None and s.kind == "conv-columns" and s.packing == "by-lane" and not node.inputs[1].is_const:
+            o, cg, kh, kw = in_type(node, 1).shape
+            return [TensorType(in_type(node, 1).dtype, (o // s.lanes, cg, kh, kw, s.lanes))]
+        return []
+
     def schedule(self, node, vec):
         a = node.attrs
         layer = ConvLayer(in_type(node, 0).shape, in_type(node, 1).shape, node.outputs[0].type.shape,
@@ -248,7 +258,7 @@ class Conv(Op):
         if s.kind == "conv-channels":
             return conv2d_channels(k, s, a, x, bias, y, node.inputs[1].data)
         if s.kind in ("conv-columns", "conv-depthwise"):
-            return conv2d_columns(k, s, a, x, w, bias, y, node.inputs[1])
+            return conv2d_columns(k, s, a, x, w, bias, y, node.inputs[1], outs[1] if len(outs) > 1 else None)
         if s.kind == "conv-taps-reduce":
             return conv2d_taps_reduce(k, s, a, x, w, bias, y)
         with k.loops(y.shape) as (n, oc, *o):

@@ -187,7 +187,8 @@ def conv_schedule(vec: VectorUnit, layer: ConvLayer) -> Schedule:
         rows, nv = depthwise_tile(vec, kh_, kw_, layer.strides[0], layer.dilations[0], oh_,
                                   len(vector_chunks(ow_, lanes, vec.masked_tails)))
         return Schedule("conv-depthwise", lanes, rows, nv, packing="taps" if by_lane else "")
-    packed = by_lane and ocg % lanes == 0
+    # run-time weights (a training step's) too: packed by the kernel into a workspace first
+    packed = vec.fma_by_lane and lanes > 1 and ocg % lanes == 0
     best_rows, nv = register_tile(vec, "packed" if packed else "splat")
     rows = best_rows if layer.group == 1 else max(m for m in range(1, best_rows + 1) if ocg % m == 0)
     return Schedule("conv-columns", lanes, min(rows, oc_), nv, "packed" if packed else "splat",
