@@ -149,10 +149,10 @@ def taps_reduce_suits(vec: VectorUnit, layer: ConvLayer) -> bool:
     few taps of the real kernel) vectorized along the kernel's columns instead of the
     output's: a vector accumulator per output element, the kernel rows a run-time loop, so
     the code holds one kernel row however many rows the map has."""
+    if len(layer.x) != 4 or vec.lanes <= 1:
+        return False
     oh_, ow_ = layer.y[2:]
-    kw_ = layer.w[3]
-    return (len(layer.x) == 4 and vec.lanes > 1 and oh_ * ow_ <= REDUCE_MAX_OUTPUTS
-            and vec.lanes <= kw_ <= REDUCE_MAX_COLUMNS)
+    return oh_ * ow_ <= REDUCE_MAX_OUTPUTS and vec.lanes <= layer.w[3] <= REDUCE_MAX_COLUMNS
 
 
 def conv_schedule(vec: VectorUnit, layer: ConvLayer) -> Schedule:
