@@ -503,6 +503,34 @@ def test_runtime_weight_conv_by_lane_on_cortex_a76_under_qemu(tmp_path):
     assert start == flat.size
 
 
+@pytest.mark.parametrize("emit", ["object", "c"])
+@pytest.mark.parametrize("case", ["conv-depthwise-large-map-stride2-pads", "conv-stem-large-map-stride2",
+                                  "conv-depthwise-large-map"])
+def test_large_map_weight_grads_on_cortex_a76_under_qemu(tmp_path, emit, case):
+    """The "conv-taps-reduce" weight gradients as shipped for cortex-a76 (4 lanes: NEON's
+    even/odd loads and lane shifts; the portable C path's lanes) under qemu-user, against
+    the float64 pullback."""
+    from autodiff_helpers import run_driver_on_a76
+
+    _, nodes, inputs, inits, _, opset = next(c for c in OPS if c[0] == case)
+    m = onnx_model(with_consts(nodes), inputs, inits, opset=opset)
+    rng = np.random.default_rng(9)
+    got = {}
+
+    def feeds(man):
+        xs = [rng.standard_normal(t["shape"]).astype(np.float32) for t in man["inputs"]]
+        _, got["ys"], _, cts, got["grads"] = pullback64(m, [x.astype(np.float64) for x in xs])
+        return xs + _float32(cts)
+
+    _, flat = run_driver_on_a76(m, tmp_path, emit, "reverse", _driver, feeds)
+    start = 0
+    for want in list(got["ys"]) + list(got["grads"]):
+        have = flat[start:start + want.size].reshape(want.shape)
+        start += want.size
+        np.testing.assert_allclose(have, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max()))
+    assert start == flat.size
+
+
 def _edgec(*args):
     import subprocess
     import sys
