@@ -113,6 +113,29 @@ OPS = [
      {"x": (2, 2, 3, 9), "w": (2, 1, 1, 7)}, {}, False, 17),  # 7 columns widened to 8
     ("conv-depthwise-5x5-dilated", [node("Conv", ["x", "W"], group=2, dilations=[2, 2], pads=[3, 4, 4, 3])],
      {"x": (1, 2, 6, 7)}, {"W": w(2, 1, 5, 5)}, False, 17),  # 5 columns: not widened
+    # depthwise weight gradients over maps of more than MAX_UNROLLED_TAPS positions (the
+    # "conv-taps-reduce" tile, vectors along the cotangent's columns, a tail of 13 % 4):
+    # stride 1, stride 2 with asymmetric pads and a batch of 2, dilation 2
+    ("conv-depthwise-large-map", [node("Conv", ["x", "W", "B"], group=2, pads=[1, 1, 1, 1])],
+     {"x": (1, 2, 14, 13)}, {"W": w(2, 1, 3, 3), "B": w(2)}, False, 17),
+    ("conv-depthwise-large-map-stride2-batch2", [node("Conv", ["x", "W"], group=3, strides=[2, 2],
+                                                      pads=[1, 0, 0, 1])],
+     {"x": (2, 3, 26, 25)}, {"W": w(3, 1, 3, 3)}, False, 17),
+    ("conv-depthwise-large-map-dilated", [node("Conv", ["x", "w"], group=2, dilations=[2, 2], pads=[2, 2, 2, 2])],
+     {"x": (1, 2, 16, 16), "w": (2, 1, 3, 3)}, {}, False, 17),
+    # stride 2, pads 1 (MobileNet's): columns 0 and 1 of dW from one load of 8 (even, odd
+    # lanes), the first chunk over the padding and the last one partial read per column
+    ("conv-depthwise-large-map-stride2-pads", [node("Conv", ["x", "W"], group=2, strides=[2, 2], pads=[1, 1, 1, 1])],
+     {"x": (1, 2, 12, 60)}, {"W": w(2, 1, 3, 3)}, False, 17),
+    # ungrouped, fewer input channels than lanes (a stem): dW as one Conv over the input's
+    # channels as a batch (conv_grad.py few_channel_weight_grad), stride 2 and stride 1
+    ("conv-stem-large-map-stride2", [node("Conv", ["x", "W", "B"], strides=[2, 2], pads=[1, 1, 1, 1])],
+     {"x": (1, 3, 30, 34)}, {"W": w(4, 3, 3, 3), "B": w(4)}, False, 17),
+    ("conv-stem-large-map", [node("Conv", ["x", "W"], pads=[1, 0, 0, 1])], {"x": (1, 2, 14, 13)},
+     {"W": w(3, 2, 3, 2)}, False, 17),
+    # a pointwise conv over a map of fewer than 16 pixels: dx as a transA Gemm (conv_grad.py)
+    ("conv-pointwise-small-map", [node("Conv", ["x", "W", "B"])], {"x": (1, 5, 3, 3)},
+     {"W": w(4, 5, 1, 1), "B": w(4)}, False, 17),
 ]
 CONSTS = {"shape": np.array([3, 8], np.int64), "axes": np.array([1], np.int64),
           "lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32),
@@ -218,6 +241,35 @@ def test_depthwise_weight_grad_is_one_conv_without_transposes():
     ops, (conv,) = _depthwise_weight_grad_convs(get_profile("cortex-a76").vector_unit, n=2)
     assert conv.inputs[0].type.shape == (1, 16, 25, 5) and conv.inputs[1].type.shape == (8, 2, 25, 5)
     assert ops.count("Transpose") == 2
+
+
+LARGE_MAPS = [c for c in OPS if "large-map" in c[0]]
+
+
+@pytest.mark.parametrize("case", LARGE_MAPS, ids=[c[0] for c in LARGE_MAPS])
+def test_compiled_large_map_depthwise_weight_grads(case):
+    """A depthwise weight gradient over a map of more than MAX_UNROLLED_TAPS positions runs
+    in the "conv-taps-reduce" tile (not the plain loop nest); the shipped object's
+    pullback (in-process) against the float64 one."""
+    from toolchain import compile_grad
+    from toolchain.inprocess import host_profile
+    from toolchain.passes import run_pipeline
+    _, nodes, inputs, inits, _, opset = case
+    m = onnx_model(with_consts(nodes), inputs, inits, opset=opset)
+    vector = host_profile().vector_unit
+    prog = reverse(import_model(m), list(inits), vector=vector)
+    run_pipeline(prog.pullback, vector=vector)
+    kinds = [getattr(nd.schedule, "kind", None) for nd in prog.pullback.nodes if nd.op == "Conv"]
+    assert "conv-taps-reduce" in kinds and "loop" not in kinds
+    cg = compile_grad(m)
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal(s).astype(np.float32) for _, _, s in cg.inputs]
+    _, residuals = cg.primal(*xs)
+    _, _, _, cts, grads = pullback64(m, [x.astype(np.float64) for x in xs], cts_seed=1)
+    gin, gpar = cg.pullback(residuals, *_float32(cts))
+    assert len(gin) + len(gpar) == len(grads)
+    for got, want in zip(gin + gpar, grads):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max()))
 
 
 def test_activity_only_what_reaches_a_differentiated_output():
@@ -415,6 +467,67 @@ def test_cnn_gradients_on_cortex_a76_under_qemu(tmp_path, emit):
         got = flat[start:start + want.size].reshape(want.shape)
         start += want.size
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max()))
+    assert start == flat.size
+
+
+def test_runtime_weight_conv_by_lane_on_cortex_a76_under_qemu(tmp_path):
+    """A Conv whose weights are run-time values (here a graph input; a training step's
+    parameters) with output channels in whole vectors takes the by-lane column tile, its
+    weights packed into a workspace by the kernel first; the primal and pullback as shipped
+    for cortex-a76 under qemu-user against float64."""
+    from autodiff_helpers import run_driver_on_a76
+    from toolchain.passes import run_pipeline
+    from toolchain.targets import get_profile
+
+    m = onnx_model([node("Conv", ["x", "w", "B"], ["a"], strides=[2, 2], pads=[1, 1, 1, 1]),
+                    node("Tanh", ["a"])], {"x": (1, 3, 10, 9), "w": (8, 3, 3, 3)}, {"B": w(8)})
+    vector = get_profile("cortex-a76").vector_unit
+    prog = reverse(import_model(m), ["B"], vector=vector)
+    run_pipeline(prog.primal, vector=vector)
+    (conv,) = [nd for nd in prog.primal.nodes if nd.op == "Conv"]
+    assert conv.schedule.packing == "by-lane" and not conv.inputs[1].is_const
+    rng = np.random.default_rng(7)
+    got = {}
+
+    def feeds(man):
+        xs = [rng.standard_normal(t["shape"]).astype(np.float32) for t in man["inputs"]]
+        _, got["ys"], _, cts, got["grads"] = pullback64(m, [x.astype(np.float64) for x in xs])
+        return xs + _float32(cts)
+
+    _, flat = run_driver_on_a76(m, tmp_path, "object", "reverse", _driver, feeds)
+    start = 0
+    for want in list(got["ys"]) + list(got["grads"]):
+        have = flat[start:start + want.size].reshape(want.shape)
+        start += want.size
+        np.testing.assert_allclose(have, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max()))
+    assert start == flat.size
+
+
+@pytest.mark.parametrize("emit", ["object", "c"])
+@pytest.mark.parametrize("case", ["conv-depthwise-large-map-stride2-pads", "conv-stem-large-map-stride2",
+                                  "conv-depthwise-large-map"])
+def test_large_map_weight_grads_on_cortex_a76_under_qemu(tmp_path, emit, case):
+    """The "conv-taps-reduce" weight gradients as shipped for cortex-a76 (4 lanes: NEON's
+    even/odd loads and lane shifts; the portable C path's lanes) under qemu-user, against
+    the float64 pullback."""
+    from autodiff_helpers import run_driver_on_a76
+
+    _, nodes, inputs, inits, _, opset = next(c for c in OPS if c[0] == case)
+    m = onnx_model(with_consts(nodes), inputs, inits, opset=opset)
+    rng = np.random.default_rng(9)
+    got = {}
+
+    def feeds(man):
+        xs = [rng.standard_normal(t["shape"]).astype(np.float32) for t in man["inputs"]]
+        _, got["ys"], _, cts, got["grads"] = pullback64(m, [x.astype(np.float64) for x in xs])
+        return xs + _float32(cts)
+
+    _, flat = run_driver_on_a76(m, tmp_path, emit, "reverse", _driver, feeds)
+    start = 0
+    for want in list(got["ys"]) + list(got["grads"]):
+        have = flat[start:start + want.size].reshape(want.shape)
+        start += want.size
+        np.testing.assert_allclose(have, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max()))
     assert start == flat.size
 
 

@@ -315,6 +315,10 @@ def test_lpnormalization_bad_p():
     ((5, 12), [1, 0], np.int64),
     ((4, 9), [1, 0], np.int8),
     ((3, 4, 5), [0, 2, 1], np.float32),  # edge rows only
+    # axes of size 1 dropped first: a pointwise weight (O, C, 1, 1) -> (C, O, 1, 1), and others
+    ((10, 9, 1, 1), [1, 0, 2, 3], np.float32),
+    ((1, 6, 1, 7), [3, 2, 1, 0], np.float32),
+    ((2, 1, 5, 6), [0, 3, 1, 2], np.float32),
 ])
 def test_transpose_in_blocks_matches_numpy(shape, perm, dtype, target, workdir):
     """A Transpose that swaps two groups of axes runs in 4 x 4 blocks of vectors (edges one by one)."""

@@ -98,6 +98,8 @@ def plan_memory(g: Graph, alignment: int, buffer_align: int | None = None) -> Me
                     src.values.append(out)
                     src.end = max(src.end, last_use.get(id(out), t))
                     shared.add(id(node))
+                elif isinstance(src, Storage) and src.kind == "input":  # the caller's bytes: no copy onto them either
+                    shared.add(id(node))
             elif op.inplace and _can_overwrite(node, src, root, out, t):
                 src.values.append(out)
                 src.end = max(src.end, last_use.get(id(out), t))

@@ -414,6 +414,17 @@ class CKernel(Kernel):
                  for i in range(n)]
         return items[0] if n == 1 else CLanes(items)
 
+    def vload_pairs(self, t, idx, n):
+        """The 2n consecutive elements from t[idx] as their even and their odd lanes."""
+        idx = tuple(idx)
+        items = [t[idx[:-1] + (idx[-1] + i,)] for i in range(2 * n)]
+        return self.pack(items[0::2]), self.pack(items[1::2])
+
+    def join_lanes(self, a, b, start):
+        """n lanes of a then b from lane `start` of a."""
+        both = self.lanes(a) + self.lanes(b)
+        return self.pack(both[start:start + len(self.lanes(a))])
+
     def lanes(self, v):
         return v.items if isinstance(v, CLanes) else [v]
 

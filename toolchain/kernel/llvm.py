@@ -431,6 +431,22 @@ class Kernel:
             vec = self.b.insert_element(vec, t[at].v, ir.Constant(I32, i))
         return Expr(self, vec)
 
+    def vload_pairs(self, t: "Tensor", idx, n) -> tuple[Expr, Expr]:
+        """The 2n consecutive elements from t[idx] (last axis contiguous) as their even and
+        their odd lanes: one load of both, two shuffles (NEON: uzp1/uzp2, or ld2), not a
+        strided load of each."""
+        whole = self._load_vector(t, tuple(idx), 2 * n).v
+        undef = ir.Constant(whole.type, None)
+        return tuple(Expr(self, self.b.shuffle_vector(whole, undef, ir.Constant(ir.VectorType(I32, n),
+                                                                                 list(range(r, 2 * n, 2)))))
+                     for r in (0, 1))
+
+    def join_lanes(self, a: Expr, b: Expr, start: int) -> Expr:
+        """n lanes of a then b from lane `start` of a (NEON: ext)."""
+        n = a.v.type.count
+        return Expr(self, self.b.shuffle_vector(a.v, b.v, ir.Constant(ir.VectorType(I32, n),
+                                                                      list(range(start, start + n)))))
+
     def map_vectors(self, ins, out: "Tensor", body) -> bool:
         """out[i] = body(*(x[i] for x in ins)) over the flat index, in explicit vectors of
         the target's float32 lanes and a scalar tail, where everything is float32 and every

@@ -70,7 +70,7 @@ def _column_tiles(a, w_in, kw_, ow_, step):
     return left, right, fixed
 
 
-def conv2d_columns(k, schedule, a, x, w, bias, y, w_value):
+def conv2d_columns(k, schedule, a, x, w, bias, y, w_value, packed=None):
     """2-D convolution (any groups, strides, dilations, pads) in register tiles: MR output
     channels x OR output rows x NV vectors of output columns (schedule "conv-columns" or
     "conv-depthwise"), accumulating over (input
@@ -98,10 +98,14 @@ def conv2d_columns(k, schedule, a, x, w, bias, y, w_value):
             # one channel's taps in ceil(taps/lanes) vectors, held across the tile
             wdw = k.constant(np.ascontiguousarray(w_value.data.reshape(-1)))
     else:
-        if schedule.packing == "by-lane":
+        if schedule.packing == "by-lane" and w_value.is_const:
             # lanes output channels' weight for one tap in one vector; each FMA takes its lane
             kern = w_value.data.reshape(oc_ // lanes, lanes, cg, kh_, kw_).transpose(0, 2, 3, 4, 1)
             wp = k.constant(np.ascontiguousarray(kern))
+        elif schedule.packing == "by-lane":  # run-time weights: packed the same way, here
+            wp = packed
+            with k.loops(wp.shape) as (q, ci, kh, kw, ln):
+                wp[(q, ci, kh, kw, ln)] = w[(q * lanes + ln, ci, kh, kw)]
         mr, out_rows = schedule.rows, 1
     nr = nv * lanes
     taps = _column_taps(x, a, kw_, ow_)
@@ -184,6 +188,103 @@ def conv2d_columns(k, schedule, a, x, w, bias, y, w_value):
             rows_of_tiles(n, oc0, mr)
         if full < oc_:
             rows_of_tiles(n, full, oc_ - full)
+
+
+def conv2d_taps_reduce(k, schedule, a, x, w, bias, y):
+    """2-D convolution whose kernel is large and whose output is a few elements per channel
+    (schedule "conv-taps-reduce": a weight gradient's Conv, the cotangent's map its kernel,
+    the real kernel's taps its output). Vectors run along the kernel's columns: per kernel
+    row, its columns are loaded once (whole vectors, the last one's lanes past the row
+    zero) and multiply, for each output element, the input row segment that element's
+    window reads there (a strided view where the Conv dilates: the forward stride), into
+    one vector accumulator per output element, summed across its lanes at the end. The
+    kernel rows are a run-time loop (the code holds one row, not the map), a row outside
+    the input skipped per output row; the lanes whose column falls in the padding are known
+    at compile time and read nothing."""
+    n_, oc_, oh_, ow_ = y.shape
+    h_, w_in = x.shape[2:]
+    g = a["group"]
+    cg, ocg = w.shape[1], oc_ // g
+    kh_, kw_ = w.shape[2:]
+    (sh, sw), (dh, dw), (ph, pw) = a["strides"], a["dilations"], a["pads"][:2]
+    lanes = check_lanes(k, schedule)
+    starts = list(range(0, kw_, lanes))
+    xt = x.strides[3]
+    # x seen from output column q: element [n, c, ih, kw] is input column q*sw - pw + kw*dw
+    views = [x.view(x.shape[:3] + (kw_,), x.strides[:3] + (xt * dw,), x.offset + (q * sw - pw) * xt)
+             for q in range(ow_)]
+
+    def valid(q, kw0):
+        inside = [ln for ln in range(lanes) if kw0 + ln < kw_ and 0 <= q * sw - pw + (kw0 + ln) * dw < w_in]
+        return range(inside[0], inside[-1] + 1) if inside else None
+
+    # dilation 2 at stride 1 (a stride-2 Conv's weight gradient): output columns q and q + 1
+    # read the even and the odd input columns of one span of 2 * lanes, where all of it
+    # lies in the row and the chunk is whole (`paired` holds (q, chunk start) of the even
+    # one; pairs from column 0 or from column 1, whichever reads fewer spans in the padding)
+    paired = set()
+    if dw == 2 and sw == 1 and x.strides[3] == 1:
+        options = []
+        for q0 in (0, 1):
+            pairs = {(q, kw0) for q in range(q0, ow_ - 1, 2) for kw0 in starts
+                     if kw0 + lanes <= kw_ and 0 <= q - pw + dw * kw0 and q - pw + dw * kw0 + 2 * lanes <= w_in}
+            options.append(pairs)
+        paired = max(options, key=len)
+
+    def shifted(q, kw0):
+        """A column next to a pair (q - 1 or q + 2 unpaired) reads the pair's lanes moved by
+        one: (pair, half, pair of the other chunk, lane offset into the two), or None."""
+        if (q + 1, kw0) in paired and (q + 1, kw0 - lanes) in paired:  # odd lanes, one chunk back
+            return (q + 1, kw0 - lanes), 1, (q + 1, kw0), lanes - 1
+        if (q - 2, kw0) in paired and (q - 2, kw0 + lanes) in paired:  # even lanes, one chunk on
+            return (q - 2, kw0), 0, (q - 2, kw0 + lanes), 1
+        return None
+
+    with k.loop(n_) as n, k.loop(oc_) as oc:
+        ci0 = (oc // ocg) * cg if g > 1 else 0
+        acc = [[k.var(k.splat(0.0, lanes)) for _ in range(ow_)] for _ in range(oh_)]
+        with k.in_order(), k.loop(cg) as ci, k.loop(kh_) as kh:
+            kern = [k.vload(w, (oc, ci, kh, kw0), lanes, range(min(lanes, kw_ - kw0))) for kw0 in starts]
+            for o in range(oh_):
+                ih = kh * dh + (o * sh - ph)
+                with k.if_(window_in_bounds(k, [ih], [h_])):
+                    loaded = {}
+
+                    def pair(q, kw0):
+                        if (q, kw0) not in loaded:
+                            loaded[(q, kw0)] = k.vload_pairs(x, (n, ci0 + ci, ih, q - pw + dw * kw0), lanes)
+                        return loaded[(q, kw0)]
+
+                    for kv, kw0 in zip(kern, starts):
+                        for q in range(ow_):
+                            if (q, kw0) in paired:
+                                even, odd = pair(q, kw0)
+                                acc[o][q] += kv * even
+                                acc[o][q + 1] += kv * odd
+                                continue
+                            if (q - 1, kw0) in paired:
+                                continue
+                            lanes_in = valid(q, kw0)
+                            if lanes_in is None:
+                                continue
+                            near = shifted(q, kw0) if len(lanes_in) == lanes else None
+                            if near is not None:
+                                first, half, second, at = near
+                                a_, b_ = sorted((first, second), key=lambda key: key[1])
+                                xv = k.join_lanes(pair(*a_)[half], pair(*b_)[half], at)
+                            else:
+                                xv = k.vload(views[q], (n, ci0 + ci, ih, kw0), lanes,
+                                             None if len(lanes_in) == lanes else lanes_in)
+                            acc[o][q] += kv * xv
+        for o in range(oh_):
+            for q in range(ow_):
+                parts = k.lanes(acc[o][q].value)
+                total = parts[0]
+                for v in parts[1:]:
+                    total = total + v
+                if bias is not None:
+                    total = total + bias[oc]
+                y[(n, oc, o, q)] = total
 
 
 def conv2d_channels(k, schedule, a, x, bias, y, w_data):

@@ -7,9 +7,12 @@ runs them through the scheduled kernels instead of plain loops:
   weights are run-time parameters in a training step, and the pointwise and depthwise
   conv schedules read run-time weights; of a stride-2 one (2-D) as one stride-1 Conv per
   phase of the input, the phases interleaved back (with a dilation or in other ranks: the
-  stride-1 form over the cotangent spread out with zeros);
+  stride-1 form over the cotangent spread out with zeros); of a pointwise one over a map
+  of a few pixels (one image) as a Gemm reading the weights transposed, no Transpose;
 - the weight gradient of a small ungrouped kernel as one Gemm per tap (a pointwise
   convolution's: one Gemm) of the cotangent and the input read channels-last;
+- the weight gradient of an ungrouped one-image convolution with fewer input channels than
+  lanes (a stem) as one Conv over the input, its channels as the batch, dy as the kernel;
 - the weight gradient of a depthwise convolution (channel multiplier 1) as one depthwise
   Conv over the input with the cotangent as its kernel, the batch folded into its channels
   (with a batch of one, no Transpose: the general form swaps batch and channels of both
@@ -24,8 +27,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..schedules import MAX_UNROLLED_TAPS
+from ..schedules import MAX_UNROLLED_TAPS, REDUCE_MAX_COLUMNS, REDUCE_MAX_OUTPUTS
 from ..schedules.cost import vector_chunks
+
+
+# input_grad_as_conv: a pointwise conv's dx as a transA Gemm below this many pixels
+GEMM_POSITIONS = 16
 
 
 def input_grad_as_conv(b, g, w, xs, ws, groups, strides, dilations, pads):
@@ -39,6 +46,16 @@ def input_grad_as_conv(b, g, w, xs, ws, groups, strides, dilations, pads):
     new_pads = [span[i] - pads[i] for i in range(rank)] + [span[i] - pads[rank + i] for i in range(rank)]
     if min(new_pads) < 0:  # padding wider than the kernel: no such Conv; the general form
         return None
+    positions = int(np.prod(xs[2:]))
+    if groups == 1 and xs[0] == 1 and all(v == 1 for v in k) and not any(pads) and positions < GEMM_POSITIONS:
+        # pointwise, one image, a small map: W^T dy as a Gemm reading W transposed (transA),
+        # no Transpose of the weights (a copy as large as they are, per step; with many
+        # channels over few pixels it is most of the work, and the conv's tile, along the
+        # pixels, is mostly tails); over larger maps the Conv with the Transpose is cheaper
+        o, c = ws[0], ws[1]
+        gx = b.op("Gemm", [b.reshape(w, (o, c)), b.reshape(g, (o, positions))], alpha=1.0, beta=1.0,
+                  transA=1, transB=0)
+        return b.reshape(gx, xs)
     wt = _swapped(b, w, ws, groups)
     flip = [i for i in range(rank) if k[i] > 1]
     if flip:
@@ -243,3 +260,33 @@ def depthwise_weight_grad(b, x, g, xs, ws, ys, strides, dilations, pads, groups,
     if wide != kw:
         out = b.op("Slice", [out], begin=[0] * (rank + 2), step=[1] * (rank + 2), count=[1, c, *ws[2:]])
     return b.reshape(out, ws)
+
+
+def few_channel_weight_grad(b, x, g, xs, ws, ys, strides, dilations, pads, groups, vector=None):
+    """dw of an ungrouped 2-D Conv of one image with fewer input channels than a vector has
+    lanes (a network's stem: 3 colour channels), as one Conv over the input with its
+    channels as the batch and dy as the kernel (strides and dilations trade places), run by
+    the "conv-taps-reduce" tile: vectors along dy's rows, one accumulator per tap of the
+    real kernel. A Gemm per tap (weight_grad_by_taps) would multiply matrices a few columns
+    wide (the channels), which the register tile fills poorly. None for other convolutions
+    or where that tile would not take the Conv."""
+    rank = len(xs) - 2
+    n, c, o = xs[0], xs[1], ws[0]
+    lanes = vector.lanes if vector is not None else 4
+    if rank != 2 or groups != 1 or n != 1 or not 1 < lanes or c >= lanes:
+        return None
+    if int(np.prod(ws[2:])) > REDUCE_MAX_OUTPUTS or not lanes <= ys[-1] <= REDUCE_MAX_COLUMNS or int(
+            np.prod(ys[2:])) <= MAX_UNROLLED_TAPS:
+        return None
+    span = [(ys[2 + i] - 1) * strides[i] + (ws[2 + i] - 1) * dilations[i] + 1 for i in range(rank)]
+    end = [span[i] - xs[2 + i] - pads[i] for i in range(rank)]
+    xv = x
+    if min(end) < 0:  # trailing input rows no window reaches: cropped off
+        count = [n, c, *(xs[2 + i] + min(end[i], 0) for i in range(rank))]
+        xv = b.op("Slice", [xv], begin=[0] * len(xs), step=[1] * len(xs), count=count)
+        end = [max(e, 0) for e in end]
+    xin = b.reshape(xv, (c, 1, *xv.type.shape[2:]))  # the channels as the batch (one image: no Transpose)
+    kern = b.reshape(g, (o, 1, *ys[2:]))
+    out = b.op("Conv", [xin, kern], group=1, kernel_shape=list(ys[2:]), strides=list(dilations),
+               dilations=list(strides), pads=list(pads[:rank]) + end)  # (C, O, k...)
+    return b.op("Transpose", [out], perm=[1, 0, 2, 3])

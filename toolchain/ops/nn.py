@@ -13,12 +13,12 @@ import numpy as np
 from ..ir import TensorType, Value
 from ..kernel import mathfns as m
 from ..kernel.llvm import LLVM_TYPES
-from ..kernel.tiled_conv import conv2d_channels, conv2d_columns, conv_point, conv_pointwise
+from ..kernel.tiled_conv import conv2d_channels, conv2d_columns, conv2d_taps_reduce, conv_point, conv_pointwise
 from ..kernel.tiled_matmul import matmul_by_dots, tiled_matmul
 from ..schedules import ConvLayer, conv_schedule, matmul_schedule
 from .base import Op, Partition, in_type, invalid, norm_axis, register, unsupported
-from .conv_grad import (input_grad_as_conv, strided_input_grad_as_conv, subpixel_input_grad,
-                        weight_grad_by_taps, depthwise_weight_grad)
+from .conv_grad import (few_channel_weight_grad, input_grad_as_conv, strided_input_grad_as_conv,
+                        subpixel_input_grad, weight_grad_by_taps, depthwise_weight_grad)
 
 # -- convolution ------------------------------------------------------------------
 def resolve_auto_pad(node, in_spatial, kernel, strides, dilations):
@@ -168,7 +168,9 @@ class Conv(Op):
         if gx is None:
             gx = b.op("ConvTranspose", [g, b.primal(w)], group=groups, kernel_shape=list(ws[2:]), strides=list(s),
                       dilations=list(d), output_padding=out_pad, pads=list(p))
-        gw = weight_grad_by_taps(b, b.primal(x), g, xs, ws, ys, s, d, p, groups)  # a Gemm per tap
+        gw = few_channel_weight_grad(b, b.primal(x), g, xs, ws, ys, s, d, p, groups, getattr(b, "vector", None))
+        if gw is None:  # a Gemm per tap
+            gw = weight_grad_by_taps(b, b.primal(x), g, xs, ws, ys, s, d, p, groups)
         if gw is None:  # depthwise: one Conv, dy its kernel, no Transpose, whole vectors
             gw = depthwise_weight_grad(b, b.primal(x), g, xs, ws, ys, s, d, p, groups, getattr(b, "vector", None))
         if gw is not None:
@@ -230,6 +232,16 @@ class Conv(Op):
         out = b.op("Transpose", [out], perm=[0, 2, 1, *range(3, 3 + len(ws) - 2)])
         return b.reshape(out, ws)
 
+    def workspace(self, node):
+        """Run-time weights in a by-lane column tile: their packed copy (Conv lowering packs
+        them there first, a pass over the weights, then reads whole vectors of lanes output
+        channels per tap instead of a broadcast per channel)."""
+        s = getattr(node, "schedule", None)
+        if s is not None and s.kind == "conv-columns" and s.packing == "by-lane" and not node.inputs[1].is_const:
+            o, cg, kh, kw = in_type(node, 1).shape
+            return [TensorType(in_type(node, 1).dtype, (o // s.lanes, cg, kh, kw, s.lanes))]
+        return []
+
     def schedule(self, node, vec):
         a = node.attrs
         layer = ConvLayer(in_type(node, 0).shape, in_type(node, 1).shape, node.outputs[0].type.shape,
@@ -246,7 +258,9 @@ class Conv(Op):
         if s.kind == "conv-channels":
             return conv2d_channels(k, s, a, x, bias, y, node.inputs[1].data)
         if s.kind in ("conv-columns", "conv-depthwise"):
-            return conv2d_columns(k, s, a, x, w, bias, y, node.inputs[1])
+            return conv2d_columns(k, s, a, x, w, bias, y, node.inputs[1], outs[1] if len(outs) > 1 else None)
+        if s.kind == "conv-taps-reduce":
+            return conv2d_taps_reduce(k, s, a, x, w, bias, y)
         with k.loops(y.shape) as (n, oc, *o):
             conv_point(k, a, x, w, bias, y, n, oc, o)
 

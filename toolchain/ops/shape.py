@@ -192,7 +192,7 @@ class Transpose(Op):
     jvp = staticmethod(linear_jvp)
 
     def lower(self, k, node, ins, outs):
-        groups = _swapped_groups(ins[0].shape, node.attrs["perm"])
+        groups = _swapped_groups(*_without_unit_axes(ins[0].shape, node.attrs["perm"]))
         if groups is not None and k.explicit_vectors and min(groups[1:]) >= BLOCK:
             _blocked_transpose(k, ins[0], outs[0], *groups)
             return
@@ -202,6 +202,14 @@ class Transpose(Op):
 
 
 BLOCK = 4  # a Transpose's square blocks: 4 rows loaded as vectors, 4 columns stored
+
+
+def _without_unit_axes(shape, perm):
+    """shape and perm with the axes of size 1 dropped: they move no element, so a weight's
+    (O, C, 1, 1) -> (C, O, 1, 1) (a pointwise convolution's input gradient) is the 2-D
+    transpose it is."""
+    keep = [i for i, d in enumerate(shape) if d != 1]
+    return [shape[i] for i in keep], [keep.index(p) for p in perm if shape[p] != 1]
 
 
 def _swapped_groups(shape, perm):

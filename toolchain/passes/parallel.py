@@ -104,7 +104,7 @@ def _tile_along(schedule, axis: int, rank: int) -> int:
     """How many output indices along `axis` the node's register tile covers (pieces cut at
     its multiples keep whole tiles): vectors of output channels or columns, or rows of
     output channels or matrix rows; 1 for a depthwise tile (one channel) or no tile."""
-    if schedule is None or schedule.kind in ("loop", "conv-depthwise"):
+    if schedule is None or schedule.kind in ("loop", "conv-depthwise", "conv-taps-reduce"):
         return 1
     along_vectors = schedule.kind in ("pointwise-by-channels", "conv-channels") or (
         schedule.kind == "matmul" and axis == rank - 1)

@@ -21,6 +21,7 @@ KINDS = {
     "conv-columns": "output channels x vectors of output columns, per tap",
     "conv-depthwise": "output rows x vectors of output columns of one channel",
     "conv-channels": "output pixels x vectors of output channels (weights channels-last)",
+    "conv-taps-reduce": "one vector accumulator per output element, summed along kernel columns",
     "loop": "the plain loop nest (no register tile)",
 }
 
@@ -137,6 +138,22 @@ def _shared_columns(vec: VectorUnit, layer: ConvLayer) -> int:
 # about 8 instructions per MAC) and still leaves ResNet-8's 32x32 and 16x16 ones alone.
 MAX_UNROLLED_TAPS = 128
 
+# conv-taps-reduce: at most this many outputs per output channel (one vector accumulator
+# each) and kernel columns (one vector of the kernel row held per chunk of lanes)
+REDUCE_MAX_OUTPUTS = 16
+REDUCE_MAX_COLUMNS = 128
+
+
+def taps_reduce_suits(vec: VectorUnit, layer: ConvLayer) -> bool:
+    """A weight gradient's Conv (its "kernel" the cotangent's whole map, its output the
+    few taps of the real kernel) vectorized along the kernel's columns instead of the
+    output's: a vector accumulator per output element, the kernel rows a run-time loop, so
+    the code holds one kernel row however many rows the map has."""
+    if len(layer.x) != 4 or vec.lanes <= 1:
+        return False
+    oh_, ow_ = layer.y[2:]
+    return oh_ * ow_ <= REDUCE_MAX_OUTPUTS and vec.lanes <= layer.w[3] <= REDUCE_MAX_COLUMNS
+
 
 def conv_schedule(vec: VectorUnit, layer: ConvLayer) -> Schedule:
     """The tile of a convolution: a pointwise one as a matrix product (along pixels or
@@ -155,6 +172,8 @@ def conv_schedule(vec: VectorUnit, layer: ConvLayer) -> Schedule:
         return matmul_schedule(vec, oc_, pixels, c_, a_const=layer.weights_const, b_row_stride=pixels,
                                kind="pointwise")
     if len(layer.x) != 4 or layer.w[2] * layer.w[3] > MAX_UNROLLED_TAPS:
+        if taps_reduce_suits(vec, layer):
+            return Schedule("conv-taps-reduce", lanes)
         return Schedule("loop")
     if channel_vectors_suit(vec, layer):
         px, nv, cost = channel_tile(vec, layer.y[1] // layer.group // lanes, layer.y[3],
@@ -168,7 +187,8 @@ def conv_schedule(vec: VectorUnit, layer: ConvLayer) -> Schedule:
         rows, nv = depthwise_tile(vec, kh_, kw_, layer.strides[0], layer.dilations[0], oh_,
                                   len(vector_chunks(ow_, lanes, vec.masked_tails)))
         return Schedule("conv-depthwise", lanes, rows, nv, packing="taps" if by_lane else "")
-    packed = by_lane and ocg % lanes == 0
+    # run-time weights (a training step's) too: packed by the kernel into a workspace first
+    packed = vec.fma_by_lane and lanes > 1 and ocg % lanes == 0
     best_rows, nv = register_tile(vec, "packed" if packed else "splat")
     rows = best_rows if layer.group == 1 else max(m for m in range(1, best_rows + 1) if ocg % m == 0)
     return Schedule("conv-columns", lanes, min(rows, oc_), nv, "packed" if packed else "splat",
