@@ -290,3 +290,11 @@ def few_channel_weight_grad(b, x, g, xs, ws, ys, strides, dilations, pads, group
     out = b.op("Conv", [xin, kern], group=1, kernel_shape=list(ys[2:]), strides=list(dilations),
                dilations=list(strides), pads=list(pads[:rank]) + end)  # (C, O, k...)
     return b.op("Transpose", [out], perm=[1, 0, 2, 3])
+
+
+def bias_grad(b, g):
+    """A bias's gradient: dy summed over the batch and the positions, each channel's
+    positions as one row (a loop LLVM vectorizes, not one of the last axis's length)."""
+    n, o = g.type.shape[:2]
+    rows = b.reshape(g, (n, o, int(np.prod(g.type.shape[2:]))))
+    return b.op("ReduceSum", [rows], axes=[0, 2], keepdims=0)

@@ -17,8 +17,8 @@ from ..kernel.tiled_conv import conv2d_channels, conv2d_columns, conv2d_taps_red
 from ..kernel.tiled_matmul import matmul_by_dots, tiled_matmul
 from ..schedules import ConvLayer, conv_schedule, matmul_schedule
 from .base import Op, Partition, in_type, invalid, norm_axis, register, unsupported
-from .conv_grad import (few_channel_weight_grad, input_grad_as_conv, strided_input_grad_as_conv,
-                        subpixel_input_grad, weight_grad_by_taps, depthwise_weight_grad)
+from .conv_grad import (bias_grad, depthwise_weight_grad, few_channel_weight_grad, input_grad_as_conv,
+                        strided_input_grad_as_conv, subpixel_input_grad, weight_grad_by_taps)
 
 # -- convolution ------------------------------------------------------------------
 def resolve_auto_pad(node, in_spatial, kernel, strides, dilations):
@@ -64,14 +64,6 @@ def window_attrs(node, spatial_in, kernel):
     node.attrs["pads"] = resolve_auto_pad(node, spatial_in, kernel, node.attrs["strides"], node.attrs["dilations"])
     if any(v < 0 for v in node.attrs["pads"]):  # onnx's shape inference and onnxruntime refuse them too
         raise invalid(node, f"pads {node.attrs['pads']} must not be negative")
-
-
-def _bias_grad(b, g):
-    """A bias's gradient: dy summed over the batch and the positions, each channel's
-    positions as one row (a loop LLVM vectorizes, not one of the last axis's length)."""
-    n, o = g.type.shape[:2]
-    rows = b.reshape(g, (n, o, int(np.prod(g.type.shape[2:]))))
-    return b.op("ReduceSum", [rows], axes=[0, 2], keepdims=0)
 
 
 @register("Conv")
@@ -176,7 +168,7 @@ class Conv(Op):
         if gw is not None:
             grads = [gx, gw]
             if len(node.inputs) > 2 and node.inputs[2] is not None:
-                grads.append(_bias_grad(b, g))
+                grads.append(bias_grad(b, g))
             return grads
         end = [span[i] - xs[2 + i] - p[i] for i in range(rank)]  # the end padding dw's windows reach
         xv = b.primal(x)
@@ -195,7 +187,7 @@ class Conv(Op):
             gw = self._grouped_weight_grad(b, xt, gt, xs, ws, groups, window)
         grads = [gx, gw]
         if len(node.inputs) > 2 and node.inputs[2] is not None:
-            grads.append(_bias_grad(b, g))
+            grads.append(bias_grad(b, g))
         return grads
 
     def jvp(self, b, node, tangents):
