@@ -53,20 +53,22 @@ def pack_lane_weights(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(wp).reshape(oq, cq * kh * kw, GROUP * GROUP)
 
 
-def lane_tile(registers: int, pixel_vectors: int, quads: int) -> tuple[int, int]:
+def lane_tile(registers: int, pixel_vectors: int, quads: int, broadcast: bool = False) -> tuple[int, int]:
     """(pixel vectors, channel quads) of the register tile: of the tiles whose accumulators
-    (4 per vector and quad) and operands (one register each) fit in the registers, the one
-    with the fewest instructions per group over this block (loads plus dot products, the
-    partial tiles at the edges counted as they are)."""
+    (4 per vector and quad) and operands fit in the registers, the one with the fewest
+    instructions per group over this block (loads plus dot products, the partial tiles at
+    the edges counted as they are). Operands: a register per pixel vector and per channel
+    quad ("sdot"), or per pixel vector and one channel's weights broadcast at a time, a
+    load and two instructions a dot product (broadcast: "pmaddwd")."""
     def cost(tp, tc):
         total = 0
         for p in _tile_sizes(pixel_vectors, tp):
             for c in _tile_sizes(quads, tc):
-                total += p + c + LANES * p * c
+                total += p + GROUP * c + 2 * LANES * p * c if broadcast else p + c + LANES * p * c
         return total
 
     fits = [(tp, tc) for tp in range(1, min(8, pixel_vectors) + 1) for tc in range(1, min(8, quads) + 1)
-            if LANES * tp * tc + tp + tc < registers]
+            if LANES * tp * tc + tp + (1 if broadcast else tc) < registers]
     return min(fits, key=lambda t: (cost(*t), -t[0] * t[1]))
 
 
@@ -148,10 +150,10 @@ def lane_zero(k) -> Expr:
 
 def by_lane_dot(k, acc: Expr, x: Expr, w: Expr, lane: int) -> Expr:
     """acc + per pixel p: sum over b < 4 of x[4p + b] * w[4 lane + b] (x, w: 16 int8).
-    "sdot": AArch64 `sdot v.4s, v.16b, v.4b[lane]`. "pmaddwd" (AVX2): x and w sign-extended
-    to 16 int16 (`vpmovsxbw`, once per register: LLVM shares it between the calls), the
-    lane's 4 weights broadcast to every pixel (`vpermq`), `vpmaddwd` sums products two by
-    two: lanes 2p and 2p + 1 hold pixel p's two halves."""
+    "sdot": AArch64 `sdot v.4s, v.16b, v.4b[lane]` (w: 4 channels' 16 bytes). "pmaddwd"
+    (AVX2): x sign-extended to 16 int16 (`vpmovsxbw`, once per register: LLVM shares it
+    between the calls), w the channel's weights already broadcast (broadcast_weights),
+    `vpmaddwd` sums products two by two: lanes 2p and 2p + 1 hold pixel p's two halves."""
     b = k.b
     v4, v16 = ir.VectorType(I32, LANES), ir.VectorType(I8, 16)
     if k.vector.int8_dot_by_lane == "sdot":
@@ -159,11 +161,28 @@ def by_lane_dot(k, acc: Expr, x: Expr, w: Expr, lane: int) -> Expr:
         words = b.bitcast(w.v, v4)
         dup = b.shuffle_vector(words, words, ir.Constant(v4, [lane] * LANES))
         return Expr(k, b.call(fn, [acc.v, x.v, b.bitcast(dup, v16)]))
-    h16, q4, v8 = ir.VectorType(I16, 16), ir.VectorType(I64, 4), ir.VectorType(I32, 8)
-    quads = b.bitcast(b.sext(w.v, h16), q4)
-    dup = b.bitcast(b.shuffle_vector(quads, quads, ir.Constant(ir.VectorType(I32, 4), [lane] * 4)), h16)
+    h16, v8 = ir.VectorType(I16, 16), ir.VectorType(I32, 8)
     fn = _intrinsic(k, "llvm.x86.avx2.pmadd.wd", v8, [h16, h16])
-    return Expr(k, b.add(acc.v, b.call(fn, [b.sext(x.v, h16), dup])))
+    return Expr(k, b.add(acc.v, b.call(fn, [b.sext(x.v, h16), w.v])))
+
+
+def broadcast_weights(k, weights, idx) -> Expr:
+    """One channel's 4 int16 weights (packed as int16: lane_weights) in every pixel's place of
+    16 int16 lanes: one `vpbroadcastq` from memory."""
+    ptr = k.b.bitcast(weights.address(idx), I64.as_pointer())
+    word = k.b.load(ptr, align=2)
+    q4 = ir.VectorType(I64, 4)
+    splat = k.b.shuffle_vector(k.b.insert_element(ir.Constant(q4, None), word, ir.Constant(I32, 0)),
+                               ir.Constant(q4, None), ir.Constant(ir.VectorType(I32, 4), [0] * 4))
+    return Expr(k, k.b.bitcast(splat, ir.VectorType(I16, 16)))
+
+
+def lane_weights(k, w: np.ndarray) -> np.ndarray:
+    """The packed weights (pack_lane_weights) as the profile's form reads them: int8 for
+    "sdot" (a register of 4 channels, lane-indexed), int16 for "pmaddwd" (each channel's 4
+    weights broadcast from memory as they are, no sign extension in the loop)."""
+    packed = pack_lane_weights(w)
+    return packed.astype(np.int16) if k.vector.int8_dot_by_lane == "pmaddwd" else packed
 
 
 def pixel_totals(k, acc: ir.Value) -> ir.Value:
@@ -182,7 +201,8 @@ def lane_dot_blocks(k, pixels: int, channels: int, groups: int, x_at, weights, s
     tile stores is known to exist. store(c, p0, n, totals): channel c's totals of pixels
     p0 .. p0 + n (an int32 vector of n lanes, n static; n = 1: a scalar)."""
     quads = channel_quads(channels)
-    tp, tc = lane_tile(k.vector.registers, -(-pixels // LANES), quads)
+    broadcast = k.vector.int8_dot_by_lane == "pmaddwd"
+    tp, tc = lane_tile(k.vector.registers, -(-pixels // LANES), quads, broadcast)
     zero = lane_zero(k)
     weights = opaque(k, weights)
 
@@ -190,13 +210,14 @@ def lane_dot_blocks(k, pixels: int, channels: int, groups: int, x_at, weights, s
         accs = [[k.var(zero) for _ in range(GROUP * nq)] for _ in range(np_)]
         def group(g):
             xs = [load_bytes(k, *x_at(pv0 + p, g)) for p in range(np_)]
-            ws = [load_bytes(k, weights, (oq0 + c, g, 0)) for c in range(nq)]
+            ws = [None if broadcast else load_bytes(k, weights, (oq0 + c, g, 0)) for c in range(nq)]
             for c in range(nq):
                 for lane in range(GROUP):
                     if GROUP * c + lane < live:
+                        w = broadcast_weights(k, weights, (oq0 + c, g, GROUP * lane)) if broadcast else ws[c]
                         for p in range(np_):
                             a = accs[p][GROUP * c + lane]
-                            a.value = by_lane_dot(k, a.value, xs[p], ws[c], lane)
+                            a.value = by_lane_dot(k, a.value, xs[p], w, lane)
         pairs = groups - groups % UNROLL
         with k.loop(pairs, step=UNROLL) as g:
             for u in range(UNROLL):

@@ -48,7 +48,7 @@ from ..kernel.int8_dot import DOT_BYTES, rounding_high_mul, rounding_shift_right
 from ..kernel.llvm import I8, I32, I64
 from ..kernel import scalar_int8
 from ..kernel.lane_int8 import (GROUP, LANES, channel_quads, copy_span, fill_groups, lane_dot_blocks, lane_groups,
-                                pack_lane_weights, padded_pixels)
+                                lane_weights, padded_pixels)
 from ..kernel.tiled_int8 import (as_signed, by_words, depthwise_flat, dot_blocks, flat_geometry,
                                  im2col_row, in_steps, padded_length, weight_word_pairs)
 from .base import Op, in_type, register
@@ -312,7 +312,7 @@ def _conv_by_lanes(k, node, x, y, col, bias, mult, left, right, unsigned):
     n_, oc, oh, ow = y.shape
     w = node.inputs[1].data
     _, cg, kh, kw = w.shape
-    wt, bt = k.constant(pack_lane_weights(w)), k.constant(bias)
+    wt, bt = k.constant(lane_weights(k, w)), k.constant(bias)
     zero_point = _stored_zero_point(node, unsigned)
     groups = lane_groups(cg, kh, kw)
     planes = y.reshape((n_, oc, oh * ow))
