@@ -528,13 +528,16 @@ class QMatMul(_Integer):
                 yt.store_vector((j, r0), _finish(k, node, totals + k.splat(bt[j], _width(totals)), mult[j], left[j],
                                                  right[j]))
 
+            # a vector of channels requantized at once where the unit has a high multiply or
+            # takes int64 lanes cheaply (AArch64, AVX2); RVV's int64 lanes (LMUL 8 for 16 lanes,
+            # vsetvli between widths) are slower than RV64's scalar 64-bit multiply
             def store_channels(j0, r, totals):
                 n = _width(totals)
                 y2.store_vector((r, j0), _finish(k, node, totals + k.vload(bt, (j0,), n), k.vload(mult, (j0,), n),
                                                  k.vload(left, (j0,), n), k.vload(right, (j0,), n)))
 
             return dot_blocks(k, rows, nn, packed.shape[1], lambda r, i: (x2, (r, i)), lambda j, i: (wt, (j, i)), store,
-                              store_channels)
+                              store_channels if k.vector.int8_high_mul or k.vector.int8_dot_by_lane else None)
         with k.loops((rows, nn)) as (r, j):
             acc = k.var(bias[j])
             with k.loop(kk) as i:
