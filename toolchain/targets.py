@@ -51,7 +51,7 @@ class VectorUnit:
     a rounding shift by a negative amount per lane (AArch64 `srshl`), or "".
     `int8_dot_by_lane`: how 4-byte dot products of 4 pixels' groups with one channel's
     weights, taken from a register of 4 channels', are made (kernel/lane_int8.py): "sdot"
-    (AArch64 `sdot v.4s, v.16b, v.4b[i]`), "pmaddwd" (AVX2: `vpmovsxbw`, `vpermq`, `vpmaddwd`),
+    (AArch64 `sdot v.4s, v.16b, v.4b[i]`), "pmaddwd" (AVX2: `vpmovsxbw`, `vpbroadcastq`, `vpmaddwd`),
     or "": with a form, an integer convolution keeps its pixels in the lanes. `int8_mac_by_scalar`: an int8 vector times an int8
     scalar widens to int16 in one instruction and accumulates in another (RVV `vwmul.vx`,
     `vwmacc.vx`): a convolution then keeps its pixels in the lanes, each weight a scalar
