@@ -50,12 +50,12 @@ class VectorUnit:
     (2ab + 2^31) >> 32, the same rounding), or "" (then int64 products); `int8_rounding_shift`:
     a rounding shift by a negative amount per lane (AArch64 `srshl`), or "".
     `int8_dot_by_lane`: how 4-byte dot products of 4 pixels' groups with one channel's
-    weights, taken from a register of 4 channels', are made (kernel/lane_int8.py): "sdot"
-    (AArch64 `sdot v.4s, v.16b, v.4b[i]`), "pmaddwd" (AVX2: `vpmovsxbw`, `vpbroadcastq`, `vpmaddwd`),
-    or "": with a form, an integer convolution keeps its pixels in the lanes. `int8_mac_by_scalar`: an int8 vector times an int8
-    scalar widens to int16 in one instruction and accumulates in another (RVV `vwmul.vx`,
-    `vwmacc.vx`): a convolution then keeps its pixels in the lanes, each weight a scalar
-    (kernel/scalar_int8.py).
+    weights are made (kernel/lane_int8.py): "sdot" (AArch64 `sdot v.4s, v.16b, v.4b[i]`,
+    the weights a lane of a register of 4 channels'), "pmaddwd" (AVX2: `vpmovsxbw`, the
+    weights broadcast by `vpbroadcastq`, `vpmaddwd`), or "": with a form, an integer
+    convolution keeps its pixels in the lanes. `int8_mac_by_scalar`: int16 lanes times an
+    int16 scalar accumulate into int32 lanes in one instruction (RVV `vwmacc.vx`): a
+    convolution then keeps its pixels in the lanes, each weight a scalar (kernel/scalar_int8.py).
     `masked_tails`: a load or store of the first n < lanes lanes is one predicated
     instruction (MVE's `vctp`/`vpst` with `vldrw`/`vstrw`; LLVM's masked load and store),
     so a tile edge of n columns is one vector step, not halves, quarters and a scalar.
