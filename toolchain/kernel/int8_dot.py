@@ -27,11 +27,35 @@ def dot_zero(k) -> Expr:
 def load_bytes(k, t, idx, n=DOT_BYTES) -> Expr:
     """n consecutive int8/uint8 elements from t[idx] in one load (no alignment assumed); for
     "dsp", as n / 4 words (a core's word loads)."""
-    ty = ir.VectorType(I32, n // 4) if k.vector.int8_dot == "dsp" else ir.VectorType(I8, n)
-    ptr = k.b.bitcast(t.address(idx), ty.as_pointer())
-    load = k.b.load(ptr)
+    if k.vector.int8_dot == "dsp":
+        return load_as(k, t, idx, ir.VectorType(I32, n // 4))
+    return load_as(k, t, idx, ir.VectorType(I8, n))
+
+
+def load_as(k, t, idx, ty) -> Expr:
+    """The bytes at t[idx] read as one value of type ty (no alignment assumed)."""
+    load = k.b.load(k.b.bitcast(t.address(idx), ty.as_pointer()))
     load.align = 1
     return Expr(k, load)
+
+
+def store_bytes(k, t, idx, v: Expr):
+    """v's bytes at t[idx], one store (no alignment assumed; scratch: no fused epilogue)."""
+    k.b.store(v.v, k.b.bitcast(t.address(idx), v.v.type.as_pointer())).align = 1
+
+
+def width_of(v: Expr) -> int:
+    """Lanes of v (a scalar: 1)."""
+    return v.v.type.count if isinstance(v.v.type, ir.VectorType) else 1
+
+
+def first_lanes(k, v: Expr, n: int) -> Expr:
+    """v's first n lanes (n = 1: a scalar; all of them: v)."""
+    if n == 1:
+        return Expr(k, k.b.extract_element(v.v, ir.Constant(I32, 0)))
+    if v.v.type.count == n:
+        return v
+    return Expr(k, k.b.shuffle_vector(v.v, v.v, ir.Constant(ir.VectorType(I32, n), list(range(n)))))
 
 
 def dot(k, acc: Expr, x: Expr, w: Expr) -> Expr:

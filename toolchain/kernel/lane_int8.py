@@ -1,8 +1,8 @@
-"""Integer convolution with output pixels in the vector lanes, for a unit whose dot product
-can take its second operand from one lane of another register (VectorUnit.int8_dot_by_lane:
-AArch64 `sdot v.4s, v.16b, v.4b[i]`). An int32 lane is one pixel's sum of four products;
-a 16-byte register holds four pixels' 4-byte groups of the reduction, and one lane of a
-register holding four output channels' groups is the channel's weights. At the end the lanes
+"""Integer convolution with output pixels in the vector lanes, for a unit that sums four
+products per int32 lane against one channel's weights taken whole (VectorUnit.int8_dot_by_lane:
+AArch64 `sdot v.4s, v.16b, v.4b[i]`, the weights a lane of a register of four channels';
+AVX2 `vpmaddwd` against them broadcast). An int32 lane is one pixel's sum of four products;
+a 16-byte register holds four pixels' 4-byte groups of the reduction. At the end the lanes
 already hold consecutive pixels of an output plane: no sums across lanes, and the
 requantized vector is stored as it is.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 
-from .int8_dot import _intrinsic, load_bytes
+from .int8_dot import _intrinsic, first_lanes, load_as, load_bytes, store_bytes
 from .llvm import I8, I16, I32, I64, Expr, Tensor
 from .tiled_int8 import as_signed
 
@@ -82,12 +82,6 @@ def opaque(k, t):
     lane broadcast out of the pixel loop and spilling them, where `sdot` reads a lane itself."""
     asm = ir.InlineAsm(ir.FunctionType(t.ptr.type, [t.ptr.type]), "", "=r,0")
     return Tensor(k, k.b.call(asm, [t.ptr]), t.dtype, t.shape, t.strides, t.offset)
-
-
-def store_bytes(k, t, idx, v: Expr):
-    """v's bytes at t[idx], one store (no alignment assumed)."""
-    ptr = k.b.bitcast(t.address(idx), v.v.type.as_pointer())
-    k.b.store(v.v, ptr).align = 1
 
 
 def interleave(k, vs: list) -> Expr:
@@ -169,12 +163,7 @@ def by_lane_dot(k, acc: Expr, x: Expr, w: Expr, lane: int) -> Expr:
 def broadcast_weights(k, weights, idx) -> Expr:
     """One channel's 4 int16 weights (packed as int16: lane_weights) in every pixel's place of
     16 int16 lanes: one `vpbroadcastq` from memory."""
-    ptr = k.b.bitcast(weights.address(idx), I64.as_pointer())
-    word = k.b.load(ptr, align=2)
-    q4 = ir.VectorType(I64, 4)
-    splat = k.b.shuffle_vector(k.b.insert_element(ir.Constant(q4, None), word, ir.Constant(I32, 0)),
-                               ir.Constant(q4, None), ir.Constant(ir.VectorType(I32, 4), [0] * 4))
-    return Expr(k, k.b.bitcast(splat, ir.VectorType(I16, 16)))
+    return k.bitcast(k.splat(load_as(k, weights, idx, I64), 4), ir.VectorType(I16, 16))
 
 
 def lane_weights(k, w: np.ndarray) -> np.ndarray:
@@ -196,9 +185,9 @@ def pixel_totals(k, acc: ir.Value) -> ir.Value:
 def lane_dot_blocks(k, pixels: int, channels: int, groups: int, x_at, weights, store):
     """For pixels 0 .. pixels and output channels 0 .. channels, every pixel's dot product
     with every channel over `groups` 4-byte groups: x_at(pv, g) the (tensor, index) of pixel
-    vector pv's 16 bytes of group g; weights the packed constants (pack_lane_weights). In register tiles
-    (lane_tile); the partial tiles at the ends are built apart, so every channel and pixel a
-    tile stores is known to exist. store(c, p0, n, totals): channel c's totals of pixels
+    vector pv's 16 bytes of group g; weights the packed constants (lane_weights). In register
+    tiles (lane_tile); the partial tiles at the ends are built apart, so every channel and
+    pixel a tile stores is known to exist. store(c, p0, n, totals): channel c's totals of pixels
     p0 .. p0 + n (an int32 vector of n lanes, n static; n = 1: a scalar)."""
     quads = channel_quads(channels)
     broadcast = k.vector.int8_dot_by_lane == "pmaddwd"
@@ -227,7 +216,7 @@ def lane_dot_blocks(k, pixels: int, channels: int, groups: int, x_at, weights, s
         for c in range(live):  # a register at a time (joined, an odd count would round up to 16 lanes)
             for p in range(np_):
                 count = min(LANES, valid - LANES * p)
-                totals = _first(k, pixel_totals(k, accs[p][c].value.v), count)
+                totals = first_lanes(k, Expr(k, pixel_totals(k, accs[p][c].value.v)), count)
                 store(GROUP * oq0 + c, LANES * (pv0 + p), count, totals)
 
     def pixel_tiles(oq0, nq, live):
@@ -244,12 +233,3 @@ def lane_dot_blocks(k, pixels: int, channels: int, groups: int, x_at, weights, s
         pixel_tiles(oq0, tc, GROUP * tc)
     if full < quads:
         pixel_tiles(full, quads - full, channels - GROUP * full)
-
-
-def _first(k, v, n) -> Expr:
-    """v's first n lanes (n = 1: a scalar)."""
-    if n == 1:
-        return Expr(k, k.b.extract_element(v, ir.Constant(I32, 0)))
-    if v.type.count == n:
-        return Expr(k, v)
-    return Expr(k, k.b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), list(range(n)))))

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .llvm import I8, I16, I32, Expr
+from .int8_dot import first_lanes
+from .llvm import I8, I16, I32
 from .tiled_int8 import as_signed, copy_bytes, in_steps
 
 WIDTH = 16  # pixels a step: int8 in one register, their int32 sums in four
@@ -82,10 +83,6 @@ def scalar_weight_dots(k, pixels, channels, reduction, col, weight, tile, store)
                     w = k.splat(k.cast(weight(c0 + c, r + t), I32), WIDTH)
                     accs[c].value = accs[c].value + k.cast(xs[t], I32) * w
         for c in range(nc):
-            v = accs[c].value
-            if count < WIDTH:
-                v = Expr(k, k.b.extract_element(v.v, ir.Constant(I32, 0))) if count == 1 else Expr(
-                    k, k.b.shuffle_vector(v.v, v.v, ir.Constant(ir.VectorType(I32, count), list(range(count)))))
-            store(c0 + c, p0, count, v)
+            store(c0 + c, p0, count, first_lanes(k, accs[c].value, count))
 
     in_steps(k, channels, tile, lambda c0, nc: in_steps(k, pixels, WIDTH, lambda p0, count: vector(p0, count, c0, nc)))

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from .int8_dot import DOT_BYTES, byte_pairs, dot, dot_totals, dot_zero, dual_mac, load_bytes
+from .int8_dot import (DOT_BYTES, byte_pairs, dot, dot_totals, dot_zero, dual_mac, load_as, load_bytes, store_bytes,
+                       width_of)
 from .llvm import I8, I16, I32, Expr
 
 
@@ -197,8 +198,7 @@ def depthwise_flat(k, x, plane, grid, n, c, kernel, out_hw, a, zero_point, flip_
         def tap(t):
             phase, offset = geo.taps[t]
             at = phase * geo.length + geo.step * q + offset
-            ptr = k.b.bitcast(plane.address((at,)), ir.VectorType(I8, width * geo.step).as_pointer())
-            span = Expr(k, k.b.load(ptr, align=1))
+            span = load_as(k, plane, (at,), ir.VectorType(I8, width * geo.step))
             if geo.step == 1:
                 return span
             pick = ir.Constant(ir.VectorType(I32, width), list(range(0, width * geo.step, geo.step)))
@@ -226,12 +226,10 @@ def _plane_row(k, x, plane, geo, n, c, r, pads, transform):
     row_base = pr * geo.pitch if sh == 1 else (pr % sh) * sw * geo.length + (pr // sh) * geo.pitch
     # (the phase row's start in column phase 0)
 
-    def dest(col):  # the plane element of input column col (col static or not), in its phase
-        b = (col + pw0) % sw if isinstance(col, int) else None
-        return b, row_base + b * geo.length + (col + pw0) // sw
+    def dest(col):  # the plane element of input column col, in its column phase
+        return row_base + (col + pw0) % sw * geo.length + (col + pw0) // sw
     if sw == 1:
-        _, start = dest(0)
-        copy_bytes(k, x, (n, c, r, 0), plane, (start,), w_in, transform, raw=True)
+        copy_bytes(k, x, (n, c, r, 0), plane, (dest(0),), w_in, transform, raw=True)
         return
     first = (-pw0) % sw  # the first column of column phase 0
     for width in (16, 8, 4):
@@ -241,22 +239,18 @@ def _plane_row(k, x, plane, geo, n, c, r, pads, transform):
             starts = list(range(first, last + 1, span))
             starts += [last] if starts[-1] != last else []
             for c0 in starts:
-                ptr = k.b.bitcast(x.address((n, c, r, c0)), ir.VectorType(I8, span).as_pointer())
-                whole = k.b.load(ptr, align=1)
-                for b in range(sw):
+                whole = load_as(k, x, (n, c, r, c0), ir.VectorType(I8, span)).v
+                for b in range(sw):  # column c0 + b's phase: (c0 + pw0) is whole phases
                     v = Expr(k, k.b.shuffle_vector(whole, whole, ir.Constant(ir.VectorType(I32, width),
                                                                              list(range(b, span, sw)))))
-                    at = row_base + b * geo.length + (c0 + pw0) // sw
-                    dst = k.b.bitcast(plane.address((at,)), ir.VectorType(I8, width).as_pointer())
-                    k.b.store(transform(v).v, dst).align = 1
+                    store_bytes(k, plane, (dest(c0 + b),), transform(v))
             covered = range(first, last + span)
             break
     else:
         covered = range(0)
     for col in range(w_in):
         if col not in covered:
-            b, at = dest(col)
-            plane[at] = transform(x[n, c, r, col])
+            plane[dest(col)] = transform(x[n, c, r, col])
 
 
 def depthwise_width(k) -> int:
@@ -292,7 +286,7 @@ def tap_sum(k, load, taps, pairable):
     if k.vector.int8_mac_by_scalar:
         for tap, w in taps:
             x = k.cast(load(tap), I16)
-            prod = k.cast(x, I32) * k.splat(k.cast(w, I32), _width(x))
+            prod = k.cast(x, I32) * k.splat(k.cast(w, I32), width_of(x))
             acc = prod if acc is None else acc + prod
         return acc
     step = 2 if pairable else 1
@@ -300,14 +294,10 @@ def tap_sum(k, load, taps, pairable):
         pair = None
         for tap, w in taps[t:t + step]:
             x = k.cast(load(tap), I16)
-            prod = x * k.splat(k.cast(w, I16), _width(x))
+            prod = x * k.splat(k.cast(w, I16), width_of(x))
             pair = prod if pair is None else pair + prod
         acc = k.cast(pair, I32) if acc is None else acc + k.cast(pair, I32)
     return acc
-
-
-def _width(v):
-    return v.v.type.count if isinstance(v.v.type, ir.VectorType) else 1
 
 
 def copy_bytes(k, src, src_idx, dst, dst_idx, n, transform=None, raw=False, store=None, value=None):
@@ -328,8 +318,7 @@ def copy_bytes(k, src, src_idx, dst, dst_idx, n, transform=None, raw=False, stor
         if store is not None:
             store(i, v)
         elif raw and width > 1:
-            ptr = k.b.bitcast(dst.address(at(dst_idx, i)), v.v.type.as_pointer())
-            k.b.store(v.v, ptr).align = 1
+            store_bytes(k, dst, at(dst_idx, i), v)
         else:
             dst.store_vector(at(dst_idx, i), v)
     for width in (16, 8, 4):

@@ -44,7 +44,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import TensorType
-from ..kernel.int8_dot import DOT_BYTES, rounding_high_mul, rounding_shift_right
+from ..kernel.int8_dot import DOT_BYTES, rounding_high_mul, rounding_shift_right, width_of
 from ..kernel.llvm import I8, I32, I64
 from ..kernel import scalar_int8
 from ..kernel.lane_int8 import (GROUP, LANES, channel_quads, copy_span, fill_groups, lane_dot_blocks, lane_groups,
@@ -103,9 +103,9 @@ def requantize_np(acc, mult, left, right):
 def requantize(k, acc, mult, left, right):
     """acc (int32 Expr, a scalar or a vector of outputs) times multiplier * 2^(left - right - 31),
     gemmlowp's rounding (module doc); mult, left, right: scalars or acc's width."""
-    n = _width(acc)
+    n = width_of(acc)
     left, right = k.cast(left, I32), k.cast(right, I32)  # stored as int8 (0..31)
-    mult, left, right = (k.splat(v, n) if n > 1 and _width(v) == 1 else v for v in (mult, left, right))
+    mult, left, right = (k.splat(v, n) if n > 1 and width_of(v) == 1 else v for v in (mult, left, right))
     one, zero = k.lift(1, like=acc), k.lift(0, like=acc)
     x = acc << left
     high = rounding_high_mul(k, x, mult) if k.explicit_vectors else None
@@ -288,7 +288,7 @@ def _conv_by_dots(k, node, x, y, col, packed, bias, mult, left, right, unsigned)
 
         def store(c, p0, totals):
             o = o0 + c
-            planes.store_vector((n, o, oy0 * ow + p0), _finish(k, node, totals + k.splat(bt[o], _width(totals)),
+            planes.store_vector((n, o, oy0 * ow + p0), _finish(k, node, totals + k.splat(bt[o], width_of(totals)),
                                                                mult[o], left[o], right[o]))
 
         dot_blocks(k, nrows * ow, ocg, kp, lambda p, kk: (col, (p, kk)), lambda c, kk: (wt, (o0 + c, kk)), store)
@@ -468,7 +468,7 @@ def _depthwise_by_lanes(k, node, x, y, plane, grid, bias, mult, left, right, uns
             return words[c, i, t, 0], words[c, i, t, 1]
 
         def finish(acc):
-            return _finish(k, node, acc + k.splat(bt[c], _width(acc)), mult[c], left[c], right[c])
+            return _finish(k, node, acc + k.splat(bt[c], width_of(acc)), mult[c], left[c], right[c])
 
         def store(oy, ox, v):
             y.store_vector((n, c, oy, ox), v)
@@ -476,10 +476,6 @@ def _depthwise_by_lanes(k, node, x, y, plane, grid, bias, mult, left, right, uns
         depthwise_flat(k, x, plane, grid, n, c, (kh, kw), (oh, ow), a, _stored_zero_point(node, unsigned), unsigned,
                        weight, finish, store, weight_words if words is not None else None,
                        pairable=not (w == -128).any())
-
-
-def _width(v):
-    return v.v.type.count if hasattr(v.v.type, "count") else 1
 
 
 @register(QMATMUL, internal=True)
@@ -525,14 +521,14 @@ class QMatMul(_Integer):
             yt = y2.transpose((1, 0))
 
             def store(j, r0, totals):
-                yt.store_vector((j, r0), _finish(k, node, totals + k.splat(bt[j], _width(totals)), mult[j], left[j],
+                yt.store_vector((j, r0), _finish(k, node, totals + k.splat(bt[j], width_of(totals)), mult[j], left[j],
                                                  right[j]))
 
             # a vector of channels requantized at once where the unit has a high multiply or
             # takes int64 lanes cheaply (AArch64, AVX2); RVV's int64 lanes (LMUL 8 for 16 lanes,
             # vsetvli between widths) are slower than RV64's scalar 64-bit multiply
             def store_channels(j0, r, totals):
-                n = _width(totals)
+                n = width_of(totals)
                 y2.store_vector((r, j0), _finish(k, node, totals + k.vload(bt, (j0,), n), k.vload(mult, (j0,), n),
                                                  k.vload(left, (j0,), n), k.vload(right, (j0,), n)))
 
