@@ -132,6 +132,12 @@ def _finish(k, node, acc, mult, left, right):
     return k.cast(r, I8)
 
 
+def _finish_channel(k, node, totals, bias, mult, left, right, c):
+    """Output channel c's int8/uint8 outputs of its int32 totals (a scalar or a vector of
+    pixels): the channel's folded bias added, then requantized (_finish)."""
+    return _finish(k, node, totals + k.splat(bias[c], width_of(totals)), mult[c], left[c], right[c])
+
+
 def _finish_np(node, acc, mult, left, right):
     a = node.attrs
     r = requantize_np(acc, mult, left, right) + a["y_zp"]
@@ -179,15 +185,17 @@ class QConv(_Integer):
         return [_finish_np(node, acc, *(p.reshape(1, -1, 1, 1) for p in (mult, left, right)))]
 
     def workspace(self, node):
-        """A block of output rows' windows (im2col_row): the block's pixels x the reduction
-        in whole dot-product steps."""
+        """A block of output rows' windows, in the largest of the three convolution forms'
+        layouts (_window_bytes, _scalar_bytes); a depthwise convolution's padded plane and
+        flat outputs (flat_geometry), split by stride phases or not."""
         w = in_type(node, 1).shape
         _, _, oh, ow = self.infer(node)[0].shape
         if _depthwise(node):
             # (split on vector units, not on the DSP cores: the target's kernel picks one)
             geos = [flat_geometry(in_type(node, 0).shape[2:], (oh, ow), w[2:], node.attrs, split) for split in (1, 0)]
             return [TensorType("int8", (max(g.bytes for g in geos),)), TensorType("int8", (max(g.flat for g in geos),))]
-        return [TensorType("int8", (max(_window_bytes(w, oh, ow)),))]  # the target's kernel picks one
+        # the target's kernel picks one of the three forms
+        return [TensorType("int8", (max(*_window_bytes(w, oh, ow), _scalar_bytes(w, _scalar_rows(w, oh, ow), ow)),))]
 
     def lower(self, k, node, ins, outs):
         x, w, bias, mult, left, right = ins[:6]
@@ -288,8 +296,7 @@ def _conv_by_dots(k, node, x, y, col, packed, bias, mult, left, right, unsigned)
 
         def store(c, p0, totals):
             o = o0 + c
-            planes.store_vector((n, o, oy0 * ow + p0), _finish(k, node, totals + k.splat(bt[o], width_of(totals)),
-                                                               mult[o], left[o], right[o]))
+            planes.store_vector((n, o, oy0 * ow + p0), _finish_channel(k, node, totals, bt, mult, left, right, o))
 
         dot_blocks(k, nrows * ow, ocg, kp, lambda p, kk: (col, (p, kk)), lambda c, kk: (wt, (o0 + c, kk)), store)
 
@@ -329,8 +336,7 @@ def _conv_by_lanes(k, node, x, y, col, bias, mult, left, right, unsigned):
                 _gather_row(k, x, col, n, cg, oy0 + r, r * ow, ow, a, (kh, kw), zero_point, unsigned)
 
         def store(c, p0, count, totals):
-            planes.store_vector((n, c, oy0 * ow + p0), _finish(k, node, totals + k.splat(bt[c], count),
-                                                               mult[c], left[c], right[c]))
+            planes.store_vector((n, c, oy0 * ow + p0), _finish_channel(k, node, totals, bt, mult, left, right, c))
 
         lane_dot_blocks(k, nrows * ow, oc, groups, lambda pv, g: (col, (g, LANES * pv, 0)),
                         wt, store)
@@ -340,23 +346,23 @@ def _conv_by_lanes(k, node, x, y, col, bias, mult, left, right, unsigned):
 
 
 def _window_bytes(w, oh, ow):
-    """Workspace bytes of the three convolution kernels: windows by pixel (tiled_int8), by lane
-    (lane_int8), transposed (scalar_int8, in blocks of _scalar_rows)."""
+    """Workspace bytes of the windows by pixel (tiled_int8) and by lane (lane_int8) of a block
+    of _block_rows."""
     pixels = _block_rows(oh, ow) * ow
-    by_pixel = pixels * padded_length(int(np.prod(w[1:])))
-    by_lane = lane_groups(*w[1:]) * GROUP * padded_pixels(pixels)
-    kp = scalar_int8.padded_reduction(int(np.prod(w[1:])))
-    return by_pixel, by_lane, kp * scalar_int8.padded_pixels(_scalar_rows(w, oh, ow) * ow)
+    return pixels * padded_length(int(np.prod(w[1:]))), lane_groups(*w[1:]) * GROUP * padded_pixels(pixels)
+
+
+def _scalar_bytes(w, rows, ow):
+    """Workspace bytes of the transposed windows (scalar_int8) of a block of `rows` rows."""
+    return scalar_int8.padded_reduction(int(np.prod(w[1:]))) * scalar_int8.padded_pixels(rows * ow)
 
 
 def _scalar_rows(w, oh, ow):
     """Output rows a block of scalar_int8 holds: as many as _block_rows, fewer where their
     pixels rounded up to whole vectors would need more workspace than the other kernels'
     (at least one row)."""
-    pixels = _block_rows(oh, ow) * ow
-    budget = max(pixels * padded_length(int(np.prod(w[1:]))), lane_groups(*w[1:]) * GROUP * padded_pixels(pixels))
-    kp = scalar_int8.padded_reduction(int(np.prod(w[1:])))
-    fits = [r for r in range(1, _block_rows(oh, ow) + 1) if kp * scalar_int8.padded_pixels(r * ow) <= budget]
+    budget = max(_window_bytes(w, oh, ow))
+    fits = [r for r in range(1, _block_rows(oh, ow) + 1) if _scalar_bytes(w, r, ow) <= budget]
     return fits[-1] if fits else 1
 
 
@@ -382,8 +388,7 @@ def _conv_by_scalars(k, node, x, y, col, bias, mult, left, right, unsigned):
             scalar_int8.gather_rows(k, x, col, n, cg, oy0 + r, r * ow, ow, a, (kh, kw), zero_point, unsigned)
 
         def store(c, p0, count, totals):
-            planes.store_vector((n, c, oy0 * ow + p0), _finish(k, node, totals + k.splat(bt[c], count),
-                                                               mult[c], left[c], right[c]))
+            planes.store_vector((n, c, oy0 * ow + p0), _finish_channel(k, node, totals, bt, mult, left, right, c))
 
         scalar_int8.scalar_weight_dots(k, nrows * ow, oc, kp, col, lambda c, r: wt[c, r], k.vector.int8_tile[1], store)
 
@@ -414,7 +419,8 @@ def _gather_pointwise(k, flat, col, n, cg, start, pixels, zero_point, unsigned):
 def _gather_row(k, x, col, n, cg, oy, p0, ow, a, kernel, zero_point, unsigned):
     """Output row oy's windows into col (groups x pixels x 4) at pixels p0 .. p0 + ow. Which
     columns of a kernel column's taps fall in the padding is known at compile time; whether a
-    kernel row does depends on oy. Kernels of more than STATIC_TAPS taps loop over their rows."""
+    kernel row does depends on oy. The kernel rows are a run-time loop (code per kernel
+    column, not per tap: the unrolled gathers were most of the lane kernels' code)."""
     _, _, h, w_in = x.shape
     kh, kw = kernel
     (sh, sw), (dh, dw), (ph, pw) = a["strides"], a["dilations"], a["pads"][:2]
@@ -468,7 +474,7 @@ def _depthwise_by_lanes(k, node, x, y, plane, grid, bias, mult, left, right, uns
             return words[c, i, t, 0], words[c, i, t, 1]
 
         def finish(acc):
-            return _finish(k, node, acc + k.splat(bt[c], width_of(acc)), mult[c], left[c], right[c])
+            return _finish_channel(k, node, acc, bt, mult, left, right, c)
 
         def store(oy, ox, v):
             y.store_vector((n, c, oy, ox), v)
@@ -521,8 +527,7 @@ class QMatMul(_Integer):
             yt = y2.transpose((1, 0))
 
             def store(j, r0, totals):
-                yt.store_vector((j, r0), _finish(k, node, totals + k.splat(bt[j], width_of(totals)), mult[j], left[j],
-                                                 right[j]))
+                yt.store_vector((j, r0), _finish_channel(k, node, totals, bt, mult, left, right, j))
 
             # a vector of channels requantized at once where the unit has a high multiply or
             # takes int64 lanes cheaply (AArch64, AVX2); RVV's int64 lanes (LMUL 8 for 16 lanes,
