@@ -236,13 +236,7 @@ def depthwise_weight_grad(b, x, g, xs, ws, ys, strides, dilations, pads, groups,
     n, c = xs[0], xs[1]
     if not (groups == c == ws[0] and ws[1] == 1):
         return None
-    span = [(ys[2 + i] - 1) * strides[i] + (ws[2 + i] - 1) * dilations[i] + 1 for i in range(rank)]
-    end = [span[i] - xs[2 + i] - pads[i] for i in range(rank)]  # the end padding the windows reach
-    xv = x
-    if min(end) < 0:  # trailing input rows no window reaches: cropped off
-        count = [n, c, *(xs[2 + i] + min(end[i], 0) for i in range(rank))]
-        xv = b.op("Slice", [xv], begin=[0] * len(xs), step=[1] * len(xs), count=count)
-        end = [max(e, 0) for e in end]
+    xv, end = reached_input(b, x, xs, ws, ys, strides, dilations, pads)
     kw = ws[-1]
     # the scheduled depthwise tile runs kernels (here dy) of at most MAX_UNROLLED_TAPS taps;
     # the plain loop nest gains nothing from the extra columns
@@ -278,13 +272,7 @@ def few_channel_weight_grad(b, x, g, xs, ws, ys, strides, dilations, pads, group
     if int(np.prod(ws[2:])) > REDUCE_MAX_OUTPUTS or not lanes <= ys[-1] <= REDUCE_MAX_COLUMNS or int(
             np.prod(ys[2:])) <= MAX_UNROLLED_TAPS:
         return None
-    span = [(ys[2 + i] - 1) * strides[i] + (ws[2 + i] - 1) * dilations[i] + 1 for i in range(rank)]
-    end = [span[i] - xs[2 + i] - pads[i] for i in range(rank)]
-    xv = x
-    if min(end) < 0:  # trailing input rows no window reaches: cropped off
-        count = [n, c, *(xs[2 + i] + min(end[i], 0) for i in range(rank))]
-        xv = b.op("Slice", [xv], begin=[0] * len(xs), step=[1] * len(xs), count=count)
-        end = [max(e, 0) for e in end]
+    xv, end = reached_input(b, x, xs, ws, ys, strides, dilations, pads)
     xin = b.reshape(xv, (c, 1, *xv.type.shape[2:]))  # the channels as the batch (one image: no Transpose)
     kern = b.reshape(g, (o, 1, *ys[2:]))
     out = b.op("Conv", [xin, kern], group=1, kernel_shape=list(ys[2:]), strides=list(dilations),
@@ -298,3 +286,16 @@ def bias_grad(b, g):
     n, o = g.type.shape[:2]
     rows = b.reshape(g, (n, o, int(np.prod(g.type.shape[2:]))))
     return b.op("ReduceSum", [rows], axes=[0, 2], keepdims=0)
+
+
+def reached_input(b, x, xs, ws, ys, strides, dilations, pads):
+    """(x, end padding) for a weight gradient's Conv over x with dy as its kernel: the end
+    padding its windows reach, and x with the trailing rows and columns no window reaches
+    cropped off (a Slice; the padding then 0 there)."""
+    rank = len(xs) - 2
+    span = [(ys[2 + i] - 1) * strides[i] + (ws[2 + i] - 1) * dilations[i] + 1 for i in range(rank)]
+    end = [span[i] - xs[2 + i] - pads[i] for i in range(rank)]
+    if min(end) >= 0:
+        return x, end
+    count = [*xs[:2], *(xs[2 + i] + min(end[i], 0) for i in range(rank))]
+    return b.op("Slice", [x], begin=[0] * len(xs), step=[1] * len(xs), count=count), [max(e, 0) for e in end]

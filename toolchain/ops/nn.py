@@ -18,7 +18,7 @@ from ..kernel.tiled_matmul import matmul_by_dots, tiled_matmul
 from ..schedules import ConvLayer, conv_schedule, matmul_schedule
 from .base import Op, Partition, in_type, invalid, norm_axis, register, unsupported
 from .conv_grad import (bias_grad, depthwise_weight_grad, few_channel_weight_grad, input_grad_as_conv,
-                        strided_input_grad_as_conv, subpixel_input_grad, weight_grad_by_taps)
+                        reached_input, strided_input_grad_as_conv, subpixel_input_grad, weight_grad_by_taps)
 
 # -- convolution ------------------------------------------------------------------
 def resolve_auto_pad(node, in_spatial, kernel, strides, dilations):
@@ -170,13 +170,8 @@ class Conv(Op):
             if len(node.inputs) > 2 and node.inputs[2] is not None:
                 grads.append(bias_grad(b, g))
             return grads
-        end = [span[i] - xs[2 + i] - p[i] for i in range(rank)]  # the end padding dw's windows reach
-        xv = b.primal(x)
-        if min(end) < 0:  # trailing input rows no window reaches: cropped off for dw
-            count = [*xs[:2], *(xs[2 + i] + min(end[i], 0) for i in range(rank))]
-            xv = b.op("Slice", [xv], begin=[0] * len(xs), step=[1] * len(xs), count=count)
-            xs = tuple(count)
-            end = [max(e, 0) for e in end]
+        xv, end = reached_input(b, b.primal(x), xs, ws, ys, s, d, p)
+        xs = tuple(xv.type.shape)
         swap = [1, 0, *range(2, rank + 2)]
         xt = b.op("Transpose", [xv], perm=swap)
         gt = b.op("Transpose", [g], perm=swap)
