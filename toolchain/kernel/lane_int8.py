@@ -19,7 +19,7 @@ from llvmlite import ir
 
 from .int8_dot import _intrinsic, first_lanes, load_as, load_bytes, store_bytes
 from .llvm import I8, I16, I32, I64, Expr, Tensor
-from .tiled_int8 import as_signed
+from .tiled_int8 import as_signed, in_runs
 
 GROUP = 4  # reduction bytes in one lane's dot product
 LANES = 4  # int32 accumulators (pixels) in a 128-bit register
@@ -100,18 +100,8 @@ def interleave(k, vs: list) -> Expr:
 
 def fill_groups(k, col, g, p0, count, zp):
     """Pixels p0 .. p0 + count of group g hold the zero point (all four bytes)."""
-    nbytes = 4 * count
-    flat = col.flat()
-    start = col.index((g, p0, 0))
-    for width in (16, 4):
-        if nbytes >= width:
-            splat = k.splat(zp, width)
-            whole = nbytes // width * width
-            with k.loop(whole, step=width) as b:
-                store_bytes(k, flat, (start + b,), splat)
-            if whole < nbytes:  # an overlapping last store
-                store_bytes(k, flat, (start + (nbytes - width),), splat)
-            return
+    flat, start = col.flat(), col.index((g, p0, 0))
+    in_runs(k, 0, 4 * count, (16, 4), lambda b, width: store_bytes(k, flat, (start + b,), k.splat(zp, width)))
 
 
 def copy_span(k, rows, col, g, p0, lo, hi, flip_sign):
@@ -119,21 +109,13 @@ def copy_span(k, rows, col, g, p0, lo, hi, flip_sign):
     output columns ox .. ox + n (n = 1: a scalar). Runs of 16 (or 8) columns are four loads
     and one interleaving store, the last run overlapping the one before; a span narrower than
     8 goes byte by byte."""
-    span = hi - lo
-    for width in (16, 8):
-        if span >= width:
-            def run(ox):
-                vs = [as_signed(k, rows(q, ox, width), flip_sign) for q in range(GROUP)]
-                store_bytes(k, col, (g, p0 + ox, 0), interleave(k, vs))
-            whole = lo + span // width * width
-            with k.loop(whole, start=lo, step=width) as ox:
-                run(ox)
-            if whole < hi:
-                run(hi - width)
-            return
-    with k.loop(hi, start=lo) as ox:
-        for q in range(GROUP):
-            col[g, p0 + ox, q] = as_signed(k, rows(q, ox, 1), flip_sign)
+    def run(ox, width):
+        vs = [as_signed(k, rows(q, ox, width), flip_sign) for q in range(GROUP)]
+        store_bytes(k, col, (g, p0 + ox, 0), interleave(k, vs))
+    if not in_runs(k, lo, hi, (16, 8), run):
+        with k.loop(hi, start=lo) as ox:
+            for q in range(GROUP):
+                col[g, p0 + ox, q] = as_signed(k, rows(q, ox, 1), flip_sign)
 
 
 def lane_zero(k) -> Expr:

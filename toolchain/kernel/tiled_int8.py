@@ -321,16 +321,25 @@ def copy_bytes(k, src, src_idx, dst, dst_idx, n, transform=None, raw=False, stor
             store_bytes(k, dst, at(dst_idx, i), v)
         else:
             dst.store_vector(at(dst_idx, i), v)
-    for width in (16, 8, 4):
+    if not in_runs(k, 0, n, (16, 8, 4), move):
+        for i in range(n):
+            move(i, 1)
+
+
+def in_runs(k, start, stop, widths, body) -> bool:
+    """body(i, width) over runs start .. stop of the widest of `widths` that fits, the whole
+    runs in a loop and the last one overlapping the one before (so every body writes whole
+    vectors); False, and nothing built, where the span is narrower than every width."""
+    n = stop - start
+    for width in widths:
         if n >= width:
-            whole = n // width * width
-            with k.loop(whole, step=width) as i:
-                move(i, width)
-            if whole < n:
-                move(n - width, width)
-            return
-    for i in range(n):
-        move(i, 1)
+            whole = start + n // width * width
+            with k.loop(whole, start=start, step=width) as i:
+                body(i, width)
+            if whole < stop:
+                body(stop - width, width)
+            return True
+    return False
 
 
 def by_words(k, a) -> bool:
